@@ -1,0 +1,308 @@
+//! Checkpoints as named tensors over memory-mapped bytes: single safetensors files, Hugging Face
+//! sharded checkpoints (`*.safetensors.index.json`), and the initializers of ONNX models.
+
+pub mod dtype;
+mod write;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+pub use safetensors::Dtype;
+use serde::Deserialize;
+
+pub(crate) use write::temp_beside;
+pub use write::{write_tensors, SafetensorsWriter, TensorSpec};
+
+use crate::error::{Error, Result};
+
+/// One tensor of a checkpoint: its name, type, shape and where its bytes are.
+#[derive(Debug, Clone)]
+pub struct TensorEntry {
+    /// The name under which the checkpoint stores it.
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    source: usize,
+    range: Range<usize>,
+}
+
+impl TensorEntry {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Number of bytes.
+    pub fn nbytes(&self) -> usize {
+        self.range.len()
+    }
+}
+
+/// The bytes behind a checkpoint's tensors.
+enum Buffer {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Buffer {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Buffer::Mapped(m) => m,
+            Buffer::Owned(v) => v,
+        }
+    }
+}
+
+struct Source {
+    path: PathBuf,
+    buffer: Buffer,
+}
+
+/// A checkpoint opened for reading: tensors in file order, their bytes memory-mapped where the
+/// format allows.
+pub struct Checkpoint {
+    path: PathBuf,
+    sources: Vec<Source>,
+    tensors: Vec<TensorEntry>,
+    index: HashMap<String, usize>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint").field("path", &self.path).field("tensors", &self.tensors.len()).finish()
+    }
+}
+
+/// Memory-maps `path` read-only.
+pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the map is read-only and private to this process. Another process truncating or
+    // rewriting an input while it is read is undefined behaviour, as for every mmap-based reader
+    // (safetensors, numpy's memmap); inputs are never written by swa itself.
+    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
+impl Checkpoint {
+    /// Opens a `.safetensors` file, a sharded checkpoint (its `*.safetensors.index.json`, or a
+    /// directory holding one), or an `.onnx` model (its initializers).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            return match find_index(path)? {
+                Some(index) => Self::open_sharded(&index),
+                None => Err(Error::format(path, "directory holds no *.safetensors.index.json")),
+            };
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.ends_with(".index.json") {
+            Self::open_sharded(path)
+        } else if name.ends_with(".onnx") {
+            crate::onnx::Model::load(path)?.checkpoint()
+        } else {
+            Self::open_safetensors(path)
+        }
+    }
+
+    fn open_safetensors(path: &Path) -> Result<Self> {
+        let mut ck = Checkpoint::empty(path);
+        let meta = ck.add_safetensors(path)?;
+        ck.metadata = meta;
+        Ok(ck)
+    }
+
+    fn open_sharded(index_path: &Path) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Index {
+            #[serde(default)]
+            metadata: Option<serde_json::Value>,
+            weight_map: BTreeMap<String, String>,
+        }
+        let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
+        let index: Index = serde_json::from_str(&text)
+            .map_err(|e| Error::format(index_path, format!("not a sharded-checkpoint index: {e}")))?;
+        let dir = index_path.parent().unwrap_or(Path::new("."));
+        let mut shards: Vec<&String> = index.weight_map.values().collect();
+        shards.sort();
+        shards.dedup();
+        let mut ck = Checkpoint::empty(index_path);
+        for shard in shards {
+            let shard_path = dir.join(shard);
+            let meta = ck.add_safetensors(&shard_path)?;
+            if ck.metadata.is_empty() {
+                ck.metadata = meta;
+            }
+        }
+        for (name, shard) in &index.weight_map {
+            let Some(&i) = ck.index.get(name) else {
+                return Err(Error::tensor(index_path, name, format!("listed in the index but missing from {shard}")));
+            };
+            let actual = &ck.sources[ck.tensors[i].source].path;
+            if actual.file_name().and_then(|n| n.to_str()) != Some(shard.as_str()) {
+                return Err(Error::tensor(
+                    index_path,
+                    name,
+                    format!("index says {shard}, found in {}", actual.display()),
+                ));
+            }
+        }
+        if let Some(serde_json::Value::Object(m)) = index.metadata {
+            for (k, v) in m {
+                ck.metadata.entry(k).or_insert_with(|| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()));
+            }
+        }
+        Ok(ck)
+    }
+
+    fn empty(path: &Path) -> Self {
+        Checkpoint {
+            path: path.to_path_buf(),
+            sources: Vec::new(),
+            tensors: Vec::new(),
+            index: HashMap::new(),
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// Maps one safetensors file, validates its header and adds its tensors; returns its metadata.
+    fn add_safetensors(&mut self, path: &Path) -> Result<BTreeMap<String, String>> {
+        let map = map_file(path)?;
+        let (header_len, meta) =
+            safetensors::SafeTensors::read_metadata(&map).map_err(|e| safetensors_error(path, e))?;
+        let data_start = 8 + header_len;
+        let source = self.sources.len();
+        let infos = meta.tensors();
+        for name in meta.offset_keys() {
+            let info = infos[&name];
+            let (s, e) = info.data_offsets;
+            self.push(TensorEntry {
+                name,
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                source,
+                range: data_start + s..data_start + e,
+            })?;
+        }
+        self.sources.push(Source { path: path.to_path_buf(), buffer: Buffer::Mapped(map) });
+        Ok(meta.metadata().clone().unwrap_or_default().into_iter().collect())
+    }
+
+    /// Adds a tensor whose bytes are owned (read out of another format).
+    pub(crate) fn push_owned(&mut self, name: String, dtype: Dtype, shape: Vec<usize>, bytes: Vec<u8>) -> Result<()> {
+        let source = self.sources.len();
+        let range = 0..bytes.len();
+        self.sources.push(Source { path: self.path.clone(), buffer: Buffer::Owned(bytes) });
+        self.push(TensorEntry { name, dtype, shape, source, range })
+    }
+
+    pub(crate) fn new_owned(path: &Path) -> Self {
+        Checkpoint::empty(path)
+    }
+
+    fn push(&mut self, entry: TensorEntry) -> Result<()> {
+        let expected = entry.numel() * dtype::width(entry.dtype);
+        if expected != entry.range.len() {
+            return Err(Error::tensor(
+                &self.path,
+                &entry.name,
+                format!(
+                    "holds {} bytes, shape {:?} of {:?} needs {expected}",
+                    entry.range.len(),
+                    entry.shape,
+                    entry.dtype
+                ),
+            ));
+        }
+        if self.index.insert(entry.name.clone(), self.tensors.len()).is_some() {
+            return Err(Error::tensor(&self.path, &entry.name, "appears twice"));
+        }
+        self.tensors.push(entry);
+        Ok(())
+    }
+
+    /// The path it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Tensors in file order.
+    pub fn tensors(&self) -> &[TensorEntry] {
+        &self.tensors
+    }
+
+    /// The tensor called `name`.
+    pub fn get(&self, name: &str) -> Option<&TensorEntry> {
+        self.index.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// The raw little-endian bytes of a tensor.
+    pub fn bytes(&self, tensor: &TensorEntry) -> &[u8] {
+        &self.sources[tensor.source].buffer.bytes()[tensor.range.clone()]
+    }
+
+    /// The file holding a tensor (a shard, for sharded checkpoints).
+    pub fn file_of(&self, tensor: &TensorEntry) -> &Path {
+        &self.sources[tensor.source].path
+    }
+
+    /// The safetensors `__metadata__` (for a sharded checkpoint, the first shard's, plus the index's).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// Every file this checkpoint reads.
+    pub fn files(&self) -> Vec<&Path> {
+        let mut files: Vec<&Path> = self.sources.iter().map(|s| s.path.as_path()).collect();
+        files.dedup();
+        files
+    }
+
+    /// A float tensor's values as f32, or an error naming it.
+    pub fn f32_values(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self.get(name).ok_or_else(|| Error::tensor(&self.path, name, "not in the checkpoint"))?;
+        if !dtype::is_float(t.dtype) {
+            return Err(Error::tensor(&self.path, name, format!("is {:?}, not floating point", t.dtype)));
+        }
+        Ok(dtype::to_f32(t.dtype, self.bytes(t)))
+    }
+}
+
+/// The `*.safetensors.index.json` in `dir`, if it holds exactly one.
+pub fn find_index(dir: &Path) -> Result<Option<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        if name.to_string_lossy().ends_with(".safetensors.index.json") {
+            found.push(entry.path());
+        }
+    }
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err(Error::format(dir, "holds more than one *.safetensors.index.json")),
+    }
+}
+
+fn safetensors_error(path: &Path, e: safetensors::SafeTensorError) -> Error {
+    use safetensors::SafeTensorError as E;
+    let message = match &e {
+        E::InvalidHeaderLength | E::HeaderTooSmall => {
+            "not a safetensors file or truncated: the header length is beyond the end of the file".to_string()
+        }
+        E::MetadataIncompleteBuffer => {
+            "truncated or corrupt: the tensors' data does not end where the file ends".to_string()
+        }
+        E::InvalidOffset(name) => {
+            return Error::tensor(path, name, "corrupt safetensors: data offsets overlap or lie outside the data")
+        }
+        E::TensorInvalidInfo => "corrupt safetensors: a tensor's offsets do not match its shape and dtype".to_string(),
+        _ => format!("corrupt safetensors header: {e}"),
+    };
+    Error::format(path, message)
+}

@@ -1,0 +1,114 @@
+//! Streaming safetensors writer: the header is written first, tensor data is written at known
+//! offsets (from any thread), and the file only appears under its name once complete.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use safetensors::Dtype;
+
+use crate::checkpoint::dtype;
+use tempfile::NamedTempFile;
+
+use crate::error::{Error, Result};
+
+/// Name, type and shape of a tensor to write.
+#[derive(Debug, Clone)]
+pub struct TensorSpec {
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    /// Size of its data in bytes.
+    pub fn nbytes(&self) -> usize {
+        self.shape.iter().product::<usize>() * dtype::width(self.dtype)
+    }
+}
+
+/// A safetensors file being written into a temporary file beside its target.
+pub struct SafetensorsWriter {
+    target: PathBuf,
+    file: NamedTempFile,
+    offsets: Vec<u64>,
+}
+
+/// Creates a temporary file in the directory of `target`, so that a rename publishes it atomically.
+pub(crate) fn temp_beside(target: &Path) -> Result<NamedTempFile> {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, std::io::Error::new(e.kind(), format!("cannot create the output here: {e}"))))
+}
+
+impl SafetensorsWriter {
+    /// Writes the header for `tensors` (in this order) and reserves their data.
+    pub fn create(target: &Path, tensors: &[TensorSpec], metadata: &BTreeMap<String, String>) -> Result<Self> {
+        let mut header = serde_json::Map::new();
+        if !metadata.is_empty() {
+            header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("string map"));
+        }
+        let mut offset = 0u64;
+        let mut offsets = Vec::with_capacity(tensors.len());
+        for t in tensors {
+            let end = offset + t.nbytes() as u64;
+            header.insert(
+                t.name.clone(),
+                serde_json::json!({"dtype": format!("{:?}", t.dtype), "shape": t.shape, "data_offsets": [offset, end]}),
+            );
+            offsets.push(offset);
+            offset = end;
+        }
+        let mut json = serde_json::to_vec(&header).expect("header serialises");
+        json.resize(json.len().div_ceil(8) * 8, b' ');
+        let data_start = 8 + json.len() as u64;
+        let mut file = temp_beside(target)?;
+        let io = |e| Error::io(target, e);
+        file.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
+        file.write_all(&json).map_err(io)?;
+        file.as_file().set_len(data_start + offset).map_err(io)?;
+        Ok(SafetensorsWriter {
+            target: target.to_path_buf(),
+            file,
+            offsets: offsets.iter().map(|o| o + data_start).collect(),
+        })
+    }
+
+    /// Writes `bytes` at byte `at` of tensor number `index`'s data. Safe to call from many threads.
+    pub fn write_at(&self, index: usize, at: usize, bytes: &[u8]) -> Result<()> {
+        self.file.as_file().write_all_at(bytes, self.offsets[index] + at as u64).map_err(|e| Error::io(&self.target, e))
+    }
+
+    /// Flushes to disk and renames the file to its target.
+    pub fn finish(self) -> Result<PathBuf> {
+        self.file.as_file().sync_all().map_err(|e| Error::io(&self.target, e))?;
+        self.file.persist(&self.target).map_err(|e| Error::io(&self.target, e.error))?;
+        Ok(self.target)
+    }
+}
+
+/// Writes small in-memory tensors as one safetensors file, atomically.
+pub fn write_tensors(
+    target: &Path,
+    tensors: &[(TensorSpec, Vec<u8>)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let specs: Vec<TensorSpec> = tensors.iter().map(|(s, _)| s.clone()).collect();
+    let writer = SafetensorsWriter::create(target, &specs, metadata)?;
+    for (i, (_, bytes)) in tensors.iter().enumerate() {
+        writer.write_at(i, 0, bytes)?;
+    }
+    writer.finish()?;
+    Ok(())
+}

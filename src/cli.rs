@@ -1,0 +1,377 @@
+//! Command line: clap definitions, converted into the library's option structs.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::average::{AverageOptions, BufferPolicy, Selection, Weighting};
+use crate::checkpoint::dtype;
+use crate::evaluate::EvalOptions;
+use crate::recalibrate::{PassOptions, RecalibrateOptions, StatsMode};
+use crate::runtime::Device;
+
+/// Offline Stochastic Weight Averaging and BatchNorm recalibration for saved checkpoints.
+#[derive(Debug, Parser)]
+#[command(name = "swa", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Hide progress bars (they are hidden anyway when stderr is not a terminal).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Average checkpoints into one SWA model (safetensors, streamed, out of core).
+    Average(AverageArgs),
+    /// Recalibrate BatchNorm statistics by running the ONNX model over training samples.
+    Recalibrate(RecalibrateArgs),
+    /// Accuracy, top-k and loss of a model on labelled held-out data.
+    Evaluate(EvaluateArgs),
+    /// Average, recalibrate, evaluate every checkpoint and the SWA model, and write a report.
+    Run(RunArgs),
+    /// List a checkpoint's or model's tensors and BatchNorm layers.
+    Inspect(InspectArgs),
+}
+
+/// Which checkpoints, by the number in their names.
+#[derive(Debug, Args, Clone)]
+pub struct SelectArgs {
+    /// First number to use (inclusive): `--from 10` keeps epoch_010 and later.
+    #[arg(long, value_name = "N")]
+    pub from: Option<u64>,
+    /// Last number to use (inclusive).
+    #[arg(long, value_name = "N")]
+    pub to: Option<u64>,
+    /// Keep only the last N checkpoints (after --from/--to/--every).
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
+    /// Keep every K-th checkpoint, starting with the first.
+    #[arg(long, value_name = "K")]
+    pub every: Option<usize>,
+}
+
+impl From<&SelectArgs> for Selection {
+    fn from(a: &SelectArgs) -> Self {
+        Selection { from: a.from, to: a.to, every: a.every, last: a.last }
+    }
+}
+
+/// `swa average`.
+#[derive(Debug, Args)]
+pub struct AverageArgs {
+    /// Checkpoints: .safetensors, sharded *.safetensors.index.json, .onnx, or directories of them.
+    #[arg(required = true, value_name = "CHECKPOINT")]
+    pub checkpoints: Vec<PathBuf>,
+    /// Output: a .safetensors file, or NAME.safetensors.index.json for shards.
+    #[arg(short, long, value_name = "OUTPUT")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Weights, one per selected checkpoint in order (normalised): 0.2,0.3,0.5
+    #[arg(long, value_delimiter = ',', conflicts_with = "ema", value_name = "W,...")]
+    pub weights: Option<Vec<f64>>,
+    /// Exponential moving average with this decay over the checkpoints in order (newest heaviest).
+    #[arg(long, value_name = "DECAY")]
+    pub ema: Option<f64>,
+    /// Continue an earlier uniform average (its n_models metadata) with these checkpoints.
+    #[arg(long, value_name = "AVERAGE.safetensors")]
+    pub resume: Option<PathBuf>,
+    /// Output dtype of floating-point tensors: f32, f16, bf16 or f64 (default: as stored).
+    #[arg(long, value_parser = parse_dtype)]
+    pub dtype: Option<crate::checkpoint::Dtype>,
+    /// BatchNorm statistics and integer tensors: copy from the newest checkpoint, or average the float ones.
+    #[arg(long, value_enum, default_value = "newest")]
+    pub buffers: BuffersArg,
+    /// Average even when an input holds NaN or Inf.
+    #[arg(long)]
+    pub allow_nonfinite: bool,
+    /// Write shards of at most this size (bytes, or with KB/MB/GB/KiB/MiB/GiB).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub shard_size: Option<u64>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--buffers`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BuffersArg {
+    /// Copy from the newest selected checkpoint.
+    Newest,
+    /// Average the floating-point ones.
+    Average,
+}
+
+fn parse_dtype(s: &str) -> Result<crate::checkpoint::Dtype, String> {
+    dtype::parse_float(s).ok_or_else(|| format!("unknown dtype `{s}`: use f32, f16, bf16 or f64"))
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("bad size `{s}`"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" | "k" => 1024.0,
+        "mib" | "m" => 1024.0 * 1024.0,
+        "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
+        u => return Err(format!("unknown unit `{u}` in `{s}`")),
+    };
+    Ok((v * mult) as u64)
+}
+
+impl AverageArgs {
+    /// The library options.
+    pub fn options(&self, quiet: bool) -> AverageOptions {
+        AverageOptions {
+            checkpoints: self.checkpoints.clone(),
+            selection: (&self.select).into(),
+            weighting: match (&self.weights, self.ema) {
+                (Some(w), _) => Weighting::Explicit(w.clone()),
+                (None, Some(d)) => Weighting::Ema(d),
+                _ => Weighting::Uniform,
+            },
+            resume: self.resume.clone(),
+            dtype: self.dtype,
+            buffers: match self.buffers {
+                BuffersArg::Newest => BufferPolicy::Newest,
+                BuffersArg::Average => BufferPolicy::Average,
+            },
+            allow_nonfinite: self.allow_nonfinite,
+            output: self.output.clone(),
+            shard_size: self.shard_size,
+            quiet: quiet || self.json,
+        }
+    }
+}
+
+/// How the model runs.
+#[derive(Debug, Args, Clone)]
+pub struct DeviceArgs {
+    /// cpu, cuda or cuda:N. CUDA that cannot be used is an error, never a silent fallback.
+    #[arg(long, default_value = "cpu", value_parser = |s: &str| s.parse::<Device>())]
+    pub device: Device,
+    /// ONNX Runtime intra-op threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+/// `swa recalibrate`.
+#[derive(Debug, Args)]
+pub struct RecalibrateArgs {
+    /// The ONNX model, exported with BatchNorm kept.
+    #[arg(long, value_name = "MODEL.onnx")]
+    pub model: PathBuf,
+    /// Tensors to bind into the model by name first (e.g. the output of `swa average`).
+    #[arg(long, value_name = "W.safetensors")]
+    pub weights: Option<PathBuf>,
+    /// Training samples: .npy for a one-input model, or .npz with arrays named after the inputs.
+    #[arg(long, value_name = "X.npy|X.npz")]
+    pub inputs: PathBuf,
+    /// Samples per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Use at most this many samples.
+    #[arg(long, value_name = "N")]
+    pub max_samples: Option<usize>,
+    /// precise: pooled population statistics; torch: what torch.optim.swa_utils.update_bn computes.
+    #[arg(long, value_enum, default_value = "precise")]
+    pub stats: StatsMode,
+    #[command(flatten)]
+    pub run: DeviceArgs,
+    /// Keep the model's own values for weights that the checkpoint lacks.
+    #[arg(long)]
+    pub allow_partial: bool,
+    /// Output ONNX model.
+    #[arg(short, long, value_name = "OUT.onnx")]
+    pub output: PathBuf,
+    /// Also write the tensors under the checkpoint's names, for model.load_state_dict.
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub save_weights: Option<PathBuf>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RecalibrateArgs {
+    /// The library options.
+    pub fn options(&self, quiet: bool) -> RecalibrateOptions {
+        RecalibrateOptions {
+            model: self.model.clone(),
+            weights: self.weights.clone(),
+            allow_partial: self.allow_partial,
+            pass: PassOptions {
+                inputs: self.inputs.clone(),
+                batch_size: self.batch_size,
+                max_samples: self.max_samples,
+                stats: self.stats,
+                device: self.run.device,
+                threads: self.run.threads,
+                quiet: quiet || self.json,
+            },
+            output: self.output.clone(),
+            save_weights: self.save_weights.clone(),
+        }
+    }
+}
+
+/// `swa evaluate`.
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// The ONNX model.
+    #[arg(long, value_name = "M.onnx")]
+    pub model: PathBuf,
+    /// Tensors to bind into the model first.
+    #[arg(long, value_name = "W.safetensors")]
+    pub weights: Option<PathBuf>,
+    /// Held-out inputs.
+    #[arg(long, value_name = "X.npy|X.npz")]
+    pub inputs: PathBuf,
+    /// Integer class labels [N].
+    #[arg(long, value_name = "Y.npy")]
+    pub labels: PathBuf,
+    /// Samples per batch.
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// k of the top-k accuracy.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    #[command(flatten)]
+    pub run: DeviceArgs,
+    /// Exit with code 1 when top-1 accuracy is below this (0..1).
+    #[arg(long, value_name = "A")]
+    pub min_accuracy: Option<f64>,
+    /// Keep the model's own values for weights that the checkpoint lacks.
+    #[arg(long)]
+    pub allow_partial: bool,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl EvaluateArgs {
+    /// The library options.
+    pub fn options(&self, quiet: bool) -> EvalOptions {
+        EvalOptions {
+            inputs: self.inputs.clone(),
+            labels: self.labels.clone(),
+            batch_size: self.batch_size,
+            top_k: self.top_k,
+            device: self.run.device,
+            threads: self.run.threads,
+            quiet: quiet || self.json,
+        }
+    }
+}
+
+/// `swa run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The ONNX model, exported with BatchNorm kept.
+    #[arg(long, value_name = "M.onnx")]
+    pub model: PathBuf,
+    /// Checkpoint directories or files (all are evaluated; the selection goes into the average).
+    #[arg(long, required = true, num_args = 1.., value_name = "DIR|FILE")]
+    pub checkpoints: Vec<PathBuf>,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Training samples for recalibration.
+    #[arg(long, value_name = "X.npy|X.npz")]
+    pub train_inputs: PathBuf,
+    /// Held-out inputs.
+    #[arg(long, value_name = "X.npy|X.npz")]
+    pub eval_inputs: PathBuf,
+    /// Held-out integer labels.
+    #[arg(long, value_name = "Y.npy")]
+    pub eval_labels: PathBuf,
+    /// Also recalibrate every checkpoint (the "++" column).
+    #[arg(long)]
+    pub recalibrate_each: bool,
+    /// Statistics mode.
+    #[arg(long, value_enum, default_value = "precise")]
+    pub stats: StatsMode,
+    /// Recalibration batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Evaluation batch size.
+    #[arg(long, default_value_t = 256)]
+    pub eval_batch_size: usize,
+    /// Use at most this many training samples.
+    #[arg(long, value_name = "N")]
+    pub max_samples: Option<usize>,
+    /// k of the top-k accuracy.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    #[command(flatten)]
+    pub run: DeviceArgs,
+    /// Keep the model's own values for weights that a checkpoint lacks.
+    #[arg(long)]
+    pub allow_partial: bool,
+    /// Exit with code 1 when the recalibrated SWA model's top-1 is below this.
+    #[arg(long, value_name = "A")]
+    pub min_accuracy: Option<f64>,
+    /// Output directory (created; must be empty unless --force).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Replace a non-empty output directory.
+    #[arg(long)]
+    pub force: bool,
+    /// Print report.json on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RunArgs {
+    /// The library options.
+    pub fn options(&self, quiet: bool) -> crate::pipeline::RunOptions {
+        let quiet = quiet || self.json;
+        crate::pipeline::RunOptions {
+            model: self.model.clone(),
+            checkpoints: self.checkpoints.clone(),
+            selection: (&self.select).into(),
+            pass: PassOptions {
+                inputs: self.train_inputs.clone(),
+                batch_size: self.batch_size,
+                max_samples: self.max_samples,
+                stats: self.stats,
+                device: self.run.device,
+                threads: self.run.threads,
+                quiet,
+            },
+            eval: EvalOptions {
+                inputs: self.eval_inputs.clone(),
+                labels: self.eval_labels.clone(),
+                batch_size: self.eval_batch_size,
+                top_k: self.top_k,
+                device: self.run.device,
+                threads: self.run.threads,
+                quiet,
+            },
+            recalibrate_each: self.recalibrate_each,
+            allow_partial: self.allow_partial,
+            out: self.out.clone(),
+            force: self.force,
+        }
+    }
+}
+
+/// `swa inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A .safetensors, sharded index, directory, or .onnx file.
+    pub file: PathBuf,
+    /// Show how this checkpoint's names bind to the ONNX model FILE.
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub against: Option<PathBuf>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,291 @@
+//! Samples and labels from `.npy` / `.npz` files, memory-mapped, taken in file order in batches.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use half::f16;
+use memmap2::Mmap;
+
+use crate::error::{Error, Result};
+
+/// Element types of the arrays read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NpyType {
+    /// `<f4`
+    F32,
+    /// `<f2`
+    F16,
+    /// `<f8`
+    F64,
+    /// `|u1`
+    U8,
+    /// `<i8`
+    I64,
+    /// `<i4`
+    I32,
+}
+
+impl NpyType {
+    fn parse(descr: &str) -> Option<Self> {
+        Some(match descr {
+            "<f4" => NpyType::F32,
+            "<f2" => NpyType::F16,
+            "<f8" => NpyType::F64,
+            "|u1" | "<u1" => NpyType::U8,
+            "<i8" => NpyType::I64,
+            "<i4" => NpyType::I32,
+            _ => return None,
+        })
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            NpyType::U8 => 1,
+            NpyType::F16 => 2,
+            NpyType::F32 | NpyType::I32 => 4,
+            NpyType::F64 | NpyType::I64 => 8,
+        }
+    }
+}
+
+enum Bytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+/// An array: its bytes (mapped, or decompressed from an npz), type and shape.
+#[derive(Clone)]
+pub struct Array {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Its name inside an `.npz` (empty for `.npy`).
+    pub name: String,
+    /// Element type.
+    pub dtype: NpyType,
+    /// Shape, samples first.
+    pub shape: Vec<usize>,
+    bytes: Arc<Bytes>,
+    offset: usize,
+}
+
+impl std::fmt::Debug for Array {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Array")
+            .field("path", &self.path)
+            .field("dtype", &self.dtype)
+            .field("shape", &self.shape)
+            .finish()
+    }
+}
+
+impl Array {
+    fn data(&self) -> &[u8] {
+        let all = match &*self.bytes {
+            Bytes::Mapped(m) => &m[..],
+            Bytes::Owned(v) => &v[..],
+        };
+        &all[self.offset..]
+    }
+
+    /// Number of samples (the first dimension).
+    pub fn len(&self) -> usize {
+        self.shape.first().copied().unwrap_or(0)
+    }
+
+    /// True when there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Elements per sample.
+    pub fn sample_numel(&self) -> usize {
+        self.shape[1..].iter().product()
+    }
+
+    /// What error messages call it.
+    pub fn label(&self) -> String {
+        if self.name.is_empty() {
+            self.path.display().to_string()
+        } else {
+            format!("{} (array `{}`)", self.path.display(), self.name)
+        }
+    }
+
+    /// Samples `start..end` as f32 (u8 and f16 values are cast, not scaled).
+    pub fn f32_rows(&self, start: usize, end: usize) -> Vec<f32> {
+        let k = self.sample_numel();
+        let s = self.dtype.size();
+        let bytes = &self.data()[start * k * s..end * k * s];
+        match self.dtype {
+            NpyType::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            NpyType::F16 => bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            NpyType::F64 => bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            NpyType::U8 => bytes.iter().map(|&b| b as f32).collect(),
+            NpyType::I64 => bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            NpyType::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+        }
+    }
+
+    /// All values as i64 (for labels).
+    pub fn i64_values(&self) -> Result<Vec<i64>> {
+        let bytes = &self.data()[..self.shape.iter().product::<usize>() * self.dtype.size()];
+        Ok(match self.dtype {
+            NpyType::I64 => bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+            NpyType::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
+            NpyType::U8 => bytes.iter().map(|&b| b as i64).collect(),
+            other => return Err(Error::format(&self.path, format!("labels must be integers, found {other:?}"))),
+        })
+    }
+}
+
+/// Parses an `.npy` header: (type, shape, data offset).
+fn parse_header(path: &Path, name: &str, bytes: &[u8]) -> Result<(NpyType, Vec<usize>, usize)> {
+    let what = if name.is_empty() { String::new() } else { format!(" (array `{name}`)") };
+    let bad = |m: &str| Error::format(path, format!("{m}{what}"));
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("not a .npy array (bad magic)"));
+    }
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
+        _ => return Err(bad("unsupported .npy version")),
+    };
+    let header = bytes.get(start..start + len).ok_or_else(|| bad("truncated .npy header"))?;
+    let header = std::str::from_utf8(header).map_err(|_| bad("bad .npy header"))?;
+    let field = |key: &str| -> Option<&str> {
+        let at = header.find(&format!("'{key}'"))? + key.len() + 2;
+        Some(header[at..].trim_start().strip_prefix(':')?.trim_start())
+    };
+    let descr = field("descr")
+        .and_then(|s| s.strip_prefix('\''))
+        .and_then(|s| s.split('\'').next())
+        .ok_or_else(|| bad("no descr"))?;
+    let dtype = NpyType::parse(descr)
+        .ok_or_else(|| bad(&format!("unsupported dtype {descr} (use float32, float16 or uint8)")))?;
+    if field("fortran_order").is_some_and(|s| s.starts_with("True")) {
+        return Err(bad("Fortran-ordered arrays are not supported: save with np.ascontiguousarray"));
+    }
+    let shape_text = field("shape")
+        .and_then(|s| s.strip_prefix('('))
+        .and_then(|s| s.split(')').next())
+        .ok_or_else(|| bad("no shape"))?;
+    let shape = shape_text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().map_err(|_| bad("bad shape")))
+        .collect::<Result<Vec<_>>>()?;
+    let data = start + len;
+    let need = shape.iter().product::<usize>() * dtype.size();
+    if bytes.len() < data + need {
+        return Err(bad(&format!(
+            "truncated: shape {shape:?} needs {need} bytes of data, the file has {}",
+            bytes.len().saturating_sub(data)
+        )));
+    }
+    Ok((dtype, shape, data))
+}
+
+/// Opens a `.npy` file.
+pub fn open_npy(path: &Path) -> Result<Array> {
+    let map = crate::checkpoint::map_file(path)?;
+    let (dtype, shape, offset) = parse_header(path, "", &map)?;
+    Ok(Array {
+        path: path.to_path_buf(),
+        name: String::new(),
+        dtype,
+        shape,
+        bytes: Arc::new(Bytes::Mapped(map)),
+        offset,
+    })
+}
+
+/// Opens every array of an `.npz` file, by name. Stored members are memory-mapped; compressed
+/// ones are decompressed into memory.
+pub fn open_npz(path: &Path) -> Result<Vec<Array>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut zip =
+        zip::ZipArchive::new(file).map_err(|e| Error::format(path, format!("not a valid .npz (zip) file: {e}")))?;
+    let map = Arc::new(Bytes::Mapped(crate::checkpoint::map_file(path)?));
+    let mut arrays = Vec::new();
+    for i in 0..zip.len() {
+        let mut member = zip.by_index(i).map_err(|e| Error::format(path, format!("corrupt .npz: {e}")))?;
+        let name = member.name().trim_end_matches(".npy").to_string();
+        let (bytes, base) = if member.compression() == zip::CompressionMethod::Stored {
+            (map.clone(), member.data_start() as usize)
+        } else {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut member, &mut buf).map_err(|e| Error::io(path, e))?;
+            (Arc::new(Bytes::Owned(buf)), 0)
+        };
+        let all = match &*bytes {
+            Bytes::Mapped(m) => &m[base..],
+            Bytes::Owned(v) => &v[..],
+        };
+        let (dtype, shape, offset) = parse_header(path, &name, all)?;
+        arrays.push(Array { path: path.to_path_buf(), name, dtype, shape, bytes, offset: base + offset });
+    }
+    Ok(arrays)
+}
+
+/// The arrays feeding `input_names`: a `.npy` for a single-input model, or the arrays of a `.npz`
+/// named after the inputs.
+pub fn open_inputs(path: &Path, input_names: &[String]) -> Result<Vec<Array>> {
+    let is_npz = path.extension().is_some_and(|e| e == "npz");
+    let arrays = if is_npz {
+        let all = open_npz(path)?;
+        let mut picked = Vec::new();
+        for name in input_names {
+            let found = all.iter().find(|a| &a.name == name).or(if input_names.len() == 1 && all.len() == 1 {
+                all.first()
+            } else {
+                None
+            });
+            let Some(a) = found else {
+                let have: Vec<&str> = all.iter().map(|a| a.name.as_str()).collect();
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "has no array named `{name}` for the model input of that name (it has: {})",
+                        have.join(", ")
+                    ),
+                ));
+            };
+            picked.push(a.clone());
+        }
+        picked
+    } else {
+        if input_names.len() != 1 {
+            return Err(Error::format(
+                path,
+                format!(
+                    "the model has {} inputs ({}); pass an .npz with one array per input name",
+                    input_names.len(),
+                    input_names.join(", ")
+                ),
+            ));
+        }
+        vec![open_npy(path)?]
+    };
+    let n = arrays[0].len();
+    if let Some(a) = arrays.iter().find(|a| a.len() != n) {
+        return Err(Error::format(
+            path,
+            format!("arrays disagree on the number of samples: {} has {}, {} has {n}", a.name, a.len(), arrays[0].name),
+        ));
+    }
+    Ok(arrays)
+}
+
+/// Integer class labels, one per sample.
+pub fn open_labels(path: &Path) -> Result<Vec<i64>> {
+    let a = open_npy(path)?;
+    if a.shape.len() != 1 {
+        return Err(Error::format(
+            path,
+            format!("labels must be a 1-D array of class indices, found shape {:?}", a.shape),
+        ));
+    }
+    a.i64_values()
+}

@@ -1,0 +1,212 @@
+//! Classification metrics from logits: top-1, top-k, mean cross-entropy, per-class accuracy.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::data;
+use crate::error::{Error, Result};
+use crate::onnx::Model;
+use crate::progress;
+use crate::runtime::{self, Device};
+
+/// Metrics over a labelled set.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Metrics {
+    /// Samples evaluated.
+    pub samples: usize,
+    /// Correct top-1 predictions.
+    pub correct: usize,
+    /// Top-1 accuracy.
+    pub top1: f64,
+    /// k of top-k.
+    pub k: usize,
+    /// Top-k accuracy.
+    pub topk: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Accuracy per class (classes with samples).
+    pub per_class: Vec<ClassAccuracy>,
+}
+
+/// One class's accuracy.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ClassAccuracy {
+    /// Class index.
+    pub class: usize,
+    /// Samples of that class.
+    pub samples: usize,
+    /// Top-1 accuracy on them.
+    pub accuracy: f64,
+}
+
+/// Accumulates metrics batch by batch.
+#[derive(Debug, Clone)]
+pub struct MetricsAccumulator {
+    k: usize,
+    classes: Option<usize>,
+    samples: usize,
+    correct: usize,
+    correct_k: usize,
+    loss: f64,
+    per_class: Vec<(usize, usize)>,
+}
+
+impl MetricsAccumulator {
+    /// Counting top-`k`.
+    pub fn new(k: usize) -> Self {
+        MetricsAccumulator {
+            k: k.max(1),
+            classes: None,
+            samples: 0,
+            correct: 0,
+            correct_k: 0,
+            loss: 0.0,
+            per_class: Vec::new(),
+        }
+    }
+
+    /// Adds a batch of logits [n, classes] (row-major) and their labels.
+    pub fn add(&mut self, logits: &[f32], classes: usize, labels: &[i64], labels_path: &Path) -> Result<()> {
+        self.classes.get_or_insert(classes);
+        self.per_class.resize(classes, (0, 0));
+        for (row, &label) in logits.chunks_exact(classes).zip(labels) {
+            if label < 0 || label as usize >= classes {
+                return Err(Error::format(
+                    labels_path,
+                    format!(
+                        "label {label} at sample {} is out of range for {classes} classes (the model's logits)",
+                        self.samples
+                    ),
+                ));
+            }
+            let y = label as usize;
+            let target = row[y];
+            let above = row.iter().enumerate().filter(|&(j, &v)| v > target || (v == target && j < y)).count();
+            if above == 0 {
+                self.correct += 1;
+                self.per_class[y].1 += 1;
+            }
+            if above < self.k {
+                self.correct_k += 1;
+            }
+            self.per_class[y].0 += 1;
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+            self.loss += lse - target as f64;
+            self.samples += 1;
+        }
+        Ok(())
+    }
+
+    /// The metrics so far.
+    pub fn finish(&self) -> Metrics {
+        let n = self.samples.max(1) as f64;
+        Metrics {
+            samples: self.samples,
+            correct: self.correct,
+            top1: self.correct as f64 / n,
+            k: self.k,
+            topk: self.correct_k as f64 / n,
+            loss: self.loss / n,
+            per_class: self
+                .per_class
+                .iter()
+                .enumerate()
+                .filter(|(_, (total, _))| *total > 0)
+                .map(|(class, &(total, ok))| ClassAccuracy {
+                    class,
+                    samples: total,
+                    accuracy: ok as f64 / total as f64,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Held-out data and how to run over it.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// Inputs.
+    pub inputs: PathBuf,
+    /// Integer labels.
+    pub labels: PathBuf,
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// k of top-k.
+    pub top_k: usize,
+    /// Where to run.
+    pub device: Device,
+    /// Intra-op threads.
+    pub threads: Option<usize>,
+    /// Hide progress.
+    pub quiet: bool,
+}
+
+/// Evaluates `model` (weights already bound) on the labelled data.
+pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
+    if opts.batch_size == 0 {
+        return Err(Error::usage("--batch-size must be at least 1"));
+    }
+    let specs = runtime::input_specs(model)?;
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let arrays = data::open_inputs(&opts.inputs, &names)?;
+    runtime::check_inputs(&specs, &arrays)?;
+    let labels = data::open_labels(&opts.labels)?;
+    if labels.len() != arrays[0].len() {
+        return Err(Error::format(
+            &opts.labels,
+            format!("has {} labels for {} samples in {}", labels.len(), arrays[0].len(), opts.inputs.display()),
+        ));
+    }
+    let output = model
+        .graph()
+        .output
+        .first()
+        .map(|o| o.name().to_string())
+        .ok_or_else(|| Error::format(&model.path, "has no output"))?;
+    let (bytes, external) = model.encode("model.onnx.data");
+    if external.is_some() {
+        return Err(Error::usage("models over 2 GiB cannot be evaluated yet"));
+    }
+    let mut session = runtime::session(&bytes, opts.device, opts.threads)?;
+    let mut acc = MetricsAccumulator::new(opts.top_k);
+    let bar = progress::samples_bar(labels.len() as u64, "evaluating", opts.quiet);
+    let mut done = 0;
+    runtime::run_batches(&mut session, &specs, &arrays, opts.batch_size, labels.len(), &bar, |n, out| {
+        let (shape, logits) = out[output.as_str()].try_extract_tensor::<f32>()?;
+        if shape.len() != 2 || shape[0] as usize != n {
+            return Err(Error::format(
+                &model.path,
+                format!(
+                    "output `{output}` has shape {:?} for a batch of {n}; evaluation needs logits [N, classes]",
+                    &shape[..]
+                ),
+            ));
+        }
+        acc.add(logits, shape[1] as usize, &labels[done..done + n], &opts.labels)?;
+        done += n;
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    Ok(acc.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_from_logits() {
+        let logits = [2.0, 1.0, 0.0, 0.0, 1.0, 2.0, 5.0, 4.0, 6.0];
+        let mut acc = MetricsAccumulator::new(2);
+        acc.add(&logits, 3, &[0, 1, 1], Path::new("y.npy")).unwrap();
+        let m = acc.finish();
+        assert_eq!((m.samples, m.correct), (3, 1));
+        assert!((m.topk - 2.0 / 3.0).abs() < 1e-12);
+        let ce = |row: &[f64], y: usize| row.iter().map(|v| v.exp()).sum::<f64>().ln() - row[y];
+        let expected = (ce(&[2.0, 1.0, 0.0], 0) + ce(&[0.0, 1.0, 2.0], 1) + ce(&[5.0, 4.0, 6.0], 1)) / 3.0;
+        assert!((m.loss - expected).abs() < 1e-9);
+        assert!(acc.add(&logits[..3], 3, &[3], Path::new("y.npy")).unwrap_err().to_string().contains("out of range"));
+    }
+}

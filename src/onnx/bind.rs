@@ -1,0 +1,171 @@
+//! Binding checkpoint tensors into an ONNX graph by name.
+//!
+//! The PyTorch exporter deduplicates equal initializers (a fresh model's BatchNorm weights are all
+//! ones), so `layer1.0.bn1.weight` may be an `Identity` of `bn1.weight`. [`unshare`] first gives
+//! every such name an initializer of its own; binding then matches names exactly, then with the
+//! usual wrapper prefixes (`module.`, `_orig_mod.`, `model.`) stripped on either side.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use serde::Serialize;
+
+use super::{tensor, tensor_data, Model};
+use crate::checkpoint::{dtype, Checkpoint};
+use crate::error::{Error, Result};
+
+const PREFIXES: [&str; 3] = ["module.", "_orig_mod.", "model."];
+
+/// Operators whose non-data inputs are weights that a checkpoint must provide.
+const WEIGHT_OPS: [&str; 6] = ["Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "LayerNormalization"];
+
+/// A name with the wrapper prefixes removed.
+pub fn strip_prefixes(mut name: &str) -> &str {
+    while let Some(rest) = PREFIXES.iter().find_map(|p| name.strip_prefix(p)) {
+        name = rest;
+    }
+    name
+}
+
+/// Replaces every `Identity` of an initializer by an initializer of its own (a copy), so each
+/// name can be bound and recalibrated separately. Returns how many were resolved.
+pub fn unshare(model: &mut Model) -> usize {
+    let mut resolved = 0;
+    loop {
+        let g = model.graph_mut();
+        let inits: HashMap<String, usize> =
+            g.initializer.iter().enumerate().map(|(i, t)| (t.name().to_string(), i)).collect();
+        let outputs: HashSet<String> = g.output.iter().map(|o| o.name().to_string()).collect();
+        let pos = g.node.iter().position(|n| {
+            n.op_type() == "Identity"
+                && n.input.len() == 1
+                && inits.contains_key(&n.input[0])
+                && !outputs.contains(&n.output[0])
+                && !inits.contains_key(&n.output[0])
+        });
+        let Some(pos) = pos else { return resolved };
+        let node = g.node.remove(pos);
+        let mut copy = g.initializer[inits[&node.input[0]]].clone();
+        copy.name = Some(node.output[0].clone());
+        g.initializer.push(copy);
+        resolved += 1;
+    }
+}
+
+/// How a checkpoint bound to a graph.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct BindReport {
+    /// Checkpoint name → graph initializer name, for every bound tensor.
+    pub bound: Vec<(String, String)>,
+    /// Floating-point checkpoint tensors with no initializer of that name in the graph.
+    pub unmatched: Vec<String>,
+    /// Integer checkpoint tensors (step counters, `num_batches_tracked`): not weights, not bound.
+    pub skipped: Vec<String>,
+    /// Weight initializers of the graph (inputs of Conv, Gemm, MatMul, BatchNormalization…) that
+    /// no checkpoint tensor bound.
+    pub unbound: Vec<String>,
+}
+
+impl BindReport {
+    /// Graph name → checkpoint name.
+    pub fn checkpoint_names(&self) -> HashMap<&str, &str> {
+        self.bound.iter().map(|(c, g)| (g.as_str(), c.as_str())).collect()
+    }
+}
+
+/// Initializer names that feed the weight inputs of [`WEIGHT_OPS`] nodes.
+pub fn weight_initializers(model: &Model) -> BTreeSet<String> {
+    let g = model.graph();
+    let inits: HashSet<&str> =
+        g.initializer.iter().filter(|t| matches!(t.data_type(), 1 | 10 | 11 | 16)).map(|t| t.name()).collect();
+    let mut out = BTreeSet::new();
+    for n in &g.node {
+        if WEIGHT_OPS.contains(&n.op_type()) {
+            for input in n.input.iter().skip(1) {
+                if inits.contains(input.as_str()) {
+                    out.insert(input.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Binds `ck`'s tensors into `model`'s initializers (after [`unshare`]). Shapes must agree; floats
+/// are converted to the initializer's dtype. Unbound weights are an error unless `allow_partial`.
+pub fn bind(model: &mut Model, ck: &Checkpoint, allow_partial: bool) -> Result<BindReport> {
+    unshare(model);
+    let weights = weight_initializers(model);
+    let g = model.graph_mut();
+    let exact: HashMap<String, usize> =
+        g.initializer.iter().enumerate().map(|(i, t)| (t.name().to_string(), i)).collect();
+    let mut stripped: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, t) in g.initializer.iter().enumerate() {
+        stripped.entry(strip_prefixes(t.name())).or_default().push(i);
+    }
+    let mut targets: Vec<(usize, &crate::checkpoint::TensorEntry)> = Vec::new();
+    let mut report = BindReport::default();
+    let mut taken: HashMap<usize, &str> = HashMap::new();
+    for entry in ck.tensors() {
+        if !dtype::is_float(entry.dtype) {
+            report.skipped.push(entry.name.clone());
+            continue;
+        }
+        let index = exact.get(&entry.name).copied().or_else(|| match stripped.get(strip_prefixes(&entry.name)) {
+            Some(v) if v.len() == 1 => Some(v[0]),
+            _ => None,
+        });
+        let Some(index) = index else {
+            report.unmatched.push(entry.name.clone());
+            continue;
+        };
+        if let Some(other) = taken.insert(index, &entry.name) {
+            return Err(Error::tensor(
+                ck.path(),
+                &entry.name,
+                format!("binds to the same graph initializer as `{other}`"),
+            ));
+        }
+        targets.push((index, entry));
+    }
+    for (index, entry) in targets {
+        let init = &mut g.initializer[index];
+        let (init_dtype, shape, _) = tensor_data(init)?;
+        if shape != entry.shape {
+            return Err(Error::tensor(
+                ck.path(),
+                &entry.name,
+                format!(
+                    "has shape {:?} but the graph's initializer `{}` has shape {shape:?}",
+                    entry.shape,
+                    init.name()
+                ),
+            ));
+        }
+        if !dtype::is_float(init_dtype) {
+            return Err(Error::tensor(
+                ck.path(),
+                &entry.name,
+                format!("is floating point but `{}` is {init_dtype:?}", init.name()),
+            ));
+        }
+        let bytes = dtype::convert(entry.dtype, init_dtype, ck.bytes(entry));
+        let name = init.name().to_string();
+        *init = tensor(&name, init_dtype, &shape, bytes);
+        report.bound.push((entry.name.clone(), name));
+    }
+    let bound: HashSet<&str> = report.bound.iter().map(|(_, g)| g.as_str()).collect();
+    report.unbound = weights.iter().filter(|w| !bound.contains(w.as_str())).cloned().collect();
+    if !report.unbound.is_empty() && !allow_partial {
+        let shown: Vec<&str> = report.unbound.iter().take(5).map(String::as_str).collect();
+        return Err(Error::Mismatch(format!(
+            "{}: {} of the model's weights have no tensor of that name in the checkpoint (first: {}); {} checkpoint tensors matched nothing{}. \
+             Was the model exported from the same architecture, with BatchNorm kept? Pass --allow-partial to keep the model's own values for them",
+            ck.path().display(),
+            report.unbound.len(),
+            shown.join(", "),
+            report.unmatched.len(),
+            if report.unmatched.is_empty() { String::new() } else { format!(" (first: {})", report.unmatched.iter().take(3).cloned().collect::<Vec<_>>().join(", ")) }
+        )));
+    }
+    Ok(report)
+}

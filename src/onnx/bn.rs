@@ -1,0 +1,229 @@
+//! The BatchNormalization layers of a graph, the rewrite that exposes their batch statistics, and
+//! writing recalibrated statistics back.
+//!
+//! The rewrite avoids `training_mode=1` (the CUDA provider rejects it). Per BN with input X:
+//! `Xr = Reshape(X, [0, 0, -1])` (any rank ≥ 2 becomes [N, C, R]), `μ = ReduceMean(Xr, [0, 2])`,
+//! `σ² = ReduceSumSquare(Xr, [0, 2]) / n − μ²`, and an inference-mode BatchNormalization normalises
+//! with (μ, σ²), as training mode does. μ, the biased σ² and n become graph outputs: two passes
+//! over each activation for the statistics, one for the normalisation.
+
+use std::collections::HashSet;
+
+use safetensors::Dtype;
+use serde::Serialize;
+
+use super::{attr_f, attr_i, elem, int_attr, ints_attr, node, node_label, tensor, tensor_data, Model, NodeProto};
+use super::{proto, ValueInfoProto};
+use crate::checkpoint::dtype;
+use crate::error::{Error, Result};
+
+/// One BatchNormalization node.
+#[derive(Debug, Clone, Serialize)]
+pub struct BnLayer {
+    /// Index of the node in the graph.
+    pub node: usize,
+    /// The node's name (or first output).
+    pub name: String,
+    /// The checkpoint-style prefix (`layer1.0.bn1`), from the scale's name.
+    pub prefix: String,
+    /// Input value.
+    pub input: String,
+    /// Running-mean initializer.
+    pub mean: String,
+    /// Running-variance initializer.
+    pub var: String,
+    /// Channels.
+    pub channels: usize,
+    /// Epsilon.
+    pub epsilon: f32,
+}
+
+/// Graph outputs of the statistics model for one layer.
+#[derive(Debug, Clone)]
+pub struct StatsOutputs {
+    /// Batch mean, [C].
+    pub mean: String,
+    /// Biased batch variance, [C].
+    pub var: String,
+    /// Values per channel in the batch (N·H·W), scalar.
+    pub count: String,
+}
+
+const HOW_TO_EXPORT: &str = "it was probably folded into the preceding Conv by the exporter or an optimiser (onnxsim, \
+    constant folding). Export with BatchNorm kept: torch.onnx.export(model.eval(), x, \"model.onnx\", dynamo=False, \
+    training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)";
+
+/// Finds every BatchNormalization node; errors if there is none or one is in training mode.
+pub fn find(model: &Model) -> Result<Vec<BnLayer>> {
+    let g = model.graph();
+    let mut layers = Vec::new();
+    for (i, n) in g.node.iter().enumerate() {
+        if n.op_type() != "BatchNormalization" {
+            continue;
+        }
+        let name = node_label(n);
+        if attr_i(n, "training_mode", 0) != 0 || n.output.iter().filter(|o| !o.is_empty()).count() > 1 {
+            return Err(Error::node(
+                name,
+                "BatchNormalization",
+                "is in training mode (training_mode=1 or running-statistics outputs); export the model in eval mode \
+                 (model.eval(), training=TrainingMode.PRESERVE)",
+            ));
+        }
+        if n.input.len() < 5 {
+            return Err(Error::node(name, "BatchNormalization", "has fewer than 5 inputs"));
+        }
+        let scale = g.initializer.iter().find(|t| t.name() == n.input[1]).ok_or_else(|| {
+            Error::node(&name, "BatchNormalization", format!("its scale `{}` is not an initializer", n.input[1]))
+        })?;
+        let channels = scale.dims.first().copied().unwrap_or(0) as usize;
+        let prefix = n.input[1].strip_suffix(".weight").map(str::to_owned).unwrap_or_else(|| name.clone());
+        layers.push(BnLayer {
+            node: i,
+            name,
+            prefix,
+            input: n.input[0].clone(),
+            mean: n.input[3].clone(),
+            var: n.input[4].clone(),
+            channels,
+            epsilon: attr_f(n, "epsilon", 1e-5),
+        });
+    }
+    if layers.is_empty() {
+        return Err(Error::format(
+            &model.path,
+            format!("has no BatchNormalization node, so there is nothing to recalibrate: {HOW_TO_EXPORT}"),
+        ));
+    }
+    Ok(layers)
+}
+
+fn output(name: &str, dims: &[i64]) -> ValueInfoProto {
+    use proto::tensor_shape_proto::{dimension::Value, Dimension};
+    let shape = proto::TensorShapeProto {
+        dim: dims.iter().map(|&d| Dimension { value: Some(Value::DimValue(d)), ..Default::default() }).collect(),
+    };
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(proto::TypeProto {
+            value: Some(proto::type_proto::Value::TensorType(proto::type_proto::Tensor {
+                elem_type: Some(elem::FLOAT),
+                shape: Some(shape),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A copy of `model` in which every BN normalises with its batch statistics and the statistics
+/// are the only graph outputs.
+pub fn stats_model(model: &Model, layers: &[BnLayer]) -> Result<(Model, Vec<StatsOutputs>)> {
+    let mut out = model.clone();
+    let axes_as_input = model.opset() >= 18;
+    let g = out.graph_mut();
+    let shape_name = "swa_stats/reshape_to_ncr";
+    let axes_name = "swa_stats/axes_0_2";
+    let one_name = "swa_stats/index_1";
+    let i64s = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    g.initializer.push(tensor(shape_name, Dtype::I64, &[3], i64s(&[0, 0, -1])));
+    g.initializer.push(tensor(one_name, Dtype::I64, &[], i64s(&[1])));
+    if axes_as_input {
+        g.initializer.push(tensor(axes_name, Dtype::I64, &[2], i64s(&[0, 2])));
+    }
+    let by_node: std::collections::HashMap<usize, usize> =
+        layers.iter().enumerate().map(|(k, l)| (l.node, k)).collect();
+    let old_nodes = std::mem::take(&mut g.node);
+    let mut outputs = Vec::new();
+    g.output.clear();
+    for (i, n) in old_nodes.into_iter().enumerate() {
+        let Some(&k) = by_node.get(&i) else {
+            g.node.push(n);
+            continue;
+        };
+        let l = &layers[k];
+        let p = format!("swa_stats/{k}");
+        let v = |s: &str| format!("{p}/{s}");
+        let reduce = |op: &str, out: &str| {
+            let mut inputs = vec![v("xr")];
+            let mut attrs = vec![int_attr("keepdims", 0)];
+            if axes_as_input {
+                inputs.push(axes_name.to_string());
+            } else {
+                attrs.push(ints_attr("axes", &[0, 2]));
+            }
+            let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+            node(op, v(out), &inputs, &[&v(out)], attrs)
+        };
+        g.node.extend([
+            node("Reshape", v("reshape"), &[&l.input, shape_name], &[&v("xr")], vec![]),
+            reduce("ReduceMean", "mean"),
+            reduce("ReduceSumSquare", "sumsq"),
+            node("Size", v("size"), &[&l.input], &[&v("size")], vec![]),
+            node("Shape", v("shape"), &[&l.input], &[&v("shape")], vec![]),
+            node("Gather", v("channels"), &[&v("shape"), one_name], &[&v("channels")], vec![]),
+            node("Div", v("count_i"), &[&v("size"), &v("channels")], &[&v("count_i")], vec![]),
+            node("Cast", v("count"), &[&v("count_i")], &[&v("count")], vec![int_attr("to", elem::FLOAT as i64)]),
+            node("Div", v("meansq"), &[&v("sumsq"), &v("count")], &[&v("meansq")], vec![]),
+            node("Mul", v("mean2"), &[&v("mean"), &v("mean")], &[&v("mean2")], vec![]),
+            node("Sub", v("var_raw"), &[&v("meansq"), &v("mean2")], &[&v("var_raw")], vec![]),
+            node("Relu", v("var"), &[&v("var_raw")], &[&v("var")], vec![]),
+        ]);
+        let mut bn: NodeProto = n;
+        bn.input[3] = v("mean");
+        bn.input[4] = v("var");
+        bn.attribute.retain(|a| a.name() == "epsilon");
+        g.node.push(bn);
+        let c = l.channels as i64;
+        g.output.extend([output(&v("mean"), &[c]), output(&v("var"), &[c]), output(&v("count"), &[])]);
+        outputs.push(StatsOutputs { mean: v("mean"), var: v("var"), count: v("count") });
+    }
+    g.value_info.clear();
+    Ok((out, outputs))
+}
+
+/// Writes new running statistics into the BN nodes' initializers. A statistics initializer shared
+/// with another node gets a copy of its own named `<prefix>.running_mean` / `.running_var`.
+/// Returns the initializer names used, per layer.
+pub fn apply(model: &mut Model, layers: &[BnLayer], stats: &[(Vec<f64>, Vec<f64>)]) -> Result<Vec<(String, String)>> {
+    let consumers = model.consumers();
+    let mut used: HashSet<String> = model.graph().initializer.iter().map(|t| t.name().to_string()).collect();
+    used.extend(model.graph().node.iter().flat_map(|n| n.output.iter().cloned()));
+    let mut names = Vec::new();
+    for (l, (mean, var)) in layers.iter().zip(stats) {
+        let mut pair = Vec::new();
+        for (slot, current, values, suffix) in [(3, &l.mean, mean, "running_mean"), (4, &l.var, var, "running_var")] {
+            let g = model.graph_mut();
+            let existing = g.initializer.iter().position(|t| t.name() == current.as_str());
+            let shared = consumers.get(current.as_str()).is_some_and(|c| c.len() > 1);
+            let dt = match existing {
+                Some(i) => tensor_data(&g.initializer[i])?.0,
+                None => Dtype::F32,
+            };
+            let dt = if dtype::is_float(dt) { dt } else { Dtype::F32 };
+            let mut bytes = vec![0u8; values.len() * dtype::width(dt)];
+            dtype::encode(dt, values, &mut bytes);
+            let name = match existing {
+                Some(i) if !shared => {
+                    g.initializer[i] = tensor(current, dt, &[values.len()], bytes);
+                    current.clone()
+                }
+                _ => {
+                    let mut name = format!("{}.{suffix}", l.prefix);
+                    let mut k = 1;
+                    while used.contains(&name) {
+                        name = format!("{}.{suffix}_{k}", l.prefix);
+                        k += 1;
+                    }
+                    used.insert(name.clone());
+                    g.initializer.push(tensor(&name, dt, &[values.len()], bytes));
+                    g.node[l.node].input[slot] = name.clone();
+                    name
+                }
+            };
+            pair.push(name);
+        }
+        names.push((pair[0].clone(), pair[1].clone()));
+    }
+    Ok(names)
+}

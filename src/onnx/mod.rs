@@ -1,0 +1,306 @@
+//! ONNX models: reading and writing (`prost` over the official `onnx.proto`, external data
+//! included), initializers as tensors, weight binding ([`bind`]) and the BatchNorm rewrite ([`bn`]).
+
+pub mod bind;
+pub mod bn;
+#[allow(missing_docs, clippy::all)]
+pub mod proto;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use safetensors::Dtype;
+
+pub use proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
+
+use crate::checkpoint::{dtype, Checkpoint};
+use crate::error::{Error, Result};
+
+/// Initializers larger than this are written as external data when the model would not fit in a
+/// protobuf message (2 GiB).
+const EXTERNAL_THRESHOLD: usize = 1024;
+const PROTOBUF_LIMIT: usize = 1 << 31;
+
+/// An ONNX model in memory, with external data resolved into the initializers.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The decoded protobuf.
+    pub proto: ModelProto,
+}
+
+/// ONNX `TensorProto.DataType` values used here.
+pub mod elem {
+    /// float32
+    pub const FLOAT: i32 = 1;
+    /// uint8
+    pub const UINT8: i32 = 2;
+    /// int8
+    pub const INT8: i32 = 3;
+    /// int32
+    pub const INT32: i32 = 6;
+    /// int64
+    pub const INT64: i32 = 7;
+    /// bool
+    pub const BOOL: i32 = 9;
+    /// float16
+    pub const FLOAT16: i32 = 10;
+    /// float64
+    pub const DOUBLE: i32 = 11;
+    /// bfloat16
+    pub const BFLOAT16: i32 = 16;
+}
+
+/// The safetensors dtype of an ONNX element type.
+pub fn dtype_of(elem_type: i32) -> Option<Dtype> {
+    Some(match elem_type {
+        elem::FLOAT => Dtype::F32,
+        elem::UINT8 => Dtype::U8,
+        elem::INT8 => Dtype::I8,
+        4 => Dtype::U16,
+        5 => Dtype::I16,
+        elem::INT32 => Dtype::I32,
+        elem::INT64 => Dtype::I64,
+        elem::BOOL => Dtype::BOOL,
+        elem::FLOAT16 => Dtype::F16,
+        elem::DOUBLE => Dtype::F64,
+        12 => Dtype::U32,
+        13 => Dtype::U64,
+        elem::BFLOAT16 => Dtype::BF16,
+        _ => return None,
+    })
+}
+
+/// The ONNX element type of a safetensors dtype.
+pub fn elem_of(dtype: Dtype) -> Option<i32> {
+    (1..=16).find(|&e| dtype_of(e) == Some(dtype))
+}
+
+/// The node's name, or its first output where it has none: what errors call it.
+pub fn node_label(node: &NodeProto) -> String {
+    if !node.name().is_empty() {
+        node.name().to_string()
+    } else {
+        node.output.first().cloned().unwrap_or_default()
+    }
+}
+
+/// An attribute of a node, by name.
+pub fn attribute<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
+    node.attribute.iter().find(|a| a.name() == name)
+}
+
+/// A float attribute, with its default.
+pub fn attr_f(node: &NodeProto, name: &str, default: f32) -> f32 {
+    attribute(node, name).and_then(|a| a.f).unwrap_or(default)
+}
+
+/// An integer attribute, with its default.
+pub fn attr_i(node: &NodeProto, name: &str, default: i64) -> i64 {
+    attribute(node, name).and_then(|a| a.i).unwrap_or(default)
+}
+
+/// Builds a node.
+pub fn node(op: &str, name: String, inputs: &[&str], outputs: &[&str], attributes: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        name: Some(name),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        attribute: attributes,
+        ..Default::default()
+    }
+}
+
+/// An integer-list attribute.
+pub fn ints_attr(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(7), ints: values.to_vec(), ..Default::default() }
+}
+
+/// An integer attribute.
+pub fn int_attr(name: &str, value: i64) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(2), i: Some(value), ..Default::default() }
+}
+
+/// A tensor initializer from raw little-endian bytes.
+pub fn tensor(name: &str, dtype: Dtype, shape: &[usize], bytes: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        data_type: elem_of(dtype),
+        dims: shape.iter().map(|&d| d as i64).collect(),
+        raw_data: Some(bytes),
+        ..Default::default()
+    }
+}
+
+/// The little-endian bytes of an initializer (whichever field holds them), its dtype and shape.
+pub fn tensor_data(t: &TensorProto) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
+    let name = t.name();
+    let dtype = dtype_of(t.data_type())
+        .ok_or_else(|| Error::node(name, "initializer", format!("unsupported element type {}", t.data_type())))?;
+    let shape: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
+    let numel: usize = shape.iter().product();
+    let bytes: Vec<u8> = if let Some(raw) = &t.raw_data {
+        raw.clone()
+    } else {
+        match dtype {
+            Dtype::F32 => t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Dtype::F64 => t.double_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Dtype::I64 => t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Dtype::U32 | Dtype::U64 => {
+                let w = dtype::width(dtype);
+                t.uint64_data.iter().flat_map(|v| v.to_le_bytes()[..w].to_vec()).collect()
+            }
+            _ => {
+                let w = dtype::width(dtype);
+                t.int32_data.iter().flat_map(|v| v.to_le_bytes()[..w].to_vec()).collect()
+            }
+        }
+    };
+    if bytes.len() != numel * dtype::width(dtype) {
+        return Err(Error::node(
+            name,
+            "initializer",
+            format!("holds {} bytes, shape {shape:?} needs {}", bytes.len(), numel * dtype::width(dtype)),
+        ));
+    }
+    Ok((dtype, shape, bytes))
+}
+
+fn external_info(t: &TensorProto) -> HashMap<&str, &str> {
+    t.external_data.iter().map(|kv| (kv.key(), kv.value())).collect()
+}
+
+impl Model {
+    /// Reads and decodes an ONNX file, loading external-data initializers into memory.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let proto = ModelProto::decode(bytes.as_slice())
+            .map_err(|e| Error::format(path, format!("not a valid ONNX model (protobuf decoding failed: {e})")))?;
+        if proto.graph.is_none() {
+            return Err(Error::format(path, "not a valid ONNX model: it has no graph"));
+        }
+        let mut model = Model { path: path.to_path_buf(), proto };
+        model.resolve_external()?;
+        Ok(model)
+    }
+
+    fn resolve_external(&mut self) -> Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let mut maps: HashMap<PathBuf, memmap2::Mmap> = HashMap::new();
+        for t in &mut self.proto.graph.as_mut().expect("checked").initializer {
+            if t.data_location != Some(1) {
+                continue;
+            }
+            let info = external_info(t);
+            let Some(location) = info.get("location") else {
+                return Err(Error::node(t.name(), "initializer", "external data without a location"));
+            };
+            let file = dir.join(location);
+            let offset: usize = info.get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let numel: usize = t.dims.iter().map(|&d| d.max(0) as usize).product();
+            let size = dtype_of(t.data_type()).map(|d| dtype::width(d)).unwrap_or(1);
+            let length: usize = info.get("length").and_then(|v| v.parse().ok()).unwrap_or(numel * size);
+            if !maps.contains_key(&file) {
+                maps.insert(file.clone(), crate::checkpoint::map_file(&file)?);
+            }
+            let map = &maps[&file];
+            let data = map.get(offset..offset + length).ok_or_else(|| {
+                Error::tensor(
+                    &file,
+                    t.name(),
+                    format!("external data {offset}..{} lies beyond the end of the file", offset + length),
+                )
+            })?;
+            t.raw_data = Some(data.to_vec());
+            t.data_location = None;
+            t.external_data.clear();
+        }
+        Ok(())
+    }
+
+    /// The graph.
+    pub fn graph(&self) -> &GraphProto {
+        self.proto.graph.as_ref().expect("a loaded model has a graph")
+    }
+
+    /// The graph, mutably.
+    pub fn graph_mut(&mut self) -> &mut GraphProto {
+        self.proto.graph.as_mut().expect("a loaded model has a graph")
+    }
+
+    /// The opset version of the default ONNX domain.
+    pub fn opset(&self) -> i64 {
+        self.proto
+            .opset_import
+            .iter()
+            .find(|o| o.domain().is_empty() || o.domain() == "ai.onnx")
+            .map_or(1, |o| o.version())
+    }
+
+    /// The initializers as a checkpoint, under their ONNX names.
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        let mut ck = Checkpoint::new_owned(&self.path);
+        for t in &self.graph().initializer {
+            let (dtype, shape, bytes) = tensor_data(t)?;
+            ck.push_owned(t.name().to_string(), dtype, shape, bytes)?;
+        }
+        Ok(ck)
+    }
+
+    /// Graph inputs that are not initializers: what the caller must feed.
+    pub fn inputs(&self) -> Vec<&ValueInfoProto> {
+        let g = self.graph();
+        let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
+        g.input.iter().filter(|i| !inits.contains(i.name())).collect()
+    }
+
+    /// Serialises the model; initializers go to external data when the model would not fit in
+    /// one protobuf message. Returns the model bytes and the external data, if any.
+    pub fn encode(&self, data_file_name: &str) -> (Vec<u8>, Option<Vec<u8>>) {
+        let total: usize = self.graph().initializer.iter().map(|t| t.raw_data.as_ref().map_or(0, |r| r.len())).sum();
+        if total < PROTOBUF_LIMIT - (64 << 20) {
+            return (self.proto.encode_to_vec(), None);
+        }
+        let mut proto = self.proto.clone();
+        let mut data = Vec::new();
+        for t in &mut proto.graph.as_mut().expect("graph").initializer {
+            let Some(raw) = t.raw_data.take_if(|r| r.len() > EXTERNAL_THRESHOLD) else { continue };
+            data.resize(data.len().div_ceil(4096) * 4096, 0);
+            let kv = |k: &str, v: String| proto::StringStringEntryProto { key: Some(k.into()), value: Some(v) };
+            t.external_data = vec![
+                kv("location", data_file_name.to_string()),
+                kv("offset", data.len().to_string()),
+                kv("length", raw.len().to_string()),
+            ];
+            t.data_location = Some(1);
+            data.extend_from_slice(&raw);
+        }
+        (proto.encode_to_vec(), Some(data))
+    }
+
+    /// Writes the model atomically to `path` (with `<name>.data` beside it for large models).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let data_name =
+            format!("{}.data", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        let (bytes, data) = self.encode(&data_name);
+        if let Some(data) = data {
+            crate::average::write_atomic(&path.with_file_name(&data_name), &data)?;
+        }
+        crate::average::write_atomic(path, &bytes)
+    }
+
+    /// Which nodes consume each value name.
+    pub fn consumers(&self) -> HashMap<String, Vec<usize>> {
+        let mut map: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, n) in self.graph().node.iter().enumerate() {
+            for input in &n.input {
+                map.entry(input.clone()).or_default().push(i);
+            }
+        }
+        map
+    }
+}

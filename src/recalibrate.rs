@@ -1,0 +1,493 @@
+//! BatchNorm recalibration: run the statistics graph over training samples, aggregate each
+//! layer's batch statistics, and write the model with the new running statistics.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::checkpoint::{dtype, Checkpoint, Dtype, TensorSpec};
+use crate::data;
+use crate::error::{Error, Result};
+use crate::onnx::bind::{self, BindReport};
+use crate::onnx::bn::{self, BnLayer};
+use crate::onnx::Model;
+use crate::progress;
+use crate::runtime::{self, Device};
+
+/// How batch statistics become running statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StatsMode {
+    /// Count-weighted pooled statistics over all values, merged in f64 (PreciseBN).
+    #[default]
+    Precise,
+    /// What `torch.optim.swa_utils.update_bn` computes: the mean over batches of the batch mean
+    /// and of the unbiased batch variance.
+    Torch,
+}
+
+/// Aggregates one layer's batch statistics.
+pub trait Accumulator: Send {
+    /// Adds a batch: values per channel, per-channel mean and biased variance.
+    fn add(&mut self, count: f64, mean: &[f32], var: &[f32]);
+    /// The running mean and the unbiased running variance.
+    fn finish(&self) -> (Vec<f64>, Vec<f64>);
+}
+
+/// Pooled statistics merged with Chan's parallel formula, in f64.
+#[derive(Debug, Clone)]
+pub struct Precise {
+    n: f64,
+    mean: Vec<f64>,
+    m2: Vec<f64>,
+}
+
+impl Precise {
+    /// For `channels` channels.
+    pub fn new(channels: usize) -> Self {
+        Precise { n: 0.0, mean: vec![0.0; channels], m2: vec![0.0; channels] }
+    }
+}
+
+impl Accumulator for Precise {
+    fn add(&mut self, count: f64, mean: &[f32], var: &[f32]) {
+        let total = self.n + count;
+        for c in 0..self.mean.len() {
+            let (mb, vb) = (mean[c] as f64, var[c] as f64);
+            let delta = mb - self.mean[c];
+            self.mean[c] += delta * count / total;
+            self.m2[c] += vb * count + delta * delta * self.n * count / total;
+        }
+        self.n = total;
+    }
+
+    fn finish(&self) -> (Vec<f64>, Vec<f64>) {
+        let denom = (self.n - 1.0).max(1.0);
+        (self.mean.clone(), self.m2.iter().map(|m| m / denom).collect())
+    }
+}
+
+/// `update_bn`'s cumulative average over batches (momentum=None).
+#[derive(Debug, Clone)]
+pub struct TorchCompat {
+    batches: usize,
+    mean: Vec<f64>,
+    var: Vec<f64>,
+}
+
+impl TorchCompat {
+    /// For `channels` channels.
+    pub fn new(channels: usize) -> Self {
+        TorchCompat { batches: 0, mean: vec![0.0; channels], var: vec![0.0; channels] }
+    }
+}
+
+impl Accumulator for TorchCompat {
+    fn add(&mut self, count: f64, mean: &[f32], var: &[f32]) {
+        let unbias = count / (count - 1.0);
+        for c in 0..self.mean.len() {
+            self.mean[c] += mean[c] as f64;
+            self.var[c] += var[c] as f64 * unbias;
+        }
+        self.batches += 1;
+    }
+
+    fn finish(&self) -> (Vec<f64>, Vec<f64>) {
+        let k = self.batches.max(1) as f64;
+        (self.mean.iter().map(|m| m / k).collect(), self.var.iter().map(|v| v / k).collect())
+    }
+}
+
+/// An accumulator for `mode`.
+pub fn accumulator(mode: StatsMode, channels: usize) -> Box<dyn Accumulator> {
+    match mode {
+        StatsMode::Precise => Box::new(Precise::new(channels)),
+        StatsMode::Torch => Box::new(TorchCompat::new(channels)),
+    }
+}
+
+/// How the pass over the data runs.
+#[derive(Debug, Clone)]
+pub struct PassOptions {
+    /// Training samples.
+    pub inputs: PathBuf,
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// Stop after this many samples.
+    pub max_samples: Option<usize>,
+    /// Statistics mode.
+    pub stats: StatsMode,
+    /// Where to run.
+    pub device: Device,
+    /// Intra-op threads.
+    pub threads: Option<usize>,
+    /// Hide progress.
+    pub quiet: bool,
+}
+
+/// Everything `swa recalibrate` needs.
+#[derive(Debug, Clone)]
+pub struct RecalibrateOptions {
+    /// The ONNX model.
+    pub model: PathBuf,
+    /// Tensors to bind into it first.
+    pub weights: Option<PathBuf>,
+    /// Keep the model's own values for weights the checkpoint lacks.
+    pub allow_partial: bool,
+    /// The pass.
+    pub pass: PassOptions,
+    /// Output ONNX.
+    pub output: PathBuf,
+    /// Output safetensors with the checkpoint's names.
+    pub save_weights: Option<PathBuf>,
+}
+
+/// A model with weights bound, ready to recalibrate.
+pub struct Prepared {
+    /// The model, weights bound, shared initializers given their own copies.
+    pub model: Model,
+    /// The checkpoint whose names the saved weights use (the weights, or the model's initializers).
+    pub checkpoint: Checkpoint,
+    /// How the weights bound, if any were given.
+    pub binding: Option<BindReport>,
+    /// The BatchNorm layers.
+    pub layers: Vec<BnLayer>,
+}
+
+/// Loads the model, binds `weights` into it and finds its BatchNorm layers.
+pub fn prepare(model_path: &Path, weights: Option<&Path>, allow_partial: bool) -> Result<Prepared> {
+    let mut model = Model::load(model_path)?;
+    bind::unshare(&mut model);
+    let (checkpoint, binding) = match weights {
+        Some(w) => {
+            let ck = Checkpoint::open(w)?;
+            let report = bind::bind(&mut model, &ck, allow_partial)?;
+            (ck, Some(report))
+        }
+        None => (model.checkpoint()?, None),
+    };
+    let layers = bn::find(&model)?;
+    Ok(Prepared { model, checkpoint, binding, layers })
+}
+
+/// Result of a pass: per layer (mean, unbiased variance), and counts.
+#[derive(Debug, Clone)]
+pub struct PassResult {
+    /// Per layer: running mean and unbiased running variance.
+    pub stats: Vec<(Vec<f64>, Vec<f64>)>,
+    /// Samples seen.
+    pub samples: usize,
+    /// Batches run.
+    pub batches: usize,
+    /// Seconds spent in the pass.
+    pub seconds: f64,
+}
+
+/// Runs the statistics graph of `prepared` over the samples and aggregates the statistics.
+pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
+    if opts.batch_size == 0 {
+        return Err(Error::usage("--batch-size must be at least 1"));
+    }
+    if opts.batch_size == 1 && opts.stats == StatsMode::Torch {
+        return Err(Error::usage("--batch-size 1 with --stats torch: the unbiased batch variance of one sample is undefined (update_bn fails the same way); use a larger batch or --stats precise"));
+    }
+    let specs = runtime::input_specs(&prepared.model)?;
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let arrays = data::open_inputs(&opts.inputs, &names)?;
+    runtime::check_inputs(&specs, &arrays)?;
+    let samples = opts.max_samples.map_or(arrays[0].len(), |m| m.min(arrays[0].len()));
+    if samples < opts.batch_size {
+        return Err(Error::format(
+            &opts.inputs,
+            format!(
+                "has {samples} samples{}, fewer than one batch of {}: lower --batch-size or give more samples",
+                if opts.max_samples.is_some() { " (after --max-samples)" } else { "" },
+                opts.batch_size
+            ),
+        ));
+    }
+    let (stats_model, outputs) = bn::stats_model(&prepared.model, &prepared.layers)?;
+    let (bytes, external) = stats_model.encode("stats.onnx.data");
+    if external.is_some() {
+        return Err(Error::usage(
+            "models over 2 GiB cannot be recalibrated yet (their statistics graph needs external data)",
+        ));
+    }
+    let started = Instant::now();
+    let mut session = runtime::session(&bytes, opts.device, opts.threads)?;
+    let mut accs: Vec<Box<dyn Accumulator>> =
+        prepared.layers.iter().map(|l| accumulator(opts.stats, l.channels)).collect();
+    let bar = progress::samples_bar(samples as u64, "recalibrating", opts.quiet);
+    let mut batches = 0;
+    runtime::run_batches(&mut session, &specs, &arrays, opts.batch_size, samples, &bar, |_, out| {
+        for (k, (o, l)) in outputs.iter().zip(&prepared.layers).enumerate() {
+            let (_, mean) = out[o.mean.as_str()].try_extract_tensor::<f32>()?;
+            let (_, var) = out[o.var.as_str()].try_extract_tensor::<f32>()?;
+            let (_, count) = out[o.count.as_str()].try_extract_tensor::<f32>()?;
+            let count = count[0] as f64;
+            if mean.iter().chain(var).any(|v| !v.is_finite()) {
+                return Err(Error::node(
+                    &l.name,
+                    "BatchNormalization",
+                    format!("its input holds NaN or Inf in batch {} (the first layer where it appears)", batches + 1),
+                ));
+            }
+            if opts.stats == StatsMode::Torch && count < 2.0 {
+                return Err(Error::node(
+                    &l.name,
+                    "BatchNormalization",
+                    format!(
+                        "batch {} has {count} value per channel: the unbiased variance is undefined with --stats torch",
+                        batches + 1
+                    ),
+                ));
+            }
+            accs[k].add(count, mean, var);
+        }
+        batches += 1;
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    Ok(PassResult {
+        stats: accs.iter().map(|a| a.finish()).collect(),
+        samples,
+        batches,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// How one layer's statistics moved.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerSummary {
+    /// BN node.
+    pub name: String,
+    /// Its checkpoint prefix.
+    pub prefix: String,
+    /// Channels.
+    pub channels: usize,
+    /// Largest |new − old| mean over channels, in units of the old standard deviation.
+    pub mean_shift: f64,
+    /// Mean over channels of new variance / old variance.
+    pub var_ratio: f64,
+}
+
+/// What `swa recalibrate` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecalibrateSummary {
+    /// Outputs written.
+    pub outputs: Vec<PathBuf>,
+    /// Statistics mode.
+    pub stats: StatsMode,
+    /// Device.
+    pub device: String,
+    /// Samples seen.
+    pub samples: usize,
+    /// Batches run.
+    pub batches: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Checkpoint tensors bound into the graph.
+    pub bound: usize,
+    /// Checkpoint tensors that matched no initializer.
+    pub unmatched: Vec<String>,
+    /// Per layer.
+    pub layers: Vec<LayerSummary>,
+    /// Seconds in the pass.
+    pub seconds: f64,
+    /// Samples per second in the pass.
+    pub samples_per_second: f64,
+}
+
+/// Per-layer movement of the statistics from `old` (the model's) to `new`.
+pub fn layer_summaries(model: &Model, layers: &[BnLayer], new: &[(Vec<f64>, Vec<f64>)]) -> Vec<LayerSummary> {
+    let inits: std::collections::HashMap<&str, &crate::onnx::TensorProto> =
+        model.graph().initializer.iter().map(|t| (t.name(), t)).collect();
+    let values = |name: &str| -> Option<Vec<f64>> {
+        let (dt, _, bytes) = crate::onnx::tensor_data(inits.get(name)?).ok()?;
+        dtype::is_float(dt).then(|| dtype::to_f64(dt, &bytes))
+    };
+    layers
+        .iter()
+        .zip(new)
+        .map(|(l, (mean, var))| {
+            let (old_mean, old_var) = (values(&l.mean), values(&l.var));
+            let (mut shift, mut ratio) = (f64::NAN, f64::NAN);
+            if let (Some(om), Some(ov)) = (old_mean, old_var) {
+                if om.len() == mean.len() && ov.len() == var.len() && !mean.is_empty() {
+                    shift = (0..mean.len())
+                        .map(|c| (mean[c] - om[c]).abs() / (ov[c] + l.epsilon as f64).sqrt())
+                        .fold(0.0, f64::max);
+                    ratio =
+                        (0..var.len()).map(|c| (var[c] + l.epsilon as f64) / (ov[c] + l.epsilon as f64)).sum::<f64>()
+                            / var.len() as f64;
+                }
+            }
+            LayerSummary {
+                name: l.name.clone(),
+                prefix: l.prefix.clone(),
+                channels: l.channels,
+                mean_shift: shift,
+                var_ratio: ratio,
+            }
+        })
+        .collect()
+}
+
+/// Writes the checkpoint's tensors under their own names with the new running statistics (and
+/// `num_batches_tracked` = batches, as update_bn leaves it).
+pub fn save_weights(
+    prepared: &Prepared,
+    stat_names: &[(String, String)],
+    result: &PassResult,
+    path: &Path,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let ck = &prepared.checkpoint;
+    let to_ck: std::collections::HashMap<&str, &str> =
+        prepared.binding.as_ref().map(|b| b.checkpoint_names()).unwrap_or_default();
+    let ck_name = |graph: &str| to_ck.get(graph).map(|s| s.to_string()).unwrap_or_else(|| graph.to_string());
+    let mut replaced: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut counters: Vec<String> = Vec::new();
+    for (l, ((mean, var), (mean_name, var_name))) in prepared.layers.iter().zip(result.stats.iter().zip(stat_names)) {
+        let (m, v) = (ck_name(&l.mean), ck_name(&l.var));
+        let (m, v) = if ck.get(&m).is_some() { (m, v) } else { (ck_name(mean_name), ck_name(var_name)) };
+        if let Some(prefix) = m.strip_suffix(".running_mean") {
+            counters.push(format!("{prefix}.num_batches_tracked"));
+        }
+        replaced.insert(m, mean.clone());
+        replaced.insert(v, var.clone());
+    }
+    let mut tensors = Vec::new();
+    for t in ck.tensors() {
+        let bytes = if let Some(values) = replaced.remove(&t.name) {
+            let dt = if dtype::is_float(t.dtype) { t.dtype } else { Dtype::F32 };
+            let mut out = vec![0u8; values.len() * dtype::width(dt)];
+            dtype::encode(dt, &values, &mut out);
+            tensors.push((TensorSpec { name: t.name.clone(), dtype: dt, shape: vec![values.len()] }, out));
+            continue;
+        } else if counters.contains(&t.name) && t.dtype == Dtype::I64 && t.numel() == 1 {
+            (result.batches as i64).to_le_bytes().to_vec()
+        } else {
+            ck.bytes(t).to_vec()
+        };
+        tensors.push((TensorSpec { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }, bytes));
+    }
+    for (name, values) in replaced {
+        let mut out = vec![0u8; values.len() * 4];
+        dtype::encode(Dtype::F32, &values, &mut out);
+        tensors.push((TensorSpec { name, dtype: Dtype::F32, shape: vec![values.len()] }, out));
+    }
+    crate::checkpoint::write_tensors(path, &tensors, metadata)
+}
+
+/// Metadata recorded in recalibrated outputs.
+pub fn metadata(pass: &PassOptions, result: &PassResult, sources: &[&Path]) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("format".into(), "pt".into());
+    m.insert(
+        "recalibration".into(),
+        serde_json::to_value(pass.stats).unwrap().as_str().unwrap_or_default().to_string(),
+    );
+    m.insert("batch_size".into(), pass.batch_size.to_string());
+    m.insert("samples".into(), result.samples.to_string());
+    m.insert(
+        "sources".into(),
+        serde_json::to_string(&sources.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()).unwrap(),
+    );
+    m.insert("swa_version".into(), crate::VERSION.into());
+    m
+}
+
+/// Recalibrates as `opts` says: nothing is written unless every step succeeds.
+pub fn recalibrate(opts: &RecalibrateOptions) -> Result<RecalibrateSummary> {
+    let mut prepared = prepare(&opts.model, opts.weights.as_deref(), opts.allow_partial)?;
+    let mut inputs: Vec<&Path> = vec![&opts.model, &opts.pass.inputs];
+    inputs.extend(opts.weights.as_deref());
+    crate::average::refuse_overwrite(&opts.output, &inputs)?;
+    if let Some(w) = &opts.save_weights {
+        crate::average::refuse_overwrite(w, &inputs)?;
+    }
+    let result = compute(&prepared, &opts.pass)?;
+    let layers = layer_summaries(&prepared.model, &prepared.layers, &result.stats);
+    let names = bn::apply(&mut prepared.model, &prepared.layers, &result.stats)?;
+    let mut sources = vec![opts.model.as_path()];
+    sources.extend(opts.weights.as_deref());
+    sources.push(&opts.pass.inputs);
+    let meta = metadata(&opts.pass, &result, &sources);
+    for (k, v) in &meta {
+        prepared.model.proto.metadata_props.retain(|p| p.key() != format!("swa.{k}"));
+        prepared
+            .model
+            .proto
+            .metadata_props
+            .push(crate::onnx::proto::StringStringEntryProto { key: Some(format!("swa.{k}")), value: Some(v.clone()) });
+    }
+    let mut outputs = Vec::new();
+    if let Some(w) = &opts.save_weights {
+        save_weights(&prepared, &names, &result, w, &meta)?;
+        outputs.push(w.clone());
+    }
+    prepared.model.save(&opts.output)?;
+    outputs.insert(0, opts.output.clone());
+    let binding = prepared.binding.unwrap_or_default();
+    Ok(RecalibrateSummary {
+        outputs,
+        stats: opts.pass.stats,
+        device: opts.pass.device.to_string(),
+        samples: result.samples,
+        batches: result.batches,
+        batch_size: opts.pass.batch_size,
+        bound: binding.bound.len(),
+        unmatched: binding.unmatched,
+        layers,
+        seconds: result.seconds,
+        samples_per_second: result.samples as f64 / result.seconds.max(1e-9),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batches() -> Vec<Vec<f32>> {
+        vec![vec![1.0, 2.0, 3.0, 4.0], vec![10.0, 12.0], vec![-1.0, 0.5, 2.0]]
+    }
+
+    fn stats(b: &[f32]) -> (f64, f32, f32) {
+        let n = b.len() as f32;
+        let m = b.iter().sum::<f32>() / n;
+        (n as f64, m, b.iter().map(|x| (x - m) * (x - m)).sum::<f32>() / n)
+    }
+
+    #[test]
+    fn precise_equals_pooled_statistics() {
+        let mut acc = Precise::new(1);
+        for b in batches() {
+            let (n, m, v) = stats(&b);
+            acc.add(n, &[m], &[v]);
+        }
+        let all: Vec<f64> = batches().concat().iter().map(|&x| x as f64).collect();
+        let mean = all.iter().sum::<f64>() / all.len() as f64;
+        let var = all.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (all.len() - 1) as f64;
+        let (m, v) = acc.finish();
+        assert!((m[0] - mean).abs() < 1e-6 && (v[0] - var).abs() < 1e-5, "{m:?} {v:?} vs {mean} {var}");
+    }
+
+    #[test]
+    fn torch_mode_averages_batches_equally_with_unbiased_variance() {
+        let mut acc = TorchCompat::new(1);
+        let mut means = Vec::new();
+        let mut vars = Vec::new();
+        for b in batches() {
+            let (n, m, v) = stats(&b);
+            acc.add(n, &[m], &[v]);
+            means.push(m as f64);
+            vars.push(v as f64 * n / (n - 1.0));
+        }
+        let (m, v) = acc.finish();
+        assert!((m[0] - means.iter().sum::<f64>() / 3.0).abs() < 1e-9);
+        assert!((v[0] - vars.iter().sum::<f64>() / 3.0).abs() < 1e-9);
+    }
+}

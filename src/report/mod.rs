@@ -1,0 +1,138 @@
+//! The report of `swa run`: one serde structure, rendered as JSON, Markdown and a self-contained
+//! HTML page with an SVG chart.
+
+mod html;
+mod markdown;
+
+use serde::{Deserialize, Serialize};
+
+pub use html::html;
+pub use markdown::markdown;
+
+/// Metrics of one model on the held-out set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Score {
+    /// Correct top-1 predictions.
+    pub correct: usize,
+    /// Samples.
+    pub samples: usize,
+    /// Top-1 accuracy.
+    pub top1: f64,
+    /// Top-k accuracy.
+    pub topk: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+}
+
+impl From<&crate::evaluate::Metrics> for Score {
+    fn from(m: &crate::evaluate::Metrics) -> Self {
+        Score { correct: m.correct, samples: m.samples, top1: m.top1, topk: m.topk, loss: m.loss }
+    }
+}
+
+/// One checkpoint's row.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointRow {
+    /// File name.
+    pub name: String,
+    /// Epoch / step number from the name.
+    pub number: Option<u64>,
+    /// With the statistics stored in the checkpoint.
+    pub stored: Score,
+    /// With recalibrated statistics (`--recalibrate-each`).
+    pub recalibrated: Option<Score>,
+}
+
+/// Time spent in a stage.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Timing {
+    /// Stage.
+    pub stage: String,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// Everything `swa run` found.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    /// Tool and version.
+    pub tool: String,
+    /// The ONNX model.
+    pub model: String,
+    /// Training samples used for recalibration.
+    pub train_samples: usize,
+    /// Held-out samples.
+    pub eval_samples: usize,
+    /// Statistics mode.
+    pub stats: String,
+    /// Recalibration batch size.
+    pub batch_size: usize,
+    /// k of top-k.
+    pub k: usize,
+    /// Where it ran.
+    pub device: String,
+    /// Every evaluated checkpoint, in order.
+    pub checkpoints: Vec<CheckpointRow>,
+    /// Names of the checkpoints in the average.
+    pub averaged: Vec<String>,
+    /// SWA with the newest checkpoint's statistics.
+    pub swa_stored: Score,
+    /// SWA after recalibration.
+    pub swa_recalibrated: Score,
+    /// The best single checkpoint (by top-1, over both columns).
+    pub best: BestCheckpoint,
+    /// Top-1 of the recalibrated SWA model minus the best checkpoint's.
+    pub gain_top1: f64,
+    /// Time per stage.
+    pub timings: Vec<Timing>,
+}
+
+/// The best single checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BestCheckpoint {
+    /// File name.
+    pub name: String,
+    /// `stored` or `recalibrated`.
+    pub statistics: String,
+    /// Its top-1.
+    pub top1: f64,
+}
+
+impl Report {
+    /// The best checkpoint by top-1 (first on ties), over stored and recalibrated statistics.
+    pub fn best_of(rows: &[CheckpointRow]) -> BestCheckpoint {
+        let mut best = BestCheckpoint { name: String::new(), statistics: "stored".into(), top1: f64::NEG_INFINITY };
+        for r in rows {
+            for (kind, s) in [("stored", Some(&r.stored)), ("recalibrated", r.recalibrated.as_ref())] {
+                if let Some(s) = s {
+                    if s.top1 > best.top1 {
+                        best = BestCheckpoint { name: r.name.clone(), statistics: kind.into(), top1: s.top1 };
+                    }
+                }
+            }
+        }
+        best
+    }
+
+    /// The report as pretty JSON.
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serialises")
+    }
+
+    /// The same report with every timing set to zero (for snapshots).
+    pub fn without_timings(&self) -> Report {
+        let mut r = self.clone();
+        r.timings.iter_mut().for_each(|t| t.seconds = 0.0);
+        r
+    }
+}
+
+/// A fraction as a percentage with two decimals.
+pub(crate) fn pct(x: f64) -> String {
+    format!("{:.2}%", x * 100.0)
+}
+
+/// A signed difference in percentage points.
+pub(crate) fn points(x: f64) -> String {
+    format!("{:+.2} pp", x * 100.0)
+}

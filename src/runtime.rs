@@ -1,0 +1,267 @@
+//! ONNX Runtime: finding the library at run time (no download), sessions on CPU or CUDA, and a
+//! batched loop that prepares the next batch while the current one runs.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use ort::session::{Session, SessionInputValue, SessionOutputs};
+use ort::value::Tensor;
+
+use crate::data::Array;
+use crate::error::{Error, Result};
+use crate::onnx::{elem, Model};
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// ONNX Runtime's CPU provider.
+    #[default]
+    Cpu,
+    /// The CUDA provider on this GPU index.
+    Cuda(i32),
+}
+
+impl FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}`: use cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+const HOW_TO_GET: &str = "install it with `pip install onnxruntime` (or onnxruntime-gpu for --device cuda), or set \
+    ORT_DYLIB_PATH to a libonnxruntime.so (≥ 1.31), or put one beside the swa executable";
+
+fn library_in(dir: &Path) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+fn python_package_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
+        if let Some(prefix) = std::env::var_os(var) {
+            if let Ok(entries) = std::fs::read_dir(Path::new(&prefix).join("lib")) {
+                for e in entries.flatten() {
+                    dirs.push(e.path().join("site-packages/onnxruntime/capi"));
+                }
+            }
+        }
+    }
+    let script = "import importlib.util as u, os\nfor n in ('onnxruntime',):\n s = u.find_spec(n)\n if s and s.origin: print(os.path.join(os.path.dirname(s.origin), 'capi'))";
+    for python in ["python3", "python"] {
+        if let Ok(out) =
+            std::process::Command::new(python).args(["-c", script]).stderr(std::process::Stdio::null()).output()
+        {
+            dirs.extend(String::from_utf8_lossy(&out.stdout).lines().map(PathBuf::from));
+            break;
+        }
+    }
+    dirs
+}
+
+/// Finds the ONNX Runtime library: `ORT_DYLIB_PATH`, beside the executable, the `onnxruntime` /
+/// `onnxruntime-gpu` Python package, then the system's library path.
+pub fn find_library() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(Error::Runtime(format!("ORT_DYLIB_PATH is {}, which is not a file; {HOW_TO_GET}", p.display())))
+        };
+    }
+    let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf));
+    let candidates = beside.into_iter().chain(python_package_dirs());
+    for dir in candidates {
+        if let Some(lib) = library_in(&dir) {
+            return Ok(lib);
+        }
+    }
+    for dir in ["/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"] {
+        if let Some(lib) = library_in(Path::new(dir)) {
+            return Ok(lib);
+        }
+    }
+    Err(Error::Runtime(format!("no ONNX Runtime library found (looked at ORT_DYLIB_PATH, beside the executable, the onnxruntime Python package and the system library directories); {HOW_TO_GET}")))
+}
+
+type Loaded = std::result::Result<(PathBuf, ort::environment::Environment), String>;
+static LIBRARY: OnceLock<Loaded> = OnceLock::new();
+
+/// Loads ONNX Runtime once per process; returns the library's path and the environment.
+pub fn init() -> Result<(PathBuf, ort::environment::Environment)> {
+    LIBRARY
+        .get_or_init(|| {
+            let lib = find_library().map_err(|e| e.to_string())?;
+            let builder =
+                ort::init_from(&lib).map_err(|e| format!("cannot load {}: {e}; {HOW_TO_GET}", lib.display()))?;
+            let env = builder.with_name("swa").build().map_err(|e| format!("cannot start {}: {e}", lib.display()))?;
+            Ok((lib, env))
+        })
+        .clone()
+        .map_err(|m| Error::Runtime(m.trim_start_matches("ONNX Runtime: ").to_string()))
+}
+
+/// Opens a session for serialised model bytes on `device`, with `threads` intra-op threads.
+/// `--device cuda` that cannot get CUDA is an error, never a silent fallback to CPU.
+pub fn session(model_bytes: &[u8], device: Device, threads: Option<usize>) -> Result<Session> {
+    let (lib, env) = init()?;
+    let mut builder = Session::builder(&env)?;
+    if let Some(n) = threads {
+        builder = builder.with_intra_threads(n).map_err(ort::Error::from)?;
+    }
+    if let Device::Cuda(id) = device {
+        let provider = lib.with_file_name("libonnxruntime_providers_cuda.so");
+        if !provider.exists() {
+            return Err(Error::Runtime(format!(
+                "--device {device}: the ONNX Runtime at {} has no CUDA provider ({} is missing); install onnxruntime-gpu \
+                 (pip install onnxruntime-gpu) and point ORT_DYLIB_PATH at its capi/libonnxruntime.so.*",
+                lib.display(),
+                provider.display()
+            )));
+        }
+        let cuda = ort::ep::CUDA::default()
+            .with_device_id(id)
+            .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
+            .with_tf32(true)
+            .build()
+            .error_on_failure();
+        builder = builder.with_execution_providers([cuda]).map_err(|e| {
+            Error::Runtime(format!(
+                "--device {device}: the CUDA provider failed to load ({e}); it needs CUDA 13 and cuDNN 9 on LD_LIBRARY_PATH \
+                 (libcudart.so.13, libcublas.so.13, libcudnn.so.9 ...)"
+            ))
+        })?;
+    }
+    Ok(builder.commit_from_memory(model_bytes)?)
+}
+
+/// A model input: name and the shape it declares (−1 for symbolic dimensions).
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    /// Input name.
+    pub name: String,
+    /// Declared shape.
+    pub dims: Vec<i64>,
+}
+
+/// The model's float inputs; other element types are rejected.
+pub fn input_specs(model: &Model) -> Result<Vec<InputSpec>> {
+    use crate::onnx::proto::{tensor_shape_proto::dimension::Value, type_proto};
+    let mut specs = Vec::new();
+    for input in model.inputs() {
+        let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+            return Err(Error::format(&model.path, format!("input `{}` is not a tensor", input.name())));
+        };
+        if t.elem_type() != elem::FLOAT {
+            return Err(Error::format(
+                &model.path,
+                format!(
+                    "input `{}` has element type {}; only float32 inputs are supported",
+                    input.name(),
+                    t.elem_type()
+                ),
+            ));
+        }
+        let dims = t
+            .shape
+            .as_ref()
+            .map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| match d.value {
+                        Some(Value::DimValue(v)) => v,
+                        _ => -1,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        specs.push(InputSpec { name: input.name().to_string(), dims });
+    }
+    Ok(specs)
+}
+
+/// Checks that each array's sample shape fits its input's declared shape.
+pub fn check_inputs(specs: &[InputSpec], arrays: &[Array]) -> Result<()> {
+    for (spec, a) in specs.iter().zip(arrays) {
+        let fits = spec.dims.is_empty()
+            || (spec.dims.len() == a.shape.len()
+                && spec.dims.iter().zip(&a.shape).skip(1).all(|(&d, &s)| d < 0 || d as usize == s));
+        if !fits {
+            let want: Vec<String> = spec.dims.iter().map(|&d| if d < 0 { "?".into() } else { d.to_string() }).collect();
+            return Err(Error::format(
+                &a.path,
+                format!(
+                    "{} has shape {:?}, but model input `{}` expects [{}]",
+                    a.label(),
+                    a.shape,
+                    spec.name,
+                    want.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `session` over the samples in file order, `batch` at a time (the last batch partial),
+/// calling `each` with the batch's sample count and outputs. The next batch is converted on
+/// another thread while the current one runs.
+pub fn run_batches(
+    session: &mut Session,
+    specs: &[InputSpec],
+    arrays: &[Array],
+    batch: usize,
+    samples: usize,
+    progress: &indicatif::ProgressBar,
+    mut each: impl FnMut(usize, &SessionOutputs) -> Result<()>,
+) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Vec<f32>>>(2);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for start in (0..samples).step_by(batch) {
+                let end = (start + batch).min(samples);
+                if tx.send(arrays.iter().map(|a| a.f32_rows(start, end)).collect()).is_err() {
+                    return;
+                }
+            }
+        });
+        for (k, data) in rx.iter().enumerate() {
+            let n = (samples - k * batch).min(batch);
+            let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(specs.len());
+            for ((spec, a), values) in specs.iter().zip(arrays).zip(data) {
+                let mut shape = vec![n as i64];
+                shape.extend(a.shape[1..].iter().map(|&d| d as i64));
+                inputs.push((Cow::Owned(spec.name.clone()), Tensor::from_array((shape, values))?.into()));
+            }
+            let outputs = session.run(inputs)?;
+            each(n, &outputs)?;
+            progress.inc(n as u64);
+        }
+        Ok(())
+    })
+}
