@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Recalibration benchmark: `swa recalibrate` against torch.optim.swa_utils.update_bn, same run.
+
+CIFAR-style ResNet-18 (11M parameters, 20 BatchNorm layers, 32x32 inputs), random inputs.
+
+    python3 bench/recalibrate_bench.py --swa target/release/swa --samples 4096 --batch 256 --threads 2 --device cpu
+    python3 bench/recalibrate_bench.py --swa ./swa --samples 32768 --batch 1024 --device cuda
+
+Prints one JSON line per measurement and a summary with the ratio (swa / PyTorch samples/s).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.optim.swa_utils import update_bn
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    def __init__(self, classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        layers, cin = [], 64
+        for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+            layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.linear = nn.Linear(512, classes)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--swa", required=True)
+    ap.add_argument("--samples", type=int, default=4096)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    work = args.workdir or tempfile.mkdtemp(prefix="swa-bench-")
+    model = ResNet18().eval()
+    onnx_path = os.path.join(work, "resnet18.onnx")
+    torch.onnx.export(model, (torch.zeros(2, 3, 32, 32),), onnx_path, input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                      training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False, dynamo=False)
+    x = np.random.default_rng(0).standard_normal((args.samples, 3, 32, 32), dtype=np.float32)
+    x_path = os.path.join(work, "x.npy")
+    np.save(x_path, x)
+
+    dev = torch.device("cuda" if args.device.startswith("cuda") else "cpu")
+    m = model.to(dev)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(x)), batch_size=args.batch, shuffle=False)
+    results = []
+    for r in range(args.repeat + 1):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        update_bn(loader, m, device=dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t
+        if r > 0:  # first run warms up cuDNN / allocators
+            results.append({"impl": "pytorch update_bn", "seconds": dt, "samples_per_s": args.samples / dt})
+            print(json.dumps(results[-1]), flush=True)
+    ours = []
+    for r in range(args.repeat):
+        cmd = [args.swa, "recalibrate", "--model", onnx_path, "--inputs", x_path, "--batch-size", str(args.batch),
+               "--stats", "torch", "--device", args.device, "--threads", str(args.threads), "-o", os.path.join(work, "out.onnx"), "--json"]
+        t = time.perf_counter()
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        s = json.loads(out.stdout)
+        ours.append({"impl": "swa recalibrate", "seconds_pass": s["seconds"], "seconds_wall": wall, "samples_per_s": s["samples_per_second"],
+                     "samples_per_s_wall": args.samples / wall})
+        print(json.dumps(ours[-1]), flush=True)
+    best_torch = max(r["samples_per_s"] for r in results)
+    best_ours = max(r["samples_per_s"] for r in ours)
+    best_ours_wall = max(r["samples_per_s_wall"] for r in ours)
+    print(json.dumps({"summary": True, "device": args.device, "threads": args.threads, "samples": args.samples, "batch": args.batch,
+                      "torch": torch.__version__, "pytorch_samples_per_s": round(best_torch), "swa_samples_per_s": round(best_ours),
+                      "swa_wall_samples_per_s": round(best_ours_wall),
+                      "ratio_pass": round(best_ours / best_torch, 3), "ratio_wall": round(best_ours_wall / best_torch, 3)}), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+//! `swa average` against torch.optim.swa_utils.AveragedModel, and its options.
+
+use crate::common::*;
+use swa::checkpoint::Checkpoint;
+
+#[test]
+fn equals_pytorch_averaged_model_cnn_and_mlp() {
+    for (model, from) in [("cnn", "4"), ("mlp", "3")] {
+        let dir = tmp();
+        let out = dir.path().join("swa.safetensors");
+        let assert = swa().args(["average", "--from", from]).arg(fixture(&format!("{model}/checkpoints"))).arg("-o").arg(&out).assert().success();
+        let stdout = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
+        assert!(stdout.contains(&format!("epoch_00{from}.safetensors")), "{stdout}");
+        assert!(!stdout.contains(&format!("epoch_00{}.safetensors", from.parse::<u32>().unwrap() - 1)), "{stdout}");
+        let worst = assert_close(&out, &fixture(&format!("{model}/expected/swa_average.safetensors")), 0.0, 1e-6, |_| true);
+        assert!(worst < 1e-6);
+    }
+}
+
+#[test]
+fn records_metadata_and_json_summary() {
+    let dir = tmp();
+    let out = dir.path().join("avg.safetensors");
+    let assert = swa().args(["average", "--last", "3", "--json"]).arg(fixture("cnn/checkpoints")).arg("-o").arg(&out).assert().success();
+    let s: serde_json::Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    assert_eq!(s["n_models"], 3);
+    assert_eq!(s["inputs"].as_array().unwrap().len(), 3);
+    assert_eq!(s["inputs"][0]["number"], 6);
+    assert_eq!(s["buffers"]["policy"], "newest");
+    assert_eq!(s["buffers"]["copied"], 18);
+    assert!(s["bytes_read"].as_u64().unwrap() > 0 && s["seconds"].as_f64().unwrap() >= 0.0);
+    let ck = Checkpoint::open(&out).unwrap();
+    let meta = ck.metadata();
+    assert_eq!(meta["n_models"], "3");
+    assert_eq!(meta["weighting"], "uniform");
+    assert!(meta["swa_version"].starts_with("swa "));
+    let sources: Vec<String> = serde_json::from_str(&meta["sources"]).unwrap();
+    assert!(sources[2].ends_with("epoch_008.safetensors"), "{sources:?}");
+}
+
+#[test]
+fn buffers_come_from_the_newest_or_are_averaged() {
+    let dir = tmp();
+    let newest = dir.path().join("n.safetensors");
+    let averaged = dir.path().join("a.safetensors");
+    let ck = fixture("cnn/checkpoints");
+    swa().args(["average", "--from", "7"]).arg(&ck).arg("-o").arg(&newest).assert().success();
+    swa().args(["average", "--from", "7", "--buffers", "average"]).arg(&ck).arg("-o").arg(&averaged).assert().success();
+    let e7 = fixture("cnn/checkpoints/epoch_007.safetensors");
+    let e8 = fixture("cnn/checkpoints/epoch_008.safetensors");
+    let name = "layer1.0.bn1.running_var";
+    assert_eq!(values(&newest, name), values(&e8, name));
+    let want: Vec<f64> = values(&e7, name).iter().zip(values(&e8, name)).map(|(a, b)| (a + b) / 2.0).collect();
+    for (x, y) in values(&averaged, name).iter().zip(want) {
+        assert!((x - y).abs() < 1e-6);
+    }
+    let (a, b) = (Checkpoint::open(&averaged).unwrap(), Checkpoint::open(&e8).unwrap());
+    let n = "bn1.num_batches_tracked";
+    assert_eq!(a.bytes(a.get(n).unwrap()), b.bytes(b.get(n).unwrap()));
+}
+
+#[test]
+fn resume_continues_an_average() {
+    let dir = tmp();
+    let ck = fixture("cnn/checkpoints");
+    let first = dir.path().join("first.safetensors");
+    let resumed = dir.path().join("resumed.safetensors");
+    let all = dir.path().join("all.safetensors");
+    swa().args(["average", "--from", "4", "--to", "6"]).arg(&ck).arg("-o").arg(&first).assert().success();
+    swa().args(["average", "--from", "7", "--resume"]).arg(&first).arg(&ck).arg("-o").arg(&resumed).assert().success();
+    swa().args(["average", "--from", "4"]).arg(&ck).arg("-o").arg(&all).assert().success();
+    assert_close(&resumed, &all, 0.0, 1e-6, |_| true);
+    assert_eq!(Checkpoint::open(&resumed).unwrap().metadata()["n_models"], "5");
+}
+
+#[test]
+fn explicit_weights_that_pick_one_checkpoint_give_it_back() {
+    let dir = tmp();
+    let out = dir.path().join("one.safetensors");
+    swa().args(["average", "--from", "4", "--weights", "0,0,1,0,0"]).arg(fixture("cnn/checkpoints")).arg("-o").arg(&out).assert().success();
+    assert_close(&out, &fixture("cnn/checkpoints/epoch_006.safetensors"), 0.0, 0.0, |n| !n.contains("running") && !n.contains("num_batches"));
+}
+
+#[test]
+fn ema_weights_newest_heaviest() {
+    let dir = tmp();
+    let out = dir.path().join("ema.safetensors");
+    let a = swa().args(["average", "--from", "6", "--ema", "0.5", "--json"]).arg(fixture("cnn/checkpoints")).arg("-o").arg(&out).assert().success();
+    let s: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    let w: Vec<f64> = s["inputs"].as_array().unwrap().iter().map(|i| i["weight"].as_f64().unwrap()).collect();
+    assert_eq!(w, [0.25, 0.25, 0.5]);
+}
+
+#[test]
+fn output_dtype_and_shards() {
+    let dir = tmp();
+    let single = dir.path().join("single.safetensors");
+    let index = dir.path().join("model.safetensors.index.json");
+    let ck = fixture("cnn/checkpoints");
+    swa().args(["average", "--from", "4"]).arg(&ck).arg("-o").arg(&single).assert().success();
+    swa().args(["average", "--from", "4", "--shard-size", "20KiB"]).arg(&ck).arg("-o").arg(&index).assert().success();
+    let files = listing(dir.path());
+    assert!(files.iter().any(|f| f.starts_with("model-00001-of-")), "{files:?}");
+    let shards = files.iter().filter(|f| f.starts_with("model-0")).count();
+    assert!(shards > 2, "{files:?}");
+    assert_close(&index, &single, 0.0, 0.0, |_| true);
+    // A sharded checkpoint (its directory) is an input like any other.
+    let again = dir.path().join("again.safetensors");
+    swa().arg("average").arg(&index).arg(&index).arg("-o").arg(&again).assert().success();
+    assert_close(&again, &single, 0.0, 0.0, |_| true);
+
+    let half = dir.path().join("bf16.safetensors");
+    swa().args(["average", "--from", "4", "--dtype", "bf16"]).arg(&ck).arg("-o").arg(&half).assert().success();
+    let c = Checkpoint::open(&half).unwrap();
+    assert_eq!(c.get("fc.weight").unwrap().dtype, swa::checkpoint::Dtype::BF16);
+    assert_eq!(c.get("bn1.num_batches_tracked").unwrap().dtype, swa::checkpoint::Dtype::I64);
+    assert_close(&half, &single, 1e-2, 1e-6, |_| true);
+}
+
+#[test]
+fn deterministic_whatever_the_thread_count() {
+    let dir = tmp();
+    let ck = fixture("cnn/checkpoints");
+    let mut outs = Vec::new();
+    for threads in ["1", "2", "5"] {
+        let out = dir.path().join(format!("t{threads}.safetensors"));
+        swa().env("RAYON_NUM_THREADS", threads).args(["average"]).arg(&ck).arg("-o").arg(&out).assert().success();
+        outs.push(std::fs::read(out).unwrap());
+    }
+    assert!(outs.windows(2).all(|w| w[0] == w[1]));
+}
+
+#[test]
+fn onnx_initializers_are_checkpoints_too() {
+    let dir = tmp();
+    let out = dir.path().join("from_onnx.safetensors");
+    let model = fixture("cnn/model.onnx");
+    swa().arg("average").arg(&model).arg(&model).arg("-o").arg(&out).assert().success();
+    let c = Checkpoint::open(&out).unwrap();
+    assert!(c.get("conv1.weight").is_some());
+}
+
+#[test]
+fn orders_numbers_naturally_not_lexically() {
+    let dir = tmp();
+    for (src, dst) in [(1, "ckpt-2"), (2, "ckpt-10"), (3, "ckpt-9")] {
+        std::fs::copy(fixture(&format!("mlp/checkpoints/epoch_00{src}.safetensors")), dir.path().join(format!("{dst}.safetensors"))).unwrap();
+    }
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let a = swa().args(["average", "--last", "1", "--json"]).arg(dir.path()).arg("-o").arg(out.join("x.safetensors")).assert().success();
+    let s: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    assert!(s["inputs"][0]["path"].as_str().unwrap().ends_with("ckpt-10.safetensors"), "{s}");
+}

@@ -1,0 +1,11 @@
+//! The integration tests: one binary, a module per stage. Expected values come from PyTorch
+//! (fixtures/make_fixtures.py); ONNX Runtime is found the way users find it (pip's onnxruntime).
+
+mod average;
+mod bad_inputs;
+mod common;
+mod evaluate;
+mod properties;
+mod recalibrate;
+mod report;
+mod run;

@@ -1,0 +1,151 @@
+//! `swa recalibrate` against torch.optim.swa_utils.update_bn, a float64 pooled-statistics
+//! reference, and PyTorch's eval-mode logits.
+
+use std::path::Path;
+
+use crate::common::*;
+use predicates::str::contains;
+use swa::onnx::Model;
+
+fn stats(name: &str) -> bool {
+    name.ends_with("running_mean") || name.ends_with("running_var")
+}
+
+fn recalibrate(model: &str, stats_mode: &str, dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let a = swa()
+        .args(["recalibrate", "--stats", stats_mode, "--batch-size", "32", "--json"])
+        .arg("--model")
+        .arg(fixture(&format!("{model}/model.onnx")))
+        .arg("--weights")
+        .arg(fixture(&format!("{model}/expected/swa_average.safetensors")))
+        .arg("--inputs")
+        .arg(fixture(&format!("{model}/train.npy")))
+        .arg("-o")
+        .arg(dir.join("out.onnx"))
+        .arg("--save-weights")
+        .arg(dir.join("out.safetensors"))
+        .args(extra)
+        .assert()
+        .success();
+    serde_json::from_slice(&a.get_output().stdout).unwrap()
+}
+
+/// Logits of an ONNX model on an input file, through ONNX Runtime.
+fn logits(model: &Path, inputs: &Path) -> (Vec<usize>, Vec<f32>) {
+    let m = Model::load(model).unwrap();
+    let mut session = swa::runtime::session(&m.encode("x").0, swa::runtime::Device::Cpu, Some(1)).unwrap();
+    let (shape, x) = read_npy(inputs);
+    let mut dims = vec![shape[0] as i64];
+    dims.extend(shape[1..].iter().map(|&d| d as i64));
+    let out = session.run(ort::inputs!["input" => ort::value::Tensor::from_array((dims, x)).unwrap()]).unwrap();
+    let (s, v) = out["logits"].try_extract_tensor::<f32>().unwrap();
+    (s.iter().map(|&d| d as usize).collect(), v.to_vec())
+}
+
+#[test]
+fn torch_mode_matches_update_bn_cnn_and_mlp() {
+    for model in ["cnn", "mlp"] {
+        let dir = tmp();
+        let s = recalibrate(model, "torch", dir.path(), &[]);
+        let expected = fixture(&format!("{model}/expected/swa_bn_torch.safetensors"));
+        assert_close(&dir.path().join("out.safetensors"), &expected, 1e-4, 1e-6, stats);
+        // Everything else is the average itself, and num_batches_tracked counts the batches.
+        assert_close(&dir.path().join("out.safetensors"), &expected, 0.0, 1e-6, |n| !stats(n));
+        let batches = summary(model)["train_samples"].as_u64().unwrap().div_ceil(32);
+        assert_eq!(s["batches"], batches);
+        assert_eq!(s["layers"].as_array().unwrap().len(), if model == "cnn" { 6 } else { 2 });
+    }
+}
+
+#[test]
+fn output_onnx_gives_pytorch_eval_logits() {
+    let dir = tmp();
+    recalibrate("cnn", "torch", dir.path(), &[]);
+    let (shape, got) = logits(&dir.path().join("out.onnx"), &fixture("cnn/eval.npy"));
+    let (eshape, want) = read_npy(&fixture("cnn/expected/swa_logits.npy"));
+    assert_eq!(shape, eshape);
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "logit {i}: {a} vs PyTorch {b}");
+    }
+    // The statistics are baked in under the checkpoint's names, one initializer per layer.
+    let m = Model::load(dir.path().join("out.onnx")).unwrap();
+    let names: Vec<&str> = m.graph().initializer.iter().map(|t| t.name()).collect();
+    assert!(names.contains(&"layer1.0.bn1.running_mean") && names.contains(&"layer2.0.shortcut.1.running_var"));
+    assert!(m.proto.metadata_props.iter().any(|p| p.key() == "swa.recalibration" && p.value() == "torch"));
+}
+
+#[test]
+fn precise_mode_matches_float64_pooled_statistics() {
+    for model in ["cnn", "mlp"] {
+        let dir = tmp();
+        recalibrate(model, "precise", dir.path(), &[]);
+        assert_close(&dir.path().join("out.safetensors"), &fixture(&format!("{model}/expected/swa_bn_precise.safetensors")), 1e-4, 1e-6, stats);
+    }
+}
+
+#[test]
+fn npz_inputs_and_max_samples() {
+    let dir = tmp();
+    let npy = dir.path().join("npy");
+    let npz = dir.path().join("npz");
+    std::fs::create_dir_all(&npy).unwrap();
+    std::fs::create_dir_all(&npz).unwrap();
+    recalibrate("cnn", "precise", &npy, &["--max-samples", "96"]);
+    let s = swa()
+        .args(["recalibrate", "--batch-size", "32", "--max-samples", "96", "--json", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--weights")
+        .arg(fixture("cnn/expected/swa_average.safetensors"))
+        .arg("--inputs")
+        .arg(fixture("cnn/train.npz"))
+        .arg("-o")
+        .arg(npz.join("out.onnx"))
+        .arg("--save-weights")
+        .arg(npz.join("out.safetensors"))
+        .assert()
+        .success();
+    let s: serde_json::Value = serde_json::from_slice(&s.get_output().stdout).unwrap();
+    assert_eq!(s["samples"], 96);
+    assert_close(&npz.join("out.safetensors"), &npy.join("out.safetensors"), 0.0, 0.0, |_| true);
+}
+
+#[test]
+fn without_weights_recalibrates_the_models_own_initializers() {
+    // The fixture model is freshly initialised: every BN shares one deduplicated mean/var.
+    let dir = tmp();
+    let out = dir.path().join("own.onnx");
+    let saved = dir.path().join("own.safetensors");
+    swa()
+        .args(["recalibrate", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--inputs")
+        .arg(fixture("cnn/train.npy"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--save-weights")
+        .arg(&saved)
+        .assert()
+        .success()
+        .stdout(contains("6 BatchNorm layers"));
+    let a = values(&saved, "layer1.0.bn1.running_var");
+    let b = values(&saved, "layer1.0.bn2.running_var");
+    assert_ne!(a, b);
+    assert!(a.iter().all(|v| *v > 0.0 && *v != 1.0));
+}
+
+#[test]
+fn cuda_without_a_cuda_runtime_is_an_error_not_a_fallback() {
+    let dir = tmp();
+    swa()
+        .args(["recalibrate", "--device", "cuda", "--model"])
+        .arg(fixture("mlp/model.onnx"))
+        .arg("--inputs")
+        .arg(fixture("mlp/train.npy"))
+        .arg("-o")
+        .arg(dir.path().join("out.onnx"))
+        .assert()
+        .code(2)
+        .stderr(contains("--device cuda:0"))
+        .stderr(contains("CUDA"));
+    assert!(listing(dir.path()).is_empty());
+}
