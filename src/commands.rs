@@ -175,11 +175,13 @@ fn inspect(a: &InspectArgs) -> Result<Outcome> {
         "metadata": ck.metadata(),
     });
     let bn_layers: Vec<String> = match &model {
-        Some(m) => bn::find(m)
-            .map(|ls| {
-                ls.into_iter().map(|l| format!("{} ({} channels, node {})", l.prefix, l.channels, l.name)).collect()
-            })
-            .unwrap_or_default(),
+        Some(m) => bn::find(&{
+            let mut m = m.clone();
+            bind::unshare(&mut m);
+            m
+        })
+        .map(|ls| ls.into_iter().map(|l| format!("{} ({} channels, node {})", l.prefix, l.channels, l.name)).collect())
+        .unwrap_or_default(),
         None => ck
             .tensors()
             .iter()

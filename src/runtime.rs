@@ -250,7 +250,7 @@ pub fn run_batches(
                 }
             }
         });
-        for (k, data) in rx.iter().enumerate() {
+        for (k, data) in rx.into_iter().enumerate() {
             let n = (samples - k * batch).min(batch);
             let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(specs.len());
             for ((spec, a), values) in specs.iter().zip(arrays).zip(data) {

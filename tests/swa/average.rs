@@ -8,11 +8,18 @@ fn equals_pytorch_averaged_model_cnn_and_mlp() {
     for (model, from) in [("cnn", "4"), ("mlp", "3")] {
         let dir = tmp();
         let out = dir.path().join("swa.safetensors");
-        let assert = swa().args(["average", "--from", from]).arg(fixture(&format!("{model}/checkpoints"))).arg("-o").arg(&out).assert().success();
+        let assert = swa()
+            .args(["average", "--from", from])
+            .arg(fixture(&format!("{model}/checkpoints")))
+            .arg("-o")
+            .arg(&out)
+            .assert()
+            .success();
         let stdout = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
         assert!(stdout.contains(&format!("epoch_00{from}.safetensors")), "{stdout}");
         assert!(!stdout.contains(&format!("epoch_00{}.safetensors", from.parse::<u32>().unwrap() - 1)), "{stdout}");
-        let worst = assert_close(&out, &fixture(&format!("{model}/expected/swa_average.safetensors")), 0.0, 1e-6, |_| true);
+        let worst =
+            assert_close(&out, &fixture(&format!("{model}/expected/swa_average.safetensors")), 0.0, 1e-6, |_| true);
         assert!(worst < 1e-6);
     }
 }
@@ -21,7 +28,13 @@ fn equals_pytorch_averaged_model_cnn_and_mlp() {
 fn records_metadata_and_json_summary() {
     let dir = tmp();
     let out = dir.path().join("avg.safetensors");
-    let assert = swa().args(["average", "--last", "3", "--json"]).arg(fixture("cnn/checkpoints")).arg("-o").arg(&out).assert().success();
+    let assert = swa()
+        .args(["average", "--last", "3", "--json"])
+        .arg(fixture("cnn/checkpoints"))
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
     let s: serde_json::Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
     assert_eq!(s["n_models"], 3);
     assert_eq!(s["inputs"].as_array().unwrap().len(), 3);
@@ -77,15 +90,29 @@ fn resume_continues_an_average() {
 fn explicit_weights_that_pick_one_checkpoint_give_it_back() {
     let dir = tmp();
     let out = dir.path().join("one.safetensors");
-    swa().args(["average", "--from", "4", "--weights", "0,0,1,0,0"]).arg(fixture("cnn/checkpoints")).arg("-o").arg(&out).assert().success();
-    assert_close(&out, &fixture("cnn/checkpoints/epoch_006.safetensors"), 0.0, 0.0, |n| !n.contains("running") && !n.contains("num_batches"));
+    swa()
+        .args(["average", "--from", "4", "--weights", "0,0,1,0,0"])
+        .arg(fixture("cnn/checkpoints"))
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    assert_close(&out, &fixture("cnn/checkpoints/epoch_006.safetensors"), 0.0, 0.0, |n| {
+        !n.contains("running") && !n.contains("num_batches")
+    });
 }
 
 #[test]
 fn ema_weights_newest_heaviest() {
     let dir = tmp();
     let out = dir.path().join("ema.safetensors");
-    let a = swa().args(["average", "--from", "6", "--ema", "0.5", "--json"]).arg(fixture("cnn/checkpoints")).arg("-o").arg(&out).assert().success();
+    let a = swa()
+        .args(["average", "--from", "6", "--ema", "0.5", "--json"])
+        .arg(fixture("cnn/checkpoints"))
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
     let s: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
     let w: Vec<f64> = s["inputs"].as_array().unwrap().iter().map(|i| i["weight"].as_f64().unwrap()).collect();
     assert_eq!(w, [0.25, 0.25, 0.5]);
@@ -144,11 +171,21 @@ fn onnx_initializers_are_checkpoints_too() {
 fn orders_numbers_naturally_not_lexically() {
     let dir = tmp();
     for (src, dst) in [(1, "ckpt-2"), (2, "ckpt-10"), (3, "ckpt-9")] {
-        std::fs::copy(fixture(&format!("mlp/checkpoints/epoch_00{src}.safetensors")), dir.path().join(format!("{dst}.safetensors"))).unwrap();
+        std::fs::copy(
+            fixture(&format!("mlp/checkpoints/epoch_00{src}.safetensors")),
+            dir.path().join(format!("{dst}.safetensors")),
+        )
+        .unwrap();
     }
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    let a = swa().args(["average", "--last", "1", "--json"]).arg(dir.path()).arg("-o").arg(out.join("x.safetensors")).assert().success();
+    let a = swa()
+        .args(["average", "--last", "1", "--json"])
+        .arg(dir.path())
+        .arg("-o")
+        .arg(out.join("x.safetensors"))
+        .assert()
+        .success();
     let s: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
     assert!(s["inputs"][0]["path"].as_str().unwrap().ends_with("ckpt-10.safetensors"), "{s}");
 }

@@ -86,7 +86,7 @@ fn checkpoints_that_disagree() {
     header["head.bias"]["dtype"] = "I32".into();
     let bad = dir.path().join("dtype.safetensors");
     write_with_header(&bad, &header, &data);
-    fails(&[&ck(1), &bad], &[], "`head.bias` is F32 in");
+    fails(&[&ck(1), &bad], &[], "`head.bias` is I32 in");
 }
 
 #[test]
@@ -106,7 +106,11 @@ fn nonfinite_values_error_unless_allowed() {
     data[start + 12..start + 16].copy_from_slice(&f32::NAN.to_le_bytes());
     let bad = dir.path().join("epoch_002.safetensors");
     write_with_header(&bad, &header, &data);
-    fails(&[&ck(1), &bad], &[], "epoch_002.safetensors: tensor `fc2.weight`: holds a non-finite value (NaN or Inf) at element 3");
+    fails(
+        &[&ck(1), &bad],
+        &[],
+        "epoch_002.safetensors: tensor `fc2.weight`: holds a non-finite value (NaN or Inf) at element 3",
+    );
     let out = dir.path().join("ok.safetensors");
     swa().args(["average", "--allow-nonfinite"]).arg(ck(1)).arg(&bad).arg("-o").arg(&out).assert().success();
     assert!(values(&out, "fc2.weight")[3].is_nan());
@@ -126,7 +130,15 @@ fn unwritable_output_and_output_equal_to_input() {
     let copy = dir.path().join("epoch_001.safetensors");
     std::fs::copy(ck(1), &copy).unwrap();
     let before = std::fs::read(&copy).unwrap();
-    swa().arg("average").arg(&copy).arg(ck(2)).arg("-o").arg(&copy).assert().code(2).stderr(contains("is also an input: refusing to overwrite it"));
+    swa()
+        .arg("average")
+        .arg(&copy)
+        .arg(ck(2))
+        .arg("-o")
+        .arg(&copy)
+        .assert()
+        .code(2)
+        .stderr(contains("is also an input: refusing to overwrite it"));
     assert_eq!(std::fs::read(&copy).unwrap(), before);
     assert_eq!(listing(dir.path()), ["epoch_001.safetensors"]);
 }
@@ -137,15 +149,194 @@ fn full_disk_leaves_nothing() {
     let dir = tmp();
     let mnt = dir.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
-    let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"]).arg(&mnt).status().is_ok_and(|s| s.success());
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
     if !mounted {
         eprintln!("skipping full_disk_leaves_nothing: cannot mount a tmpfs here (needs root)");
         return;
     }
     let out = mnt.join("out.safetensors");
-    let result = swa().arg("average").arg(fixture("cnn/checkpoints")).arg("-o").arg(&out).assert().code(2).stderr(contains("No space left on device"));
+    let result = swa()
+        .arg("average")
+        .arg(fixture("cnn/checkpoints"))
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(contains("No space left on device"));
     drop(result);
     let left = listing(&mnt);
     let _ = std::process::Command::new("umount").arg(&mnt).status();
     assert!(left.is_empty(), "left behind on the full disk: {left:?}");
+}
+
+/// Runs `swa recalibrate` with `args` into a fresh directory; checks exit 2, the message, and
+/// that nothing was written.
+fn recalibrate_fails(args: &[&std::ffi::OsStr], message: &str) {
+    let dir = tmp();
+    swa()
+        .arg("recalibrate")
+        .args(args)
+        .arg("-o")
+        .arg(dir.path().join("out.onnx"))
+        .arg("--save-weights")
+        .arg(dir.path().join("out.safetensors"))
+        .assert()
+        .code(2)
+        .stderr(contains(message));
+    assert!(listing(dir.path()).is_empty(), "left behind: {:?}", listing(dir.path()));
+}
+
+fn os(p: &Path) -> &std::ffi::OsStr {
+    p.as_os_str()
+}
+
+#[test]
+fn recalibrate_model_without_batchnorm() {
+    let m = fixture("cnn/model_folded.onnx");
+    let x = fixture("cnn/train.npy");
+    recalibrate_fails(
+        &[os(Path::new("--model")), os(&m), os(Path::new("--inputs")), os(&x)],
+        "has no BatchNormalization node",
+    );
+    recalibrate_fails(&[os(Path::new("--model")), os(&m), os(Path::new("--inputs")), os(&x)], "TrainingMode.PRESERVE");
+}
+
+#[test]
+fn recalibrate_batchnorm_in_training_mode() {
+    let dir = tmp();
+    let mut m = swa::onnx::Model::load(fixture("mlp/model.onnx")).unwrap();
+    let bn = m.graph_mut().node.iter_mut().find(|n| n.op_type() == "BatchNormalization").unwrap();
+    bn.attribute.retain(|a| a.name() != "training_mode");
+    bn.attribute.push(swa::onnx::int_attr("training_mode", 1));
+    let path = dir.path().join("training.onnx");
+    m.save(&path).unwrap();
+    let x = fixture("mlp/train.npy");
+    recalibrate_fails(&[os(Path::new("--model")), os(&path), os(Path::new("--inputs")), os(&x)], "is in training mode");
+}
+
+#[test]
+fn recalibrate_inputs_that_do_not_fit() {
+    let m = fixture("cnn/model.onnx");
+    let wrong = fixture("mlp/train.npy");
+    recalibrate_fails(
+        &[os(Path::new("--model")), os(&m), os(Path::new("--inputs")), os(&wrong)],
+        "has shape [300, 32], but model input `input` expects [?, 3, 16, 16]",
+    );
+    let dir = tmp();
+    let npz = dir.path().join("named.npz");
+    {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&npz).unwrap());
+        z.start_file(
+            "pixels.npy",
+            zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored),
+        )
+        .unwrap();
+        std::io::Write::write_all(&mut z, &std::fs::read(fixture("cnn/eval.npy")).unwrap()).unwrap();
+        z.start_file("other.npy", zip::write::SimpleFileOptions::default()).unwrap();
+        std::io::Write::write_all(&mut z, &std::fs::read(fixture("cnn/eval.npy")).unwrap()).unwrap();
+        z.finish().unwrap();
+    }
+    recalibrate_fails(
+        &[os(Path::new("--model")), os(&m), os(Path::new("--inputs")), os(&npz)],
+        "has no array named `input` for the model input of that name (it has: pixels, other)",
+    );
+}
+
+#[test]
+fn recalibrate_too_few_samples_and_batch_of_one() {
+    let m = fixture("mlp/model.onnx");
+    let x = fixture("mlp/train.npy");
+    let args = [os(Path::new("--model")), os(&m), os(Path::new("--inputs")), os(&x)];
+    recalibrate_fails(
+        &[&args[..], &[os(Path::new("--batch-size")), os(Path::new("1000"))]].concat(),
+        "has 300 samples, fewer than one batch of 1000",
+    );
+    recalibrate_fails(
+        &[
+            &args[..],
+            &[os(Path::new("--batch-size")), os(Path::new("1")), os(Path::new("--stats")), os(Path::new("torch"))],
+        ]
+        .concat(),
+        "--batch-size 1 with --stats torch",
+    );
+}
+
+#[test]
+fn recalibrate_nan_names_the_first_layer() {
+    let dir = tmp();
+    let (shape, mut x) = read_npy(&fixture("mlp/train.npy"));
+    x[40 * 32 + 5] = f32::NAN;
+    let path = dir.path().join("nan.npy");
+    write_npy_f32(&path, &shape, &x);
+    let m = fixture("mlp/model.onnx");
+    recalibrate_fails(
+        &[
+            os(Path::new("--model")),
+            os(&m),
+            os(Path::new("--inputs")),
+            os(&path),
+            os(Path::new("--batch-size")),
+            os(Path::new("32")),
+        ],
+        "(BatchNormalization): its input holds NaN or Inf in batch 2 (the first layer where it appears)",
+    );
+}
+
+#[test]
+fn recalibrate_weights_that_do_not_fit_the_graph() {
+    let m = fixture("cnn/model.onnx");
+    let x = fixture("cnn/train.npy");
+    let mlp = fixture("mlp/checkpoints/epoch_001.safetensors");
+    recalibrate_fails(
+        &[os(Path::new("--model")), os(&m), os(Path::new("--inputs")), os(&x), os(Path::new("--weights")), os(&mlp)],
+        "tensor `bn1.bias`: has shape [64] but the graph's initializer `bn1.bias` has shape [16]",
+    );
+    let dir = tmp();
+    let (header, data) = header_of(&fixture("cnn/checkpoints/epoch_001.safetensors"));
+    let renamed: serde_json::Map<String, serde_json::Value> =
+        header.into_iter().map(|(k, v)| (if k.starts_with("__") { k } else { format!("encoder.{k}") }, v)).collect();
+    let other = dir.path().join("renamed.safetensors");
+    write_with_header(&other, &renamed, &data);
+    recalibrate_fails(
+        &[os(Path::new("--model")), os(&m), os(Path::new("--inputs")), os(&x), os(Path::new("--weights")), os(&other)],
+        "renamed.safetensors: 32 of the model's weights have no tensor of that name in the checkpoint (first: bn1.bias",
+    );
+    let (mut header, data) = header_of(&fixture("cnn/checkpoints/epoch_001.safetensors"));
+    header["fc.weight"]["shape"] = serde_json::json!([32, 10]);
+    let bad = dir.path().join("transposed.safetensors");
+    write_with_header(&bad, &header, &data);
+    recalibrate_fails(
+        &[os(Path::new("--model")), os(&m), os(Path::new("--inputs")), os(&x), os(Path::new("--weights")), os(&bad)],
+        "tensor `fc.weight`: has shape [32, 10] but the graph's initializer `fc.weight` has shape [10, 32]",
+    );
+}
+
+#[test]
+fn recalibrate_corrupt_onnx_and_missing_runtime() {
+    let dir = tmp();
+    let bad = dir.path().join("corrupt.onnx");
+    std::fs::write(&bad, b"\x08\x07garbage that is not protobuf \xff\xff\xff").unwrap();
+    let x = fixture("mlp/train.npy");
+    recalibrate_fails(
+        &[os(Path::new("--model")), os(&bad), os(Path::new("--inputs")), os(&x)],
+        "corrupt.onnx: not a valid ONNX model",
+    );
+    let out = tmp();
+    swa()
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .args(["recalibrate", "--model"])
+        .arg(fixture("mlp/model.onnx"))
+        .arg("--inputs")
+        .arg(&x)
+        .arg("-o")
+        .arg(out.path().join("o.onnx"))
+        .assert()
+        .code(2)
+        .stderr(contains("ORT_DYLIB_PATH is /nonexistent/libonnxruntime.so, which is not a file"))
+        .stderr(contains("pip install onnxruntime"));
+    assert!(listing(out.path()).is_empty());
 }

@@ -70,7 +70,12 @@ pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) {
 
 /// Writes an int64 `.npy` of shape [n].
 pub fn write_npy_i64(path: &Path, data: &[i64]) {
-    write_npy(path, "<i8", &format!("({},)", data.len()), &data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+    write_npy(
+        path,
+        "<i8",
+        &format!("({},)", data.len()),
+        &data.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+    );
 }
 
 fn write_npy(path: &Path, descr: &str, shape: &str, bytes: &[u8]) {
@@ -94,7 +99,8 @@ pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
 
 /// Lists a directory's entries (names), sorted.
 pub fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     v.sort();
     v
 }

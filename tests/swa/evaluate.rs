@@ -1,1 +1,90 @@
-//! placeholder
+//! `swa evaluate`: metrics, thresholds for CI, and bad labelled data.
+
+use crate::common::*;
+use predicates::str::contains;
+
+fn evaluate(extra: &[&str]) -> assert_cmd::assert::Assert {
+    swa()
+        .args(["evaluate", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--weights")
+        .arg(fixture("cnn/expected/swa_bn_torch.safetensors"))
+        .arg("--inputs")
+        .arg(fixture("cnn/eval.npy"))
+        .args(extra)
+        .assert()
+}
+
+#[test]
+fn json_metrics_match_pytorch() {
+    let a = evaluate(&["--labels", fixture("cnn/eval_labels.npy").to_str().unwrap(), "--json", "--batch-size", "64"])
+        .success();
+    let m: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    let expected = summary("cnn");
+    assert_eq!(m["samples"], 300);
+    assert_eq!(m["correct"], expected["swa_bn_torch_correct"]);
+    assert!((m["loss"].as_f64().unwrap() - expected["swa_bn_torch_loss"].as_f64().unwrap()).abs() < 1e-5);
+    assert!(m["top5"].as_f64().unwrap() >= m["top1"].as_f64().unwrap());
+    assert_eq!(m["per_class"].as_array().unwrap().len(), 10);
+}
+
+#[test]
+fn min_accuracy_sets_the_exit_code_and_writes_a_step_summary() {
+    let labels = fixture("cnn/eval_labels.npy");
+    let dir = tmp();
+    let summary_file = dir.path().join("summary.md");
+    evaluate(&["--labels", labels.to_str().unwrap(), "--min-accuracy", "0.5"]).code(0).stdout(contains("passed"));
+    swa()
+        .env("GITHUB_STEP_SUMMARY", &summary_file)
+        .args(["evaluate", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--weights")
+        .arg(fixture("cnn/expected/swa_bn_torch.safetensors"))
+        .arg("--inputs")
+        .arg(fixture("cnn/eval.npy"))
+        .args(["--labels", labels.to_str().unwrap(), "--min-accuracy", "0.99"])
+        .assert()
+        .code(1)
+        .stderr(contains("below --min-accuracy 0.99"));
+    assert!(std::fs::read_to_string(&summary_file).unwrap().contains("FAILED"));
+}
+
+#[test]
+fn labels_that_do_not_fit() {
+    let dir = tmp();
+    let short = dir.path().join("short.npy");
+    write_npy_i64(&short, &[1, 2, 3]);
+    evaluate(&["--labels", short.to_str().unwrap()])
+        .code(2)
+        .stderr(contains("short.npy: has 3 labels for 300 samples"));
+    let big = dir.path().join("big.npy");
+    write_npy_i64(&big, &vec![50; 300]);
+    evaluate(&["--labels", big.to_str().unwrap()])
+        .code(2)
+        .stderr(contains("big.npy: label 50 at sample 0 is out of range for 10 classes"));
+}
+
+#[test]
+fn model_output_that_is_not_logits() {
+    let dir = tmp();
+    let mut m = swa::onnx::Model::load(fixture("mlp/model.onnx")).unwrap();
+    let hidden = m.graph().node.iter().find(|n| n.op_type() == "Relu").unwrap().output[0].clone();
+    m.graph_mut().output[0] = swa::onnx::ValueInfoProto { name: Some(hidden.clone()), ..Default::default() };
+    // A 3-D output: unsqueeze the hidden activations.
+    let path = dir.path().join("hidden.onnx");
+    let g = m.graph_mut();
+    g.initializer.push(swa::onnx::tensor("axes1", swa::checkpoint::Dtype::I64, &[1], 1i64.to_le_bytes().to_vec()));
+    g.node.push(swa::onnx::node("Unsqueeze", "u".into(), &[&hidden, "axes1"], &["hidden3d"], vec![]));
+    g.output[0].name = Some("hidden3d".into());
+    m.save(&path).unwrap();
+    swa()
+        .args(["evaluate", "--model"])
+        .arg(&path)
+        .arg("--inputs")
+        .arg(fixture("mlp/eval.npy"))
+        .arg("--labels")
+        .arg(fixture("mlp/eval_labels.npy"))
+        .assert()
+        .code(2)
+        .stderr(contains("evaluation needs logits [N, classes]"));
+}

@@ -79,7 +79,13 @@ fn precise_mode_matches_float64_pooled_statistics() {
     for model in ["cnn", "mlp"] {
         let dir = tmp();
         recalibrate(model, "precise", dir.path(), &[]);
-        assert_close(&dir.path().join("out.safetensors"), &fixture(&format!("{model}/expected/swa_bn_precise.safetensors")), 1e-4, 1e-6, stats);
+        assert_close(
+            &dir.path().join("out.safetensors"),
+            &fixture(&format!("{model}/expected/swa_bn_precise.safetensors")),
+            1e-4,
+            1e-6,
+            stats,
+        );
     }
 }
 
