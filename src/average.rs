@@ -277,11 +277,13 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<CheckpointFile>> {
     Ok(files)
 }
 
-/// The number of a checkpoint: from its file name, or for `model.safetensors`-like names inside a
-/// run directory (`checkpoint-500/model.safetensors`), from the directory.
+/// The number of a checkpoint: from its file name, or for generic names (`model.safetensors`,
+/// `model.safetensors.index.json`) inside a run directory (`checkpoint-500/`), from the directory.
 fn number_of(path: &Path) -> Option<u64> {
     let name = path.file_name()?.to_string_lossy();
-    name_number(&name).or_else(|| name_number(&path.parent()?.file_name()?.to_string_lossy()))
+    let generic = name.starts_with("model") || name.contains("pytorch_model");
+    name_number(&name)
+        .or_else(|| if generic { name_number(&path.parent()?.file_name()?.to_string_lossy()) } else { None })
 }
 
 /// Applies a selection; the result is never empty.

@@ -208,7 +208,8 @@ pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
             ),
         ));
     }
-    let (stats_model, outputs) = bn::stats_model(&prepared.model, &prepared.layers)?;
+    let (stats_model, layout) =
+        bn::stats_model(&prepared.model, &prepared.layers, bn::Reduction::for_device(opts.device != Device::Cpu))?;
     let (bytes, external) = stats_model.encode("stats.onnx.data");
     if external.is_some() {
         return Err(Error::usage(
@@ -222,11 +223,10 @@ pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
     let bar = progress::samples_bar(samples as u64, "recalibrating", opts.quiet);
     let mut batches = 0;
     runtime::run_batches(&mut session, &specs, &arrays, opts.batch_size, samples, &bar, |_, out| {
-        for (k, (o, l)) in outputs.iter().zip(&prepared.layers).enumerate() {
-            let (_, mean) = out[o.mean.as_str()].try_extract_tensor::<f32>()?;
-            let (_, var) = out[o.var.as_str()].try_extract_tensor::<f32>()?;
-            let (_, count) = out[o.count.as_str()].try_extract_tensor::<f32>()?;
-            let count = count[0] as f64;
+        let (_, all) = out[layout.output.as_str()].try_extract_tensor::<f32>()?;
+        for (k, (&at, l)) in layout.offsets.iter().zip(&prepared.layers).enumerate() {
+            let c = l.channels;
+            let (mean, var, count) = (&all[at..at + c], &all[at + c..at + 2 * c], all[at + 2 * c] as f64);
             if mean.iter().chain(var).any(|v| !v.is_finite()) {
                 return Err(Error::node(
                     &l.name,

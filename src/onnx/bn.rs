@@ -38,15 +38,39 @@ pub struct BnLayer {
     pub epsilon: f32,
 }
 
-/// Graph outputs of the statistics model for one layer.
+/// Where each layer's statistics lie in the statistics model's one output, a flat f32 vector
+/// holding, per layer, the batch mean [C], the biased batch variance [C], and the number of values
+/// per channel (N·H·W).
 #[derive(Debug, Clone)]
-pub struct StatsOutputs {
-    /// Batch mean, [C].
-    pub mean: String,
-    /// Biased batch variance, [C].
-    pub var: String,
-    /// Values per channel in the batch (N·H·W), scalar.
-    pub count: String,
+pub struct StatsLayout {
+    /// The output's name.
+    pub output: String,
+    /// Per layer: offset of its mean (its variance follows, then its count).
+    pub offsets: Vec<usize>,
+    /// Total length.
+    pub len: usize,
+}
+
+/// How the per-channel reductions are laid out in the statistics graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduction {
+    /// One reduction over axes [0, 2] of the [N, C, R] view.
+    Flat,
+    /// A reduction over the contiguous axis 2, then over axis 0 of the small [N, C] result.
+    Split,
+}
+
+impl Reduction {
+    /// The faster layout for a device (see docs/performance.md), overridable with
+    /// `SWA_STATS_REDUCTION=flat|split` for benchmarking.
+    pub fn for_device(cuda: bool) -> Self {
+        match std::env::var("SWA_STATS_REDUCTION").as_deref() {
+            Ok("flat") => Reduction::Flat,
+            Ok("split") => Reduction::Split,
+            _ if cuda => Reduction::Split,
+            _ => Reduction::Flat,
+        }
+    }
 }
 
 const HOW_TO_EXPORT: &str = "it was probably folded into the preceding Conv by the exporter or an optimiser (onnxsim, \
@@ -116,54 +140,70 @@ fn output(name: &str, dims: &[i64]) -> ValueInfoProto {
     }
 }
 
-/// A copy of `model` in which every BN normalises with its batch statistics and the statistics
-/// are the only graph outputs.
-pub fn stats_model(model: &Model, layers: &[BnLayer]) -> Result<(Model, Vec<StatsOutputs>)> {
+/// A copy of `model` in which every BN normalises with its batch statistics, and the statistics
+/// of all layers are concatenated into the only graph output (one copy back per batch).
+pub fn stats_model(model: &Model, layers: &[BnLayer], reduction: Reduction) -> Result<(Model, StatsLayout)> {
     let mut out = model.clone();
-    let axes_as_input = model.opset() >= 18;
+    let opset = model.opset();
     let g = out.graph_mut();
-    let shape_name = "swa_stats/reshape_to_ncr";
-    let axes_name = "swa_stats/axes_0_2";
-    let one_name = "swa_stats/index_1";
     let i64s = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let shape_name = "swa_stats/reshape_to_ncr";
+    let one_name = "swa_stats/index_1";
+    let vec1_name = "swa_stats/shape_1";
     g.initializer.push(tensor(shape_name, Dtype::I64, &[3], i64s(&[0, 0, -1])));
     g.initializer.push(tensor(one_name, Dtype::I64, &[], i64s(&[1])));
-    if axes_as_input {
-        g.initializer.push(tensor(axes_name, Dtype::I64, &[2], i64s(&[0, 2])));
+    g.initializer.push(tensor(vec1_name, Dtype::I64, &[1], i64s(&[1])));
+    let axes_sets: [&[i64]; 3] = [&[0, 2], &[2], &[0]];
+    for axes in axes_sets {
+        let name = format!("swa_stats/axes_{axes:?}");
+        g.initializer.push(tensor(&name, Dtype::I64, &[axes.len()], i64s(axes)));
     }
+    // ReduceSum takes its axes as an input from opset 13, the other reductions from opset 18.
+    let reduce = |op: &str, input: &str, output: &str, axes: &[i64]| {
+        let as_input = opset >= if op == "ReduceSum" { 13 } else { 18 };
+        let mut attrs = vec![int_attr("keepdims", 0)];
+        let axes_name = format!("swa_stats/axes_{axes:?}");
+        let mut inputs = vec![input];
+        if as_input {
+            inputs.push(&axes_name);
+        } else {
+            attrs.push(ints_attr("axes", axes));
+        }
+        node(op, output.to_string(), &inputs, &[output], attrs)
+    };
     let by_node: std::collections::HashMap<usize, usize> =
         layers.iter().enumerate().map(|(k, l)| (l.node, k)).collect();
     let old_nodes = std::mem::take(&mut g.node);
-    let mut outputs = Vec::new();
-    g.output.clear();
+    let mut parts = Vec::new();
+    let mut offsets = Vec::new();
+    let mut len = 0;
     for (i, n) in old_nodes.into_iter().enumerate() {
         let Some(&k) = by_node.get(&i) else {
             g.node.push(n);
             continue;
         };
         let l = &layers[k];
-        let p = format!("swa_stats/{k}");
-        let v = |s: &str| format!("{p}/{s}");
-        let reduce = |op: &str, out: &str| {
-            let mut inputs = vec![v("xr")];
-            let mut attrs = vec![int_attr("keepdims", 0)];
-            if axes_as_input {
-                inputs.push(axes_name.to_string());
-            } else {
-                attrs.push(ints_attr("axes", &[0, 2]));
+        let v = |s: &str| format!("swa_stats/{k}/{s}");
+        g.node.push(node("Reshape", v("reshape"), &[&l.input, shape_name], &[&v("xr")], vec![]));
+        match reduction {
+            Reduction::Flat => {
+                g.node.push(reduce("ReduceMean", &v("xr"), &v("mean"), &[0, 2]));
+                g.node.push(reduce("ReduceSumSquare", &v("xr"), &v("sumsq"), &[0, 2]));
             }
-            let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-            node(op, v(out), &inputs, &[&v(out)], attrs)
-        };
+            Reduction::Split => {
+                g.node.push(reduce("ReduceMean", &v("xr"), &v("mean_n"), &[2]));
+                g.node.push(reduce("ReduceMean", &v("mean_n"), &v("mean"), &[0]));
+                g.node.push(reduce("ReduceSumSquare", &v("xr"), &v("sumsq_n"), &[2]));
+                g.node.push(reduce("ReduceSum", &v("sumsq_n"), &v("sumsq"), &[0]));
+            }
+        }
         g.node.extend([
-            node("Reshape", v("reshape"), &[&l.input, shape_name], &[&v("xr")], vec![]),
-            reduce("ReduceMean", "mean"),
-            reduce("ReduceSumSquare", "sumsq"),
             node("Size", v("size"), &[&l.input], &[&v("size")], vec![]),
             node("Shape", v("shape"), &[&l.input], &[&v("shape")], vec![]),
             node("Gather", v("channels"), &[&v("shape"), one_name], &[&v("channels")], vec![]),
             node("Div", v("count_i"), &[&v("size"), &v("channels")], &[&v("count_i")], vec![]),
             node("Cast", v("count"), &[&v("count_i")], &[&v("count")], vec![int_attr("to", elem::FLOAT as i64)]),
+            node("Reshape", v("count_1"), &[&v("count"), vec1_name], &[&v("count_1")], vec![]),
             node("Div", v("meansq"), &[&v("sumsq"), &v("count")], &[&v("meansq")], vec![]),
             node("Mul", v("mean2"), &[&v("mean"), &v("mean")], &[&v("mean2")], vec![]),
             node("Sub", v("var_raw"), &[&v("meansq"), &v("mean2")], &[&v("var_raw")], vec![]),
@@ -174,12 +214,17 @@ pub fn stats_model(model: &Model, layers: &[BnLayer]) -> Result<(Model, Vec<Stat
         bn.input[4] = v("var");
         bn.attribute.retain(|a| a.name() == "epsilon");
         g.node.push(bn);
-        let c = l.channels as i64;
-        g.output.extend([output(&v("mean"), &[c]), output(&v("var"), &[c]), output(&v("count"), &[])]);
-        outputs.push(StatsOutputs { mean: v("mean"), var: v("var"), count: v("count") });
+        parts.extend([v("mean"), v("var"), v("count_1")]);
+        offsets.push(len);
+        len += 2 * l.channels + 1;
     }
+    let all = "swa_stats/all";
+    let inputs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    g.node.push(node("Concat", all.into(), &inputs, &[all], vec![int_attr("axis", 0)]));
+    g.output.clear();
+    g.output.push(output(all, &[len as i64]));
     g.value_info.clear();
-    Ok((out, outputs))
+    Ok((out, StatsLayout { output: all.into(), offsets, len }))
 }
 
 /// Writes new running statistics into the BN nodes' initializers. A statistics initializer shared
