@@ -67,10 +67,13 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--variants", default="default",
+                    help="comma-separated swa variants: default, flat, split, each optionally +tf32 (e.g. split+tf32)")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     work = args.workdir or tempfile.mkdtemp(prefix="swa-bench-")
+    os.makedirs(work, exist_ok=True)
     model = ResNet18().eval()
     onnx_path = os.path.join(work, "resnet18.onnx")
     torch.onnx.export(model, (torch.zeros(2, 3, 32, 32),), onnx_path, input_names=["input"], output_names=["logits"],
@@ -95,24 +98,31 @@ def main():
         if r > 0:  # first run warms up cuDNN / allocators
             results.append({"impl": "pytorch update_bn", "seconds": dt, "samples_per_s": args.samples / dt})
             print(json.dumps(results[-1]), flush=True)
-    ours = []
-    for r in range(args.repeat):
-        cmd = [args.swa, "recalibrate", "--model", onnx_path, "--inputs", x_path, "--batch-size", str(args.batch),
-               "--stats", "torch", "--device", args.device, "--threads", str(args.threads), "-o", os.path.join(work, "out.onnx"), "--json"]
-        t = time.perf_counter()
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        wall = time.perf_counter() - t
-        s = json.loads(out.stdout)
-        ours.append({"impl": "swa recalibrate", "seconds_pass": s["seconds"], "seconds_wall": wall, "samples_per_s": s["samples_per_second"],
-                     "samples_per_s_wall": args.samples / wall})
-        print(json.dumps(ours[-1]), flush=True)
     best_torch = max(r["samples_per_s"] for r in results)
-    best_ours = max(r["samples_per_s"] for r in ours)
-    best_ours_wall = max(r["samples_per_s_wall"] for r in ours)
-    print(json.dumps({"summary": True, "device": args.device, "threads": args.threads, "samples": args.samples, "batch": args.batch,
-                      "torch": torch.__version__, "pytorch_samples_per_s": round(best_torch), "swa_samples_per_s": round(best_ours),
-                      "swa_wall_samples_per_s": round(best_ours_wall),
-                      "ratio_pass": round(best_ours / best_torch, 3), "ratio_wall": round(best_ours_wall / best_torch, 3)}), flush=True)
+    for variant in args.variants.split(","):
+        env = dict(os.environ)
+        reduction, _, tf32 = variant.partition("+")
+        if reduction != "default":
+            env["SWA_STATS_REDUCTION"] = reduction
+        if tf32 == "tf32":
+            env["SWA_CUDA_TF32"] = "1"
+        ours = []
+        for r in range(args.repeat):
+            cmd = [args.swa, "recalibrate", "--model", onnx_path, "--inputs", x_path, "--batch-size", str(args.batch),
+                   "--stats", "torch", "--device", args.device, "--threads", str(args.threads), "-o", os.path.join(work, "out.onnx"), "--json"]
+            t = time.perf_counter()
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+            wall = time.perf_counter() - t
+            s = json.loads(out.stdout)
+            ours.append({"impl": f"swa recalibrate [{variant}]", "seconds_pass": s["seconds"], "seconds_wall": wall,
+                         "samples_per_s": s["samples_per_second"], "samples_per_s_wall": args.samples / wall})
+            print(json.dumps(ours[-1]), flush=True)
+        best_ours = max(r["samples_per_s"] for r in ours)
+        best_ours_wall = max(r["samples_per_s_wall"] for r in ours)
+        print(json.dumps({"summary": True, "variant": variant, "device": args.device, "threads": args.threads, "samples": args.samples,
+                          "batch": args.batch, "torch": torch.__version__, "pytorch_samples_per_s": round(best_torch),
+                          "swa_samples_per_s": round(best_ours), "swa_wall_samples_per_s": round(best_ours_wall),
+                          "ratio_pass": round(best_ours / best_torch, 3), "ratio_wall": round(best_ours_wall / best_torch, 3)}), flush=True)
 
 
 if __name__ == "__main__":

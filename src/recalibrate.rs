@@ -181,7 +181,7 @@ pub struct PassResult {
     pub samples: usize,
     /// Batches run.
     pub batches: usize,
-    /// Seconds spent in the pass.
+    /// Seconds spent in the pass (after the session was created).
     pub seconds: f64,
 }
 
@@ -216,8 +216,8 @@ pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
             "models over 2 GiB cannot be recalibrated yet (their statistics graph needs external data)",
         ));
     }
-    let started = Instant::now();
     let mut session = runtime::session(&bytes, opts.device, opts.threads)?;
+    let started = Instant::now();
     let mut accs: Vec<Box<dyn Accumulator>> =
         prepared.layers.iter().map(|l| accumulator(opts.stats, l.channels)).collect();
     let bar = progress::samples_bar(samples as u64, "recalibrating", opts.quiet);
@@ -294,7 +294,7 @@ pub struct RecalibrateSummary {
     pub unmatched: Vec<String>,
     /// Per layer.
     pub layers: Vec<LayerSummary>,
-    /// Seconds in the pass.
+    /// Seconds in the pass (after the session was created).
     pub seconds: f64,
     /// Samples per second in the pass.
     pub samples_per_second: f64,

@@ -127,12 +127,17 @@ pub fn init() -> Result<(PathBuf, ort::environment::Environment)> {
 }
 
 /// Opens a session for serialised model bytes on `device`, with `threads` intra-op threads.
-/// `--device cuda` that cannot get CUDA is an error, never a silent fallback to CPU.
+/// `--device cuda` that cannot get CUDA is an error, never a silent fallback to CPU. CUDA runs in
+/// full fp32 (PyTorch parity); `SWA_CUDA_TF32=1` allows TF32 in convolutions and matmuls, which
+/// is faster on Ampere and later but moves statistics by about 1e-3 relative.
 pub fn session(model_bytes: &[u8], device: Device, threads: Option<usize>) -> Result<Session> {
     let (lib, env) = init()?;
     let mut builder = Session::builder(&env)?;
     if let Some(n) = threads {
         builder = builder.with_intra_threads(n).map_err(ort::Error::from)?;
+    }
+    if let Some(prefix) = std::env::var_os("SWA_ORT_PROFILE") {
+        builder = builder.with_profiling(prefix).map_err(ort::Error::from)?;
     }
     if let Device::Cuda(id) = device {
         let provider = lib.with_file_name("libonnxruntime_providers_cuda.so");
@@ -146,8 +151,12 @@ pub fn session(model_bytes: &[u8], device: Device, threads: Option<usize>) -> Re
         }
         let cuda = ort::ep::CUDA::default()
             .with_device_id(id)
-            .with_conv_algorithm_search(ort::ep::cuda::ConvAlgorithmSearch::Heuristic)
-            .with_tf32(true)
+            .with_conv_algorithm_search(match std::env::var("SWA_CUDNN_SEARCH").as_deref() {
+                Ok("exhaustive") => ort::ep::cuda::ConvAlgorithmSearch::Exhaustive,
+                Ok("default") => ort::ep::cuda::ConvAlgorithmSearch::Default,
+                _ => ort::ep::cuda::ConvAlgorithmSearch::Heuristic,
+            })
+            .with_tf32(std::env::var("SWA_CUDA_TF32").is_ok_and(|v| v == "1"))
             .build()
             .error_on_failure();
         builder = builder.with_execution_providers([cuda]).map_err(|e| {
@@ -261,6 +270,9 @@ pub fn run_batches(
             let outputs = session.run(inputs)?;
             each(n, &outputs)?;
             progress.inc(n as u64);
+        }
+        if std::env::var_os("SWA_ORT_PROFILE").is_some() {
+            eprintln!("ONNX Runtime profile: {}", session.end_profiling()?);
         }
         Ok(())
     })

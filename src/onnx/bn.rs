@@ -3,7 +3,7 @@
 //!
 //! The rewrite avoids `training_mode=1` (the CUDA provider rejects it). Per BN with input X:
 //! `Xr = Reshape(X, [0, 0, -1])` (any rank ≥ 2 becomes [N, C, R]), `μ = ReduceMean(Xr, [0, 2])`,
-//! `σ² = ReduceSumSquare(Xr, [0, 2]) / n − μ²`, and an inference-mode BatchNormalization normalises
+//! `σ² = ReduceL2(Xr, [0, 2])² / n − μ²`, and an inference-mode BatchNormalization normalises
 //! with (μ, σ²), as training mode does. μ, the biased σ² and n become graph outputs: two passes
 //! over each activation for the statistics, one for the normalisation.
 
@@ -188,12 +188,14 @@ pub fn stats_model(model: &Model, layers: &[BnLayer], reduction: Reduction) -> R
         match reduction {
             Reduction::Flat => {
                 g.node.push(reduce("ReduceMean", &v("xr"), &v("mean"), &[0, 2]));
-                g.node.push(reduce("ReduceSumSquare", &v("xr"), &v("sumsq"), &[0, 2]));
+                g.node.push(reduce("ReduceL2", &v("xr"), &v("l2"), &[0, 2]));
+                g.node.push(node("Mul", v("sumsq"), &[&v("l2"), &v("l2")], &[&v("sumsq")], vec![]));
             }
             Reduction::Split => {
                 g.node.push(reduce("ReduceMean", &v("xr"), &v("mean_n"), &[2]));
                 g.node.push(reduce("ReduceMean", &v("mean_n"), &v("mean"), &[0]));
-                g.node.push(reduce("ReduceSumSquare", &v("xr"), &v("sumsq_n"), &[2]));
+                g.node.push(reduce("ReduceL2", &v("xr"), &v("l2_n"), &[2]));
+                g.node.push(node("Mul", v("sumsq_n"), &[&v("l2_n"), &v("l2_n")], &[&v("sumsq_n")], vec![]));
                 g.node.push(reduce("ReduceSum", &v("sumsq_n"), &v("sumsq"), &[0]));
             }
         }
@@ -224,7 +226,24 @@ pub fn stats_model(model: &Model, layers: &[BnLayer], reduction: Reduction) -> R
     g.output.clear();
     g.output.push(output(all, &[len as i64]));
     g.value_info.clear();
+    prune(g, all);
     Ok((out, StatsLayout { output: all.into(), offsets, len }))
+}
+
+/// Removes the nodes that do not contribute to `output` (the classifier head after the last BN),
+/// and the initializers only they used.
+fn prune(g: &mut super::GraphProto, output: &str) {
+    let mut needed: HashSet<String> = HashSet::from([output.to_string()]);
+    let mut keep = vec![false; g.node.len()];
+    for (i, n) in g.node.iter().enumerate().rev() {
+        if n.output.iter().any(|o| needed.contains(o)) {
+            keep[i] = true;
+            needed.extend(n.input.iter().cloned());
+        }
+    }
+    let mut k = keep.into_iter();
+    g.node.retain(|_| k.next().unwrap_or(true));
+    g.initializer.retain(|t| needed.contains(t.name()));
 }
 
 /// Writes new running statistics into the BN nodes' initializers. A statistics initializer shared

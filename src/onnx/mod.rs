@@ -202,7 +202,7 @@ impl Model {
             let file = dir.join(location);
             let offset: usize = info.get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
             let numel: usize = t.dims.iter().map(|&d| d.max(0) as usize).product();
-            let size = dtype_of(t.data_type()).map(|d| dtype::width(d)).unwrap_or(1);
+            let size = dtype_of(t.data_type()).map(dtype::width).unwrap_or(1);
             let length: usize = info.get("length").and_then(|v| v.parse().ok()).unwrap_or(numel * size);
             if !maps.contains_key(&file) {
                 maps.insert(file.clone(), crate::checkpoint::map_file(&file)?);

@@ -19,8 +19,13 @@ fn write(path: &Path, tensors: &[(String, Dtype, Vec<usize>, Vec<f64>)]) {
     write_tensors(path, &t, &BTreeMap::new()).unwrap();
 }
 
+/// Name, dtype and shape of each tensor.
+type Layout = Vec<(String, Dtype, Vec<usize>)>;
+/// Per checkpoint, per tensor, its values.
+type Values = Vec<Vec<Vec<f64>>>;
+
 /// Random model layouts: a few tensors of f32 or bf16 with small shapes.
-fn layout() -> impl Strategy<Value = Vec<(String, Dtype, Vec<usize>)>> {
+fn layout() -> impl Strategy<Value = Layout> {
     prop::collection::vec(
         (prop::sample::select(vec![Dtype::F32, Dtype::BF16, Dtype::F16]), prop::collection::vec(1usize..6, 1..4)),
         1..4,
@@ -28,7 +33,7 @@ fn layout() -> impl Strategy<Value = Vec<(String, Dtype, Vec<usize>)>> {
     .prop_map(|v| v.into_iter().enumerate().map(|(i, (d, s))| (format!("layer{i}.weight"), d, s)).collect())
 }
 
-fn checkpoints(n: usize) -> impl Strategy<Value = (Vec<(String, Dtype, Vec<usize>)>, Vec<Vec<Vec<f64>>>)> {
+fn checkpoints(n: usize) -> impl Strategy<Value = (Layout, Values)> {
     layout().prop_flat_map(move |l| {
         let per: Vec<_> =
             l.iter().map(|(_, _, s)| prop::collection::vec(-100.0f64..100.0, s.iter().product::<usize>())).collect();
