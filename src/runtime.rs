@@ -86,7 +86,7 @@ fn python_package_dirs() -> Vec<PathBuf> {
 /// Finds the ONNX Runtime library: `ORT_DYLIB_PATH`, beside the executable, the `onnxruntime` /
 /// `onnxruntime-gpu` Python package, then the system's library path.
 pub fn find_library() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         return if p.is_file() {
             Ok(p)

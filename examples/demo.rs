@@ -1,0 +1,58 @@
+//! The bundled demo: the whole `swa run` pipeline on the fixtures' small residual CNN, trained
+//! for eight epochs by PyTorch (fixtures/make_fixtures.py).
+//!
+//!     pip install onnxruntime
+//!     cargo run --release --example demo          # then open swa-demo/report.html
+
+use std::path::{Path, PathBuf};
+
+use swa::average::Selection;
+use swa::evaluate::EvalOptions;
+use swa::pipeline::{run, RunOptions};
+use swa::recalibrate::{PassOptions, StatsMode};
+use swa::runtime::Device;
+
+fn main() -> std::process::ExitCode {
+    match demo() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo: error: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn demo() -> swa::Result<()> {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cnn");
+    let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "swa-demo".into()));
+    let report = run(&RunOptions {
+        model: fixtures.join("model.onnx"),
+        checkpoints: vec![fixtures.join("checkpoints")],
+        selection: Selection { from: Some(4), ..Default::default() },
+        pass: PassOptions {
+            inputs: fixtures.join("train.npy"),
+            batch_size: 32,
+            max_samples: None,
+            stats: StatsMode::Precise,
+            device: Device::Cpu,
+            threads: None,
+            quiet: false,
+        },
+        eval: EvalOptions {
+            inputs: fixtures.join("eval.npy"),
+            labels: fixtures.join("eval_labels.npy"),
+            batch_size: 256,
+            top_k: 5,
+            device: Device::Cpu,
+            threads: None,
+            quiet: false,
+        },
+        recalibrate_each: true,
+        allow_partial: false,
+        out: out.clone(),
+        force: true,
+    })?;
+    print!("{}", swa::report::markdown(&report));
+    println!("\nOpen {} in a browser.", out.join("report.html").display());
+    Ok(())
+}
