@@ -104,3 +104,22 @@ pub fn listing(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// `swa run` on the CNN fixture's data with `checkpoints`, into `out`, plus `extra` arguments.
+pub fn run_cnn(checkpoints: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = swa();
+    c.args(["run", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--checkpoints")
+        .arg(checkpoints)
+        .arg("--train-inputs")
+        .arg(fixture("cnn/train.npy"))
+        .arg("--eval-inputs")
+        .arg(fixture("cnn/eval.npy"))
+        .arg("--eval-labels")
+        .arg(fixture("cnn/eval_labels.npy"))
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+    c
+}

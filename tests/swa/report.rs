@@ -14,21 +14,13 @@ fn report() -> &'static Report {
         .get_or_init(|| {
             let dir = tmp();
             let out = dir.path().join("out");
-            swa()
-                .args(["run", "--from", "4", "--stats", "torch", "--batch-size", "32", "--recalibrate-each", "--model"])
-                .arg(fixture("cnn/model.onnx"))
-                .arg("--checkpoints")
-                .arg(fixture("cnn/checkpoints"))
-                .arg("--train-inputs")
-                .arg(fixture("cnn/train.npy"))
-                .arg("--eval-inputs")
-                .arg(fixture("cnn/eval.npy"))
-                .arg("--eval-labels")
-                .arg(fixture("cnn/eval_labels.npy"))
-                .arg("--out")
-                .arg(&out)
-                .assert()
-                .success();
+            run_cnn(
+                &fixture("cnn/checkpoints"),
+                &out,
+                &["--from", "4", "--stats", "torch", "--batch-size", "32", "--recalibrate-each"],
+            )
+            .assert()
+            .success();
             let r: Report = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
             (dir, r.without_timings())
         })

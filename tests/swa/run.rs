@@ -6,21 +6,7 @@ use crate::common::*;
 use predicates::str::contains;
 
 fn run(out: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
-    swa()
-        .args(["run", "--model"])
-        .arg(fixture("cnn/model.onnx"))
-        .arg("--checkpoints")
-        .arg(fixture("cnn/checkpoints"))
-        .arg("--train-inputs")
-        .arg(fixture("cnn/train.npy"))
-        .arg("--eval-inputs")
-        .arg(fixture("cnn/eval.npy"))
-        .arg("--eval-labels")
-        .arg(fixture("cnn/eval_labels.npy"))
-        .arg("--out")
-        .arg(out)
-        .args(extra)
-        .assert()
+    run_cnn(&fixture("cnn/checkpoints"), out, extra).assert()
 }
 
 #[test]
@@ -58,19 +44,7 @@ fn refuses_a_non_empty_out_unless_forced_and_gates_on_accuracy() {
 fn checkpoints_that_do_not_bind_leave_nothing() {
     let dir = tmp();
     let out = dir.path().join("out");
-    swa()
-        .args(["run", "--model"])
-        .arg(fixture("cnn/model.onnx"))
-        .arg("--checkpoints")
-        .arg(fixture("mlp/checkpoints"))
-        .arg("--train-inputs")
-        .arg(fixture("cnn/train.npy"))
-        .arg("--eval-inputs")
-        .arg(fixture("cnn/eval.npy"))
-        .arg("--eval-labels")
-        .arg(fixture("cnn/eval_labels.npy"))
-        .arg("--out")
-        .arg(&out)
+    run_cnn(&fixture("mlp/checkpoints"), &out, &[])
         .assert()
         .code(2)
         .stderr(contains("epoch_001.safetensors: "))
