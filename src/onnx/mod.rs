@@ -262,7 +262,11 @@ impl Model {
     /// one protobuf message. Returns the model bytes and the external data, if any.
     pub fn encode(&self, data_file_name: &str) -> (Vec<u8>, Option<Vec<u8>>) {
         let total: usize = self.graph().initializer.iter().map(|t| t.raw_data.as_ref().map_or(0, |r| r.len())).sum();
-        if total < PROTOBUF_LIMIT - (64 << 20) {
+        self.encode_with(data_file_name, total >= PROTOBUF_LIMIT - (64 << 20))
+    }
+
+    fn encode_with(&self, data_file_name: &str, external: bool) -> (Vec<u8>, Option<Vec<u8>>) {
+        if !external {
             return (self.proto.encode_to_vec(), None);
         }
         let mut proto = self.proto.clone();
@@ -282,15 +286,21 @@ impl Model {
         (proto.encode_to_vec(), Some(data))
     }
 
-    /// Writes the model atomically to `path` (with `<name>.data` beside it for large models).
-    pub fn save(&self, path: &Path) -> Result<()> {
+    /// Writes the model atomically to `path`, with its initializers in `<name>.data` beside it
+    /// when the model would not fit in one protobuf message (2 GiB) or when `external` is set.
+    pub fn save_with(&self, path: &Path, external: bool) -> Result<()> {
         let data_name =
             format!("{}.data", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        let (bytes, data) = self.encode(&data_name);
+        let (bytes, data) = if external { self.encode_with(&data_name, true) } else { self.encode(&data_name) };
         if let Some(data) = data {
             crate::average::write_atomic(&path.with_file_name(&data_name), &data)?;
         }
         crate::average::write_atomic(path, &bytes)
+    }
+
+    /// Writes the model atomically to `path` (with `<name>.data` beside it for large models).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.save_with(path, false)
     }
 
     /// Which nodes consume each value name.

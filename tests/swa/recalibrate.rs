@@ -155,3 +155,38 @@ fn cuda_without_a_cuda_runtime_is_an_error_not_a_fallback() {
         .stderr(contains("CUDA"));
     assert!(listing(dir.path()).is_empty());
 }
+
+#[test]
+fn external_data_models_are_read_and_recalibrated() {
+    let dir = tmp();
+    let external = dir.path().join("external.onnx");
+    Model::load(fixture("cnn/model.onnx")).unwrap().save_with(&external, true).unwrap();
+    assert!(dir.path().join("external.onnx.data").exists());
+    assert!(std::fs::metadata(&external).unwrap().len() < 20_000, "initializers should live in the .data file");
+    let a = Model::load(&external).unwrap();
+    let b = Model::load(fixture("cnn/model.onnx")).unwrap();
+    let names = |m: &Model| {
+        m.graph()
+            .initializer
+            .iter()
+            .map(|t| (t.name().to_string(), swa::onnx::tensor_data(t).unwrap().2))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&a), names(&b));
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    swa()
+        .args(["recalibrate", "--stats", "torch", "--batch-size", "32", "--model"])
+        .arg(&external)
+        .arg("--weights")
+        .arg(fixture("cnn/expected/swa_average.safetensors"))
+        .arg("--inputs")
+        .arg(fixture("cnn/train.npy"))
+        .arg("-o")
+        .arg(out.join("out.onnx"))
+        .arg("--save-weights")
+        .arg(out.join("out.safetensors"))
+        .assert()
+        .success();
+    assert_close(&out.join("out.safetensors"), &fixture("cnn/expected/swa_bn_torch.safetensors"), 1e-4, 1e-6, stats);
+}
