@@ -3,8 +3,8 @@
 //!
 //! Inputs are memory-mapped and the output is written chunk by chunk at known offsets, so memory
 //! is bounded by threads × [`CHUNK`] whatever the model size or the number of checkpoints. Every
-//! element is accumulated in f64 in checkpoint order, so the output is byte-identical whatever the
-//! thread count.
+//! element is accumulated in checkpoint order (in f64, or in f32 for bf16/f16 inputs), so the
+//! output is byte-identical whatever the thread count.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -366,8 +366,9 @@ pub fn relative_weights(count: usize, weighting: &Weighting) -> Result<Vec<f64>>
     }
 }
 
-/// Lists up to five differences between two checkpoints' tensor names, shapes and dtypes.
-fn differences(a: &Checkpoint, b: &Checkpoint) -> Vec<String> {
+/// Lists the differences between two checkpoints' tensor names, shapes and dtypes (float dtypes
+/// may differ when `any_float` is set).
+fn differences(a: &Checkpoint, b: &Checkpoint, any_float: bool) -> Vec<String> {
     let (an, bn) = (a.path().display(), b.path().display());
     let mut diffs = Vec::new();
     for t in a.tensors() {
@@ -376,7 +377,7 @@ fn differences(a: &Checkpoint, b: &Checkpoint) -> Vec<String> {
             Some(u) if u.shape != t.shape => {
                 diffs.push(format!("`{}` has shape {:?} in {an} but {:?} in {bn}", t.name, t.shape, u.shape))
             }
-            Some(u) if u.dtype != t.dtype => {
+            Some(u) if u.dtype != t.dtype && !(any_float && dtype::is_float(u.dtype) && dtype::is_float(t.dtype)) => {
                 diffs.push(format!("`{}` is {:?} in {an} but {:?} in {bn}", t.name, t.dtype, u.dtype))
             }
             _ => {}
@@ -390,11 +391,13 @@ fn differences(a: &Checkpoint, b: &Checkpoint) -> Vec<String> {
     diffs
 }
 
-/// Fails unless every checkpoint has the same tensors (names, shapes, dtypes) as the first.
-pub fn check_compatible(checkpoints: &[&Checkpoint]) -> Result<()> {
+/// Fails unless every checkpoint has the same tensors (names, shapes, dtypes) as the last.
+/// A resumed average (`resumed`: the first checkpoint) may hold its floats in another dtype.
+pub fn check_compatible(checkpoints: &[&Checkpoint], resumed: bool) -> Result<()> {
     let mut all = Vec::new();
-    for other in &checkpoints[1..] {
-        all.extend(differences(checkpoints[0], other));
+    let (last, others) = checkpoints.split_last().expect("at least one checkpoint");
+    for (i, other) in others.iter().enumerate() {
+        all.extend(differences(other, last, resumed && i == 0));
     }
     if all.is_empty() {
         return Ok(());
@@ -516,7 +519,7 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
         inputs_meta.push(f.clone());
     }
     let refs: Vec<&Checkpoint> = checkpoints.iter().collect();
-    check_compatible(&refs)?;
+    check_compatible(&refs, opts.resume.is_some())?;
     let all_files: Vec<&Path> = checkpoints.iter().flat_map(|c| c.files()).collect();
 
     let total: f64 = rel.iter().sum();
@@ -609,11 +612,26 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     let bar = progress::bytes_bar(bytes_read, "averaging", opts.quiet);
 
     items.par_iter().try_for_each_init(
-        || (Vec::<f64>::new(), Vec::<u8>::new()),
-        |(acc, out), item| -> Result<()> {
+        || (Vec::<f64>::new(), Vec::<f32>::new(), Vec::<u8>::new()),
+        |(acc, narrow, out), item| -> Result<()> {
             let spec = &specs[item.tensor];
             out.resize(item.len * dtype::width(spec.dtype), 0);
             match kinds[item.tensor] {
+                Kind::Average if entries.iter().all(|e| dtype::is_narrow(e[item.tensor].dtype)) => {
+                    narrow.clear();
+                    narrow.resize(item.len, 0.0);
+                    for (c, ck) in checkpoints.iter().enumerate() {
+                        let e = entries[c][item.tensor];
+                        let size = dtype::width(e.dtype);
+                        let bytes = &ck.bytes(e)[item.start * size..(item.start + item.len) * size];
+                        let bad = dtype::accumulate_narrow(e.dtype, bytes, weights[c] as f32, narrow);
+                        if let (Some(at), false) = (bad, opts.allow_nonfinite) {
+                            return Err(nonfinite(ck, e, item.start + at));
+                        }
+                        bar.inc(bytes.len() as u64);
+                    }
+                    dtype::encode_f32(spec.dtype, narrow, out);
+                }
                 Kind::Average => {
                     acc.clear();
                     acc.resize(item.len, 0.0);

@@ -189,3 +189,45 @@ fn orders_numbers_naturally_not_lexically() {
     let s: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
     assert!(s["inputs"][0]["path"].as_str().unwrap().ends_with("ckpt-10.safetensors"), "{s}");
 }
+
+#[test]
+fn resume_from_an_f32_average_of_bf16_checkpoints() {
+    let dir = tmp();
+    let ck = fixture("cnn/checkpoints");
+    let bf16 = |n: u32| {
+        let out = dir.path().join(format!("epoch_{n:03}.safetensors"));
+        swa()
+            .args(["average", "--dtype", "bf16"])
+            .arg(ck.join(format!("epoch_{n:03}.safetensors")))
+            .arg("-o")
+            .arg(&out)
+            .assert()
+            .success();
+        out
+    };
+    let (a, b, c) = (bf16(4), bf16(5), bf16(6));
+    let first = dir.path().join("first.avg");
+    let resumed = dir.path().join("resumed.avg");
+    let all = dir.path().join("all.avg");
+    swa().args(["average", "--dtype", "f32"]).arg(&a).arg(&b).arg("-o").arg(&first).assert().success();
+    swa()
+        .args(["average", "--dtype", "f32", "--resume"])
+        .arg(&first)
+        .arg(&c)
+        .arg("-o")
+        .arg(&resumed)
+        .assert()
+        .success();
+    swa().args(["average", "--dtype", "f32"]).arg(&a).arg(&b).arg(&c).arg("-o").arg(&all).assert().success();
+    assert_close(&resumed, &all, 1e-6, 1e-7, |_| true);
+    // Without --resume, checkpoints of different dtypes are refused.
+    swa()
+        .arg("average")
+        .arg(&first)
+        .arg(&c)
+        .arg("-o")
+        .arg(dir.path().join("mixed.avg"))
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("checkpoints disagree"));
+}
