@@ -68,7 +68,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--variants", default="default",
-                    help="comma-separated swa variants: default, flat, split, each optionally +tf32 (e.g. split+tf32)")
+                    help="comma-separated swa variants: default, flat or split, each with an optional +tf32 (e.g. split+tf32)")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -101,10 +101,10 @@ def main():
     best_torch = max(r["samples_per_s"] for r in results)
     for variant in args.variants.split(","):
         env = dict(os.environ)
-        reduction, _, tf32 = variant.partition("+")
+        reduction, *flags = variant.split("+")
         if reduction != "default":
             env["SWA_STATS_REDUCTION"] = reduction
-        if tf32 == "tf32":
+        if "tf32" in flags:
             env["SWA_CUDA_TF32"] = "1"
         ours = []
         for r in range(args.repeat):
