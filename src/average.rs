@@ -684,7 +684,7 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
             metadata.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
         meta.insert("total_size".into(), bytes_written.into());
         let json = serde_json::json!({"metadata": meta, "weight_map": weight_map});
-        write_atomic(&index, serde_json::to_string_pretty(&json).expect("json").as_bytes())?;
+        crate::checkpoint::write_atomic(&index, serde_json::to_string_pretty(&json).expect("json").as_bytes())?;
         outputs.push(index);
     }
 
@@ -713,16 +713,6 @@ fn nonfinite(ck: &Checkpoint, e: &TensorEntry, at: usize) -> Error {
         &e.name,
         format!("holds a non-finite value (NaN or Inf) at element {at}; pass --allow-nonfinite to average anyway"),
     )
-}
-
-/// Writes a small file atomically (temporary file beside it, then rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut tmp = crate::checkpoint::temp_beside(path)?;
-    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -69,6 +69,7 @@ pub struct AverageArgs {
     /// Output: a .safetensors file, or NAME.safetensors.index.json for shards.
     #[arg(short, long, value_name = "OUTPUT")]
     pub output: PathBuf,
+    /// Which checkpoints.
     #[command(flatten)]
     pub select: SelectArgs,
     /// Weights, one per selected checkpoint in order (normalised): 0.2,0.3,0.5
@@ -185,6 +186,7 @@ pub struct RecalibrateArgs {
     /// precise: pooled population statistics; torch: what torch.optim.swa_utils.update_bn computes.
     #[arg(long, value_enum, default_value = "precise")]
     pub stats: StatsMode,
+    /// Device and threads.
     #[command(flatten)]
     pub run: DeviceArgs,
     /// Keep the model's own values for weights that the checkpoint lacks.
@@ -244,6 +246,7 @@ pub struct EvaluateArgs {
     /// k of the top-k accuracy.
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
+    /// Device and threads.
     #[command(flatten)]
     pub run: DeviceArgs,
     /// Exit with code 1 when top-1 accuracy is below this (0..1).
@@ -281,6 +284,7 @@ pub struct RunArgs {
     /// Checkpoint directories or files (all are evaluated; the selection goes into the average).
     #[arg(long, required = true, num_args = 1.., value_name = "DIR|FILE")]
     pub checkpoints: Vec<PathBuf>,
+    /// Which checkpoints.
     #[command(flatten)]
     pub select: SelectArgs,
     /// Training samples for recalibration.
@@ -310,6 +314,7 @@ pub struct RunArgs {
     /// k of the top-k accuracy.
     #[arg(long, default_value_t = 5)]
     pub top_k: usize,
+    /// Device and threads.
     #[command(flatten)]
     pub run: DeviceArgs,
     /// Keep the model's own values for weights that a checkpoint lacks.
@@ -374,4 +379,14 @@ pub struct InspectArgs {
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        super::Cli::command().debug_assert();
+    }
 }

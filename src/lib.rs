@@ -20,6 +20,8 @@
 //! binding, the BatchNorm rewrite), [`runtime`] (ONNX Runtime), [`data`] (`.npy`/`.npz`),
 //! [`recalibrate`], [`evaluate`], [`pipeline`] (`swa run`) and [`report`].
 
+#![warn(missing_docs)]
+
 pub mod average;
 pub mod checkpoint;
 pub mod cli;

@@ -13,8 +13,7 @@ use memmap2::Mmap;
 pub use safetensors::Dtype;
 use serde::Deserialize;
 
-pub(crate) use write::temp_beside;
-pub use write::{write_tensors, SafetensorsWriter, TensorSpec};
+pub use write::{write_atomic, write_tensors, SafetensorsWriter, TensorSpec};
 
 use crate::error::{Error, Result};
 

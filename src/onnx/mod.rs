@@ -293,9 +293,9 @@ impl Model {
             format!("{}.data", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         let (bytes, data) = if external { self.encode_with(&data_name, true) } else { self.encode(&data_name) };
         if let Some(data) = data {
-            crate::average::write_atomic(&path.with_file_name(&data_name), &data)?;
+            crate::checkpoint::write_atomic(&path.with_file_name(&data_name), &data)?;
         }
-        crate::average::write_atomic(path, &bytes)
+        crate::checkpoint::write_atomic(path, &bytes)
     }
 
     /// Writes the model atomically to `path` (with `<name>.data` beside it for large models).
