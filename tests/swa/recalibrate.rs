@@ -190,3 +190,49 @@ fn external_data_models_are_read_and_recalibrated() {
         .success();
     assert_close(&out.join("out.safetensors"), &fixture("cnn/expected/swa_bn_torch.safetensors"), 1e-4, 1e-6, stats);
 }
+
+#[test]
+fn binds_through_wrapper_prefixes_and_keeps_the_checkpoints_names() {
+    let dir = tmp();
+    // A DataParallel + torch.compile state_dict: `module._orig_mod.` before every key.
+    let src = swa::checkpoint::Checkpoint::open(fixture("cnn/expected/swa_average.safetensors")).unwrap();
+    let tensors: Vec<_> = src
+        .tensors()
+        .iter()
+        .map(|t| {
+            let spec = swa::checkpoint::TensorSpec {
+                name: format!("module._orig_mod.{}", t.name),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+            };
+            (spec, src.bytes(t).to_vec())
+        })
+        .collect();
+    let wrapped = dir.path().join("wrapped.safetensors");
+    swa::checkpoint::write_tensors(&wrapped, &tensors, &Default::default()).unwrap();
+    let out = dir.path().join("out.safetensors");
+    let a = swa()
+        .args(["recalibrate", "--stats", "torch", "--batch-size", "32", "--json", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--weights")
+        .arg(&wrapped)
+        .arg("--inputs")
+        .arg(fixture("cnn/train.npy"))
+        .arg("-o")
+        .arg(dir.path().join("out.onnx"))
+        .arg("--save-weights")
+        .arg(&out)
+        .assert()
+        .success();
+    let s: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    assert_eq!(s["bound"], 32);
+    let expected = fixture("cnn/expected/swa_bn_torch.safetensors");
+    let want = values(&expected, "layer1.0.bn2.running_var");
+    let got = values(&out, "module._orig_mod.layer1.0.bn2.running_var");
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-4 * w.abs() + 1e-6, "{g} vs {w}");
+    }
+    let c = swa::checkpoint::Checkpoint::open(&out).unwrap();
+    let n = c.get("module._orig_mod.bn1.num_batches_tracked").unwrap();
+    assert_eq!(c.bytes(n), 16i64.to_le_bytes());
+}
