@@ -64,7 +64,7 @@ pub fn execute(cli: &Cli) -> Result<Outcome> {
             let _ = writeln!(o, "bound {} checkpoint tensors; {} matched nothing", s.bound, s.unmatched.len());
             let _ = writeln!(
                 o,
-                "{} BatchNorm layers, {} samples in {} batches of {} ({:?} statistics) on {}",
+                "{} BatchNorm layers, {} samples in {} batches of {} ({} statistics) on {}",
                 s.layers.len(),
                 s.samples,
                 s.batches,
@@ -73,6 +73,7 @@ pub fn execute(cli: &Cli) -> Result<Outcome> {
                 s.device
             );
             let _ = writeln!(o, "{:<40} {:>8} {:>12} {:>10}", "layer", "channels", "mean shift", "var ratio");
+            let _ = writeln!(o, "{:<40} {:>8} {:>12} {:>10}", "", "", "(max, in σ)", "(new/old)");
             for l in &s.layers {
                 let _ = writeln!(o, "{:<40} {:>8} {:>12.4} {:>10.4}", l.prefix, l.channels, l.mean_shift, l.var_ratio);
             }

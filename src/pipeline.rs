@@ -136,7 +136,7 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
         model: opts.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         train_samples: pass.samples,
         eval_samples: swa_stored.samples,
-        stats: serde_json::to_value(opts.pass.stats).unwrap().as_str().unwrap_or_default().into(),
+        stats: opts.pass.stats.to_string(),
         batch_size: opts.pass.batch_size,
         k: opts.eval.top_k,
         device: opts.pass.device.to_string(),

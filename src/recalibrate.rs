@@ -28,6 +28,15 @@ pub enum StatsMode {
     Torch,
 }
 
+impl std::fmt::Display for StatsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StatsMode::Precise => "precise",
+            StatsMode::Torch => "torch",
+        })
+    }
+}
+
 /// Aggregates one layer's batch statistics.
 pub trait Accumulator: Send {
     /// Adds a batch: values per channel, per-channel mean and biased variance.
@@ -386,10 +395,7 @@ pub fn save_weights(
 pub fn metadata(pass: &PassOptions, result: &PassResult, sources: &[&Path]) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     m.insert("format".into(), "pt".into());
-    m.insert(
-        "recalibration".into(),
-        serde_json::to_value(pass.stats).unwrap().as_str().unwrap_or_default().to_string(),
-    );
+    m.insert("recalibration".into(), pass.stats.to_string());
     m.insert("batch_size".into(), pass.batch_size.to_string());
     m.insert("samples".into(), result.samples.to_string());
     m.insert(
