@@ -48,8 +48,14 @@ pub fn execute(cli: &Cli) -> Result<Outcome> {
                 s.buffers.copied_from.display(),
                 s.buffers.averaged
             );
-            let gb = s.bytes_read as f64 / 1e9;
-            let _ = writeln!(o, "read {gb:.3} GB in {:.2} s ({:.2} GB/s)", s.seconds, gb / s.seconds.max(1e-9));
+            let rate = (s.bytes_read as f64 / s.seconds.max(1e-9)) as u64;
+            let _ = writeln!(
+                o,
+                "read {} in {:.2} s ({}/s)",
+                indicatif::HumanBytes(s.bytes_read),
+                s.seconds,
+                indicatif::HumanBytes(rate)
+            );
             for p in &s.outputs {
                 let _ = writeln!(o, "wrote {}", p.display());
             }
