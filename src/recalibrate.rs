@@ -430,13 +430,14 @@ pub fn recalibrate(opts: &RecalibrateOptions) -> Result<RecalibrateSummary> {
             .metadata_props
             .push(crate::onnx::proto::StringStringEntryProto { key: Some(format!("swa.{k}")), value: Some(v.clone()) });
     }
-    let mut outputs = Vec::new();
+    // The model is staged first and published last, so a failure leaves neither file behind.
+    let staged = prepared.model.stage(&opts.output, false)?;
+    let mut outputs = vec![opts.output.clone()];
     if let Some(w) = &opts.save_weights {
         save_weights(&prepared, &names, &result, w, &meta)?;
         outputs.push(w.clone());
     }
-    prepared.model.save(&opts.output)?;
-    outputs.insert(0, opts.output.clone());
+    staged.publish()?;
     let binding = prepared.binding.unwrap_or_default();
     Ok(RecalibrateSummary {
         outputs,

@@ -13,7 +13,7 @@ use memmap2::Mmap;
 pub use safetensors::Dtype;
 use serde::Deserialize;
 
-pub use write::{write_atomic, write_tensors, SafetensorsWriter, TensorSpec};
+pub use write::{stage_file, write_atomic, write_tensors, SafetensorsWriter, TensorSpec};
 
 use crate::error::{Error, Result};
 

@@ -113,11 +113,16 @@ pub fn write_tensors(
     Ok(())
 }
 
-/// Writes a small file atomically (temporary file beside it, then rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` into a temporary file beside `path`, flushed, for the caller to rename.
+pub fn stage_file(path: &Path, bytes: &[u8]) -> Result<NamedTempFile> {
     let mut tmp = temp_beside(path)?;
     tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(tmp)
+}
+
+/// Writes a small file atomically (temporary file beside it, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    stage_file(path, bytes)?.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }

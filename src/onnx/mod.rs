@@ -22,6 +22,22 @@ use crate::error::{Error, Result};
 const EXTERNAL_THRESHOLD: usize = 1024;
 const PROTOBUF_LIMIT: usize = 1 << 31;
 
+/// A model written to temporary files, not yet under its names.
+#[derive(Debug)]
+pub struct StagedModel {
+    files: Vec<(tempfile::NamedTempFile, PathBuf)>,
+}
+
+impl StagedModel {
+    /// Renames the files to their targets (the external data first, the model last).
+    pub fn publish(self) -> Result<()> {
+        for (tmp, path) in self.files {
+            tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+        }
+        Ok(())
+    }
+}
+
 /// An ONNX model in memory, with external data resolved into the initializers.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -286,16 +302,25 @@ impl Model {
         (proto.encode_to_vec(), Some(data))
     }
 
-    /// Writes the model atomically to `path`, with its initializers in `<name>.data` beside it
-    /// when the model would not fit in one protobuf message (2 GiB) or when `external` is set.
-    pub fn save_with(&self, path: &Path, external: bool) -> Result<()> {
+    /// Writes the model into temporary files beside `path` (with its initializers in
+    /// `<name>.data` when the model would not fit in one protobuf message, or when `external` is
+    /// set); nothing appears under the final names until [`StagedModel::publish`].
+    pub fn stage(&self, path: &Path, external: bool) -> Result<StagedModel> {
         let data_name =
             format!("{}.data", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         let (bytes, data) = if external { self.encode_with(&data_name, true) } else { self.encode(&data_name) };
+        let mut files = Vec::new();
         if let Some(data) = data {
-            crate::checkpoint::write_atomic(&path.with_file_name(&data_name), &data)?;
+            let data_path = path.with_file_name(&data_name);
+            files.push((crate::checkpoint::stage_file(&data_path, &data)?, data_path));
         }
-        crate::checkpoint::write_atomic(path, &bytes)
+        files.push((crate::checkpoint::stage_file(path, &bytes)?, path.to_path_buf()));
+        Ok(StagedModel { files })
+    }
+
+    /// Writes the model atomically to `path` (see [`Model::stage`]).
+    pub fn save_with(&self, path: &Path, external: bool) -> Result<()> {
+        self.stage(path, external)?.publish()
     }
 
     /// Writes the model atomically to `path` (with `<name>.data` beside it for large models).

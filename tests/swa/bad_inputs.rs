@@ -341,3 +341,21 @@ fn recalibrate_corrupt_onnx_and_missing_runtime() {
         .stderr(contains("pip install onnxruntime"));
     assert!(listing(out.path()).is_empty());
 }
+
+#[test]
+fn recalibrate_that_cannot_write_its_weights_leaves_no_model() {
+    let dir = tmp();
+    swa()
+        .args(["recalibrate", "--model"])
+        .arg(fixture("mlp/model.onnx"))
+        .arg("--inputs")
+        .arg(fixture("mlp/train.npy"))
+        .arg("-o")
+        .arg(dir.path().join("out.onnx"))
+        .arg("--save-weights")
+        .arg(dir.path().join("missing/out.safetensors"))
+        .assert()
+        .code(2)
+        .stderr(contains("missing: cannot create the output here"));
+    assert!(listing(dir.path()).is_empty(), "left behind: {:?}", listing(dir.path()));
+}
