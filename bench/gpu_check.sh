@@ -39,7 +39,7 @@ import torch, recalibrate_bench as rb
 torch.onnx.export(rb.ResNet18().eval(), (torch.zeros(2, 3, 32, 32),), "/tmp/prof/r18.onnx", input_names=["input"], output_names=["logits"],
                   dynamic_axes={"input": {0: "batch"}}, training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False, dynamo=False)
 PY
-SWA_ORT_PROFILE=/tmp/prof/p SWA_STATS_REDUCTION=split SWA_CUDA_TF32=1 $swa recalibrate --device cuda --stats torch --batch-size 1024 \
+SWA_ORT_PROFILE=/tmp/prof/p SWA_STATS_REDUCTION=split $swa recalibrate --device cuda --tf32 --stats torch --batch-size 1024 \
   --model /tmp/prof/r18.onnx --inputs /tmp/prof/x.npy -o /tmp/prof/o.onnx --json > /dev/null
 python3 $root/bench/ort_profile_summary.py $(ls /tmp/prof/p*.json | head -1) | tee "$out/profile.txt"
 cd "$root"

@@ -104,12 +104,12 @@ def main():
         reduction, *flags = variant.split("+")
         if reduction != "default":
             env["SWA_STATS_REDUCTION"] = reduction
-        if "tf32" in flags:
-            env["SWA_CUDA_TF32"] = "1"
         ours = []
         for r in range(args.repeat):
             cmd = [args.swa, "recalibrate", "--model", onnx_path, "--inputs", x_path, "--batch-size", str(args.batch),
                    "--stats", "torch", "--device", args.device, "--threads", str(args.threads), "-o", os.path.join(work, "out.onnx"), "--json"]
+            if "tf32" in flags:
+                cmd.append("--tf32")
             t = time.perf_counter()
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
             wall = time.perf_counter() - t

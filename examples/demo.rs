@@ -10,7 +10,7 @@ use swa::average::Selection;
 use swa::evaluate::EvalOptions;
 use swa::pipeline::{run, RunOptions};
 use swa::recalibrate::{PassOptions, StatsMode};
-use swa::runtime::Device;
+use swa::runtime::Engine;
 
 fn main() -> std::process::ExitCode {
     match demo() {
@@ -34,8 +34,7 @@ fn demo() -> swa::Result<()> {
             batch_size: 32,
             max_samples: None,
             stats: StatsMode::Precise,
-            device: Device::Cpu,
-            threads: None,
+            engine: Engine::default(),
             quiet: false,
         },
         eval: EvalOptions {
@@ -43,8 +42,7 @@ fn demo() -> swa::Result<()> {
             labels: fixtures.join("eval_labels.npy"),
             batch_size: 256,
             top_k: 5,
-            device: Device::Cpu,
-            threads: None,
+            engine: Engine::default(),
             quiet: false,
         },
         recalibrate_each: true,

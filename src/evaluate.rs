@@ -8,7 +8,7 @@ use crate::data;
 use crate::error::{Error, Result};
 use crate::onnx::Model;
 use crate::progress;
-use crate::runtime::{self, Device};
+use crate::runtime::{self, Engine};
 
 /// Metrics over a labelled set.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -135,10 +135,8 @@ pub struct EvalOptions {
     pub batch_size: usize,
     /// k of top-k.
     pub top_k: usize,
-    /// Where to run.
-    pub device: Device,
-    /// Intra-op threads.
-    pub threads: Option<usize>,
+    /// Where and how to run.
+    pub engine: Engine,
     /// Hide progress.
     pub quiet: bool,
 }
@@ -169,7 +167,7 @@ pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
     if external.is_some() {
         return Err(Error::usage("models over 2 GiB cannot be evaluated yet"));
     }
-    let mut session = runtime::session(&bytes, opts.device, opts.threads)?;
+    let mut session = runtime::session(&bytes, &opts.engine)?;
     let mut acc = MetricsAccumulator::new(opts.top_k);
     let bar = progress::samples_bar(labels.len() as u64, "evaluating", opts.quiet);
     let mut done = 0;

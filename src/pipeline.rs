@@ -139,7 +139,7 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
         stats: opts.pass.stats.to_string(),
         batch_size: opts.pass.batch_size,
         k: opts.eval.top_k,
-        device: opts.pass.device.to_string(),
+        device: opts.pass.engine.device.to_string(),
         gain_top1: swa_recalibrated.top1 - best.top1,
         averaged: selected
             .iter()

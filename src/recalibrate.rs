@@ -14,7 +14,7 @@ use crate::onnx::bind::{self, BindReport};
 use crate::onnx::bn::{self, BnLayer};
 use crate::onnx::Model;
 use crate::progress;
-use crate::runtime::{self, Device};
+use crate::runtime::{self, Device, Engine};
 
 /// How batch statistics become running statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
@@ -128,10 +128,8 @@ pub struct PassOptions {
     pub max_samples: Option<usize>,
     /// Statistics mode.
     pub stats: StatsMode,
-    /// Where to run.
-    pub device: Device,
-    /// Intra-op threads.
-    pub threads: Option<usize>,
+    /// Where and how to run.
+    pub engine: Engine,
     /// Hide progress.
     pub quiet: bool,
 }
@@ -217,15 +215,18 @@ pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
             ),
         ));
     }
-    let (stats_model, layout) =
-        bn::stats_model(&prepared.model, &prepared.layers, bn::Reduction::for_device(opts.device != Device::Cpu))?;
+    let (stats_model, layout) = bn::stats_model(
+        &prepared.model,
+        &prepared.layers,
+        bn::Reduction::for_device(opts.engine.device != Device::Cpu),
+    )?;
     let (bytes, external) = stats_model.encode("stats.onnx.data");
     if external.is_some() {
         return Err(Error::usage(
             "models over 2 GiB cannot be recalibrated yet (their statistics graph needs external data)",
         ));
     }
-    let mut session = runtime::session(&bytes, opts.device, opts.threads)?;
+    let mut session = runtime::session(&bytes, &opts.engine)?;
     let started = Instant::now();
     let mut accs: Vec<Box<dyn Accumulator>> =
         prepared.layers.iter().map(|l| accumulator(opts.stats, l.channels)).collect();
@@ -442,7 +443,7 @@ pub fn recalibrate(opts: &RecalibrateOptions) -> Result<RecalibrateSummary> {
     Ok(RecalibrateSummary {
         outputs,
         stats: opts.pass.stats,
-        device: opts.pass.device.to_string(),
+        device: opts.pass.engine.device.to_string(),
         samples: result.samples,
         batches: result.batches,
         batch_size: opts.pass.batch_size,

@@ -126,11 +126,26 @@ pub fn init() -> Result<(PathBuf, ort::environment::Environment)> {
         .map_err(|m| Error::Runtime(m.trim_start_matches("ONNX Runtime: ").to_string()))
 }
 
-/// Opens a session for serialised model bytes on `device`, with `threads` intra-op threads.
+/// Where and how ONNX Runtime runs a model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Engine {
+    /// CPU or a CUDA GPU.
+    pub device: Device,
+    /// Intra-op threads (default: ONNX Runtime's, all cores).
+    pub threads: Option<usize>,
+    /// Let CUDA use TF32 in convolutions and matrix products.
+    pub tf32: bool,
+}
+
+/// Opens a session for serialised model bytes on `engine`'s device, with its intra-op threads.
 /// `--device cuda` that cannot get CUDA is an error, never a silent fallback to CPU. CUDA runs in
-/// full fp32 (PyTorch parity); `SWA_CUDA_TF32=1` allows TF32 in convolutions and matmuls, which
-/// is faster on Ampere and later but moves statistics by about 1e-3 relative.
-pub fn session(model_bytes: &[u8], device: Device, threads: Option<usize>) -> Result<Session> {
+/// full fp32 (PyTorch parity) unless `engine.tf32`: TF32 in convolutions and matrix products is
+/// faster on Ampere and later GPUs but moves statistics by about 1e-3 relative.
+pub fn session(model_bytes: &[u8], engine: &Engine) -> Result<Session> {
+    let Engine { device, threads, tf32 } = *engine;
+    if tf32 && device == Device::Cpu {
+        return Err(Error::usage("--tf32 applies to --device cuda; on the CPU everything runs in fp32"));
+    }
     let (lib, env) = init()?;
     let mut builder = Session::builder(&env)?;
     if let Some(n) = threads {
@@ -156,7 +171,7 @@ pub fn session(model_bytes: &[u8], device: Device, threads: Option<usize>) -> Re
                 Ok("default") => ort::ep::cuda::ConvAlgorithmSearch::Default,
                 _ => ort::ep::cuda::ConvAlgorithmSearch::Heuristic,
             })
-            .with_tf32(std::env::var("SWA_CUDA_TF32").is_ok_and(|v| v == "1"))
+            .with_tf32(tf32)
             .build()
             .error_on_failure();
         builder = builder.with_execution_providers([cuda]).map_err(|e| {

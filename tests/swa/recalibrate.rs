@@ -33,7 +33,9 @@ fn recalibrate(model: &str, stats_mode: &str, dir: &Path, extra: &[&str]) -> ser
 /// Logits of an ONNX model on an input file, through ONNX Runtime.
 fn logits(model: &Path, inputs: &Path) -> (Vec<usize>, Vec<f32>) {
     let m = Model::load(model).unwrap();
-    let mut session = swa::runtime::session(&m.encode("x").0, swa::runtime::Device::Cpu, Some(1)).unwrap();
+    let mut session =
+        swa::runtime::session(&m.encode("x").0, &swa::runtime::Engine { threads: Some(1), ..Default::default() })
+            .unwrap();
     let (shape, x) = read_npy(inputs);
     let mut dims = vec![shape[0] as i64];
     dims.extend(shape[1..].iter().map(|&d| d as i64));
