@@ -29,7 +29,7 @@ fn report() -> &'static Report {
 
 fn rounded(v: serde_json::Value) -> serde_json::Value {
     match v {
-        serde_json::Value::Number(n) if n.is_f64() => serde_json::json!((n.as_f64().unwrap() * 1e6).round() / 1e6),
+        serde_json::Value::Number(n) if n.is_f64() => serde_json::json!((n.as_f64().unwrap() * 1e4).round() / 1e4),
         serde_json::Value::Array(a) => a.into_iter().map(rounded).collect(),
         serde_json::Value::Object(o) => o.into_iter().map(|(k, v)| (k, rounded(v))).collect(),
         other => other,
