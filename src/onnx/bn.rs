@@ -75,7 +75,7 @@ impl Reduction {
 
 const HOW_TO_EXPORT: &str = "it was probably folded into the preceding Conv by the exporter or an optimiser (onnxsim, \
     constant folding). Export with BatchNorm kept: torch.onnx.export(model.eval(), x, \"model.onnx\", dynamo=False, \
-    training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)";
+    training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False), or with dynamo=True, optimize=False";
 
 /// Finds every BatchNormalization node; errors if there is none or one is in training mode.
 pub fn find(model: &Model) -> Result<Vec<BnLayer>> {

@@ -238,3 +238,28 @@ fn binds_through_wrapper_prefixes_and_keeps_the_checkpoints_names() {
     let n = c.get("module._orig_mod.bn1.num_batches_tracked").unwrap();
     assert_eq!(c.bytes(n), 16i64.to_le_bytes());
 }
+
+#[test]
+fn models_from_the_torch_export_based_exporter() {
+    // dynamo=True, optimize=False: other node names, no Identity aliases, weights as external data.
+    let dir = tmp();
+    swa()
+        .args(["recalibrate", "--stats", "torch", "--batch-size", "32", "--model"])
+        .arg(fixture("cnn/model_dynamo.onnx"))
+        .arg("--weights")
+        .arg(fixture("cnn/expected/swa_average.safetensors"))
+        .arg("--inputs")
+        .arg(fixture("cnn/train.npy"))
+        .arg("-o")
+        .arg(dir.path().join("out.onnx"))
+        .arg("--save-weights")
+        .arg(dir.path().join("out.safetensors"))
+        .assert()
+        .success();
+    assert_close(&dir.path().join("out.safetensors"), &fixture("cnn/expected/swa_bn_torch.safetensors"), 1e-4, 1e-6, stats);
+    let (_, got) = logits(&dir.path().join("out.onnx"), &fixture("cnn/eval.npy"));
+    let (_, want) = read_npy(&fixture("cnn/expected/swa_logits.npy"));
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs PyTorch {b}");
+    }
+}
