@@ -469,6 +469,10 @@ fn plan_outputs(output: &Path, specs: &[TensorSpec], shard_size: Option<u64>) ->
     Ok((shards, Some(index)))
 }
 
+/// Adds one input's chunk (dtype, bytes, weight) to an accumulator; returns the index of a
+/// non-finite value, if any.
+type Accumulate<'a> = dyn FnMut(Dtype, &[u8], f64) -> Option<usize> + 'a;
+
 #[derive(Clone, Copy)]
 enum Kind {
     Average,
@@ -617,35 +621,31 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
             let spec = &specs[item.tensor];
             out.resize(item.len * dtype::width(spec.dtype), 0);
             match kinds[item.tensor] {
-                Kind::Average if entries.iter().all(|e| dtype::is_narrow(e[item.tensor].dtype)) => {
-                    narrow.clear();
-                    narrow.resize(item.len, 0.0);
-                    for (c, ck) in checkpoints.iter().enumerate() {
-                        let e = entries[c][item.tensor];
-                        let size = dtype::width(e.dtype);
-                        let bytes = &ck.bytes(e)[item.start * size..(item.start + item.len) * size];
-                        let bad = dtype::accumulate_narrow(e.dtype, bytes, weights[c] as f32, narrow);
-                        if let (Some(at), false) = (bad, opts.allow_nonfinite) {
-                            return Err(nonfinite(ck, e, item.start + at));
-                        }
-                        bar.inc(bytes.len() as u64);
-                    }
-                    dtype::encode_f32(spec.dtype, narrow, out);
-                }
                 Kind::Average => {
-                    acc.clear();
-                    acc.resize(item.len, 0.0);
-                    for (c, ck) in checkpoints.iter().enumerate() {
-                        let e = entries[c][item.tensor];
-                        let size = dtype::width(e.dtype);
-                        let bytes = &ck.bytes(e)[item.start * size..(item.start + item.len) * size];
-                        let bad = dtype::accumulate(e.dtype, bytes, weights[c], acc);
-                        if let (Some(at), false) = (bad, opts.allow_nonfinite) {
-                            return Err(nonfinite(ck, e, item.start + at));
+                    // Feeds `add` every checkpoint's slice of this chunk, oldest first.
+                    let each_input = |add: &mut Accumulate| -> Result<()> {
+                        for (c, ck) in checkpoints.iter().enumerate() {
+                            let e = entries[c][item.tensor];
+                            let size = dtype::width(e.dtype);
+                            let bytes = &ck.bytes(e)[item.start * size..(item.start + item.len) * size];
+                            if let (Some(at), false) = (add(e.dtype, bytes, weights[c]), opts.allow_nonfinite) {
+                                return Err(nonfinite(ck, e, item.start + at));
+                            }
+                            bar.inc(bytes.len() as u64);
                         }
-                        bar.inc(bytes.len() as u64);
+                        Ok(())
+                    };
+                    if entries.iter().all(|e| dtype::is_narrow(e[item.tensor].dtype)) {
+                        narrow.clear();
+                        narrow.resize(item.len, 0.0);
+                        each_input(&mut |d, bytes, w| dtype::accumulate_narrow(d, bytes, w as f32, narrow))?;
+                        dtype::encode_f32(spec.dtype, narrow, out);
+                    } else {
+                        acc.clear();
+                        acc.resize(item.len, 0.0);
+                        each_input(&mut |d, bytes, w| dtype::accumulate(d, bytes, w, acc))?;
+                        dtype::encode(spec.dtype, acc, out);
                     }
-                    dtype::encode(spec.dtype, acc, out);
                 }
                 Kind::Copy => {
                     let ck = &checkpoints[newest];

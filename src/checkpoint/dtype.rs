@@ -78,6 +78,22 @@ macro_rules! fused {
     }};
 }
 
+/// Calls `$avx2` (the same loops compiled for AVX2) when the CPU has it, else `$any`.
+macro_rules! dispatch {
+    ($any:ident, $avx2:ident, $($arg:expr),*) => {{
+        #[cfg(target_arch = "x86_64")]
+        let result = if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { $avx2($($arg),*) }
+        } else {
+            $any($($arg),*)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let result = $any($($arg),*);
+        result
+    }};
+}
+
 /// The bytes as little-endian u16 values without copying, when aligned (as buffers from the
 /// allocator are).
 fn as_u16(bytes: &[u8]) -> Option<&[u16]> {
@@ -125,15 +141,7 @@ fn accumulate_avx2(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64]) -> 
 /// `acc[i] += weight * x[i]` for the float tensor bytes `bytes`; returns the index of the first
 /// non-finite input value, if any.
 pub fn accumulate(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64]) -> Option<usize> {
-    #[cfg(target_arch = "x86_64")]
-    let bad = if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        unsafe { accumulate_avx2(dtype, bytes, weight, acc) }
-    } else {
-        accumulate_any(dtype, bytes, weight, acc)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let bad = accumulate_any(dtype, bytes, weight, acc);
+    let bad = dispatch!(accumulate_any, accumulate_avx2, dtype, bytes, weight, acc);
     bad.then(|| first_nonfinite(dtype, bytes)).flatten()
 }
 
@@ -162,15 +170,7 @@ fn accumulate_narrow_avx2(dtype: Dtype, bytes: &[u8], weight: f32, acc: &mut [f3
 /// [`accumulate`] for 16-bit floats (bf16, f16) into an f32 accumulator: their 8 or 11 bits of
 /// mantissa are far below f32's 24, and the narrower accumulator halves the memory traffic.
 pub fn accumulate_narrow(dtype: Dtype, bytes: &[u8], weight: f32, acc: &mut [f32]) -> Option<usize> {
-    #[cfg(target_arch = "x86_64")]
-    let bad = if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        unsafe { accumulate_narrow_avx2(dtype, bytes, weight, acc) }
-    } else {
-        accumulate_narrow_any(dtype, bytes, weight, acc)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let bad = accumulate_narrow_any(dtype, bytes, weight, acc);
+    let bad = dispatch!(accumulate_narrow_any, accumulate_narrow_avx2, dtype, bytes, weight, acc);
     bad.then(|| first_nonfinite(dtype, bytes)).flatten()
 }
 
@@ -208,12 +208,7 @@ fn encode_f32_avx2(dtype: Dtype, values: &[f32], out: &mut [u8]) {
 
 /// Encodes f32 values as `dtype` into `out` (which holds exactly `values.len()` elements).
 pub fn encode_f32(dtype: Dtype, values: &[f32], out: &mut [u8]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { encode_f32_avx2(dtype, values, out) };
-    }
-    encode_f32_any(dtype, values, out)
+    dispatch!(encode_f32_any, encode_f32_avx2, dtype, values, out)
 }
 
 /// Rounds an f32 to the nearest bf16 (ties to even), keeping NaN a NaN; branch-free so it vectorises.

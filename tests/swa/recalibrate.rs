@@ -11,15 +11,16 @@ fn stats(name: &str) -> bool {
     name.ends_with("running_mean") || name.ends_with("running_var")
 }
 
-fn recalibrate(model: &str, stats_mode: &str, dir: &Path, extra: &[&str]) -> serde_json::Value {
+/// `swa recalibrate --json` of `weights` bound into `model` over `inputs`, batches of 32, writing
+/// `out.onnx` and `out.safetensors` into `dir`; returns the JSON summary.
+fn recalibrate_with(model: &Path, weights: &Path, inputs: &Path, dir: &Path, extra: &[&str]) -> serde_json::Value {
     let a = swa()
-        .args(["recalibrate", "--stats", stats_mode, "--batch-size", "32", "--json"])
-        .arg("--model")
-        .arg(fixture(&format!("{model}/model.onnx")))
+        .args(["recalibrate", "--batch-size", "32", "--json", "--model"])
+        .arg(model)
         .arg("--weights")
-        .arg(fixture(&format!("{model}/expected/swa_average.safetensors")))
+        .arg(weights)
         .arg("--inputs")
-        .arg(fixture(&format!("{model}/train.npy")))
+        .arg(inputs)
         .arg("-o")
         .arg(dir.join("out.onnx"))
         .arg("--save-weights")
@@ -28,6 +29,13 @@ fn recalibrate(model: &str, stats_mode: &str, dir: &Path, extra: &[&str]) -> ser
         .assert()
         .success();
     serde_json::from_slice(&a.get_output().stdout).unwrap()
+}
+
+/// [`recalibrate_with`] on a fixture's model, SWA average and training inputs.
+fn recalibrate(model: &str, stats_mode: &str, dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let f = |rel: &str| fixture(&format!("{model}/{rel}"));
+    let extra = [&["--stats", stats_mode][..], extra].concat();
+    recalibrate_with(&f("model.onnx"), &f("expected/swa_average.safetensors"), &f("train.npy"), dir, &extra)
 }
 
 /// Logits of an ONNX model on an input file, through ONNX Runtime.
@@ -99,20 +107,13 @@ fn npz_inputs_and_max_samples() {
     std::fs::create_dir_all(&npy).unwrap();
     std::fs::create_dir_all(&npz).unwrap();
     recalibrate("cnn", "precise", &npy, &["--max-samples", "96"]);
-    let s = swa()
-        .args(["recalibrate", "--batch-size", "32", "--max-samples", "96", "--json", "--model"])
-        .arg(fixture("cnn/model.onnx"))
-        .arg("--weights")
-        .arg(fixture("cnn/expected/swa_average.safetensors"))
-        .arg("--inputs")
-        .arg(fixture("cnn/train.npz"))
-        .arg("-o")
-        .arg(npz.join("out.onnx"))
-        .arg("--save-weights")
-        .arg(npz.join("out.safetensors"))
-        .assert()
-        .success();
-    let s: serde_json::Value = serde_json::from_slice(&s.get_output().stdout).unwrap();
+    let s = recalibrate_with(
+        &fixture("cnn/model.onnx"),
+        &fixture("cnn/expected/swa_average.safetensors"),
+        &fixture("cnn/train.npz"),
+        &npz,
+        &["--max-samples", "96"],
+    );
     assert_eq!(s["samples"], 96);
     assert_close(&npz.join("out.safetensors"), &npy.join("out.safetensors"), 0.0, 0.0, |_| true);
 }
@@ -177,19 +178,8 @@ fn external_data_models_are_read_and_recalibrated() {
     assert_eq!(names(&a), names(&b));
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    swa()
-        .args(["recalibrate", "--stats", "torch", "--batch-size", "32", "--model"])
-        .arg(&external)
-        .arg("--weights")
-        .arg(fixture("cnn/expected/swa_average.safetensors"))
-        .arg("--inputs")
-        .arg(fixture("cnn/train.npy"))
-        .arg("-o")
-        .arg(out.join("out.onnx"))
-        .arg("--save-weights")
-        .arg(out.join("out.safetensors"))
-        .assert()
-        .success();
+    let average = fixture("cnn/expected/swa_average.safetensors");
+    recalibrate_with(&external, &average, &fixture("cnn/train.npy"), &out, &["--stats", "torch"]);
     assert_close(&out.join("out.safetensors"), &fixture("cnn/expected/swa_bn_torch.safetensors"), 1e-4, 1e-6, stats);
 }
 
@@ -213,20 +203,13 @@ fn binds_through_wrapper_prefixes_and_keeps_the_checkpoints_names() {
     let wrapped = dir.path().join("wrapped.safetensors");
     swa::checkpoint::write_tensors(&wrapped, &tensors, &Default::default()).unwrap();
     let out = dir.path().join("out.safetensors");
-    let a = swa()
-        .args(["recalibrate", "--stats", "torch", "--batch-size", "32", "--json", "--model"])
-        .arg(fixture("cnn/model.onnx"))
-        .arg("--weights")
-        .arg(&wrapped)
-        .arg("--inputs")
-        .arg(fixture("cnn/train.npy"))
-        .arg("-o")
-        .arg(dir.path().join("out.onnx"))
-        .arg("--save-weights")
-        .arg(&out)
-        .assert()
-        .success();
-    let s: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    let s = recalibrate_with(
+        &fixture("cnn/model.onnx"),
+        &wrapped,
+        &fixture("cnn/train.npy"),
+        dir.path(),
+        &["--stats", "torch"],
+    );
     assert_eq!(s["bound"], 32);
     let expected = fixture("cnn/expected/swa_bn_torch.safetensors");
     let want = values(&expected, "layer1.0.bn2.running_var");
@@ -243,20 +226,15 @@ fn binds_through_wrapper_prefixes_and_keeps_the_checkpoints_names() {
 fn models_from_the_torch_export_based_exporter() {
     // dynamo=True, optimize=False: other node names, no Identity aliases, weights as external data.
     let dir = tmp();
-    swa()
-        .args(["recalibrate", "--stats", "torch", "--batch-size", "32", "--model"])
-        .arg(fixture("cnn/model_dynamo.onnx"))
-        .arg("--weights")
-        .arg(fixture("cnn/expected/swa_average.safetensors"))
-        .arg("--inputs")
-        .arg(fixture("cnn/train.npy"))
-        .arg("-o")
-        .arg(dir.path().join("out.onnx"))
-        .arg("--save-weights")
-        .arg(dir.path().join("out.safetensors"))
-        .assert()
-        .success();
-    assert_close(&dir.path().join("out.safetensors"), &fixture("cnn/expected/swa_bn_torch.safetensors"), 1e-4, 1e-6, stats);
+    let (model, average) = (fixture("cnn/model_dynamo.onnx"), fixture("cnn/expected/swa_average.safetensors"));
+    recalibrate_with(&model, &average, &fixture("cnn/train.npy"), dir.path(), &["--stats", "torch"]);
+    assert_close(
+        &dir.path().join("out.safetensors"),
+        &fixture("cnn/expected/swa_bn_torch.safetensors"),
+        1e-4,
+        1e-6,
+        stats,
+    );
     let (_, got) = logits(&dir.path().join("out.onnx"), &fixture("cnn/eval.npy"));
     let (_, want) = read_npy(&fixture("cnn/expected/swa_logits.npy"));
     for (a, b) in got.iter().zip(&want) {
