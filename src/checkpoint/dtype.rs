@@ -148,20 +148,7 @@ pub fn accumulate(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64]) -> O
 #[inline(always)]
 fn accumulate_narrow_any(dtype: Dtype, bytes: &[u8], weight: f32, acc: &mut [f32]) -> bool {
     match (dtype, as_u16(bytes)) {
-        (Dtype::BF16, Some(v)) => {
-            // Blocks of 2 KiB of input, each asking for the block 4 KiB ahead before it is used.
-            let mut bad = false;
-            for (a, b) in acc.chunks_mut(1024).zip(v.chunks(1024)) {
-                #[cfg(target_arch = "x86_64")]
-                for line in (0..2048).step_by(64) {
-                    let p = (b.as_ptr() as *const u8).wrapping_add(4096 + line);
-                    // SAFETY: a prefetch is a hint that never faults, whatever the address.
-                    unsafe { std::arch::x86_64::_mm_prefetch(p.cast(), std::arch::x86_64::_MM_HINT_T0) };
-                }
-                bad |= fused!(b, weight, a, f32, |x| f32::from_bits((*x as u32) << 16));
-            }
-            bad
-        }
+        (Dtype::BF16, Some(v)) => fused!(v, weight, acc, f32, |b| f32::from_bits((*b as u32) << 16)),
         (Dtype::BF16, None) => {
             fused!(bytes.chunks_exact(2), weight, acc, f32, |c| f32::from_bits(
                 (u16::from_le_bytes([c[0], c[1]]) as u32) << 16
