@@ -163,11 +163,7 @@ pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
         .first()
         .map(|o| o.name().to_string())
         .ok_or_else(|| Error::format(&model.path, "has no output"))?;
-    let (bytes, external) = model.encode("model.onnx.data");
-    if external.is_some() {
-        return Err(Error::usage("models over 2 GiB cannot be evaluated yet"));
-    }
-    let mut session = runtime::session(&bytes, &opts.engine)?;
+    let mut session = runtime::session_for(model, &opts.engine, false)?;
     let mut acc = MetricsAccumulator::new(opts.top_k);
     let bar = progress::samples_bar(labels.len() as u64, "evaluating", opts.quiet);
     let mut done = 0;

@@ -220,13 +220,7 @@ pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
         &prepared.layers,
         bn::Reduction::for_device(opts.engine.device != Device::Cpu),
     )?;
-    let (bytes, external) = stats_model.encode("stats.onnx.data");
-    if external.is_some() {
-        return Err(Error::usage(
-            "models over 2 GiB cannot be recalibrated yet (their statistics graph needs external data)",
-        ));
-    }
-    let mut session = runtime::session(&bytes, &opts.engine)?;
+    let mut session = runtime::session_for(&stats_model, &opts.engine, false)?;
     let started = Instant::now();
     let mut accs: Vec<Box<dyn Accumulator>> =
         prepared.layers.iter().map(|l| accumulator(opts.stats, l.channels)).collect();

@@ -142,6 +142,26 @@ pub struct Engine {
 /// full fp32 (PyTorch parity) unless `engine.tf32`: TF32 in convolutions and matrix products is
 /// faster on Ampere and later GPUs but moves statistics by about 1e-3 relative.
 pub fn session(model_bytes: &[u8], engine: &Engine) -> Result<Session> {
+    Ok(builder(engine)?.commit_from_memory(model_bytes)?)
+}
+
+/// Opens a session for `model`: from memory, or — when the model does not fit in one protobuf
+/// message (2 GiB), or when `external` is set — from a temporary directory holding the model and
+/// its external data.
+pub fn session_for(model: &Model, engine: &Engine, external: bool) -> Result<Session> {
+    let (bytes, data) = model.encode_with("model.onnx.data", external);
+    let Some(data) = data else {
+        return session(&bytes, engine);
+    };
+    let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+    let path = dir.path().join("model.onnx");
+    std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
+    let data_path = dir.path().join("model.onnx.data");
+    std::fs::write(&data_path, &data).map_err(|e| Error::io(&data_path, e))?;
+    Ok(builder(engine)?.commit_from_file(&path)?)
+}
+
+fn builder(engine: &Engine) -> Result<ort::session::builder::SessionBuilder> {
     let Engine { device, threads, tf32 } = *engine;
     if tf32 && device == Device::Cpu {
         return Err(Error::usage("--tf32 applies to --device cuda; on the CPU everything runs in fp32"));
@@ -181,7 +201,7 @@ pub fn session(model_bytes: &[u8], engine: &Engine) -> Result<Session> {
             ))
         })?;
     }
-    Ok(builder.commit_from_memory(model_bytes)?)
+    Ok(builder)
 }
 
 /// A model input: name and the shape it declares (−1 for symbolic dimensions).

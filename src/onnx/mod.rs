@@ -277,12 +277,13 @@ impl Model {
     /// Serialises the model; initializers go to external data when the model would not fit in
     /// one protobuf message. Returns the model bytes and the external data, if any.
     pub fn encode(&self, data_file_name: &str) -> (Vec<u8>, Option<Vec<u8>>) {
-        let total: usize = self.graph().initializer.iter().map(|t| t.raw_data.as_ref().map_or(0, |r| r.len())).sum();
-        self.encode_with(data_file_name, total >= PROTOBUF_LIMIT - (64 << 20))
+        self.encode_with(data_file_name, false)
     }
 
-    fn encode_with(&self, data_file_name: &str, external: bool) -> (Vec<u8>, Option<Vec<u8>>) {
-        if !external {
+    /// [`Model::encode`], with the initializers in external data also when `external` is set.
+    pub fn encode_with(&self, data_file_name: &str, external: bool) -> (Vec<u8>, Option<Vec<u8>>) {
+        let total: usize = self.graph().initializer.iter().map(|t| t.raw_data.as_ref().map_or(0, |r| r.len())).sum();
+        if !external && total < PROTOBUF_LIMIT - (64 << 20) {
             return (self.proto.encode_to_vec(), None);
         }
         let mut proto = self.proto.clone();
@@ -308,7 +309,7 @@ impl Model {
     pub fn stage(&self, path: &Path, external: bool) -> Result<StagedModel> {
         let data_name =
             format!("{}.data", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        let (bytes, data) = if external { self.encode_with(&data_name, true) } else { self.encode(&data_name) };
+        let (bytes, data) = self.encode_with(&data_name, external);
         let mut files = Vec::new();
         if let Some(data) = data {
             let data_path = path.with_file_name(&data_name);

@@ -40,10 +40,14 @@ fn recalibrate(model: &str, stats_mode: &str, dir: &Path, extra: &[&str]) -> ser
 
 /// Logits of an ONNX model on an input file, through ONNX Runtime.
 fn logits(model: &Path, inputs: &Path) -> (Vec<usize>, Vec<f32>) {
+    logits_via(model, inputs, false)
+}
+
+/// [`logits`], the session opened from external data in a temporary directory when `external`.
+fn logits_via(model: &Path, inputs: &Path, external: bool) -> (Vec<usize>, Vec<f32>) {
     let m = Model::load(model).unwrap();
-    let mut session =
-        swa::runtime::session(&m.encode("x").0, &swa::runtime::Engine { threads: Some(1), ..Default::default() })
-            .unwrap();
+    let engine = swa::runtime::Engine { threads: Some(1), ..Default::default() };
+    let mut session = swa::runtime::session_for(&m, &engine, external).unwrap();
     let (shape, x) = read_npy(inputs);
     let mut dims = vec![shape[0] as i64];
     dims.extend(shape[1..].iter().map(|&d| d as i64));
@@ -157,6 +161,12 @@ fn cuda_without_a_cuda_runtime_is_an_error_not_a_fallback() {
         .stderr(contains("--device cuda:0"))
         .stderr(contains("CUDA"));
     assert!(listing(dir.path()).is_empty());
+}
+
+#[test]
+fn sessions_open_from_external_data_like_models_over_2_gib() {
+    let (model, x) = (fixture("cnn/model.onnx"), fixture("cnn/eval.npy"));
+    assert_eq!(logits_via(&model, &x, true), logits_via(&model, &x, false));
 }
 
 #[test]
