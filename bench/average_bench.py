@@ -103,6 +103,8 @@ def main():
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--python", default="python3", help="a Python with torch and safetensors, for the baseline")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--cold", action="store_true",
+                    help="also time cat and swa with the page cache dropped before each run (needs root)")
     args = ap.parse_args()
     os.makedirs(args.dir, exist_ok=True)
     tensors = layout(args.gib)
@@ -131,6 +133,22 @@ def main():
     swa_s = min(r[0] for r in runs)
     results.update({"swa_seconds": swa_s, "swa_gb_per_s": total / swa_s / 1e9, "swa_peak_anon_mib": max(r[1] for r in runs),
                     "swa_vs_cat": cat / swa_s})
+    if args.cold:
+        def drop():
+            subprocess.run(["sync"], check=True)
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3\n")
+        cold = {}
+        for label, cmd in [("cat", ["sh", "-c", "cat \"$@\" > /dev/null", "cat", *files]),
+                           ("swa", [args.swa, "average", "--quiet", *files, "-o", os.path.join(out, "swa.safetensors")])]:
+            times = []
+            for _ in range(2):
+                drop()
+                times.append(measure(cmd)[0])
+            cold[label] = min(times)
+            print(json.dumps({"impl": f"{label} (cold cache)", "seconds": times}), flush=True)
+        results.update({"cold_cat_seconds": cold["cat"], "cold_swa_seconds": cold["swa"],
+                        "cold_swa_vs_cat": cold["cat"] / cold["swa"]})
     if not args.skip_baseline:
         script = os.path.join(args.dir, "baseline.py")
         with open(script, "w") as f:
