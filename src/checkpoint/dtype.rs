@@ -1,7 +1,8 @@
 //! Element types: which are weights, and conversion between the stored bytes and f32/f64.
 //!
 //! Stored bytes are little-endian and may be unaligned (mmap'd safetensors data starts wherever the
-//! header ends), so every conversion reads them through `from_le_bytes`.
+//! header ends), so conversions read them through `from_le_bytes`, except where the hot averaging
+//! loops can view aligned bf16 data as `u16` directly.
 
 use half::f16;
 use safetensors::Dtype;
@@ -94,6 +95,22 @@ macro_rules! dispatch {
     }};
 }
 
+/// The fused loop for 16-bit floats (bf16, f16), accumulating in `$float`.
+macro_rules! fused_16bit {
+    ($dtype:expr, $bytes:expr, $weight:expr, $acc:expr, $float:ty) => {
+        match ($dtype, as_u16($bytes)) {
+            (Dtype::BF16, Some(v)) => fused!(v, $weight, $acc, $float, |b| f32::from_bits((*b as u32) << 16)),
+            (Dtype::BF16, None) => fused!($bytes.chunks_exact(2), $weight, $acc, $float, |c| f32::from_bits(
+                (u16::from_le_bytes([c[0], c[1]]) as u32) << 16
+            )),
+            (Dtype::F16, _) => {
+                fused!($bytes.chunks_exact(2), $weight, $acc, $float, |c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            }
+            (other, _) => unreachable!("not a 16-bit float dtype: {other:?}"),
+        }
+    };
+}
+
 /// The bytes as little-endian u16 values without copying, when aligned (as buffers from the
 /// allocator are).
 fn as_u16(bytes: &[u8]) -> Option<&[u16]> {
@@ -104,20 +121,12 @@ fn as_u16(bytes: &[u8]) -> Option<&[u16]> {
 
 #[inline(always)]
 fn accumulate_any(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64]) -> bool {
-    match (dtype, as_u16(bytes)) {
-        (Dtype::BF16, Some(v)) => fused!(v, weight, acc, f64, |b| f32::from_bits((*b as u32) << 16)),
-        (Dtype::BF16, None) => {
-            fused!(bytes.chunks_exact(2), weight, acc, f64, |c| f32::from_bits(
-                (u16::from_le_bytes([c[0], c[1]]) as u32) << 16
-            ))
-        }
-        (Dtype::F16, _) => {
-            fused!(bytes.chunks_exact(2), weight, acc, f64, |c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-        }
-        (Dtype::F32, _) => {
+    match dtype {
+        Dtype::BF16 | Dtype::F16 => fused_16bit!(dtype, bytes, weight, acc, f64),
+        Dtype::F32 => {
             fused!(bytes.chunks_exact(4), weight, acc, f64, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         }
-        (Dtype::F64, _) => {
+        Dtype::F64 => {
             let mut bad = false;
             for (a, c) in acc.iter_mut().zip(bytes.chunks_exact(8)) {
                 let x = f64::from_le_bytes(c.try_into().unwrap());
@@ -126,7 +135,7 @@ fn accumulate_any(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64]) -> b
             }
             bad
         }
-        (other, _) => unreachable!("not a float dtype: {other:?}"),
+        other => unreachable!("not a float dtype: {other:?}"),
     }
 }
 
@@ -147,18 +156,7 @@ pub fn accumulate(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64]) -> O
 
 #[inline(always)]
 fn accumulate_narrow_any(dtype: Dtype, bytes: &[u8], weight: f32, acc: &mut [f32]) -> bool {
-    match (dtype, as_u16(bytes)) {
-        (Dtype::BF16, Some(v)) => fused!(v, weight, acc, f32, |b| f32::from_bits((*b as u32) << 16)),
-        (Dtype::BF16, None) => {
-            fused!(bytes.chunks_exact(2), weight, acc, f32, |c| f32::from_bits(
-                (u16::from_le_bytes([c[0], c[1]]) as u32) << 16
-            ))
-        }
-        (Dtype::F16, _) => {
-            fused!(bytes.chunks_exact(2), weight, acc, f32, |c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-        }
-        (other, _) => unreachable!("not a 16-bit float dtype: {other:?}"),
-    }
+    fused_16bit!(dtype, bytes, weight, acc, f32)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -189,13 +187,7 @@ fn encode_f32_any(dtype: Dtype, values: &[f32], out: &mut [u8]) {
         Dtype::F16 => {
             out.chunks_exact_mut(2).zip(values).for_each(|(o, v)| o.copy_from_slice(&f16::from_f32(*v).to_le_bytes()))
         }
-        // SAFETY: every bit pattern is a valid u16; `align_to_mut` only yields the aligned middle.
-        Dtype::BF16 => match unsafe { out.align_to_mut::<u16>() } {
-            ([], mid, []) if cfg!(target_endian = "little") => {
-                mid.iter_mut().zip(values).for_each(|(o, v)| *o = bf16_bits(*v))
-            }
-            _ => out.chunks_exact_mut(2).zip(values).for_each(|(o, v)| o.copy_from_slice(&bf16_bits(*v).to_le_bytes())),
-        },
+        Dtype::BF16 => write_bf16(out, values.iter().copied()),
         other => unreachable!("not a float dtype: {other:?}"),
     }
 }
@@ -209,6 +201,18 @@ fn encode_f32_avx2(dtype: Dtype, values: &[f32], out: &mut [u8]) {
 /// Encodes f32 values as `dtype` into `out` (which holds exactly `values.len()` elements).
 pub fn encode_f32(dtype: Dtype, values: &[f32], out: &mut [u8]) {
     dispatch!(encode_f32_any, encode_f32_avx2, dtype, values, out)
+}
+
+/// Writes `values` rounded to bf16 into `out`, as `u16` lanes when `out` is aligned.
+#[inline(always)]
+fn write_bf16(out: &mut [u8], values: impl Iterator<Item = f32>) {
+    // SAFETY: every bit pattern is a valid u16; `align_to_mut` only yields the aligned middle.
+    match unsafe { out.align_to_mut::<u16>() } {
+        ([], mid, []) if cfg!(target_endian = "little") => {
+            mid.iter_mut().zip(values).for_each(|(o, v)| *o = bf16_bits(v))
+        }
+        _ => out.chunks_exact_mut(2).zip(values).for_each(|(o, v)| o.copy_from_slice(&bf16_bits(v).to_le_bytes())),
+    }
 }
 
 /// Rounds an f32 to the nearest bf16 (ties to even), keeping NaN a NaN; branch-free so it vectorises.
@@ -257,18 +261,7 @@ pub fn encode(dtype: Dtype, values: &[f64], out: &mut [u8]) {
             out.chunks_exact_mut(4).zip(values).for_each(|(o, v)| o.copy_from_slice(&(*v as f32).to_le_bytes()))
         }
         Dtype::F64 => out.chunks_exact_mut(8).zip(values).for_each(|(o, v)| o.copy_from_slice(&v.to_le_bytes())),
-        Dtype::BF16 => {
-            // SAFETY: every bit pattern is a valid u16; `align_to_mut` only yields the aligned middle.
-            match unsafe { out.align_to_mut::<u16>() } {
-                ([], mid, []) if cfg!(target_endian = "little") => {
-                    mid.iter_mut().zip(values).for_each(|(o, v)| *o = bf16_bits(*v as f32))
-                }
-                _ => out
-                    .chunks_exact_mut(2)
-                    .zip(values)
-                    .for_each(|(o, v)| o.copy_from_slice(&bf16_bits(*v as f32).to_le_bytes())),
-            }
-        }
+        Dtype::BF16 => write_bf16(out, values.iter().map(|&v| v as f32)),
         Dtype::F16 => {
             out.chunks_exact_mut(2).zip(values).for_each(|(o, v)| o.copy_from_slice(&f16::from_f64(*v).to_le_bytes()))
         }

@@ -47,8 +47,6 @@ pub struct StatsLayout {
     pub output: String,
     /// Per layer: offset of its mean (its variance follows, then its count).
     pub offsets: Vec<usize>,
-    /// Total length.
-    pub len: usize,
 }
 
 /// How the per-channel reductions are laid out in the statistics graph.
@@ -227,7 +225,7 @@ pub fn stats_model(model: &Model, layers: &[BnLayer], reduction: Reduction) -> R
     g.output.push(output(all, &[len as i64]));
     g.value_info.clear();
     prune(g, all);
-    Ok((out, StatsLayout { output: all.into(), offsets, len }))
+    Ok((out, StatsLayout { output: all.into(), offsets }))
 }
 
 /// Removes the nodes that do not contribute to `output` (the classifier head after the last BN),
