@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One GPU session: CUDA parity on the fixtures, the CUDA error path, and the GPU benchmark.
-# Expects the parts of ONNX Runtime GPU (shared/gpu/pack-onnxruntime-gpu.sh) already in /tmp/ortparts
-# and a swa binary at .dev/swa; writes results under $OUT.
+# One GPU session: the CUDA error path, CUDA parity on the fixtures (one and two concurrent
+# sessions), the GPU benchmark with its variants, and Nsight Compute kernel times of one pass of
+# swa and of update_bn. Expects the parts of ONNX Runtime GPU (shared/gpu/pack-onnxruntime-gpu.sh)
+# in /tmp/ortparts and a swa binary at .dev/swa; writes results under $OUT.
 set -uo pipefail
 out=${OUT:-/tmp/out}; mkdir -p "$out" /tmp/ort
 cat /tmp/ortparts/part.* | xz -dc | tar -C /tmp/ort -xf -
@@ -9,8 +10,7 @@ lib=$(ls /tmp/ort/capi/libonnxruntime.so.* | head -1)
 sp=$(python3 -c "import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))")
 root=$PWD
 swa=$root/.dev/swa
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
+{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; python3 -c "import torch; print('torch', torch.__version__)"; } | tee "$out/gpu.txt"
 
 echo "== CUDA error path: an ONNX Runtime without the CUDA provider"
 mkdir -p /tmp/cpuonly && cp "$lib" /tmp/cpuonly/
@@ -20,29 +20,41 @@ ls /tmp/err.onnx 2>/dev/null && echo "UNEXPECTED: output written"
 export ORT_DYLIB_PATH=$lib
 export LD_LIBRARY_PATH=$sp/nvidia/cu13/lib:$sp/nvidia/cudnn/lib:${LD_LIBRARY_PATH:-}
 echo "== CUDA parity (fixtures, --stats torch, batch 32)"
-for m in cnn mlp; do
-  $swa recalibrate --device cuda --stats torch --batch-size 32 --model fixtures/$m/model.onnx \
-    --weights fixtures/$m/expected/swa_average.safetensors --inputs fixtures/$m/train.npy \
-    -o /tmp/$m.onnx --save-weights /tmp/$m.safetensors > /dev/null || echo "recalibrate $m failed"
-  python3 bench/compare_stats.py /tmp/$m.safetensors fixtures/$m/expected/swa_bn_torch.safetensors
-  $swa evaluate --device cuda --model /tmp/$m.onnx --inputs fixtures/$m/eval.npy --labels fixtures/$m/eval_labels.npy --json \
-    | python3 -c "import json,sys; m=json.load(sys.stdin); print(json.dumps({'correct': m['correct'], 'loss': m['loss']}))" 
-done
+for sessions in 1 2; do
+  for m in cnn mlp; do
+    SWA_CUDA_SESSIONS=$sessions $swa recalibrate --device cuda --stats torch --batch-size 32 --model fixtures/$m/model.onnx \
+      --weights fixtures/$m/expected/swa_average.safetensors --inputs fixtures/$m/train.npy \
+      -o /tmp/$m.onnx --save-weights /tmp/$m.safetensors > /dev/null || echo "recalibrate $m failed"
+    echo -n "sessions=$sessions $m "
+    python3 bench/compare_stats.py /tmp/$m.safetensors fixtures/$m/expected/swa_bn_torch.safetensors
+    SWA_CUDA_SESSIONS=$sessions $swa evaluate --device cuda --model /tmp/$m.onnx --inputs fixtures/$m/eval.npy --labels fixtures/$m/eval_labels.npy --json \
+      | python3 -c "import json,sys; m=json.load(sys.stdin); print(json.dumps({'correct': m['correct'], 'loss': m['loss']}))"
+  done
+done 2>&1 | tee "$out/parity.txt"
 grep -h swa_bn_torch fixtures/*/expected/summary.json
 
-echo "== profile (split + tf32, 8 batches)"
-mkdir -p /tmp/prof && cd /tmp/prof
-python3 -c "import numpy as np; np.save('/tmp/prof/x.npy', np.random.default_rng(0).standard_normal((8192, 3, 32, 32), dtype=np.float32))"
-ROOT=$root python3 - <<'PY'
-import os, sys; sys.path.insert(0, os.path.join(os.environ["ROOT"], "bench"))
-import torch, recalibrate_bench as rb
-torch.onnx.export(rb.ResNet18().eval(), (torch.zeros(2, 3, 32, 32),), "/tmp/prof/r18.onnx", input_names=["input"], output_names=["logits"],
-                  dynamic_axes={"input": {0: "batch"}}, training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False, dynamo=False)
-PY
-SWA_ORT_PROFILE=/tmp/prof/p SWA_STATS_REDUCTION=split $swa recalibrate --device cuda --tf32 --stats torch --batch-size 1024 \
-  --model /tmp/prof/r18.onnx --inputs /tmp/prof/x.npy -o /tmp/prof/o.onnx --json > /dev/null
-python3 $root/bench/ort_profile_summary.py $(ls /tmp/prof/p*.json | head -1) | tee "$out/profile.txt"
-cd "$root"
 echo "== benchmark"
-PYTHONUNBUFFERED=1 timeout 300 python3 bench/recalibrate_bench.py --swa $swa --samples 32768 --batch 1024 --device cuda --threads 16 \
-  --repeat 2 --workdir /tmp/b --variants split,split+tf32 2>&1 | grep -v -i warn | tee "$out/bench.log"
+PYTHONUNBUFFERED=1 timeout 240 python3 bench/recalibrate_bench.py --swa $swa --samples 32768 --batch 1024 --device cuda --threads 16 \
+  --repeat 2 --workdir /tmp/b \
+  --variants split+tf32,split+tf32+s2,split+tf32+s3,split+tf32+exhaustive,split+tf32+s2+exhaustive,split,split+s2 \
+  2>&1 | grep -v -i warn | tee "$out/bench.log"
+
+echo "== kernel times (Nsight Compute, 3 batches of 1024, TF32)"
+ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+python3 -c "import numpy as np; np.save('/tmp/b/x3.npy', np.load('/tmp/b/x.npy', mmap_mode='r')[:3072])"
+timeout 120 $ncu --clock-control none --metrics gpu__time_duration.sum --csv --log-file /tmp/ncu_swa.csv \
+  $swa recalibrate --device cuda --tf32 --stats torch --batch-size 1024 --model /tmp/b/resnet18.onnx --inputs /tmp/b/x3.npy -o /tmp/b/o.onnx > /dev/null
+python3 bench/ncu_summary.py /tmp/ncu_swa.csv --batches 3 --label "swa --tf32" | tee "$out/kernels.txt"
+cat > /tmp/torch3.py <<'PY'
+import sys, numpy as np, torch
+sys.path.insert(0, "bench")
+import recalibrate_bench as rb
+from torch.optim.swa_utils import update_bn
+x = torch.from_numpy(np.load("/tmp/b/x3.npy"))
+loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=1024)
+update_bn(loader, rb.ResNet18().cuda(), device=torch.device("cuda"))
+torch.cuda.synchronize()
+PY
+timeout 120 $ncu --clock-control none --metrics gpu__time_duration.sum --csv --log-file /tmp/ncu_torch.csv python3 /tmp/torch3.py
+python3 bench/ncu_summary.py /tmp/ncu_torch.csv --batches 3 --label "pytorch update_bn" | tee -a "$out/kernels.txt"
+cp /tmp/ncu_swa.csv /tmp/ncu_torch.csv "$out/" 2>/dev/null

@@ -163,18 +163,18 @@ pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
         .first()
         .map(|o| o.name().to_string())
         .ok_or_else(|| Error::format(&model.path, "has no output"))?;
-    let mut session = runtime::session_for(model, &opts.engine, false)?;
+    let mut sessions = runtime::sessions_for(model, &opts.engine, false, runtime::concurrent_runs(&opts.engine))?;
     let mut acc = MetricsAccumulator::new(opts.top_k);
     let bar = progress::samples_bar(labels.len() as u64, "evaluating", opts.quiet);
     let mut done = 0;
-    runtime::run_batches(&mut session, &specs, &arrays, opts.batch_size, labels.len(), &bar, |n, out| {
-        let (shape, logits) = out[output.as_str()].try_extract_tensor::<f32>()?;
+    let feed = runtime::Feed { specs: &specs, arrays: &arrays, batch: opts.batch_size, samples: labels.len() };
+    runtime::run_batches(&mut sessions, &feed, &[&output], &bar, |n, out| {
+        let runtime::Fetched { shape, data: logits } = &out[0];
         if shape.len() != 2 || shape[0] as usize != n {
             return Err(Error::format(
                 &model.path,
                 format!(
-                    "output `{output}` has shape {:?} for a batch of {n}; evaluation needs logits [N, classes]",
-                    &shape[..]
+                    "output `{output}` has shape {shape:?} for a batch of {n}; evaluation needs logits [N, classes]"
                 ),
             ));
         }

@@ -190,6 +190,11 @@ pub struct PassResult {
     pub batches: usize,
     /// Seconds spent in the pass (after the session was created).
     pub seconds: f64,
+    /// Seconds until the first batch's statistics were in: ONNX Runtime's and cuDNN's set-up on
+    /// the first run, plus the batch itself.
+    pub first_batch_seconds: f64,
+    /// Samples in the first batch.
+    pub first_batch_samples: usize,
 }
 
 /// Runs the statistics graph of `prepared` over the samples and aggregates the statistics.
@@ -220,14 +225,20 @@ pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
         &prepared.layers,
         bn::Reduction::for_device(opts.engine.device != Device::Cpu),
     )?;
-    let mut session = runtime::session_for(&stats_model, &opts.engine, false)?;
+    let mut sessions =
+        runtime::sessions_for(&stats_model, &opts.engine, false, runtime::concurrent_runs(&opts.engine))?;
     let started = Instant::now();
     let mut accs: Vec<Box<dyn Accumulator>> =
         prepared.layers.iter().map(|l| accumulator(opts.stats, l.channels)).collect();
     let bar = progress::samples_bar(samples as u64, "recalibrating", opts.quiet);
     let mut batches = 0;
-    runtime::run_batches(&mut session, &specs, &arrays, opts.batch_size, samples, &bar, |_, out| {
-        let (_, all) = out[layout.output.as_str()].try_extract_tensor::<f32>()?;
+    let mut first_batch_samples = 0;
+    let feed = runtime::Feed { specs: &specs, arrays: &arrays, batch: opts.batch_size, samples };
+    let first_batch = runtime::run_batches(&mut sessions, &feed, &[&layout.output], &bar, |n, out| {
+        let all = &out[0].data;
+        if batches == 0 {
+            first_batch_samples = n;
+        }
         for (k, (&at, l)) in layout.offsets.iter().zip(&prepared.layers).enumerate() {
             let c = l.channels;
             let (mean, var, count) = (&all[at..at + c], &all[at + c..at + 2 * c], all[at + 2 * c] as f64);
@@ -259,6 +270,8 @@ pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
         samples,
         batches,
         seconds: started.elapsed().as_secs_f64(),
+        first_batch_seconds: first_batch.as_secs_f64(),
+        first_batch_samples,
     })
 }
 
@@ -302,6 +315,10 @@ pub struct RecalibrateSummary {
     pub seconds: f64,
     /// Samples per second in the pass.
     pub samples_per_second: f64,
+    /// Seconds of the first batch, which include the runtime's set-up on its first run.
+    pub seconds_first_batch: f64,
+    /// Samples per second after the first batch: the steady rate a longer pass approaches.
+    pub samples_per_second_after_first: Option<f64>,
 }
 
 /// Per-layer movement of the statistics from `old` (the model's) to `new`.
@@ -446,6 +463,11 @@ pub fn recalibrate(opts: &RecalibrateOptions) -> Result<RecalibrateSummary> {
         layers,
         seconds: result.seconds,
         samples_per_second: result.samples as f64 / result.seconds.max(1e-9),
+        seconds_first_batch: result.first_batch_seconds,
+        samples_per_second_after_first: (result.batches > 1).then(|| {
+            (result.samples - result.first_batch_samples) as f64
+                / (result.seconds - result.first_batch_seconds).max(1e-9)
+        }),
     })
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-use ort::session::{Session, SessionInputValue, SessionOutputs};
+use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 
 use crate::data::Array;
@@ -149,16 +149,43 @@ pub fn session(model_bytes: &[u8], engine: &Engine) -> Result<Session> {
 /// message (2 GiB), or when `external` is set — from a temporary directory holding the model and
 /// its external data.
 pub fn session_for(model: &Model, engine: &Engine, external: bool) -> Result<Session> {
+    Ok(sessions_for(model, engine, external, 1)?.remove(0))
+}
+
+/// Opens `count` sessions of `model` (as [`session_for`]), created concurrently: each can run a
+/// batch while the others run theirs (see [`concurrent_runs`]).
+pub fn sessions_for(model: &Model, engine: &Engine, external: bool, count: usize) -> Result<Vec<Session>> {
     let (bytes, data) = model.encode_with("model.onnx.data", external);
-    let Some(data) = data else {
-        return session(&bytes, engine);
+    let _dir;
+    let open: Box<dyn Fn() -> Result<Session> + Sync> = match data {
+        None => Box::new(|| session(&bytes, engine)),
+        Some(data) => {
+            let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+            let path = dir.path().join("model.onnx");
+            std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
+            let data_path = dir.path().join("model.onnx.data");
+            std::fs::write(&data_path, &data).map_err(|e| Error::io(&data_path, e))?;
+            _dir = dir;
+            Box::new(move || Ok(builder(engine)?.commit_from_file(&path)?))
+        }
     };
-    let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    let path = dir.path().join("model.onnx");
-    std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
-    let data_path = dir.path().join("model.onnx.data");
-    std::fs::write(&data_path, &data).map_err(|e| Error::io(&data_path, e))?;
-    Ok(builder(engine)?.commit_from_file(&path)?)
+    if count <= 1 {
+        return Ok(vec![open()?]);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..count).map(|_| scope.spawn(&open)).collect();
+        handles.into_iter().map(|h| h.join().expect("session creation panicked")).collect()
+    })
+}
+
+/// How many batches run at once on `engine`: one on the CPU (ONNX Runtime's threads already use
+/// every core); on CUDA, `SWA_CUDA_SESSIONS` (default 1) sessions, each with its own stream, so one
+/// session's input copy, launches and final synchronisation overlap another's kernels.
+pub fn concurrent_runs(engine: &Engine) -> usize {
+    match engine.device {
+        Device::Cpu => 1,
+        Device::Cuda(_) => std::env::var("SWA_CUDA_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1),
+    }
 }
 
 fn builder(engine: &Engine) -> Result<ort::session::builder::SessionBuilder> {
@@ -272,43 +299,112 @@ pub fn check_inputs(specs: &[InputSpec], arrays: &[Array]) -> Result<()> {
     Ok(())
 }
 
-/// Runs `session` over the samples in file order, `batch` at a time (the last batch partial),
-/// calling `each` with the batch's sample count and outputs. The next batch is converted on
-/// another thread while the current one runs.
+/// The samples a pass runs over: arrays (one per model input) taken `batch` rows at a time in file
+/// order, the last batch partial, up to `samples` rows.
+#[derive(Debug, Clone, Copy)]
+pub struct Feed<'a> {
+    /// The model's inputs, in the order of `arrays`.
+    pub specs: &'a [InputSpec],
+    /// One array per input.
+    pub arrays: &'a [Array],
+    /// Rows per batch.
+    pub batch: usize,
+    /// Rows to run.
+    pub samples: usize,
+}
+
+/// One model output of one batch, copied out of ONNX Runtime.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The output's shape.
+    pub shape: Vec<i64>,
+    /// Its values, row-major.
+    pub data: Vec<f32>,
+}
+
+type Job = (usize, usize, Vec<Vec<f32>>);
+type Done = (usize, usize, Result<Vec<Fetched>>);
+
+/// Runs the batches of `feed` through `sessions` and calls `each` with every batch's sample count
+/// and `outputs`, in file order. The next batches are converted on another thread while the
+/// current ones run; with several sessions (CUDA, [`concurrent_runs`]) one batch runs on each at
+/// once. Returns how long the first batch took, which includes ONNX Runtime's and cuDNN's set-up
+/// work done on the first run.
 pub fn run_batches(
-    session: &mut Session,
-    specs: &[InputSpec],
-    arrays: &[Array],
-    batch: usize,
-    samples: usize,
+    sessions: &mut [Session],
+    feed: &Feed,
+    outputs: &[&str],
     progress: &indicatif::ProgressBar,
-    mut each: impl FnMut(usize, &SessionOutputs) -> Result<()>,
-) -> Result<()> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Vec<f32>>>(2);
-    std::thread::scope(|scope| {
+    mut each: impl FnMut(usize, Vec<Fetched>) -> Result<()>,
+) -> Result<std::time::Duration> {
+    use std::sync::{mpsc, Arc, Mutex};
+    let started = std::time::Instant::now();
+    let Feed { specs, arrays, batch, samples } = *feed;
+    let result = std::thread::scope(|scope| {
+        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(sessions.len() + 1);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let (done_tx, done_rx) = mpsc::channel::<Done>();
         scope.spawn(move || {
-            for start in (0..samples).step_by(batch) {
+            for (k, start) in (0..samples).step_by(batch).enumerate() {
                 let end = (start + batch).min(samples);
-                if tx.send(arrays.iter().map(|a| a.f32_rows(start, end)).collect()).is_err() {
+                if job_tx.send((k, end - start, arrays.iter().map(|a| a.f32_rows(start, end)).collect())).is_err() {
                     return;
                 }
             }
         });
-        for (k, data) in rx.into_iter().enumerate() {
-            let n = (samples - k * batch).min(batch);
-            let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(specs.len());
-            for ((spec, a), values) in specs.iter().zip(arrays).zip(data) {
-                let mut shape = vec![n as i64];
-                shape.extend(a.shape[1..].iter().map(|&d| d as i64));
-                inputs.push((Cow::Owned(spec.name.clone()), Tensor::from_array((shape, values))?.into()));
-            }
-            let outputs = session.run(inputs)?;
-            each(n, &outputs)?;
-            progress.inc(n as u64);
+        for session in sessions.iter_mut() {
+            let (job_rx, done_tx) = (Arc::clone(&job_rx), done_tx.clone());
+            scope.spawn(move || loop {
+                let job = job_rx.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ()));
+                let Ok((k, n, data)) = job else { return };
+                if done_tx.send((k, n, run_one(session, specs, arrays, outputs, n, data))).is_err() {
+                    return;
+                }
+            });
         }
-        if std::env::var_os("SWA_ORT_PROFILE").is_some() {
+        drop((job_rx, done_tx));
+        let mut first = None;
+        let mut pending = std::collections::BTreeMap::new();
+        let mut next = 0;
+        for (k, n, out) in done_rx {
+            pending.insert(k, (n, out?));
+            while let Some((n, out)) = pending.remove(&next) {
+                each(n, out)?;
+                first.get_or_insert_with(|| started.elapsed());
+                progress.inc(n as u64);
+                next += 1;
+            }
+        }
+        Ok(first.unwrap_or_default())
+    });
+    if std::env::var_os("SWA_ORT_PROFILE").is_some() {
+        for session in sessions.iter_mut() {
             eprintln!("ONNX Runtime profile: {}", session.end_profiling()?);
         }
-        Ok(())
-    })
+    }
+    result
+}
+
+fn run_one(
+    session: &mut Session,
+    specs: &[InputSpec],
+    arrays: &[Array],
+    outputs: &[&str],
+    n: usize,
+    data: Vec<Vec<f32>>,
+) -> Result<Vec<Fetched>> {
+    let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(specs.len());
+    for ((spec, a), values) in specs.iter().zip(arrays).zip(data) {
+        let mut shape = vec![n as i64];
+        shape.extend(a.shape[1..].iter().map(|&d| d as i64));
+        inputs.push((Cow::Owned(spec.name.clone()), Tensor::from_array((shape, values))?.into()));
+    }
+    let out = session.run(inputs)?;
+    outputs
+        .iter()
+        .map(|&name| {
+            let (shape, data) = out[name].try_extract_tensor::<f32>()?;
+            Ok(Fetched { shape: shape.to_vec(), data: data.to_vec() })
+        })
+        .collect()
 }

@@ -57,6 +57,46 @@ fn logits_via(model: &Path, inputs: &Path, external: bool) -> (Vec<usize>, Vec<f
 }
 
 #[test]
+fn concurrent_sessions_return_every_batch_in_file_order() {
+    let m = Model::load(fixture("cnn/model.onnx")).unwrap();
+    let engine = swa::runtime::Engine { threads: Some(1), ..Default::default() };
+    let input = fixture("cnn/eval.npy");
+    let specs = swa::runtime::input_specs(&m).unwrap();
+    let arrays = swa::data::open_inputs(&input, &[specs[0].name.clone()]).unwrap();
+    let (want_shape, want) = logits(&fixture("cnn/model.onnx"), &input);
+    let samples = want_shape[0];
+    let feed = swa::runtime::Feed { specs: &specs, arrays: &arrays, batch: 7, samples };
+    let mut sessions = swa::runtime::sessions_for(&m, &engine, false, 3).unwrap();
+    assert_eq!(sessions.len(), 3);
+    let (mut sizes, mut got) = (Vec::new(), Vec::new());
+    let bar = indicatif::ProgressBar::hidden();
+    swa::runtime::run_batches(&mut sessions, &feed, &["logits"], &bar, |n, out| {
+        assert_eq!(out[0].shape, [n as i64, want_shape[1] as i64]);
+        sizes.push(n);
+        got.extend_from_slice(&out[0].data);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(sizes.len(), samples.div_ceil(7));
+    assert!(sizes[..sizes.len() - 1].iter().all(|&n| n == 7) && sizes.iter().sum::<usize>() == samples);
+    assert_eq!(bar.position(), samples as u64);
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "logit {i}: {a} in batches of 7 vs {b} in one batch");
+    }
+    // An error from one batch stops the pass (no hang with batches still in flight).
+    let mut seen = 0;
+    let err = swa::runtime::run_batches(&mut sessions, &feed, &["logits"], &bar, |_, _| {
+        seen += 1;
+        if seen == 2 {
+            return Err(swa::Error::usage("stop here"));
+        }
+        Ok(())
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("stop here") && seen == 2);
+}
+
+#[test]
 fn torch_mode_matches_update_bn_cnn_and_mlp() {
     for model in ["cnn", "mlp"] {
         let dir = tmp();
