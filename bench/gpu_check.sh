@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# One GPU session: the CUDA error path, CUDA parity on the fixtures (one and two concurrent
-# sessions), the GPU benchmark with its variants, and Nsight Compute kernel times of one pass of
-# swa and of update_bn. Expects the parts of ONNX Runtime GPU (shared/gpu/pack-onnxruntime-gpu.sh)
-# in /tmp/ortparts and a swa binary at .dev/swa; writes results under $OUT.
+# One GPU session: the CUDA error path, CUDA parity on the fixtures (one and two streams), the GPU
+# benchmark with its variants, and Nsight Compute kernel times of one pass of swa (default and
+# `square` statistics) and of update_bn. Expects the parts of ONNX Runtime GPU (shared/gpu/pack-onnxruntime-gpu.sh) in
+# /tmp/ortparts and a swa binary at .dev/swa; writes results under $OUT.
 set -uo pipefail
-out=${OUT:-/tmp/out}; mkdir -p "$out" /tmp/ort
+out=${OUT:-/tmp/out}; mkdir -p "$out" /tmp/ort /tmp/b
 cat /tmp/ortparts/part.* | xz -dc | tar -C /tmp/ort -xf -
 lib=$(ls /tmp/ort/capi/libonnxruntime.so.* | head -1)
 sp=$(python3 -c "import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))")
@@ -20,31 +20,34 @@ ls /tmp/err.onnx 2>/dev/null && echo "UNEXPECTED: output written"
 export ORT_DYLIB_PATH=$lib
 export LD_LIBRARY_PATH=$sp/nvidia/cu13/lib:$sp/nvidia/cudnn/lib:${LD_LIBRARY_PATH:-}
 echo "== CUDA parity (fixtures, --stats torch, batch 32)"
-for sessions in 1 2; do
+for streams in 1 2; do
   for m in cnn mlp; do
-    SWA_CUDA_SESSIONS=$sessions $swa recalibrate --device cuda --stats torch --batch-size 32 --model fixtures/$m/model.onnx \
+    $swa recalibrate --device cuda --streams $streams --stats torch --batch-size 32 --model fixtures/$m/model.onnx \
       --weights fixtures/$m/expected/swa_average.safetensors --inputs fixtures/$m/train.npy \
       -o /tmp/$m.onnx --save-weights /tmp/$m.safetensors > /dev/null || echo "recalibrate $m failed"
-    echo -n "sessions=$sessions $m "
+    echo -n "streams=$streams $m "
     python3 bench/compare_stats.py /tmp/$m.safetensors fixtures/$m/expected/swa_bn_torch.safetensors
-    SWA_CUDA_SESSIONS=$sessions $swa evaluate --device cuda --model /tmp/$m.onnx --inputs fixtures/$m/eval.npy --labels fixtures/$m/eval_labels.npy --json \
+    $swa evaluate --device cuda --streams $streams --model /tmp/$m.onnx --inputs fixtures/$m/eval.npy --labels fixtures/$m/eval_labels.npy --json \
       | python3 -c "import json,sys; m=json.load(sys.stdin); print(json.dumps({'correct': m['correct'], 'loss': m['loss']}))"
   done
 done 2>&1 | tee "$out/parity.txt"
 grep -h swa_bn_torch fixtures/*/expected/summary.json
 
 echo "== benchmark"
-PYTHONUNBUFFERED=1 timeout 240 python3 bench/recalibrate_bench.py --swa $swa --samples 32768 --batch 1024 --device cuda --threads 16 \
-  --repeat 2 --workdir /tmp/b \
-  --variants split+tf32,split+tf32+s2,split+tf32+s3,split+tf32+exhaustive,split+tf32+s2+exhaustive,split,split+s2 \
-  2>&1 | grep -v -i warn | tee "$out/bench.log"
+bench() { PYTHONUNBUFFERED=1 timeout 200 python3 bench/recalibrate_bench.py --swa $swa --device cuda --threads 16 --repeat 2 "$@" 2>&1 | grep -v -i warn; }
+bench --samples 32768 --batch 1024 --workdir /tmp/b \
+  --variants default+tf32,square+tf32,default+tf32+s1,default+tf32+s3,default | tee "$out/bench.log"
+bench --samples 131072 --batch 1024 --workdir /tmp/c --variants default+tf32,square+tf32 | tee -a "$out/bench.log"
+bench --samples 32768 --batch 256 --workdir /tmp/d --variants default+tf32,square+tf32 | tee -a "$out/bench.log"
+python3 -c "import numpy as np; np.save('/tmp/b/x3.npy', np.load('/tmp/b/x.npy', mmap_mode='r')[:3072])"
 
 echo "== kernel times (Nsight Compute, 3 batches of 1024, TF32)"
 ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-python3 -c "import numpy as np; np.save('/tmp/b/x3.npy', np.load('/tmp/b/x.npy', mmap_mode='r')[:3072])"
-timeout 120 $ncu --clock-control none --metrics gpu__time_duration.sum --csv --log-file /tmp/ncu_swa.csv \
-  $swa recalibrate --device cuda --tf32 --stats torch --batch-size 1024 --model /tmp/b/resnet18.onnx --inputs /tmp/b/x3.npy -o /tmp/b/o.onnx > /dev/null
-python3 bench/ncu_summary.py /tmp/ncu_swa.csv --batches 3 --label "swa --tf32" | tee "$out/kernels.txt"
+for reduction in split square; do
+  SWA_STATS_REDUCTION=$reduction timeout 120 $ncu --clock-control none --metrics gpu__time_duration.sum --csv --log-file /tmp/ncu_$reduction.csv \
+    $swa recalibrate --device cuda --streams 1 --tf32 --stats torch --batch-size 1024 --model /tmp/b/resnet18.onnx --inputs /tmp/b/x3.npy -o /tmp/b/o.onnx > /dev/null
+  python3 bench/ncu_summary.py /tmp/ncu_$reduction.csv --batches 3 --label "swa --tf32 ($reduction)" | tee -a "$out/kernels.txt"
+done
 cat > /tmp/torch3.py <<'PY'
 import sys, numpy as np, torch
 sys.path.insert(0, "bench")
@@ -57,4 +60,3 @@ torch.cuda.synchronize()
 PY
 timeout 120 $ncu --clock-control none --metrics gpu__time_duration.sum --csv --log-file /tmp/ncu_torch.csv python3 /tmp/torch3.py
 python3 bench/ncu_summary.py /tmp/ncu_torch.csv --batches 3 --label "pytorch update_bn" | tee -a "$out/kernels.txt"
-cp /tmp/ncu_swa.csv /tmp/ncu_torch.csv "$out/" 2>/dev/null

@@ -167,12 +167,17 @@ pub struct DeviceArgs {
     /// Ampere and later; statistics move by about 1e-3 relative, so the default is full fp32).
     #[arg(long)]
     pub tf32: bool,
+    /// With --device cuda: batches run at once, each in its own ONNX Runtime session and CUDA
+    /// stream, so one batch's copies and launches overlap another's kernels (default 2; 1 halves
+    /// the GPU memory for activations).
+    #[arg(long, value_name = "N")]
+    pub streams: Option<usize>,
 }
 
 impl DeviceArgs {
     /// The library's engine.
     pub fn engine(&self) -> Engine {
-        Engine { device: self.device, threads: self.threads, tf32: self.tf32 }
+        Engine { device: self.device, threads: self.threads, tf32: self.tf32, streams: self.streams }
     }
 }
 

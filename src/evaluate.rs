@@ -163,7 +163,7 @@ pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
         .first()
         .map(|o| o.name().to_string())
         .ok_or_else(|| Error::format(&model.path, "has no output"))?;
-    let mut sessions = runtime::sessions_for(model, &opts.engine, false, runtime::concurrent_runs(&opts.engine))?;
+    let mut sessions = runtime::sessions_for(model, &opts.engine, false, runtime::concurrent_runs(&opts.engine)?)?;
     let mut acc = MetricsAccumulator::new(opts.top_k);
     let bar = progress::samples_bar(labels.len() as u64, "evaluating", opts.quiet);
     let mut done = 0;

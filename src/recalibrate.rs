@@ -226,7 +226,7 @@ pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
         bn::Reduction::for_device(opts.engine.device != Device::Cpu),
     )?;
     let mut sessions =
-        runtime::sessions_for(&stats_model, &opts.engine, false, runtime::concurrent_runs(&opts.engine))?;
+        runtime::sessions_for(&stats_model, &opts.engine, false, runtime::concurrent_runs(&opts.engine)?)?;
     let started = Instant::now();
     let mut accs: Vec<Box<dyn Accumulator>> =
         prepared.layers.iter().map(|l| accumulator(opts.stats, l.channels)).collect();

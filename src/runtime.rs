@@ -135,6 +135,9 @@ pub struct Engine {
     pub threads: Option<usize>,
     /// Let CUDA use TF32 in convolutions and matrix products.
     pub tf32: bool,
+    /// Batches in flight on CUDA, each in its own session (see [`concurrent_runs`]); `None` for
+    /// the device's default.
+    pub streams: Option<usize>,
 }
 
 /// Opens a session for serialised model bytes on `engine`'s device, with its intra-op threads.
@@ -179,17 +182,22 @@ pub fn sessions_for(model: &Model, engine: &Engine, external: bool, count: usize
 }
 
 /// How many batches run at once on `engine`: one on the CPU (ONNX Runtime's threads already use
-/// every core); on CUDA, `SWA_CUDA_SESSIONS` (default 1) sessions, each with its own stream, so one
-/// session's input copy, launches and final synchronisation overlap another's kernels.
-pub fn concurrent_runs(engine: &Engine) -> usize {
-    match engine.device {
-        Device::Cpu => 1,
-        Device::Cuda(_) => std::env::var("SWA_CUDA_SESSIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1),
+/// every core); on CUDA `engine.streams`, by default 2 — each batch in its own session with its own
+/// stream and activation memory, so one batch's input copy, launches and final synchronisation
+/// overlap another's kernels.
+pub fn concurrent_runs(engine: &Engine) -> Result<usize> {
+    match (engine.device, engine.streams) {
+        (_, Some(0)) => Err(Error::usage("--streams must be at least 1")),
+        (Device::Cpu, Some(n)) if n > 1 => {
+            Err(Error::usage("--streams applies to --device cuda; on the CPU one batch runs at a time on all threads"))
+        }
+        (Device::Cpu, _) => Ok(1),
+        (Device::Cuda(_), n) => Ok(n.unwrap_or(2)),
     }
 }
 
 fn builder(engine: &Engine) -> Result<ort::session::builder::SessionBuilder> {
-    let Engine { device, threads, tf32 } = *engine;
+    let Engine { device, threads, tf32, .. } = *engine;
     if tf32 && device == Device::Cpu {
         return Err(Error::usage("--tf32 applies to --device cuda; on the CPU everything runs in fp32"));
     }

@@ -49,22 +49,28 @@ pub struct StatsLayout {
     pub offsets: Vec<usize>,
 }
 
-/// How the per-channel reductions are laid out in the statistics graph.
+/// How the per-channel statistics are computed in the statistics graph, on the [N, C, R] view of
+/// each BN input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reduction {
-    /// One reduction over axes [0, 2] of the [N, C, R] view.
+    /// `ReduceMean` and `ReduceL2` over axes [0, 2] at once.
     Flat,
-    /// A reduction over the contiguous axis 2, then over axis 0 of the small [N, C] result.
+    /// `ReduceMean` and `ReduceL2` over the contiguous axis 2, then over axis 0 of the small [N, C]
+    /// results.
     Split,
+    /// As `Split`, with the sum of squares taken by `Mul` and `ReduceSum` rather than `ReduceL2`
+    /// (ONNX Runtime's CUDA provider has fast kernels only for `ReduceSum` and `ReduceMean`).
+    Square,
 }
 
 impl Reduction {
     /// The faster layout for a device (see docs/performance.md), overridable with
-    /// `SWA_STATS_REDUCTION=flat|split` for benchmarking.
+    /// `SWA_STATS_REDUCTION=flat|split|square` for benchmarking.
     pub fn for_device(cuda: bool) -> Self {
         match std::env::var("SWA_STATS_REDUCTION").as_deref() {
             Ok("flat") => Reduction::Flat,
             Ok("split") => Reduction::Split,
+            Ok("square") => Reduction::Square,
             _ if cuda => Reduction::Split,
             _ => Reduction::Flat,
         }
@@ -183,31 +189,39 @@ pub fn stats_model(model: &Model, layers: &[BnLayer], reduction: Reduction) -> R
         let l = &layers[k];
         let v = |s: &str| format!("swa_stats/{k}/{s}");
         g.node.push(node("Reshape", v("reshape"), &[&l.input, shape_name], &[&v("xr")], vec![]));
+        let op = |op: &str, name: &str, inputs: &[&str]| node(op, v(name), inputs, &[&v(name)], vec![]);
         match reduction {
             Reduction::Flat => {
                 g.node.push(reduce("ReduceMean", &v("xr"), &v("mean"), &[0, 2]));
                 g.node.push(reduce("ReduceL2", &v("xr"), &v("l2"), &[0, 2]));
-                g.node.push(node("Mul", v("sumsq"), &[&v("l2"), &v("l2")], &[&v("sumsq")], vec![]));
+                g.node.push(op("Mul", "sumsq", &[&v("l2"), &v("l2")]));
             }
             Reduction::Split => {
                 g.node.push(reduce("ReduceMean", &v("xr"), &v("mean_n"), &[2]));
                 g.node.push(reduce("ReduceMean", &v("mean_n"), &v("mean"), &[0]));
                 g.node.push(reduce("ReduceL2", &v("xr"), &v("l2_n"), &[2]));
-                g.node.push(node("Mul", v("sumsq_n"), &[&v("l2_n"), &v("l2_n")], &[&v("sumsq_n")], vec![]));
+                g.node.push(op("Mul", "sumsq_n", &[&v("l2_n"), &v("l2_n")]));
+                g.node.push(reduce("ReduceSum", &v("sumsq_n"), &v("sumsq"), &[0]));
+            }
+            Reduction::Square => {
+                g.node.push(reduce("ReduceMean", &v("xr"), &v("mean_n"), &[2]));
+                g.node.push(reduce("ReduceMean", &v("mean_n"), &v("mean"), &[0]));
+                g.node.push(op("Mul", "sq", &[&v("xr"), &v("xr")]));
+                g.node.push(reduce("ReduceSum", &v("sq"), &v("sumsq_n"), &[2]));
                 g.node.push(reduce("ReduceSum", &v("sumsq_n"), &v("sumsq"), &[0]));
             }
         }
         g.node.extend([
-            node("Size", v("size"), &[&l.input], &[&v("size")], vec![]),
-            node("Shape", v("shape"), &[&l.input], &[&v("shape")], vec![]),
-            node("Gather", v("channels"), &[&v("shape"), one_name], &[&v("channels")], vec![]),
-            node("Div", v("count_i"), &[&v("size"), &v("channels")], &[&v("count_i")], vec![]),
+            op("Size", "size", &[&l.input]),
+            op("Shape", "shape", &[&l.input]),
+            op("Gather", "channels", &[&v("shape"), one_name]),
+            op("Div", "count_i", &[&v("size"), &v("channels")]),
             node("Cast", v("count"), &[&v("count_i")], &[&v("count")], vec![int_attr("to", elem::FLOAT as i64)]),
-            node("Reshape", v("count_1"), &[&v("count"), vec1_name], &[&v("count_1")], vec![]),
-            node("Div", v("meansq"), &[&v("sumsq"), &v("count")], &[&v("meansq")], vec![]),
-            node("Mul", v("mean2"), &[&v("mean"), &v("mean")], &[&v("mean2")], vec![]),
-            node("Sub", v("var_raw"), &[&v("meansq"), &v("mean2")], &[&v("var_raw")], vec![]),
-            node("Relu", v("var"), &[&v("var_raw")], &[&v("var")], vec![]),
+            op("Reshape", "count_1", &[&v("count"), vec1_name]),
+            op("Div", "meansq", &[&v("sumsq"), &v("count")]),
+            op("Mul", "mean2", &[&v("mean"), &v("mean")]),
+            op("Sub", "var_raw", &[&v("meansq"), &v("mean2")]),
+            op("Relu", "var", &[&v("var_raw")]),
         ]);
         let mut bn: NodeProto = n;
         bn.input[3] = v("mean");

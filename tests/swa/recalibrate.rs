@@ -11,11 +11,11 @@ fn stats(name: &str) -> bool {
     name.ends_with("running_mean") || name.ends_with("running_var")
 }
 
-/// `swa recalibrate --json` of `weights` bound into `model` over `inputs`, batches of 32, writing
-/// `out.onnx` and `out.safetensors` into `dir`; returns the JSON summary.
-fn recalibrate_with(model: &Path, weights: &Path, inputs: &Path, dir: &Path, extra: &[&str]) -> serde_json::Value {
-    let a = swa()
-        .args(["recalibrate", "--batch-size", "32", "--json", "--model"])
+/// The `swa recalibrate --json` command for `weights` bound into `model` over `inputs`, batches
+/// of 32, writing `out.onnx` and `out.safetensors` into `dir`.
+fn recalibrate_cmd(model: &Path, weights: &Path, inputs: &Path, dir: &Path, extra: &[&str]) -> assert_cmd::Command {
+    let mut cmd = swa();
+    cmd.args(["recalibrate", "--batch-size", "32", "--json", "--model"])
         .arg(model)
         .arg("--weights")
         .arg(weights)
@@ -25,9 +25,13 @@ fn recalibrate_with(model: &Path, weights: &Path, inputs: &Path, dir: &Path, ext
         .arg(dir.join("out.onnx"))
         .arg("--save-weights")
         .arg(dir.join("out.safetensors"))
-        .args(extra)
-        .assert()
-        .success();
+        .args(extra);
+    cmd
+}
+
+/// Runs [`recalibrate_cmd`]; returns the JSON summary.
+fn recalibrate_with(model: &Path, weights: &Path, inputs: &Path, dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let a = recalibrate_cmd(model, weights, inputs, dir, extra).assert().success();
     serde_json::from_slice(&a.get_output().stdout).unwrap()
 }
 
@@ -108,6 +112,21 @@ fn torch_mode_matches_update_bn_cnn_and_mlp() {
         let batches = summary(model)["train_samples"].as_u64().unwrap().div_ceil(32);
         assert_eq!(s["batches"], batches);
         assert_eq!(s["layers"].as_array().unwrap().len(), if model == "cnn" { 6 } else { 2 });
+    }
+}
+
+#[test]
+fn every_statistics_graph_layout_matches_update_bn() {
+    // The CPU runs `flat` by default and CUDA `split`; all of them are checked here, on the CPU.
+    let f = |rel: &str| fixture(&format!("cnn/{rel}"));
+    for layout in ["flat", "split", "square"] {
+        let dir = tmp();
+        let (average, inputs) = (f("expected/swa_average.safetensors"), f("train.npy"));
+        recalibrate_cmd(&f("model.onnx"), &average, &inputs, dir.path(), &["--stats", "torch"])
+            .env("SWA_STATS_REDUCTION", layout)
+            .assert()
+            .success();
+        assert_close(&dir.path().join("out.safetensors"), &f("expected/swa_bn_torch.safetensors"), 1e-4, 1e-6, stats);
     }
 }
 
@@ -201,6 +220,29 @@ fn cuda_without_a_cuda_runtime_is_an_error_not_a_fallback() {
         .stderr(contains("--device cuda:0"))
         .stderr(contains("CUDA"));
     assert!(listing(dir.path()).is_empty());
+}
+
+#[test]
+fn cuda_options_are_refused_on_the_cpu_and_streams_must_be_positive() {
+    for (extra, message) in [
+        (&["--streams", "2"][..], "--streams applies to --device cuda"),
+        (&["--tf32"][..], "--tf32 applies to --device cuda"),
+        (&["--device", "cuda", "--streams", "0"][..], "--streams must be at least 1"),
+    ] {
+        let dir = tmp();
+        swa()
+            .args(["recalibrate", "--model"])
+            .arg(fixture("mlp/model.onnx"))
+            .arg("--inputs")
+            .arg(fixture("mlp/train.npy"))
+            .arg("-o")
+            .arg(dir.path().join("out.onnx"))
+            .args(extra)
+            .assert()
+            .code(2)
+            .stderr(contains(message));
+        assert!(listing(dir.path()).is_empty());
+    }
 }
 
 #[test]
