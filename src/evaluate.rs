@@ -163,7 +163,8 @@ pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
         .first()
         .map(|o| o.name().to_string())
         .ok_or_else(|| Error::format(&model.path, "has no output"))?;
-    let mut sessions = runtime::sessions_for(model, &opts.engine, false, runtime::concurrent_runs(&opts.engine)?)?;
+    let streams = runtime::concurrent_runs(&opts.engine, labels.len().div_ceil(opts.batch_size))?;
+    let mut sessions = runtime::sessions_for(model, &opts.engine, false, streams)?;
     let mut acc = MetricsAccumulator::new(opts.top_k);
     let bar = progress::samples_bar(labels.len() as u64, "evaluating", opts.quiet);
     let mut done = 0;

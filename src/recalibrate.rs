@@ -225,8 +225,8 @@ pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
         &prepared.layers,
         bn::Reduction::for_device(opts.engine.device != Device::Cpu),
     )?;
-    let mut sessions =
-        runtime::sessions_for(&stats_model, &opts.engine, false, runtime::concurrent_runs(&opts.engine)?)?;
+    let streams = runtime::concurrent_runs(&opts.engine, samples.div_ceil(opts.batch_size))?;
+    let mut sessions = runtime::sessions_for(&stats_model, &opts.engine, false, streams)?;
     let started = Instant::now();
     let mut accs: Vec<Box<dyn Accumulator>> =
         prepared.layers.iter().map(|l| accumulator(opts.stats, l.channels)).collect();

@@ -181,19 +181,22 @@ pub fn sessions_for(model: &Model, engine: &Engine, external: bool, count: usize
     })
 }
 
-/// How many batches run at once on `engine`: one on the CPU (ONNX Runtime's threads already use
-/// every core); on CUDA `engine.streams`, by default 2 — each batch in its own session with its own
-/// stream and activation memory, so one batch's input copy, launches and final synchronisation
-/// overlap another's kernels.
-pub fn concurrent_runs(engine: &Engine) -> Result<usize> {
-    match (engine.device, engine.streams) {
-        (_, Some(0)) => Err(Error::usage("--streams must be at least 1")),
+/// How many of a pass's `batches` run at once on `engine`: one on the CPU (ONNX Runtime's threads
+/// already use every core); on CUDA `engine.streams`, by default 2 — each batch in its own session
+/// with its own stream and activation memory, so one batch's input copy, launches and final
+/// synchronisation overlap another's kernels. Never more than there are batches.
+pub fn concurrent_runs(engine: &Engine, batches: usize) -> Result<usize> {
+    let n = match (engine.device, engine.streams) {
+        (_, Some(0)) => return Err(Error::usage("--streams must be at least 1")),
         (Device::Cpu, Some(n)) if n > 1 => {
-            Err(Error::usage("--streams applies to --device cuda; on the CPU one batch runs at a time on all threads"))
+            return Err(Error::usage(
+                "--streams applies to --device cuda; on the CPU one batch runs at a time on all threads",
+            ))
         }
-        (Device::Cpu, _) => Ok(1),
-        (Device::Cuda(_), n) => Ok(n.unwrap_or(2)),
-    }
+        (Device::Cpu, _) => 1,
+        (Device::Cuda(_), n) => n.unwrap_or(2),
+    };
+    Ok(n.min(batches.max(1)))
 }
 
 fn builder(engine: &Engine) -> Result<ort::session::builder::SessionBuilder> {
@@ -415,4 +418,20 @@ fn run_one(
             Ok(Fetched { shape: shape.to_vec(), data: data.to_vec() })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_default_to_two_on_cuda_and_never_exceed_the_batches() {
+        let cuda = Engine { device: Device::Cuda(0), ..Default::default() };
+        assert_eq!(concurrent_runs(&cuda, 10).unwrap(), 2);
+        assert_eq!(concurrent_runs(&cuda, 1).unwrap(), 1);
+        assert_eq!(concurrent_runs(&Engine { streams: Some(3), ..cuda }, 10).unwrap(), 3);
+        assert!(concurrent_runs(&Engine { streams: Some(0), ..cuda }, 10).is_err());
+        assert_eq!(concurrent_runs(&Engine::default(), 10).unwrap(), 1);
+        assert!(concurrent_runs(&Engine { streams: Some(2), ..Default::default() }, 10).is_err());
+    }
 }
