@@ -83,7 +83,14 @@ pub fn execute(cli: &Cli) -> Result<Outcome> {
             for l in &s.layers {
                 let _ = writeln!(o, "{:<40} {:>8} {:>12.4} {:>10.4}", l.prefix, l.channels, l.mean_shift, l.var_ratio);
             }
-            let _ = writeln!(o, "{:.0} samples/s", s.samples_per_second);
+            let _ = match s.samples_per_second_after_first {
+                Some(steady) => writeln!(
+                    o,
+                    "{:.0} samples/s ({steady:.0} after the first batch, which took {:.2} s)",
+                    s.samples_per_second, s.seconds_first_batch
+                ),
+                None => writeln!(o, "{:.0} samples/s", s.samples_per_second),
+            };
             for p in &s.outputs {
                 let _ = writeln!(o, "wrote {}", p.display());
             }

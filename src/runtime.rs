@@ -351,6 +351,7 @@ pub fn run_batches(
     use std::sync::{mpsc, Arc, Mutex};
     let started = std::time::Instant::now();
     let Feed { specs, arrays, batch, samples } = *feed;
+    let streams = sessions.len();
     let result = std::thread::scope(|scope| {
         let (job_tx, job_rx) = mpsc::sync_channel::<Job>(sessions.len() + 1);
         let job_rx = Arc::new(Mutex::new(job_rx));
@@ -378,7 +379,7 @@ pub fn run_batches(
         let mut pending = std::collections::BTreeMap::new();
         let mut next = 0;
         for (k, n, out) in done_rx {
-            pending.insert(k, (n, out?));
+            pending.insert(k, (n, out.map_err(|e| with_memory_hint(e, streams))?));
             while let Some((n, out)) = pending.remove(&next) {
                 each(n, out)?;
                 first.get_or_insert_with(|| started.elapsed());
@@ -394,6 +395,21 @@ pub fn run_batches(
         }
     }
     result
+}
+
+/// Adds what to do to ONNX Runtime's out-of-memory errors.
+fn with_memory_hint(e: Error, streams: usize) -> Error {
+    match e {
+        Error::Runtime(m) if m.contains("Failed to allocate") || m.to_lowercase().contains("out of memory") => {
+            let streams = if streams > 1 {
+                format!("each of the {streams} streams holds its own activations: try --streams 1, or ")
+            } else {
+                "try ".into()
+            };
+            Error::Runtime(format!("{m} ({streams}a smaller --batch-size)"))
+        }
+        e => e,
+    }
 }
 
 fn run_one(
@@ -433,5 +449,17 @@ mod tests {
         assert!(concurrent_runs(&Engine { streams: Some(0), ..cuda }, 10).is_err());
         assert_eq!(concurrent_runs(&Engine::default(), 10).unwrap(), 1);
         assert!(concurrent_runs(&Engine { streams: Some(2), ..Default::default() }, 10).is_err());
+    }
+
+    #[test]
+    fn out_of_memory_errors_say_what_to_lower() {
+        let oom = || Error::Runtime("CUDA failure 2: out of memory ; GPU=0".into());
+        let two = with_memory_hint(oom(), 2).to_string();
+        assert!(two.ends_with(
+            "(each of the 2 streams holds its own activations: try --streams 1, or a smaller --batch-size)"
+        ));
+        assert!(with_memory_hint(oom(), 1).to_string().ends_with("(try a smaller --batch-size)"));
+        let other = with_memory_hint(Error::Runtime("shape mismatch".into()), 2).to_string();
+        assert_eq!(other, "ONNX Runtime: shape mismatch");
     }
 }
