@@ -359,3 +359,17 @@ fn recalibrate_that_cannot_write_its_weights_leaves_no_model() {
         .stderr(contains("missing: cannot create the output here"));
     assert!(listing(dir.path()).is_empty(), "left behind: {:?}", listing(dir.path()));
 }
+
+#[test]
+fn recalibrate_cuda_options_on_the_cpu_and_zero_streams() {
+    let (m, x) = (fixture("mlp/model.onnx"), fixture("mlp/train.npy"));
+    for (extra, message) in [
+        (&["--streams", "2"][..], "--streams applies to --device cuda"),
+        (&["--tf32"][..], "--tf32 applies to --device cuda"),
+        (&["--device", "cuda", "--streams", "0"][..], "--streams must be at least 1"),
+    ] {
+        let mut args = vec![os(Path::new("--model")), os(&m), os(Path::new("--inputs")), os(&x)];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        recalibrate_fails(&args, message);
+    }
+}

@@ -223,29 +223,6 @@ fn cuda_without_a_cuda_runtime_is_an_error_not_a_fallback() {
 }
 
 #[test]
-fn cuda_options_are_refused_on_the_cpu_and_streams_must_be_positive() {
-    for (extra, message) in [
-        (&["--streams", "2"][..], "--streams applies to --device cuda"),
-        (&["--tf32"][..], "--tf32 applies to --device cuda"),
-        (&["--device", "cuda", "--streams", "0"][..], "--streams must be at least 1"),
-    ] {
-        let dir = tmp();
-        swa()
-            .args(["recalibrate", "--model"])
-            .arg(fixture("mlp/model.onnx"))
-            .arg("--inputs")
-            .arg(fixture("mlp/train.npy"))
-            .arg("-o")
-            .arg(dir.path().join("out.onnx"))
-            .args(extra)
-            .assert()
-            .code(2)
-            .stderr(contains(message));
-        assert!(listing(dir.path()).is_empty());
-    }
-}
-
-#[test]
 fn sessions_open_from_external_data_like_models_over_2_gib() {
     let (model, x) = (fixture("cnn/model.onnx"), fixture("cnn/eval.npy"));
     assert_eq!(logits_via(&model, &x, true), logits_via(&model, &x, false));
