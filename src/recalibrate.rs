@@ -193,8 +193,6 @@ pub struct PassResult {
     /// Seconds until the first batch's statistics were in: ONNX Runtime's and cuDNN's set-up on
     /// the first run, plus the batch itself.
     pub first_batch_seconds: f64,
-    /// Samples in the first batch.
-    pub first_batch_samples: usize,
 }
 
 /// Runs the statistics graph of `prepared` over the samples and aggregates the statistics.
@@ -232,13 +230,9 @@ pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
         prepared.layers.iter().map(|l| accumulator(opts.stats, l.channels)).collect();
     let bar = progress::samples_bar(samples as u64, "recalibrating", opts.quiet);
     let mut batches = 0;
-    let mut first_batch_samples = 0;
     let feed = runtime::Feed { specs: &specs, arrays: &arrays, batch: opts.batch_size, samples };
-    let first_batch = runtime::run_batches(&mut sessions, &feed, &[&layout.output], &bar, |n, out| {
+    let first_batch = runtime::run_batches(&mut sessions, &feed, &[&layout.output], &bar, |_, out| {
         let all = &out[0].data;
-        if batches == 0 {
-            first_batch_samples = n;
-        }
         for (k, (&at, l)) in layout.offsets.iter().zip(&prepared.layers).enumerate() {
             let c = l.channels;
             let (mean, var, count) = (&all[at..at + c], &all[at + c..at + 2 * c], all[at + 2 * c] as f64);
@@ -271,7 +265,6 @@ pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
         batches,
         seconds: started.elapsed().as_secs_f64(),
         first_batch_seconds: first_batch.as_secs_f64(),
-        first_batch_samples,
     })
 }
 
@@ -465,8 +458,8 @@ pub fn recalibrate(opts: &RecalibrateOptions) -> Result<RecalibrateSummary> {
         samples_per_second: result.samples as f64 / result.seconds.max(1e-9),
         seconds_first_batch: result.first_batch_seconds,
         samples_per_second_after_first: (result.batches > 1).then(|| {
-            (result.samples - result.first_batch_samples) as f64
-                / (result.seconds - result.first_batch_seconds).max(1e-9)
+            // A pass is never shorter than one full batch.
+            (result.samples - opts.pass.batch_size) as f64 / (result.seconds - result.first_batch_seconds).max(1e-9)
         }),
     })
 }

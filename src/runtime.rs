@@ -159,24 +159,26 @@ pub fn session_for(model: &Model, engine: &Engine, external: bool) -> Result<Ses
 /// batch while the others run theirs (see [`concurrent_runs`]).
 pub fn sessions_for(model: &Model, engine: &Engine, external: bool, count: usize) -> Result<Vec<Session>> {
     let (bytes, data) = model.encode_with("model.onnx.data", external);
-    let _dir;
-    let open: Box<dyn Fn() -> Result<Session> + Sync> = match data {
-        None => Box::new(|| session(&bytes, engine)),
+    let dir = match data {
+        None => None,
         Some(data) => {
             let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
             let path = dir.path().join("model.onnx");
             std::fs::write(&path, &bytes).map_err(|e| Error::io(&path, e))?;
             let data_path = dir.path().join("model.onnx.data");
             std::fs::write(&data_path, &data).map_err(|e| Error::io(&data_path, e))?;
-            _dir = dir;
-            Box::new(move || Ok(builder(engine)?.commit_from_file(&path)?))
+            Some(dir)
         }
+    };
+    let open = || match &dir {
+        None => session(&bytes, engine),
+        Some(dir) => Ok(builder(engine)?.commit_from_file(dir.path().join("model.onnx"))?),
     };
     if count <= 1 {
         return Ok(vec![open()?]);
     }
     std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..count).map(|_| scope.spawn(&open)).collect();
+        let handles: Vec<_> = (0..count).map(|_| scope.spawn(open)).collect();
         handles.into_iter().map(|h| h.join().expect("session creation panicked")).collect()
     })
 }
