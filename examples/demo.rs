@@ -6,11 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
-use swa::average::Selection;
+use std::num::NonZeroUsize;
+
 use swa::evaluate::EvalOptions;
+use swa::inputs::Selection;
 use swa::pipeline::{run, RunOptions};
-use swa::recalibrate::{PassOptions, StatsMode};
-use swa::runtime::Engine;
+use swa::recalibrate::PassOptions;
 
 fn main() -> std::process::ExitCode {
     match demo() {
@@ -30,21 +31,10 @@ fn demo() -> swa::Result<()> {
         checkpoints: vec![fixtures.join("checkpoints")],
         selection: Selection { from: Some(4), ..Default::default() },
         pass: PassOptions {
-            inputs: fixtures.join("train.npy"),
-            batch_size: 32,
-            max_samples: None,
-            stats: StatsMode::Precise,
-            engine: Engine::default(),
-            quiet: false,
+            batch_size: NonZeroUsize::new(32).expect("non-zero"),
+            ..PassOptions::new(fixtures.join("train.npy"))
         },
-        eval: EvalOptions {
-            inputs: fixtures.join("eval.npy"),
-            labels: fixtures.join("eval_labels.npy"),
-            batch_size: 256,
-            top_k: 5,
-            engine: Engine::default(),
-            quiet: false,
-        },
+        eval: EvalOptions::new(fixtures.join("eval.npy"), fixtures.join("eval_labels.npy")),
         recalibrate_each: true,
         allow_partial: false,
         out: out.clone(),

@@ -7,40 +7,22 @@
 //! output is byte-identical whatever the thread count.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::checkpoint::sharded::{self, OutputPlan, Shard};
 use crate::checkpoint::{dtype, Checkpoint, Dtype, SafetensorsWriter, TensorEntry, TensorSpec};
-use crate::error::{Error, Result};
+use crate::error::{Error, Hint, Result, Setting};
+use crate::fs::refuse_overwrite;
+use crate::inputs::{self, CheckpointFile, Selection};
 use crate::progress;
 
 /// Elements per work item: 32 Ki elements keep the f64 accumulator (256 KiB) in L2.
 pub const CHUNK: usize = 32 * 1024;
-
-/// A checkpoint file found on the command line or in a directory, with the number in its name.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct CheckpointFile {
-    /// Its path.
-    pub path: PathBuf,
-    /// The epoch / step number in its name (`epoch_015` → 15), if any.
-    pub number: Option<u64>,
-}
-
-/// Which of the found checkpoints to use; applied in this order: `from`/`to`, `every`, `last`.
-#[derive(Debug, Clone, Default)]
-pub struct Selection {
-    /// Smallest number kept (inclusive).
-    pub from: Option<u64>,
-    /// Largest number kept (inclusive).
-    pub to: Option<u64>,
-    /// Keep every k-th, starting with the first.
-    pub every: Option<usize>,
-    /// Keep only the last N.
-    pub last: Option<usize>,
-}
 
 /// How the selected checkpoints are weighted.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -85,7 +67,7 @@ pub struct AverageOptions {
     /// Output: a `.safetensors` file, or a `*.index.json` for a sharded output.
     pub output: PathBuf,
     /// Shard the output into files of at most this many bytes.
-    pub shard_size: Option<u64>,
+    pub shard_size: Option<NonZeroU64>,
     /// Hide the progress bar.
     pub quiet: bool,
 }
@@ -147,210 +129,28 @@ pub fn is_buffer(name: &str, dtype: Dtype) -> bool {
         || name.ends_with("num_batches_tracked")
 }
 
-const NAME_SUFFIXES: [&str; 4] = [".safetensors.index.json", ".index.json", ".safetensors", ".onnx"];
-const NUMBER_KEYS: [&str; 7] = ["epoch", "step", "ckpt", "checkpoint", "iter", "it", "e"];
-
-/// The epoch or step number in a checkpoint's name: the number after `epoch`, `step`, `ckpt`,
-/// `checkpoint` or `iter` if there is one, else the last number in the name.
-pub fn name_number(name: &str) -> Option<u64> {
-    let stem = NAME_SUFFIXES.iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
-    let bytes = stem.as_bytes();
-    let (mut keyed, mut last) = (None, None);
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i].is_ascii_digit() {
-            let start = i;
-            while i < bytes.len() && bytes[i].is_ascii_digit() {
-                i += 1;
-            }
-            let Ok(n) = stem[start..i].parse::<u64>() else { continue };
-            let word: String = stem[..start]
-                .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
-                .chars()
-                .rev()
-                .take_while(|c| c.is_ascii_alphabetic())
-                .collect::<String>()
-                .chars()
-                .rev()
-                .collect::<String>()
-                .to_ascii_lowercase();
-            if NUMBER_KEYS.contains(&word.as_str()) {
-                keyed = Some(n);
-            }
-            last = Some(n);
-        } else {
-            i += 1;
-        }
-    }
-    keyed.or(last)
-}
-
-/// Compares names so that digit runs compare by value (`epoch_2` before `epoch_10`).
-pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
-    loop {
-        match (a.first(), b.first()) {
-            (None, None) => return std::cmp::Ordering::Equal,
-            (None, _) => return std::cmp::Ordering::Less,
-            (_, None) => return std::cmp::Ordering::Greater,
-            (Some(x), Some(y)) if x.is_ascii_digit() && y.is_ascii_digit() => {
-                let da = a.iter().take_while(|c| c.is_ascii_digit()).count();
-                let db = b.iter().take_while(|c| c.is_ascii_digit()).count();
-                let (na, nb) = (trim_zeros(&a[..da]), trim_zeros(&b[..db]));
-                let ord = na.len().cmp(&nb.len()).then(na.cmp(nb));
-                if ord.is_ne() {
-                    return ord;
-                }
-                a = &a[da..];
-                b = &b[db..];
-            }
-            (Some(x), Some(y)) => {
-                if x != y {
-                    return x.cmp(y);
-                }
-                a = &a[1..];
-                b = &b[1..];
-            }
-        }
-    }
-}
-
-fn trim_zeros(d: &[u8]) -> &[u8] {
-    let z = d.iter().take_while(|&&c| c == b'0').count();
-    &d[z.min(d.len().saturating_sub(1))..]
-}
-
-fn is_checkpoint_name(name: &str) -> bool {
-    name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json") || name.ends_with(".onnx")
-}
-
-/// Expands directories into the checkpoints they hold and orders everything by the number in
-/// each name (natural order, never lexical).
-pub fn discover(paths: &[PathBuf]) -> Result<Vec<CheckpointFile>> {
-    let mut found = Vec::new();
-    for path in paths {
-        if !path.is_dir() {
-            if !path.exists() {
-                return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
-            }
-            found.push(path.clone());
-            continue;
-        }
-        if let Some(index) = crate::checkpoint::find_index(path)? {
-            found.push(index);
-            continue;
-        }
-        let mut inside = Vec::new();
-        for entry in std::fs::read_dir(path).map_err(|e| Error::io(path, e))? {
-            let p = entry.map_err(|e| Error::io(path, e))?.path();
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if name.starts_with('.') {
-                continue;
-            }
-            if p.is_dir() {
-                if let Some(index) = crate::checkpoint::find_index(&p)? {
-                    inside.push(index);
-                } else if p.join("model.safetensors").is_file() {
-                    inside.push(p.join("model.safetensors"));
-                }
-            } else if is_checkpoint_name(&name) {
-                inside.push(p);
-            }
-        }
-        if inside.is_empty() {
-            return Err(Error::format(
-                path,
-                "directory holds no checkpoint (*.safetensors, *.safetensors.index.json, *.onnx)",
-            ));
-        }
-        found.extend(inside);
-    }
-    let mut files: Vec<CheckpointFile> =
-        found.into_iter().map(|path| CheckpointFile { number: number_of(&path), path }).collect();
-    let display = |f: &CheckpointFile| f.path.to_string_lossy().into_owned();
-    if files.iter().all(|f| f.number.is_some()) {
-        files.sort_by(|a, b| a.number.cmp(&b.number).then_with(|| natural_cmp(&display(a), &display(b))));
-    } else {
-        files.sort_by(|a, b| natural_cmp(&display(a), &display(b)));
-    }
-    files.dedup_by(|a, b| a.path == b.path);
-    Ok(files)
-}
-
-/// The number of a checkpoint: from its file name, or for generic names (`model.safetensors`,
-/// `model.safetensors.index.json`) inside a run directory (`checkpoint-500/`), from the directory.
-fn number_of(path: &Path) -> Option<u64> {
-    let name = path.file_name()?.to_string_lossy();
-    let generic = name.starts_with("model") || name.contains("pytorch_model");
-    name_number(&name)
-        .or_else(|| if generic { name_number(&path.parent()?.file_name()?.to_string_lossy()) } else { None })
-}
-
-/// Applies a selection; the result is never empty.
-pub fn select(files: &[CheckpointFile], sel: &Selection) -> Result<Vec<CheckpointFile>> {
-    let mut out: Vec<CheckpointFile> = Vec::new();
-    for f in files {
-        if sel.from.is_some() || sel.to.is_some() {
-            let Some(n) = f.number else {
-                return Err(Error::format(
-                    &f.path,
-                    "--from/--to select by the number in the file name, and this one has none",
-                ));
-            };
-            if sel.from.is_some_and(|from| n < from) || sel.to.is_some_and(|to| n > to) {
-                continue;
-            }
-        }
-        out.push(f.clone());
-    }
-    if let Some(k) = sel.every {
-        if k == 0 {
-            return Err(Error::usage("--every must be at least 1"));
-        }
-        out = out.into_iter().step_by(k).collect();
-    }
-    if let Some(n) = sel.last {
-        if n == 0 {
-            return Err(Error::usage("--last must be at least 1"));
-        }
-        out = out.split_off(out.len().saturating_sub(n));
-    }
-    if out.is_empty() {
-        let range = match (sel.from, sel.to) {
-            (None, None) => String::new(),
-            (f, t) => {
-                format!(" in {}..={}", f.map_or("".into(), |v| v.to_string()), t.map_or("".into(), |v| v.to_string()))
-            }
-        };
-        let numbers: Vec<String> = files.iter().filter_map(|f| f.number.map(|n| n.to_string())).collect();
-        return Err(Error::usage(format!(
-            "no checkpoint selected{range}: {} found{}",
-            files.len(),
-            if numbers.is_empty() { String::new() } else { format!(" (numbers {})", numbers.join(", ")) }
-        )));
-    }
-    Ok(out)
-}
-
 /// Relative weights for `count` checkpoints in order (not normalised: the average divides by their sum).
 pub fn relative_weights(count: usize, weighting: &Weighting) -> Result<Vec<f64>> {
     match weighting {
         Weighting::Uniform => Ok(vec![1.0; count]),
         Weighting::Explicit(w) => {
             if w.len() != count {
-                return Err(Error::usage(format!("--weights has {} values for {count} selected checkpoints", w.len())));
+                return Err(Error::setting(
+                    Setting::Weights,
+                    format!("has {} values for {count} selected checkpoints", w.len()),
+                ));
             }
             if let Some(bad) = w.iter().find(|v| !v.is_finite() || **v < 0.0) {
-                return Err(Error::usage(format!("--weights must be finite and non-negative, got {bad}")));
+                return Err(Error::setting(Setting::Weights, format!("must be finite and non-negative, got {bad}")));
             }
             if w.iter().sum::<f64>() <= 0.0 {
-                return Err(Error::usage("--weights sum to zero"));
+                return Err(Error::setting(Setting::Weights, "sum to zero"));
             }
             Ok(w.clone())
         }
         Weighting::Ema(decay) => {
             if !(*decay > 0.0 && *decay < 1.0) {
-                return Err(Error::usage(format!("--ema decay must be in (0, 1), got {decay}")));
+                return Err(Error::setting(Setting::Ema, format!("decay must be in (0, 1), got {decay}")));
             }
             // θ ← d·θ + (1−d)·θ_new, starting from the oldest.
             Ok((0..count)
@@ -407,78 +207,137 @@ pub fn check_compatible(checkpoints: &[&Checkpoint], resumed: bool) -> Result<()
     Err(Error::Mismatch(format!("checkpoints disagree ({} differences):\n{}{more}", all.len(), shown.join("\n"))))
 }
 
-fn canonical_target(path: &Path) -> Option<PathBuf> {
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    Some(parent.canonicalize().ok()?.join(path.file_name()?))
+/// The checkpoints of an average, opened, in order (a resumed average first), with their
+/// normalised weights.
+struct Inputs {
+    checkpoints: Vec<Checkpoint>,
+    files: Vec<CheckpointFile>,
+    weights: Vec<f64>,
+    n_models: u64,
+    sources: Vec<String>,
 }
 
-/// Refuses to write `output` over one of `inputs`.
-pub fn refuse_overwrite(output: &Path, inputs: &[&Path]) -> Result<()> {
-    let Some(target) = canonical_target(output) else { return Ok(()) };
-    for input in inputs {
-        if input.canonicalize().ok().as_deref() == Some(target.as_path()) {
-            return Err(Error::usage(format!(
-                "output {} is also an input: refusing to overwrite it",
-                output.display()
-            )));
+impl Inputs {
+    /// Finds, selects, weights and opens the inputs, and checks that they agree.
+    fn open(opts: &AverageOptions) -> Result<Self> {
+        let selected = inputs::select(&inputs::discover(&opts.checkpoints)?, &opts.selection)?;
+        let mut rel = relative_weights(selected.len(), &opts.weighting)?;
+        let mut inputs = Inputs {
+            checkpoints: Vec::new(),
+            files: Vec::new(),
+            weights: Vec::new(),
+            n_models: 0,
+            sources: Vec::new(),
+        };
+        if let Some(prior) = &opts.resume {
+            if opts.weighting != Weighting::Uniform {
+                return Err(Error::setting(
+                    Setting::Resume,
+                    "continues a uniform average; it cannot be combined with explicit or EMA weights",
+                ));
+            }
+            let ck = inputs::open_checkpoint(prior)?;
+            let n: u64 =
+                ck.metadata().get("n_models").and_then(|v| v.parse().ok()).filter(|&n| n > 0).ok_or_else(|| {
+                    Error::format(prior, "has no `n_models` in its metadata: was it written by `swa average`?")
+                })?;
+            if let Some(s) = ck.metadata().get("sources").and_then(|s| serde_json::from_str::<Vec<String>>(s).ok()) {
+                inputs.sources.extend(s);
+            }
+            rel.insert(0, n as f64);
+            inputs.n_models = n;
+            inputs.files.push(CheckpointFile { path: prior.clone(), number: None });
+            inputs.checkpoints.push(ck);
         }
-    }
-    Ok(())
-}
-
-struct Shard {
-    path: PathBuf,
-    specs: Vec<TensorSpec>,
-}
-
-/// Splits the output into shards in the Hugging Face layout, or one file.
-fn plan_outputs(output: &Path, specs: &[TensorSpec], shard_size: Option<u64>) -> Result<(Vec<Shard>, Option<PathBuf>)> {
-    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    if shard_size.is_none() && !name.ends_with(".index.json") {
-        return Ok((vec![Shard { path: output.to_path_buf(), specs: specs.to_vec() }], None));
-    }
-    let limit = shard_size.unwrap_or(5 << 30);
-    if limit == 0 {
-        return Err(Error::usage("--shard-size must be positive"));
-    }
-    let stem = name.trim_end_matches(".index.json").trim_end_matches(".safetensors").to_string();
-    let index = output.with_file_name(format!("{stem}.safetensors.index.json"));
-    let mut groups: Vec<Vec<TensorSpec>> = vec![Vec::new()];
-    let mut size = 0u64;
-    for s in specs {
-        let n = s.nbytes() as u64;
-        if size > 0 && size + n > limit {
-            groups.push(Vec::new());
-            size = 0;
+        inputs.n_models += selected.len() as u64;
+        for f in selected {
+            inputs.checkpoints.push(inputs::open_checkpoint(&f.path)?);
+            inputs.sources.push(f.path.to_string_lossy().into_owned());
+            inputs.files.push(f);
         }
-        size += n;
-        groups.last_mut().unwrap().push(s.clone());
+        let refs: Vec<&Checkpoint> = inputs.checkpoints.iter().collect();
+        check_compatible(&refs, opts.resume.is_some())?;
+        let total: f64 = rel.iter().sum();
+        inputs.weights = rel.iter().map(|w| w / total).collect();
+        Ok(inputs)
     }
-    let count = groups.len();
-    let shards = groups
-        .into_iter()
-        .enumerate()
-        .map(|(i, specs)| Shard {
-            path: output.with_file_name(format!("{stem}-{:05}-of-{count:05}.safetensors", i + 1)),
-            specs,
-        })
-        .collect();
-    Ok((shards, Some(index)))
+
+    /// The newest checkpoint: its tensor order, dtypes and buffers are the output's.
+    fn newest(&self) -> &Checkpoint {
+        self.checkpoints.last().expect("at least one checkpoint")
+    }
 }
 
-/// Adds one input's chunk (dtype, bytes, weight) to an accumulator; returns the index of a
-/// non-finite value, if any.
-type Accumulate<'a> = dyn FnMut(Dtype, &[u8], f64) -> Option<usize> + 'a;
-
-#[derive(Clone, Copy)]
+/// What happens to one output tensor.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Average,
     Copy,
 }
 
+/// The output tensors (in the newest checkpoint's order) and what happens to each.
+struct TensorPlan {
+    specs: Vec<TensorSpec>,
+    kinds: Vec<Kind>,
+    buffers: BufferSummary,
+}
+
+fn plan_tensors(newest: &Checkpoint, opts: &AverageOptions) -> TensorPlan {
+    let mut plan = TensorPlan {
+        specs: Vec::new(),
+        kinds: Vec::new(),
+        buffers: BufferSummary {
+            policy: opts.buffers,
+            copied: 0,
+            averaged: 0,
+            copied_from: newest.path().to_path_buf(),
+        },
+    };
+    for t in newest.tensors() {
+        let float = dtype::is_float(t.dtype);
+        let kind = if !is_buffer(&t.name, t.dtype) {
+            Kind::Average
+        } else if float && opts.buffers == BufferPolicy::Average {
+            plan.buffers.averaged += 1;
+            Kind::Average
+        } else {
+            plan.buffers.copied += 1;
+            Kind::Copy
+        };
+        let out_dtype = if float { opts.dtype.unwrap_or(t.dtype) } else { t.dtype };
+        plan.specs.push(TensorSpec { name: t.name.clone(), dtype: out_dtype, shape: t.shape.clone() });
+        plan.kinds.push(kind);
+    }
+    plan
+}
+
+fn weighting_name(weighting: &Weighting) -> String {
+    match weighting {
+        Weighting::Uniform => "uniform".to_string(),
+        Weighting::Explicit(_) => "explicit".to_string(),
+        Weighting::Ema(d) => format!("ema({d})"),
+    }
+}
+
+/// The `__metadata__` of the output: `n_models` (what `resume` continues), sources, weights.
+fn metadata(opts: &AverageOptions, inputs: &Inputs) -> BTreeMap<String, String> {
+    let newest = inputs.newest().path().display();
+    let buffers = match opts.buffers {
+        BufferPolicy::Newest => format!("copied from {newest}"),
+        BufferPolicy::Average => format!("float buffers averaged, integers copied from {newest}"),
+    };
+    BTreeMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("n_models".to_string(), inputs.n_models.to_string()),
+        ("sources".to_string(), serde_json::to_string(&inputs.sources).expect("strings")),
+        ("weighting".to_string(), weighting_name(&opts.weighting)),
+        ("weights".to_string(), serde_json::to_string(&inputs.weights).expect("floats")),
+        ("buffers".to_string(), buffers),
+        ("swa_version".to_string(), crate::VERSION.to_string()),
+    ])
+}
+
+/// One chunk of one output tensor: [`CHUNK`] elements at most.
 struct Item {
     shard: usize,
     slot: usize,
@@ -487,113 +346,13 @@ struct Item {
     len: usize,
 }
 
-/// Averages checkpoints as `opts` says and writes the result atomically.
-pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
-    let started = Instant::now();
-    let found = discover(&opts.checkpoints)?;
-    let selected = select(&found, &opts.selection)?;
-    let mut rel = relative_weights(selected.len(), &opts.weighting)?;
-
-    let mut checkpoints = Vec::new();
-    let mut inputs_meta = Vec::new();
-    let mut n_models = selected.len() as u64;
-    let mut sources: Vec<String> = Vec::new();
-    if let Some(prior) = &opts.resume {
-        if opts.weighting != Weighting::Uniform {
-            return Err(Error::usage(
-                "--resume continues a uniform average; it cannot be combined with --weights or --ema",
-            ));
-        }
-        let ck = Checkpoint::open(prior)?;
-        let n: u64 =
-            ck.metadata().get("n_models").and_then(|v| v.parse().ok()).filter(|&n| n > 0).ok_or_else(|| {
-                Error::format(prior, "has no `n_models` in its metadata: was it written by `swa average`?")
-            })?;
-        if let Some(s) = ck.metadata().get("sources").and_then(|s| serde_json::from_str::<Vec<String>>(s).ok()) {
-            sources.extend(s);
-        }
-        rel.insert(0, n as f64);
-        n_models += n;
-        inputs_meta.push(CheckpointFile { path: prior.clone(), number: None });
-        checkpoints.push(ck);
-    }
-    for f in &selected {
-        checkpoints.push(Checkpoint::open(&f.path)?);
-        sources.push(f.path.to_string_lossy().into_owned());
-        inputs_meta.push(f.clone());
-    }
-    let refs: Vec<&Checkpoint> = checkpoints.iter().collect();
-    check_compatible(&refs, opts.resume.is_some())?;
-    let all_files: Vec<&Path> = checkpoints.iter().flat_map(|c| c.files()).collect();
-
-    let total: f64 = rel.iter().sum();
-    let weights: Vec<f64> = rel.iter().map(|w| w / total).collect();
-    let newest = checkpoints.len() - 1;
-    let reference = &checkpoints[newest];
-
-    let mut specs = Vec::new();
-    let mut kinds = Vec::new();
-    let mut buffers =
-        BufferSummary { policy: opts.buffers, copied: 0, averaged: 0, copied_from: reference.path().to_path_buf() };
-    for t in reference.tensors() {
-        let float = dtype::is_float(t.dtype);
-        let kind = if !is_buffer(&t.name, t.dtype) {
-            Kind::Average
-        } else if float && opts.buffers == BufferPolicy::Average {
-            buffers.averaged += 1;
-            Kind::Average
-        } else {
-            buffers.copied += 1;
-            Kind::Copy
-        };
-        let out_dtype = if float { opts.dtype.unwrap_or(t.dtype) } else { t.dtype };
-        specs.push(TensorSpec { name: t.name.clone(), dtype: out_dtype, shape: t.shape.clone() });
-        kinds.push(kind);
-    }
-    // Per checkpoint, its entry for each output tensor, in output order.
-    let entries: Vec<Vec<&TensorEntry>> = checkpoints
-        .iter()
-        .map(|c| specs.iter().map(|s| c.get(&s.name).expect("checked compatible")).collect())
-        .collect();
-
-    let (shards, index_path) = plan_outputs(&opts.output, &specs, opts.shard_size)?;
-    for shard in &shards {
-        refuse_overwrite(&shard.path, &all_files)?;
-    }
-    if let Some(index) = &index_path {
-        refuse_overwrite(index, &all_files)?;
-    }
-
-    let weighting = match &opts.weighting {
-        Weighting::Uniform => "uniform".to_string(),
-        Weighting::Explicit(_) => "explicit".to_string(),
-        Weighting::Ema(d) => format!("ema({d})"),
-    };
-    let mut metadata = BTreeMap::new();
-    metadata.insert("format".to_string(), "pt".to_string());
-    metadata.insert("n_models".to_string(), n_models.to_string());
-    metadata.insert("sources".to_string(), serde_json::to_string(&sources).expect("strings"));
-    metadata.insert("weighting".to_string(), weighting.clone());
-    metadata.insert("weights".to_string(), serde_json::to_string(&weights).expect("floats"));
-    metadata.insert(
-        "buffers".to_string(),
-        match opts.buffers {
-            BufferPolicy::Newest => format!("copied from {}", reference.path().display()),
-            BufferPolicy::Average => {
-                format!("float buffers averaged, integers copied from {}", reference.path().display())
-            }
-        },
-    );
-    metadata.insert("swa_version".to_string(), crate::VERSION.to_string());
-
-    let writers: Vec<SafetensorsWriter> =
-        shards.iter().map(|s| SafetensorsWriter::create(&s.path, &s.specs, &metadata)).collect::<Result<_>>()?;
-
+/// Splits every tensor of every shard into chunks (an empty tensor is one empty chunk).
+fn chunks(shards: &[Shard]) -> Vec<Item> {
     let mut items = Vec::new();
     let mut tensor = 0;
     for (shard, s) in shards.iter().enumerate() {
-        for slot in 0..s.specs.len() {
-            let numel: usize = specs[tensor].shape.iter().product();
+        for (slot, spec) in s.specs.iter().enumerate() {
+            let numel: usize = spec.shape.iter().product();
             let mut start = 0;
             while start < numel || (numel == 0 && start == 0) {
                 let len = CHUNK.min(numel - start);
@@ -603,103 +362,169 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
             tensor += 1;
         }
     }
+    items
+}
 
-    let bytes_read: u64 = specs
-        .iter()
-        .enumerate()
-        .map(|(i, _)| match kinds[i] {
-            Kind::Average => entries.iter().map(|e| e[i].nbytes() as u64).sum::<u64>(),
-            Kind::Copy => entries[newest][i].nbytes() as u64,
-        })
-        .sum();
-    let bytes_written: u64 = specs.iter().map(|s| s.nbytes() as u64).sum();
-    let bar = progress::bytes_bar(bytes_read, "averaging", opts.quiet);
+/// Adds one input's chunk (dtype, bytes, weight) to an accumulator; returns the index of a
+/// non-finite value, if any.
+type Accumulate<'a> = dyn FnMut(Dtype, &[u8], f64) -> Option<usize> + 'a;
 
-    items.par_iter().try_for_each_init(
-        || (Vec::<f64>::new(), Vec::<f32>::new(), Vec::<u8>::new()),
-        |(acc, narrow, out), item| -> Result<()> {
-            let spec = &specs[item.tensor];
-            out.resize(item.len * dtype::width(spec.dtype), 0);
-            match kinds[item.tensor] {
-                Kind::Average => {
-                    // Feeds `add` every checkpoint's slice of this chunk, oldest first.
-                    let each_input = |add: &mut Accumulate| -> Result<()> {
-                        for (c, ck) in checkpoints.iter().enumerate() {
-                            let e = entries[c][item.tensor];
-                            let size = dtype::width(e.dtype);
-                            let bytes = &ck.bytes(e)[item.start * size..(item.start + item.len) * size];
-                            if let (Some(at), false) = (add(e.dtype, bytes, weights[c]), opts.allow_nonfinite) {
-                                return Err(nonfinite(ck, e, item.start + at));
-                            }
-                            bar.inc(bytes.len() as u64);
-                        }
-                        Ok(())
-                    };
-                    if entries.iter().all(|e| dtype::is_narrow(e[item.tensor].dtype)) {
-                        narrow.clear();
-                        narrow.resize(item.len, 0.0);
-                        each_input(&mut |d, bytes, w| dtype::accumulate_narrow(d, bytes, w as f32, narrow))?;
-                        dtype::encode_f32(spec.dtype, narrow, out);
-                    } else {
-                        acc.clear();
-                        acc.resize(item.len, 0.0);
-                        each_input(&mut |d, bytes, w| dtype::accumulate(d, bytes, w, acc))?;
-                        dtype::encode(spec.dtype, acc, out);
-                    }
-                }
-                Kind::Copy => {
-                    let ck = &checkpoints[newest];
-                    let e = entries[newest][item.tensor];
-                    let size = dtype::width(e.dtype);
-                    let bytes = &ck.bytes(e)[item.start * size..(item.start + item.len) * size];
-                    if let (Some(at), false) = (dtype::first_nonfinite(e.dtype, bytes), opts.allow_nonfinite) {
-                        return Err(nonfinite(ck, e, item.start + at));
-                    }
-                    if e.dtype == spec.dtype {
-                        out.copy_from_slice(bytes);
-                    } else {
-                        out.copy_from_slice(&dtype::convert(e.dtype, spec.dtype, bytes));
-                    }
-                    bar.inc(bytes.len() as u64);
-                }
+/// Computes output chunks from the inputs and writes them.
+struct Kernel<'a> {
+    inputs: &'a Inputs,
+    /// Per checkpoint, its entry for each output tensor, in output order.
+    entries: Vec<Vec<&'a TensorEntry>>,
+    plan: &'a TensorPlan,
+    writers: &'a [SafetensorsWriter],
+    allow_nonfinite: bool,
+    bar: &'a indicatif::ProgressBar,
+}
+
+/// Per-thread buffers of the kernel.
+#[derive(Default)]
+struct Scratch {
+    wide: Vec<f64>,
+    narrow: Vec<f32>,
+    out: Vec<u8>,
+}
+
+impl Kernel<'_> {
+    /// Bytes the inputs give for output tensor `i`.
+    fn bytes_read(&self, i: usize) -> u64 {
+        match self.plan.kinds[i] {
+            Kind::Average => self.entries.iter().map(|e| e[i].nbytes() as u64).sum(),
+            Kind::Copy => self.entries.last().expect("inputs")[i].nbytes() as u64,
+        }
+    }
+
+    /// The bytes of `item` in checkpoint `c`'s tensor.
+    fn slice(&self, c: usize, item: &Item) -> (&TensorEntry, &[u8]) {
+        let e = self.entries[c][item.tensor];
+        let size = dtype::width(e.dtype);
+        (e, &self.inputs.checkpoints[c].bytes(e)[item.start * size..(item.start + item.len) * size])
+    }
+
+    fn nonfinite(&self, c: usize, e: &TensorEntry, at: usize) -> Error {
+        let ck = &self.inputs.checkpoints[c];
+        Error::tensor(ck.file_of(e), &e.name, format!("holds a non-finite value (NaN or Inf) at element {at}"))
+            .hint(Hint::AllowNonfinite)
+    }
+
+    /// Feeds `add` every checkpoint's slice of `item`, oldest first.
+    fn each_input(&self, item: &Item, add: &mut Accumulate) -> Result<()> {
+        for c in 0..self.inputs.checkpoints.len() {
+            let (e, bytes) = self.slice(c, item);
+            if let (Some(at), false) = (add(e.dtype, bytes, self.inputs.weights[c]), self.allow_nonfinite) {
+                return Err(self.nonfinite(c, e, item.start + at));
             }
-            writers[item.shard].write_at(item.slot, item.start * dtype::width(spec.dtype), out)
-        },
-    )?;
+            self.bar.inc(bytes.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// The weighted sum of `item` over the inputs, encoded in the output dtype into `s.out`:
+    /// accumulated in f32 when every input is 16-bit, else in f64.
+    fn average(&self, item: &Item, spec: &TensorSpec, s: &mut Scratch) -> Result<()> {
+        if self.entries.iter().all(|e| dtype::is_narrow(e[item.tensor].dtype)) {
+            s.narrow.clear();
+            s.narrow.resize(item.len, 0.0);
+            let acc = &mut s.narrow;
+            self.each_input(item, &mut |d, bytes, w| dtype::accumulate_narrow(d, bytes, w as f32, acc))?;
+            dtype::encode_f32(spec.dtype, &s.narrow, &mut s.out);
+        } else {
+            s.wide.clear();
+            s.wide.resize(item.len, 0.0);
+            let acc = &mut s.wide;
+            self.each_input(item, &mut |d, bytes, w| dtype::accumulate(d, bytes, w, acc))?;
+            dtype::encode(spec.dtype, &s.wide, &mut s.out);
+        }
+        Ok(())
+    }
+
+    /// `item` of the newest checkpoint, converted to the output dtype into `s.out`.
+    fn copy(&self, item: &Item, spec: &TensorSpec, s: &mut Scratch) -> Result<()> {
+        let newest = self.inputs.checkpoints.len() - 1;
+        let (e, bytes) = self.slice(newest, item);
+        if let (Some(at), false) = (dtype::first_nonfinite(e.dtype, bytes), self.allow_nonfinite) {
+            return Err(self.nonfinite(newest, e, item.start + at));
+        }
+        if e.dtype == spec.dtype {
+            s.out.copy_from_slice(bytes);
+        } else {
+            s.out.copy_from_slice(&dtype::convert(e.dtype, spec.dtype, bytes));
+        }
+        self.bar.inc(bytes.len() as u64);
+        Ok(())
+    }
+
+    /// Computes and writes one chunk.
+    fn run(&self, item: &Item, s: &mut Scratch) -> Result<()> {
+        let spec = &self.plan.specs[item.tensor];
+        s.out.resize(item.len * dtype::width(spec.dtype), 0);
+        match self.plan.kinds[item.tensor] {
+            Kind::Average => self.average(item, spec, s)?,
+            Kind::Copy => self.copy(item, spec, s)?,
+        }
+        self.writers[item.shard].write_at(item.slot, item.start * dtype::width(spec.dtype), &s.out)
+    }
+}
+
+/// Averages checkpoints as `opts` says and writes the result atomically.
+pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
+    let started = Instant::now();
+    let inputs = Inputs::open(opts)?;
+    let plan = plan_tensors(inputs.newest(), opts);
+    let OutputPlan { shards, index } = sharded::plan(&opts.output, &plan.specs, opts.shard_size.map(NonZeroU64::get));
+    let input_files: Vec<&Path> = inputs.checkpoints.iter().flat_map(|c| c.files()).collect();
+    for path in shards.iter().map(|s| s.path.as_path()).chain(index.as_deref()) {
+        refuse_overwrite(path, &input_files)?;
+    }
+    let metadata = metadata(opts, &inputs);
+    let writers: Vec<SafetensorsWriter> =
+        shards.iter().map(|s| SafetensorsWriter::create(&s.path, &s.specs, &metadata)).collect::<Result<_>>()?;
+
+    let entries = inputs
+        .checkpoints
+        .iter()
+        .map(|c| plan.specs.iter().map(|s| c.get(&s.name).expect("checked compatible")).collect())
+        .collect();
+    let bar = progress::bytes_bar(0, "averaging", opts.quiet);
+    let kernel = Kernel {
+        inputs: &inputs,
+        entries,
+        plan: &plan,
+        writers: &writers,
+        allow_nonfinite: opts.allow_nonfinite,
+        bar: &bar,
+    };
+    let bytes_read: u64 = (0..plan.specs.len()).map(|i| kernel.bytes_read(i)).sum();
+    let bytes_written: u64 = plan.specs.iter().map(|s| s.nbytes() as u64).sum();
+    bar.set_length(bytes_read);
+    chunks(&shards).par_iter().try_for_each_init(Scratch::default, |s, item| kernel.run(item, s))?;
     bar.finish_and_clear();
 
     let mut outputs = Vec::new();
     for w in writers {
         outputs.push(w.finish()?);
     }
-    if let Some(index) = index_path {
-        let mut weight_map = serde_json::Map::new();
-        for s in &shards {
-            let file = s.path.file_name().unwrap().to_string_lossy().into_owned();
-            for spec in &s.specs {
-                weight_map.insert(spec.name.clone(), file.clone().into());
-            }
-        }
-        let mut meta: serde_json::Map<String, serde_json::Value> =
-            metadata.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
-        meta.insert("total_size".into(), bytes_written.into());
-        let json = serde_json::json!({"metadata": meta, "weight_map": weight_map});
-        crate::checkpoint::write_atomic(&index, serde_json::to_string_pretty(&json).expect("json").as_bytes())?;
+    if let Some(index) = index {
+        sharded::write_index(&index, &shards, &metadata)?;
         outputs.push(index);
     }
-
-    let inputs = inputs_meta
-        .into_iter()
-        .zip(&weights)
-        .map(|(f, &weight)| SelectedInput { path: f.path, number: f.number, weight })
-        .collect();
+    let weighting = weighting_name(&opts.weighting);
+    let TensorPlan { specs, kinds, buffers } = plan;
+    let Inputs { files, weights, n_models, .. } = inputs;
     Ok(AverageSummary {
         outputs,
-        inputs,
+        inputs: files
+            .into_iter()
+            .zip(weights)
+            .map(|(f, weight)| SelectedInput { path: f.path, number: f.number, weight })
+            .collect(),
         n_models,
         weighting,
         tensors: specs.len(),
-        averaged: kinds.iter().filter(|k| matches!(k, Kind::Average)).count(),
+        averaged: kinds.iter().filter(|&&k| k == Kind::Average).count(),
         buffers,
         bytes_read,
         bytes_written,
@@ -707,47 +532,9 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     })
 }
 
-fn nonfinite(ck: &Checkpoint, e: &TensorEntry, at: usize) -> Error {
-    Error::tensor(
-        ck.file_of(e),
-        &e.name,
-        format!("holds a non-finite value (NaN or Inf) at element {at}; pass --allow-nonfinite to average anyway"),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn numbers_in_names() {
-        assert_eq!(name_number("epoch_015.safetensors"), Some(15));
-        assert_eq!(name_number("epoch=15.safetensors"), Some(15));
-        assert_eq!(name_number("ckpt-15.safetensors"), Some(15));
-        assert_eq!(name_number("step_1500.safetensors"), Some(1500));
-        assert_eq!(name_number("resnet50-epoch7-v2.safetensors"), Some(7));
-        assert_eq!(name_number("model.safetensors"), None);
-        assert_eq!(name_number("checkpoint-500"), Some(500));
-    }
-
-    #[test]
-    fn natural_order() {
-        let mut v = vec!["e10", "e2", "e1", "e02b"];
-        v.sort_by(|a, b| natural_cmp(a, b));
-        assert_eq!(v, ["e1", "e2", "e02b", "e10"]);
-    }
-
-    #[test]
-    fn selection_applies_range_every_last() {
-        let files: Vec<CheckpointFile> =
-            (1..=10).map(|n| CheckpointFile { path: format!("e{n}").into(), number: Some(n) }).collect();
-        let pick = |sel: Selection| select(&files, &sel).unwrap().iter().map(|f| f.number.unwrap()).collect::<Vec<_>>();
-        assert_eq!(pick(Selection { from: Some(4), to: Some(6), ..Default::default() }), [4, 5, 6]);
-        assert_eq!(pick(Selection { from: Some(2), every: Some(3), ..Default::default() }), [2, 5, 8]);
-        assert_eq!(pick(Selection { last: Some(2), ..Default::default() }), [9, 10]);
-        let err = select(&files, &Selection { from: Some(20), ..Default::default() }).unwrap_err().to_string();
-        assert!(err.contains("no checkpoint selected in 20..="), "{err}");
-    }
 
     #[test]
     fn ema_weights_follow_the_recurrence() {

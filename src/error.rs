@@ -1,4 +1,9 @@
-//! The one error type of the library: every variant names the file, tensor or ONNX node that failed.
+//! The one error type of the library: every variant names the file, tensor, ONNX node or setting
+//! that failed. Sources are kept (`#[source]`), so a caller prints the whole chain once.
+//!
+//! The library never names a command-line flag: an invalid setting is reported as a [`Setting`]
+//! (the field of the options struct), and advice that needs a setting changed is a [`Hint`].
+//! The `swa` binary renders both with its own flag names.
 
 use std::path::{Path, PathBuf};
 
@@ -6,11 +11,12 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Reading or writing a file failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
+        #[source]
         source: std::io::Error,
     },
     /// A file is not a valid checkpoint, model or array file.
@@ -44,12 +50,140 @@ pub enum Error {
     /// Inputs that must agree do not.
     #[error("{0}")]
     Mismatch(String),
-    /// An option or a combination of options is invalid.
+    /// A combination of inputs or options is invalid.
     #[error("{0}")]
     Usage(String),
-    /// ONNX Runtime could not be found, loaded or run.
+    /// One setting of the options is invalid: `message` follows the setting's name.
+    #[error("`{}` {message}", setting.field())]
+    Setting {
+        /// The setting.
+        setting: Setting,
+        /// What is wrong with its value, worded to follow its name.
+        message: String,
+    },
+    /// ONNX Runtime could not be found or loaded, or refused what it was given.
     #[error("ONNX Runtime: {0}")]
     Runtime(String),
+    /// ONNX Runtime returned an error.
+    #[error("ONNX Runtime")]
+    Ort(#[from] ort::Error),
+    /// An error, and the setting to change to get past it.
+    #[error("{}{}", chain(error), hint.library_text())]
+    Hinted {
+        /// The error.
+        error: Box<Error>,
+        /// What to change.
+        hint: Hint,
+    },
+}
+
+/// A setting of the library's options, named in errors about its value. The binary maps each to
+/// its flag; the library's own messages use the field name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Setting {
+    /// `Selection::from` / `Selection::to` (a range of numbers in names).
+    Range,
+    /// `Selection::every`.
+    Every,
+    /// `Selection::last`.
+    Last,
+    /// `Weighting::Explicit`.
+    Weights,
+    /// `Weighting::Ema`.
+    Ema,
+    /// `AverageOptions::resume`.
+    Resume,
+    /// `AverageOptions::shard_size`.
+    ShardSize,
+    /// The batch size of a pass.
+    BatchSize,
+    /// The statistics mode.
+    Stats,
+    /// `Engine::device`.
+    Device,
+    /// `Engine::streams`.
+    Streams,
+    /// `Engine::tf32`.
+    Tf32,
+    /// The output directory of `swa run`.
+    Out,
+}
+
+impl Setting {
+    /// The name of the setting in the library's options.
+    pub fn field(self) -> &'static str {
+        match self {
+            Setting::Range => "from/to",
+            Setting::Every => "every",
+            Setting::Last => "last",
+            Setting::Weights => "weights",
+            Setting::Ema => "ema",
+            Setting::Resume => "resume",
+            Setting::ShardSize => "shard_size",
+            Setting::BatchSize => "batch_size",
+            Setting::Stats => "stats",
+            Setting::Device => "device",
+            Setting::Streams => "streams",
+            Setting::Tf32 => "tf32",
+            Setting::Out => "out",
+        }
+    }
+}
+
+/// Advice attached to an error: the setting that gets past it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Hint {
+    /// Allowing non-finite values averages anyway.
+    AllowNonfinite,
+    /// Allowing a partial binding keeps the model's own values for the missing weights.
+    AllowPartial,
+    /// A smaller batch (or fewer CUDA streams, when `streams` > 1) needs less memory.
+    LessMemory {
+        /// CUDA streams in use.
+        streams: usize,
+    },
+    /// The pass has fewer samples than one batch.
+    SmallerBatch {
+        /// Whether the samples were capped by `max_samples`.
+        capped: bool,
+    },
+    /// Replacing an existing output directory needs `force`.
+    Force,
+}
+
+impl Hint {
+    /// The advice in the library's terms (setting names).
+    pub fn library_text(self) -> String {
+        match self {
+            Hint::AllowNonfinite => "; set `allow_nonfinite` to average anyway".into(),
+            Hint::AllowPartial => " Set `allow_partial` to keep the model's own values for them".into(),
+            Hint::LessMemory { streams } if streams > 1 => {
+                format!(" (each of the {streams} streams holds its own activations: use 1 stream, or a smaller batch)")
+            }
+            Hint::LessMemory { .. } => " (try a smaller batch)".into(),
+            Hint::SmallerBatch { capped } => {
+                format!(
+                    "{}: lower `batch_size` or give more samples",
+                    if capped { " (after `max_samples`)" } else { "" }
+                )
+            }
+            Hint::Force => ": set `force` to replace it".into(),
+        }
+    }
+}
+
+/// An error followed by its sources, joined by `: `.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Result with [`Error`].
@@ -76,14 +210,18 @@ impl Error {
         Error::Node { node: node.into(), op: op.into(), message: message.into() }
     }
 
-    /// An invalid option.
+    /// An invalid combination of inputs or options.
     pub fn usage(message: impl Into<String>) -> Self {
         Error::Usage(message.into())
     }
-}
 
-impl From<ort::Error> for Error {
-    fn from(e: ort::Error) -> Self {
-        Error::Runtime(e.to_string())
+    /// An invalid value of `setting`; `message` follows the setting's name.
+    pub fn setting(setting: Setting, message: impl Into<String>) -> Self {
+        Error::Setting { setting, message: message.into() }
+    }
+
+    /// This error with advice on what to change.
+    pub fn hint(self, hint: Hint) -> Self {
+        Error::Hinted { error: Box::new(self), hint }
     }
 }

@@ -1,11 +1,12 @@
 //! Classification metrics from logits: top-1, top-k, mean cross-entropy, per-class accuracy.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::data;
 use crate::error::{Error, Result};
+use crate::inputs;
 use crate::onnx::Model;
 use crate::progress;
 use crate::runtime::{self, Engine};
@@ -132,25 +133,37 @@ pub struct EvalOptions {
     /// Integer labels.
     pub labels: PathBuf,
     /// Samples per batch.
-    pub batch_size: usize,
+    pub batch_size: NonZeroUsize,
     /// k of top-k.
-    pub top_k: usize,
+    pub top_k: NonZeroUsize,
     /// Where and how to run.
     pub engine: Engine,
     /// Hide progress.
     pub quiet: bool,
 }
 
+impl EvalOptions {
+    /// Evaluation of `inputs` against `labels` in batches of 256, with top-5, on the CPU.
+    pub fn new(inputs: impl Into<PathBuf>, labels: impl Into<PathBuf>) -> Self {
+        EvalOptions {
+            inputs: inputs.into(),
+            labels: labels.into(),
+            batch_size: NonZeroUsize::new(256).expect("non-zero"),
+            top_k: NonZeroUsize::new(5).expect("non-zero"),
+            engine: Engine::default(),
+            quiet: false,
+        }
+    }
+}
+
 /// Evaluates `model` (weights already bound) on the labelled data.
 pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
-    if opts.batch_size == 0 {
-        return Err(Error::usage("--batch-size must be at least 1"));
-    }
+    let batch_size = opts.batch_size.get();
     let specs = runtime::input_specs(model)?;
     let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-    let arrays = data::open_inputs(&opts.inputs, &names)?;
+    let arrays = inputs::open_inputs(&opts.inputs, &names)?;
     runtime::check_inputs(&specs, &arrays)?;
-    let labels = data::open_labels(&opts.labels)?;
+    let labels = inputs::open_labels(&opts.labels)?;
     if labels.len() != arrays[0].len() {
         return Err(Error::format(
             &opts.labels,
@@ -163,12 +176,12 @@ pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
         .first()
         .map(|o| o.name().to_string())
         .ok_or_else(|| Error::format(&model.path, "has no output"))?;
-    let streams = runtime::concurrent_runs(&opts.engine, labels.len().div_ceil(opts.batch_size))?;
+    let streams = runtime::concurrent_runs(&opts.engine, labels.len().div_ceil(batch_size))?;
     let mut sessions = runtime::sessions_for(model, &opts.engine, false, streams)?;
-    let mut acc = MetricsAccumulator::new(opts.top_k);
+    let mut acc = MetricsAccumulator::new(opts.top_k.get());
     let bar = progress::samples_bar(labels.len() as u64, "evaluating", opts.quiet);
     let mut done = 0;
-    let feed = runtime::Feed { specs: &specs, arrays: &arrays, batch: opts.batch_size, samples: labels.len() };
+    let feed = runtime::Feed { specs: &specs, arrays: &arrays, batch: batch_size, samples: labels.len() };
     runtime::run_batches(&mut sessions, &feed, &[&output], &bar, |n, out| {
         let runtime::Fetched { shape, data: logits } = &out[0];
         if shape.len() != 2 || shape[0] as usize != n {

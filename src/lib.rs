@@ -4,7 +4,8 @@
 //! ONNX Runtime, and a report of how much it helped.
 //!
 //! ```no_run
-//! use swa::average::{average, AverageOptions, Selection};
+//! use swa::average::{average, AverageOptions};
+//! use swa::inputs::Selection;
 //!
 //! let summary = average(&AverageOptions {
 //!     checkpoints: vec!["runs/exp1/checkpoints".into()],
@@ -16,19 +17,21 @@
 //! # Ok::<(), swa::Error>(())
 //! ```
 //!
-//! Stages, each a module: [`checkpoint`] (reading), [`average`], [`onnx`] (graph reading, weight
-//! binding, the BatchNorm rewrite), [`runtime`] (ONNX Runtime), [`data`] (`.npy`/`.npz`),
-//! [`recalibrate`], [`evaluate`], [`pipeline`] (`swa run`) and [`report`].
+//! Layers, each using only those listed before it (docs/architecture.md has the map):
+//! [`fs`] (maps, staged outputs) → [`checkpoint`] (safetensors) and [`onnx`] (graph, weight
+//! binding, the BatchNorm rewrite) → [`inputs`] (finding and opening checkpoints; samples) and
+//! [`runtime`] (ONNX Runtime) → [`average`], [`recalibrate`], [`evaluate`] → [`pipeline`]
+//! (`swa run`) and [`report`]. The library takes typed options and returns typed summaries; the
+//! command line (flags, their validation, text output) lives in the `swa` binary.
 
 #![warn(missing_docs)]
 
 pub mod average;
 pub mod checkpoint;
-pub mod cli;
-pub mod commands;
-pub mod data;
 pub mod error;
 pub mod evaluate;
+pub mod fs;
+pub mod inputs;
 pub mod onnx;
 pub mod pipeline;
 pub mod progress;
@@ -36,7 +39,7 @@ pub mod recalibrate;
 pub mod report;
 pub mod runtime;
 
-pub use error::{Error, Result};
+pub use error::{Error, Hint, Result, Setting};
 
 /// This tool's name and version, as recorded in the files it writes.
 pub const VERSION: &str = concat!("swa ", env!("CARGO_PKG_VERSION"));

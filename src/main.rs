@@ -1,11 +1,15 @@
+//! The `swa` command: parse the command line, run it, print the result, exit with its code.
+
+mod cli;
+
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = swa::cli::Cli::parse();
-    match swa::commands::execute(&cli) {
+    let args = cli::Cli::parse();
+    match cli::commands::execute(&args) {
         Ok(outcome) => {
             let mut out = std::io::stdout().lock();
             match out.write_all(outcome.stdout.as_bytes()).and_then(|_| out.flush()) {
@@ -17,16 +21,7 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            let mut message = format!("swa: error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                let text = s.to_string();
-                if !message.contains(&text) {
-                    message.push_str(&format!("\n  caused by: {text}"));
-                }
-                source = s.source();
-            }
-            eprintln!("{message}");
+            eprintln!("swa: error: {}", cli::render::error(&e));
             ExitCode::from(2)
         }
     }

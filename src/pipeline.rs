@@ -4,11 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::average::{self, AverageOptions, Selection};
-use crate::error::{Error, Result};
-use crate::evaluate::{self, EvalOptions};
-use crate::onnx::{bind, bn, Model};
-use crate::recalibrate::{self, PassOptions, Prepared};
+use crate::average::{self, AverageOptions};
+use crate::error::{Error, Hint, Result, Setting};
+use crate::evaluate::{self, EvalOptions, Metrics};
+use crate::inputs::{self, CheckpointFile, Selection};
+use crate::onnx::bind::Binder;
+use crate::onnx::bn;
+use crate::recalibrate::{self, PassOptions, PassResult, Prepared};
 use crate::report::{self, CheckpointRow, Report, Score, Timing};
 
 /// Everything `swa run` needs.
@@ -38,133 +40,167 @@ pub struct RunOptions {
 fn check_out(out: &Path, force: bool) -> Result<()> {
     if out.exists() {
         if !out.is_dir() {
-            return Err(Error::usage(format!("--out {} exists and is not a directory", out.display())));
+            return Err(Error::setting(Setting::Out, format!("{} exists and is not a directory", out.display())));
         }
         let empty = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_none();
         if !empty && !force {
-            return Err(Error::usage(format!(
-                "--out {} exists and is not empty: pass --force to replace it",
-                out.display()
-            )));
+            return Err(
+                Error::setting(Setting::Out, format!("{} exists and is not empty", out.display())).hint(Hint::Force)
+            );
         }
     }
     Ok(())
 }
 
-fn bind_into(base: &Model, weights: &Path, allow_partial: bool) -> Result<Prepared> {
-    let mut model = base.clone();
-    let ck = crate::checkpoint::Checkpoint::open(weights)?;
-    let binding = bind::bind(&mut model, &ck, allow_partial)?;
-    let layers = bn::find(&model)?;
-    Ok(Prepared { model, checkpoint: ck, binding: Some(binding), layers })
+/// Times the stages of the run.
+struct Stopwatch {
+    lap: Instant,
+    timings: Vec<Timing>,
 }
 
-/// Runs the whole pipeline and returns the report.
-pub fn run(opts: &RunOptions) -> Result<Report> {
-    check_out(&opts.out, opts.force)?;
-    let mut timings: Vec<Timing> = Vec::new();
-    let mut clock = Instant::now();
-    let mut lap = |stage: &str, timings: &mut Vec<Timing>| {
-        timings.push(Timing { stage: stage.into(), seconds: clock.elapsed().as_secs_f64() });
-        clock = Instant::now();
-    };
+impl Stopwatch {
+    fn lap(&mut self, stage: &str) {
+        self.timings.push(Timing { stage: stage.into(), seconds: self.lap.elapsed().as_secs_f64() });
+        self.lap = Instant::now();
+    }
+}
 
-    let mut base = Model::load(&opts.model)?;
-    bind::unshare(&mut base);
-    bn::find(&base)?;
-    let found = average::discover(&opts.checkpoints)?;
-    let selected = average::select(&found, &opts.selection)?;
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
 
-    let parent = match opts.out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let work = tempfile::Builder::new().prefix(".swa-run.").tempdir_in(&parent).map_err(|e| Error::io(&parent, e))?;
-
+/// One row per checkpoint: its accuracy with stored statistics, and recalibrated if asked.
+fn evaluate_checkpoints(binder: &Binder, found: &[CheckpointFile], opts: &RunOptions) -> Result<Vec<CheckpointRow>> {
     let mut rows = Vec::new();
-    for f in &found {
-        let mut prepared = bind_into(&base, &f.path, opts.allow_partial)?;
-        let stored = evaluate::evaluate(&prepared.model, &opts.eval)?;
+    for f in found {
+        let bound = binder.bind(Some(inputs::open_checkpoint(&f.path)?), opts.allow_partial)?;
+        let mut prepared = Prepared::new(bound)?;
+        let stored = evaluate::evaluate(&prepared.bound.model, &opts.eval)?;
         let recalibrated = if opts.recalibrate_each {
             let pass = recalibrate::compute(&prepared, &opts.pass)?;
-            bn::apply(&mut prepared.model, &prepared.layers, &pass.stats)?;
-            Some(Score::from(&evaluate::evaluate(&prepared.model, &opts.eval)?))
+            bn::apply(&mut prepared.bound.model, &prepared.layers, &pass.stats)?;
+            Some(Score::from(&evaluate::evaluate(&prepared.bound.model, &opts.eval)?))
         } else {
             None
         };
         rows.push(CheckpointRow {
-            name: f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            name: file_name(&f.path),
             number: f.number,
             stored: Score::from(&stored),
             recalibrated,
         });
     }
-    lap("evaluate checkpoints", &mut timings);
+    Ok(rows)
+}
 
-    let averaged_path = work.path().join("average.safetensors");
+/// The SWA model before and after recalibration.
+struct Swa {
+    prepared: Prepared,
+    pass: PassResult,
+    names: Vec<(String, String)>,
+    stored: Metrics,
+    recalibrated: Metrics,
+}
+
+/// Averages `selected` into `work`, then evaluates, recalibrates and evaluates the average.
+fn swa(
+    binder: &Binder,
+    selected: &[CheckpointFile],
+    work: &Path,
+    opts: &RunOptions,
+    clock: &mut Stopwatch,
+) -> Result<Swa> {
+    let averaged = work.join("average.safetensors");
     average::average(&AverageOptions {
         checkpoints: selected.iter().map(|f| f.path.clone()).collect(),
-        output: averaged_path.clone(),
+        output: averaged.clone(),
         quiet: opts.pass.quiet,
         ..Default::default()
     })?;
-    lap("average", &mut timings);
-
-    let mut prepared = bind_into(&base, &averaged_path, opts.allow_partial)?;
-    let swa_stored = evaluate::evaluate(&prepared.model, &opts.eval)?;
-    lap("evaluate SWA (stored statistics)", &mut timings);
+    clock.lap("average");
+    let mut prepared = Prepared::new(binder.bind(Some(inputs::open_checkpoint(&averaged)?), opts.allow_partial)?)?;
+    std::fs::remove_file(&averaged).map_err(|e| Error::io(&averaged, e))?;
+    let stored = evaluate::evaluate(&prepared.bound.model, &opts.eval)?;
+    clock.lap("evaluate SWA (stored statistics)");
     let pass = recalibrate::compute(&prepared, &opts.pass)?;
-    let names = bn::apply(&mut prepared.model, &prepared.layers, &pass.stats)?;
-    lap("recalibrate SWA", &mut timings);
-    let swa_recalibrated = evaluate::evaluate(&prepared.model, &opts.eval)?;
-    lap("evaluate SWA (recalibrated)", &mut timings);
+    let names = bn::apply(&mut prepared.bound.model, &prepared.layers, &pass.stats)?;
+    clock.lap("recalibrate SWA");
+    let recalibrated = evaluate::evaluate(&prepared.bound.model, &opts.eval)?;
+    clock.lap("evaluate SWA (recalibrated)");
+    Ok(Swa { prepared, pass, names, stored, recalibrated })
+}
 
+/// Writes the SWA weights, model and report into `work`.
+fn write_outputs(
+    work: &Path,
+    swa: &Swa,
+    report: &Report,
+    selected: &[CheckpointFile],
+    opts: &RunOptions,
+) -> Result<()> {
     let mut sources: Vec<&Path> = vec![&opts.model];
     sources.extend(selected.iter().map(|f| f.path.as_path()));
     sources.push(&opts.pass.inputs);
-    let mut meta = recalibrate::metadata(&opts.pass, &pass, &sources);
+    let mut meta = recalibrate::metadata(&opts.pass, &swa.pass, &sources);
     meta.insert("n_models".into(), selected.len().to_string());
-    recalibrate::save_weights(&prepared, &names, &pass, &work.path().join("swa.safetensors"), &meta)?;
-    std::fs::remove_file(&averaged_path).map_err(|e| Error::io(&averaged_path, e))?;
-    prepared.model.save(&work.path().join("model_swa.onnx"))?;
+    recalibrate::save_weights(&swa.prepared, &swa.names, &swa.pass, &work.join("swa.safetensors"), &meta)?;
+    swa.prepared.bound.model.save(&work.join("model_swa.onnx"))?;
+    for (name, text) in
+        [("report.json", report.json()), ("report.md", report::markdown(report)), ("report.html", report::html(report))]
+    {
+        std::fs::write(work.join(name), text).map_err(|e| Error::io(work.join(name), e))?;
+    }
+    Ok(())
+}
 
+/// Renames the finished work directory to `out`, replacing what was there.
+fn publish(work: tempfile::TempDir, out: &Path) -> Result<()> {
+    let staged = work.keep();
+    if out.exists() {
+        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    std::fs::rename(&staged, out).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&staged);
+        Error::io(out, e)
+    })
+}
+
+/// Runs the whole pipeline and returns the report.
+pub fn run(opts: &RunOptions) -> Result<Report> {
+    check_out(&opts.out, opts.force)?;
+    let mut clock = Stopwatch { lap: Instant::now(), timings: Vec::new() };
+    let binder = Binder::load(&opts.model)?;
+    bn::find(binder.model())?;
+    let found = inputs::discover(&opts.checkpoints)?;
+    let selected = inputs::select(&found, &opts.selection)?;
+
+    let parent = crate::fs::parent_dir(&opts.out).to_path_buf();
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let work = tempfile::Builder::new().prefix(".swa-run.").tempdir_in(&parent).map_err(|e| Error::io(&parent, e))?;
+
+    let rows = evaluate_checkpoints(&binder, &found, opts)?;
+    clock.lap("evaluate checkpoints");
+    let swa = swa(&binder, &selected, work.path(), opts, &mut clock)?;
     let best = Report::best_of(&rows);
-    let swa_recalibrated = Score::from(&swa_recalibrated);
+    let swa_recalibrated = Score::from(&swa.recalibrated);
     let report = Report {
         tool: crate::VERSION.into(),
-        model: opts.model.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        train_samples: pass.samples,
-        eval_samples: swa_stored.samples,
+        model: file_name(&opts.model),
+        train_samples: swa.pass.samples,
+        eval_samples: swa.stored.samples,
         stats: opts.pass.stats.to_string(),
-        batch_size: opts.pass.batch_size,
-        k: opts.eval.top_k,
+        batch_size: opts.pass.batch_size.get(),
+        k: opts.eval.top_k.get(),
         device: opts.pass.engine.device.to_string(),
         gain_top1: swa_recalibrated.top1 - best.top1,
-        averaged: selected
-            .iter()
-            .map(|f| f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
-            .collect(),
+        averaged: selected.iter().map(|f| file_name(&f.path)).collect(),
         checkpoints: rows,
-        swa_stored: Score::from(&swa_stored),
+        swa_stored: Score::from(&swa.stored),
         swa_recalibrated,
         best,
-        timings,
+        timings: clock.timings,
     };
-    let write = |name: &str, text: String| {
-        std::fs::write(work.path().join(name), text).map_err(|e| Error::io(work.path().join(name), e))
-    };
-    write("report.json", report.json())?;
-    write("report.md", report::markdown(&report))?;
-    write("report.html", report::html(&report))?;
-
-    let staged = work.keep();
-    if opts.out.exists() {
-        std::fs::remove_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
-    }
-    std::fs::rename(&staged, &opts.out).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&staged);
-        Error::io(&opts.out, e)
-    })?;
+    write_outputs(work.path(), &swa, &report, &selected, opts)?;
+    publish(work, &opts.out)?;
     Ok(report)
 }

@@ -2,22 +2,23 @@
 //! layer's batch statistics, and write the model with the new running statistics.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::checkpoint::{dtype, Checkpoint, Dtype, TensorSpec};
-use crate::data;
-use crate::error::{Error, Result};
-use crate::onnx::bind::{self, BindReport};
+use crate::checkpoint::{dtype, Dtype, TensorSpec};
+use crate::error::{Error, Hint, Result, Setting};
+use crate::inputs;
+use crate::onnx::bind::{Binder, Bound};
 use crate::onnx::bn::{self, BnLayer};
 use crate::onnx::Model;
 use crate::progress;
-use crate::runtime::{self, Device, Engine};
+use crate::runtime::{self, Engine};
 
 /// How batch statistics become running statistics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StatsMode {
     /// Count-weighted pooled statistics over all values, merged in f64 (PreciseBN).
@@ -26,6 +27,17 @@ pub enum StatsMode {
     /// What `torch.optim.swa_utils.update_bn` computes: the mean over batches of the batch mean
     /// and of the unbiased batch variance.
     Torch,
+}
+
+impl std::str::FromStr for StatsMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "precise" => Ok(StatsMode::Precise),
+            "torch" => Ok(StatsMode::Torch),
+            _ => Err(format!("unknown statistics mode `{s}`: use precise or torch")),
+        }
+    }
 }
 
 impl std::fmt::Display for StatsMode {
@@ -123,7 +135,7 @@ pub struct PassOptions {
     /// Training samples.
     pub inputs: PathBuf,
     /// Samples per batch.
-    pub batch_size: usize,
+    pub batch_size: NonZeroUsize,
     /// Stop after this many samples.
     pub max_samples: Option<usize>,
     /// Statistics mode.
@@ -132,6 +144,20 @@ pub struct PassOptions {
     pub engine: Engine,
     /// Hide progress.
     pub quiet: bool,
+}
+
+impl PassOptions {
+    /// A pass over `inputs` in batches of 64 with precise statistics on the CPU.
+    pub fn new(inputs: impl Into<PathBuf>) -> Self {
+        PassOptions {
+            inputs: inputs.into(),
+            batch_size: NonZeroUsize::new(64).expect("non-zero"),
+            max_samples: None,
+            stats: StatsMode::Precise,
+            engine: Engine::default(),
+            quiet: false,
+        }
+    }
 }
 
 /// Everything `swa recalibrate` needs.
@@ -151,32 +177,21 @@ pub struct RecalibrateOptions {
     pub save_weights: Option<PathBuf>,
 }
 
-/// A model with weights bound, ready to recalibrate.
+/// A model with weights bound and its BatchNorm layers found, ready to recalibrate.
+#[derive(Debug)]
 pub struct Prepared {
-    /// The model, weights bound, shared initializers given their own copies.
-    pub model: Model,
-    /// The checkpoint whose names the saved weights use (the weights, or the model's initializers).
-    pub checkpoint: Checkpoint,
-    /// How the weights bound, if any were given.
-    pub binding: Option<BindReport>,
+    /// The model, the checkpoint whose names saved weights use, and how it bound.
+    pub bound: Bound,
     /// The BatchNorm layers.
     pub layers: Vec<BnLayer>,
 }
 
-/// Loads the model, binds `weights` into it and finds its BatchNorm layers.
-pub fn prepare(model_path: &Path, weights: Option<&Path>, allow_partial: bool) -> Result<Prepared> {
-    let mut model = Model::load(model_path)?;
-    bind::unshare(&mut model);
-    let (checkpoint, binding) = match weights {
-        Some(w) => {
-            let ck = Checkpoint::open(w)?;
-            let report = bind::bind(&mut model, &ck, allow_partial)?;
-            (ck, Some(report))
-        }
-        None => (model.checkpoint()?, None),
-    };
-    let layers = bn::find(&model)?;
-    Ok(Prepared { model, checkpoint, binding, layers })
+impl Prepared {
+    /// Finds the BatchNorm layers of a bound model; a model without any is an error.
+    pub fn new(bound: Bound) -> Result<Self> {
+        let layers = bn::find(&bound.model)?;
+        Ok(Prepared { bound, layers })
+    }
 }
 
 /// Result of a pass: per layer (mean, unbiased variance), and counts.
@@ -197,40 +212,36 @@ pub struct PassResult {
 
 /// Runs the statistics graph of `prepared` over the samples and aggregates the statistics.
 pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
-    if opts.batch_size == 0 {
-        return Err(Error::usage("--batch-size must be at least 1"));
-    }
-    if opts.batch_size == 1 && opts.stats == StatsMode::Torch {
-        return Err(Error::usage("--batch-size 1 with --stats torch: the unbiased batch variance of one sample is undefined (update_bn fails the same way); use a larger batch or --stats precise"));
-    }
-    let specs = runtime::input_specs(&prepared.model)?;
-    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-    let arrays = data::open_inputs(&opts.inputs, &names)?;
-    runtime::check_inputs(&specs, &arrays)?;
-    let samples = opts.max_samples.map_or(arrays[0].len(), |m| m.min(arrays[0].len()));
-    if samples < opts.batch_size {
-        return Err(Error::format(
-            &opts.inputs,
-            format!(
-                "has {samples} samples{}, fewer than one batch of {}: lower --batch-size or give more samples",
-                if opts.max_samples.is_some() { " (after --max-samples)" } else { "" },
-                opts.batch_size
-            ),
+    let batch_size = opts.batch_size.get();
+    if batch_size == 1 && opts.stats == StatsMode::Torch {
+        return Err(Error::setting(
+            Setting::BatchSize,
+            "of 1 with torch statistics: the unbiased batch variance of one sample is undefined (update_bn fails \
+             the same way); use a larger batch or precise statistics",
         ));
     }
-    let (stats_model, layout) = bn::stats_model(
-        &prepared.model,
-        &prepared.layers,
-        bn::Reduction::for_device(opts.engine.device != Device::Cpu),
-    )?;
-    let streams = runtime::concurrent_runs(&opts.engine, samples.div_ceil(opts.batch_size))?;
+    let model = &prepared.bound.model;
+    let specs = runtime::input_specs(model)?;
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    let arrays = inputs::open_inputs(&opts.inputs, &names)?;
+    runtime::check_inputs(&specs, &arrays)?;
+    let samples = opts.max_samples.map_or(arrays[0].len(), |m| m.min(arrays[0].len()));
+    if samples < batch_size {
+        return Err(Error::format(
+            &opts.inputs,
+            format!("has {samples} samples, fewer than one batch of {batch_size}"),
+        )
+        .hint(Hint::SmallerBatch { capped: opts.max_samples.is_some() }));
+    }
+    let (stats_model, layout) = bn::stats_model(model, &prepared.layers, opts.engine.reduction())?;
+    let streams = runtime::concurrent_runs(&opts.engine, samples.div_ceil(batch_size))?;
     let mut sessions = runtime::sessions_for(&stats_model, &opts.engine, false, streams)?;
     let started = Instant::now();
     let mut accs: Vec<Box<dyn Accumulator>> =
         prepared.layers.iter().map(|l| accumulator(opts.stats, l.channels)).collect();
     let bar = progress::samples_bar(samples as u64, "recalibrating", opts.quiet);
     let mut batches = 0;
-    let feed = runtime::Feed { specs: &specs, arrays: &arrays, batch: opts.batch_size, samples };
+    let feed = runtime::Feed { specs: &specs, arrays: &arrays, batch: batch_size, samples };
     let first_batch = runtime::run_batches(&mut sessions, &feed, &[&layout.output], &bar, |_, out| {
         let all = &out[0].data;
         for (k, (&at, l)) in layout.offsets.iter().zip(&prepared.layers).enumerate() {
@@ -248,7 +259,7 @@ pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
                     &l.name,
                     "BatchNormalization",
                     format!(
-                        "batch {} has {count} value per channel: the unbiased variance is undefined with --stats torch",
+                        "batch {} has {count} value per channel: the unbiased variance is undefined with torch statistics",
                         batches + 1
                     ),
                 ));
@@ -358,9 +369,9 @@ pub fn save_weights(
     path: &Path,
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
-    let ck = &prepared.checkpoint;
+    let ck = &prepared.bound.checkpoint;
     let to_ck: std::collections::HashMap<&str, &str> =
-        prepared.binding.as_ref().map(|b| b.checkpoint_names()).unwrap_or_default();
+        prepared.bound.binding.as_ref().map(|b| b.checkpoint_names()).unwrap_or_default();
     let ck_name = |graph: &str| to_ck.get(graph).map(|s| s.to_string()).unwrap_or_else(|| graph.to_string());
     let mut replaced: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut counters: Vec<String> = Vec::new();
@@ -396,6 +407,23 @@ pub fn save_weights(
     crate::checkpoint::write_tensors(path, &tensors, metadata)
 }
 
+/// Writes `result`'s statistics into the bound model and records `meta` in its metadata
+/// (`swa.KEY`); returns the statistics' initializer names per layer.
+pub fn apply(
+    prepared: &mut Prepared,
+    result: &PassResult,
+    meta: &BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>> {
+    let names = bn::apply(&mut prepared.bound.model, &prepared.layers, &result.stats)?;
+    let props = &mut prepared.bound.model.proto.metadata_props;
+    for (k, v) in meta {
+        let key = format!("swa.{k}");
+        props.retain(|p| p.key() != key);
+        props.push(crate::onnx::proto::StringStringEntryProto { key: Some(key), value: Some(v.clone()) });
+    }
+    Ok(names)
+}
+
 /// Metadata recorded in recalibrated outputs.
 pub fn metadata(pass: &PassOptions, result: &PassResult, sources: &[&Path]) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
@@ -413,44 +441,35 @@ pub fn metadata(pass: &PassOptions, result: &PassResult, sources: &[&Path]) -> B
 
 /// Recalibrates as `opts` says: nothing is written unless every step succeeds.
 pub fn recalibrate(opts: &RecalibrateOptions) -> Result<RecalibrateSummary> {
-    let mut prepared = prepare(&opts.model, opts.weights.as_deref(), opts.allow_partial)?;
-    let mut inputs: Vec<&Path> = vec![&opts.model, &opts.pass.inputs];
-    inputs.extend(opts.weights.as_deref());
-    crate::average::refuse_overwrite(&opts.output, &inputs)?;
-    if let Some(w) = &opts.save_weights {
-        crate::average::refuse_overwrite(w, &inputs)?;
-    }
-    let result = compute(&prepared, &opts.pass)?;
-    let layers = layer_summaries(&prepared.model, &prepared.layers, &result.stats);
-    let names = bn::apply(&mut prepared.model, &prepared.layers, &result.stats)?;
-    let mut sources = vec![opts.model.as_path()];
+    let weights = opts.weights.as_deref().map(inputs::open_checkpoint).transpose()?;
+    let mut prepared = Prepared::new(Binder::load(&opts.model)?.bind(weights, opts.allow_partial)?)?;
+    let mut sources: Vec<&Path> = vec![&opts.model];
     sources.extend(opts.weights.as_deref());
     sources.push(&opts.pass.inputs);
-    let meta = metadata(&opts.pass, &result, &sources);
-    for (k, v) in &meta {
-        prepared.model.proto.metadata_props.retain(|p| p.key() != format!("swa.{k}"));
-        prepared
-            .model
-            .proto
-            .metadata_props
-            .push(crate::onnx::proto::StringStringEntryProto { key: Some(format!("swa.{k}")), value: Some(v.clone()) });
+    crate::fs::refuse_overwrite(&opts.output, &sources)?;
+    if let Some(w) = &opts.save_weights {
+        crate::fs::refuse_overwrite(w, &sources)?;
     }
+    let result = compute(&prepared, &opts.pass)?;
+    let layers = layer_summaries(&prepared.bound.model, &prepared.layers, &result.stats);
+    let meta = metadata(&opts.pass, &result, &sources);
+    let names = apply(&mut prepared, &result, &meta)?;
     // The model is staged first and published last, so a failure leaves neither file behind.
-    let staged = prepared.model.stage(&opts.output, false)?;
+    let staged = prepared.bound.model.stage(&opts.output, false)?;
     let mut outputs = vec![opts.output.clone()];
     if let Some(w) = &opts.save_weights {
         save_weights(&prepared, &names, &result, w, &meta)?;
         outputs.push(w.clone());
     }
     staged.publish()?;
-    let binding = prepared.binding.unwrap_or_default();
+    let binding = prepared.bound.binding.unwrap_or_default();
     Ok(RecalibrateSummary {
         outputs,
         stats: opts.pass.stats,
         device: opts.pass.engine.device.to_string(),
         samples: result.samples,
         batches: result.batches,
-        batch_size: opts.pass.batch_size,
+        batch_size: opts.pass.batch_size.get(),
         bound: binding.bound.len(),
         unmatched: binding.unmatched,
         layers,
@@ -459,7 +478,8 @@ pub fn recalibrate(opts: &RecalibrateOptions) -> Result<RecalibrateSummary> {
         seconds_first_batch: result.first_batch_seconds,
         samples_per_second_after_first: (result.batches > 1).then(|| {
             // A pass is never shorter than one full batch.
-            (result.samples - opts.pass.batch_size) as f64 / (result.seconds - result.first_batch_seconds).max(1e-9)
+            (result.samples - opts.pass.batch_size.get()) as f64
+                / (result.seconds - result.first_batch_seconds).max(1e-9)
         }),
     })
 }

@@ -2,6 +2,7 @@
 //! batched loop that prepares the next batch while the current one runs.
 
 use std::borrow::Cow;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::OnceLock;
@@ -9,9 +10,10 @@ use std::sync::OnceLock;
 use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 
-use crate::data::Array;
-use crate::error::{Error, Result};
-use crate::onnx::{elem, Model};
+use crate::error::{Error, Hint, Result, Setting};
+use crate::inputs::Array;
+use crate::onnx::bn::Reduction;
+use crate::onnx::{DataType, Model};
 
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -47,7 +49,7 @@ impl std::fmt::Display for Device {
     }
 }
 
-const HOW_TO_GET: &str = "install it with `pip install onnxruntime` (or onnxruntime-gpu for --device cuda), or set \
+const HOW_TO_GET: &str = "install it with `pip install onnxruntime` (or onnxruntime-gpu for CUDA), or set \
     ORT_DYLIB_PATH to a libonnxruntime.so (≥ 1.31), or put one beside the swa executable";
 
 fn library_in(dir: &Path) -> Option<PathBuf> {
@@ -127,17 +129,55 @@ pub fn init() -> Result<(PathBuf, ort::environment::Environment)> {
 }
 
 /// Where and how ONNX Runtime runs a model.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Engine {
     /// CPU or a CUDA GPU.
     pub device: Device,
     /// Intra-op threads (default: ONNX Runtime's, all cores).
-    pub threads: Option<usize>,
+    pub threads: Option<NonZeroUsize>,
     /// Let CUDA use TF32 in convolutions and matrix products.
     pub tf32: bool,
     /// Batches in flight on CUDA, each in its own session (see [`concurrent_runs`]); `None` for
     /// the device's default.
-    pub streams: Option<usize>,
+    pub streams: Option<NonZeroUsize>,
+    /// How the statistics graph reduces each activation; `None` for the device's faster layout
+    /// ([`Reduction::for_device`]).
+    pub reduction: Option<Reduction>,
+    /// cuDNN's convolution algorithm search on CUDA.
+    pub cudnn_search: CudnnSearch,
+    /// Write an ONNX Runtime profile of each session, with this file-name prefix.
+    pub profile: Option<PathBuf>,
+}
+
+impl Engine {
+    /// The statistics layout this engine uses.
+    pub fn reduction(&self) -> Reduction {
+        self.reduction.unwrap_or(Reduction::for_device(self.device != Device::Cpu))
+    }
+}
+
+/// cuDNN's convolution algorithm search (ONNX Runtime's `cudnn_conv_algo_search`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CudnnSearch {
+    /// cuDNN's heuristics, like PyTorch's `cudnn.benchmark = False`.
+    #[default]
+    Heuristic,
+    /// Time every algorithm on the first run.
+    Exhaustive,
+    /// ONNX Runtime's default algorithm.
+    Default,
+}
+
+impl FromStr for CudnnSearch {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "heuristic" => Ok(CudnnSearch::Heuristic),
+            "exhaustive" => Ok(CudnnSearch::Exhaustive),
+            "default" => Ok(CudnnSearch::Default),
+            _ => Err(format!("unknown cuDNN search `{s}`: use heuristic, exhaustive or default")),
+        }
+    }
 }
 
 /// Opens a session for serialised model bytes on `engine`'s device, with its intra-op threads.
@@ -152,12 +192,30 @@ pub fn session(model_bytes: &[u8], engine: &Engine) -> Result<Session> {
 /// message (2 GiB), or when `external` is set — from a temporary directory holding the model and
 /// its external data.
 pub fn session_for(model: &Model, engine: &Engine, external: bool) -> Result<Session> {
-    Ok(sessions_for(model, engine, external, 1)?.remove(0))
+    Ok(sessions_for(model, engine, external, 1)?.sessions.remove(0))
+}
+
+/// Sessions of one model that run batches at once (see [`concurrent_runs`] and [`run_batches`]).
+pub struct Sessions {
+    sessions: Vec<Session>,
+    profiling: bool,
+}
+
+impl Sessions {
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
 }
 
 /// Opens `count` sessions of `model` (as [`session_for`]), created concurrently: each can run a
 /// batch while the others run theirs (see [`concurrent_runs`]).
-pub fn sessions_for(model: &Model, engine: &Engine, external: bool, count: usize) -> Result<Vec<Session>> {
+pub fn sessions_for(model: &Model, engine: &Engine, external: bool, count: usize) -> Result<Sessions> {
     let (bytes, data) = model.encode_with("model.onnx.data", external);
     let dir = match data {
         None => None,
@@ -174,13 +232,15 @@ pub fn sessions_for(model: &Model, engine: &Engine, external: bool, count: usize
         None => session(&bytes, engine),
         Some(dir) => Ok(builder(engine)?.commit_from_file(dir.path().join("model.onnx"))?),
     };
-    if count <= 1 {
-        return Ok(vec![open()?]);
-    }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..count).map(|_| scope.spawn(open)).collect();
-        handles.into_iter().map(|h| h.join().expect("session creation panicked")).collect()
-    })
+    let sessions = if count <= 1 {
+        vec![open()?]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..count).map(|_| scope.spawn(open)).collect();
+            handles.into_iter().map(|h| h.join().expect("session creation panicked")).collect::<Result<_>>()
+        })?
+    };
+    Ok(Sessions { sessions, profiling: engine.profile.is_some() })
 }
 
 /// How many of a pass's `batches` run at once on `engine`: one on the CPU (ONNX Runtime's threads
@@ -189,14 +249,14 @@ pub fn sessions_for(model: &Model, engine: &Engine, external: bool, count: usize
 /// synchronisation overlap another's kernels. Never more than there are batches.
 pub fn concurrent_runs(engine: &Engine, batches: usize) -> Result<usize> {
     let n = match (engine.device, engine.streams) {
-        (_, Some(0)) => return Err(Error::usage("--streams must be at least 1")),
-        (Device::Cpu, Some(n)) if n > 1 => {
-            return Err(Error::usage(
-                "--streams applies to --device cuda; on the CPU one batch runs at a time on all threads",
+        (Device::Cpu, Some(n)) if n.get() > 1 => {
+            return Err(Error::setting(
+                Setting::Streams,
+                "applies to CUDA devices; on the CPU one batch runs at a time on all threads",
             ))
         }
         (Device::Cpu, _) => 1,
-        (Device::Cuda(_), n) => n.unwrap_or(2),
+        (Device::Cuda(_), n) => n.map_or(2, NonZeroUsize::get),
     };
     Ok(n.min(batches.max(1)))
 }
@@ -204,41 +264,47 @@ pub fn concurrent_runs(engine: &Engine, batches: usize) -> Result<usize> {
 fn builder(engine: &Engine) -> Result<ort::session::builder::SessionBuilder> {
     let Engine { device, threads, tf32, .. } = *engine;
     if tf32 && device == Device::Cpu {
-        return Err(Error::usage("--tf32 applies to --device cuda; on the CPU everything runs in fp32"));
+        return Err(Error::setting(Setting::Tf32, "applies to CUDA devices; on the CPU everything runs in fp32"));
     }
     let (lib, env) = init()?;
     let mut builder = Session::builder(&env)?;
     if let Some(n) = threads {
-        builder = builder.with_intra_threads(n).map_err(ort::Error::from)?;
+        builder = builder.with_intra_threads(n.get()).map_err(ort::Error::from)?;
     }
-    if let Some(prefix) = std::env::var_os("SWA_ORT_PROFILE") {
+    if let Some(prefix) = &engine.profile {
         builder = builder.with_profiling(prefix).map_err(ort::Error::from)?;
     }
     if let Device::Cuda(id) = device {
         let provider = lib.with_file_name("libonnxruntime_providers_cuda.so");
         if !provider.exists() {
-            return Err(Error::Runtime(format!(
-                "--device {device}: the ONNX Runtime at {} has no CUDA provider ({} is missing); install onnxruntime-gpu \
-                 (pip install onnxruntime-gpu) and point ORT_DYLIB_PATH at its capi/libonnxruntime.so.*",
-                lib.display(),
-                provider.display()
-            )));
+            return Err(Error::setting(
+                Setting::Device,
+                format!(
+                    "{device}: the ONNX Runtime at {} has no CUDA provider ({} is missing); install onnxruntime-gpu \
+                     (pip install onnxruntime-gpu) and point ORT_DYLIB_PATH at its capi/libonnxruntime.so.*",
+                    lib.display(),
+                    provider.display()
+                ),
+            ));
         }
         let cuda = ort::ep::CUDA::default()
             .with_device_id(id)
-            .with_conv_algorithm_search(match std::env::var("SWA_CUDNN_SEARCH").as_deref() {
-                Ok("exhaustive") => ort::ep::cuda::ConvAlgorithmSearch::Exhaustive,
-                Ok("default") => ort::ep::cuda::ConvAlgorithmSearch::Default,
-                _ => ort::ep::cuda::ConvAlgorithmSearch::Heuristic,
+            .with_conv_algorithm_search(match engine.cudnn_search {
+                CudnnSearch::Exhaustive => ort::ep::cuda::ConvAlgorithmSearch::Exhaustive,
+                CudnnSearch::Default => ort::ep::cuda::ConvAlgorithmSearch::Default,
+                CudnnSearch::Heuristic => ort::ep::cuda::ConvAlgorithmSearch::Heuristic,
             })
             .with_tf32(tf32)
             .build()
             .error_on_failure();
         builder = builder.with_execution_providers([cuda]).map_err(|e| {
-            Error::Runtime(format!(
-                "--device {device}: the CUDA provider failed to load ({e}); it needs CUDA 13 and cuDNN 9 on LD_LIBRARY_PATH \
-                 (libcudart.so.13, libcublas.so.13, libcudnn.so.9 ...)"
-            ))
+            Error::setting(
+                Setting::Device,
+                format!(
+                    "{device}: the CUDA provider failed to load ({e}); it needs CUDA 13 and cuDNN 9 on LD_LIBRARY_PATH \
+                     (libcudart.so.13, libcublas.so.13, libcudnn.so.9 ...)"
+                ),
+            )
         })?;
     }
     Ok(builder)
@@ -261,7 +327,7 @@ pub fn input_specs(model: &Model) -> Result<Vec<InputSpec>> {
         let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
             return Err(Error::format(&model.path, format!("input `{}` is not a tensor", input.name())));
         };
-        if t.elem_type() != elem::FLOAT {
+        if t.elem_type() != DataType::Float as i32 {
             return Err(Error::format(
                 &model.path,
                 format!(
@@ -344,7 +410,7 @@ type Done = (usize, usize, Result<Vec<Fetched>>);
 /// once. Returns how long the first batch took, which includes ONNX Runtime's and cuDNN's set-up
 /// work done on the first run.
 pub fn run_batches(
-    sessions: &mut [Session],
+    sessions: &mut Sessions,
     feed: &Feed,
     outputs: &[&str],
     progress: &indicatif::ProgressBar,
@@ -366,7 +432,7 @@ pub fn run_batches(
                 }
             }
         });
-        for session in sessions.iter_mut() {
+        for session in sessions.sessions.iter_mut() {
             let (job_rx, done_tx) = (Arc::clone(&job_rx), done_tx.clone());
             scope.spawn(move || loop {
                 let job = job_rx.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ()));
@@ -391,8 +457,8 @@ pub fn run_batches(
         }
         Ok(first.unwrap_or_default())
     });
-    if std::env::var_os("SWA_ORT_PROFILE").is_some() {
-        for session in sessions.iter_mut() {
+    if sessions.profiling {
+        for session in sessions.sessions.iter_mut() {
             eprintln!("ONNX Runtime profile: {}", session.end_profiling()?);
         }
     }
@@ -401,16 +467,11 @@ pub fn run_batches(
 
 /// Adds what to do to ONNX Runtime's out-of-memory errors.
 fn with_memory_hint(e: Error, streams: usize) -> Error {
-    match e {
-        Error::Runtime(m) if m.contains("Failed to allocate") || m.to_lowercase().contains("out of memory") => {
-            let streams = if streams > 1 {
-                format!("each of the {streams} streams holds its own activations: try --streams 1, or ")
-            } else {
-                "try ".into()
-            };
-            Error::Runtime(format!("{m} ({streams}a smaller --batch-size)"))
-        }
-        e => e,
+    let text = crate::error::chain(&e);
+    if text.contains("Failed to allocate") || text.to_lowercase().contains("out of memory") {
+        e.hint(Hint::LessMemory { streams })
+    } else {
+        e
     }
 }
 
@@ -445,23 +506,11 @@ mod tests {
     #[test]
     fn streams_default_to_two_on_cuda_and_never_exceed_the_batches() {
         let cuda = Engine { device: Device::Cuda(0), ..Default::default() };
+        let streams = |n| NonZeroUsize::new(n);
         assert_eq!(concurrent_runs(&cuda, 10).unwrap(), 2);
         assert_eq!(concurrent_runs(&cuda, 1).unwrap(), 1);
-        assert_eq!(concurrent_runs(&Engine { streams: Some(3), ..cuda }, 10).unwrap(), 3);
-        assert!(concurrent_runs(&Engine { streams: Some(0), ..cuda }, 10).is_err());
+        assert_eq!(concurrent_runs(&Engine { streams: streams(3), ..cuda.clone() }, 10).unwrap(), 3);
         assert_eq!(concurrent_runs(&Engine::default(), 10).unwrap(), 1);
-        assert!(concurrent_runs(&Engine { streams: Some(2), ..Default::default() }, 10).is_err());
-    }
-
-    #[test]
-    fn out_of_memory_errors_say_what_to_lower() {
-        let oom = || Error::Runtime("CUDA failure 2: out of memory ; GPU=0".into());
-        let two = with_memory_hint(oom(), 2).to_string();
-        assert!(two.ends_with(
-            "(each of the 2 streams holds its own activations: try --streams 1, or a smaller --batch-size)"
-        ));
-        assert!(with_memory_hint(oom(), 1).to_string().ends_with("(try a smaller --batch-size)"));
-        let other = with_memory_hint(Error::Runtime("shape mismatch".into()), 2).to_string();
-        assert_eq!(other, "ONNX Runtime: shape mismatch");
+        assert!(concurrent_runs(&Engine { streams: streams(2), ..Default::default() }, 10).is_err());
     }
 }

@@ -1,21 +1,23 @@
-//! Checkpoints as named tensors over memory-mapped bytes: single safetensors files, Hugging Face
-//! sharded checkpoints (`*.safetensors.index.json`), and the initializers of ONNX models.
+//! Checkpoints as named tensors over memory-mapped bytes: single safetensors files and Hugging Face
+//! sharded checkpoints (`*.safetensors.index.json`, [`sharded`]); other formats (ONNX initializers)
+//! fill a [`Checkpoint`] with tensors they own. Choosing a reader for a path is `inputs`' job.
 
 pub mod dtype;
+pub mod sharded;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 pub use safetensors::Dtype;
-use serde::Deserialize;
 
-pub use write::{stage_file, write_atomic, write_tensors, SafetensorsWriter, TensorSpec};
+pub use sharded::find_index;
+pub use write::{write_tensors, SafetensorsWriter, TensorSpec};
 
 use crate::error::{Error, Result};
+use crate::fs::map_file;
 
 /// One tensor of a checkpoint: its name, type, shape and where its bytes are.
 #[derive(Debug, Clone)]
@@ -78,31 +80,20 @@ impl std::fmt::Debug for Checkpoint {
     }
 }
 
-/// Memory-maps `path` read-only.
-pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: the map is read-only and private to this process. Another process truncating or
-    // rewriting an input while it is read is undefined behaviour, as for every mmap-based reader
-    // (safetensors, numpy's memmap); inputs are never written by swa itself.
-    unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
-}
-
 impl Checkpoint {
-    /// Opens a `.safetensors` file, a sharded checkpoint (its `*.safetensors.index.json`, or a
-    /// directory holding one), or an `.onnx` model (its initializers).
+    /// Opens a `.safetensors` file, or a sharded checkpoint (its `*.safetensors.index.json`, or a
+    /// directory holding one).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if path.is_dir() {
             return match find_index(path)? {
-                Some(index) => Self::open_sharded(&index),
+                Some(index) => sharded::open(&index),
                 None => Err(Error::format(path, "directory holds no *.safetensors.index.json")),
             };
         }
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if name.ends_with(".index.json") {
-            Self::open_sharded(path)
-        } else if name.ends_with(".onnx") {
-            crate::onnx::Model::load(path)?.checkpoint()
+            sharded::open(path)
         } else {
             Self::open_safetensors(path)
         }
@@ -115,50 +106,9 @@ impl Checkpoint {
         Ok(ck)
     }
 
-    fn open_sharded(index_path: &Path) -> Result<Self> {
-        #[derive(Deserialize)]
-        struct Index {
-            #[serde(default)]
-            metadata: Option<serde_json::Value>,
-            weight_map: BTreeMap<String, String>,
-        }
-        let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
-        let index: Index = serde_json::from_str(&text)
-            .map_err(|e| Error::format(index_path, format!("not a sharded-checkpoint index: {e}")))?;
-        let dir = index_path.parent().unwrap_or(Path::new("."));
-        let mut shards: Vec<&String> = index.weight_map.values().collect();
-        shards.sort();
-        shards.dedup();
-        let mut ck = Checkpoint::empty(index_path);
-        for shard in shards {
-            let shard_path = dir.join(shard);
-            let meta = ck.add_safetensors(&shard_path)?;
-            if ck.metadata.is_empty() {
-                ck.metadata = meta;
-            }
-        }
-        for (name, shard) in &index.weight_map {
-            let Some(&i) = ck.index.get(name) else {
-                return Err(Error::tensor(index_path, name, format!("listed in the index but missing from {shard}")));
-            };
-            let actual = &ck.sources[ck.tensors[i].source].path;
-            if actual.file_name().and_then(|n| n.to_str()) != Some(shard.as_str()) {
-                return Err(Error::tensor(
-                    index_path,
-                    name,
-                    format!("index says {shard}, found in {}", actual.display()),
-                ));
-            }
-        }
-        if let Some(serde_json::Value::Object(m)) = index.metadata {
-            for (k, v) in m {
-                ck.metadata.entry(k).or_insert_with(|| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()));
-            }
-        }
-        Ok(ck)
-    }
-
-    fn empty(path: &Path) -> Self {
+    /// A checkpoint with no tensors yet, named after `path`; [`Checkpoint::push_owned`] and
+    /// [`Checkpoint::add_safetensors`] fill it.
+    pub fn empty(path: &Path) -> Self {
         Checkpoint {
             path: path.to_path_buf(),
             sources: Vec::new(),
@@ -169,7 +119,7 @@ impl Checkpoint {
     }
 
     /// Maps one safetensors file, validates its header and adds its tensors; returns its metadata.
-    fn add_safetensors(&mut self, path: &Path) -> Result<BTreeMap<String, String>> {
+    pub fn add_safetensors(&mut self, path: &Path) -> Result<BTreeMap<String, String>> {
         let map = map_file(path)?;
         let (header_len, meta) =
             safetensors::SafeTensors::read_metadata(&map).map_err(|e| safetensors_error(path, e))?;
@@ -192,15 +142,11 @@ impl Checkpoint {
     }
 
     /// Adds a tensor whose bytes are owned (read out of another format).
-    pub(crate) fn push_owned(&mut self, name: String, dtype: Dtype, shape: Vec<usize>, bytes: Vec<u8>) -> Result<()> {
+    pub fn push_owned(&mut self, name: String, dtype: Dtype, shape: Vec<usize>, bytes: Vec<u8>) -> Result<()> {
         let source = self.sources.len();
         let range = 0..bytes.len();
         self.sources.push(Source { path: self.path.clone(), buffer: Buffer::Owned(bytes) });
         self.push(TensorEntry { name, dtype, shape, source, range })
-    }
-
-    pub(crate) fn new_owned(path: &Path) -> Self {
-        Checkpoint::empty(path)
     }
 
     fn push(&mut self, entry: TensorEntry) -> Result<()> {
@@ -254,6 +200,16 @@ impl Checkpoint {
         &self.metadata
     }
 
+    /// The metadata, to fill in.
+    pub fn metadata_mut(&mut self) -> &mut BTreeMap<String, String> {
+        &mut self.metadata
+    }
+
+    /// Where the tensor called `name` comes from (a shard, for sharded checkpoints), if present.
+    pub fn file_of_name(&self, name: &str) -> Option<&Path> {
+        self.get(name).map(|t| self.file_of(t))
+    }
+
     /// Every file this checkpoint reads.
     pub fn files(&self) -> Vec<&Path> {
         let mut files: Vec<&Path> = self.sources.iter().map(|s| s.path.as_path()).collect();
@@ -268,23 +224,6 @@ impl Checkpoint {
             return Err(Error::tensor(&self.path, name, format!("is {:?}, not floating point", t.dtype)));
         }
         Ok(dtype::to_f32(t.dtype, self.bytes(t)))
-    }
-}
-
-/// The `*.safetensors.index.json` in `dir`, if it holds exactly one.
-pub fn find_index(dir: &Path) -> Result<Option<PathBuf>> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let name = entry.file_name();
-        if name.to_string_lossy().ends_with(".safetensors.index.json") {
-            found.push(entry.path());
-        }
-    }
-    match found.len() {
-        0 => Ok(None),
-        1 => Ok(found.pop()),
-        _ => Err(Error::format(dir, "holds more than one *.safetensors.index.json")),
     }
 }
 

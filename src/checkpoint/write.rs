@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 
 use safetensors::Dtype;
 
-use crate::checkpoint::dtype;
 use tempfile::NamedTempFile;
 
+use crate::checkpoint::dtype;
 use crate::error::{Error, Result};
+use crate::fs::temp_beside;
 
 /// Name, type and shape of a tensor to write.
 #[derive(Debug, Clone)]
@@ -36,20 +37,6 @@ pub struct SafetensorsWriter {
     target: PathBuf,
     file: NamedTempFile,
     offsets: Vec<u64>,
-}
-
-/// Creates a temporary file in the directory of `target`, so that a rename publishes it atomically.
-pub(crate) fn temp_beside(target: &Path) -> Result<NamedTempFile> {
-    let dir = match target.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".partial")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, std::io::Error::new(e.kind(), format!("cannot create the output here: {e}"))))
 }
 
 impl SafetensorsWriter {
@@ -110,19 +97,5 @@ pub fn write_tensors(
         writer.write_at(i, 0, bytes)?;
     }
     writer.finish()?;
-    Ok(())
-}
-
-/// Writes `bytes` into a temporary file beside `path`, flushed, for the caller to rename.
-pub fn stage_file(path: &Path, bytes: &[u8]) -> Result<NamedTempFile> {
-    let mut tmp = temp_beside(path)?;
-    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    Ok(tmp)
-}
-
-/// Writes a small file atomically (temporary file beside it, then rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    stage_file(path, bytes)?.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
 }

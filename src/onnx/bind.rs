@@ -1,4 +1,5 @@
-//! Binding checkpoint tensors into an ONNX graph by name.
+//! Binding checkpoint tensors into an ONNX graph by name: [`Binder`] holds a model prepared once,
+//! and [`Binder::bind`] gives a [`Bound`] model per checkpoint.
 //!
 //! The PyTorch exporter deduplicates equal initializers (a fresh model's BatchNorm weights are all
 //! ones), so `layer1.0.bn1.weight` may be an `Identity` of `bn1.weight`. [`unshare`] first gives
@@ -6,12 +7,70 @@
 //! usual wrapper prefixes (`module.`, `_orig_mod.`, `model.`) stripped on either side.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::Path;
 
 use serde::Serialize;
 
-use super::{tensor, tensor_data, Model};
+use super::{is_float_elem, tensor, tensor_data, Model};
 use crate::checkpoint::{dtype, Checkpoint};
-use crate::error::{Error, Result};
+use crate::error::{Error, Hint, Result};
+
+/// A model ready to take checkpoints: read once, every shared initializer given its own copy
+/// ([`unshare`]) once.
+#[derive(Debug, Clone)]
+pub struct Binder {
+    model: Model,
+}
+
+/// A model with a checkpoint's tensors bound into it.
+#[derive(Debug)]
+pub struct Bound {
+    /// The model, weights bound.
+    pub model: Model,
+    /// The checkpoint whose names saved weights use: the one bound, or the model's own
+    /// initializers when none was.
+    pub checkpoint: Checkpoint,
+    /// How the checkpoint bound, if one was.
+    pub binding: Option<BindReport>,
+}
+
+impl Binder {
+    /// Prepares `model` for binding.
+    pub fn new(mut model: Model) -> Self {
+        unshare(&mut model);
+        Binder { model }
+    }
+
+    /// Reads the ONNX model at `path` and prepares it.
+    pub fn load(path: &Path) -> Result<Self> {
+        Ok(Binder::new(Model::load(path)?))
+    }
+
+    /// The model, with its own weights.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The model with `checkpoint` bound into a copy of it (shapes must agree; floats are converted
+    /// to the initializer's dtype). Weights of the model that the checkpoint lacks are an error
+    /// unless `allow_partial`. With no checkpoint, the model keeps its own weights and its
+    /// initializers stand for the checkpoint.
+    pub fn bind(&self, checkpoint: Option<Checkpoint>, allow_partial: bool) -> Result<Bound> {
+        let mut model = self.model.clone();
+        match checkpoint {
+            Some(ck) => {
+                let binding = bind_into(&mut model, &ck, allow_partial)?;
+                Ok(Bound { model, checkpoint: ck, binding: Some(binding) })
+            }
+            None => Ok(Bound { checkpoint: model.checkpoint()?, model, binding: None }),
+        }
+    }
+
+    /// How `checkpoint` would bind, without failing on weights it lacks (for `inspect`).
+    pub fn report(&self, checkpoint: &Checkpoint) -> Result<BindReport> {
+        bind_into(&mut self.model.clone(), checkpoint, true)
+    }
+}
 
 const PREFIXES: [&str; 3] = ["module.", "_orig_mod.", "model."];
 
@@ -28,7 +87,7 @@ pub fn strip_prefixes(mut name: &str) -> &str {
 
 /// Replaces every `Identity` of an initializer by an initializer of its own (a copy), so each
 /// name can be bound and recalibrated separately. Returns how many were resolved.
-pub fn unshare(model: &mut Model) -> usize {
+fn unshare(model: &mut Model) -> usize {
     let mut resolved = 0;
     loop {
         let g = model.graph_mut();
@@ -52,7 +111,7 @@ pub fn unshare(model: &mut Model) -> usize {
 }
 
 /// How a checkpoint bound to a graph.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct BindReport {
     /// Checkpoint name → graph initializer name, for every bound tensor.
     pub bound: Vec<(String, String)>,
@@ -76,7 +135,7 @@ impl BindReport {
 pub fn weight_initializers(model: &Model) -> BTreeSet<String> {
     let g = model.graph();
     let inits: HashSet<&str> =
-        g.initializer.iter().filter(|t| matches!(t.data_type(), 1 | 10 | 11 | 16)).map(|t| t.name()).collect();
+        g.initializer.iter().filter(|t| is_float_elem(t.data_type())).map(|t| t.name()).collect();
     let mut out = BTreeSet::new();
     for n in &g.node {
         if WEIGHT_OPS.contains(&n.op_type()) {
@@ -90,10 +149,8 @@ pub fn weight_initializers(model: &Model) -> BTreeSet<String> {
     out
 }
 
-/// Binds `ck`'s tensors into `model`'s initializers (after [`unshare`]). Shapes must agree; floats
-/// are converted to the initializer's dtype. Unbound weights are an error unless `allow_partial`.
-pub fn bind(model: &mut Model, ck: &Checkpoint, allow_partial: bool) -> Result<BindReport> {
-    unshare(model);
+/// Binds `ck`'s tensors into the initializers of `model` (already [`unshare`]d).
+fn bind_into(model: &mut Model, ck: &Checkpoint, allow_partial: bool) -> Result<BindReport> {
     let weights = weight_initializers(model);
     let g = model.graph_mut();
     let exact: HashMap<String, usize> =
@@ -159,13 +216,14 @@ pub fn bind(model: &mut Model, ck: &Checkpoint, allow_partial: bool) -> Result<B
         let shown: Vec<&str> = report.unbound.iter().take(5).map(String::as_str).collect();
         return Err(Error::Mismatch(format!(
             "{}: {} of the model's weights have no tensor of that name in the checkpoint (first: {}); {} checkpoint tensors matched nothing{}. \
-             Was the model exported from the same architecture, with BatchNorm kept? Pass --allow-partial to keep the model's own values for them",
+             Was the model exported from the same architecture, with BatchNorm kept?",
             ck.path().display(),
             report.unbound.len(),
             shown.join(", "),
             report.unmatched.len(),
             if report.unmatched.is_empty() { String::new() } else { format!(" (first: {})", report.unmatched.iter().take(3).cloned().collect::<Vec<_>>().join(", ")) }
-        )));
+        ))
+        .hint(Hint::AllowPartial));
     }
     Ok(report)
 }

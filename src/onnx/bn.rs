@@ -12,8 +12,8 @@ use std::collections::HashSet;
 use safetensors::Dtype;
 use serde::Serialize;
 
-use super::{attr_f, attr_i, elem, int_attr, ints_attr, node, node_label, tensor, tensor_data, Model, NodeProto};
-use super::{proto, ValueInfoProto};
+use super::{attr_f, attr_i, int_attr, ints_attr, node, node_label, tensor, tensor_data, Model, NodeProto};
+use super::{proto, DataType, GraphProto, ValueInfoProto};
 use crate::checkpoint::dtype;
 use crate::error::{Error, Result};
 
@@ -64,15 +64,24 @@ pub enum Reduction {
 }
 
 impl Reduction {
-    /// The faster layout for a device (see docs/performance.md), overridable with
-    /// `SWA_STATS_REDUCTION=flat|split|square` for benchmarking.
+    /// The faster layout for a device (see docs/performance.md).
     pub fn for_device(cuda: bool) -> Self {
-        match std::env::var("SWA_STATS_REDUCTION").as_deref() {
-            Ok("flat") => Reduction::Flat,
-            Ok("split") => Reduction::Split,
-            Ok("square") => Reduction::Square,
-            _ if cuda => Reduction::Split,
-            _ => Reduction::Flat,
+        if cuda {
+            Reduction::Split
+        } else {
+            Reduction::Flat
+        }
+    }
+}
+
+impl std::str::FromStr for Reduction {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "flat" => Ok(Reduction::Flat),
+            "split" => Ok(Reduction::Split),
+            "square" => Ok(Reduction::Square),
+            _ => Err(format!("unknown statistics reduction `{s}`: use flat, split or square")),
         }
     }
 }
@@ -90,7 +99,7 @@ pub fn find(model: &Model) -> Result<Vec<BnLayer>> {
             continue;
         }
         let name = node_label(n);
-        if attr_i(n, "training_mode", 0) != 0 || n.output.iter().filter(|o| !o.is_empty()).count() > 1 {
+        if attr_i(n, "training_mode", 0)? != 0 || n.output.iter().filter(|o| !o.is_empty()).count() > 1 {
             return Err(Error::node(
                 name,
                 "BatchNormalization",
@@ -114,7 +123,7 @@ pub fn find(model: &Model) -> Result<Vec<BnLayer>> {
             mean: n.input[3].clone(),
             var: n.input[4].clone(),
             channels,
-            epsilon: attr_f(n, "epsilon", 1e-5),
+            epsilon: attr_f(n, "epsilon", 1e-5)?,
         });
     }
     if layers.is_empty() {
@@ -135,12 +144,113 @@ fn output(name: &str, dims: &[i64]) -> ValueInfoProto {
         name: Some(name.into()),
         r#type: Some(proto::TypeProto {
             value: Some(proto::type_proto::Value::TensorType(proto::type_proto::Tensor {
-                elem_type: Some(elem::FLOAT),
+                elem_type: Some(DataType::Float as i32),
                 shape: Some(shape),
             })),
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// Names of the constants the statistics nodes share.
+const SHAPE_NCR: &str = "swa_stats/reshape_to_ncr";
+const INDEX_1: &str = "swa_stats/index_1";
+const SHAPE_1: &str = "swa_stats/shape_1";
+const ALL: &str = "swa_stats/all";
+
+fn axes_name(axes: &[i64]) -> String {
+    format!("swa_stats/axes_{axes:?}")
+}
+
+/// Adds the constants of [`SHAPE_NCR`], [`INDEX_1`], [`SHAPE_1`] and the reduction axes.
+fn add_constants(g: &mut GraphProto) {
+    let i64s = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    g.initializer.push(tensor(SHAPE_NCR, Dtype::I64, &[3], i64s(&[0, 0, -1])));
+    g.initializer.push(tensor(INDEX_1, Dtype::I64, &[], i64s(&[1])));
+    g.initializer.push(tensor(SHAPE_1, Dtype::I64, &[1], i64s(&[1])));
+    for axes in [&[0, 2][..], &[2], &[0]] {
+        g.initializer.push(tensor(&axes_name(axes), Dtype::I64, &[axes.len()], i64s(axes)));
+    }
+}
+
+/// Builds the statistics nodes of one layer, named `swa_stats/K/...`.
+struct LayerNodes<'a> {
+    k: usize,
+    opset: i64,
+    layer: &'a BnLayer,
+    nodes: Vec<NodeProto>,
+}
+
+impl LayerNodes<'_> {
+    fn v(&self, s: &str) -> String {
+        format!("swa_stats/{}/{s}", self.k)
+    }
+
+    /// An operator whose output is named like the node.
+    fn op(&mut self, op: &str, name: &str, inputs: &[&str]) {
+        let out = self.v(name);
+        self.nodes.push(node(op, out.clone(), inputs, &[&out], vec![]));
+    }
+
+    /// A reduction without kept dims; the axes are an input from opset 13 (ReduceSum) or 18 (the others).
+    fn reduce(&mut self, op: &str, input: &str, name: &str, axes: &[i64]) {
+        let out = self.v(name);
+        let axes_input = axes_name(axes);
+        let mut attrs = vec![int_attr("keepdims", 0)];
+        let mut inputs = vec![input];
+        if self.opset >= if op == "ReduceSum" { 13 } else { 18 } {
+            inputs.push(&axes_input);
+        } else {
+            attrs.push(ints_attr("axes", axes));
+        }
+        self.nodes.push(node(op, out.clone(), &inputs, &[&out], attrs));
+    }
+
+    /// `mean` [C] and `sumsq` [C] (the sum of squares) of the [N, C, R] view `xr`.
+    fn moments(&mut self, reduction: Reduction) {
+        let (xr, l2, l2n, sq, sumsq_n, mean_n) =
+            (self.v("xr"), self.v("l2"), self.v("l2_n"), self.v("sq"), self.v("sumsq_n"), self.v("mean_n"));
+        match reduction {
+            Reduction::Flat => {
+                self.reduce("ReduceMean", &xr, "mean", &[0, 2]);
+                self.reduce("ReduceL2", &xr, "l2", &[0, 2]);
+                self.op("Mul", "sumsq", &[&l2, &l2]);
+            }
+            Reduction::Split => {
+                self.reduce("ReduceMean", &xr, "mean_n", &[2]);
+                self.reduce("ReduceMean", &mean_n, "mean", &[0]);
+                self.reduce("ReduceL2", &xr, "l2_n", &[2]);
+                self.op("Mul", "sumsq_n", &[&l2n, &l2n]);
+                self.reduce("ReduceSum", &sumsq_n, "sumsq", &[0]);
+            }
+            Reduction::Square => {
+                self.reduce("ReduceMean", &xr, "mean_n", &[2]);
+                self.reduce("ReduceMean", &mean_n, "mean", &[0]);
+                self.op("Mul", "sq", &[&xr, &xr]);
+                self.reduce("ReduceSum", &sq, "sumsq_n", &[2]);
+                self.reduce("ReduceSum", &sumsq_n, "sumsq", &[0]);
+            }
+        }
+    }
+
+    /// `count` (values per channel, N·H·W), `count_1` (as a [1] vector) and the biased `var`.
+    fn variance(&mut self) {
+        let input = self.layer.input.clone();
+        let v = |s: &str| self.v(s);
+        let (size, shape, channels, count_i, count) = (v("size"), v("shape"), v("channels"), v("count_i"), v("count"));
+        let (sumsq, meansq, mean, mean2, var_raw) = (v("sumsq"), v("meansq"), v("mean"), v("mean2"), v("var_raw"));
+        self.op("Size", "size", &[&input]);
+        self.op("Shape", "shape", &[&input]);
+        self.op("Gather", "channels", &[&shape, INDEX_1]);
+        self.op("Div", "count_i", &[&size, &channels]);
+        let to_float = int_attr("to", DataType::Float as i64);
+        self.nodes.push(node("Cast", count.clone(), &[&count_i], &[&count], vec![to_float]));
+        self.op("Reshape", "count_1", &[&count, SHAPE_1]);
+        self.op("Div", "meansq", &[&sumsq, &count]);
+        self.op("Mul", "mean2", &[&mean, &mean]);
+        self.op("Sub", "var_raw", &[&meansq, &mean2]);
+        self.op("Relu", "var", &[&var_raw]);
     }
 }
 
@@ -150,101 +260,43 @@ pub fn stats_model(model: &Model, layers: &[BnLayer], reduction: Reduction) -> R
     let mut out = model.clone();
     let opset = model.opset();
     let g = out.graph_mut();
-    let i64s = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let shape_name = "swa_stats/reshape_to_ncr";
-    let one_name = "swa_stats/index_1";
-    let vec1_name = "swa_stats/shape_1";
-    g.initializer.push(tensor(shape_name, Dtype::I64, &[3], i64s(&[0, 0, -1])));
-    g.initializer.push(tensor(one_name, Dtype::I64, &[], i64s(&[1])));
-    g.initializer.push(tensor(vec1_name, Dtype::I64, &[1], i64s(&[1])));
-    let axes_sets: [&[i64]; 3] = [&[0, 2], &[2], &[0]];
-    for axes in axes_sets {
-        let name = format!("swa_stats/axes_{axes:?}");
-        g.initializer.push(tensor(&name, Dtype::I64, &[axes.len()], i64s(axes)));
-    }
-    // ReduceSum takes its axes as an input from opset 13, the other reductions from opset 18.
-    let reduce = |op: &str, input: &str, output: &str, axes: &[i64]| {
-        let as_input = opset >= if op == "ReduceSum" { 13 } else { 18 };
-        let mut attrs = vec![int_attr("keepdims", 0)];
-        let axes_name = format!("swa_stats/axes_{axes:?}");
-        let mut inputs = vec![input];
-        if as_input {
-            inputs.push(&axes_name);
-        } else {
-            attrs.push(ints_attr("axes", axes));
-        }
-        node(op, output.to_string(), &inputs, &[output], attrs)
-    };
+    add_constants(g);
     let by_node: std::collections::HashMap<usize, usize> =
         layers.iter().enumerate().map(|(k, l)| (l.node, k)).collect();
     let old_nodes = std::mem::take(&mut g.node);
-    let mut parts = Vec::new();
-    let mut offsets = Vec::new();
-    let mut len = 0;
+    let (mut parts, mut offsets, mut len) = (Vec::new(), Vec::new(), 0);
     for (i, n) in old_nodes.into_iter().enumerate() {
         let Some(&k) = by_node.get(&i) else {
             g.node.push(n);
             continue;
         };
-        let l = &layers[k];
-        let v = |s: &str| format!("swa_stats/{k}/{s}");
-        g.node.push(node("Reshape", v("reshape"), &[&l.input, shape_name], &[&v("xr")], vec![]));
-        let op = |op: &str, name: &str, inputs: &[&str]| node(op, v(name), inputs, &[&v(name)], vec![]);
-        match reduction {
-            Reduction::Flat => {
-                g.node.push(reduce("ReduceMean", &v("xr"), &v("mean"), &[0, 2]));
-                g.node.push(reduce("ReduceL2", &v("xr"), &v("l2"), &[0, 2]));
-                g.node.push(op("Mul", "sumsq", &[&v("l2"), &v("l2")]));
-            }
-            Reduction::Split => {
-                g.node.push(reduce("ReduceMean", &v("xr"), &v("mean_n"), &[2]));
-                g.node.push(reduce("ReduceMean", &v("mean_n"), &v("mean"), &[0]));
-                g.node.push(reduce("ReduceL2", &v("xr"), &v("l2_n"), &[2]));
-                g.node.push(op("Mul", "sumsq_n", &[&v("l2_n"), &v("l2_n")]));
-                g.node.push(reduce("ReduceSum", &v("sumsq_n"), &v("sumsq"), &[0]));
-            }
-            Reduction::Square => {
-                g.node.push(reduce("ReduceMean", &v("xr"), &v("mean_n"), &[2]));
-                g.node.push(reduce("ReduceMean", &v("mean_n"), &v("mean"), &[0]));
-                g.node.push(op("Mul", "sq", &[&v("xr"), &v("xr")]));
-                g.node.push(reduce("ReduceSum", &v("sq"), &v("sumsq_n"), &[2]));
-                g.node.push(reduce("ReduceSum", &v("sumsq_n"), &v("sumsq"), &[0]));
-            }
-        }
-        g.node.extend([
-            op("Size", "size", &[&l.input]),
-            op("Shape", "shape", &[&l.input]),
-            op("Gather", "channels", &[&v("shape"), one_name]),
-            op("Div", "count_i", &[&v("size"), &v("channels")]),
-            node("Cast", v("count"), &[&v("count_i")], &[&v("count")], vec![int_attr("to", elem::FLOAT as i64)]),
-            op("Reshape", "count_1", &[&v("count"), vec1_name]),
-            op("Div", "meansq", &[&v("sumsq"), &v("count")]),
-            op("Mul", "mean2", &[&v("mean"), &v("mean")]),
-            op("Sub", "var_raw", &[&v("meansq"), &v("mean2")]),
-            op("Relu", "var", &[&v("var_raw")]),
-        ]);
+        let layer = &layers[k];
+        let mut b = LayerNodes { k, opset, layer, nodes: Vec::new() };
+        b.op("Reshape", "xr", &[&layer.input, SHAPE_NCR]);
+        b.moments(reduction);
+        b.variance();
         let mut bn: NodeProto = n;
-        bn.input[3] = v("mean");
-        bn.input[4] = v("var");
+        bn.input[3] = b.v("mean");
+        bn.input[4] = b.v("var");
         bn.attribute.retain(|a| a.name() == "epsilon");
+        parts.extend([b.v("mean"), b.v("var"), b.v("count_1")]);
+        g.node.extend(b.nodes);
         g.node.push(bn);
-        parts.extend([v("mean"), v("var"), v("count_1")]);
         offsets.push(len);
-        len += 2 * l.channels + 1;
+        len += 2 * layer.channels + 1;
     }
-    let all = "swa_stats/all";
     let inputs: Vec<&str> = parts.iter().map(String::as_str).collect();
-    g.node.push(node("Concat", all.into(), &inputs, &[all], vec![int_attr("axis", 0)]));
+    g.node.push(node("Concat", ALL.into(), &inputs, &[ALL], vec![int_attr("axis", 0)]));
     g.output.clear();
-    g.output.push(output(all, &[len as i64]));
+    g.output.push(output(ALL, &[len as i64]));
     g.value_info.clear();
-    prune(g, all);
-    Ok((out, StatsLayout { output: all.into(), offsets }))
+    prune(g, ALL);
+    Ok((out, StatsLayout { output: ALL.into(), offsets }))
 }
 
 /// Removes the nodes that do not contribute to `output` (the classifier head after the last BN),
 /// and the initializers only they used.
-fn prune(g: &mut super::GraphProto, output: &str) {
+fn prune(g: &mut GraphProto, output: &str) {
     let mut needed: HashSet<String> = HashSet::from([output.to_string()]);
     let mut keep = vec![false; g.node.len()];
     for (i, n) in g.node.iter().enumerate().rev() {

@@ -12,10 +12,13 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use safetensors::Dtype;
 
+pub use proto::attribute_proto::AttributeType;
+pub use proto::tensor_proto::{DataLocation, DataType};
 pub use proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto};
 
 use crate::checkpoint::{dtype, Checkpoint};
 use crate::error::{Error, Result};
+use crate::fs::{map_file, publish, stage_file};
 
 /// Initializers larger than this are written as external data when the model would not fit in a
 /// protobuf message (2 GiB).
@@ -32,7 +35,7 @@ impl StagedModel {
     /// Renames the files to their targets (the external data first, the model last).
     pub fn publish(self) -> Result<()> {
         for (tmp, path) in self.files {
-            tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+            publish(tmp, &path)?;
         }
         Ok(())
     }
@@ -47,51 +50,36 @@ pub struct Model {
     pub proto: ModelProto,
 }
 
-/// ONNX `TensorProto.DataType` values used here.
-pub mod elem {
-    /// float32
-    pub const FLOAT: i32 = 1;
-    /// uint8
-    pub const UINT8: i32 = 2;
-    /// int8
-    pub const INT8: i32 = 3;
-    /// int32
-    pub const INT32: i32 = 6;
-    /// int64
-    pub const INT64: i32 = 7;
-    /// bool
-    pub const BOOL: i32 = 9;
-    /// float16
-    pub const FLOAT16: i32 = 10;
-    /// float64
-    pub const DOUBLE: i32 = 11;
-    /// bfloat16
-    pub const BFLOAT16: i32 = 16;
-}
+/// The element types that have a safetensors dtype, and that dtype.
+const DTYPES: [(DataType, Dtype); 13] = [
+    (DataType::Float, Dtype::F32),
+    (DataType::Uint8, Dtype::U8),
+    (DataType::Int8, Dtype::I8),
+    (DataType::Uint16, Dtype::U16),
+    (DataType::Int16, Dtype::I16),
+    (DataType::Int32, Dtype::I32),
+    (DataType::Int64, Dtype::I64),
+    (DataType::Bool, Dtype::BOOL),
+    (DataType::Float16, Dtype::F16),
+    (DataType::Double, Dtype::F64),
+    (DataType::Uint32, Dtype::U32),
+    (DataType::Uint64, Dtype::U64),
+    (DataType::Bfloat16, Dtype::BF16),
+];
 
-/// The safetensors dtype of an ONNX element type.
+/// The safetensors dtype of an ONNX element type (`TensorProto.data_type`).
 pub fn dtype_of(elem_type: i32) -> Option<Dtype> {
-    Some(match elem_type {
-        elem::FLOAT => Dtype::F32,
-        elem::UINT8 => Dtype::U8,
-        elem::INT8 => Dtype::I8,
-        4 => Dtype::U16,
-        5 => Dtype::I16,
-        elem::INT32 => Dtype::I32,
-        elem::INT64 => Dtype::I64,
-        elem::BOOL => Dtype::BOOL,
-        elem::FLOAT16 => Dtype::F16,
-        elem::DOUBLE => Dtype::F64,
-        12 => Dtype::U32,
-        13 => Dtype::U64,
-        elem::BFLOAT16 => Dtype::BF16,
-        _ => return None,
-    })
+    DTYPES.iter().find(|(e, _)| *e as i32 == elem_type).map(|&(_, d)| d)
 }
 
 /// The ONNX element type of a safetensors dtype.
 pub fn elem_of(dtype: Dtype) -> Option<i32> {
-    (1..=16).find(|&e| dtype_of(e) == Some(dtype))
+    DTYPES.iter().find(|(_, d)| *d == dtype).map(|&(e, _)| e as i32)
+}
+
+/// True for the floating-point ONNX element types that hold weights (float, double, float16, bfloat16).
+pub fn is_float_elem(elem_type: i32) -> bool {
+    dtype_of(elem_type).is_some_and(dtype::is_float)
 }
 
 /// The node's name, or its first output where it has none: what errors call it.
@@ -108,14 +96,28 @@ pub fn attribute<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributePro
     node.attribute.iter().find(|a| a.name() == name)
 }
 
+/// The attribute `name` of `node` if present, checked to be of type `kind` (an attribute without a
+/// type is taken at its word); an error names the node, its operator and the attribute.
+fn typed_attribute<'a>(node: &'a NodeProto, name: &str, kind: AttributeType) -> Result<Option<&'a AttributeProto>> {
+    let Some(a) = attribute(node, name) else { return Ok(None) };
+    if a.r#type.is_some() && a.r#type() != kind {
+        return Err(Error::node(
+            node_label(node),
+            node.op_type(),
+            format!("attribute `{name}` is {:?}, expected {kind:?}", a.r#type()),
+        ));
+    }
+    Ok(Some(a))
+}
+
 /// A float attribute, with its default.
-pub fn attr_f(node: &NodeProto, name: &str, default: f32) -> f32 {
-    attribute(node, name).and_then(|a| a.f).unwrap_or(default)
+pub fn attr_f(node: &NodeProto, name: &str, default: f32) -> Result<f32> {
+    Ok(typed_attribute(node, name, AttributeType::Float)?.and_then(|a| a.f).unwrap_or(default))
 }
 
 /// An integer attribute, with its default.
-pub fn attr_i(node: &NodeProto, name: &str, default: i64) -> i64 {
-    attribute(node, name).and_then(|a| a.i).unwrap_or(default)
+pub fn attr_i(node: &NodeProto, name: &str, default: i64) -> Result<i64> {
+    Ok(typed_attribute(node, name, AttributeType::Int)?.and_then(|a| a.i).unwrap_or(default))
 }
 
 /// Builds a node.
@@ -132,12 +134,16 @@ pub fn node(op: &str, name: String, inputs: &[&str], outputs: &[&str], attribute
 
 /// An integer-list attribute.
 pub fn ints_attr(name: &str, values: &[i64]) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), r#type: Some(7), ints: values.to_vec(), ..Default::default() }
+    let mut a = AttributeProto { name: Some(name.into()), ints: values.to_vec(), ..Default::default() };
+    a.set_type(AttributeType::Ints);
+    a
 }
 
 /// An integer attribute.
 pub fn int_attr(name: &str, value: i64) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), r#type: Some(2), i: Some(value), ..Default::default() }
+    let mut a = AttributeProto { name: Some(name.into()), i: Some(value), ..Default::default() };
+    a.set_type(AttributeType::Int);
+    a
 }
 
 /// A tensor initializer from raw little-endian bytes.
@@ -208,7 +214,7 @@ impl Model {
         let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let mut maps: HashMap<PathBuf, memmap2::Mmap> = HashMap::new();
         for t in &mut self.proto.graph.as_mut().expect("checked").initializer {
-            if t.data_location != Some(1) {
+            if t.data_location() != DataLocation::External {
                 continue;
             }
             let info = external_info(t);
@@ -221,7 +227,7 @@ impl Model {
             let size = dtype_of(t.data_type()).map(dtype::width).unwrap_or(1);
             let length: usize = info.get("length").and_then(|v| v.parse().ok()).unwrap_or(numel * size);
             if !maps.contains_key(&file) {
-                maps.insert(file.clone(), crate::checkpoint::map_file(&file)?);
+                maps.insert(file.clone(), map_file(&file)?);
             }
             let map = &maps[&file];
             let data = map.get(offset..offset + length).ok_or_else(|| {
@@ -259,7 +265,7 @@ impl Model {
 
     /// The initializers as a checkpoint, under their ONNX names.
     pub fn checkpoint(&self) -> Result<Checkpoint> {
-        let mut ck = Checkpoint::new_owned(&self.path);
+        let mut ck = Checkpoint::empty(&self.path);
         for t in &self.graph().initializer {
             let (dtype, shape, bytes) = tensor_data(t)?;
             ck.push_owned(t.name().to_string(), dtype, shape, bytes)?;
@@ -297,7 +303,7 @@ impl Model {
                 kv("offset", data.len().to_string()),
                 kv("length", raw.len().to_string()),
             ];
-            t.data_location = Some(1);
+            t.set_data_location(DataLocation::External);
             data.extend_from_slice(&raw);
         }
         (proto.encode_to_vec(), Some(data))
@@ -313,9 +319,9 @@ impl Model {
         let mut files = Vec::new();
         if let Some(data) = data {
             let data_path = path.with_file_name(&data_name);
-            files.push((crate::checkpoint::stage_file(&data_path, &data)?, data_path));
+            files.push((stage_file(&data_path, &data)?, data_path));
         }
-        files.push((crate::checkpoint::stage_file(path, &bytes)?, path.to_path_buf()));
+        files.push((stage_file(path, &bytes)?, path.to_path_buf()));
         Ok(StagedModel { files })
     }
 

@@ -3,71 +3,102 @@
 
 use std::fmt::Write;
 
+use super::table::{self, Table};
 use super::{pct, points, Report};
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-/// The chart as an SVG element.
-pub fn chart(r: &Report) -> String {
-    let (w, h, left, right, top, bottom) = (720.0, 360.0, 60.0, 180.0, 20.0, 50.0);
-    let n = r.checkpoints.len().max(1);
-    let mut values: Vec<f64> = r
-        .checkpoints
-        .iter()
-        .flat_map(|c| std::iter::once(c.stored.top1).chain(c.recalibrated.as_ref().map(|x| x.top1)))
-        .collect();
-    values.extend([r.swa_stored.top1, r.swa_recalibrated.top1]);
-    let lo = values.iter().copied().fold(1.0, f64::min);
-    let hi = values.iter().copied().fold(0.0, f64::max);
-    let pad = ((hi - lo) * 0.1).max(0.01);
-    let (lo, hi) = ((lo - pad).max(0.0), (hi + pad).min(1.0));
-    let x = |i: usize| left + (w - left - right) * if n == 1 { 0.5 } else { i as f64 / (n - 1) as f64 };
-    let y = |v: f64| top + (h - top - bottom) * (1.0 - (v - lo) / (hi - lo).max(1e-9));
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg id="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="top-1 accuracy per checkpoint">"#
-    );
-    let _ = write!(s, r##"<rect x="0" y="0" width="{w}" height="{h}" fill="#fff"/>"##);
-    for k in 0..=4 {
-        let v = lo + (hi - lo) * k as f64 / 4.0;
+/// The plot area of the chart and its scales: checkpoint index → x, top-1 → y.
+struct Frame {
+    w: f64,
+    h: f64,
+    left: f64,
+    right: f64,
+    top: f64,
+    bottom: f64,
+    n: usize,
+    lo: f64,
+    hi: f64,
+}
+
+impl Frame {
+    /// A frame whose y range holds every accuracy of `r`, padded.
+    fn new(r: &Report) -> Self {
+        let mut values: Vec<f64> = r
+            .checkpoints
+            .iter()
+            .flat_map(|c| std::iter::once(c.stored.top1).chain(c.recalibrated.as_ref().map(|x| x.top1)))
+            .collect();
+        values.extend([r.swa_stored.top1, r.swa_recalibrated.top1]);
+        let lo = values.iter().copied().fold(1.0, f64::min);
+        let hi = values.iter().copied().fold(0.0, f64::max);
+        let pad = ((hi - lo) * 0.1).max(0.01);
+        Frame {
+            w: 720.0,
+            h: 360.0,
+            left: 60.0,
+            right: 180.0,
+            top: 20.0,
+            bottom: 50.0,
+            n: r.checkpoints.len().max(1),
+            lo: (lo - pad).max(0.0),
+            hi: (hi + pad).min(1.0),
+        }
+    }
+
+    fn x(&self, i: usize) -> f64 {
+        let at = if self.n == 1 { 0.5 } else { i as f64 / (self.n - 1) as f64 };
+        self.left + (self.w - self.left - self.right) * at
+    }
+
+    fn y(&self, v: f64) -> f64 {
+        self.top + (self.h - self.top - self.bottom) * (1.0 - (v - self.lo) / (self.hi - self.lo).max(1e-9))
+    }
+
+    /// Grid lines with their accuracy, checkpoint numbers, and the axis title.
+    fn axes(&self, r: &Report, s: &mut String) {
+        let (w, h, left, right, bottom) = (self.w, self.h, self.left, self.right, self.bottom);
+        for k in 0..=4 {
+            let v = self.lo + (self.hi - self.lo) * k as f64 / 4.0;
+            let _ = write!(
+                s,
+                r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#e5e5e5"/><text x="{}" y="{:.1}" font-size="11" text-anchor="end" fill="#555">{}</text>"##,
+                w - right,
+                left - 6.0,
+                self.y(v) + 4.0,
+                pct(v),
+                y = self.y(v)
+            );
+        }
+        for (i, c) in r.checkpoints.iter().enumerate() {
+            let label = c.number.map_or_else(|| (i + 1).to_string(), |n| n.to_string());
+            let _ = write!(
+                s,
+                r##"<text x="{:.1}" y="{}" font-size="11" text-anchor="middle" fill="#555">{}</text>"##,
+                self.x(i),
+                h - bottom + 16.0,
+                escape(&label)
+            );
+        }
         let _ = write!(
             s,
-            r##"<line x1="{left}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#e5e5e5"/><text x="{}" y="{:.1}" font-size="11" text-anchor="end" fill="#555">{}</text>"##,
-            w - right,
-            left - 6.0,
-            y(v) + 4.0,
-            pct(v),
-            y = y(v)
+            r##"<text x="{}" y="{}" font-size="12" text-anchor="middle" fill="#333">checkpoint</text>"##,
+            (left + w - right) / 2.0,
+            h - 12.0
         );
     }
-    for (i, c) in r.checkpoints.iter().enumerate() {
-        let label = c.number.map_or_else(|| (i + 1).to_string(), |n| n.to_string());
-        let _ = write!(
-            s,
-            r##"<text x="{:.1}" y="{}" font-size="11" text-anchor="middle" fill="#555">{}</text>"##,
-            x(i),
-            h - bottom + 16.0,
-            escape(&label)
-        );
-    }
-    let _ = write!(
-        s,
-        r##"<text x="{}" y="{}" font-size="12" text-anchor="middle" fill="#333">checkpoint</text>"##,
-        (left + w - right) / 2.0,
-        h - 12.0
-    );
-    let series = [
-        ("stored", "#1f77b4", r.checkpoints.iter().map(|c| Some(c.stored.top1)).collect::<Vec<_>>()),
-        ("recalibrated", "#ff7f0e", r.checkpoints.iter().map(|c| c.recalibrated.as_ref().map(|x| x.top1)).collect()),
-    ];
-    for (name, color, vals) in &series {
-        let pts: Vec<String> =
-            vals.iter().enumerate().filter_map(|(i, v)| v.map(|v| format!("{:.1},{:.1}", x(i), y(v)))).collect();
+
+    /// A line and a point per checkpoint for one series (`None` where it has no value).
+    fn series(&self, r: &Report, name: &str, color: &str, vals: &[Option<f64>], s: &mut String) {
+        let pts: Vec<String> = vals
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.map(|v| format!("{:.1},{:.1}", self.x(i), self.y(v))))
+            .collect();
         if pts.is_empty() {
-            continue;
+            return;
         }
         let _ = write!(
             s,
@@ -76,60 +107,89 @@ pub fn chart(r: &Report) -> String {
         );
         for (i, v) in vals.iter().enumerate() {
             if let Some(v) = v {
+                let label = escape(&r.checkpoints[i].name);
                 let _ = write!(
                     s,
-                    r#"<circle class="point {name}" data-checkpoint="{}" data-top1="{v:.6}" cx="{:.1}" cy="{:.1}" r="4" fill="{color}"><title>{}: {}</title></circle>"#,
-                    escape(&r.checkpoints[i].name),
-                    x(i),
-                    y(*v),
-                    escape(&r.checkpoints[i].name),
+                    r#"<circle class="point {name}" data-checkpoint="{label}" data-top1="{v:.6}" cx="{:.1}" cy="{:.1}" r="4" fill="{color}"><title>{label}: {}</title></circle>"#,
+                    self.x(i),
+                    self.y(*v),
                     pct(*v)
                 );
             }
         }
     }
-    for (name, color, dash, v) in [
-        ("swa-stored", "#7f7f7f", "6 4", r.swa_stored.top1),
-        ("swa-recalibrated", "#2ca02c", "", r.swa_recalibrated.top1),
-    ] {
+
+    /// A horizontal line across the plot at `v`.
+    fn level(&self, name: &str, color: &str, dash: &str, v: f64, s: &mut String) {
         let _ = write!(
             s,
-            r#"<line class="swa {name}" x1="{left}" x2="{}" y1="{yv:.1}" y2="{yv:.1}" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}" data-top1="{v:.6}"/>"#,
-            w - right,
-            yv = y(v)
+            r#"<line class="swa {name}" x1="{}" x2="{}" y1="{yv:.1}" y2="{yv:.1}" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}" data-top1="{v:.6}"/>"#,
+            self.left,
+            self.w - self.right,
+            yv = self.y(v)
         );
     }
-    let legend = [
-        ("#1f77b4", "", "checkpoint, stored stats"),
-        ("#ff7f0e", "", "checkpoint, recalibrated"),
-        ("#7f7f7f", "6 4", "SWA, stored stats"),
-        ("#2ca02c", "", "SWA, recalibrated"),
-    ];
-    for (k, (color, dash, label)) in legend.iter().enumerate() {
-        let ly = top + 10.0 + 20.0 * k as f64;
-        let _ = write!(
-            s,
-            r##"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}"/><text x="{}" y="{}" font-size="11" fill="#333">{label}</text>"##,
-            w - right + 10.0,
-            w - right + 34.0,
-            w - right + 40.0,
-            ly + 4.0
-        );
+
+    /// The legend, right of the plot.
+    fn legend(&self, entries: &[(&str, &str, &str)], s: &mut String) {
+        let x = self.w - self.right;
+        for (k, (color, dash, label)) in entries.iter().enumerate() {
+            let ly = self.top + 10.0 + 20.0 * k as f64;
+            let _ = write!(
+                s,
+                r##"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}"/><text x="{}" y="{}" font-size="11" fill="#333">{label}</text>"##,
+                x + 10.0,
+                x + 34.0,
+                x + 40.0,
+                ly + 4.0
+            );
+        }
     }
+}
+
+/// The chart as an SVG element.
+pub fn chart(r: &Report) -> String {
+    let f = Frame::new(r);
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg id="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="top-1 accuracy per checkpoint">"#,
+        w = f.w,
+        h = f.h
+    );
+    let _ = write!(s, r##"<rect x="0" y="0" width="{}" height="{}" fill="#fff"/>"##, f.w, f.h);
+    f.axes(r, &mut s);
+    let stored: Vec<Option<f64>> = r.checkpoints.iter().map(|c| Some(c.stored.top1)).collect();
+    let recalibrated: Vec<Option<f64>> =
+        r.checkpoints.iter().map(|c| c.recalibrated.as_ref().map(|x| x.top1)).collect();
+    f.series(r, "stored", "#1f77b4", &stored, &mut s);
+    f.series(r, "recalibrated", "#ff7f0e", &recalibrated, &mut s);
+    f.level("swa-stored", "#7f7f7f", "6 4", r.swa_stored.top1, &mut s);
+    f.level("swa-recalibrated", "#2ca02c", "", r.swa_recalibrated.top1, &mut s);
+    f.legend(
+        &[
+            ("#1f77b4", "", "checkpoint, stored stats"),
+            ("#ff7f0e", "", "checkpoint, recalibrated"),
+            ("#7f7f7f", "6 4", "SWA, stored stats"),
+            ("#2ca02c", "", "SWA, recalibrated"),
+        ],
+        &mut s,
+    );
     s.push_str("</svg>");
     s
 }
 
-fn table(rows: &[Vec<String>], header: &[&str]) -> String {
+fn render(t: &Table) -> String {
     let mut s = String::from("<table><thead><tr>");
-    for h in header {
+    for h in &t.header {
         let _ = write!(s, "<th>{}</th>", escape(h));
     }
     s.push_str("</tr></thead><tbody>");
-    for r in rows {
+    for row in &t.rows {
         s.push_str("<tr>");
-        for c in r {
-            let _ = write!(s, "<td>{}</td>", escape(c));
+        for c in row {
+            let text = escape(c.text.as_deref().unwrap_or_default());
+            let _ = if c.strong { write!(s, "<td><strong>{text}</strong></td>") } else { write!(s, "<td>{text}</td>") };
         }
         s.push_str("</tr>");
     }
@@ -139,55 +199,9 @@ fn table(rows: &[Vec<String>], header: &[&str]) -> String {
 
 /// The report as one self-contained HTML page.
 pub fn html(r: &Report) -> String {
-    let k = r.k;
-    let topk = format!("top-{k}");
-    let summary = table(
-        &[
-            vec![
-                format!("best checkpoint: {} ({} statistics)", r.best.name, r.best.statistics),
-                pct(r.best.top1),
-                String::new(),
-                String::new(),
-            ],
-            vec![
-                "SWA, newest checkpoint's statistics".into(),
-                pct(r.swa_stored.top1),
-                pct(r.swa_stored.topk),
-                format!("{:.4}", r.swa_stored.loss),
-            ],
-            vec![
-                "SWA, recalibrated".into(),
-                pct(r.swa_recalibrated.top1),
-                pct(r.swa_recalibrated.topk),
-                format!("{:.4}", r.swa_recalibrated.loss),
-            ],
-        ],
-        &["model", "top-1", &topk, "loss"],
-    );
-    let rows: Vec<Vec<String>> = r
-        .checkpoints
-        .iter()
-        .map(|c| {
-            let (a, l) = c
-                .recalibrated
-                .as_ref()
-                .map_or(("–".into(), "–".into()), |x| (pct(x.top1), format!("{:.4}", x.loss)));
-            vec![
-                c.name.clone(),
-                if r.averaged.contains(&c.name) { "✓".into() } else { String::new() },
-                pct(c.stored.top1),
-                pct(c.stored.topk),
-                format!("{:.4}", c.stored.loss),
-                a,
-                l,
-            ]
-        })
-        .collect();
-    let checkpoints = table(&rows, &["checkpoint", "in SWA", "top-1", &topk, "loss", "top-1 ++", "loss ++"]);
-    let times = table(
-        &r.timings.iter().map(|t| vec![t.stage.clone(), format!("{:.2}", t.seconds)]).collect::<Vec<_>>(),
-        &["stage", "seconds"],
-    );
+    let summary = render(&table::summary(r));
+    let checkpoints = render(&table::checkpoints(r));
+    let times = render(&table::timings(r));
     let gain_class = if r.gain_top1 >= 0.0 { "gain" } else { "loss" };
     format!(
         r#"<!DOCTYPE html>

@@ -3,6 +3,7 @@
 
 mod html;
 mod markdown;
+pub mod table;
 
 use serde::{Deserialize, Serialize};
 
@@ -135,4 +136,94 @@ pub(crate) fn pct(x: f64) -> String {
 /// A signed difference in percentage points.
 pub(crate) fn points(x: f64) -> String {
     format!("{:+.2} pp", x * 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn score(correct: usize, topk: f64, loss: f64) -> Score {
+        Score { correct, samples: 200, top1: correct as f64 / 200.0, topk, loss }
+    }
+
+    /// A report built by hand: three checkpoints, one without recalibrated figures, names that
+    /// need escaping in HTML.
+    fn report() -> Report {
+        let checkpoints = vec![
+            CheckpointRow {
+                name: "epoch_1.safetensors".into(),
+                number: Some(1),
+                stored: score(100, 0.9, 1.25),
+                recalibrated: Some(score(150, 0.95, 0.75)),
+            },
+            CheckpointRow {
+                name: "epoch_2<&>.safetensors".into(),
+                number: Some(2),
+                stored: score(160, 0.97, 0.5),
+                recalibrated: Some(score(170, 0.99, 0.4)),
+            },
+            CheckpointRow {
+                name: "last.safetensors".into(),
+                number: None,
+                stored: score(165, 0.98, 0.45),
+                recalibrated: None,
+            },
+        ];
+        let best = Report::best_of(&checkpoints);
+        Report {
+            tool: "swa (test)".into(),
+            model: "resnet.onnx".into(),
+            train_samples: 1000,
+            eval_samples: 200,
+            stats: "precise".into(),
+            batch_size: 64,
+            k: 5,
+            device: "cpu".into(),
+            averaged: vec!["epoch_2<&>.safetensors".into(), "last.safetensors".into()],
+            swa_stored: score(150, 0.96, 0.6),
+            swa_recalibrated: score(176, 0.995, 0.35),
+            gain_top1: 176.0 / 200.0 - best.top1,
+            best,
+            checkpoints,
+            timings: vec![
+                Timing { stage: "average".into(), seconds: 1.5 },
+                Timing { stage: "recalibrate SWA".into(), seconds: 0.25 },
+            ],
+        }
+    }
+
+    #[test]
+    fn best_checkpoint_is_taken_over_both_columns() {
+        let r = report();
+        assert_eq!((r.best.name.as_str(), r.best.statistics.as_str()), ("epoch_2<&>.safetensors", "recalibrated"));
+    }
+
+    #[test]
+    fn markdown_of_a_hand_built_report() {
+        insta::assert_snapshot!(markdown(&report()));
+    }
+
+    #[test]
+    fn json_of_a_hand_built_report() {
+        insta::assert_snapshot!(report().json());
+    }
+
+    #[test]
+    fn html_of_a_hand_built_report() {
+        insta::assert_snapshot!(html(&report()));
+    }
+
+    #[test]
+    fn tables_are_the_same_rows_in_every_format() {
+        let r = report();
+        let t = table::checkpoints(&r);
+        assert_eq!(t.rows.len(), 3);
+        let md = markdown(&r);
+        let page = html(&r);
+        for row in &t.rows {
+            let cells: Vec<&str> = row.iter().filter_map(|c| c.text.as_deref()).collect();
+            assert!(md.contains(&format!("| {} |", cells.join(" | "))), "{cells:?} not in the Markdown");
+            assert!(page.contains(&cells[2..].iter().map(|c| format!("<td>{c}</td>")).collect::<String>()));
+        }
+    }
 }

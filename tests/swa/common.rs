@@ -93,7 +93,7 @@ fn write_npy(path: &Path, descr: &str, shape: &str, bytes: &[u8]) {
 
 /// Reads an `.npy` as f32.
 pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
-    let a = swa::data::open_npy(path).unwrap();
+    let a = swa::inputs::npy::open_npy(path).unwrap();
     (a.shape.clone(), a.f32_rows(0, a.len()))
 }
 

@@ -50,7 +50,7 @@ fn logits(model: &Path, inputs: &Path) -> (Vec<usize>, Vec<f32>) {
 /// [`logits`], the session opened from external data in a temporary directory when `external`.
 fn logits_via(model: &Path, inputs: &Path, external: bool) -> (Vec<usize>, Vec<f32>) {
     let m = Model::load(model).unwrap();
-    let engine = swa::runtime::Engine { threads: Some(1), ..Default::default() };
+    let engine = swa::runtime::Engine { threads: std::num::NonZeroUsize::new(1), ..Default::default() };
     let mut session = swa::runtime::session_for(&m, &engine, external).unwrap();
     let (shape, x) = read_npy(inputs);
     let mut dims = vec![shape[0] as i64];
@@ -63,10 +63,10 @@ fn logits_via(model: &Path, inputs: &Path, external: bool) -> (Vec<usize>, Vec<f
 #[test]
 fn concurrent_sessions_return_every_batch_in_file_order() {
     let m = Model::load(fixture("cnn/model.onnx")).unwrap();
-    let engine = swa::runtime::Engine { threads: Some(1), ..Default::default() };
+    let engine = swa::runtime::Engine { threads: std::num::NonZeroUsize::new(1), ..Default::default() };
     let input = fixture("cnn/eval.npy");
     let specs = swa::runtime::input_specs(&m).unwrap();
-    let arrays = swa::data::open_inputs(&input, &[specs[0].name.clone()]).unwrap();
+    let arrays = swa::inputs::open_inputs(&input, &[specs[0].name.clone()]).unwrap();
     let (want_shape, want) = logits(&fixture("cnn/model.onnx"), &input);
     let samples = want_shape[0];
     let feed = swa::runtime::Feed { specs: &specs, arrays: &arrays, batch: 7, samples };

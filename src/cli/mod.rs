@@ -1,14 +1,27 @@
-//! Command line: clap definitions, converted into the library's option structs.
+//! The command line: clap definitions, their validation, and their conversion into the library's
+//! option structs. Flags exist only here; the library names settings, never flags.
 
+pub mod commands;
+pub mod render;
+
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::average::{AverageOptions, BufferPolicy, Selection, Weighting};
-use crate::checkpoint::dtype;
-use crate::evaluate::EvalOptions;
-use crate::recalibrate::{PassOptions, RecalibrateOptions, StatsMode};
-use crate::runtime::{Device, Engine};
+use swa::average::{AverageOptions, BufferPolicy, Weighting};
+use swa::checkpoint::dtype;
+use swa::evaluate::EvalOptions;
+use swa::inputs::Selection;
+use swa::recalibrate::{PassOptions, RecalibrateOptions, StatsMode};
+use swa::runtime::{Device, Engine};
+use swa::{Error, Result};
+
+/// A count that must be at least 1.
+fn at_least_one(s: &str) -> std::result::Result<NonZeroUsize, String> {
+    let n: usize = s.parse().map_err(|_| format!("`{s}` is not a whole number"))?;
+    NonZeroUsize::new(n).ok_or_else(|| "must be at least 1".to_string())
+}
 
 /// Offline Stochastic Weight Averaging and BatchNorm recalibration for saved checkpoints.
 #[derive(Debug, Parser)]
@@ -47,11 +60,11 @@ pub struct SelectArgs {
     #[arg(long, value_name = "N")]
     pub to: Option<u64>,
     /// Keep only the last N checkpoints (after --from/--to/--every).
-    #[arg(long, value_name = "N")]
-    pub last: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub last: Option<NonZeroUsize>,
     /// Keep every K-th checkpoint, starting with the first.
-    #[arg(long, value_name = "K")]
-    pub every: Option<usize>,
+    #[arg(long, value_name = "K", value_parser = at_least_one)]
+    pub every: Option<NonZeroUsize>,
 }
 
 impl From<&SelectArgs> for Selection {
@@ -83,7 +96,7 @@ pub struct AverageArgs {
     pub resume: Option<PathBuf>,
     /// Output dtype of floating-point tensors: f32, f16, bf16 or f64 (default: as stored).
     #[arg(long, value_parser = parse_dtype)]
-    pub dtype: Option<crate::checkpoint::Dtype>,
+    pub dtype: Option<swa::checkpoint::Dtype>,
     /// BatchNorm statistics and integer tensors: copy from the newest checkpoint, or average the float ones.
     #[arg(long, value_enum, default_value = "newest")]
     pub buffers: BuffersArg,
@@ -92,7 +105,7 @@ pub struct AverageArgs {
     pub allow_nonfinite: bool,
     /// Write shards of at most this size (bytes, or with KB/MB/GB/KiB/MiB/GiB).
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
-    pub shard_size: Option<u64>,
+    pub shard_size: Option<NonZeroU64>,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -107,11 +120,11 @@ pub enum BuffersArg {
     Average,
 }
 
-fn parse_dtype(s: &str) -> Result<crate::checkpoint::Dtype, String> {
+fn parse_dtype(s: &str) -> std::result::Result<swa::checkpoint::Dtype, String> {
     dtype::parse_float(s).ok_or_else(|| format!("unknown dtype `{s}`: use f32, f16, bf16 or f64"))
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+fn parse_size(s: &str) -> std::result::Result<NonZeroU64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
@@ -126,7 +139,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
         u => return Err(format!("unknown unit `{u}` in `{s}`")),
     };
-    Ok((v * mult) as u64)
+    NonZeroU64::new((v * mult) as u64).ok_or_else(|| "must be positive".to_string())
 }
 
 impl AverageArgs {
@@ -161,8 +174,8 @@ pub struct DeviceArgs {
     #[arg(long, default_value = "cpu", value_parser = |s: &str| s.parse::<Device>())]
     pub device: Device,
     /// ONNX Runtime intra-op threads (default: all cores).
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub threads: Option<NonZeroUsize>,
     /// With --device cuda: allow TF32 in convolutions and matrix products (about 2x faster on
     /// Ampere and later; statistics move by about 1e-3 relative, so the default is full fp32).
     #[arg(long)]
@@ -174,11 +187,75 @@ pub struct DeviceArgs {
     pub streams: Option<usize>,
 }
 
-impl DeviceArgs {
-    /// The library's engine.
-    pub fn engine(&self) -> Engine {
-        Engine { device: self.device, threads: self.threads, tf32: self.tf32, streams: self.streams }
+/// A benchmarking knob from the environment, parsed.
+fn knob<T: std::str::FromStr<Err = String>>(var: &str) -> Result<Option<T>> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => v.parse().map(Some).map_err(|e| Error::usage(format!("{var}: {e}"))),
+        _ => Ok(None),
     }
+}
+
+impl DeviceArgs {
+    /// The library's engine; CUDA-only flags on the CPU are refused. The benchmarking knobs
+    /// `SWA_STATS_REDUCTION`, `SWA_CUDNN_SEARCH` and `SWA_ORT_PROFILE` are read here.
+    pub fn engine(&self) -> Result<Engine> {
+        let streams = match self.streams {
+            Some(0) => return Err(Error::usage("--streams must be at least 1")),
+            Some(n) if n > 1 && self.device == Device::Cpu => {
+                return Err(Error::usage(
+                    "--streams applies to --device cuda; on the CPU one batch runs at a time on all threads",
+                ))
+            }
+            n => n.and_then(NonZeroUsize::new),
+        };
+        if self.tf32 && self.device == Device::Cpu {
+            return Err(Error::usage("--tf32 applies to --device cuda; on the CPU everything runs in fp32"));
+        }
+        Ok(Engine {
+            device: self.device,
+            threads: self.threads,
+            tf32: self.tf32,
+            streams,
+            reduction: knob("SWA_STATS_REDUCTION")?,
+            cudnn_search: knob("SWA_CUDNN_SEARCH")?.unwrap_or_default(),
+            profile: std::env::var_os("SWA_ORT_PROFILE").filter(|p| !p.is_empty()).map(PathBuf::from),
+        })
+    }
+}
+
+/// `--stats`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum StatsArg {
+    /// Count-weighted pooled statistics over all values, merged in f64 (PreciseBN).
+    Precise,
+    /// What torch.optim.swa_utils.update_bn computes: the mean over batches of the batch mean and
+    /// of the unbiased batch variance.
+    Torch,
+}
+
+impl From<StatsArg> for StatsMode {
+    fn from(a: StatsArg) -> Self {
+        match a {
+            StatsArg::Precise => StatsMode::Precise,
+            StatsArg::Torch => StatsMode::Torch,
+        }
+    }
+}
+
+/// The recalibration pass; a batch of one with torch statistics is refused.
+fn pass(
+    inputs: &std::path::Path,
+    batch_size: NonZeroUsize,
+    max_samples: Option<usize>,
+    stats: StatsArg,
+    run: &DeviceArgs,
+    quiet: bool,
+) -> Result<PassOptions> {
+    let stats = StatsMode::from(stats);
+    if batch_size.get() == 1 && stats == StatsMode::Torch {
+        return Err(Error::usage("--batch-size 1 with --stats torch: the unbiased batch variance of one sample is undefined (update_bn fails the same way); use a larger batch or --stats precise"));
+    }
+    Ok(PassOptions { inputs: inputs.to_path_buf(), batch_size, max_samples, stats, engine: run.engine()?, quiet })
 }
 
 /// `swa recalibrate`.
@@ -194,14 +271,14 @@ pub struct RecalibrateArgs {
     #[arg(long, value_name = "X.npy|X.npz")]
     pub inputs: PathBuf,
     /// Samples per batch.
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
+    #[arg(long, default_value = "64", value_parser = at_least_one)]
+    pub batch_size: NonZeroUsize,
     /// Use at most this many samples.
     #[arg(long, value_name = "N")]
     pub max_samples: Option<usize>,
     /// precise: pooled population statistics; torch: what torch.optim.swa_utils.update_bn computes.
     #[arg(long, value_enum, default_value = "precise")]
-    pub stats: StatsMode,
+    pub stats: StatsArg,
     /// Device and threads.
     #[command(flatten)]
     pub run: DeviceArgs,
@@ -221,22 +298,15 @@ pub struct RecalibrateArgs {
 
 impl RecalibrateArgs {
     /// The library options.
-    pub fn options(&self, quiet: bool) -> RecalibrateOptions {
-        RecalibrateOptions {
+    pub fn options(&self, quiet: bool) -> Result<RecalibrateOptions> {
+        Ok(RecalibrateOptions {
             model: self.model.clone(),
             weights: self.weights.clone(),
             allow_partial: self.allow_partial,
-            pass: PassOptions {
-                inputs: self.inputs.clone(),
-                batch_size: self.batch_size,
-                max_samples: self.max_samples,
-                stats: self.stats,
-                engine: self.run.engine(),
-                quiet: quiet || self.json,
-            },
+            pass: pass(&self.inputs, self.batch_size, self.max_samples, self.stats, &self.run, quiet || self.json)?,
             output: self.output.clone(),
             save_weights: self.save_weights.clone(),
-        }
+        })
     }
 }
 
@@ -256,11 +326,11 @@ pub struct EvaluateArgs {
     #[arg(long, value_name = "Y.npy")]
     pub labels: PathBuf,
     /// Samples per batch.
-    #[arg(long, default_value_t = 256)]
-    pub batch_size: usize,
+    #[arg(long, default_value = "256", value_parser = at_least_one)]
+    pub batch_size: NonZeroUsize,
     /// k of the top-k accuracy.
-    #[arg(long, default_value_t = 5)]
-    pub top_k: usize,
+    #[arg(long, default_value = "5", value_parser = at_least_one)]
+    pub top_k: NonZeroUsize,
     /// Device and threads.
     #[command(flatten)]
     pub run: DeviceArgs,
@@ -277,15 +347,15 @@ pub struct EvaluateArgs {
 
 impl EvaluateArgs {
     /// The library options.
-    pub fn options(&self, quiet: bool) -> EvalOptions {
-        EvalOptions {
+    pub fn options(&self, quiet: bool) -> Result<EvalOptions> {
+        Ok(EvalOptions {
             inputs: self.inputs.clone(),
             labels: self.labels.clone(),
             batch_size: self.batch_size,
             top_k: self.top_k,
-            engine: self.run.engine(),
+            engine: self.run.engine()?,
             quiet: quiet || self.json,
-        }
+        })
     }
 }
 
@@ -315,19 +385,19 @@ pub struct RunArgs {
     pub recalibrate_each: bool,
     /// Statistics mode.
     #[arg(long, value_enum, default_value = "precise")]
-    pub stats: StatsMode,
+    pub stats: StatsArg,
     /// Recalibration batch size.
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
+    #[arg(long, default_value = "64", value_parser = at_least_one)]
+    pub batch_size: NonZeroUsize,
     /// Evaluation batch size.
-    #[arg(long, default_value_t = 256)]
-    pub eval_batch_size: usize,
+    #[arg(long, default_value = "256", value_parser = at_least_one)]
+    pub eval_batch_size: NonZeroUsize,
     /// Use at most this many training samples.
     #[arg(long, value_name = "N")]
     pub max_samples: Option<usize>,
     /// k of the top-k accuracy.
-    #[arg(long, default_value_t = 5)]
-    pub top_k: usize,
+    #[arg(long, default_value = "5", value_parser = at_least_one)]
+    pub top_k: NonZeroUsize,
     /// Device and threads.
     #[command(flatten)]
     pub run: DeviceArgs,
@@ -350,33 +420,26 @@ pub struct RunArgs {
 
 impl RunArgs {
     /// The library options.
-    pub fn options(&self, quiet: bool) -> crate::pipeline::RunOptions {
+    pub fn options(&self, quiet: bool) -> Result<swa::pipeline::RunOptions> {
         let quiet = quiet || self.json;
-        crate::pipeline::RunOptions {
+        Ok(swa::pipeline::RunOptions {
             model: self.model.clone(),
             checkpoints: self.checkpoints.clone(),
             selection: (&self.select).into(),
-            pass: PassOptions {
-                inputs: self.train_inputs.clone(),
-                batch_size: self.batch_size,
-                max_samples: self.max_samples,
-                stats: self.stats,
-                engine: self.run.engine(),
-                quiet,
-            },
+            pass: pass(&self.train_inputs, self.batch_size, self.max_samples, self.stats, &self.run, quiet)?,
             eval: EvalOptions {
                 inputs: self.eval_inputs.clone(),
                 labels: self.eval_labels.clone(),
                 batch_size: self.eval_batch_size,
                 top_k: self.top_k,
-                engine: self.run.engine(),
+                engine: self.run.engine()?,
                 quiet,
             },
             recalibrate_each: self.recalibrate_each,
             allow_partial: self.allow_partial,
             out: self.out.clone(),
             force: self.force,
-        }
+        })
     }
 }
 

@@ -189,7 +189,7 @@ fn parse_header(path: &Path, name: &str, bytes: &[u8]) -> Result<(NpyType, Vec<u
 
 /// Opens a `.npy` file.
 pub fn open_npy(path: &Path) -> Result<Array> {
-    let map = crate::checkpoint::map_file(path)?;
+    let map = crate::fs::map_file(path)?;
     let (dtype, shape, offset) = parse_header(path, "", &map)?;
     Ok(Array {
         path: path.to_path_buf(),
@@ -207,7 +207,7 @@ pub fn open_npz(path: &Path) -> Result<Vec<Array>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut zip =
         zip::ZipArchive::new(file).map_err(|e| Error::format(path, format!("not a valid .npz (zip) file: {e}")))?;
-    let map = Arc::new(Bytes::Mapped(crate::checkpoint::map_file(path)?));
+    let map = Arc::new(Bytes::Mapped(crate::fs::map_file(path)?));
     let mut arrays = Vec::new();
     for i in 0..zip.len() {
         let mut member = zip.by_index(i).map_err(|e| Error::format(path, format!("corrupt .npz: {e}")))?;

@@ -1,0 +1,144 @@
+//! Hugging Face sharded checkpoints: `NAME.safetensors.index.json` maps each tensor to one of the
+//! shard files beside it. Reading an index, planning the shards of an output, and writing its
+//! index live together here so that what is written is what is read.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{Checkpoint, TensorSpec};
+use crate::error::{Error, Result};
+
+/// The default shard size when an output is named `*.index.json` without a size (5 GiB, as
+/// `save_pretrained` writes).
+pub const DEFAULT_SHARD_SIZE: u64 = 5 << 30;
+
+/// Opens the sharded checkpoint whose index is `index_path`: every shard is mapped, and each
+/// tensor must be in the shard the index names.
+pub fn open(index_path: &Path) -> Result<Checkpoint> {
+    #[derive(Deserialize)]
+    struct Index {
+        #[serde(default)]
+        metadata: Option<serde_json::Value>,
+        weight_map: BTreeMap<String, String>,
+    }
+    let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
+    let index: Index = serde_json::from_str(&text)
+        .map_err(|e| Error::format(index_path, format!("not a sharded-checkpoint index: {e}")))?;
+    let dir = index_path.parent().unwrap_or(Path::new("."));
+    let mut shards: Vec<&String> = index.weight_map.values().collect();
+    shards.sort();
+    shards.dedup();
+    let mut ck = Checkpoint::empty(index_path);
+    for shard in shards {
+        let meta = ck.add_safetensors(&dir.join(shard))?;
+        if ck.metadata().is_empty() {
+            *ck.metadata_mut() = meta;
+        }
+    }
+    for (name, shard) in &index.weight_map {
+        let Some(actual) = ck.file_of_name(name) else {
+            return Err(Error::tensor(index_path, name, format!("listed in the index but missing from {shard}")));
+        };
+        if actual.file_name().and_then(|n| n.to_str()) != Some(shard.as_str()) {
+            return Err(Error::tensor(index_path, name, format!("index says {shard}, found in {}", actual.display())));
+        }
+    }
+    if let Some(serde_json::Value::Object(m)) = index.metadata {
+        for (k, v) in m {
+            ck.metadata_mut()
+                .entry(k)
+                .or_insert_with(|| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()));
+        }
+    }
+    Ok(ck)
+}
+
+/// The `*.safetensors.index.json` in `dir`, if it holds exactly one.
+pub fn find_index(dir: &Path) -> Result<Option<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        if name.to_string_lossy().ends_with(".safetensors.index.json") {
+            found.push(entry.path());
+        }
+    }
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => Err(Error::format(dir, "holds more than one *.safetensors.index.json")),
+    }
+}
+
+/// One output file and the tensors it holds, in order.
+#[derive(Debug, Clone)]
+pub struct Shard {
+    /// The file.
+    pub path: PathBuf,
+    /// Its tensors.
+    pub specs: Vec<TensorSpec>,
+}
+
+/// The files of an output: one safetensors file, or shards and their index.
+#[derive(Debug, Clone)]
+pub struct OutputPlan {
+    /// The files holding tensors, in tensor order.
+    pub shards: Vec<Shard>,
+    /// The index, for a sharded output.
+    pub index: Option<PathBuf>,
+}
+
+/// Plans where `specs` go: one file at `output`, or — when `output` is named `*.index.json` or a
+/// `shard_size` (bytes, > 0) is given — shards of at most `shard_size` bytes (a larger tensor gets
+/// a shard of its own) named `STEM-00001-of-0000N.safetensors` beside `STEM.safetensors.index.json`.
+pub fn plan(output: &Path, specs: &[TensorSpec], shard_size: Option<u64>) -> OutputPlan {
+    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if shard_size.is_none() && !name.ends_with(".index.json") {
+        return OutputPlan { shards: vec![Shard { path: output.to_path_buf(), specs: specs.to_vec() }], index: None };
+    }
+    let limit = shard_size.unwrap_or(DEFAULT_SHARD_SIZE);
+    let stem = name.trim_end_matches(".index.json").trim_end_matches(".safetensors").to_string();
+    let index = output.with_file_name(format!("{stem}.safetensors.index.json"));
+    let mut groups: Vec<Vec<TensorSpec>> = vec![Vec::new()];
+    let mut size = 0u64;
+    for s in specs {
+        let n = s.nbytes() as u64;
+        if size > 0 && size + n > limit {
+            groups.push(Vec::new());
+            size = 0;
+        }
+        size += n;
+        groups.last_mut().expect("never empty").push(s.clone());
+    }
+    let count = groups.len();
+    let shards = groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, specs)| Shard {
+            path: output.with_file_name(format!("{stem}-{:05}-of-{count:05}.safetensors", i + 1)),
+            specs,
+        })
+        .collect();
+    OutputPlan { shards, index: Some(index) }
+}
+
+/// Writes the index of `shards` atomically: the weight map, `metadata`, and `total_size` (bytes of
+/// tensor data).
+pub fn write_index(index: &Path, shards: &[Shard], metadata: &BTreeMap<String, String>) -> Result<()> {
+    let mut weight_map = serde_json::Map::new();
+    let mut total = 0u64;
+    for s in shards {
+        let file = s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for spec in &s.specs {
+            weight_map.insert(spec.name.clone(), file.clone().into());
+            total += spec.nbytes() as u64;
+        }
+    }
+    let mut meta: serde_json::Map<String, serde_json::Value> =
+        metadata.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+    meta.insert("total_size".into(), total.into());
+    let json = serde_json::json!({"metadata": meta, "weight_map": weight_map});
+    crate::fs::write_atomic(index, serde_json::to_string_pretty(&json).expect("json").as_bytes())
+}

@@ -1,0 +1,199 @@
+//! Runs a parsed command line: calls the library, formats what it returns for people (or JSON
+//! for machines), and decides the exit code.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::{render, Cli, Command, EvaluateArgs, InspectArgs, RunArgs};
+use swa::onnx::bind::{BindReport, Binder};
+use swa::onnx::bn;
+use swa::{average, evaluate, inputs, pipeline, recalibrate, report, Error, Result};
+
+/// What a command produced: text for stdout and the exit code (0, or 1 for a failed threshold).
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Text for stdout.
+    pub stdout: String,
+    /// Exit code.
+    pub code: u8,
+}
+
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).expect("serialisable") + "\n"
+}
+
+/// Runs `cli`.
+pub fn execute(cli: &Cli) -> Result<Outcome> {
+    let q = cli.quiet;
+    match &cli.command {
+        Command::Average(a) => {
+            let s = average::average(&a.options(q))?;
+            Ok(Outcome { stdout: if a.json { json(&s) } else { render::average(&s) }, code: 0 })
+        }
+        Command::Recalibrate(a) => {
+            let s = recalibrate::recalibrate(&a.options(q)?)?;
+            Ok(Outcome { stdout: if a.json { json(&s) } else { render::recalibrate(&s) }, code: 0 })
+        }
+        Command::Evaluate(a) => evaluate_command(a, q),
+        Command::Run(a) => run_command(a, q),
+        Command::Inspect(a) => inspect(a),
+    }
+}
+
+/// Appends `markdown` to the GitHub Actions job summary, when there is one.
+fn step_summary(markdown: &str) {
+    if let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+            let _ = writeln!(f, "{markdown}");
+        }
+    }
+}
+
+fn run_command(a: &RunArgs, quiet: bool) -> Result<Outcome> {
+    let r = pipeline::run(&a.options(quiet)?)?;
+    let code = a.min_accuracy.is_some_and(|m| r.swa_recalibrated.top1 < m) as u8;
+    let mut stdout = if a.json { r.json() + "\n" } else { report::markdown(&r) };
+    if !a.json {
+        let _ = writeln!(
+            stdout,
+            "\nwrote {}/{{swa.safetensors,model_swa.onnx,report.json,report.md,report.html}}",
+            a.out.display()
+        );
+    }
+    step_summary(&report::markdown(&r));
+    if code == 1 {
+        eprintln!(
+            "swa: recalibrated SWA top-1 {:.4} is below --min-accuracy {}",
+            r.swa_recalibrated.top1,
+            a.min_accuracy.unwrap_or_default()
+        );
+    }
+    Ok(Outcome { stdout, code })
+}
+
+fn evaluate_command(a: &EvaluateArgs, quiet: bool) -> Result<Outcome> {
+    let opts = a.options(quiet)?;
+    let weights = a.weights.as_deref().map(inputs::open_checkpoint).transpose()?;
+    let bound = Binder::load(&a.model)?.bind(weights, a.allow_partial)?;
+    let m = evaluate::evaluate(&bound.model, &opts)?;
+    let code = a.min_accuracy.is_some_and(|min| m.top1 < min) as u8;
+    let md = render::metrics(&a.model, &m, a.min_accuracy);
+    step_summary(&md);
+    if code == 1 {
+        eprintln!("swa: top-1 {:.4} is below --min-accuracy {}", m.top1, a.min_accuracy.unwrap_or_default());
+    }
+    if a.json {
+        let mut v = serde_json::to_value(&m).expect("metrics");
+        v[format!("top{}", m.k)] = m.topk.into();
+        return Ok(Outcome { stdout: json(&v), code });
+    }
+    Ok(Outcome { stdout: md, code })
+}
+
+/// One tensor, as `inspect` lists it.
+#[derive(Serialize)]
+struct TensorInfo {
+    bytes: usize,
+    dtype: String,
+    name: String,
+    shape: Vec<usize>,
+}
+
+/// What `inspect` found (fields in the order of the JSON keys).
+#[derive(Serialize)]
+struct Inspection {
+    batchnorm: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    binding: Option<BindReport>,
+    file: PathBuf,
+    metadata: BTreeMap<String, String>,
+    tensors: Vec<TensorInfo>,
+}
+
+fn inspection(a: &InspectArgs) -> Result<Inspection> {
+    // An ONNX model lists its initializers as stored (before binding gives shared ones copies).
+    let (ck, binder) = if a.file.extension().is_some_and(|e| e == "onnx") {
+        let model = swa::onnx::Model::load(&a.file)?;
+        (model.checkpoint()?, Some(Binder::new(model)))
+    } else {
+        (inputs::open_checkpoint(&a.file)?, None)
+    };
+    let batchnorm = match &binder {
+        Some(b) => bn::find(b.model())
+            .map(|ls| {
+                ls.into_iter().map(|l| format!("{} ({} channels, node {})", l.prefix, l.channels, l.name)).collect()
+            })
+            .unwrap_or_default(),
+        None => ck
+            .tensors()
+            .iter()
+            .filter_map(|t| t.name.strip_suffix(".running_mean").map(|p| format!("{p} ({} channels)", t.numel())))
+            .collect(),
+    };
+    let binding = match (&a.against, &binder) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(Error::usage("--against binds a checkpoint to an ONNX model: FILE must be .onnx"));
+        }
+        (Some(against), Some(b)) => Some(b.report(&inputs::open_checkpoint(against)?)?),
+    };
+    let tensors = ck
+        .tensors()
+        .iter()
+        .map(|t| TensorInfo {
+            bytes: t.nbytes(),
+            dtype: format!("{:?}", t.dtype),
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+        })
+        .collect();
+    Ok(Inspection { batchnorm, binding, file: a.file.clone(), metadata: ck.metadata().clone(), tensors })
+}
+
+fn inspect(a: &InspectArgs) -> Result<Outcome> {
+    let v = inspection(a)?;
+    if a.json {
+        return Ok(Outcome { stdout: json(&v), code: 0 });
+    }
+    let mut o = String::new();
+    let total: usize = v.tensors.iter().map(|t| t.bytes).sum();
+    let _ = writeln!(o, "{}: {} tensors, {} bytes", a.file.display(), v.tensors.len(), total);
+    for t in &v.tensors {
+        let _ = writeln!(o, "  {:<50} {:>5} {:<20} {:>12}", t.name, t.dtype, format!("{:?}", t.shape), t.bytes);
+    }
+    let _ = writeln!(o, "BatchNorm layers: {}", v.batchnorm.len());
+    for l in &v.batchnorm {
+        let _ = writeln!(o, "  {l}");
+    }
+    if let (Some(b), Some(against)) = (&v.binding, &a.against) {
+        let _ = writeln!(
+            o,
+            "binding {}: {} bound, {} unmatched, {} integer tensors skipped, {} model weights unbound",
+            against.display(),
+            b.bound.len(),
+            b.unmatched.len(),
+            b.skipped.len(),
+            b.unbound.len()
+        );
+        for (c, g) in b.bound.iter().filter(|(c, g)| c != g) {
+            let _ = writeln!(o, "  {c} -> {g}");
+        }
+        for u in &b.unmatched {
+            let _ = writeln!(o, "  unmatched: {u}");
+        }
+        for u in &b.unbound {
+            let _ = writeln!(o, "  unbound: {u}");
+        }
+    }
+    if !v.metadata.is_empty() {
+        let _ = writeln!(o, "metadata:");
+        for (k, val) in &v.metadata {
+            let _ = writeln!(o, "  {k}: {val}");
+        }
+    }
+    Ok(Outcome { stdout: o, code: 0 })
+}

@@ -1,0 +1,174 @@
+//! Text for people: errors with the flags that fix them, and the summaries of each command.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use swa::average::AverageSummary;
+use swa::error::chain;
+use swa::evaluate::Metrics;
+use swa::recalibrate::RecalibrateSummary;
+use swa::{Error, Hint, Setting};
+
+/// The flag that sets `setting`.
+pub fn flag(setting: Setting) -> &'static str {
+    match setting {
+        Setting::Range => "--from/--to",
+        Setting::Every => "--every",
+        Setting::Last => "--last",
+        Setting::Weights => "--weights",
+        Setting::Ema => "--ema",
+        Setting::Resume => "--resume",
+        Setting::ShardSize => "--shard-size",
+        Setting::BatchSize => "--batch-size",
+        Setting::Stats => "--stats",
+        Setting::Device => "--device",
+        Setting::Streams => "--streams",
+        Setting::Tf32 => "--tf32",
+        Setting::Out => "--out",
+        _ => "an option",
+    }
+}
+
+/// The advice of `hint`, in flags.
+pub fn hint(hint: Hint) -> String {
+    match hint {
+        Hint::AllowNonfinite => "; pass --allow-nonfinite to average anyway".into(),
+        Hint::AllowPartial => " Pass --allow-partial to keep the model's own values for them".into(),
+        Hint::LessMemory { streams } if streams > 1 => format!(
+            " (each of the {streams} streams holds its own activations: try --streams 1, or a smaller --batch-size)"
+        ),
+        Hint::LessMemory { .. } => " (try a smaller --batch-size)".into(),
+        Hint::SmallerBatch { capped } => {
+            format!("{}: lower --batch-size or give more samples", if capped { " (after --max-samples)" } else { "" })
+        }
+        Hint::Force => ": pass --force to replace it".into(),
+        other => other.library_text(),
+    }
+}
+
+/// An error and its sources on one line, settings named by their flags.
+pub fn error(e: &Error) -> String {
+    match e {
+        Error::Setting { setting, message } => format!("{} {message}", flag(*setting)),
+        Error::Hinted { error: inner, hint: h } => format!("{}{}", error(inner), hint(*h)),
+        other => chain(other),
+    }
+}
+
+/// What `swa average` did.
+pub fn average(s: &AverageSummary) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "selected {} checkpoint(s):", s.inputs.len());
+    for i in &s.inputs {
+        let _ = writeln!(o, "  {}  weight {:.4}", i.path.display(), i.weight);
+    }
+    let _ = writeln!(
+        o,
+        "averaged {} of {} tensors ({}, n_models = {}); buffers: {} copied from {}, {} averaged",
+        s.averaged,
+        s.tensors,
+        s.weighting,
+        s.n_models,
+        s.buffers.copied,
+        s.buffers.copied_from.display(),
+        s.buffers.averaged
+    );
+    let rate = (s.bytes_read as f64 / s.seconds.max(1e-9)) as u64;
+    let _ = writeln!(
+        o,
+        "read {} in {:.2} s ({}/s)",
+        indicatif::HumanBytes(s.bytes_read),
+        s.seconds,
+        indicatif::HumanBytes(rate)
+    );
+    wrote(&mut o, &s.outputs);
+    o
+}
+
+fn wrote(o: &mut String, outputs: &[std::path::PathBuf]) {
+    for p in outputs {
+        let _ = writeln!(o, "wrote {}", p.display());
+    }
+}
+
+/// What `swa recalibrate` did: the binding, the pass, and how each layer's statistics moved.
+pub fn recalibrate(s: &RecalibrateSummary) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "bound {} checkpoint tensors; {} matched nothing", s.bound, s.unmatched.len());
+    let _ = writeln!(
+        o,
+        "{} BatchNorm layers, {} samples in {} batches of {} ({} statistics) on {}",
+        s.layers.len(),
+        s.samples,
+        s.batches,
+        s.batch_size,
+        s.stats,
+        s.device
+    );
+    let _ = writeln!(o, "{:<40} {:>8} {:>12} {:>10}", "layer", "channels", "mean shift", "var ratio");
+    let _ = writeln!(o, "{:<40} {:>8} {:>12} {:>10}", "", "", "(max, in σ)", "(new/old)");
+    for l in &s.layers {
+        let _ = writeln!(o, "{:<40} {:>8} {:>12.4} {:>10.4}", l.prefix, l.channels, l.mean_shift, l.var_ratio);
+    }
+    let _ = match s.samples_per_second_after_first {
+        Some(steady) => writeln!(
+            o,
+            "{:.0} samples/s ({steady:.0} after the first batch, which took {:.2} s)",
+            s.samples_per_second, s.seconds_first_batch
+        ),
+        None => writeln!(o, "{:.0} samples/s", s.samples_per_second),
+    };
+    wrote(&mut o, &s.outputs);
+    o
+}
+
+/// One model's metrics as a Markdown table, with the threshold's verdict.
+pub fn metrics(model: &Path, m: &Metrics, min: Option<f64>) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "| model | samples | top-1 | top-{} | loss |", m.k);
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|");
+    let _ = writeln!(
+        o,
+        "| {} | {} | {:.2}% | {:.2}% | {:.4} |",
+        model.display(),
+        m.samples,
+        m.top1 * 100.0,
+        m.topk * 100.0,
+        m.loss
+    );
+    if let Some(min) = min {
+        let verdict = if m.top1 >= min { "passed" } else { "FAILED" };
+        let _ = writeln!(o, "\nthreshold: top-1 ≥ {:.2}% — {verdict}", min * 100.0);
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_memory_errors_say_what_to_lower() {
+        let oom = || Error::Runtime("CUDA failure 2: out of memory ; GPU=0".into());
+        let two = error(&oom().hint(Hint::LessMemory { streams: 2 }));
+        assert!(two.ends_with(
+            "(each of the 2 streams holds its own activations: try --streams 1, or a smaller --batch-size)"
+        ));
+        assert!(error(&oom().hint(Hint::LessMemory { streams: 1 })).ends_with("(try a smaller --batch-size)"));
+    }
+
+    #[test]
+    fn settings_are_named_by_their_flags_and_sources_follow() {
+        let e = Error::setting(Setting::Weights, "sum to zero");
+        assert_eq!(error(&e), "--weights sum to zero");
+        assert_eq!(e.to_string(), "`weights` sum to zero");
+        let io = Error::io("x.npy", std::io::Error::new(std::io::ErrorKind::NotFound, "gone"));
+        assert_eq!(error(&io), "x.npy: gone");
+        let hinted = Error::tensor("a.safetensors", "w", "holds a non-finite value").hint(Hint::AllowNonfinite);
+        assert_eq!(
+            error(&hinted),
+            "a.safetensors: tensor `w`: holds a non-finite value; pass --allow-nonfinite to average anyway"
+        );
+        assert!(!hinted.to_string().contains("--"), "the library names no flag: {hinted}");
+    }
+}
