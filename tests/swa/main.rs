@@ -9,3 +9,4 @@ mod properties;
 mod recalibrate;
 mod report;
 mod run;
+mod safety;

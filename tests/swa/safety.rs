@@ -1,0 +1,1241 @@
+//! Safety and data-loss regressions: `--force` and outputs never destroy inputs or what is not
+//! theirs, outputs are atomic (also on Ctrl-C) and keep sane modes, paths read from files stay
+//! inside their directory, and bad numbers, bad arrays and odd files end in exit code 2 with a
+//! message, never a panic, a hang or a silently wrong result.
+//!
+//! One test per item of the issue (`item_N_...`). Everything happens in temporary directories;
+//! tests that need root skip themselves when not root.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::contains;
+use swa::checkpoint::{Dtype, TensorSpec};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn ck(n: u32) -> PathBuf {
+    fixture(&format!("mlp/checkpoints/epoch_00{n}.safetensors"))
+}
+
+fn swa_bin() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("swa")
+}
+
+/// A std `Command` for the `swa` binary (for spawning, signals and shells).
+fn swa_std() -> std::process::Command {
+    let mut c = std::process::Command::new(swa_bin());
+    c.env_remove("GITHUB_STEP_SUMMARY");
+    c
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let target = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &target);
+        } else {
+            std::fs::copy(&p, &target).unwrap();
+        }
+    }
+}
+
+/// Copies the MLP fixture's model, checkpoints and data into `dir`.
+fn mlp_inputs(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["model.onnx", "train.npy", "eval.npy", "eval_labels.npy"] {
+        std::fs::copy(fixture(&format!("mlp/{f}")), dir.join(f)).unwrap();
+    }
+    copy_dir(&fixture("mlp/checkpoints"), &dir.join("checkpoints"));
+}
+
+/// `swa run` over the MLP inputs that [`mlp_inputs`] put in `inputs` (a path as seen from `cwd`).
+fn run_mlp_std(cwd: &Path, inputs: &Path, out: &Path, extra: &[&str]) -> std::process::Command {
+    let mut c = swa_std();
+    c.current_dir(cwd)
+        .args(["run", "--quiet", "--model"])
+        .arg(inputs.join("model.onnx"))
+        .arg("--checkpoints")
+        .arg(inputs.join("checkpoints"))
+        .arg("--train-inputs")
+        .arg(inputs.join("train.npy"))
+        .arg("--eval-inputs")
+        .arg(inputs.join("eval.npy"))
+        .arg("--eval-labels")
+        .arg(inputs.join("eval_labels.npy"))
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+    c
+}
+
+fn run_mlp(cwd: &Path, inputs: &Path, out: &Path, extra: &[&str]) -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::from_std(run_mlp_std(cwd, inputs, out, extra));
+    c.timeout(Duration::from_secs(120));
+    c
+}
+
+/// Every file and directory under `dir` (relative path, kind, size, FNV hash), sorted: equal
+/// snapshots mean nothing was lost, changed or left behind.
+fn snapshot(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                out.push(format!("{rel}/"));
+                walk(root, &p, out);
+            } else if meta.is_file() {
+                let bytes = std::fs::read(&p).unwrap();
+                let hash = bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+                out.push(format!("{rel} {} {hash:016x}", bytes.len()));
+            } else {
+                out.push(format!("{rel} (special)"));
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(dir, dir, &mut v);
+    v.sort();
+    v
+}
+
+fn assert_same(before: &[String], after: &[String]) {
+    let lost: Vec<&String> = before.iter().filter(|x| !after.contains(x)).collect();
+    let added: Vec<&String> = after.iter().filter(|x| !before.contains(x)).collect();
+    assert!(lost.is_empty() && added.is_empty(), "lost or changed: {lost:#?}\nadded: {added:#?}");
+}
+
+/// Runs `cmd`; checks first that nothing under `root` was lost, changed or added, then exit code
+/// 2 and a message about `--out`.
+fn refused_and_intact(mut cmd: assert_cmd::Command, root: &Path, before: &[String]) {
+    let o = cmd.output().unwrap();
+    assert_same(before, &snapshot(root));
+    assert_eq!(o.status.code(), Some(2), "{}", combined(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--out"), "no mention of --out: {}", combined(&o));
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn mkfifo(path: &Path) -> bool {
+    std::process::Command::new("mkfifo").arg(path).status().is_ok_and(|s| s.success())
+}
+
+#[cfg(unix)]
+fn is_fifo(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_fifo())
+}
+
+/// Entries a failed or interrupted write may leave: temporary files and staging directories.
+fn debris(dir: &Path) -> Vec<String> {
+    listing(dir).into_iter().filter(|n| n.ends_with(".partial") || n.starts_with(".swa-run.")).collect()
+}
+
+fn header_of(path: &Path) -> (serde_json::Map<String, serde_json::Value>, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    (serde_json::from_slice(&bytes[8..8 + n]).unwrap(), bytes[8 + n..].to_vec())
+}
+
+fn write_with_header(path: &Path, header: &serde_json::Map<String, serde_json::Value>, data: &[u8]) {
+    let mut h = serde_json::to_vec(header).unwrap();
+    h.resize(h.len().div_ceil(8) * 8, b' ');
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend(data);
+    std::fs::write(path, out).unwrap();
+}
+
+/// An `.npy` with a literal header (`descr`, shape text) followed by `data`.
+fn write_raw_npy(path: &Path, descr: &str, shape: &str, data: &[u8]) {
+    std::fs::write(path, raw_npy(descr, shape, data)).unwrap();
+}
+
+fn raw_npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// `swa evaluate` of the MLP fixture model with `inputs` and `labels`.
+fn evaluate_mlp(inputs: &Path, labels: &Path, extra: &[&str]) -> assert_cmd::Command {
+    evaluate_model(&fixture("mlp/model.onnx"), inputs, labels, extra)
+}
+
+fn evaluate_model(model: &Path, inputs: &Path, labels: &Path, extra: &[&str]) -> assert_cmd::Command {
+    let mut c = swa();
+    c.args(["evaluate", "--model"])
+        .arg(model)
+        .arg("--inputs")
+        .arg(inputs)
+        .arg("--labels")
+        .arg(labels)
+        .args(extra)
+        .timeout(Duration::from_secs(60));
+    c
+}
+
+fn combined(o: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. `swa run --force` replaces only what an earlier `swa run` wrote
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn item_1_force_onto_the_checkpoints_directory_deletes_nothing() {
+    let dir = tmp();
+    let inputs = dir.path().join("in");
+    mlp_inputs(&inputs);
+    let before = snapshot(dir.path());
+    refused_and_intact(run_mlp(dir.path(), &inputs, &inputs.join("checkpoints"), &["--force"]), dir.path(), &before);
+}
+
+#[test]
+fn item_1_force_onto_the_working_directory_holding_the_inputs_deletes_nothing() {
+    let dir = tmp();
+    mlp_inputs(dir.path());
+    let before = snapshot(dir.path());
+    // `--out .` beside the inputs.
+    refused_and_intact(run_mlp(dir.path(), Path::new("."), Path::new("."), &["--force"]), dir.path(), &before);
+}
+
+#[test]
+fn item_1_force_onto_the_parent_spelling_of_the_working_directory_deletes_nothing() {
+    let dir = tmp();
+    let m = dir.path().join("m");
+    mlp_inputs(&m);
+    let before = snapshot(dir.path());
+    // From inside `m`, `--out ../m` is `m` itself.
+    refused_and_intact(run_mlp(&m, Path::new("."), Path::new("../m"), &["--force"]), dir.path(), &before);
+}
+
+#[test]
+fn item_1_force_onto_an_ancestor_of_the_working_directory_or_of_an_input_deletes_nothing() {
+    let dir = tmp();
+    let base = dir.path().join("base");
+    let inputs = base.join("in");
+    mlp_inputs(&inputs);
+    let cwd = dir.path().join("work/inner");
+    std::fs::create_dir_all(&cwd).unwrap();
+    std::fs::write(cwd.join("notes.txt"), "mine").unwrap();
+    let before = snapshot(dir.path());
+    // An ancestor of the working directory.
+    refused_and_intact(run_mlp(&cwd, &inputs, &dir.path().join("work"), &["--force"]), dir.path(), &before);
+    // An ancestor of the inputs (`base` holds `in/`).
+    refused_and_intact(run_mlp(&cwd, &inputs, &base, &["--force"]), dir.path(), &before);
+}
+
+#[test]
+fn item_1_force_onto_a_directory_swa_did_not_write_deletes_nothing() {
+    let dir = tmp();
+    let inputs = dir.path().join("in");
+    mlp_inputs(&inputs);
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("thesis.tex"), "years of work").unwrap();
+    let before = snapshot(dir.path());
+    refused_and_intact(run_mlp(dir.path(), &inputs, &other, &["--force"]), dir.path(), &before);
+}
+
+#[test]
+fn item_1_force_replaces_an_earlier_swa_run_output() {
+    // Existing behaviour that must survive the fix: the marker of the first run is recognised.
+    let dir = tmp();
+    let inputs = dir.path().join("in");
+    mlp_inputs(&inputs);
+    let out = dir.path().join("out");
+    run_mlp(dir.path(), &inputs, &out, &["--last", "2"]).assert().success();
+    let first = std::fs::read(out.join("report.json")).unwrap();
+    run_mlp(dir.path(), &inputs, &out, &["--last", "3", "--force"]).assert().success();
+    let names = listing(&out);
+    for f in ["model_swa.onnx", "report.html", "report.json", "report.md", "swa.safetensors"] {
+        assert!(names.contains(&f.to_string()), "{f} missing from {names:?}");
+    }
+    assert_ne!(std::fs::read(out.join("report.json")).unwrap(), first, "the second run did not replace the first");
+    assert_eq!(listing(dir.path()), ["in", "out"], "left behind beside the output");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Concurrent publish
+// ---------------------------------------------------------------------------------------------
+
+/// Two `swa run` started together into the same `--out` (which does not exist yet): exactly one
+/// may win; the other must fail with exit 2 instead of deleting the winner's output and
+/// succeeding too. Deterministic in practice: both check `--out` within milliseconds of their
+/// start, and a run takes seconds, so both always get past the start-up check today.
+#[test]
+fn item_2_concurrent_runs_into_one_out_do_not_both_succeed() {
+    let dir = tmp();
+    let inputs = dir.path().join("in");
+    mlp_inputs(&inputs);
+    let out = dir.path().join("out");
+    let spawn = || {
+        run_mlp_std(dir.path(), &inputs, &out, &["--last", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let mut codes = [a.status.code(), b.status.code()];
+    codes.sort();
+    assert_eq!(
+        codes,
+        [Some(0), Some(2)],
+        "both runs claimed --out: stderr {:?} / {:?}",
+        String::from_utf8_lossy(&a.stderr),
+        String::from_utf8_lossy(&b.stderr)
+    );
+    let names = listing(&out);
+    for f in ["model_swa.onnx", "report.html", "report.json", "report.md", "swa.safetensors"] {
+        assert!(names.contains(&f.to_string()), "{f} missing from {names:?}");
+    }
+    assert!(debris(dir.path()).is_empty(), "left behind: {:?}", debris(dir.path()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Outputs onto an input's external-data file
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn item_3_outputs_never_overwrite_an_input_models_external_data() {
+    let dir = tmp();
+    let model = dir.path().join("model_dynamo.onnx");
+    let data = dir.path().join("model_dynamo.onnx.data");
+    std::fs::copy(fixture("cnn/model_dynamo.onnx"), &model).unwrap();
+    std::fs::copy(fixture("cnn/model_dynamo.onnx.data"), &data).unwrap();
+    let before = snapshot(dir.path());
+    let recalibrate = || {
+        let mut c = swa();
+        c.args(["recalibrate", "--max-samples", "128", "--model"])
+            .arg(&model)
+            .arg("--inputs")
+            .arg(fixture("cnn/train.npy"))
+            .timeout(Duration::from_secs(60));
+        c
+    };
+    // -o onto the .data file.
+    recalibrate().arg("-o").arg(&data).assert().code(2).stderr(contains("input"));
+    assert_same(&before, &snapshot(dir.path()));
+    // --save-weights onto the .data file.
+    recalibrate()
+        .arg("-o")
+        .arg(dir.path().join("out.onnx"))
+        .arg("--save-weights")
+        .arg(&data)
+        .assert()
+        .code(2)
+        .stderr(contains("input"));
+    assert_same(&before, &snapshot(dir.path()));
+    // `swa average` of the model's initializers onto its own .data file.
+    swa().arg("average").arg(&model).arg("-o").arg(&data).assert().code(2).stderr(contains("input"));
+    assert_same(&before, &snapshot(dir.path()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Outputs that are not regular files
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(unix)]
+#[test]
+fn item_4_a_fifo_as_output_is_refused_and_kept() {
+    let dir = tmp();
+    let fifo = dir.path().join("out.safetensors");
+    if !mkfifo(&fifo) {
+        eprintln!("skipping: mkfifo is not available");
+        return;
+    }
+    swa()
+        .arg("average")
+        .arg(ck(1))
+        .arg(ck(2))
+        .arg("-o")
+        .arg(&fifo)
+        .timeout(Duration::from_secs(30))
+        .assert()
+        .code(2)
+        .stderr(contains("out.safetensors"));
+    assert!(is_fifo(&fifo), "the FIFO was replaced");
+    assert_eq!(listing(dir.path()), ["out.safetensors"]);
+}
+
+/// A character device like `/dev/null` (as root) must not be replaced by a regular file. The
+/// device node is made in a temporary directory (`mknod`, root only), never the real /dev/null:
+/// today's code would replace it for the whole machine.
+#[cfg(unix)]
+#[test]
+fn item_4_a_device_node_as_output_is_not_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    if !is_root() {
+        eprintln!("skipping: needs root to make a device node");
+        return;
+    }
+    let dir = tmp();
+    let null = dir.path().join("null");
+    let made = std::process::Command::new("mknod").arg(&null).args(["c", "1", "3"]).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipping: mknod is not allowed here");
+        return;
+    }
+    let output =
+        swa().arg("average").arg(ck(1)).arg("-o").arg(&null).timeout(Duration::from_secs(30)).output().unwrap();
+    let still = std::fs::symlink_metadata(&null).unwrap().file_type().is_char_device();
+    assert!(still, "the device node was replaced by a regular file (exit {:?})", output.status.code());
+    // Refusing (2) or writing into the device (0) are both acceptable; a crash is not.
+    assert!(matches!(output.status.code(), Some(0 | 2)), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(listing(dir.path()), ["null"]);
+}
+
+#[cfg(unix)]
+#[test]
+fn item_4_a_symlink_as_output_is_refused_and_kept() {
+    let dir = tmp();
+    let target = dir.path().join("precious.txt");
+    std::fs::write(&target, "keep me").unwrap();
+    let link = dir.path().join("out.safetensors");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    swa()
+        .arg("average")
+        .arg(ck(1))
+        .arg(ck(2))
+        .arg("-o")
+        .arg(&link)
+        .assert()
+        .code(2)
+        .stderr(contains("out.safetensors"));
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the symlink was replaced");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+    assert_eq!(listing(dir.path()), ["out.safetensors", "precious.txt"]);
+}
+
+#[test]
+fn item_4_a_directory_as_output_is_refused_and_kept() {
+    let dir = tmp();
+    let d = dir.path().join("out.safetensors");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::write(d.join("inside.txt"), "x").unwrap();
+    swa().arg("average").arg(ck(1)).arg(ck(2)).arg("-o").arg(&d).assert().code(2).stderr(contains("out.safetensors"));
+    assert!(d.is_dir());
+    assert_eq!(listing(&d), ["inside.txt"]);
+    assert_eq!(listing(dir.path()), ["out.safetensors"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Multi-file outputs are all or nothing
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn item_5_sharded_output_whose_index_cannot_be_written_leaves_no_shards() {
+    let dir = tmp();
+    let index = dir.path().join("model.safetensors.index.json");
+    std::fs::create_dir(&index).unwrap();
+    swa()
+        .arg("average")
+        .arg(fixture("mlp/checkpoints"))
+        .arg("-o")
+        .arg(&index)
+        .args(["--shard-size", "20KB"])
+        .assert()
+        .code(2)
+        .stderr(contains("model.safetensors.index.json"));
+    assert_eq!(listing(dir.path()), ["model.safetensors.index.json"], "shards left behind");
+    assert!(listing(&index).is_empty());
+}
+
+#[test]
+fn item_5_recalibrate_whose_model_cannot_be_published_leaves_no_weights() {
+    let dir = tmp();
+    let x = dir.path().join("X.onnx");
+    std::fs::create_dir(&x).unwrap();
+    let w = dir.path().join("W.safetensors");
+    swa()
+        .args(["recalibrate", "--model"])
+        .arg(fixture("mlp/model.onnx"))
+        .arg("--inputs")
+        .arg(fixture("mlp/train.npy"))
+        .arg("-o")
+        .arg(&x)
+        .arg("--save-weights")
+        .arg(&w)
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .code(2)
+        .stderr(contains("X.onnx"));
+    assert!(!w.exists(), "--save-weights was published although the model was not");
+    assert_eq!(listing(dir.path()), ["X.onnx"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Ctrl-C and SIGTERM leave no temporary files
+// ---------------------------------------------------------------------------------------------
+
+/// A one-tensor F32 checkpoint of `n` zeros, sparse (instant to make, no disk used).
+fn big_checkpoint(path: &Path, n: u64) {
+    let mut header =
+        serde_json::to_vec(&serde_json::json!({"w": {"dtype": "F32", "shape": [n], "data_offsets": [0, 4 * n]}}))
+            .unwrap();
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header);
+    std::fs::write(path, &bytes).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_len(bytes.len() as u64 + 4 * n).unwrap();
+}
+
+/// Spawns `cmd`, waits until `started(dir listing)` (or the process exits), sends `signal`, and
+/// checks that the process ends within 10 s and leaves no temporary files in `watch`.
+fn interrupted_leaves_nothing(
+    mut cmd: std::process::Command,
+    signal: &str,
+    watch: &Path,
+    started: fn(&[String]) -> bool,
+) {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    let mut exited_early = None;
+    // Until the temporary output shows up, or 3 s at most (a fix may name it differently).
+    while t0.elapsed() < Duration::from_secs(3) {
+        if let Some(s) = child.try_wait().unwrap() {
+            exited_early = Some(s);
+            break;
+        }
+        if started(&listing(watch)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if let Some(s) = exited_early {
+        eprintln!("note: the process ended ({s}) before it could be interrupted; checking leftovers only");
+    } else {
+        std::thread::sleep(Duration::from_millis(200));
+        let sent = std::process::Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -{signal} failed");
+        let t1 = Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if t1.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("swa did not end within 10 s of SIG{signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let left = debris(watch);
+    assert!(left.is_empty(), "left behind after SIG{signal}: {left:?}");
+}
+
+fn average_big(dir: &Path) -> std::process::Command {
+    let inputs = dir.join("in");
+    std::fs::create_dir_all(&inputs).unwrap();
+    for i in 1..=3 {
+        big_checkpoint(&inputs.join(format!("epoch_{i}.safetensors")), 48 << 20);
+    }
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut c = swa_std();
+    c.args(["average", "--quiet"]).arg(&inputs).arg("-o").arg(out.join("avg.safetensors"));
+    c
+}
+
+fn run_into(dir: &Path) -> std::process::Command {
+    let inputs = dir.join("in");
+    mlp_inputs(&inputs);
+    let outs = dir.join("outs");
+    std::fs::create_dir_all(&outs).unwrap();
+    run_mlp_std(dir, &inputs, &outs.join("report"), &["--recalibrate-each"])
+}
+
+#[cfg(unix)]
+#[test]
+fn item_6_sigint_during_average_leaves_no_partial_file() {
+    let dir = tmp();
+    let cmd = average_big(dir.path());
+    interrupted_leaves_nothing(cmd, "INT", &dir.path().join("out"), |l| l.iter().any(|n| n.ends_with(".partial")));
+    assert!(listing(&dir.path().join("out")).iter().all(|n| n == "avg.safetensors"));
+}
+
+#[cfg(unix)]
+#[test]
+fn item_6_sigterm_during_average_leaves_no_partial_file() {
+    let dir = tmp();
+    let cmd = average_big(dir.path());
+    interrupted_leaves_nothing(cmd, "TERM", &dir.path().join("out"), |l| l.iter().any(|n| n.ends_with(".partial")));
+    assert!(listing(&dir.path().join("out")).iter().all(|n| n == "avg.safetensors"));
+}
+
+#[cfg(unix)]
+#[test]
+fn item_6_sigint_during_run_leaves_no_staging_directory() {
+    let dir = tmp();
+    let cmd = run_into(dir.path());
+    interrupted_leaves_nothing(cmd, "INT", &dir.path().join("outs"), |l| l.iter().any(|n| n.starts_with(".swa-run.")));
+}
+
+#[cfg(unix)]
+#[test]
+fn item_6_sigterm_during_run_leaves_no_staging_directory() {
+    let dir = tmp();
+    let cmd = run_into(dir.path());
+    interrupted_leaves_nothing(cmd, "TERM", &dir.path().join("outs"), |l| l.iter().any(|n| n.starts_with(".swa-run.")));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Output file modes
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Runs swa with `args` under umask 022 (set in a shell, not in the test process).
+#[cfg(unix)]
+fn swa_umask_022(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new("sh")
+        .args(["-c", "umask 022; exec \"$0\" \"$@\""])
+        .arg(swa_bin())
+        .args(args)
+        .env_remove("GITHUB_STEP_SUMMARY")
+        .output()
+        .unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn item_7_new_outputs_follow_the_umask_and_replaced_ones_keep_their_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tmp();
+    let new = dir.path().join("new.safetensors");
+    let o = swa_umask_022(&["average".as_ref(), ck(1).as_os_str(), ck(2).as_os_str(), "-o".as_ref(), new.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(mode(&new), 0o644, "new output under umask 022: {:o}", mode(&new));
+
+    let old = dir.path().join("old.safetensors");
+    std::fs::copy(ck(3), &old).unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let o = swa_umask_022(&["average".as_ref(), ck(1).as_os_str(), ck(2).as_os_str(), "-o".as_ref(), old.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(mode(&old), 0o640, "replaced output lost its mode: {:o}", mode(&old));
+
+    let onnx = dir.path().join("recal.onnx");
+    let m = fixture("mlp/model.onnx");
+    let x = fixture("mlp/train.npy");
+    let o = swa_umask_022(&[
+        "recalibrate".as_ref(),
+        "--model".as_ref(),
+        m.as_os_str(),
+        "--inputs".as_ref(),
+        x.as_os_str(),
+        "-o".as_ref(),
+        onnx.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(mode(&onnx), 0o644, "new recalibrated model under umask 022: {:o}", mode(&onnx));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. ONNX external data outside the model's directory, and bad offsets
+// ---------------------------------------------------------------------------------------------
+
+/// Writes the MLP model to `path` with its smallest initializer of ≥ 16 bytes moved to external
+/// data with these `location`, `offset` and `length` values; returns that initializer's bytes.
+fn model_with_external(path: &Path, location: &str, offset: &str, length: Option<&str>) -> Vec<u8> {
+    use swa::onnx::proto::StringStringEntryProto;
+    let mut model = swa::onnx::Model::load(fixture("mlp/model.onnx")).unwrap();
+    let t = model
+        .graph_mut()
+        .initializer
+        .iter_mut()
+        .filter(|t| swa::onnx::tensor_data(t).is_ok_and(|(_, _, b)| b.len() >= 16))
+        .min_by_key(|t| swa::onnx::tensor_data(t).unwrap().2.len())
+        .expect("an initializer of at least 16 bytes");
+    let (_, _, bytes) = swa::onnx::tensor_data(t).unwrap();
+    let kv = |k: &str, v: &str| StringStringEntryProto { key: Some(k.into()), value: Some(v.into()) };
+    let length = length.map(str::to_string).unwrap_or(bytes.len().to_string());
+    t.raw_data = None;
+    t.float_data.clear();
+    t.data_location = Some(1);
+    t.external_data = vec![kv("location", location), kv("offset", offset), kv("length", &length)];
+    std::fs::write(path, prost::Message::encode_to_vec(&model.proto)).unwrap();
+    bytes
+}
+
+#[test]
+fn item_8_external_data_outside_the_models_directory_is_refused() {
+    let dir = tmp();
+    let secret_dir = dir.path().join("secret");
+    std::fs::create_dir(&secret_dir).unwrap();
+    let model_dir = dir.path().join("model");
+    std::fs::create_dir(&model_dir).unwrap();
+    let secret = secret_dir.join("data.bin");
+    let model = model_dir.join("m.onnx");
+    let bytes = model_with_external(&model, "placeholder", "0", None);
+    std::fs::write(&secret, &bytes).unwrap();
+    let absolute = secret.to_string_lossy().into_owned();
+    for location in ["../secret/data.bin", absolute.as_str(), "/etc/passwd", "../../../../../../../../etc/passwd"] {
+        model_with_external(&model, location, "0", None);
+        swa().arg("inspect").arg(&model).assert().code(2).stderr(contains("outside"));
+    }
+    model_with_external(&model, "../secret/data.bin", "0", None);
+    evaluate_model(&model, &fixture("mlp/eval.npy"), &fixture("mlp/eval_labels.npy"), &[])
+        .assert()
+        .code(2)
+        .stderr(contains("outside"));
+    let out = tmp();
+    swa()
+        .args(["recalibrate", "--model"])
+        .arg(&model)
+        .arg("--inputs")
+        .arg(fixture("mlp/train.npy"))
+        .arg("-o")
+        .arg(out.path().join("o.onnx"))
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .code(2)
+        .stderr(contains("outside"));
+    assert!(listing(out.path()).is_empty());
+}
+
+#[test]
+fn item_8_unparsable_or_negative_external_offsets_and_lengths_are_errors() {
+    let dir = tmp();
+    let model = dir.path().join("m.onnx");
+    let bytes = model_with_external(&model, "m.data", "0", None);
+    std::fs::write(dir.path().join("m.data"), &bytes).unwrap();
+    swa().arg("inspect").arg(&model).assert().success();
+    for (offset, length, word) in
+        [("-5", None, "offset"), ("abc", None, "offset"), ("0", Some("-1"), "length"), ("0", Some("xyz"), "length")]
+    {
+        model_with_external(&model, "m.data", offset, length);
+        swa().arg("inspect").arg(&model).assert().code(2).stderr(contains(word));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Sharded index naming files outside its directory
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn item_9_index_weight_map_outside_its_directory_is_refused() {
+    let dir = tmp();
+    // (No path component may contain the keyword "outside" the message is checked for.)
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::copy(ck(1), elsewhere.join("x.safetensors")).unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let index = model.join("model.safetensors.index.json");
+    let names: Vec<String> =
+        swa::checkpoint::Checkpoint::open(ck(1)).unwrap().tensors().iter().map(|t| t.name.clone()).collect();
+    let absolute = elsewhere.join("x.safetensors").to_string_lossy().into_owned();
+    // The last one does not exist: "outside", not "No such file", shows the check comes before opening.
+    for shard in ["../elsewhere/x.safetensors", absolute.as_str(), "../nonexistent/x.safetensors"] {
+        let weight_map: serde_json::Map<String, serde_json::Value> =
+            names.iter().map(|n| (n.clone(), shard.into())).collect();
+        std::fs::write(
+            &index,
+            serde_json::to_vec(&serde_json::json!({"metadata": {}, "weight_map": weight_map})).unwrap(),
+        )
+        .unwrap();
+        let out = dir.path().join("out.safetensors");
+        swa()
+            .arg("average")
+            .arg(&index)
+            .arg("-o")
+            .arg(&out)
+            .assert()
+            .code(2)
+            .stderr(contains("outside"))
+            .stderr(contains("No such file").not());
+        assert!(!out.exists());
+        swa().arg("inspect").arg(&index).assert().code(2).stderr(contains("outside"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. ONNX Runtime is never loaded from the working directory
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn item_10_runtime_discovery_ignores_a_library_planted_in_the_working_directory() {
+    let evaluate_in = |cwd: &Path| {
+        let mut c = evaluate_mlp(&fixture("mlp/eval.npy"), &fixture("mlp/eval_labels.npy"), &[]);
+        c.current_dir(cwd).env_remove("ORT_DYLIB_PATH").env_remove("VIRTUAL_ENV").env_remove("CONDA_PREFIX");
+        c.output().unwrap()
+    };
+    let clean = tmp();
+    let baseline = evaluate_in(clean.path());
+    if !baseline.status.success() {
+        eprintln!(
+            "skipping: ONNX Runtime is not found without ORT_DYLIB_PATH here: {}",
+            String::from_utf8_lossy(&baseline.stderr)
+        );
+        return;
+    }
+    let dir = tmp();
+    let capi = dir.path().join("onnxruntime/capi");
+    std::fs::create_dir_all(&capi).unwrap();
+    std::fs::write(capi.join("libonnxruntime.so.1.99"), b"\x7fELF not really a library").unwrap();
+    let o = evaluate_in(dir.path());
+    assert!(o.status.success(), "a planted capi/ directory (namespace package) was used: {}", combined(&o));
+    // A planted regular package (with __init__.py) is what `python -c` finds first in the cwd.
+    std::fs::write(dir.path().join("onnxruntime/__init__.py"), b"").unwrap();
+    let o = evaluate_in(dir.path());
+    assert!(o.status.success(), "a planted onnxruntime package in the cwd was loaded: {}", combined(&o));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. NaN logits are not correct predictions
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn item_11_nan_logits_fail_the_accuracy_gate_in_evaluate() {
+    let dir = tmp();
+    let x = dir.path().join("nan.npy");
+    write_npy_f32(&x, &[200, 32], &vec![f32::NAN; 200 * 32]);
+    let o = evaluate_mlp(&x, &fixture("mlp/eval_labels.npy"), &["--min-accuracy", "0.99"]).output().unwrap();
+    assert!(matches!(o.status.code(), Some(1 | 2)), "exit {:?}: {}", o.status.code(), combined(&o));
+    let text = combined(&o);
+    assert!(text.to_lowercase().contains("non-finite") || text.contains("NaN"), "no mention of non-finite: {text}");
+}
+
+#[test]
+fn item_11_nan_logits_fail_the_accuracy_gate_in_run() {
+    let dir = tmp();
+    let inputs = dir.path().join("in");
+    mlp_inputs(&inputs);
+    write_npy_f32(&inputs.join("eval.npy"), &[200, 32], &vec![f32::NAN; 200 * 32]);
+    let out = dir.path().join("out");
+    let o = run_mlp(dir.path(), &inputs, &out, &["--min-accuracy", "0.99"]).output().unwrap();
+    assert!(matches!(o.status.code(), Some(1 | 2)), "exit {:?}: {}", o.status.code(), combined(&o));
+    let text = combined(&o);
+    assert!(text.to_lowercase().contains("non-finite") || text.contains("NaN"), "no mention of non-finite: {text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. --min-accuracy out of range
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn item_12_min_accuracy_outside_zero_to_one_is_a_usage_error() {
+    for v in ["nan", "90", "1.5", "-1", "inf"] {
+        evaluate_mlp(&fixture("mlp/eval.npy"), &fixture("mlp/eval_labels.npy"), &[&format!("--min-accuracy={v}")])
+            .assert()
+            .code(2)
+            .stderr(contains("min-accuracy"));
+    }
+    let dir = tmp();
+    let inputs = dir.path().join("in");
+    mlp_inputs(&inputs);
+    let out = dir.path().join("out");
+    run_mlp(dir.path(), &inputs, &out, &["--min-accuracy=90"]).assert().code(2).stderr(contains("min-accuracy"));
+    assert!(!out.exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. Evaluating nothing
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn item_13_evaluate_on_zero_samples_is_an_error() {
+    let dir = tmp();
+    let x = dir.path().join("x.npy");
+    let y = dir.path().join("y.npy");
+    write_npy_f32(&x, &[0, 32], &[]);
+    write_npy_i64(&y, &[]);
+    evaluate_mlp(&x, &y, &[]).assert().code(2).stderr(contains("sample"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 14. Truncated stored .npz member
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn item_14_stored_npz_member_shorter_than_its_header_is_an_error() {
+    let dir = tmp();
+    let name = swa::onnx::Model::load(fixture("mlp/model.onnx")).unwrap().inputs()[0].name().to_string();
+    let npz = dir.path().join("short.npz");
+    {
+        let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&npz).unwrap());
+        // Claims 300 rows, holds 100; the next member is big enough to "fill" the rest.
+        z.start_file(format!("{name}.npy"), stored).unwrap();
+        std::io::Write::write_all(&mut z, &raw_npy("<f4", "(300, 32)", &f32_bytes(&vec![0.5; 100 * 32]))).unwrap();
+        z.start_file("y.npy", stored).unwrap();
+        std::io::Write::write_all(&mut z, &raw_npy("<f4", "(400, 32)", &f32_bytes(&vec![0.25; 400 * 32]))).unwrap();
+        z.finish().unwrap();
+    }
+    let out = tmp();
+    swa()
+        .args(["recalibrate", "--model"])
+        .arg(fixture("mlp/model.onnx"))
+        .arg("--inputs")
+        .arg(&npz)
+        .arg("-o")
+        .arg(out.path().join("o.onnx"))
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .code(2)
+        .stderr(contains("truncated"));
+    assert!(listing(out.path()).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 15. One checkpoint under two spellings
+// ---------------------------------------------------------------------------------------------
+
+fn n_models_or_refused(o: &std::process::Output, distinct: u64) {
+    match o.status.code() {
+        Some(0) => {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(v["n_models"], distinct, "a checkpoint was counted twice: {}", v["inputs"]);
+        }
+        Some(2) => {}
+        c => panic!("exit {c:?}: {}", combined(o)),
+    }
+}
+
+#[test]
+fn item_15_the_same_checkpoint_twice_is_counted_once() {
+    let dir = tmp();
+    copy_dir(&fixture("mlp/checkpoints"), &dir.path().join("ck"));
+    let run = |args: &[&std::ffi::OsStr]| {
+        swa()
+            .current_dir(dir.path())
+            .arg("average")
+            .arg("--json")
+            .args(args)
+            .arg("-o")
+            .arg("out.safetensors")
+            .output()
+            .unwrap()
+    };
+    n_models_or_refused(&run(&["ck".as_ref(), "./ck".as_ref()]), 6);
+    let abs = dir.path().join("ck");
+    n_models_or_refused(&run(&["ck".as_ref(), abs.as_os_str()]), 6);
+    n_models_or_refused(&run(&["ck/epoch_003.safetensors".as_ref(), "./ck/epoch_003.safetensors".as_ref()]), 1);
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("epoch_006.safetensors", dir.path().join("ck/epoch_007.safetensors")).unwrap();
+        n_models_or_refused(&run(&["ck".as_ref()]), 6);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 16. Weights that overflow, f16 overflow, n_models that wraps
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn item_16_huge_weights_do_not_zero_the_model() {
+    let dir = tmp();
+    let out = dir.path().join("out.safetensors");
+    let o = swa()
+        .arg("average")
+        .arg(ck(1))
+        .arg(ck(2))
+        .args(["--weights", "1e308,1e308"])
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    match o.status.code() {
+        Some(2) => assert!(!out.exists()),
+        Some(0) => {
+            let (a, b, got) = (values(&ck(1), "fc1.weight"), values(&ck(2), "fc1.weight"), values(&out, "fc1.weight"));
+            assert!(got.iter().any(|v| *v != 0.0), "exit 0 with an all-zero fc1.weight");
+            for i in 0..got.len() {
+                let want = (a[i] + b[i]) / 2.0;
+                assert!((got[i] - want).abs() <= 1e-6 + 1e-5 * want.abs(), "fc1.weight[{i}]: {} vs {want}", got[i]);
+            }
+        }
+        c => panic!("exit {c:?}: {}", combined(&o)),
+    }
+}
+
+#[test]
+fn item_16_f16_output_that_overflows_is_refused() {
+    let dir = tmp();
+    let big = dir.path().join("big.safetensors");
+    let spec = TensorSpec { name: "w".into(), dtype: Dtype::F32, shape: vec![4] };
+    swa::checkpoint::write_tensors(&big, &[(spec, f32_bytes(&[1.0, 70000.0, 2.0, 3.0]))], &Default::default()).unwrap();
+    let out = dir.path().join("out.safetensors");
+    swa()
+        .arg("average")
+        .arg(&big)
+        .args(["--dtype", "f16"])
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(contains("`w`"));
+    assert_eq!(listing(dir.path()), ["big.safetensors"]);
+}
+
+#[test]
+fn item_16_resume_with_an_n_models_that_would_wrap_is_refused() {
+    let dir = tmp();
+    let (mut header, data) = header_of(&ck(1));
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt", "n_models": u64::MAX.to_string()}));
+    let prior = dir.path().join("prior.safetensors");
+    write_with_header(&prior, &header, &data);
+    let out = dir.path().join("out.safetensors");
+    swa()
+        .arg("average")
+        .arg("--resume")
+        .arg(&prior)
+        .arg(ck(2))
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(contains("n_models"));
+    assert_eq!(listing(dir.path()), ["prior.safetensors"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 17. Numbers in names
+// ---------------------------------------------------------------------------------------------
+
+fn selected(o: &std::process::Output) -> Vec<String> {
+    assert!(o.status.success(), "{}", combined(o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| Path::new(i["path"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn item_17_the_epoch_number_wins_over_other_numbers_in_the_name() {
+    let dir = tmp();
+    let d = dir.path().join("ck");
+    std::fs::create_dir(&d).unwrap();
+    for (n, name) in [(1, "epoch_1_lr1e-4"), (2, "epoch_2_lr1e-3"), (3, "epoch_3_lr1e-3")] {
+        std::fs::copy(ck(n), d.join(format!("{name}.safetensors"))).unwrap();
+    }
+    let out = dir.path().join("out.safetensors");
+    let o = swa().arg("average").arg("--json").arg(&d).args(["--last", "1"]).arg("-o").arg(&out).output().unwrap();
+    assert_eq!(selected(&o), ["epoch_3_lr1e-3.safetensors"]);
+    let o = swa().arg("average").arg("--json").arg(&d).args(["--from", "2"]).arg("-o").arg(&out).output().unwrap();
+    assert_eq!(selected(&o), ["epoch_2_lr1e-3.safetensors", "epoch_3_lr1e-3.safetensors"]);
+}
+
+#[test]
+fn item_17_two_checkpoints_with_the_same_number_are_refused() {
+    let dir = tmp();
+    let d = dir.path().join("ck");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::copy(ck(1), d.join("epoch_1.safetensors")).unwrap();
+    std::fs::copy(ck(2), d.join("epoch_2.safetensors")).unwrap();
+    std::fs::copy(ck(3), d.join("epoch-2.safetensors")).unwrap();
+    let out = dir.path().join("out.safetensors");
+    swa()
+        .arg("average")
+        .arg(&d)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(contains("epoch_2.safetensors"))
+        .stderr(contains("epoch-2.safetensors"));
+    assert!(!out.exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 18. Overflowing shapes and malformed graphs: exit 2, never a panic (101)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn item_18_npy_shape_whose_size_overflows_is_an_error_not_a_panic() {
+    let dir = tmp();
+    let x = dir.path().join("huge.npy");
+    write_raw_npy(&x, "<f4", "(4611686018427387904, 32)", &[]);
+    evaluate_mlp(&x, &fixture("mlp/eval_labels.npy"), &[]).assert().code(2).stderr(contains("huge.npy"));
+    // Labels: int64 with shape 2^62 (no data) must not read as "0 labels".
+    let y = dir.path().join("labels.npy");
+    write_raw_npy(&y, "<i8", "(4611686018427387904,)", &[]);
+    evaluate_mlp(&fixture("mlp/eval.npy"), &y, &[])
+        .assert()
+        .code(2)
+        .stderr(contains("labels.npy"))
+        .stderr(contains("0 labels").not());
+}
+
+#[test]
+fn item_18_identity_node_without_outputs_is_an_error_not_a_panic() {
+    let dir = tmp();
+    let mut m = swa::onnx::Model::load(fixture("mlp/model.onnx")).unwrap();
+    let init = m.graph().initializer[0].name().to_string();
+    m.graph_mut().node.push(swa::onnx::node("Identity", "no_outputs".into(), &[&init], &[], vec![]));
+    let path = dir.path().join("identity.onnx");
+    m.save(&path).unwrap();
+    swa().arg("inspect").arg(&path).assert().code(2).stderr(contains("no_outputs"));
+    let out = tmp();
+    swa()
+        .args(["recalibrate", "--model"])
+        .arg(&path)
+        .arg("--inputs")
+        .arg(fixture("mlp/train.npy"))
+        .arg("-o")
+        .arg(out.path().join("o.onnx"))
+        .timeout(Duration::from_secs(60))
+        .assert()
+        .code(2);
+    assert!(listing(out.path()).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 19. Unbounded or zero options
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(unix)]
+#[test]
+fn item_19_absurd_thread_counts_and_zero_top_k_are_usage_errors() {
+    // Today's code hands 100000 to ONNX Runtime, which would start that many threads (more than
+    // this machine's pid_max). The address space is capped so that such an attempt fails fast
+    // instead of exhausting the machine; the test still requires a usage error naming --threads.
+    let o = std::process::Command::new("sh")
+        .args(["-c", "ulimit -v 4194304; exec timeout -s KILL 20 \"$0\" \"$@\""])
+        .arg(swa_bin())
+        .args(["evaluate", "--threads", "100000", "--model"])
+        .arg(fixture("mlp/model.onnx"))
+        .arg("--inputs")
+        .arg(fixture("mlp/eval.npy"))
+        .arg("--labels")
+        .arg(fixture("mlp/eval_labels.npy"))
+        .env_remove("GITHUB_STEP_SUMMARY")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", combined(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--threads"), "{}", combined(&o));
+    evaluate_mlp(&fixture("mlp/eval.npy"), &fixture("mlp/eval_labels.npy"), &["--top-k", "0"])
+        .assert()
+        .code(2)
+        .stderr(contains("--top-k"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 20. FIFOs and directories as inputs
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `cmd` with a 10 s limit; fails if it hung.
+fn no_hang(mut cmd: assert_cmd::Command, what: &str) -> std::process::Output {
+    cmd.timeout(Duration::from_secs(10));
+    let t0 = Instant::now();
+    let o = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(t0.elapsed() < Duration::from_millis(9500), "{what}: swa hung (killed after 10 s)");
+    o
+}
+
+#[cfg(unix)]
+#[test]
+fn item_20_a_fifo_as_an_input_fails_fast() {
+    let dir = tmp();
+    let fifo = dir.path().join("x.npy");
+    if !mkfifo(&fifo) {
+        eprintln!("skipping: mkfifo is not available");
+        return;
+    }
+    let o = no_hang(evaluate_mlp(&fifo, &fixture("mlp/eval_labels.npy"), &[]), "--inputs FIFO");
+    assert_eq!(o.status.code(), Some(2), "{}", combined(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("x.npy"));
+
+    let ckfifo = dir.path().join("epoch_009.safetensors");
+    assert!(mkfifo(&ckfifo));
+    let mut c = swa();
+    c.arg("average").arg(ck(1)).arg(&ckfifo).arg("-o").arg(dir.path().join("out.safetensors"));
+    let o = no_hang(c, "checkpoint FIFO");
+    assert_eq!(o.status.code(), Some(2), "{}", combined(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("epoch_009.safetensors"));
+    assert!(!dir.path().join("out.safetensors").exists());
+
+    // A directory of checkpoints that holds a FIFO.
+    let d = dir.path().join("ck");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::copy(ck(1), d.join("epoch_001.safetensors")).unwrap();
+    assert!(mkfifo(&d.join("epoch_002.safetensors")));
+    let mut c = swa();
+    c.arg("average").arg(&d).arg("-o").arg(dir.path().join("out.safetensors"));
+    let o = no_hang(c, "FIFO in a checkpoint directory");
+    // Refusing it, or skipping what is not a regular file, are both fine; hanging is not.
+    assert!(matches!(o.status.code(), Some(0 | 2)), "{}", combined(&o));
+}
+
+#[test]
+fn item_20_a_directory_as_an_array_file_gets_a_clear_message() {
+    let dir = tmp();
+    let d = dir.path().join("x.npy");
+    std::fs::create_dir(&d).unwrap();
+    evaluate_mlp(&d, &fixture("mlp/eval_labels.npy"), &[])
+        .assert()
+        .code(2)
+        .stderr(contains("x.npy"))
+        .stderr(contains("directory"))
+        .stderr(contains("No such device").not());
+    evaluate_mlp(&fixture("mlp/eval.npy"), &d, &[])
+        .assert()
+        .code(2)
+        .stderr(contains("directory"))
+        .stderr(contains("No such device").not());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn messages_an_npy_given_as_a_checkpoint_says_it_is_not_safetensors() {
+    let dir = tmp();
+    let out = dir.path().join("out.safetensors");
+    swa()
+        .arg("average")
+        .arg(fixture("mlp/train.npy"))
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(contains("train.npy"))
+        .stderr(contains("not a safetensors file"));
+    assert!(listing(dir.path()).is_empty());
+}
+
+#[test]
+fn messages_a_checkpoint_with_no_tensors_is_refused() {
+    let dir = tmp();
+    let empty = dir.path().join("empty.safetensors");
+    write_with_header(&empty, &serde_json::Map::new(), &[]);
+    let out = dir.path().join("out.safetensors");
+    swa().arg("average").arg(&empty).arg("-o").arg(&out).assert().code(2).stderr(contains("empty.safetensors"));
+    assert_eq!(listing(dir.path()), ["empty.safetensors"]);
+}
