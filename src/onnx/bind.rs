@@ -110,18 +110,18 @@ fn unshare(model: &mut Model) -> usize {
     }
 }
 
-/// How a checkpoint bound to a graph.
+/// How a checkpoint bound to a graph (fields in the order of `inspect --json`'s keys).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BindReport {
     /// Checkpoint name → graph initializer name, for every bound tensor.
     pub bound: Vec<(String, String)>,
-    /// Floating-point checkpoint tensors with no initializer of that name in the graph.
-    pub unmatched: Vec<String>,
     /// Integer checkpoint tensors (step counters, `num_batches_tracked`): not weights, not bound.
     pub skipped: Vec<String>,
     /// Weight initializers of the graph (inputs of Conv, Gemm, MatMul, BatchNormalization…) that
     /// no checkpoint tensor bound.
     pub unbound: Vec<String>,
+    /// Floating-point checkpoint tensors with no initializer of that name in the graph.
+    pub unmatched: Vec<String>,
 }
 
 impl BindReport {
