@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::checkpoint::sharded::{self, OutputPlan, Shard};
 use crate::checkpoint::{dtype, Checkpoint, Dtype, SafetensorsWriter, TensorEntry, TensorSpec};
 use crate::error::{Error, Hint, Result, Setting};
-use crate::fs::refuse_overwrite;
+use crate::fs::{check_output, refuse_overwrite, Outputs, Stamps};
 use crate::inputs::{self, CheckpointFile, Selection};
 use crate::progress;
 
@@ -477,8 +477,10 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     let OutputPlan { shards, index } = sharded::plan(&opts.output, &plan.specs, opts.shard_size.map(NonZeroU64::get));
     let input_files: Vec<&Path> = inputs.checkpoints.iter().flat_map(|c| c.files()).collect();
     for path in shards.iter().map(|s| s.path.as_path()).chain(index.as_deref()) {
+        check_output(path)?;
         refuse_overwrite(path, &input_files)?;
     }
+    let stamps = Stamps::of(&input_files)?;
     let metadata = metadata(opts, &inputs);
     let writers: Vec<SafetensorsWriter> =
         shards.iter().map(|s| SafetensorsWriter::create(&s.path, &s.specs, &metadata)).collect::<Result<_>>()?;
@@ -503,14 +505,18 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     chunks(&shards).par_iter().try_for_each_init(Scratch::default, |s, item| kernel.run(item, s))?;
     bar.finish_and_clear();
 
-    let mut outputs = Vec::new();
+    // Every shard and the index are staged before any is published (the index last), and only
+    // if no input changed meanwhile.
+    let mut staged = Outputs::default();
     for w in writers {
-        outputs.push(w.finish()?);
+        staged.push(w.finish()?);
     }
-    if let Some(index) = index {
-        sharded::write_index(&index, &shards, &metadata)?;
-        outputs.push(index);
+    if let Some(index) = &index {
+        staged.push(sharded::stage_index(index, &shards, &metadata)?);
     }
+    stamps.check()?;
+    let outputs = staged.targets();
+    staged.publish()?;
     let weighting = weighting_name(&opts.weighting);
     let TensorPlan { specs, kinds, buffers } = plan;
     let Inputs { files, weights, n_models, .. } = inputs;

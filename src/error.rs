@@ -151,6 +151,8 @@ pub enum Hint {
     },
     /// Replacing an existing output directory needs `force`.
     Force,
+    /// The output directory is not one to replace, whatever the settings: another one is needed.
+    NeverReplaced,
 }
 
 impl Hint {
@@ -170,6 +172,7 @@ impl Hint {
                 )
             }
             Hint::Force => ": set `force` to replace it".into(),
+            Hint::NeverReplaced => ": it is not replaced, even with `force`; choose another `out`".into(),
         }
     }
 }

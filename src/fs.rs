@@ -1,12 +1,24 @@
-//! Files: read-only maps of inputs, outputs staged in temporary files beside their targets and
-//! published by rename, and the check that an output is not also an input.
+//! Files: read-only maps of inputs, outputs staged in temporary files (or a directory) beside their
+//! targets and published by rename, the checks that an output is a regular file and not also an
+//! input, and a record of what is being staged so that an interrupted process can remove it.
+//!
+//! Guarantees the rest of the crate relies on:
+//! - A staged file is `.NAME.XXXX.partial` beside its target, created with the umask's mode (a file
+//!   that replaces another takes that file's mode). It is removed when dropped unpublished, and by
+//!   [`discard_staged`] (what the binary's signal handler calls).
+//! - [`Outputs::publish`] renames a set of staged files into place (in order, the last one last):
+//!   every target is checked first, and if one rename fails the ones already done are undone, so
+//!   the previous files are intact or the new ones are all there.
+//! - [`StagedDir::publish`] never deletes a directory it did not create or verify.
 
-use std::fs::File;
+use std::fs::{File, Permissions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use memmap2::Mmap;
-use tempfile::NamedTempFile;
+use tempfile::{NamedTempFile, TempPath};
 
 use crate::error::{Error, Result};
 
@@ -14,8 +26,9 @@ use crate::error::{Error, Result};
 pub fn map_file(path: &Path) -> Result<Mmap> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: the map is read-only and private to this process. Another process truncating or
-    // rewriting an input while it is read is undefined behaviour, as for every mmap-based reader
-    // (safetensors, numpy's memmap); inputs are never written by swa itself.
+    // rewriting an input while it is read is undefined behaviour (a SIGBUS at worst), as for every
+    // mmap-based reader (safetensors, numpy's memmap); inputs are never written by swa itself
+    // (`refuse_overwrite`), and docs/formats.md says inputs must not change during a run.
     unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))
 }
 
@@ -27,34 +40,88 @@ pub fn parent_dir(path: &Path) -> &Path {
     }
 }
 
-/// Creates a temporary file in the directory of `target`, so that a rename publishes it atomically.
-pub fn temp_beside(target: &Path) -> Result<NamedTempFile> {
-    let dir = parent_dir(target);
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".partial")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, std::io::Error::new(e.kind(), format!("cannot create the output here: {e}"))))
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// Writes `bytes` into a temporary file beside `path`, flushed, for the caller to rename.
-pub fn stage_file(path: &Path, bytes: &[u8]) -> Result<NamedTempFile> {
-    let mut tmp = temp_beside(path)?;
-    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    Ok(tmp)
+// -------------------------------------------------------------------------------------------------
+// What is being staged
+// -------------------------------------------------------------------------------------------------
+
+/// Temporary files and directories that exist only until they are published or dropped. Renames
+/// that publish happen with this lock held, so [`discard_staged`] sees either the staged paths or
+/// the published outputs, never a half-published set.
+static STAGED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn staged() -> MutexGuard<'static, Vec<PathBuf>> {
+    STAGED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Renames a staged file to its target.
-pub fn publish(staged: NamedTempFile, path: &Path) -> Result<()> {
-    staged.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+fn forget(list: &mut Vec<PathBuf>, path: &Path) {
+    if let Some(i) = list.iter().position(|p| p == path) {
+        list.swap_remove(i);
+    }
 }
 
-/// Writes a small file atomically (temporary file beside it, then rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    publish(stage_file(path, bytes)?, path)
+fn remove_path(path: &Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => drop(std::fs::remove_dir_all(path)),
+        Ok(_) => drop(std::fs::remove_file(path)),
+        Err(_) => {}
+    }
+}
+
+/// Removes every file and directory being staged, waiting for a publish in progress to end, and
+/// keeps the record locked: nothing can be published afterwards. For a process about to exit (the
+/// `swa` binary calls it on SIGINT and SIGTERM); a library caller that never calls it loses nothing,
+/// the record is only a list.
+pub fn discard_staged() {
+    let list = staged();
+    for path in list.iter() {
+        remove_path(path);
+    }
+    std::mem::forget(list);
+}
+
+// -------------------------------------------------------------------------------------------------
+// Checks
+// -------------------------------------------------------------------------------------------------
+
+/// Fails unless `path` can be written as a regular file: it does not exist or is one (never a
+/// symbolic link, directory, FIFO or device, which are kept as they are), and its directory exists.
+pub fn check_output(path: &Path) -> Result<()> {
+    let dir = parent_dir(path);
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotADirectory,
+                    "cannot create the output here: not a directory",
+                ),
+            ))
+        }
+        Err(e) => {
+            return Err(Error::io(dir, std::io::Error::new(e.kind(), format!("cannot create the output here: {e}"))))
+        }
+    }
+    let meta = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path, e)),
+        Ok(m) => m,
+    };
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        return Ok(());
+    } else if kind.is_symlink() {
+        "is a symbolic link"
+    } else if kind.is_dir() {
+        "is a directory"
+    } else {
+        "is not a regular file (a FIFO, socket or device)"
+    };
+    Err(Error::usage(format!("output {} {what}: refusing to replace it", path.display())))
 }
 
 fn canonical_target(path: &Path) -> Option<PathBuf> {
@@ -73,4 +140,424 @@ pub fn refuse_overwrite(output: &Path, inputs: &[&Path]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Refuses two outputs that are one file (`-o a --save-weights a`).
+pub fn refuse_same_output(outputs: &[&Path]) -> Result<()> {
+    let targets: Vec<Option<PathBuf>> = outputs.iter().map(|p| canonical_target(p)).collect();
+    for (i, t) in targets.iter().enumerate() {
+        if t.is_some() && targets[..i].contains(t) {
+            return Err(Error::usage(format!("output {} is named twice", outputs[i].display())));
+        }
+    }
+    Ok(())
+}
+
+/// Sizes and modification times of input files, taken before they are read: [`Stamps::check`]
+/// fails if any changed (a mapped input rewritten under a run gives wrong results, or a SIGBUS).
+#[derive(Debug)]
+pub struct Stamps(Vec<(PathBuf, u64, Option<SystemTime>)>);
+
+impl Stamps {
+    /// The stamps of `files`.
+    pub fn of<P: AsRef<Path>>(files: &[P]) -> Result<Self> {
+        let mut stamps = Vec::new();
+        for f in files {
+            let f = f.as_ref();
+            let m = std::fs::metadata(f).map_err(|e| Error::io(f, e))?;
+            stamps.push((f.to_path_buf(), m.len(), m.modified().ok()));
+        }
+        Ok(Stamps(stamps))
+    }
+
+    /// Fails, naming the file, if an input changed since [`Stamps::of`].
+    pub fn check(&self) -> Result<()> {
+        for (path, len, modified) in &self.0 {
+            let changed = match std::fs::metadata(path) {
+                Ok(m) => m.len() != *len || m.modified().ok() != *modified,
+                Err(_) => true,
+            };
+            if changed {
+                return Err(Error::format(
+                    path,
+                    "changed while it was being read (inputs must not change during a run): nothing was written",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+// Staged files
+// -------------------------------------------------------------------------------------------------
+
+/// A temporary file beside its target, renamed to it by [`StagedFile::publish`] or [`Outputs`];
+/// removed if dropped unpublished.
+#[derive(Debug)]
+pub struct StagedFile {
+    temp: Option<NamedTempFile>,
+    target: PathBuf,
+}
+
+/// `mode` before the umask: new files are created with `0o666 & !umask`, as by `open(2)`.
+fn mode(mode: u32) -> Permissions {
+    std::os::unix::fs::PermissionsExt::from_mode(mode)
+}
+
+impl StagedFile {
+    /// An empty temporary file in the directory of `target` (so that a rename publishes it
+    /// atomically), with the mode `target` has if it is a file, else the umask's default.
+    pub fn beside(target: &Path) -> Result<Self> {
+        let dir = parent_dir(target);
+        let prefix = format!(".{}.", file_name(target));
+        let mut list = staged();
+        let temp = tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(".partial")
+            .permissions(mode(0o666))
+            .tempfile_in(dir)
+            .map_err(|e| {
+                Error::io(dir, std::io::Error::new(e.kind(), format!("cannot create the output here: {e}")))
+            })?;
+        list.push(temp.path().to_path_buf());
+        drop(list);
+        let staged = StagedFile { temp: Some(temp), target: target.to_path_buf() };
+        if let Ok(m) = std::fs::symlink_metadata(target) {
+            if m.is_file() {
+                staged.as_file().set_permissions(m.permissions()).map_err(|e| Error::io(target, e))?;
+            }
+        }
+        Ok(staged)
+    }
+
+    /// A staged file holding `bytes`, flushed to disk.
+    pub fn with_bytes(target: &Path, bytes: &[u8]) -> Result<Self> {
+        let staged = StagedFile::beside(target)?;
+        staged.as_file().write_all(bytes).map_err(|e| Error::io(target, e))?;
+        staged.sync()?;
+        Ok(staged)
+    }
+
+    /// The open temporary file.
+    pub fn as_file(&self) -> &File {
+        self.temp.as_ref().expect("present until published").as_file()
+    }
+
+    /// Where it will be published.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Flushes its data to disk.
+    pub fn sync(&self) -> Result<()> {
+        self.as_file().sync_all().map_err(|e| Error::io(&self.target, e))
+    }
+
+    /// Renames it to its target.
+    pub fn publish(self) -> Result<()> {
+        Outputs::from(vec![self]).publish()
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            let mut list = staged();
+            let path = temp.path().to_path_buf();
+            drop(temp);
+            forget(&mut list, &path);
+        }
+    }
+}
+
+/// Files staged to be published together: all of them, or none.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    files: Vec<StagedFile>,
+}
+
+impl From<Vec<StagedFile>> for Outputs {
+    fn from(files: Vec<StagedFile>) -> Self {
+        Outputs { files }
+    }
+}
+
+/// A second name for an existing file, so that a publish that fails half-way can put it back.
+/// Best effort: where hard links are not allowed, the file cannot be put back.
+fn hard_link_beside(target: &Path) -> Option<TempPath> {
+    if !std::fs::symlink_metadata(target).is_ok_and(|m| m.is_file()) {
+        return None;
+    }
+    tempfile::Builder::new()
+        .prefix(&format!(".{}.", file_name(target)))
+        .suffix(".partial")
+        .make_in(parent_dir(target), |p| std::fs::hard_link(target, p))
+        .ok()
+        .map(NamedTempFile::into_temp_path)
+}
+
+impl Outputs {
+    /// Adds a staged file; files are published in the order they were added.
+    pub fn push(&mut self, file: StagedFile) {
+        self.files.push(file);
+    }
+
+    /// Adds the files of `other` after these.
+    pub fn append(&mut self, mut other: Outputs) {
+        self.files.append(&mut other.files);
+    }
+
+    /// The targets, in publishing order.
+    pub fn targets(&self) -> Vec<PathBuf> {
+        self.files.iter().map(|f| f.target.clone()).collect()
+    }
+
+    /// Renames every file to its target, in order. Each target is checked first ([`check_output`]);
+    /// if a rename still fails, the targets already renamed get their previous file back (or are
+    /// removed where there was none), so a failure leaves no new file beside old ones.
+    pub fn publish(mut self) -> Result<()> {
+        for f in &self.files {
+            check_output(&f.target)?;
+        }
+        let mut list = staged();
+        let mut done: Vec<(PathBuf, Option<TempPath>)> = Vec::new();
+        for f in &mut self.files {
+            let backup = hard_link_beside(&f.target);
+            let temp = f.temp.take().expect("present until published");
+            let path = temp.path().to_path_buf();
+            match temp.persist(&f.target) {
+                Ok(_) => {
+                    forget(&mut list, &path);
+                    done.push((f.target.clone(), backup));
+                }
+                Err(e) => {
+                    f.temp = Some(e.file);
+                    for (target, backup) in done.into_iter().rev() {
+                        match backup {
+                            Some(b) => drop(b.persist(&target)),
+                            None => drop(std::fs::remove_file(&target)),
+                        }
+                    }
+                    let error = Error::io(&f.target, e.error);
+                    drop(list);
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+// Staged directories
+// -------------------------------------------------------------------------------------------------
+
+/// A temporary directory `.PREFIX.XXXX` beside its target, with the umask's mode; removed with what
+/// it holds if dropped unpublished.
+#[derive(Debug)]
+pub struct StagedDir {
+    path: Option<PathBuf>,
+    prefix: String,
+}
+
+/// What [`StagedDir::publish`] may do with a directory already at the target.
+pub enum Replace<'a> {
+    /// Nothing: publishing fails if the target is there and not empty.
+    Nothing,
+    /// Replace it if it passes this check (made again on the directory once it is moved aside).
+    If(&'a dyn Fn(&Path) -> bool),
+}
+
+/// Why a staged directory was not published.
+#[derive(Debug)]
+pub enum DirPublishError {
+    /// The target is there and is not empty (another process made it during the run).
+    Taken(std::io::Error),
+    /// The directory that was to be replaced no longer passes its check; it is back in place.
+    NoLongerReplaceable,
+    /// Renaming failed; the message says where the previous directory is if it could not be put back.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for DirPublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DirPublishError::Taken(e) => write!(f, "another process created it during the run ({e})"),
+            DirPublishError::NoLongerReplaceable => f.write_str("it changed during the run and is left as it was"),
+            DirPublishError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+fn taken(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(e.kind(), K::DirectoryNotEmpty | K::AlreadyExists | K::NotADirectory | K::IsADirectory)
+}
+
+impl StagedDir {
+    /// A new directory beside `target`, named `.{prefix}.XXXX` (and `.{prefix}.old.XXXX` for the
+    /// directory it replaces, while it does).
+    pub fn beside(target: &Path, prefix: &str) -> Result<Self> {
+        let dir = parent_dir(target);
+        let name = format!(".{prefix}.");
+        let mut list = staged();
+        let made = tempfile::Builder::new()
+            .prefix(&name)
+            .permissions(mode(0o777))
+            .tempdir_in(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .keep();
+        list.push(made.clone());
+        Ok(StagedDir { path: Some(made), prefix: prefix.to_string() })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.path.as_deref().expect("present until published")
+    }
+
+    /// Renames the directory to `target`. A target that does not exist or is empty is replaced;
+    /// one that holds anything is replaced only as `replace` allows: moved aside to a hidden
+    /// sibling, checked again there, and removed once the new directory is in place (put back if
+    /// the check fails). Nothing else is ever removed.
+    pub fn publish(mut self, target: &Path, replace: Replace) -> std::result::Result<(), DirPublishError> {
+        let staged_path = self.path.clone().expect("present until published");
+        let mut list = staged();
+        let first = std::fs::rename(&staged_path, target);
+        let check = match (first, replace) {
+            (Ok(()), _) => {
+                forget(&mut list, &staged_path);
+                self.path = None;
+                return Ok(());
+            }
+            (Err(e), Replace::If(check)) if taken(&e) => check,
+            (Err(e), _) if taken(&e) => return Err(DirPublishError::Taken(e)),
+            (Err(e), _) => return Err(DirPublishError::Io(e)),
+        };
+        // Move the old directory aside: onto a fresh empty directory, which a rename may replace.
+        let aside = tempfile::Builder::new()
+            .prefix(&format!(".{}.old.", self.prefix))
+            .tempdir_in(parent_dir(target))
+            .map_err(DirPublishError::Io)?
+            .keep();
+        if let Err(e) = std::fs::rename(target, &aside) {
+            let _ = std::fs::remove_dir(&aside);
+            return Err(if taken(&e) { DirPublishError::Taken(e) } else { DirPublishError::Io(e) });
+        }
+        let put_back = |why: DirPublishError| match std::fs::rename(&aside, target) {
+            Ok(()) => why,
+            Err(e) => DirPublishError::Io(std::io::Error::new(
+                e.kind(),
+                format!("{why}; the previous directory could not be put back and is at {}: {e}", aside.display()),
+            )),
+        };
+        if !check(&aside) {
+            return Err(put_back(DirPublishError::NoLongerReplaceable));
+        }
+        if let Err(e) = std::fs::rename(&staged_path, target) {
+            return Err(put_back(if taken(&e) { DirPublishError::Taken(e) } else { DirPublishError::Io(e) }));
+        }
+        // The new directory is in place; the old one, checked, goes (also if interrupted now).
+        forget(&mut list, &staged_path);
+        self.path = None;
+        list.push(aside.clone());
+        drop(list);
+        let _ = std::fs::remove_dir_all(&aside);
+        forget(&mut staged(), &aside);
+        Ok(())
+    }
+}
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let mut list = staged();
+            let _ = std::fs::remove_dir_all(&path);
+            forget(&mut list, &path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::chain;
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    fn staged_dir(target: &Path, file: &str) -> StagedDir {
+        let d = StagedDir::beside(target, "t").unwrap();
+        std::fs::write(d.path().join(file), "new").unwrap();
+        d
+    }
+
+    #[test]
+    fn a_staged_directory_never_replaces_what_it_may_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        // Absent, then empty: published.
+        staged_dir(&out, "a").publish(&out, Replace::Nothing).unwrap();
+        assert_eq!(listing(&out), ["a"]);
+        // Not empty and not replaceable: taken, nothing changes, the staged directory goes.
+        let e = staged_dir(&out, "b").publish(&out, Replace::Nothing).unwrap_err();
+        assert!(matches!(e, DirPublishError::Taken(_)), "{e}");
+        assert_eq!(listing(&out), ["a"]);
+        // Replaceable by its caller's word, but the check fails on the moved directory: put back.
+        let e = staged_dir(&out, "c").publish(&out, Replace::If(&|d| d.join("b").exists())).unwrap_err();
+        assert!(matches!(e, DirPublishError::NoLongerReplaceable), "{e}");
+        assert_eq!(listing(&out), ["a"]);
+        // The check passes: replaced, and the old directory is gone.
+        staged_dir(&out, "d").publish(&out, Replace::If(&|d| d.join("a").exists())).unwrap();
+        assert_eq!(listing(&out), ["d"]);
+        assert_eq!(listing(tmp.path()), ["out"]);
+        assert!(!staged().iter().any(|p| p.starts_with(tmp.path())), "still recorded as staged");
+    }
+
+    #[test]
+    fn outputs_must_be_regular_files_in_a_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        check_output(&file).unwrap();
+        check_output(&tmp.path().join("new")).unwrap();
+        assert!(check_output(tmp.path()).unwrap_err().to_string().contains("is a directory"));
+        std::os::unix::fs::symlink(&file, tmp.path().join("l")).unwrap();
+        assert!(check_output(&tmp.path().join("l")).unwrap_err().to_string().contains("symbolic link"));
+        assert!(chain(&check_output(&file.join("below")).unwrap_err()).contains("cannot create the output here"));
+    }
+
+    #[test]
+    fn staged_files_are_published_together_and_leave_nothing_when_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::write(&a, "old").unwrap();
+        std::fs::set_permissions(&a, mode(0o640)).unwrap();
+        let mut outputs = Outputs::default();
+        outputs.push(StagedFile::with_bytes(&a, b"new a").unwrap());
+        outputs.push(StagedFile::with_bytes(&b, b"new b").unwrap());
+        drop(StagedFile::with_bytes(&tmp.path().join("c"), b"dropped").unwrap());
+        assert_eq!(listing(tmp.path()).len(), 3, "a and two staged files");
+        outputs.publish().unwrap();
+        assert_eq!(listing(tmp.path()), ["a", "b"]);
+        assert_eq!(std::fs::read(&a).unwrap(), b"new a");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&a).unwrap().permissions().mode() & 0o777, 0o640);
+    }
+
+    #[test]
+    fn stamps_see_a_changed_input() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = tmp.path().join("in");
+        std::fs::write(&f, "1234").unwrap();
+        let stamps = Stamps::of(&[&f]).unwrap();
+        stamps.check().unwrap();
+        std::fs::write(&f, "12").unwrap();
+        assert!(stamps.check().unwrap_err().to_string().contains("changed while it was being read"));
+    }
 }

@@ -7,8 +7,24 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// On SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal closed): remove the outputs being staged
+/// (after a rename in progress ends), then exit with 128 + the signal (130, 143, 129). Without
+/// this, the signal would kill the process with its temporary files in place.
+fn discard_staged_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else { return };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            swa::fs::discard_staged();
+            // `_exit`: no destructors or atexit handlers run while other threads still work.
+            signal_hook::low_level::exit(128 + signal);
+        }
+    });
+}
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    discard_staged_on_signals();
     match cli::commands::execute(&args) {
         Ok(outcome) => {
             let mut out = std::io::stdout().lock();

@@ -7,6 +7,7 @@ use std::time::Instant;
 use crate::average::{self, AverageOptions};
 use crate::error::{Error, Hint, Result, Setting};
 use crate::evaluate::{self, EvalOptions, Metrics};
+use crate::fs::{DirPublishError, Replace, StagedDir, Stamps};
 use crate::inputs::{self, CheckpointFile, Selection};
 use crate::onnx::bind::Binder;
 use crate::onnx::bn;
@@ -32,24 +33,101 @@ pub struct RunOptions {
     pub allow_partial: bool,
     /// Output directory.
     pub out: PathBuf,
-    /// Replace a non-empty output directory.
+    /// Replace an output directory that an earlier `swa run` wrote (it holds [`MARKER`]); no
+    /// other directory is ever replaced.
     pub force: bool,
 }
 
-/// Checks that `out` may be written, before any work is done.
-fn check_out(out: &Path, force: bool) -> Result<()> {
-    if out.exists() {
-        if !out.is_dir() {
-            return Err(Error::setting(Setting::Out, format!("{} exists and is not a directory", out.display())));
+/// The file `swa run` writes into its output directory: what `force` looks for before it replaces
+/// a directory. It holds `{"written_by": "swa run", "version": …}` (docs/formats.md).
+pub const MARKER: &str = ".swa-run";
+
+fn marker() -> String {
+    serde_json::json!({"written_by": "swa run", "version": env!("CARGO_PKG_VERSION")}).to_string() + "\n"
+}
+
+/// True if `dir` holds the marker of an earlier `swa run` (a regular file, any version).
+pub fn written_by_swa_run(dir: &Path) -> bool {
+    let path = dir.join(MARKER);
+    std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file())
+        && std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["written_by"] == "swa run")
+}
+
+fn never_replaced(out: &Path, why: &str) -> Error {
+    Error::setting(Setting::Out, format!("{} {why}", out.display())).hint(Hint::NeverReplaced)
+}
+
+/// Checks that `out` may be written, before any work is done: it does not exist (its parent, if
+/// there, is a directory), or it is an empty directory, or — with `force` only — one that an
+/// earlier `swa run` wrote. Never a symbolic link, the working directory or one of its parents.
+/// Returns whether publishing replaces a directory.
+fn check_out(out: &Path, force: bool) -> Result<bool> {
+    let meta = match std::fs::symlink_metadata(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = crate::fs::parent_dir(out);
+            if parent.exists() && !parent.is_dir() {
+                return Err(Error::setting(
+                    Setting::Out,
+                    format!("{}: {} is not a directory", out.display(), parent.display()),
+                ));
+            }
+            return Ok(false);
         }
-        let empty = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_none();
-        if !empty && !force {
-            return Err(
-                Error::setting(Setting::Out, format!("{} exists and is not empty", out.display())).hint(Hint::Force)
-            );
+        Err(e) => return Err(Error::io(out, e)),
+        Ok(m) => m,
+    };
+    if meta.file_type().is_symlink() {
+        return Err(never_replaced(out, "is a symbolic link"));
+    }
+    if !meta.is_dir() {
+        return Err(Error::setting(Setting::Out, format!("{} exists and is not a directory", out.display())));
+    }
+    let canonical = out.canonicalize().map_err(|e| Error::io(out, e))?;
+    if std::env::current_dir().is_ok_and(|cwd| cwd.starts_with(&canonical)) {
+        return Err(never_replaced(out, "is the working directory or one of its parents"));
+    }
+    let empty = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_none();
+    if empty {
+        return Ok(false);
+    }
+    if !written_by_swa_run(out) {
+        return Err(never_replaced(out, &format!("exists and was not written by swa run (it has no {MARKER} file)")));
+    }
+    if !force {
+        return Err(
+            Error::setting(Setting::Out, format!("{} exists and is not empty", out.display())).hint(Hint::Force)
+        );
+    }
+    Ok(true)
+}
+
+/// Refuses an `out` that is one of `inputs` or holds one (canonical paths compared).
+fn refuse_holding_inputs(out: &Path, inputs: &[&Path]) -> Result<()> {
+    let Ok(canonical) = out.canonicalize() else { return Ok(()) };
+    for input in inputs {
+        if input.canonicalize().is_ok_and(|i| i.starts_with(&canonical)) {
+            return Err(never_replaced(out, &format!("holds the input {}", input.display())));
         }
     }
     Ok(())
+}
+
+/// Every file the run reads: the model and its external data, the checkpoints (a sharded one's
+/// index and shards), the samples and the labels.
+fn files_read(binder: &Binder, found: &[CheckpointFile], opts: &RunOptions) -> Result<Vec<PathBuf>> {
+    let mut files = binder.model().files().to_vec();
+    for f in found {
+        if f.path.to_string_lossy().ends_with(".index.json") {
+            files.extend(inputs::open_checkpoint(&f.path)?.files().into_iter().map(Path::to_path_buf));
+        } else {
+            files.push(f.path.clone());
+        }
+    }
+    files.extend([opts.pass.inputs.clone(), opts.eval.inputs.clone(), opts.eval.labels.clone()]);
+    Ok(files)
 }
 
 /// Times the stages of the run.
@@ -145,38 +223,46 @@ fn write_outputs(
     meta.insert("n_models".into(), selected.len().to_string());
     recalibrate::save_weights(&swa.prepared, &swa.names, &swa.pass, &work.join("swa.safetensors"), &meta)?;
     swa.prepared.bound.model.save(&work.join("model_swa.onnx"))?;
-    for (name, text) in
-        [("report.json", report.json()), ("report.md", report::markdown(report)), ("report.html", report::html(report))]
-    {
+    for (name, text) in [
+        ("report.json", report.json()),
+        ("report.md", report::markdown(report)),
+        ("report.html", report::html(report)),
+        (MARKER, marker()),
+    ] {
         std::fs::write(work.join(name), text).map_err(|e| Error::io(work.join(name), e))?;
     }
     Ok(())
 }
 
-/// Renames the finished work directory to `out`, replacing what was there.
-fn publish(work: tempfile::TempDir, out: &Path) -> Result<()> {
-    let staged = work.keep();
-    if out.exists() {
-        std::fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
-    }
-    std::fs::rename(&staged, out).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&staged);
-        Error::io(out, e)
+/// Renames the finished work directory to `out`. A directory there is replaced only if `replace`
+/// (it held the marker at the start) and it still holds the marker once moved aside; a directory
+/// that another process made meanwhile is never touched: the run fails instead.
+fn publish(work: StagedDir, out: &Path, replace: bool) -> Result<()> {
+    let check = |dir: &Path| written_by_swa_run(dir);
+    let how = if replace { Replace::If(&check) } else { Replace::Nothing };
+    work.publish(out, how).map_err(|e| match e {
+        DirPublishError::Io(e) => Error::io(out, e),
+        other => Error::setting(Setting::Out, format!("{} was not replaced: {other}", out.display())),
     })
 }
 
 /// Runs the whole pipeline and returns the report.
 pub fn run(opts: &RunOptions) -> Result<Report> {
-    check_out(&opts.out, opts.force)?;
+    let replace = check_out(&opts.out, opts.force)?;
     let mut clock = Stopwatch { lap: Instant::now(), timings: Vec::new() };
     let binder = Binder::load(&opts.model)?;
     bn::find(binder.model())?;
     let found = inputs::discover(&opts.checkpoints)?;
     let selected = inputs::select(&found, &opts.selection)?;
+    let read = files_read(&binder, &found, opts)?;
+    let mut named: Vec<&Path> = read.iter().map(PathBuf::as_path).collect();
+    named.extend(opts.checkpoints.iter().map(PathBuf::as_path));
+    refuse_holding_inputs(&opts.out, &named)?;
+    let stamps = Stamps::of(&read)?;
 
     let parent = crate::fs::parent_dir(&opts.out).to_path_buf();
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let work = tempfile::Builder::new().prefix(".swa-run.").tempdir_in(&parent).map_err(|e| Error::io(&parent, e))?;
+    let work = StagedDir::beside(&opts.out, "swa-run")?;
 
     let rows = evaluate_checkpoints(&binder, &found, opts)?;
     clock.lap("evaluate checkpoints");
@@ -201,6 +287,7 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
         timings: clock.timings,
     };
     write_outputs(work.path(), &swa, &report, &selected, opts)?;
-    publish(work, &opts.out)?;
+    stamps.check()?;
+    publish(work, &opts.out, replace)?;
     Ok(report)
 }

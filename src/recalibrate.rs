@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{dtype, Dtype, TensorSpec};
 use crate::error::{Error, Hint, Result, Setting};
+use crate::fs::{Outputs, StagedFile, Stamps};
 use crate::inputs;
 use crate::onnx::bind::{Binder, Bound};
 use crate::onnx::bn::{self, BnLayer};
@@ -361,7 +362,7 @@ pub fn layer_summaries(model: &Model, layers: &[BnLayer], new: &[(Vec<f64>, Vec<
 }
 
 /// Writes the checkpoint's tensors under their own names with the new running statistics (and
-/// `num_batches_tracked` = batches, as update_bn leaves it).
+/// `num_batches_tracked` = batches, as update_bn leaves it), atomically.
 pub fn save_weights(
     prepared: &Prepared,
     stat_names: &[(String, String)],
@@ -369,6 +370,18 @@ pub fn save_weights(
     path: &Path,
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
+    crate::fs::check_output(path)?;
+    stage_weights(prepared, stat_names, result, path, metadata)?.publish()
+}
+
+/// [`save_weights`] into a staged file, to publish with other outputs.
+pub fn stage_weights(
+    prepared: &Prepared,
+    stat_names: &[(String, String)],
+    result: &PassResult,
+    path: &Path,
+    metadata: &BTreeMap<String, String>,
+) -> Result<StagedFile> {
     let ck = &prepared.bound.checkpoint;
     let to_ck: std::collections::HashMap<&str, &str> =
         prepared.bound.binding.as_ref().map(|b| b.checkpoint_names()).unwrap_or_default();
@@ -404,7 +417,7 @@ pub fn save_weights(
         dtype::encode(Dtype::F32, &values, &mut out);
         tensors.push((TensorSpec { name, dtype: Dtype::F32, shape: vec![values.len()] }, out));
     }
-    crate::checkpoint::write_tensors(path, &tensors, metadata)
+    crate::checkpoint::stage_tensors(path, &tensors, metadata)
 }
 
 /// Writes `result`'s statistics into the bound model and records `meta` in its metadata
@@ -439,28 +452,46 @@ pub fn metadata(pass: &PassOptions, result: &PassResult, sources: &[&Path]) -> B
     m
 }
 
+/// Checks every output before any work: each can be written as a regular file, none is an input
+/// (`read`), and no two are one file. The model's external data (`X.data`) counts as an output.
+fn check_outputs(opts: &RecalibrateOptions, read: &[&Path]) -> Result<()> {
+    let data = crate::onnx::data_file(&opts.output);
+    let mut outputs: Vec<&Path> = vec![&opts.output, &data];
+    outputs.extend(opts.save_weights.as_deref());
+    for o in &outputs {
+        crate::fs::check_output(o)?;
+        crate::fs::refuse_overwrite(o, read)?;
+    }
+    crate::fs::refuse_same_output(&outputs)
+}
+
 /// Recalibrates as `opts` says: nothing is written unless every step succeeds.
 pub fn recalibrate(opts: &RecalibrateOptions) -> Result<RecalibrateSummary> {
     let weights = opts.weights.as_deref().map(inputs::open_checkpoint).transpose()?;
-    let mut prepared = Prepared::new(Binder::load(&opts.model)?.bind(weights, opts.allow_partial)?)?;
+    let binder = Binder::load(&opts.model)?;
+    let mut read: Vec<&Path> = binder.model().files().iter().map(PathBuf::as_path).collect();
+    read.extend(weights.iter().flat_map(|w| w.files()));
+    read.push(&opts.pass.inputs);
+    check_outputs(opts, &read)?;
+    let stamps = Stamps::of(&read)?;
     let mut sources: Vec<&Path> = vec![&opts.model];
     sources.extend(opts.weights.as_deref());
     sources.push(&opts.pass.inputs);
-    crate::fs::refuse_overwrite(&opts.output, &sources)?;
-    if let Some(w) = &opts.save_weights {
-        crate::fs::refuse_overwrite(w, &sources)?;
-    }
+    let mut prepared = Prepared::new(binder.bind(weights, opts.allow_partial)?)?;
     let result = compute(&prepared, &opts.pass)?;
     let layers = layer_summaries(&prepared.bound.model, &prepared.layers, &result.stats);
     let meta = metadata(&opts.pass, &result, &sources);
     let names = apply(&mut prepared, &result, &meta)?;
-    // The model is staged first and published last, so a failure leaves neither file behind.
-    let staged = prepared.bound.model.stage(&opts.output, false)?;
+    // Everything is staged before anything is published (the weights, then the model last), so a
+    // failure leaves no file behind.
+    let mut staged = Outputs::default();
     let mut outputs = vec![opts.output.clone()];
     if let Some(w) = &opts.save_weights {
-        save_weights(&prepared, &names, &result, w, &meta)?;
+        staged.push(stage_weights(&prepared, &names, &result, w, &meta)?);
         outputs.push(w.clone());
     }
+    staged.append(prepared.bound.model.stage(&opts.output, false)?);
+    stamps.check()?;
     staged.publish()?;
     let binding = prepared.bound.binding.unwrap_or_default();
     Ok(RecalibrateSummary {

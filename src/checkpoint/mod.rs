@@ -14,7 +14,7 @@ use memmap2::Mmap;
 pub use safetensors::Dtype;
 
 pub use sharded::find_index;
-pub use write::{write_tensors, SafetensorsWriter, TensorSpec};
+pub use write::{stage_tensors, write_tensors, SafetensorsWriter, TensorSpec};
 
 use crate::error::{Error, Result};
 use crate::fs::map_file;
@@ -72,6 +72,8 @@ pub struct Checkpoint {
     tensors: Vec<TensorEntry>,
     index: HashMap<String, usize>,
     metadata: BTreeMap<String, String>,
+    /// Files read into owned tensors besides `path` (an ONNX model's external data).
+    also_read: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -115,6 +117,7 @@ impl Checkpoint {
             tensors: Vec::new(),
             index: HashMap::new(),
             metadata: BTreeMap::new(),
+            also_read: Vec::new(),
         }
     }
 
@@ -210,10 +213,22 @@ impl Checkpoint {
         self.get(name).map(|t| self.file_of(t))
     }
 
-    /// Every file this checkpoint reads.
+    /// Records a file its owned tensors were read from (an ONNX model's external data), so that
+    /// [`Checkpoint::files`] names it.
+    pub fn add_file(&mut self, path: &Path) {
+        self.also_read.push(path.to_path_buf());
+    }
+
+    /// Every file this checkpoint reads: the one it was opened from (a `.safetensors`, an index, a
+    /// model), its shards and an ONNX model's external data. Outputs must never overwrite them.
     pub fn files(&self) -> Vec<&Path> {
-        let mut files: Vec<&Path> = self.sources.iter().map(|s| s.path.as_path()).collect();
-        files.dedup();
+        let mut files: Vec<&Path> = Vec::new();
+        let all = std::iter::once(&self.path).chain(self.sources.iter().map(|s| &s.path)).chain(&self.also_read);
+        for f in all {
+            if !files.contains(&f.as_path()) {
+                files.push(f);
+            }
+        }
         files
     }
 

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::{Checkpoint, TensorSpec};
 use crate::error::{Error, Result};
+use crate::fs::StagedFile;
 
 /// The default shard size when an output is named `*.index.json` without a size (5 GiB, as
 /// `save_pretrained` writes).
@@ -124,9 +125,9 @@ pub fn plan(output: &Path, specs: &[TensorSpec], shard_size: Option<u64>) -> Out
     OutputPlan { shards, index: Some(index) }
 }
 
-/// Writes the index of `shards` atomically: the weight map, `metadata`, and `total_size` (bytes of
-/// tensor data).
-pub fn write_index(index: &Path, shards: &[Shard], metadata: &BTreeMap<String, String>) -> Result<()> {
+/// Stages the index of `shards` (the weight map, `metadata`, and `total_size`: bytes of tensor
+/// data), to be published after the shards.
+pub fn stage_index(index: &Path, shards: &[Shard], metadata: &BTreeMap<String, String>) -> Result<StagedFile> {
     let mut weight_map = serde_json::Map::new();
     let mut total = 0u64;
     for s in shards {
@@ -140,5 +141,5 @@ pub fn write_index(index: &Path, shards: &[Shard], metadata: &BTreeMap<String, S
         metadata.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
     meta.insert("total_size".into(), total.into());
     let json = serde_json::json!({"metadata": meta, "weight_map": weight_map});
-    crate::fs::write_atomic(index, serde_json::to_string_pretty(&json).expect("json").as_bytes())
+    StagedFile::with_bytes(index, serde_json::to_string_pretty(&json).expect("json").as_bytes())
 }

@@ -1,5 +1,5 @@
 //! Streaming safetensors writer: the header is written first, tensor data is written at known
-//! offsets (from any thread), and the file only appears under its name once complete.
+//! offsets (from any thread), into a staged file that appears under its name only when published.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -8,11 +8,9 @@ use std::path::{Path, PathBuf};
 
 use safetensors::Dtype;
 
-use tempfile::NamedTempFile;
-
 use crate::checkpoint::dtype;
 use crate::error::{Error, Result};
-use crate::fs::temp_beside;
+use crate::fs::StagedFile;
 
 /// Name, type and shape of a tensor to write.
 #[derive(Debug, Clone)]
@@ -35,7 +33,7 @@ impl TensorSpec {
 /// A safetensors file being written into a temporary file beside its target.
 pub struct SafetensorsWriter {
     target: PathBuf,
-    file: NamedTempFile,
+    file: StagedFile,
     offsets: Vec<u64>,
 }
 
@@ -60,10 +58,11 @@ impl SafetensorsWriter {
         let mut json = serde_json::to_vec(&header).expect("header serialises");
         json.resize(json.len().div_ceil(8) * 8, b' ');
         let data_start = 8 + json.len() as u64;
-        let mut file = temp_beside(target)?;
+        let file = StagedFile::beside(target)?;
         let io = |e| Error::io(target, e);
-        file.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
-        file.write_all(&json).map_err(io)?;
+        let mut f = file.as_file();
+        f.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
+        f.write_all(&json).map_err(io)?;
         file.as_file().set_len(data_start + offset).map_err(io)?;
         Ok(SafetensorsWriter {
             target: target.to_path_buf(),
@@ -77,12 +76,25 @@ impl SafetensorsWriter {
         self.file.as_file().write_all_at(bytes, self.offsets[index] + at as u64).map_err(|e| Error::io(&self.target, e))
     }
 
-    /// Flushes to disk and renames the file to its target.
-    pub fn finish(self) -> Result<PathBuf> {
-        self.file.as_file().sync_all().map_err(|e| Error::io(&self.target, e))?;
-        self.file.persist(&self.target).map_err(|e| Error::io(&self.target, e.error))?;
-        Ok(self.target)
+    /// Flushes to disk; the file is complete, ready to publish (alone or with others).
+    pub fn finish(self) -> Result<StagedFile> {
+        self.file.sync()?;
+        Ok(self.file)
     }
+}
+
+/// Stages small in-memory tensors as one safetensors file (see [`SafetensorsWriter::finish`]).
+pub fn stage_tensors(
+    target: &Path,
+    tensors: &[(TensorSpec, Vec<u8>)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<StagedFile> {
+    let specs: Vec<TensorSpec> = tensors.iter().map(|(s, _)| s.clone()).collect();
+    let writer = SafetensorsWriter::create(target, &specs, metadata)?;
+    for (i, (_, bytes)) in tensors.iter().enumerate() {
+        writer.write_at(i, 0, bytes)?;
+    }
+    writer.finish()
 }
 
 /// Writes small in-memory tensors as one safetensors file, atomically.
@@ -91,11 +103,6 @@ pub fn write_tensors(
     tensors: &[(TensorSpec, Vec<u8>)],
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
-    let specs: Vec<TensorSpec> = tensors.iter().map(|(s, _)| s.clone()).collect();
-    let writer = SafetensorsWriter::create(target, &specs, metadata)?;
-    for (i, (_, bytes)) in tensors.iter().enumerate() {
-        writer.write_at(i, 0, bytes)?;
-    }
-    writer.finish()?;
-    Ok(())
+    crate::fs::check_output(target)?;
+    stage_tensors(target, tensors, metadata)?.publish()
 }

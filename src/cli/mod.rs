@@ -410,7 +410,8 @@ pub struct RunArgs {
     /// Output directory (created; must be empty unless --force).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Replace a non-empty output directory.
+    /// Replace an output directory that an earlier `swa run` wrote (it holds `.swa-run`); no other
+    /// directory is ever replaced.
     #[arg(long)]
     pub force: bool,
     /// Print report.json on stdout.

@@ -42,6 +42,7 @@ pub fn hint(hint: Hint) -> String {
             format!("{}: lower --batch-size or give more samples", if capped { " (after --max-samples)" } else { "" })
         }
         Hint::Force => ": pass --force to replace it".into(),
+        Hint::NeverReplaced => ": it is not replaced, even with --force; choose another --out".into(),
         other => other.library_text(),
     }
 }

@@ -18,28 +18,12 @@ pub use proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, 
 
 use crate::checkpoint::{dtype, Checkpoint};
 use crate::error::{Error, Result};
-use crate::fs::{map_file, publish, stage_file};
+use crate::fs::{map_file, Outputs, StagedFile};
 
 /// Initializers larger than this are written as external data when the model would not fit in a
 /// protobuf message (2 GiB).
 const EXTERNAL_THRESHOLD: usize = 1024;
 const PROTOBUF_LIMIT: usize = 1 << 31;
-
-/// A model written to temporary files, not yet under its names.
-#[derive(Debug)]
-pub struct StagedModel {
-    files: Vec<(tempfile::NamedTempFile, PathBuf)>,
-}
-
-impl StagedModel {
-    /// Renames the files to their targets (the external data first, the model last).
-    pub fn publish(self) -> Result<()> {
-        for (tmp, path) in self.files {
-            publish(tmp, &path)?;
-        }
-        Ok(())
-    }
-}
 
 /// An ONNX model in memory, with external data resolved into the initializers.
 #[derive(Debug, Clone)]
@@ -48,6 +32,8 @@ pub struct Model {
     pub path: PathBuf,
     /// The decoded protobuf.
     pub proto: ModelProto,
+    /// The files it was read from: the model and its external data.
+    files: Vec<PathBuf>,
 }
 
 /// The element types that have a safetensors dtype, and that dtype.
@@ -66,6 +52,12 @@ const DTYPES: [(DataType, Dtype); 13] = [
     (DataType::Uint64, Dtype::U64),
     (DataType::Bfloat16, Dtype::BF16),
 ];
+
+/// Where a model written to `path` puts its external data: `<name>.data` beside it.
+pub fn data_file(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!("{name}.data"))
+}
 
 /// The safetensors dtype of an ONNX element type (`TensorProto.data_type`).
 pub fn dtype_of(elem_type: i32) -> Option<Dtype> {
@@ -195,6 +187,22 @@ fn external_info(t: &TensorProto) -> HashMap<&str, &str> {
     t.external_data.iter().map(|kv| (kv.key(), kv.value())).collect()
 }
 
+/// The model file and the external-data files its initializers name (beside it), each once.
+fn files_read(path: &Path, proto: &ModelProto) -> Vec<PathBuf> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut files = vec![path.to_path_buf()];
+    for t in proto.graph.iter().flat_map(|g| &g.initializer) {
+        if let Some(location) = external_info(t).get("location").filter(|_| t.data_location() == DataLocation::External)
+        {
+            let file = dir.join(location);
+            if !files.contains(&file) {
+                files.push(file);
+            }
+        }
+    }
+    files
+}
+
 impl Model {
     /// Reads and decodes an ONNX file, loading external-data initializers into memory.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
@@ -205,7 +213,8 @@ impl Model {
         if proto.graph.is_none() {
             return Err(Error::format(path, "not a valid ONNX model: it has no graph"));
         }
-        let mut model = Model { path: path.to_path_buf(), proto };
+        let files = files_read(path, &proto);
+        let mut model = Model { path: path.to_path_buf(), proto, files };
         model.resolve_external()?;
         Ok(model)
     }
@@ -244,6 +253,12 @@ impl Model {
         Ok(())
     }
 
+    /// The files it was read from: the model and its external data. Outputs must never
+    /// overwrite them.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
     /// The graph.
     pub fn graph(&self) -> &GraphProto {
         self.proto.graph.as_ref().expect("a loaded model has a graph")
@@ -266,6 +281,9 @@ impl Model {
     /// The initializers as a checkpoint, under their ONNX names.
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         let mut ck = Checkpoint::empty(&self.path);
+        for f in &self.files[1..] {
+            ck.add_file(f);
+        }
         for t in &self.graph().initializer {
             let (dtype, shape, bytes) = tensor_data(t)?;
             ck.push_owned(t.name().to_string(), dtype, shape, bytes)?;
@@ -310,23 +328,24 @@ impl Model {
     }
 
     /// Writes the model into temporary files beside `path` (with its initializers in
-    /// `<name>.data` when the model would not fit in one protobuf message, or when `external` is
-    /// set); nothing appears under the final names until [`StagedModel::publish`].
-    pub fn stage(&self, path: &Path, external: bool) -> Result<StagedModel> {
-        let data_name =
-            format!("{}.data", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    /// [`data_file`] when the model would not fit in one protobuf message, or when `external` is
+    /// set); nothing appears under the final names until [`Outputs::publish`], which renames the
+    /// external data first and the model last.
+    pub fn stage(&self, path: &Path, external: bool) -> Result<Outputs> {
+        let data_path = data_file(path);
+        let data_name = data_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let (bytes, data) = self.encode_with(&data_name, external);
-        let mut files = Vec::new();
+        let mut files = Outputs::default();
         if let Some(data) = data {
-            let data_path = path.with_file_name(&data_name);
-            files.push((stage_file(&data_path, &data)?, data_path));
+            files.push(StagedFile::with_bytes(&data_path, &data)?);
         }
-        files.push((stage_file(path, &bytes)?, path.to_path_buf()));
-        Ok(StagedModel { files })
+        files.push(StagedFile::with_bytes(path, &bytes)?);
+        Ok(files)
     }
 
     /// Writes the model atomically to `path` (see [`Model::stage`]).
     pub fn save_with(&self, path: &Path, external: bool) -> Result<()> {
+        crate::fs::check_output(path)?;
         self.stage(path, external)?.publish()
     }
 

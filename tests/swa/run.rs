@@ -22,7 +22,10 @@ fn swa_accuracy_equals_pytorch_for_the_same_weights() {
     assert_eq!(r["checkpoints"].as_array().unwrap().len(), 8);
     assert!(r["checkpoints"].as_array().unwrap().iter().all(|c| c["recalibrated"]["top1"].is_number()));
     assert_eq!(r["averaged"].as_array().unwrap().len(), 5);
-    assert_eq!(listing(&out), ["model_swa.onnx", "report.html", "report.json", "report.md", "swa.safetensors"]);
+    assert_eq!(
+        listing(&out),
+        [".swa-run", "model_swa.onnx", "report.html", "report.json", "report.md", "swa.safetensors"]
+    );
     assert_close(&out.join("swa.safetensors"), &fixture("cnn/expected/swa_bn_torch.safetensors"), 1e-4, 1e-6, |_| true);
     // Nothing but the output directory is left beside it.
     assert_eq!(listing(dir.path()), ["report"]);
@@ -30,14 +33,18 @@ fn swa_accuracy_equals_pytorch_for_the_same_weights() {
 
 #[test]
 fn refuses_a_non_empty_out_unless_forced_and_gates_on_accuracy() {
+    // `--force` replaces only what an earlier `swa run` wrote: make one, and add a file to it.
     let dir = tmp();
     let out = dir.path().join("out");
-    std::fs::create_dir(&out).unwrap();
+    run(&out, &["--last", "2"]).success();
     std::fs::write(out.join("keep.txt"), "x").unwrap();
+    let before = listing(&out);
+    assert!(before.contains(&"keep.txt".to_string()) && before.contains(&".swa-run".to_string()), "{before:?}");
     run(&out, &["--last", "2"]).code(2).stderr(contains("exists and is not empty: pass --force"));
-    assert_eq!(listing(&out), ["keep.txt"]);
+    assert_eq!(listing(&out), before);
     run(&out, &["--last", "2", "--force", "--min-accuracy", "0.999"]).code(1).stderr(contains("below --min-accuracy"));
     assert!(out.join("report.html").exists() && !out.join("keep.txt").exists());
+    assert_eq!(listing(dir.path()), ["out"], "left beside the output");
 }
 
 #[test]

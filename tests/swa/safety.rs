@@ -530,6 +530,7 @@ fn interrupted_leaves_nothing(
         std::thread::sleep(Duration::from_millis(5));
     }
     if let Some(s) = exited_early {
+        let _ = child.wait();
         eprintln!("note: the process ended ({s}) before it could be interrupted; checking leftovers only");
     } else {
         std::thread::sleep(Duration::from_millis(200));
