@@ -62,6 +62,11 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
     found.pop()
 }
 
+/// Directories where a Python installation keeps `onnxruntime/capi`: under `VIRTUAL_ENV` and
+/// `CONDA_PREFIX`, and where the interpreter's own `import onnxruntime` would find it. Python runs
+/// in isolated mode (`-I`: no `PYTHONPATH`, no user site, no current directory on `sys.path`) from
+/// `/`, so a package planted in the working directory is never what it finds; relative results
+/// are dropped (see [`is_library_location`]).
 fn python_package_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
@@ -75,14 +80,30 @@ fn python_package_dirs() -> Vec<PathBuf> {
     }
     let script = "import importlib.util as u, os\nfor n in ('onnxruntime',):\n s = u.find_spec(n)\n if s and s.origin: print(os.path.join(os.path.dirname(s.origin), 'capi'))";
     for python in ["python3", "python"] {
-        if let Ok(out) =
-            std::process::Command::new(python).args(["-c", script]).stderr(std::process::Stdio::null()).output()
+        if let Ok(out) = std::process::Command::new(python)
+            .args(["-I", "-c", script])
+            .current_dir("/")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
         {
             dirs.extend(String::from_utf8_lossy(&out.stdout).lines().map(PathBuf::from));
             break;
         }
     }
+    dirs.retain(|d| is_library_location(d));
     dirs
+}
+
+/// True for a directory that Python discovery may offer: an absolute path that is not the working
+/// directory (a relative path would be looked up in it). The executable's own directory is always
+/// allowed: whoever can write there controls `swa` itself.
+fn is_library_location(dir: &Path) -> bool {
+    if !dir.is_absolute() {
+        return false;
+    }
+    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    !std::env::current_dir().is_ok_and(|cwd| same(dir, &cwd))
 }
 
 /// Finds the ONNX Runtime library: `ORT_DYLIB_PATH`, beside the executable, the `onnxruntime` /
@@ -502,6 +523,14 @@ fn run_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_working_directory_and_relative_paths_are_never_library_locations() {
+        assert!(!is_library_location(Path::new("onnxruntime/capi")));
+        assert!(!is_library_location(Path::new(".")));
+        assert!(!is_library_location(&std::env::current_dir().unwrap()));
+        assert!(is_library_location(Path::new("/usr/lib")));
+    }
 
     #[test]
     fn streams_default_to_two_on_cuda_and_never_exceed_the_batches() {
