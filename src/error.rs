@@ -151,6 +151,14 @@ pub enum Hint {
     },
     /// Replacing an existing output directory needs `force`.
     Force,
+    /// The model's inputs have a fixed batch dimension: batches must be exactly that size.
+    FixedBatch {
+        /// The fixed batch size.
+        size: usize,
+        /// Whether the batches are an evaluation's (`EvalOptions::batch_size`) rather than a
+        /// recalibration pass's.
+        evaluation: bool,
+    },
 }
 
 impl Hint {
@@ -170,6 +178,9 @@ impl Hint {
                 )
             }
             Hint::Force => ": set `force` to replace it".into(),
+            Hint::FixedBatch { size, .. } => {
+                format!(": set `batch_size` to {size}, or export the model with a dynamic batch dimension")
+            }
         }
     }
 }

@@ -173,6 +173,27 @@ impl EvalOptions {
     }
 }
 
+/// The name of the model's first output, which must be float32 logits where its type is declared.
+fn logits_output(model: &Model) -> Result<String> {
+    use crate::onnx::proto::type_proto;
+    let output = model.graph().output.first().ok_or_else(|| Error::format(&model.path, "has no output"))?;
+    let declared = match output.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => t.elem_type,
+        _ => None,
+    };
+    match declared {
+        Some(elem) if elem != crate::onnx::DataType::Float as i32 => Err(Error::format(
+            &model.path,
+            format!(
+                "first output `{}` is {}; evaluation expects float32 logits [N, classes] as the first output",
+                output.name(),
+                crate::onnx::dtype_of(elem).map_or(format!("element type {elem}"), crate::checkpoint::dtype::name)
+            ),
+        )),
+        _ => Ok(output.name().to_string()),
+    }
+}
+
 /// Evaluates `model` (weights already bound) on the labelled data; an empty set is an error.
 pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
     let batch_size = opts.batch_size.get();
@@ -190,12 +211,8 @@ pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
             format!("has {} labels for {} samples in {}", labels.len(), arrays[0].len(), opts.inputs.display()),
         ));
     }
-    let output = model
-        .graph()
-        .output
-        .first()
-        .map(|o| o.name().to_string())
-        .ok_or_else(|| Error::format(&model.path, "has no output"))?;
+    let output = logits_output(model)?;
+    runtime::check_batch(&specs, batch_size, labels.len(), true)?;
     let streams = runtime::concurrent_runs(&opts.engine, labels.len().div_ceil(batch_size))?;
     let mut sessions = runtime::sessions_for(model, &opts.engine, false, streams)?;
     let mut acc = MetricsAccumulator::new(opts.top_k.get());

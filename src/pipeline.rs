@@ -30,6 +30,8 @@ pub struct RunOptions {
     pub recalibrate_each: bool,
     /// Keep the model's own values for weights a checkpoint lacks.
     pub allow_partial: bool,
+    /// Average even when a checkpoint holds NaN or Inf.
+    pub allow_nonfinite: bool,
     /// Output directory.
     pub out: PathBuf,
     /// Replace a non-empty output directory.
@@ -114,6 +116,7 @@ fn swa(
     average::average(&AverageOptions {
         checkpoints: selected.iter().map(|f| f.path.clone()).collect(),
         output: averaged.clone(),
+        allow_nonfinite: opts.allow_nonfinite,
         quiet: opts.pass.quiet,
         ..Default::default()
     })?;

@@ -399,6 +399,31 @@ pub fn check_inputs(specs: &[InputSpec], arrays: &[Array]) -> Result<()> {
     Ok(())
 }
 
+/// Checks that batches of `batch` rows (the last one partial, up to `samples`) fit inputs whose
+/// first dimension is fixed: ONNX Runtime refuses any other batch size. `evaluation` says which
+/// batch size the hint names.
+pub fn check_batch(specs: &[InputSpec], batch: usize, samples: usize, evaluation: bool) -> Result<()> {
+    for spec in specs {
+        let Some(&first) = spec.dims.first().filter(|&&d| d > 0) else { continue };
+        let fixed = first as usize;
+        let shape: Vec<String> = spec.dims.iter().map(|&d| if d < 0 { "?".into() } else { d.to_string() }).collect();
+        let what =
+            format!("model input `{}` has a fixed batch dimension of {fixed} ([{}])", spec.name, shape.join(", "));
+        if batch != fixed {
+            return Err(Error::usage(format!("{what}, but batches of {batch} samples were asked for"))
+                .hint(Hint::FixedBatch { size: fixed, evaluation }));
+        }
+        if !samples.is_multiple_of(fixed) {
+            return Err(Error::usage(format!(
+                "{what}, and {samples} samples leave a last batch of {}: use a multiple of {fixed} samples, or \
+                 export the model with a dynamic batch dimension",
+                samples % fixed
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The samples a pass runs over: arrays (one per model input) taken `batch` rows at a time in file
 /// order, the last batch partial, up to `samples` rows.
 #[derive(Debug, Clone, Copy)]
@@ -514,7 +539,9 @@ fn run_one(
     outputs
         .iter()
         .map(|&name| {
-            let (shape, data) = out[name].try_extract_tensor::<f32>()?;
+            let (shape, data) = out[name].try_extract_tensor::<f32>().map_err(|e| {
+                Error::Runtime(format!("output `{name}`: {e} (swa reads float32 outputs: logits, statistics)"))
+            })?;
             Ok(Fetched { shape: shape.to_vec(), data: data.to_vec() })
         })
         .collect()
@@ -523,6 +550,18 @@ fn run_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fixed_batch_dimension_needs_that_batch_size() {
+        let specs = [InputSpec { name: "x".into(), dims: vec![1, 3, 8, 8] }];
+        let err = check_batch(&specs, 256, 1000, true).unwrap_err();
+        assert!(matches!(err, Error::Hinted { hint: Hint::FixedBatch { size: 1, evaluation: true }, .. }), "{err}");
+        assert!(err.to_string().contains("fixed batch dimension of 1 ([1, 3, 8, 8])"), "{err}");
+        check_batch(&specs, 1, 1000, false).unwrap();
+        let eight = [InputSpec { name: "x".into(), dims: vec![8, 3] }];
+        assert!(check_batch(&eight, 8, 1001, false).unwrap_err().to_string().contains("last batch of 1"));
+        check_batch(&[InputSpec { name: "x".into(), dims: vec![-1, 3] }], 256, 1001, true).unwrap();
+    }
 
     #[test]
     fn the_working_directory_and_relative_paths_are_never_library_locations() {

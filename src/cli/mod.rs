@@ -436,6 +436,10 @@ pub struct RunArgs {
     /// Keep the model's own values for weights that a checkpoint lacks.
     #[arg(long)]
     pub allow_partial: bool,
+    /// Average even when a checkpoint holds NaN or Inf (recalibration still refuses non-finite
+    /// weights; BatchNorm statistics are replaced, so non-finite ones are fine).
+    #[arg(long)]
+    pub allow_nonfinite: bool,
     /// Exit with code 1 when the recalibrated SWA model's top-1 is below this (a fraction,
     /// 0..=1), or when any of its logits are not finite.
     #[arg(long, value_name = "A", value_parser = fraction)]
@@ -470,6 +474,7 @@ impl RunArgs {
             },
             recalibrate_each: self.recalibrate_each,
             allow_partial: self.allow_partial,
+            allow_nonfinite: self.allow_nonfinite,
             out: self.out.clone(),
             force: self.force,
         })

@@ -42,6 +42,13 @@ pub fn hint(hint: Hint) -> String {
             format!("{}: lower --batch-size or give more samples", if capped { " (after --max-samples)" } else { "" })
         }
         Hint::Force => ": pass --force to replace it".into(),
+        Hint::FixedBatch { size, evaluation: true } => format!(
+            ": pass --batch-size {size} (with `swa run`: --eval-batch-size {size}), or export the model with a \
+             dynamic batch dimension"
+        ),
+        Hint::FixedBatch { size, evaluation: false } => {
+            format!(": pass --batch-size {size}, or export the model with a dynamic batch dimension")
+        }
         other => other.library_text(),
     }
 }
