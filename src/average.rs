@@ -166,6 +166,26 @@ pub fn relative_weights(count: usize, weighting: &Weighting) -> Result<Vec<f64>>
     }
 }
 
+/// Relative weights (finite, non-negative, not all zero) scaled to sum to one. They are divided by
+/// the largest first, so weights near `f64::MAX` do not sum to infinity (which would make every
+/// weight zero) and tiny ones do not lose precision.
+pub fn normalise(relative: &[f64]) -> Vec<f64> {
+    let max = relative.iter().copied().fold(0.0, f64::max);
+    let scaled: Vec<f64> = relative.iter().map(|w| w / max).collect();
+    let total: f64 = scaled.iter().sum();
+    scaled.iter().map(|w| w / total).collect()
+}
+
+/// The `n_models` of a resumed average's metadata: a whole number of at least 1.
+fn resumed_models(prior: &Path, value: Option<&str>) -> Result<u64> {
+    let Some(value) = value else {
+        return Err(Error::format(prior, "has no `n_models` in its metadata: was it written by `swa average`?"));
+    };
+    value.trim().parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
+        Error::format(prior, format!("has an invalid `n_models` in its metadata: {value:?} is not a whole number ≥ 1"))
+    })
+}
+
 /// Lists the differences between two checkpoints' tensor names, shapes and dtypes (float dtypes
 /// may differ when `any_float` is set).
 fn differences(a: &Checkpoint, b: &Checkpoint, any_float: bool) -> Vec<String> {
@@ -237,10 +257,7 @@ impl Inputs {
                 ));
             }
             let ck = inputs::open_checkpoint(prior)?;
-            let n: u64 =
-                ck.metadata().get("n_models").and_then(|v| v.parse().ok()).filter(|&n| n > 0).ok_or_else(|| {
-                    Error::format(prior, "has no `n_models` in its metadata: was it written by `swa average`?")
-                })?;
+            let n = resumed_models(prior, ck.metadata().get("n_models").map(String::as_str))?;
             if let Some(s) = ck.metadata().get("sources").and_then(|s| serde_json::from_str::<Vec<String>>(s).ok()) {
                 inputs.sources.extend(s);
             }
@@ -249,7 +266,14 @@ impl Inputs {
             inputs.files.push(CheckpointFile { path: prior.clone(), number: None });
             inputs.checkpoints.push(ck);
         }
-        inputs.n_models += selected.len() as u64;
+        inputs.n_models =
+            u64::try_from(selected.len()).ok().and_then(|k| inputs.n_models.checked_add(k)).ok_or_else(|| {
+                let prior = opts.resume.as_deref().unwrap_or(Path::new(""));
+                Error::format(
+                    prior,
+                    format!("`n_models` {} plus {} new checkpoints overflows", inputs.n_models, selected.len()),
+                )
+            })?;
         for f in selected {
             inputs.checkpoints.push(inputs::open_checkpoint(&f.path)?);
             inputs.sources.push(f.path.to_string_lossy().into_owned());
@@ -257,8 +281,7 @@ impl Inputs {
         }
         let refs: Vec<&Checkpoint> = inputs.checkpoints.iter().collect();
         check_compatible(&refs, opts.resume.is_some())?;
-        let total: f64 = rel.iter().sum();
-        inputs.weights = rel.iter().map(|w| w / total).collect();
+        inputs.weights = normalise(&rel);
         Ok(inputs)
     }
 
@@ -376,6 +399,8 @@ struct Kernel<'a> {
     entries: Vec<Vec<&'a TensorEntry>>,
     plan: &'a TensorPlan,
     writers: &'a [SafetensorsWriter],
+    /// The output the user named (for errors about output values).
+    output: &'a Path,
     allow_nonfinite: bool,
     bar: &'a indicatif::ProgressBar,
 }
@@ -410,6 +435,27 @@ impl Kernel<'_> {
             .hint(Hint::AllowNonfinite)
     }
 
+    /// Fails when the encoded chunk `s.out` holds a value that was finite before encoding: a
+    /// value beyond the output dtype's range (above 65504 in f16) that became Inf. `value` gives
+    /// the value before encoding. With `allow_nonfinite`, Inf is written.
+    fn check_encoded(&self, item: &Item, spec: &TensorSpec, out: &[u8], value: impl Fn(usize) -> f64) -> Result<()> {
+        if self.allow_nonfinite || spec.dtype == Dtype::F64 {
+            return Ok(());
+        }
+        let Some(at) = dtype::first_nonfinite(spec.dtype, out) else { return Ok(()) };
+        Err(Error::tensor(
+            self.output,
+            &spec.name,
+            format!(
+                "element {} is {} in the output, beyond the range of {} (it would be written as Inf)",
+                item.start + at,
+                value(at),
+                dtype::name(spec.dtype)
+            ),
+        )
+        .hint(Hint::AllowNonfinite))
+    }
+
     /// Feeds `add` every checkpoint's slice of `item`, oldest first.
     fn each_input(&self, item: &Item, add: &mut Accumulate) -> Result<()> {
         for c in 0..self.inputs.checkpoints.len() {
@@ -431,12 +477,14 @@ impl Kernel<'_> {
             let acc = &mut s.narrow;
             self.each_input(item, &mut |d, bytes, w| dtype::accumulate_narrow(d, bytes, w as f32, acc))?;
             dtype::encode_f32(spec.dtype, &s.narrow, &mut s.out);
+            self.check_encoded(item, spec, &s.out, |i| s.narrow[i] as f64)?;
         } else {
             s.wide.clear();
             s.wide.resize(item.len, 0.0);
             let acc = &mut s.wide;
             self.each_input(item, &mut |d, bytes, w| dtype::accumulate(d, bytes, w, acc))?;
             dtype::encode(spec.dtype, &s.wide, &mut s.out);
+            self.check_encoded(item, spec, &s.out, |i| s.wide[i])?;
         }
         Ok(())
     }
@@ -452,6 +500,9 @@ impl Kernel<'_> {
             s.out.copy_from_slice(bytes);
         } else {
             s.out.copy_from_slice(&dtype::convert(e.dtype, spec.dtype, bytes));
+            self.check_encoded(item, spec, &s.out, |i| {
+                dtype::to_f64(e.dtype, &bytes[i * dtype::width(e.dtype)..][..dtype::width(e.dtype)])[0]
+            })?;
         }
         self.bar.inc(bytes.len() as u64);
         Ok(())
@@ -494,6 +545,7 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
         entries,
         plan: &plan,
         writers: &writers,
+        output: &opts.output,
         allow_nonfinite: opts.allow_nonfinite,
         bar: &bar,
     };
@@ -542,5 +594,25 @@ mod tests {
         assert_eq!(w, [0.25, 0.25, 0.5]);
         assert!(relative_weights(2, &Weighting::Explicit(vec![0.0, 0.0])).is_err());
         assert!(relative_weights(3, &Weighting::Explicit(vec![1.0, 2.0])).is_err());
+    }
+
+    #[test]
+    fn huge_and_tiny_weights_normalise_without_overflow() {
+        assert_eq!(normalise(&[1e308, 1e308]), [0.5, 0.5]);
+        assert_eq!(normalise(&[f64::MAX, f64::MAX, f64::MAX, f64::MAX]), [0.25; 4]);
+        assert_eq!(normalise(&[5e-324, 5e-324]), [0.5, 0.5]);
+        assert_eq!(normalise(&[1.0, 0.0, 3.0]), [0.25, 0.0, 0.75]);
+        assert_eq!(normalise(&[u64::MAX as f64, 1.0])[1], 1.0 / u64::MAX as f64);
+    }
+
+    #[test]
+    fn n_models_of_a_resumed_average_must_be_a_positive_whole_number() {
+        let p = Path::new("prior.safetensors");
+        assert_eq!(resumed_models(p, Some("7")).unwrap(), 7);
+        assert!(resumed_models(p, None).unwrap_err().to_string().contains("has no `n_models`"));
+        for bad in ["-3", "0", "1.5", "many", "18446744073709551616"] {
+            let err = resumed_models(p, Some(bad)).unwrap_err().to_string();
+            assert!(err.contains("invalid `n_models`") && err.contains(bad), "{bad}: {err}");
+        }
     }
 }

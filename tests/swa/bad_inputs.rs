@@ -534,3 +534,32 @@ fn labels_of_another_dtype_are_told_which_integer_types_work() {
         .stderr(contains("int64, int32 or uint8"))
         .stderr(contains("use float32").not());
 }
+
+#[test]
+fn a_copied_buffer_that_overflows_the_output_dtype_is_refused() {
+    let dir = tmp();
+    let big = dir.path().join("big.safetensors");
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let spec = |name: &str| swa::checkpoint::TensorSpec {
+        name: name.into(),
+        dtype: swa::checkpoint::Dtype::F32,
+        shape: vec![2],
+    };
+    let tensors = [(spec("w"), f32s(&[1.0, 2.0])), (spec("bn.running_var"), f32s(&[3.0, 1e6]))];
+    swa::checkpoint::write_tensors(&big, &tensors, &Default::default()).unwrap();
+    fails(
+        &[&big],
+        &["--dtype", "f16"],
+        "tensor `bn.running_var`: element 1 is 1000000 in the output, beyond the range of F16",
+    );
+}
+
+#[test]
+fn resume_with_a_negative_n_models_says_it_is_invalid() {
+    let dir = tmp();
+    let (mut header, data) = header_of(&ck(1));
+    header.insert("__metadata__".into(), serde_json::json!({"n_models": "-3"}));
+    let prior = dir.path().join("prior.safetensors");
+    write_with_header(&prior, &header, &data);
+    fails(&[&ck(2)], &["--resume", prior.to_str().unwrap()], "has an invalid `n_models` in its metadata: \"-3\"");
+}
