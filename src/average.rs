@@ -18,7 +18,7 @@ use crate::checkpoint::sharded::{self, OutputPlan, Shard};
 use crate::checkpoint::{dtype, Checkpoint, Dtype, SafetensorsWriter, TensorEntry, TensorSpec};
 use crate::error::{Error, Hint, Result, Setting};
 use crate::fs::refuse_overwrite;
-use crate::inputs::{self, CheckpointFile, Selection};
+use crate::inputs::{self, CheckpointFile, Duplicate, Selection};
 use crate::progress;
 
 /// Elements per work item: 32 Ki elements keep the f64 accumulator (256 KiB) in L2.
@@ -90,6 +90,8 @@ pub struct AverageSummary {
     pub outputs: Vec<PathBuf>,
     /// The inputs and their weights, the resumed average first.
     pub inputs: Vec<SelectedInput>,
+    /// Paths given that named an input already found under another spelling: averaged once.
+    pub duplicates: Vec<Duplicate>,
     /// Models in the average, counting those of a resumed average.
     pub n_models: u64,
     /// `uniform`, `explicit` or `ema(DECAY)`.
@@ -235,12 +237,14 @@ struct Inputs {
     weights: Vec<f64>,
     n_models: u64,
     sources: Vec<String>,
+    duplicates: Vec<Duplicate>,
 }
 
 impl Inputs {
     /// Finds, selects, weights and opens the inputs, and checks that they agree.
     fn open(opts: &AverageOptions) -> Result<Self> {
-        let selected = inputs::select(&inputs::discover(&opts.checkpoints)?, &opts.selection)?;
+        let found = inputs::discover(&opts.checkpoints)?;
+        let selected = inputs::select(&found.files, &opts.selection)?;
         let mut rel = relative_weights(selected.len(), &opts.weighting)?;
         let mut inputs = Inputs {
             checkpoints: Vec::new(),
@@ -248,12 +252,23 @@ impl Inputs {
             weights: Vec::new(),
             n_models: 0,
             sources: Vec::new(),
+            duplicates: found.duplicates,
         };
         if let Some(prior) = &opts.resume {
             if opts.weighting != Weighting::Uniform {
                 return Err(Error::setting(
                     Setting::Resume,
                     "continues a uniform average; it cannot be combined with explicit or EMA weights",
+                ));
+            }
+            if let Some(f) = selected.iter().find(|f| inputs::discover::same_file(&f.path, prior)) {
+                return Err(Error::setting(
+                    Setting::Resume,
+                    format!(
+                        "{} is also one of the checkpoints ({}): its models would count twice",
+                        prior.display(),
+                        f.path.display()
+                    ),
                 ));
             }
             let ck = inputs::open_checkpoint(prior)?;
@@ -565,7 +580,7 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     }
     let weighting = weighting_name(&opts.weighting);
     let TensorPlan { specs, kinds, buffers } = plan;
-    let Inputs { files, weights, n_models, .. } = inputs;
+    let Inputs { files, weights, n_models, duplicates, .. } = inputs;
     Ok(AverageSummary {
         outputs,
         inputs: files
@@ -573,6 +588,7 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
             .zip(weights)
             .map(|(f, weight)| SelectedInput { path: f.path, number: f.number, weight })
             .collect(),
+        duplicates,
         n_models,
         weighting,
         tensors: specs.len(),

@@ -174,7 +174,7 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
     let mut clock = Stopwatch { lap: Instant::now(), timings: Vec::new() };
     let binder = Binder::load(&opts.model)?;
     bn::find(binder.model())?;
-    let found = inputs::discover(&opts.checkpoints)?;
+    let found = inputs::discover(&opts.checkpoints)?.files;
     let selected = inputs::select(&found, &opts.selection)?;
 
     let parent = crate::fs::parent_dir(&opts.out).to_path_buf();

@@ -31,6 +31,13 @@ pub fn execute(cli: &Cli) -> Result<Outcome> {
     match &cli.command {
         Command::Average(a) => {
             let s = average::average(&a.options(q))?;
+            for d in &s.duplicates {
+                eprintln!(
+                    "swa: warning: {} is {} under another name; it is averaged once",
+                    d.path.display(),
+                    d.same_as.display()
+                );
+            }
             Ok(Outcome { stdout: if a.json { json(&s) } else { render::average(&s) }, code: 0 })
         }
         Command::Recalibrate(a) => {
