@@ -180,15 +180,7 @@ pub fn discover(paths: &[PathBuf]) -> Result<Discovery> {
     let display = |f: &CheckpointFile| f.path.to_string_lossy().into_owned();
     if files.iter().all(|f| f.number.is_some()) {
         files.sort_by(|a, b| a.number.cmp(&b.number).then_with(|| natural_cmp(&display(a), &display(b))));
-        if let Some(pair) = files.windows(2).find(|p| p[0].number == p[1].number) {
-            return Err(Error::usage(format!(
-                "{} and {} have the same number ({}) in their names: checkpoints are ordered and selected by \
-                 that number, so their order would be a guess; rename or leave out one of them",
-                pair[0].path.display(),
-                pair[1].path.display(),
-                pair[0].number.unwrap_or_default()
-            )));
-        }
+        refuse_equal_numbers(&files)?;
     } else {
         files.sort_by(|a, b| natural_cmp(&display(a), &display(b)));
     }
@@ -241,13 +233,49 @@ fn once_each(paths: Vec<PathBuf>) -> Result<(Vec<PathBuf>, Vec<Duplicate>)> {
     Ok((kept, duplicates))
 }
 
+/// Fails when two checkpoints numbered in one directory (`ck/epoch_2`, `ck/epoch-2`; or
+/// `run/checkpoint-2/`, `run/ckpt_2/`) have the same number: one run's numbering does not say
+/// which comes first. Equal numbers from different directories (two runs) keep their order by
+/// path. `files` are sorted by number.
+fn refuse_equal_numbers(files: &[CheckpointFile]) -> Result<()> {
+    let numbering_dir = |f: &CheckpointFile| -> Option<PathBuf> {
+        let named = if number_from_name(&f.path).is_some() { f.path.as_path() } else { f.path.parent()? };
+        let dir = named.parent()?;
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        Some(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()))
+    };
+    for (i, a) in files.iter().enumerate() {
+        for b in files[i + 1..].iter().take_while(|b| b.number == a.number) {
+            if numbering_dir(a) == numbering_dir(b) {
+                return Err(Error::usage(format!(
+                    "{} and {} have the same number ({}) in their names: checkpoints are ordered and selected \
+                     by that number, so their order would be a guess; rename or leave out one of them",
+                    a.path.display(),
+                    b.path.display(),
+                    a.number.unwrap_or_default()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn number_from_name(path: &Path) -> Option<u64> {
+    name_number(&path.file_name()?.to_string_lossy())
+}
+
 /// The number of a checkpoint: from its file name, or for generic names (`model.safetensors`,
 /// `model.safetensors.index.json`) inside a run directory (`checkpoint-500/`), from the directory.
 fn number_of(path: &Path) -> Option<u64> {
     let name = path.file_name()?.to_string_lossy();
     let generic = name.starts_with("model") || name.contains("pytorch_model");
-    name_number(&name)
-        .or_else(|| if generic { name_number(&path.parent()?.file_name()?.to_string_lossy()) } else { None })
+    number_from_name(path).or_else(|| {
+        if generic {
+            name_number(&path.parent()?.file_name()?.to_string_lossy())
+        } else {
+            None
+        }
+    })
 }
 
 /// Applies a selection; the result is never empty.
@@ -321,6 +349,29 @@ mod tests {
         assert_eq!(name_number("unit5_v2.safetensors"), Some(2));
         assert_eq!(name_number("e-5_v2.safetensors"), Some(2));
         assert_eq!(name_number("lr_1e-4.safetensors"), Some(4));
+    }
+
+    #[test]
+    fn equal_numbers_are_refused_within_one_directory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let touch = |rel: &str| {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, rel).unwrap();
+            p
+        };
+        let runs = [touch("run1/epoch_1.safetensors"), touch("run2/epoch_1.safetensors")];
+        assert_eq!(discover(&[dir.path().join("run2"), dir.path().join("run1")]).unwrap().files.len(), 2);
+        assert_eq!(discover(&runs).unwrap().files[0].path, runs[0]);
+        touch("run1/epoch-1.safetensors");
+        let err = discover(&[dir.path().join("run1")]).unwrap_err().to_string();
+        assert!(
+            err.contains("epoch-1.safetensors and ") && err.contains("epoch_1.safetensors have the same number (1)")
+        );
+        touch("hf/checkpoint-2/model.safetensors");
+        touch("hf/ckpt_2/model.safetensors");
+        let err = discover(&[dir.path().join("hf")]).unwrap_err().to_string();
+        assert!(err.contains("have the same number (2)"), "{err}");
     }
 
     #[test]
