@@ -18,7 +18,7 @@ use crate::checkpoint::sharded::{self, OutputPlan, Shard};
 use crate::checkpoint::{dtype, Checkpoint, Dtype, SafetensorsWriter, TensorEntry, TensorSpec};
 use crate::error::{Error, Hint, Result, Setting};
 use crate::fs::{check_output, refuse_overwrite, Outputs, Stamps};
-use crate::inputs::{self, CheckpointFile, Selection};
+use crate::inputs::{self, CheckpointFile, Duplicate, Selection};
 use crate::progress;
 
 /// Elements per work item: 32 Ki elements keep the f64 accumulator (256 KiB) in L2.
@@ -90,6 +90,8 @@ pub struct AverageSummary {
     pub outputs: Vec<PathBuf>,
     /// The inputs and their weights, the resumed average first.
     pub inputs: Vec<SelectedInput>,
+    /// Paths given that named an input already found under another spelling: averaged once.
+    pub duplicates: Vec<Duplicate>,
     /// Models in the average, counting those of a resumed average.
     pub n_models: u64,
     /// `uniform`, `explicit` or `ema(DECAY)`.
@@ -166,6 +168,26 @@ pub fn relative_weights(count: usize, weighting: &Weighting) -> Result<Vec<f64>>
     }
 }
 
+/// Relative weights (finite, non-negative, not all zero) scaled to sum to one. They are divided by
+/// the largest first, so weights near `f64::MAX` do not sum to infinity (which would make every
+/// weight zero) and tiny ones do not lose precision.
+pub fn normalise(relative: &[f64]) -> Vec<f64> {
+    let max = relative.iter().copied().fold(0.0, f64::max);
+    let scaled: Vec<f64> = relative.iter().map(|w| w / max).collect();
+    let total: f64 = scaled.iter().sum();
+    scaled.iter().map(|w| w / total).collect()
+}
+
+/// The `n_models` of a resumed average's metadata: a whole number of at least 1.
+fn resumed_models(prior: &Path, value: Option<&str>) -> Result<u64> {
+    let Some(value) = value else {
+        return Err(Error::format(prior, "has no `n_models` in its metadata: was it written by `swa average`?"));
+    };
+    value.trim().parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
+        Error::format(prior, format!("has an invalid `n_models` in its metadata: {value:?} is not a whole number ≥ 1"))
+    })
+}
+
 /// Lists the differences between two checkpoints' tensor names, shapes and dtypes (float dtypes
 /// may differ when `any_float` is set).
 fn differences(a: &Checkpoint, b: &Checkpoint, any_float: bool) -> Vec<String> {
@@ -215,12 +237,14 @@ struct Inputs {
     weights: Vec<f64>,
     n_models: u64,
     sources: Vec<String>,
+    duplicates: Vec<Duplicate>,
 }
 
 impl Inputs {
     /// Finds, selects, weights and opens the inputs, and checks that they agree.
     fn open(opts: &AverageOptions) -> Result<Self> {
-        let selected = inputs::select(&inputs::discover(&opts.checkpoints)?, &opts.selection)?;
+        let found = inputs::discover(&opts.checkpoints)?;
+        let selected = inputs::select(&found.files, &opts.selection)?;
         let mut rel = relative_weights(selected.len(), &opts.weighting)?;
         let mut inputs = Inputs {
             checkpoints: Vec::new(),
@@ -228,6 +252,7 @@ impl Inputs {
             weights: Vec::new(),
             n_models: 0,
             sources: Vec::new(),
+            duplicates: found.duplicates,
         };
         if let Some(prior) = &opts.resume {
             if opts.weighting != Weighting::Uniform {
@@ -236,11 +261,18 @@ impl Inputs {
                     "continues a uniform average; it cannot be combined with explicit or EMA weights",
                 ));
             }
+            if let Some(f) = selected.iter().find(|f| inputs::discover::same_file(&f.path, prior)) {
+                return Err(Error::setting(
+                    Setting::Resume,
+                    format!(
+                        "{} is also one of the checkpoints ({}): its models would count twice",
+                        prior.display(),
+                        f.path.display()
+                    ),
+                ));
+            }
             let ck = inputs::open_checkpoint(prior)?;
-            let n: u64 =
-                ck.metadata().get("n_models").and_then(|v| v.parse().ok()).filter(|&n| n > 0).ok_or_else(|| {
-                    Error::format(prior, "has no `n_models` in its metadata: was it written by `swa average`?")
-                })?;
+            let n = resumed_models(prior, ck.metadata().get("n_models").map(String::as_str))?;
             if let Some(s) = ck.metadata().get("sources").and_then(|s| serde_json::from_str::<Vec<String>>(s).ok()) {
                 inputs.sources.extend(s);
             }
@@ -249,7 +281,14 @@ impl Inputs {
             inputs.files.push(CheckpointFile { path: prior.clone(), number: None });
             inputs.checkpoints.push(ck);
         }
-        inputs.n_models += selected.len() as u64;
+        inputs.n_models =
+            u64::try_from(selected.len()).ok().and_then(|k| inputs.n_models.checked_add(k)).ok_or_else(|| {
+                let prior = opts.resume.as_deref().unwrap_or(Path::new(""));
+                Error::format(
+                    prior,
+                    format!("`n_models` {} plus {} new checkpoints overflows", inputs.n_models, selected.len()),
+                )
+            })?;
         for f in selected {
             inputs.checkpoints.push(inputs::open_checkpoint(&f.path)?);
             inputs.sources.push(f.path.to_string_lossy().into_owned());
@@ -257,8 +296,7 @@ impl Inputs {
         }
         let refs: Vec<&Checkpoint> = inputs.checkpoints.iter().collect();
         check_compatible(&refs, opts.resume.is_some())?;
-        let total: f64 = rel.iter().sum();
-        inputs.weights = rel.iter().map(|w| w / total).collect();
+        inputs.weights = normalise(&rel);
         Ok(inputs)
     }
 
@@ -376,6 +414,8 @@ struct Kernel<'a> {
     entries: Vec<Vec<&'a TensorEntry>>,
     plan: &'a TensorPlan,
     writers: &'a [SafetensorsWriter],
+    /// The output the user named (for errors about output values).
+    output: &'a Path,
     allow_nonfinite: bool,
     bar: &'a indicatif::ProgressBar,
 }
@@ -410,6 +450,27 @@ impl Kernel<'_> {
             .hint(Hint::AllowNonfinite)
     }
 
+    /// Fails when the encoded chunk `s.out` holds a value that was finite before encoding: a
+    /// value beyond the output dtype's range (above 65504 in f16) that became Inf. `value` gives
+    /// the value before encoding. With `allow_nonfinite`, Inf is written.
+    fn check_encoded(&self, item: &Item, spec: &TensorSpec, out: &[u8], value: impl Fn(usize) -> f64) -> Result<()> {
+        if self.allow_nonfinite || spec.dtype == Dtype::F64 {
+            return Ok(());
+        }
+        let Some(at) = dtype::first_nonfinite(spec.dtype, out) else { return Ok(()) };
+        Err(Error::tensor(
+            self.output,
+            &spec.name,
+            format!(
+                "element {} is {} in the output, beyond the range of {} (it would be written as Inf)",
+                item.start + at,
+                value(at),
+                dtype::name(spec.dtype)
+            ),
+        )
+        .hint(Hint::AllowNonfinite))
+    }
+
     /// Feeds `add` every checkpoint's slice of `item`, oldest first.
     fn each_input(&self, item: &Item, add: &mut Accumulate) -> Result<()> {
         for c in 0..self.inputs.checkpoints.len() {
@@ -431,12 +492,14 @@ impl Kernel<'_> {
             let acc = &mut s.narrow;
             self.each_input(item, &mut |d, bytes, w| dtype::accumulate_narrow(d, bytes, w as f32, acc))?;
             dtype::encode_f32(spec.dtype, &s.narrow, &mut s.out);
+            self.check_encoded(item, spec, &s.out, |i| s.narrow[i] as f64)?;
         } else {
             s.wide.clear();
             s.wide.resize(item.len, 0.0);
             let acc = &mut s.wide;
             self.each_input(item, &mut |d, bytes, w| dtype::accumulate(d, bytes, w, acc))?;
             dtype::encode(spec.dtype, &s.wide, &mut s.out);
+            self.check_encoded(item, spec, &s.out, |i| s.wide[i])?;
         }
         Ok(())
     }
@@ -452,6 +515,9 @@ impl Kernel<'_> {
             s.out.copy_from_slice(bytes);
         } else {
             s.out.copy_from_slice(&dtype::convert(e.dtype, spec.dtype, bytes));
+            self.check_encoded(item, spec, &s.out, |i| {
+                dtype::to_f64(e.dtype, &bytes[i * dtype::width(e.dtype)..][..dtype::width(e.dtype)])[0]
+            })?;
         }
         self.bar.inc(bytes.len() as u64);
         Ok(())
@@ -496,6 +562,7 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
         entries,
         plan: &plan,
         writers: &writers,
+        output: &opts.output,
         allow_nonfinite: opts.allow_nonfinite,
         bar: &bar,
     };
@@ -519,7 +586,7 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     staged.publish()?;
     let weighting = weighting_name(&opts.weighting);
     let TensorPlan { specs, kinds, buffers } = plan;
-    let Inputs { files, weights, n_models, .. } = inputs;
+    let Inputs { files, weights, n_models, duplicates, .. } = inputs;
     Ok(AverageSummary {
         outputs,
         inputs: files
@@ -527,6 +594,7 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
             .zip(weights)
             .map(|(f, weight)| SelectedInput { path: f.path, number: f.number, weight })
             .collect(),
+        duplicates,
         n_models,
         weighting,
         tensors: specs.len(),
@@ -548,5 +616,25 @@ mod tests {
         assert_eq!(w, [0.25, 0.25, 0.5]);
         assert!(relative_weights(2, &Weighting::Explicit(vec![0.0, 0.0])).is_err());
         assert!(relative_weights(3, &Weighting::Explicit(vec![1.0, 2.0])).is_err());
+    }
+
+    #[test]
+    fn huge_and_tiny_weights_normalise_without_overflow() {
+        assert_eq!(normalise(&[1e308, 1e308]), [0.5, 0.5]);
+        assert_eq!(normalise(&[f64::MAX, f64::MAX, f64::MAX, f64::MAX]), [0.25; 4]);
+        assert_eq!(normalise(&[5e-324, 5e-324]), [0.5, 0.5]);
+        assert_eq!(normalise(&[1.0, 0.0, 3.0]), [0.25, 0.0, 0.75]);
+        assert_eq!(normalise(&[u64::MAX as f64, 1.0])[1], 1.0 / u64::MAX as f64);
+    }
+
+    #[test]
+    fn n_models_of_a_resumed_average_must_be_a_positive_whole_number() {
+        let p = Path::new("prior.safetensors");
+        assert_eq!(resumed_models(p, Some("7")).unwrap(), 7);
+        assert!(resumed_models(p, None).unwrap_err().to_string().contains("has no `n_models`"));
+        for bad in ["-3", "0", "1.5", "many", "18446744073709551616"] {
+            let err = resumed_models(p, Some(bad)).unwrap_err().to_string();
+            assert!(err.contains("invalid `n_models`") && err.contains(bad), "{bad}: {err}");
+        }
     }
 }

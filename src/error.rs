@@ -153,6 +153,14 @@ pub enum Hint {
     Force,
     /// The output directory is not one to replace, whatever the settings: another one is needed.
     NeverReplaced,
+    /// The model's inputs have a fixed batch dimension: batches must be exactly that size.
+    FixedBatch {
+        /// The fixed batch size.
+        size: usize,
+        /// Whether the batches are an evaluation's (`EvalOptions::batch_size`) rather than a
+        /// recalibration pass's.
+        evaluation: bool,
+    },
 }
 
 impl Hint {
@@ -173,6 +181,9 @@ impl Hint {
             }
             Hint::Force => ": set `force` to replace it".into(),
             Hint::NeverReplaced => ": it is not replaced, even with `force`; choose another `out`".into(),
+            Hint::FixedBatch { size, .. } => {
+                format!(": set `batch_size` to {size}, or export the model with a dynamic batch dimension")
+            }
         }
     }
 }

@@ -1,4 +1,9 @@
 //! Classification metrics from logits: top-1, top-k, mean cross-entropy, per-class accuracy.
+//!
+//! A sample whose logits are not all finite (NaN or ±Inf anywhere in its row) is never a correct
+//! prediction: it counts as wrong for top-1 and top-k, is counted in [`Metrics::nonfinite`], and is
+//! left out of the mean cross-entropy (which is NaN when no sample has finite logits). Comparisons
+//! with NaN are false, so without this rule an all-NaN model would be "100% correct".
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -24,10 +29,12 @@ pub struct Metrics {
     pub k: usize,
     /// Top-k accuracy.
     pub topk: f64,
-    /// Mean cross-entropy.
+    /// Mean cross-entropy over the samples with finite logits (NaN when there are none).
     pub loss: f64,
     /// Accuracy per class (classes with samples).
     pub per_class: Vec<ClassAccuracy>,
+    /// Samples whose logits were not all finite (NaN or Inf): counted wrong, left out of `loss`.
+    pub nonfinite: usize,
 }
 
 /// One class's accuracy.
@@ -50,6 +57,7 @@ pub struct MetricsAccumulator {
     correct: usize,
     correct_k: usize,
     loss: f64,
+    nonfinite: usize,
     per_class: Vec<(usize, usize)>,
 }
 
@@ -63,6 +71,7 @@ impl MetricsAccumulator {
             correct: 0,
             correct_k: 0,
             loss: 0.0,
+            nonfinite: 0,
             per_class: Vec::new(),
         }
     }
@@ -82,6 +91,12 @@ impl MetricsAccumulator {
                 ));
             }
             let y = label as usize;
+            self.per_class[y].0 += 1;
+            self.samples += 1;
+            if !row.iter().all(|v| v.is_finite()) {
+                self.nonfinite += 1;
+                continue;
+            }
             let target = row[y];
             let above = row.iter().enumerate().filter(|&(j, &v)| v > target || (v == target && j < y)).count();
             if above == 0 {
@@ -91,11 +106,9 @@ impl MetricsAccumulator {
             if above < self.k {
                 self.correct_k += 1;
             }
-            self.per_class[y].0 += 1;
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
             let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
             self.loss += lse - target as f64;
-            self.samples += 1;
         }
         Ok(())
     }
@@ -109,7 +122,11 @@ impl MetricsAccumulator {
             top1: self.correct as f64 / n,
             k: self.k,
             topk: self.correct_k as f64 / n,
-            loss: self.loss / n,
+            loss: match self.samples - self.nonfinite {
+                0 => f64::NAN,
+                finite => self.loss / finite as f64,
+            },
+            nonfinite: self.nonfinite,
             per_class: self
                 .per_class
                 .iter()
@@ -156,7 +173,28 @@ impl EvalOptions {
     }
 }
 
-/// Evaluates `model` (weights already bound) on the labelled data.
+/// The name of the model's first output, which must be float32 logits where its type is declared.
+fn logits_output(model: &Model) -> Result<String> {
+    use crate::onnx::proto::type_proto;
+    let output = model.graph().output.first().ok_or_else(|| Error::format(&model.path, "has no output"))?;
+    let declared = match output.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => t.elem_type,
+        _ => None,
+    };
+    match declared {
+        Some(elem) if elem != crate::onnx::DataType::Float as i32 => Err(Error::format(
+            &model.path,
+            format!(
+                "first output `{}` is {}; evaluation expects float32 logits [N, classes] as the first output",
+                output.name(),
+                crate::onnx::dtype_of(elem).map_or(format!("element type {elem}"), crate::checkpoint::dtype::name)
+            ),
+        )),
+        _ => Ok(output.name().to_string()),
+    }
+}
+
+/// Evaluates `model` (weights already bound) on the labelled data; an empty set is an error.
 pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
     let batch_size = opts.batch_size.get();
     let specs = runtime::input_specs(model)?;
@@ -164,18 +202,17 @@ pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
     let arrays = inputs::open_inputs(&opts.inputs, &names)?;
     runtime::check_inputs(&specs, &arrays)?;
     let labels = inputs::open_labels(&opts.labels)?;
+    if arrays[0].is_empty() {
+        return Err(Error::format(&opts.inputs, "has no samples: there is nothing to evaluate"));
+    }
     if labels.len() != arrays[0].len() {
         return Err(Error::format(
             &opts.labels,
             format!("has {} labels for {} samples in {}", labels.len(), arrays[0].len(), opts.inputs.display()),
         ));
     }
-    let output = model
-        .graph()
-        .output
-        .first()
-        .map(|o| o.name().to_string())
-        .ok_or_else(|| Error::format(&model.path, "has no output"))?;
+    let output = logits_output(model)?;
+    runtime::check_batch(&specs, batch_size, labels.len(), true)?;
     let streams = runtime::concurrent_runs(&opts.engine, labels.len().div_ceil(batch_size))?;
     let mut sessions = runtime::sessions_for(model, &opts.engine, false, streams)?;
     let mut acc = MetricsAccumulator::new(opts.top_k.get());
@@ -216,5 +253,24 @@ mod tests {
         let expected = (ce(&[2.0, 1.0, 0.0], 0) + ce(&[0.0, 1.0, 2.0], 1) + ce(&[5.0, 4.0, 6.0], 1)) / 3.0;
         assert!((m.loss - expected).abs() < 1e-9);
         assert!(acc.add(&logits[..3], 3, &[3], Path::new("y.npy")).unwrap_err().to_string().contains("out of range"));
+        assert_eq!(m.nonfinite, 0);
+    }
+
+    #[test]
+    fn non_finite_logits_are_wrong_counted_and_left_out_of_the_loss() {
+        let mut acc = MetricsAccumulator::new(2);
+        let logits = [f32::NAN, f32::NAN, 0.0, 1.0, f32::INFINITY, 0.0, 3.0, 1.0, 0.0];
+        acc.add(&logits, 3, &[0, 0, 0], Path::new("y.npy")).unwrap();
+        let m = acc.finish();
+        assert_eq!((m.samples, m.correct, m.nonfinite), (3, 1, 2));
+        assert!((m.topk - 1.0 / 3.0).abs() < 1e-12);
+        let ce = [3.0f64, 1.0, 0.0].iter().map(|v| v.exp()).sum::<f64>().ln() - 3.0;
+        assert!((m.loss - ce).abs() < 1e-9, "{}", m.loss);
+        assert_eq!(m.per_class, [ClassAccuracy { class: 0, samples: 3, accuracy: 1.0 / 3.0 }]);
+        let mut all_nan = MetricsAccumulator::new(1);
+        all_nan.add(&[f32::NAN; 2], 2, &[1], Path::new("y.npy")).unwrap();
+        let m = all_nan.finish();
+        assert_eq!((m.correct, m.nonfinite, m.top1), (0, 1, 0.0));
+        assert!(m.loss.is_nan());
     }
 }

@@ -31,6 +31,8 @@ pub struct RunOptions {
     pub recalibrate_each: bool,
     /// Keep the model's own values for weights a checkpoint lacks.
     pub allow_partial: bool,
+    /// Average even when a checkpoint holds NaN or Inf.
+    pub allow_nonfinite: bool,
     /// Output directory.
     pub out: PathBuf,
     /// Replace an output directory that an earlier `swa run` wrote (it holds [`MARKER`]); no
@@ -192,6 +194,7 @@ fn swa(
     average::average(&AverageOptions {
         checkpoints: selected.iter().map(|f| f.path.clone()).collect(),
         output: averaged.clone(),
+        allow_nonfinite: opts.allow_nonfinite,
         quiet: opts.pass.quiet,
         ..Default::default()
     })?;
@@ -252,7 +255,7 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
     let mut clock = Stopwatch { lap: Instant::now(), timings: Vec::new() };
     let binder = Binder::load(&opts.model)?;
     bn::find(binder.model())?;
-    let found = inputs::discover(&opts.checkpoints)?;
+    let found = inputs::discover(&opts.checkpoints)?.files;
     let selected = inputs::select(&found, &opts.selection)?;
     let read = files_read(&binder, &found, opts)?;
     let mut named: Vec<&Path> = read.iter().map(PathBuf::as_path).collect();

@@ -211,6 +211,37 @@ pub struct PassResult {
     pub first_batch_seconds: f64,
 }
 
+/// Fails on the first float weight of the bound model that holds NaN or Inf, naming it as the
+/// checkpoint does (and its file), or as the model does for its own weights: such a weight makes
+/// every activation after it non-finite, which the pass would otherwise blame on the first
+/// BatchNorm layer downstream. The running statistics are skipped: the pass replaces them.
+pub fn check_weights_finite(prepared: &Prepared) -> Result<()> {
+    let model = &prepared.bound.model;
+    let stats: std::collections::HashSet<&str> =
+        prepared.layers.iter().flat_map(|l| [l.mean.as_str(), l.var.as_str()]).collect();
+    let to_ck = prepared.bound.binding.as_ref().map(|b| b.checkpoint_names()).unwrap_or_default();
+    for t in &model.graph().initializer {
+        let Some(dt) = crate::onnx::dtype_of(t.data_type()).filter(|&d| dtype::is_float(d)) else { continue };
+        if stats.contains(t.name()) {
+            continue;
+        }
+        let at = match &t.raw_data {
+            Some(raw) => dtype::first_nonfinite(dt, raw),
+            None => dtype::first_nonfinite(dt, &crate::onnx::tensor_data(t)?.2),
+        };
+        let Some(at) = at else { continue };
+        let message = format!(
+            "holds a non-finite value (NaN or Inf) at element {at}; BatchNorm statistics cannot be computed with it"
+        );
+        let ck = &prepared.bound.checkpoint;
+        return Err(match to_ck.get(t.name()) {
+            Some(name) => Error::tensor(ck.file_of_name(name).unwrap_or(ck.path()), *name, message),
+            None => Error::tensor(&model.path, t.name(), message),
+        });
+    }
+    Ok(())
+}
+
 /// Runs the statistics graph of `prepared` over the samples and aggregates the statistics.
 pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
     let batch_size = opts.batch_size.get();
@@ -234,6 +265,8 @@ pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
         )
         .hint(Hint::SmallerBatch { capped: opts.max_samples.is_some() }));
     }
+    runtime::check_batch(&specs, batch_size, samples, false)?;
+    check_weights_finite(prepared)?;
     let (stats_model, layout) = bn::stats_model(model, &prepared.layers, opts.engine.reduction())?;
     let streams = runtime::concurrent_runs(&opts.engine, samples.div_ceil(batch_size))?;
     let mut sessions = runtime::sessions_for(&stats_model, &opts.engine, false, streams)?;

@@ -62,6 +62,11 @@ fn library_in(dir: &Path) -> Option<PathBuf> {
     found.pop()
 }
 
+/// Directories where a Python installation keeps `onnxruntime/capi`: under `VIRTUAL_ENV` and
+/// `CONDA_PREFIX`, and where the interpreter's own `import onnxruntime` would find it. Python runs
+/// in isolated mode (`-I`: no `PYTHONPATH`, no user site, no current directory on `sys.path`) from
+/// `/`, so a package planted in the working directory is never what it finds; relative results
+/// are dropped (see [`is_library_location`]).
 fn python_package_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
@@ -75,14 +80,30 @@ fn python_package_dirs() -> Vec<PathBuf> {
     }
     let script = "import importlib.util as u, os\nfor n in ('onnxruntime',):\n s = u.find_spec(n)\n if s and s.origin: print(os.path.join(os.path.dirname(s.origin), 'capi'))";
     for python in ["python3", "python"] {
-        if let Ok(out) =
-            std::process::Command::new(python).args(["-c", script]).stderr(std::process::Stdio::null()).output()
+        if let Ok(out) = std::process::Command::new(python)
+            .args(["-I", "-c", script])
+            .current_dir("/")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
         {
             dirs.extend(String::from_utf8_lossy(&out.stdout).lines().map(PathBuf::from));
             break;
         }
     }
+    dirs.retain(|d| is_library_location(d));
     dirs
+}
+
+/// True for a directory that Python discovery may offer: an absolute path that is not the working
+/// directory (a relative path would be looked up in it). The executable's own directory is always
+/// allowed: whoever can write there controls `swa` itself.
+fn is_library_location(dir: &Path) -> bool {
+    if !dir.is_absolute() {
+        return false;
+    }
+    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    !std::env::current_dir().is_ok_and(|cwd| same(dir, &cwd))
 }
 
 /// Finds the ONNX Runtime library: `ORT_DYLIB_PATH`, beside the executable, the `onnxruntime` /
@@ -378,6 +399,31 @@ pub fn check_inputs(specs: &[InputSpec], arrays: &[Array]) -> Result<()> {
     Ok(())
 }
 
+/// Checks that batches of `batch` rows (the last one partial, up to `samples`) fit inputs whose
+/// first dimension is fixed: ONNX Runtime refuses any other batch size. `evaluation` says which
+/// batch size the hint names.
+pub fn check_batch(specs: &[InputSpec], batch: usize, samples: usize, evaluation: bool) -> Result<()> {
+    for spec in specs {
+        let Some(&first) = spec.dims.first().filter(|&&d| d > 0) else { continue };
+        let fixed = first as usize;
+        let shape: Vec<String> = spec.dims.iter().map(|&d| if d < 0 { "?".into() } else { d.to_string() }).collect();
+        let what =
+            format!("model input `{}` has a fixed batch dimension of {fixed} ([{}])", spec.name, shape.join(", "));
+        if batch != fixed {
+            return Err(Error::usage(format!("{what}, but batches of {batch} samples were asked for"))
+                .hint(Hint::FixedBatch { size: fixed, evaluation }));
+        }
+        if !samples.is_multiple_of(fixed) {
+            return Err(Error::usage(format!(
+                "{what}, and {samples} samples leave a last batch of {}: use a multiple of {fixed} samples, or \
+                 export the model with a dynamic batch dimension",
+                samples % fixed
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The samples a pass runs over: arrays (one per model input) taken `batch` rows at a time in file
 /// order, the last batch partial, up to `samples` rows.
 #[derive(Debug, Clone, Copy)]
@@ -493,7 +539,9 @@ fn run_one(
     outputs
         .iter()
         .map(|&name| {
-            let (shape, data) = out[name].try_extract_tensor::<f32>()?;
+            let (shape, data) = out[name].try_extract_tensor::<f32>().map_err(|e| {
+                Error::Runtime(format!("output `{name}`: {e} (swa reads float32 outputs: logits, statistics)"))
+            })?;
             Ok(Fetched { shape: shape.to_vec(), data: data.to_vec() })
         })
         .collect()
@@ -502,6 +550,26 @@ fn run_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fixed_batch_dimension_needs_that_batch_size() {
+        let specs = [InputSpec { name: "x".into(), dims: vec![1, 3, 8, 8] }];
+        let err = check_batch(&specs, 256, 1000, true).unwrap_err();
+        assert!(matches!(err, Error::Hinted { hint: Hint::FixedBatch { size: 1, evaluation: true }, .. }), "{err}");
+        assert!(err.to_string().contains("fixed batch dimension of 1 ([1, 3, 8, 8])"), "{err}");
+        check_batch(&specs, 1, 1000, false).unwrap();
+        let eight = [InputSpec { name: "x".into(), dims: vec![8, 3] }];
+        assert!(check_batch(&eight, 8, 1001, false).unwrap_err().to_string().contains("last batch of 1"));
+        check_batch(&[InputSpec { name: "x".into(), dims: vec![-1, 3] }], 256, 1001, true).unwrap();
+    }
+
+    #[test]
+    fn the_working_directory_and_relative_paths_are_never_library_locations() {
+        assert!(!is_library_location(Path::new("onnxruntime/capi")));
+        assert!(!is_library_location(Path::new(".")));
+        assert!(!is_library_location(&std::env::current_dir().unwrap()));
+        assert!(is_library_location(Path::new("/usr/lib")));
+    }
 
     #[test]
     fn streams_default_to_two_on_cuda_and_never_exceed_the_batches() {

@@ -31,6 +31,13 @@ pub fn execute(cli: &Cli) -> Result<Outcome> {
     match &cli.command {
         Command::Average(a) => {
             let s = average::average(&a.options(q))?;
+            for d in &s.duplicates {
+                eprintln!(
+                    "swa: warning: {} is {} under another name; it is averaged once",
+                    d.path.display(),
+                    d.same_as.display()
+                );
+            }
             Ok(Outcome { stdout: if a.json { json(&s) } else { render::average(&s) }, code: 0 })
         }
         Command::Recalibrate(a) => {
@@ -55,7 +62,11 @@ fn step_summary(markdown: &str) {
 
 fn run_command(a: &RunArgs, quiet: bool) -> Result<Outcome> {
     let r = pipeline::run(&a.options(quiet)?)?;
-    let code = a.min_accuracy.is_some_and(|m| r.swa_recalibrated.top1 < m) as u8;
+    for (model, n) in r.nonfinite() {
+        warn_nonfinite(&model, n, r.eval_samples);
+    }
+    let gated = &r.swa_recalibrated;
+    let code = a.min_accuracy.is_some_and(|m| gated.top1 < m || gated.nonfinite > 0) as u8;
     let mut stdout = if a.json { r.json() + "\n" } else { report::markdown(&r) };
     if !a.json {
         let _ = writeln!(
@@ -67,12 +78,19 @@ fn run_command(a: &RunArgs, quiet: bool) -> Result<Outcome> {
     step_summary(&report::markdown(&r));
     if code == 1 {
         eprintln!(
-            "swa: recalibrated SWA top-1 {:.4} is below --min-accuracy {}",
-            r.swa_recalibrated.top1,
-            a.min_accuracy.unwrap_or_default()
+            "swa: {}",
+            render::gate_failure(Some("recalibrated SWA"), gated.top1, gated.nonfinite, a.min_accuracy)
         );
     }
     Ok(Outcome { stdout, code })
+}
+
+/// Says on stderr that `model` gave non-finite logits for `n` of `samples` samples.
+fn warn_nonfinite(model: &str, n: usize, samples: usize) {
+    eprintln!(
+        "swa: warning: {model} gave non-finite logits (NaN or Inf) for {n} of {samples} samples; they count as wrong \
+         predictions and are left out of the loss"
+    );
 }
 
 fn evaluate_command(a: &EvaluateArgs, quiet: bool) -> Result<Outcome> {
@@ -80,11 +98,14 @@ fn evaluate_command(a: &EvaluateArgs, quiet: bool) -> Result<Outcome> {
     let weights = a.weights.as_deref().map(inputs::open_checkpoint).transpose()?;
     let bound = Binder::load(&a.model)?.bind(weights, a.allow_partial)?;
     let m = evaluate::evaluate(&bound.model, &opts)?;
-    let code = a.min_accuracy.is_some_and(|min| m.top1 < min) as u8;
+    if m.nonfinite > 0 {
+        warn_nonfinite(&a.model.display().to_string(), m.nonfinite, m.samples);
+    }
+    let code = a.min_accuracy.is_some_and(|min| !render::passes(&m, min)) as u8;
     let md = render::metrics(&a.model, &m, a.min_accuracy);
     step_summary(&md);
     if code == 1 {
-        eprintln!("swa: top-1 {:.4} is below --min-accuracy {}", m.top1, a.min_accuracy.unwrap_or_default());
+        eprintln!("swa: {}", render::gate_failure(None, m.top1, m.nonfinite, a.min_accuracy));
     }
     if a.json {
         let mut v = serde_json::to_value(&m).expect("metrics");

@@ -23,6 +23,34 @@ fn at_least_one(s: &str) -> std::result::Result<NonZeroUsize, String> {
     NonZeroUsize::new(n).ok_or_else(|| "must be at least 1".to_string())
 }
 
+/// A fraction in 0..=1 (`--min-accuracy`); NaN, infinities and percentages are refused.
+fn fraction(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("must be a fraction between 0 and 1 (0.9 for 90%), got {s}"))
+    }
+}
+
+/// Most threads a session may be given: this many per core.
+const THREADS_PER_CORE: usize = 4;
+
+/// `--threads`: at least 1, at most [`THREADS_PER_CORE`] per core of this machine (ONNX Runtime
+/// starts every thread it is told to, with its own stack).
+fn thread_count(s: &str) -> std::result::Result<NonZeroUsize, String> {
+    let n = at_least_one(s)?;
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let max = THREADS_PER_CORE * cores;
+    if n.get() > max {
+        return Err(format!("must be at most {max} ({THREADS_PER_CORE} per core; this machine has {cores})"));
+    }
+    Ok(n)
+}
+
+/// Most CUDA streams (sessions, each with its own activation memory) `--streams` may ask for.
+const MAX_STREAMS: usize = 16;
+
 /// Offline Stochastic Weight Averaging and BatchNorm recalibration for saved checkpoints.
 #[derive(Debug, Parser)]
 #[command(name = "swa", version, about, propagate_version = true)]
@@ -174,7 +202,7 @@ pub struct DeviceArgs {
     #[arg(long, default_value = "cpu", value_parser = |s: &str| s.parse::<Device>())]
     pub device: Device,
     /// ONNX Runtime intra-op threads (default: all cores).
-    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    #[arg(long, value_name = "N", value_parser = thread_count)]
     pub threads: Option<NonZeroUsize>,
     /// With --device cuda: allow TF32 in convolutions and matrix products (about 2x faster on
     /// Ampere and later; statistics move by about 1e-3 relative, so the default is full fp32).
@@ -182,7 +210,7 @@ pub struct DeviceArgs {
     pub tf32: bool,
     /// With --device cuda: batches run at once, each in its own ONNX Runtime session and CUDA
     /// stream, so one batch's copies and launches overlap another's kernels (default 2; 1 halves
-    /// the GPU memory for activations).
+    /// the GPU memory for activations; at most 16).
     #[arg(long, value_name = "N")]
     pub streams: Option<usize>,
 }
@@ -201,6 +229,9 @@ impl DeviceArgs {
     pub fn engine(&self) -> Result<Engine> {
         let streams = match self.streams {
             Some(0) => return Err(Error::usage("--streams must be at least 1")),
+            Some(n) if n > MAX_STREAMS => {
+                return Err(Error::usage(format!("--streams must be at most {MAX_STREAMS}, got {n}")))
+            }
             Some(n) if n > 1 && self.device == Device::Cpu => {
                 return Err(Error::usage(
                     "--streams applies to --device cuda; on the CPU one batch runs at a time on all threads",
@@ -334,8 +365,9 @@ pub struct EvaluateArgs {
     /// Device and threads.
     #[command(flatten)]
     pub run: DeviceArgs,
-    /// Exit with code 1 when top-1 accuracy is below this (0..1).
-    #[arg(long, value_name = "A")]
+    /// Exit with code 1 when top-1 accuracy is below this (a fraction, 0..=1), or when any
+    /// sample's logits are not finite.
+    #[arg(long, value_name = "A", value_parser = fraction)]
     pub min_accuracy: Option<f64>,
     /// Keep the model's own values for weights that the checkpoint lacks.
     #[arg(long)]
@@ -404,8 +436,13 @@ pub struct RunArgs {
     /// Keep the model's own values for weights that a checkpoint lacks.
     #[arg(long)]
     pub allow_partial: bool,
-    /// Exit with code 1 when the recalibrated SWA model's top-1 is below this.
-    #[arg(long, value_name = "A")]
+    /// Average even when a checkpoint holds NaN or Inf (recalibration still refuses non-finite
+    /// weights; BatchNorm statistics are replaced, so non-finite ones are fine).
+    #[arg(long)]
+    pub allow_nonfinite: bool,
+    /// Exit with code 1 when the recalibrated SWA model's top-1 is below this (a fraction,
+    /// 0..=1), or when any of its logits are not finite.
+    #[arg(long, value_name = "A", value_parser = fraction)]
     pub min_accuracy: Option<f64>,
     /// Output directory (created; must be empty unless --force).
     #[arg(long, value_name = "DIR")]
@@ -438,6 +475,7 @@ impl RunArgs {
             },
             recalibrate_each: self.recalibrate_each,
             allow_partial: self.allow_partial,
+            allow_nonfinite: self.allow_nonfinite,
             out: self.out.clone(),
             force: self.force,
         })
@@ -464,5 +502,23 @@ mod tests {
     #[test]
     fn verify_cli() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn min_accuracy_is_a_fraction() {
+        for ok in ["0", "1", "0.5", "1e-3"] {
+            assert!(super::fraction(ok).is_ok(), "{ok}");
+        }
+        for bad in ["nan", "NaN", "inf", "-inf", "90", "1.5", "-1", "-0.1", "x"] {
+            assert!(super::fraction(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn thread_counts_are_bounded_by_the_cores() {
+        assert!(super::thread_count("1").is_ok());
+        assert!(super::thread_count("0").is_err());
+        let err = super::thread_count("100000").unwrap_err();
+        assert!(err.contains("at most"), "{err}");
     }
 }

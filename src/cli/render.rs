@@ -43,6 +43,13 @@ pub fn hint(hint: Hint) -> String {
         }
         Hint::Force => ": pass --force to replace it".into(),
         Hint::NeverReplaced => ": it is not replaced, even with --force; choose another --out".into(),
+        Hint::FixedBatch { size, evaluation: true } => format!(
+            ": pass --batch-size {size} (with `swa run`: --eval-batch-size {size}), or export the model with a \
+             dynamic batch dimension"
+        ),
+        Hint::FixedBatch { size, evaluation: false } => {
+            format!(": pass --batch-size {size}, or export the model with a dynamic batch dimension")
+        }
         other => other.library_text(),
     }
 }
@@ -137,11 +144,38 @@ pub fn metrics(model: &Path, m: &Metrics, min: Option<f64>) -> String {
         m.topk * 100.0,
         m.loss
     );
+    if m.nonfinite > 0 {
+        let _ = writeln!(
+            o,
+            "\n**{} of {} samples gave non-finite logits (NaN or Inf)**: counted as wrong, left out of the loss.",
+            m.nonfinite, m.samples
+        );
+    }
     if let Some(min) = min {
-        let verdict = if m.top1 >= min { "passed" } else { "FAILED" };
-        let _ = writeln!(o, "\nthreshold: top-1 ≥ {:.2}% — {verdict}", min * 100.0);
+        let verdict = if passes(m, min) { "passed" } else { "FAILED" };
+        let finite = if m.nonfinite > 0 { ", all logits finite" } else { "" };
+        let _ = writeln!(o, "\nthreshold: top-1 ≥ {:.2}%{finite} — {verdict}", min * 100.0);
     }
     o
+}
+
+/// The `--min-accuracy` verdict: top-1 at least `min`, and no sample with non-finite logits.
+pub fn passes(m: &Metrics, min: f64) -> bool {
+    m.top1 >= min && m.nonfinite == 0
+}
+
+/// Why `model` (`None` for the one model of `swa evaluate`) failed `--min-accuracy`.
+pub fn gate_failure(model: Option<&str>, top1: f64, nonfinite: usize, min: Option<f64>) -> String {
+    let min = min.unwrap_or_default();
+    let subject = model.map_or(String::new(), |m| format!("{m} "));
+    if nonfinite > 0 {
+        format!(
+            "{subject}fails --min-accuracy {min} whatever its top-1 ({top1:.4}): {nonfinite} samples gave non-finite \
+             logits (NaN or Inf)"
+        )
+    } else {
+        format!("{subject}top-1 {top1:.4} is below --min-accuracy {min}")
+    }
 }
 
 #[cfg(test)]

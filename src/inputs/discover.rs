@@ -18,6 +18,25 @@ pub struct CheckpointFile {
     pub number: Option<u64>,
 }
 
+/// A path that names a file already found under another spelling (`dir` and `./dir`, a symlink,
+/// a hard link): it is used once, as `same_as`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Duplicate {
+    /// The spelling left out.
+    pub path: PathBuf,
+    /// The spelling kept.
+    pub same_as: PathBuf,
+}
+
+/// What [`discover`] found: each checkpoint file once, in order, and the spellings left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Discovery {
+    /// The checkpoints, ordered by the number in their names (natural order when some have none).
+    pub files: Vec<CheckpointFile>,
+    /// Paths that named a file already in `files`.
+    pub duplicates: Vec<Duplicate>,
+}
+
 /// Which of the found checkpoints to use; applied in this order: `from`/`to`, `every`, `last`.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
@@ -32,39 +51,42 @@ pub struct Selection {
 }
 
 const NAME_SUFFIXES: [&str; 4] = [".safetensors.index.json", ".index.json", ".safetensors", ".onnx"];
-const NUMBER_KEYS: [&str; 7] = ["epoch", "step", "ckpt", "checkpoint", "iter", "it", "e"];
+/// Words whose number is the checkpoint's number, wherever they stand (`epoch_7`, `epoch=7`,
+/// `resnet-epoch7`).
+const NUMBER_KEYS: [&str; 5] = ["epoch", "step", "ckpt", "checkpoint", "iter"];
+/// Short words that are keys only as a whole word directly followed by the number (`e10`,
+/// `run_it500`), never inside a number (`1e-4`) or a longer word.
+const SHORT_KEYS: [&str; 2] = ["it", "e"];
 
 /// The epoch or step number in a checkpoint's name: the number after `epoch`, `step`, `ckpt`,
-/// `checkpoint` or `iter` if there is one, else the last number in the name.
+/// `checkpoint` or `iter` (or a whole-word `e` / `it` directly before it: `e10`, `it500`) if there
+/// is one (the last such), else the last number in the name. `epoch_1_lr1e-4` is 1: the `e` of
+/// `1e-4` follows a digit, so it is not a key.
 pub fn name_number(name: &str) -> Option<u64> {
     let stem = NAME_SUFFIXES.iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
     let bytes = stem.as_bytes();
     let (mut keyed, mut last) = (None, None);
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i].is_ascii_digit() {
-            let start = i;
-            while i < bytes.len() && bytes[i].is_ascii_digit() {
-                i += 1;
-            }
-            let Ok(n) = stem[start..i].parse::<u64>() else { continue };
-            let word: String = stem[..start]
-                .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
-                .chars()
-                .rev()
-                .take_while(|c| c.is_ascii_alphabetic())
-                .collect::<String>()
-                .chars()
-                .rev()
-                .collect::<String>()
-                .to_ascii_lowercase();
-            if NUMBER_KEYS.contains(&word.as_str()) {
-                keyed = Some(n);
-            }
-            last = Some(n);
-        } else {
+        if !bytes[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
             i += 1;
         }
+        let Ok(n) = stem[start..i].parse::<u64>() else { continue };
+        // The separators before the number, then the word before them.
+        let word_end = bytes[..start].iter().rposition(u8::is_ascii_alphanumeric).map_or(0, |p| p + 1);
+        let word_start = bytes[..word_end].iter().rposition(|b| !b.is_ascii_alphabetic()).map_or(0, |p| p + 1);
+        let word = stem[word_start..word_end].to_ascii_lowercase();
+        let whole_word = word_start == 0 || !bytes[word_start - 1].is_ascii_alphanumeric();
+        let short_key = SHORT_KEYS.contains(&word.as_str()) && whole_word && word_end == start;
+        if NUMBER_KEYS.contains(&word.as_str()) || short_key {
+            keyed = Some(n);
+        }
+        last = Some(n);
     }
     keyed.or(last)
 }
@@ -109,9 +131,11 @@ pub fn is_checkpoint_name(name: &str) -> bool {
     name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json") || name.ends_with(".onnx")
 }
 
-/// Expands directories into the checkpoints they hold and orders everything by the number in
-/// each name (natural order, never lexical).
-pub fn discover(paths: &[PathBuf]) -> Result<Vec<CheckpointFile>> {
+/// Expands directories into the checkpoints they hold, keeps each file once whatever its spelling
+/// (reporting the others as [`Duplicate`]s), and orders everything by the number in each name
+/// (natural order, never lexical). Two files with the same number are an error: their order, and
+/// any selection by number, would be a guess.
+pub fn discover(paths: &[PathBuf]) -> Result<Discovery> {
     let mut found = Vec::new();
     for path in paths {
         if !path.is_dir() {
@@ -150,16 +174,94 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<CheckpointFile>> {
         }
         found.extend(inside);
     }
+    let (found, duplicates) = once_each(found)?;
     let mut files: Vec<CheckpointFile> =
         found.into_iter().map(|path| CheckpointFile { number: number_of(&path), path }).collect();
     let display = |f: &CheckpointFile| f.path.to_string_lossy().into_owned();
     if files.iter().all(|f| f.number.is_some()) {
         files.sort_by(|a, b| a.number.cmp(&b.number).then_with(|| natural_cmp(&display(a), &display(b))));
+        refuse_equal_numbers(&files)?;
     } else {
         files.sort_by(|a, b| natural_cmp(&display(a), &display(b)));
     }
-    files.dedup_by(|a, b| a.path == b.path);
-    Ok(files)
+    Ok(Discovery { files, duplicates })
+}
+
+/// What identifies a file whatever path names it: device and inode where there are such, else
+/// the canonical path.
+fn file_identity(path: &Path) -> Result<(u64, u64, PathBuf)> {
+    let canonical = path.canonicalize().map_err(|e| Error::io(path, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&canonical).map_err(|e| Error::io(path, e))?;
+        Ok((m.dev(), m.ino(), PathBuf::new()))
+    }
+    #[cfg(not(unix))]
+    Ok((0, 0, canonical))
+}
+
+/// True when `a` and `b` name the same file (false when either cannot be read).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((file_identity(a), file_identity(b)), (Ok(x), Ok(y)) if x == y)
+}
+
+/// `paths` with each file once: of the spellings of one file, the one whose file name is the
+/// file's own (not a symlink's) is kept, else the first; the others are returned as duplicates.
+fn once_each(paths: Vec<PathBuf>) -> Result<(Vec<PathBuf>, Vec<Duplicate>)> {
+    let mut kept: Vec<PathBuf> = Vec::new();
+    let mut seen: std::collections::HashMap<(u64, u64, PathBuf), usize> = std::collections::HashMap::new();
+    let mut duplicates = Vec::new();
+    let own_name = |p: &Path| p.canonicalize().is_ok_and(|c| c.file_name() == p.file_name());
+    for path in paths {
+        match seen.entry(file_identity(&path)?) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(kept.len());
+                kept.push(path);
+            }
+            std::collections::hash_map::Entry::Occupied(o) => {
+                let first = &mut kept[*o.get()];
+                let (path, same_as) = if own_name(&path) && !own_name(first) {
+                    (std::mem::replace(first, path), first.clone())
+                } else {
+                    (path, first.clone())
+                };
+                duplicates.push(Duplicate { path, same_as });
+            }
+        }
+    }
+    Ok((kept, duplicates))
+}
+
+/// Fails when two checkpoints numbered in one directory (`ck/epoch_2`, `ck/epoch-2`; or
+/// `run/checkpoint-2/`, `run/ckpt_2/`) have the same number: one run's numbering does not say
+/// which comes first. Equal numbers from different directories (two runs) keep their order by
+/// path. `files` are sorted by number.
+fn refuse_equal_numbers(files: &[CheckpointFile]) -> Result<()> {
+    let numbering_dir = |f: &CheckpointFile| -> Option<PathBuf> {
+        let named = if number_from_name(&f.path).is_some() { f.path.as_path() } else { f.path.parent()? };
+        let dir = named.parent()?;
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        Some(dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()))
+    };
+    for (i, a) in files.iter().enumerate() {
+        for b in files[i + 1..].iter().take_while(|b| b.number == a.number) {
+            if numbering_dir(a) == numbering_dir(b) {
+                return Err(Error::usage(format!(
+                    "{} and {} have the same number ({}) in their names: checkpoints are ordered and selected \
+                     by that number, so their order would be a guess; rename or leave out one of them",
+                    a.path.display(),
+                    b.path.display(),
+                    a.number.unwrap_or_default()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn number_from_name(path: &Path) -> Option<u64> {
+    name_number(&path.file_name()?.to_string_lossy())
 }
 
 /// The number of a checkpoint: from its file name, or for generic names (`model.safetensors`,
@@ -167,8 +269,13 @@ pub fn discover(paths: &[PathBuf]) -> Result<Vec<CheckpointFile>> {
 fn number_of(path: &Path) -> Option<u64> {
     let name = path.file_name()?.to_string_lossy();
     let generic = name.starts_with("model") || name.contains("pytorch_model");
-    name_number(&name)
-        .or_else(|| if generic { name_number(&path.parent()?.file_name()?.to_string_lossy()) } else { None })
+    number_from_name(path).or_else(|| {
+        if generic {
+            name_number(&path.parent()?.file_name()?.to_string_lossy())
+        } else {
+            None
+        }
+    })
 }
 
 /// Applies a selection; the result is never empty.
@@ -224,6 +331,47 @@ mod tests {
         assert_eq!(name_number("resnet50-epoch7-v2.safetensors"), Some(7));
         assert_eq!(name_number("model.safetensors"), None);
         assert_eq!(name_number("checkpoint-500"), Some(500));
+    }
+
+    #[test]
+    fn the_key_wins_over_numbers_that_are_not_keys() {
+        assert_eq!(name_number("epoch_1_lr1e-4.safetensors"), Some(1));
+        assert_eq!(name_number("epoch_3_lr1e-3.safetensors"), Some(3));
+        assert_eq!(name_number("lr1e-4_epoch_12.safetensors"), Some(12));
+        assert_eq!(name_number("EPOCH7.safetensors"), Some(7));
+        // Whole-word `e` and `it`, directly before the number.
+        assert_eq!(name_number("run3_e10.safetensors"), Some(10));
+        assert_eq!(name_number("e10.safetensors"), Some(10));
+        assert_eq!(name_number("model-it500-v2.safetensors"), Some(500));
+        // Not keys: inside a number, inside a word, or apart from the number.
+        assert_eq!(name_number("lr1e-4_v2.safetensors"), Some(2));
+        assert_eq!(name_number("size3e5_v2.safetensors"), Some(2));
+        assert_eq!(name_number("unit5_v2.safetensors"), Some(2));
+        assert_eq!(name_number("e-5_v2.safetensors"), Some(2));
+        assert_eq!(name_number("lr_1e-4.safetensors"), Some(4));
+    }
+
+    #[test]
+    fn equal_numbers_are_refused_within_one_directory_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let touch = |rel: &str| {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, rel).unwrap();
+            p
+        };
+        let runs = [touch("run1/epoch_1.safetensors"), touch("run2/epoch_1.safetensors")];
+        assert_eq!(discover(&[dir.path().join("run2"), dir.path().join("run1")]).unwrap().files.len(), 2);
+        assert_eq!(discover(&runs).unwrap().files[0].path, runs[0]);
+        touch("run1/epoch-1.safetensors");
+        let err = discover(&[dir.path().join("run1")]).unwrap_err().to_string();
+        assert!(
+            err.contains("epoch-1.safetensors and ") && err.contains("epoch_1.safetensors have the same number (1)")
+        );
+        touch("hf/checkpoint-2/model.safetensors");
+        touch("hf/ckpt_2/model.safetensors");
+        let err = discover(&[dir.path().join("hf")]).unwrap_err().to_string();
+        assert!(err.contains("have the same number (2)"), "{err}");
     }
 
     #[test]

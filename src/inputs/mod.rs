@@ -10,7 +10,7 @@ pub mod npy;
 
 use std::path::Path;
 
-pub use discover::{discover, name_number, natural_cmp, select, CheckpointFile, Selection};
+pub use discover::{discover, name_number, natural_cmp, select, CheckpointFile, Discovery, Duplicate, Selection};
 pub use npy::{open_inputs, open_labels, Array};
 
 use crate::checkpoint::Checkpoint;

@@ -134,7 +134,12 @@ impl Array {
             NpyType::I64 => bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
             NpyType::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
             NpyType::U8 => bytes.iter().map(|&b| b as i64).collect(),
-            other => return Err(Error::format(&self.path, format!("labels must be integers, found {other:?}"))),
+            other => {
+                return Err(Error::format(
+                    &self.path,
+                    format!("labels must be integer class indices (int64, int32 or uint8), found {other:?}"),
+                ))
+            }
         })
     }
 }
@@ -161,8 +166,12 @@ fn parse_header(path: &Path, name: &str, bytes: &[u8]) -> Result<(NpyType, Vec<u
         .and_then(|s| s.strip_prefix('\''))
         .and_then(|s| s.split('\'').next())
         .ok_or_else(|| bad("no descr"))?;
-    let dtype = NpyType::parse(descr)
-        .ok_or_else(|| bad(&format!("unsupported dtype {descr} (use float32, float16 or uint8)")))?;
+    let dtype = NpyType::parse(descr).ok_or_else(|| {
+        bad(&format!(
+            "unsupported dtype {descr} (samples: float32, float16, float64, uint8, int32 or int64; labels: int64, \
+             int32 or uint8)"
+        ))
+    })?;
     if field("fortran_order").is_some_and(|s| s.starts_with("True")) {
         return Err(bad("Fortran-ordered arrays are not supported: save with np.ascontiguousarray"));
     }
@@ -287,5 +296,12 @@ pub fn open_labels(path: &Path) -> Result<Vec<i64>> {
             format!("labels must be a 1-D array of class indices, found shape {:?}", a.shape),
         ));
     }
-    a.i64_values()
+    let values = a.i64_values()?;
+    if values.len() != a.shape[0] {
+        return Err(Error::format(
+            path,
+            format!("shape [{}] promises {} labels, but {} could be read", a.shape[0], a.shape[0], values.len()),
+        ));
+    }
+    Ok(values)
 }

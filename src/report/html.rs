@@ -215,7 +215,7 @@ th:first-child,td:first-child{{text-align:left}} .meta{{color:#555}} .gain{{colo
 </style></head><body>
 <h1>SWA report</h1>
 <p class="meta">Model <code>{model}</code> · {eval} held-out samples · recalibration: <code>{stats}</code> statistics, batch {batch}, {train} training samples · device {device}</p>
-<p>Recalibrated SWA: <strong>{swa}</strong> top-1, <strong class="{gain_class}" id="gain">{gain}</strong> over the best checkpoint ({best}, {best_acc}).</p>
+<p>Recalibrated SWA: <strong>{swa}</strong> top-1, <strong class="{gain_class}" id="gain">{gain}</strong> over the best checkpoint ({best}, {best_acc}).</p>{warning}
 {chart}
 <h2>Summary</h2>{summary}
 <h2>Checkpoints</h2>{checkpoints}
@@ -236,6 +236,9 @@ th:first-child,td:first-child{{text-align:left}} .meta{{color:#555}} .gain{{colo
         best = escape(&r.best.name),
         best_acc = pct(r.best.top1),
         chart = chart(r),
+        warning = r
+            .nonfinite_warning()
+            .map_or(String::new(), |w| format!("\n<p class=\"loss\"><strong>Warning:</strong> {}</p>", escape(&w))),
         tool = escape(&r.tool),
         json = serde_json::to_string(r).expect("report serialises").replace("</", "<\\/"),
     )

@@ -44,6 +44,9 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "## Summary\n");
     s.push_str(&render(&table::summary(r)));
     let _ = writeln!(s, "\nGain of recalibrated SWA over the best checkpoint: **{}** top-1.\n", points(r.gain_top1));
+    if let Some(warning) = r.nonfinite_warning() {
+        let _ = writeln!(s, "**Warning:** {warning}\n");
+    }
     let _ = writeln!(s, "## Checkpoints\n");
     s.push_str(&render(&table::checkpoints(r)));
     let _ = writeln!(s, "\n\"++\": the same weights with BatchNorm statistics recalibrated on the training samples.\n");

@@ -21,13 +21,30 @@ pub struct Score {
     pub top1: f64,
     /// Top-k accuracy.
     pub topk: f64,
-    /// Mean cross-entropy.
+    /// Mean cross-entropy over the samples with finite logits (NaN, `null` in JSON, when none).
+    #[serde(deserialize_with = "null_is_nan")]
     pub loss: f64,
+    /// Samples whose logits were not all finite: counted wrong, left out of `loss` (absent in
+    /// reports written before it existed).
+    #[serde(default)]
+    pub nonfinite: usize,
+}
+
+/// Reads a number that JSON wrote as `null` because it was NaN.
+fn null_is_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 impl From<&crate::evaluate::Metrics> for Score {
     fn from(m: &crate::evaluate::Metrics) -> Self {
-        Score { correct: m.correct, samples: m.samples, top1: m.top1, topk: m.topk, loss: m.loss }
+        Score {
+            correct: m.correct,
+            samples: m.samples,
+            top1: m.top1,
+            topk: m.topk,
+            loss: m.loss,
+            nonfinite: m.nonfinite,
+        }
     }
 }
 
@@ -115,6 +132,34 @@ impl Report {
         best
     }
 
+    /// Every model that gave non-finite logits, and for how many samples (`++`: recalibrated).
+    pub fn nonfinite(&self) -> Vec<(String, usize)> {
+        let mut out = Vec::new();
+        for r in &self.checkpoints {
+            out.push((r.name.clone(), r.stored.nonfinite));
+            if let Some(s) = &r.recalibrated {
+                out.push((format!("{} ++", r.name), s.nonfinite));
+            }
+        }
+        out.push(("SWA".into(), self.swa_stored.nonfinite));
+        out.push(("SWA ++".into(), self.swa_recalibrated.nonfinite));
+        out.retain(|(_, n)| *n > 0);
+        out
+    }
+
+    /// A sentence naming the models with non-finite logits, if there are any.
+    pub(crate) fn nonfinite_warning(&self) -> Option<String> {
+        let bad = self.nonfinite();
+        if bad.is_empty() {
+            return None;
+        }
+        let list: Vec<String> = bad.iter().map(|(m, n)| format!("{m} ({n} of {})", self.eval_samples)).collect();
+        Some(format!(
+            "Non-finite logits (NaN or Inf), counted as wrong predictions and left out of the loss: {}.",
+            list.join(", ")
+        ))
+    }
+
     /// The report as pretty JSON.
     pub fn json(&self) -> String {
         serde_json::to_string_pretty(self).expect("report serialises")
@@ -143,7 +188,7 @@ mod tests {
     use super::*;
 
     fn score(correct: usize, topk: f64, loss: f64) -> Score {
-        Score { correct, samples: 200, top1: correct as f64 / 200.0, topk, loss }
+        Score { correct, samples: 200, top1: correct as f64 / 200.0, topk, loss, nonfinite: 0 }
     }
 
     /// A report built by hand: three checkpoints, one without recalibrated figures, names that
@@ -196,6 +241,27 @@ mod tests {
     fn best_checkpoint_is_taken_over_both_columns() {
         let r = report();
         assert_eq!((r.best.name.as_str(), r.best.statistics.as_str()), ("epoch_2<&>.safetensors", "recalibrated"));
+    }
+
+    #[test]
+    fn reports_parse_without_nonfinite_and_with_a_null_loss() {
+        let mut v: serde_json::Value = serde_json::from_str(&report().json()).unwrap();
+        v["swa_stored"].as_object_mut().unwrap().remove("nonfinite");
+        v["swa_stored"]["loss"] = serde_json::Value::Null;
+        let back: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(back.swa_stored.nonfinite, 0);
+        assert!(back.swa_stored.loss.is_nan());
+    }
+
+    #[test]
+    fn models_with_non_finite_logits_are_named_in_every_format() {
+        let mut r = report();
+        assert!(r.nonfinite().is_empty() && !markdown(&r).contains("Non-finite"));
+        r.swa_recalibrated.nonfinite = 7;
+        r.checkpoints[0].stored.nonfinite = 200;
+        assert_eq!(r.nonfinite(), [("epoch_1.safetensors".to_string(), 200), ("SWA ++".to_string(), 7)]);
+        assert!(markdown(&r).contains("epoch_1.safetensors (200 of 200), SWA ++ (7 of 200)"));
+        assert!(html(&r).contains("SWA ++ (7 of 200)"));
     }
 
     #[test]

@@ -231,3 +231,46 @@ fn resume_from_an_f32_average_of_bf16_checkpoints() {
         .code(2)
         .stderr(predicates::str::contains("checkpoints disagree"));
 }
+
+#[cfg(unix)]
+#[test]
+fn a_file_under_two_names_is_averaged_once_and_reported() {
+    let dir = tmp();
+    let ck = dir.path().join("ck");
+    std::fs::create_dir(&ck).unwrap();
+    for n in 1..=3 {
+        let name = format!("epoch_00{n}.safetensors");
+        std::fs::copy(fixture(&format!("mlp/checkpoints/{name}")), ck.join(&name)).unwrap();
+    }
+    // A "latest" symlink has no number; it is left out as a spelling of epoch_003, which keeps
+    // the order by number.
+    std::os::unix::fs::symlink("epoch_003.safetensors", ck.join("latest.safetensors")).unwrap();
+    std::fs::hard_link(ck.join("epoch_001.safetensors"), dir.path().join("epoch_001.safetensors")).unwrap();
+    let assert = swa()
+        .current_dir(dir.path())
+        .args([
+            "average",
+            "--json",
+            "ck",
+            "./ck/epoch_002.safetensors",
+            "epoch_001.safetensors",
+            "-o",
+            "out.safetensors",
+        ])
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("ck/latest.safetensors is ck/epoch_003.safetensors under another name"));
+    let s: serde_json::Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    assert_eq!(s["n_models"], 3);
+    let numbers: Vec<u64> = s["inputs"].as_array().unwrap().iter().map(|i| i["number"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [1, 2, 3]);
+    let left_out: Vec<&str> = s["duplicates"].as_array().unwrap().iter().map(|d| d["path"].as_str().unwrap()).collect();
+    assert_eq!(left_out, ["ck/latest.safetensors", "./ck/epoch_002.safetensors", "epoch_001.safetensors"]);
+    // Resuming from one of the checkpoints would count it twice.
+    swa()
+        .current_dir(dir.path())
+        .args(["average", "ck", "--resume", "ck/epoch_002.safetensors", "-o", "again.safetensors"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("--resume ck/epoch_002.safetensors is also one of the checkpoints"));
+}

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::common::*;
+use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 
 fn ck(n: u32) -> PathBuf {
@@ -372,4 +373,193 @@ fn recalibrate_cuda_options_on_the_cpu_and_zero_streams() {
         args.extend(extra.iter().map(std::ffi::OsStr::new));
         recalibrate_fails(&args, message);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages that point at the real cause
+// ---------------------------------------------------------------------------------------------
+
+/// A copy of MLP checkpoint `n` with `value` at element `at` of `tensor`.
+fn with_value(n: u32, tensor: &str, at: usize, value: f32, to: &Path) {
+    let ck = swa::checkpoint::Checkpoint::open(ck(n)).unwrap();
+    let tensors: Vec<_> = ck
+        .tensors()
+        .iter()
+        .map(|t| {
+            let mut bytes = ck.bytes(t).to_vec();
+            if t.name == tensor {
+                bytes[at * 4..at * 4 + 4].copy_from_slice(&value.to_le_bytes());
+            }
+            (swa::checkpoint::TensorSpec { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }, bytes)
+        })
+        .collect();
+    swa::checkpoint::write_tensors(to, &tensors, &Default::default()).unwrap();
+}
+
+#[test]
+fn recalibrate_nan_in_the_weights_names_the_tensor_not_a_batchnorm_node() {
+    let dir = tmp();
+    let w = dir.path().join("nan_weights.safetensors");
+    with_value(1, "fc1.weight", 3, f32::NAN, &w);
+    let (m, x) = (fixture("mlp/model.onnx"), fixture("mlp/train.npy"));
+    recalibrate_fails(
+        &[os(Path::new("--model")), os(&m), os(Path::new("--inputs")), os(&x), os(Path::new("--weights")), os(&w)],
+        "nan_weights.safetensors: tensor `fc1.weight`: holds a non-finite value (NaN or Inf) at element 3",
+    );
+    // Non-finite running statistics are what recalibration replaces: they are no reason to refuse.
+    let stats = dir.path().join("nan_stats.safetensors");
+    let ck = swa::checkpoint::Checkpoint::open(ck(1)).unwrap();
+    let var = ck.tensors().iter().find(|t| t.name.ends_with("running_var")).unwrap().name.clone();
+    with_value(1, &var, 0, f32::NAN, &stats);
+    swa()
+        .args(["recalibrate", "--model"])
+        .arg(&m)
+        .arg("--inputs")
+        .arg(&x)
+        .arg("--weights")
+        .arg(&stats)
+        .arg("-o")
+        .arg(dir.path().join("ok.onnx"))
+        .assert()
+        .success();
+}
+
+#[test]
+fn run_takes_allow_nonfinite_as_its_message_says() {
+    let dir = tmp();
+    let cks = dir.path().join("ck");
+    std::fs::create_dir(&cks).unwrap();
+    with_value(1, "fc1.weight", 0, f32::INFINITY, &cks.join("epoch_001.safetensors"));
+    std::fs::copy(ck(2), cks.join("epoch_002.safetensors")).unwrap();
+    let out = dir.path().join("out");
+    let run = |extra: &[&str]| run_fixture("mlp", &cks, &out, extra).assert();
+    run(&[]).code(2).stderr(contains("tensor `fc1.weight`")).stderr(contains("pass --allow-nonfinite"));
+    // Accepted; the average then holds Inf, which recalibration refuses by name.
+    run(&["--allow-nonfinite"])
+        .code(2)
+        .stderr(contains("tensor `fc1.weight`: holds a non-finite value"))
+        .stderr(contains("BatchNorm statistics cannot be computed"));
+    assert!(!dir.path().join("out").exists());
+}
+
+/// Evaluates `model` on the MLP fixture's samples against `labels`.
+fn evaluate_mlp(model: &Path, labels: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    swa()
+        .args(["evaluate", "--model"])
+        .arg(model)
+        .arg("--inputs")
+        .arg(fixture("mlp/eval.npy"))
+        .arg("--labels")
+        .arg(labels)
+        .args(extra)
+        .assert()
+}
+
+/// Evaluates `model` on the MLP fixture's data.
+fn evaluate_mlp_model(model: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    evaluate_mlp(model, &fixture("mlp/eval_labels.npy"), extra)
+}
+
+#[test]
+fn evaluate_an_integer_first_output_names_it_and_asks_for_float_logits() {
+    use swa::onnx::proto::{type_proto, TypeProto};
+    let dir = tmp();
+    let mut m = swa::onnx::Model::load(fixture("mlp/model.onnx")).unwrap();
+    let logits = m.graph().output[0].name().to_string();
+    let g = m.graph_mut();
+    g.node.push(swa::onnx::node(
+        "ArgMax",
+        "argmax".into(),
+        &[&logits],
+        &["pred"],
+        vec![swa::onnx::int_attr("axis", 1)],
+    ));
+    let int64 = TypeProto {
+        value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type: Some(7), shape: None })),
+        ..Default::default()
+    };
+    g.output
+        .insert(0, swa::onnx::ValueInfoProto { name: Some("pred".into()), r#type: Some(int64), ..Default::default() });
+    let declared = dir.path().join("declared.onnx");
+    m.save(&declared).unwrap();
+    evaluate_mlp_model(&declared, &[])
+        .code(2)
+        .stderr(contains("first output `pred` is I64; evaluation expects float32 logits"));
+    // Without a declared type, ONNX Runtime's refusal still names the output.
+    m.graph_mut().output[0].r#type = None;
+    let undeclared = dir.path().join("undeclared.onnx");
+    m.save(&undeclared).unwrap();
+    evaluate_mlp_model(&undeclared, &[]).code(2).stderr(contains("output `pred`"));
+}
+
+#[test]
+fn a_fixed_batch_dimension_asks_for_that_batch_size() {
+    use swa::onnx::proto::{tensor_shape_proto::dimension::Value, type_proto};
+    let dir = tmp();
+    let mut m = swa::onnx::Model::load(fixture("mlp/model.onnx")).unwrap();
+    let input = &mut m.graph_mut().input[0];
+    let Some(type_proto::Value::TensorType(t)) = input.r#type.as_mut().and_then(|t| t.value.as_mut()) else {
+        panic!("not a tensor input")
+    };
+    t.shape.as_mut().unwrap().dim[0].value = Some(Value::DimValue(1));
+    let fixed = dir.path().join("fixed.onnx");
+    m.save(&fixed).unwrap();
+    evaluate_mlp_model(&fixed, &[])
+        .code(2)
+        .stderr(contains("has a fixed batch dimension of 1 ([1, 32])"))
+        .stderr(contains("pass --batch-size 1 (with `swa run`: --eval-batch-size 1)"));
+    evaluate_mlp_model(&fixed, &["--batch-size", "1"]).success();
+    recalibrate_fails(
+        &[os(Path::new("--model")), os(&fixed), os(Path::new("--inputs")), os(&fixture("mlp/train.npy"))],
+        "but batches of 64 samples were asked for: pass --batch-size 1,",
+    );
+}
+
+#[test]
+fn labels_of_another_dtype_are_told_which_integer_types_work() {
+    let dir = tmp();
+    let y = dir.path().join("y.npy");
+    let labels: Vec<f32> = std::iter::repeat_n(1.0, 200).collect();
+    write_npy_f32(&y, &[200], &labels);
+    evaluate_mlp(&fixture("mlp/model.onnx"), &y, &[]).code(2).stderr(contains("int64, int32 or uint8"));
+    // An integer type the reader does not take (int16) is not told to use float32.
+    let mut bytes = std::fs::read(&y).unwrap();
+    let header_end = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let descr = bytes.windows(3).position(|w| w == b"<f4").unwrap();
+    bytes[descr..descr + 3].copy_from_slice(b"<i2");
+    bytes.truncate(header_end + 400);
+    std::fs::write(&y, bytes).unwrap();
+    evaluate_mlp(&fixture("mlp/model.onnx"), &y, &[])
+        .code(2)
+        .stderr(contains("int64, int32 or uint8"))
+        .stderr(contains("use float32").not());
+}
+
+#[test]
+fn a_copied_buffer_that_overflows_the_output_dtype_is_refused() {
+    let dir = tmp();
+    let big = dir.path().join("big.safetensors");
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let spec = |name: &str| swa::checkpoint::TensorSpec {
+        name: name.into(),
+        dtype: swa::checkpoint::Dtype::F32,
+        shape: vec![2],
+    };
+    let tensors = [(spec("w"), f32s(&[1.0, 2.0])), (spec("bn.running_var"), f32s(&[3.0, 1e6]))];
+    swa::checkpoint::write_tensors(&big, &tensors, &Default::default()).unwrap();
+    fails(
+        &[&big],
+        &["--dtype", "f16"],
+        "tensor `bn.running_var`: element 1 is 1000000 in the output, beyond the range of F16",
+    );
+}
+
+#[test]
+fn resume_with_a_negative_n_models_says_it_is_invalid() {
+    let dir = tmp();
+    let (mut header, data) = header_of(&ck(1));
+    header.insert("__metadata__".into(), serde_json::json!({"n_models": "-3"}));
+    let prior = dir.path().join("prior.safetensors");
+    write_with_header(&prior, &header, &data);
+    fails(&[&ck(2)], &["--resume", prior.to_str().unwrap()], "has an invalid `n_models` in its metadata: \"-3\"");
 }

@@ -107,17 +107,23 @@ pub fn listing(dir: &Path) -> Vec<String> {
 
 /// `swa run` on the CNN fixture's data with `checkpoints`, into `out`, plus `extra` arguments.
 pub fn run_cnn(checkpoints: &Path, out: &Path, extra: &[&str]) -> Command {
+    run_fixture("cnn", checkpoints, out, extra)
+}
+
+/// `swa run` on the model and data of fixture `name` (`cnn`, `mlp`) with `checkpoints`, into
+/// `out`, plus `extra` arguments.
+pub fn run_fixture(name: &str, checkpoints: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut c = swa();
     c.args(["run", "--model"])
-        .arg(fixture("cnn/model.onnx"))
+        .arg(fixture(&format!("{name}/model.onnx")))
         .arg("--checkpoints")
         .arg(checkpoints)
         .arg("--train-inputs")
-        .arg(fixture("cnn/train.npy"))
+        .arg(fixture(&format!("{name}/train.npy")))
         .arg("--eval-inputs")
-        .arg(fixture("cnn/eval.npy"))
+        .arg(fixture(&format!("{name}/eval.npy")))
         .arg("--eval-labels")
-        .arg(fixture("cnn/eval_labels.npy"))
+        .arg(fixture(&format!("{name}/eval_labels.npy")))
         .arg("--out")
         .arg(out)
         .args(extra);
