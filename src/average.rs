@@ -121,6 +121,9 @@ pub struct BufferSummary {
     pub averaged: usize,
     /// The checkpoint they were copied from.
     pub copied_from: PathBuf,
+    /// FP8 tensors (counted in `copied`), by name: copied, not averaged, whatever their names,
+    /// because their scales are separate tensors (see [`dtype::is_fp8`]).
+    pub copied_fp8: Vec<String>,
 }
 
 /// True for tensors that are not weights: BatchNorm running statistics and integer tensors.
@@ -329,6 +332,7 @@ fn plan_tensors(newest: &Checkpoint, opts: &AverageOptions) -> TensorPlan {
             copied: 0,
             averaged: 0,
             copied_from: newest.path().to_path_buf(),
+            copied_fp8: Vec::new(),
         },
     };
     for t in newest.tensors() {
@@ -340,6 +344,9 @@ fn plan_tensors(newest: &Checkpoint, opts: &AverageOptions) -> TensorPlan {
             Kind::Average
         } else {
             plan.buffers.copied += 1;
+            if dtype::is_fp8(t.dtype) {
+                plan.buffers.copied_fp8.push(t.name.clone());
+            }
             Kind::Copy
         };
         let out_dtype = if float { opts.dtype.unwrap_or(t.dtype) } else { t.dtype };

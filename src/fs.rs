@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 
 /// Memory-maps `path` read-only.
 pub fn map_file(path: &Path) -> Result<Mmap> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = open_regular(path)?;
     // SAFETY: the map is read-only and private to this process. Another process truncating or
     // rewriting an input while it is read is undefined behaviour (a SIGBUS at worst), as for every
     // mmap-based reader (safetensors, numpy's memmap); inputs are never written by swa itself
@@ -476,6 +476,53 @@ impl Drop for StagedDir {
             let _ = std::fs::remove_dir_all(&path);
             forget(&mut list, &path);
         }
+    }
+}
+
+/// Opens `path` for reading if it is a regular file (following symlinks). Anything else is
+/// refused before it is opened: opening a FIFO for reading blocks until a writer comes, and a
+/// directory or a device fails later with an unhelpful message (`No such device`).
+pub fn open_regular(path: &Path) -> Result<File> {
+    let not_regular =
+        |kind: std::fs::FileType| Error::format(path, format!("is {}, not a regular file", describe_file_type(kind)));
+    let kind = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.file_type();
+    if !kind.is_file() {
+        return Err(not_regular(kind));
+    }
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // Replaced between the two looks: check what was actually opened.
+    let kind = file.metadata().map_err(|e| Error::io(path, e))?.file_type();
+    if !kind.is_file() {
+        return Err(not_regular(kind));
+    }
+    Ok(file)
+}
+
+/// Reads a whole regular file (see [`open_regular`]).
+pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut open_regular(path)?, &mut bytes).map_err(|e| Error::io(path, e))?;
+    Ok(bytes)
+}
+
+fn describe_file_type(kind: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_block_device() || kind.is_char_device() {
+            return "a device";
+        }
+    }
+    if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a file"
     }
 }
 

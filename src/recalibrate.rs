@@ -278,6 +278,13 @@ pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
     let feed = runtime::Feed { specs: &specs, arrays: &arrays, batch: batch_size, samples };
     let first_batch = runtime::run_batches(&mut sessions, &feed, &[&layout.output], &bar, |_, out| {
         let all = &out[0].data;
+        let need = layout.offsets.last().zip(prepared.layers.last()).map_or(0, |(&at, l)| at + 2 * l.channels + 1);
+        if all.len() < need {
+            return Err(Error::Runtime(format!(
+                "the statistics output holds {} values where the BatchNorm layers' channels need {need}",
+                all.len()
+            )));
+        }
         for (k, (&at, l)) in layout.offsets.iter().zip(&prepared.layers).enumerate() {
             let c = l.channels;
             let (mean, var, count) = (&all[at..at + c], &all[at + c..at + 2 * c], all[at + 2 * c] as f64);

@@ -12,6 +12,24 @@ pub fn width(dtype: Dtype) -> usize {
     dtype.bitsize() / 8
 }
 
+/// The bytes of a tensor of `dtype` and `shape`, or why there is no such number: a dtype whose
+/// elements are not whole bytes (F4, F6…, which swa cannot read), or a size that overflows.
+pub fn nbytes(dtype: Dtype, shape: &[usize]) -> Result<usize, String> {
+    if dtype.bitsize() == 0 || !dtype.bitsize().is_multiple_of(8) {
+        return Err(format!("dtype {dtype:?} is not supported (its elements are not whole bytes)"));
+    }
+    shape
+        .iter()
+        .try_fold(width(dtype), |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("shape {shape:?} of {dtype:?} is too large: its size overflows"))
+}
+
+/// True for the 8-bit floating-point types (FP8), which swa does not average: their scales live
+/// in separate tensors, so averaging the codes would not average the weights.
+pub fn is_fp8(dtype: Dtype) -> bool {
+    matches!(dtype, Dtype::F8_E4M3 | Dtype::F8_E5M2 | Dtype::F8_E8M0)
+}
+
 /// True for the floating-point types that are averaged and converted.
 pub fn is_float(dtype: Dtype) -> bool {
     matches!(dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64)

@@ -33,7 +33,8 @@ pub struct TensorEntry {
 }
 
 impl TensorEntry {
-    /// Number of elements.
+    /// Number of elements (checked against the bytes when the tensor was read, so it cannot
+    /// overflow).
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -94,11 +95,25 @@ impl Checkpoint {
             };
         }
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name.ends_with(".index.json") {
-            sharded::open(path)
-        } else {
-            Self::open_safetensors(path)
+        let ck = if name.ends_with(".index.json") { sharded::open(path)? } else { Self::open_safetensors(path)? };
+        ck.refuse_empty()
+    }
+
+    /// Parses safetensors `bytes` (read from `path`, which only names it in errors) as a
+    /// checkpoint: the same validation as [`Checkpoint::open`], without a file.
+    pub fn from_safetensors_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self> {
+        let mut ck = Checkpoint::empty(path);
+        ck.metadata = ck.add_source(path, Buffer::Owned(bytes))?;
+        ck.refuse_empty()
+    }
+
+    /// A checkpoint without tensors is of no use to any command (and averaging one would write
+    /// an empty model): refuse it where it is read.
+    fn refuse_empty(self) -> Result<Self> {
+        if self.tensors.is_empty() {
+            return Err(Error::format(&self.path, "holds no tensors"));
         }
+        Ok(self)
     }
 
     fn open_safetensors(path: &Path) -> Result<Self> {
@@ -123,24 +138,32 @@ impl Checkpoint {
 
     /// Maps one safetensors file, validates its header and adds its tensors; returns its metadata.
     pub fn add_safetensors(&mut self, path: &Path) -> Result<BTreeMap<String, String>> {
-        let map = map_file(path)?;
+        self.add_source(path, Buffer::Mapped(map_file(path)?))
+    }
+
+    fn add_source(&mut self, path: &Path, buffer: Buffer) -> Result<BTreeMap<String, String>> {
+        let bytes = buffer.bytes();
         let (header_len, meta) =
-            safetensors::SafeTensors::read_metadata(&map).map_err(|e| safetensors_error(path, e))?;
+            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| safetensors_error(path, bytes, e))?;
+        // `read_metadata` checked that the header and every tensor's data lie within `bytes`.
         let data_start = 8 + header_len;
         let source = self.sources.len();
         let infos = meta.tensors();
         for name in meta.offset_keys() {
             let info = infos[&name];
             let (s, e) = info.data_offsets;
-            self.push(TensorEntry {
-                name,
-                dtype: info.dtype,
-                shape: info.shape.clone(),
-                source,
-                range: data_start + s..data_start + e,
-            })?;
+            self.push_from(
+                path,
+                TensorEntry {
+                    name,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    source,
+                    range: data_start + s..data_start + e,
+                },
+            )?;
         }
-        self.sources.push(Source { path: path.to_path_buf(), buffer: Buffer::Mapped(map) });
+        self.sources.push(Source { path: path.to_path_buf(), buffer });
         Ok(meta.metadata().clone().unwrap_or_default().into_iter().collect())
     }
 
@@ -149,14 +172,17 @@ impl Checkpoint {
         let source = self.sources.len();
         let range = 0..bytes.len();
         self.sources.push(Source { path: self.path.clone(), buffer: Buffer::Owned(bytes) });
-        self.push(TensorEntry { name, dtype, shape, source, range })
+        let path = self.path.clone();
+        self.push_from(&path, TensorEntry { name, dtype, shape, source, range })
     }
 
-    fn push(&mut self, entry: TensorEntry) -> Result<()> {
-        let expected = entry.numel() * dtype::width(entry.dtype);
+    /// Adds a tensor read from `file` (named in errors), checking its bytes match its shape.
+    fn push_from(&mut self, file: &Path, entry: TensorEntry) -> Result<()> {
+        let expected =
+            dtype::nbytes(entry.dtype, &entry.shape).map_err(|message| Error::tensor(file, &entry.name, message))?;
         if expected != entry.range.len() {
             return Err(Error::tensor(
-                &self.path,
+                file,
                 &entry.name,
                 format!(
                     "holds {} bytes, shape {:?} of {:?} needs {expected}",
@@ -167,7 +193,7 @@ impl Checkpoint {
             ));
         }
         if self.index.insert(entry.name.clone(), self.tensors.len()).is_some() {
-            return Err(Error::tensor(&self.path, &entry.name, "appears twice"));
+            return Err(Error::tensor(file, &entry.name, "appears twice"));
         }
         self.tensors.push(entry);
         Ok(())
@@ -242,11 +268,15 @@ impl Checkpoint {
     }
 }
 
-fn safetensors_error(path: &Path, e: safetensors::SafeTensorError) -> Error {
+fn safetensors_error(path: &Path, bytes: &[u8], e: safetensors::SafeTensorError) -> Error {
     use safetensors::SafeTensorError as E;
     let message = match &e {
-        E::InvalidHeaderLength | E::HeaderTooSmall => {
-            "not a safetensors file or truncated: the header length is beyond the end of the file".to_string()
+        E::InvalidHeaderLength
+        | E::HeaderTooSmall
+        | E::HeaderTooLarge
+        | E::InvalidHeaderStart
+        | E::InvalidHeader(_) => {
+            format!("not a safetensors file or truncated ({e})")
         }
         E::MetadataIncompleteBuffer => {
             "truncated or corrupt: the tensors' data does not end where the file ends".to_string()
@@ -254,8 +284,43 @@ fn safetensors_error(path: &Path, e: safetensors::SafeTensorError) -> Error {
         E::InvalidOffset(name) => {
             return Error::tensor(path, name, "corrupt safetensors: data offsets overlap or lie outside the data")
         }
-        E::TensorInvalidInfo => "corrupt safetensors: a tensor's offsets do not match its shape and dtype".to_string(),
+        E::TensorInvalidInfo | E::MisalignedSlice | E::ValidationOverflow => {
+            if let Some((name, message)) = first_bad_tensor(bytes) {
+                return Error::tensor(path, name, message);
+            }
+            format!("corrupt safetensors: a tensor's offsets do not match its shape and dtype ({e})")
+        }
         _ => format!("corrupt safetensors header: {e}"),
     };
     Error::format(path, message)
+}
+
+/// The first tensor of a safetensors header whose data offsets disagree with its shape and dtype
+/// (or whose dtype swa cannot read), and what is wrong with it: `safetensors` says only that one
+/// does.
+fn first_bad_tensor(bytes: &[u8]) -> Option<(String, String)> {
+    let len = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(bytes.get(8..8usize.checked_add(len)?)?).ok()?;
+    #[derive(serde::Deserialize)]
+    struct Info {
+        dtype: Dtype,
+        shape: Vec<usize>,
+        data_offsets: (usize, usize),
+    }
+    header.into_iter().filter(|(k, _)| k != "__metadata__").find_map(|(name, v)| {
+        let info: Info = serde_json::from_value(v).ok()?;
+        let message = match dtype::nbytes(info.dtype, &info.shape) {
+            Err(m) => m,
+            Ok(n) if Some(n) != info.data_offsets.1.checked_sub(info.data_offsets.0) => format!(
+                "data offsets {:?} hold {} bytes, shape {:?} of {:?} needs {n}",
+                info.data_offsets,
+                info.data_offsets.1.saturating_sub(info.data_offsets.0),
+                info.shape,
+                info.dtype
+            ),
+            Ok(_) => return None,
+        };
+        Some((name, message))
+    })
 }

@@ -15,43 +15,125 @@ use crate::fs::StagedFile;
 /// `save_pretrained` writes).
 pub const DEFAULT_SHARD_SIZE: u64 = 5 << 30;
 
-/// Opens the sharded checkpoint whose index is `index_path`: every shard is mapped, and each
-/// tensor must be in the shard the index names.
-pub fn open(index_path: &Path) -> Result<Checkpoint> {
+/// A parsed `*.safetensors.index.json`: which shard holds each tensor, every shard's path checked
+/// to lie in the index's directory (as far as can be told without the file system).
+#[derive(Debug)]
+pub struct ShardIndex {
+    /// Tensor name → the shard's path (the index's directory joined with the name it gives).
+    pub weight_map: BTreeMap<String, PathBuf>,
+    /// The index's `metadata`, as strings.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl ShardIndex {
+    /// The shard files, sorted, each once.
+    pub fn shards(&self) -> Vec<&Path> {
+        let mut shards: Vec<&Path> = self.weight_map.values().map(PathBuf::as_path).collect();
+        shards.sort();
+        shards.dedup();
+        shards
+    }
+}
+
+/// Parses the index `json` read from `index_path`. A shard must be named by a relative path
+/// inside the index's directory (`x.safetensors`, `sub/x.safetensors`): an absolute path or
+/// one with `..` is refused before anything is opened.
+pub fn parse_index(index_path: &Path, json: &[u8]) -> Result<ShardIndex> {
     #[derive(Deserialize)]
     struct Index {
         #[serde(default)]
         metadata: Option<serde_json::Value>,
         weight_map: BTreeMap<String, String>,
     }
-    let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
-    let index: Index = serde_json::from_str(&text)
+    let index: Index = serde_json::from_slice(json)
         .map_err(|e| Error::format(index_path, format!("not a sharded-checkpoint index: {e}")))?;
-    let dir = index_path.parent().unwrap_or(Path::new("."));
-    let mut shards: Vec<&String> = index.weight_map.values().collect();
-    shards.sort();
-    shards.dedup();
+    if index.weight_map.is_empty() {
+        return Err(Error::format(index_path, "its weight_map lists no tensors"));
+    }
+    let dir = index_path.parent().unwrap_or(Path::new(""));
+    let mut weight_map = BTreeMap::new();
+    for (name, shard) in index.weight_map {
+        if let Some(why) = not_inside(Path::new(&shard)) {
+            return Err(Error::tensor(
+                index_path,
+                name,
+                format!(
+                    "its shard `{shard}` is outside the index's directory ({why}): a shard must be a file name or \
+                     relative path inside that directory, without `..`"
+                ),
+            ));
+        }
+        weight_map.insert(name, dir.join(shard));
+    }
+    let mut metadata = BTreeMap::new();
+    if let Some(serde_json::Value::Object(m)) = index.metadata {
+        for (k, v) in m {
+            metadata.insert(k, v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()));
+        }
+    }
+    Ok(ShardIndex { weight_map, metadata })
+}
+
+/// Why `shard` (as an index names it) may lead outside the index's directory, if it may.
+fn not_inside(shard: &Path) -> Option<&'static str> {
+    use std::path::Component;
+    if shard.as_os_str().is_empty() {
+        return Some("an empty name");
+    }
+    for c in shard.components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => return Some("it has a `..` component"),
+            Component::RootDir | Component::Prefix(_) => return Some("it is an absolute path"),
+        }
+    }
+    None
+}
+
+/// Opens the sharded checkpoint whose index is `index_path`: every shard is mapped, and each
+/// tensor must be in the shard the index names.
+pub fn open(index_path: &Path) -> Result<Checkpoint> {
+    let json = crate::fs::read_regular(index_path)?;
+    let index = parse_index(index_path, &json)?;
+    let dir = crate::fs::parent_dir(index_path);
+    let canonical_dir = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
     let mut ck = Checkpoint::empty(index_path);
-    for shard in shards {
-        let meta = ck.add_safetensors(&dir.join(shard))?;
+    for shard in index.shards() {
+        // A symbolic link inside the directory may still lead out of it.
+        let resolved = shard.canonicalize().map_err(|e| Error::io(shard, e))?;
+        if !resolved.starts_with(&canonical_dir) {
+            return Err(Error::format(
+                index_path,
+                format!(
+                    "its shard {} is outside the index's directory (it resolves to {})",
+                    shard.display(),
+                    resolved.display()
+                ),
+            ));
+        }
+        let meta = ck.add_safetensors(shard)?;
         if ck.metadata().is_empty() {
             *ck.metadata_mut() = meta;
         }
     }
     for (name, shard) in &index.weight_map {
         let Some(actual) = ck.file_of_name(name) else {
-            return Err(Error::tensor(index_path, name, format!("listed in the index but missing from {shard}")));
+            return Err(Error::tensor(
+                index_path,
+                name,
+                format!("listed in the index but missing from {}", shard.display()),
+            ));
         };
-        if actual.file_name().and_then(|n| n.to_str()) != Some(shard.as_str()) {
-            return Err(Error::tensor(index_path, name, format!("index says {shard}, found in {}", actual.display())));
+        if actual != shard {
+            return Err(Error::tensor(
+                index_path,
+                name,
+                format!("index says {}, found in {}", shard.display(), actual.display()),
+            ));
         }
     }
-    if let Some(serde_json::Value::Object(m)) = index.metadata {
-        for (k, v) in m {
-            ck.metadata_mut()
-                .entry(k)
-                .or_insert_with(|| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()));
-        }
+    for (k, v) in index.metadata {
+        ck.metadata_mut().entry(k).or_insert(v);
     }
     Ok(ck)
 }

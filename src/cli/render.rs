@@ -81,6 +81,15 @@ pub fn average(s: &AverageSummary) -> String {
         s.buffers.copied_from.display(),
         s.buffers.averaged
     );
+    if let Some(first) = s.buffers.copied_fp8.first() {
+        let _ = writeln!(
+            o,
+            "warning: {} FP8 tensor(s) (first: {first}) were copied from {}, not averaged: FP8 values are scaled \
+             by separate tensors, so averaging the stored values would not average the weights",
+            s.buffers.copied_fp8.len(),
+            s.buffers.copied_from.display()
+        );
+    }
     let rate = (s.bytes_read as f64 / s.seconds.max(1e-9)) as u64;
     let _ = writeln!(
         o,

@@ -54,6 +54,15 @@ enum Bytes {
     Owned(Vec<u8>),
 }
 
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
 /// An array: its bytes (mapped, or decompressed from an npz), type and shape.
 #[derive(Clone)]
 pub struct Array {
@@ -66,7 +75,8 @@ pub struct Array {
     /// Shape, samples first.
     pub shape: Vec<usize>,
     bytes: Arc<Bytes>,
-    offset: usize,
+    /// Where its data lies in `bytes` (checked to hold the shape when it was read).
+    data: std::ops::Range<usize>,
 }
 
 impl std::fmt::Debug for Array {
@@ -81,11 +91,7 @@ impl std::fmt::Debug for Array {
 
 impl Array {
     fn data(&self) -> &[u8] {
-        let all = match &*self.bytes {
-            Bytes::Mapped(m) => &m[..],
-            Bytes::Owned(v) => &v[..],
-        };
-        &all[self.offset..]
+        &self.bytes.as_slice()[self.data.clone()]
     }
 
     /// Number of samples (the first dimension).
@@ -100,7 +106,7 @@ impl Array {
 
     /// Elements per sample.
     pub fn sample_numel(&self) -> usize {
-        self.shape[1..].iter().product()
+        self.shape.get(1..).unwrap_or_default().iter().product()
     }
 
     /// What error messages call it.
@@ -129,7 +135,7 @@ impl Array {
 
     /// All values as i64 (for labels).
     pub fn i64_values(&self) -> Result<Vec<i64>> {
-        let bytes = &self.data()[..self.shape.iter().product::<usize>() * self.dtype.size()];
+        let bytes = self.data();
         Ok(match self.dtype {
             NpyType::I64 => bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
             NpyType::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
@@ -144,8 +150,9 @@ impl Array {
     }
 }
 
-/// Parses an `.npy` header: (type, shape, data offset).
-fn parse_header(path: &Path, name: &str, bytes: &[u8]) -> Result<(NpyType, Vec<usize>, usize)> {
+/// Parses an `.npy` header: (type, shape, where the data lies in `bytes`). The shape's size is
+/// checked against the bytes there are.
+fn parse_header(path: &Path, name: &str, bytes: &[u8]) -> Result<(NpyType, Vec<usize>, std::ops::Range<usize>)> {
     let what = if name.is_empty() { String::new() } else { format!(" (array `{name}`)") };
     let bad = |m: &str| Error::format(path, format!("{m}{what}"));
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
@@ -186,54 +193,79 @@ fn parse_header(path: &Path, name: &str, bytes: &[u8]) -> Result<(NpyType, Vec<u
         .map(|s| s.parse::<usize>().map_err(|_| bad("bad shape")))
         .collect::<Result<Vec<_>>>()?;
     let data = start + len;
-    let need = shape.iter().product::<usize>() * dtype.size();
-    if bytes.len() < data + need {
-        return Err(bad(&format!(
-            "truncated: shape {shape:?} needs {need} bytes of data, the file has {}",
-            bytes.len().saturating_sub(data)
-        )));
+    // Over the non-zero dimensions, so that no partial product (a sample's size) overflows either.
+    shape
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(dtype.size(), |n, &d| n.checked_mul(d))
+        .ok_or_else(|| bad(&format!("shape {shape:?} is too large: its size in bytes overflows")))?;
+    let need = dtype.size() * shape.iter().product::<usize>();
+    let have = bytes.len().saturating_sub(data);
+    if have < need {
+        return Err(bad(&format!("truncated: shape {shape:?} needs {need} bytes of data, the file has {have}")));
     }
-    Ok((dtype, shape, data))
+    Ok((dtype, shape, data..data + need))
 }
 
 /// Opens a `.npy` file.
 pub fn open_npy(path: &Path) -> Result<Array> {
     let map = crate::fs::map_file(path)?;
-    let (dtype, shape, offset) = parse_header(path, "", &map)?;
-    Ok(Array {
-        path: path.to_path_buf(),
-        name: String::new(),
-        dtype,
-        shape,
-        bytes: Arc::new(Bytes::Mapped(map)),
-        offset,
-    })
+    npy_array(path, Bytes::Mapped(map))
+}
+
+/// Parses `.npy` bytes (read from `path`, which only names it in errors): the same checks as
+/// [`open_npy`], without a file.
+pub fn parse_npy(path: &Path, bytes: Vec<u8>) -> Result<Array> {
+    npy_array(path, Bytes::Owned(bytes))
+}
+
+fn npy_array(path: &Path, bytes: Bytes) -> Result<Array> {
+    let (dtype, shape, data) = parse_header(path, "", bytes.as_slice())?;
+    Ok(Array { path: path.to_path_buf(), name: String::new(), dtype, shape, bytes: Arc::new(bytes), data })
 }
 
 /// Opens every array of an `.npz` file, by name. Stored members are memory-mapped; compressed
 /// ones are decompressed into memory.
 pub fn open_npz(path: &Path) -> Result<Vec<Array>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut zip =
-        zip::ZipArchive::new(file).map_err(|e| Error::format(path, format!("not a valid .npz (zip) file: {e}")))?;
-    let map = Arc::new(Bytes::Mapped(crate::fs::map_file(path)?));
+    npz_arrays(path, Arc::new(Bytes::Mapped(crate::fs::map_file(path)?)))
+}
+
+/// Parses `.npz` bytes (read from `path`, which only names it in errors): the same checks as
+/// [`open_npz`], without a file.
+pub fn parse_npz(path: &Path, bytes: Vec<u8>) -> Result<Vec<Array>> {
+    npz_arrays(path, Arc::new(Bytes::Owned(bytes)))
+}
+
+fn npz_arrays(path: &Path, file: Arc<Bytes>) -> Result<Vec<Array>> {
+    let corrupt = |e: zip::result::ZipError| Error::format(path, format!("corrupt .npz: {e}"));
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(file.as_slice()))
+        .map_err(|e| Error::format(path, format!("not a valid .npz (zip) file: {e}")))?;
     let mut arrays = Vec::new();
     for i in 0..zip.len() {
-        let mut member = zip.by_index(i).map_err(|e| Error::format(path, format!("corrupt .npz: {e}")))?;
+        let mut member = zip.by_index(i).map_err(corrupt)?;
         let name = member.name().trim_end_matches(".npy").to_string();
-        let (bytes, base) = if member.compression() == zip::CompressionMethod::Stored {
-            (map.clone(), member.data_start() as usize)
+        let what = |m: String| Error::format(path, format!("{m} (array `{name}`)"));
+        let (bytes, member_range) = if member.compression() == zip::CompressionMethod::Stored {
+            // Bounded by the member's own size: a header claiming more rows than the member holds
+            // must not read on into the next member.
+            let start = usize::try_from(member.data_start()).ok();
+            let size = usize::try_from(member.compressed_size()).ok();
+            let range = start.zip(size).and_then(|(s, n)| Some(s..s.checked_add(n)?));
+            let range = range
+                .filter(|r| r.end <= file.as_slice().len())
+                .ok_or_else(|| what("truncated: the member's data lies beyond the end of the file".into()))?;
+            (file.clone(), range)
         } else {
             let mut buf = Vec::new();
-            std::io::Read::read_to_end(&mut member, &mut buf).map_err(|e| Error::io(path, e))?;
-            (Arc::new(Bytes::Owned(buf)), 0)
+            std::io::Read::read_to_end(&mut member, &mut buf)
+                .map_err(|e| what(format!("cannot decompress the member: {e}")))?;
+            let len = buf.len();
+            (Arc::new(Bytes::Owned(buf)), 0..len)
         };
-        let all = match &*bytes {
-            Bytes::Mapped(m) => &m[base..],
-            Bytes::Owned(v) => &v[..],
-        };
-        let (dtype, shape, offset) = parse_header(path, &name, all)?;
-        arrays.push(Array { path: path.to_path_buf(), name, dtype, shape, bytes, offset: base + offset });
+        let base = member_range.start;
+        let (dtype, shape, data) = parse_header(path, &name, &bytes.as_slice()[member_range])?;
+        let data = base + data.start..base + data.end;
+        arrays.push(Array { path: path.to_path_buf(), name, dtype, shape, bytes, data });
     }
     Ok(arrays)
 }

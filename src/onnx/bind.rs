@@ -97,6 +97,7 @@ fn unshare(model: &mut Model) -> usize {
         let pos = g.node.iter().position(|n| {
             n.op_type() == "Identity"
                 && n.input.len() == 1
+                && n.output.len() == 1
                 && inits.contains_key(&n.input[0])
                 && !outputs.contains(&n.output[0])
                 && !inits.contains_key(&n.output[0])

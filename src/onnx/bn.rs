@@ -113,7 +113,18 @@ pub fn find(model: &Model) -> Result<Vec<BnLayer>> {
         let scale = g.initializer.iter().find(|t| t.name() == n.input[1]).ok_or_else(|| {
             Error::node(&name, "BatchNormalization", format!("its scale `{}` is not an initializer", n.input[1]))
         })?;
-        let channels = scale.dims.first().copied().unwrap_or(0) as usize;
+        // From the scale's checked shape, whose size its bytes bound (a dimension read from the
+        // file is otherwise any i64).
+        let channels = match tensor_data(scale)?.1[..] {
+            [c] => c,
+            ref shape => {
+                return Err(Error::node(
+                    &name,
+                    "BatchNormalization",
+                    format!("its scale `{}` has shape {shape:?}, not one dimension (channels)", n.input[1]),
+                ))
+            }
+        };
         let prefix = n.input[1].strip_suffix(".weight").map(str::to_owned).unwrap_or_else(|| name.clone());
         layers.push(BnLayer {
             node: i,

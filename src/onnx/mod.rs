@@ -154,8 +154,7 @@ pub fn tensor_data(t: &TensorProto) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
     let name = t.name();
     let dtype = dtype_of(t.data_type())
         .ok_or_else(|| Error::node(name, "initializer", format!("unsupported element type {}", t.data_type())))?;
-    let shape: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
-    let numel: usize = shape.iter().product();
+    let (shape, nbytes) = shape_bytes(t, dtype)?;
     let bytes: Vec<u8> = if let Some(raw) = &t.raw_data {
         raw.clone()
     } else {
@@ -173,14 +172,27 @@ pub fn tensor_data(t: &TensorProto) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
             }
         }
     };
-    if bytes.len() != numel * dtype::width(dtype) {
+    if bytes.len() != nbytes {
         return Err(Error::node(
             name,
             "initializer",
-            format!("holds {} bytes, shape {shape:?} needs {}", bytes.len(), numel * dtype::width(dtype)),
+            format!("holds {} bytes, shape {shape:?} needs {nbytes}", bytes.len()),
         ));
     }
     Ok((dtype, shape, bytes))
+}
+
+/// An initializer's shape and its size in bytes: negative dimensions and sizes that overflow
+/// are errors naming it.
+fn shape_bytes(t: &TensorProto, dtype: Dtype) -> Result<(Vec<usize>, usize)> {
+    let bad = |m: String| Error::node(t.name(), "initializer", m);
+    let shape = t
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| bad(format!("has a negative dimension in {:?}", t.dims))))
+        .collect::<Result<Vec<usize>>>()?;
+    let nbytes = dtype::nbytes(dtype, &shape).map_err(bad)?;
+    Ok((shape, nbytes))
 }
 
 fn external_info(t: &TensorProto) -> HashMap<&str, &str> {
@@ -203,16 +215,65 @@ fn files_read(path: &Path, proto: &ModelProto) -> Vec<PathBuf> {
     files
 }
 
+/// The external-data field `key` (`offset`, `length`) if present: a non-negative integer.
+fn external_number(info: &HashMap<&str, &str>, key: &str) -> std::result::Result<Option<usize>, String> {
+    let Some(text) = info.get(key) else { return Ok(None) };
+    text.trim()
+        .parse::<usize>()
+        .map(Some)
+        .map_err(|_| format!("external data {key} `{text}` is not a non-negative integer"))
+}
+
+/// Why an external-data `location` may lead outside the model's directory, if it may (as the
+/// ONNX checker, the location must be relative and stay below the directory).
+fn escapes(location: &Path) -> Option<&'static str> {
+    use std::path::Component;
+    if location.as_os_str().is_empty() {
+        return Some("an empty location");
+    }
+    let mut depth = 0usize;
+    for c in location.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return Some("its `..` leads above the directory"),
+            },
+            Component::RootDir | Component::Prefix(_) => return Some("an absolute path"),
+        }
+    }
+    (depth == 0).then_some("it names the directory itself")
+}
+
+/// Checks what the rest of the code takes for granted of every node: it has an output (every
+/// ONNX operator has at least one).
+fn check_nodes(graph: &GraphProto) -> Result<()> {
+    for (i, n) in graph.node.iter().enumerate() {
+        if n.output.iter().all(|o| o.is_empty()) {
+            let label = if n.name().is_empty() { format!("#{i}") } else { n.name().to_string() };
+            return Err(Error::node(label, n.op_type(), "has no outputs"));
+        }
+    }
+    Ok(())
+}
+
 impl Model {
     /// Reads and decodes an ONNX file, loading external-data initializers into memory.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let proto = ModelProto::decode(bytes.as_slice())
+        Self::from_bytes(path, &crate::fs::read_regular(path)?)
+    }
+
+    /// Decodes the ONNX model `bytes` read from `path` (external data is looked for beside it)
+    /// and checks the graph's structure.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let proto = ModelProto::decode(bytes)
             .map_err(|e| Error::format(path, format!("not a valid ONNX model (protobuf decoding failed: {e})")))?;
-        if proto.graph.is_none() {
+        let Some(graph) = &proto.graph else {
             return Err(Error::format(path, "not a valid ONNX model: it has no graph"));
-        }
+        };
+        check_nodes(graph)?;
         let files = files_read(path, &proto);
         let mut model = Model { path: path.to_path_buf(), proto, files };
         model.resolve_external()?;
@@ -220,30 +281,58 @@ impl Model {
     }
 
     fn resolve_external(&mut self) -> Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let dir = crate::fs::parent_dir(&self.path).to_path_buf();
+        let mut canonical_dir = None;
         let mut maps: HashMap<PathBuf, memmap2::Mmap> = HashMap::new();
         for t in &mut self.proto.graph.as_mut().expect("checked").initializer {
             if t.data_location() != DataLocation::External {
                 continue;
             }
             let info = external_info(t);
+            let bad = |m: String| Error::tensor(&self.path, t.name(), m);
             let Some(location) = info.get("location") else {
-                return Err(Error::node(t.name(), "initializer", "external data without a location"));
+                return Err(bad("external data without a location".into()));
             };
-            let file = dir.join(location);
-            let offset: usize = info.get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
-            let numel: usize = t.dims.iter().map(|&d| d.max(0) as usize).product();
-            let size = dtype_of(t.data_type()).map(dtype::width).unwrap_or(1);
-            let length: usize = info.get("length").and_then(|v| v.parse().ok()).unwrap_or(numel * size);
-            if !maps.contains_key(&file) {
-                maps.insert(file.clone(), map_file(&file)?);
+            if let Some(why) = escapes(Path::new(location)) {
+                return Err(bad(format!(
+                    "its external data `{location}` is outside the model's directory ({why}): the location must be \
+                     a relative path inside that directory"
+                )));
             }
-            let map = &maps[&file];
-            let data = map.get(offset..offset + length).ok_or_else(|| {
+            let offset = external_number(&info, "offset").map_err(bad)?.unwrap_or(0);
+            let length = match external_number(&info, "length").map_err(bad)? {
+                Some(n) => n,
+                None => {
+                    let dtype = dtype_of(t.data_type()).ok_or_else(|| {
+                        bad(format!("external data of unsupported element type {} without a length", t.data_type()))
+                    })?;
+                    shape_bytes(t, dtype)?.1
+                }
+            };
+            let end = offset
+                .checked_add(length)
+                .ok_or_else(|| bad(format!("external data offset {offset} + length {length} overflows")))?;
+            let file = dir.join(location);
+            // What the location resolves to, symbolic links followed, must still lie in the directory.
+            let resolved = file.canonicalize().map_err(|e| Error::io(&file, e))?;
+            if canonical_dir.is_none() {
+                canonical_dir = Some(dir.canonicalize().map_err(|e| Error::io(&dir, e))?);
+            }
+            if !resolved.starts_with(canonical_dir.as_ref().expect("just set")) {
+                return Err(bad(format!(
+                    "its external data `{location}` is outside the model's directory (it resolves to {})",
+                    resolved.display()
+                )));
+            }
+            if !maps.contains_key(&resolved) {
+                maps.insert(resolved.clone(), map_file(&file)?);
+            }
+            let map = &maps[&resolved];
+            let data = map.get(offset..end).ok_or_else(|| {
                 Error::tensor(
                     &file,
                     t.name(),
-                    format!("external data {offset}..{} lies beyond the end of the file", offset + length),
+                    format!("external data {offset}..{end} lies beyond the end of the file ({} bytes)", map.len()),
                 )
             })?;
             t.raw_data = Some(data.to_vec());

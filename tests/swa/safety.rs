@@ -1240,3 +1240,77 @@ fn messages_a_checkpoint_with_no_tensors_is_refused() {
     swa().arg("average").arg(&empty).arg("-o").arg(&out).assert().code(2).stderr(contains("empty.safetensors"));
     assert_eq!(listing(dir.path()), ["empty.safetensors"]);
 }
+
+#[test]
+fn messages_unsupported_dtypes_and_bad_sizes_name_the_tensor() {
+    let dir = tmp();
+    let (header, data) = header_of(&ck(1));
+    let first = header.keys().find(|k| *k != "__metadata__").unwrap().clone();
+    for (dtype, shape, needle) in [
+        ("F4", serde_json::json!([2]), "F4 is not supported"),
+        ("F32", serde_json::json!([1_000_000]), "needs"),
+        ("F32", serde_json::json!([u64::MAX / 2, 4]), "overflows"),
+    ] {
+        let mut h = header.clone();
+        let offsets = h[&first]["data_offsets"].clone();
+        h.insert(first.clone(), serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": offsets}));
+        let bad = dir.path().join("bad.safetensors");
+        write_with_header(&bad, &h, &data);
+        let o = swa().arg("inspect").arg(&bad).output().unwrap();
+        let text = combined(&o);
+        assert_eq!(o.status.code(), Some(2), "{text}");
+        assert!(text.contains(&first) && text.contains("bad.safetensors") && text.contains(needle), "{text}");
+        assert!(!text.contains("needs 0"), "{text}");
+    }
+}
+
+#[test]
+fn messages_fp8_tensors_are_reported_as_copied_not_averaged() {
+    use swa::checkpoint::{write_tensors, Dtype, TensorSpec};
+    let dir = tmp();
+    let mut inputs = Vec::new();
+    for k in 0..2u8 {
+        let path = dir.path().join(format!("epoch_{k}.safetensors"));
+        let t = vec![
+            (TensorSpec { name: "w".into(), dtype: Dtype::F32, shape: vec![2] }, f32_bytes(&[k as f32, 1.0])),
+            (TensorSpec { name: "q".into(), dtype: Dtype::F8_E4M3, shape: vec![4] }, vec![k; 4]),
+        ];
+        write_tensors(&path, &t, &Default::default()).unwrap();
+        inputs.push(path);
+    }
+    let out = dir.path().join("out.safetensors");
+    let o = swa().arg("average").args(&inputs).arg("-o").arg(&out).arg("--json").output().unwrap();
+    assert!(o.status.success(), "{}", combined(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["buffers"]["copied_fp8"], serde_json::json!(["q"]), "{v}");
+    let o = swa().arg("average").args(&inputs).arg("-o").arg(dir.path().join("out2.safetensors")).output().unwrap();
+    let text = combined(&o);
+    assert!(text.contains("FP8") && text.contains("not averaged"), "{text}");
+}
+
+#[cfg(unix)]
+#[test]
+fn item_9_shards_in_a_subdirectory_open_and_symlinks_out_are_refused() {
+    let dir = tmp();
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(model.join("sub")).unwrap();
+    std::fs::copy(ck(1), model.join("sub/x.safetensors")).unwrap();
+    let names: Vec<String> =
+        swa::checkpoint::Checkpoint::open(ck(1)).unwrap().tensors().iter().map(|t| t.name.clone()).collect();
+    let index = model.join("model.safetensors.index.json");
+    let write_index = |shard: &str| {
+        let weight_map: serde_json::Map<String, serde_json::Value> =
+            names.iter().map(|n| (n.clone(), shard.into())).collect();
+        std::fs::write(&index, serde_json::to_vec(&serde_json::json!({"weight_map": weight_map})).unwrap()).unwrap();
+    };
+    write_index("sub/x.safetensors");
+    let opened = swa::checkpoint::Checkpoint::open(&index).unwrap();
+    assert_eq!(opened.tensors().len(), names.len());
+    // A link inside the directory that leads out of it.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::copy(ck(1), elsewhere.join("y.safetensors")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("y.safetensors"), model.join("link.safetensors")).unwrap();
+    write_index("link.safetensors");
+    swa().arg("inspect").arg(&index).assert().code(2).stderr(contains("outside"));
+}
