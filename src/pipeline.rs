@@ -149,10 +149,37 @@ fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// One row per checkpoint: its accuracy with stored statistics, and recalibrated if asked.
-fn evaluate_checkpoints(binder: &Binder, found: &[CheckpointFile], opts: &RunOptions) -> Result<Vec<CheckpointRow>> {
+/// The last `k` components of `path`.
+fn last_components(path: &Path, k: usize) -> String {
+    let parts: Vec<_> = path.components().collect();
+    parts[parts.len().saturating_sub(k)..].iter().collect::<PathBuf>().to_string_lossy().into_owned()
+}
+
+/// What the report calls each checkpoint: its file name, or, where two share one (the Hugging Face
+/// layout `checkpoint-N/model.safetensors`), as many trailing components of every path as tell
+/// them all apart. The report marks the averaged checkpoints by these names, so they must differ.
+fn labels(found: &[CheckpointFile]) -> Vec<String> {
+    let depth = found.iter().map(|f| f.path.components().count()).max().unwrap_or(1);
+    for k in 1..=depth {
+        let labels: Vec<String> = found.iter().map(|f| last_components(&f.path, k)).collect();
+        let distinct: std::collections::HashSet<&String> = labels.iter().collect();
+        if distinct.len() == labels.len() {
+            return labels;
+        }
+    }
+    found.iter().map(|f| f.path.to_string_lossy().into_owned()).collect()
+}
+
+/// One row per checkpoint (named by `names`): its accuracy with stored statistics, and
+/// recalibrated if asked.
+fn evaluate_checkpoints(
+    binder: &Binder,
+    found: &[CheckpointFile],
+    names: &[String],
+    opts: &RunOptions,
+) -> Result<Vec<CheckpointRow>> {
     let mut rows = Vec::new();
-    for f in found {
+    for (f, name) in found.iter().zip(names) {
         let bound = binder.bind(Some(inputs::open_checkpoint(&f.path)?), opts.allow_partial)?;
         let mut prepared = Prepared::new(bound)?;
         let stored = evaluate::evaluate(&prepared.bound.model, &opts.eval)?;
@@ -163,12 +190,7 @@ fn evaluate_checkpoints(binder: &Binder, found: &[CheckpointFile], opts: &RunOpt
         } else {
             None
         };
-        rows.push(CheckpointRow {
-            name: file_name(&f.path),
-            number: f.number,
-            stored: Score::from(&stored),
-            recalibrated,
-        });
+        rows.push(CheckpointRow { name: name.clone(), number: f.number, stored: Score::from(&stored), recalibrated });
     }
     Ok(rows)
 }
@@ -282,7 +304,10 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
         k: opts.eval.top_k.get(),
         device: opts.pass.engine.device.to_string(),
         gain_top1: swa_recalibrated.top1 - best.top1,
-        averaged: selected.iter().map(|f| file_name(&f.path)).collect(),
+        averaged: selected
+            .iter()
+            .filter_map(|s| found.iter().position(|f| f.path == s.path).map(|i| names[i].clone()))
+            .collect(),
         checkpoints: rows,
         swa_stored: Score::from(&swa.stored),
         swa_recalibrated,

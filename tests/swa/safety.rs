@@ -1314,3 +1314,32 @@ fn item_9_shards_in_a_subdirectory_open_and_symlinks_out_are_refused() {
     write_index("link.safetensors");
     swa().arg("inspect").arg(&index).assert().code(2).stderr(contains("outside"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// 21–26. Second review: report names, output spellings, signals and stderr, long names
+// ---------------------------------------------------------------------------------------------
+
+/// Hugging Face `Trainer` layout: `run/checkpoint-N/model.safetensors`. Every checkpoint has the
+/// same file name; the report must still tell them apart and mark only the averaged ones.
+#[test]
+fn item_21_checkpoints_sharing_a_file_name_are_told_apart_in_the_report() {
+    let dir = tmp();
+    let run = dir.path().join("run");
+    for i in 1..=4 {
+        std::fs::create_dir_all(run.join(format!("checkpoint-{i}"))).unwrap();
+        std::fs::copy(ck(i), run.join(format!("checkpoint-{i}/model.safetensors"))).unwrap();
+    }
+    let out = dir.path().join("out");
+    run_fixture("mlp", &run, &out, &["--quiet", "--last", "2"]).assert().success();
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let names: Vec<&str> =
+        report["checkpoints"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let averaged: Vec<&str> = report["averaged"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    let mut unique = names.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 4, "checkpoints not told apart: {names:?}");
+    assert_eq!(averaged, names[2..], "averaged {averaged:?} of {names:?}");
+    assert!(names[3].contains("checkpoint-4"), "{names:?}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert_eq!(md.matches("| ✓ |").count(), 2, "{md}");
+}
