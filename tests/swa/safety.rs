@@ -1343,3 +1343,30 @@ fn item_21_checkpoints_sharing_a_file_name_are_told_apart_in_the_report() {
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert_eq!(md.matches("| ✓ |").count(), 2, "{md}");
 }
+
+/// A checkpoint's name goes into the Markdown report (and the GitHub job summary): a `|` or a
+/// line break in it must not add cells or rows that forge results.
+#[test]
+fn item_25_checkpoint_names_cannot_forge_markdown_table_cells() {
+    let dir = tmp();
+    let cks = dir.path().join("ck");
+    std::fs::create_dir(&cks).unwrap();
+    std::fs::copy(ck(1), cks.join("epoch_1 | ✓ | 99.99% | 100.00%.safetensors")).unwrap();
+    std::fs::copy(ck(2), cks.join("epoch_2\n| forged | ✓ | 100.00% |.safetensors")).unwrap();
+    let out = dir.path().join("out");
+    run_fixture("mlp", &cks, &out, &["--quiet"]).assert().success();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let table: Vec<&str> = md
+        .split("## Checkpoints")
+        .nth(1)
+        .unwrap()
+        .split("\"++\"")
+        .next()
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .collect();
+    assert_eq!(table.len(), 4, "header, rule and two rows expected:\n{md}");
+    let cells = |l: &str| l.replace("\\|", "").matches('|').count();
+    assert!(table.iter().all(|l| cells(l) == cells(table[0])), "{table:#?}");
+}
