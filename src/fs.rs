@@ -90,6 +90,7 @@ pub fn discard_staged() {
 /// Fails unless `path` can be written as a regular file: it does not exist or is one (never a
 /// symbolic link, directory, FIFO or device, which are kept as they are), and its directory exists.
 pub fn check_output(path: &Path) -> Result<()> {
+    check_file_name(path)?;
     let dir = parent_dir(path);
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
@@ -122,6 +123,17 @@ pub fn check_output(path: &Path) -> Result<()> {
         "is not a regular file (a FIFO, socket or device)"
     };
     Err(Error::usage(format!("output {} {what}: refusing to replace it", path.display())))
+}
+
+/// Fails for `x/`, `x/.`, `..`: spellings of an output that can only name a directory (found out
+/// otherwise only when the finished output is renamed, or written beside `x` when sharded).
+pub fn check_file_name(path: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.ends_with(b"/") || bytes.ends_with(b"/.") || bytes == b"." || path.file_name().is_none() {
+        return Err(Error::usage(format!("output {} names a directory, not a file", path.display())));
+    }
+    Ok(())
 }
 
 fn canonical_target(path: &Path) -> Option<PathBuf> {

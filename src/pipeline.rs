@@ -273,7 +273,10 @@ fn publish(work: StagedDir, out: &Path, replace: bool) -> Result<()> {
 
 /// Runs the whole pipeline and returns the report.
 pub fn run(opts: &RunOptions) -> Result<Report> {
-    let replace = check_out(&opts.out, opts.force)?;
+    // `out/` and `out/.` make the kernel follow a symbolic link at `out`: check and publish `out`
+    // itself, so that a link there is refused before any work.
+    let out: PathBuf = opts.out.components().collect();
+    let replace = check_out(&out, opts.force)?;
     let mut clock = Stopwatch { lap: Instant::now(), timings: Vec::new() };
     let binder = Binder::load(&opts.model)?;
     bn::find(binder.model())?;
@@ -282,14 +285,15 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
     let read = files_read(&binder, &found, opts)?;
     let mut named: Vec<&Path> = read.iter().map(PathBuf::as_path).collect();
     named.extend(opts.checkpoints.iter().map(PathBuf::as_path));
-    refuse_holding_inputs(&opts.out, &named)?;
+    refuse_holding_inputs(&out, &named)?;
     let stamps = Stamps::of(&read)?;
 
-    let parent = crate::fs::parent_dir(&opts.out).to_path_buf();
+    let parent = crate::fs::parent_dir(&out).to_path_buf();
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let work = StagedDir::beside(&opts.out, "swa-run")?;
+    let work = StagedDir::beside(&out, "swa-run")?;
 
-    let rows = evaluate_checkpoints(&binder, &found, opts)?;
+    let names = labels(&found);
+    let rows = evaluate_checkpoints(&binder, &found, &names, opts)?;
     clock.lap("evaluate checkpoints");
     let swa = swa(&binder, &selected, work.path(), opts, &mut clock)?;
     let best = Report::best_of(&rows);
@@ -316,6 +320,6 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
     };
     write_outputs(work.path(), &swa, &report, &selected, opts)?;
     stamps.check()?;
-    publish(work, &opts.out, replace)?;
+    publish(work, &out, replace)?;
     Ok(report)
 }

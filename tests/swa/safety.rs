@@ -1344,6 +1344,38 @@ fn item_21_checkpoints_sharing_a_file_name_are_told_apart_in_the_report() {
     assert_eq!(md.matches("| ✓ |").count(), 2, "{md}");
 }
 
+/// `--out link/` (or `link/.`) makes the kernel follow `link`: it must be refused as a symbolic
+/// link before any work, not fail after the run with "another process created it".
+#[cfg(unix)]
+#[test]
+fn item_22_out_through_a_symlink_spelled_with_a_trailing_slash_is_refused_up_front() {
+    let dir = tmp();
+    let inputs = dir.path().join("in");
+    mlp_inputs(&inputs);
+    run_mlp(dir.path(), &inputs, Path::new("earlier"), &[]).assert().success();
+    std::os::unix::fs::symlink("earlier", dir.path().join("link")).unwrap();
+    std::fs::create_dir(dir.path().join("empty")).unwrap();
+    std::os::unix::fs::symlink("empty", dir.path().join("elink")).unwrap();
+    for out in ["link/", "link/.", "elink/"] {
+        let before = snapshot(dir.path());
+        let o = run_mlp(dir.path(), &inputs, Path::new(out), &["--force"]).output().unwrap();
+        assert_same(&before, &snapshot(dir.path()));
+        assert_eq!(o.status.code(), Some(2), "{out}: {}", combined(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("symbolic link") && !err.contains("another process"), "{out}: {err}");
+    }
+    // The same spellings of a real directory name that directory.
+    run_mlp(dir.path(), &inputs, Path::new("earlier/."), &["--force"]).assert().success();
+    run_mlp(dir.path(), &inputs, Path::new("earlier/"), &["--force"]).assert().success();
+    assert!(listing(&dir.path().join("earlier")).contains(&"report.json".to_string()));
+    assert!(debris(dir.path()).is_empty(), "{:?}", debris(dir.path()));
+    // A file output spelled as a directory is refused before any work.
+    let o = swa().arg("average").arg(ck(1)).arg(ck(2)).arg("-o").arg(dir.path().join("avg.safetensors/")).output();
+    let o = o.unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", combined(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("names a directory"), "{}", combined(&o));
+}
+
 /// A checkpoint's name goes into the Markdown report (and the GitHub job summary): a `|` or a
 /// line break in it must not add cells or rows that forge results.
 #[test]
