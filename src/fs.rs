@@ -44,6 +44,18 @@ fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
+/// The prefix of a temporary file beside `target`: `.NAME.`, with NAME cut to 200 bytes so that
+/// `.NAME.XXXXXX.partial` stays within the 255-byte limit on a file name.
+fn temp_prefix(target: &Path) -> String {
+    let mut name = file_name(target);
+    let mut end = name.len().min(200);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name.truncate(end);
+    format!(".{name}.")
+}
+
 // -------------------------------------------------------------------------------------------------
 // What is being staged
 // -------------------------------------------------------------------------------------------------
@@ -222,7 +234,7 @@ impl StagedFile {
     /// atomically), with the mode `target` has if it is a file, else the umask's default.
     pub fn beside(target: &Path) -> Result<Self> {
         let dir = parent_dir(target);
-        let prefix = format!(".{}.", file_name(target));
+        let prefix = temp_prefix(target);
         let mut list = staged();
         let temp = tempfile::Builder::new()
             .prefix(&prefix)
@@ -302,7 +314,7 @@ fn hard_link_beside(target: &Path) -> Option<TempPath> {
         return None;
     }
     tempfile::Builder::new()
-        .prefix(&format!(".{}.", file_name(target)))
+        .prefix(&temp_prefix(target))
         .suffix(".partial")
         .make_in(parent_dir(target), |p| std::fs::hard_link(target, p))
         .ok()

@@ -1402,3 +1402,14 @@ fn item_25_checkpoint_names_cannot_forge_markdown_table_cells() {
     let cells = |l: &str| l.replace("\\|", "").matches('|').count();
     assert!(table.iter().all(|l| cells(l) == cells(table[0])), "{table:#?}");
 }
+
+/// An output name near the file-name limit (255 bytes) can be written: the temporary file beside
+/// it must not need a longer name.
+#[test]
+fn item_26_an_output_name_near_the_length_limit_can_be_written() {
+    let dir = tmp();
+    let name = format!("{}.safetensors", "a".repeat(240));
+    let out = dir.path().join(&name);
+    swa().arg("average").arg(ck(1)).arg(ck(2)).arg("-o").arg(&out).assert().success();
+    assert_eq!(listing(dir.path()), [name]);
+}
