@@ -1376,6 +1376,39 @@ fn item_22_out_through_a_symlink_spelled_with_a_trailing_slash_is_refused_up_fro
     assert!(String::from_utf8_lossy(&o.stderr).contains("names a directory"), "{}", combined(&o));
 }
 
+/// `nohup swa run …` (SIGHUP ignored), or a background job of a script (SIGINT ignored): an
+/// ignored signal must stay ignored, not become "clean up and exit 129".
+#[cfg(unix)]
+#[test]
+fn item_23_a_signal_ignored_by_the_parent_stays_ignored() {
+    let dir = tmp();
+    let inner = run_into(dir.path());
+    let mut cmd = std::process::Command::new("sh");
+    cmd.current_dir(dir.path())
+        .arg("-c")
+        .arg("trap '' HUP INT; exec \"$@\"")
+        .arg("sh")
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let outs = dir.path().join("outs");
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5)
+        && child.try_wait().unwrap().is_none()
+        && !listing(&outs).iter().any(|n| n.starts_with(".swa-run."))
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for signal in ["HUP", "INT"] {
+        let _ = std::process::Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", combined(&o));
+    assert!(listing(&outs.join("report")).contains(&"report.json".to_string()));
+}
+
 /// A checkpoint's name goes into the Markdown report (and the GitHub job summary): a `|` or a
 /// line break in it must not add cells or rows that forge results.
 #[test]
