@@ -1,5 +1,14 @@
 //! The `swa` command: parse the command line, run it, print the result, exit with its code.
 
+/// `eprintln!` that ignores a failed write: a closed or broken stderr (`swa … 2>&1 | head -1`)
+/// must not turn a result or a verdict into a panic (exit 101).
+macro_rules! warn {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod cli;
 
 use std::io::Write;
@@ -45,14 +54,14 @@ fn main() -> ExitCode {
             let mut out = std::io::stdout().lock();
             match out.write_all(outcome.stdout.as_bytes()).and_then(|_| out.flush()) {
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    eprintln!("swa: writing output: {e}");
+                    warn!("swa: writing output: {e}");
                     ExitCode::from(2)
                 }
                 _ => ExitCode::from(outcome.code),
             }
         }
         Err(e) => {
-            eprintln!("swa: error: {}", cli::render::error(&e));
+            warn!("swa: error: {}", cli::render::error(&e));
             ExitCode::from(2)
         }
     }

@@ -1409,6 +1409,31 @@ fn item_23_a_signal_ignored_by_the_parent_stays_ignored() {
     assert!(listing(&outs.join("report")).contains(&"report.json".to_string()));
 }
 
+/// `swa evaluate … 2>&1 | head -1`: once stderr is a broken pipe, warnings and the gate message
+/// cannot be written; the exit code must still be the verdict (1), not a panic (101).
+#[cfg(unix)]
+#[test]
+fn item_24_a_broken_stderr_does_not_turn_a_verdict_into_a_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut c = swa_std();
+    c.args(["evaluate", "--model"])
+        .arg(fixture("mlp/model.onnx"))
+        .arg("--inputs")
+        .arg(fixture("mlp/eval.npy"))
+        .arg("--labels")
+        .arg(fixture("mlp/eval_labels.npy"))
+        .args(["--min-accuracy", "1"])
+        .stdout(Stdio::null())
+        .stderr(writer);
+    assert_eq!(c.status().unwrap().code(), Some(1));
+    let mut c = swa_std();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    c.args(["inspect", "no-such-file.safetensors"]).stdout(Stdio::null()).stderr(writer);
+    assert_eq!(c.status().unwrap().code(), Some(2));
+}
+
 /// A checkpoint's name goes into the Markdown report (and the GitHub job summary): a `|` or a
 /// line break in it must not add cells or rows that forge results.
 #[test]
