@@ -50,10 +50,14 @@ pub fn execute(cli: &Cli) -> Result<Outcome> {
     }
 }
 
-/// Appends `markdown` to the GitHub Actions job summary, when there is one.
+/// Appends `markdown` to the GitHub Actions job summary, when there is one: a regular file (or a
+/// new one). Anything else is skipped: opening a FIFO without a reader would block forever.
 fn step_summary(markdown: &str) {
     if let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") {
         use std::io::Write as _;
+        if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
+            return;
+        }
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
             let _ = writeln!(f, "{markdown}");
         }

@@ -1471,3 +1471,23 @@ fn item_26_an_output_name_near_the_length_limit_can_be_written() {
     swa().arg("average").arg(ck(1)).arg(ck(2)).arg("-o").arg(&out).assert().success();
     assert_eq!(listing(dir.path()), [name]);
 }
+
+/// `GITHUB_STEP_SUMMARY` naming a FIFO nobody reads (or a directory): the summary is skipped;
+/// the command must not hang before giving its verdict.
+#[cfg(unix)]
+#[test]
+fn item_27_a_job_summary_that_is_not_a_regular_file_does_not_hang() {
+    let dir = tmp();
+    let fifo = dir.path().join("summary");
+    if !mkfifo(&fifo) {
+        eprintln!("note: mkfifo failed; skipping");
+        return;
+    }
+    for summary in [fifo.as_path(), dir.path()] {
+        let mut c = evaluate_mlp(&fixture("mlp/eval.npy"), &fixture("mlp/eval_labels.npy"), &["--min-accuracy", "0"]);
+        c.env("GITHUB_STEP_SUMMARY", summary).timeout(Duration::from_secs(20));
+        let o = c.output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}: {}", summary.display(), combined(&o));
+    }
+    assert!(is_fifo(&fifo));
+}
