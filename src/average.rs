@@ -545,6 +545,7 @@ impl Kernel<'_> {
 /// Averages checkpoints as `opts` says and writes the result atomically.
 pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     let started = Instant::now();
+    crate::fs::check_file_name(&opts.output)?;
     let inputs = Inputs::open(opts)?;
     let plan = plan_tensors(inputs.newest(), opts);
     let OutputPlan { shards, index } = sharded::plan(&opts.output, &plan.specs, opts.shard_size.map(NonZeroU64::get));

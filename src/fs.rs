@@ -44,6 +44,18 @@ fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
+/// The prefix of a temporary file beside `target`: `.NAME.`, with NAME cut to 200 bytes so that
+/// `.NAME.XXXXXX.partial` stays within the 255-byte limit on a file name.
+fn temp_prefix(target: &Path) -> String {
+    let mut name = file_name(target);
+    let mut end = name.len().min(200);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name.truncate(end);
+    format!(".{name}.")
+}
+
 // -------------------------------------------------------------------------------------------------
 // What is being staged
 // -------------------------------------------------------------------------------------------------
@@ -90,6 +102,7 @@ pub fn discard_staged() {
 /// Fails unless `path` can be written as a regular file: it does not exist or is one (never a
 /// symbolic link, directory, FIFO or device, which are kept as they are), and its directory exists.
 pub fn check_output(path: &Path) -> Result<()> {
+    check_file_name(path)?;
     let dir = parent_dir(path);
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
@@ -122,6 +135,17 @@ pub fn check_output(path: &Path) -> Result<()> {
         "is not a regular file (a FIFO, socket or device)"
     };
     Err(Error::usage(format!("output {} {what}: refusing to replace it", path.display())))
+}
+
+/// Fails for `x/`, `x/.`, `..`: spellings of an output that can only name a directory (found out
+/// otherwise only when the finished output is renamed, or written beside `x` when sharded).
+pub fn check_file_name(path: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.ends_with(b"/") || bytes.ends_with(b"/.") || bytes == b"." || path.file_name().is_none() {
+        return Err(Error::usage(format!("output {} names a directory, not a file", path.display())));
+    }
+    Ok(())
 }
 
 fn canonical_target(path: &Path) -> Option<PathBuf> {
@@ -210,7 +234,7 @@ impl StagedFile {
     /// atomically), with the mode `target` has if it is a file, else the umask's default.
     pub fn beside(target: &Path) -> Result<Self> {
         let dir = parent_dir(target);
-        let prefix = format!(".{}.", file_name(target));
+        let prefix = temp_prefix(target);
         let mut list = staged();
         let temp = tempfile::Builder::new()
             .prefix(&prefix)
@@ -290,7 +314,7 @@ fn hard_link_beside(target: &Path) -> Option<TempPath> {
         return None;
     }
     tempfile::Builder::new()
-        .prefix(&format!(".{}.", file_name(target)))
+        .prefix(&temp_prefix(target))
         .suffix(".partial")
         .make_in(parent_dir(target), |p| std::fs::hard_link(target, p))
         .ok()

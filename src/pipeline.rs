@@ -149,10 +149,37 @@ fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// One row per checkpoint: its accuracy with stored statistics, and recalibrated if asked.
-fn evaluate_checkpoints(binder: &Binder, found: &[CheckpointFile], opts: &RunOptions) -> Result<Vec<CheckpointRow>> {
+/// The last `k` components of `path`.
+fn last_components(path: &Path, k: usize) -> String {
+    let parts: Vec<_> = path.components().collect();
+    parts[parts.len().saturating_sub(k)..].iter().collect::<PathBuf>().to_string_lossy().into_owned()
+}
+
+/// What the report calls each checkpoint: its file name, or, where two share one (the Hugging Face
+/// layout `checkpoint-N/model.safetensors`), as many trailing components of every path as tell
+/// them all apart. The report marks the averaged checkpoints by these names, so they must differ.
+fn labels(found: &[CheckpointFile]) -> Vec<String> {
+    let depth = found.iter().map(|f| f.path.components().count()).max().unwrap_or(1);
+    for k in 1..=depth {
+        let labels: Vec<String> = found.iter().map(|f| last_components(&f.path, k)).collect();
+        let distinct: std::collections::HashSet<&String> = labels.iter().collect();
+        if distinct.len() == labels.len() {
+            return labels;
+        }
+    }
+    found.iter().map(|f| f.path.to_string_lossy().into_owned()).collect()
+}
+
+/// One row per checkpoint (named by `names`): its accuracy with stored statistics, and
+/// recalibrated if asked.
+fn evaluate_checkpoints(
+    binder: &Binder,
+    found: &[CheckpointFile],
+    names: &[String],
+    opts: &RunOptions,
+) -> Result<Vec<CheckpointRow>> {
     let mut rows = Vec::new();
-    for f in found {
+    for (f, name) in found.iter().zip(names) {
         let bound = binder.bind(Some(inputs::open_checkpoint(&f.path)?), opts.allow_partial)?;
         let mut prepared = Prepared::new(bound)?;
         let stored = evaluate::evaluate(&prepared.bound.model, &opts.eval)?;
@@ -163,12 +190,7 @@ fn evaluate_checkpoints(binder: &Binder, found: &[CheckpointFile], opts: &RunOpt
         } else {
             None
         };
-        rows.push(CheckpointRow {
-            name: file_name(&f.path),
-            number: f.number,
-            stored: Score::from(&stored),
-            recalibrated,
-        });
+        rows.push(CheckpointRow { name: name.clone(), number: f.number, stored: Score::from(&stored), recalibrated });
     }
     Ok(rows)
 }
@@ -251,7 +273,10 @@ fn publish(work: StagedDir, out: &Path, replace: bool) -> Result<()> {
 
 /// Runs the whole pipeline and returns the report.
 pub fn run(opts: &RunOptions) -> Result<Report> {
-    let replace = check_out(&opts.out, opts.force)?;
+    // `out/` and `out/.` make the kernel follow a symbolic link at `out`: check and publish `out`
+    // itself, so that a link there is refused before any work.
+    let out: PathBuf = opts.out.components().collect();
+    let replace = check_out(&out, opts.force)?;
     let mut clock = Stopwatch { lap: Instant::now(), timings: Vec::new() };
     let binder = Binder::load(&opts.model)?;
     bn::find(binder.model())?;
@@ -260,14 +285,15 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
     let read = files_read(&binder, &found, opts)?;
     let mut named: Vec<&Path> = read.iter().map(PathBuf::as_path).collect();
     named.extend(opts.checkpoints.iter().map(PathBuf::as_path));
-    refuse_holding_inputs(&opts.out, &named)?;
+    refuse_holding_inputs(&out, &named)?;
     let stamps = Stamps::of(&read)?;
 
-    let parent = crate::fs::parent_dir(&opts.out).to_path_buf();
+    let parent = crate::fs::parent_dir(&out).to_path_buf();
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let work = StagedDir::beside(&opts.out, "swa-run")?;
+    let work = StagedDir::beside(&out, "swa-run")?;
 
-    let rows = evaluate_checkpoints(&binder, &found, opts)?;
+    let names = labels(&found);
+    let rows = evaluate_checkpoints(&binder, &found, &names, opts)?;
     clock.lap("evaluate checkpoints");
     let swa = swa(&binder, &selected, work.path(), opts, &mut clock)?;
     let best = Report::best_of(&rows);
@@ -282,7 +308,10 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
         k: opts.eval.top_k.get(),
         device: opts.pass.engine.device.to_string(),
         gain_top1: swa_recalibrated.top1 - best.top1,
-        averaged: selected.iter().map(|f| file_name(&f.path)).collect(),
+        averaged: selected
+            .iter()
+            .filter_map(|s| found.iter().position(|f| f.path == s.path).map(|i| names[i].clone()))
+            .collect(),
         checkpoints: rows,
         swa_stored: Score::from(&swa.stored),
         swa_recalibrated,
@@ -291,6 +320,6 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
     };
     write_outputs(work.path(), &swa, &report, &selected, opts)?;
     stamps.check()?;
-    publish(work, &opts.out, replace)?;
+    publish(work, &out, replace)?;
     Ok(report)
 }

@@ -505,7 +505,10 @@ pub fn run_batches(
     });
     if sessions.profiling {
         for session in sessions.sessions.iter_mut() {
-            eprintln!("ONNX Runtime profile: {}", session.end_profiling()?);
+            let profile = session.end_profiling()?;
+            // A broken stderr is no reason to fail (or panic).
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "ONNX Runtime profile: {profile}");
         }
     }
     result

@@ -32,7 +32,7 @@ pub fn execute(cli: &Cli) -> Result<Outcome> {
         Command::Average(a) => {
             let s = average::average(&a.options(q))?;
             for d in &s.duplicates {
-                eprintln!(
+                warn!(
                     "swa: warning: {} is {} under another name; it is averaged once",
                     d.path.display(),
                     d.same_as.display()
@@ -50,10 +50,14 @@ pub fn execute(cli: &Cli) -> Result<Outcome> {
     }
 }
 
-/// Appends `markdown` to the GitHub Actions job summary, when there is one.
+/// Appends `markdown` to the GitHub Actions job summary, when there is one: a regular file (or a
+/// new one). Anything else is skipped: opening a FIFO without a reader would block forever.
 fn step_summary(markdown: &str) {
     if let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") {
         use std::io::Write as _;
+        if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
+            return;
+        }
         if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
             let _ = writeln!(f, "{markdown}");
         }
@@ -77,17 +81,14 @@ fn run_command(a: &RunArgs, quiet: bool) -> Result<Outcome> {
     }
     step_summary(&report::markdown(&r));
     if code == 1 {
-        eprintln!(
-            "swa: {}",
-            render::gate_failure(Some("recalibrated SWA"), gated.top1, gated.nonfinite, a.min_accuracy)
-        );
+        warn!("swa: {}", render::gate_failure(Some("recalibrated SWA"), gated.top1, gated.nonfinite, a.min_accuracy));
     }
     Ok(Outcome { stdout, code })
 }
 
 /// Says on stderr that `model` gave non-finite logits for `n` of `samples` samples.
 fn warn_nonfinite(model: &str, n: usize, samples: usize) {
-    eprintln!(
+    warn!(
         "swa: warning: {model} gave non-finite logits (NaN or Inf) for {n} of {samples} samples; they count as wrong \
          predictions and are left out of the loss"
     );
@@ -105,7 +106,7 @@ fn evaluate_command(a: &EvaluateArgs, quiet: bool) -> Result<Outcome> {
     let md = render::metrics(&a.model, &m, a.min_accuracy);
     step_summary(&md);
     if code == 1 {
-        eprintln!("swa: {}", render::gate_failure(None, m.top1, m.nonfinite, a.min_accuracy));
+        warn!("swa: {}", render::gate_failure(None, m.top1, m.nonfinite, a.min_accuracy));
     }
     if a.json {
         let mut v = serde_json::to_value(&m).expect("metrics");

@@ -5,6 +5,12 @@ use std::fmt::Write;
 use super::table::{self, Align, Table};
 use super::{points, Report};
 
+/// `text` as the content of one table cell: a `|` or a line break (possible in a file name) would
+/// otherwise end the cell or the row, and forge others.
+fn inline(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
 fn render(t: &Table) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "| {} |", t.header.join(" | "));
@@ -23,8 +29,8 @@ fn render(t: &Table) -> String {
         for c in row {
             match (&c.text, c.strong) {
                 (None, _) => s.push_str(" |"),
-                (Some(text), false) => s.push_str(&format!(" {text} |")),
-                (Some(text), true) => s.push_str(&format!(" **{text}** |")),
+                (Some(text), false) => s.push_str(&format!(" {} |", inline(text))),
+                (Some(text), true) => s.push_str(&format!(" **{}** |", inline(text))),
             }
         }
         s.push('\n');
@@ -39,7 +45,12 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(
         s,
         "Model `{}` · {} held-out samples · recalibration: `{}` statistics, batch {}, {} training samples · device {}\n",
-        r.model, r.eval_samples, r.stats, r.batch_size, r.train_samples, r.device
+        r.model.replace(['\n', '\r'], " ").replace('`', "'"),
+        r.eval_samples,
+        r.stats,
+        r.batch_size,
+        r.train_samples,
+        r.device
     );
     let _ = writeln!(s, "## Summary\n");
     s.push_str(&render(&table::summary(r)));

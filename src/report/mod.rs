@@ -51,7 +51,8 @@ impl From<&crate::evaluate::Metrics> for Score {
 /// One checkpoint's row.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CheckpointRow {
-    /// File name.
+    /// File name, or the end of its path where checkpoints share a file name
+    /// (`checkpoint-2/model.safetensors`): distinct for every row.
     pub name: String,
     /// Epoch / step number from the name.
     pub number: Option<u64>,

@@ -1314,3 +1314,180 @@ fn item_9_shards_in_a_subdirectory_open_and_symlinks_out_are_refused() {
     write_index("link.safetensors");
     swa().arg("inspect").arg(&index).assert().code(2).stderr(contains("outside"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// 21–26. Second review: report names, output spellings, signals and stderr, long names
+// ---------------------------------------------------------------------------------------------
+
+/// Hugging Face `Trainer` layout: `run/checkpoint-N/model.safetensors`. Every checkpoint has the
+/// same file name; the report must still tell them apart and mark only the averaged ones.
+#[test]
+fn item_21_checkpoints_sharing_a_file_name_are_told_apart_in_the_report() {
+    let dir = tmp();
+    let run = dir.path().join("run");
+    for i in 1..=4 {
+        std::fs::create_dir_all(run.join(format!("checkpoint-{i}"))).unwrap();
+        std::fs::copy(ck(i), run.join(format!("checkpoint-{i}/model.safetensors"))).unwrap();
+    }
+    let out = dir.path().join("out");
+    run_fixture("mlp", &run, &out, &["--quiet", "--last", "2"]).assert().success();
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let names: Vec<&str> =
+        report["checkpoints"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let averaged: Vec<&str> = report["averaged"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+    let mut unique = names.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 4, "checkpoints not told apart: {names:?}");
+    assert_eq!(averaged, names[2..], "averaged {averaged:?} of {names:?}");
+    assert!(names[3].contains("checkpoint-4"), "{names:?}");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert_eq!(md.matches("| ✓ |").count(), 2, "{md}");
+}
+
+/// `--out link/` (or `link/.`) makes the kernel follow `link`: it must be refused as a symbolic
+/// link before any work, not fail after the run with "another process created it".
+#[cfg(unix)]
+#[test]
+fn item_22_out_through_a_symlink_spelled_with_a_trailing_slash_is_refused_up_front() {
+    let dir = tmp();
+    let inputs = dir.path().join("in");
+    mlp_inputs(&inputs);
+    run_mlp(dir.path(), &inputs, Path::new("earlier"), &[]).assert().success();
+    std::os::unix::fs::symlink("earlier", dir.path().join("link")).unwrap();
+    std::fs::create_dir(dir.path().join("empty")).unwrap();
+    std::os::unix::fs::symlink("empty", dir.path().join("elink")).unwrap();
+    for out in ["link/", "link/.", "elink/"] {
+        let before = snapshot(dir.path());
+        let o = run_mlp(dir.path(), &inputs, Path::new(out), &["--force"]).output().unwrap();
+        assert_same(&before, &snapshot(dir.path()));
+        assert_eq!(o.status.code(), Some(2), "{out}: {}", combined(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("symbolic link") && !err.contains("another process"), "{out}: {err}");
+    }
+    // The same spellings of a real directory name that directory.
+    run_mlp(dir.path(), &inputs, Path::new("earlier/."), &["--force"]).assert().success();
+    run_mlp(dir.path(), &inputs, Path::new("earlier/"), &["--force"]).assert().success();
+    assert!(listing(&dir.path().join("earlier")).contains(&"report.json".to_string()));
+    assert!(debris(dir.path()).is_empty(), "{:?}", debris(dir.path()));
+    // A file output spelled as a directory is refused before any work.
+    let o = swa().arg("average").arg(ck(1)).arg(ck(2)).arg("-o").arg(dir.path().join("avg.safetensors/")).output();
+    let o = o.unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", combined(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("names a directory"), "{}", combined(&o));
+}
+
+/// `nohup swa run …` (SIGHUP ignored), or a background job of a script (SIGINT ignored): an
+/// ignored signal must stay ignored, not become "clean up and exit 129".
+#[cfg(unix)]
+#[test]
+fn item_23_a_signal_ignored_by_the_parent_stays_ignored() {
+    let dir = tmp();
+    let inner = run_into(dir.path());
+    let mut cmd = std::process::Command::new("sh");
+    cmd.current_dir(dir.path())
+        .arg("-c")
+        .arg("trap '' HUP INT; exec \"$@\"")
+        .arg("sh")
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let outs = dir.path().join("outs");
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5)
+        && child.try_wait().unwrap().is_none()
+        && !listing(&outs).iter().any(|n| n.starts_with(".swa-run."))
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for signal in ["HUP", "INT"] {
+        let _ = std::process::Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", combined(&o));
+    assert!(listing(&outs.join("report")).contains(&"report.json".to_string()));
+}
+
+/// `swa evaluate … 2>&1 | head -1`: once stderr is a broken pipe, warnings and the gate message
+/// cannot be written; the exit code must still be the verdict (1), not a panic (101).
+#[cfg(unix)]
+#[test]
+fn item_24_a_broken_stderr_does_not_turn_a_verdict_into_a_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut c = swa_std();
+    c.args(["evaluate", "--model"])
+        .arg(fixture("mlp/model.onnx"))
+        .arg("--inputs")
+        .arg(fixture("mlp/eval.npy"))
+        .arg("--labels")
+        .arg(fixture("mlp/eval_labels.npy"))
+        .args(["--min-accuracy", "1"])
+        .stdout(Stdio::null())
+        .stderr(writer);
+    assert_eq!(c.status().unwrap().code(), Some(1));
+    let mut c = swa_std();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    c.args(["inspect", "no-such-file.safetensors"]).stdout(Stdio::null()).stderr(writer);
+    assert_eq!(c.status().unwrap().code(), Some(2));
+}
+
+/// A checkpoint's name goes into the Markdown report (and the GitHub job summary): a `|` or a
+/// line break in it must not add cells or rows that forge results.
+#[test]
+fn item_25_checkpoint_names_cannot_forge_markdown_table_cells() {
+    let dir = tmp();
+    let cks = dir.path().join("ck");
+    std::fs::create_dir(&cks).unwrap();
+    std::fs::copy(ck(1), cks.join("epoch_1 | ✓ | 99.99% | 100.00%.safetensors")).unwrap();
+    std::fs::copy(ck(2), cks.join("epoch_2\n| forged | ✓ | 100.00% |.safetensors")).unwrap();
+    let out = dir.path().join("out");
+    run_fixture("mlp", &cks, &out, &["--quiet"]).assert().success();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let table: Vec<&str> = md
+        .split("## Checkpoints")
+        .nth(1)
+        .unwrap()
+        .split("\"++\"")
+        .next()
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .collect();
+    assert_eq!(table.len(), 4, "header, rule and two rows expected:\n{md}");
+    let cells = |l: &str| l.replace("\\|", "").matches('|').count();
+    assert!(table.iter().all(|l| cells(l) == cells(table[0])), "{table:#?}");
+}
+
+/// An output name near the file-name limit (255 bytes) can be written: the temporary file beside
+/// it must not need a longer name.
+#[test]
+fn item_26_an_output_name_near_the_length_limit_can_be_written() {
+    let dir = tmp();
+    let name = format!("{}.safetensors", "a".repeat(240));
+    let out = dir.path().join(&name);
+    swa().arg("average").arg(ck(1)).arg(ck(2)).arg("-o").arg(&out).assert().success();
+    assert_eq!(listing(dir.path()), [name]);
+}
+
+/// `GITHUB_STEP_SUMMARY` naming a FIFO nobody reads (or a directory): the summary is skipped;
+/// the command must not hang before giving its verdict.
+#[cfg(unix)]
+#[test]
+fn item_27_a_job_summary_that_is_not_a_regular_file_does_not_hang() {
+    let dir = tmp();
+    let fifo = dir.path().join("summary");
+    if !mkfifo(&fifo) {
+        eprintln!("note: mkfifo failed; skipping");
+        return;
+    }
+    for summary in [fifo.as_path(), dir.path()] {
+        let mut c = evaluate_mlp(&fixture("mlp/eval.npy"), &fixture("mlp/eval_labels.npy"), &["--min-accuracy", "0"]);
+        c.env("GITHUB_STEP_SUMMARY", summary).timeout(Duration::from_secs(20));
+        let o = c.output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}: {}", summary.display(), combined(&o));
+    }
+    assert!(is_fifo(&fifo));
+}
