@@ -4,6 +4,7 @@
 
 pub mod dtype;
 pub mod sharded;
+pub mod torch;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};
