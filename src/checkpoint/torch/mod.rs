@@ -1,5 +1,6 @@
 //! `torch.save` files (the zip format of PyTorch ≥ 1.6): reading a state dict out of one without
-//! running any pickled code, its tensors views into the mapped file.
+//! running any pickled code, its tensors views into the mapped file; and [`TorchWriter`], which
+//! writes what `torch.save(state_dict)` writes.
 //!
 //! The archive holds `NAME/data.pkl` (a pickle, protocol 2), one member `NAME/data/<key>` per
 //! storage (raw little-endian bytes, 64-byte aligned) and `NAME/byteorder`. The pickle is run by a
@@ -13,7 +14,6 @@
 //! by the empty path.
 
 mod pickle;
-#[cfg(test)]
 mod write;
 mod zip;
 
@@ -25,6 +25,8 @@ use std::ops::Range;
 use std::path::Path;
 
 use safetensors::Dtype;
+
+pub use write::{TorchWriter, METADATA_MEMBER};
 
 use self::pickle::{Elem, Machine, Obj, ObjId, Value};
 use crate::checkpoint::{dtype, Checkpoint};

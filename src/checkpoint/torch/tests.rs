@@ -1,13 +1,16 @@
 //! torch.save archives built by hand (pickles from [`PickleOut`], zips from the `zip` crate, an
-//! independent writer), read back; and mutated files, which must never panic.
+//! independent writer), read back; the writer's archives checked by the `zip` crate (which
+//! verifies CRC-32s) and read back bit for bit; and mutated files, which must never panic.
 
-use std::io::{Cursor, Write};
+use std::collections::BTreeMap;
+use std::io::{Cursor, Read, Write};
 use std::path::Path;
 
 use safetensors::Dtype;
 
 use super::write::PickleOut;
 use super::*;
+use crate::checkpoint::TensorSpec;
 
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
@@ -315,7 +318,7 @@ fn mutated_files_never_panic() {
     nested.op(b'}').mark().str("epoch").int(7).str("state_dict");
     plain_state_dict(&mut nested);
     nested.op(b'u').op(b'.');
-    let seeds = [plain_file(), archive(&nested.bytes, &plain_storages())];
+    let seeds = [plain_file(), archive(&nested.bytes, &plain_storages()), written(false), written(true)];
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut ok = 0;
     for seed in &seeds {
@@ -345,4 +348,88 @@ fn mutated_files_never_panic() {
         }
     }
     assert!(ok > 0);
+}
+
+/// The bytes of an archive written by [`TorchWriter`] (zip64 records forced or not).
+fn written(force_zip64: bool) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("w.pt");
+    let (specs, data) = sample_tensors();
+    let meta = BTreeMap::from([("swa_version".to_string(), "0.1".to_string())]);
+    let w = TorchWriter::create_with(&target, &specs, &meta, force_zip64).unwrap();
+    for (i, d) in data.iter().enumerate() {
+        // In two halves, as the averaging writes chunks.
+        let half = d.len() / 2;
+        w.write_at(i, half, &d[half..]).unwrap();
+        w.write_at(i, 0, &d[..half]).unwrap();
+    }
+    w.finish().unwrap().publish().unwrap();
+    std::fs::read(&target).unwrap()
+}
+
+fn sample_tensors() -> (Vec<TensorSpec>, Vec<Vec<u8>>) {
+    let spec = |name: &str, dtype, shape: &[usize]| TensorSpec { name: name.into(), dtype, shape: shape.to_vec() };
+    let specs = vec![
+        spec("layer.weight", Dtype::F32, &[3, 4]),
+        spec("layer.bias", Dtype::BF16, &[3]),
+        spec("bn.num_batches_tracked", Dtype::I64, &[]),
+        spec("half", Dtype::F16, &[2, 2]),
+        spec("mask", Dtype::BOOL, &[5]),
+        spec("empty", Dtype::F32, &[0]),
+        spec("codes", Dtype::F8_E5M2, &[4]),
+        spec("ids", Dtype::U16, &[3]),
+    ];
+    let data = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            (0..s.nbytes()).map(|b| (b * 7 + i) as u8 % if s.dtype == Dtype::BOOL { 2 } else { 251 }).collect()
+        })
+        .collect();
+    (specs, data)
+}
+
+#[test]
+fn writer_round_trips_bit_for_bit_with_valid_crcs() {
+    let (specs, data) = sample_tensors();
+    for force_zip64 in [false, true] {
+        let bytes = written(force_zip64);
+        // The zip crate verifies every member's CRC-32 when read to the end.
+        let mut z = ::zip::ZipArchive::new(Cursor::new(bytes.clone())).unwrap();
+        let mut names = Vec::new();
+        for i in 0..z.len() {
+            let mut f = z.by_index(i).unwrap();
+            assert_eq!(f.compression(), ::zip::CompressionMethod::Stored);
+            let mut content = Vec::new();
+            f.read_to_end(&mut content).unwrap();
+            if f.name().contains("/data/") {
+                assert_eq!(f.data_start() % 64, 0, "{}", f.name());
+            }
+            names.push(f.name().to_string());
+        }
+        assert_eq!(names[0], "w/data.pkl");
+        assert!(names.contains(&"w/swa_metadata.json".to_string()));
+        let path = write_temp(&bytes);
+        let ck = open(&path, None).unwrap();
+        assert_eq!(ck.tensors().len(), specs.len());
+        for (s, d) in specs.iter().zip(&data) {
+            let t = ck.get(&s.name).unwrap();
+            assert_eq!((t.dtype, &t.shape), (s.dtype, &s.shape));
+            assert_eq!(ck.bytes(t), d.as_slice(), "{}", s.name);
+        }
+    }
+}
+
+#[test]
+fn writer_refuses_bad_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("w.pt");
+    let (specs, _) = sample_tensors();
+    let w = TorchWriter::create(&target, &specs, &BTreeMap::new()).unwrap();
+    assert!(w.write_at(0, 40, &[0; 9]).is_err());
+    assert!(w.write_at(99, 0, &[0]).is_err());
+    drop(w);
+    let twice = [specs[0].clone(), specs[0].clone()];
+    assert!(TorchWriter::create(&target, &twice, &BTreeMap::new()).is_err());
+    assert!(!target.exists());
 }

@@ -1,7 +1,7 @@
 //! The zip container of `torch.save` files: a reader that finds each member's data in the mapped
 //! bytes (from the central directory, then the member's own *local* header, whose extra field —
-//! PyTorch's alignment padding — differs from the central directory's). It handles zip64 (files or
-//! members of 4 GiB and more).
+//! PyTorch's alignment padding — differs from the central directory's), and the layout of the
+//! archives [`super::TorchWriter`] writes. Both handle zip64 (files or members of 4 GiB and more).
 //!
 //! Every offset and length read from the file is checked against the bytes before use, with
 //! checked arithmetic: a corrupt archive is an error, never a panic or an allocation sized by the
@@ -15,9 +15,12 @@ const EOCD_SIG: u32 = 0x0605_4b50;
 const EOCD64_SIG: u32 = 0x0606_4b50;
 const EOCD64_LOCATOR_SIG: u32 = 0x0706_4b50;
 const ZIP64_EXTRA: u16 = 0x0001;
+/// The extra field id PyTorch pads local headers with (`FB`), so that data is 64-byte aligned.
+const PAD_EXTRA: u16 = 0x4246;
 const LOCAL_LEN: usize = 30;
 const CENTRAL_LEN: usize = 46;
 const EOCD_LEN: usize = 22;
+const EOCD64_LEN: usize = 56;
 const LOCATOR_LEN: usize = 20;
 
 /// One member of an archive.
@@ -160,4 +163,178 @@ fn local_data(bytes: &[u8], offset: u64, size: u64) -> Result<Range<usize>, Stri
         .filter(|&e| e <= bytes.len())
         .ok_or("its data lies outside the file (truncated?)")?;
     Ok(start..end)
+}
+
+// -------------------------------------------------------------------------------------------------
+// Writing
+// -------------------------------------------------------------------------------------------------
+
+/// Data of every member starts at a multiple of this, as in PyTorch (`.storage_alignment`).
+pub(super) const ALIGNMENT: u64 = 64;
+
+/// One member of an archive being laid out.
+pub(super) struct Planned {
+    pub name: String,
+    pub size: u64,
+    /// Where its local header starts.
+    pub header: u64,
+    /// Where its data starts (a multiple of [`ALIGNMENT`]).
+    pub data: u64,
+    /// The local header, CRC-32 left zero (at [`CRC_AT`]) until the data is written.
+    pub local: Vec<u8>,
+}
+
+/// The offset of the CRC-32 within a local or central header.
+pub(super) const CRC_AT: u64 = 14;
+const CENTRAL_CRC_AT: u64 = 16;
+
+fn is_64(v: u64, force: bool) -> bool {
+    force || v >= 0xFFFF_FFFF
+}
+
+/// Lays out stored members of these names and sizes from offset 0: local headers padded so that
+/// each member's data is aligned. `force_zip64` writes zip64 fields whatever the sizes (tests).
+pub(super) fn plan(members: &[(String, u64)], force_zip64: bool) -> Result<(Vec<Planned>, u64), String> {
+    let mut offset = 0u64;
+    let mut planned = Vec::with_capacity(members.len());
+    for (name, size) in members {
+        let name_len = u16::try_from(name.len()).map_err(|_| format!("member name `{name}` is too long"))?;
+        let big = is_64(*size, force_zip64);
+        let mut extra = Vec::new();
+        if big {
+            extra.extend_from_slice(&ZIP64_EXTRA.to_le_bytes());
+            extra.extend_from_slice(&16u16.to_le_bytes());
+            extra.extend_from_slice(&size.to_le_bytes());
+            extra.extend_from_slice(&size.to_le_bytes());
+        }
+        let unpadded = offset + LOCAL_LEN as u64 + u64::from(name_len) + extra.len() as u64 + 4;
+        let pad = (ALIGNMENT - unpadded % ALIGNMENT) % ALIGNMENT;
+        extra.extend_from_slice(&PAD_EXTRA.to_le_bytes());
+        extra.extend_from_slice(&(pad as u16).to_le_bytes());
+        extra.resize(extra.len() + pad as usize, b'Z');
+        let mut local = Vec::with_capacity(LOCAL_LEN + name.len() + extra.len());
+        local.extend_from_slice(&LOCAL_SIG.to_le_bytes());
+        local.extend_from_slice(&(if big { 45u16 } else { 20 }).to_le_bytes());
+        local.extend_from_slice(&flags(name).to_le_bytes());
+        local.extend_from_slice(&0u16.to_le_bytes()); // stored
+        local.extend_from_slice(&DOS_TIME.to_le_bytes());
+        local.extend_from_slice(&DOS_DATE.to_le_bytes());
+        local.extend_from_slice(&0u32.to_le_bytes()); // CRC-32, filled in later
+        let short = if big { 0xFFFF_FFFF } else { *size as u32 };
+        local.extend_from_slice(&short.to_le_bytes());
+        local.extend_from_slice(&short.to_le_bytes());
+        local.extend_from_slice(&name_len.to_le_bytes());
+        local.extend_from_slice(&(extra.len() as u16).to_le_bytes());
+        local.extend_from_slice(name.as_bytes());
+        local.extend_from_slice(&extra);
+        let data = offset + local.len() as u64;
+        debug_assert_eq!(data % ALIGNMENT, 0);
+        planned.push(Planned { name: name.clone(), size: *size, header: offset, data, local });
+        offset = data.checked_add(*size).ok_or("archive size overflows")?;
+    }
+    Ok((planned, offset))
+}
+
+/// 1980-01-01 00:00, the earliest DOS date (a zero date is invalid for some readers).
+const DOS_TIME: u16 = 0;
+const DOS_DATE: u16 = 0x21;
+
+fn flags(name: &str) -> u16 {
+    if name.is_ascii() {
+        0
+    } else {
+        1 << 11 // the name is UTF-8
+    }
+}
+
+/// The central directory and end records for `members` (CRC-32s given), placed at `offset`.
+pub(super) fn central(members: &[Planned], crcs: &[u32], offset: u64, force_zip64: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut any64 = false;
+    for (m, crc) in members.iter().zip(crcs) {
+        let big = is_64(m.size, force_zip64);
+        let far = is_64(m.header, force_zip64);
+        let mut extra = Vec::new();
+        if big || far {
+            extra.extend_from_slice(&ZIP64_EXTRA.to_le_bytes());
+            let len = if big { 16u16 } else { 0 } + if far { 8 } else { 0 };
+            extra.extend_from_slice(&len.to_le_bytes());
+            if big {
+                extra.extend_from_slice(&m.size.to_le_bytes());
+                extra.extend_from_slice(&m.size.to_le_bytes());
+            }
+            if far {
+                extra.extend_from_slice(&m.header.to_le_bytes());
+            }
+            any64 = true;
+        }
+        let version = if big || far { 45u16 } else { 20 };
+        out.extend_from_slice(&CENTRAL_SIG.to_le_bytes());
+        out.extend_from_slice(&version.to_le_bytes()); // made by (MS-DOS)
+        out.extend_from_slice(&version.to_le_bytes()); // needed
+        out.extend_from_slice(&flags(&m.name).to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&DOS_TIME.to_le_bytes());
+        out.extend_from_slice(&DOS_DATE.to_le_bytes());
+        out.extend_from_slice(&crc.to_le_bytes());
+        let short = if big { 0xFFFF_FFFF } else { m.size as u32 };
+        out.extend_from_slice(&short.to_le_bytes());
+        out.extend_from_slice(&short.to_le_bytes());
+        out.extend_from_slice(&(m.name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(extra.len() as u16).to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes()); // comment
+        out.extend_from_slice(&0u16.to_le_bytes()); // disk
+        out.extend_from_slice(&0u16.to_le_bytes()); // internal attributes
+        out.extend_from_slice(&0u32.to_le_bytes()); // external attributes
+        out.extend_from_slice(&(if far { 0xFFFF_FFFF } else { m.header as u32 }).to_le_bytes());
+        out.extend_from_slice(m.name.as_bytes());
+        out.extend_from_slice(&extra);
+    }
+    let size = out.len() as u64;
+    let count = members.len() as u64;
+    let zip64 = any64 || is_64(offset, force_zip64) || is_64(size, force_zip64) || count >= 0xFFFF;
+    if zip64 {
+        let record = offset + size;
+        out.extend_from_slice(&EOCD64_SIG.to_le_bytes());
+        out.extend_from_slice(&(EOCD64_LEN as u64 - 12).to_le_bytes());
+        out.extend_from_slice(&45u16.to_le_bytes());
+        out.extend_from_slice(&45u16.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes()); // this disk
+        out.extend_from_slice(&0u32.to_le_bytes()); // disk of the central directory
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&offset.to_le_bytes());
+        out.extend_from_slice(&EOCD64_LOCATOR_SIG.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&record.to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes()); // disks
+    }
+    let clamp16 = |v: u64| if zip64 { 0xFFFF } else { v as u16 };
+    let clamp32 = |v: u64| if zip64 { 0xFFFF_FFFF } else { v as u32 };
+    out.extend_from_slice(&EOCD_SIG.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&clamp16(count).to_le_bytes());
+    out.extend_from_slice(&clamp16(count).to_le_bytes());
+    out.extend_from_slice(&clamp32(size).to_le_bytes());
+    out.extend_from_slice(&clamp32(offset).to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes()); // comment
+    out
+}
+
+/// Where member `index`'s CRC-32 sits in the central directory built by [`central`].
+pub(super) fn central_crc_offsets(members: &[Planned], offset: u64, force_zip64: bool) -> Vec<u64> {
+    let mut at = offset;
+    members
+        .iter()
+        .map(|m| {
+            let crc = at + CENTRAL_CRC_AT;
+            let big = is_64(m.size, force_zip64);
+            let far = is_64(m.header, force_zip64);
+            let extra = if big || far { 4 + if big { 16 } else { 0 } + if far { 8 } else { 0 } } else { 0 };
+            at += (CENTRAL_LEN + m.name.len() + extra) as u64;
+            crc
+        })
+        .collect()
 }
