@@ -307,7 +307,7 @@ fn resolve(m: &Machine, top: Value, path: &str) -> std::result::Result<Value, St
     while !rest.is_empty() {
         let Some((_, entries)) = dict(m, current) else {
             let at = if walked.is_empty() { "the top level".to_string() } else { format!("`{walked}`") };
-            return Err(format!("{at} is {}, not a dict: no key `{rest}` in it", m.describe(current)));
+            return Err(format!("{at} is not a dict ({}): no key `{rest}` in it", m.describe(current)));
         };
         let mut best: Option<(usize, Value)> = None;
         for &(k, v) in &entries {
@@ -361,7 +361,10 @@ fn plan(path: &Path, bytes: &[u8], key: Option<&str>) -> Result<Plan> {
         Some(k) => k.to_string(),
         None => {
             let Some((_, entries)) = dict(&m, top) else {
-                return Err(Error::format(path, format!("holds {}, not a dict of tensors", m.describe(top))));
+                return Err(Error::format(
+                    path,
+                    format!("holds no dict of tensors (its top level: {})", m.describe(top)),
+                ));
             };
             match default_key(&m, &entries) {
                 Some(k) => k.to_string(),
@@ -374,7 +377,7 @@ fn plan(path: &Path, bytes: &[u8], key: Option<&str>) -> Result<Plan> {
     let value = resolve(&m, top, &key).map_err(|e| Error::format(path, e))?;
     let label = if key.is_empty() { "the top level".to_string() } else { format!("`{key}`") };
     let Some((_, entries)) = dict(&m, value) else {
-        return Err(Error::format(path, format!("{label} is {}, not a dict of tensors", m.describe(value))));
+        return Err(Error::format(path, format!("{label} is not a dict of tensors ({})", m.describe(value))));
     };
     let mut tensors = Vec::with_capacity(entries.len());
     // Copies of non-contiguous tensors may not add up to more than twice the file: a crafted file
@@ -382,10 +385,10 @@ fn plan(path: &Path, bytes: &[u8], key: Option<&str>) -> Result<Plan> {
     let mut owned_budget = bytes.len().saturating_mul(2);
     for (k, v) in entries {
         let Some(name) = key_text(&m, k) else {
-            return Err(Error::format(path, format!("{label} has a key that is {}, not a string", m.describe(k))));
+            return Err(Error::format(path, format!("{label} has a key that is not a string ({})", m.describe(k))));
         };
         let Some(Obj::Tensor(t)) = m.obj(v) else {
-            return Err(Error::tensor(path, &name, format!("in {label}: is {}, not a tensor", m.describe(v))));
+            return Err(Error::tensor(path, &name, format!("in {label}: not a tensor ({})", m.describe(v))));
         };
         let planned =
             archive.tensor(&m, t, &mut owned_budget).map_err(|message| Error::tensor(path, &name, message))?;
