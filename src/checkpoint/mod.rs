@@ -4,6 +4,7 @@
 
 pub mod dtype;
 pub mod sharded;
+pub mod torch;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};
@@ -165,6 +166,37 @@ impl Checkpoint {
         }
         self.sources.push(Source { path: path.to_path_buf(), buffer });
         Ok(meta.metadata().clone().unwrap_or_default().into_iter().collect())
+    }
+
+    /// Adds a memory-mapped file (of another format) as a source of tensor bytes, for
+    /// [`Checkpoint::push_view`]; returns its source number.
+    pub fn add_mapped(&mut self, path: &Path, map: Mmap) -> usize {
+        self.sources.push(Source { path: path.to_path_buf(), buffer: Buffer::Mapped(map) });
+        self.sources.len() - 1
+    }
+
+    /// Adds a tensor whose bytes are `range` of source `source` (from [`Checkpoint::add_mapped`]),
+    /// checking the range lies within it and holds the bytes of `shape`.
+    pub fn push_view(
+        &mut self,
+        name: String,
+        dtype: Dtype,
+        shape: Vec<usize>,
+        source: usize,
+        range: Range<usize>,
+    ) -> Result<()> {
+        let Some(src) = self.sources.get(source) else {
+            return Err(Error::tensor(&self.path, &name, format!("no source {source}")));
+        };
+        let file = src.path.clone();
+        if range.start > range.end || range.end > src.buffer.bytes().len() {
+            return Err(Error::tensor(
+                &file,
+                &name,
+                format!("bytes {range:?} lie outside the file ({} bytes)", src.buffer.bytes().len()),
+            ));
+        }
+        self.push_from(&file, TensorEntry { name, dtype, shape, source, range })
     }
 
     /// Adds a tensor whose bytes are owned (read out of another format).

@@ -1,0 +1,545 @@
+//! `torch.save` files (the zip format of PyTorch ≥ 1.6): reading a state dict out of one without
+//! running any pickled code, its tensors views into the mapped file; and [`TorchWriter`], which
+//! writes what `torch.save(state_dict)` writes.
+//!
+//! The archive holds `NAME/data.pkl` (a pickle, protocol 2), one member `NAME/data/<key>` per
+//! storage (raw little-endian bytes, 64-byte aligned) and `NAME/byteorder`. The pickle is run by a
+//! restricted machine ([`pickle`]) that builds data only; tensors are
+//! `_rebuild_tensor_v2(storage, offset, size, stride, …)` over persistent ids
+//! `('storage', torch.FloatStorage, key, location, numel)`.
+//!
+//! A file holds one or more dicts of tensors ("state dicts"): a plain `torch.save(model.state_dict())`
+//! is one; a training checkpoint nests them (`{"epoch": 3, "model": {...}, "optimizer": {...}}`,
+//! Lightning's `state_dict`, an EMA callback's). They are named by dotted key paths, the top level
+//! by the empty path.
+
+mod pickle;
+mod write;
+mod zip;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
+use std::path::Path;
+
+use safetensors::Dtype;
+
+pub use write::{TorchWriter, METADATA_MEMBER};
+
+use self::pickle::{Elem, Machine, Obj, ObjId, Value};
+use crate::checkpoint::{dtype, Checkpoint};
+use crate::error::{Error, Result};
+use crate::fs::map_file;
+
+/// Keys that hold the model's state dict in common training checkpoints, tried in this order when
+/// no key is given (then the top level, when it is itself a state dict).
+pub const DEFAULT_KEYS: &[&str] = &["state_dict", "model", "model_state_dict", "module", "net"];
+
+/// How deep [`contents`] looks for state dicts within nested dicts.
+const MAX_DEPTH: usize = 8;
+
+/// The metadata key naming the state dict read (its dotted path; empty for the top level).
+pub const TORCH_KEY: &str = "torch_key";
+
+/// True if `head` (a file's first bytes) looks like a torch.save zip (`PK\x03\x04`) — for dispatch.
+pub fn is_torch_zip(head: &[u8]) -> bool {
+    head.starts_with(b"PK\x03\x04")
+}
+
+/// What a torch.save file holds: candidate state dicts (dotted key path → tensor count; the top
+/// level is the empty path), the other top-level keys, and the path [`open`] reads when given no key.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Contents {
+    /// Every dict of tensors reachable through string keys (at most 8 levels deep), with its
+    /// tensor count, in the file's order.
+    pub state_dicts: Vec<(String, usize)>,
+    /// The top level's keys that are not state dicts themselves (epoch, optimizer, callbacks…).
+    pub other_keys: Vec<String>,
+    /// The state dict [`open`] reads without a key, if there is one.
+    pub chosen: Option<String>,
+}
+
+/// Lists a file's contents without reading tensor data.
+pub fn contents(path: &Path) -> Result<Contents> {
+    let map = map_file(path)?;
+    let archive = Archive::parse(path, &map)?;
+    let (machine, top) = archive.unpickle()?;
+    Ok(list_contents(&machine, top))
+}
+
+/// Opens the state dict at `key` (a dotted path, e.g. `state_dict_ema` or
+/// `callbacks.EMA.ema_state_dict`; at each level the longest key that matches is taken, so keys
+/// that contain dots work; `""` is the top level), or, with None, the first of [`DEFAULT_KEYS`]
+/// that is a state dict, or the top level when it is one.
+///
+/// Tensors are views into the mapped file, in the pickle's order; a non-contiguous one (saved
+/// transposed or expanded) is copied into C order. Tied weights (two names over one storage) both
+/// appear. The metadata holds the top level's simple values (`epoch`, `global_step`…) as text, and
+/// [`TORCH_KEY`] the path read.
+pub fn open(path: &Path, key: Option<&str>) -> Result<Checkpoint> {
+    let map = map_file(path)?;
+    let plan = plan(path, &map, key)?;
+    let mut ck = Checkpoint::empty(path);
+    let source = ck.add_mapped(path, map);
+    for t in plan.tensors {
+        match t.data {
+            Data::View(range) => ck.push_view(t.name, t.dtype, t.shape, source, range)?,
+            Data::Owned(bytes) => ck.push_owned(t.name, t.dtype, t.shape, bytes)?,
+        }
+    }
+    *ck.metadata_mut() = plan.metadata;
+    if ck.tensors().is_empty() {
+        return Err(Error::format(path, format!("state dict `{}` holds no tensors", plan.key)));
+    }
+    Ok(ck)
+}
+
+/// [`open`] on bytes in memory (for fuzzing): parses and checks everything `open` does, and
+/// returns the number of tensors.
+pub fn open_bytes(path_for_messages: &Path, bytes: &[u8], key: Option<&str>) -> Result<usize> {
+    Ok(plan(path_for_messages, bytes, key)?.tensors.len())
+}
+
+// -------------------------------------------------------------------------------------------------
+// The archive
+// -------------------------------------------------------------------------------------------------
+
+struct Archive<'a> {
+    path: &'a Path,
+    bytes: &'a [u8],
+    /// The pickle's bytes.
+    pickle: &'a [u8],
+    /// Storage members by key (`NAME/data/<key>`).
+    storages: HashMap<String, zip::Member>,
+}
+
+impl<'a> Archive<'a> {
+    fn parse(path: &'a Path, bytes: &'a [u8]) -> Result<Self> {
+        if !is_torch_zip(bytes) {
+            return Err(Error::format(path, not_zip_message(bytes)));
+        }
+        let members = zip::read_members(bytes).map_err(|e| Error::format(path, e))?;
+        let Some(pkl) = members.iter().find(|m| m.name == "data.pkl" || m.name.ends_with("/data.pkl")) else {
+            let message = if members.iter().any(|m| m.name.ends_with("constants.pkl")) {
+                "a TorchScript archive (torch.jit.save), not a torch.save file: save the model's \
+                 state_dict() with torch.save instead"
+            } else {
+                "a zip archive without data.pkl: not a torch.save file"
+            };
+            return Err(Error::format(path, message));
+        };
+        let prefix = &pkl.name[..pkl.name.len() - "data.pkl".len()];
+        stored(path, pkl)?;
+        let byteorder_name = format!("{prefix}byteorder");
+        if let Some(order) = members.iter().find(|m| m.name == byteorder_name) {
+            stored(path, order)?;
+            match &bytes[order.data.clone()] {
+                b"little" => {}
+                b"big" => {
+                    return Err(Error::format(
+                        path,
+                        "saved on a big-endian machine (byteorder `big`): swa reads little-endian \
+                         files only; load and re-save it with torch.save on a little-endian machine, \
+                         or convert it to safetensors",
+                    ))
+                }
+                other => {
+                    return Err(Error::format(
+                        path,
+                        format!("unknown byteorder `{}`", String::from_utf8_lossy(&other[..other.len().min(16)])),
+                    ))
+                }
+            }
+        }
+        let data_prefix = format!("{prefix}data/");
+        let storages =
+            members.iter().filter_map(|m| Some((m.name.strip_prefix(&data_prefix)?.to_string(), m.clone()))).collect();
+        Ok(Archive { path, bytes, pickle: &bytes[pkl.data.clone()], storages })
+    }
+
+    fn unpickle(&self) -> Result<(Machine<'a>, Value)> {
+        let mut machine = Machine::new(self.pickle);
+        let top = machine.run().map_err(|e| Error::format(self.path, format!("data.pkl: {e}")))?;
+        Ok((machine, top))
+    }
+}
+
+fn stored(path: &Path, m: &zip::Member) -> Result<()> {
+    if m.encrypted {
+        return Err(Error::format(path, format!("member `{}` is encrypted", m.name)));
+    }
+    if m.method != 0 {
+        return Err(Error::format(
+            path,
+            format!(
+                "member `{}` is compressed (zip method {}): torch.save stores every member uncompressed \
+                 and swa maps them; re-save the file with torch.save (or re-zip it with `zip -0`)",
+                m.name, m.method
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn not_zip_message(bytes: &[u8]) -> String {
+    if bytes.first() == Some(&0x80) {
+        "a legacy torch.save file (PyTorch < 1.6, or _use_new_zipfile_serialization=False): re-save it \
+         with a current PyTorch (torch.save(torch.load(path, weights_only=True), path)), or convert it \
+         to safetensors"
+            .into()
+    } else if bytes.get(257..262) == Some(b"ustar") {
+        "a legacy tar torch.save file (PyTorch < 0.4): re-save it with a current PyTorch, or convert it \
+         to safetensors"
+            .into()
+    } else {
+        "not a torch.save file (no zip header)".into()
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+// Finding state dicts
+// -------------------------------------------------------------------------------------------------
+
+/// A dict's entries if `v` is a dict.
+fn dict(m: &Machine, v: Value) -> Option<(ObjId, Vec<(Value, Value)>)> {
+    match (v, m.obj(v)) {
+        (Value::Obj(id), Some(Obj::Dict(_))) => Some((id, m.entries(id))),
+        _ => None,
+    }
+}
+
+fn is_tensor(m: &Machine, v: Value) -> bool {
+    matches!(m.obj(v), Some(Obj::Tensor(_)))
+}
+
+/// The number of tensors if `entries` are a state dict: not empty, string keys, tensor values.
+fn state_dict_size(m: &Machine, entries: &[(Value, Value)]) -> Option<usize> {
+    let all = !entries.is_empty() && entries.iter().all(|&(k, v)| m.str(k).is_some() && is_tensor(m, v));
+    all.then_some(entries.len())
+}
+
+/// A key as text (strings as they are, numbers in decimal) for paths and listings.
+fn key_text(m: &Machine, k: Value) -> Option<String> {
+    match k {
+        Value::Int(i) => Some(i.to_string()),
+        _ => m.str(k).map(str::to_string),
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn list_contents(m: &Machine, top: Value) -> Contents {
+    let mut contents = Contents { state_dicts: Vec::new(), other_keys: Vec::new(), chosen: None };
+    let Some((top_id, entries)) = dict(m, top) else { return contents };
+    if let Some(n) = state_dict_size(m, &entries) {
+        contents.state_dicts.push((String::new(), n));
+        contents.chosen = Some(String::new());
+        return contents;
+    }
+    let mut visited = HashSet::from([top_id]);
+    for &(k, v) in &entries {
+        let Some(key) = key_text(m, k) else { continue };
+        let before = contents.state_dicts.len();
+        if m.str(k).is_some() {
+            find_state_dicts(m, &key, v, 1, &mut visited, &mut contents.state_dicts);
+        }
+        let is_one = contents.state_dicts.get(before).is_some_and(|(p, _)| *p == key);
+        if !is_one {
+            contents.other_keys.push(key);
+        }
+    }
+    contents.chosen = default_key(m, &entries).map(str::to_string);
+    contents
+}
+
+/// Every state dict at or under `v` (reached through string keys), each dict visited once.
+fn find_state_dicts(
+    m: &Machine,
+    path: &str,
+    v: Value,
+    depth: usize,
+    visited: &mut HashSet<ObjId>,
+    out: &mut Vec<(String, usize)>,
+) {
+    let Some((id, entries)) = dict(m, v) else { return };
+    if !visited.insert(id) {
+        return;
+    }
+    if let Some(n) = state_dict_size(m, &entries) {
+        out.push((path.to_string(), n));
+        return;
+    }
+    if depth >= MAX_DEPTH {
+        return;
+    }
+    for &(k, v) in &entries {
+        if let Some(key) = m.str(k) {
+            find_state_dicts(m, &join(path, key), v, depth + 1, visited, out);
+        }
+    }
+}
+
+/// The first of [`DEFAULT_KEYS`] whose value is a state dict, else the top level if it is one.
+fn default_key<'k>(m: &Machine, top: &[(Value, Value)]) -> Option<&'k str> {
+    for &name in DEFAULT_KEYS {
+        let value = top.iter().find(|&&(k, _)| m.str(k) == Some(name)).map(|&(_, v)| v);
+        if value.and_then(|v| dict(m, v)).is_some_and(|(_, e)| state_dict_size(m, &e).is_some()) {
+            return Some(name);
+        }
+    }
+    state_dict_size(m, top).map(|_| "")
+}
+
+/// The value at dotted `path` under `top`: at each level, the longest key that is the whole rest
+/// of the path or is followed by a dot in it.
+fn resolve(m: &Machine, top: Value, path: &str) -> std::result::Result<Value, String> {
+    let mut current = top;
+    let mut rest = path;
+    let mut walked = String::new();
+    while !rest.is_empty() {
+        let Some((_, entries)) = dict(m, current) else {
+            let at = if walked.is_empty() { "the top level".to_string() } else { format!("`{walked}`") };
+            return Err(format!("{at} is not a dict ({}): no key `{rest}` in it", m.describe(current)));
+        };
+        let mut best: Option<(usize, Value)> = None;
+        for &(k, v) in &entries {
+            let Some(key) = key_text(m, k) else { continue };
+            let fits = rest == key || rest.strip_prefix(key.as_str()).is_some_and(|r| r.starts_with('.'));
+            if fits && best.is_none_or(|(len, _)| key.len() > len) {
+                best = Some((key.len(), v));
+            }
+        }
+        let Some((len, v)) = best else {
+            let keys: Vec<String> = entries.iter().filter_map(|&(k, _)| key_text(m, k)).take(20).collect();
+            let at = if walked.is_empty() { "the top level".to_string() } else { format!("`{walked}`") };
+            return Err(format!("no key `{rest}` in {at} (its keys: {})", keys.join(", ")));
+        };
+        walked = join(&walked, &rest[..len]);
+        rest = rest[len..].strip_prefix('.').unwrap_or("");
+        current = v;
+    }
+    Ok(current)
+}
+
+// -------------------------------------------------------------------------------------------------
+// Tensors
+// -------------------------------------------------------------------------------------------------
+
+enum Data {
+    /// Bytes of the file.
+    View(Range<usize>),
+    /// A non-contiguous tensor copied into C order.
+    Owned(Vec<u8>),
+}
+
+struct PlannedTensor {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Data,
+}
+
+struct Plan {
+    key: String,
+    tensors: Vec<PlannedTensor>,
+    metadata: BTreeMap<String, String>,
+}
+
+/// Everything [`open`] reads, checked: the state dict's tensors and the metadata.
+fn plan(path: &Path, bytes: &[u8], key: Option<&str>) -> Result<Plan> {
+    let archive = Archive::parse(path, bytes)?;
+    let (m, top) = archive.unpickle()?;
+    let key = match key {
+        Some(k) => k.to_string(),
+        None => {
+            let Some((_, entries)) = dict(&m, top) else {
+                return Err(Error::format(
+                    path,
+                    format!("holds no dict of tensors (its top level: {})", m.describe(top)),
+                ));
+            };
+            match default_key(&m, &entries) {
+                Some(k) => k.to_string(),
+                // A top level with tensors among other values: read it, to name what is wrong.
+                None if entries.iter().any(|&(_, v)| is_tensor(&m, v)) => String::new(),
+                None => return Err(Error::format(path, no_default_message(&m, top))),
+            }
+        }
+    };
+    let value = resolve(&m, top, &key).map_err(|e| Error::format(path, e))?;
+    let label = if key.is_empty() { "the top level".to_string() } else { format!("`{key}`") };
+    let Some((_, entries)) = dict(&m, value) else {
+        return Err(Error::format(path, format!("{label} is not a dict of tensors ({})", m.describe(value))));
+    };
+    let mut tensors = Vec::with_capacity(entries.len());
+    // Copies of non-contiguous tensors may not add up to more than twice the file: a crafted file
+    // cannot make many large copies of one storage.
+    let mut owned_budget = bytes.len().saturating_mul(2);
+    for (k, v) in entries {
+        let Some(name) = key_text(&m, k) else {
+            return Err(Error::format(path, format!("{label} has a key that is not a string ({})", m.describe(k))));
+        };
+        let Some(Obj::Tensor(t)) = m.obj(v) else {
+            return Err(Error::tensor(path, &name, format!("in {label}: not a tensor ({})", m.describe(v))));
+        };
+        let planned =
+            archive.tensor(&m, t, &mut owned_budget).map_err(|message| Error::tensor(path, &name, message))?;
+        let (dtype, shape, data) = planned;
+        tensors.push(PlannedTensor { name, dtype, shape, data });
+    }
+    let mut metadata = top_scalars(&m, top);
+    metadata.insert(TORCH_KEY.to_string(), key.clone());
+    Ok(Plan { key, tensors, metadata })
+}
+
+fn no_default_message(m: &Machine, top: Value) -> String {
+    let contents = list_contents(m, top);
+    let tried = DEFAULT_KEYS.join(", ");
+    if contents.state_dicts.is_empty() {
+        format!("holds no dict of tensors (no {tried}; top-level keys: {})", contents.other_keys.join(", "))
+    } else {
+        let found: Vec<String> = contents.state_dicts.iter().map(|(p, n)| format!("`{p}` ({n} tensors)")).collect();
+        format!("holds no state dict under {tried}; choose one by key: {}", found.join(", "))
+    }
+}
+
+/// The top level's simple values (numbers, booleans, short strings) as text.
+fn top_scalars(m: &Machine, top: Value) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Some((_, entries)) = dict(m, top) else { return out };
+    for (k, v) in entries {
+        let Some(key) = m.str(k) else { continue };
+        let text = match v {
+            Value::Bool(b) => (if b { "True" } else { "False" }).to_string(),
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) => format!("{f:?}"),
+            _ => match m.str(v) {
+                Some(s) if s.len() <= 256 => s.to_string(),
+                _ => continue,
+            },
+        };
+        out.insert(key.to_string(), text);
+    }
+    out
+}
+
+impl Archive<'_> {
+    /// A tensor's dtype, shape and bytes, checked against its storage member.
+    fn tensor(
+        &self,
+        m: &Machine,
+        t: &pickle::Tensor,
+        owned_budget: &mut usize,
+    ) -> std::result::Result<(Dtype, Vec<usize>, Data), String> {
+        let Obj::Storage(storage) = &m.objects[t.storage] else { unreachable!("checked when built") };
+        let (storage_width, dtype) = match (&storage.elem, t.dtype) {
+            (Elem::Typed(d), None) => (dtype::width(*d), *d),
+            (Elem::Typed(d), Some(td)) if *d == td => (dtype::width(*d), *d),
+            (Elem::Typed(d), Some(td)) => return Err(format!("a {td:?} tensor over a {d:?} storage")),
+            (Elem::Untyped, Some(td)) => (1, td),
+            (Elem::Untyped, None) => return Err("an untyped storage without a dtype".into()),
+            (Elem::Unsupported(name), _) => return Err(format!("its storage type {name} is not supported")),
+        };
+        let member = self
+            .storages
+            .get(&storage.key)
+            .ok_or_else(|| format!("its storage data/{} is missing from the archive", storage.key))?;
+        stored(self.path, member).map_err(|e| e.to_string())?;
+        let width = dtype::width(dtype);
+        if width == 0 {
+            return Err(format!("dtype {dtype:?} is not supported"));
+        }
+        let storage_bytes = member.data.len();
+        let declared = usize::try_from(storage.numel).ok().and_then(|n| n.checked_mul(storage_width));
+        if declared != Some(storage_bytes) {
+            return Err(format!(
+                "its storage data/{} holds {storage_bytes} bytes, the pickle says {} elements of {storage_width}",
+                storage.key, storage.numel
+            ));
+        }
+        let too_large = || format!("shape {:?} with stride {:?} does not fit in memory", t.size, t.stride);
+        let shape: Vec<usize> =
+            t.size.iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>().ok_or_else(too_large)?;
+        let stride: Vec<usize> =
+            t.stride.iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>().ok_or_else(too_large)?;
+        let nbytes = dtype::nbytes(dtype, &shape)?;
+        let numel = nbytes / width;
+        let start = member.data.start;
+        if numel == 0 {
+            return Ok((dtype, shape, Data::View(start..start)));
+        }
+        // The last element's index: offset + Σ (size - 1) × stride, in elements of `dtype`.
+        let last = shape
+            .iter()
+            .zip(&stride)
+            .try_fold(usize::try_from(t.offset).ok(), |acc, (&n, &s)| Some(acc?.checked_add((n - 1).checked_mul(s)?)))
+            .flatten()
+            .ok_or_else(too_large)?;
+        let end = last.checked_add(1).and_then(|e| e.checked_mul(width)).ok_or_else(too_large)?;
+        if end > storage_bytes {
+            return Err(format!(
+                "offset {} with shape {shape:?} and stride {stride:?} reaches byte {end} of its storage \
+                 data/{}, which holds {storage_bytes}",
+                t.offset, storage.key
+            ));
+        }
+        let offset = t.offset as usize * width; // ≤ end, so no overflow
+        if is_contiguous(&shape, &stride) {
+            return Ok((dtype, shape, Data::View(start + offset..start + offset + nbytes)));
+        }
+        if nbytes > *owned_budget {
+            return Err(format!(
+                "non-contiguous (shape {shape:?}, stride {stride:?}) and larger than swa copies: save \
+                 it with .contiguous()"
+            ));
+        }
+        *owned_budget -= nbytes;
+        let storage = &self.bytes[member.data.clone()];
+        Ok((dtype, shape.clone(), Data::Owned(gather(storage, t.offset as usize, &shape, &stride, width))))
+    }
+}
+
+/// C order: each dimension's stride is the product of the sizes after it (dimensions of size 1 may
+/// have any stride, as in PyTorch's `is_contiguous`).
+fn is_contiguous(shape: &[usize], stride: &[usize]) -> bool {
+    let mut expected = 1usize;
+    for (&n, &s) in shape.iter().zip(stride).rev() {
+        if n != 1 && s != expected {
+            return false;
+        }
+        expected = expected.saturating_mul(n);
+    }
+    true
+}
+
+/// Copies a strided tensor into C order (its extent was checked against `storage`).
+fn gather(storage: &[u8], offset: usize, shape: &[usize], stride: &[usize], width: usize) -> Vec<u8> {
+    let numel: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(numel * width);
+    let mut index = vec![0usize; shape.len()];
+    let mut at = offset;
+    for _ in 0..numel {
+        out.extend_from_slice(&storage[at * width..(at + 1) * width]);
+        // Next index, last dimension fastest.
+        // Wrapping: stepping past the end of a dimension (of size 1 with any stride) may leave the
+        // storage before stepping back; every element read is within it.
+        for d in (0..shape.len()).rev() {
+            index[d] += 1;
+            at = at.wrapping_add(stride[d]);
+            if index[d] < shape[d] {
+                break;
+            }
+            at = at.wrapping_sub(stride[d].wrapping_mul(shape[d]));
+            index[d] = 0;
+        }
+    }
+    out
+}

@@ -1,0 +1,898 @@
+//! A restricted pickle machine: it builds data (numbers, strings, tuples, lists, dicts, tensor
+//! descriptions) and nothing else. No pickled code is ever run: `GLOBAL` only names a function,
+//! and `REDUCE` / `NEWOBJ` of a name outside a short allow-list (the data constructors of
+//! `torch.load(weights_only=True)`) yield an opaque value that is an error only where it is read
+//! as a tensor, so that optimizer state, hyper-parameters or callbacks that swa does not need
+//! never stop the read of a state dict. Names that only a hostile file holds (`os.system`,
+//! `builtins.eval`, `subprocess.*`…) stop the read at once.
+//!
+//! Objects live in an arena and values refer to them by index, so shared references (the memo)
+//! behave as in Python (a dict filled after it was memoised is seen filled), cycles cost nothing,
+//! and memory grows linearly with the pickle, within [`MAX_OBJECTS`] / [`MAX_STACK`] / [`MAX_MEMO`].
+
+use std::cell::Cell;
+use std::collections::HashMap;
+
+use safetensors::Dtype;
+
+/// Objects (containers, strings, tensors…) one pickle may build.
+pub(super) const MAX_OBJECTS: usize = 1 << 23;
+/// Values on the stack, all marks included.
+pub(super) const MAX_STACK: usize = 1 << 23;
+/// Memo entries.
+pub(super) const MAX_MEMO: usize = 1 << 23;
+
+/// Values copied out of existing objects (see [`Machine::charge`]).
+pub(super) const MAX_COPIED: usize = 1 << 24;
+/// Dimensions of a tensor (PyTorch's own limit is 64 too).
+pub(super) const MAX_DIMS: usize = 64;
+
+/// Index of an object in [`Machine::objects`].
+pub(super) type ObjId = usize;
+
+/// A pickled value: a scalar, or a reference to an object.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Obj(ObjId),
+}
+
+/// Element type of a storage class.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Elem {
+    /// A typed storage (`torch.FloatStorage`…): elements of this dtype.
+    Typed(Dtype),
+    /// `torch.storage.UntypedStorage` (bytes; the tensor's dtype comes with `_rebuild_tensor_v3`).
+    Untyped,
+    /// A storage class swa cannot read (quantized, complex double…), by name.
+    Unsupported(String),
+}
+
+/// A global the machine knows how to build data with.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Global {
+    OrderedDict,
+    RebuildTensorV2,
+    RebuildTensorV3,
+    RebuildParameter,
+    Storage(Elem),
+    /// A `torch` dtype (`torch.float8_e4m3fn`…); None for one swa cannot read.
+    Dtype(Option<Dtype>, String),
+    /// `torch.Size`, `builtins.set` / `frozenset`: their argument, as a tuple or list.
+    Identity,
+    /// `torch.device`: its name.
+    Device,
+    /// `_codecs.encode` (bytes in protocol 2) and `builtins.bytearray`.
+    Bytes,
+    /// Any other name (`module.name`): never called.
+    Other(String),
+}
+
+/// A storage: the persistent id `('storage', class, key, location, numel)`.
+#[derive(Debug, Clone)]
+pub(super) struct Storage {
+    pub elem: Elem,
+    pub key: String,
+    /// Elements of `elem` (bytes for untyped storages).
+    pub numel: u64,
+}
+
+/// A tensor over a storage (`_rebuild_tensor_v2` / `_v3`); offsets and strides in elements.
+#[derive(Debug, Clone)]
+pub(super) struct Tensor {
+    pub storage: ObjId,
+    pub offset: u64,
+    pub size: Vec<u64>,
+    pub stride: Vec<u64>,
+    /// The dtype given to `_rebuild_tensor_v3` (else the storage's).
+    pub dtype: Option<Dtype>,
+}
+
+/// What a call builds: an existing value, or a new object.
+enum Built {
+    Value(Value),
+    Obj(Obj),
+}
+
+/// What a value refers to.
+#[derive(Debug)]
+pub(super) enum Obj {
+    Str(String),
+    Bytes(Vec<u8>),
+    Tuple(Vec<Value>),
+    List(Vec<Value>),
+    /// Items in insertion order; a repeated key is resolved by [`Machine::entries`].
+    Dict(Vec<(Value, Value)>),
+    Global(Global),
+    Storage(Storage),
+    Tensor(Tensor),
+    /// Something swa does not build, and why (`refusing global foo.Bar`).
+    Opaque(String),
+}
+
+/// Module prefixes and names no checkpoint needs and only a hostile pickle calls: their presence
+/// stops the read (the others become opaque values).
+fn hostile(module: &str, name: &str) -> bool {
+    const MODULES: &[&str] = &[
+        "os",
+        "posix",
+        "nt",
+        "subprocess",
+        "sys",
+        "runpy",
+        "pty",
+        "socket",
+        "shutil",
+        "importlib",
+        "ctypes",
+        "pickle",
+        "_pickle",
+        "marshal",
+        "code",
+        "codeop",
+        "webbrowser",
+        "commands",
+        "multiprocessing",
+        "asyncio",
+        "pydoc",
+        "timeit",
+        "bdb",
+        "pdb",
+        "torch.jit",
+        "torch._C",
+        "torch.ops",
+        "numpy.testing",
+        "platform",
+    ];
+    const BUILTINS: &[&str] =
+        &["eval", "exec", "execfile", "compile", "__import__", "open", "input", "breakpoint", "globals", "locals"];
+    let module_hit = MODULES.iter().any(|m| module == *m || module.strip_prefix(m).is_some_and(|r| r.starts_with('.')));
+    module_hit || (matches!(module, "builtins" | "__builtin__") && BUILTINS.contains(&name))
+}
+
+fn classify(module: &str, name: &str) -> Global {
+    let typed = |d| Global::Storage(Elem::Typed(d));
+    match (module, name) {
+        ("collections", "OrderedDict") => Global::OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
+        ("torch._utils", "_rebuild_tensor_v3") => Global::RebuildTensorV3,
+        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => Global::RebuildParameter,
+        ("torch", "DoubleStorage") => typed(Dtype::F64),
+        ("torch", "FloatStorage") => typed(Dtype::F32),
+        ("torch", "HalfStorage") => typed(Dtype::F16),
+        ("torch", "BFloat16Storage") => typed(Dtype::BF16),
+        ("torch", "LongStorage") => typed(Dtype::I64),
+        ("torch", "IntStorage") => typed(Dtype::I32),
+        ("torch", "ShortStorage") => typed(Dtype::I16),
+        ("torch", "CharStorage") => typed(Dtype::I8),
+        ("torch", "ByteStorage") => typed(Dtype::U8),
+        ("torch", "BoolStorage") => typed(Dtype::BOOL),
+        ("torch", "ComplexFloatStorage") => typed(Dtype::C64),
+        ("torch.storage" | "torch", "UntypedStorage") => Global::Storage(Elem::Untyped),
+        ("torch", n) if n.ends_with("Storage") => Global::Storage(Elem::Unsupported(format!("torch.{n}"))),
+        ("torch", "Size") | ("builtins" | "__builtin__", "set" | "frozenset") => Global::Identity,
+        ("torch", "device") => Global::Device,
+        ("_codecs", "encode") | ("builtins" | "__builtin__", "bytearray") => Global::Bytes,
+        ("torch", n) => match torch_dtype(n) {
+            Some(d) => Global::Dtype(Some(d), n.to_string()),
+            None if is_torch_dtype_name(n) => Global::Dtype(None, n.to_string()),
+            None => Global::Other(format!("torch.{n}")),
+        },
+        _ => Global::Other(format!("{module}.{name}")),
+    }
+}
+
+/// The dtype of a `torch.<name>` dtype object.
+pub(super) fn torch_dtype(name: &str) -> Option<Dtype> {
+    Some(match name {
+        "float64" | "double" => Dtype::F64,
+        "float32" | "float" => Dtype::F32,
+        "float16" | "half" => Dtype::F16,
+        "bfloat16" => Dtype::BF16,
+        "int64" | "long" => Dtype::I64,
+        "int32" | "int" => Dtype::I32,
+        "int16" | "short" => Dtype::I16,
+        "int8" => Dtype::I8,
+        "uint8" => Dtype::U8,
+        "uint16" => Dtype::U16,
+        "uint32" => Dtype::U32,
+        "uint64" => Dtype::U64,
+        "bool" => Dtype::BOOL,
+        "complex64" | "cfloat" => Dtype::C64,
+        "float8_e4m3fn" => Dtype::F8_E4M3,
+        "float8_e5m2" => Dtype::F8_E5M2,
+        "float8_e8m0fnu" => Dtype::F8_E8M0,
+        _ => return None,
+    })
+}
+
+fn is_torch_dtype_name(name: &str) -> bool {
+    ["float", "int", "uint", "complex", "bits", "qint", "quint", "bcomplex"].iter().any(|p| name.starts_with(p))
+}
+
+/// The pickle machine and, once [`Machine::run`] returns, everything it built.
+pub(super) struct Machine<'a> {
+    code: &'a [u8],
+    pos: usize,
+    stack: Vec<Value>,
+    marks: Vec<usize>,
+    memo: HashMap<u32, Value>,
+    copied: Cell<usize>,
+    pub objects: Vec<Obj>,
+}
+
+type Step<T = ()> = Result<T, String>;
+
+impl<'a> Machine<'a> {
+    pub fn new(code: &'a [u8]) -> Self {
+        Machine {
+            code,
+            pos: 0,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+            copied: Cell::new(0),
+            objects: Vec::new(),
+        }
+    }
+
+    /// Runs the pickle to its `STOP`; returns the value it built. Errors say where.
+    pub fn run(&mut self) -> Result<Value, String> {
+        loop {
+            let at = self.pos;
+            let op = self.take(1).map_err(|e| format!("{e} (no STOP opcode)"))?[0];
+            match self.step(op) {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => {}
+                Err(e) => return Err(format!("{e} (opcode 0x{op:02x} at byte {at})")),
+            }
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Step<&'a [u8]> {
+        let code: &'a [u8] = self.code;
+        let end = self.pos.checked_add(n).filter(|&e| e <= code.len()).ok_or("truncated pickle")?;
+        let bytes = &code[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn take_u8(&mut self) -> Step<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn take_u16(&mut self) -> Step<u16> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+    }
+
+    fn take_u32(&mut self) -> Step<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+
+    fn take_u64(&mut self) -> Step<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
+    /// A length read from the pickle: checked against the bytes left, so it never sizes more.
+    fn take_len(&mut self, n: u64) -> Step<&'a [u8]> {
+        let n = usize::try_from(n).map_err(|_| "length does not fit in memory")?;
+        self.take(n)
+    }
+
+    fn take_line(&mut self) -> Step<&'a [u8]> {
+        let rest = &self.code[self.pos..];
+        let n = rest.iter().position(|&b| b == b'\n').ok_or("truncated pickle: unterminated line")?;
+        let line = self.take(n)?;
+        self.pos += 1;
+        Ok(line)
+    }
+
+    fn push(&mut self, v: Value) -> Step {
+        if self.stack.len() + self.marks.len() >= MAX_STACK {
+            return Err(format!("pickle stack deeper than {MAX_STACK}"));
+        }
+        self.stack.push(v);
+        Ok(())
+    }
+
+    fn alloc(&mut self, obj: Obj) -> Step<Value> {
+        if self.objects.len() >= MAX_OBJECTS {
+            return Err(format!("pickle builds more than {MAX_OBJECTS} objects"));
+        }
+        self.objects.push(obj);
+        Ok(Value::Obj(self.objects.len() - 1))
+    }
+
+    fn push_obj(&mut self, obj: Obj) -> Step {
+        let v = self.alloc(obj)?;
+        self.push(v)
+    }
+
+    fn pop(&mut self) -> Step<Value> {
+        let floor = self.marks.last().copied().unwrap_or(0);
+        if self.stack.len() <= floor {
+            return Err("pickle stack underflow".into());
+        }
+        Ok(self.stack.pop().expect("above the floor"))
+    }
+
+    fn pop_mark(&mut self) -> Step<Vec<Value>> {
+        let mark = self.marks.pop().ok_or("no MARK on the pickle stack")?;
+        Ok(self.stack.split_off(mark))
+    }
+
+    fn top(&self) -> Step<Value> {
+        let floor = self.marks.last().copied().unwrap_or(0);
+        if self.stack.len() <= floor {
+            return Err("pickle stack underflow".into());
+        }
+        Ok(*self.stack.last().expect("above the floor"))
+    }
+
+    fn memoize(&mut self, id: u32) -> Step {
+        let v = self.top()?;
+        if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(&id) {
+            return Err(format!("pickle memo larger than {MAX_MEMO}"));
+        }
+        self.memo.insert(id, v);
+        Ok(())
+    }
+
+    fn get(&mut self, id: u32) -> Step {
+        let v = *self.memo.get(&id).ok_or_else(|| format!("memo entry {id} is not defined"))?;
+        self.push(v)
+    }
+
+    fn str_value(&mut self, bytes: &[u8]) -> Step {
+        self.push_obj(Obj::Str(String::from_utf8_lossy(bytes).into_owned()))
+    }
+
+    /// A Python 2 `str` (BINSTRING): bytes as Latin-1, as Python 3 decodes them with `latin1`.
+    fn latin1_value(&mut self, bytes: &[u8]) -> Step {
+        self.push_obj(Obj::Str(bytes.iter().map(|&b| b as char).collect()))
+    }
+
+    fn tuple(&mut self, items: Vec<Value>) -> Step {
+        self.push_obj(Obj::Tuple(items))
+    }
+
+    /// The object a value refers to, if any.
+    pub fn obj(&self, v: Value) -> Option<&Obj> {
+        match v {
+            Value::Obj(id) => self.objects.get(id),
+            _ => None,
+        }
+    }
+
+    /// The string a value is, if it is one.
+    pub fn str(&self, v: Value) -> Option<&str> {
+        match self.obj(v) {
+            Some(Obj::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn step(&mut self, op: u8) -> Step<Option<Value>> {
+        match op {
+            0x80 => {
+                let proto = self.take_u8()?; // PROTO
+                if proto > 5 {
+                    return Err(format!("unsupported pickle protocol {proto}"));
+                }
+            }
+            0x95 => {
+                self.take_u64()?; // FRAME: framing is advisory
+            }
+            b'.' => return self.pop().map(Some), // STOP
+            b'(' => {
+                if self.stack.len() + self.marks.len() >= MAX_STACK {
+                    return Err(format!("pickle stack deeper than {MAX_STACK}"));
+                }
+                self.marks.push(self.stack.len()); // MARK
+            }
+            b'0' => {
+                self.pop()?; // POP
+            }
+            b'1' => {
+                self.pop_mark()?; // POP_MARK
+            }
+            b'2' => {
+                let v = self.top()?; // DUP
+                self.push(v)?;
+            }
+            // Memo
+            b'q' => {
+                let id = self.take_u8()?;
+                self.memoize(u32::from(id))?; // BINPUT
+            }
+            b'r' => {
+                let id = self.take_u32()?;
+                self.memoize(id)?; // LONG_BINPUT
+            }
+            0x94 => {
+                let id = u32::try_from(self.memo.len()).map_err(|_| "memo overflow")?;
+                self.memoize(id)?; // MEMOIZE
+            }
+            b'h' => {
+                let id = self.take_u8()?;
+                self.get(u32::from(id))?; // BINGET
+            }
+            b'j' => {
+                let id = self.take_u32()?;
+                self.get(id)?; // LONG_BINGET
+            }
+            // Scalars
+            b'N' => self.push(Value::None)?,
+            0x88 => self.push(Value::Bool(true))?,
+            0x89 => self.push(Value::Bool(false))?,
+            b'J' => {
+                let v = i32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes"));
+                self.push(Value::Int(i64::from(v)))?; // BININT
+            }
+            b'K' => {
+                let v = self.take_u8()?;
+                self.push(Value::Int(i64::from(v)))?; // BININT1
+            }
+            b'M' => {
+                let v = self.take_u16()?;
+                self.push(Value::Int(i64::from(v)))?; // BININT2
+            }
+            0x8a => {
+                let n = self.take_u8()?; // LONG1
+                let bytes = self.take(usize::from(n))?;
+                self.long(bytes)?;
+            }
+            0x8b => {
+                let n = self.take_u32()?; // LONG4
+                let bytes = self.take_len(u64::from(n))?;
+                self.long(bytes)?;
+            }
+            b'G' => {
+                let v = f64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes"));
+                self.push(Value::Float(v))?; // BINFLOAT
+            }
+            // Strings and bytes
+            b'X' => {
+                let n = self.take_u32()?;
+                let s = self.take_len(u64::from(n))?;
+                self.str_value(s)?; // BINUNICODE
+            }
+            0x8c => {
+                let n = self.take_u8()?;
+                let s = self.take(usize::from(n))?;
+                self.str_value(s)?; // SHORT_BINUNICODE
+            }
+            0x8d => {
+                let n = self.take_u64()?;
+                let s = self.take_len(n)?;
+                self.str_value(s)?; // BINUNICODE8
+            }
+            b'T' => {
+                let n = self.take_u32()?;
+                let s = self.take_len(u64::from(n))?;
+                self.latin1_value(s)?; // BINSTRING
+            }
+            b'U' => {
+                let n = self.take_u8()?;
+                let s = self.take(usize::from(n))?;
+                self.latin1_value(s)?; // SHORT_BINSTRING
+            }
+            b'B' => {
+                let n = self.take_u32()?;
+                let s = self.take_len(u64::from(n))?.to_vec();
+                self.push_obj(Obj::Bytes(s))?; // BINBYTES
+            }
+            b'C' => {
+                let n = self.take_u8()?;
+                let s = self.take(usize::from(n))?.to_vec();
+                self.push_obj(Obj::Bytes(s))?; // SHORT_BINBYTES
+            }
+            0x8e | 0x96 => {
+                let n = self.take_u64()?;
+                let s = self.take_len(n)?.to_vec();
+                self.push_obj(Obj::Bytes(s))?; // BINBYTES8, BYTEARRAY8
+            }
+            // Containers
+            b')' => self.tuple(Vec::new())?,
+            0x85 => {
+                let a = self.pop()?;
+                self.tuple(vec![a])?; // TUPLE1
+            }
+            0x86 => {
+                let b = self.pop()?;
+                let a = self.pop()?;
+                self.tuple(vec![a, b])?; // TUPLE2
+            }
+            0x87 => {
+                let c = self.pop()?;
+                let b = self.pop()?;
+                let a = self.pop()?;
+                self.tuple(vec![a, b, c])?; // TUPLE3
+            }
+            b't' => {
+                let items = self.pop_mark()?;
+                self.tuple(items)?; // TUPLE
+            }
+            b']' | 0x8f => self.push_obj(Obj::List(Vec::new()))?, // EMPTY_LIST, EMPTY_SET
+            b'l' | 0x91 => {
+                let items = self.pop_mark()?;
+                self.push_obj(Obj::List(items))?; // LIST, FROZENSET
+            }
+            b'a' => {
+                let v = self.pop()?;
+                self.extend_list(vec![v])?; // APPEND
+            }
+            b'e' | 0x90 => {
+                let items = self.pop_mark()?;
+                self.extend_list(items)?; // APPENDS, ADDITEMS
+            }
+            b'}' => self.push_obj(Obj::Dict(Vec::new()))?, // EMPTY_DICT
+            b'd' => {
+                let items = self.pop_mark()?;
+                let pairs = pairs(items)?;
+                self.push_obj(Obj::Dict(pairs))?; // DICT
+            }
+            b's' => {
+                let v = self.pop()?;
+                let k = self.pop()?;
+                self.extend_dict(vec![(k, v)])?; // SETITEM
+            }
+            b'u' => {
+                let items = self.pop_mark()?;
+                let pairs = pairs(items)?;
+                self.extend_dict(pairs)?; // SETITEMS
+            }
+            // Names and calls: data constructors only
+            b'c' => {
+                let module = String::from_utf8_lossy(self.take_line()?).into_owned();
+                let name = String::from_utf8_lossy(self.take_line()?).into_owned();
+                self.global(&module, &name)?; // GLOBAL
+            }
+            0x93 => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                let (Some(module), Some(name)) = (self.str(module), self.str(name)) else {
+                    return Err("STACK_GLOBAL of something other than two strings".into());
+                };
+                let (module, name) = (module.to_string(), name.to_string());
+                self.global(&module, &name)?;
+            }
+            b'R' => {
+                let args = self.pop()?;
+                let callable = self.pop()?;
+                if !matches!(self.obj(args), Some(Obj::Tuple(_))) {
+                    return Err("REDUCE with arguments that are not a tuple".into());
+                }
+                let v = match self.call(callable, args)? {
+                    Built::Value(v) => v,
+                    Built::Obj(obj) => self.alloc(obj)?,
+                };
+                self.push(v)?; // REDUCE
+            }
+            0x81 => {
+                let _args = self.pop()?;
+                let class = self.pop()?;
+                let v = self.new_object(class)?; // NEWOBJ
+                self.push(v)?;
+            }
+            0x92 => {
+                let _kwargs = self.pop()?;
+                let _args = self.pop()?;
+                let class = self.pop()?;
+                let v = self.new_object(class)?; // NEWOBJ_EX
+                self.push(v)?;
+            }
+            b'b' => {
+                // BUILD: an object's state (an OrderedDict's `_metadata`, an instance's fields):
+                // nothing swa reads. The object stays as it was.
+                self.pop()?;
+                self.top()?;
+            }
+            b'Q' => {
+                let pid = self.pop()?;
+                let v = self.persistent(pid)?; // BINPERSID
+                self.push(v)?;
+            }
+            other => {
+                return Err(format!(
+                    "unsupported pickle opcode 0x{other:02x} (swa reads the opcodes torch.save writes)"
+                ))
+            }
+        }
+        Ok(None)
+    }
+
+    fn long(&mut self, bytes: &[u8]) -> Step {
+        // Little-endian two's complement; fits in i64 when the bytes past 8 only extend the sign.
+        let negative = bytes.last().is_some_and(|b| b & 0x80 != 0);
+        let fill = if negative { 0xFF } else { 0 };
+        if bytes.len() > 8 && bytes[8..].iter().any(|&b| b != fill)
+            || bytes.len() > 8 && (bytes[7] & 0x80 != 0) != negative
+        {
+            return self.push_obj(Obj::Opaque("an integer too large for 64 bits".into()));
+        }
+        let mut buf = [fill; 8];
+        let n = bytes.len().min(8);
+        buf[..n].copy_from_slice(&bytes[..n]);
+        self.push(Value::Int(i64::from_le_bytes(buf)))
+    }
+
+    fn extend_list(&mut self, items: Vec<Value>) -> Step {
+        let target = self.top()?;
+        match target {
+            Value::Obj(id) => match &mut self.objects[id] {
+                Obj::List(list) => {
+                    list.extend(items);
+                    Ok(())
+                }
+                Obj::Opaque(_) => Ok(()), // an object swa did not build: its items are dropped
+                _ => Err("APPEND to something that is not a list".into()),
+            },
+            _ => Err("APPEND to something that is not a list".into()),
+        }
+    }
+
+    fn extend_dict(&mut self, items: Vec<(Value, Value)>) -> Step {
+        let target = self.top()?;
+        match target {
+            Value::Obj(id) => match &mut self.objects[id] {
+                Obj::Dict(dict) => {
+                    dict.extend(items);
+                    Ok(())
+                }
+                Obj::Opaque(_) => Ok(()),
+                _ => Err("SETITEM on something that is not a dict".into()),
+            },
+            _ => Err("SETITEM on something that is not a dict".into()),
+        }
+    }
+
+    fn global(&mut self, module: &str, name: &str) -> Step {
+        if hostile(module, name) {
+            return Err(format!(
+                "refusing global {module}.{name}: no checkpoint needs it, only a pickle that runs code \
+                 (swa never runs pickled code; do not load this file with torch.load(weights_only=False))"
+            ));
+        }
+        self.push_obj(Obj::Global(classify(module, name)))
+    }
+
+    fn global_of(&self, v: Value) -> Option<&Global> {
+        match self.obj(v) {
+            Some(Obj::Global(g)) => Some(g),
+            _ => None,
+        }
+    }
+
+    fn int(&self, v: Value) -> Option<u64> {
+        match v {
+            Value::Int(i) => u64::try_from(i).ok(),
+            _ => None,
+        }
+    }
+
+    /// A tuple of at most [`MAX_DIMS`] non-negative integers (a size or stride).
+    fn dims(&self, v: Value) -> Option<Vec<u64>> {
+        match self.obj(v)? {
+            Obj::Tuple(items) | Obj::List(items) if items.len() <= MAX_DIMS => {
+                items.iter().map(|&i| self.int(i)).collect()
+            }
+            _ => None,
+        }
+    }
+
+    /// NEWOBJ: `cls.__new__(cls, *args)` for the containers among the allowed names; anything
+    /// else is opaque.
+    fn new_object(&mut self, class: Value) -> Step<Value> {
+        let obj = match self.global_of(class) {
+            Some(Global::OrderedDict) => Obj::Dict(Vec::new()),
+            Some(Global::Identity) => Obj::List(Vec::new()),
+            Some(Global::Other(name)) => Obj::Opaque(format!("refusing global {name}")),
+            _ => Obj::Opaque("an object swa does not build".into()),
+        };
+        self.alloc(obj)
+    }
+
+    /// REDUCE: the allowed data constructors build their data; nothing is ever run. `args` is a
+    /// tuple (checked by the caller), read in place: a tuple called many times is never copied.
+    fn call(&self, callable: Value, args: Value) -> Step<Built> {
+        let Some(Obj::Tuple(args)) = self.obj(args) else { unreachable!("checked by REDUCE") };
+        let args = args.as_slice();
+        let Some(global) = self.global_of(callable) else {
+            return Ok(Built::Obj(Obj::Opaque("a call of something that is not a global".into())));
+        };
+        let obj = match global {
+            Global::OrderedDict => match args {
+                [] => Obj::Dict(Vec::new()),
+                [items] => match self.obj(*items) {
+                    Some(Obj::List(items) | Obj::Tuple(items)) => {
+                        self.charge(items.len())?;
+                        let mut dict = Vec::with_capacity(items.len());
+                        for item in items {
+                            match self.obj(*item) {
+                                Some(Obj::Tuple(kv) | Obj::List(kv)) if kv.len() == 2 => dict.push((kv[0], kv[1])),
+                                _ => return Err("OrderedDict of items that are not pairs".into()),
+                            }
+                        }
+                        Obj::Dict(dict)
+                    }
+                    _ => Obj::Opaque("an OrderedDict built from something other than pairs".into()),
+                },
+                _ => Obj::Opaque("an OrderedDict with several arguments".into()),
+            },
+            Global::RebuildTensorV2 | Global::RebuildTensorV3 => match self.tensor(global, args) {
+                Ok(t) => Obj::Tensor(t),
+                Err(why) => Obj::Opaque(format!("a tensor that cannot be rebuilt: {why}")),
+            },
+            Global::RebuildParameter => match args.first() {
+                // A parameter is its tensor (requires_grad and hooks do not matter here).
+                Some(&v @ Value::Obj(id)) if matches!(self.objects[id], Obj::Tensor(_)) => return Ok(Built::Value(v)),
+                _ => Obj::Opaque("a parameter that is not over a tensor".into()),
+            },
+            Global::Identity => match args {
+                [] => Obj::List(Vec::new()),
+                [v] => return Ok(Built::Value(*v)),
+                _ => Obj::Opaque("torch.Size or set with several arguments".into()),
+            },
+            Global::Device => match args.first() {
+                Some(&v) if self.str(v).is_some() => return Ok(Built::Value(v)),
+                _ => Obj::Opaque("a torch.device".into()),
+            },
+            Global::Bytes => match args.first().and_then(|&v| self.obj(v)) {
+                Some(Obj::Str(s)) => {
+                    // `_codecs.encode(text, 'latin1')`: protocol 2's bytes.
+                    let latin1 = args.get(1).and_then(|&e| self.str(e)).is_some_and(|e| e.starts_with("latin"));
+                    if latin1 {
+                        match s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect::<Option<Vec<u8>>>() {
+                            Some(b) => Obj::Bytes(b),
+                            None => Obj::Opaque("bytes that are not Latin-1".into()),
+                        }
+                    } else {
+                        Obj::Bytes(s.as_bytes().to_vec())
+                    }
+                }
+                Some(Obj::Bytes(b)) => {
+                    self.charge(b.len() / 16)?;
+                    Obj::Bytes(b.clone())
+                }
+                None if args.is_empty() => Obj::Bytes(Vec::new()),
+                _ => Obj::Opaque("bytes from something other than a string".into()),
+            },
+            Global::Storage(_) | Global::Dtype(..) => Obj::Opaque("a storage or dtype called directly".into()),
+            Global::Other(name) => Obj::Opaque(format!("refusing global {name}")),
+        };
+        Ok(Built::Obj(obj))
+    }
+
+    /// Counts values copied out of existing objects (an OrderedDict built from a list, bytes from
+    /// bytes), so that calling one large object many times cannot cost quadratic time or memory.
+    fn charge(&self, n: usize) -> Step {
+        let total = self.copied.get().saturating_add(n);
+        if total > MAX_COPIED {
+            return Err(format!("pickle copies more than {MAX_COPIED} values"));
+        }
+        self.copied.set(total);
+        Ok(())
+    }
+
+    /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks[,
+    /// metadata])`, `_rebuild_tensor_v3(…, backward_hooks, dtype[, metadata])`.
+    fn tensor(&self, global: &Global, args: &[Value]) -> Result<Tensor, String> {
+        let v3 = *global == Global::RebuildTensorV3;
+        if args.len() < if v3 { 7 } else { 4 } {
+            return Err(format!("{} arguments", args.len()));
+        }
+        let storage = match args[0] {
+            Value::Obj(id) if matches!(self.objects[id], Obj::Storage(_)) => id,
+            _ => match self.obj(args[0]) {
+                Some(Obj::Opaque(why)) => return Err(why.clone()),
+                _ => return Err("its storage is not a storage".into()),
+            },
+        };
+        let offset = self.int(args[1]).ok_or("its storage offset is not a non-negative integer")?;
+        let size = self.dims(args[2]).ok_or("its size is not a tuple of at most 64 non-negative integers")?;
+        let stride = self.dims(args[3]).ok_or("its stride is not a tuple of at most 64 non-negative integers")?;
+        if size.len() != stride.len() {
+            return Err(format!("size {size:?} and stride {stride:?} differ in length"));
+        }
+        let dtype = if v3 {
+            match self.global_of(args[6]) {
+                Some(Global::Dtype(Some(d), _)) => Some(*d),
+                Some(Global::Dtype(None, name)) => return Err(format!("dtype torch.{name} is not supported")),
+                _ => return Err("its dtype is not a torch dtype".into()),
+            }
+        } else {
+            None
+        };
+        Ok(Tensor { storage, offset, size, stride, dtype })
+    }
+
+    /// BINPERSID: `('storage', storage_class, key, location, numel)`.
+    fn persistent(&mut self, pid: Value) -> Step<Value> {
+        let Some(Obj::Tuple(items)) = self.obj(pid) else {
+            return Err("persistent id that is not a tuple".into());
+        };
+        let obj = match items.as_slice() {
+            [kind, class, key, _location, numel] if self.str(*kind) == Some("storage") => {
+                match (self.global_of(*class), self.str(*key), self.int(*numel)) {
+                    (Some(Global::Storage(elem)), Some(key), Some(numel)) => {
+                        Obj::Storage(Storage { elem: elem.clone(), key: key.to_string(), numel })
+                    }
+                    _ => Obj::Opaque("a storage whose persistent id swa cannot read".into()),
+                }
+            }
+            _ => Obj::Opaque("a persistent id other than a storage".into()),
+        };
+        self.alloc(obj)
+    }
+
+    /// A dict's entries, as Python would hold them: a repeated key keeps its first position and
+    /// takes its last value.
+    pub fn entries(&self, id: ObjId) -> Vec<(Value, Value)> {
+        let Obj::Dict(items) = &self.objects[id] else { return Vec::new() };
+        let mut seen: HashMap<Key, usize> = HashMap::with_capacity(items.len());
+        let mut out: Vec<(Value, Value)> = Vec::with_capacity(items.len());
+        for &(k, v) in items {
+            let key = match (k, self.obj(k)) {
+                (_, Some(Obj::Str(s))) => Key::Str(s),
+                (Value::Int(i), _) => Key::Int(i),
+                (Value::Bool(b), _) => Key::Int(i64::from(b)),
+                _ => {
+                    out.push((k, v));
+                    continue;
+                }
+            };
+            match seen.get(&key) {
+                Some(&at) => out[at].1 = v,
+                None => {
+                    seen.insert(key, out.len());
+                    out.push((k, v));
+                }
+            }
+        }
+        out
+    }
+
+    /// What a value is, in words, for errors.
+    pub fn describe(&self, v: Value) -> String {
+        match v {
+            Value::None => "None".into(),
+            Value::Bool(_) => "a bool".into(),
+            Value::Int(_) => "an integer".into(),
+            Value::Float(_) => "a float".into(),
+            Value::Obj(_) => match self.obj(v).expect("allocated") {
+                Obj::Str(_) => "a string".into(),
+                Obj::Bytes(_) => "bytes".into(),
+                Obj::Tuple(_) => "a tuple".into(),
+                Obj::List(_) => "a list".into(),
+                Obj::Dict(_) => "a dict".into(),
+                Obj::Global(Global::Other(name)) => format!("the name {name}"),
+                Obj::Global(_) => "a torch name".into(),
+                Obj::Storage(_) => "a storage".into(),
+                Obj::Tensor(_) => "a tensor".into(),
+                Obj::Opaque(why) => why.clone(),
+            },
+        }
+    }
+}
+
+#[derive(Hash, PartialEq, Eq)]
+enum Key<'a> {
+    Str(&'a str),
+    Int(i64),
+}
+
+fn pairs(items: Vec<Value>) -> Step<Vec<(Value, Value)>> {
+    if !items.len().is_multiple_of(2) {
+        return Err("odd number of items for a dict".into());
+    }
+    let mut it = items.into_iter();
+    let mut out = Vec::with_capacity(it.len() / 2);
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        out.push((k, v));
+    }
+    Ok(out)
+}
