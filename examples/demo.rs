@@ -37,6 +37,7 @@ fn demo() -> swa::Result<()> {
         eval: EvalOptions::new(fixtures.join("eval.npy"), fixtures.join("eval_labels.npy")),
         recalibrate_each: true,
         allow_partial: false,
+        key: None,
         allow_nonfinite: false,
         out: out.clone(),
         force: true,

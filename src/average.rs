@@ -68,8 +68,22 @@ pub struct AverageOptions {
     pub output: PathBuf,
     /// Shard the output into files of at most this many bytes.
     pub shard_size: Option<NonZeroU64>,
+    /// The state dict to read in `torch.save` files (see [`crate::checkpoint::torch::open`]).
+    pub key: Option<String>,
+    /// Remove a prefix from every tensor name of the output.
+    pub strip_prefix: Option<StripPrefix>,
     /// Hide the progress bar.
     pub quiet: bool,
+}
+
+/// A prefix to remove from the output's tensor names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StripPrefix {
+    /// The wrapper prefix (`module.`, `_orig_mod.`, `model.`) that every tensor name starts with,
+    /// if they share one; nothing otherwise.
+    Wrapper,
+    /// This prefix, which every tensor name must start with.
+    Given(String),
 }
 
 /// One input of the average and its weight.
@@ -92,6 +106,8 @@ pub struct AverageSummary {
     pub inputs: Vec<SelectedInput>,
     /// Paths given that named an input already found under another spelling: averaged once.
     pub duplicates: Vec<Duplicate>,
+    /// The prefix removed from every tensor name, if one was.
+    pub stripped_prefix: Option<String>,
     /// Models in the average, counting those of a resumed average.
     pub n_models: u64,
     /// `uniform`, `explicit` or `ema(DECAY)`.
@@ -274,7 +290,7 @@ impl Inputs {
                     ),
                 ));
             }
-            let ck = inputs::open_checkpoint(prior)?;
+            let ck = inputs::open_checkpoint(prior, None)?;
             let n = resumed_models(prior, ck.metadata().get("n_models").map(String::as_str))?;
             if let Some(s) = ck.metadata().get("sources").and_then(|s| serde_json::from_str::<Vec<String>>(s).ok()) {
                 inputs.sources.extend(s);
@@ -293,7 +309,7 @@ impl Inputs {
                 )
             })?;
         for f in selected {
-            inputs.checkpoints.push(inputs::open_checkpoint(&f.path)?);
+            inputs.checkpoints.push(inputs::open_checkpoint(&f.path, opts.key.as_deref())?);
             inputs.sources.push(f.path.to_string_lossy().into_owned());
             inputs.files.push(f);
         }
@@ -319,13 +335,29 @@ enum Kind {
 /// The output tensors (in the newest checkpoint's order) and what happens to each.
 struct TensorPlan {
     specs: Vec<TensorSpec>,
+    /// Each output tensor's name in the inputs (the output's may have a prefix stripped).
+    sources: Vec<String>,
+    stripped: Option<String>,
     kinds: Vec<Kind>,
     buffers: BufferSummary,
 }
 
-fn plan_tensors(newest: &Checkpoint, opts: &AverageOptions) -> TensorPlan {
+/// The prefix to strip from `newest`'s names, as `strip` says.
+fn prefix_to_strip(newest: &Checkpoint, strip: Option<&StripPrefix>) -> Option<String> {
+    match strip? {
+        StripPrefix::Wrapper => {
+            inputs::common_wrapper_prefix(newest.tensors().iter().map(|t| t.name.as_str())).map(str::to_string)
+        }
+        StripPrefix::Given(p) => Some(p.clone()),
+    }
+}
+
+fn plan_tensors(newest: &Checkpoint, opts: &AverageOptions) -> Result<TensorPlan> {
+    let stripped = prefix_to_strip(newest, opts.strip_prefix.as_ref());
     let mut plan = TensorPlan {
         specs: Vec::new(),
+        sources: Vec::new(),
+        stripped,
         kinds: Vec::new(),
         buffers: BufferSummary {
             policy: opts.buffers,
@@ -350,10 +382,52 @@ fn plan_tensors(newest: &Checkpoint, opts: &AverageOptions) -> TensorPlan {
             Kind::Copy
         };
         let out_dtype = if float { opts.dtype.unwrap_or(t.dtype) } else { t.dtype };
-        plan.specs.push(TensorSpec { name: t.name.clone(), dtype: out_dtype, shape: t.shape.clone() });
+        let name = match &plan.stripped {
+            Some(prefix) => inputs::strip_prefix(&t.name, prefix, newest.path())?.to_string(),
+            None => t.name.clone(),
+        };
+        plan.specs.push(TensorSpec { name, dtype: out_dtype, shape: t.shape.clone() });
+        plan.sources.push(t.name.clone());
         plan.kinds.push(kind);
     }
-    plan
+    Ok(plan)
+}
+
+/// Writes the output in its format: safetensors (one file or a shard), or what `torch.save`
+/// writes for `-o NAME.pt` (and `.pth`, `.bin`, `.ckpt`).
+enum Writer {
+    Safetensors(SafetensorsWriter),
+    Torch(crate::checkpoint::torch::TorchWriter),
+}
+
+impl Writer {
+    fn create(shard: &Shard, metadata: &BTreeMap<String, String>, sharded: bool) -> Result<Self> {
+        let name = shard.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if !inputs::discover::is_torch_name(&name) {
+            return Ok(Writer::Safetensors(SafetensorsWriter::create(&shard.path, &shard.specs, metadata)?));
+        }
+        if sharded {
+            return Err(Error::setting(
+                Setting::ShardSize,
+                "applies to safetensors outputs: a torch.save output is one file",
+            ));
+        }
+        Ok(Writer::Torch(crate::checkpoint::torch::TorchWriter::create(&shard.path, &shard.specs, metadata)?))
+    }
+
+    fn write_at(&self, index: usize, at: usize, bytes: &[u8]) -> Result<()> {
+        match self {
+            Writer::Safetensors(w) => w.write_at(index, at, bytes),
+            Writer::Torch(w) => w.write_at(index, at, bytes),
+        }
+    }
+
+    fn finish(self) -> Result<crate::fs::StagedFile> {
+        match self {
+            Writer::Safetensors(w) => w.finish(),
+            Writer::Torch(w) => w.finish(),
+        }
+    }
 }
 
 fn weighting_name(weighting: &Weighting) -> String {
@@ -420,7 +494,7 @@ struct Kernel<'a> {
     /// Per checkpoint, its entry for each output tensor, in output order.
     entries: Vec<Vec<&'a TensorEntry>>,
     plan: &'a TensorPlan,
-    writers: &'a [SafetensorsWriter],
+    writers: &'a [Writer],
     /// The output the user named (for errors about output values).
     output: &'a Path,
     allow_nonfinite: bool,
@@ -547,7 +621,7 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     let started = Instant::now();
     crate::fs::check_file_name(&opts.output)?;
     let inputs = Inputs::open(opts)?;
-    let plan = plan_tensors(inputs.newest(), opts);
+    let plan = plan_tensors(inputs.newest(), opts)?;
     let OutputPlan { shards, index } = sharded::plan(&opts.output, &plan.specs, opts.shard_size.map(NonZeroU64::get));
     let input_files: Vec<&Path> = inputs.checkpoints.iter().flat_map(|c| c.files()).collect();
     for path in shards.iter().map(|s| s.path.as_path()).chain(index.as_deref()) {
@@ -556,13 +630,13 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     }
     let stamps = Stamps::of(&input_files)?;
     let metadata = metadata(opts, &inputs);
-    let writers: Vec<SafetensorsWriter> =
-        shards.iter().map(|s| SafetensorsWriter::create(&s.path, &s.specs, &metadata)).collect::<Result<_>>()?;
+    let writers: Vec<Writer> =
+        shards.iter().map(|s| Writer::create(s, &metadata, index.is_some())).collect::<Result<_>>()?;
 
     let entries = inputs
         .checkpoints
         .iter()
-        .map(|c| plan.specs.iter().map(|s| c.get(&s.name).expect("checked compatible")).collect())
+        .map(|c| plan.sources.iter().map(|name| c.get(name).expect("checked compatible")).collect())
         .collect();
     let bar = progress::bytes_bar(0, "averaging", opts.quiet);
     let kernel = Kernel {
@@ -593,7 +667,7 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     let outputs = staged.targets();
     staged.publish()?;
     let weighting = weighting_name(&opts.weighting);
-    let TensorPlan { specs, kinds, buffers } = plan;
+    let TensorPlan { specs, kinds, buffers, stripped, .. } = plan;
     let Inputs { files, weights, n_models, duplicates, .. } = inputs;
     Ok(AverageSummary {
         outputs,
@@ -603,6 +677,7 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
             .map(|(f, weight)| SelectedInput { path: f.path, number: f.number, weight })
             .collect(),
         duplicates,
+        stripped_prefix: stripped,
         n_models,
         weighting,
         tensors: specs.len(),

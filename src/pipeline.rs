@@ -31,6 +31,8 @@ pub struct RunOptions {
     pub recalibrate_each: bool,
     /// Keep the model's own values for weights a checkpoint lacks.
     pub allow_partial: bool,
+    /// The state dict to read in `torch.save` checkpoints.
+    pub key: Option<String>,
     /// Average even when a checkpoint holds NaN or Inf.
     pub allow_nonfinite: bool,
     /// Output directory.
@@ -123,7 +125,9 @@ fn files_read(binder: &Binder, found: &[CheckpointFile], opts: &RunOptions) -> R
     let mut files = binder.model().files().to_vec();
     for f in found {
         if f.path.to_string_lossy().ends_with(".index.json") {
-            files.extend(inputs::open_checkpoint(&f.path)?.files().into_iter().map(Path::to_path_buf));
+            files.extend(
+                inputs::open_checkpoint(&f.path, opts.key.as_deref())?.files().into_iter().map(Path::to_path_buf),
+            );
         } else {
             files.push(f.path.clone());
         }
@@ -180,7 +184,7 @@ fn evaluate_checkpoints(
 ) -> Result<Vec<CheckpointRow>> {
     let mut rows = Vec::new();
     for (f, name) in found.iter().zip(names) {
-        let bound = binder.bind(Some(inputs::open_checkpoint(&f.path)?), opts.allow_partial)?;
+        let bound = binder.bind(Some(inputs::open_checkpoint(&f.path, opts.key.as_deref())?), opts.allow_partial)?;
         let mut prepared = Prepared::new(bound)?;
         let stored = evaluate::evaluate(&prepared.bound.model, &opts.eval)?;
         let recalibrated = if opts.recalibrate_each {
@@ -217,11 +221,13 @@ fn swa(
         checkpoints: selected.iter().map(|f| f.path.clone()).collect(),
         output: averaged.clone(),
         allow_nonfinite: opts.allow_nonfinite,
+        key: opts.key.clone(),
         quiet: opts.pass.quiet,
         ..Default::default()
     })?;
     clock.lap("average");
-    let mut prepared = Prepared::new(binder.bind(Some(inputs::open_checkpoint(&averaged)?), opts.allow_partial)?)?;
+    let mut prepared =
+        Prepared::new(binder.bind(Some(inputs::open_checkpoint(&averaged, None)?), opts.allow_partial)?)?;
     std::fs::remove_file(&averaged).map_err(|e| Error::io(&averaged, e))?;
     let stored = evaluate::evaluate(&prepared.bound.model, &opts.eval)?;
     clock.lap("evaluate SWA (stored statistics)");

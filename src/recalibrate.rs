@@ -168,6 +168,8 @@ pub struct RecalibrateOptions {
     pub model: PathBuf,
     /// Tensors to bind into it first.
     pub weights: Option<PathBuf>,
+    /// The state dict to read when the weights are a `torch.save` file.
+    pub key: Option<String>,
     /// Keep the model's own values for weights the checkpoint lacks.
     pub allow_partial: bool,
     /// The pass.
@@ -507,7 +509,7 @@ fn check_outputs(opts: &RecalibrateOptions, read: &[&Path]) -> Result<()> {
 
 /// Recalibrates as `opts` says: nothing is written unless every step succeeds.
 pub fn recalibrate(opts: &RecalibrateOptions) -> Result<RecalibrateSummary> {
-    let weights = opts.weights.as_deref().map(inputs::open_checkpoint).transpose()?;
+    let weights = opts.weights.as_deref().map(|w| inputs::open_checkpoint(w, opts.key.as_deref())).transpose()?;
     let binder = Binder::load(&opts.model)?;
     let mut read: Vec<&Path> = binder.model().files().iter().map(PathBuf::as_path).collect();
     read.extend(weights.iter().flat_map(|w| w.files()));

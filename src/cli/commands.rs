@@ -96,7 +96,7 @@ fn warn_nonfinite(model: &str, n: usize, samples: usize) {
 
 fn evaluate_command(a: &EvaluateArgs, quiet: bool) -> Result<Outcome> {
     let opts = a.options(quiet)?;
-    let weights = a.weights.as_deref().map(inputs::open_checkpoint).transpose()?;
+    let weights = a.weights.as_deref().map(|w| inputs::open_checkpoint(w, a.key.as_deref())).transpose()?;
     let bound = Binder::load(&a.model)?.bind(weights, a.allow_partial)?;
     let m = evaluate::evaluate(&bound.model, &opts)?;
     if m.nonfinite > 0 {
@@ -133,7 +133,13 @@ struct Inspection {
     binding: Option<BindReport>,
     file: PathBuf,
     metadata: BTreeMap<String, String>,
+    /// The epoch/step number discovery gives the file (what `--from/--to` compare).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    number: Option<u64>,
     tensors: Vec<TensorInfo>,
+    /// For a torch.save file: the state dicts it holds and its other top-level keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    torch: Option<swa::checkpoint::torch::Contents>,
 }
 
 fn inspection(a: &InspectArgs) -> Result<Inspection> {
@@ -142,7 +148,7 @@ fn inspection(a: &InspectArgs) -> Result<Inspection> {
         let model = swa::onnx::Model::load(&a.file)?;
         (model.checkpoint()?, Some(Binder::new(model)))
     } else {
-        (inputs::open_checkpoint(&a.file)?, None)
+        (inputs::open_checkpoint(&a.file, a.key.as_deref())?, None)
     };
     let batchnorm = match &binder {
         Some(b) => bn::find(b.model())
@@ -161,7 +167,7 @@ fn inspection(a: &InspectArgs) -> Result<Inspection> {
         (Some(_), None) => {
             return Err(Error::usage("--against binds a checkpoint to an ONNX model: FILE must be .onnx"));
         }
-        (Some(against), Some(b)) => Some(b.report(&inputs::open_checkpoint(against)?)?),
+        (Some(against), Some(b)) => Some(b.report(&inputs::open_checkpoint(against, a.key.as_deref())?)?),
     };
     let tensors = ck
         .tensors()
@@ -173,7 +179,9 @@ fn inspection(a: &InspectArgs) -> Result<Inspection> {
             shape: t.shape.clone(),
         })
         .collect();
-    Ok(Inspection { batchnorm, binding, file: a.file.clone(), metadata: ck.metadata().clone(), tensors })
+    let number = a.file.file_name().and_then(|n| inputs::name_number(&n.to_string_lossy()));
+    let torch = inputs::torch_contents(&a.file)?;
+    Ok(Inspection { batchnorm, binding, file: a.file.clone(), metadata: ck.metadata().clone(), number, tensors, torch })
 }
 
 fn inspect(a: &InspectArgs) -> Result<Outcome> {
@@ -184,6 +192,19 @@ fn inspect(a: &InspectArgs) -> Result<Outcome> {
     let mut o = String::new();
     let total: usize = v.tensors.iter().map(|t| t.bytes).sum();
     let _ = writeln!(o, "{}: {} tensors, {} bytes", a.file.display(), v.tensors.len(), total);
+    if let Some(n) = v.number {
+        let _ = writeln!(o, "number: {n} (from the name; what --from/--to/--last select by)");
+    }
+    if let Some(t) = &v.torch {
+        let _ = writeln!(o, "torch.save file; state dicts (--key):");
+        for (key, count) in &t.state_dicts {
+            let chosen = if t.chosen.as_deref() == Some(key.as_str()) { "  <- read" } else { "" };
+            let _ = writeln!(o, "  {:<40} {count} tensors{chosen}", if key.is_empty() { "(top level)" } else { key });
+        }
+        if !t.other_keys.is_empty() {
+            let _ = writeln!(o, "other keys: {}", t.other_keys.join(", "));
+        }
+    }
     for t in &v.tensors {
         let _ = writeln!(o, "  {:<50} {:>5} {:<20} {:>12}", t.name, t.dtype, format!("{:?}", t.shape), t.bytes);
     }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use swa::average::{AverageOptions, BufferPolicy, Weighting};
+use swa::average::{AverageOptions, BufferPolicy, StripPrefix, Weighting};
 use swa::checkpoint::dtype;
 use swa::evaluate::EvalOptions;
 use swa::inputs::Selection;
@@ -104,10 +104,12 @@ impl From<&SelectArgs> for Selection {
 /// `swa average`.
 #[derive(Debug, Args)]
 pub struct AverageArgs {
-    /// Checkpoints: .safetensors, sharded *.safetensors.index.json, .onnx, or directories of them.
+    /// Checkpoints: torch.save files (.pt, .pth, .pth.tar, .bin, Lightning .ckpt), .safetensors,
+    /// sharded *.safetensors.index.json, .onnx, or directories of them.
     #[arg(required = true, value_name = "CHECKPOINT")]
     pub checkpoints: Vec<PathBuf>,
-    /// Output: a .safetensors file, or NAME.safetensors.index.json for shards.
+    /// Output: a .safetensors file, NAME.safetensors.index.json for shards, or NAME.pt for what
+    /// torch.save(state_dict) writes.
     #[arg(short, long, value_name = "OUTPUT")]
     pub output: PathBuf,
     /// Which checkpoints.
@@ -131,6 +133,14 @@ pub struct AverageArgs {
     /// Average even when an input holds NaN or Inf.
     #[arg(long)]
     pub allow_nonfinite: bool,
+    /// Remove a prefix from every tensor name of the output: the wrapper prefix they all share
+    /// (module., _orig_mod., model.) without a value, or the PREFIX given.
+    #[arg(long, value_name = "PREFIX", num_args = 0..=1, default_missing_value = "")]
+    pub strip_prefix: Option<String>,
+    /// The state dict to read in torch.save files (default: state_dict, model, model_state_dict,
+    /// module, net, or the file itself): e.g. state_dict_ema, callbacks.EMA.ema_state_dict.
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<String>,
     /// Write shards of at most this size (bytes, or with KB/MB/GB/KiB/MiB/GiB).
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub shard_size: Option<NonZeroU64>,
@@ -190,6 +200,11 @@ impl AverageArgs {
             allow_nonfinite: self.allow_nonfinite,
             output: self.output.clone(),
             shard_size: self.shard_size,
+            key: self.key.clone(),
+            strip_prefix: self.strip_prefix.as_ref().map(|p| match p.as_str() {
+                "" => StripPrefix::Wrapper,
+                p => StripPrefix::Given(p.to_string()),
+            }),
             quiet: quiet || self.json,
         }
     }
@@ -295,8 +310,8 @@ pub struct RecalibrateArgs {
     /// The ONNX model, exported with BatchNorm kept.
     #[arg(long, value_name = "MODEL.onnx")]
     pub model: PathBuf,
-    /// Tensors to bind into the model by name first (e.g. the output of `swa average`).
-    #[arg(long, value_name = "W.safetensors")]
+    /// Tensors to bind into the model by name first (the output of `swa average`, a torch.save file, a Lightning .ckpt, ...).
+    #[arg(long, value_name = "W")]
     pub weights: Option<PathBuf>,
     /// Training samples: .npy for a one-input model, or .npz with arrays named after the inputs.
     #[arg(long, value_name = "X.npy|X.npz")]
@@ -316,6 +331,10 @@ pub struct RecalibrateArgs {
     /// Keep the model's own values for weights that the checkpoint lacks.
     #[arg(long)]
     pub allow_partial: bool,
+    /// The state dict to read in torch.save files (default: state_dict, model, model_state_dict,
+    /// module, net, or the file itself): e.g. state_dict_ema, callbacks.EMA.ema_state_dict.
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<String>,
     /// Output ONNX model.
     #[arg(short, long, value_name = "OUT.onnx")]
     pub output: PathBuf,
@@ -334,6 +353,7 @@ impl RecalibrateArgs {
             model: self.model.clone(),
             weights: self.weights.clone(),
             allow_partial: self.allow_partial,
+            key: self.key.clone(),
             pass: pass(&self.inputs, self.batch_size, self.max_samples, self.stats, &self.run, quiet || self.json)?,
             output: self.output.clone(),
             save_weights: self.save_weights.clone(),
@@ -348,7 +368,7 @@ pub struct EvaluateArgs {
     #[arg(long, value_name = "M.onnx")]
     pub model: PathBuf,
     /// Tensors to bind into the model first.
-    #[arg(long, value_name = "W.safetensors")]
+    #[arg(long, value_name = "W")]
     pub weights: Option<PathBuf>,
     /// Held-out inputs.
     #[arg(long, value_name = "X.npy|X.npz")]
@@ -372,6 +392,10 @@ pub struct EvaluateArgs {
     /// Keep the model's own values for weights that the checkpoint lacks.
     #[arg(long)]
     pub allow_partial: bool,
+    /// The state dict to read in torch.save files (default: state_dict, model, model_state_dict,
+    /// module, net, or the file itself): e.g. state_dict_ema, callbacks.EMA.ema_state_dict.
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<String>,
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -436,6 +460,10 @@ pub struct RunArgs {
     /// Keep the model's own values for weights that a checkpoint lacks.
     #[arg(long)]
     pub allow_partial: bool,
+    /// The state dict to read in torch.save files (default: state_dict, model, model_state_dict,
+    /// module, net, or the file itself): e.g. state_dict_ema, callbacks.EMA.ema_state_dict.
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<String>,
     /// Average even when a checkpoint holds NaN or Inf (recalibration still refuses non-finite
     /// weights; BatchNorm statistics are replaced, so non-finite ones are fine).
     #[arg(long)]
@@ -475,6 +503,7 @@ impl RunArgs {
             },
             recalibrate_each: self.recalibrate_each,
             allow_partial: self.allow_partial,
+            key: self.key.clone(),
             allow_nonfinite: self.allow_nonfinite,
             out: self.out.clone(),
             force: self.force,
@@ -485,8 +514,12 @@ impl RunArgs {
 /// `swa inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// A .safetensors, sharded index, directory, or .onnx file.
+    /// A checkpoint (torch.save file, .safetensors, sharded index or its directory) or an .onnx model.
     pub file: PathBuf,
+    /// The state dict to read in torch.save files (default: state_dict, model, model_state_dict,
+    /// module, net, or the file itself): e.g. state_dict_ema, callbacks.EMA.ema_state_dict.
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<String>,
     /// Show how this checkpoint's names bind to the ONNX model FILE.
     #[arg(long, value_name = "CHECKPOINT")]
     pub against: Option<PathBuf>,

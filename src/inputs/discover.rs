@@ -50,7 +50,16 @@ pub struct Selection {
     pub last: Option<NonZeroUsize>,
 }
 
-const NAME_SUFFIXES: [&str; 4] = [".safetensors.index.json", ".index.json", ".safetensors", ".onnx"];
+const NAME_SUFFIXES: [&str; 9] =
+    [".safetensors.index.json", ".index.json", ".safetensors", ".onnx", ".pth.tar", ".pth", ".pt", ".ckpt", ".bin"];
+
+/// `torch.save` files: PyTorch's `.pt` / `.pth`, timm's `.pth.tar`, Hugging Face's `.bin`, PyTorch
+/// Lightning's `.ckpt`.
+const TORCH_SUFFIXES: [&str; 5] = [".pth.tar", ".pth", ".pt", ".ckpt", ".bin"];
+
+/// Files that training loops save beside their checkpoints and that hold no model: never taken
+/// from a directory (naming one explicitly still opens it).
+const NOT_MODELS: [&str; 5] = ["optimizer", "scheduler", "rng_state", "training_args", "scaler"];
 /// Words whose number is the checkpoint's number, wherever they stand (`epoch_7`, `epoch=7`,
 /// `resnet-epoch7`).
 const NUMBER_KEYS: [&str; 5] = ["epoch", "step", "ckpt", "checkpoint", "iter"];
@@ -58,14 +67,14 @@ const NUMBER_KEYS: [&str; 5] = ["epoch", "step", "ckpt", "checkpoint", "iter"];
 /// `run_it500`), never inside a number (`1e-4`) or a longer word.
 const SHORT_KEYS: [&str; 2] = ["it", "e"];
 
-/// The epoch or step number in a checkpoint's name: the number after `epoch`, `step`, `ckpt`,
-/// `checkpoint` or `iter` (or a whole-word `e` / `it` directly before it: `e10`, `it500`) if there
-/// is one (the last such), else the last number in the name. `epoch_1_lr1e-4` is 1: the `e` of
-/// `1e-4` follows a digit, so it is not a key.
+/// The epoch or step number in a checkpoint's name: the number after `epoch` if there is one,
+/// else after `step`, `ckpt`, `checkpoint` or `iter` (or a whole-word `e` / `it` directly before
+/// it: `e10`, `it500`; the last such), else the last number in the name. `epoch_1_lr1e-4` is 1: the
+/// `e` of `1e-4` follows a digit, so it is not a key; Lightning's `epoch=14-step=330.ckpt` is 14.
 pub fn name_number(name: &str) -> Option<u64> {
     let stem = NAME_SUFFIXES.iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
     let bytes = stem.as_bytes();
-    let (mut keyed, mut last) = (None, None);
+    let (mut epoch, mut keyed, mut last) = (None, None, None);
     let mut i = 0;
     while i < bytes.len() {
         if !bytes[i].is_ascii_digit() {
@@ -83,12 +92,14 @@ pub fn name_number(name: &str) -> Option<u64> {
         let word = stem[word_start..word_end].to_ascii_lowercase();
         let whole_word = word_start == 0 || !bytes[word_start - 1].is_ascii_alphanumeric();
         let short_key = SHORT_KEYS.contains(&word.as_str()) && whole_word && word_end == start;
-        if NUMBER_KEYS.contains(&word.as_str()) || short_key {
+        if word == "epoch" {
+            epoch = Some(n);
+        } else if NUMBER_KEYS.contains(&word.as_str()) || short_key {
             keyed = Some(n);
         }
         last = Some(n);
     }
-    keyed.or(last)
+    epoch.or(keyed).or(last)
 }
 
 /// Compares names so that digit runs compare by value (`epoch_2` before `epoch_10`).
@@ -126,9 +137,29 @@ fn trim_zeros(d: &[u8]) -> &[u8] {
     &d[z.min(d.len().saturating_sub(1))..]
 }
 
-/// True for the file names that directory discovery takes as checkpoints.
+/// True for `torch.save` file names (`.pt`, `.pth`, `.pth.tar`, `.bin`, `.ckpt`).
+pub fn is_torch_name(name: &str) -> bool {
+    TORCH_SUFFIXES.iter().any(|s| name.ends_with(s))
+}
+
+/// True for the file names that directory discovery takes as checkpoints: safetensors (single or
+/// a sharded index), ONNX models and `torch.save` files, except the optimizer, scheduler and other
+/// state that training loops save beside them.
 pub fn is_checkpoint_name(name: &str) -> bool {
-    name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json") || name.ends_with(".onnx")
+    let model = name.ends_with(".safetensors")
+        || name.ends_with(".safetensors.index.json")
+        || name.ends_with(".onnx")
+        || is_torch_name(name);
+    model && !NOT_MODELS.iter().any(|n| name.starts_with(n))
+}
+
+/// The model file of a run's checkpoint directory (`checkpoint-500/`): its sharded index, its
+/// `model.safetensors`, or its `pytorch_model.bin`.
+fn model_in(dir: &Path) -> Result<Option<PathBuf>> {
+    if let Some(index) = find_index(dir)? {
+        return Ok(Some(index));
+    }
+    Ok(["model.safetensors", "pytorch_model.bin"].iter().map(|n| dir.join(n)).find(|p| p.is_file()))
 }
 
 /// Expands directories into the checkpoints they hold, keeps each file once whatever its spelling
@@ -157,11 +188,7 @@ pub fn discover(paths: &[PathBuf]) -> Result<Discovery> {
                 continue;
             }
             if p.is_dir() {
-                if let Some(index) = find_index(&p)? {
-                    inside.push(index);
-                } else if p.join("model.safetensors").is_file() {
-                    inside.push(p.join("model.safetensors"));
-                }
+                inside.extend(model_in(&p)?);
             } else if is_checkpoint_name(&name) {
                 inside.push(p);
             }
@@ -169,7 +196,8 @@ pub fn discover(paths: &[PathBuf]) -> Result<Discovery> {
         if inside.is_empty() {
             return Err(Error::format(
                 path,
-                "directory holds no checkpoint (*.safetensors, *.safetensors.index.json, *.onnx)",
+                "directory holds no checkpoint (*.safetensors, *.safetensors.index.json, *.onnx, or torch.save files: \
+                 *.pt, *.pth, *.pth.tar, *.bin, *.ckpt)",
             ));
         }
         found.extend(inside);
@@ -331,6 +359,19 @@ mod tests {
         assert_eq!(name_number("resnet50-epoch7-v2.safetensors"), Some(7));
         assert_eq!(name_number("model.safetensors"), None);
         assert_eq!(name_number("checkpoint-500"), Some(500));
+    }
+
+    #[test]
+    fn torch_names_are_numbered_by_their_epoch() {
+        assert_eq!(name_number("epoch=14-step=330.ckpt"), Some(14));
+        assert_eq!(name_number("step=330-epoch=14.ckpt"), Some(14));
+        assert_eq!(name_number("checkpoint-12.pth.tar"), Some(12));
+        assert_eq!(name_number("epoch_3.pth"), Some(3));
+        assert_eq!(name_number("model_epoch_7.pt"), Some(7));
+        assert_eq!(name_number("last.ckpt"), None);
+        assert!(is_checkpoint_name("epoch=1-step=2.ckpt") && is_checkpoint_name("pytorch_model.bin"));
+        assert!(!is_checkpoint_name("optimizer.pt") && !is_checkpoint_name("rng_state.pth"));
+        assert!(!is_checkpoint_name("training_args.bin") && !is_checkpoint_name("notes.txt"));
     }
 
     #[test]

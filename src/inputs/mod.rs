@@ -1,8 +1,9 @@
 //! What the user points `swa` at: checkpoint files (found in directories, numbered by their names,
 //! selected, and each opened by the reader of its format) and samples (`.npy` / `.npz`).
 //!
-//! A new checkpoint format plugs in here: a reader that fills a [`Checkpoint`], one arm in
-//! [`open_checkpoint`], and its file names in [`discover::is_checkpoint_name`]. A new data source
+//! A new checkpoint format plugs in here: a reader that fills a [`Checkpoint`] (as
+//! [`crate::checkpoint::torch`] does), one arm in [`open_checkpoint`], and its file names in
+//! [`discover::is_checkpoint_name`]. A new data source
 //! is a module beside [`npy`] that yields [`npy::Array`]s.
 
 pub mod discover;
@@ -13,16 +14,64 @@ use std::path::Path;
 pub use discover::{discover, name_number, natural_cmp, select, CheckpointFile, Discovery, Duplicate, Selection};
 pub use npy::{open_inputs, open_labels, Array};
 
-use crate::checkpoint::Checkpoint;
-use crate::error::Result;
+use crate::checkpoint::{torch, Checkpoint};
+use crate::error::{Error, Result};
 use crate::onnx::Model;
 
-/// Opens a checkpoint by its format: an `.onnx` model (its initializers), a sharded checkpoint (its
-/// `*.safetensors.index.json`, or a directory holding one), or a `.safetensors` file.
-pub fn open_checkpoint(path: impl AsRef<Path>) -> Result<Checkpoint> {
+/// The first bytes of a file, to tell formats apart (empty for a directory or an unreadable file:
+/// the reader then says what is wrong).
+fn head(path: &Path) -> Vec<u8> {
+    let mut buf = vec![0u8; 8];
+    let n = crate::fs::open_regular(path).ok().and_then(|mut f| std::io::Read::read(&mut f, &mut buf).ok());
+    buf.truncate(n.unwrap_or(0));
+    buf
+}
+
+/// Opens a checkpoint by its format: a `torch.save` file (`.pt`, `.pth`, `.pth.tar`, `.bin`,
+/// `.ckpt`, or any file in PyTorch's zip format; `key` chooses its state dict, see
+/// [`torch::open`]), an `.onnx` model (its initializers), a sharded checkpoint (its
+/// `*.safetensors.index.json`, or a directory holding one), or a `.safetensors` file. `key`
+/// applies to `torch.save` files only: the other formats hold one set of tensors.
+pub fn open_checkpoint(path: impl AsRef<Path>, key: Option<&str>) -> Result<Checkpoint> {
     let path = path.as_ref();
-    if path.extension().is_some_and(|e| e == "onnx") && !path.is_dir() {
+    if path.is_dir() {
+        return Checkpoint::open(path);
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if name.ends_with(".onnx") {
         return Model::load(path)?.checkpoint();
     }
+    if discover::is_torch_name(&name) || torch::is_torch_zip(&head(path)) {
+        return torch::open(path, key);
+    }
     Checkpoint::open(path)
+}
+
+/// What a checkpoint file holds, for `inspect`: for a `torch.save` file, its candidate state dicts
+/// and other top-level keys; `None` for formats that hold one set of tensors.
+pub fn torch_contents(path: &Path) -> Result<Option<torch::Contents>> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if path.is_dir() || name.ends_with(".onnx") {
+        return Ok(None);
+    }
+    if discover::is_torch_name(&name) || torch::is_torch_zip(&head(path)) {
+        return torch::contents(path).map(Some);
+    }
+    Ok(None)
+}
+
+/// The wrapper prefix every tensor name of `names` starts with (`module.` from DataParallel,
+/// `_orig_mod.` from torch.compile, `model.` from PyTorch Lightning), if they all share one.
+pub fn common_wrapper_prefix<'a>(names: impl IntoIterator<Item = &'a str> + Clone) -> Option<&'static str> {
+    crate::onnx::bind::PREFIXES.iter().copied().find(|p| {
+        let mut all = names.clone().into_iter().peekable();
+        all.peek().is_some() && all.all(|n| n.starts_with(p))
+    })
+}
+
+/// `name` without `prefix`; an error if it lacks it (the prefix is the user's).
+pub fn strip_prefix<'a>(name: &'a str, prefix: &str, path: &Path) -> Result<&'a str> {
+    name.strip_prefix(prefix)
+        .filter(|rest| !rest.is_empty())
+        .ok_or_else(|| Error::tensor(path, name, format!("does not start with the prefix `{prefix}` to strip")))
 }

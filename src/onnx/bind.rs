@@ -72,7 +72,9 @@ impl Binder {
     }
 }
 
-const PREFIXES: [&str; 3] = ["module.", "_orig_mod.", "model."];
+/// The prefixes that training wrappers add to parameter names: `module.` (DataParallel / DDP),
+/// `_orig_mod.` (torch.compile), `model.` (PyTorch Lightning, timm wrappers).
+pub const PREFIXES: [&str; 3] = ["module.", "_orig_mod.", "model."];
 
 /// Operators whose non-data inputs are weights that a checkpoint must provide.
 const WEIGHT_OPS: [&str; 6] = ["Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "LayerNormalization"];

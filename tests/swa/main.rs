@@ -10,3 +10,4 @@ mod recalibrate;
 mod report;
 mod run;
 mod safety;
+mod torch;

@@ -113,6 +113,8 @@ struct Archive<'a> {
     pickle: &'a [u8],
     /// Storage members by key (`NAME/data/<key>`).
     storages: HashMap<String, zip::Member>,
+    /// The metadata `swa` wrote beside the pickle ([`METADATA_MEMBER`]), if any.
+    swa_metadata: BTreeMap<String, String>,
 }
 
 impl<'a> Archive<'a> {
@@ -156,7 +158,16 @@ impl<'a> Archive<'a> {
         let data_prefix = format!("{prefix}data/");
         let storages =
             members.iter().filter_map(|m| Some((m.name.strip_prefix(&data_prefix)?.to_string(), m.clone()))).collect();
-        Ok(Archive { path, bytes, pickle: &bytes[pkl.data.clone()], storages })
+        let meta_name = format!("{prefix}{METADATA_MEMBER}");
+        let swa_metadata = match members.iter().find(|m| m.name == meta_name) {
+            Some(m) => {
+                stored(path, m)?;
+                serde_json::from_slice(&bytes[m.data.clone()])
+                    .map_err(|e| Error::format(path, format!("{meta_name}: not a JSON object of strings: {e}")))?
+            }
+            None => BTreeMap::new(),
+        };
+        Ok(Archive { path, bytes, pickle: &bytes[pkl.data.clone()], storages, swa_metadata })
     }
 
     fn unpickle(&self) -> Result<(Machine<'a>, Value)> {
@@ -396,6 +407,7 @@ fn plan(path: &Path, bytes: &[u8], key: Option<&str>) -> Result<Plan> {
         tensors.push(PlannedTensor { name, dtype, shape, data });
     }
     let mut metadata = top_scalars(&m, top);
+    metadata.extend(archive.swa_metadata.clone());
     metadata.insert(TORCH_KEY.to_string(), key.clone());
     Ok(Plan { key, tensors, metadata })
 }

@@ -1,0 +1,239 @@
+//! `torch.save` checkpoints (fixtures/make_torch_fixtures.py wrote them with real PyTorch from the
+//! committed safetensors checkpoints): read without running pickle code, averaged bit for bit like
+//! the same tensors in safetensors, Lightning's names numbered by epoch, and `-o NAME.pt` written.
+
+use std::path::{Path, PathBuf};
+
+use crate::common::*;
+use predicates::str::contains;
+use swa::checkpoint::Checkpoint;
+
+fn torch(rel: &str) -> PathBuf {
+    fixture(&format!("torch/{rel}"))
+}
+
+fn average_json(args: &[&std::ffi::OsStr], out: &Path) -> serde_json::Value {
+    let a = swa().arg("average").args(args).arg("-o").arg(out).arg("--json").assert().success();
+    serde_json::from_slice(&a.get_output().stdout).unwrap()
+}
+
+/// Every tensor of `a` is in `b` under the same name (after `rename`), with the same dtype, shape
+/// and bytes.
+fn same_tensors(a: &Checkpoint, b: &Checkpoint, rename: impl Fn(&str) -> String) {
+    assert_eq!(a.tensors().len(), b.tensors().len(), "{} vs {}", a.path().display(), b.path().display());
+    for t in a.tensors() {
+        let u = b.get(&rename(&t.name)).unwrap_or_else(|| panic!("{} lacks {}", b.path().display(), t.name));
+        assert_eq!((t.dtype, &t.shape), (u.dtype, &u.shape), "{}", t.name);
+        assert_eq!(a.bytes(t), b.bytes(u), "bytes of {}", t.name);
+    }
+}
+
+fn open(path: &Path) -> Checkpoint {
+    swa::inputs::open_checkpoint(path, None).unwrap()
+}
+
+#[test]
+fn average_of_pt_files_equals_average_of_the_same_safetensors_bit_for_bit() {
+    let dir = tmp();
+    let (pt, st) = (dir.path().join("pt.safetensors"), dir.path().join("st.safetensors"));
+    let a = average_json(&[torch("cnn_pt").as_os_str(), "--from".as_ref(), "3".as_ref()], &pt);
+    let b = average_json(&[fixture("cnn/checkpoints").as_os_str(), "--from".as_ref(), "3".as_ref()], &st);
+    assert_eq!(a["n_models"], 6);
+    assert_eq!(a["n_models"], b["n_models"]);
+    same_tensors(&open(&pt), &open(&st), str::to_string);
+}
+
+#[test]
+fn lightning_checkpoints_are_numbered_by_their_epoch_and_the_prefix_can_be_stripped() {
+    let dir = tmp();
+    let out = dir.path().join("l.safetensors");
+    // Lightning's epochs are 0-based in the names: epoch=3 is the fourth epoch, epoch_004.
+    let s = average_json(
+        &[torch("cnn_ckpt").as_os_str(), "--from".as_ref(), "3".as_ref(), "--strip-prefix".as_ref()],
+        &out,
+    );
+    let numbers: Vec<u64> = s["inputs"].as_array().unwrap().iter().map(|i| i["number"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [3, 4, 5, 6, 7]);
+    assert_eq!(s["stripped_prefix"], "model.");
+    let st = dir.path().join("st.safetensors");
+    average_json(&[fixture("cnn/checkpoints").as_os_str(), "--from".as_ref(), "4".as_ref()], &st);
+    same_tensors(&open(&out), &open(&st), str::to_string);
+    // Without --strip-prefix the names keep Lightning's `model.`.
+    let kept = dir.path().join("kept.safetensors");
+    average_json(&[torch("cnn_ckpt").as_os_str(), "--from".as_ref(), "3".as_ref()], &kept);
+    same_tensors(&open(&st), &open(&kept), |n| format!("model.{n}"));
+}
+
+#[test]
+fn swa_run_on_lightning_checkpoints_reports_what_it_reports_on_safetensors() {
+    let dir = tmp();
+    let report = |checkpoints: &Path, from: &str, out: &str| -> serde_json::Value {
+        let out = dir.path().join(out);
+        let a = run_cnn(checkpoints, &out, &["--from", from, "--stats", "torch", "--batch-size", "32", "--json"])
+            .assert()
+            .success();
+        serde_json::from_slice(&a.get_output().stdout).unwrap()
+    };
+    let l = report(&torch("cnn_ckpt"), "3", "lightning");
+    let s = report(&fixture("cnn/checkpoints"), "4", "safetensors");
+    for key in ["swa_stored", "swa_recalibrated", "train_samples", "eval_samples"] {
+        assert_eq!(l[key], s[key], "{key}");
+    }
+    let scores = |r: &serde_json::Value| -> Vec<serde_json::Value> {
+        r["checkpoints"].as_array().unwrap().iter().map(|c| c["stored"].clone()).collect()
+    };
+    assert_eq!(scores(&l), scores(&s));
+    assert_eq!(s["swa_recalibrated"]["correct"], summary("cnn")["swa_bn_torch_correct"]);
+}
+
+#[test]
+fn a_training_dict_with_module_prefixes_and_an_optimizer_is_read_and_binds() {
+    let dir = tmp();
+    let out = dir.path().join("m.safetensors");
+    let s = average_json(&[torch("mlp_module").as_os_str()], &out);
+    assert_eq!(s["n_models"], 6);
+    let st = dir.path().join("st.safetensors");
+    average_json(&[fixture("mlp/checkpoints").as_os_str()], &st);
+    same_tensors(&open(&st), &open(&out), |n| format!("module.{n}"));
+    // Binding into the ONNX model sees through `module.`.
+    swa()
+        .args(["evaluate", "--model"])
+        .arg(fixture("mlp/model.onnx"))
+        .arg("--weights")
+        .arg(torch("mlp_module/epoch_006.pth"))
+        .arg("--inputs")
+        .arg(fixture("mlp/eval.npy"))
+        .arg("--labels")
+        .arg(fixture("mlp/eval_labels.npy"))
+        .assert()
+        .success();
+}
+
+#[test]
+fn key_chooses_the_ema_weights_of_timm_and_lightning() {
+    let timm = torch("timm/checkpoint-3.pth.tar");
+    let sd = open(&timm);
+    same_tensors(&open(&fixture("cnn/checkpoints/epoch_003.safetensors")), &sd, str::to_string);
+    let ema = swa::inputs::open_checkpoint(&timm, Some("state_dict_ema")).unwrap();
+    let w = ema.get("conv1.weight").unwrap();
+    let want: Vec<f64> = values(&fixture("cnn/checkpoints/epoch_003.safetensors"), "conv1.weight");
+    let got = swa::checkpoint::dtype::to_f64(w.dtype, ema.bytes(w));
+    assert!(got.iter().zip(&want).all(|(g, x)| *g == x * 0.25));
+    let l = swa::inputs::open_checkpoint(torch("cnn_ckpt/epoch=2-step=30.ckpt"), Some("callbacks.EMA.ema_state_dict"))
+        .unwrap();
+    assert_eq!(l.tensors().len(), open(&fixture("cnn/checkpoints/epoch_003.safetensors")).tensors().len());
+    // A key that is not there names what is.
+    swa()
+        .args(["inspect", "--key", "state_dict_emaa"])
+        .arg(&timm)
+        .assert()
+        .code(2)
+        .stderr(contains("state_dict_emaa"))
+        .stderr(contains("state_dict_ema"));
+}
+
+#[test]
+fn inspect_lists_the_state_dicts_and_the_number_of_a_file() {
+    let a = swa().args(["inspect", "--json"]).arg(torch("cnn_ckpt/epoch=2-step=30.ckpt")).assert().success();
+    let v: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    assert_eq!(v["number"], 2);
+    let dicts: Vec<String> =
+        v["torch"]["state_dicts"].as_array().unwrap().iter().map(|d| d[0].as_str().unwrap().to_string()).collect();
+    assert!(dicts.contains(&"state_dict".to_string()), "{dicts:?}");
+    assert!(dicts.iter().any(|d| d.ends_with("ema_state_dict")), "{dicts:?}");
+    assert_eq!(v["torch"]["chosen"], "state_dict");
+    swa()
+        .arg("inspect")
+        .arg(torch("cnn_ckpt/epoch=2-step=30.ckpt"))
+        .assert()
+        .success()
+        .stdout(contains("number: 2"))
+        .stdout(contains("<- read"));
+}
+
+#[test]
+fn tied_weights_storage_offsets_strides_and_16_bit_dtypes() {
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(torch("expected.json")).unwrap()).unwrap();
+    for (file, key) in [("views.pt", "views"), ("tied.pt", "tied")] {
+        let ck = open(&torch(file));
+        for (name, want) in expected[key].as_object().unwrap() {
+            let t = ck.get(name).unwrap_or_else(|| panic!("{file} lacks {name}"));
+            let got = if swa::checkpoint::dtype::is_float(t.dtype) {
+                swa::checkpoint::dtype::to_f64(t.dtype, ck.bytes(t))
+            } else {
+                ck.bytes(t).chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect()
+            };
+            let want: Vec<f64> = want.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            assert_eq!(got, want, "{file}: {name}");
+        }
+    }
+    let views = open(&torch("views.pt"));
+    assert_eq!(views.get("t").unwrap().shape, [4, 3]);
+    assert_eq!(views.get("scalar").unwrap().shape, Vec::<usize>::new());
+    assert_eq!(views.get("empty").unwrap().shape, [0, 3]);
+    let half = open(&torch("half.pt"));
+    assert_eq!(half.get("fc1.weight").unwrap().dtype, swa::checkpoint::Dtype::BF16);
+    assert_eq!(half.get("fc2.weight").unwrap().dtype, swa::checkpoint::Dtype::F16);
+    assert_eq!(half.get("bn1.num_batches_tracked").unwrap().dtype, swa::checkpoint::Dtype::I64);
+}
+
+#[test]
+fn pickles_that_call_code_are_refused_and_nothing_runs() {
+    let marker = Path::new("/tmp/swa-pwned");
+    let _ = std::fs::remove_file(marker);
+    for (file, global) in [("malicious_system.pt", "system"), ("malicious_eval.pt", "eval")] {
+        let dir = tmp();
+        swa()
+            .arg("average")
+            .arg(torch(file))
+            .arg("-o")
+            .arg(dir.path().join("out.safetensors"))
+            .assert()
+            .code(2)
+            .stderr(contains(global));
+        assert!(listing(dir.path()).is_empty());
+    }
+    assert!(!marker.exists(), "pickle code ran");
+}
+
+#[test]
+fn legacy_torch_files_get_advice() {
+    let dir = tmp();
+    swa()
+        .arg("average")
+        .arg(torch("legacy.pt"))
+        .arg("-o")
+        .arg(dir.path().join("out.safetensors"))
+        .assert()
+        .code(2)
+        .stderr(contains("legacy.pt"))
+        .stderr(contains("re-save"));
+}
+
+#[test]
+fn average_writes_what_torch_save_writes() {
+    let dir = tmp();
+    let pt = dir.path().join("swa.pt");
+    let st = dir.path().join("swa.safetensors");
+    average_json(&[torch("cnn_pt").as_os_str()], &pt);
+    average_json(&[fixture("cnn/checkpoints").as_os_str()], &st);
+    same_tensors(&open(&st), &open(&pt), str::to_string);
+    // --resume continues a .pt average like a safetensors one.
+    let more = dir.path().join("more.pt");
+    let s = average_json(&[torch("cnn_pt/epoch_008.pt").as_os_str(), "--resume".as_ref(), pt.as_os_str()], &more);
+    assert_eq!(s["n_models"], 9);
+    // When PyTorch is at hand, torch.load(weights_only=True) and load_state_dict take the file.
+    let python = std::env::var("SWA_TEST_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_torch = std::process::Command::new(&python).args(["-c", "import torch"]).output();
+    if !has_torch.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipping the torch.load check: no PyTorch for {python} (set SWA_TEST_TORCH_PYTHON)");
+        return;
+    }
+    let script = "import sys, torch\nsd = torch.load(sys.argv[1], weights_only=True)\n\
+                  from safetensors.torch import load_file\nst = load_file(sys.argv[2])\n\
+                  assert list(sd) == list(st), (list(sd), list(st))\n\
+                  assert all(torch.equal(sd[k], st[k]) for k in sd)\nprint('ok', len(sd))";
+    let out = std::process::Command::new(&python).args(["-c", script]).arg(&pt).arg(&st).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
