@@ -5,6 +5,7 @@ mod average;
 mod bad_inputs;
 mod common;
 mod evaluate;
+mod fuzz_corpus;
 mod properties;
 mod recalibrate;
 mod report;

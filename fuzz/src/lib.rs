@@ -1,0 +1,92 @@
+//! The fuzz targets' bodies: each takes arbitrary bytes through the library's parser for one
+//! format, then through what the commands do with what it accepts. Errors are fine; a panic, a
+//! hang or an unbounded allocation is a bug.
+//!
+//! The stable test `tests/swa/fuzz_corpus.rs` includes this file (`#[path]`) to replay
+//! `fuzz/corpus/*` and `fuzz/regressions/*` through the same functions, without nightly.
+
+use std::path::Path;
+
+use swa::checkpoint::{dtype, sharded, Checkpoint};
+use swa::inputs::npy::{self, Array};
+use swa::onnx::bind::Binder;
+use swa::onnx::{bn, Model};
+
+/// A `.safetensors` file: header validation, then every tensor's bytes and values.
+pub fn safetensors_header(data: &[u8]) {
+    let Ok(ck) = Checkpoint::from_safetensors_bytes(Path::new("fuzz.safetensors"), data.to_vec()) else { return };
+    assert!(!ck.tensors().is_empty());
+    for t in ck.tensors() {
+        let bytes = ck.bytes(t);
+        assert_eq!(bytes.len(), t.nbytes());
+        assert_eq!(dtype::nbytes(t.dtype, &t.shape), Ok(bytes.len()));
+        if dtype::is_float(t.dtype) {
+            let values = ck.f32_values(&t.name).expect("a float tensor converts");
+            assert_eq!(values.len(), t.numel());
+            let _ = dtype::first_nonfinite(t.dtype, bytes);
+        }
+    }
+    let _ = ck.metadata();
+}
+
+/// A `*.safetensors.index.json`: every shard it plans must lie in the index's directory.
+pub fn shard_index(data: &[u8]) {
+    let dir = Path::new("fuzz-dir");
+    let Ok(index) = sharded::parse_index(&dir.join("model.safetensors.index.json"), data) else { return };
+    for shard in index.shards() {
+        let rest = shard.strip_prefix(dir).expect("a shard lies in the index's directory");
+        assert!(
+            rest.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir)),
+            "shard {} leaves the index's directory",
+            shard.display()
+        );
+    }
+}
+
+fn use_array(a: &Array) {
+    let n = a.len();
+    let rows = a.f32_rows(0, n);
+    assert_eq!(rows.len(), n * a.sample_numel());
+    if n > 0 {
+        let _ = a.f32_rows(n - 1, n);
+    }
+    let _ = a.i64_values();
+    let _ = a.label();
+}
+
+/// A `.npy` array.
+pub fn npy(data: &[u8]) {
+    if let Ok(a) = npy::parse_npy(Path::new("fuzz.npy"), data.to_vec()) {
+        use_array(&a);
+    }
+}
+
+/// A `.npz` archive (stored and deflated members).
+pub fn npz(data: &[u8]) {
+    if let Ok(arrays) = npy::parse_npz(Path::new("fuzz.npz"), data.to_vec()) {
+        arrays.iter().for_each(use_array);
+    }
+}
+
+/// An ONNX model: decoding, binding its own initializers as a checkpoint, the BatchNorm search,
+/// the statistics graph and writing statistics back.
+pub fn onnx(data: &[u8]) {
+    // External data is looked for in a directory that does not exist.
+    let Ok(model) = Model::from_bytes(Path::new("/nonexistent-swa-fuzz/model.onnx"), data) else { return };
+    let _ = model.inputs();
+    let _ = model.opset();
+    let binder = Binder::new(model.clone());
+    if let Ok(ck) = binder.model().checkpoint() {
+        let _ = binder.report(&ck);
+        let _ = binder.bind(Some(ck), true);
+    }
+    let _ = binder.bind(None, false);
+    let Ok(layers) = bn::find(binder.model()) else { return };
+    for reduction in [bn::Reduction::Flat, bn::Reduction::Split, bn::Reduction::Square] {
+        let _ = bn::stats_model(binder.model(), &layers, reduction);
+    }
+    let stats: Vec<(Vec<f64>, Vec<f64>)> =
+        layers.iter().map(|l| (vec![0.0; l.channels], vec![1.0; l.channels])).collect();
+    let _ = bn::apply(&mut binder.model().clone(), &layers, &stats);
+    let _ = binder.model().encode_with("model.onnx.data", true);
+}
