@@ -90,3 +90,14 @@ pub fn onnx(data: &[u8]) {
     let _ = bn::apply(&mut binder.model().clone(), &layers, &stats);
     let _ = binder.model().encode_with("model.onnx.data", true);
 }
+
+/// A `torch.save` file: the zip reader, the restricted unpickler (which must never run code) and
+/// the state dict's tensors, with the default key and the EMA key.
+pub fn torch(data: &[u8]) {
+    let path = Path::new("fuzz.pt");
+    for key in [None, Some("state_dict_ema")] {
+        if let Ok(n) = swa::checkpoint::torch::open_bytes(path, data, key) {
+            assert!(n > 0, "an opened state dict holds tensors");
+        }
+    }
+}
