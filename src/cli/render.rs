@@ -68,7 +68,11 @@ pub fn average(s: &AverageSummary) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "selected {} checkpoint(s):", s.inputs.len());
     for i in &s.inputs {
-        let _ = writeln!(o, "  {}  weight {:.4}", i.path.display(), i.weight);
+        let number = i.number.map(|n| format!(" (number {n})")).unwrap_or_default();
+        let _ = writeln!(o, "  {}{number}  weight {:.4}", i.path.display(), i.weight);
+    }
+    if let Some(prefix) = &s.stripped_prefix {
+        let _ = writeln!(o, "removed the prefix `{prefix}` from every tensor name");
     }
     let _ = writeln!(
         o,
