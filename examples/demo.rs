@@ -38,6 +38,7 @@ fn demo() -> swa::Result<()> {
         recalibrate_each: true,
         allow_partial: false,
         key: None,
+        soup: None,
         allow_nonfinite: false,
         out: out.clone(),
         force: true,

@@ -38,6 +38,7 @@ pub mod progress;
 pub mod recalibrate;
 pub mod report;
 pub mod runtime;
+pub mod soup;
 
 pub use error::{Error, Hint, Result, Setting};
 

@@ -40,6 +40,62 @@ pub struct RunOptions {
     /// Replace an output directory that an earlier `swa run` wrote (it holds [`MARKER`]); no
     /// other directory is ever replaced.
     pub force: bool,
+    /// Also make a model soup of every checkpoint found, chosen on a select split.
+    pub soup: Option<RunSoup>,
+}
+
+/// The model soup of `swa run`.
+#[derive(Debug, Clone)]
+pub struct RunSoup {
+    /// How ingredients are chosen.
+    pub method: crate::soup::Method,
+    /// The select split (never the held-out set of the report).
+    pub select: EvalOptions,
+}
+
+/// Makes the soup of every checkpoint found (`soup.safetensors` and `model_soup.onnx` in `work`)
+/// and its report section, with the report's names for the checkpoints.
+fn make_soup(
+    found: &[CheckpointFile],
+    names: &[String],
+    work: &Path,
+    soup: &RunSoup,
+    opts: &RunOptions,
+) -> Result<report::SoupReport> {
+    let (s, _) = crate::soup::soup(&crate::soup::SoupOptions {
+        model: opts.model.clone(),
+        checkpoints: found.iter().map(|f| f.path.clone()).collect(),
+        selection: Selection::default(),
+        key: opts.key.clone(),
+        method: soup.method,
+        recalibrate: None,
+        pass: opts.pass.clone(),
+        select: soup.select.clone(),
+        eval: Some(opts.eval.clone()),
+        allow_partial: opts.allow_partial,
+        output: work.join("soup.safetensors"),
+        onnx_output: Some(work.join("model_soup.onnx")),
+    })?;
+    let label =
+        |path: &Path| found.iter().position(|f| f.path == path).map_or_else(|| file_name(path), |i| names[i].clone());
+    let by_name = |name: &str| s.candidates.iter().find(|c| c.name == name).map(|c| label(&c.path));
+    Ok(report::SoupReport {
+        method: s.method.clone(),
+        recalibrated: s.recalibrated,
+        ingredients: s.ingredients.iter().filter_map(|i| by_name(i)).collect(),
+        candidates: s
+            .candidates
+            .iter()
+            .map(|c| report::SoupStep {
+                name: label(&c.path),
+                select_alone: c.select_alone.top1,
+                select_in_soup: c.select_in_soup.as_ref().map(|x| x.top1),
+                kept: c.kept,
+            })
+            .collect(),
+        select: s.select.clone(),
+        eval: s.eval.clone().expect("the soup is evaluated on the held-out set"),
+    })
 }
 
 /// The file `swa run` writes into its output directory: what `force` looks for before it replaces
@@ -133,6 +189,9 @@ fn files_read(binder: &Binder, found: &[CheckpointFile], opts: &RunOptions) -> R
         }
     }
     files.extend([opts.pass.inputs.clone(), opts.eval.inputs.clone(), opts.eval.labels.clone()]);
+    if let Some(soup) = &opts.soup {
+        files.extend([soup.select.inputs.clone(), soup.select.labels.clone()]);
+    }
     Ok(files)
 }
 
@@ -302,6 +361,14 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
     let rows = evaluate_checkpoints(&binder, &found, &names, opts)?;
     clock.lap("evaluate checkpoints");
     let swa = swa(&binder, &selected, work.path(), opts, &mut clock)?;
+    let soup = match &opts.soup {
+        Some(soup) => {
+            let report = make_soup(&found, &names, work.path(), soup, opts)?;
+            clock.lap("soup");
+            Some(report)
+        }
+        None => None,
+    };
     let best = Report::best_of(&rows);
     let swa_recalibrated = Score::from(&swa.recalibrated);
     let report = Report {
@@ -323,6 +390,7 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
         swa_recalibrated,
         best,
         timings: clock.timings,
+        soup,
     };
     write_outputs(work.path(), &swa, &report, &selected, opts)?;
     stamps.check()?;

@@ -470,13 +470,18 @@ pub fn apply(
     meta: &BTreeMap<String, String>,
 ) -> Result<Vec<(String, String)>> {
     let names = bn::apply(&mut prepared.bound.model, &prepared.layers, &result.stats)?;
-    let props = &mut prepared.bound.model.proto.metadata_props;
+    record_metadata(&mut prepared.bound.model, meta);
+    Ok(names)
+}
+
+/// Records `meta` in the model's metadata properties as `swa.KEY`, replacing earlier values.
+pub fn record_metadata(model: &mut Model, meta: &BTreeMap<String, String>) {
+    let props = &mut model.proto.metadata_props;
     for (k, v) in meta {
         let key = format!("swa.{k}");
         props.retain(|p| p.key() != key);
         props.push(crate::onnx::proto::StringStringEntryProto { key: Some(key), value: Some(v.clone()) });
     }
-    Ok(names)
 }
 
 /// Metadata recorded in recalibrated outputs.

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{render, Cli, Command, EvaluateArgs, InspectArgs, RunArgs};
 use swa::onnx::bind::{BindReport, Binder};
 use swa::onnx::bn;
-use swa::{average, evaluate, inputs, pipeline, recalibrate, report, Error, Result};
+use swa::{average, evaluate, inputs, pipeline, recalibrate, report, soup, Error, Result};
 
 /// What a command produced: text for stdout and the exit code (0, or 1 for a failed threshold).
 #[derive(Debug, Default)]
@@ -46,6 +46,13 @@ pub fn execute(cli: &Cli) -> Result<Outcome> {
         }
         Command::Evaluate(a) => evaluate_command(a, q),
         Command::Run(a) => run_command(a, q),
+        Command::Soup(a) => {
+            let (s, warnings) = soup::soup(&a.options(q)?)?;
+            for w in &warnings {
+                warn!("swa: warning: {w}");
+            }
+            Ok(Outcome { stdout: if a.json { json(&s) } else { render::soup(&s) }, code: 0 })
+        }
         Command::Inspect(a) => inspect(a),
     }
 }

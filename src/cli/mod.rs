@@ -15,6 +15,7 @@ use swa::evaluate::EvalOptions;
 use swa::inputs::Selection;
 use swa::recalibrate::{PassOptions, RecalibrateOptions, StatsMode};
 use swa::runtime::{Device, Engine};
+use swa::soup::{Method, SoupOptions};
 use swa::{Error, Result};
 
 /// A count that must be at least 1.
@@ -74,6 +75,9 @@ pub enum Command {
     Evaluate(EvaluateArgs),
     /// Average, recalibrate, evaluate every checkpoint and the SWA model, and write a report.
     Run(RunArgs),
+    /// Choose checkpoints to average by held-out accuracy (greedy, uniform or top-k model soups),
+    /// judging every candidate with BatchNorm statistics recalibrated for its own weights.
+    Soup(SoupArgs),
     /// List a checkpoint's or model's tensors and BatchNorm layers.
     Inspect(InspectArgs),
 }
@@ -439,6 +443,16 @@ pub struct RunArgs {
     /// Also recalibrate every checkpoint (the "++" column).
     #[arg(long)]
     pub recalibrate_each: bool,
+    /// Also make a model soup of every checkpoint found (greedy, uniform or top-k:K), chosen on
+    /// --select-inputs, and report it beside SWA.
+    #[arg(long, value_name = "METHOD", value_parser = |s: &str| s.parse::<Method>(), requires_all = ["select_inputs", "select_labels"])]
+    pub soup: Option<Method>,
+    /// The soup's select split (held out, and not the --eval-inputs the report is measured on).
+    #[arg(long, value_name = "X.npy|X.npz", requires = "soup")]
+    pub select_inputs: Option<PathBuf>,
+    /// Labels of the select split.
+    #[arg(long, value_name = "Y.npy", requires = "soup")]
+    pub select_labels: Option<PathBuf>,
     /// Statistics mode.
     #[arg(long, value_enum, default_value = "precise")]
     pub stats: StatsArg,
@@ -507,6 +521,20 @@ impl RunArgs {
             allow_nonfinite: self.allow_nonfinite,
             out: self.out.clone(),
             force: self.force,
+            soup: match (self.soup, &self.select_inputs, &self.select_labels) {
+                (Some(method), Some(inputs), Some(labels)) => Some(swa::pipeline::RunSoup {
+                    method,
+                    select: EvalOptions {
+                        inputs: inputs.clone(),
+                        labels: labels.clone(),
+                        batch_size: self.eval_batch_size,
+                        top_k: self.top_k,
+                        engine: self.run.engine()?,
+                        quiet,
+                    },
+                }),
+                _ => None,
+            },
         })
     }
 }
@@ -553,5 +581,121 @@ mod tests {
         assert!(super::thread_count("0").is_err());
         let err = super::thread_count("100000").unwrap_err();
         assert!(err.contains("at most"), "{err}");
+    }
+}
+
+/// `swa soup`.
+#[derive(Debug, Args)]
+pub struct SoupArgs {
+    /// The ONNX model.
+    #[arg(long, value_name = "M.onnx")]
+    pub model: PathBuf,
+    /// Candidate checkpoints: directories or files.
+    #[arg(long, required = true, num_args = 1.., value_name = "DIR|FILE")]
+    pub checkpoints: Vec<PathBuf>,
+    /// Which checkpoints are candidates.
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// The state dict to read in torch.save files.
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<String>,
+    /// greedy (add candidates best first, keep each that does not lower the select accuracy),
+    /// uniform (all), or top-k:K (the K best).
+    #[arg(long, default_value = "greedy", value_parser = |s: &str| s.parse::<Method>())]
+    pub method: Method,
+    /// Training samples for BatchNorm recalibration.
+    #[arg(long, value_name = "X.npy|X.npz")]
+    pub train_inputs: Option<PathBuf>,
+    /// The select split: held-out inputs the ingredients are chosen by.
+    #[arg(long, value_name = "X.npy|X.npz")]
+    pub select_inputs: PathBuf,
+    /// Labels of the select split.
+    #[arg(long, value_name = "Y.npy")]
+    pub select_labels: PathBuf,
+    /// A test split, reported for the soup and the best single checkpoint (never used to choose).
+    #[arg(long, value_name = "X.npy|X.npz", requires = "eval_labels")]
+    pub eval_inputs: Option<PathBuf>,
+    /// Labels of the test split.
+    #[arg(long, value_name = "Y.npy", requires = "eval_inputs")]
+    pub eval_labels: Option<PathBuf>,
+    /// Recalibrate BatchNorm for every candidate and soup (the default when the model has BatchNorm).
+    #[arg(long, conflicts_with = "no_recalibrate")]
+    pub recalibrate: bool,
+    /// Judge with the averaged stored statistics (for models without BatchNorm, or to compare).
+    #[arg(long)]
+    pub no_recalibrate: bool,
+    /// Statistics mode.
+    #[arg(long, value_enum, default_value = "precise")]
+    pub stats: StatsArg,
+    /// Recalibration batch size.
+    #[arg(long, default_value = "64", value_parser = at_least_one)]
+    pub batch_size: NonZeroUsize,
+    /// Use at most this many training samples.
+    #[arg(long, value_name = "N")]
+    pub max_samples: Option<usize>,
+    /// Evaluation batch size.
+    #[arg(long, default_value = "256", value_parser = at_least_one)]
+    pub eval_batch_size: NonZeroUsize,
+    /// k of the top-k accuracy.
+    #[arg(long, default_value = "5", value_parser = at_least_one)]
+    pub top_k: NonZeroUsize,
+    /// Device and threads.
+    #[command(flatten)]
+    pub run: DeviceArgs,
+    /// Keep the model's own values for weights that a checkpoint lacks.
+    #[arg(long)]
+    pub allow_partial: bool,
+    /// The soup's weights, under the checkpoints' names.
+    #[arg(short, long, value_name = "SOUP.safetensors")]
+    pub output: PathBuf,
+    /// Also the ONNX model with the soup's weights and statistics.
+    #[arg(long, value_name = "SOUP.onnx")]
+    pub onnx_out: Option<PathBuf>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl SoupArgs {
+    /// The library options.
+    pub fn options(&self, quiet: bool) -> Result<SoupOptions> {
+        let quiet = quiet || self.json;
+        let recalibrate = if self.no_recalibrate { Some(false) } else { self.recalibrate.then_some(true) };
+        let train = match (&self.train_inputs, recalibrate) {
+            (Some(t), _) => t.clone(),
+            (None, Some(false)) => PathBuf::new(),
+            (None, _) => {
+                return Err(Error::usage(
+                    "--train-inputs is needed to recalibrate BatchNorm (pass --no-recalibrate to judge with the averaged stored statistics)",
+                ))
+            }
+        };
+        let eval = |inputs: &std::path::Path, labels: &std::path::Path| -> Result<EvalOptions> {
+            Ok(EvalOptions {
+                inputs: inputs.to_path_buf(),
+                labels: labels.to_path_buf(),
+                batch_size: self.eval_batch_size,
+                top_k: self.top_k,
+                engine: self.run.engine()?,
+                quiet,
+            })
+        };
+        Ok(SoupOptions {
+            model: self.model.clone(),
+            checkpoints: self.checkpoints.clone(),
+            selection: (&self.select).into(),
+            key: self.key.clone(),
+            method: self.method,
+            recalibrate,
+            pass: pass(&train, self.batch_size, self.max_samples, self.stats, &self.run, quiet)?,
+            select: eval(&self.select_inputs, &self.select_labels)?,
+            eval: match (&self.eval_inputs, &self.eval_labels) {
+                (Some(i), Some(l)) => Some(eval(i, l)?),
+                _ => None,
+            },
+            allow_partial: self.allow_partial,
+            output: self.output.clone(),
+            onnx_output: self.onnx_out.clone(),
+        })
     }
 }

@@ -7,6 +7,8 @@ use swa::average::AverageSummary;
 use swa::error::chain;
 use swa::evaluate::Metrics;
 use swa::recalibrate::RecalibrateSummary;
+use swa::report::Score;
+use swa::soup::SoupSummary;
 use swa::{Error, Hint, Setting};
 
 /// The flag that sets `setting`.
@@ -219,4 +221,35 @@ mod tests {
         );
         assert!(!hinted.to_string().contains("--"), "the library names no flag: {hinted}");
     }
+}
+
+fn score(s: &Score) -> String {
+    format!("{:.2}% ({}/{}), loss {:.4}", s.top1 * 100.0, s.correct, s.samples, s.loss)
+}
+
+/// What `swa soup` did: every candidate tried, in order, and the soup against the best single one.
+pub fn soup(s: &SoupSummary) -> String {
+    let mut o = String::new();
+    let recal = match &s.stats {
+        Some(stats) => format!("BatchNorm recalibrated for each ({stats} statistics)"),
+        None => "stored statistics averaged, not recalibrated".to_string(),
+    };
+    let _ = writeln!(o, "{} soup of {} candidate(s), {recal}", s.method, s.candidates.len());
+    let _ =
+        writeln!(o, "{:<36} {:>24} {:>24}  kept", "candidate (best alone first)", "select alone", "select in the soup");
+    for c in &s.candidates {
+        let alone = format!("{:.2}% / {:.4}", c.select_alone.top1 * 100.0, c.select_alone.loss);
+        let soup =
+            c.select_in_soup.as_ref().map_or("–".to_string(), |x| format!("{:.2}% / {:.4}", x.top1 * 100.0, x.loss));
+        let _ = writeln!(o, "{:<36} {alone:>24} {soup:>24}  {}", c.name, if c.kept { "✓" } else { "" });
+    }
+    let _ = writeln!(o, "ingredients ({}): {}", s.n_models, s.ingredients.join(", "));
+    let _ = writeln!(o, "soup, select split: {}", score(&s.select));
+    let _ = writeln!(o, "best single ({}), select split: {}", s.best_single.name, score(&s.best_single.select));
+    if let (Some(e), Some(b)) = (&s.eval, &s.best_single.eval) {
+        let _ = writeln!(o, "soup, test split: {}", score(e));
+        let _ = writeln!(o, "best single, test split: {}  (soup {:+.2} pp)", score(b), (e.top1 - b.top1) * 100.0);
+    }
+    wrote(&mut o, &s.outputs);
+    o
 }

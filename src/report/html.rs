@@ -32,6 +32,7 @@ impl Frame {
             .flat_map(|c| std::iter::once(c.stored.top1).chain(c.recalibrated.as_ref().map(|x| x.top1)))
             .collect();
         values.extend([r.swa_stored.top1, r.swa_recalibrated.top1]);
+        values.extend(r.soup.iter().map(|soup| soup.eval.top1));
         let lo = values.iter().copied().fold(1.0, f64::min);
         let hi = values.iter().copied().fold(0.0, f64::max);
         let pad = ((hi - lo) * 0.1).max(0.01);
@@ -119,6 +120,19 @@ impl Frame {
         }
     }
 
+    /// A ring around each ingredient's point (its stored-statistics point).
+    fn ingredients(&self, r: &Report, names: &[String], s: &mut String) {
+        for (i, c) in r.checkpoints.iter().enumerate().filter(|(_, c)| names.contains(&c.name)) {
+            let _ = write!(
+                s,
+                r##"<circle class="ingredient" data-checkpoint="{}" cx="{:.1}" cy="{:.1}" r="8" fill="none" stroke="#9467bd" stroke-width="2"/>"##,
+                escape(&c.name),
+                self.x(i),
+                self.y(c.stored.top1)
+            );
+        }
+    }
+
     /// A horizontal line across the plot at `v`.
     fn level(&self, name: &str, color: &str, dash: &str, v: f64, s: &mut String) {
         let _ = write!(
@@ -166,15 +180,18 @@ pub fn chart(r: &Report) -> String {
     f.series(r, "recalibrated", "#ff7f0e", &recalibrated, &mut s);
     f.level("swa-stored", "#7f7f7f", "6 4", r.swa_stored.top1, &mut s);
     f.level("swa-recalibrated", "#2ca02c", "", r.swa_recalibrated.top1, &mut s);
-    f.legend(
-        &[
-            ("#1f77b4", "", "checkpoint, stored stats"),
-            ("#ff7f0e", "", "checkpoint, recalibrated"),
-            ("#7f7f7f", "6 4", "SWA, stored stats"),
-            ("#2ca02c", "", "SWA, recalibrated"),
-        ],
-        &mut s,
-    );
+    let mut legend = vec![
+        ("#1f77b4", "", "checkpoint, stored stats"),
+        ("#ff7f0e", "", "checkpoint, recalibrated"),
+        ("#7f7f7f", "6 4", "SWA, stored stats"),
+        ("#2ca02c", "", "SWA, recalibrated"),
+    ];
+    if let Some(soup) = &r.soup {
+        f.level("soup", "#9467bd", "2 3", soup.eval.top1, &mut s);
+        f.ingredients(r, &soup.ingredients, &mut s);
+        legend.push(("#9467bd", "2 3", "soup (rings: in it)"));
+    }
+    f.legend(&legend, &mut s);
     s.push_str("</svg>");
     s
 }
@@ -201,6 +218,15 @@ fn render(t: &Table) -> String {
 pub fn html(r: &Report) -> String {
     let summary = render(&table::summary(r));
     let checkpoints = render(&table::checkpoints(r));
+    let soup = match (&r.soup, table::soup(r)) {
+        (Some(soup), Some(t)) => format!(
+            "<h2>{} soup</h2><p>{}</p>{}",
+            escape(&soup.method),
+            escape(&super::soup_sentence(soup)),
+            render(&t)
+        ),
+        _ => String::new(),
+    };
     let times = render(&table::timings(r));
     let gain_class = if r.gain_top1 >= 0.0 { "gain" } else { "loss" };
     format!(
@@ -219,7 +245,7 @@ th:first-child,td:first-child{{text-align:left}} .meta{{color:#555}} .gain{{colo
 {chart}
 <h2>Summary</h2>{summary}
 <h2>Checkpoints</h2>{checkpoints}
-<p class="meta">"++": the same weights with BatchNorm statistics recalibrated on the training samples.</p>
+<p class="meta">"++": the same weights with BatchNorm statistics recalibrated on the training samples.</p>{soup}
 <h2>Time</h2>{times}
 <p class="meta">{tool}</p>
 <script type="application/json" id="report-data">{json}</script>

@@ -61,6 +61,12 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "## Checkpoints\n");
     s.push_str(&render(&table::checkpoints(r)));
     let _ = writeln!(s, "\n\"++\": the same weights with BatchNorm statistics recalibrated on the training samples.\n");
+    if let (Some(soup), Some(table)) = (&r.soup, table::soup(r)) {
+        let _ = writeln!(s, "## {} soup\n", soup.method);
+        let _ = writeln!(s, "{}\n", super::soup_sentence(soup));
+        s.push_str(&render(&table));
+        s.push('\n');
+    }
     let _ = writeln!(s, "## Time\n");
     s.push_str(&render(&table::timings(r)));
     let _ = writeln!(s, "\n_{}_", r.tool);

@@ -104,6 +104,40 @@ pub struct Report {
     pub gain_top1: f64,
     /// Time per stage.
     pub timings: Vec<Timing>,
+    /// The model soup made beside SWA (`swa run --soup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soup: Option<SoupReport>,
+}
+
+/// A model soup in the report: how its ingredients were chosen on the select split, and its
+/// figures on the held-out set of the report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SoupReport {
+    /// `greedy`, `uniform` or `top-k:K`.
+    pub method: String,
+    /// Whether each candidate and soup was judged with recalibrated BatchNorm statistics.
+    pub recalibrated: bool,
+    /// Ingredients, in the order added.
+    pub ingredients: Vec<String>,
+    /// Every candidate in the order tried: alone and in the soup, on the select split.
+    pub candidates: Vec<SoupStep>,
+    /// The soup on the select split.
+    pub select: Score,
+    /// The soup on the report's held-out set.
+    pub eval: Score,
+}
+
+/// One candidate of a soup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SoupStep {
+    /// Checkpoint name (as in the report's rows).
+    pub name: String,
+    /// Select top-1 alone.
+    pub select_alone: f64,
+    /// Select top-1 of the soup with it added (greedy; none for the first ingredient).
+    pub select_in_soup: Option<f64>,
+    /// Whether it is an ingredient.
+    pub kept: bool,
 }
 
 /// The best single checkpoint.
@@ -115,17 +149,40 @@ pub struct BestCheckpoint {
     pub statistics: String,
     /// Its top-1.
     pub top1: f64,
+    /// Its top-k (absent in reports written before it existed).
+    #[serde(default, deserialize_with = "null_is_nan_opt")]
+    pub topk: Option<f64>,
+    /// Its loss (absent in reports written before it existed).
+    #[serde(default, deserialize_with = "null_is_nan_opt")]
+    pub loss: Option<f64>,
+}
+
+/// An optional number that JSON may have written as `null` because it was NaN.
+fn null_is_nan_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    Ok(Some(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN)))
 }
 
 impl Report {
     /// The best checkpoint by top-1 (first on ties), over stored and recalibrated statistics.
     pub fn best_of(rows: &[CheckpointRow]) -> BestCheckpoint {
-        let mut best = BestCheckpoint { name: String::new(), statistics: "stored".into(), top1: f64::NEG_INFINITY };
+        let mut best = BestCheckpoint {
+            name: String::new(),
+            statistics: "stored".into(),
+            top1: f64::NEG_INFINITY,
+            topk: None,
+            loss: None,
+        };
         for r in rows {
             for (kind, s) in [("stored", Some(&r.stored)), ("recalibrated", r.recalibrated.as_ref())] {
                 if let Some(s) = s {
                     if s.top1 > best.top1 {
-                        best = BestCheckpoint { name: r.name.clone(), statistics: kind.into(), top1: s.top1 };
+                        best = BestCheckpoint {
+                            name: r.name.clone(),
+                            statistics: kind.into(),
+                            top1: s.top1,
+                            topk: Some(s.topk),
+                            loss: Some(s.loss),
+                        };
                     }
                 }
             }
@@ -172,6 +229,21 @@ impl Report {
         r.timings.iter_mut().for_each(|t| t.seconds = 0.0);
         r
     }
+}
+
+/// How a soup's ingredients were chosen, in one sentence for people.
+pub(crate) fn soup_sentence(soup: &SoupReport) -> String {
+    let judged = if soup.recalibrated {
+        "each candidate and each soup judged with BatchNorm statistics recalibrated for its own weights"
+    } else {
+        "judged with averaged stored statistics"
+    };
+    format!(
+        "{} ingredient(s) chosen on the select split ({} on it), {judged}; on the held-out set: {} top-1.",
+        soup.ingredients.len(),
+        pct(soup.select.top1),
+        pct(soup.eval.top1)
+    )
 }
 
 /// A fraction as a percentage with two decimals.
@@ -235,6 +307,33 @@ mod tests {
                 Timing { stage: "average".into(), seconds: 1.5 },
                 Timing { stage: "recalibrate SWA".into(), seconds: 0.25 },
             ],
+            soup: Some(SoupReport {
+                method: "greedy".into(),
+                recalibrated: true,
+                ingredients: vec!["epoch_2<&>.safetensors".into(), "last.safetensors".into()],
+                candidates: vec![
+                    SoupStep {
+                        name: "epoch_2<&>.safetensors".into(),
+                        select_alone: 0.85,
+                        select_in_soup: None,
+                        kept: true,
+                    },
+                    SoupStep {
+                        name: "last.safetensors".into(),
+                        select_alone: 0.83,
+                        select_in_soup: Some(0.87),
+                        kept: true,
+                    },
+                    SoupStep {
+                        name: "epoch_1.safetensors".into(),
+                        select_alone: 0.75,
+                        select_in_soup: Some(0.8),
+                        kept: false,
+                    },
+                ],
+                select: score(174, 0.99, 0.37),
+                eval: score(172, 0.99, 0.38),
+            }),
         }
     }
 

@@ -58,12 +58,12 @@ pub fn summary(r: &Report) -> Table {
     Table {
         header: vec!["model".into(), "top-1".into(), format!("top-{}", r.k), "loss".into()],
         align: vec![Left, Right, Right, Right],
-        rows: vec![
+        rows: [
             vec![
                 Cell::text(format!("best checkpoint: {} ({} statistics)", r.best.name, r.best.statistics)),
                 Cell::text(pct(r.best.top1)),
-                Cell::none(),
-                Cell::none(),
+                r.best.topk.map_or_else(Cell::none, |x| Cell::text(pct(x))),
+                r.best.loss.map_or_else(Cell::none, |x| Cell::text(loss(x))),
             ],
             vec![
                 Cell::text("SWA, newest checkpoint's statistics"),
@@ -77,8 +77,47 @@ pub fn summary(r: &Report) -> Table {
                 Cell::text(pct(r.swa_recalibrated.topk)),
                 Cell::text(loss(r.swa_recalibrated.loss)),
             ],
-        ],
+        ]
+        .into_iter()
+        .chain(r.soup.iter().map(|soup| {
+            vec![
+                Cell::text(format!(
+                    "{} soup of {} ({})",
+                    soup.method,
+                    soup.ingredients.len(),
+                    soup.ingredients.join(", ")
+                )),
+                Cell::text(pct(soup.eval.top1)),
+                Cell::text(pct(soup.eval.topk)),
+                Cell::text(loss(soup.eval.loss)),
+            ]
+        }))
+        .collect(),
     }
+}
+
+/// A soup's candidates in the order tried: select accuracy alone and in the soup, kept or not.
+pub fn soup(r: &Report) -> Option<Table> {
+    use Align::*;
+    let soup = r.soup.as_ref()?;
+    Some(Table {
+        header: ["candidate (best alone first)", "select top-1 alone", "select top-1 in the soup", "kept"]
+            .map(String::from)
+            .to_vec(),
+        align: vec![Left, Right, Right, Center],
+        rows: soup
+            .candidates
+            .iter()
+            .map(|c| {
+                vec![
+                    Cell::text(&c.name),
+                    Cell::text(pct(c.select_alone)),
+                    Cell::text(c.select_in_soup.map_or("–".to_string(), pct)),
+                    Cell::text(if c.kept { "✓" } else { "" }),
+                ]
+            })
+            .collect(),
+    })
 }
 
 /// Every checkpoint: in the average or not, its stored and recalibrated accuracy and loss.

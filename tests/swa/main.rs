@@ -11,4 +11,5 @@ mod recalibrate;
 mod report;
 mod run;
 mod safety;
+mod soup;
 mod torch;

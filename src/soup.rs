@@ -1,0 +1,496 @@
+//! Model soups that know about BatchNorm: choose which checkpoints to average by a held-out
+//! metric (greedy soup, Wortsman et al. 2022; uniform; top-k), judging every candidate with
+//! BatchNorm statistics recalibrated for its own weights.
+//!
+//! Every candidate is first judged alone (a soup of one, recalibrated like the soups, so singles
+//! and soups compare alike) on the select split, and ranked: higher accuracy first, then lower
+//! loss, then the later checkpoint. A greedy soup starts from the best and tries the others in
+//! that order, each as the uniform average of the current ingredients and the candidate, formed
+//! from the running sum of the ingredients (no ingredient is read twice); it keeps a candidate
+//! when the select accuracy does not drop (equal accuracy: when the loss does not rise). The eval
+//! (test) split, if given, is only reported, never used to choose.
+//!
+//! The running sum holds every floating-point tensor in f64 (8 bytes per parameter): soups are
+//! for models that ONNX Runtime runs, not for 100 GB checkpoints (`swa average` streams those).
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::checkpoint::{dtype, Checkpoint, TensorSpec};
+use crate::error::{Error, Result};
+use crate::evaluate::{self, EvalOptions, Metrics};
+use crate::fs::{check_output, refuse_overwrite, refuse_same_output, Outputs, Stamps};
+use crate::inputs::{self, CheckpointFile, Selection};
+use crate::onnx::bind::{Binder, Bound};
+use crate::onnx::bn;
+use crate::recalibrate::{self, PassOptions, PassResult, Prepared};
+use crate::report::Score;
+
+/// How the ingredients are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Method {
+    /// Add candidates best first, keeping each that does not make the soup worse.
+    #[default]
+    Greedy,
+    /// Average every candidate.
+    Uniform,
+    /// Average the K best candidates.
+    TopK(NonZeroUsize),
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Method::Greedy => f.write_str("greedy"),
+            Method::Uniform => f.write_str("uniform"),
+            Method::TopK(k) => write!(f, "top-k:{k}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "greedy" => Ok(Method::Greedy),
+            "uniform" => Ok(Method::Uniform),
+            _ => s
+                .strip_prefix("top-k:")
+                .and_then(|k| k.parse::<NonZeroUsize>().ok())
+                .map(Method::TopK)
+                .ok_or_else(|| format!("unknown soup method `{s}`: use greedy, uniform or top-k:K (K ≥ 1)")),
+        }
+    }
+}
+
+/// Everything `swa soup` needs.
+#[derive(Debug, Clone)]
+pub struct SoupOptions {
+    /// The ONNX model (any weights; each soup's are bound into it).
+    pub model: PathBuf,
+    /// Candidate checkpoint files or directories.
+    pub checkpoints: Vec<PathBuf>,
+    /// Which of them are candidates.
+    pub selection: Selection,
+    /// The state dict to read in `torch.save` checkpoints.
+    pub key: Option<String>,
+    /// How ingredients are chosen.
+    pub method: Method,
+    /// Recalibrate BatchNorm statistics of every candidate and soup: `None` when the model has
+    /// BatchNorm, `Some(false)` never; `Some(true)` requires BatchNorm.
+    pub recalibrate: Option<bool>,
+    /// The recalibration pass (training samples, batch, statistics mode, device).
+    pub pass: PassOptions,
+    /// The select split: what the ingredients are chosen by.
+    pub select: EvalOptions,
+    /// A test split, reported for the soup and the best single checkpoint, never used to choose.
+    pub eval: Option<EvalOptions>,
+    /// Keep the model's own values for weights a checkpoint lacks.
+    pub allow_partial: bool,
+    /// The soup's weights (safetensors, under the checkpoints' names).
+    pub output: PathBuf,
+    /// Also the ONNX model with the soup's weights and statistics.
+    pub onnx_output: Option<PathBuf>,
+}
+
+/// One candidate as it was tried.
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    /// File name.
+    pub name: String,
+    /// The file.
+    pub path: PathBuf,
+    /// The number in its name.
+    pub number: Option<u64>,
+    /// Its select metrics alone (recalibrated when the soup is).
+    pub select_alone: Score,
+    /// The select metrics of the soup with it added (greedy only; `None` for the first ingredient).
+    pub select_in_soup: Option<Score>,
+    /// Whether it is an ingredient of the final soup.
+    pub kept: bool,
+}
+
+/// The best single checkpoint by select accuracy.
+#[derive(Debug, Clone, Serialize)]
+pub struct BestSingle {
+    /// File name.
+    pub name: String,
+    /// Its select metrics.
+    pub select: Score,
+    /// Its test metrics, with the test split.
+    pub eval: Option<Score>,
+}
+
+/// What `swa soup` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SoupSummary {
+    /// `greedy`, `uniform` or `top-k:K`.
+    pub method: String,
+    /// Whether BatchNorm statistics were recalibrated for every candidate and soup.
+    pub recalibrated: bool,
+    /// The statistics mode, when recalibrated.
+    pub stats: Option<String>,
+    /// File names of the ingredients, in the order they were added.
+    pub ingredients: Vec<String>,
+    /// Every candidate, in the order tried (best alone first).
+    pub candidates: Vec<Candidate>,
+    /// The final soup on the select split.
+    pub select: Score,
+    /// The final soup on the test split.
+    pub eval: Option<Score>,
+    /// The best candidate alone.
+    pub best_single: BestSingle,
+    /// Models in the soup.
+    pub n_models: u64,
+    /// Files written.
+    pub outputs: Vec<PathBuf>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Candidates, opened once, and the model to bind them into.
+struct Kitchen<'a> {
+    opts: &'a SoupOptions,
+    binder: Binder,
+    recalibrate: bool,
+}
+
+/// A model judged: its bound weights (recalibrated when on), the pass, and its select metrics.
+struct Judged {
+    prepared: Option<Prepared>,
+    bound: Option<Bound>,
+    /// The pass and the statistics' initializer names, when recalibrated.
+    pass: Option<(PassResult, Vec<(String, String)>)>,
+    select: Metrics,
+}
+
+impl Judged {
+    fn model(&self) -> &crate::onnx::Model {
+        match (&self.prepared, &self.bound) {
+            (Some(p), _) => &p.bound.model,
+            (None, Some(b)) => &b.model,
+            (None, None) => unreachable!("a judged model is bound"),
+        }
+    }
+}
+
+impl Kitchen<'_> {
+    /// Binds `ck`, recalibrates it when on, and evaluates it on the select split.
+    fn judge(&self, ck: Checkpoint) -> Result<Judged> {
+        let bound = self.binder.bind(Some(ck), self.opts.allow_partial)?;
+        if !self.recalibrate {
+            let select = evaluate::evaluate(&bound.model, &self.opts.select)?;
+            return Ok(Judged { prepared: None, bound: Some(bound), pass: None, select });
+        }
+        let mut prepared = Prepared::new(bound)?;
+        recalibrate::check_weights_finite(&prepared)?;
+        let pass = recalibrate::compute(&prepared, &self.opts.pass)?;
+        let names = recalibrate::apply(&mut prepared, &pass, &BTreeMap::new())?;
+        let select = evaluate::evaluate(&prepared.bound.model, &self.opts.select)?;
+        Ok(Judged { prepared: Some(prepared), bound: None, pass: Some((pass, names)), select })
+    }
+}
+
+/// The uniform average of checkpoints, kept as a running f64 sum of every floating-point tensor.
+struct Sum {
+    reference: Checkpoint,
+    sums: BTreeMap<String, Vec<f64>>,
+    count: usize,
+}
+
+impl Sum {
+    fn new(first: Checkpoint) -> Self {
+        let mut sum = Sum { sums: BTreeMap::new(), count: 0, reference: Checkpoint::empty(first.path()) };
+        sum.add(&first);
+        sum.reference = first;
+        sum
+    }
+
+    fn add(&mut self, ck: &Checkpoint) {
+        for t in ck.tensors().iter().filter(|t| dtype::is_float(t.dtype)) {
+            let values = dtype::to_f64(t.dtype, ck.bytes(t));
+            match self.sums.get_mut(&t.name) {
+                Some(s) => s.iter_mut().zip(values).for_each(|(a, v)| *a += v),
+                None => {
+                    self.sums.insert(t.name.clone(), values);
+                }
+            }
+        }
+        self.count += 1;
+    }
+
+    /// The average with `extra` added (when given), as a checkpoint in the reference's dtypes and
+    /// order; integer tensors come from the first ingredient.
+    fn average_with(&self, extra: Option<&Checkpoint>) -> Result<Checkpoint> {
+        let n = (self.count + extra.is_some() as usize) as f64;
+        let mut out = Checkpoint::empty(Path::new("soup"));
+        for t in self.reference.tensors() {
+            let bytes = match self.sums.get(&t.name) {
+                Some(sum) => {
+                    let mut values = sum.clone();
+                    if let Some(e) = extra {
+                        let u = e.get(&t.name).ok_or_else(|| {
+                            Error::tensor(e.path(), &t.name, "is missing: candidates must have the same tensors")
+                        })?;
+                        if u.shape != t.shape || !dtype::is_float(u.dtype) {
+                            return Err(Error::tensor(
+                                e.path(),
+                                &t.name,
+                                format!(
+                                    "is {:?} {:?}, other candidates have {:?} {:?}",
+                                    u.dtype, u.shape, t.dtype, t.shape
+                                ),
+                            ));
+                        }
+                        values.iter_mut().zip(dtype::to_f64(u.dtype, e.bytes(u))).for_each(|(a, v)| *a += v);
+                    }
+                    values.iter_mut().for_each(|v| *v /= n);
+                    let mut bytes = vec![0u8; values.len() * dtype::width(t.dtype)];
+                    dtype::encode(t.dtype, &values, &mut bytes);
+                    bytes
+                }
+                None => self.reference.bytes(t).to_vec(),
+            };
+            out.push_owned(t.name.clone(), t.dtype, t.shape.clone(), bytes)?;
+        }
+        Ok(out)
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Better first: higher accuracy, then lower loss, then the later checkpoint.
+fn rank(a: &(usize, Metrics), b: &(usize, Metrics)) -> std::cmp::Ordering {
+    b.1.correct
+        .cmp(&a.1.correct)
+        .then(a.1.loss.partial_cmp(&b.1.loss).unwrap_or(std::cmp::Ordering::Equal))
+        .then(b.0.cmp(&a.0))
+}
+
+/// Whether a soup with `new` select metrics is no worse than one with `current`.
+fn no_worse(new: &Metrics, current: &Metrics) -> bool {
+    new.correct > current.correct || (new.correct == current.correct && new.loss <= current.loss)
+}
+
+/// Checks the outputs, and that the select and test splits are not one file.
+fn check_files(opts: &SoupOptions, read: &[&Path]) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    let ext = opts.output.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    if ext != "safetensors" {
+        return Err(Error::usage(format!(
+            "the soup's weights are written as safetensors: name the output NAME.safetensors, not {}",
+            opts.output.display()
+        )));
+    }
+    let mut outputs: Vec<&Path> = vec![&opts.output];
+    let data = opts.onnx_output.as_deref().map(crate::onnx::data_file);
+    outputs.extend(opts.onnx_output.as_deref());
+    outputs.extend(data.as_deref());
+    for o in &outputs {
+        check_output(o)?;
+        refuse_overwrite(o, read)?;
+    }
+    refuse_same_output(&outputs)?;
+    if let Some(eval) = &opts.eval {
+        let same = |a: &Path, b: &Path| a.canonicalize().ok().is_some_and(|x| b.canonicalize().ok() == Some(x));
+        if same(&eval.inputs, &opts.select.inputs) {
+            warnings.push(format!(
+                "the select and eval splits are the same file ({}): the test figures are not held out",
+                eval.inputs.display()
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
+/// Makes the soup as `opts` says and writes it; returns the summary and warnings for people.
+pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
+    let started = Instant::now();
+    let found = inputs::discover(&opts.checkpoints)?;
+    let files: Vec<CheckpointFile> = inputs::select(&found.files, &opts.selection)?;
+    if let Method::TopK(k) = opts.method {
+        if k.get() > files.len() {
+            return Err(Error::usage(format!(
+                "top-k:{k} needs at least {k} candidates, and {} were selected",
+                files.len()
+            )));
+        }
+    }
+    let binder = Binder::load(&opts.model)?;
+    let has_bn = bn::find(binder.model()).is_ok();
+    let recalibrate = match opts.recalibrate {
+        None => has_bn,
+        Some(false) => false,
+        Some(true) => {
+            bn::find(binder.model())?;
+            true
+        }
+    };
+    let checkpoints: Vec<Checkpoint> =
+        files.iter().map(|f| inputs::open_checkpoint(&f.path, opts.key.as_deref())).collect::<Result<_>>()?;
+    let mut read: Vec<&Path> = binder.model().files().iter().map(PathBuf::as_path).collect();
+    read.extend(checkpoints.iter().flat_map(|c| c.files()));
+    read.extend([opts.pass.inputs.as_path(), &opts.select.inputs, &opts.select.labels]);
+    if let Some(e) = &opts.eval {
+        read.extend([e.inputs.as_path(), &e.labels]);
+    }
+    let warnings = check_files(opts, &read)?;
+    let stamps = Stamps::of(&read)?;
+    let kitchen = Kitchen { opts, binder, recalibrate };
+
+    // Every candidate alone, ranked.
+    let mut alone = Vec::new();
+    for (i, ck) in checkpoints.iter().enumerate() {
+        alone.push((i, kitchen.judge(clone_checkpoint(ck)?)?.select));
+    }
+    alone.sort_by(rank);
+    let order: Vec<usize> = alone.iter().map(|(i, _)| *i).collect();
+    let alone: BTreeMap<usize, Metrics> = alone.into_iter().collect();
+
+    let chosen: Vec<usize> = match opts.method {
+        Method::Greedy => order.clone(),
+        Method::Uniform => order.clone(),
+        Method::TopK(k) => order[..k.get()].to_vec(),
+    };
+    let mut in_soup: BTreeMap<usize, Metrics> = BTreeMap::new();
+    let mut kept = vec![order[0]];
+    let mut sum = Sum::new(clone_checkpoint(&checkpoints[order[0]])?);
+    let mut current = match opts.method {
+        Method::Greedy => {
+            let mut current = kitchen.judge(sum.average_with(None)?)?;
+            for &c in &order[1..] {
+                let candidate = kitchen.judge(sum.average_with(Some(&checkpoints[c]))?)?;
+                in_soup.insert(c, candidate.select.clone());
+                if no_worse(&candidate.select, &current.select) {
+                    sum.add(&checkpoints[c]);
+                    kept.push(c);
+                    current = candidate;
+                }
+            }
+            current
+        }
+        Method::Uniform | Method::TopK(_) => {
+            for &c in &chosen[1..] {
+                sum.add(&checkpoints[c]);
+                kept.push(c);
+            }
+            kitchen.judge(sum.average_with(None)?)?
+        }
+    };
+    let eval = opts.eval.as_ref().map(|e| evaluate::evaluate(current.model(), e)).transpose()?;
+    let best = order[0];
+    let best_eval = match &opts.eval {
+        Some(e) => {
+            Some(Score::from(&evaluate::evaluate(kitchen.judge(clone_checkpoint(&checkpoints[best])?)?.model(), e)?))
+        }
+        None => None,
+    };
+
+    // The soup's weights (under the checkpoints' names) and its ONNX model, published together.
+    let weighting = match opts.method {
+        Method::Greedy => "greedy-soup".to_string(),
+        Method::Uniform => "uniform-soup".to_string(),
+        Method::TopK(k) => format!("top-{k}-soup"),
+    };
+    let sources: Vec<String> = kept.iter().map(|&i| files[i].path.to_string_lossy().into_owned()).collect();
+    let mut meta = BTreeMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("n_models".to_string(), kept.len().to_string()),
+        ("sources".to_string(), serde_json::to_string(&sources).expect("strings")),
+        ("weighting".to_string(), weighting),
+        ("weights".to_string(), serde_json::to_string(&vec![1.0 / kept.len() as f64; kept.len()]).expect("floats")),
+        ("swa_version".to_string(), crate::VERSION.to_string()),
+    ]);
+    let mut staged = Outputs::default();
+    match (&mut current.prepared, &current.pass) {
+        (Some(prepared), Some((pass, names))) => {
+            let model_path = opts.model.as_path();
+            let pass_meta = recalibrate::metadata(&opts.pass, pass, &[model_path, &opts.pass.inputs]);
+            for (k, v) in pass_meta {
+                meta.entry(k).or_insert(v);
+            }
+            recalibrate::record_metadata(&mut prepared.bound.model, &meta);
+            staged.push(recalibrate::stage_weights(prepared, names, pass, &opts.output, &meta)?);
+            if let Some(onnx) = &opts.onnx_output {
+                staged.append(prepared.bound.model.stage(onnx, false)?);
+            }
+        }
+        _ => {
+            let bound = current.bound.as_ref().expect("a soup without recalibration is bound");
+            let ck = &bound.checkpoint;
+            let tensors: Vec<(TensorSpec, Vec<u8>)> = ck
+                .tensors()
+                .iter()
+                .map(|t| {
+                    (TensorSpec { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }, ck.bytes(t).to_vec())
+                })
+                .collect();
+            staged.push(crate::checkpoint::stage_tensors(&opts.output, &tensors, &meta)?);
+            if let Some(onnx) = &opts.onnx_output {
+                staged.append(bound.model.stage(onnx, false)?);
+            }
+        }
+    }
+    let outputs = staged.targets();
+    stamps.check()?;
+    staged.publish()?;
+
+    let candidates = order
+        .iter()
+        .map(|&i| Candidate {
+            name: file_name(&files[i].path),
+            path: files[i].path.clone(),
+            number: files[i].number,
+            select_alone: Score::from(&alone[&i]),
+            select_in_soup: in_soup.get(&i).map(Score::from),
+            kept: kept.contains(&i),
+        })
+        .collect();
+    let summary = SoupSummary {
+        method: opts.method.to_string(),
+        recalibrated: recalibrate,
+        stats: recalibrate.then(|| opts.pass.stats.to_string()),
+        ingredients: kept.iter().map(|&i| file_name(&files[i].path)).collect(),
+        candidates,
+        select: Score::from(&current.select),
+        eval: eval.as_ref().map(Score::from),
+        best_single: BestSingle {
+            name: file_name(&files[best].path),
+            select: Score::from(&alone[&best]),
+            eval: best_eval,
+        },
+        n_models: kept.len() as u64,
+        outputs,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((summary, warnings))
+}
+
+/// A copy of a checkpoint's tensors (binding consumes a checkpoint; the candidates stay open for
+/// the soups).
+fn clone_checkpoint(ck: &Checkpoint) -> Result<Checkpoint> {
+    let mut out = Checkpoint::empty(ck.path());
+    for t in ck.tensors() {
+        out.push_owned(t.name.clone(), t.dtype, t.shape.clone(), ck.bytes(t).to_vec())?;
+    }
+    *out.metadata_mut() = ck.metadata().clone();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_parse_and_print() {
+        assert_eq!("greedy".parse::<Method>().unwrap(), Method::Greedy);
+        assert_eq!("top-k:3".parse::<Method>().unwrap().to_string(), "top-k:3");
+        assert!("top-k:0".parse::<Method>().is_err() && "best".parse::<Method>().is_err());
+    }
+}

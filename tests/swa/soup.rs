@@ -1,0 +1,209 @@
+//! `swa soup` against the same algorithms written in PyTorch (fixtures/make_soup_fixtures.py:
+//! select split = eval.npy[:150], test split = eval.npy[150:], update_bn-style recalibration with
+//! batches of 32), and its bad inputs.
+
+use std::path::Path;
+
+use crate::common::*;
+use predicates::str::contains;
+
+fn expected() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture("cnn/expected/soup.json")).unwrap()).unwrap()
+}
+
+/// `swa soup` on the CNN fixture with torch statistics, batches of 32, the select and test
+/// splits, into `out`, plus `extra`; returns the JSON summary.
+fn soup(out: &Path, extra: &[&str]) -> serde_json::Value {
+    let a = swa()
+        .args(["soup", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--checkpoints")
+        .arg(fixture("cnn/checkpoints"))
+        .arg("--train-inputs")
+        .arg(fixture("cnn/train.npy"))
+        .arg("--select-inputs")
+        .arg(fixture("cnn/select.npy"))
+        .arg("--select-labels")
+        .arg(fixture("cnn/select_labels.npy"))
+        .arg("--eval-inputs")
+        .arg(fixture("cnn/test.npy"))
+        .arg("--eval-labels")
+        .arg(fixture("cnn/test_labels.npy"))
+        .args(["--stats", "torch", "--batch-size", "32", "--json", "-o"])
+        .arg(out)
+        .args(extra)
+        .assert()
+        .success();
+    serde_json::from_slice(&a.get_output().stdout).unwrap()
+}
+
+fn names(v: &serde_json::Value) -> Vec<String> {
+    v.as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn greedy_soup_equals_pytorch_ingredient_for_ingredient() {
+    let dir = tmp();
+    let out = dir.path().join("soup.safetensors");
+    let s = soup(&out, &["--onnx-out", dir.path().join("soup.onnx").to_str().unwrap()]);
+    let want = &expected()["greedy"];
+    let candidates = s["candidates"].as_array().unwrap();
+    let order: Vec<String> = candidates.iter().map(|c| c["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(order, names(&want["order"]), "the ranking alone");
+    for c in candidates {
+        let alone = &expected()["alone"][c["name"].as_str().unwrap()];
+        assert_eq!(c["select_alone"]["correct"], alone["correct"], "{} alone", c["name"]);
+        let loss = c["select_alone"]["loss"].as_f64().unwrap();
+        assert!((loss - alone["loss"].as_f64().unwrap()).abs() < 1e-4, "{} alone: loss {loss}", c["name"]);
+    }
+    for step in want["steps"].as_array().unwrap() {
+        let c = candidates.iter().find(|c| c["name"] == step["candidate"]).unwrap();
+        assert_eq!(c["select_in_soup"]["correct"], step["correct"], "{} in the soup", step["candidate"]);
+        assert_eq!(c["kept"], step["kept"], "{} kept", step["candidate"]);
+    }
+    assert_eq!(names(&s["ingredients"]), names(&want["ingredients"]));
+    assert_eq!(s["select"]["correct"], want["select_correct"]);
+    assert_eq!(s["eval"]["correct"], want["test_correct"]);
+    assert_eq!(s["n_models"], want["ingredients"].as_array().unwrap().len());
+    assert_eq!(s["best_single"]["name"], want["order"][0]);
+    // The soup's weights and recalibrated statistics equal PyTorch's, under the checkpoint's names.
+    assert_close(&out, &fixture("cnn/expected/soup_greedy.safetensors"), 1e-4, 1e-6, |_| true);
+    let ck = swa::checkpoint::Checkpoint::open(&out).unwrap();
+    assert_eq!(ck.metadata()["weighting"], "greedy-soup");
+    assert_eq!(ck.metadata()["n_models"], "2");
+    assert!(dir.path().join("soup.onnx").exists());
+}
+
+#[test]
+fn uniform_soup_is_swa_average_then_recalibrate() {
+    let dir = tmp();
+    let out = dir.path().join("uniform.safetensors");
+    let s = soup(&out, &["--method", "uniform"]);
+    assert_eq!(s["n_models"], 8);
+    assert_eq!(s["select"]["correct"], expected()["uniform"]["select_correct"]);
+    assert_eq!(s["eval"]["correct"], expected()["uniform"]["test_correct"]);
+    let avg = dir.path().join("avg.safetensors");
+    swa().arg("average").arg(fixture("cnn/checkpoints")).arg("-o").arg(&avg).assert().success();
+    let rec = dir.path().join("rec.safetensors");
+    swa()
+        .args(["recalibrate", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--weights")
+        .arg(&avg)
+        .arg("--inputs")
+        .arg(fixture("cnn/train.npy"))
+        .args(["--stats", "torch", "--batch-size", "32", "-o"])
+        .arg(dir.path().join("rec.onnx"))
+        .arg("--save-weights")
+        .arg(&rec)
+        .assert()
+        .success();
+    assert_close(&out, &rec, 1e-6, 1e-7, |n| !n.ends_with("num_batches_tracked"));
+}
+
+#[test]
+fn top_k_and_no_recalibration_equal_pytorch() {
+    let dir = tmp();
+    let s = soup(&dir.path().join("top3.safetensors"), &["--method", "top-k:3"]);
+    assert_eq!(names(&s["ingredients"]), names(&expected()["top3"]["ingredients"]));
+    assert_eq!(s["select"]["correct"], expected()["top3"]["select_correct"]);
+    assert_eq!(s["eval"]["correct"], expected()["top3"]["test_correct"]);
+    let s = soup(&dir.path().join("raw.safetensors"), &["--method", "uniform", "--no-recalibrate"]);
+    assert_eq!(s["recalibrated"], false);
+    assert_eq!(s["select"]["correct"], expected()["no_recalibrate_uniform"]["select_correct"]);
+}
+
+#[test]
+fn bad_soups_are_refused_clearly() {
+    let dir = tmp();
+    let base = |out: &str| {
+        let mut c = swa();
+        c.args(["soup", "--model"])
+            .arg(fixture("cnn/model.onnx"))
+            .arg("--checkpoints")
+            .arg(fixture("cnn/checkpoints"))
+            .arg("--train-inputs")
+            .arg(fixture("cnn/train.npy"))
+            .arg("--select-inputs")
+            .arg(fixture("cnn/select.npy"))
+            .arg("-o")
+            .arg(dir.path().join(out));
+        c
+    };
+    base("a.safetensors").assert().code(2).stderr(contains("--select-labels"));
+    let with_labels = |out: &str| {
+        let mut c = base(out);
+        c.arg("--select-labels").arg(fixture("cnn/select_labels.npy"));
+        c
+    };
+    with_labels("b.safetensors").args(["--method", "top-k:9"]).assert().code(2).stderr(contains("top-k:9 needs"));
+    with_labels("c.safetensors").args(["--method", "best"]).assert().code(2).stderr(contains("greedy, uniform"));
+    with_labels("d.pt").assert().code(2).stderr(contains("safetensors"));
+    // The select split passed again as the test split: a warning, the test figures are not held out.
+    with_labels("e.safetensors")
+        .args(["--batch-size", "32", "--method", "uniform", "--eval-inputs"])
+        .arg(fixture("cnn/select.npy"))
+        .arg("--eval-labels")
+        .arg(fixture("cnn/select_labels.npy"))
+        .assert()
+        .success()
+        .stderr(contains("the select and eval splits are the same file"));
+    // A model without BatchNorm cannot be recalibrated.
+    swa()
+        .args(["soup", "--recalibrate", "--allow-partial", "--model"])
+        .arg(fixture("cnn/model_folded.onnx"))
+        .arg("--checkpoints")
+        .arg(fixture("cnn/checkpoints"))
+        .arg("--train-inputs")
+        .arg(fixture("cnn/train.npy"))
+        .arg("--select-inputs")
+        .arg(fixture("cnn/select.npy"))
+        .arg("--select-labels")
+        .arg(fixture("cnn/select_labels.npy"))
+        .arg("-o")
+        .arg(dir.path().join("f.safetensors"))
+        .assert()
+        .code(2)
+        .stderr(contains("has no BatchNormalization node"));
+    let left: Vec<String> = listing(dir.path()).into_iter().filter(|n| n != "e.safetensors").collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn swa_run_reports_the_soup_beside_swa() {
+    let dir = tmp();
+    let out = dir.path().join("out");
+    let a = swa()
+        .args(["run", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--checkpoints")
+        .arg(fixture("cnn/checkpoints"))
+        .arg("--train-inputs")
+        .arg(fixture("cnn/train.npy"))
+        .arg("--eval-inputs")
+        .arg(fixture("cnn/test.npy"))
+        .arg("--eval-labels")
+        .arg(fixture("cnn/test_labels.npy"))
+        .arg("--select-inputs")
+        .arg(fixture("cnn/select.npy"))
+        .arg("--select-labels")
+        .arg(fixture("cnn/select_labels.npy"))
+        .args(["--soup", "greedy", "--from", "4", "--stats", "torch", "--batch-size", "32", "--json", "--out"])
+        .arg(&out)
+        .assert()
+        .success();
+    let r: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    let want = &expected()["greedy"];
+    assert_eq!(names(&r["soup"]["ingredients"]), names(&want["ingredients"]));
+    assert_eq!(r["soup"]["eval"]["correct"], want["test_correct"]);
+    assert_eq!(r["soup"]["candidates"].as_array().unwrap().len(), 8);
+    assert!(r["best"]["topk"].is_number() && r["best"]["loss"].is_number());
+    for f in ["soup.safetensors", "model_soup.onnx"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## greedy soup") && md.contains("greedy soup of 2"), "{md}");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(html.matches("class=\"ingredient\"").count(), 2);
+    assert!(html.contains("class=\"swa soup\""));
+}
