@@ -193,36 +193,6 @@ pub fn gate_failure(model: Option<&str>, top1: f64, nonfinite: usize, min: Optio
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn out_of_memory_errors_say_what_to_lower() {
-        let oom = || Error::Runtime("CUDA failure 2: out of memory ; GPU=0".into());
-        let two = error(&oom().hint(Hint::LessMemory { streams: 2 }));
-        assert!(two.ends_with(
-            "(each of the 2 streams holds its own activations: try --streams 1, or a smaller --batch-size)"
-        ));
-        assert!(error(&oom().hint(Hint::LessMemory { streams: 1 })).ends_with("(try a smaller --batch-size)"));
-    }
-
-    #[test]
-    fn settings_are_named_by_their_flags_and_sources_follow() {
-        let e = Error::setting(Setting::Weights, "sum to zero");
-        assert_eq!(error(&e), "--weights sum to zero");
-        assert_eq!(e.to_string(), "`weights` sum to zero");
-        let io = Error::io("x.npy", std::io::Error::new(std::io::ErrorKind::NotFound, "gone"));
-        assert_eq!(error(&io), "x.npy: gone");
-        let hinted = Error::tensor("a.safetensors", "w", "holds a non-finite value").hint(Hint::AllowNonfinite);
-        assert_eq!(
-            error(&hinted),
-            "a.safetensors: tensor `w`: holds a non-finite value; pass --allow-nonfinite to average anyway"
-        );
-        assert!(!hinted.to_string().contains("--"), "the library names no flag: {hinted}");
-    }
-}
-
 fn score(s: &Score) -> String {
     format!("{:.2}% ({}/{}), loss {:.4}", s.top1 * 100.0, s.correct, s.samples, s.loss)
 }
@@ -252,4 +222,34 @@ pub fn soup(s: &SoupSummary) -> String {
     }
     wrote(&mut o, &s.outputs);
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_memory_errors_say_what_to_lower() {
+        let oom = || Error::Runtime("CUDA failure 2: out of memory ; GPU=0".into());
+        let two = error(&oom().hint(Hint::LessMemory { streams: 2 }));
+        assert!(two.ends_with(
+            "(each of the 2 streams holds its own activations: try --streams 1, or a smaller --batch-size)"
+        ));
+        assert!(error(&oom().hint(Hint::LessMemory { streams: 1 })).ends_with("(try a smaller --batch-size)"));
+    }
+
+    #[test]
+    fn settings_are_named_by_their_flags_and_sources_follow() {
+        let e = Error::setting(Setting::Weights, "sum to zero");
+        assert_eq!(error(&e), "--weights sum to zero");
+        assert_eq!(e.to_string(), "`weights` sum to zero");
+        let io = Error::io("x.npy", std::io::Error::new(std::io::ErrorKind::NotFound, "gone"));
+        assert_eq!(error(&io), "x.npy: gone");
+        let hinted = Error::tensor("a.safetensors", "w", "holds a non-finite value").hint(Hint::AllowNonfinite);
+        assert_eq!(
+            error(&hinted),
+            "a.safetensors: tensor `w`: holds a non-finite value; pass --allow-nonfinite to average anyway"
+        );
+        assert!(!hinted.to_string().contains("--"), "the library names no flag: {hinted}");
+    }
 }
