@@ -344,11 +344,20 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
     let stamps = Stamps::of(&read)?;
     let kitchen = Kitchen { opts, binder, recalibrate };
 
-    // Every candidate alone, ranked.
+    // Every candidate alone, ranked; the best one's judged model is kept (it starts a greedy soup).
     let mut alone = Vec::new();
+    let mut best_judged: Option<Judged> = None;
     for (i, ck) in checkpoints.iter().enumerate() {
-        alone.push((i, kitchen.judge(clone_checkpoint(ck)?)?.select));
+        let judged = kitchen.judge(clone_checkpoint(ck)?)?;
+        let entry = (i, judged.select.clone());
+        let better = alone.iter().all(|other| rank(&entry, other) == std::cmp::Ordering::Less);
+        alone.push(entry);
+        if better {
+            best_judged = Some(judged);
+        }
     }
+    let best_judged = best_judged.expect("at least one candidate");
+    let best_eval = opts.eval.as_ref().map(|e| evaluate::evaluate(best_judged.model(), e)).transpose()?;
     alone.sort_by(rank);
     let order: Vec<usize> = alone.iter().map(|(i, _)| *i).collect();
     let alone: BTreeMap<usize, Metrics> = alone.into_iter().collect();
@@ -363,7 +372,7 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
     let mut sum = Sum::new(clone_checkpoint(&checkpoints[order[0]])?);
     let mut current = match opts.method {
         Method::Greedy => {
-            let mut current = kitchen.judge(sum.average_with(None)?)?;
+            let mut current = best_judged;
             for &c in &order[1..] {
                 let candidate = kitchen.judge(sum.average_with(Some(&checkpoints[c]))?)?;
                 in_soup.insert(c, candidate.select.clone());
@@ -385,12 +394,6 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
     };
     let eval = opts.eval.as_ref().map(|e| evaluate::evaluate(current.model(), e)).transpose()?;
     let best = order[0];
-    let best_eval = match &opts.eval {
-        Some(e) => {
-            Some(Score::from(&evaluate::evaluate(kitchen.judge(clone_checkpoint(&checkpoints[best])?)?.model(), e)?))
-        }
-        None => None,
-    };
 
     // The soup's weights (under the checkpoints' names) and its ONNX model, published together.
     let weighting = match opts.method {
@@ -463,7 +466,7 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
         best_single: BestSingle {
             name: file_name(&files[best].path),
             select: Score::from(&alone[&best]),
-            eval: best_eval,
+            eval: best_eval.as_ref().map(Score::from),
         },
         n_models: kept.len() as u64,
         outputs,
