@@ -25,6 +25,10 @@ fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).expect("serialisable") + "\n"
 }
 
+/// A part's result is partial: it is written for a merge, never as a model or metrics.
+const SHARD_NEEDS_PARTIAL_OUT: &str =
+    "--shard runs part of the samples: its result is partial, so it needs --partial-out (and a merge)";
+
 /// Runs `cli`.
 pub fn execute(cli: &Cli) -> Result<Outcome> {
     let q = cli.quiet;
@@ -44,6 +48,9 @@ pub fn execute(cli: &Cli) -> Result<Outcome> {
             if let Some(out) = &a.partial_out {
                 let s = partial::stats::write(&a.partial_options(q, out)?)?;
                 return Ok(Outcome { stdout: if a.json { json(&s) } else { render::partial_stats(&s) }, code: 0 });
+            }
+            if a.shard.is_some() {
+                return Err(Error::usage(SHARD_NEEDS_PARTIAL_OUT));
             }
             let s = recalibrate::recalibrate(&a.options(q)?)?;
             Ok(Outcome { stdout: if a.json { json(&s) } else { render::recalibrate(&s) }, code: 0 })
@@ -133,6 +140,9 @@ fn evaluate_command(a: &EvaluateArgs, quiet: bool) -> Result<Outcome> {
             format!("part {}: {} samples from sample {}\nwrote {}\n", p.shard, p.samples, p.first_sample, out.display())
         };
         return Ok(Outcome { stdout, code: 0 });
+    }
+    if a.shard.is_some() {
+        return Err(Error::usage(SHARD_NEEDS_PARTIAL_OUT));
     }
     let bound = binder.bind(weights, a.allow_partial)?;
     let m = evaluate::evaluate(&bound.model, &opts)?;

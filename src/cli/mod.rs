@@ -370,7 +370,7 @@ pub struct RecalibrateArgs {
     pub save_weights: Option<PathBuf>,
     /// Run only part I of N of the batches (contiguous ranges of whole batches, counting from 0),
     /// for `swa merge-stats`; needs --partial-out.
-    #[arg(long, value_name = "I/N", value_parser = part, requires = "partial_out")]
+    #[arg(long, value_name = "I/N", value_parser = part)]
     pub shard: Option<Part>,
     /// Write the per-layer statistics (f64) of this part instead of a model, for `swa merge-stats`.
     #[arg(long, value_name = "P.safetensors", conflicts_with_all = ["output", "save_weights"])]
@@ -504,7 +504,7 @@ pub struct EvaluateArgs {
     pub key: Option<String>,
     /// Evaluate only part I of N of the batches (contiguous ranges of whole batches, counting
     /// from 0), for `swa merge-eval`; needs --partial-out.
-    #[arg(long, value_name = "I/N", value_parser = part, requires = "partial_out")]
+    #[arg(long, value_name = "I/N", value_parser = part)]
     pub shard: Option<Part>,
     /// Write this part's counts and loss sum (JSON) instead of metrics, for `swa merge-eval`
     /// (which applies --min-accuracy).
