@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{complete_order, Identity, Part};
+use super::{complete_order, Disagreement, Identity, Part};
 use crate::error::{Error, Result};
 use crate::evaluate::{self, EvalOptions, Metrics, MetricsAccumulator};
 use crate::onnx::Model;
@@ -98,24 +98,12 @@ pub fn merge(files: &[PathBuf], partials: &[PartialEval]) -> Result<(Identity, M
     let mut acc = MetricsAccumulator::new(first.counts.finish().k);
     for &k in &order {
         let (file, p) = (&files[k], &partials[k]);
-        let mut why = first.identity.differences(&p.identity);
-        let mut differ = |what: &str, a: String, b: String| {
-            if a != b {
-                why.push(format!("the {what} differ ({a} vs {b})"));
-            }
-        };
-        differ("inputs", first.inputs.clone(), p.inputs.clone());
-        differ("labels", first.labels.clone(), p.labels.clone());
-        differ("sample counts", first.total_samples.to_string(), p.total_samples.to_string());
-        differ("batch sizes", first.batch_size.to_string(), p.batch_size.to_string());
-        if !why.is_empty() {
-            return Err(Error::Mismatch(format!(
-                "{} and {} are not parts of one evaluation: {}",
-                f0.display(),
-                file.display(),
-                why.join("; ")
-            )));
-        }
+        let mut why = Disagreement::new(&first.identity, &p.identity);
+        why.field("inputs", &first.inputs, &p.inputs);
+        why.field("labels", &first.labels, &p.labels);
+        why.field("sample counts", first.total_samples, p.total_samples);
+        why.field("batch sizes", first.batch_size, p.batch_size);
+        why.check(f0, file, "evaluation")?;
         let range = p.shard.range(total_batches);
         let (start, end) = (range.start * p.batch_size, (range.end * p.batch_size).min(p.total_samples));
         if p.first_sample != start || p.samples != end - start || p.counts.samples() != p.samples {

@@ -165,6 +165,38 @@ impl Identity {
     }
 }
 
+/// What two partials disagree on, collected field by field, for one error naming both files.
+#[derive(Debug)]
+pub(crate) struct Disagreement(Vec<String>);
+
+impl Disagreement {
+    /// Starts with the differences of the two identities.
+    pub(crate) fn new(a: &Identity, b: &Identity) -> Self {
+        Disagreement(a.differences(b))
+    }
+
+    /// Notes `what` (plural: "batch sizes") when `a` and `b` differ.
+    pub(crate) fn field(&mut self, what: &str, a: impl std::fmt::Display, b: impl std::fmt::Display) {
+        let (a, b) = (a.to_string(), b.to_string());
+        if a != b {
+            self.0.push(format!("the {what} differ ({a} vs {b})"));
+        }
+    }
+
+    /// Fails, naming both files, when anything differs: they are not parts of one `whole`.
+    pub(crate) fn check(self, a: &Path, b: &Path, whole: &str) -> Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Mismatch(format!(
+            "{} and {} are not parts of one {whole}: {}",
+            a.display(),
+            b.display(),
+            self.0.join("; ")
+        )))
+    }
+}
+
 /// Checks that `parts` (one per partial file, in the order of `files`) are every part of one
 /// split exactly once; returns the order that sorts them by part index.
 pub fn complete_order(files: &[PathBuf], parts: &[Part]) -> Result<Vec<usize>> {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{complete_order, Identity, Part};
+use super::{complete_order, Disagreement, Identity, Part};
 use crate::checkpoint::{dtype, Checkpoint, Dtype, TensorSpec};
 use crate::error::{Error, Result};
 use crate::inputs;
@@ -264,28 +264,16 @@ pub fn merge(partials: Vec<PartialStats>) -> Result<Merged> {
     let first = &sorted[0];
     let total_batches = first.total_samples.div_ceil(first.batch_size.get());
     for p in &sorted {
-        let mut why = first.identity.differences(&p.identity);
-        let mut differ = |what: &str, a: String, b: String| {
-            if a != b {
-                why.push(format!("the {what} differ ({a} vs {b})"));
-            }
-        };
-        differ("statistics modes", first.stats.to_string(), p.stats.to_string());
-        differ("batch sizes", first.batch_size.to_string(), p.batch_size.to_string());
-        differ("passes' sample counts", first.total_samples.to_string(), p.total_samples.to_string());
+        let mut why = Disagreement::new(&first.identity, &p.identity);
+        why.field("statistics modes", first.stats, p.stats);
+        why.field("batch sizes", first.batch_size, p.batch_size);
+        why.field("passes' sample counts", first.total_samples, p.total_samples);
         let name = |i: &Path| i.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        differ("input files", name(&first.inputs), name(&p.inputs));
+        why.field("input files", name(&first.inputs), name(&p.inputs));
         let layer_names =
             |q: &PartialStats| q.layers.iter().map(|(n, s)| format!("{n}[{}]", s.channels())).collect::<Vec<_>>();
-        differ("layers", layer_names(first).join(","), layer_names(p).join(","));
-        if !why.is_empty() {
-            return Err(Error::Mismatch(format!(
-                "{} and {} are not parts of one pass: {}",
-                first.path.display(),
-                p.path.display(),
-                why.join("; ")
-            )));
-        }
+        why.field("layers", layer_names(first).join(","), layer_names(p).join(","));
+        why.check(&first.path, &p.path, "pass")?;
         let range = p.part.range(total_batches);
         let samples = (range.end * p.batch_size.get()).min(p.total_samples) - (range.start * p.batch_size.get());
         if p.batches != range.len() || p.samples != samples {
