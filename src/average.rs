@@ -19,6 +19,7 @@ use crate::checkpoint::{dtype, Checkpoint, Dtype, SafetensorsWriter, TensorEntry
 use crate::error::{Error, Hint, Result, Setting};
 use crate::fs::{check_output, refuse_overwrite, Outputs, Stamps};
 use crate::inputs::{self, CheckpointFile, Duplicate, Selection};
+use crate::partial::Part;
 use crate::progress;
 
 /// Elements per work item: 32 Ki elements keep the f64 accumulator (256 KiB) in L2.
@@ -74,6 +75,12 @@ pub struct AverageOptions {
     pub strip_prefix: Option<StripPrefix>,
     /// Hide the progress bar.
     pub quiet: bool,
+    /// Write only this part of a sharded output's shards (shard `s` goes to part `s mod N`); the
+    /// part that finds every shard written when it finishes writes the index.
+    pub part: Option<Part>,
+    /// Write nothing but the index of a sharded output whose parts are written, after checking
+    /// every shard's tensors and metadata.
+    pub merge_parts: bool,
 }
 
 /// A prefix to remove from the output's tensor names.
@@ -465,11 +472,16 @@ struct Item {
     len: usize,
 }
 
-/// Splits every tensor of every shard into chunks (an empty tensor is one empty chunk).
-fn chunks(shards: &[Shard]) -> Vec<Item> {
+/// Splits every tensor of the shards `own` says are this process's into chunks (an empty tensor is
+/// one empty chunk).
+fn chunks(shards: &[Shard], own: &[bool]) -> Vec<Item> {
     let mut items = Vec::new();
     let mut tensor = 0;
     for (shard, s) in shards.iter().enumerate() {
+        if !own[shard] {
+            tensor += s.specs.len();
+            continue;
+        }
         for (slot, spec) in s.specs.iter().enumerate() {
             let numel: usize = spec.shape.iter().product();
             let mut start = 0;
@@ -494,7 +506,8 @@ struct Kernel<'a> {
     /// Per checkpoint, its entry for each output tensor, in output order.
     entries: Vec<Vec<&'a TensorEntry>>,
     plan: &'a TensorPlan,
-    writers: &'a [Writer],
+    /// Per output shard, its writer when this process writes it.
+    writers: &'a [Option<Writer>],
     /// The output the user named (for errors about output values).
     output: &'a Path,
     allow_nonfinite: bool,
@@ -612,8 +625,69 @@ impl Kernel<'_> {
             Kind::Average => self.average(item, spec, s)?,
             Kind::Copy => self.copy(item, spec, s)?,
         }
-        self.writers[item.shard].write_at(item.slot, item.start * dtype::width(spec.dtype), &s.out)
+        let writer = self.writers[item.shard].as_ref().expect("chunks of own shards only");
+        writer.write_at(item.slot, item.start * dtype::width(spec.dtype), &s.out)
     }
+}
+
+/// Which of `shards` this process writes: all, or those of `part` (shard `s` goes to part
+/// `s mod N`, so that the plan, which depends only on the tensors and the shard size, decides
+/// every part's shards alike); a part needs a sharded output and at least one shard.
+fn own_shards(shards: &[Shard], sharded: bool, part: Option<Part>) -> Result<Vec<bool>> {
+    let Some(part) = part else { return Ok(vec![true; shards.len()]) };
+    if !sharded {
+        return Err(Error::setting(
+            Setting::Part,
+            "splits a sharded output: name the output NAME.safetensors.index.json or give a shard size",
+        ));
+    }
+    let own: Vec<bool> = (0..shards.len()).map(|s| s % part.count.get() == part.index).collect();
+    if !own.contains(&true) {
+        return Err(Error::setting(
+            Setting::Part,
+            format!(
+                "{part} gets none of the output's {} shards (shard s goes to part s mod {}): split into at most {} \
+                 parts, or give a smaller shard size",
+                shards.len(),
+                part.count,
+                shards.len()
+            ),
+        ));
+    }
+    Ok(own)
+}
+
+/// Whether every shard of a parted output is written, each with the tensors (names, dtypes,
+/// shapes, in order) and the metadata (inputs, weights) this run plans: `Ok(false)` while some are
+/// missing; an error for one that holds anything else.
+fn shards_written(shards: &[Shard], metadata: &BTreeMap<String, String>) -> Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    for s in shards {
+        if std::fs::symlink_metadata(&s.path).is_err() {
+            missing.push(s.path.clone());
+            continue;
+        }
+        let ck = Checkpoint::open(&s.path)?;
+        let planned: Vec<(&str, Dtype, &[usize])> =
+            s.specs.iter().map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice())).collect();
+        let found: Vec<(&str, Dtype, &[usize])> =
+            ck.tensors().iter().map(|t| (t.name.as_str(), t.dtype, t.shape.as_slice())).collect();
+        if planned != found {
+            return Err(Error::format(
+                &s.path,
+                "does not hold the tensors this average plans for it (names, dtypes, shapes): it was written by \
+                 another run",
+            ));
+        }
+        if ck.metadata() != metadata {
+            return Err(Error::format(
+                &s.path,
+                "was written for other inputs or weights (its metadata differs from this average's): it is another \
+                 run's shard",
+            ));
+        }
+    }
+    Ok(missing)
 }
 
 /// Averages checkpoints as `opts` says and writes the result atomically.
@@ -623,6 +697,13 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     let inputs = Inputs::open(opts)?;
     let plan = plan_tensors(inputs.newest(), opts)?;
     let OutputPlan { shards, index } = sharded::plan(&opts.output, &plan.specs, opts.shard_size.map(NonZeroU64::get));
+    if opts.merge_parts && index.is_none() {
+        return Err(Error::usage(
+            "the parts of an average merge into a sharded output's index: name the output \
+             NAME.safetensors.index.json or give a shard size, as the parts did",
+        ));
+    }
+    let own = own_shards(&shards, index.is_some(), opts.part)?;
     let input_files: Vec<&Path> = inputs.checkpoints.iter().flat_map(|c| c.files()).collect();
     for path in shards.iter().map(|s| s.path.as_path()).chain(index.as_deref()) {
         check_output(path)?;
@@ -630,42 +711,75 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     }
     let stamps = Stamps::of(&input_files)?;
     let metadata = metadata(opts, &inputs);
-    let writers: Vec<Writer> =
-        shards.iter().map(|s| Writer::create(s, &metadata, index.is_some())).collect::<Result<_>>()?;
-
-    let entries = inputs
-        .checkpoints
-        .iter()
-        .map(|c| plan.sources.iter().map(|name| c.get(name).expect("checked compatible")).collect())
-        .collect();
-    let bar = progress::bytes_bar(0, "averaging", opts.quiet);
-    let kernel = Kernel {
-        inputs: &inputs,
-        entries,
-        plan: &plan,
-        writers: &writers,
-        output: &opts.output,
-        allow_nonfinite: opts.allow_nonfinite,
-        bar: &bar,
-    };
-    let bytes_read: u64 = (0..plan.specs.len()).map(|i| kernel.bytes_read(i)).sum();
-    let bytes_written: u64 = plan.specs.iter().map(|s| s.nbytes() as u64).sum();
-    bar.set_length(bytes_read);
-    chunks(&shards).par_iter().try_for_each_init(Scratch::default, |s, item| kernel.run(item, s))?;
-    bar.finish_and_clear();
-
-    // Every shard and the index are staged before any is published (the index last), and only
-    // if no input changed meanwhile.
     let mut staged = Outputs::default();
-    for w in writers {
-        staged.push(w.finish()?);
+    let (mut bytes_read, mut bytes_written) = (0, 0);
+    if opts.merge_parts {
+        let missing = shards_written(&shards, &metadata)?;
+        if !missing.is_empty() {
+            let names: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
+            return Err(Error::Mismatch(format!(
+                "the parts are incomplete: {} of {} shards are not written: {}",
+                missing.len(),
+                shards.len(),
+                names.join(", ")
+            )));
+        }
+    } else {
+        let writers: Vec<Option<Writer>> = shards
+            .iter()
+            .zip(&own)
+            .map(|(s, &mine)| mine.then(|| Writer::create(s, &metadata, index.is_some())).transpose())
+            .collect::<Result<_>>()?;
+        let entries = inputs
+            .checkpoints
+            .iter()
+            .map(|c| plan.sources.iter().map(|name| c.get(name).expect("checked compatible")).collect())
+            .collect();
+        let bar = progress::bytes_bar(0, "averaging", opts.quiet);
+        let kernel = Kernel {
+            inputs: &inputs,
+            entries,
+            plan: &plan,
+            writers: &writers,
+            output: &opts.output,
+            allow_nonfinite: opts.allow_nonfinite,
+            bar: &bar,
+        };
+        let mut tensor = 0;
+        for (s, &mine) in shards.iter().zip(&own) {
+            for spec in &s.specs {
+                if mine {
+                    bytes_read += kernel.bytes_read(tensor);
+                    bytes_written += spec.nbytes() as u64;
+                }
+                tensor += 1;
+            }
+        }
+        bar.set_length(bytes_read);
+        chunks(&shards, &own).par_iter().try_for_each_init(Scratch::default, |s, item| kernel.run(item, s))?;
+        bar.finish_and_clear();
+        // Every shard and the index are staged before any is published (the index last), and only
+        // if no input changed meanwhile.
+        for w in writers.into_iter().flatten() {
+            staged.push(w.finish()?);
+        }
     }
-    if let Some(index) = &index {
-        staged.push(sharded::stage_index(index, &shards, &metadata)?);
+    if opts.part.is_none() {
+        if let Some(index) = &index {
+            staged.push(sharded::stage_index(index, &shards, &metadata)?);
+        }
     }
     stamps.check()?;
-    let outputs = staged.targets();
+    let mut outputs = staged.targets();
     staged.publish()?;
+    // The part that finds every other part's shards written writes the index (two parts finishing
+    // together may both write it: the same bytes, renamed into place).
+    if let (Some(_), Some(index)) = (opts.part, &index) {
+        if shards_written(&shards, &metadata)?.is_empty() {
+            sharded::stage_index(index, &shards, &metadata)?.publish()?;
+            outputs.push(index.clone());
+        }
+    }
     let weighting = weighting_name(&opts.weighting);
     let TensorPlan { specs, kinds, buffers, stripped, .. } = plan;
     let Inputs { files, weights, n_models, duplicates, .. } = inputs;

@@ -108,6 +108,10 @@ pub enum Setting {
     Tf32,
     /// The output directory of `swa run`.
     Out,
+    /// The part of a pass or evaluation this process runs (`I/N`).
+    Shard,
+    /// The part of an average's output shards this process writes (`I/N`).
+    Part,
 }
 
 impl Setting {
@@ -127,6 +131,8 @@ impl Setting {
             Setting::Streams => "streams",
             Setting::Tf32 => "tf32",
             Setting::Out => "out",
+            Setting::Shard => "shard",
+            Setting::Part => "part",
         }
     }
 }

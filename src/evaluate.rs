@@ -8,11 +8,12 @@
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use crate::inputs;
 use crate::onnx::Model;
+use crate::partial::Part;
 use crate::progress;
 use crate::runtime::{self, Engine};
 
@@ -48,8 +49,9 @@ pub struct ClassAccuracy {
     pub accuracy: f64,
 }
 
-/// Accumulates metrics batch by batch.
-#[derive(Debug, Clone)]
+/// Accumulates metrics batch by batch: exact counts and an f64 sum of the losses, which is what a
+/// part of an evaluation writes ([`crate::partial::eval`]) and parts merge by adding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsAccumulator {
     k: usize,
     classes: Option<usize>,
@@ -111,6 +113,37 @@ impl MetricsAccumulator {
             self.loss += lse - target as f64;
         }
         Ok(())
+    }
+
+    /// Adds another part's counts and loss sum (the same k); fails when the parts' models give
+    /// different numbers of classes.
+    pub fn merge(&mut self, other: &MetricsAccumulator) -> std::result::Result<(), String> {
+        if self.k != other.k {
+            return Err(format!("top-{} and top-{} counts cannot be added", self.k, other.k));
+        }
+        match (self.classes, other.classes) {
+            (Some(a), Some(b)) if a != b => return Err(format!("logits of {a} and of {b} classes")),
+            (None, Some(b)) => self.classes = Some(b),
+            _ => {}
+        }
+        self.samples += other.samples;
+        self.correct += other.correct;
+        self.correct_k += other.correct_k;
+        self.loss += other.loss;
+        self.nonfinite += other.nonfinite;
+        if self.per_class.len() < other.per_class.len() {
+            self.per_class.resize(other.per_class.len(), (0, 0));
+        }
+        for (mine, theirs) in self.per_class.iter_mut().zip(&other.per_class) {
+            mine.0 += theirs.0;
+            mine.1 += theirs.1;
+        }
+        Ok(())
+    }
+
+    /// Samples counted so far.
+    pub fn samples(&self) -> usize {
+        self.samples
     }
 
     /// The metrics so far.
@@ -196,6 +229,12 @@ fn logits_output(model: &Model) -> Result<String> {
 
 /// Evaluates `model` (weights already bound) on the labelled data; an empty set is an error.
 pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
+    Ok(accumulate(model, opts, Part::WHOLE)?.0.finish())
+}
+
+/// Evaluates `model` on `part` of the batches (contiguous, whole batches: see [`Part::range`]);
+/// returns the counts and the number of samples in the whole set.
+pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(MetricsAccumulator, usize)> {
     let batch_size = opts.batch_size.get();
     let specs = runtime::input_specs(model)?;
     let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
@@ -213,12 +252,14 @@ pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
     }
     let output = logits_output(model)?;
     runtime::check_batch(&specs, batch_size, labels.len(), true)?;
-    let streams = runtime::concurrent_runs(&opts.engine, labels.len().div_ceil(batch_size))?;
+    let range = crate::partial::check_nonempty(part, labels.len().div_ceil(batch_size), "batches", Setting::Shard)?;
+    let (first, end) = (range.start * batch_size, (range.end * batch_size).min(labels.len()));
+    let streams = runtime::concurrent_runs(&opts.engine, range.len())?;
     let mut sessions = runtime::sessions_for(model, &opts.engine, false, streams)?;
     let mut acc = MetricsAccumulator::new(opts.top_k.get());
-    let bar = progress::samples_bar(labels.len() as u64, "evaluating", opts.quiet);
-    let mut done = 0;
-    let feed = runtime::Feed { specs: &specs, arrays: &arrays, batch: batch_size, samples: labels.len() };
+    let bar = progress::samples_bar((end - first) as u64, "evaluating", opts.quiet);
+    let mut done = first;
+    let feed = runtime::Feed { specs: &specs, arrays: &arrays, batch: batch_size, start: first, samples: end };
     runtime::run_batches(&mut sessions, &feed, &[&output], &bar, |n, out| {
         let runtime::Fetched { shape, data: logits } = &out[0];
         if shape.len() != 2 || shape[0] as usize != n {
@@ -234,7 +275,7 @@ pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
         Ok(())
     })?;
     bar.finish_and_clear();
-    Ok(acc.finish())
+    Ok((acc, labels.len()))
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub mod evaluate;
 pub mod fs;
 pub mod inputs;
 pub mod onnx;
+pub mod partial;
 pub mod pipeline;
 pub mod progress;
 pub mod recalibrate;

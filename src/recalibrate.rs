@@ -15,6 +15,7 @@ use crate::inputs;
 use crate::onnx::bind::{Binder, Bound};
 use crate::onnx::bn::{self, BnLayer};
 use crate::onnx::Model;
+use crate::partial::Part;
 use crate::progress;
 use crate::runtime::{self, Engine};
 
@@ -56,14 +57,19 @@ pub trait Accumulator: Send {
     fn add(&mut self, count: f64, mean: &[f32], var: &[f32]);
     /// The running mean and the unbiased running variance.
     fn finish(&self) -> (Vec<f64>, Vec<f64>);
+    /// What has been accumulated, as a part of a pass writes it and parts merge.
+    fn sufficient(&self) -> Sufficient;
 }
 
 /// Pooled statistics merged with Chan's parallel formula, in f64.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Precise {
-    n: f64,
-    mean: Vec<f64>,
-    m2: Vec<f64>,
+    /// Values per channel so far.
+    pub n: f64,
+    /// Per-channel mean.
+    pub mean: Vec<f64>,
+    /// Per-channel sum of squared deviations from the mean.
+    pub m2: Vec<f64>,
 }
 
 impl Precise {
@@ -71,38 +77,68 @@ impl Precise {
     pub fn new(channels: usize) -> Self {
         Precise { n: 0.0, mean: vec![0.0; channels], m2: vec![0.0; channels] }
     }
+
+    /// Chan et al.'s parallel update with a group of `count` values per channel whose mean and
+    /// M2 channel `c` has are `mean(c)` and `m2(c)`: n = na + nb, δ = mb − ma,
+    /// mean = ma + δ·nb/n, M2 = M2a + M2b + δ²·na·nb/n. An empty group changes nothing.
+    fn chan(&mut self, count: f64, mean: impl Fn(usize) -> f64, m2: impl Fn(usize) -> f64) {
+        if count == 0.0 {
+            return;
+        }
+        let total = self.n + count;
+        for c in 0..self.mean.len() {
+            let delta = mean(c) - self.mean[c];
+            self.mean[c] += delta * count / total;
+            self.m2[c] += m2(c) + delta * delta * self.n * count / total;
+        }
+        self.n = total;
+    }
+
+    /// Merges another part's statistics (same channels) into these.
+    pub fn merge(&mut self, other: &Precise) {
+        self.chan(other.n, |c| other.mean[c], |c| other.m2[c]);
+    }
 }
 
 impl Accumulator for Precise {
     fn add(&mut self, count: f64, mean: &[f32], var: &[f32]) {
-        let total = self.n + count;
-        for c in 0..self.mean.len() {
-            let (mb, vb) = (mean[c] as f64, var[c] as f64);
-            let delta = mb - self.mean[c];
-            self.mean[c] += delta * count / total;
-            self.m2[c] += vb * count + delta * delta * self.n * count / total;
-        }
-        self.n = total;
+        self.chan(count, |c| mean[c] as f64, |c| var[c] as f64 * count);
     }
 
     fn finish(&self) -> (Vec<f64>, Vec<f64>) {
         let denom = (self.n - 1.0).max(1.0);
         (self.mean.clone(), self.m2.iter().map(|m| m / denom).collect())
     }
+
+    fn sufficient(&self) -> Sufficient {
+        Sufficient::Precise(self.clone())
+    }
 }
 
 /// `update_bn`'s cumulative average over batches (momentum=None).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TorchCompat {
-    batches: usize,
-    mean: Vec<f64>,
-    var: Vec<f64>,
+    /// Batches so far.
+    pub batches: usize,
+    /// Per-channel sum of the batch means.
+    pub mean: Vec<f64>,
+    /// Per-channel sum of the unbiased batch variances.
+    pub var: Vec<f64>,
 }
 
 impl TorchCompat {
     /// For `channels` channels.
     pub fn new(channels: usize) -> Self {
         TorchCompat { batches: 0, mean: vec![0.0; channels], var: vec![0.0; channels] }
+    }
+
+    /// Merges another part's sums (same channels) into these.
+    pub fn merge(&mut self, other: &TorchCompat) {
+        for c in 0..self.mean.len() {
+            self.mean[c] += other.mean[c];
+            self.var[c] += other.var[c];
+        }
+        self.batches += other.batches;
     }
 }
 
@@ -119,6 +155,55 @@ impl Accumulator for TorchCompat {
     fn finish(&self) -> (Vec<f64>, Vec<f64>) {
         let k = self.batches.max(1) as f64;
         (self.mean.iter().map(|m| m / k).collect(), self.var.iter().map(|v| v / k).collect())
+    }
+
+    fn sufficient(&self) -> Sufficient {
+        Sufficient::Torch(self.clone())
+    }
+}
+
+/// One layer's accumulated statistics in either mode: what a part of a pass writes
+/// ([`crate::partial::stats`]) and what the parts' merge adds up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sufficient {
+    /// `precise`: count, mean, M2.
+    Precise(Precise),
+    /// `torch`: batches, sums of batch means and of unbiased batch variances.
+    Torch(TorchCompat),
+}
+
+impl Sufficient {
+    /// The statistics mode.
+    pub fn mode(&self) -> StatsMode {
+        match self {
+            Sufficient::Precise(_) => StatsMode::Precise,
+            Sufficient::Torch(_) => StatsMode::Torch,
+        }
+    }
+
+    /// Channels.
+    pub fn channels(&self) -> usize {
+        match self {
+            Sufficient::Precise(p) => p.mean.len(),
+            Sufficient::Torch(t) => t.mean.len(),
+        }
+    }
+
+    /// Merges `other` (same mode and channels, which the caller checks) into this.
+    pub fn merge(&mut self, other: &Sufficient) {
+        match (self, other) {
+            (Sufficient::Precise(a), Sufficient::Precise(b)) => a.merge(b),
+            (Sufficient::Torch(a), Sufficient::Torch(b)) => a.merge(b),
+            _ => panic!("statistics of different modes are never merged"),
+        }
+    }
+
+    /// The running mean and the unbiased running variance.
+    pub fn finish(&self) -> (Vec<f64>, Vec<f64>) {
+        match self {
+            Sufficient::Precise(p) => p.finish(),
+            Sufficient::Torch(t) => t.finish(),
+        }
     }
 }
 
@@ -244,8 +329,45 @@ pub fn check_weights_finite(prepared: &Prepared) -> Result<()> {
     Ok(())
 }
 
+/// What a pass, or a part of one, accumulated.
+#[derive(Debug, Clone)]
+pub struct Accumulated {
+    /// Per layer.
+    pub layers: Vec<Sufficient>,
+    /// Samples seen by this part.
+    pub samples: usize,
+    /// Batches run by this part.
+    pub batches: usize,
+    /// Samples of the whole pass (every part).
+    pub total_samples: usize,
+    /// Seconds spent in the pass (after the session was created).
+    pub seconds: f64,
+    /// Seconds until the first batch's statistics were in.
+    pub first_batch_seconds: f64,
+}
+
+impl Accumulated {
+    /// The running statistics.
+    pub fn finish(&self) -> PassResult {
+        PassResult {
+            stats: self.layers.iter().map(Sufficient::finish).collect(),
+            samples: self.samples,
+            batches: self.batches,
+            seconds: self.seconds,
+            first_batch_seconds: self.first_batch_seconds,
+        }
+    }
+}
+
 /// Runs the statistics graph of `prepared` over the samples and aggregates the statistics.
 pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
+    Ok(accumulate(prepared, opts, Part::WHOLE)?.finish())
+}
+
+/// Runs the statistics graph over `part` of the pass's batches (contiguous, whole batches: see
+/// [`Part::range`]) and returns the layers' accumulated statistics; with [`Part::WHOLE`], the
+/// whole pass. A part that gets no batch is an error.
+pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result<Accumulated> {
     let batch_size = opts.batch_size.get();
     if batch_size == 1 && opts.stats == StatsMode::Torch {
         return Err(Error::setting(
@@ -268,16 +390,19 @@ pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
         .hint(Hint::SmallerBatch { capped: opts.max_samples.is_some() }));
     }
     runtime::check_batch(&specs, batch_size, samples, false)?;
+    let range = crate::partial::check_nonempty(part, samples.div_ceil(batch_size), "batches", Setting::Shard)?;
+    let (first, end) = (range.start * batch_size, (range.end * batch_size).min(samples));
     check_weights_finite(prepared)?;
     let (stats_model, layout) = bn::stats_model(model, &prepared.layers, opts.engine.reduction())?;
-    let streams = runtime::concurrent_runs(&opts.engine, samples.div_ceil(batch_size))?;
+    let streams = runtime::concurrent_runs(&opts.engine, range.len())?;
     let mut sessions = runtime::sessions_for(&stats_model, &opts.engine, false, streams)?;
     let started = Instant::now();
     let mut accs: Vec<Box<dyn Accumulator>> =
         prepared.layers.iter().map(|l| accumulator(opts.stats, l.channels)).collect();
-    let bar = progress::samples_bar(samples as u64, "recalibrating", opts.quiet);
-    let mut batches = 0;
-    let feed = runtime::Feed { specs: &specs, arrays: &arrays, batch: batch_size, samples };
+    let bar = progress::samples_bar((end - first) as u64, "recalibrating", opts.quiet);
+    // Batches are numbered in messages as in the whole pass.
+    let mut batches = range.start;
+    let feed = runtime::Feed { specs: &specs, arrays: &arrays, batch: batch_size, start: first, samples: end };
     let first_batch = runtime::run_batches(&mut sessions, &feed, &[&layout.output], &bar, |_, out| {
         let all = &out[0].data;
         let need = layout.offsets.last().zip(prepared.layers.last()).map_or(0, |(&at, l)| at + 2 * l.channels + 1);
@@ -313,10 +438,11 @@ pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
         Ok(())
     })?;
     bar.finish_and_clear();
-    Ok(PassResult {
-        stats: accs.iter().map(|a| a.finish()).collect(),
-        samples,
-        batches,
+    Ok(Accumulated {
+        layers: accs.iter().map(|a| a.sufficient()).collect(),
+        samples: end - first,
+        batches: batches - range.start,
+        total_samples: samples,
         seconds: started.elapsed().as_secs_f64(),
         first_batch_seconds: first_batch.as_secs_f64(),
     })
@@ -514,18 +640,30 @@ fn check_outputs(opts: &RecalibrateOptions, read: &[&Path]) -> Result<()> {
 
 /// Recalibrates as `opts` says: nothing is written unless every step succeeds.
 pub fn recalibrate(opts: &RecalibrateOptions) -> Result<RecalibrateSummary> {
+    recalibrate_from(opts, &[&opts.pass.inputs], |prepared| compute(prepared, &opts.pass))
+}
+
+/// Binds `opts.weights` into `opts.model`, takes the running statistics from `pass` (a pass over
+/// `opts.pass.inputs`, or merged partial statistics) and writes the outputs as [`recalibrate`]
+/// does; `read` are the files the statistics come from (checked not to be outputs, nor to change
+/// meanwhile). `opts.pass` describes the pass for the metadata and summary.
+pub fn recalibrate_from(
+    opts: &RecalibrateOptions,
+    read: &[&Path],
+    pass: impl FnOnce(&Prepared) -> Result<PassResult>,
+) -> Result<RecalibrateSummary> {
     let weights = opts.weights.as_deref().map(|w| inputs::open_checkpoint(w, opts.key.as_deref())).transpose()?;
     let binder = Binder::load(&opts.model)?;
-    let mut read: Vec<&Path> = binder.model().files().iter().map(PathBuf::as_path).collect();
-    read.extend(weights.iter().flat_map(|w| w.files()));
-    read.push(&opts.pass.inputs);
-    check_outputs(opts, &read)?;
-    let stamps = Stamps::of(&read)?;
+    let mut all_read: Vec<&Path> = binder.model().files().iter().map(PathBuf::as_path).collect();
+    all_read.extend(weights.iter().flat_map(|w| w.files()));
+    all_read.extend(read);
+    check_outputs(opts, &all_read)?;
+    let stamps = Stamps::of(&all_read)?;
     let mut sources: Vec<&Path> = vec![&opts.model];
     sources.extend(opts.weights.as_deref());
     sources.push(&opts.pass.inputs);
     let mut prepared = Prepared::new(binder.bind(weights, opts.allow_partial)?)?;
-    let result = compute(&prepared, &opts.pass)?;
+    let result = pass(&prepared)?;
     let layers = layer_summaries(&prepared.bound.model, &prepared.layers, &result.stats);
     let meta = metadata(&opts.pass, &result, &sources);
     let names = apply(&mut prepared, &result, &meta)?;

@@ -425,7 +425,8 @@ pub fn check_batch(specs: &[InputSpec], batch: usize, samples: usize, evaluation
 }
 
 /// The samples a pass runs over: arrays (one per model input) taken `batch` rows at a time in file
-/// order, the last batch partial, up to `samples` rows.
+/// order from row `start` (a multiple of `batch`: the first batch of a part), the last batch
+/// partial, up to row `samples`.
 #[derive(Debug, Clone, Copy)]
 pub struct Feed<'a> {
     /// The model's inputs, in the order of `arrays`.
@@ -434,7 +435,9 @@ pub struct Feed<'a> {
     pub arrays: &'a [Array],
     /// Rows per batch.
     pub batch: usize,
-    /// Rows to run.
+    /// The first row to run.
+    pub start: usize,
+    /// The row to stop before.
     pub samples: usize,
 }
 
@@ -464,14 +467,14 @@ pub fn run_batches(
 ) -> Result<std::time::Duration> {
     use std::sync::{mpsc, Arc, Mutex};
     let started = std::time::Instant::now();
-    let Feed { specs, arrays, batch, samples } = *feed;
+    let Feed { specs, arrays, batch, start: first, samples } = *feed;
     let streams = sessions.len();
     let result = std::thread::scope(|scope| {
         let (job_tx, job_rx) = mpsc::sync_channel::<Job>(sessions.len() + 1);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (done_tx, done_rx) = mpsc::channel::<Done>();
         scope.spawn(move || {
-            for (k, start) in (0..samples).step_by(batch).enumerate() {
+            for (k, start) in (first..samples).step_by(batch).enumerate() {
                 let end = (start + batch).min(samples);
                 if job_tx.send((k, end - start, arrays.iter().map(|a| a.f32_rows(start, end)).collect())).is_err() {
                     return;

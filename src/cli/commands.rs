@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{render, Cli, Command, EvaluateArgs, InspectArgs, RunArgs};
 use swa::onnx::bind::{BindReport, Binder};
 use swa::onnx::bn;
-use swa::{average, evaluate, inputs, pipeline, recalibrate, report, soup, Error, Result};
+use swa::{average, evaluate, inputs, partial, pipeline, recalibrate, report, soup, Error, Result};
 
 /// What a command produced: text for stdout and the exit code (0, or 1 for a failed threshold).
 #[derive(Debug, Default)]
@@ -24,6 +24,10 @@ pub struct Outcome {
 fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).expect("serialisable") + "\n"
 }
+
+/// A part's result is partial: it is written for a merge, never as a model or metrics.
+const SHARD_NEEDS_PARTIAL_OUT: &str =
+    "--shard runs part of the samples: its result is partial, so it needs --partial-out (and a merge)";
 
 /// Runs `cli`.
 pub fn execute(cli: &Cli) -> Result<Outcome> {
@@ -41,8 +45,24 @@ pub fn execute(cli: &Cli) -> Result<Outcome> {
             Ok(Outcome { stdout: if a.json { json(&s) } else { render::average(&s) }, code: 0 })
         }
         Command::Recalibrate(a) => {
+            if let Some(out) = &a.partial_out {
+                let s = partial::stats::write(&a.partial_options(q, out)?)?;
+                return Ok(Outcome { stdout: if a.json { json(&s) } else { render::partial_stats(&s) }, code: 0 });
+            }
+            if a.shard.is_some() {
+                return Err(Error::usage(SHARD_NEEDS_PARTIAL_OUT));
+            }
             let s = recalibrate::recalibrate(&a.options(q)?)?;
             Ok(Outcome { stdout: if a.json { json(&s) } else { render::recalibrate(&s) }, code: 0 })
+        }
+        Command::MergeStats(a) => {
+            let s = partial::stats::merge_into_model(&a.options())?;
+            Ok(Outcome { stdout: if a.json { json(&s) } else { render::recalibrate(&s) }, code: 0 })
+        }
+        Command::MergeEval(a) => {
+            let eval: Vec<_> = a.partials.iter().map(|p| partial::eval::read(p)).collect::<Result<_>>()?;
+            let (identity, m) = partial::eval::merge(&a.partials, &eval)?;
+            Ok(metrics_outcome(&identity.model, &m, a.min_accuracy, a.json))
         }
         Command::Evaluate(a) => evaluate_command(a, q),
         Command::Run(a) => run_command(a, q),
@@ -104,23 +124,53 @@ fn warn_nonfinite(model: &str, n: usize, samples: usize) {
 fn evaluate_command(a: &EvaluateArgs, quiet: bool) -> Result<Outcome> {
     let opts = a.options(quiet)?;
     let weights = a.weights.as_deref().map(|w| inputs::open_checkpoint(w, a.key.as_deref())).transpose()?;
-    let bound = Binder::load(&a.model)?.bind(weights, a.allow_partial)?;
-    let m = evaluate::evaluate(&bound.model, &opts)?;
-    if m.nonfinite > 0 {
-        warn_nonfinite(&a.model.display().to_string(), m.nonfinite, m.samples);
+    let binder = Binder::load(&a.model)?;
+    if let Some(out) = &a.partial_out {
+        let identity = partial::Identity::of(binder.model(), weights.as_ref(), a.key.as_deref())?;
+        let mut read: Vec<PathBuf> = binder.model().files().to_vec();
+        read.extend(weights.iter().flat_map(|w| w.files()).map(PathBuf::from));
+        read.extend([a.inputs.clone(), a.labels.clone()]);
+        let read: Vec<&std::path::Path> = read.iter().map(PathBuf::as_path).collect();
+        let bound = binder.bind(weights, a.allow_partial)?;
+        let p = partial::eval::evaluate_part(&bound.model, identity, &opts, a.shard.unwrap_or(partial::Part::WHOLE))?;
+        partial::eval::write(&p, out, &read)?;
+        let stdout = if a.json {
+            json(&p)
+        } else {
+            format!("part {}: {} samples from sample {}\nwrote {}\n", p.shard, p.samples, p.first_sample, out.display())
+        };
+        return Ok(Outcome { stdout, code: 0 });
     }
-    let code = a.min_accuracy.is_some_and(|min| !render::passes(&m, min)) as u8;
-    let md = render::metrics(&a.model, &m, a.min_accuracy);
+    if a.shard.is_some() {
+        return Err(Error::usage(SHARD_NEEDS_PARTIAL_OUT));
+    }
+    let bound = binder.bind(weights, a.allow_partial)?;
+    let m = evaluate::evaluate(&bound.model, &opts)?;
+    Ok(metrics_outcome(&a.model, &m, a.min_accuracy, a.json))
+}
+
+/// What `swa evaluate` and `swa merge-eval` print for `model`'s metrics, and their exit code.
+fn metrics_outcome(
+    model: &std::path::Path,
+    m: &evaluate::Metrics,
+    min_accuracy: Option<f64>,
+    as_json: bool,
+) -> Outcome {
+    if m.nonfinite > 0 {
+        warn_nonfinite(&model.display().to_string(), m.nonfinite, m.samples);
+    }
+    let code = min_accuracy.is_some_and(|min| !render::passes(m, min)) as u8;
+    let md = render::metrics(model, m, min_accuracy);
     step_summary(&md);
     if code == 1 {
-        warn!("swa: {}", render::gate_failure(None, m.top1, m.nonfinite, a.min_accuracy));
+        warn!("swa: {}", render::gate_failure(None, m.top1, m.nonfinite, min_accuracy));
     }
-    if a.json {
-        let mut v = serde_json::to_value(&m).expect("metrics");
+    if as_json {
+        let mut v = serde_json::to_value(m).expect("metrics");
         v[format!("top{}", m.k)] = m.topk.into();
-        return Ok(Outcome { stdout: json(&v), code });
+        return Outcome { stdout: json(&v), code };
     }
-    Ok(Outcome { stdout: md, code })
+    Outcome { stdout: md, code }
 }
 
 /// One tensor, as `inspect` lists it.

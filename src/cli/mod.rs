@@ -13,6 +13,8 @@ use swa::average::{AverageOptions, BufferPolicy, StripPrefix, Weighting};
 use swa::checkpoint::dtype;
 use swa::evaluate::EvalOptions;
 use swa::inputs::Selection;
+use swa::partial::stats::{MergeStatsOptions, PartialStatsOptions};
+use swa::partial::Part;
 use swa::recalibrate::{PassOptions, RecalibrateOptions, StatsMode};
 use swa::runtime::{Device, Engine};
 use swa::soup::{Method, SoupOptions};
@@ -80,6 +82,17 @@ pub enum Command {
     Soup(SoupArgs),
     /// List a checkpoint's or model's tensors and BatchNorm layers.
     Inspect(InspectArgs),
+    /// Merge the partial statistics of `swa recalibrate --shard I/N --partial-out P` into the
+    /// recalibrated model (what one `swa recalibrate` over all samples writes).
+    MergeStats(MergeStatsArgs),
+    /// Merge the partial results of `swa evaluate --shard I/N --partial-out E.json` and report
+    /// (and gate) as `swa evaluate` does.
+    MergeEval(MergeEvalArgs),
+}
+
+/// `--shard` / `--part`: I/N, counting from 0.
+fn part(s: &str) -> std::result::Result<Part, String> {
+    s.parse()
 }
 
 /// Which checkpoints, by the number in their names.
@@ -148,6 +161,14 @@ pub struct AverageArgs {
     /// Write shards of at most this size (bytes, or with KB/MB/GB/KiB/MiB/GiB).
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub shard_size: Option<NonZeroU64>,
+    /// Write only part I of N of a sharded output (its shards s with s mod N = I, reading only
+    /// their tensors); the part that finds every shard written writes the index.
+    #[arg(long, value_name = "I/N", value_parser = part)]
+    pub part: Option<Part>,
+    /// Write the index of a sharded output whose parts (--part) are written, after checking every
+    /// shard; give the same checkpoints and options as the parts.
+    #[arg(long, conflicts_with = "part")]
+    pub merge_parts: bool,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -210,6 +231,8 @@ impl AverageArgs {
                 p => StripPrefix::Given(p.to_string()),
             }),
             quiet: quiet || self.json,
+            part: self.part,
+            merge_parts: self.merge_parts,
         }
     }
 }
@@ -340,11 +363,18 @@ pub struct RecalibrateArgs {
     #[arg(long, value_name = "PATH")]
     pub key: Option<String>,
     /// Output ONNX model.
-    #[arg(short, long, value_name = "OUT.onnx")]
-    pub output: PathBuf,
+    #[arg(short, long, value_name = "OUT.onnx", required_unless_present = "partial_out")]
+    pub output: Option<PathBuf>,
     /// Also write the tensors under the checkpoint's names, for model.load_state_dict.
     #[arg(long, value_name = "OUT.safetensors")]
     pub save_weights: Option<PathBuf>,
+    /// Run only part I of N of the batches (contiguous ranges of whole batches, counting from 0),
+    /// for `swa merge-stats`; needs --partial-out.
+    #[arg(long, value_name = "I/N", value_parser = part)]
+    pub shard: Option<Part>,
+    /// Write the per-layer statistics (f64) of this part instead of a model, for `swa merge-stats`.
+    #[arg(long, value_name = "P.safetensors", conflicts_with_all = ["output", "save_weights"])]
+    pub partial_out: Option<PathBuf>,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -359,10 +389,82 @@ impl RecalibrateArgs {
             allow_partial: self.allow_partial,
             key: self.key.clone(),
             pass: pass(&self.inputs, self.batch_size, self.max_samples, self.stats, &self.run, quiet || self.json)?,
-            output: self.output.clone(),
+            output: self.output.clone().expect("clap requires -o without --partial-out"),
             save_weights: self.save_weights.clone(),
         })
     }
+
+    /// The library options of a part (`--partial-out`).
+    pub fn partial_options(&self, quiet: bool, output: &std::path::Path) -> Result<PartialStatsOptions> {
+        Ok(PartialStatsOptions {
+            model: self.model.clone(),
+            weights: self.weights.clone(),
+            key: self.key.clone(),
+            allow_partial: self.allow_partial,
+            pass: pass(&self.inputs, self.batch_size, self.max_samples, self.stats, &self.run, quiet || self.json)?,
+            part: self.shard.unwrap_or(Part::WHOLE),
+            output: output.to_path_buf(),
+        })
+    }
+}
+
+/// `swa merge-stats`.
+#[derive(Debug, Args)]
+pub struct MergeStatsArgs {
+    /// Partial statistics (`swa recalibrate --shard I/N --partial-out`), every part once, any order.
+    #[arg(required = true, value_name = "P.safetensors")]
+    pub partials: Vec<PathBuf>,
+    /// The ONNX model the parts ran (checked by content hash).
+    #[arg(long, value_name = "MODEL.onnx")]
+    pub model: PathBuf,
+    /// The weights the parts bound (checked by content hash).
+    #[arg(long, value_name = "W")]
+    pub weights: Option<PathBuf>,
+    /// The state dict the parts read in a torch.save file.
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<String>,
+    /// Keep the model's own values for weights that the checkpoint lacks.
+    #[arg(long)]
+    pub allow_partial: bool,
+    /// Output ONNX model.
+    #[arg(short, long, value_name = "OUT.onnx")]
+    pub output: PathBuf,
+    /// Also write the tensors under the checkpoint's names, for model.load_state_dict.
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub save_weights: Option<PathBuf>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl MergeStatsArgs {
+    /// The library options.
+    pub fn options(&self) -> MergeStatsOptions {
+        MergeStatsOptions {
+            partials: self.partials.clone(),
+            model: self.model.clone(),
+            weights: self.weights.clone(),
+            key: self.key.clone(),
+            allow_partial: self.allow_partial,
+            output: self.output.clone(),
+            save_weights: self.save_weights.clone(),
+        }
+    }
+}
+
+/// `swa merge-eval`.
+#[derive(Debug, Args)]
+pub struct MergeEvalArgs {
+    /// Partial evaluations (`swa evaluate --shard I/N --partial-out`), every part once, any order.
+    #[arg(required = true, value_name = "E.json")]
+    pub partials: Vec<PathBuf>,
+    /// Exit with code 1 when top-1 accuracy is below this (a fraction, 0..=1), or when any
+    /// sample's logits are not finite.
+    #[arg(long, value_name = "A", value_parser = fraction)]
+    pub min_accuracy: Option<f64>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `swa evaluate`.
@@ -400,6 +502,14 @@ pub struct EvaluateArgs {
     /// module, net, or the file itself): e.g. state_dict_ema, callbacks.EMA.ema_state_dict.
     #[arg(long, value_name = "PATH")]
     pub key: Option<String>,
+    /// Evaluate only part I of N of the batches (contiguous ranges of whole batches, counting
+    /// from 0), for `swa merge-eval`; needs --partial-out.
+    #[arg(long, value_name = "I/N", value_parser = part)]
+    pub shard: Option<Part>,
+    /// Write this part's counts and loss sum (JSON) instead of metrics, for `swa merge-eval`
+    /// (which applies --min-accuracy).
+    #[arg(long, value_name = "E.json", conflicts_with = "min_accuracy")]
+    pub partial_out: Option<PathBuf>,
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,

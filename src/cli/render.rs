@@ -6,6 +6,7 @@ use std::path::Path;
 use swa::average::AverageSummary;
 use swa::error::chain;
 use swa::evaluate::Metrics;
+use swa::partial::stats::PartialStatsSummary;
 use swa::recalibrate::RecalibrateSummary;
 use swa::report::Score;
 use swa::soup::SoupSummary;
@@ -27,6 +28,8 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::Streams => "--streams",
         Setting::Tf32 => "--tf32",
         Setting::Out => "--out",
+        Setting::Shard => "--shard",
+        Setting::Part => "--part",
         _ => "an option",
     }
 }
@@ -134,6 +137,8 @@ pub fn recalibrate(s: &RecalibrateSummary) -> String {
         let _ = writeln!(o, "{:<40} {:>8} {:>12.4} {:>10.4}", l.prefix, l.channels, l.mean_shift, l.var_ratio);
     }
     let _ = match s.samples_per_second_after_first {
+        // Merged partial statistics: the parts ran the pass.
+        _ if s.seconds == 0.0 => Ok(()),
         Some(steady) => writeln!(
             o,
             "{:.0} samples/s ({steady:.0} after the first batch, which took {:.2} s)",
@@ -142,6 +147,18 @@ pub fn recalibrate(s: &RecalibrateSummary) -> String {
         None => writeln!(o, "{:.0} samples/s", s.samples_per_second),
     };
     wrote(&mut o, &s.outputs);
+    o
+}
+
+/// What one part of a recalibration pass (`--partial-out`) wrote.
+pub fn partial_stats(s: &PartialStatsSummary) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "part {}: {} BatchNorm layers, {} of {} samples in {} batches ({} statistics), {:.0} samples/s",
+        s.shard, s.layers, s.samples, s.total_samples, s.batches, s.stats, s.samples_per_second
+    );
+    wrote(&mut o, std::slice::from_ref(&s.output));
     o
 }
 

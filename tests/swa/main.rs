@@ -11,5 +11,6 @@ mod recalibrate;
 mod report;
 mod run;
 mod safety;
+mod scale_out;
 mod soup;
 mod torch;

@@ -69,7 +69,7 @@ fn concurrent_sessions_return_every_batch_in_file_order() {
     let arrays = swa::inputs::open_inputs(&input, &[specs[0].name.clone()]).unwrap();
     let (want_shape, want) = logits(&fixture("cnn/model.onnx"), &input);
     let samples = want_shape[0];
-    let feed = swa::runtime::Feed { specs: &specs, arrays: &arrays, batch: 7, samples };
+    let feed = swa::runtime::Feed { specs: &specs, arrays: &arrays, batch: 7, start: 0, samples };
     let mut sessions = swa::runtime::sessions_for(&m, &engine, false, 3).unwrap();
     assert_eq!(sessions.len(), 3);
     let (mut sizes, mut got) = (Vec::new(), Vec::new());

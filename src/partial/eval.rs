@@ -1,0 +1,127 @@
+//! Partial evaluations: a part of an evaluation writes its counts (correct, top-k, non-finite,
+//! per class) and its f64 loss sum as JSON; the merge checks that the partials are one split of
+//! one labelled set evaluated with one model and weights, and adds them up in part order.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{complete_order, Disagreement, Identity, Part};
+use crate::error::{Error, Result};
+use crate::evaluate::{self, EvalOptions, Metrics, MetricsAccumulator};
+use crate::onnx::Model;
+
+/// The `format` of a partial evaluation file.
+pub const FORMAT: &str = "swa-partial-eval";
+
+/// One part of an evaluation, as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartialEval {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// The version of swa that wrote it.
+    pub swa_version: String,
+    /// The model and weights evaluated.
+    #[serde(flatten)]
+    pub identity: Identity,
+    /// The inputs' file name.
+    pub inputs: String,
+    /// The labels' file name.
+    pub labels: String,
+    /// Samples in the whole set.
+    pub total_samples: usize,
+    /// Batch size (the split is by whole batches).
+    pub batch_size: usize,
+    /// Which part.
+    pub shard: Part,
+    /// The first sample of this part.
+    pub first_sample: usize,
+    /// Samples of this part.
+    pub samples: usize,
+    /// The counts and the loss sum.
+    pub counts: MetricsAccumulator,
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Evaluates `part` of the labelled set with `model` (weights bound; `identity` says which).
+pub fn evaluate_part(model: &Model, identity: Identity, opts: &EvalOptions, part: Part) -> Result<PartialEval> {
+    let (counts, total) = evaluate::accumulate(model, opts, part)?;
+    let batches = part.range(total.div_ceil(opts.batch_size.get()));
+    Ok(PartialEval {
+        format: FORMAT.into(),
+        swa_version: crate::VERSION.into(),
+        identity,
+        inputs: file_name(&opts.inputs),
+        labels: file_name(&opts.labels),
+        total_samples: total,
+        batch_size: opts.batch_size.get(),
+        shard: part,
+        first_sample: batches.start * opts.batch_size.get(),
+        samples: counts.samples(),
+        counts,
+    })
+}
+
+/// Writes `partial` to `path` atomically (pretty JSON).
+pub fn write(partial: &PartialEval, path: &Path, read: &[&Path]) -> Result<()> {
+    crate::fs::check_output(path)?;
+    crate::fs::refuse_overwrite(path, read)?;
+    let json = serde_json::to_string_pretty(partial).expect("serialisable") + "\n";
+    crate::fs::StagedFile::with_bytes(path, json.as_bytes())?.publish()
+}
+
+/// Reads a partial evaluation file.
+pub fn read(path: &Path) -> Result<PartialEval> {
+    let bytes = crate::fs::read_regular(path)?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::format(path, format!("is not a partial evaluation (JSON): {e}")))?;
+    if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT) {
+        return Err(Error::format(
+            path,
+            format!("is not a partial evaluation (no `format: {FORMAT}`; write one with `swa evaluate` and a partial output)"),
+        ));
+    }
+    serde_json::from_value(v).map_err(|e| Error::format(path, format!("is not a valid partial evaluation: {e}")))
+}
+
+/// Checks that `partials` (read from `files`) are every part of one evaluation (same model and
+/// weights hashes and key, input and label file names, sample count, batch size and k; every part
+/// once, each with the samples its part gets) and adds their counts in part order.
+pub fn merge(files: &[PathBuf], partials: &[PartialEval]) -> Result<(Identity, Metrics)> {
+    let parts: Vec<Part> = partials.iter().map(|p| p.shard).collect();
+    let order = complete_order(files, &parts)?;
+    let (f0, first) = (&files[order[0]], &partials[order[0]]);
+    let total_batches = first.total_samples.div_ceil(first.batch_size.max(1));
+    let mut acc = MetricsAccumulator::new(first.counts.finish().k);
+    for &k in &order {
+        let (file, p) = (&files[k], &partials[k]);
+        let mut why = Disagreement::new(&first.identity, &p.identity);
+        why.field("inputs", &first.inputs, &p.inputs);
+        why.field("labels", &first.labels, &p.labels);
+        why.field("sample counts", first.total_samples, p.total_samples);
+        why.field("batch sizes", first.batch_size, p.batch_size);
+        why.check(f0, file, "evaluation")?;
+        let range = p.shard.range(total_batches);
+        let (start, end) = (range.start * p.batch_size, (range.end * p.batch_size).min(p.total_samples));
+        if p.first_sample != start || p.samples != end - start || p.counts.samples() != p.samples {
+            return Err(Error::format(
+                file,
+                format!(
+                    "part {} covers samples {}..{} where part {} of {} samples in batches of {} covers {start}..{end}",
+                    p.shard,
+                    p.first_sample,
+                    p.first_sample + p.counts.samples(),
+                    p.shard,
+                    p.total_samples,
+                    p.batch_size
+                ),
+            ));
+        }
+        acc.merge(&p.counts)
+            .map_err(|e| Error::Mismatch(format!("{} and {} cannot be added: {e}", f0.display(), file.display())))?;
+    }
+    Ok((first.identity.clone(), acc.finish()))
+}

@@ -1,0 +1,287 @@
+//! Work split over machines: a [`Part`] `I/N` of a pass (whole batches, contiguous ranges) or of
+//! an average (output shards `s` with `s mod N = I`), the partial results a part writes, and the
+//! merges that check the parts belong together and combine them exactly.
+//!
+//! - [`stats`]: per-layer sufficient statistics of a recalibration pass (safetensors, f64), merged
+//!   with Chan's parallel formula (`precise`) or by summing (`torch`).
+//! - [`eval`]: evaluation counts and f64 loss sums (JSON), merged by adding.
+//!
+//! Partials are merged in shard order whatever order they are given in, so a merge is
+//! reproducible to the bit; [`Identity`] (content hashes of the model and weights files) says
+//! which model a partial belongs to.
+
+pub mod eval;
+pub mod stats;
+
+use std::io::Read;
+use std::num::NonZeroUsize;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result, Setting};
+
+/// Part `index` of `count` (0-based, as Slurm's `SLURM_ARRAY_TASK_ID` and Kubernetes'
+/// `JOB_COMPLETION_INDEX` number them); written `I/N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Part {
+    /// Which part, `0..count`.
+    pub index: usize,
+    /// How many parts.
+    pub count: NonZeroUsize,
+}
+
+impl Part {
+    /// The whole: part 0 of 1.
+    pub const WHOLE: Part = Part { index: 0, count: NonZeroUsize::MIN };
+
+    /// Part `index` of `count`; `None` unless `index < count`.
+    pub fn new(index: usize, count: usize) -> Option<Part> {
+        let count = NonZeroUsize::new(count)?;
+        (index < count.get()).then_some(Part { index, count })
+    }
+
+    /// The contiguous range of `0..total` items that this part gets: part `i` of `n` gets
+    /// `[⌊i·total/n⌋, ⌊(i+1)·total/n⌋)`, so sizes differ by one at most and the parts together are
+    /// `0..total` in order. (Contiguous ranges keep each part's reads sequential; the partial last
+    /// batch simply goes to the last part.)
+    pub fn range(self, total: usize) -> Range<usize> {
+        let n = self.count.get() as u128;
+        let at = |i: usize| (i as u128 * total as u128 / n) as usize;
+        at(self.index)..at(self.index + 1)
+    }
+}
+
+impl std::fmt::Display for Part {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Part {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("`{s}` is not I/N (part I of N, counting from 0: 0/4, 1/4, 2/4, 3/4)");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        if n == 0 {
+            return Err(format!("`{s}`: the number of parts must be at least 1"));
+        }
+        Part::new(i, n).ok_or_else(|| format!("`{s}`: parts of {n} are numbered 0 to {}", n - 1))
+    }
+}
+
+impl Serialize for Part {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Part {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The SHA-256 of `files`' bytes, read in order as one stream (each file's length first, so that
+/// moving bytes from one file to the next changes the hash), as lowercase hex. Files are streamed
+/// in 1 MiB reads: hashing costs one sequential read of each file.
+pub fn sha256_files<P: AsRef<Path>>(files: &[P]) -> Result<String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for path in files {
+        let path = path.as_ref();
+        let mut f = crate::fs::open_regular(path)?;
+        let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+        hasher.update(len.to_le_bytes());
+        loop {
+            let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Which model a partial result belongs to: the model and weights as given, and the SHA-256 of
+/// their files' bytes (an ONNX model with external data: the `.onnx` and its data files; a
+/// sharded checkpoint: its index and shards). Partials merge only when the hashes and the state
+/// dict key agree; the paths are for messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The ONNX model as given.
+    pub model: PathBuf,
+    /// SHA-256 of the model's files.
+    pub model_sha256: String,
+    /// The weights bound into it, if any.
+    pub weights: Option<PathBuf>,
+    /// SHA-256 of the weights' files (empty without weights).
+    pub weights_sha256: String,
+    /// The state dict read in a `torch.save` file.
+    pub key: Option<String>,
+}
+
+impl Identity {
+    /// Hashes the files of `model` and of `weights` (as [`crate::inputs::open_checkpoint`]
+    /// opened them).
+    pub fn of(
+        model: &crate::onnx::Model,
+        weights: Option<&crate::checkpoint::Checkpoint>,
+        key: Option<&str>,
+    ) -> Result<Identity> {
+        Ok(Identity {
+            model: model.path.clone(),
+            model_sha256: sha256_files(model.files())?,
+            weights: weights.map(|w| w.path().to_path_buf()),
+            weights_sha256: weights.map(|w| sha256_files(&w.files())).transpose()?.unwrap_or_default(),
+            key: key.map(str::to_owned),
+        })
+    }
+
+    /// Differences from `other` in words (empty when they are one model with one set of weights).
+    pub fn differences(&self, other: &Identity) -> Vec<String> {
+        let mut d = Vec::new();
+        if self.model_sha256 != other.model_sha256 {
+            d.push(format!(
+                "the model files differ ({} has SHA-256 {}…, {} has {}…)",
+                self.model.display(),
+                &self.model_sha256[..12.min(self.model_sha256.len())],
+                other.model.display(),
+                &other.model_sha256[..12.min(other.model_sha256.len())]
+            ));
+        }
+        if self.weights_sha256 != other.weights_sha256 {
+            let name = |w: &Option<PathBuf>| w.as_ref().map_or("no weights".to_string(), |p| p.display().to_string());
+            d.push(format!("the weights differ ({} vs {})", name(&self.weights), name(&other.weights)));
+        }
+        if self.key != other.key {
+            d.push(format!("the state dict keys differ ({:?} vs {:?})", self.key, other.key));
+        }
+        d
+    }
+}
+
+/// What two partials disagree on, collected field by field, for one error naming both files.
+#[derive(Debug)]
+pub(crate) struct Disagreement(Vec<String>);
+
+impl Disagreement {
+    /// Starts with the differences of the two identities.
+    pub(crate) fn new(a: &Identity, b: &Identity) -> Self {
+        Disagreement(a.differences(b))
+    }
+
+    /// Notes `what` (plural: "batch sizes") when `a` and `b` differ.
+    pub(crate) fn field(&mut self, what: &str, a: impl std::fmt::Display, b: impl std::fmt::Display) {
+        let (a, b) = (a.to_string(), b.to_string());
+        if a != b {
+            self.0.push(format!("the {what} differ ({a} vs {b})"));
+        }
+    }
+
+    /// Fails, naming both files, when anything differs: they are not parts of one `whole`.
+    pub(crate) fn check(self, a: &Path, b: &Path, whole: &str) -> Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Mismatch(format!(
+            "{} and {} are not parts of one {whole}: {}",
+            a.display(),
+            b.display(),
+            self.0.join("; ")
+        )))
+    }
+}
+
+/// Checks that `parts` (one per partial file, in the order of `files`) are every part of one
+/// split exactly once; returns the order that sorts them by part index.
+pub fn complete_order(files: &[PathBuf], parts: &[Part]) -> Result<Vec<usize>> {
+    let Some(first) = parts.first() else {
+        return Err(Error::usage("no partial results to merge"));
+    };
+    let n = first.count.get();
+    let mut seen: Vec<Option<usize>> = vec![None; n];
+    for (k, p) in parts.iter().enumerate() {
+        if p.count.get() != n {
+            return Err(Error::Mismatch(format!(
+                "{} is part {p} but {} is part {first}: the partials come from splits into different numbers of parts",
+                files[k].display(),
+                files[0].display()
+            )));
+        }
+        if let Some(earlier) = seen[p.index].replace(k) {
+            return Err(Error::Mismatch(format!(
+                "part {p} is given twice: {} and {}",
+                files[earlier].display(),
+                files[k].display()
+            )));
+        }
+    }
+    let missing: Vec<String> =
+        seen.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| format!("{i}/{n}")).collect();
+    if !missing.is_empty() {
+        return Err(Error::Mismatch(format!(
+            "the partials are incomplete: part(s) {} of {n} missing (given {})",
+            missing.join(", "),
+            parts.len()
+        )));
+    }
+    Ok(seen.into_iter().map(|s| s.expect("complete")).collect())
+}
+
+/// Fails with `setting` named unless `part` gets at least one of `total` items (`what`: "batches",
+/// "shards").
+pub fn check_nonempty(part: Part, total: usize, what: &str, setting: Setting) -> Result<Range<usize>> {
+    let range = part.range(total);
+    if range.is_empty() {
+        return Err(Error::setting(
+            setting,
+            format!(
+                "{part} gets none of the {total} {what}: split into at most {total} parts{}",
+                if what == "batches" { " (or use a smaller batch)" } else { "" }
+            ),
+        ));
+    }
+    Ok(range)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_parse_and_tile_the_range() {
+        assert_eq!("2/4".parse::<Part>().unwrap(), Part::new(2, 4).unwrap());
+        for bad in ["4/4", "1/0", "x/2", "1", "-1/2", "1/2/3"] {
+            assert!(bad.parse::<Part>().is_err(), "{bad}");
+        }
+        for total in [0, 1, 7, 8, 100] {
+            for n in 1..=9 {
+                let ranges: Vec<_> = (0..n).map(|i| Part::new(i, n).unwrap().range(total)).collect();
+                assert_eq!(ranges[0].start, 0);
+                assert_eq!(ranges[n - 1].end, total);
+                for w in ranges.windows(2) {
+                    assert_eq!(w[0].end, w[1].start);
+                    assert!(w[0].len().abs_diff(w[1].len()) <= 1);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn incomplete_or_repeated_parts_are_named() {
+        let files: Vec<PathBuf> = (0..3).map(|i| PathBuf::from(format!("p{i}"))).collect();
+        let p = |i, n| Part::new(i, n).unwrap();
+        assert_eq!(complete_order(&files, &[p(2, 3), p(0, 3), p(1, 3)]).unwrap(), [1, 2, 0]);
+        let twice = complete_order(&files, &[p(0, 3), p(1, 3), p(1, 3)]).unwrap_err().to_string();
+        assert!(twice.contains("part 1/3 is given twice: p1 and p2"), "{twice}");
+        let missing = complete_order(&files[..2], &[p(0, 3), p(2, 3)]).unwrap_err().to_string();
+        assert!(missing.contains("part(s) 1/3 of 3 missing"), "{missing}");
+        let mixed = complete_order(&files[..2], &[p(0, 2), p(1, 3)]).unwrap_err().to_string();
+        assert!(mixed.contains("different numbers of parts"), "{mixed}");
+    }
+}

@@ -1,0 +1,382 @@
+//! Work split over machines: parts of a recalibration pass, an evaluation and an average, merged,
+//! equal the single-machine run; partials that do not belong together are refused; the merge
+//! order does not matter; and the Ray example runs the whole job on a local cluster.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::common::*;
+use predicates::str::contains;
+use proptest::prelude::*;
+use swa::checkpoint::Checkpoint;
+use swa::onnx::bind::Binder;
+use swa::partial::stats::{self, PartialStatsOptions};
+use swa::partial::Part;
+use swa::recalibrate::{PassOptions, Prepared, StatsMode};
+
+fn cnn(rel: &str) -> PathBuf {
+    fixture(&format!("cnn/{rel}"))
+}
+
+/// The CNN's pass: 500 samples in batches of 32 (15 full batches and one of 20), one thread.
+fn pass(stats: StatsMode) -> PassOptions {
+    let mut p = PassOptions::new(cnn("train.npy"));
+    p.batch_size = std::num::NonZeroUsize::new(32).unwrap();
+    p.stats = stats;
+    p.engine.threads = std::num::NonZeroUsize::new(1);
+    p.quiet = true;
+    p
+}
+
+/// Writes the partial statistics of every part of `n` into `dir`; returns their paths.
+fn partials(dir: &Path, stats: StatsMode, n: usize, weights: &Path) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| {
+            let output = dir.join(format!("{stats}-{i}-of-{n}.safetensors"));
+            stats::write(&PartialStatsOptions {
+                model: cnn("model.onnx"),
+                weights: Some(weights.to_path_buf()),
+                key: None,
+                allow_partial: false,
+                pass: pass(stats),
+                part: Part::new(i, n).unwrap(),
+                output: output.clone(),
+            })
+            .unwrap();
+            output
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-12 * b.abs().max(1e-300) || a == b
+}
+
+#[test]
+fn merged_parts_equal_the_single_run_for_1_2_3_and_7_parts() {
+    let dir = tmp();
+    let weights = cnn("expected/swa_average.safetensors");
+    let bound = Binder::load(&cnn("model.onnx")).unwrap().bind(Some(Checkpoint::open(&weights).unwrap()), false);
+    let prepared = Prepared::new(bound.unwrap()).unwrap();
+    for stats in [StatsMode::Precise, StatsMode::Torch] {
+        let single = swa::recalibrate::compute(&prepared, &pass(stats)).unwrap();
+        for n in [1, 2, 3, 7] {
+            let files = partials(dir.path(), stats, n, &weights);
+            let merged = stats::merge(files.iter().map(|f| stats::read(f).unwrap()).collect()).unwrap();
+            assert_eq!((merged.samples, merged.batches), (500, 16), "{stats} {n}");
+            for (layer, (want_mean, want_var)) in single.stats.iter().enumerate() {
+                let (mean, var) = merged.layers[layer].finish();
+                for c in 0..mean.len() {
+                    assert!(
+                        close(mean[c], want_mean[c]),
+                        "{stats} {n} mean {layer}[{c}]: {} vs {}",
+                        mean[c],
+                        want_mean[c]
+                    );
+                    assert!(close(var[c], want_var[c]), "{stats} {n} var {layer}[{c}]: {} vs {}", var[c], want_var[c]);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn merge_stats_writes_what_recalibrate_writes() {
+    let dir = tmp();
+    let d = dir.path();
+    let weights = cnn("expected/swa_average.safetensors");
+    let files = partials(d, StatsMode::Torch, 3, &weights);
+    swa()
+        .args(["recalibrate", "-q", "--batch-size", "32", "--stats", "torch", "--threads", "1", "--model"])
+        .arg(cnn("model.onnx"))
+        .arg("--weights")
+        .arg(&weights)
+        .arg("--inputs")
+        .arg(cnn("train.npy"))
+        .arg("-o")
+        .arg(d.join("single.onnx"))
+        .arg("--save-weights")
+        .arg(d.join("single.safetensors"))
+        .assert()
+        .success();
+    let out = swa()
+        .arg("merge-stats")
+        .args([&files[2], &files[0], &files[1]])
+        .arg("--model")
+        .arg(cnn("model.onnx"))
+        .arg("--weights")
+        .arg(&weights)
+        .arg("-o")
+        .arg(d.join("merged.onnx"))
+        .arg("--save-weights")
+        .arg(d.join("merged.safetensors"))
+        .arg("--json")
+        .assert()
+        .success();
+    let summary: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!((summary["samples"].as_u64(), summary["batches"].as_u64()), (Some(500), Some(16)));
+    assert_close(&d.join("merged.safetensors"), &d.join("single.safetensors"), 1e-12, 0.0, |_| true);
+    let onnx = |p: &str| Binder::load(&d.join(p)).unwrap().model().checkpoint().unwrap();
+    let (merged, single) = (onnx("merged.onnx"), onnx("single.onnx"));
+    for t in single.tensors() {
+        assert_eq!(merged.bytes(merged.get(&t.name).unwrap()), single.bytes(t), "{}", t.name);
+    }
+}
+
+/// The partials of the CNN's pass in 7 parts (precise), written once for the tests that need them.
+fn seven() -> &'static (tempfile::TempDir, Vec<PathBuf>) {
+    static SEVEN: OnceLock<(tempfile::TempDir, Vec<PathBuf>)> = OnceLock::new();
+    SEVEN.get_or_init(|| {
+        let dir = tmp();
+        let files = partials(dir.path(), StatsMode::Precise, 7, &cnn("expected/swa_average.safetensors"));
+        (dir, files)
+    })
+}
+
+fn merge_stats(files: &[&PathBuf], weights: &Path, out: &Path) -> assert_cmd::assert::Assert {
+    swa()
+        .arg("merge-stats")
+        .args(files)
+        .arg("--model")
+        .arg(cnn("model.onnx"))
+        .arg("--weights")
+        .arg(weights)
+        .arg("-o")
+        .arg(out)
+        .assert()
+}
+
+#[test]
+fn partials_that_do_not_belong_together_are_refused() {
+    let (_keep, files) = seven();
+    let dir = tmp();
+    let d = dir.path();
+    let avg = cnn("expected/swa_average.safetensors");
+    let out = d.join("out.onnx");
+    let all: Vec<&PathBuf> = files.iter().collect();
+    merge_stats(&[all[0], all[1], all[2], all[3], all[4], all[6]], &avg, &out)
+        .failure()
+        .stderr(contains("part(s) 5/7 of 7 missing"));
+    merge_stats(&[all[0], all[1], all[2], all[3], all[4], all[5], all[6], all[3]], &avg, &out)
+        .failure()
+        .stderr(contains("part 3/7 is given twice"));
+    // Computed with other weights, or with another batch size.
+    let other = d.join("other.safetensors");
+    stats::write(&PartialStatsOptions {
+        model: cnn("model.onnx"),
+        weights: Some(cnn("checkpoints/epoch_008.safetensors")),
+        key: None,
+        allow_partial: false,
+        pass: pass(StatsMode::Precise),
+        part: Part::new(6, 7).unwrap(),
+        output: other.clone(),
+    })
+    .unwrap();
+    let six = &all[..6];
+    merge_stats(&[six, &[&other]].concat(), &avg, &out).failure().stderr(contains("the weights differ"));
+    let mut p = pass(StatsMode::Precise);
+    p.batch_size = std::num::NonZeroUsize::new(16).unwrap();
+    let batch16 = d.join("batch16.safetensors");
+    stats::write(&PartialStatsOptions {
+        model: cnn("model.onnx"),
+        weights: Some(avg.clone()),
+        key: None,
+        allow_partial: false,
+        pass: p,
+        part: Part::new(6, 7).unwrap(),
+        output: batch16.clone(),
+    })
+    .unwrap();
+    merge_stats(&[six, &[&batch16]].concat(), &avg, &out)
+        .failure()
+        .stderr(contains("the batch sizes differ (32 vs 16)"));
+    // The right partials, but another model or other weights given to merge into.
+    merge_stats(&all, &cnn("checkpoints/epoch_008.safetensors"), &out)
+        .failure()
+        .stderr(contains("were not computed for the model and weights given: the weights differ"));
+    swa()
+        .arg("merge-stats")
+        .args(&all)
+        .arg("--model")
+        .arg(fixture("mlp/model.onnx"))
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .failure()
+        .stderr(contains("the model files differ"));
+    // Not a partial at all.
+    merge_stats(&[&avg], &avg, &out).failure().stderr(contains("is not a partial statistics file"));
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_part_without_batches_or_a_shard_without_partial_out_is_refused() {
+    let d = tmp();
+    let cmd = |extra: &[&str]| {
+        let mut c = swa();
+        c.current_dir(d.path())
+            .args(["recalibrate", "-q", "--batch-size", "256", "--model"])
+            .arg(cnn("model.onnx"))
+            .arg("--inputs")
+            .arg(cnn("train.npy"))
+            .args(extra);
+        c
+    };
+    let p = d.path().join("p.safetensors");
+    cmd(&["--shard", "0/3", "--partial-out", p.to_str().unwrap()])
+        .assert()
+        .failure()
+        .stderr(contains("--shard 0/3 gets none of the 2 batches: split into at most 2 parts"));
+    cmd(&["--shard", "0/2", "-o", "x.onnx"]).assert().failure().stderr(contains("--partial-out"));
+    cmd(&["--shard", "2/2", "--partial-out", "p"]).assert().failure().stderr(contains("numbered 0 to 1"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_order_of_the_partials_does_not_matter(order in Just((0..7).collect::<Vec<usize>>()).prop_shuffle()) {
+        let (_keep, files) = seven();
+        let read = |order: &[usize]| order.iter().map(|&k| stats::read(&files[k]).unwrap()).collect::<Vec<_>>();
+        let reference = stats::merge(read(&[0, 1, 2, 3, 4, 5, 6])).unwrap();
+        let shuffled = stats::merge(read(&order)).unwrap();
+        prop_assert_eq!(reference.layers, shuffled.layers);
+    }
+}
+
+#[test]
+fn merged_partial_evaluations_equal_the_single_evaluation() {
+    let d = tmp();
+    let model = cnn("model.onnx");
+    let eval = |extra: &[&str]| {
+        let mut c = swa();
+        c.args(["evaluate", "-q", "--json", "--batch-size", "64", "--threads", "1", "--model"])
+            .arg(&model)
+            .arg("--weights")
+            .arg(cnn("expected/swa_average.safetensors"))
+            .arg("--inputs")
+            .arg(cnn("eval.npy"))
+            .arg("--labels")
+            .arg(cnn("eval_labels.npy"))
+            .args(extra);
+        c
+    };
+    let single: serde_json::Value = serde_json::from_slice(&eval(&[]).assert().success().get_output().stdout).unwrap();
+    let parts: Vec<PathBuf> = (0..3).map(|i| d.path().join(format!("e{i}.json"))).collect();
+    for (i, p) in parts.iter().enumerate() {
+        eval(&["--shard", &format!("{i}/3"), "--partial-out", p.to_str().unwrap()]).assert().success();
+    }
+    let merged = swa().arg("merge-eval").arg("--json").args([&parts[1], &parts[2], &parts[0]]).assert().success();
+    let merged: serde_json::Value = serde_json::from_slice(&merged.get_output().stdout).unwrap();
+    for key in ["samples", "correct", "nonfinite", "per_class", "top1", "top5", "k"] {
+        assert_eq!(merged[key], single[key], "{key}");
+    }
+    let (a, b) = (merged["loss"].as_f64().unwrap(), single["loss"].as_f64().unwrap());
+    assert!(close(a, b), "{a} vs {b}");
+    // The gate, and parts that do not add up.
+    swa().arg("merge-eval").args(&parts).args(["--min-accuracy", "0.999"]).assert().code(1);
+    swa().arg("merge-eval").args(&parts[..2]).assert().failure().stderr(contains("2/3 of 3 missing"));
+    let two = d.path().join("two.json");
+    eval(&["--shard", "1/2", "--partial-out", two.to_str().unwrap()]).assert().success();
+    swa().arg("merge-eval").args([&parts[0], &two]).assert().failure().stderr(contains("different numbers of parts"));
+}
+
+#[test]
+fn averaged_parts_equal_the_single_average_and_the_index_waits_for_every_shard() {
+    let d = tmp();
+    let avg = |dir: &str, extra: &[&str]| {
+        let mut c = swa();
+        c.args(["average", "-q", "--from", "4", "--shard-size", "20KB", "-o"])
+            .arg(d.path().join(dir).join("avg.safetensors.index.json"))
+            .arg(cnn("checkpoints"))
+            .args(extra);
+        c
+    };
+    for sub in ["one", "parts"] {
+        std::fs::create_dir(d.path().join(sub)).unwrap();
+    }
+    avg("one", &[]).assert().success();
+    let index = d.path().join("parts/avg.safetensors.index.json");
+    let mut read = 0;
+    for i in [2, 0] {
+        let out = avg("parts", &["--part", &format!("{i}/3"), "--json"]).assert().success();
+        let s: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+        read += s["bytes_read"].as_u64().unwrap();
+        assert!(!index.exists(), "the index waits for every part");
+    }
+    avg("parts", &["--merge-parts"]).assert().failure().stderr(contains("2 of 5 shards are not written"));
+    let out = avg("parts", &["--part", "1/3", "--json"]).assert().success();
+    let s: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    read += s["bytes_read"].as_u64().unwrap();
+    assert!(index.exists(), "the part finishing last writes the index");
+    assert_eq!(listing(&d.path().join("one")), listing(&d.path().join("parts")));
+    for name in listing(&d.path().join("one")) {
+        let bytes = |sub: &str| std::fs::read(d.path().join(sub).join(&name)).unwrap();
+        assert_eq!(bytes("one"), bytes("parts"), "{name}");
+    }
+    let whole = avg("one", &["--json"]).assert().success();
+    let whole: serde_json::Value = serde_json::from_slice(&whole.get_output().stdout).unwrap();
+    assert_eq!(read, whole["bytes_read"].as_u64().unwrap(), "each part reads only its own tensors");
+    avg("parts", &["--merge-parts"]).assert().success();
+    avg("parts", &["--part", "5/6"])
+        .assert()
+        .failure()
+        .stderr(contains("--part 5/6 gets none of the output's 5 shards"));
+}
+
+/// The Ray example on a local cluster of 2 CPUs: the merged model equals `swa recalibrate` on
+/// one machine. Skipped where `import ray` fails, except in CI (`.ci/run` installs ray).
+#[test]
+fn the_ray_example_runs_the_job_on_a_local_cluster() {
+    let has_ray =
+        std::process::Command::new("python3").args(["-c", "import ray"]).output().is_ok_and(|o| o.status.success());
+    if !has_ray {
+        assert!(std::env::var_os("CI").is_none(), "CI must run the Ray example: python3 -m pip install ray");
+        eprintln!("skipped: `import ray` fails (python3 -m pip install ray)");
+        return;
+    }
+    let d = tmp();
+    let out = d.path().join("ray");
+    let started = std::time::Instant::now();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ray/swa_ray.py");
+    let run = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--swa", env!("CARGO_BIN_EXE_swa"), "--model"])
+        .arg(cnn("model.onnx"))
+        .arg("--checkpoints")
+        .arg(cnn("checkpoints"))
+        .args(["--from", "4", "--parts", "2", "--num-cpus", "2", "--shard-size", "20KB", "--batch-size", "32"])
+        .arg("--train-inputs")
+        .arg(cnn("train.npy"))
+        .arg("--eval-inputs")
+        .arg(cnn("eval.npy"))
+        .arg("--eval-labels")
+        .arg(cnn("eval_labels.npy"))
+        .arg("--out")
+        .arg(&out)
+        .env("RAY_USAGE_STATS_ENABLED", "0")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    eprintln!("ray example: {:.1} s", started.elapsed().as_secs_f64());
+    let single = d.path().join("single.safetensors");
+    swa()
+        .args(["recalibrate", "-q", "--batch-size", "32", "--model"])
+        .arg(cnn("model.onnx"))
+        .arg("--weights")
+        .arg(out.join("swa.safetensors.index.json"))
+        .arg("--inputs")
+        .arg(cnn("train.npy"))
+        .arg("-o")
+        .arg(d.path().join("single.onnx"))
+        .arg("--save-weights")
+        .arg(&single)
+        .assert()
+        .success();
+    let stat = |n: &str| n.ends_with("running_mean") || n.ends_with("running_var");
+    assert_close(&out.join("swa_bn.safetensors"), &single, 1e-12, 0.0, stat);
+    assert_close(&out.join("swa_bn.safetensors"), &cnn("expected/swa_bn_precise.safetensors"), 1e-4, 1e-5, stat);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["metrics"]["samples"], 300);
+}
