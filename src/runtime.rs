@@ -115,6 +115,102 @@ pub fn init() -> Result<(PathBuf, ort::environment::Environment)> {
         .map_err(|m| Error::Runtime(m.trim_start_matches("ONNX Runtime: ").to_string()))
 }
 
+/// What `swa doctor` reports: which ONNX Runtime was found and how, what it offers, and the
+/// CUDA libraries `--device cuda` would load. Never an error: what was not found says where it was
+/// looked for.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Diagnosis {
+    /// The library search: what was found by which rule, and every place looked at.
+    pub onnxruntime: locate::Search,
+    /// The library's version (`OrtGetApiBase()->GetVersionString()`).
+    pub version: Option<String>,
+    /// Why it could not be loaded, if it could not.
+    pub load_error: Option<String>,
+    /// The execution providers it offers (`GetAvailableProviders`).
+    pub providers: Vec<String>,
+    /// `libonnxruntime_providers_cuda.so` beside it, if there is one.
+    pub cuda_provider: Option<PathBuf>,
+    /// The pip distributions of ONNX Runtime installed beside it (`onnxruntime 1.32.0`); more than
+    /// one is a broken environment (they overwrite each other's files).
+    pub python_packages: Vec<String>,
+    /// The CUDA and cuDNN libraries, loaded as `--device cuda` loads them.
+    pub cuda: cuda::Search,
+}
+
+/// Finds and loads ONNX Runtime and pip's CUDA libraries, and says what it found.
+pub fn diagnose() -> Diagnosis {
+    let onnxruntime = locate::search(&locate::Roots::from_env(), locate::python_package_dirs);
+    let lib = onnxruntime.found.as_ref().map(|f| f.path.clone());
+    let version = lib.as_deref().and_then(library_version);
+    let (load_error, providers) = match (&lib, init()) {
+        (None, _) => (None, Vec::new()),
+        (Some(_), Ok(_)) => (None, available_providers()),
+        (Some(_), Err(e)) => (Some(crate::error::chain(&e)), Vec::new()),
+    };
+    let cuda_provider =
+        lib.as_deref().map(|l| l.with_file_name("libonnxruntime_providers_cuda.so")).filter(|p| p.is_file());
+    let python_packages = lib
+        .as_deref()
+        .and_then(locate::site_packages_of)
+        .map(|sp| locate::onnxruntime_distributions(&sp))
+        .unwrap_or_default();
+    let cuda = match &lib {
+        Some(l) => preload_cuda(l).clone(),
+        None => cuda::search(&cuda_site_packages(None), cuda::system_has),
+    };
+    Diagnosis { onnxruntime, version, load_error, providers, cuda_provider, python_packages, cuda }
+}
+
+/// The version string of the ONNX Runtime library at `path`, read without initialising it.
+fn library_version(path: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: dlopen/dlsym with valid C strings; `OrtGetApiBase` has this signature in every
+    // ONNX Runtime, and the version string is static in the library, which is never unloaded.
+    unsafe {
+        let handle = libc::dlopen(c.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+        if handle.is_null() {
+            return None;
+        }
+        let sym = libc::dlsym(handle, c"OrtGetApiBase".as_ptr());
+        if sym.is_null() {
+            return None;
+        }
+        let get: unsafe extern "C" fn() -> *const ort::sys::OrtApiBase = std::mem::transmute(sym);
+        let base = get();
+        if base.is_null() {
+            return None;
+        }
+        let v = ((*base).GetVersionString)();
+        (!v.is_null()).then(|| std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned())
+    }
+}
+
+/// The execution providers of the loaded ONNX Runtime.
+fn available_providers() -> Vec<String> {
+    let api = ort::api();
+    let mut list: *mut *mut std::ffi::c_char = std::ptr::null_mut();
+    let mut n: std::ffi::c_int = 0;
+    // SAFETY: the API's documented calling convention; the list is released with its own call.
+    unsafe {
+        let status = (api.GetAvailableProviders)(&mut list, &mut n);
+        if !status.0.is_null() {
+            (api.ReleaseStatus)(status.0);
+            return Vec::new();
+        }
+        if list.is_null() {
+            return Vec::new();
+        }
+        let names =
+            (0..n as usize).map(|i| std::ffi::CStr::from_ptr(*list.add(i)).to_string_lossy().into_owned()).collect();
+        let status = (api.ReleaseAvailableProviders)(list, n);
+        if !status.0.is_null() {
+            (api.ReleaseStatus)(status.0);
+        }
+        names
+    }
+}
+
 /// Where and how ONNX Runtime runs a model.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Engine {

@@ -2,6 +2,7 @@
 //! option structs. Flags exist only here; the library names settings, never flags.
 
 pub mod commands;
+pub mod doctor;
 pub mod render;
 
 use std::num::{NonZeroU64, NonZeroUsize};
@@ -80,6 +81,9 @@ pub enum Command {
     Soup(SoupArgs),
     /// List a checkpoint's or model's tensors and BatchNorm layers.
     Inspect(InspectArgs),
+    /// Which ONNX Runtime swa finds (and how), its version and providers, and the CUDA and cuDNN
+    /// libraries `--device cuda` would load: the first thing a bug report needs.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Which checkpoints, by the number in their names.

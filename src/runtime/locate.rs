@@ -247,6 +247,22 @@ pub fn site_packages_of(library: &Path) -> Option<PathBuf> {
         .then(|| package.parent().map(Path::to_path_buf))?
 }
 
+/// The ONNX Runtime distributions pip installed in `site_packages` (`onnxruntime 1.32.0`,
+/// `onnxruntime_gpu 1.31.1`), from their `.dist-info` directories.
+pub fn onnxruntime_distributions(site_packages: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(site_packages) else { return Vec::new() };
+    let mut found: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.strip_suffix(".dist-info")?.to_string();
+            let (dist, version) = name.split_once('-')?;
+            (dist == "onnxruntime" || dist.starts_with("onnxruntime_")).then(|| format!("{dist} {version}"))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
