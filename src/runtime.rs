@@ -49,87 +49,53 @@ impl std::fmt::Display for Device {
     }
 }
 
+pub mod cuda;
+pub mod locate;
+
 const HOW_TO_GET: &str = "install it with `pip install onnxruntime` (or onnxruntime-gpu for CUDA), or set \
     ORT_DYLIB_PATH to a libonnxruntime.so (≥ 1.31), or put one beside the swa executable";
 
-fn library_in(dir: &Path) -> Option<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
-        .collect();
-    found.sort();
-    found.pop()
+/// Finds the ONNX Runtime library: `ORT_DYLIB_PATH`, beside the executable, the Python
+/// environment `swa` is installed in, `VIRTUAL_ENV`, `CONDA_PREFIX`, `python3`'s `onnxruntime`
+/// package, then the system's library directories ([`locate`]).
+pub fn find_library() -> Result<PathBuf> {
+    let s = locate::search(&locate::Roots::from_env(), locate::python_package_dirs);
+    match s.found {
+        Some(found) => Ok(found.path),
+        None => Err(Error::Runtime(match s.looked.first() {
+            Some((locate::Rule::OrtDylibPath, p)) => {
+                format!("ORT_DYLIB_PATH is {}, which is not a file; {HOW_TO_GET}", p.display())
+            }
+            _ => format!("no ONNX Runtime library found (looked in {}); {HOW_TO_GET}", s.looked_text()),
+        })),
+    }
 }
 
-/// Directories where a Python installation keeps `onnxruntime/capi`: under `VIRTUAL_ENV` and
-/// `CONDA_PREFIX`, and where the interpreter's own `import onnxruntime` would find it. Python runs
-/// in isolated mode (`-I`: no `PYTHONPATH`, no user site, no current directory on `sys.path`) from
-/// `/`, so a package planted in the working directory is never what it finds; relative results
-/// are dropped (see [`is_library_location`]).
-fn python_package_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
-        if let Some(prefix) = std::env::var_os(var) {
-            if let Ok(entries) = std::fs::read_dir(Path::new(&prefix).join("lib")) {
-                for e in entries.flatten() {
-                    dirs.push(e.path().join("site-packages/onnxruntime/capi"));
-                }
+/// The `site-packages` directories where pip's CUDA libraries are looked for: the one holding
+/// the ONNX Runtime in use, then those of the environments [`locate`] searches.
+pub fn cuda_site_packages(library: Option<&Path>) -> Vec<PathBuf> {
+    let roots = locate::Roots::from_env();
+    let mut dirs: Vec<PathBuf> = library.and_then(locate::site_packages_of).into_iter().collect();
+    for (_, prefix) in roots.environments() {
+        for sp in locate::site_packages(prefix) {
+            if locate::is_library_location(&sp) && !dirs.iter().any(|d| locate::same_file(d, &sp)) {
+                dirs.push(sp);
             }
         }
     }
-    let script = "import importlib.util as u, os\nfor n in ('onnxruntime',):\n s = u.find_spec(n)\n if s and s.origin: print(os.path.join(os.path.dirname(s.origin), 'capi'))";
-    for python in ["python3", "python"] {
-        if let Ok(out) = std::process::Command::new(python)
-            .args(["-I", "-c", script])
-            .current_dir("/")
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .output()
-        {
-            dirs.extend(String::from_utf8_lossy(&out.stdout).lines().map(PathBuf::from));
-            break;
-        }
-    }
-    dirs.retain(|d| is_library_location(d));
     dirs
 }
 
-/// True for a directory that Python discovery may offer: an absolute path that is not the working
-/// directory (a relative path would be looked up in it). The executable's own directory is always
-/// allowed: whoever can write there controls `swa` itself.
-fn is_library_location(dir: &Path) -> bool {
-    if !dir.is_absolute() {
-        return false;
-    }
-    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
-    !std::env::current_dir().is_ok_and(|cwd| same(dir, &cwd))
-}
+static CUDA_LIBRARIES: OnceLock<cuda::Search> = OnceLock::new();
 
-/// Finds the ONNX Runtime library: `ORT_DYLIB_PATH`, beside the executable, the `onnxruntime` /
-/// `onnxruntime-gpu` Python package, then the system's library path.
-pub fn find_library() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(Error::Runtime(format!("ORT_DYLIB_PATH is {}, which is not a file; {HOW_TO_GET}", p.display())))
-        };
-    }
-    let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf));
-    let candidates = beside.into_iter().chain(python_package_dirs());
-    for dir in candidates {
-        if let Some(lib) = library_in(&dir) {
-            return Ok(lib);
-        }
-    }
-    for dir in ["/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"] {
-        if let Some(lib) = library_in(Path::new(dir)) {
-            return Ok(lib);
-        }
-    }
-    Err(Error::Runtime(format!("no ONNX Runtime library found (looked at ORT_DYLIB_PATH, beside the executable, the onnxruntime Python package and the system library directories); {HOW_TO_GET}")))
+/// Finds and loads pip's CUDA and cuDNN libraries for the ONNX Runtime at `library`, once per
+/// process; returns what was found.
+fn preload_cuda(library: &Path) -> &'static cuda::Search {
+    CUDA_LIBRARIES.get_or_init(|| {
+        let mut s = cuda::search(&cuda_site_packages(Some(library)), cuda::system_has);
+        cuda::preload(&mut s);
+        s
+    })
 }
 
 type Loaded = std::result::Result<(PathBuf, ort::environment::Environment), String>;
@@ -147,6 +113,102 @@ pub fn init() -> Result<(PathBuf, ort::environment::Environment)> {
         })
         .clone()
         .map_err(|m| Error::Runtime(m.trim_start_matches("ONNX Runtime: ").to_string()))
+}
+
+/// What `swa doctor` reports: which ONNX Runtime was found and how, what it offers, and the
+/// CUDA libraries `--device cuda` would load. Never an error: what was not found says where it was
+/// looked for.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Diagnosis {
+    /// The library search: what was found by which rule, and every place looked at.
+    pub onnxruntime: locate::Search,
+    /// The library's version (`OrtGetApiBase()->GetVersionString()`).
+    pub version: Option<String>,
+    /// Why it could not be loaded, if it could not.
+    pub load_error: Option<String>,
+    /// The execution providers it offers (`GetAvailableProviders`).
+    pub providers: Vec<String>,
+    /// `libonnxruntime_providers_cuda.so` beside it, if there is one.
+    pub cuda_provider: Option<PathBuf>,
+    /// The pip distributions of ONNX Runtime installed beside it (`onnxruntime 1.32.0`); more than
+    /// one is a broken environment (they overwrite each other's files).
+    pub python_packages: Vec<String>,
+    /// The CUDA and cuDNN libraries, loaded as `--device cuda` loads them.
+    pub cuda: cuda::Search,
+}
+
+/// Finds and loads ONNX Runtime and pip's CUDA libraries, and says what it found.
+pub fn diagnose() -> Diagnosis {
+    let onnxruntime = locate::search(&locate::Roots::from_env(), locate::python_package_dirs);
+    let lib = onnxruntime.found.as_ref().map(|f| f.path.clone());
+    let version = lib.as_deref().and_then(library_version);
+    let (load_error, providers) = match (&lib, init()) {
+        (None, _) => (None, Vec::new()),
+        (Some(_), Ok(_)) => (None, available_providers()),
+        (Some(_), Err(e)) => (Some(crate::error::chain(&e)), Vec::new()),
+    };
+    let cuda_provider =
+        lib.as_deref().map(|l| l.with_file_name("libonnxruntime_providers_cuda.so")).filter(|p| p.is_file());
+    let python_packages = lib
+        .as_deref()
+        .and_then(locate::site_packages_of)
+        .map(|sp| locate::onnxruntime_distributions(&sp))
+        .unwrap_or_default();
+    let cuda = match &lib {
+        Some(l) => preload_cuda(l).clone(),
+        None => cuda::search(&cuda_site_packages(None), cuda::system_has),
+    };
+    Diagnosis { onnxruntime, version, load_error, providers, cuda_provider, python_packages, cuda }
+}
+
+/// The version string of the ONNX Runtime library at `path`, read without initialising it.
+fn library_version(path: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: dlopen/dlsym with valid C strings; `OrtGetApiBase` has this signature in every
+    // ONNX Runtime, and the version string is static in the library, which is never unloaded.
+    unsafe {
+        let handle = libc::dlopen(c.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+        if handle.is_null() {
+            return None;
+        }
+        let sym = libc::dlsym(handle, c"OrtGetApiBase".as_ptr());
+        if sym.is_null() {
+            return None;
+        }
+        let get: unsafe extern "C" fn() -> *const ort::sys::OrtApiBase = std::mem::transmute(sym);
+        let base = get();
+        if base.is_null() {
+            return None;
+        }
+        let v = ((*base).GetVersionString)();
+        (!v.is_null()).then(|| std::ffi::CStr::from_ptr(v).to_string_lossy().into_owned())
+    }
+}
+
+/// The execution providers of the loaded ONNX Runtime.
+fn available_providers() -> Vec<String> {
+    let api = ort::api();
+    let mut list: *mut *mut std::ffi::c_char = std::ptr::null_mut();
+    let mut n: std::ffi::c_int = 0;
+    // SAFETY: the API's documented calling convention; the list is released with its own call.
+    unsafe {
+        let status = (api.GetAvailableProviders)(&mut list, &mut n);
+        if !status.0.is_null() {
+            (api.ReleaseStatus)(status.0);
+            return Vec::new();
+        }
+        if list.is_null() {
+            return Vec::new();
+        }
+        let names =
+            (0..n as usize).map(|i| std::ffi::CStr::from_ptr(*list.add(i)).to_string_lossy().into_owned()).collect();
+        let status = (api.ReleaseAvailableProviders)(list, n);
+        if !status.0.is_null() {
+            (api.ReleaseStatus)(status.0);
+        }
+        names
+    }
 }
 
 /// Where and how ONNX Runtime runs a model.
@@ -301,13 +363,16 @@ fn builder(engine: &Engine) -> Result<ort::session::builder::SessionBuilder> {
             return Err(Error::setting(
                 Setting::Device,
                 format!(
-                    "{device}: the ONNX Runtime at {} has no CUDA provider ({} is missing); install onnxruntime-gpu \
-                     (pip install onnxruntime-gpu) and point ORT_DYLIB_PATH at its capi/libonnxruntime.so.*",
+                    "{device}: the ONNX Runtime at {} has no CUDA provider ({} is missing); replace onnxruntime \
+                     with onnxruntime-gpu (pip uninstall -y onnxruntime && pip install \"onnxruntime-gpu[cuda,cudnn]\"; \
+                     for pip's swa: pip uninstall -y swa-tool onnxruntime && pip install swa-tool-gpu), or point \
+                     ORT_DYLIB_PATH at onnxruntime-gpu's capi/libonnxruntime.so.*",
                     lib.display(),
                     provider.display()
                 ),
             ));
         }
+        let libraries = preload_cuda(&lib);
         let cuda = ort::ep::CUDA::default()
             .with_device_id(id)
             .with_conv_algorithm_search(match engine.cudnn_search {
@@ -319,13 +384,20 @@ fn builder(engine: &Engine) -> Result<ort::session::builder::SessionBuilder> {
             .build()
             .error_on_failure();
         builder = builder.with_execution_providers([cuda]).map_err(|e| {
-            Error::setting(
-                Setting::Device,
-                format!(
-                    "{device}: the CUDA provider failed to load ({e}); it needs CUDA 13 and cuDNN 9 on LD_LIBRARY_PATH \
-                     (libcudart.so.13, libcublas.so.13, libcudnn.so.9 ...)"
-                ),
-            )
+            Error::setting(Setting::Device, {
+                let why = libraries.explain();
+                let why = if why.is_empty() {
+                    format!(
+                        "every CUDA {} / cuDNN {} library was found (swa doctor lists them); is the driver installed \
+                             and the GPU visible?",
+                        cuda::CUDA_MAJOR,
+                        cuda::CUDNN_MAJOR
+                    )
+                } else {
+                    why
+                };
+                format!("{device}: the CUDA provider failed to load ({e}); {why}")
+            })
         })?;
     }
     Ok(builder)
@@ -567,14 +639,6 @@ mod tests {
         let eight = [InputSpec { name: "x".into(), dims: vec![8, 3] }];
         assert!(check_batch(&eight, 8, 1001, false).unwrap_err().to_string().contains("last batch of 1"));
         check_batch(&[InputSpec { name: "x".into(), dims: vec![-1, 3] }], 256, 1001, true).unwrap();
-    }
-
-    #[test]
-    fn the_working_directory_and_relative_paths_are_never_library_locations() {
-        assert!(!is_library_location(Path::new("onnxruntime/capi")));
-        assert!(!is_library_location(Path::new(".")));
-        assert!(!is_library_location(&std::env::current_dir().unwrap()));
-        assert!(is_library_location(Path::new("/usr/lib")));
     }
 
     #[test]

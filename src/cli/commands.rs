@@ -74,6 +74,7 @@ pub fn execute(cli: &Cli) -> Result<Outcome> {
             Ok(Outcome { stdout: if a.json { json(&s) } else { render::soup(&s) }, code: 0 })
         }
         Command::Inspect(a) => inspect(a),
+        Command::Doctor(a) => Ok(super::doctor::run(a)),
     }
 }
 

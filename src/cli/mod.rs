@@ -2,6 +2,7 @@
 //! option structs. Flags exist only here; the library names settings, never flags.
 
 pub mod commands;
+pub mod doctor;
 pub mod render;
 
 use std::num::{NonZeroU64, NonZeroUsize};
@@ -88,6 +89,9 @@ pub enum Command {
     /// Merge the partial results of `swa evaluate --shard I/N --partial-out E.json` and report
     /// (and gate) as `swa evaluate` does.
     MergeEval(MergeEvalArgs),
+    /// Which ONNX Runtime swa finds (and how), its version and providers, and the CUDA and cuDNN
+    /// libraries `--device cuda` would load: the first thing a bug report needs.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// `--shard` / `--part`: I/N, counting from 0.
