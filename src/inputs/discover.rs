@@ -153,6 +153,14 @@ pub fn is_checkpoint_name(name: &str) -> bool {
     model && !NOT_MODELS.iter().any(|n| name.starts_with(n))
 }
 
+/// PyTorch Lightning's `last.ckpt` (`last-v1.ckpt`…): `ModelCheckpoint(save_last=True)` saves the
+/// newest checkpoint again under this name, beside the numbered ones.
+fn is_lightning_last(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let version = name.strip_prefix("last-v").and_then(|r| r.strip_suffix(".ckpt"));
+    name == "last.ckpt" || version.is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The model file of a run's checkpoint directory (`checkpoint-500/`): its sharded index, its
 /// `model.safetensors`, or its `pytorch_model.bin`.
 fn model_in(dir: &Path) -> Result<Option<PathBuf>> {
@@ -192,6 +200,11 @@ pub fn discover(paths: &[PathBuf]) -> Result<Discovery> {
             } else if is_checkpoint_name(&name) {
                 inside.push(p);
             }
+        }
+        // A copy of the newest numbered checkpoint: taking it too would count that model twice
+        // (and sort it last, unnumbered). Naming it explicitly, or alone in its directory, reads it.
+        if inside.iter().any(|p| !is_lightning_last(p)) {
+            inside.retain(|p| !is_lightning_last(p));
         }
         if inside.is_empty() {
             return Err(Error::format(
