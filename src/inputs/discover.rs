@@ -319,6 +319,27 @@ fn number_of(path: &Path) -> Option<u64> {
     })
 }
 
+/// The last `k` components of `path`.
+fn last_components(path: &Path, k: usize) -> String {
+    let parts: Vec<_> = path.components().collect();
+    parts[parts.len().saturating_sub(k)..].iter().collect::<PathBuf>().to_string_lossy().into_owned()
+}
+
+/// What the report calls each checkpoint: its file name, or, where two share one (the Hugging Face
+/// layout `checkpoint-N/model.safetensors`), as many trailing components of every path as tell
+/// them all apart. The report marks the averaged checkpoints by these names, so they must differ.
+pub fn labels(found: &[CheckpointFile]) -> Vec<String> {
+    let depth = found.iter().map(|f| f.path.components().count()).max().unwrap_or(1);
+    for k in 1..=depth {
+        let labels: Vec<String> = found.iter().map(|f| last_components(&f.path, k)).collect();
+        let distinct: std::collections::HashSet<&String> = labels.iter().collect();
+        if distinct.len() == labels.len() {
+            return labels;
+        }
+    }
+    found.iter().map(|f| f.path.to_string_lossy().into_owned()).collect()
+}
+
 /// Applies a selection; the result is never empty.
 pub fn select(files: &[CheckpointFile], sel: &Selection) -> Result<Vec<CheckpointFile>> {
     let mut out: Vec<CheckpointFile> = Vec::new();

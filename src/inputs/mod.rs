@@ -11,7 +11,9 @@ pub mod npy;
 
 use std::path::Path;
 
-pub use discover::{discover, name_number, natural_cmp, select, CheckpointFile, Discovery, Duplicate, Selection};
+pub use discover::{
+    discover, labels, name_number, natural_cmp, select, CheckpointFile, Discovery, Duplicate, Selection,
+};
 pub use npy::{open_inputs, open_labels, Array};
 
 use crate::checkpoint::{torch, Checkpoint};
