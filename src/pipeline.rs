@@ -78,11 +78,12 @@ fn make_soup(
     })?;
     let label =
         |path: &Path| found.iter().position(|f| f.path == path).map_or_else(|| file_name(path), |i| names[i].clone());
-    let by_name = |name: &str| s.candidates.iter().find(|c| c.name == name).map(|c| label(&c.path));
     Ok(report::SoupReport {
         method: s.method.clone(),
         recalibrated: s.recalibrated,
-        ingredients: s.ingredients.iter().filter_map(|i| by_name(i)).collect(),
+        // By path: file names alone are all `model.safetensors` in the Hugging Face layout. The
+        // ingredients were added in the candidates' order.
+        ingredients: s.candidates.iter().filter(|c| c.kept).map(|c| label(&c.path)).collect(),
         candidates: s
             .candidates
             .iter()
@@ -212,27 +213,6 @@ fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// The last `k` components of `path`.
-fn last_components(path: &Path, k: usize) -> String {
-    let parts: Vec<_> = path.components().collect();
-    parts[parts.len().saturating_sub(k)..].iter().collect::<PathBuf>().to_string_lossy().into_owned()
-}
-
-/// What the report calls each checkpoint: its file name, or, where two share one (the Hugging Face
-/// layout `checkpoint-N/model.safetensors`), as many trailing components of every path as tell
-/// them all apart. The report marks the averaged checkpoints by these names, so they must differ.
-fn labels(found: &[CheckpointFile]) -> Vec<String> {
-    let depth = found.iter().map(|f| f.path.components().count()).max().unwrap_or(1);
-    for k in 1..=depth {
-        let labels: Vec<String> = found.iter().map(|f| last_components(&f.path, k)).collect();
-        let distinct: std::collections::HashSet<&String> = labels.iter().collect();
-        if distinct.len() == labels.len() {
-            return labels;
-        }
-    }
-    found.iter().map(|f| f.path.to_string_lossy().into_owned()).collect()
-}
-
 /// One row per checkpoint (named by `names`): its accuracy with stored statistics, and
 /// recalibrated if asked.
 fn evaluate_checkpoints(
@@ -357,7 +337,7 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
     std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
     let work = StagedDir::beside(&out, "swa-run")?;
 
-    let names = labels(&found);
+    let names = inputs::labels(&found);
     let rows = evaluate_checkpoints(&binder, &found, &names, opts)?;
     clock.lap("evaluate checkpoints");
     let swa = swa(&binder, &selected, work.path(), opts, &mut clock)?;

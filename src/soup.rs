@@ -100,7 +100,7 @@ pub struct SoupOptions {
 /// One candidate as it was tried.
 #[derive(Debug, Clone, Serialize)]
 pub struct Candidate {
-    /// File name.
+    /// File name (with as many of its directories as tell it from the other candidates').
     pub name: String,
     /// The file.
     pub path: PathBuf,
@@ -134,7 +134,7 @@ pub struct SoupSummary {
     pub recalibrated: bool,
     /// The statistics mode, when recalibrated.
     pub stats: Option<String>,
-    /// File names of the ingredients, in the order they were added.
+    /// Names of the ingredients (as candidates are named), in the order they were added.
     pub ingredients: Vec<String>,
     /// Every candidate, in the order tried (best alone first).
     pub candidates: Vec<Candidate>,
@@ -204,28 +204,48 @@ struct Sum {
 
 impl Sum {
     fn new(first: Checkpoint) -> Self {
-        let mut sum = Sum { sums: BTreeMap::new(), count: 0, reference: Checkpoint::empty(first.path()) };
-        sum.add(&first);
-        sum.reference = first;
-        sum
+        let mut sums = BTreeMap::new();
+        for t in first.tensors().iter().filter(|t| dtype::is_float(t.dtype)) {
+            sums.insert(t.name.clone(), dtype::to_f64(t.dtype, first.bytes(t)));
+        }
+        Sum { reference: first, sums, count: 1 }
     }
 
-    fn add(&mut self, ck: &Checkpoint) {
-        for t in ck.tensors().iter().filter(|t| dtype::is_float(t.dtype)) {
-            let values = dtype::to_f64(t.dtype, ck.bytes(t));
-            match self.sums.get_mut(&t.name) {
-                Some(s) => s.iter_mut().zip(values).for_each(|(a, v)| *a += v),
-                None => {
-                    self.sums.insert(t.name.clone(), values);
-                }
-            }
+    /// Adds a candidate, which must have every floating-point tensor of the first, in its shape.
+    fn add(&mut self, ck: &Checkpoint) -> Result<()> {
+        self.check(ck)?;
+        for (name, sum) in &mut self.sums {
+            let t = ck.get(name).expect("checked");
+            sum.iter_mut().zip(dtype::to_f64(t.dtype, ck.bytes(t))).for_each(|(a, v)| *a += v);
         }
         self.count += 1;
+        Ok(())
+    }
+
+    /// Fails unless `ck` has every floating-point tensor of the first candidate, in its shape
+    /// (else its sum would silently lack a term, or zip a shorter tensor).
+    fn check(&self, ck: &Checkpoint) -> Result<()> {
+        for t in self.reference.tensors().iter().filter(|t| self.sums.contains_key(&t.name)) {
+            let u = ck.get(&t.name).ok_or_else(|| {
+                Error::tensor(ck.path(), &t.name, "is missing: candidates must have the same tensors")
+            })?;
+            if u.shape != t.shape || !dtype::is_float(u.dtype) {
+                return Err(Error::tensor(
+                    ck.path(),
+                    &t.name,
+                    format!("is {:?} {:?}, other candidates have {:?} {:?}", u.dtype, u.shape, t.dtype, t.shape),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The average with `extra` added (when given), as a checkpoint in the reference's dtypes and
     /// order; integer tensors come from the first ingredient.
     fn average_with(&self, extra: Option<&Checkpoint>) -> Result<Checkpoint> {
+        if let Some(e) = extra {
+            self.check(e)?;
+        }
         let n = (self.count + extra.is_some() as usize) as f64;
         let mut out = Checkpoint::empty(Path::new("soup"));
         for t in self.reference.tensors() {
@@ -233,19 +253,7 @@ impl Sum {
                 Some(sum) => {
                     let mut values = sum.clone();
                     if let Some(e) = extra {
-                        let u = e.get(&t.name).ok_or_else(|| {
-                            Error::tensor(e.path(), &t.name, "is missing: candidates must have the same tensors")
-                        })?;
-                        if u.shape != t.shape || !dtype::is_float(u.dtype) {
-                            return Err(Error::tensor(
-                                e.path(),
-                                &t.name,
-                                format!(
-                                    "is {:?} {:?}, other candidates have {:?} {:?}",
-                                    u.dtype, u.shape, t.dtype, t.shape
-                                ),
-                            ));
-                        }
+                        let u = e.get(&t.name).expect("checked");
                         values.iter_mut().zip(dtype::to_f64(u.dtype, e.bytes(u))).for_each(|(a, v)| *a += v);
                     }
                     values.iter_mut().for_each(|v| *v /= n);
@@ -261,21 +269,26 @@ impl Sum {
     }
 }
 
-fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+/// Better first: higher accuracy, then lower loss (a NaN loss, when every logit was non-finite,
+/// is the worst), then the later checkpoint. A total order: `sort_by` may panic without one, and
+/// the best candidate found while judging must be the one sorted first.
+fn rank(a: &(usize, Metrics), b: &(usize, Metrics)) -> std::cmp::Ordering {
+    b.1.correct.cmp(&a.1.correct).then(comparable_loss(&a.1).total_cmp(&comparable_loss(&b.1))).then(b.0.cmp(&a.0))
 }
 
-/// Better first: higher accuracy, then lower loss, then the later checkpoint.
-fn rank(a: &(usize, Metrics), b: &(usize, Metrics)) -> std::cmp::Ordering {
-    b.1.correct
-        .cmp(&a.1.correct)
-        .then(a.1.loss.partial_cmp(&b.1.loss).unwrap_or(std::cmp::Ordering::Equal))
-        .then(b.0.cmp(&a.0))
+/// A loss for comparisons: NaN (every logit non-finite) is the worst.
+fn comparable_loss(m: &Metrics) -> f64 {
+    if m.loss.is_nan() {
+        f64::INFINITY
+    } else {
+        m.loss
+    }
 }
 
 /// Whether a soup with `new` select metrics is no worse than one with `current`.
 fn no_worse(new: &Metrics, current: &Metrics) -> bool {
-    new.correct > current.correct || (new.correct == current.correct && new.loss <= current.loss)
+    new.correct > current.correct
+        || (new.correct == current.correct && comparable_loss(new) <= comparable_loss(current))
 }
 
 /// Checks the outputs, and that the select and test splits are not one file.
@@ -298,15 +311,18 @@ fn check_files(opts: &SoupOptions, read: &[&Path]) -> Result<Vec<String>> {
     }
     refuse_same_output(&outputs)?;
     if let Some(eval) = &opts.eval {
-        let same = |a: &Path, b: &Path| a.canonicalize().ok().is_some_and(|x| b.canonicalize().ok() == Some(x));
-        if same(&eval.inputs, &opts.select.inputs) {
-            warnings.push(format!(
-                "the select and eval splits are the same file ({}): the test figures are not held out",
-                eval.inputs.display()
-            ));
-        }
+        warnings.extend(same_split_warning(&opts.select.inputs, &eval.inputs));
     }
     Ok(warnings)
+}
+
+/// A warning when the select split and the test split are one file (`swa soup`, `swa run
+/// --soup`): the test figures of the soup are then not held out.
+pub fn same_split_warning(select: &Path, eval: &Path) -> Option<String> {
+    let same = select.canonicalize().ok().is_some_and(|x| eval.canonicalize().ok() == Some(x));
+    same.then(|| {
+        format!("the select and eval splits are the same file ({}): the test figures are not held out", eval.display())
+    })
 }
 
 /// Makes the soup as `opts` says and writes it; returns the summary and warnings for people.
@@ -314,6 +330,9 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
     let started = Instant::now();
     let found = inputs::discover(&opts.checkpoints)?;
     let files: Vec<CheckpointFile> = inputs::select(&found.files, &opts.selection)?;
+    // What the summary calls each candidate: its file name, or enough of its path to tell it from
+    // the others (`checkpoint-500/model.safetensors`).
+    let names = inputs::labels(&files);
     if let Method::TopK(k) = opts.method {
         if k.get() > files.len() {
             return Err(Error::usage(format!(
@@ -377,7 +396,7 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
                 let candidate = kitchen.judge(sum.average_with(Some(&checkpoints[c]))?)?;
                 in_soup.insert(c, candidate.select.clone());
                 if no_worse(&candidate.select, &current.select) {
-                    sum.add(&checkpoints[c]);
+                    sum.add(&checkpoints[c])?;
                     kept.push(c);
                     current = candidate;
                 }
@@ -386,7 +405,7 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
         }
         Method::Uniform | Method::TopK(_) => {
             for &c in &chosen[1..] {
-                sum.add(&checkpoints[c]);
+                sum.add(&checkpoints[c])?;
                 kept.push(c);
             }
             kitchen.judge(sum.average_with(None)?)?
@@ -447,7 +466,7 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
     let candidates = order
         .iter()
         .map(|&i| Candidate {
-            name: file_name(&files[i].path),
+            name: names[i].clone(),
             path: files[i].path.clone(),
             number: files[i].number,
             select_alone: Score::from(&alone[&i]),
@@ -459,12 +478,12 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
         method: opts.method.to_string(),
         recalibrated: recalibrate,
         stats: recalibrate.then(|| opts.pass.stats.to_string()),
-        ingredients: kept.iter().map(|&i| file_name(&files[i].path)).collect(),
+        ingredients: kept.iter().map(|&i| names[i].clone()).collect(),
         candidates,
         select: Score::from(&current.select),
         eval: eval.as_ref().map(Score::from),
         best_single: BestSingle {
-            name: file_name(&files[best].path),
+            name: names[best].clone(),
             select: Score::from(&alone[&best]),
             eval: best_eval.as_ref().map(Score::from),
         },
@@ -495,5 +514,36 @@ mod tests {
         assert_eq!("greedy".parse::<Method>().unwrap(), Method::Greedy);
         assert_eq!("top-k:3".parse::<Method>().unwrap().to_string(), "top-k:3");
         assert!("top-k:0".parse::<Method>().is_err() && "best".parse::<Method>().is_err());
+    }
+
+    #[test]
+    fn ranking_is_a_total_order_when_a_loss_is_nan() {
+        // Equal accuracy; one candidate's logits were all non-finite (loss NaN). The NaN used to
+        // compare equal to every loss, so 0 < 2 (loss), 2 < 1 and 1 < 0 (later first): a cycle,
+        // and the best candidate found while judging was not the one sorted first.
+        let m = |loss: f64| Metrics {
+            samples: 10,
+            correct: 3,
+            top1: 0.3,
+            k: 1,
+            topk: 0.3,
+            loss,
+            per_class: Vec::new(),
+            nonfinite: if loss.is_nan() { 10 } else { 0 },
+        };
+        let all = [(0, m(1.0)), (1, m(f64::NAN)), (2, m(2.0))];
+        for a in &all {
+            for b in &all {
+                for c in &all {
+                    if rank(a, b).is_lt() && rank(b, c).is_lt() {
+                        assert!(rank(a, c).is_lt(), "{} < {} < {} but not {0} < {2}", a.0, b.0, c.0);
+                    }
+                }
+            }
+        }
+        let mut sorted = all.to_vec();
+        sorted.sort_by(rank);
+        assert_eq!(sorted.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 2, 1]);
+        assert!(!no_worse(&m(f64::NAN), &m(2.0)) && no_worse(&m(2.0), &m(f64::NAN)));
     }
 }

@@ -93,6 +93,11 @@ fn step_summary(markdown: &str) {
 }
 
 fn run_command(a: &RunArgs, quiet: bool) -> Result<Outcome> {
+    if let Some(select) = a.soup.and(a.select_inputs.as_ref()) {
+        if let Some(w) = soup::same_split_warning(select, &a.eval_inputs) {
+            warn!("swa: warning: {w}");
+        }
+    }
     let r = pipeline::run(&a.options(quiet)?)?;
     for (model, n) in r.nonfinite() {
         warn_nonfinite(&model, n, r.eval_samples);

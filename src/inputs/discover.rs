@@ -153,6 +153,14 @@ pub fn is_checkpoint_name(name: &str) -> bool {
     model && !NOT_MODELS.iter().any(|n| name.starts_with(n))
 }
 
+/// PyTorch Lightning's `last.ckpt` (`last-v1.ckpt`…): `ModelCheckpoint(save_last=True)` saves the
+/// newest checkpoint again under this name, beside the numbered ones.
+fn is_lightning_last(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let version = name.strip_prefix("last-v").and_then(|r| r.strip_suffix(".ckpt"));
+    name == "last.ckpt" || version.is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The model file of a run's checkpoint directory (`checkpoint-500/`): its sharded index, its
 /// `model.safetensors`, or its `pytorch_model.bin`.
 fn model_in(dir: &Path) -> Result<Option<PathBuf>> {
@@ -192,6 +200,11 @@ pub fn discover(paths: &[PathBuf]) -> Result<Discovery> {
             } else if is_checkpoint_name(&name) {
                 inside.push(p);
             }
+        }
+        // A copy of the newest numbered checkpoint: taking it too would count that model twice
+        // (and sort it last, unnumbered). Naming it explicitly, or alone in its directory, reads it.
+        if inside.iter().any(|p| !is_lightning_last(p)) {
+            inside.retain(|p| !is_lightning_last(p));
         }
         if inside.is_empty() {
             return Err(Error::format(
@@ -304,6 +317,27 @@ fn number_of(path: &Path) -> Option<u64> {
             None
         }
     })
+}
+
+/// The last `k` components of `path`.
+fn last_components(path: &Path, k: usize) -> String {
+    let parts: Vec<_> = path.components().collect();
+    parts[parts.len().saturating_sub(k)..].iter().collect::<PathBuf>().to_string_lossy().into_owned()
+}
+
+/// What the report calls each checkpoint: its file name, or, where two share one (the Hugging Face
+/// layout `checkpoint-N/model.safetensors`), as many trailing components of every path as tell
+/// them all apart. The report marks the averaged checkpoints by these names, so they must differ.
+pub fn labels(found: &[CheckpointFile]) -> Vec<String> {
+    let depth = found.iter().map(|f| f.path.components().count()).max().unwrap_or(1);
+    for k in 1..=depth {
+        let labels: Vec<String> = found.iter().map(|f| last_components(&f.path, k)).collect();
+        let distinct: std::collections::HashSet<&String> = labels.iter().collect();
+        if distinct.len() == labels.len() {
+            return labels;
+        }
+    }
+    found.iter().map(|f| f.path.to_string_lossy().into_owned()).collect()
 }
 
 /// Applies a selection; the result is never empty.

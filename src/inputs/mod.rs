@@ -11,7 +11,9 @@ pub mod npy;
 
 use std::path::Path;
 
-pub use discover::{discover, name_number, natural_cmp, select, CheckpointFile, Discovery, Duplicate, Selection};
+pub use discover::{
+    discover, labels, name_number, natural_cmp, select, CheckpointFile, Discovery, Duplicate, Selection,
+};
 pub use npy::{open_inputs, open_labels, Array};
 
 use crate::checkpoint::{torch, Checkpoint};
@@ -21,10 +23,18 @@ use crate::onnx::Model;
 /// The first bytes of a file, to tell formats apart (empty for a directory or an unreadable file:
 /// the reader then says what is wrong).
 fn head(path: &Path) -> Vec<u8> {
-    let mut buf = vec![0u8; 8];
+    let mut buf = vec![0u8; 9];
     let n = crate::fs::open_regular(path).ok().and_then(|mut f| std::io::Read::read(&mut f, &mut buf).ok());
     buf.truncate(n.unwrap_or(0));
     buf
+}
+
+/// True if a file of this name and first bytes is read as a `torch.save` file: one in PyTorch's
+/// zip format whatever its name, or one with a torch.save name unless it starts like safetensors
+/// (a `u64` header length, then `{`: some tools write safetensors as `.bin`).
+fn is_torch(name: &str, head: &[u8]) -> bool {
+    let safetensors = head.len() >= 9 && head[8] == b'{';
+    torch::is_torch_zip(head) || (discover::is_torch_name(name) && !safetensors)
 }
 
 /// Opens a checkpoint by its format: a `torch.save` file (`.pt`, `.pth`, `.pth.tar`, `.bin`,
@@ -41,7 +51,7 @@ pub fn open_checkpoint(path: impl AsRef<Path>, key: Option<&str>) -> Result<Chec
     if name.ends_with(".onnx") {
         return Model::load(path)?.checkpoint();
     }
-    if discover::is_torch_name(&name) || torch::is_torch_zip(&head(path)) {
+    if is_torch(&name, &head(path)) {
         return torch::open(path, key);
     }
     Checkpoint::open(path)
@@ -54,7 +64,7 @@ pub fn torch_contents(path: &Path) -> Result<Option<torch::Contents>> {
     if path.is_dir() || name.ends_with(".onnx") {
         return Ok(None);
     }
-    if discover::is_torch_name(&name) || torch::is_torch_zip(&head(path)) {
+    if is_torch(&name, &head(path)) {
         return torch::contents(path).map(Some);
     }
     Ok(None)

@@ -207,3 +207,116 @@ fn swa_run_reports_the_soup_beside_swa() {
     assert_eq!(html.matches("class=\"ingredient\"").count(), 2);
     assert!(html.contains("class=\"swa soup\""));
 }
+
+/// `swa soup` of `checkpoints` on the CNN fixture (torch statistics, batches of 32, select and
+/// test splits), plus `extra`.
+fn soup_of(checkpoints: &Path, out: &Path, extra: &[&str]) -> assert_cmd::Command {
+    let mut c = swa();
+    c.args(["soup", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--checkpoints")
+        .arg(checkpoints)
+        .arg("--train-inputs")
+        .arg(fixture("cnn/train.npy"))
+        .arg("--select-inputs")
+        .arg(fixture("cnn/select.npy"))
+        .arg("--select-labels")
+        .arg(fixture("cnn/select_labels.npy"))
+        .arg("--eval-inputs")
+        .arg(fixture("cnn/test.npy"))
+        .arg("--eval-labels")
+        .arg(fixture("cnn/test_labels.npy"))
+        .args(["--stats", "torch", "--batch-size", "32", "--json", "-o"])
+        .arg(out)
+        .args(extra);
+    c
+}
+
+/// The CNN checkpoints in the Hugging Face layout: `run/checkpoint-N/model.safetensors`.
+fn hugging_face_run(dir: &Path) -> std::path::PathBuf {
+    let run = dir.join("run");
+    for n in 1..=8 {
+        let ck = run.join(format!("checkpoint-{n}"));
+        std::fs::create_dir_all(&ck).unwrap();
+        std::fs::copy(fixture(&format!("cnn/checkpoints/epoch_{n:03}.safetensors")), ck.join("model.safetensors"))
+            .unwrap();
+    }
+    run
+}
+
+/// `epoch_004.safetensors` → `checkpoint-4/model.safetensors`.
+fn hf_name(name: &str) -> String {
+    let n: u64 = name.trim_start_matches("epoch_").trim_end_matches(".safetensors").parse().unwrap();
+    format!("checkpoint-{n}/model.safetensors")
+}
+
+#[test]
+fn candidates_in_the_hugging_face_layout_are_told_apart() {
+    // Every candidate is `model.safetensors`: the summary named them all alike, and `swa run
+    // --soup` looked the ingredients up by that name, reporting the first candidate again and
+    // again.
+    let dir = tmp();
+    let run = hugging_face_run(dir.path());
+    let a = soup_of(&run, &dir.path().join("soup.safetensors"), &[]).assert().success();
+    let s: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    let want = &expected()["greedy"];
+    let order: Vec<String> =
+        s["candidates"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().into()).collect();
+    assert_eq!(order, names(&want["order"]).iter().map(|n| hf_name(n)).collect::<Vec<_>>());
+    let ingredients: Vec<String> = names(&want["ingredients"]).iter().map(|n| hf_name(n)).collect();
+    assert_eq!(names(&s["ingredients"]), ingredients);
+    assert_eq!(s["best_single"]["name"], hf_name(want["order"][0].as_str().unwrap()));
+    let out = dir.path().join("out");
+    let a = run_cnn(&run, &out, &["--stats", "torch", "--batch-size", "32", "--json", "--soup", "greedy"])
+        .arg("--select-inputs")
+        .arg(fixture("cnn/select.npy"))
+        .arg("--select-labels")
+        .arg(fixture("cnn/select_labels.npy"))
+        .assert()
+        .success();
+    let r: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    assert_eq!(names(&r["soup"]["ingredients"]), ingredients);
+}
+
+#[test]
+fn a_uniform_soup_refuses_a_candidate_that_lacks_a_tensor() {
+    // With --allow-partial every candidate binds; the uniform sum skipped the missing tensor and
+    // still divided by the number of candidates: fc.bias came out 7/8 of the average.
+    let dir = tmp();
+    let cks = dir.path().join("cks");
+    std::fs::create_dir(&cks).unwrap();
+    for n in 1..=8 {
+        let name = format!("epoch_{n:03}.safetensors");
+        std::fs::copy(fixture(&format!("cnn/checkpoints/{name}")), cks.join(&name)).unwrap();
+    }
+    let first = cks.join("epoch_001.safetensors");
+    let ck = swa::checkpoint::Checkpoint::open(fixture("cnn/checkpoints/epoch_001.safetensors")).unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = ck
+        .tensors()
+        .iter()
+        .filter(|t| t.name != "fc.bias")
+        .map(|t| (t.name.clone(), safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), ck.bytes(t)).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &first).unwrap();
+    let out = dir.path().join("soup.safetensors");
+    soup_of(&cks, &out, &["--method", "uniform", "--allow-partial"])
+        .assert()
+        .code(2)
+        .stderr(contains("epoch_001.safetensors"))
+        .stderr(contains("fc.bias"));
+    assert!(!out.exists());
+}
+
+#[test]
+fn swa_run_warns_when_the_soup_is_chosen_on_the_held_out_set() {
+    let dir = tmp();
+    let out = dir.path().join("out");
+    run_cnn(&fixture("cnn/checkpoints"), &out, &["--stats", "torch", "--batch-size", "32", "--soup", "uniform"])
+        .arg("--select-inputs")
+        .arg(fixture("cnn/eval.npy"))
+        .arg("--select-labels")
+        .arg(fixture("cnn/eval_labels.npy"))
+        .assert()
+        .success()
+        .stderr(contains("the select and eval splits are the same file"));
+}

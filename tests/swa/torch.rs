@@ -237,3 +237,126 @@ fn average_writes_what_torch_save_writes() {
     let out = std::process::Command::new(&python).args(["-c", script]).arg(&pt).arg(&st).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A torch.save archive (stored members) of `pickle` and `storages` (`ck/data/0`, …), written by
+/// the `zip` crate.
+fn archive_of(pickle: &[u8], storages: &[&[u8]]) -> Vec<u8> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut members = vec![("ck/data.pkl".to_string(), pickle), ("ck/byteorder".to_string(), b"little".as_slice())];
+    members.extend(storages.iter().enumerate().map(|(i, s)| (format!("ck/data/{i}"), *s)));
+    for (name, bytes) in members {
+        w.start_file(name, stored).unwrap();
+        w.write_all(bytes).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// Pickle opcodes: a BINUNICODE string, a GLOBAL.
+fn pkl_str(s: &str) -> Vec<u8> {
+    [&[b'X'][..], &(s.len() as u32).to_le_bytes(), s.as_bytes()].concat()
+}
+
+fn pkl_global(module: &str, name: &str) -> Vec<u8> {
+    format!("c{module}\n{name}\n").into_bytes()
+}
+
+#[test]
+fn a_small_pickle_cannot_make_the_reader_copy_one_object_without_bound() {
+    // Each pickle fetches one memoised object again and again, a few bytes per fetch, and each
+    // fetch used to copy it: a few MiB of file asked for GiBs of memory.
+    let big = "A".repeat(1 << 20);
+    let storage_pid = |key: &[u8]| {
+        [&b"("[..], &pkl_str("storage"), &pkl_global("torch", "FloatStorage"), key, &pkl_str("cpu"), b"K\x01t"].concat()
+    };
+    let dims: Vec<u8> = [&b"("[..], &b"K\x01".repeat(64), b"t"].concat();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        // A persistent id whose 1 MiB key is copied into every storage: 300 MiB.
+        (
+            "storage key",
+            [pkl_str(&big), b"q\x00".to_vec(), storage_pid(b"h\x00"), b"q\x01".to_vec(), b"h\x01Q0".repeat(300)]
+                .concat(),
+        ),
+        // `_codecs.encode` of a 1 MiB string, called 300 times: 300 MiB.
+        (
+            "_codecs.encode",
+            [
+                pkl_global("_codecs", "encode"),
+                b"q\x00".to_vec(),
+                pkl_str(&big),
+                pkl_str("latin1"),
+                b"\x86q\x01".to_vec(),
+                b"h\x00h\x01R0".repeat(300),
+            ]
+            .concat(),
+        ),
+        // STACK_GLOBAL of a 1 MiB module name, 300 times.
+        (
+            "STACK_GLOBAL",
+            [pkl_str(&big), b"q\x00".to_vec(), pkl_str("f"), b"q\x01".to_vec(), b"h\x00h\x01\x930".repeat(300)]
+                .concat(),
+        ),
+        // `_rebuild_tensor_v2` with 64-dimension size and stride, 200 000 times: 200 MiB from
+        // a 1 MiB pickle.
+        (
+            "tensor dims",
+            [
+                pkl_global("torch._utils", "_rebuild_tensor_v2"),
+                b"q\x00(".to_vec(),
+                storage_pid(&pkl_str("0")),
+                b"QK\x00".to_vec(),
+                dims.clone(),
+                dims,
+                b"\x89Ntq\x01".to_vec(),
+                b"h\x00h\x01R0".repeat(200_000),
+            ]
+            .concat(),
+        ),
+    ];
+    for (what, body) in cases {
+        let pickle = [&b"\x80\x02"[..], &body, b"}X\x01\x00\x00\x00wh\x00s."].concat();
+        let file = archive_of(&pickle, &[&[0u8; 4]]);
+        let err = swa::checkpoint::torch::open_bytes(Path::new("bomb.pt"), &file, None)
+            .map(|n| format!("read {n} tensors"))
+            .unwrap_or_else(|e| e.to_string());
+        assert!(err.contains("pickle copies more than"), "{what}: {err}");
+    }
+}
+
+#[test]
+fn lightnings_last_ckpt_is_not_counted_twice() {
+    // ModelCheckpoint(save_last=True) copies the newest checkpoint to last.ckpt: a directory
+    // average took it as a fifth, unnumbered model, so the newest counted twice (and --last 2
+    // averaged the newest with itself).
+    let dir = tmp();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    for e in 3..=7 {
+        let name = format!("epoch={e}-step={}.ckpt", (e + 1) * 10);
+        std::fs::copy(torch(&format!("cnn_ckpt/{name}")), run.join(name)).unwrap();
+    }
+    std::fs::copy(torch("cnn_ckpt/epoch=7-step=80.ckpt"), run.join("last.ckpt")).unwrap();
+    let out = dir.path().join("avg.safetensors");
+    let s = average_json(&[run.as_os_str(), "--strip-prefix".as_ref()], &out);
+    assert_eq!(s["n_models"], 5, "{s}");
+    let numbers: Vec<u64> = s["inputs"].as_array().unwrap().iter().map(|i| i["number"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [3, 4, 5, 6, 7]);
+    let st = dir.path().join("st.safetensors");
+    average_json(&[fixture("cnn/checkpoints").as_os_str(), "--from".as_ref(), "4".as_ref()], &st);
+    same_tensors(&open(&out), &open(&st), str::to_string);
+    // Named on its own, it is read.
+    let last = dir.path().join("last.safetensors");
+    assert_eq!(average_json(&[run.join("last.ckpt").as_os_str()], &last)["n_models"], 1);
+}
+
+#[test]
+fn a_bin_file_that_holds_safetensors_is_read_as_safetensors() {
+    let dir = tmp();
+    let bin = dir.path().join("pytorch_model.bin");
+    std::fs::copy(fixture("cnn/checkpoints/epoch_003.safetensors"), &bin).unwrap();
+    let out = dir.path().join("avg.safetensors");
+    average_json(&[bin.as_os_str()], &out);
+    same_tensors(&open(&out), &open(&fixture("cnn/checkpoints/epoch_003.safetensors")), str::to_string);
+    swa().arg("inspect").arg(&bin).assert().success().stdout(contains("conv1.weight"));
+}

@@ -651,6 +651,9 @@ impl<'a> Machine<'a> {
     }
 
     fn global(&mut self, module: &str, name: &str) -> Step {
+        // STACK_GLOBAL copies its strings out of existing objects: a long name fetched from the
+        // memo again and again must not cost memory for nothing.
+        self.charge_text(module.len() + name.len())?;
         if hostile(module, name) {
             return Err(format!(
                 "refusing global {module}.{name}: no checkpoint needs it, only a pickle that runs code \
@@ -690,7 +693,10 @@ impl<'a> Machine<'a> {
         let obj = match self.global_of(class) {
             Some(Global::OrderedDict) => Obj::Dict(Vec::new()),
             Some(Global::Identity) => Obj::List(Vec::new()),
-            Some(Global::Other(name)) => Obj::Opaque(format!("refusing global {name}")),
+            Some(Global::Other(name)) => {
+                self.charge_text(name.len())?;
+                Obj::Opaque(format!("refusing global {name}"))
+            }
             _ => Obj::Opaque("an object swa does not build".into()),
         };
         self.alloc(obj)
@@ -723,9 +729,17 @@ impl<'a> Machine<'a> {
                 },
                 _ => Obj::Opaque("an OrderedDict with several arguments".into()),
             },
+            // Its size and stride (64 dimensions each: 1 KiB) or the reason it is opaque are
+            // copied out of the arguments, which a pickle may pass again and again.
             Global::RebuildTensorV2 | Global::RebuildTensorV3 => match self.tensor(global, args) {
-                Ok(t) => Obj::Tensor(t),
-                Err(why) => Obj::Opaque(format!("a tensor that cannot be rebuilt: {why}")),
+                Ok(t) => {
+                    self.charge(t.size.len() + t.stride.len())?;
+                    Obj::Tensor(t)
+                }
+                Err(why) => {
+                    self.charge_text(why.len())?;
+                    Obj::Opaque(format!("a tensor that cannot be rebuilt: {why}"))
+                }
             },
             Global::RebuildParameter => match args.first() {
                 // A parameter is its tensor (requires_grad and hooks do not matter here).
@@ -743,6 +757,7 @@ impl<'a> Machine<'a> {
             },
             Global::Bytes => match args.first().and_then(|&v| self.obj(v)) {
                 Some(Obj::Str(s)) => {
+                    self.charge_text(s.len())?;
                     // `_codecs.encode(text, 'latin1')`: protocol 2's bytes.
                     let latin1 = args.get(1).and_then(|&e| self.str(e)).is_some_and(|e| e.starts_with("latin"));
                     if latin1 {
@@ -762,7 +777,10 @@ impl<'a> Machine<'a> {
                 _ => Obj::Opaque("bytes from something other than a string".into()),
             },
             Global::Storage(_) | Global::Dtype(..) => Obj::Opaque("a storage or dtype called directly".into()),
-            Global::Other(name) => Obj::Opaque(format!("refusing global {name}")),
+            Global::Other(name) => {
+                self.charge_text(name.len())?;
+                Obj::Opaque(format!("refusing global {name}"))
+            }
         };
         Ok(Built::Obj(obj))
     }
@@ -776,6 +794,12 @@ impl<'a> Machine<'a> {
         }
         self.copied.set(total);
         Ok(())
+    }
+
+    /// [`Machine::charge`] for `len` bytes of text or bytes copied out of existing objects (a
+    /// value is 16 bytes).
+    fn charge_text(&self, len: usize) -> Step {
+        self.charge(len / 16)
     }
 
     /// `_rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks[,
@@ -819,6 +843,11 @@ impl<'a> Machine<'a> {
             [kind, class, key, _location, numel] if self.str(*kind) == Some("storage") => {
                 match (self.global_of(*class), self.str(*key), self.int(*numel)) {
                     (Some(Global::Storage(elem)), Some(key), Some(numel)) => {
+                        let name = match elem {
+                            Elem::Unsupported(name) => name.len(),
+                            _ => 0,
+                        };
+                        self.charge_text(key.len() + name)?;
                         Obj::Storage(Storage { elem: elem.clone(), key: key.to_string(), numel })
                     }
                     _ => Obj::Opaque("a storage whose persistent id swa cannot read".into()),
