@@ -319,6 +319,25 @@ impl From<StatsArg> for StatsMode {
     }
 }
 
+/// An evaluation of `inputs` against `labels` on the device of `run`.
+fn eval_options(
+    inputs: &std::path::Path,
+    labels: &std::path::Path,
+    batch_size: NonZeroUsize,
+    top_k: NonZeroUsize,
+    run: &DeviceArgs,
+    quiet: bool,
+) -> Result<EvalOptions> {
+    Ok(EvalOptions {
+        inputs: inputs.to_path_buf(),
+        labels: labels.to_path_buf(),
+        batch_size,
+        top_k,
+        engine: run.engine()?,
+        quiet,
+    })
+}
+
 /// The recalibration pass; a batch of one with torch statistics is refused.
 fn pass(
     inputs: &std::path::Path,
@@ -522,14 +541,7 @@ pub struct EvaluateArgs {
 impl EvaluateArgs {
     /// The library options.
     pub fn options(&self, quiet: bool) -> Result<EvalOptions> {
-        Ok(EvalOptions {
-            inputs: self.inputs.clone(),
-            labels: self.labels.clone(),
-            batch_size: self.batch_size,
-            top_k: self.top_k,
-            engine: self.run.engine()?,
-            quiet: quiet || self.json,
-        })
+        eval_options(&self.inputs, &self.labels, self.batch_size, self.top_k, &self.run, quiet || self.json)
     }
 }
 
@@ -621,14 +633,14 @@ impl RunArgs {
             checkpoints: self.checkpoints.clone(),
             selection: (&self.select).into(),
             pass: pass(&self.train_inputs, self.batch_size, self.max_samples, self.stats, &self.run, quiet)?,
-            eval: EvalOptions {
-                inputs: self.eval_inputs.clone(),
-                labels: self.eval_labels.clone(),
-                batch_size: self.eval_batch_size,
-                top_k: self.top_k,
-                engine: self.run.engine()?,
+            eval: eval_options(
+                &self.eval_inputs,
+                &self.eval_labels,
+                self.eval_batch_size,
+                self.top_k,
+                &self.run,
                 quiet,
-            },
+            )?,
             recalibrate_each: self.recalibrate_each,
             allow_partial: self.allow_partial,
             key: self.key.clone(),
@@ -638,14 +650,7 @@ impl RunArgs {
             soup: match (self.soup, &self.select_inputs, &self.select_labels) {
                 (Some(method), Some(inputs), Some(labels)) => Some(swa::pipeline::RunSoup {
                     method,
-                    select: EvalOptions {
-                        inputs: inputs.clone(),
-                        labels: labels.clone(),
-                        batch_size: self.eval_batch_size,
-                        top_k: self.top_k,
-                        engine: self.run.engine()?,
-                        quiet,
-                    },
+                    select: eval_options(inputs, labels, self.eval_batch_size, self.top_k, &self.run, quiet)?,
                 }),
                 _ => None,
             },
@@ -784,15 +789,8 @@ impl SoupArgs {
                 ))
             }
         };
-        let eval = |inputs: &std::path::Path, labels: &std::path::Path| -> Result<EvalOptions> {
-            Ok(EvalOptions {
-                inputs: inputs.to_path_buf(),
-                labels: labels.to_path_buf(),
-                batch_size: self.eval_batch_size,
-                top_k: self.top_k,
-                engine: self.run.engine()?,
-                quiet,
-            })
+        let eval = |inputs: &std::path::Path, labels: &std::path::Path| {
+            eval_options(inputs, labels, self.eval_batch_size, self.top_k, &self.run, quiet)
         };
         Ok(SoupOptions {
             model: self.model.clone(),
