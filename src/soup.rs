@@ -159,21 +159,24 @@ struct Kitchen<'a> {
     recalibrate: bool,
 }
 
-/// A model judged: its bound weights (recalibrated when on), the pass, and its select metrics.
+/// A model judged on the select split: its bound weights, recalibrated when the soup is.
 struct Judged {
-    prepared: Option<Prepared>,
-    bound: Option<Bound>,
-    /// The pass and the statistics' initializer names, when recalibrated.
-    pass: Option<(PassResult, Vec<(String, String)>)>,
+    model: JudgedModel,
     select: Metrics,
+}
+
+enum JudgedModel {
+    /// Recalibrated: the pass and the statistics' initializer names.
+    Recalibrated { prepared: Prepared, pass: PassResult, names: Vec<(String, String)> },
+    /// With the stored (averaged) statistics.
+    Stored(Bound),
 }
 
 impl Judged {
     fn model(&self) -> &crate::onnx::Model {
-        match (&self.prepared, &self.bound) {
-            (Some(p), _) => &p.bound.model,
-            (None, Some(b)) => &b.model,
-            (None, None) => unreachable!("a judged model is bound"),
+        match &self.model {
+            JudgedModel::Recalibrated { prepared, .. } => &prepared.bound.model,
+            JudgedModel::Stored(bound) => &bound.model,
         }
     }
 }
@@ -184,14 +187,14 @@ impl Kitchen<'_> {
         let bound = self.binder.bind(Some(ck), self.opts.allow_partial)?;
         if !self.recalibrate {
             let select = evaluate::evaluate(&bound.model, &self.opts.select)?;
-            return Ok(Judged { prepared: None, bound: Some(bound), pass: None, select });
+            return Ok(Judged { model: JudgedModel::Stored(bound), select });
         }
         let mut prepared = Prepared::new(bound)?;
         recalibrate::check_weights_finite(&prepared)?;
         let pass = recalibrate::compute(&prepared, &self.opts.pass)?;
         let names = recalibrate::apply(&mut prepared, &pass, &BTreeMap::new())?;
         let select = evaluate::evaluate(&prepared.bound.model, &self.opts.select)?;
-        Ok(Judged { prepared: Some(prepared), bound: None, pass: Some((pass, names)), select })
+        Ok(Judged { model: JudgedModel::Recalibrated { prepared, pass, names }, select })
     }
 }
 
@@ -211,41 +214,18 @@ impl Sum {
         Sum { reference: first, sums, count: 1 }
     }
 
-    /// Adds a candidate, which must have every floating-point tensor of the first, in its shape.
-    fn add(&mut self, ck: &Checkpoint) -> Result<()> {
-        self.check(ck)?;
+    /// Adds a candidate (checked compatible with the first).
+    fn add(&mut self, ck: &Checkpoint) {
         for (name, sum) in &mut self.sums {
-            let t = ck.get(name).expect("checked");
+            let t = ck.get(name).expect("candidates are checked compatible");
             sum.iter_mut().zip(dtype::to_f64(t.dtype, ck.bytes(t))).for_each(|(a, v)| *a += v);
         }
         self.count += 1;
-        Ok(())
-    }
-
-    /// Fails unless `ck` has every floating-point tensor of the first candidate, in its shape
-    /// (else its sum would silently lack a term, or zip a shorter tensor).
-    fn check(&self, ck: &Checkpoint) -> Result<()> {
-        for t in self.reference.tensors().iter().filter(|t| self.sums.contains_key(&t.name)) {
-            let u = ck.get(&t.name).ok_or_else(|| {
-                Error::tensor(ck.path(), &t.name, "is missing: candidates must have the same tensors")
-            })?;
-            if u.shape != t.shape || !dtype::is_float(u.dtype) {
-                return Err(Error::tensor(
-                    ck.path(),
-                    &t.name,
-                    format!("is {:?} {:?}, other candidates have {:?} {:?}", u.dtype, u.shape, t.dtype, t.shape),
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// The average with `extra` added (when given), as a checkpoint in the reference's dtypes and
     /// order; integer tensors come from the first ingredient.
     fn average_with(&self, extra: Option<&Checkpoint>) -> Result<Checkpoint> {
-        if let Some(e) = extra {
-            self.check(e)?;
-        }
         let n = (self.count + extra.is_some() as usize) as f64;
         let mut out = Checkpoint::empty(Path::new("soup"));
         for t in self.reference.tensors() {
@@ -253,7 +233,7 @@ impl Sum {
                 Some(sum) => {
                     let mut values = sum.clone();
                     if let Some(e) = extra {
-                        let u = e.get(&t.name).expect("checked");
+                        let u = e.get(&t.name).expect("candidates are checked compatible");
                         values.iter_mut().zip(dtype::to_f64(u.dtype, e.bytes(u))).for_each(|(a, v)| *a += v);
                     }
                     values.iter_mut().for_each(|v| *v /= n);
@@ -353,6 +333,9 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
     };
     let checkpoints: Vec<Checkpoint> =
         files.iter().map(|f| inputs::open_checkpoint(&f.path, opts.key.as_deref())).collect::<Result<_>>()?;
+    // Every candidate has the same tensors, so a soup's sum never lacks a term: checked before
+    // any pass, as `swa average` checks its inputs.
+    crate::average::check_compatible(&checkpoints.iter().collect::<Vec<_>>(), false)?;
     let mut read: Vec<&Path> = binder.model().files().iter().map(PathBuf::as_path).collect();
     read.extend(checkpoints.iter().flat_map(|c| c.files()));
     read.extend([opts.pass.inputs.as_path(), &opts.select.inputs, &opts.select.labels]);
@@ -396,7 +379,7 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
                 let candidate = kitchen.judge(sum.average_with(Some(&checkpoints[c]))?)?;
                 in_soup.insert(c, candidate.select.clone());
                 if no_worse(&candidate.select, &current.select) {
-                    sum.add(&checkpoints[c])?;
+                    sum.add(&checkpoints[c]);
                     kept.push(c);
                     current = candidate;
                 }
@@ -405,7 +388,7 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
         }
         Method::Uniform | Method::TopK(_) => {
             for &c in &chosen[1..] {
-                sum.add(&checkpoints[c])?;
+                sum.add(&checkpoints[c]);
                 kept.push(c);
             }
             kitchen.judge(sum.average_with(None)?)?
@@ -430,8 +413,8 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
         ("swa_version".to_string(), crate::VERSION.to_string()),
     ]);
     let mut staged = Outputs::default();
-    match (&mut current.prepared, &current.pass) {
-        (Some(prepared), Some((pass, names))) => {
+    match &mut current.model {
+        JudgedModel::Recalibrated { prepared, pass, names } => {
             let model_path = opts.model.as_path();
             let pass_meta = recalibrate::metadata(&opts.pass, pass, &[model_path, &opts.pass.inputs]);
             for (k, v) in pass_meta {
@@ -443,8 +426,7 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
                 staged.append(prepared.bound.model.stage(onnx, false)?);
             }
         }
-        _ => {
-            let bound = current.bound.as_ref().expect("a soup without recalibration is bound");
+        JudgedModel::Stored(bound) => {
             let ck = &bound.checkpoint;
             let tensors: Vec<(TensorSpec, Vec<u8>)> = ck
                 .tensors()
