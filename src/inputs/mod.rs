@@ -37,6 +37,31 @@ fn is_torch(name: &str, head: &[u8]) -> bool {
     torch::is_torch_zip(head) || (discover::is_torch_name(name) && !safetensors)
 }
 
+/// The reader of a checkpoint path.
+enum Format {
+    /// A sharded checkpoint's directory, a sharded index, or a `.safetensors` file.
+    Safetensors,
+    /// An ONNX model's initializers.
+    Onnx,
+    /// A `torch.save` file.
+    Torch,
+}
+
+/// Which reader takes `path`: by its name, and for `torch.save` names by its first bytes.
+fn format_of(path: &Path) -> Format {
+    if path.is_dir() {
+        return Format::Safetensors;
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if name.ends_with(".onnx") {
+        Format::Onnx
+    } else if is_torch(&name, &head(path)) {
+        Format::Torch
+    } else {
+        Format::Safetensors
+    }
+}
+
 /// Opens a checkpoint by its format: a `torch.save` file (`.pt`, `.pth`, `.pth.tar`, `.bin`,
 /// `.ckpt`, or any file in PyTorch's zip format; `key` chooses its state dict, see
 /// [`torch::open`]), an `.onnx` model (its initializers), a sharded checkpoint (its
@@ -44,30 +69,20 @@ fn is_torch(name: &str, head: &[u8]) -> bool {
 /// applies to `torch.save` files only: the other formats hold one set of tensors.
 pub fn open_checkpoint(path: impl AsRef<Path>, key: Option<&str>) -> Result<Checkpoint> {
     let path = path.as_ref();
-    if path.is_dir() {
-        return Checkpoint::open(path);
+    match format_of(path) {
+        Format::Onnx => Model::load(path)?.checkpoint(),
+        Format::Torch => torch::open(path, key),
+        Format::Safetensors => Checkpoint::open(path),
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    if name.ends_with(".onnx") {
-        return Model::load(path)?.checkpoint();
-    }
-    if is_torch(&name, &head(path)) {
-        return torch::open(path, key);
-    }
-    Checkpoint::open(path)
 }
 
 /// What a checkpoint file holds, for `inspect`: for a `torch.save` file, its candidate state dicts
 /// and other top-level keys; `None` for formats that hold one set of tensors.
 pub fn torch_contents(path: &Path) -> Result<Option<torch::Contents>> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    if path.is_dir() || name.ends_with(".onnx") {
-        return Ok(None);
+    match format_of(path) {
+        Format::Torch => torch::contents(path).map(Some),
+        Format::Onnx | Format::Safetensors => Ok(None),
     }
-    if is_torch(&name, &head(path)) {
-        return torch::contents(path).map(Some);
-    }
-    Ok(None)
 }
 
 /// The wrapper prefix every tensor name of `names` starts with (`module.` from DataParallel,
