@@ -14,26 +14,7 @@ fn expected() -> serde_json::Value {
 /// `swa soup` on the CNN fixture with torch statistics, batches of 32, the select and test
 /// splits, into `out`, plus `extra`; returns the JSON summary.
 fn soup(out: &Path, extra: &[&str]) -> serde_json::Value {
-    let a = swa()
-        .args(["soup", "--model"])
-        .arg(fixture("cnn/model.onnx"))
-        .arg("--checkpoints")
-        .arg(fixture("cnn/checkpoints"))
-        .arg("--train-inputs")
-        .arg(fixture("cnn/train.npy"))
-        .arg("--select-inputs")
-        .arg(fixture("cnn/select.npy"))
-        .arg("--select-labels")
-        .arg(fixture("cnn/select_labels.npy"))
-        .arg("--eval-inputs")
-        .arg(fixture("cnn/test.npy"))
-        .arg("--eval-labels")
-        .arg(fixture("cnn/test_labels.npy"))
-        .args(["--stats", "torch", "--batch-size", "32", "--json", "-o"])
-        .arg(out)
-        .args(extra)
-        .assert()
-        .success();
+    let a = soup_of(&fixture("cnn/checkpoints"), out, extra).assert().success();
     serde_json::from_slice(&a.get_output().stdout).unwrap()
 }
 
