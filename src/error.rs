@@ -167,6 +167,8 @@ pub enum Hint {
         /// recalibration pass's.
         evaluation: bool,
     },
+    /// An image could not be read or decoded: skipping such images is a setting.
+    SkipBadImages,
 }
 
 impl Hint {
@@ -190,6 +192,7 @@ impl Hint {
             Hint::FixedBatch { size, .. } => {
                 format!(": set `batch_size` to {size}, or export the model with a dynamic batch dimension")
             }
+            Hint::SkipBadImages => " (set `skip_bad_images` to skip and count such images)".into(),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, Setting};
-use crate::inputs;
+use crate::inputs::{self, DataOptions, Samples};
 use crate::onnx::Model;
 use crate::partial::Part;
 use crate::progress;
@@ -36,6 +36,13 @@ pub struct Metrics {
     pub per_class: Vec<ClassAccuracy>,
     /// Samples whose logits were not all finite (NaN or Inf): counted wrong, left out of `loss`.
     pub nonfinite: usize,
+    /// Images skipped because they could not be decoded (`skip_bad_images`), each with why; not
+    /// counted in `samples`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+    /// How images were read and preprocessed (absent for float arrays).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preprocessing: Option<String>,
 }
 
 /// One class's accuracy.
@@ -61,6 +68,12 @@ pub struct MetricsAccumulator {
     loss: f64,
     nonfinite: usize,
     per_class: Vec<(usize, usize)>,
+    /// Images skipped because they could not be decoded, each with why.
+    #[serde(default)]
+    skipped: Vec<String>,
+    /// How the samples were read and preprocessed (`None` for float arrays).
+    #[serde(default)]
+    preprocessing: Option<String>,
 }
 
 impl MetricsAccumulator {
@@ -75,6 +88,8 @@ impl MetricsAccumulator {
             loss: 0.0,
             nonfinite: 0,
             per_class: Vec::new(),
+            skipped: Vec::new(),
+            preprocessing: None,
         }
     }
 
@@ -138,6 +153,10 @@ impl MetricsAccumulator {
             mine.0 += theirs.0;
             mine.1 += theirs.1;
         }
+        self.skipped.extend(other.skipped.iter().cloned());
+        if self.preprocessing.is_none() {
+            self.preprocessing.clone_from(&other.preprocessing);
+        }
         Ok(())
     }
 
@@ -171,6 +190,8 @@ impl MetricsAccumulator {
                     accuracy: ok as f64 / total as f64,
                 })
                 .collect(),
+            skipped: self.skipped.clone(),
+            preprocessing: self.preprocessing.clone(),
         }
     }
 }
@@ -178,10 +199,13 @@ impl MetricsAccumulator {
 /// Held-out data and how to run over it.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
-    /// Inputs.
+    /// Inputs: an `.npy` / `.npz`, an image folder, Parquet (see [`Samples::open`]).
     pub inputs: PathBuf,
-    /// Integer labels.
-    pub labels: PathBuf,
+    /// Integer labels (`.npy`); `None` takes them from the inputs (class folders, a Parquet
+    /// label column).
+    pub labels: Option<PathBuf>,
+    /// How the inputs are read and preprocessed.
+    pub data: DataOptions,
     /// Samples per batch.
     pub batch_size: NonZeroUsize,
     /// k of top-k.
@@ -197,7 +221,8 @@ impl EvalOptions {
     pub fn new(inputs: impl Into<PathBuf>, labels: impl Into<PathBuf>) -> Self {
         EvalOptions {
             inputs: inputs.into(),
-            labels: labels.into(),
+            labels: Some(labels.into()),
+            data: DataOptions::default(),
             batch_size: NonZeroUsize::new(256).expect("non-zero"),
             top_k: NonZeroUsize::new(5).expect("non-zero"),
             engine: Engine::default(),
@@ -227,6 +252,37 @@ fn logits_output(model: &Model) -> Result<String> {
     }
 }
 
+/// The labels of an evaluation: the labels file's, or the samples' own (class folders, a
+/// Parquet label column), and the path messages about them name. Both at once is an error.
+fn eval_labels(samples: &Samples, opts: &EvalOptions) -> Result<(Vec<i64>, PathBuf)> {
+    let (labels, path) = match (&opts.labels, samples.labels()) {
+        (Some(file), None) => (inputs::open_labels(file)?, file.clone()),
+        (Some(file), Some(_)) => {
+            return Err(Error::usage(format!(
+                "{} carries its own labels ({}), and labels were also given in {}: leave out the labels file",
+                opts.inputs.display(),
+                if samples.classes.is_some() { "class folders" } else { "a label column" },
+                file.display()
+            )))
+        }
+        (None, Some(own)) => (own.to_vec(), opts.inputs.clone()),
+        (None, None) => {
+            return Err(Error::format(
+                &opts.inputs,
+                "has no labels: give a labels file (.npy of class indices), or use an image folder with one \
+                 folder per class, or Parquet with a label column",
+            ))
+        }
+    };
+    if labels.len() != samples.len() {
+        return Err(Error::format(
+            &path,
+            format!("has {} labels for {} samples in {}", labels.len(), samples.len(), opts.inputs.display()),
+        ));
+    }
+    Ok((labels, path))
+}
+
 /// Evaluates `model` (weights already bound) on the labelled data; an empty set is an error.
 pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
     Ok(accumulate(model, opts, Part::WHOLE)?.0.finish())
@@ -237,18 +293,10 @@ pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
 pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(MetricsAccumulator, usize)> {
     let batch_size = opts.batch_size.get();
     let specs = runtime::input_specs(model)?;
-    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-    let arrays = inputs::open_inputs(&opts.inputs, &names)?;
-    runtime::check_inputs(&specs, &arrays)?;
-    let labels = inputs::open_labels(&opts.labels)?;
-    if arrays[0].is_empty() {
+    let samples = Samples::open(&opts.inputs, &specs, &opts.data)?;
+    let (labels, labels_path) = eval_labels(&samples, opts)?;
+    if samples.is_empty() {
         return Err(Error::format(&opts.inputs, "has no samples: there is nothing to evaluate"));
-    }
-    if labels.len() != arrays[0].len() {
-        return Err(Error::format(
-            &opts.labels,
-            format!("has {} labels for {} samples in {}", labels.len(), arrays[0].len(), opts.inputs.display()),
-        ));
     }
     let output = logits_output(model)?;
     runtime::check_batch(&specs, batch_size, labels.len(), true)?;
@@ -257,10 +305,12 @@ pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(Metr
     let streams = runtime::concurrent_runs(&opts.engine, range.len())?;
     let mut sessions = runtime::sessions_for(model, &opts.engine, false, streams)?;
     let mut acc = MetricsAccumulator::new(opts.top_k.get());
+    acc.preprocessing = samples.preprocessing();
     let bar = progress::samples_bar((end - first) as u64, "evaluating", opts.quiet);
-    let mut done = first;
-    let feed = runtime::Feed { specs: &specs, arrays: &arrays, batch: batch_size, start: first, samples: end };
-    runtime::run_batches(&mut sessions, &feed, &[&output], &bar, |n, out| {
+    let mut batch_labels = Vec::with_capacity(batch_size);
+    let feed = runtime::Feed { specs: &specs, samples: &samples, batch: batch_size, start: first, end };
+    runtime::run_batches(&mut sessions, &feed, &[&output], &bar, |indices, out| {
+        let n = indices.len();
         let runtime::Fetched { shape, data: logits } = &out[0];
         if shape.len() != 2 || shape[0] as usize != n {
             return Err(Error::format(
@@ -270,11 +320,24 @@ pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(Metr
                 ),
             ));
         }
-        acc.add(logits, shape[1] as usize, &labels[done..done + n], &opts.labels)?;
-        done += n;
+        if let Some(classes) = samples.classes.as_ref().filter(|c| c.len() > shape[1] as usize) {
+            return Err(Error::format(
+                &opts.inputs,
+                format!(
+                    "has {} class folders, but the model gives logits for {} classes: the folders must be the \
+                     model's classes (sorted by name, as torchvision's ImageFolder indexes them)",
+                    classes.len(),
+                    shape[1]
+                ),
+            ));
+        }
+        batch_labels.clear();
+        batch_labels.extend(indices.iter().map(|&i| labels[i]));
+        acc.add(logits, shape[1] as usize, &batch_labels, &labels_path)?;
         Ok(())
     })?;
     bar.finish_and_clear();
+    acc.skipped = samples.skipped();
     Ok((acc, labels.len()))
 }
 

@@ -189,11 +189,31 @@ fn files_read(binder: &Binder, found: &[CheckpointFile], opts: &RunOptions) -> R
             files.push(f.path.clone());
         }
     }
-    files.extend([opts.pass.inputs.clone(), opts.eval.inputs.clone(), opts.eval.labels.clone()]);
+    files.extend([opts.pass.inputs.clone(), opts.eval.inputs.clone()]);
+    files.extend(opts.eval.labels.clone());
     if let Some(soup) = &opts.soup {
-        files.extend([soup.select.inputs.clone(), soup.select.labels.clone()]);
+        files.push(soup.select.inputs.clone());
+        files.extend(soup.select.labels.clone());
     }
     Ok(files)
+}
+
+/// The report's lines on how each set was read (image sets only) and the images skipped.
+fn data_lines(swa: &Swa) -> Vec<String> {
+    let mut lines = Vec::new();
+    let sets = [
+        ("training", swa.pass.preprocessing.as_ref(), &swa.pass.skipped),
+        ("held-out", swa.stored.preprocessing.as_ref(), &swa.stored.skipped),
+    ];
+    for (set, how, skipped) in sets {
+        if let Some(how) = how {
+            lines.push(format!("{set} samples: {how}"));
+        }
+        if !skipped.is_empty() {
+            lines.push(format!("{set} samples: skipped {} images that could not be decoded", skipped.len()));
+        }
+    }
+    lines
 }
 
 /// Times the stages of the run.
@@ -325,6 +345,10 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
     let mut clock = Stopwatch { lap: Instant::now(), timings: Vec::new() };
     let binder = Binder::load(&opts.model)?;
     bn::find(binder.model())?;
+    inputs::check_same_classes(&opts.pass.inputs, &opts.eval.inputs)?;
+    if let Some(soup) = &opts.soup {
+        inputs::check_same_classes(&soup.select.inputs, &opts.eval.inputs)?;
+    }
     let found = inputs::discover(&opts.checkpoints)?.files;
     let selected = inputs::select(&found, &opts.selection)?;
     let read = files_read(&binder, &found, opts)?;
@@ -370,6 +394,7 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
         swa_recalibrated,
         best,
         timings: clock.timings,
+        data: data_lines(&swa),
         soup,
     };
     write_outputs(work.path(), &swa, &report, &selected, opts)?;

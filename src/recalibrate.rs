@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::checkpoint::{dtype, Dtype, TensorSpec};
 use crate::error::{Error, Hint, Result, Setting};
 use crate::fs::{Outputs, StagedFile, Stamps};
-use crate::inputs;
+use crate::inputs::{self, DataOptions, Samples};
 use crate::onnx::bind::{Binder, Bound};
 use crate::onnx::bn::{self, BnLayer};
 use crate::onnx::Model;
@@ -218,8 +218,10 @@ pub fn accumulator(mode: StatsMode, channels: usize) -> Box<dyn Accumulator> {
 /// How the pass over the data runs.
 #[derive(Debug, Clone)]
 pub struct PassOptions {
-    /// Training samples.
+    /// Training samples: an `.npy` / `.npz`, an image folder, Parquet (see [`Samples::open`]).
     pub inputs: PathBuf,
+    /// How they are read and preprocessed.
+    pub data: DataOptions,
     /// Samples per batch.
     pub batch_size: NonZeroUsize,
     /// Stop after this many samples.
@@ -237,6 +239,7 @@ impl PassOptions {
     pub fn new(inputs: impl Into<PathBuf>) -> Self {
         PassOptions {
             inputs: inputs.into(),
+            data: DataOptions::default(),
             batch_size: NonZeroUsize::new(64).expect("non-zero"),
             max_samples: None,
             stats: StatsMode::Precise,
@@ -296,6 +299,10 @@ pub struct PassResult {
     /// Seconds until the first batch's statistics were in: ONNX Runtime's and cuDNN's set-up on
     /// the first run, plus the batch itself.
     pub first_batch_seconds: f64,
+    /// Images skipped because they could not be decoded, each with why.
+    pub skipped: Vec<String>,
+    /// How images were read and preprocessed (`None` for float arrays).
+    pub preprocessing: Option<String>,
 }
 
 /// Fails on the first float weight of the bound model that holds NaN or Inf, naming it as the
@@ -344,6 +351,10 @@ pub struct Accumulated {
     pub seconds: f64,
     /// Seconds until the first batch's statistics were in.
     pub first_batch_seconds: f64,
+    /// Images skipped because they could not be decoded, each with why.
+    pub skipped: Vec<String>,
+    /// How images were read and preprocessed (`None` for float arrays).
+    pub preprocessing: Option<String>,
 }
 
 impl Accumulated {
@@ -355,6 +366,8 @@ impl Accumulated {
             batches: self.batches,
             seconds: self.seconds,
             first_batch_seconds: self.first_batch_seconds,
+            skipped: self.skipped.clone(),
+            preprocessing: self.preprocessing.clone(),
         }
     }
 }
@@ -378,10 +391,8 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
     }
     let model = &prepared.bound.model;
     let specs = runtime::input_specs(model)?;
-    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-    let arrays = inputs::open_inputs(&opts.inputs, &names)?;
-    runtime::check_inputs(&specs, &arrays)?;
-    let samples = opts.max_samples.map_or(arrays[0].len(), |m| m.min(arrays[0].len()));
+    let data = Samples::open(&opts.inputs, &specs, &opts.data)?;
+    let samples = opts.max_samples.map_or(data.len(), |m| m.min(data.len()));
     if samples < batch_size {
         return Err(Error::format(
             &opts.inputs,
@@ -402,8 +413,10 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
     let bar = progress::samples_bar((end - first) as u64, "recalibrating", opts.quiet);
     // Batches are numbered in messages as in the whole pass.
     let mut batches = range.start;
-    let feed = runtime::Feed { specs: &specs, arrays: &arrays, batch: batch_size, start: first, samples: end };
-    let first_batch = runtime::run_batches(&mut sessions, &feed, &[&layout.output], &bar, |_, out| {
+    let feed = runtime::Feed { specs: &specs, samples: &data, batch: batch_size, start: first, end };
+    let mut seen = 0;
+    let first_batch = runtime::run_batches(&mut sessions, &feed, &[&layout.output], &bar, |indices, out| {
+        seen += indices.len();
         let all = &out[0].data;
         let need = layout.offsets.last().zip(prepared.layers.last()).map_or(0, |(&at, l)| at + 2 * l.channels + 1);
         if all.len() < need {
@@ -440,11 +453,13 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
     bar.finish_and_clear();
     Ok(Accumulated {
         layers: accs.iter().map(|a| a.sufficient()).collect(),
-        samples: end - first,
+        samples: seen,
         batches: batches - range.start,
         total_samples: samples,
         seconds: started.elapsed().as_secs_f64(),
         first_batch_seconds: first_batch.as_secs_f64(),
+        skipped: data.skipped(),
+        preprocessing: data.preprocessing(),
     })
 }
 
@@ -492,6 +507,12 @@ pub struct RecalibrateSummary {
     pub seconds_first_batch: f64,
     /// Samples per second after the first batch: the steady rate a longer pass approaches.
     pub samples_per_second_after_first: Option<f64>,
+    /// How images were read and preprocessed (absent for float arrays).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preprocessing: Option<String>,
+    /// Images skipped because they could not be decoded, each with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 /// Per-layer movement of the statistics from `old` (the model's) to `new`.
@@ -694,9 +715,11 @@ pub fn recalibrate_from(
         seconds_first_batch: result.first_batch_seconds,
         samples_per_second_after_first: (result.batches > 1).then(|| {
             // A pass is never shorter than one full batch.
-            (result.samples - opts.pass.batch_size.get()) as f64
+            (result.samples.saturating_sub(opts.pass.batch_size.get())) as f64
                 / (result.seconds - result.first_batch_seconds).max(1e-9)
         }),
+        preprocessing: result.preprocessing,
+        skipped: result.skipped,
     })
 }
 

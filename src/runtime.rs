@@ -11,9 +11,10 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 
 use crate::error::{Error, Hint, Result, Setting};
-use crate::inputs::Array;
+pub use crate::inputs::{input_specs, InputSpec};
+use crate::inputs::{Batch, Samples};
 use crate::onnx::bn::Reduction;
-use crate::onnx::{DataType, Model};
+use crate::onnx::Model;
 
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -403,74 +404,6 @@ fn builder(engine: &Engine) -> Result<ort::session::builder::SessionBuilder> {
     Ok(builder)
 }
 
-/// A model input: name and the shape it declares (−1 for symbolic dimensions).
-#[derive(Debug, Clone)]
-pub struct InputSpec {
-    /// Input name.
-    pub name: String,
-    /// Declared shape.
-    pub dims: Vec<i64>,
-}
-
-/// The model's float inputs; other element types are rejected.
-pub fn input_specs(model: &Model) -> Result<Vec<InputSpec>> {
-    use crate::onnx::proto::{tensor_shape_proto::dimension::Value, type_proto};
-    let mut specs = Vec::new();
-    for input in model.inputs() {
-        let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
-            return Err(Error::format(&model.path, format!("input `{}` is not a tensor", input.name())));
-        };
-        if t.elem_type() != DataType::Float as i32 {
-            return Err(Error::format(
-                &model.path,
-                format!(
-                    "input `{}` has element type {}; only float32 inputs are supported",
-                    input.name(),
-                    t.elem_type()
-                ),
-            ));
-        }
-        let dims = t
-            .shape
-            .as_ref()
-            .map(|s| {
-                s.dim
-                    .iter()
-                    .map(|d| match d.value {
-                        Some(Value::DimValue(v)) => v,
-                        _ => -1,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        specs.push(InputSpec { name: input.name().to_string(), dims });
-    }
-    Ok(specs)
-}
-
-/// Checks that each array's sample shape fits its input's declared shape.
-pub fn check_inputs(specs: &[InputSpec], arrays: &[Array]) -> Result<()> {
-    for (spec, a) in specs.iter().zip(arrays) {
-        let fits = spec.dims.is_empty()
-            || (spec.dims.len() == a.shape.len()
-                && spec.dims.iter().zip(&a.shape).skip(1).all(|(&d, &s)| d < 0 || d as usize == s));
-        if !fits {
-            let want: Vec<String> = spec.dims.iter().map(|&d| if d < 0 { "?".into() } else { d.to_string() }).collect();
-            return Err(Error::format(
-                &a.path,
-                format!(
-                    "{} has shape {:?}, but model input `{}` expects [{}]",
-                    a.label(),
-                    a.shape,
-                    spec.name,
-                    want.join(", ")
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Checks that batches of `batch` rows (the last one partial, up to `samples`) fit inputs whose
 /// first dimension is fixed: ONNX Runtime refuses any other batch size. `evaluation` says which
 /// batch size the hint names.
@@ -496,21 +429,20 @@ pub fn check_batch(specs: &[InputSpec], batch: usize, samples: usize, evaluation
     Ok(())
 }
 
-/// The samples a pass runs over: arrays (one per model input) taken `batch` rows at a time in file
-/// order from row `start` (a multiple of `batch`: the first batch of a part), the last batch
-/// partial, up to row `samples`.
-#[derive(Debug, Clone, Copy)]
+/// The samples a pass runs over, taken `batch` at a time in order from sample `start` (a multiple
+/// of `batch`: the first batch of a part), the last batch partial, up to sample `samples`.
+#[derive(Clone, Copy)]
 pub struct Feed<'a> {
-    /// The model's inputs, in the order of `arrays`.
+    /// The model's inputs, in the order of the samples' inputs.
     pub specs: &'a [InputSpec],
-    /// One array per input.
-    pub arrays: &'a [Array],
-    /// Rows per batch.
+    /// The samples.
+    pub samples: &'a Samples,
+    /// Samples per batch.
     pub batch: usize,
-    /// The first row to run.
+    /// The first sample to run.
     pub start: usize,
-    /// The row to stop before.
-    pub samples: usize,
+    /// The sample to stop before.
+    pub end: usize,
 }
 
 /// One model output of one batch, copied out of ONNX Runtime.
@@ -522,11 +454,12 @@ pub struct Fetched {
     pub data: Vec<f32>,
 }
 
-type Job = (usize, usize, Vec<Vec<f32>>);
-type Done = (usize, usize, Result<Vec<Fetched>>);
+type Job = (usize, Result<Batch>);
+type Done = (usize, Vec<usize>, Result<Vec<Fetched>>);
 
-/// Runs the batches of `feed` through `sessions` and calls `each` with every batch's sample count
-/// and `outputs`, in file order. The next batches are converted on another thread while the
+/// Runs the batches of `feed` through `sessions` and calls `each` with every batch's sample
+/// indices and `outputs`, in order (a batch whose images were all skipped is not run). The next
+/// batches are read and converted (images decoded on all cores) on another thread while the
 /// current ones run; with several sessions (CUDA, [`concurrent_runs`]) one batch runs on each at
 /// once. Returns how long the first batch took, which includes ONNX Runtime's and cuDNN's set-up
 /// work done on the first run.
@@ -535,20 +468,20 @@ pub fn run_batches(
     feed: &Feed,
     outputs: &[&str],
     progress: &indicatif::ProgressBar,
-    mut each: impl FnMut(usize, Vec<Fetched>) -> Result<()>,
+    mut each: impl FnMut(&[usize], Vec<Fetched>) -> Result<()>,
 ) -> Result<std::time::Duration> {
     use std::sync::{mpsc, Arc, Mutex};
     let started = std::time::Instant::now();
-    let Feed { specs, arrays, batch, start: first, samples } = *feed;
+    let Feed { specs, samples, batch, start: first, end } = *feed;
     let streams = sessions.len();
     let result = std::thread::scope(|scope| {
         let (job_tx, job_rx) = mpsc::sync_channel::<Job>(sessions.len() + 1);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (done_tx, done_rx) = mpsc::channel::<Done>();
         scope.spawn(move || {
-            for (k, start) in (first..samples).step_by(batch).enumerate() {
-                let end = (start + batch).min(samples);
-                if job_tx.send((k, end - start, arrays.iter().map(|a| a.f32_rows(start, end)).collect())).is_err() {
+            for (k, read) in samples.batches(first, end, batch).enumerate() {
+                let failed = read.is_err();
+                if job_tx.send((k, read)).is_err() || failed {
                     return;
                 }
             }
@@ -557,8 +490,16 @@ pub fn run_batches(
             let (job_rx, done_tx) = (Arc::clone(&job_rx), done_tx.clone());
             scope.spawn(move || loop {
                 let job = job_rx.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ()));
-                let Ok((k, n, data)) = job else { return };
-                if done_tx.send((k, n, run_one(session, specs, arrays, outputs, n, data))).is_err() {
+                let Ok((k, read)) = job else { return };
+                let done = match read {
+                    Ok(b) if b.indices.is_empty() => (k, b.indices, Ok(Vec::new())),
+                    Ok(b) => {
+                        let out = run_one(session, specs, samples, outputs, b.indices.len(), b.data);
+                        (k, b.indices, out)
+                    }
+                    Err(e) => (k, Vec::new(), Err(e)),
+                };
+                if done_tx.send(done).is_err() {
                     return;
                 }
             });
@@ -567,12 +508,15 @@ pub fn run_batches(
         let mut first = None;
         let mut pending = std::collections::BTreeMap::new();
         let mut next = 0;
-        for (k, n, out) in done_rx {
-            pending.insert(k, (n, out.map_err(|e| with_memory_hint(e, streams))?));
-            while let Some((n, out)) = pending.remove(&next) {
-                each(n, out)?;
+        for (k, indices, out) in done_rx {
+            pending.insert(k, (indices, out.map_err(|e| with_memory_hint(e, streams))?));
+            while let Some((indices, out)) = pending.remove(&next) {
+                if !indices.is_empty() {
+                    each(&indices, out)?;
+                }
                 first.get_or_insert_with(|| started.elapsed());
-                progress.inc(n as u64);
+                let batch_end = (feed.start + (next + 1) * batch).min(end);
+                progress.set_position((batch_end - feed.start) as u64);
                 next += 1;
             }
         }
@@ -602,15 +546,15 @@ fn with_memory_hint(e: Error, streams: usize) -> Error {
 fn run_one(
     session: &mut Session,
     specs: &[InputSpec],
-    arrays: &[Array],
+    samples: &Samples,
     outputs: &[&str],
     n: usize,
     data: Vec<Vec<f32>>,
 ) -> Result<Vec<Fetched>> {
     let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(specs.len());
-    for ((spec, a), values) in specs.iter().zip(arrays).zip(data) {
+    for ((spec, sample_shape), values) in specs.iter().zip(&samples.shapes).zip(data) {
         let mut shape = vec![n as i64];
-        shape.extend(a.shape[1..].iter().map(|&d| d as i64));
+        shape.extend(sample_shape.iter().map(|&d| d as i64));
         inputs.push((Cow::Owned(spec.name.clone()), Tensor::from_array((shape, values))?.into()));
     }
     let out = session.run(inputs)?;

@@ -308,6 +308,10 @@ pub fn same_split_warning(select: &Path, eval: &Path) -> Option<String> {
 /// Makes the soup as `opts` says and writes it; returns the summary and warnings for people.
 pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
     let started = Instant::now();
+    inputs::check_same_classes(&opts.pass.inputs, &opts.select.inputs)?;
+    if let Some(e) = &opts.eval {
+        inputs::check_same_classes(&opts.select.inputs, &e.inputs)?;
+    }
     let found = inputs::discover(&opts.checkpoints)?;
     let files: Vec<CheckpointFile> = inputs::select(&found.files, &opts.selection)?;
     // What the summary calls each candidate: its file name, or enough of its path to tell it from
@@ -338,9 +342,11 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
     crate::average::check_compatible(&checkpoints.iter().collect::<Vec<_>>(), false)?;
     let mut read: Vec<&Path> = binder.model().files().iter().map(PathBuf::as_path).collect();
     read.extend(checkpoints.iter().flat_map(|c| c.files()));
-    read.extend([opts.pass.inputs.as_path(), &opts.select.inputs, &opts.select.labels]);
+    read.extend([opts.pass.inputs.as_path(), &opts.select.inputs]);
+    read.extend(opts.select.labels.as_deref());
     if let Some(e) = &opts.eval {
-        read.extend([e.inputs.as_path(), &e.labels]);
+        read.push(&e.inputs);
+        read.extend(e.labels.as_deref());
     }
     let warnings = check_files(opts, &read)?;
     let stamps = Stamps::of(&read)?;
@@ -512,6 +518,8 @@ mod tests {
             loss,
             per_class: Vec::new(),
             nonfinite: if loss.is_nan() { 10 } else { 0 },
+            skipped: Vec::new(),
+            preprocessing: None,
         };
         let all = [(0, m(1.0)), (1, m(f64::NAN)), (2, m(2.0))];
         for a in &all {

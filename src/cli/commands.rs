@@ -135,7 +135,8 @@ fn evaluate_command(a: &EvaluateArgs, quiet: bool) -> Result<Outcome> {
         let identity = partial::Identity::of(binder.model(), weights.as_ref(), a.key.as_deref())?;
         let mut read: Vec<PathBuf> = binder.model().files().to_vec();
         read.extend(weights.iter().flat_map(|w| w.files()).map(PathBuf::from));
-        read.extend([a.inputs.clone(), a.labels.clone()]);
+        read.push(a.inputs.clone());
+        read.extend(a.labels.clone());
         let read: Vec<&std::path::Path> = read.iter().map(PathBuf::as_path).collect();
         let bound = binder.bind(weights, a.allow_partial)?;
         let p = partial::eval::evaluate_part(&bound.model, identity, &opts, a.shard.unwrap_or(partial::Part::WHOLE))?;

@@ -27,6 +27,88 @@ fn at_least_one(s: &str) -> std::result::Result<NonZeroUsize, String> {
     NonZeroUsize::new(n).ok_or_else(|| "must be at least 1".to_string())
 }
 
+/// `--center-crop N` or `H,W`.
+fn crop(s: &str) -> std::result::Result<(usize, usize), String> {
+    match s.parse::<swa::inputs::images::Resize>()? {
+        swa::inputs::images::Resize::Shorter(n) => Ok((n, n)),
+        swa::inputs::images::Resize::Exact(h, w) => Ok((h, w)),
+    }
+}
+
+/// `--mean` / `--std`: one value, or one per channel.
+#[derive(Debug, Clone)]
+pub struct Channels(Vec<f32>);
+
+/// `--mean` / `--std`: one value, or one per channel, separated by commas.
+fn floats(s: &str) -> std::result::Result<Channels, String> {
+    s.split(',')
+        .map(|t| t.trim().parse::<f32>().map_err(|_| format!("`{t}` is not a number")))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .and_then(
+            |v| if v.iter().all(|x| x.is_finite()) { Ok(Channels(v)) } else { Err("values must be finite".into()) },
+        )
+}
+
+/// `--preset`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PresetArg {
+    /// Resize 256, center crop 224, ImageNet mean and std (torchvision's pretrained models).
+    Imagenet,
+}
+
+/// How images (image folders, Parquet, uint8 arrays) are read and preprocessed: torchvision's
+/// `Resize`, `CenterCrop`, `ToTensor`, `Normalize`.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Images (folders, Parquet, uint8 arrays)")]
+pub struct DataArgs {
+    /// Resize the shorter side to N pixels, or to exactly H,W (bilinear, antialiased: transforms.Resize).
+    #[arg(long, value_name = "N|H,W", value_parser = |s: &str| s.parse::<swa::inputs::images::Resize>())]
+    pub resize: Option<swa::inputs::images::Resize>,
+    /// Crop the centre N×N (or H×W) pixels (transforms.CenterCrop).
+    #[arg(long, value_name = "N|H,W", value_parser = crop)]
+    pub center_crop: Option<(usize, usize)>,
+    /// Subtract this mean after scaling to [0, 1]: one value or one per channel (transforms.Normalize).
+    #[arg(long, value_name = "R,G,B", value_parser = floats)]
+    pub mean: Option<Channels>,
+    /// Divide by this std after subtracting the mean.
+    #[arg(long, value_name = "R,G,B", value_parser = floats)]
+    pub std: Option<Channels>,
+    /// A named preprocessing; --resize, --center-crop, --mean and --std override its parts.
+    #[arg(long, value_enum)]
+    pub preset: Option<PresetArg>,
+    /// The Parquet column of encoded images (bytes, or a struct with a `bytes` field).
+    #[arg(long, default_value = "image", value_name = "NAME")]
+    pub image_column: String,
+    /// The Parquet column of integer labels.
+    #[arg(long, default_value = "label", value_name = "NAME")]
+    pub label_column: String,
+    /// Skip images that cannot be decoded (each is named and counted in the summary) instead of stopping.
+    #[arg(long)]
+    pub skip_bad_images: bool,
+}
+
+impl DataArgs {
+    /// The library's data options.
+    pub fn options(&self) -> swa::inputs::DataOptions {
+        use swa::inputs::images::Preprocess;
+        let base = match self.preset {
+            Some(PresetArg::Imagenet) => Preprocess::imagenet(),
+            None => Preprocess::default(),
+        };
+        swa::inputs::DataOptions {
+            preprocess: Preprocess {
+                resize: self.resize.or(base.resize),
+                center_crop: self.center_crop.or(base.center_crop),
+                mean: self.mean.clone().map(|c| c.0).or(base.mean),
+                std: self.std.clone().map(|c| c.0).or(base.std),
+            },
+            image_column: self.image_column.clone(),
+            label_column: self.label_column.clone(),
+            skip_bad_images: self.skip_bad_images,
+        }
+    }
+}
+
 /// A fraction in 0..=1 (`--min-accuracy`); NaN, infinities and percentages are refused.
 fn fraction(s: &str) -> std::result::Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
@@ -319,10 +401,23 @@ impl From<StatsArg> for StatsMode {
     }
 }
 
-/// An evaluation of `inputs` against `labels` on the device of `run`.
+/// Fails when `inputs` are arrays (which carry no labels) and the labels flag `flag` is missing.
+fn needs_labels(inputs: &std::path::Path, labels: Option<&std::path::Path>, flag: &str) -> Result<()> {
+    let arrays = inputs.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy") || e.eq_ignore_ascii_case("npz"));
+    if arrays && labels.is_none() {
+        return Err(Error::usage(format!(
+            "{flag} is needed: {} holds arrays, which carry no labels (image folders and Parquet carry their own)",
+            inputs.display()
+        )));
+    }
+    Ok(())
+}
+
+/// An evaluation of `inputs` against `labels` (or the inputs' own) on the device of `run`.
 fn eval_options(
     inputs: &std::path::Path,
-    labels: &std::path::Path,
+    labels: Option<&std::path::Path>,
+    data: &DataArgs,
     batch_size: NonZeroUsize,
     top_k: NonZeroUsize,
     run: &DeviceArgs,
@@ -330,7 +425,8 @@ fn eval_options(
 ) -> Result<EvalOptions> {
     Ok(EvalOptions {
         inputs: inputs.to_path_buf(),
-        labels: labels.to_path_buf(),
+        labels: labels.map(std::path::Path::to_path_buf),
+        data: data.options(),
         batch_size,
         top_k,
         engine: run.engine()?,
@@ -341,6 +437,7 @@ fn eval_options(
 /// The recalibration pass; a batch of one with torch statistics is refused.
 fn pass(
     inputs: &std::path::Path,
+    data: &DataArgs,
     batch_size: NonZeroUsize,
     max_samples: Option<usize>,
     stats: StatsArg,
@@ -351,7 +448,15 @@ fn pass(
     if batch_size.get() == 1 && stats == StatsMode::Torch {
         return Err(Error::usage("--batch-size 1 with --stats torch: the unbiased batch variance of one sample is undefined (update_bn fails the same way); use a larger batch or --stats precise"));
     }
-    Ok(PassOptions { inputs: inputs.to_path_buf(), batch_size, max_samples, stats, engine: run.engine()?, quiet })
+    Ok(PassOptions {
+        inputs: inputs.to_path_buf(),
+        data: data.options(),
+        batch_size,
+        max_samples,
+        stats,
+        engine: run.engine()?,
+        quiet,
+    })
 }
 
 /// `swa recalibrate`.
@@ -363,9 +468,13 @@ pub struct RecalibrateArgs {
     /// Tensors to bind into the model by name first (the output of `swa average`, a torch.save file, a Lightning .ckpt, ...).
     #[arg(long, value_name = "W")]
     pub weights: Option<PathBuf>,
-    /// Training samples: .npy for a one-input model, or .npz with arrays named after the inputs.
-    #[arg(long, value_name = "X.npy|X.npz")]
+    /// Training samples: .npy for a one-input model, .npz with arrays named after the inputs, a
+    /// folder of images (class folders or flat), or Parquet with an image column.
+    #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
     pub inputs: PathBuf,
+    /// How images are read.
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Samples per batch.
     #[arg(long, default_value = "64", value_parser = at_least_one)]
     pub batch_size: NonZeroUsize,
@@ -411,7 +520,15 @@ impl RecalibrateArgs {
             weights: self.weights.clone(),
             allow_partial: self.allow_partial,
             key: self.key.clone(),
-            pass: pass(&self.inputs, self.batch_size, self.max_samples, self.stats, &self.run, quiet || self.json)?,
+            pass: pass(
+                &self.inputs,
+                &self.data,
+                self.batch_size,
+                self.max_samples,
+                self.stats,
+                &self.run,
+                quiet || self.json,
+            )?,
             output: self.output.clone().expect("clap requires -o without --partial-out"),
             save_weights: self.save_weights.clone(),
         })
@@ -424,7 +541,15 @@ impl RecalibrateArgs {
             weights: self.weights.clone(),
             key: self.key.clone(),
             allow_partial: self.allow_partial,
-            pass: pass(&self.inputs, self.batch_size, self.max_samples, self.stats, &self.run, quiet || self.json)?,
+            pass: pass(
+                &self.inputs,
+                &self.data,
+                self.batch_size,
+                self.max_samples,
+                self.stats,
+                &self.run,
+                quiet || self.json,
+            )?,
             part: self.shard.unwrap_or(Part::WHOLE),
             output: output.to_path_buf(),
         })
@@ -499,12 +624,15 @@ pub struct EvaluateArgs {
     /// Tensors to bind into the model first.
     #[arg(long, value_name = "W")]
     pub weights: Option<PathBuf>,
-    /// Held-out inputs.
-    #[arg(long, value_name = "X.npy|X.npz")]
+    /// Held-out inputs: .npy, .npz, a folder of class folders of images (ImageFolder), or Parquet.
+    #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
     pub inputs: PathBuf,
-    /// Integer class labels [N].
+    /// Integer class labels [N] (not needed when the inputs carry them: class folders, a Parquet label column).
     #[arg(long, value_name = "Y.npy")]
-    pub labels: PathBuf,
+    pub labels: Option<PathBuf>,
+    /// How images are read.
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Samples per batch.
     #[arg(long, default_value = "256", value_parser = at_least_one)]
     pub batch_size: NonZeroUsize,
@@ -541,7 +669,16 @@ pub struct EvaluateArgs {
 impl EvaluateArgs {
     /// The library options.
     pub fn options(&self, quiet: bool) -> Result<EvalOptions> {
-        eval_options(&self.inputs, &self.labels, self.batch_size, self.top_k, &self.run, quiet || self.json)
+        needs_labels(&self.inputs, self.labels.as_deref(), "--labels")?;
+        eval_options(
+            &self.inputs,
+            self.labels.as_deref(),
+            &self.data,
+            self.batch_size,
+            self.top_k,
+            &self.run,
+            quiet || self.json,
+        )
     }
 }
 
@@ -557,24 +694,27 @@ pub struct RunArgs {
     /// Which checkpoints.
     #[command(flatten)]
     pub select: SelectArgs,
-    /// Training samples for recalibration.
-    #[arg(long, value_name = "X.npy|X.npz")]
+    /// Training samples for recalibration (.npy, .npz, a folder of images, Parquet).
+    #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
     pub train_inputs: PathBuf,
-    /// Held-out inputs.
-    #[arg(long, value_name = "X.npy|X.npz")]
+    /// Held-out inputs (.npy, .npz, a folder of class folders of images, Parquet).
+    #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
     pub eval_inputs: PathBuf,
-    /// Held-out integer labels.
+    /// Held-out integer labels (not needed when the inputs carry them).
     #[arg(long, value_name = "Y.npy")]
-    pub eval_labels: PathBuf,
+    pub eval_labels: Option<PathBuf>,
+    /// How images are read (training, select and held-out sets alike).
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Also recalibrate every checkpoint (the "++" column).
     #[arg(long)]
     pub recalibrate_each: bool,
     /// Also make a model soup of every checkpoint found (greedy, uniform or top-k:K), chosen on
     /// --select-inputs, and report it beside SWA.
-    #[arg(long, value_name = "METHOD", value_parser = |s: &str| s.parse::<Method>(), requires_all = ["select_inputs", "select_labels"])]
+    #[arg(long, value_name = "METHOD", value_parser = |s: &str| s.parse::<Method>(), requires = "select_inputs")]
     pub soup: Option<Method>,
     /// The soup's select split (held out, and not the --eval-inputs the report is measured on).
-    #[arg(long, value_name = "X.npy|X.npz", requires = "soup")]
+    #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet", requires = "soup")]
     pub select_inputs: Option<PathBuf>,
     /// Labels of the select split.
     #[arg(long, value_name = "Y.npy", requires = "soup")]
@@ -628,14 +768,27 @@ impl RunArgs {
     /// The library options.
     pub fn options(&self, quiet: bool) -> Result<swa::pipeline::RunOptions> {
         let quiet = quiet || self.json;
+        needs_labels(&self.eval_inputs, self.eval_labels.as_deref(), "--eval-labels")?;
+        if let Some(select) = &self.select_inputs {
+            needs_labels(select, self.select_labels.as_deref(), "--select-labels")?;
+        }
         Ok(swa::pipeline::RunOptions {
             model: self.model.clone(),
             checkpoints: self.checkpoints.clone(),
             selection: (&self.select).into(),
-            pass: pass(&self.train_inputs, self.batch_size, self.max_samples, self.stats, &self.run, quiet)?,
+            pass: pass(
+                &self.train_inputs,
+                &self.data,
+                self.batch_size,
+                self.max_samples,
+                self.stats,
+                &self.run,
+                quiet,
+            )?,
             eval: eval_options(
                 &self.eval_inputs,
-                &self.eval_labels,
+                self.eval_labels.as_deref(),
+                &self.data,
                 self.eval_batch_size,
                 self.top_k,
                 &self.run,
@@ -647,10 +800,18 @@ impl RunArgs {
             allow_nonfinite: self.allow_nonfinite,
             out: self.out.clone(),
             force: self.force,
-            soup: match (self.soup, &self.select_inputs, &self.select_labels) {
-                (Some(method), Some(inputs), Some(labels)) => Some(swa::pipeline::RunSoup {
+            soup: match (self.soup, &self.select_inputs) {
+                (Some(method), Some(inputs)) => Some(swa::pipeline::RunSoup {
                     method,
-                    select: eval_options(inputs, labels, self.eval_batch_size, self.top_k, &self.run, quiet)?,
+                    select: eval_options(
+                        inputs,
+                        self.select_labels.as_deref(),
+                        &self.data,
+                        self.eval_batch_size,
+                        self.top_k,
+                        &self.run,
+                        quiet,
+                    )?,
                 }),
                 _ => None,
             },
@@ -722,21 +883,24 @@ pub struct SoupArgs {
     /// uniform (all), or top-k:K (the K best).
     #[arg(long, default_value = "greedy", value_parser = |s: &str| s.parse::<Method>())]
     pub method: Method,
-    /// Training samples for BatchNorm recalibration.
-    #[arg(long, value_name = "X.npy|X.npz")]
+    /// Training samples for BatchNorm recalibration (.npy, .npz, a folder of images, Parquet).
+    #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
     pub train_inputs: Option<PathBuf>,
     /// The select split: held-out inputs the ingredients are chosen by.
-    #[arg(long, value_name = "X.npy|X.npz")]
+    #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
     pub select_inputs: PathBuf,
-    /// Labels of the select split.
+    /// Labels of the select split (not needed when the inputs carry them).
     #[arg(long, value_name = "Y.npy")]
-    pub select_labels: PathBuf,
+    pub select_labels: Option<PathBuf>,
     /// A test split, reported for the soup and the best single checkpoint (never used to choose).
-    #[arg(long, value_name = "X.npy|X.npz", requires = "eval_labels")]
+    #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
     pub eval_inputs: Option<PathBuf>,
     /// Labels of the test split.
     #[arg(long, value_name = "Y.npy", requires = "eval_inputs")]
     pub eval_labels: Option<PathBuf>,
+    /// How images are read (training, select and test sets alike).
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Recalibrate BatchNorm for every candidate and soup (the default when the model has BatchNorm).
     #[arg(long, conflicts_with = "no_recalibrate")]
     pub recalibrate: bool,
@@ -789,8 +953,12 @@ impl SoupArgs {
                 ))
             }
         };
-        let eval = |inputs: &std::path::Path, labels: &std::path::Path| {
-            eval_options(inputs, labels, self.eval_batch_size, self.top_k, &self.run, quiet)
+        needs_labels(&self.select_inputs, self.select_labels.as_deref(), "--select-labels")?;
+        if let Some(e) = &self.eval_inputs {
+            needs_labels(e, self.eval_labels.as_deref(), "--eval-labels")?;
+        }
+        let eval = |inputs: &std::path::Path, labels: Option<&std::path::Path>| {
+            eval_options(inputs, labels, &self.data, self.eval_batch_size, self.top_k, &self.run, quiet)
         };
         Ok(SoupOptions {
             model: self.model.clone(),
@@ -799,11 +967,11 @@ impl SoupArgs {
             key: self.key.clone(),
             method: self.method,
             recalibrate,
-            pass: pass(&train, self.batch_size, self.max_samples, self.stats, &self.run, quiet)?,
-            select: eval(&self.select_inputs, &self.select_labels)?,
-            eval: match (&self.eval_inputs, &self.eval_labels) {
-                (Some(i), Some(l)) => Some(eval(i, l)?),
-                _ => None,
+            pass: pass(&train, &self.data, self.batch_size, self.max_samples, self.stats, &self.run, quiet)?,
+            select: eval(&self.select_inputs, self.select_labels.as_deref())?,
+            eval: match &self.eval_inputs {
+                Some(i) => Some(eval(i, self.eval_labels.as_deref())?),
+                None => None,
             },
             allow_partial: self.allow_partial,
             output: self.output.clone(),

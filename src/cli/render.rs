@@ -55,6 +55,7 @@ pub fn hint(hint: Hint) -> String {
         Hint::FixedBatch { size, evaluation: false } => {
             format!(": pass --batch-size {size}, or export the model with a dynamic batch dimension")
         }
+        Hint::SkipBadImages => " (pass --skip-bad-images to skip and count such images)".into(),
         other => other.library_text(),
     }
 }
@@ -131,6 +132,7 @@ pub fn recalibrate(s: &RecalibrateSummary) -> String {
         s.stats,
         s.device
     );
+    data_lines(&mut o, s.preprocessing.as_deref(), &s.skipped);
     let _ = writeln!(o, "{:<40} {:>8} {:>12} {:>10}", "layer", "channels", "mean shift", "var ratio");
     let _ = writeln!(o, "{:<40} {:>8} {:>12} {:>10}", "", "", "(max, in σ)", "(new/old)");
     for l in &s.layers {
@@ -162,6 +164,22 @@ pub fn partial_stats(s: &PartialStatsSummary) -> String {
     o
 }
 
+/// Which preprocessing ran, and the images skipped (named, at most 10).
+fn data_lines(o: &mut String, preprocessing: Option<&str>, skipped: &[String]) {
+    if let Some(p) = preprocessing {
+        let _ = writeln!(o, "samples: {p}");
+    }
+    if !skipped.is_empty() {
+        let _ = writeln!(o, "skipped {} images that could not be decoded:", skipped.len());
+        for s in skipped.iter().take(10) {
+            let _ = writeln!(o, "  {s}");
+        }
+        if skipped.len() > 10 {
+            let _ = writeln!(o, "  ... and {} more", skipped.len() - 10);
+        }
+    }
+}
+
 /// One model's metrics as a Markdown table, with the threshold's verdict.
 pub fn metrics(model: &Path, m: &Metrics, min: Option<f64>) -> String {
     let mut o = String::new();
@@ -182,6 +200,10 @@ pub fn metrics(model: &Path, m: &Metrics, min: Option<f64>) -> String {
             "\n**{} of {} samples gave non-finite logits (NaN or Inf)**: counted as wrong, left out of the loss.",
             m.nonfinite, m.samples
         );
+    }
+    if m.preprocessing.is_some() || !m.skipped.is_empty() {
+        o.push('\n');
+        data_lines(&mut o, m.preprocessing.as_deref(), &m.skipped);
     }
     if let Some(min) = min {
         let verdict = if passes(m, min) { "passed" } else { "FAILED" };

@@ -1,13 +1,18 @@
 //! What the user points `swa` at: checkpoint files (found in directories, numbered by their names,
-//! selected, and each opened by the reader of its format) and samples (`.npy` / `.npz`).
+//! selected, and each opened by the reader of its format) and samples ([`Samples`]: `.npy` /
+//! `.npz`, image folders, Parquet).
 //!
 //! A new checkpoint format plugs in here: a reader that fills a [`Checkpoint`] (as
 //! [`crate::checkpoint::torch`] does), one arm in [`open_checkpoint`], and its file names in
 //! [`discover::is_checkpoint_name`]. A new data source
-//! is a module beside [`npy`] that yields [`npy::Array`]s.
+//! is a module beside [`npy`], [`images`] and [`parquet`] and one arm in [`Samples::open`] and
+//! [`Samples::batches`].
 
 pub mod discover;
+pub mod images;
 pub mod npy;
+pub mod parquet;
+pub mod samples;
 
 use std::path::Path;
 
@@ -15,6 +20,7 @@ pub use discover::{
     discover, labels, name_number, natural_cmp, select, CheckpointFile, Discovery, Duplicate, Selection,
 };
 pub use npy::{open_inputs, open_labels, Array};
+pub use samples::{check_same_classes, input_specs, Batch, DataOptions, InputSpec, Samples};
 
 use crate::checkpoint::{torch, Checkpoint};
 use crate::error::{Error, Result};

@@ -133,6 +133,12 @@ impl Array {
         }
     }
 
+    /// Sample `i`'s bytes, for a `uint8` array.
+    pub fn u8_row(&self, i: usize) -> &[u8] {
+        let k = self.sample_numel();
+        &self.data()[i * k..(i + 1) * k]
+    }
+
     /// All values as i64 (for labels).
     pub fn i64_values(&self) -> Result<Vec<i64>> {
         let bytes = self.data();

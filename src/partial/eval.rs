@@ -55,7 +55,7 @@ pub fn evaluate_part(model: &Model, identity: Identity, opts: &EvalOptions, part
         swa_version: crate::VERSION.into(),
         identity,
         inputs: file_name(&opts.inputs),
-        labels: file_name(&opts.labels),
+        labels: opts.labels.as_deref().map(file_name).unwrap_or_default(),
         total_samples: total,
         batch_size: opts.batch_size.get(),
         shard: part,

@@ -338,6 +338,7 @@ pub fn merge_into_model(opts: &MergeStatsOptions) -> Result<RecalibrateSummary> 
     let first = &merged.first;
     let pass = PassOptions {
         inputs: first.inputs.clone(),
+        data: Default::default(),
         batch_size: first.batch_size,
         max_samples: None,
         stats: first.stats,
@@ -382,6 +383,8 @@ pub fn merge_into_model(opts: &MergeStatsOptions) -> Result<RecalibrateSummary> 
             batches: merged.batches,
             seconds: 0.0,
             first_batch_seconds: 0.0,
+            skipped: Vec::new(),
+            preprocessing: None,
         })
     })?;
     summary.device = merged.devices.join(", ");

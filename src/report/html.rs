@@ -240,7 +240,7 @@ table{{border-collapse:collapse;margin:.5rem 0}} th,td{{border-bottom:1px solid 
 th:first-child,td:first-child{{text-align:left}} .meta{{color:#555}} .gain{{color:#2ca02c}} .loss{{color:#d62728}}
 </style></head><body>
 <h1>SWA report</h1>
-<p class="meta">Model <code>{model}</code> · {eval} held-out samples · recalibration: <code>{stats}</code> statistics, batch {batch}, {train} training samples · device {device}</p>
+<p class="meta">Model <code>{model}</code> · {eval} held-out samples · recalibration: <code>{stats}</code> statistics, batch {batch}, {train} training samples · device {device}</p>{data}
 <p>Recalibrated SWA: <strong>{swa}</strong> top-1, <strong class="{gain_class}" id="gain">{gain}</strong> over the best checkpoint ({best}, {best_acc}).</p>{warning}
 {chart}
 <h2>Summary</h2>{summary}
@@ -257,6 +257,7 @@ th:first-child,td:first-child{{text-align:left}} .meta{{color:#555}} .gain{{colo
         batch = r.batch_size,
         train = r.train_samples,
         device = escape(&r.device),
+        data = r.data.iter().map(|l| format!("\n<p class=\"meta\">{}</p>", escape(l))).collect::<String>(),
         swa = pct(r.swa_recalibrated.top1),
         gain = points(r.gain_top1),
         best = escape(&r.best.name),

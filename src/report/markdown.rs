@@ -52,6 +52,12 @@ pub fn markdown(r: &Report) -> String {
         r.train_samples,
         r.device
     );
+    for line in &r.data {
+        let _ = writeln!(s, "- {}", line.replace(['\n', '\r'], " ").replace('|', "\\|"));
+    }
+    if !r.data.is_empty() {
+        s.push('\n');
+    }
     let _ = writeln!(s, "## Summary\n");
     s.push_str(&render(&table::summary(r)));
     let _ = writeln!(s, "\nGain of recalibrated SWA over the best checkpoint: **{}** top-1.\n", points(r.gain_top1));

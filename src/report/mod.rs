@@ -107,6 +107,10 @@ pub struct Report {
     /// The model soup made beside SWA (`swa run --soup`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soup: Option<SoupReport>,
+    /// How images were read and preprocessed, per set (`training: image folder …`), and the
+    /// images skipped; empty when every set was float arrays.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data: Vec<String>,
 }
 
 /// A model soup in the report: how its ingredients were chosen on the select split, and its
@@ -307,6 +311,7 @@ mod tests {
                 Timing { stage: "average".into(), seconds: 1.5 },
                 Timing { stage: "recalibrate SWA".into(), seconds: 0.25 },
             ],
+            data: Vec::new(),
             soup: Some(SoupReport {
                 method: "greedy".into(),
                 recalibrated: true,

@@ -6,6 +6,7 @@ mod bad_inputs;
 mod common;
 mod evaluate;
 mod fuzz_corpus;
+mod images;
 mod install;
 mod properties;
 mod recalibrate;

@@ -66,15 +66,17 @@ fn concurrent_sessions_return_every_batch_in_file_order() {
     let engine = swa::runtime::Engine { threads: std::num::NonZeroUsize::new(1), ..Default::default() };
     let input = fixture("cnn/eval.npy");
     let specs = swa::runtime::input_specs(&m).unwrap();
-    let arrays = swa::inputs::open_inputs(&input, &[specs[0].name.clone()]).unwrap();
+    let data = swa::inputs::Samples::open(&input, &specs, &Default::default()).unwrap();
     let (want_shape, want) = logits(&fixture("cnn/model.onnx"), &input);
     let samples = want_shape[0];
-    let feed = swa::runtime::Feed { specs: &specs, arrays: &arrays, batch: 7, start: 0, samples };
+    let feed = swa::runtime::Feed { specs: &specs, samples: &data, batch: 7, start: 0, end: samples };
     let mut sessions = swa::runtime::sessions_for(&m, &engine, false, 3).unwrap();
     assert_eq!(sessions.len(), 3);
     let (mut sizes, mut got) = (Vec::new(), Vec::new());
     let bar = indicatif::ProgressBar::hidden();
-    swa::runtime::run_batches(&mut sessions, &feed, &["logits"], &bar, |n, out| {
+    swa::runtime::run_batches(&mut sessions, &feed, &["logits"], &bar, |indices, out| {
+        let n = indices.len();
+        assert_eq!(indices, (sizes.iter().sum::<usize>()..sizes.iter().sum::<usize>() + n).collect::<Vec<_>>());
         assert_eq!(out[0].shape, [n as i64, want_shape[1] as i64]);
         sizes.push(n);
         got.extend_from_slice(&out[0].data);

@@ -1,0 +1,355 @@
+//! Image folders, Parquet and uint8 arrays: preprocessing equal to torchvision's, labels from
+//! class folders, and clear errors for bad data. Expected tensors come from torchvision
+//! (fixtures/make_image_fixtures.py).
+
+use std::path::Path;
+
+use crate::common::*;
+use predicates::str::contains;
+use swa::inputs::images::{Preprocess, Resize};
+use swa::inputs::{DataOptions, InputSpec, Samples};
+
+fn spec(dims: &[i64]) -> Vec<InputSpec> {
+    vec![InputSpec { name: "input".into(), dims: dims.to_vec() }]
+}
+
+fn small(mean: &[f32], std: &[f32]) -> DataOptions {
+    DataOptions {
+        preprocess: Preprocess {
+            resize: Some(Resize::Shorter(20)),
+            center_crop: Some((16, 16)),
+            mean: Some(mean.to_vec()),
+            std: Some(std.to_vec()),
+        },
+        ..Default::default()
+    }
+}
+
+fn imagenet_small() -> DataOptions {
+    small(&[0.485, 0.456, 0.406], &[0.229, 0.224, 0.225])
+}
+
+/// All samples of `path` in one batch.
+fn tensors(path: &Path, dims: &[i64], data: &DataOptions) -> (Samples, Vec<f32>) {
+    let samples = Samples::open(path, &spec(dims), data).unwrap();
+    let n = samples.len();
+    let batch = samples.batches(0, n, n).next().unwrap().unwrap();
+    assert_eq!(batch.indices, (0..n).collect::<Vec<_>>());
+    let values = batch.data.into_iter().next().unwrap();
+    (samples, values)
+}
+
+/// Largest difference per image, in units of 1/255 before normalization (`scale` = 255 * std).
+fn per_image_diff(ours: &[f32], theirs: &[f32], per: usize, scale: f32) -> Vec<f32> {
+    assert_eq!(ours.len(), theirs.len());
+    ours.chunks(per)
+        .zip(theirs.chunks(per))
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs() * scale).fold(0.0, f32::max))
+        .collect()
+}
+
+/// The ImageFolder order of fixtures/images/val (as torchvision lists it).
+const VAL: [&str; 16] = [
+    "cat/a_odd_420.jpg",
+    "cat/b_444.jpg",
+    "cat/c_progressive.jpg",
+    "cat/d_gray.jpg",
+    "cat/e_exif_rotated.JPG",
+    "cat/nested/f_in_subfolder.jpg",
+    "dog/a_rgb.png",
+    "dog/b_gray.png",
+    "dog/c_rgba.png",
+    "dog/d_palette.png",
+    "dog/e_rgb16.png",
+    "dog/f_gray16.png",
+    "zebra/D_upper.jpeg",
+    "zebra/a.bmp",
+    "zebra/b_tiny.png",
+    "zebra/c_exact.jpg",
+];
+
+/// JPEG decoding is zune-jpeg's, not libjpeg-turbo's: its IDCT and chroma upsampling round a
+/// little differently, which resizing then spreads. Every other step is bit for bit.
+const JPEG_TOLERANCE: f32 = 4.0;
+
+#[test]
+fn an_image_folder_is_preprocessed_like_torchvision() {
+    let (samples, ours) = tensors(&fixture("images/val"), &[-1, 3, 16, 16], &imagenet_small());
+    let (shape, theirs) = read_npy(&fixture("images/expected/val.npy"));
+    assert_eq!(shape, [16, 3, 16, 16]);
+    assert_eq!(samples.classes.as_deref().unwrap(), ["cat", "dog", "zebra"]);
+    let (_, labels) = read_npy(&fixture("images/expected/val_labels.npy"));
+    assert_eq!(samples.labels().unwrap().iter().map(|&l| l as f32).collect::<Vec<_>>(), labels);
+    for ((name, d), std) in VAL.iter().zip(per_image_diff(&ours, &theirs, 768, 255.0 * 0.229)).zip([0.229f32]) {
+        let _ = std;
+        if name.to_lowercase().ends_with(".jpg") || name.to_lowercase().ends_with(".jpeg") {
+            assert!(d <= JPEG_TOLERANCE, "{name}: {d} levels of 255 from torchvision");
+        } else {
+            // PNG (RGB, L, RGBA, palette, 16-bit) and BMP decode exactly: the same floats.
+            assert!(d < 1e-3, "{name}: {d} levels of 255 from torchvision");
+        }
+    }
+    let description = samples.preprocessing().unwrap();
+    assert!(description.contains("image folder (3 classes) as RGB NCHW"), "{description}");
+    assert!(description.contains("resize shorter side 20 (bilinear, antialias), center crop 16x16"), "{description}");
+}
+
+#[test]
+fn photo_sized_jpegs_with_the_imagenet_preset_match_torchvision_within_the_jpeg_tolerance() {
+    let data = DataOptions {
+        preprocess: Preprocess { mean: None, std: None, ..Preprocess::imagenet() },
+        ..Default::default()
+    };
+    let (_, ours) = tensors(&fixture("images/big"), &[-1, 3, 224, 224], &data);
+    let (shape, theirs) = read_npy(&fixture("images/expected/big_u8.npy"));
+    assert_eq!(shape, [4, 224, 224, 3]);
+    let plane = 224 * 224;
+    let mut worst = 0f32;
+    let mut total = 0f64;
+    for (k, image) in theirs.chunks(plane * 3).enumerate() {
+        for (i, &v) in image.iter().enumerate() {
+            let (pixel, c) = (i / 3, i % 3);
+            let d = (ours[k * plane * 3 + c * plane + pixel] * 255.0 - v).abs();
+            worst = worst.max(d);
+            total += d as f64;
+        }
+    }
+    let mean = total / theirs.len() as f64;
+    eprintln!("photo-sized JPEGs: worst {worst} levels, mean {mean}");
+    assert!(worst <= JPEG_TOLERANCE, "worst {worst} levels");
+    assert!(mean < 0.5, "mean {mean} levels");
+}
+
+#[test]
+fn grayscale_models_get_pil_luma() {
+    let (samples, ours) = tensors(&fixture("images/val"), &[-1, 1, 16, 16], &small(&[0.5], &[0.25]));
+    let (_, theirs) = read_npy(&fixture("images/expected/val_gray.npy"));
+    for (name, d) in VAL.iter().zip(per_image_diff(&ours, &theirs, 256, 255.0 * 0.25)) {
+        let jpeg = name.to_lowercase().contains(".jp");
+        assert!(d <= if jpeg { JPEG_TOLERANCE } else { 1e-3 }, "{name}: {d}");
+    }
+    assert!(samples.preprocessing().unwrap().contains("grayscale (L)"));
+}
+
+#[test]
+fn a_flat_folder_parquet_and_uint8_arrays_read_the_same_way() {
+    let data = DataOptions {
+        preprocess: Preprocess {
+            resize: Some(Resize::Shorter(20)),
+            center_crop: Some((16, 16)),
+            mean: None,
+            std: None,
+        },
+        ..Default::default()
+    };
+    let (samples, ours) = tensors(&fixture("images/train"), &[-1, 3, 16, 16], &data);
+    assert!(samples.labels().is_none() && samples.classes.is_none());
+    let (_, theirs) = read_npy(&fixture("images/expected/train.npy"));
+    assert!(per_image_diff(&ours, &theirs, 768, 255.0).iter().all(|&d| d <= JPEG_TOLERANCE));
+
+    // Parquet holds the same files' bytes: the same tensors as the folder, bit for bit.
+    let (folder, from_folder) = tensors(&fixture("images/val"), &[-1, 3, 16, 16], &imagenet_small());
+    let (parquet, from_parquet) = tensors(&fixture("images/val.parquet"), &[-1, 3, 16, 16], &imagenet_small());
+    assert_eq!(from_folder, from_parquet);
+    assert_eq!(folder.labels(), parquet.labels());
+    // Batches that cross the file's row groups (of 4) give the same rows.
+    let rows: Vec<f32> = parquet.batches(3, 16, 5).flat_map(|b| b.unwrap().data.remove(0)).collect();
+    assert_eq!(rows, from_folder[3 * 768..]);
+
+    let normalize = DataOptions {
+        preprocess: Preprocess { resize: None, center_crop: None, ..imagenet_small().preprocess },
+        ..Default::default()
+    };
+    let (u8s, ours) = tensors(&fixture("images/val_u8.npy"), &[-1, 3, 16, 16], &normalize);
+    let (_, theirs) = read_npy(&fixture("images/expected/val_u8.npy"));
+    assert_eq!(ours, theirs, "uint8 arrays: ToTensor and Normalize are bit for bit");
+    assert!(u8s.preprocessing().unwrap().starts_with("uint8 images"));
+}
+
+#[test]
+fn evaluate_on_an_image_folder_equals_evaluate_on_torchvision_tensors() {
+    let run = |inputs: &Path, extra: &[&str]| -> serde_json::Value {
+        let out = swa()
+            .args(["evaluate", "--model"])
+            .arg(fixture("cnn/model.onnx"))
+            .arg("--inputs")
+            .arg(inputs)
+            .args(extra)
+            .args(["--json", "--batch-size", "5"])
+            .assert()
+            .success();
+        serde_json::from_slice(&out.get_output().stdout).unwrap()
+    };
+    let labels = fixture("images/expected/val_labels.npy");
+    let npy = run(&fixture("images/expected/val.npy"), &["--labels", labels.to_str().unwrap()]);
+    let pre = ["--resize", "20", "--center-crop", "16", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"];
+    let folder = run(&fixture("images/val"), &pre);
+    let parquet = run(&fixture("images/val.parquet"), &pre);
+    for key in ["samples", "correct", "top5", "per_class"] {
+        assert_eq!(folder[key], npy[key], "{key}");
+        assert_eq!(parquet[key], npy[key], "{key}");
+    }
+    assert!((folder["loss"].as_f64().unwrap() - npy["loss"].as_f64().unwrap()).abs() < 1e-3);
+    assert!(folder["preprocessing"].as_str().unwrap().contains("center crop 16x16"));
+    assert!(npy.get("preprocessing").is_none());
+}
+
+#[test]
+fn run_reads_image_folders_for_training_and_evaluation() {
+    let dir = tmp();
+    let out = dir.path().join("run");
+    let pre = ["--resize", "20", "--center-crop", "16", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"];
+    let a = swa()
+        .args(["run", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--checkpoints")
+        .arg(fixture("cnn/checkpoints"))
+        .arg("--train-inputs")
+        .arg(fixture("images/train"))
+        .arg("--eval-inputs")
+        .arg(fixture("images/val"))
+        .args(pre)
+        .args(["--batch-size", "4", "--out"])
+        .arg(&out)
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&a.get_output().stdout).into_owned();
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["eval_samples"], 16, "{stdout}");
+    assert_eq!(report["train_samples"], 12);
+    let data = report["data"].to_string();
+    assert!(data.contains("image folder (3 classes)") && data.contains("images as RGB NCHW"), "{data}");
+    assert!(std::fs::read_to_string(out.join("report.md")).unwrap().contains("center crop 16x16"));
+}
+
+/// A copy of the val folder to break.
+fn val_copy() -> tempfile::TempDir {
+    let dir = tmp();
+    copy_dir(&fixture("images/val"), dir.path());
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn evaluate_folder(dir: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    swa()
+        .args(["evaluate", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--inputs")
+        .arg(dir)
+        .args(["--resize", "20", "--center-crop", "16"])
+        .args(extra)
+        .assert()
+}
+
+#[test]
+fn a_corrupt_image_is_named_or_skipped_and_counted() {
+    let dir = val_copy();
+    std::fs::write(dir.path().join("dog/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    std::fs::write(
+        dir.path().join("cat/truncated.jpg"),
+        &std::fs::read(fixture("images/val/cat/b_444.jpg")).unwrap()[..200],
+    )
+    .unwrap();
+    evaluate_folder(dir.path(), &[])
+        .code(2)
+        .stderr(predicates::prelude::PredicateBooleanExt::or(contains("broken.png"), contains("truncated.jpg")))
+        .stderr(contains("--skip-bad-images"));
+    let a = evaluate_folder(dir.path(), &["--skip-bad-images", "--json"]).success();
+    let m: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    assert_eq!(m["samples"], 16);
+    let skipped = m["skipped"].to_string();
+    assert!(skipped.contains("broken.png") && skipped.contains("truncated.jpg"), "{skipped}");
+    evaluate_folder(dir.path(), &["--skip-bad-images"]).success().stdout(contains("skipped 2 images"));
+}
+
+#[test]
+fn bad_folders_and_parquet_are_clear_errors() {
+    // An empty class folder.
+    let dir = val_copy();
+    std::fs::create_dir(dir.path().join("empty_class")).unwrap();
+    evaluate_folder(dir.path(), &[]).code(2).stderr(contains("class folder `empty_class` holds no images"));
+    // A file that is not an image.
+    let dir = val_copy();
+    std::fs::write(dir.path().join("cat/notes.txt"), "hello").unwrap();
+    evaluate_folder(dir.path(), &[]).code(2).stderr(contains("notes.txt")).stderr(contains("not images"));
+    // Hidden files (.DS_Store) are not samples, and are not errors.
+    let dir = val_copy();
+    std::fs::write(dir.path().join("cat/.DS_Store"), "x").unwrap();
+    evaluate_folder(dir.path(), &[]).success();
+    // An image with an image name that is not one.
+    let dir = val_copy();
+    std::fs::write(dir.path().join("cat/fake.jpg"), "GIF89a....").unwrap();
+    evaluate_folder(dir.path(), &[]).code(2).stderr(contains("fake.jpg"));
+    // More class folders than the model has classes.
+    let dir = tmp();
+    for k in 0..11 {
+        let class = dir.path().join(format!("class_{k:02}"));
+        std::fs::create_dir(&class).unwrap();
+        std::fs::copy(fixture("images/val/zebra/c_exact.jpg"), class.join("x.jpg")).unwrap();
+    }
+    evaluate_folder(dir.path(), &[])
+        .code(2)
+        .stderr(contains("has 11 class folders, but the model gives logits for 10"));
+    // Parquet without the named column, and labels given twice.
+    evaluate_folder(&fixture("images/val.parquet"), &["--image-column", "img"])
+        .code(2)
+        .stderr(contains("has no column `img` (its columns: image, label)"));
+    evaluate_folder(&fixture("images/val"), &["--labels", fixture("images/expected/val_labels.npy").to_str().unwrap()])
+        .code(2)
+        .stderr(contains("carries its own labels"));
+    // A flat folder has no labels.
+    evaluate_folder(&fixture("images/train"), &[]).code(2).stderr(contains("has no labels"));
+    // Sizes that cannot be batched, and preprocessing asked of float samples.
+    swa()
+        .args(["evaluate", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--inputs")
+        .arg(fixture("images/val"))
+        .assert()
+        .code(2)
+        .stderr(contains("after preprocessing, but model input `input` takes 16x16"))
+        .stderr(contains("--center-crop 16"));
+    swa()
+        .args(["evaluate", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--inputs")
+        .arg(fixture("cnn/eval.npy"))
+        .args(["--labels", fixture("cnn/eval_labels.npy").to_str().unwrap(), "--mean", "0.5"])
+        .assert()
+        .code(2)
+        .stderr(contains("already preprocessed"));
+}
+
+#[test]
+fn train_and_eval_folders_must_name_the_same_classes() {
+    let train = val_copy();
+    std::fs::rename(train.path().join("zebra"), train.path().join("horse")).unwrap();
+    let out = tmp();
+    swa()
+        .args(["run", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--checkpoints")
+        .arg(fixture("cnn/checkpoints"))
+        .arg("--train-inputs")
+        .arg(train.path())
+        .arg("--eval-inputs")
+        .arg(fixture("images/val"))
+        .args(["--resize", "20", "--center-crop", "16", "--out"])
+        .arg(out.path().join("run"))
+        .assert()
+        .code(2)
+        .stderr(contains("class folders of"))
+        .stderr(contains("only in"))
+        .stderr(contains("horse"));
+}
