@@ -67,6 +67,8 @@ fn integers(path: &std::path::Path, name: &str, col: &ArrayRef) -> Result<Vec<i6
 /// The encoded images of a column: binary, or a struct with a binary `bytes` field (a null
 /// `bytes` is an image stored by path only, which is an error naming the path).
 fn image_bytes(col: &ArrayRef, first_row: usize, name: &dyn Fn(usize) -> String) -> Result<Vec<Vec<u8>>> {
+    // A null image (the whole struct null) is as missing as a null `bytes`.
+    let whole = |k: usize| col.is_valid(k);
     let (values, paths): (&ArrayRef, Option<&ArrayRef>) = match col.as_struct_opt() {
         Some(s) => match s.column_by_name("bytes") {
             Some(b) => (b, s.column_by_name("path")),
@@ -84,7 +86,9 @@ fn image_bytes(col: &ArrayRef, first_row: usize, name: &dyn Fn(usize) -> String)
     macro_rules! rows {
         ($a:expr) => {{
             let a = $a;
-            (0..a.len()).map(|k| if a.is_valid(k) { Ok(a.value(k).to_vec()) } else { Err(missing(k)) }).collect()
+            (0..a.len())
+                .map(|k| if whole(k) && a.is_valid(k) { Ok(a.value(k).to_vec()) } else { Err(missing(k)) })
+                .collect()
         }};
     }
     match values.data_type() {
