@@ -381,6 +381,11 @@ impl Samples {
                     (Items::Files(class_images(path, "")?), None, None)
                 }
             }
+        } else if is_image_name(&lower) && !path.is_dir() {
+            return Err(Error::format(
+                path,
+                "is a single image: point at the folder that holds the images (class folders for labels)",
+            ));
         } else if lower.ends_with(".parquet") {
             let set = ParquetSet::open(vec![path.to_path_buf()], &data.image_column, &data.label_column)?;
             let labels = set.labels.clone();
