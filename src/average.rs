@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::checkpoint::sharded::{self, OutputPlan, Shard};
 use crate::checkpoint::{dtype, Checkpoint, Dtype, SafetensorsWriter, TensorEntry, TensorSpec};
 use crate::error::{Error, Hint, Result, Setting};
-use crate::fs::{check_output, refuse_overwrite, Outputs, Stamps};
+use crate::fs::{check_output, refuse_overwrite, OutputDirs, Outputs, Stamps};
 use crate::inputs::{self, CheckpointFile, Duplicate, Selection};
 use crate::partial::Part;
 use crate::progress;
@@ -110,6 +110,9 @@ pub struct SelectedInput {
 pub struct AverageSummary {
     /// The files written (one, or the shards and the index).
     pub outputs: Vec<PathBuf>,
+    /// The missing directories created for them, parents first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub created_dirs: Vec<PathBuf>,
     /// The inputs and their weights, the resumed average first.
     pub inputs: Vec<SelectedInput>,
     /// Paths given that named an input already found under another spelling: averaged once.
@@ -732,7 +735,9 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     }
     let own = own_shards(&shards, index.is_some(), opts.part)?;
     let input_files: Vec<&Path> = inputs.checkpoints.iter().flat_map(|c| c.files()).collect();
+    let mut dirs = OutputDirs::default();
     for path in shards.iter().map(|s| s.path.as_path()).chain(index.as_deref()) {
+        dirs.create_parents(path)?;
         check_output(path)?;
         refuse_overwrite(path, &input_files)?;
     }
@@ -808,10 +813,12 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
         }
     }
     let weighting = weighting_name(&opts.weighting);
+    let created_dirs = dirs.keep();
     let TensorPlan { specs, kinds, buffers, stripped, .. } = plan;
     let Inputs { files, weights, n_models, duplicates, .. } = inputs;
     Ok(AverageSummary {
         outputs,
+        created_dirs,
         inputs: files
             .into_iter()
             .zip(weights)
