@@ -26,7 +26,7 @@ fn main() -> std::process::ExitCode {
 fn demo() -> swa::Result<()> {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cnn");
     let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "swa-demo".into()));
-    let report = run(&RunOptions {
+    let (report, _created_dirs) = run(&RunOptions {
         model: fixtures.join("model.onnx"),
         checkpoints: vec![fixtures.join("checkpoints")],
         selection: Selection { from: Some(4), ..Default::default() },

@@ -3,8 +3,9 @@
 //!
 //! Inputs are memory-mapped and the output is written chunk by chunk at known offsets, so memory
 //! is bounded by threads × [`CHUNK`] whatever the model size or the number of checkpoints. Every
-//! element is accumulated in checkpoint order (in f64, or in f32 for bf16/f16 inputs), so the
-//! output is byte-identical whatever the thread count.
+//! element is accumulated in f64 in checkpoint order and divided once by the sum of the weights
+//! ([`KernelWeights`]), so the output is byte-identical whatever the thread count, and a uniform
+//! average of 16-bit checkpoints is their exact mean rounded to nearest, ties to even.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU64;
@@ -17,7 +18,7 @@ use serde::Serialize;
 use crate::checkpoint::sharded::{self, OutputPlan, Shard};
 use crate::checkpoint::{dtype, Checkpoint, Dtype, SafetensorsWriter, TensorEntry, TensorSpec};
 use crate::error::{Error, Hint, Result, Setting};
-use crate::fs::{check_output, refuse_overwrite, Outputs, Stamps};
+use crate::fs::{check_output, refuse_overwrite, OutputDirs, Outputs, Stamps};
 use crate::inputs::{self, CheckpointFile, Duplicate, Selection};
 use crate::partial::Part;
 use crate::progress;
@@ -109,6 +110,9 @@ pub struct SelectedInput {
 pub struct AverageSummary {
     /// The files written (one, or the shards and the index).
     pub outputs: Vec<PathBuf>,
+    /// The missing directories created for them, parents first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub created_dirs: Vec<PathBuf>,
     /// The inputs and their weights, the resumed average first.
     pub inputs: Vec<SelectedInput>,
     /// Paths given that named an input already found under another spelling: averaged once.
@@ -204,6 +208,41 @@ pub fn normalise(relative: &[f64]) -> Vec<f64> {
     scaled.iter().map(|w| w / total).collect()
 }
 
+/// The weights the averaging kernel multiplies the inputs by, and what it divides their sum by.
+///
+/// They are the relative weights scaled by a power of two (exact, unlike dividing by their sum),
+/// so that they sum to at most one: no partial sum of weighted inputs exceeds the largest input.
+/// The output is `Σ scaled[i]·x[i] / divisor`, each input added in f64 in checkpoint order and
+/// divided once. With equal weights, and with whole-number weights (a resumed average's `n, 1, 1…`,
+/// `--weights 1,2,1`), every product and partial sum is exact in f64 while `Σ w·|x|` of an element
+/// stays below 2^53 units in the last place of its finest input (always, for up to 8192 f16
+/// inputs); the quotient, rounded once to the output dtype, is then the exact weighted mean rounded
+/// to nearest, ties to even (docs/formats.md says when that holds, and what holds otherwise).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelWeights {
+    /// One per input, in order: the relative weight times a power of two.
+    pub scaled: Vec<f64>,
+    /// Their sum (at most one).
+    pub divisor: f64,
+}
+
+impl KernelWeights {
+    /// Scales relative weights (finite, non-negative, not all zero).
+    pub fn of(relative: &[f64]) -> Self {
+        let max = relative.iter().copied().fold(0.0, f64::max);
+        // Divide by the power of two at or below the largest weight (the smallest positive f64 when
+        // that is subnormal)…
+        let exponent = f64::from_bits(max.to_bits() & 0x7ff0_0000_0000_0000);
+        let first = if exponent > 0.0 { exponent } else { f64::from_bits(1) };
+        let once: Vec<f64> = relative.iter().map(|w| w / first).collect();
+        // … then by the power of two at or above their sum (at least one now, at most 2n).
+        let total: f64 = once.iter().sum();
+        let second = f64::from_bits((total.to_bits() + 0x000f_ffff_ffff_ffff) & 0x7ff0_0000_0000_0000);
+        let scaled: Vec<f64> = once.iter().map(|w| w / second).collect();
+        KernelWeights { divisor: scaled.iter().sum(), scaled }
+    }
+}
+
 /// The `n_models` of a resumed average's metadata: a whole number of at least 1.
 fn resumed_models(prior: &Path, value: Option<&str>) -> Result<u64> {
     let Some(value) = value else {
@@ -261,6 +300,7 @@ struct Inputs {
     checkpoints: Vec<Checkpoint>,
     files: Vec<CheckpointFile>,
     weights: Vec<f64>,
+    kernel: KernelWeights,
     n_models: u64,
     sources: Vec<String>,
     duplicates: Vec<Duplicate>,
@@ -276,6 +316,7 @@ impl Inputs {
             checkpoints: Vec::new(),
             files: Vec::new(),
             weights: Vec::new(),
+            kernel: KernelWeights { scaled: Vec::new(), divisor: 1.0 },
             n_models: 0,
             sources: Vec::new(),
             duplicates: found.duplicates,
@@ -323,6 +364,7 @@ impl Inputs {
         let refs: Vec<&Checkpoint> = inputs.checkpoints.iter().collect();
         check_compatible(&refs, opts.resume.is_some())?;
         inputs.weights = normalise(&rel);
+        inputs.kernel = KernelWeights::of(&rel);
         Ok(inputs)
     }
 
@@ -496,10 +538,6 @@ fn chunks(shards: &[Shard], own: &[bool]) -> Vec<Item> {
     items
 }
 
-/// Adds one input's chunk (dtype, bytes, weight) to an accumulator; returns the index of a
-/// non-finite value, if any.
-type Accumulate<'a> = dyn FnMut(Dtype, &[u8], f64) -> Option<usize> + 'a;
-
 /// Computes output chunks from the inputs and writes them.
 struct Kernel<'a> {
     inputs: &'a Inputs,
@@ -518,7 +556,6 @@ struct Kernel<'a> {
 #[derive(Default)]
 struct Scratch {
     wide: Vec<f64>,
-    narrow: Vec<f32>,
     out: Vec<u8>,
 }
 
@@ -565,37 +602,30 @@ impl Kernel<'_> {
         .hint(Hint::AllowNonfinite))
     }
 
-    /// Feeds `add` every checkpoint's slice of `item`, oldest first.
-    fn each_input(&self, item: &Item, add: &mut Accumulate) -> Result<()> {
+    /// The weighted mean of `item` over the inputs, encoded in the output dtype into `s.out`: the
+    /// sum of each input times its [`KernelWeights::scaled`] weight, accumulated in f64 in checkpoint
+    /// order, divided once by the weights' sum, and rounded once to the output dtype.
+    fn average(&self, item: &Item, spec: &TensorSpec, s: &mut Scratch) -> Result<()> {
+        s.wide.resize(item.len, 0.0);
         for c in 0..self.inputs.checkpoints.len() {
             let (e, bytes) = self.slice(c, item);
-            if let (Some(at), false) = (add(e.dtype, bytes, self.inputs.weights[c]), self.allow_nonfinite) {
-                return Err(self.nonfinite(c, e, item.start + at));
-            }
+            dtype::accumulate(e.dtype, bytes, self.inputs.kernel.scaled[c], &mut s.wide, c == 0);
             self.bar.inc(bytes.len() as u64);
         }
-        Ok(())
-    }
-
-    /// The weighted sum of `item` over the inputs, encoded in the output dtype into `s.out`:
-    /// accumulated in f32 when every input is 16-bit, else in f64.
-    fn average(&self, item: &Item, spec: &TensorSpec, s: &mut Scratch) -> Result<()> {
-        if self.entries.iter().all(|e| dtype::is_narrow(e[item.tensor].dtype)) {
-            s.narrow.clear();
-            s.narrow.resize(item.len, 0.0);
-            let acc = &mut s.narrow;
-            self.each_input(item, &mut |d, bytes, w| dtype::accumulate_narrow(d, bytes, w as f32, acc))?;
-            dtype::encode_f32(spec.dtype, &s.narrow, &mut s.out);
-            self.check_encoded(item, spec, &s.out, |i| s.narrow[i] as f64)?;
-        } else {
-            s.wide.clear();
-            s.wide.resize(item.len, 0.0);
-            let acc = &mut s.wide;
-            self.each_input(item, &mut |d, bytes, w| dtype::accumulate(d, bytes, w, acc))?;
-            dtype::encode(spec.dtype, &s.wide, &mut s.out);
-            self.check_encoded(item, spec, &s.out, |i| s.wide[i])?;
+        let divisor = self.inputs.kernel.divisor;
+        dtype::encode_quotients(spec.dtype, &s.wide, divisor, &mut s.out);
+        // NaN and Inf inputs carry through the sum (an Inf times a zero weight is NaN), so a
+        // finite output means finite inputs, and only a non-finite one needs a closer look.
+        if self.allow_nonfinite || dtype::first_nonfinite(spec.dtype, &s.out).is_none() {
+            return Ok(());
         }
-        Ok(())
+        for c in 0..self.inputs.checkpoints.len() {
+            let (e, bytes) = self.slice(c, item);
+            if let Some(at) = dtype::first_nonfinite(e.dtype, bytes) {
+                return Err(self.nonfinite(c, e, item.start + at));
+            }
+        }
+        self.check_encoded(item, spec, &s.out, |i| s.wide[i] / divisor)
     }
 
     /// `item` of the newest checkpoint, converted to the output dtype into `s.out`.
@@ -705,7 +735,9 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     }
     let own = own_shards(&shards, index.is_some(), opts.part)?;
     let input_files: Vec<&Path> = inputs.checkpoints.iter().flat_map(|c| c.files()).collect();
+    let mut dirs = OutputDirs::default();
     for path in shards.iter().map(|s| s.path.as_path()).chain(index.as_deref()) {
+        dirs.create_parents(path)?;
         check_output(path)?;
         refuse_overwrite(path, &input_files)?;
     }
@@ -781,10 +813,12 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
         }
     }
     let weighting = weighting_name(&opts.weighting);
+    let created_dirs = dirs.keep();
     let TensorPlan { specs, kinds, buffers, stripped, .. } = plan;
     let Inputs { files, weights, n_models, duplicates, .. } = inputs;
     Ok(AverageSummary {
         outputs,
+        created_dirs,
         inputs: files
             .into_iter()
             .zip(weights)
@@ -822,6 +856,27 @@ mod tests {
         assert_eq!(normalise(&[5e-324, 5e-324]), [0.5, 0.5]);
         assert_eq!(normalise(&[1.0, 0.0, 3.0]), [0.25, 0.0, 0.75]);
         assert_eq!(normalise(&[u64::MAX as f64, 1.0])[1], 1.0 / u64::MAX as f64);
+    }
+
+    #[test]
+    fn kernel_weights_are_the_relative_ones_times_a_power_of_two() {
+        let k = KernelWeights::of(&[1.0; 3]);
+        assert_eq!((k.scaled, k.divisor), (vec![0.25; 3], 0.75));
+        // A resumed average of 5 models and two new ones: 5, 1, 1 over 8.
+        let k = KernelWeights::of(&[5.0, 1.0, 1.0]);
+        assert_eq!((k.scaled, k.divisor), (vec![0.625, 0.125, 0.125], 0.875));
+        // Every weight times the same power of two: the same mantissa, the exponents equally apart.
+        let parts = |x: f64| (x.to_bits() & 0x000f_ffff_ffff_ffff, (x.to_bits() >> 52) as i64);
+        for w in [vec![f64::MAX; 4], vec![1e300, 1e-3, 3.0], vec![0.2, 0.3, 0.5], vec![2.5, 0.0, 1e-3]] {
+            let k = KernelWeights::of(&w);
+            let shift = parts(w[0]).1 - parts(k.scaled[0]).1;
+            for (a, b) in w.iter().zip(&k.scaled).filter(|(a, _)| **a > 0.0) {
+                assert_eq!(parts(*a), (parts(*b).0, parts(*b).1 + shift), "{w:?}: {:?}", k.scaled);
+            }
+            assert!(k.divisor > 0.5 && k.divisor <= 1.0, "{w:?}: {}", k.divisor);
+        }
+        let k = KernelWeights::of(&[5e-324, 5e-324]);
+        assert_eq!((k.scaled, k.divisor), (vec![0.5; 2], 1.0));
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //!   every target is checked first, and if one rename fails the ones already done are undone, so
 //!   the previous files are intact or the new ones are all there.
 //! - [`StagedDir::publish`] never deletes a directory it did not create or verify.
+//! - [`OutputDirs`] creates the missing parent directories of outputs, one at a time, and removes
+//!   the ones it created (deepest first, and only while empty) when the command fails or is
+//!   interrupted; another process creating the same directory meanwhile is not an error.
 
 use std::fs::{File, Permissions};
 use std::io::Write;
@@ -92,7 +95,95 @@ pub fn discard_staged() {
     for path in list.iter() {
         remove_path(path);
     }
+    // Then the directories made for the outputs, deepest first, those still empty.
+    let mut dirs = created();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for dir in dirs.iter() {
+        let _ = std::fs::remove_dir(dir);
+    }
+    std::mem::forget(dirs);
     std::mem::forget(list);
+}
+
+// -------------------------------------------------------------------------------------------------
+// Directories made for outputs
+// -------------------------------------------------------------------------------------------------
+
+/// Directories [`OutputDirs`] created and has not kept yet, in the order they were made (parents
+/// first), for [`discard_staged`].
+static CREATED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn created() -> MutexGuard<'static, Vec<PathBuf>> {
+    CREATED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The missing parent directories of a command's outputs, created before any work (as
+/// `save_pretrained` and `mkdir -p` do). Until [`OutputDirs::keep`], dropping it (the command
+/// failed) removes the directories it created, deepest first, each only if still empty, and so
+/// does [`discard_staged`] (the command was interrupted). A directory another process created
+/// meanwhile is used, never removed.
+#[derive(Debug, Default)]
+#[must_use = "dropping it removes the directories it created"]
+pub struct OutputDirs {
+    created: Vec<PathBuf>,
+}
+
+impl OutputDirs {
+    /// Creates the missing directories above `path` (an output file, or `swa run`'s directory),
+    /// from the top down. Fails, naming it, if a component is not a directory (a file, a
+    /// dangling symbolic link: nothing is created through it) or cannot be created.
+    pub fn create_parents(&mut self, path: &Path) -> Result<()> {
+        let not_here = |at: &Path, kind: std::io::ErrorKind, why: String| {
+            Error::io(at, std::io::Error::new(kind, format!("cannot create the output here: {why}")))
+        };
+        let mut missing = Vec::new();
+        for dir in parent_dir(path).ancestors().filter(|d| !d.as_os_str().is_empty()) {
+            match std::fs::symlink_metadata(dir) {
+                // A symbolic link to a directory is a directory here, as for any path.
+                Ok(_) if std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) => break,
+                Ok(_) => {
+                    return Err(not_here(dir, std::io::ErrorKind::NotADirectory, "not a directory".into()));
+                }
+                // Below a file, a path is "not a directory": look further up for the file.
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+                    missing.push(dir.to_path_buf())
+                }
+                Err(e) => return Err(not_here(dir, e.kind(), e.to_string())),
+            }
+        }
+        for dir in missing.into_iter().rev() {
+            let mut list = created();
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {
+                    list.push(dir.clone());
+                    self.created.push(dir);
+                }
+                // Another process made it first: theirs, not ours to remove.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+                Err(e) => return Err(not_here(&dir, e.kind(), e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    /// The command succeeded: the directories stay. Returns them, parents first.
+    pub fn keep(mut self) -> Vec<PathBuf> {
+        let mut list = created();
+        for dir in &self.created {
+            forget(&mut list, dir);
+        }
+        std::mem::take(&mut self.created)
+    }
+}
+
+impl Drop for OutputDirs {
+    fn drop(&mut self) {
+        let mut list = created();
+        for dir in self.created.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+            forget(&mut list, dir);
+        }
+    }
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -100,7 +191,8 @@ pub fn discard_staged() {
 // -------------------------------------------------------------------------------------------------
 
 /// Fails unless `path` can be written as a regular file: it does not exist or is one (never a
-/// symbolic link, directory, FIFO or device, which are kept as they are), and its directory exists.
+/// symbolic link, directory, FIFO or device, which are kept as they are), and its directory exists
+/// (commands create it first with [`OutputDirs`]).
 pub fn check_output(path: &Path) -> Result<()> {
     check_file_name(path)?;
     let dir = parent_dir(path);
@@ -216,6 +308,19 @@ impl Stamps {
 // Staged files
 // -------------------------------------------------------------------------------------------------
 
+/// Runs `make`, which creates something in `dir`; if `dir` has gone since the outputs were checked
+/// (another run that had created it for its own outputs failed and removed it, empty, while this
+/// one worked), creates it again and retries once.
+fn in_dir<T>(dir: &Path, make: impl Fn() -> std::io::Result<T>) -> std::io::Result<T> {
+    match make() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::fs::symlink_metadata(dir).is_err() => {
+            std::fs::create_dir_all(dir)?;
+            make()
+        }
+        other => other,
+    }
+}
+
 /// A temporary file beside its target, renamed to it by [`StagedFile::publish`] or [`Outputs`];
 /// removed if dropped unpublished.
 #[derive(Debug)]
@@ -236,14 +341,10 @@ impl StagedFile {
         let dir = parent_dir(target);
         let prefix = temp_prefix(target);
         let mut list = staged();
-        let temp = tempfile::Builder::new()
-            .prefix(&prefix)
-            .suffix(".partial")
-            .permissions(mode(0o666))
-            .tempfile_in(dir)
-            .map_err(|e| {
-                Error::io(dir, std::io::Error::new(e.kind(), format!("cannot create the output here: {e}")))
-            })?;
+        let temp = in_dir(dir, || {
+            tempfile::Builder::new().prefix(&prefix).suffix(".partial").permissions(mode(0o666)).tempfile_in(dir)
+        })
+        .map_err(|e| Error::io(dir, std::io::Error::new(e.kind(), format!("cannot create the output here: {e}"))))?;
         list.push(temp.path().to_path_buf());
         drop(list);
         let staged = StagedFile { temp: Some(temp), target: target.to_path_buf() };
@@ -426,10 +527,7 @@ impl StagedDir {
         let dir = parent_dir(target);
         let name = format!(".{prefix}.");
         let mut list = staged();
-        let made = tempfile::Builder::new()
-            .prefix(&name)
-            .permissions(mode(0o777))
-            .tempdir_in(dir)
+        let made = in_dir(dir, || tempfile::Builder::new().prefix(&name).permissions(mode(0o777)).tempdir_in(dir))
             .map_err(|e| Error::io(dir, e))?
             .keep();
         list.push(made.clone());
@@ -619,6 +717,86 @@ mod tests {
         assert_eq!(std::fs::read(&a).unwrap(), b"new a");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&a).unwrap().permissions().mode() & 0o777, 0o640);
+    }
+
+    #[test]
+    fn missing_output_directories_are_created_and_removed_again_unless_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        // Kept: every missing level is created, parents first; existing ones are not listed.
+        std::fs::create_dir(root.join("a")).unwrap();
+        let mut dirs = OutputDirs::default();
+        dirs.create_parents(&root.join("a/b/c/out.safetensors")).unwrap();
+        dirs.create_parents(&root.join("a/b/c/other.safetensors")).unwrap();
+        assert_eq!(dirs.keep(), [root.join("a/b"), root.join("a/b/c")]);
+        assert!(root.join("a/b/c").is_dir());
+        // Dropped (the command failed): what it made goes, deepest first, unless something is in it.
+        let mut dirs = OutputDirs::default();
+        dirs.create_parents(&root.join("x/y/z/out")).unwrap();
+        dirs.create_parents(&root.join("w/out")).unwrap();
+        std::fs::write(root.join("w/someone's"), "x").unwrap();
+        drop(dirs);
+        assert_eq!(listing(root), ["a", "w"]);
+        assert_eq!(listing(&root.join("w")), ["someone's"]);
+        assert!(!created().iter().any(|p| p.starts_with(root)), "still recorded");
+        // Nothing to create: nothing listed.
+        let mut dirs = OutputDirs::default();
+        dirs.create_parents(&root.join("a/out")).unwrap();
+        dirs.create_parents(Path::new("relative-in-the-working-directory")).unwrap();
+        assert!(dirs.keep().is_empty());
+    }
+
+    #[test]
+    fn output_directories_are_not_made_through_files_or_dangling_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::write(root.join("file"), "x").unwrap();
+        std::os::unix::fs::symlink(root.join("nowhere"), root.join("dangling")).unwrap();
+        std::fs::create_dir(root.join("real")).unwrap();
+        std::os::unix::fs::symlink(root.join("real"), root.join("link")).unwrap();
+        let mut dirs = OutputDirs::default();
+        let e = chain(&dirs.create_parents(&root.join("file/sub/out")).unwrap_err());
+        assert!(e.contains("file: cannot create the output here: not a directory"), "{e}");
+        let e = chain(&dirs.create_parents(&root.join("dangling/sub/out")).unwrap_err());
+        assert!(e.contains("dangling: cannot create the output here: not a directory"), "{e}");
+        assert!(!root.join("nowhere").exists(), "created through a dangling link");
+        // A link to a directory is that directory.
+        dirs.create_parents(&root.join("link/sub/out")).unwrap();
+        assert_eq!(dirs.keep(), [root.join("link/sub")]);
+        assert!(root.join("real/sub").is_dir());
+    }
+
+    #[test]
+    fn concurrent_commands_creating_one_directory_both_go_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("p/q/r/out");
+        let barrier = std::sync::Barrier::new(8);
+        let made: Vec<Vec<PathBuf>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut dirs = OutputDirs::default();
+                        barrier.wait();
+                        dirs.create_parents(&target).unwrap();
+                        dirs.keep()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // Each level was made by exactly one of them.
+        let mut all: Vec<PathBuf> = made.into_iter().flatten().collect();
+        all.sort();
+        assert_eq!(all, [tmp.path().join("p"), tmp.path().join("p/q"), tmp.path().join("p/q/r")]);
+    }
+
+    #[test]
+    fn a_staged_file_remakes_a_directory_removed_under_it() {
+        // Another run that had created the directory failed and removed it, empty, meanwhile.
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("gone/out");
+        StagedFile::with_bytes(&target, b"x").unwrap().publish().unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"x");
     }
 
     #[test]

@@ -336,8 +336,9 @@ fn publish(work: StagedDir, out: &Path, replace: bool) -> Result<()> {
     })
 }
 
-/// Runs the whole pipeline and returns the report.
-pub fn run(opts: &RunOptions) -> Result<Report> {
+/// Runs the whole pipeline; returns the report and the missing directories created above
+/// `opts.out`, parents first.
+pub fn run(opts: &RunOptions) -> Result<(Report, Vec<PathBuf>)> {
     // `out/` and `out/.` make the kernel follow a symbolic link at `out`: check and publish `out`
     // itself, so that a link there is refused before any work.
     let out: PathBuf = opts.out.components().collect();
@@ -357,8 +358,8 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
     refuse_holding_inputs(&out, &named)?;
     let stamps = Stamps::of(&read)?;
 
-    let parent = crate::fs::parent_dir(&out).to_path_buf();
-    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let mut dirs = crate::fs::OutputDirs::default();
+    dirs.create_parents(&out)?;
     let work = StagedDir::beside(&out, "swa-run")?;
 
     let names = inputs::labels(&found);
@@ -400,5 +401,5 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
     write_outputs(work.path(), &swa, &report, &selected, opts)?;
     stamps.check()?;
     publish(work, &out, replace)?;
-    Ok(report)
+    Ok((report, dirs.keep()))
 }

@@ -483,6 +483,9 @@ pub struct LayerSummary {
 pub struct RecalibrateSummary {
     /// Outputs written.
     pub outputs: Vec<PathBuf>,
+    /// The missing directories created for them, parents first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub created_dirs: Vec<PathBuf>,
     /// Statistics mode.
     pub stats: StatsMode,
     /// Device.
@@ -646,17 +649,21 @@ pub fn metadata(pass: &PassOptions, result: &PassResult, sources: &[&Path]) -> B
     m
 }
 
-/// Checks every output before any work: each can be written as a regular file, none is an input
-/// (`read`), and no two are one file. The model's external data (`X.data`) counts as an output.
-fn check_outputs(opts: &RecalibrateOptions, read: &[&Path]) -> Result<()> {
+/// Checks every output before any work: each can be written as a regular file (its missing
+/// directories are created), none is an input (`read`), and no two are one file. The model's
+/// external data (`X.data`) counts as an output.
+fn check_outputs(opts: &RecalibrateOptions, read: &[&Path]) -> Result<crate::fs::OutputDirs> {
     let data = crate::onnx::data_file(&opts.output);
     let mut outputs: Vec<&Path> = vec![&opts.output, &data];
     outputs.extend(opts.save_weights.as_deref());
+    let mut dirs = crate::fs::OutputDirs::default();
     for o in &outputs {
+        dirs.create_parents(o)?;
         crate::fs::check_output(o)?;
         crate::fs::refuse_overwrite(o, read)?;
     }
-    crate::fs::refuse_same_output(&outputs)
+    crate::fs::refuse_same_output(&outputs)?;
+    Ok(dirs)
 }
 
 /// Recalibrates as `opts` says: nothing is written unless every step succeeds.
@@ -678,7 +685,7 @@ pub fn recalibrate_from(
     let mut all_read: Vec<&Path> = binder.model().files().iter().map(PathBuf::as_path).collect();
     all_read.extend(weights.iter().flat_map(|w| w.files()));
     all_read.extend(read);
-    check_outputs(opts, &all_read)?;
+    let dirs = check_outputs(opts, &all_read)?;
     let stamps = Stamps::of(&all_read)?;
     let mut sources: Vec<&Path> = vec![&opts.model];
     sources.extend(opts.weights.as_deref());
@@ -702,6 +709,7 @@ pub fn recalibrate_from(
     let binding = prepared.bound.binding.unwrap_or_default();
     Ok(RecalibrateSummary {
         outputs,
+        created_dirs: dirs.keep(),
         stats: opts.pass.stats,
         device: opts.pass.engine.device.to_string(),
         samples: result.samples,

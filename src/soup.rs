@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::checkpoint::{dtype, Checkpoint, TensorSpec};
 use crate::error::{Error, Result};
 use crate::evaluate::{self, EvalOptions, Metrics};
-use crate::fs::{check_output, refuse_overwrite, refuse_same_output, Outputs, Stamps};
+use crate::fs::{check_output, refuse_overwrite, refuse_same_output, OutputDirs, Outputs, Stamps};
 use crate::inputs::{self, CheckpointFile, Selection};
 use crate::onnx::bind::{Binder, Bound};
 use crate::onnx::bn;
@@ -148,6 +148,9 @@ pub struct SoupSummary {
     pub n_models: u64,
     /// Files written.
     pub outputs: Vec<PathBuf>,
+    /// The missing directories created for them, parents first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub created_dirs: Vec<PathBuf>,
     /// Wall time.
     pub seconds: f64,
 }
@@ -271,8 +274,9 @@ fn no_worse(new: &Metrics, current: &Metrics) -> bool {
         || (new.correct == current.correct && comparable_loss(new) <= comparable_loss(current))
 }
 
-/// Checks the outputs, and that the select and test splits are not one file.
-fn check_files(opts: &SoupOptions, read: &[&Path]) -> Result<Vec<String>> {
+/// Checks the outputs (creating their missing directories), and that the select and test splits
+/// are not one file.
+fn check_files(opts: &SoupOptions, read: &[&Path], dirs: &mut OutputDirs) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
     let ext = opts.output.extension().and_then(|e| e.to_str()).unwrap_or_default();
     if ext != "safetensors" {
@@ -286,6 +290,7 @@ fn check_files(opts: &SoupOptions, read: &[&Path]) -> Result<Vec<String>> {
     outputs.extend(opts.onnx_output.as_deref());
     outputs.extend(data.as_deref());
     for o in &outputs {
+        dirs.create_parents(o)?;
         check_output(o)?;
         refuse_overwrite(o, read)?;
     }
@@ -348,7 +353,8 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
         read.push(&e.inputs);
         read.extend(e.labels.as_deref());
     }
-    let warnings = check_files(opts, &read)?;
+    let mut dirs = OutputDirs::default();
+    let warnings = check_files(opts, &read, &mut dirs)?;
     let stamps = Stamps::of(&read)?;
     let kitchen = Kitchen { opts, binder, recalibrate };
 
@@ -477,6 +483,7 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
         },
         n_models: kept.len() as u64,
         outputs,
+        created_dirs: dirs.keep(),
         seconds: started.elapsed().as_secs_f64(),
     };
     Ok((summary, warnings))

@@ -83,17 +83,21 @@ macro_rules! each_float {
     };
 }
 
-/// One branch-free pass: add `weight ×` each value to the f64 accumulator, and OR together
-/// whether any exponent is all ones (Inf or NaN). The loops vectorise.
+/// One branch-free pass: add `weight ×` each value to the f64 accumulator (or, for the first
+/// input, store it there). The loops vectorise.
 macro_rules! fused {
-    ($values:expr, $weight:expr, $acc:expr, $float:ty, |$v:ident| $decode:expr) => {{
-        let mut bad = false;
-        for (a, $v) in $acc.iter_mut().zip($values) {
-            let x: f32 = $decode;
-            bad |= x.to_bits() & 0x7f80_0000 == 0x7f80_0000;
-            *a += $weight * x as $float;
+    ($values:expr, $weight:expr, $acc:expr, $first:expr, |$v:ident| $decode:expr) => {{
+        if $first {
+            for (a, $v) in $acc.iter_mut().zip($values) {
+                let x: f64 = $decode;
+                *a = $weight * x;
+            }
+        } else {
+            for (a, $v) in $acc.iter_mut().zip($values) {
+                let x: f64 = $decode;
+                *a += $weight * x;
+            }
         }
-        bad
     }};
 }
 
@@ -113,20 +117,34 @@ macro_rules! dispatch {
     }};
 }
 
-/// The fused loop for 16-bit floats (bf16, f16), accumulating in `$float`.
+/// The fused loop for 16-bit floats (bf16, f16).
 macro_rules! fused_16bit {
-    ($dtype:expr, $bytes:expr, $weight:expr, $acc:expr, $float:ty) => {
+    ($dtype:expr, $bytes:expr, $weight:expr, $acc:expr, $first:expr) => {
         match ($dtype, as_u16($bytes)) {
-            (Dtype::BF16, Some(v)) => fused!(v, $weight, $acc, $float, |b| f32::from_bits((*b as u32) << 16)),
-            (Dtype::BF16, None) => fused!($bytes.chunks_exact(2), $weight, $acc, $float, |c| f32::from_bits(
+            (Dtype::BF16, Some(v)) => fused!(v, $weight, $acc, $first, |b| f32::from_bits((*b as u32) << 16) as f64),
+            (Dtype::BF16, None) => fused!($bytes.chunks_exact(2), $weight, $acc, $first, |c| f32::from_bits(
                 (u16::from_le_bytes([c[0], c[1]]) as u32) << 16
-            )),
-            (Dtype::F16, _) => {
-                fused!($bytes.chunks_exact(2), $weight, $acc, $float, |c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            ) as f64),
+            (Dtype::F16, Some(v)) => fused!(v, $weight, $acc, $first, |h| f16_to_f32(*h) as f64),
+            (Dtype::F16, None) => {
+                fused!($bytes.chunks_exact(2), $weight, $acc, $first, |c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))
+                    as f64)
             }
             (other, _) => unreachable!("not a 16-bit float dtype: {other:?}"),
         }
     };
+}
+
+/// An f16 as f32, exactly; branch-free, so that loops over it vectorise (`half`'s conversion
+/// checks for F16C at every call). The exponent and mantissa bits shifted into place are the f32
+/// 2^-112 times the value (subnormals included), so a multiplication by 2^112 rebiases them.
+#[inline(always)]
+fn f16_to_f32(h: u16) -> f32 {
+    let x = u32::from(h);
+    let shifted = (x & 0x7fff) << 13;
+    let magnitude = (f32::from_bits(shifted) * f32::from_bits(0x7780_0000)).to_bits();
+    let magnitude = if shifted >= 0x0f80_0000 { shifted | 0x7f80_0000 } else { magnitude };
+    f32::from_bits(magnitude | ((x & 0x8000) << 16))
 }
 
 /// The bytes as little-endian u16 values without copying, when aligned (as buffers from the
@@ -138,21 +156,13 @@ fn as_u16(bytes: &[u8]) -> Option<&[u16]> {
 }
 
 #[inline(always)]
-fn accumulate_any(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64]) -> bool {
+fn accumulate_any(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64], first: bool) {
     match dtype {
-        Dtype::BF16 | Dtype::F16 => fused_16bit!(dtype, bytes, weight, acc, f64),
+        Dtype::BF16 | Dtype::F16 => fused_16bit!(dtype, bytes, weight, acc, first),
         Dtype::F32 => {
-            fused!(bytes.chunks_exact(4), weight, acc, f64, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            fused!(bytes.chunks_exact(4), weight, acc, first, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
         }
-        Dtype::F64 => {
-            let mut bad = false;
-            for (a, c) in acc.iter_mut().zip(bytes.chunks_exact(8)) {
-                let x = f64::from_le_bytes(c.try_into().unwrap());
-                bad |= !x.is_finite();
-                *a += weight * x;
-            }
-            bad
-        }
+        Dtype::F64 => fused!(bytes.chunks_exact(8), weight, acc, first, |c| f64::from_le_bytes(c.try_into().unwrap())),
         other => unreachable!("not a float dtype: {other:?}"),
     }
 }
@@ -161,93 +171,132 @@ fn accumulate_any(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64]) -> b
 /// results are identical with and without it).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn accumulate_avx2(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64]) -> bool {
-    accumulate_any(dtype, bytes, weight, acc)
+fn accumulate_avx2(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64], first: bool) {
+    accumulate_any(dtype, bytes, weight, acc, first)
 }
 
-/// `acc[i] += weight * x[i]` for the float tensor bytes `bytes`; returns the index of the first
-/// non-finite input value, if any.
-pub fn accumulate(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64]) -> Option<usize> {
-    let bad = dispatch!(accumulate_any, accumulate_avx2, dtype, bytes, weight, acc);
-    bad.then(|| first_nonfinite(dtype, bytes)).flatten()
+/// `acc[i] += weight * x[i]` for the float tensor bytes `bytes`, or `acc[i] = weight * x[i]` for the
+/// `first` input. NaN and Inf carry through: a NaN or Inf input (even with weight zero) makes its
+/// sums NaN or Inf, so callers look for non-finite inputs only where a sum is one.
+pub fn accumulate(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64], first: bool) {
+    dispatch!(accumulate_any, accumulate_avx2, dtype, bytes, weight, acc, first)
 }
 
+/// `v` rounded once to the nearest bf16 (ties to even), as the f64 of that bf16: `as f32` is then
+/// exact, and so are the top 16 bits of the f32 (NaN stays a quiet NaN; beyond bf16's range the
+/// result is at least 2^128, which becomes Inf). Rounding through f32 instead would round twice
+/// (an f64 just above a halfway point between two bf16 values can become that halfway point in
+/// f32, then go to even), and `half`'s `bf16::from_f64` ignores the low 32 bits of the mantissa.
 #[inline(always)]
-fn accumulate_narrow_any(dtype: Dtype, bytes: &[u8], weight: f32, acc: &mut [f32]) -> bool {
-    fused_16bit!(dtype, bytes, weight, acc, f32)
+fn round_bf16(v: f64) -> f64 {
+    round_to::<7>(v, pow2(-126), pow2(130))
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn accumulate_narrow_avx2(dtype: Dtype, bytes: &[u8], weight: f32, acc: &mut [f32]) -> bool {
-    accumulate_narrow_any(dtype, bytes, weight, acc)
-}
-
-/// [`accumulate`] for 16-bit floats (bf16, f16) into an f32 accumulator: their 8 or 11 bits of
-/// mantissa are far below f32's 24, and the narrower accumulator halves the memory traffic.
-pub fn accumulate_narrow(dtype: Dtype, bytes: &[u8], weight: f32, acc: &mut [f32]) -> Option<usize> {
-    let bad = dispatch!(accumulate_narrow_any, accumulate_narrow_avx2, dtype, bytes, weight, acc);
-    bad.then(|| first_nonfinite(dtype, bytes)).flatten()
-}
-
-/// True for the dtypes averaged with an f32 accumulator ([`accumulate_narrow`]).
-pub fn is_narrow(dtype: Dtype) -> bool {
-    matches!(dtype, Dtype::BF16 | Dtype::F16)
-}
-
+/// `v` rounded once to the nearest f16 (ties to even), as the f64 of that f16 (at least 2^16
+/// beyond f16's range, which [`f16_bits`] makes Inf). `half`'s `f16::from_f64` rounds through f32
+/// (twice) where the CPU has F16C.
 #[inline(always)]
-fn encode_f32_any(dtype: Dtype, values: &[f32], out: &mut [u8]) {
-    match dtype {
-        Dtype::F32 => out.chunks_exact_mut(4).zip(values).for_each(|(o, v)| o.copy_from_slice(&v.to_le_bytes())),
-        Dtype::F64 => {
-            out.chunks_exact_mut(8).zip(values).for_each(|(o, v)| o.copy_from_slice(&(*v as f64).to_le_bytes()))
-        }
-        Dtype::F16 => {
-            out.chunks_exact_mut(2).zip(values).for_each(|(o, v)| o.copy_from_slice(&f16::from_f32(*v).to_le_bytes()))
-        }
-        Dtype::BF16 => write_bf16(out, values.iter().copied()),
-        other => unreachable!("not a float dtype: {other:?}"),
-    }
+fn round_f16(v: f64) -> f64 {
+    round_to::<10>(v, pow2(-14), pow2(18))
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn encode_f32_avx2(dtype: Dtype, values: &[f32], out: &mut [u8]) {
-    encode_f32_any(dtype, values, out)
+/// 2^e for a normal f64.
+const fn pow2(e: i64) -> f64 {
+    f64::from_bits(((1023 + e) as u64) << 52)
 }
 
-/// Encodes f32 values as `dtype` into `out` (which holds exactly `values.len()` elements).
-pub fn encode_f32(dtype: Dtype, values: &[f32], out: &mut [u8]) {
-    dispatch!(encode_f32_any, encode_f32_avx2, dtype, values, out)
-}
-
-/// Writes `values` rounded to bf16 into `out`, as `u16` lanes when `out` is aligned.
+/// `v` rounded to nearest, ties to even, to a binary float with `MANTISSA` stored bits whose normal
+/// numbers start at `min_normal`, for `v` up to `big` (beyond it, the result is beyond the format's
+/// range too). Branch-free, so that loops over it vectorise: adding `C = ±2^(e + 52 − MANTISSA)`,
+/// where 2^e is `v`'s binade (or `min_normal` below it), leaves exactly the bits the format keeps,
+/// rounded by the FPU's own round-to-nearest-even; subtracting `C` again is exact. NaN and Inf come
+/// through (the binade is clamped to `big`, so C stays finite).
 #[inline(always)]
-fn write_bf16(out: &mut [u8], values: impl Iterator<Item = f32>) {
+fn round_to<const MANTISSA: u32>(v: f64, min_normal: f64, big: f64) -> f64 {
+    const SIGN: u64 = 1 << 63;
+    let bits = v.to_bits();
+    let binade = f64::from_bits(bits & 0x7ff0_0000_0000_0000);
+    let binade = if binade < min_normal { min_normal } else { binade };
+    let binade = if binade > big { big } else { binade };
+    let c = f64::from_bits((binade * (1u64 << (52 - MANTISSA)) as f64).to_bits() | (bits & SIGN));
+    // x − x is +0: the sign bit ORed back keeps −0 and the negative values that round to zero.
+    f64::from_bits(((v + c) - c).to_bits() | (bits & SIGN))
+}
+
+/// The bf16 bits of an f64 that [`round_bf16`] returned.
+#[inline(always)]
+fn bf16_of_rounded(r: f64) -> u16 {
+    ((r as f32).to_bits() >> 16) as u16
+}
+
+/// The f16 bits of an f64 that [`round_f16`] returned: an f16 value, or beyond f16's range (Inf),
+/// or NaN.
+#[inline(always)]
+fn f16_bits(r: f64) -> u16 {
+    let f = r as f32;
+    let x = f.to_bits();
+    let sign = ((x >> 16) & 0x8000) as u16;
+    let abs = x & 0x7fff_ffff;
+    // Rebias the exponent from f32's 127 to f16's 15 and keep the top 10 mantissa bits.
+    let normal = (abs >> 13).wrapping_sub(112 << 10) as u16;
+    // Below 2^-14 (f32 bits 0x3880_0000), a whole number of 2^-24: added to 0.5 (whose unit in the
+    // last place is 2^-24), that number is the low bits.
+    let subnormal = (f32::from_bits(abs) + 0.5).to_bits().wrapping_sub(0x3f00_0000) as u16;
+    let bits = if abs > 0x7f80_0000 {
+        0x7e00
+    } else if abs >= 0x4780_0000 {
+        0x7c00
+    } else if abs < 0x3880_0000 {
+        subnormal
+    } else {
+        normal
+    };
+    sign | bits
+}
+
+/// Writes 16-bit values into `out`, as `u16` lanes when `out` is aligned.
+#[inline(always)]
+fn write_u16(out: &mut [u8], values: impl Iterator<Item = u16>) {
     // SAFETY: every bit pattern is a valid u16; `align_to_mut` only yields the aligned middle.
     match unsafe { out.align_to_mut::<u16>() } {
-        ([], mid, []) if cfg!(target_endian = "little") => {
-            mid.iter_mut().zip(values).for_each(|(o, v)| *o = bf16_bits(v))
-        }
-        _ => out.chunks_exact_mut(2).zip(values).for_each(|(o, v)| o.copy_from_slice(&bf16_bits(v).to_le_bytes())),
+        ([], mid, []) if cfg!(target_endian = "little") => mid.iter_mut().zip(values).for_each(|(o, v)| *o = v),
+        _ => out.chunks_exact_mut(2).zip(values).for_each(|(o, v)| o.copy_from_slice(&v.to_le_bytes())),
     }
 }
 
-/// Rounds an f32 to the nearest bf16 (ties to even), keeping NaN a NaN; branch-free so it vectorises.
-fn bf16_bits(f: f32) -> u16 {
-    let x = f.to_bits();
-    let nan = (x & 0x7fff_ffff) > 0x7f80_0000;
-    let rounded = (x.wrapping_add(0x7fff + ((x >> 16) & 1)) >> 16) as u16;
-    if nan {
-        ((x >> 16) | 0x40) as u16
-    } else {
-        rounded
+/// Whether the exponent bits (`mask`) of any little-endian value are all ones; branch-free, so
+/// that it vectorises.
+macro_rules! any_exponent_all_ones {
+    ($bytes:expr, $width:literal, $int:ty, $mask:expr) => {
+        $bytes
+            .chunks_exact($width)
+            .fold(false, |bad, c| bad | (<$int>::from_le_bytes(c.try_into().unwrap()) & $mask == $mask))
+    };
+}
+
+#[inline(always)]
+fn any_nonfinite_any(dtype: Dtype, bytes: &[u8]) -> bool {
+    match (dtype, as_u16(bytes)) {
+        (Dtype::BF16, Some(v)) => v.iter().fold(false, |bad, x| bad | (x & 0x7f80 == 0x7f80)),
+        (Dtype::F16, Some(v)) => v.iter().fold(false, |bad, x| bad | (x & 0x7c00 == 0x7c00)),
+        (Dtype::BF16, None) => any_exponent_all_ones!(bytes, 2, u16, 0x7f80),
+        (Dtype::F16, None) => any_exponent_all_ones!(bytes, 2, u16, 0x7c00),
+        (Dtype::F32, _) => any_exponent_all_ones!(bytes, 4, u32, 0x7f80_0000),
+        (Dtype::F64, _) => any_exponent_all_ones!(bytes, 8, u64, 0x7ff0_0000_0000_0000),
+        _ => false,
     }
 }
 
-/// Index of the first non-finite value of a float tensor's bytes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn any_nonfinite_avx2(dtype: Dtype, bytes: &[u8]) -> bool {
+    any_nonfinite_any(dtype, bytes)
+}
+
+/// Index of the first non-finite value of a float tensor's bytes (a vectorised pass says whether
+/// there is one before a scalar one finds it).
 pub fn first_nonfinite(dtype: Dtype, bytes: &[u8]) -> Option<usize> {
-    if !is_float(dtype) {
+    if !is_float(dtype) || !dispatch!(any_nonfinite_any, any_nonfinite_avx2, dtype, bytes) {
         return None;
     }
     each_float!(dtype, bytes, |i, v| {
@@ -272,19 +321,35 @@ pub fn to_f64(dtype: Dtype, bytes: &[u8]) -> Vec<f64> {
     out
 }
 
-/// Encodes `values` as `dtype` into `out` (which holds exactly `values.len()` elements).
-pub fn encode(dtype: Dtype, values: &[f64], out: &mut [u8]) {
+#[inline(always)]
+fn encode_any(dtype: Dtype, values: &[f64], divisor: f64, out: &mut [u8]) {
+    let quotients = values.iter().map(|&v| v / divisor);
     match dtype {
         Dtype::F32 => {
-            out.chunks_exact_mut(4).zip(values).for_each(|(o, v)| o.copy_from_slice(&(*v as f32).to_le_bytes()))
+            out.chunks_exact_mut(4).zip(quotients).for_each(|(o, v)| o.copy_from_slice(&(v as f32).to_le_bytes()))
         }
-        Dtype::F64 => out.chunks_exact_mut(8).zip(values).for_each(|(o, v)| o.copy_from_slice(&v.to_le_bytes())),
-        Dtype::BF16 => write_bf16(out, values.iter().map(|&v| v as f32)),
-        Dtype::F16 => {
-            out.chunks_exact_mut(2).zip(values).for_each(|(o, v)| o.copy_from_slice(&f16::from_f64(*v).to_le_bytes()))
-        }
+        Dtype::F64 => out.chunks_exact_mut(8).zip(quotients).for_each(|(o, v)| o.copy_from_slice(&v.to_le_bytes())),
+        Dtype::BF16 => write_u16(out, quotients.map(|v| bf16_of_rounded(round_bf16(v)))),
+        Dtype::F16 => write_u16(out, quotients.map(|v| f16_bits(round_f16(v)))),
         other => unreachable!("not a float dtype: {other:?}"),
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn encode_avx2(dtype: Dtype, values: &[f64], divisor: f64, out: &mut [u8]) {
+    encode_any(dtype, values, divisor, out)
+}
+
+/// Encodes `values` as `dtype` into `out` (which holds exactly `values.len()` elements), each
+/// rounded once to the nearest value of `dtype`, ties to even (as IEEE 754 and `as f32` round).
+pub fn encode(dtype: Dtype, values: &[f64], out: &mut [u8]) {
+    encode_quotients(dtype, values, 1.0, out)
+}
+
+/// [`encode`] for `values[i] / divisor`: each quotient is rounded to f64, then once to `dtype`.
+pub fn encode_quotients(dtype: Dtype, values: &[f64], divisor: f64, out: &mut [u8]) {
+    dispatch!(encode_any, encode_avx2, dtype, values, divisor, out)
 }
 
 /// Converts float tensor bytes from one float dtype to another.
@@ -314,23 +379,139 @@ mod tests {
     }
 
     #[test]
-    fn accumulate_reports_first_nonfinite() {
+    fn nonfinite_values_carry_through_and_are_found() {
         let mut bytes = Vec::new();
         for v in [1.0f32, f32::NAN, f32::INFINITY] {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
         let mut acc = vec![0.0; 3];
-        assert_eq!(accumulate(Dtype::F32, &bytes, 0.5, &mut acc), Some(1));
+        accumulate(Dtype::F32, &bytes, 0.5, &mut acc, true);
         assert_eq!(acc[0], 0.5);
+        assert!(acc[1].is_nan() && acc[2].is_infinite());
+        accumulate(Dtype::F32, &bytes, 0.0, &mut acc, true);
+        assert!(acc[1].is_nan() && acc[2].is_nan(), "Inf times a zero weight is NaN: {acc:?}");
+        assert_eq!(first_nonfinite(Dtype::F32, &bytes), Some(1));
         assert_eq!(first_nonfinite(Dtype::F32, &bytes[..4]), None);
+        for (dtype, bits) in [(Dtype::BF16, 0xff80u16), (Dtype::F16, 0x7c01)] {
+            // One byte more in front: the slice from it is unaligned for u16 whatever the buffer's address.
+            let mut b = [0u8; 1 + 2 * 41];
+            for from in [0, 1] {
+                assert_eq!(first_nonfinite(dtype, &b[from..from + 2 * 41]), None);
+                b[from + 2 * 37..from + 2 * 38].copy_from_slice(&bits.to_le_bytes());
+                assert_eq!(first_nonfinite(dtype, &b[from..from + 2 * 41]), Some(37), "starting at byte {from}");
+                b.fill(0);
+            }
+        }
     }
 
     #[test]
-    fn bf16_rounding_matches_half() {
-        for x in [1.0f32, 1.003_906_2, 1.005_859_4, -3.3e-5, 65504.0, f32::INFINITY, f32::NAN, 1.0e38, 3.0e38] {
-            let ours = bf16_bits(x);
-            let theirs = bf16::from_f32(x).to_bits();
-            assert!(ours == theirs || (x.is_nan() && bf16::from_bits(ours).is_nan()), "{x}: {ours:#x} vs {theirs:#x}");
+    fn every_f16_decodes_as_half_does() {
+        for h in 0..=u16::MAX {
+            let (ours, theirs) = (f16_to_f32(h), f16::from_bits(h).to_f32());
+            assert!(ours.to_bits() == theirs.to_bits() || (ours.is_nan() && theirs.is_nan()), "{h:#06x}");
+        }
+    }
+
+    /// xorshift64*: enough randomness for sweeping bit patterns, without a dependency.
+    fn bits(state: &mut u64) -> u64 {
+        *state ^= *state >> 12;
+        *state ^= *state << 25;
+        *state ^= *state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn encoded(dtype: Dtype, v: f64) -> u16 {
+        let mut out = [0u8; 2];
+        encode(dtype, &[v], &mut out);
+        u16::from_le_bytes(out)
+    }
+
+    #[test]
+    fn f32_values_encode_as_half_rounds_them() {
+        // `half` rounds f32 to bf16 and f16 correctly (subnormals, overflow to Inf included).
+        let mut state = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..200_000 {
+            let x = match i {
+                0 => 0.0,
+                1 => -0.0,
+                2 => f32::INFINITY,
+                3 => f32::NEG_INFINITY,
+                4 => 65520.0,
+                5 => 65519.996,
+                _ => f32::from_bits(bits(&mut state) as u32),
+            };
+            if x.is_nan() {
+                assert!(bf16::from_bits(encoded(Dtype::BF16, x as f64)).is_nan());
+                assert!(f16::from_bits(encoded(Dtype::F16, x as f64)).is_nan());
+                continue;
+            }
+            assert_eq!(encoded(Dtype::BF16, x as f64), bf16::from_f32(x).to_bits(), "bf16 of {x:e}");
+            assert_eq!(encoded(Dtype::F16, x as f64), f16::from_f32(x).to_bits(), "f16 of {x:e}");
+        }
+    }
+
+    /// `v` rounded to `mantissa` bits, ties to even, by comparing its distances to the two
+    /// neighbours (exact in f64: they are within a factor of two of `v`). Normal range only.
+    fn nearest(v: f64, mantissa: u32) -> f64 {
+        let drop = 52 - mantissa;
+        let toward_zero = v.to_bits() & !((1u64 << drop) - 1);
+        let (lo, hi) = (f64::from_bits(toward_zero), f64::from_bits(toward_zero + (1 << drop)));
+        let (dl, dh) = ((v - lo).abs(), (hi - v).abs());
+        if dl < dh || (dl == dh && toward_zero & (1 << drop) == 0) {
+            lo
+        } else {
+            hi
+        }
+    }
+
+    #[test]
+    fn f64_values_round_once_to_16_bits() {
+        // f64 values near halfway points, with bits below f32's precision: rounding through f32
+        // (or ignoring those bits, as half's from_f64 does) gets these wrong.
+        let above_halfway = 1.0 + 2f64.powi(-8) + 2f64.powi(-40);
+        assert_eq!(encoded(Dtype::BF16, above_halfway), bf16::from_f32(1.0078125).to_bits());
+        assert_eq!(encoded(Dtype::BF16, -above_halfway), bf16::from_f32(-1.0078125).to_bits());
+        assert_eq!(encoded(Dtype::F16, 1.0 + 2f64.powi(-11) + 2f64.powi(-40)), f16::from_f32(1.0009766).to_bits());
+        // Subnormal halfway points, with and without a little more; beyond the range; signed zeros.
+        let p = |e: i32| 2f64.powi(e);
+        for (dtype, half_min, max, inf) in
+            [(Dtype::BF16, p(-134), 3.4e38, 0x7f80), (Dtype::F16, p(-25), 65504.0, 0x7c00)]
+        {
+            assert_eq!(encoded(dtype, half_min), 0, "{dtype:?}: a tie goes to even (zero)");
+            assert_eq!(encoded(dtype, half_min * (1.0 + p(-40))), 1, "{dtype:?}");
+            assert_eq!(encoded(dtype, -(half_min * (1.0 + p(-40)))), 0x8001, "{dtype:?}");
+            assert_eq!(encoded(dtype, 3.0 * half_min), 2, "{dtype:?}: 1.5 units go to even (2)");
+            assert_eq!(encoded(dtype, -1e-300), 0x8000, "{dtype:?}: negative values rounding to zero are -0");
+            assert_eq!(encoded(dtype, -0.0), 0x8000, "{dtype:?}");
+            for big in [max * 1.01, 1e300, f64::MAX, f64::INFINITY] {
+                assert_eq!(encoded(dtype, big), inf, "{dtype:?} of {big:e}");
+                assert_eq!(encoded(dtype, -big), 0x8000 | inf, "{dtype:?} of {:e}", -big);
+            }
+            assert!(to_f64(dtype, &encoded(dtype, f64::NAN).to_le_bytes())[0].is_nan());
+        }
+        let mut state = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..200_000 {
+            let r = bits(&mut state);
+            // A random exponent in each format's normal range, a random mantissa, sometimes one
+            // just around a halfway point.
+            for (dtype, mantissa, exponents) in [(Dtype::BF16, 7u32, -126..127i32), (Dtype::F16, 10, -14..16)] {
+                let e = exponents.start + (r >> 56) as i32 % (exponents.end - exponents.start);
+                let mut m = r & 0x000f_ffff_ffff_ffff;
+                if r & (1 << 55) != 0 {
+                    // keep the rounding bit set, and only a few bits below it (or none)
+                    let drop = 52 - mantissa;
+                    m = (m & !((1 << drop) - 1)) | (1 << (drop - 1)) | (((r >> 53) & 3) * (r & 1));
+                }
+                let v = f64::from_bits((((e + 1023) as u64) << 52) | m);
+                let v = if r & (1 << 54) != 0 { -v } else { v };
+                let want = nearest(v, mantissa);
+                let want = if dtype == Dtype::BF16 {
+                    bf16::from_f32(want as f32).to_bits()
+                } else {
+                    f16::from_f32(want as f32).to_bits()
+                };
+                assert_eq!(encoded(dtype, v), want, "{dtype:?} of {v:e} ({:#x})", v.to_bits());
+            }
         }
     }
 

@@ -98,7 +98,7 @@ fn run_command(a: &RunArgs, quiet: bool) -> Result<Outcome> {
             warn!("swa: warning: {w}");
         }
     }
-    let r = pipeline::run(&a.options(quiet)?)?;
+    let (r, created) = pipeline::run(&a.options(quiet)?)?;
     for (model, n) in r.nonfinite() {
         warn_nonfinite(&model, n, r.eval_samples);
     }
@@ -106,9 +106,11 @@ fn run_command(a: &RunArgs, quiet: bool) -> Result<Outcome> {
     let code = a.min_accuracy.is_some_and(|m| gated.top1 < m || gated.nonfinite > 0) as u8;
     let mut stdout = if a.json { r.json() + "\n" } else { report::markdown(&r) };
     if !a.json {
+        stdout.push('\n');
+        render::created(&mut stdout, &created);
         let _ = writeln!(
             stdout,
-            "\nwrote {}/{{swa.safetensors,model_swa.onnx,report.json,report.md,report.html}}",
+            "wrote {}/{{swa.safetensors,model_swa.onnx,report.json,report.md,report.html}}",
             a.out.display()
         );
     }
@@ -140,11 +142,14 @@ fn evaluate_command(a: &EvaluateArgs, quiet: bool) -> Result<Outcome> {
         let read: Vec<&std::path::Path> = read.iter().map(PathBuf::as_path).collect();
         let bound = binder.bind(weights, a.allow_partial)?;
         let p = partial::eval::evaluate_part(&bound.model, identity, &opts, a.shard.unwrap_or(partial::Part::WHOLE))?;
-        partial::eval::write(&p, out, &read)?;
+        let created = partial::eval::write(&p, out, &read)?;
         let stdout = if a.json {
             json(&p)
         } else {
-            format!("part {}: {} samples from sample {}\nwrote {}\n", p.shard, p.samples, p.first_sample, out.display())
+            let mut o = format!("part {}: {} samples from sample {}\n", p.shard, p.samples, p.first_sample);
+            render::created(&mut o, &created);
+            let _ = writeln!(o, "wrote {}", out.display());
+            o
         };
         return Ok(Outcome { stdout, code: 0 });
     }

@@ -108,13 +108,22 @@ pub fn average(s: &AverageSummary) -> String {
         s.seconds,
         indicatif::HumanBytes(rate)
     );
-    wrote(&mut o, &s.outputs);
+    wrote(&mut o, &s.created_dirs, &s.outputs);
     o
 }
 
-fn wrote(o: &mut String, outputs: &[std::path::PathBuf]) {
+/// The directories created for the outputs, then the outputs.
+fn wrote(o: &mut String, created_dirs: &[std::path::PathBuf], outputs: &[std::path::PathBuf]) {
+    created(o, created_dirs);
     for p in outputs {
         let _ = writeln!(o, "wrote {}", p.display());
+    }
+}
+
+/// `created directory out/`, one line per directory created for the outputs, parents first.
+pub fn created(o: &mut String, dirs: &[std::path::PathBuf]) {
+    for d in dirs {
+        let _ = writeln!(o, "created directory {}/", d.display());
     }
 }
 
@@ -148,7 +157,7 @@ pub fn recalibrate(s: &RecalibrateSummary) -> String {
         ),
         None => writeln!(o, "{:.0} samples/s", s.samples_per_second),
     };
-    wrote(&mut o, &s.outputs);
+    wrote(&mut o, &s.created_dirs, &s.outputs);
     o
 }
 
@@ -160,7 +169,7 @@ pub fn partial_stats(s: &PartialStatsSummary) -> String {
         "part {}: {} BatchNorm layers, {} of {} samples in {} batches ({} statistics), {:.0} samples/s",
         s.shard, s.layers, s.samples, s.total_samples, s.batches, s.stats, s.samples_per_second
     );
-    wrote(&mut o, std::slice::from_ref(&s.output));
+    wrote(&mut o, &s.created_dirs, std::slice::from_ref(&s.output));
     o
 }
 
@@ -259,7 +268,7 @@ pub fn soup(s: &SoupSummary) -> String {
         let _ = writeln!(o, "soup, test split: {}", score(e));
         let _ = writeln!(o, "best single, test split: {}  (soup {:+.2} pp)", score(b), (e.top1 - b.top1) * 100.0);
     }
-    wrote(&mut o, &s.outputs);
+    wrote(&mut o, &s.created_dirs, &s.outputs);
     o
 }
 

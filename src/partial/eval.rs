@@ -65,12 +65,16 @@ pub fn evaluate_part(model: &Model, identity: Identity, opts: &EvalOptions, part
     })
 }
 
-/// Writes `partial` to `path` atomically (pretty JSON).
-pub fn write(partial: &PartialEval, path: &Path, read: &[&Path]) -> Result<()> {
+/// Writes `partial` to `path` atomically (pretty JSON); returns the missing directories it created
+/// for it, parents first.
+pub fn write(partial: &PartialEval, path: &Path, read: &[&Path]) -> Result<Vec<PathBuf>> {
+    let mut dirs = crate::fs::OutputDirs::default();
+    dirs.create_parents(path)?;
     crate::fs::check_output(path)?;
     crate::fs::refuse_overwrite(path, read)?;
     let json = serde_json::to_string_pretty(partial).expect("serialisable") + "\n";
-    crate::fs::StagedFile::with_bytes(path, json.as_bytes())?.publish()
+    crate::fs::StagedFile::with_bytes(path, json.as_bytes())?.publish()?;
+    Ok(dirs.keep())
 }
 
 /// Reads a partial evaluation file.

@@ -54,6 +54,9 @@ pub struct PartialStatsOptions {
 pub struct PartialStatsSummary {
     /// The file written.
     pub output: PathBuf,
+    /// The missing directories created for it, parents first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub created_dirs: Vec<PathBuf>,
     /// The part.
     pub shard: Part,
     /// Statistics mode.
@@ -79,6 +82,8 @@ pub fn write(opts: &PartialStatsOptions) -> Result<PartialStatsSummary> {
     let mut read: Vec<&Path> = binder.model().files().iter().map(PathBuf::as_path).collect();
     read.extend(weights.iter().flat_map(|w| w.files()));
     read.push(&opts.pass.inputs);
+    let mut dirs = crate::fs::OutputDirs::default();
+    dirs.create_parents(&opts.output)?;
     crate::fs::check_output(&opts.output)?;
     crate::fs::refuse_overwrite(&opts.output, &read)?;
     let stamps = crate::fs::Stamps::of(&read)?;
@@ -103,6 +108,7 @@ pub fn write(opts: &PartialStatsOptions) -> Result<PartialStatsSummary> {
     staged.publish()?;
     Ok(PartialStatsSummary {
         output: opts.output.clone(),
+        created_dirs: dirs.keep(),
         shard: opts.part,
         stats: opts.pass.stats,
         layers: names.len(),

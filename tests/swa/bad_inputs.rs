@@ -116,19 +116,68 @@ fn nonfinite_values_error_unless_allowed() {
     let out = dir.path().join("ok.safetensors");
     swa().args(["average", "--allow-nonfinite"]).arg(ck(1)).arg(&bad).arg("-o").arg(&out).assert().success();
     assert!(values(&out, "fc2.weight")[3].is_nan());
+    // A failure once the output's directories are made removes them again.
+    swa()
+        .arg("average")
+        .arg(ck(1))
+        .arg(&bad)
+        .arg("-o")
+        .arg(dir.path().join("new/sub/avg.safetensors"))
+        .assert()
+        .code(2)
+        .stderr(contains("holds a non-finite value"));
+    assert!(!dir.path().join("new").exists(), "the directories made for the output were left");
 }
 
 #[test]
 fn unwritable_output_and_output_equal_to_input() {
     let dir = tmp();
+    // Missing directories are created (and said so); one under a regular file cannot be.
+    let out = dir.path().join("missing/dir/out.safetensors");
     swa()
         .arg("average")
         .arg(ck(1))
         .arg("-o")
-        .arg(dir.path().join("missing/dir/out.safetensors"))
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(contains(format!("created directory {}/\n", dir.path().join("missing").display())))
+        .stdout(contains(format!("created directory {}/\n", dir.path().join("missing/dir").display())));
+    assert!(out.is_file());
+    std::fs::remove_dir_all(dir.path().join("missing")).unwrap();
+    let json = swa().arg("average").arg(ck(1)).arg("--json").arg("-o").arg(&out).assert().success();
+    let s: serde_json::Value = serde_json::from_slice(&json.get_output().stdout).unwrap();
+    assert_eq!(s["created_dirs"], serde_json::json!([dir.path().join("missing"), dir.path().join("missing/dir")]));
+    std::fs::remove_dir_all(dir.path().join("missing")).unwrap();
+    std::fs::write(dir.path().join("file"), "x").unwrap();
+    swa()
+        .arg("average")
+        .arg(ck(1))
+        .arg("-o")
+        .arg(dir.path().join("file/dir/out.safetensors"))
         .assert()
         .code(2)
-        .stderr(contains("missing/dir: cannot create the output here"));
+        .stderr(contains("file: cannot create the output here: not a directory"));
+    assert_eq!(listing(dir.path()), ["file"]);
+    std::fs::remove_file(dir.path().join("file")).unwrap();
+    // A read-only directory (root may write anywhere: not checked then).
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        swa()
+            .arg("average")
+            .arg(ck(1))
+            .arg("-o")
+            .arg(locked.join("new/out.safetensors"))
+            .assert()
+            .code(2)
+            .stderr(contains("locked/new: cannot create the output here: Permission denied"));
+    }
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    assert!(listing(&locked).is_empty());
+    std::fs::remove_dir(&locked).unwrap();
     let copy = dir.path().join("epoch_001.safetensors");
     std::fs::copy(ck(1), &copy).unwrap();
     let before = std::fs::read(&copy).unwrap();
@@ -335,17 +384,18 @@ fn recalibrate_corrupt_onnx_and_missing_runtime() {
         .arg("--inputs")
         .arg(&x)
         .arg("-o")
-        .arg(out.path().join("o.onnx"))
+        .arg(out.path().join("new/sub/o.onnx"))
         .assert()
         .code(2)
         .stderr(contains("ORT_DYLIB_PATH is /nonexistent/libonnxruntime.so, which is not a file"))
         .stderr(contains("pip install onnxruntime"));
-    assert!(listing(out.path()).is_empty());
+    assert!(listing(out.path()).is_empty(), "left behind: {:?}", listing(out.path()));
 }
 
 #[test]
 fn recalibrate_that_cannot_write_its_weights_leaves_no_model() {
     let dir = tmp();
+    std::fs::write(dir.path().join("file"), "x").unwrap();
     swa()
         .args(["recalibrate", "--model"])
         .arg(fixture("mlp/model.onnx"))
@@ -354,11 +404,11 @@ fn recalibrate_that_cannot_write_its_weights_leaves_no_model() {
         .arg("-o")
         .arg(dir.path().join("out.onnx"))
         .arg("--save-weights")
-        .arg(dir.path().join("missing/out.safetensors"))
+        .arg(dir.path().join("file/out.safetensors"))
         .assert()
         .code(2)
-        .stderr(contains("missing: cannot create the output here"));
-    assert!(listing(dir.path()).is_empty(), "left behind: {:?}", listing(dir.path()));
+        .stderr(contains("file: cannot create the output here: not a directory"));
+    assert_eq!(listing(dir.path()), ["file"]);
 }
 
 #[test]

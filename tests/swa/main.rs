@@ -11,6 +11,7 @@ mod install;
 mod properties;
 mod recalibrate;
 mod report;
+mod rounding;
 mod run;
 mod safety;
 mod scale_out;

@@ -139,7 +139,16 @@ fn is_fifo(path: &Path) -> bool {
 
 /// Entries a failed or interrupted write may leave: temporary files and staging directories.
 fn debris(dir: &Path) -> Vec<String> {
-    listing(dir).into_iter().filter(|n| n.ends_with(".partial") || n.starts_with(".swa-run.")).collect()
+    listing_if_any(dir).into_iter().filter(|n| n.ends_with(".partial") || n.starts_with(".swa-run.")).collect()
+}
+
+/// The listing of `dir`, or nothing if it does not exist (yet, or any more).
+fn listing_if_any(dir: &Path) -> Vec<String> {
+    if dir.exists() {
+        listing(dir)
+    } else {
+        Vec::new()
+    }
 }
 
 fn header_of(path: &Path) -> (serde_json::Map<String, serde_json::Value>, Vec<u8>) {
@@ -508,13 +517,14 @@ fn big_checkpoint(path: &Path, n: u64) {
 }
 
 /// Spawns `cmd`, waits until `started(dir listing)` (or the process exits), sends `signal`, and
-/// checks that the process ends within 10 s and leaves no temporary files in `watch`.
+/// checks that the process ends within 10 s and leaves no temporary files in `watch`. Returns
+/// whether the signal was sent (false: the process ended first).
 fn interrupted_leaves_nothing(
     mut cmd: std::process::Command,
     signal: &str,
     watch: &Path,
     started: fn(&[String]) -> bool,
-) {
+) -> bool {
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let t0 = Instant::now();
     let mut exited_early = None;
@@ -524,7 +534,7 @@ fn interrupted_leaves_nothing(
             exited_early = Some(s);
             break;
         }
-        if started(&listing(watch)) {
+        if started(&listing_if_any(watch)) {
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -551,6 +561,7 @@ fn interrupted_leaves_nothing(
     }
     let left = debris(watch);
     assert!(left.is_empty(), "left behind after SIG{signal}: {left:?}");
+    exited_early.is_none()
 }
 
 fn average_big(dir: &Path) -> std::process::Command {
@@ -606,6 +617,19 @@ fn item_6_sigterm_during_run_leaves_no_staging_directory() {
     let dir = tmp();
     let cmd = run_into(dir.path());
     interrupted_leaves_nothing(cmd, "TERM", &dir.path().join("outs"), |l| l.iter().any(|n| n.starts_with(".swa-run.")));
+}
+
+#[cfg(unix)]
+#[test]
+fn item_6_sigterm_during_run_removes_the_directories_made_for_its_output() {
+    let dir = tmp();
+    let inputs = dir.path().join("in");
+    mlp_inputs(&inputs);
+    let deeper = dir.path().join("new/deeper");
+    let cmd = run_mlp_std(dir.path(), &inputs, &deeper.join("report"), &["--recalibrate-each"]);
+    if interrupted_leaves_nothing(cmd, "TERM", &deeper, |l| l.iter().any(|n| n.starts_with(".swa-run."))) {
+        assert_eq!(listing(dir.path()), ["in"], "the directories made for the output were left");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -324,6 +324,42 @@ fn averaged_parts_equal_the_single_average_and_the_index_waits_for_every_shard()
         .stderr(contains("--part 5/6 gets none of the output's 5 shards"));
 }
 
+#[test]
+fn parts_started_together_into_a_new_directory_all_create_it() {
+    let d = tmp();
+    let index = |dir: &str| d.path().join(dir).join("avg.safetensors.index.json");
+    let avg = |out: &Path| {
+        let mut c = swa();
+        c.args(["average", "-q", "--from", "4", "--shard-size", "20KB", "-o"]).arg(out).arg(cnn("checkpoints"));
+        c
+    };
+    avg(&index("one")).assert().success().stdout(contains("created directory"));
+    // Three parts at once, none finding `new/parts`: each makes what is missing, or finds it made.
+    let threads: Vec<_> = (0..3)
+        .map(|i| {
+            let out = index("new/parts");
+            std::thread::spawn(move || {
+                std::process::Command::new(assert_cmd::cargo::cargo_bin("swa"))
+                    .args(["average", "-q", "--from", "4", "--shard-size", "20KB", "--part", &format!("{i}/3"), "-o"])
+                    .arg(out)
+                    .arg(cnn("checkpoints"))
+                    .env_remove("GITHUB_STEP_SUMMARY")
+                    .output()
+                    .unwrap()
+            })
+        })
+        .collect();
+    for t in threads {
+        let o = t.join().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    avg(&index("new/parts")).arg("--merge-parts").assert().success();
+    for name in listing(&d.path().join("one")) {
+        let bytes = |sub: &str| std::fs::read(d.path().join(sub).join(&name)).unwrap();
+        assert_eq!(bytes("one"), bytes("new/parts"), "{name}");
+    }
+}
+
 /// The Ray example on a local cluster of 2 CPUs: the merged model equals `swa recalibrate` on
 /// one machine. Skipped where `import ray` fails, except in CI (`.ci/run` installs ray).
 #[test]
