@@ -26,6 +26,10 @@ use crate::progress;
 /// Elements per work item: 32 Ki elements keep the f64 accumulator (256 KiB) in L2.
 pub const CHUNK: usize = 32 * 1024;
 
+/// Elements of a chunk averaged at a time: their f64 sums (8 KiB) stay in L1 while every input is
+/// added to them and while they are encoded.
+const BLOCK: usize = 1024;
+
 /// How the selected checkpoints are weighted.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum Weighting {
@@ -607,13 +611,22 @@ impl Kernel<'_> {
     /// order, divided once by the weights' sum, and rounded once to the output dtype.
     fn average(&self, item: &Item, spec: &TensorSpec, s: &mut Scratch) -> Result<()> {
         s.wide.resize(item.len, 0.0);
-        for c in 0..self.inputs.checkpoints.len() {
-            let (e, bytes) = self.slice(c, item);
-            dtype::accumulate(e.dtype, bytes, self.inputs.kernel.scaled[c], &mut s.wide, c == 0);
-            self.bar.inc(bytes.len() as u64);
-        }
+        let inputs: Vec<(&TensorEntry, &[u8])> =
+            (0..self.inputs.checkpoints.len()).map(|c| self.slice(c, item)).collect();
         let divisor = self.inputs.kernel.divisor;
-        dtype::encode_quotients(spec.dtype, &s.wide, divisor, &mut s.out);
+        let out_width = dtype::width(spec.dtype);
+        // Block by block, so that the block's sums stay in L1 while every input adds to it and
+        // while they are encoded (the same additions in the same order as a whole chunk at once).
+        for start in (0..item.len).step_by(BLOCK) {
+            let end = (start + BLOCK).min(item.len);
+            let wide = &mut s.wide[start..end];
+            for (c, (e, bytes)) in inputs.iter().enumerate() {
+                let w = dtype::width(e.dtype);
+                dtype::accumulate(e.dtype, &bytes[start * w..end * w], self.inputs.kernel.scaled[c], wide, c == 0);
+            }
+            dtype::encode_quotients(spec.dtype, wide, divisor, &mut s.out[start * out_width..end * out_width]);
+        }
+        self.bar.inc(inputs.iter().map(|(_, b)| b.len() as u64).sum());
         // NaN and Inf inputs carry through the sum (an Inf times a zero weight is NaN), so a
         // finite output means finite inputs, and only a non-finite one needs a closer look.
         if self.allow_nonfinite || dtype::first_nonfinite(spec.dtype, &s.out).is_none() {
