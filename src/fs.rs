@@ -17,6 +17,7 @@
 use std::fs::{File, Permissions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -327,6 +328,26 @@ fn in_dir<T>(dir: &Path, make: impl Fn() -> std::io::Result<T>) -> std::io::Resu
 pub struct StagedFile {
     temp: Option<NamedTempFile>,
     target: PathBuf,
+    /// Bytes written through [`StagedFile::write_at`].
+    written: AtomicU64,
+}
+
+/// Bytes written through [`StagedFile::write_at`] between two requests to start writing the file's
+/// dirty pages to disk.
+const WRITEBACK_STEP: u64 = 32 << 20;
+
+/// Asks the kernel to start writing `file`'s dirty pages to disk, without waiting for them: a hint
+/// (a failure shows at the `fsync` that follows), so that the disk writes while the rest of the
+/// file is computed and [`StagedFile::sync`] waits only for the tail.
+fn start_writeback(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain system call on an open descriptor; offset 0 and length 0 mean the whole file.
+        unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
 }
 
 /// `mode` before the umask: new files are created with `0o666 & !umask`, as by `open(2)`.
@@ -347,7 +368,7 @@ impl StagedFile {
         .map_err(|e| Error::io(dir, std::io::Error::new(e.kind(), format!("cannot create the output here: {e}"))))?;
         list.push(temp.path().to_path_buf());
         drop(list);
-        let staged = StagedFile { temp: Some(temp), target: target.to_path_buf() };
+        let staged = StagedFile { temp: Some(temp), target: target.to_path_buf(), written: AtomicU64::new(0) };
         if let Ok(m) = std::fs::symlink_metadata(target) {
             if m.is_file() {
                 staged.as_file().set_permissions(m.permissions()).map_err(|e| Error::io(target, e))?;
@@ -372,6 +393,20 @@ impl StagedFile {
     /// Where it will be published.
     pub fn target(&self) -> &Path {
         &self.target
+    }
+
+    /// Writes `bytes` at byte `offset` (safe from many threads). Every [`WRITEBACK_STEP`] bytes
+    /// written this way, starts writing the dirty pages to disk without waiting (on Linux), so that
+    /// a large output is mostly on disk when [`StagedFile::sync`] is called.
+    pub fn write_at(&self, bytes: &[u8], offset: u64) -> Result<()> {
+        let file = self.as_file();
+        std::os::unix::fs::FileExt::write_all_at(file, bytes, offset).map_err(|e| Error::io(&self.target, e))?;
+        let n = bytes.len() as u64;
+        let before = self.written.fetch_add(n, Ordering::Relaxed);
+        if before / WRITEBACK_STEP != (before + n) / WRITEBACK_STEP {
+            start_writeback(file);
+        }
+        Ok(())
     }
 
     /// Flushes its data to disk.

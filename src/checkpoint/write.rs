@@ -3,8 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::Dtype;
 
@@ -32,7 +31,6 @@ impl TensorSpec {
 
 /// A safetensors file being written into a temporary file beside its target.
 pub struct SafetensorsWriter {
-    target: PathBuf,
     file: StagedFile,
     offsets: Vec<u64>,
 }
@@ -64,16 +62,12 @@ impl SafetensorsWriter {
         f.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
         f.write_all(&json).map_err(io)?;
         file.as_file().set_len(data_start + offset).map_err(io)?;
-        Ok(SafetensorsWriter {
-            target: target.to_path_buf(),
-            file,
-            offsets: offsets.iter().map(|o| o + data_start).collect(),
-        })
+        Ok(SafetensorsWriter { file, offsets: offsets.iter().map(|o| o + data_start).collect() })
     }
 
     /// Writes `bytes` at byte `at` of tensor number `index`'s data. Safe to call from many threads.
     pub fn write_at(&self, index: usize, at: usize, bytes: &[u8]) -> Result<()> {
-        self.file.as_file().write_all_at(bytes, self.offsets[index] + at as u64).map_err(|e| Error::io(&self.target, e))
+        self.file.write_at(bytes, self.offsets[index] + at as u64)
     }
 
     /// Flushes to disk; the file is complete, ready to publish (alone or with others).

@@ -152,7 +152,7 @@ impl TorchWriter {
                 format!("write of {} bytes at byte {at} of tensor {index} lies outside its data", bytes.len()),
             ));
         };
-        self.file.as_file().write_all_at(bytes, member.data + at as u64).map_err(|e| Error::io(&self.target, e))
+        self.file.write_at(bytes, member.data + at as u64)
     }
 
     /// Computes the storages' CRC-32s from the file, fills them into the headers and flushes to
