@@ -101,8 +101,21 @@ macro_rules! fused {
     }};
 }
 
-/// Calls `$avx2` (the same loops compiled for AVX2) when the CPU has it, else `$any`.
+/// Calls `$avx2` (the same loops compiled for AVX2) when the CPU has it, else `$any`; with
+/// `$avx512` too, that one (compiled for AVX-512) on CPUs with AVX-512 F and BW.
 macro_rules! dispatch {
+    ($any:ident, $avx2:ident, $avx512:ident; $($arg:expr),*) => {{
+        #[cfg(target_arch = "x86_64")]
+        let result = if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the CPU supports AVX-512 F and BW, checked just above.
+            unsafe { $avx512($($arg),*) }
+        } else {
+            dispatch!($any, $avx2, $($arg),*)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let result = $any($($arg),*);
+        result
+    }};
     ($any:ident, $avx2:ident, $($arg:expr),*) => {{
         #[cfg(target_arch = "x86_64")]
         let result = if std::is_x86_feature_detected!("avx2") {
@@ -175,11 +188,18 @@ fn accumulate_avx2(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64], fir
     accumulate_any(dtype, bytes, weight, acc, first)
 }
 
+/// The same loops compiled for AVX-512 (no FMA either).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn accumulate_avx512(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64], first: bool) {
+    accumulate_any(dtype, bytes, weight, acc, first)
+}
+
 /// `acc[i] += weight * x[i]` for the float tensor bytes `bytes`, or `acc[i] = weight * x[i]` for the
 /// `first` input. NaN and Inf carry through: a NaN or Inf input (even with weight zero) makes its
 /// sums NaN or Inf, so callers look for non-finite inputs only where a sum is one.
 pub fn accumulate(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64], first: bool) {
-    dispatch!(accumulate_any, accumulate_avx2, dtype, bytes, weight, acc, first)
+    dispatch!(accumulate_any, accumulate_avx2, accumulate_avx512; dtype, bytes, weight, acc, first)
 }
 
 /// `v` rounded once to the nearest bf16 (ties to even), as the f64 of that bf16: `as f32` is then
@@ -341,6 +361,12 @@ fn encode_avx2(dtype: Dtype, values: &[f64], divisor: impl Divisor, out: &mut [u
     encode_any(dtype, values, divisor, out)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+fn encode_avx512(dtype: Dtype, values: &[f64], divisor: impl Divisor, out: &mut [u8]) {
+    encode_any(dtype, values, divisor, out)
+}
+
 /// Encodes `values` as `dtype` into `out` (which holds exactly `values.len()` elements), each
 /// rounded once to the nearest value of `dtype`, ties to even (as IEEE 754 and `as f32` round).
 pub fn encode(dtype: Dtype, values: &[f64], out: &mut [u8]) {
@@ -353,9 +379,9 @@ pub fn encode_quotients(dtype: Dtype, values: &[f64], divisor: f64, out: &mut [u
     // the loop without the division (a vdivpd per 4 elements, the costliest instruction of an
     // average) is a fifth of the averaging time: uniform averages of 2^k checkpoints divide by 1.
     if divisor == 1.0 {
-        dispatch!(encode_any, encode_avx2, dtype, values, NoDivision, out)
+        dispatch!(encode_any, encode_avx2, encode_avx512; dtype, values, NoDivision, out)
     } else {
-        dispatch!(encode_any, encode_avx2, dtype, values, divisor, out)
+        dispatch!(encode_any, encode_avx2, encode_avx512; dtype, values, divisor, out)
     }
 }
 
