@@ -8,10 +8,18 @@ time to read the same bytes (`cat files > /dev/null`, page cache warm), in the s
 Checkpoints are synthetic transformer-like bf16 safetensors (embedding, attention and MLP
 matrices, norms). Peak anonymous memory (RssAnon, i.e. not the mmap'd file pages) is sampled
 from /proc every 20 ms.
+
+With `--runs N`, `cat`, the I/O limit of an average (`cat` of the inputs, then `dd` of one output's
+bytes into a new file, with and without `conv=fsync`: `swa` syncs its output before renaming it)
+and `swa average` (and `--swa-before`, an older binary whose output must be byte-identical) are
+run N times each, interleaved, with their user and system CPU seconds; medians are reported.
 """
 import argparse
+import filecmp
 import json
 import os
+import resource
+import statistics
 import struct
 import subprocess
 import threading
@@ -49,9 +57,16 @@ def write_checkpoint(path, tensors, seed):
             f.write((x >> 16).astype(np.uint16).tobytes())
 
 
-def measure(cmd, env=None):
-    """Wall time and peak RssAnon (MiB) of a command."""
+def cpu_children():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime, r.ru_stime
+
+
+def measure(cmd, env=None, cpu=None):
+    """Wall time and peak RssAnon (MiB) of a command; with `cpu` (a list), appends its user and
+    system seconds."""
     peak = [0]
+    before = cpu_children()
     t = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
@@ -71,6 +86,9 @@ def measure(cmd, env=None):
     out, err = p.communicate()
     th.join()
     dt = time.perf_counter() - t
+    if cpu is not None:
+        after = cpu_children()
+        cpu.extend([after[0] - before[0], after[1] - before[1]])
     if p.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed: {err.decode()[-2000:]}")
     return dt, peak[0], out
@@ -103,6 +121,10 @@ def main():
     ap.add_argument("--gib", type=float, default=1.0)
     ap.add_argument("--python", default="python3", help="a Python with torch and safetensors, for the baseline")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--runs", type=int, default=0,
+                    help="time cat, the I/O limit and swa this many times each, interleaved, with CPU seconds")
+    ap.add_argument("--swa-before", help="an older swa binary to time in the same interleaved runs")
+    ap.add_argument("--threads", type=int, help="RAYON_NUM_THREADS for swa")
     ap.add_argument("--cold", action="store_true",
                     help="also time cat and swa with the page cache dropped before each run (needs root)")
     args = ap.parse_args()
@@ -118,6 +140,9 @@ def main():
     print(json.dumps({"checkpoints": len(files), "bytes_each": os.path.getsize(files[0]), "tensors": len(tensors), "cores": os.cpu_count()}), flush=True)
 
     subprocess.run(["sh", "-c", "cat \"$@\" > /dev/null", "cat", *files], check=True)  # warm the page cache
+    if args.runs:
+        interleaved(args, files, total)
+        return
     cat = min(measure(["sh", "-c", "cat \"$@\" > /dev/null", "cat", *files])[0] for _ in range(3))
     results = {"cat_seconds": cat, "cat_gb_per_s": total / cat / 1e9}
     out = os.path.join(args.dir, "out")
@@ -157,6 +182,45 @@ def main():
         print(json.dumps({"impl": "pytorch (timm avg_checkpoints style)", "seconds": dt, "peak_anon_mib": peak}), flush=True)
         results.update({"torch_seconds": dt, "torch_peak_anon_mib": peak, "speedup_vs_torch": dt / swa_s})
     print(json.dumps({"summary": True, **{k: round(v, 3) if isinstance(v, float) else v for k, v in results.items()}}), flush=True)
+
+
+def interleaved(args, files, total):
+    """`--runs`: cat, the I/O limit, swa (and swa-before), interleaved; medians of wall, user and
+    system seconds, and the peak RssAnon of swa."""
+    out = os.path.join(args.dir, "out")
+    os.makedirs(out, exist_ok=True)
+    dst = os.path.join(out, "dd.bin")
+    mib = -(-os.path.getsize(files[0]) // 2**20)
+    cat = ["sh", "-c", "cat \"$@\" > /dev/null", "cat", *files]
+    dd = f"dd if=/dev/zero of={dst} bs=1M count={mib} status=none"
+    env = dict(os.environ, **({"RAYON_NUM_THREADS": str(args.threads)} if args.threads else {}))
+    cmds = {"cat": cat,
+            "cat + dd": ["sh", "-c", f"cat \"$@\" > /dev/null; {dd}", "cat", *files],
+            "cat + dd conv=fsync": ["sh", "-c", f"cat \"$@\" > /dev/null; {dd} conv=fsync", "cat", *files]}
+    for label, binary in [("swa before", args.swa_before), ("swa", args.swa)]:
+        if binary:
+            cmds[label] = [binary, "average", "--quiet", *files, "-o", os.path.join(out, f"{label.replace(' ', '-')}.safetensors")]
+    # What each command writes (removed before it runs; never an input).
+    writes = {k: (cmd[-1] if k.startswith("swa") else dst) for k, cmd in cmds.items()}
+    runs = {k: [] for k in cmds}
+    for _ in range(args.runs):
+        for label, cmd in cmds.items():
+            if os.path.exists(writes[label]):
+                os.remove(writes[label])
+            subprocess.run(["sync"], check=True)  # no earlier run's dirty pages in the way
+            cpu = []
+            dt, peak, _ = measure(cmd, env=env, cpu=cpu)
+            runs[label].append((dt, *cpu, peak))
+            print(json.dumps({"impl": label, "seconds": round(dt, 3), "user": round(cpu[0], 3),
+                              "sys": round(cpu[1], 3), "peak_anon_mib": peak}), flush=True)
+    if args.swa_before:
+        same = filecmp.cmp(writes["swa"], writes["swa before"], shallow=False)
+        print(json.dumps({"outputs_identical": same}), flush=True)
+    med = {k: [statistics.median(r[i] for r in v) for i in range(4)] for k, v in runs.items()}
+    summary = {k: {"wall": round(m[0], 3), "user": round(m[1], 3), "sys": round(m[2], 3),
+                   "gb_per_s": round(total / m[0] / 1e9, 2), "cat_over_this": round(med["cat"][0] / m[0], 3),
+                   "peak_anon_mib": max(r[3] for r in runs[k])} for k, m in med.items()}
+    print(json.dumps({"summary": True, "runs": args.runs, "medians": summary}), flush=True)
 
 
 if __name__ == "__main__":
