@@ -165,6 +165,11 @@ impl MetricsAccumulator {
         self.samples
     }
 
+    /// Images skipped so far (not counted in [`Self::samples`]).
+    pub fn skipped(&self) -> usize {
+        self.skipped.len()
+    }
+
     /// The metrics so far.
     pub fn finish(&self) -> Metrics {
         let n = self.samples.max(1) as f64;
@@ -338,6 +343,15 @@ pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(Metr
     })?;
     bar.finish_and_clear();
     acc.skipped = samples.skipped();
+    if acc.samples() == 0 {
+        return Err(Error::format(
+            &opts.inputs,
+            format!(
+                "left no samples to evaluate after skipping {} images that could not be decoded",
+                acc.skipped.len()
+            ),
+        ));
+    }
     Ok((acc, labels.len()))
 }
 

@@ -362,7 +362,7 @@ impl Accumulated {
     pub fn finish(&self) -> PassResult {
         PassResult {
             stats: self.layers.iter().map(Sufficient::finish).collect(),
-            samples: self.samples,
+            samples: self.samples - self.skipped.len().min(self.samples),
             batches: self.batches,
             seconds: self.seconds,
             first_batch_seconds: self.first_batch_seconds,
@@ -451,10 +451,21 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
         Ok(())
     })?;
     bar.finish_and_clear();
+    if seen == 0 || (opts.stats == StatsMode::Torch && seen < 2) {
+        return Err(Error::format(
+            &opts.inputs,
+            format!(
+                "left {seen} samples to run after skipping {} images that could not be decoded: there are no \
+                 statistics to compute",
+                data.skipped().len()
+            ),
+        ));
+    }
     Ok(Accumulated {
         layers: accs.iter().map(|a| a.sufficient()).collect(),
-        samples: seen,
-        batches: batches - range.start,
+        // The range covered, skipped images included: what a part stands for when parts merge.
+        samples: end - first,
+        batches: range.len(),
         total_samples: samples,
         seconds: started.elapsed().as_secs_f64(),
         first_batch_seconds: first_batch.as_secs_f64(),

@@ -68,10 +68,10 @@ pub struct DataArgs {
     #[arg(long, value_name = "N|H,W", value_parser = crop)]
     pub center_crop: Option<(usize, usize)>,
     /// Subtract this mean after scaling to [0, 1]: one value or one per channel (transforms.Normalize).
-    #[arg(long, value_name = "R,G,B", value_parser = floats)]
+    #[arg(long, value_name = "R,G,B", value_parser = floats, allow_negative_numbers = true)]
     pub mean: Option<Channels>,
     /// Divide by this std after subtracting the mean.
-    #[arg(long, value_name = "R,G,B", value_parser = floats)]
+    #[arg(long, value_name = "R,G,B", value_parser = floats, allow_negative_numbers = true)]
     pub std: Option<Channels>,
     /// A named preprocessing; --resize, --center-crop, --mean and --std override its parts.
     #[arg(long, value_enum)]

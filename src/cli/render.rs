@@ -179,7 +179,8 @@ fn data_lines(o: &mut String, preprocessing: Option<&str>, skipped: &[String]) {
         let _ = writeln!(o, "samples: {p}");
     }
     if !skipped.is_empty() {
-        let _ = writeln!(o, "skipped {} images that could not be decoded:", skipped.len());
+        let n = skipped.len();
+        let _ = writeln!(o, "skipped {n} image{} that could not be decoded:", if n == 1 { "" } else { "s" });
         for s in skipped.iter().take(10) {
             let _ = writeln!(o, "  {s}");
         }

@@ -93,7 +93,8 @@ impl Preprocess {
         };
         let mean = expand(&self.mean, 0.0, "the mean")?;
         let std = expand(&self.std, 1.0, "the std")?;
-        if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+        // A std so small that 1 / std overflows would make every value infinite.
+        if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0 && (1.0 / **s).is_finite())) {
             return Err(format!("a std of {s} is not a positive number"));
         }
         if let Some(m) = mean.iter().find(|m| !m.is_finite()) {

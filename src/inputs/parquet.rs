@@ -66,7 +66,7 @@ fn integers(path: &std::path::Path, name: &str, col: &ArrayRef) -> Result<Vec<i6
 
 /// The encoded images of a column: binary, or a struct with a binary `bytes` field (a null
 /// `bytes` is an image stored by path only, which is an error naming the path).
-fn image_bytes(col: &ArrayRef, first_row: usize, name: &dyn Fn(usize) -> String) -> Result<Vec<Vec<u8>>> {
+fn image_bytes(col: &ArrayRef, first_row: usize, name: &dyn Fn(usize) -> String) -> Result<Vec<Result<Vec<u8>>>> {
     // A null image (the whole struct null) is as missing as a null `bytes`.
     let whole = |k: usize| col.is_valid(k);
     let (values, paths): (&ArrayRef, Option<&ArrayRef>) = match col.as_struct_opt() {
@@ -81,14 +81,14 @@ fn image_bytes(col: &ArrayRef, first_row: usize, name: &dyn Fn(usize) -> String)
             .and_then(|p| p.as_string_opt::<i32>().filter(|p| p.is_valid(k)).map(|p| p.value(k).to_string()))
             .map(|p| format!(" (only its path, {p}: swa reads images embedded in the file)"))
             .unwrap_or_default();
-        Error::format(name(first_row + k), format!("has no image bytes{path}"))
+        Error::format(name(first_row + k), format!("has no image (null) bytes{path}"))
     };
     macro_rules! rows {
         ($a:expr) => {{
             let a = $a;
-            (0..a.len())
+            Ok((0..a.len())
                 .map(|k| if whole(k) && a.is_valid(k) { Ok(a.value(k).to_vec()) } else { Err(missing(k)) })
-                .collect()
+                .collect())
         }};
     }
     match values.data_type() {
@@ -105,7 +105,7 @@ fn image_bytes(col: &ArrayRef, first_row: usize, name: &dyn Fn(usize) -> String)
 pub struct Cursor {
     file: usize,
     reader: Option<ParquetRecordBatchReader>,
-    buffered: VecDeque<Vec<u8>>,
+    buffered: VecDeque<Result<Vec<u8>>>,
     /// The set's row of the next buffered (or read) row.
     row: usize,
     batch: usize,
@@ -134,6 +134,27 @@ impl ParquetSet {
             let rows = usize::try_from(b.metadata().file_metadata().num_rows())
                 .map_err(|_| Error::format(path, "has a negative row count"))?;
             starts.push(starts.last().expect("non-empty") + rows);
+            let has_labels = fields.iter().any(|f| f == label_column);
+            if !has_labels && label_column != "label" {
+                return Err(Error::format(
+                    path,
+                    format!("has no label column `{label_column}` (its columns: {})", fields.join(", ")),
+                ));
+            }
+            if labels.is_some() != has_labels && path != &files[0] {
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "{} a label column `{label_column}`, and {} {}: the files of one set must agree",
+                        if has_labels { "has" } else { "has no" },
+                        files[0].display(),
+                        if has_labels { "has none" } else { "has one" }
+                    ),
+                ));
+            }
+            if !has_labels {
+                labels = None;
+            }
             labels = match (labels, fields.iter().position(|f| f == label_column)) {
                 (Some(mut all), Some(l)) => {
                     let mask = ProjectionMask::roots(b.parquet_schema(), [l]);
@@ -170,8 +191,9 @@ impl ParquetSet {
         Ok(Cursor { file: self.file_of(row), reader: None, buffered: VecDeque::new(), row, batch: batch.max(1) })
     }
 
-    /// The next `n` rows' image bytes from `cursor`.
-    pub fn next_rows(&self, mut cursor: Cursor, n: usize) -> Result<(Vec<Vec<u8>>, Cursor)> {
+    /// The next `n` rows' image bytes from `cursor` (a row without an image is an error of its
+    /// own, which `skip_bad_images` may skip).
+    pub fn next_rows(&self, mut cursor: Cursor, n: usize) -> Result<(Vec<Result<Vec<u8>>>, Cursor)> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             if let Some(b) = cursor.buffered.pop_front() {
@@ -212,7 +234,7 @@ impl ParquetSet {
     }
 
     /// The image bytes of rows `from..to`.
-    pub fn read_range(&self, from: usize, to: usize) -> Result<Vec<Vec<u8>>> {
+    pub fn read_range(&self, from: usize, to: usize) -> Result<Vec<Result<Vec<u8>>>> {
         Ok(self.next_rows(self.reader(from, to - from)?, to - from)?.0)
     }
 }

@@ -146,6 +146,7 @@ pub struct Batch {
 }
 
 /// What an image source is: a directory of images with class folders, a flat one, or Parquet.
+/// Hidden entries (`.DS_Store`, `.ipynb_checkpoints`) are not samples or classes.
 fn describe_dir(path: &Path) -> Result<DirKind> {
     let mut subdirs = Vec::new();
     let mut images = 0usize;
@@ -160,7 +161,7 @@ fn describe_dir(path: &Path) -> Result<DirKind> {
         // Follows links, as torchvision's `entry.is_dir()` does.
         let p = entry.path();
         if p.is_dir() {
-            subdirs.push(name);
+            subdirs.push(entry.file_name());
         } else if name.to_lowercase().ends_with(".parquet") {
             parquet.push(p);
         } else if is_image_name(&name) {
@@ -169,11 +170,19 @@ fn describe_dir(path: &Path) -> Result<DirKind> {
             other.push(name);
         }
     }
-    subdirs.sort();
+    // Byte order of the names: Python's order of `str` for UTF-8 names.
+    subdirs.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
     parquet.sort();
     other.sort();
     match (parquet.is_empty(), subdirs.is_empty(), images) {
-        (false, _, 0) => Ok(DirKind::Parquet(parquet)),
+        (false, true, 0) if other.is_empty() => Ok(DirKind::Parquet(one_split(path, parquet)?)),
+        (false, _, 0) => Err(Error::format(
+            path,
+            format!(
+                "holds Parquet files and {}: point at a folder of Parquet files only, or at one file",
+                if other.is_empty() { "folders".to_string() } else { list(&other) }
+            ),
+        )),
         (true, false, 0) => Ok(DirKind::Classes(subdirs, other)),
         (true, true, n) if n > 0 => Ok(DirKind::Flat(other)),
         (true, true, 0) => Err(Error::format(
@@ -192,10 +201,52 @@ fn describe_dir(path: &Path) -> Result<DirKind> {
     }
 }
 
+/// The split a Parquet file's name says it holds, in the Hugging Face layout
+/// (`train-00000-of-00004.parquet` → `train`).
+fn split_of(file: &Path) -> Option<String> {
+    let name = file.file_name()?.to_string_lossy().into_owned();
+    let (split, rest) = name.split_once('-')?;
+    rest.split('-').next().filter(|n| n.bytes().all(|b| b.is_ascii_digit())).map(|_| split.to_string())
+}
+
+/// `files`, unless their names say they hold more than one split (`train-*` and `test-*` side by
+/// side, as the Hub stores them): mixing a training and a held-out split is never what is meant.
+fn one_split(dir: &Path, files: Vec<PathBuf>) -> Result<Vec<PathBuf>> {
+    let mut splits: Vec<String> = files.iter().filter_map(|f| split_of(f)).collect();
+    splits.sort();
+    splits.dedup();
+    if splits.len() > 1 {
+        return Err(Error::format(
+            dir,
+            format!(
+                "holds the Parquet files of {} splits ({}): point at one, e.g. {}",
+                splits.len(),
+                splits.join(", "),
+                dir.join(&splits[0]).display()
+            ),
+        ));
+    }
+    Ok(files)
+}
+
+/// The Parquet files of one split named by a path prefix: `data/train` for
+/// `data/train-00000-of-00004.parquet`, … (`None` when `path` names no such files).
+fn split_files(path: &Path) -> Option<Vec<PathBuf>> {
+    let (dir, split) = (path.parent()?, path.file_name()?.to_str()?);
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet") && split_of(p).as_deref() == Some(split))
+        .collect();
+    files.sort();
+    (!files.is_empty()).then_some(files)
+}
+
 enum DirKind {
     Parquet(Vec<PathBuf>),
     /// Class folder names, sorted; files beside them that are not images.
-    Classes(Vec<String>, Vec<String>),
+    Classes(Vec<std::ffi::OsString>, Vec<String>),
     /// Files that are not images.
     Flat(Vec<String>),
 }
@@ -218,27 +269,32 @@ fn not_images(dir: &Path, names: &[String]) -> Error {
     )
 }
 
+/// The folders below `dir` (itself first, links followed as torchvision follows them). A link
+/// back to a folder it is inside is an error (torchvision would walk it forever); a folder reached
+/// twice by links is walked twice, as torchvision walks it.
+fn folders_below(dir: &Path, ancestors: &mut Vec<PathBuf>, out: &mut Vec<PathBuf>) -> Result<()> {
+    let real = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    if ancestors.contains(&real) {
+        return Err(Error::format(dir, "is a link to a folder it is inside (a loop): remove the link"));
+    }
+    out.push(dir.to_path_buf());
+    ancestors.push(real);
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let p = entry.path();
+        if p.is_dir() && !entry.file_name().to_string_lossy().starts_with('.') {
+            folders_below(&p, ancestors, out)?;
+        }
+    }
+    ancestors.pop();
+    Ok(())
+}
+
 /// The images of one class folder, as torchvision's `make_dataset` walks it: every folder below
 /// it (links followed), folders in order of their path, files sorted by name.
 fn class_images(dir: &Path, class: &str) -> Result<Vec<PathBuf>> {
-    let mut folders = vec![dir.to_path_buf()];
-    let mut i = 0;
-    let mut visited = std::collections::HashSet::new();
-    while i < folders.len() {
-        let folder = folders[i].clone();
-        i += 1;
-        if let Ok(real) = std::fs::canonicalize(&folder) {
-            if !visited.insert(real) {
-                return Err(Error::format(&folder, "is a link back into its own class folder (a loop)"));
-            }
-        }
-        for entry in std::fs::read_dir(&folder).map_err(|e| Error::io(&folder, e))? {
-            let p = entry.map_err(|e| Error::io(&folder, e))?.path();
-            if p.is_dir() {
-                folders.push(p);
-            }
-        }
-    }
+    let mut folders = Vec::new();
+    folders_below(dir, &mut Vec::new(), &mut folders)?;
     folders.sort_by(|a, b| a.as_os_str().as_encoded_bytes().cmp(b.as_os_str().as_encoded_bytes()));
     let mut files = Vec::new();
     for folder in &folders {
@@ -278,7 +334,9 @@ fn class_images(dir: &Path, class: &str) -> Result<Vec<PathBuf>> {
 /// other source); used to check that the train, select and eval sets name the same classes.
 pub fn class_names(path: &Path) -> Option<Vec<String>> {
     match path.is_dir().then(|| describe_dir(path)) {
-        Some(Ok(DirKind::Classes(classes, _))) => Some(classes),
+        Some(Ok(DirKind::Classes(classes, _))) => {
+            Some(classes.iter().map(|c| c.to_string_lossy().into_owned()).collect())
+        }
         _ => None,
     }
 }
@@ -368,11 +426,12 @@ impl Samples {
                     let mut files = Vec::new();
                     let mut labels = Vec::new();
                     for (k, class) in classes.iter().enumerate() {
-                        let found = class_images(&path.join(class), class)?;
+                        let found = class_images(&path.join(class), &class.to_string_lossy())?;
                         labels.extend(std::iter::repeat_n(k as i64, found.len()));
                         files.extend(found);
                     }
-                    (Items::Files(files), Some(labels), Some(classes))
+                    let names = classes.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+                    (Items::Files(files), Some(labels), Some(names))
                 }
                 DirKind::Flat(other) => {
                     if !other.is_empty() {
@@ -386,6 +445,10 @@ impl Samples {
                 path,
                 "is a single image: point at the folder that holds the images (class folders for labels)",
             ));
+        } else if let Some(files) = (!path.exists()).then(|| split_files(path)).flatten() {
+            let set = ParquetSet::open(files, &data.image_column, &data.label_column)?;
+            let labels = set.labels.clone();
+            (Items::Parquet(set), labels, None)
         } else if lower.ends_with(".parquet") {
             let set = ParquetSet::open(vec![path.to_path_buf()], &data.image_column, &data.label_column)?;
             let labels = set.labels.clone();
@@ -460,14 +523,11 @@ impl Samples {
         }
         // The preprocessed size: the crop's, an exact resize's, or else the first image's.
         let pre = &data.preprocess;
-        let size = match (pre.center_crop, pre.resize) {
-            (Some(crop), _) => crop,
-            (None, Some(images::Resize::Exact(h, w))) => (h, w),
-            _ if samples.is_empty() => model_size.unwrap_or((0, 0)),
-            _ => {
-                let first = samples.preprocess_one(0)?;
-                (first.h, first.w)
-            }
+        let size = match (pre.center_crop, pre.resize, model_size) {
+            (Some(crop), _, _) => crop,
+            (None, Some(images::Resize::Exact(h, w)), _) => (h, w),
+            (_, _, Some(model)) => model,
+            _ => samples.first_size()?,
         };
         if let Some((mh, mw)) = model_size.filter(|&m| m != size) {
             return Err(Error::format(
@@ -509,15 +569,29 @@ impl Samples {
             if !fits {
                 let want: Vec<String> =
                     spec.dims.iter().map(|&d| if d < 0 { "?".into() } else { d.to_string() }).collect();
-                let what = match &self.source {
-                    Source::Arrays(a) => a[k].label(),
-                    Source::Images { .. } => self.path.display().to_string(),
+                let (what, hint) = match &self.source {
+                    Source::Arrays(a) => {
+                        let images =
+                            a[k].dtype == NpyType::U8 && a[k].shape.len() == 4 && matches!(a[k].shape[3], 1 | 3);
+                        let hint = if images {
+                            " (a uint8 array of images (N, H, W, C) is read as images with --mean/--std, \
+                             --center-crop or --preset)"
+                        } else {
+                            ""
+                        };
+                        (a[k].label(), hint)
+                    }
+                    Source::Images { .. } => (self.path.display().to_string(), ""),
                 };
                 let mut have = vec![self.len()];
                 have.extend(shape);
                 return Err(Error::format(
                     &self.path,
-                    format!("{what} has shape {have:?}, but model input `{}` expects [{}]", spec.name, want.join(", ")),
+                    format!(
+                        "{what} has shape {have:?}, but model input `{}` expects [{}]{hint}",
+                        spec.name,
+                        want.join(", ")
+                    ),
                 ));
             }
         }
@@ -572,12 +646,25 @@ impl Samples {
         }
     }
 
+    /// The size of the first image that decodes (every image must come out that size); with
+    /// `skip_bad_images`, images before it that do not decode are skipped here too.
+    fn first_size(&self) -> Result<(usize, usize)> {
+        for i in 0..self.len() {
+            match self.preprocess_one(i) {
+                Ok(img) => return Ok((img.h, img.w)),
+                Err(_) if self.skip_bad_images => continue,
+                Err(e) => return Err(e.hint(crate::error::Hint::SkipBadImages)),
+            }
+        }
+        Ok((0, 0))
+    }
+
     /// Decodes and preprocesses sample `i` into 8 bits (before the float steps).
     fn preprocess_one(&self, i: usize) -> Result<images::Image8> {
         let Source::Images { items, pipe } = &self.source else { unreachable!("only image sources") };
         let bytes = match items {
             Items::Files(f) => crate::fs::read_regular(&f[i])?,
-            Items::Parquet(p) => p.read_range(i, i + 1)?.pop().expect("one row"),
+            Items::Parquet(p) => p.read_range(i, i + 1)?.pop().expect("one row")?,
             Items::U8(_) => Vec::new(),
         };
         self.prepare(&bytes, i, pipe).map_err(|m| Error::format(self.name_of(i), m))
@@ -626,7 +713,7 @@ impl Samples {
         })
     }
 
-    fn image_batch(&self, from: usize, to: usize, pipe: &Pipe, bytes: Option<Vec<Vec<u8>>>) -> Result<Batch> {
+    fn image_batch(&self, from: usize, to: usize, pipe: &Pipe, bytes: Option<Vec<Result<Vec<u8>>>>) -> Result<Batch> {
         let numel = pipe.channels * pipe.size.0 * pipe.size.1;
         let mut data = vec![0f32; (to - from) * numel];
         // Err((error, true)) for an image that cannot be read or decoded, which may be skipped.
@@ -636,7 +723,10 @@ impl Samples {
             .map(|(k, out)| {
                 let i = from + k;
                 let read = match (&bytes, self.items()) {
-                    (Some(b), _) => Ok(std::borrow::Cow::Borrowed(b[k].as_slice())),
+                    (Some(b), _) => match &b[k] {
+                        Ok(b) => Ok(std::borrow::Cow::Borrowed(b.as_slice())),
+                        Err(e) => Err(Error::format(self.name_of(i), crate::error::chain(e))),
+                    },
                     (None, Items::Files(f)) => crate::fs::read_regular(&f[i]).map(std::borrow::Cow::Owned),
                     (None, _) => Ok(std::borrow::Cow::Borrowed(&[][..])),
                 };
@@ -648,9 +738,17 @@ impl Samples {
                         Error::format(
                             self.name_of(i),
                             format!(
-                            "is {}x{} after preprocessing, but the first image was {}x{}: images of different sizes \
-                             need --center-crop (or --resize H,W) to be batched",
-                            img.h, img.w, pipe.size.0, pipe.size.1
+                            "is {}x{} after preprocessing, but the batches are {}x{} (the model's size, or the first \
+                             image's): pass --center-crop {} (with --resize N to resize first), or --resize H,W",
+                            img.h,
+                            img.w,
+                            pipe.size.0,
+                            pipe.size.1,
+                            if pipe.size.0 == pipe.size.1 {
+                                pipe.size.0.to_string()
+                            } else {
+                                format!("{},{}", pipe.size.0, pipe.size.1)
+                            }
                         ),
                         ),
                         false,
@@ -674,7 +772,7 @@ impl Samples {
                 // A size mismatch is not a bad image: it is a setting to fix.
                 Err((e, true)) if self.skip_bad_images => {
                     if let Ok(mut s) = self.skipped.lock() {
-                        s.push(e.to_string());
+                        s.push(crate::error::chain(&e).trim_end().to_string());
                     }
                 }
                 Err((e, true)) => return Err(e.hint(crate::error::Hint::SkipBadImages)),

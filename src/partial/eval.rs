@@ -60,7 +60,8 @@ pub fn evaluate_part(model: &Model, identity: Identity, opts: &EvalOptions, part
         batch_size: opts.batch_size.get(),
         shard: part,
         first_sample: batches.start * opts.batch_size.get(),
-        samples: counts.samples(),
+        // The range covered: the samples counted plus the images skipped.
+        samples: counts.samples() + counts.skipped(),
         counts,
     })
 }
@@ -110,7 +111,7 @@ pub fn merge(files: &[PathBuf], partials: &[PartialEval]) -> Result<(Identity, M
         why.check(f0, file, "evaluation")?;
         let range = p.shard.range(total_batches);
         let (start, end) = (range.start * p.batch_size, (range.end * p.batch_size).min(p.total_samples));
-        if p.first_sample != start || p.samples != end - start || p.counts.samples() != p.samples {
+        if p.first_sample != start || p.samples != end - start || p.counts.samples() + p.counts.skipped() != p.samples {
             return Err(Error::format(
                 file,
                 format!(

@@ -318,7 +318,7 @@ fn bad_folders_and_parquet_are_clear_errors() {
         .arg(fixture("images/val"))
         .assert()
         .code(2)
-        .stderr(contains("after preprocessing, but model input `input` takes 16x16"))
+        .stderr(contains("is 23x37 after preprocessing, but the batches are 16x16"))
         .stderr(contains("--center-crop 16"));
     swa()
         .args(["evaluate", "--model"])
@@ -352,4 +352,112 @@ fn train_and_eval_folders_must_name_the_same_classes() {
         .stderr(contains("class folders of"))
         .stderr(contains("only in"))
         .stderr(contains("horse"));
+}
+
+/// A class folder of `n` files that are not images.
+fn all_bad(n: usize) -> tempfile::TempDir {
+    let dir = tmp();
+    for class in ["a", "b"] {
+        std::fs::create_dir(dir.path().join(class)).unwrap();
+        for k in 0..n {
+            std::fs::write(dir.path().join(class).join(format!("{k}.jpg")), "junk").unwrap();
+        }
+    }
+    dir
+}
+
+#[test]
+fn skipping_every_image_leaves_nothing_and_is_an_error() {
+    let dir = all_bad(3);
+    evaluate_folder(dir.path(), &["--skip-bad-images"]).code(2).stderr(contains("left no samples to evaluate"));
+    let out = tmp();
+    swa()
+        .args(["recalibrate", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--inputs")
+        .arg(dir.path())
+        .args(["--center-crop", "16", "--skip-bad-images", "--batch-size", "2", "-o"])
+        .arg(out.path().join("m.onnx"))
+        .assert()
+        .code(2)
+        .stderr(contains("left 0 samples"));
+    assert!(!out.path().join("m.onnx").exists());
+}
+
+#[test]
+fn shards_that_skipped_images_merge_into_the_single_run() {
+    let dir = val_copy();
+    std::fs::write(dir.path().join("dog/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    std::fs::write(dir.path().join("cat/empty.jpg"), b"").unwrap();
+    let work = tmp();
+    let mut parts = Vec::new();
+    for i in 0..3 {
+        let p = work.path().join(format!("p{i}.json"));
+        swa()
+            .args(["evaluate", "--model"])
+            .arg(fixture("cnn/model.onnx"))
+            .arg("--inputs")
+            .arg(dir.path())
+            .args(["--resize", "20", "--center-crop", "16", "--skip-bad-images", "--batch-size", "2"])
+            .args(["--shard", &format!("{i}/3"), "--partial-out"])
+            .arg(&p)
+            .assert()
+            .success();
+        parts.push(p);
+    }
+    let merged = swa().arg("merge-eval").args(&parts).arg("--json").assert().success();
+    let merged: serde_json::Value = serde_json::from_slice(&merged.get_output().stdout).unwrap();
+    let whole = evaluate_folder(dir.path(), &["--skip-bad-images", "--batch-size", "2", "--json"]).success();
+    let whole: serde_json::Value = serde_json::from_slice(&whole.get_output().stdout).unwrap();
+    for key in ["samples", "correct", "top5", "per_class"] {
+        assert_eq!(merged[key], whole[key], "{key}");
+    }
+    assert_eq!(whole["samples"], 16);
+    assert_eq!(merged["skipped"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn awkward_but_valid_folders_read_as_torchvision_reads_them() {
+    // The first image is bad and the model fixes the size: skipping works from the first image.
+    let dir = val_copy();
+    std::fs::write(dir.path().join("cat/a_odd_420.jpg"), "junk").unwrap();
+    swa()
+        .args(["evaluate", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--inputs")
+        .arg(dir.path())
+        .args(["--resize", "16,16", "--skip-bad-images", "--json"])
+        .assert()
+        .success()
+        .stdout(contains("\"samples\": 15"));
+    // A class folder whose name is not UTF-8, and a folder reached twice through a link.
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = val_copy();
+        std::fs::rename(dir.path().join("dog"), dir.path().join(std::ffi::OsStr::from_bytes(b"d\xffg"))).unwrap();
+        std::os::unix::fs::symlink("nested", dir.path().join("cat/nested_again")).unwrap();
+        let a = evaluate_folder(dir.path(), &["--json"]).success();
+        let m: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+        assert_eq!(m["samples"], 17, "the linked folder's image counts twice, as torchvision counts it");
+        // A real loop is refused.
+        std::os::unix::fs::symlink("..", dir.path().join("cat/nested/up")).unwrap();
+        evaluate_folder(dir.path(), &[]).code(2).stderr(contains("a loop"));
+    }
+    // A negative mean is a value, not a flag.
+    evaluate_folder(&fixture("images/val"), &["--mean", "-0.5", "--std", "2"]).success();
+}
+
+#[test]
+fn hugging_face_split_files_are_chosen_by_prefix_and_never_mixed() {
+    let dir = tmp();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::copy(fixture("images/val.parquet"), data.join("train-00000-of-00001.parquet")).unwrap();
+    std::fs::copy(fixture("images/val.parquet"), data.join("test-00000-of-00001.parquet")).unwrap();
+    evaluate_folder(&data, &[]).code(2).stderr(contains("Parquet files of 2 splits (test, train)"));
+    evaluate_folder(&data.join("test"), &["--json"]).success().stdout(contains("\"samples\": 16"));
+    evaluate_folder(&data.join("test"), &["--label-column", "labels"])
+        .code(2)
+        .stderr(contains("has no label column `labels` (its columns: image, label)"));
 }
