@@ -496,10 +496,8 @@ pub struct RecalibrateSummary {
 
 /// Per-layer movement of the statistics from `old` (the model's) to `new`.
 pub fn layer_summaries(model: &Model, layers: &[BnLayer], new: &[(Vec<f64>, Vec<f64>)]) -> Vec<LayerSummary> {
-    let inits: std::collections::HashMap<&str, &crate::onnx::TensorProto> =
-        model.graph().initializer.iter().map(|t| (t.name(), t)).collect();
     let values = |name: &str| -> Option<Vec<f64>> {
-        let (dt, _, bytes) = crate::onnx::tensor_data(inits.get(name)?).ok()?;
+        let (dt, _, bytes) = crate::onnx::tensor_data(bn::constant(model.graph(), name)?).ok()?;
         dtype::is_float(dt).then(|| dtype::to_f64(dt, &bytes))
     };
     layers

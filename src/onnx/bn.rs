@@ -12,8 +12,8 @@ use std::collections::HashSet;
 use safetensors::Dtype;
 use serde::Serialize;
 
-use super::{attr_f, attr_i, int_attr, ints_attr, node, node_label, tensor, tensor_data, Model, NodeProto};
-use super::{proto, DataType, GraphProto, ValueInfoProto};
+use super::{attr_f, attr_i, attribute, int_attr, ints_attr, node, node_label, tensor, tensor_data, Model, NodeProto};
+use super::{proto, DataType, GraphProto, TensorProto, ValueInfoProto};
 use crate::checkpoint::dtype;
 use crate::error::{Error, Result};
 
@@ -110,22 +110,32 @@ pub fn find(model: &Model) -> Result<Vec<BnLayer>> {
         if n.input.len() < 5 {
             return Err(Error::node(name, "BatchNormalization", "has fewer than 5 inputs"));
         }
-        let scale = g.initializer.iter().find(|t| t.name() == n.input[1]).ok_or_else(|| {
-            Error::node(&name, "BatchNormalization", format!("its scale `{}` is not an initializer", n.input[1]))
+        // The channels, from the running mean's shape: the statistics are always stored tensors
+        // (buffers), while the scale and bias may be computed (`affine=False` exports them as
+        // `Constant` nodes, or as ones expanded to the input's channels).
+        let mean = constant(g, &n.input[3]).ok_or_else(|| {
+            Error::node(
+                &name,
+                "BatchNormalization",
+                format!("its running mean `{}` is neither an initializer nor a Constant", n.input[3]),
+            )
         })?;
-        // From the scale's checked shape, whose size its bytes bound (a dimension read from the
+        // From the tensor's checked shape, whose size its bytes bound (a dimension read from the
         // file is otherwise any i64).
-        let channels = match tensor_data(scale)?.1[..] {
+        let channels = match tensor_data(mean)?.1[..] {
             [c] => c,
             ref shape => {
                 return Err(Error::node(
                     &name,
                     "BatchNormalization",
-                    format!("its scale `{}` has shape {shape:?}, not one dimension (channels)", n.input[1]),
+                    format!("its running mean `{}` has shape {shape:?}, not one dimension (channels)", n.input[3]),
                 ))
             }
         };
-        let prefix = n.input[1].strip_suffix(".weight").map(str::to_owned).unwrap_or_else(|| name.clone());
+        let prefix = [(&n.input[1], ".weight"), (&n.input[3], ".running_mean")]
+            .iter()
+            .find_map(|(name, suffix)| name.strip_suffix(suffix))
+            .map_or_else(|| name.clone(), str::to_owned);
         layers.push(BnLayer {
             node: i,
             name,
@@ -144,6 +154,14 @@ pub fn find(model: &Model) -> Result<Vec<BnLayer>> {
         ));
     }
     Ok(layers)
+}
+
+/// The tensor named `name` if it is a constant: an initializer, or the `value` of a `Constant` node.
+pub fn constant<'a>(g: &'a GraphProto, name: &str) -> Option<&'a TensorProto> {
+    g.initializer.iter().find(|t| t.name() == name).or_else(|| {
+        let c = g.node.iter().find(|c| c.op_type() == "Constant" && c.output.first().is_some_and(|o| o == name))?;
+        attribute(c, "value")?.t.as_ref()
+    })
 }
 
 fn output(name: &str, dims: &[i64]) -> ValueInfoProto {

@@ -310,3 +310,31 @@ fn models_from_the_torch_export_based_exporter() {
         assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs PyTorch {b}");
     }
 }
+
+#[test]
+fn batchnorm_1d_3d_and_without_affine_parameters_match_update_bn() {
+    // BatchNorm1d(affine=False), whose scale and bias the exporter writes as Constant nodes
+    // (dynamo=False) or computes from the input's shape (dynamo=True); BatchNorm1d on (N, C, L);
+    // BatchNorm3d. 80 samples in batches of 32: the last batch is partial.
+    for (model, data) in [
+        ("affine_false", "affine_false"),
+        ("affine_false_dynamo", "affine_false"),
+        ("bn1d_ncl", "bn1d_ncl"),
+        ("bn3d", "bn3d"),
+    ] {
+        let dir = tmp();
+        swa()
+            .args(["recalibrate", "--stats", "torch", "--batch-size", "32", "--model"])
+            .arg(fixture(&format!("bn/{model}.onnx")))
+            .arg("--inputs")
+            .arg(fixture(&format!("bn/{data}.npy")))
+            .arg("-o")
+            .arg(dir.path().join("out.onnx"))
+            .arg("--save-weights")
+            .arg(dir.path().join("out.safetensors"))
+            .assert()
+            .success();
+        let expected = fixture(&format!("bn/expected/{data}.safetensors"));
+        assert_close(&dir.path().join("out.safetensors"), &expected, 1e-4, 1e-6, stats);
+    }
+}
