@@ -26,8 +26,10 @@ pub enum StatsMode {
     /// Count-weighted pooled statistics over all values, merged in f64 (PreciseBN).
     #[default]
     Precise,
-    /// What `torch.optim.swa_utils.update_bn` computes: the mean over batches of the batch mean
-    /// and of the unbiased batch variance.
+    /// `torch.optim.swa_utils.update_bn`'s estimate: the mean over batches of the batch mean and of
+    /// the unbiased batch variance. The pass runs only BatchNorm in training mode; `update_bn`
+    /// runs the whole model in train mode, so where dropout or stochastic depth comes before a
+    /// BatchNorm its statistics are those of a thinned network and differ from these.
     Torch,
 }
 
