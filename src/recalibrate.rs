@@ -26,8 +26,10 @@ pub enum StatsMode {
     /// Count-weighted pooled statistics over all values, merged in f64 (PreciseBN).
     #[default]
     Precise,
-    /// What `torch.optim.swa_utils.update_bn` computes: the mean over batches of the batch mean
-    /// and of the unbiased batch variance.
+    /// `torch.optim.swa_utils.update_bn`'s estimate: the mean over batches of the batch mean and of
+    /// the unbiased batch variance. The pass runs only BatchNorm in training mode; `update_bn`
+    /// runs the whole model in train mode, so where dropout or stochastic depth comes before a
+    /// BatchNorm its statistics are those of a thinned network and differ from these.
     Torch,
 }
 
@@ -531,10 +533,8 @@ pub struct RecalibrateSummary {
 
 /// Per-layer movement of the statistics from `old` (the model's) to `new`.
 pub fn layer_summaries(model: &Model, layers: &[BnLayer], new: &[(Vec<f64>, Vec<f64>)]) -> Vec<LayerSummary> {
-    let inits: std::collections::HashMap<&str, &crate::onnx::TensorProto> =
-        model.graph().initializer.iter().map(|t| (t.name(), t)).collect();
     let values = |name: &str| -> Option<Vec<f64>> {
-        let (dt, _, bytes) = crate::onnx::tensor_data(inits.get(name)?).ok()?;
+        let (dt, _, bytes) = crate::onnx::tensor_data(bn::constant(model.graph(), name)?).ok()?;
         dtype::is_float(dt).then(|| dtype::to_f64(dt, &bytes))
     };
     layers

@@ -387,8 +387,10 @@ impl DeviceArgs {
 pub enum StatsArg {
     /// Count-weighted pooled statistics over all values, merged in f64 (PreciseBN).
     Precise,
-    /// What torch.optim.swa_utils.update_bn computes: the mean over batches of the batch mean and
-    /// of the unbiased batch variance.
+    /// torch.optim.swa_utils.update_bn's estimate: the mean over batches of the batch mean and of
+    /// the unbiased batch variance. Only BatchNorm runs in training mode; update_bn runs the whole
+    /// model in train mode, so where dropout or stochastic depth comes before a BatchNorm
+    /// (EfficientNet) its numbers differ from these.
     Torch,
 }
 
@@ -481,7 +483,8 @@ pub struct RecalibrateArgs {
     /// Use at most this many samples.
     #[arg(long, value_name = "N")]
     pub max_samples: Option<usize>,
-    /// precise: pooled population statistics; torch: what torch.optim.swa_utils.update_bn computes.
+    /// precise: pooled population statistics; torch: update_bn's mean over batches (with only
+    /// BatchNorm in training mode, where update_bn also trains dropout and stochastic depth).
     #[arg(long, value_enum, default_value = "precise")]
     pub stats: StatsArg,
     /// Device and threads.

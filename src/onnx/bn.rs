@@ -1,19 +1,28 @@
 //! The BatchNormalization layers of a graph, the rewrite that exposes their batch statistics, and
 //! writing recalibrated statistics back.
 //!
-//! The rewrite avoids `training_mode=1` (the CUDA provider rejects it). Per BN with input X:
-//! `Xr = Reshape(X, [0, 0, -1])` (any rank ≥ 2 becomes [N, C, R]), `μ = ReduceMean(Xr, [0, 2])`,
-//! `σ² = ReduceL2(Xr, [0, 2])² / n − μ²`, and an inference-mode BatchNormalization normalises
-//! with (μ, σ²), as training mode does. μ, the biased σ² and n become graph outputs: two passes
-//! over each activation for the statistics, one for the normalisation.
+//! Each BN must normalise with its batch statistics, as in training mode, and the statistics of
+//! every layer become one graph output. Two ways ([`Reduction`]):
+//!
+//! - On the CPU (`Training`), the BN itself runs in training mode with momentum 0, so that its
+//!   "running" outputs are the batch mean and the biased batch variance: ONNX Runtime's CPU kernel
+//!   takes the mean, then the squared deviations from it, then normalises — three reads of the
+//!   activation and no copy, with the variance's digits intact.
+//! - The CUDA provider rejects `training_mode=1`, so there the BN is rewritten (`Split`, `Flat`,
+//!   `Square`): `Xr = Reshape(X, [0, 0, -1])` (any rank ≥ 2 becomes [N, C, R]),
+//!   `μ = ReduceMean(Xr, [0, 2])`, `σ² = ReduceL2(Xr, [0, 2])² / n − μ²`, and an inference-mode
+//!   BatchNormalization normalises with (μ, σ²).
+//!
+//! Either way μ, the biased σ² and n = N·R leave as one vector per batch.
 
 use std::collections::HashSet;
 
 use safetensors::Dtype;
 use serde::Serialize;
 
-use super::{attr_f, attr_i, int_attr, ints_attr, node, node_label, tensor, tensor_data, Model, NodeProto};
-use super::{proto, DataType, GraphProto, ValueInfoProto};
+use super::{attr_f, attr_i, attribute, float_attr, int_attr, ints_attr, node, node_label, tensor, tensor_data};
+use super::{proto, DataType, GraphProto, TensorProto, ValueInfoProto};
+use super::{Model, NodeProto};
 use crate::checkpoint::dtype;
 use crate::error::{Error, Result};
 
@@ -49,11 +58,17 @@ pub struct StatsLayout {
     pub offsets: Vec<usize>,
 }
 
-/// How the per-channel statistics are computed in the statistics graph, on the [N, C, R] view of
-/// each BN input.
+/// How the per-channel statistics are computed in the statistics graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reduction {
-    /// `ReduceMean` and `ReduceL2` over axes [0, 2] at once.
+    /// The BatchNormalization itself in training mode (momentum 0): ONNX Runtime's CPU kernel
+    /// computes the mean and the mean squared deviation from it, in one node, faster than the
+    /// rewrites below and without their loss of digits. The CUDA provider rejects it.
+    Training,
+    /// `ReduceMean` and `ReduceL2` over axes [0, 2] of the [N, C, R] view at once. On the CPU,
+    /// `ReduceL2` adds the squares one after the other over all N·R values of a channel, and
+    /// `E[x²] − μ²` then cancels most of the digits that are left: up to 500× PyTorch's own f32
+    /// error on torchvision models with 224×224 inputs (docs/compatibility.md).
     Flat,
     /// `ReduceMean` and `ReduceL2` over the contiguous axis 2, then over axis 0 of the small [N, C]
     /// results.
@@ -64,12 +79,12 @@ pub enum Reduction {
 }
 
 impl Reduction {
-    /// The faster layout for a device (see docs/performance.md).
+    /// The layout for a device: `Training` on the CPU, `Split` on CUDA (see docs/performance.md).
     pub fn for_device(cuda: bool) -> Self {
         if cuda {
             Reduction::Split
         } else {
-            Reduction::Flat
+            Reduction::Training
         }
     }
 }
@@ -78,10 +93,11 @@ impl std::str::FromStr for Reduction {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
+            "training" => Ok(Reduction::Training),
             "flat" => Ok(Reduction::Flat),
             "split" => Ok(Reduction::Split),
             "square" => Ok(Reduction::Square),
-            _ => Err(format!("unknown statistics reduction `{s}`: use flat, split or square")),
+            _ => Err(format!("unknown statistics reduction `{s}`: use training, flat, split or square")),
         }
     }
 }
@@ -110,22 +126,32 @@ pub fn find(model: &Model) -> Result<Vec<BnLayer>> {
         if n.input.len() < 5 {
             return Err(Error::node(name, "BatchNormalization", "has fewer than 5 inputs"));
         }
-        let scale = g.initializer.iter().find(|t| t.name() == n.input[1]).ok_or_else(|| {
-            Error::node(&name, "BatchNormalization", format!("its scale `{}` is not an initializer", n.input[1]))
+        // The channels, from the running mean's shape: the statistics are always stored tensors
+        // (buffers), while the scale and bias may be computed (`affine=False` exports them as
+        // `Constant` nodes, or as ones expanded to the input's channels).
+        let mean = constant(g, &n.input[3]).ok_or_else(|| {
+            Error::node(
+                &name,
+                "BatchNormalization",
+                format!("its running mean `{}` is neither an initializer nor a Constant", n.input[3]),
+            )
         })?;
-        // From the scale's checked shape, whose size its bytes bound (a dimension read from the
+        // From the tensor's checked shape, whose size its bytes bound (a dimension read from the
         // file is otherwise any i64).
-        let channels = match tensor_data(scale)?.1[..] {
+        let channels = match tensor_data(mean)?.1[..] {
             [c] => c,
             ref shape => {
                 return Err(Error::node(
                     &name,
                     "BatchNormalization",
-                    format!("its scale `{}` has shape {shape:?}, not one dimension (channels)", n.input[1]),
+                    format!("its running mean `{}` has shape {shape:?}, not one dimension (channels)", n.input[3]),
                 ))
             }
         };
-        let prefix = n.input[1].strip_suffix(".weight").map(str::to_owned).unwrap_or_else(|| name.clone());
+        let prefix = [(&n.input[1], ".weight"), (&n.input[3], ".running_mean")]
+            .iter()
+            .find_map(|(name, suffix)| name.strip_suffix(suffix))
+            .map_or_else(|| name.clone(), str::to_owned);
         layers.push(BnLayer {
             node: i,
             name,
@@ -144,6 +170,14 @@ pub fn find(model: &Model) -> Result<Vec<BnLayer>> {
         ));
     }
     Ok(layers)
+}
+
+/// The tensor named `name` if it is a constant: an initializer, or the `value` of a `Constant` node.
+pub fn constant<'a>(g: &'a GraphProto, name: &str) -> Option<&'a TensorProto> {
+    g.initializer.iter().find(|t| t.name() == name).or_else(|| {
+        let c = g.node.iter().find(|c| c.op_type() == "Constant" && c.output.first().is_some_and(|o| o == name))?;
+        attribute(c, "value")?.t.as_ref()
+    })
 }
 
 fn output(name: &str, dims: &[i64]) -> ValueInfoProto {
@@ -167,19 +201,33 @@ fn output(name: &str, dims: &[i64]) -> ValueInfoProto {
 /// Names of the constants the statistics nodes share.
 const SHAPE_NCR: &str = "swa_stats/reshape_to_ncr";
 const INDEX_1: &str = "swa_stats/index_1";
-const SHAPE_1: &str = "swa_stats/shape_1";
+/// [1]: the shape [1], or a slice's end 1.
+const VEC_1: &str = "swa_stats/vec_1";
 const ALL: &str = "swa_stats/all";
+const SHAPE_FLAT: &str = "swa_stats/shape_flat";
+/// [0]: a slice's start 0.
+const VEC_0: &str = "swa_stats/vec_0";
+const ZERO: &str = "swa_stats/zero";
+
+/// The name of the [1] constant that holds `channels`.
+fn channels_name(channels: usize) -> String {
+    format!("swa_stats/channels_{channels}")
+}
 
 fn axes_name(axes: &[i64]) -> String {
     format!("swa_stats/axes_{axes:?}")
 }
 
-/// Adds the constants of [`SHAPE_NCR`], [`INDEX_1`], [`SHAPE_1`] and the reduction axes.
+/// Adds the constants of [`SHAPE_NCR`], [`INDEX_1`], [`VEC_1`], [`SHAPE_FLAT`], [`VEC_0`], [`ZERO`]
+/// and the reduction axes.
 fn add_constants(g: &mut GraphProto) {
     let i64s = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     g.initializer.push(tensor(SHAPE_NCR, Dtype::I64, &[3], i64s(&[0, 0, -1])));
     g.initializer.push(tensor(INDEX_1, Dtype::I64, &[], i64s(&[1])));
-    g.initializer.push(tensor(SHAPE_1, Dtype::I64, &[1], i64s(&[1])));
+    g.initializer.push(tensor(VEC_1, Dtype::I64, &[1], i64s(&[1])));
+    g.initializer.push(tensor(SHAPE_FLAT, Dtype::I64, &[1], i64s(&[-1])));
+    g.initializer.push(tensor(VEC_0, Dtype::I64, &[1], i64s(&[0])));
+    g.initializer.push(tensor(ZERO, Dtype::F32, &[], 0f32.to_le_bytes().to_vec()));
     for axes in [&[0, 2][..], &[2], &[0]] {
         g.initializer.push(tensor(&axes_name(axes), Dtype::I64, &[axes.len()], i64s(axes)));
     }
@@ -235,6 +283,7 @@ impl LayerNodes<'_> {
                 self.op("Mul", "sumsq_n", &[&l2n, &l2n]);
                 self.reduce("ReduceSum", &sumsq_n, "sumsq", &[0]);
             }
+            Reduction::Training => unreachable!("training-mode BatchNormalization computes its own moments"),
             Reduction::Square => {
                 self.reduce("ReduceMean", &xr, "mean_n", &[2]);
                 self.reduce("ReduceMean", &mean_n, "mean", &[0]);
@@ -245,31 +294,75 @@ impl LayerNodes<'_> {
         }
     }
 
-    /// `count` (values per channel, N·H·W), `count_1` (as a [1] vector) and the biased `var`.
-    fn variance(&mut self) {
+    /// `count` (values per channel, N·H·W, as a float) and `count_1` (as a [1] vector).
+    fn count(&mut self) {
         let input = self.layer.input.clone();
         let v = |s: &str| self.v(s);
         let (size, shape, channels, count_i, count) = (v("size"), v("shape"), v("channels"), v("count_i"), v("count"));
-        let (sumsq, meansq, mean, mean2, var_raw) = (v("sumsq"), v("meansq"), v("mean"), v("mean2"), v("var_raw"));
         self.op("Size", "size", &[&input]);
         self.op("Shape", "shape", &[&input]);
         self.op("Gather", "channels", &[&shape, INDEX_1]);
         self.op("Div", "count_i", &[&size, &channels]);
         let to_float = int_attr("to", DataType::Float as i64);
         self.nodes.push(node("Cast", count.clone(), &[&count_i], &[&count], vec![to_float]));
-        self.op("Reshape", "count_1", &[&count, SHAPE_1]);
+        self.op("Reshape", "count_1", &[&count, VEC_1]);
+    }
+
+    /// The biased `var` from `sumsq` and `mean`: `sumsq / count − mean²`.
+    fn variance(&mut self) {
+        let v = |s: &str| self.v(s);
+        let (count, sumsq, meansq, mean, mean2, var_raw) =
+            (v("count"), v("sumsq"), v("meansq"), v("mean"), v("mean2"), v("var_raw"));
         self.op("Div", "meansq", &[&sumsq, &count]);
         self.op("Mul", "mean2", &[&mean, &mean]);
         self.op("Sub", "var_raw", &[&meansq, &mean2]);
         self.op("Relu", "var", &[&var_raw]);
     }
+
+    /// `bn` in training mode with momentum 0: its second and third outputs are the batch `mean`
+    /// and biased `var`. Opsets before 14 have no `training_mode`; there the statistics outputs
+    /// alone ask for training mode (with two more, the saved statistics).
+    ///
+    /// ONNX Runtime writes those outputs over the buffers of the running-statistics inputs, so each
+    /// input must be a buffer of this layer and slot alone. Initializers are not: ONNX Runtime
+    /// merges initializers of equal contents (the zeros of two layers with as many channels, or
+    /// the stored statistics of a fresh model), which would hand every such layer the last one's
+    /// statistics, and the stored values themselves may be non-finite (0·NaN is NaN). So the
+    /// inputs are zeros computed from this layer's input, which nothing can fold or merge:
+    /// `x0 · 0` and `x0 − x0` expanded to [C], where x0 is the input's first value (a non-finite
+    /// x0 makes the statistics non-finite, which the pass reports, as it would anyway).
+    fn training(&mut self, bn: &mut NodeProto) {
+        let (flat, x0, zero_mean_1, zero_var_1) = (self.v("x_flat"), self.v("x0"), self.v("zm1"), self.v("zv1"));
+        self.op("Reshape", "x_flat", &[&self.layer.input.clone(), SHAPE_FLAT]);
+        self.op("Slice", "x0", &[&flat, VEC_0, VEC_1]);
+        self.op("Mul", "zm1", &[&x0, ZERO]);
+        self.op("Sub", "zv1", &[&x0, &x0]);
+        let channels = channels_name(self.layer.channels);
+        self.op("Expand", "zero_mean", &[&zero_mean_1, &channels]);
+        self.op("Expand", "zero_var", &[&zero_var_1, &channels]);
+        let y = bn.output[0].clone();
+        bn.input[3] = self.v("zero_mean");
+        bn.input[4] = self.v("zero_var");
+        bn.attribute.retain(|a| a.name() == "epsilon");
+        bn.attribute.push(float_attr("momentum", 0.0));
+        bn.output = vec![y, self.v("mean"), self.v("var")];
+        if self.opset >= 14 {
+            bn.attribute.push(int_attr("training_mode", 1));
+        } else {
+            bn.output.extend([self.v("saved_mean"), self.v("saved_inv_std")]);
+        }
+    }
 }
 
 /// A copy of `model` in which every BN normalises with its batch statistics, and the statistics
 /// of all layers are concatenated into the only graph output (one copy back per batch).
+///
+/// `Training` needs opset 10 (`Slice` with inputs); older models get `Split`.
 pub fn stats_model(model: &Model, layers: &[BnLayer], reduction: Reduction) -> Result<(Model, StatsLayout)> {
     let mut out = model.clone();
     let opset = model.opset();
+    let reduction = if reduction == Reduction::Training && opset < 10 { Reduction::Split } else { reduction };
+    let mut channel_shapes = HashSet::new();
     let g = out.graph_mut();
     add_constants(g);
     let by_node: std::collections::HashMap<usize, usize> =
@@ -283,13 +376,22 @@ pub fn stats_model(model: &Model, layers: &[BnLayer], reduction: Reduction) -> R
         };
         let layer = &layers[k];
         let mut b = LayerNodes { k, opset, layer, nodes: Vec::new() };
-        b.op("Reshape", "xr", &[&layer.input, SHAPE_NCR]);
-        b.moments(reduction);
-        b.variance();
         let mut bn: NodeProto = n;
-        bn.input[3] = b.v("mean");
-        bn.input[4] = b.v("var");
-        bn.attribute.retain(|a| a.name() == "epsilon");
+        b.count();
+        if reduction == Reduction::Training {
+            if channel_shapes.insert(layer.channels) {
+                let c = layer.channels as i64;
+                g.initializer.push(tensor(&channels_name(layer.channels), Dtype::I64, &[1], c.to_le_bytes().to_vec()));
+            }
+            b.training(&mut bn);
+        } else {
+            b.op("Reshape", "xr", &[&layer.input, SHAPE_NCR]);
+            b.moments(reduction);
+            b.variance();
+            bn.input[3] = b.v("mean");
+            bn.input[4] = b.v("var");
+            bn.attribute.retain(|a| a.name() == "epsilon");
+        }
         parts.extend([b.v("mean"), b.v("var"), b.v("count_1")]);
         g.node.extend(b.nodes);
         g.node.push(bn);

@@ -138,6 +138,13 @@ pub fn int_attr(name: &str, value: i64) -> AttributeProto {
     a
 }
 
+/// A float attribute.
+pub fn float_attr(name: &str, value: f32) -> AttributeProto {
+    let mut a = AttributeProto { name: Some(name.into()), f: Some(value), ..Default::default() };
+    a.set_type(AttributeType::Float);
+    a
+}
+
 /// A tensor initializer from raw little-endian bytes.
 pub fn tensor(name: &str, dtype: Dtype, shape: &[usize], bytes: Vec<u8>) -> TensorProto {
     TensorProto {
