@@ -15,6 +15,9 @@ use parquet::arrow::ProjectionMask;
 
 use crate::error::{Error, Result};
 
+/// One row's encoded image, or why it has none.
+pub type Row = std::result::Result<Vec<u8>, String>;
+
 /// Parquet files read as one sequence of rows, in the order given.
 pub struct ParquetSet {
     files: Vec<PathBuf>,
@@ -65,8 +68,9 @@ fn integers(path: &std::path::Path, name: &str, col: &ArrayRef) -> Result<Vec<i6
 }
 
 /// The encoded images of a column: binary, or a struct with a binary `bytes` field (a null
-/// `bytes` is an image stored by path only, which is an error naming the path).
-fn image_bytes(col: &ArrayRef, first_row: usize, name: &dyn Fn(usize) -> String) -> Result<Vec<Result<Vec<u8>>>> {
+/// `bytes` is an image stored by path only: that row's `Err` says why, and the caller names the
+/// row).
+fn image_bytes(col: &ArrayRef, first_row: usize, name: &dyn Fn(usize) -> String) -> Result<Vec<Row>> {
     // A null image (the whole struct null) is as missing as a null `bytes`.
     let whole = |k: usize| col.is_valid(k);
     let (values, paths): (&ArrayRef, Option<&ArrayRef>) = match col.as_struct_opt() {
@@ -81,7 +85,7 @@ fn image_bytes(col: &ArrayRef, first_row: usize, name: &dyn Fn(usize) -> String)
             .and_then(|p| p.as_string_opt::<i32>().filter(|p| p.is_valid(k)).map(|p| p.value(k).to_string()))
             .map(|p| format!(" (only its path, {p}: swa reads images embedded in the file)"))
             .unwrap_or_default();
-        Error::format(name(first_row + k), format!("has no image (null) bytes{path}"))
+        format!("has no image (null) bytes{path}")
     };
     macro_rules! rows {
         ($a:expr) => {{
@@ -105,7 +109,7 @@ fn image_bytes(col: &ArrayRef, first_row: usize, name: &dyn Fn(usize) -> String)
 pub struct Cursor {
     file: usize,
     reader: Option<ParquetRecordBatchReader>,
-    buffered: VecDeque<Result<Vec<u8>>>,
+    buffered: VecDeque<Row>,
     /// The set's row of the next buffered (or read) row.
     row: usize,
     batch: usize,
@@ -193,7 +197,7 @@ impl ParquetSet {
 
     /// The next `n` rows' image bytes from `cursor` (a row without an image is an error of its
     /// own, which `skip_bad_images` may skip).
-    pub fn next_rows(&self, mut cursor: Cursor, n: usize) -> Result<(Vec<Result<Vec<u8>>>, Cursor)> {
+    pub fn next_rows(&self, mut cursor: Cursor, n: usize) -> Result<(Vec<Row>, Cursor)> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             if let Some(b) = cursor.buffered.pop_front() {
@@ -234,7 +238,7 @@ impl ParquetSet {
     }
 
     /// The image bytes of rows `from..to`.
-    pub fn read_range(&self, from: usize, to: usize) -> Result<Vec<Result<Vec<u8>>>> {
+    pub fn read_range(&self, from: usize, to: usize) -> Result<Vec<Row>> {
         Ok(self.next_rows(self.reader(from, to - from)?, to - from)?.0)
     }
 }

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::images::{self, Layout, Preprocess};
 use super::npy::{self, Array, NpyType};
-use super::parquet::ParquetSet;
+use super::parquet::{ParquetSet, Row};
 use crate::error::{Error, Result};
 use crate::onnx::Model;
 
@@ -661,11 +661,27 @@ impl Samples {
 
     /// Decodes and preprocesses sample `i` into 8 bits (before the float steps).
     fn preprocess_one(&self, i: usize) -> Result<images::Image8> {
-        let Source::Images { items, pipe } = &self.source else { unreachable!("only image sources") };
-        let bytes = match items {
-            Items::Files(f) => crate::fs::read_regular(&f[i])?,
-            Items::Parquet(p) => p.read_range(i, i + 1)?.pop().expect("one row")?,
-            Items::U8(_) => Vec::new(),
+        let Source::Images { pipe, .. } = &self.source else { unreachable!("only image sources") };
+        self.load(i, pipe, None)
+    }
+
+    /// Sample `i` read and preprocessed into 8 bits: its file, its Parquet `row` as the batches
+    /// read it in order (read here when `None`), or its row of a uint8 array. Errors name it.
+    fn load(&self, i: usize, pipe: &Pipe, row: Option<&Row>) -> Result<images::Image8> {
+        use std::borrow::Cow;
+        let fetched;
+        let row = match (row, self.items()) {
+            (None, Items::Parquet(p)) => {
+                fetched = p.read_range(i, i + 1)?.pop().expect("one row");
+                Some(&fetched)
+            }
+            (row, _) => row,
+        };
+        let bytes = match (row, self.items()) {
+            (Some(Ok(b)), _) => Cow::Borrowed(b.as_slice()),
+            (Some(Err(why)), _) => return Err(Error::format(self.name_of(i), why.clone())),
+            (None, Items::Files(f)) => Cow::Owned(crate::fs::read_regular(&f[i])?),
+            (None, _) => Cow::Borrowed(&[][..]),
         };
         self.prepare(&bytes, i, pipe).map_err(|m| Error::format(self.name_of(i), m))
     }
@@ -713,7 +729,7 @@ impl Samples {
         })
     }
 
-    fn image_batch(&self, from: usize, to: usize, pipe: &Pipe, bytes: Option<Vec<Result<Vec<u8>>>>) -> Result<Batch> {
+    fn image_batch(&self, from: usize, to: usize, pipe: &Pipe, rows: Option<Vec<Row>>) -> Result<Batch> {
         let numel = pipe.channels * pipe.size.0 * pipe.size.1;
         let mut data = vec![0f32; (to - from) * numel];
         // Err((error, true)) for an image that cannot be read or decoded, which may be skipped.
@@ -722,17 +738,7 @@ impl Samples {
             .enumerate()
             .map(|(k, out)| {
                 let i = from + k;
-                let read = match (&bytes, self.items()) {
-                    (Some(b), _) => match &b[k] {
-                        Ok(b) => Ok(std::borrow::Cow::Borrowed(b.as_slice())),
-                        Err(e) => Err(Error::format(self.name_of(i), crate::error::chain(e))),
-                    },
-                    (None, Items::Files(f)) => crate::fs::read_regular(&f[i]).map(std::borrow::Cow::Owned),
-                    (None, _) => Ok(std::borrow::Cow::Borrowed(&[][..])),
-                };
-                let img = read
-                    .and_then(|b| self.prepare(&b, i, pipe).map_err(|m| Error::format(self.name_of(i), m)))
-                    .map_err(|e| (e, true))?;
+                let img = self.load(i, pipe, rows.as_ref().map(|r| &r[k])).map_err(|e| (e, true))?;
                 if (img.h, img.w) != pipe.size {
                     return Err((
                         Error::format(
