@@ -101,3 +101,18 @@ pub fn torch(data: &[u8]) {
         }
     }
 }
+
+/// An image file's bytes (JPEG, PNG, BMP, PNM, WebP): decoded as RGB and as L, then resized,
+/// cropped and normalized as `--preset imagenet` would at a small size.
+pub fn image(data: &[u8]) {
+    use swa::inputs::images::{self, Layout, Resize};
+    for channels in [3, 1] {
+        let Ok(img) = images::decode(data, channels) else { continue };
+        if img.w == 0 || img.h == 0 || img.w * img.h > 1 << 22 {
+            continue;
+        }
+        let out = images::resize_and_crop(&img, Some(Resize::Shorter(9)), Some((7, 8)));
+        let mut tensor = vec![0f32; out.h * out.w * out.c];
+        images::to_tensor(&out, &[0.5; 3], &[0.25; 3], Layout::Nchw, &mut tensor);
+    }
+}

@@ -11,13 +11,14 @@ mod targets;
 /// A fuzz target's body.
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 6] = [
+const TARGETS: [(&str, Target); 7] = [
     ("safetensors_header", targets::safetensors_header),
     ("shard_index", targets::shard_index),
     ("npy", targets::npy),
     ("npz", targets::npz),
     ("onnx", targets::onnx),
     ("torch", targets::torch),
+    ("image", targets::image),
 ];
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
