@@ -409,6 +409,28 @@ impl StagedFile {
         Ok(())
     }
 
+    /// Makes the file `len` bytes long, with its disk space allocated up front where the file
+    /// system can (`fallocate`), so that a full disk fails now rather than after the work.
+    pub fn reserve(&self, len: u64) -> Result<()> {
+        let file = self.as_file();
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain system call on an open descriptor.
+            let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if !matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)) {
+                let gib = len as f64 / f64::from(1u32 << 30);
+                let e = std::io::Error::new(e.kind(), format!("cannot reserve {gib:.2} GiB for the output: {e}"));
+                return Err(Error::io(&self.target, e));
+            }
+        }
+        file.set_len(len).map_err(|e| Error::io(&self.target, e))
+    }
+
     /// Flushes its data to disk.
     pub fn sync(&self) -> Result<()> {
         self.as_file().sync_all().map_err(|e| Error::io(&self.target, e))
@@ -721,6 +743,21 @@ mod tests {
         assert_eq!(listing(&out), ["d"]);
         assert_eq!(listing(tmp.path()), ["out"]);
         assert!(!staged().iter().any(|p| p.starts_with(tmp.path())), "still recorded as staged");
+    }
+
+    #[test]
+    fn a_reserved_output_has_its_length_and_its_disk_space() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staged = StagedFile::beside(&tmp.path().join("out.safetensors")).unwrap();
+        staged.reserve(3 << 20).unwrap();
+        let m = staged.as_file().metadata().unwrap();
+        assert_eq!(m.len(), 3 << 20);
+        // Allocated, not a hole (on file systems that can allocate ahead; others get set_len).
+        let allocated = std::os::unix::fs::MetadataExt::blocks(&m) * 512;
+        assert!(allocated >= 3 << 20 || allocated == 0, "{allocated} bytes allocated");
+        // More than any disk holds fails now, with the size in the message.
+        let e = chain(&staged.reserve(1 << 62).unwrap_err());
+        assert!(e.contains("cannot reserve") && e.contains("GiB"), "{e}");
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl SafetensorsWriter {
         let mut f = file.as_file();
         f.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
         f.write_all(&json).map_err(io)?;
-        file.as_file().set_len(data_start + offset).map_err(io)?;
+        file.reserve(data_start + offset)?;
         Ok(SafetensorsWriter { file, offsets: offsets.iter().map(|o| o + data_start).collect() })
     }
 
