@@ -52,6 +52,7 @@ impl std::fmt::Display for Device {
 
 pub mod cuda;
 pub mod locate;
+pub mod moments;
 
 const HOW_TO_GET: &str = "install it with `pip install onnxruntime` (or onnxruntime-gpu for CUDA), or set \
     ORT_DYLIB_PATH to a libonnxruntime.so (≥ 1.31), or put one beside the swa executable";
@@ -355,6 +356,8 @@ fn builder(engine: &Engine) -> Result<ort::session::builder::SessionBuilder> {
     if let Some(n) = threads {
         builder = builder.with_intra_threads(n.get()).map_err(ort::Error::from)?;
     }
+    // swa's statistics operator (a CPU kernel; CUDA sessions use the reductions by default).
+    builder = builder.with_operators(moments::domain()?).map_err(ort::Error::from)?;
     if let Some(prefix) = &engine.profile {
         builder = builder.with_profiling(prefix).map_err(ort::Error::from)?;
     }

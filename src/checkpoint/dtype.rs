@@ -110,7 +110,7 @@ macro_rules! dispatch {
             // SAFETY: the CPU supports AVX-512 F and BW, checked just above.
             unsafe { $avx512($($arg),*) }
         } else {
-            dispatch!($any, $avx2, $($arg),*)
+            $crate::checkpoint::dtype::dispatch!($any, $avx2, $($arg),*)
         };
         #[cfg(not(target_arch = "x86_64"))]
         let result = $any($($arg),*);
@@ -129,6 +129,7 @@ macro_rules! dispatch {
         result
     }};
 }
+pub(crate) use dispatch;
 
 /// The fused loop for 16-bit floats (bf16, f16).
 macro_rules! fused_16bit {

@@ -2,16 +2,20 @@
 //! writing recalibrated statistics back.
 //!
 //! Each BN must normalise with its batch statistics, as in training mode, and the statistics of
-//! every layer become one graph output. Two ways ([`Reduction`]):
+//! every layer become one graph output. The ways to get them ([`Reduction`]):
 //!
-//! - On the CPU (`Training`), the BN itself runs in training mode with momentum 0, so that its
-//!   "running" outputs are the batch mean and the biased batch variance: ONNX Runtime's CPU kernel
-//!   takes the mean, then the squared deviations from it, then normalises — three reads of the
-//!   activation and no copy, with the variance's digits intact.
-//! - The CUDA provider rejects `training_mode=1`, so there the BN is rewritten (`Split`, `Flat`,
-//!   `Square`): `Xr = Reshape(X, [0, 0, -1])` (any rank ≥ 2 becomes [N, C, R]),
-//!   `μ = ReduceMean(Xr, [0, 2])`, `σ² = ReduceL2(Xr, [0, 2])² / n − μ²`, and an inference-mode
-//!   BatchNormalization normalises with (μ, σ²).
+//! - On the CPU (`Moments`), swa's own operator `ai.swa.BatchMoments`
+//!   ([`crate::runtime::moments`]) reads each channel once and accumulates its mean and squared
+//!   deviations in f64, on all of the session's threads; the BN, in inference mode, normalises
+//!   with them.
+//! - `Training`: the BN itself in training mode with momentum 0, so that its "running" outputs
+//!   are the batch mean and the biased batch variance (ONNX Runtime's CPU kernel is exact enough
+//!   but single-threaded: up to 18 % slower passes on two threads).
+//! - The CUDA provider rejects `training_mode=1`, so there the statistics come from reductions
+//!   (`Split`, `Flat`, `Square`, `Centered`): `Xr = Reshape(X, [0, 0, -1])` (any rank ≥ 2 becomes
+//!   [N, C, R]), `μ = ReduceMean(Xr, [0, 2])`, `σ² = ReduceL2(Xr, [0, 2])² / n − μ²` (or the
+//!   squared deviations from μ, `Centered`), and an inference-mode BatchNormalization normalises
+//!   with (μ, σ²).
 //!
 //! Either way μ, the biased σ² and n = N·R leave as one vector per batch.
 
@@ -25,6 +29,7 @@ use super::{proto, DataType, GraphProto, TensorProto, ValueInfoProto};
 use super::{Model, NodeProto};
 use crate::checkpoint::dtype;
 use crate::error::{Error, Result};
+use crate::runtime::moments;
 
 /// One BatchNormalization node.
 #[derive(Debug, Clone, Serialize)]
@@ -61,6 +66,10 @@ pub struct StatsLayout {
 /// How the per-channel statistics are computed in the statistics graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reduction {
+    /// swa's own CPU operator ([`crate::runtime::moments`]) gives each layer's mean and biased
+    /// variance, accumulated in f64 on all of the session's threads, and an inference-mode
+    /// BatchNormalization normalises with them.
+    Moments,
     /// The BatchNormalization itself in training mode (momentum 0): ONNX Runtime's CPU kernel
     /// computes the mean and the mean squared deviation from it, in one node, faster than the
     /// rewrites below and without their loss of digits. The CUDA provider rejects it.
@@ -76,15 +85,19 @@ pub enum Reduction {
     /// As `Split`, with the sum of squares taken by `Mul` and `ReduceSum` rather than `ReduceL2`
     /// (ONNX Runtime's CUDA provider has fast kernels only for `ReduceSum` and `ReduceMean`).
     Square,
+    /// Two passes, as `Split` for the mean, then the squared deviations from it:
+    /// `σ² = ReduceSumSquare(Xr − μ) / n`, which keeps the variance's digits like `Training` while
+    /// every node runs on all of the provider's threads.
+    Centered,
 }
 
 impl Reduction {
-    /// The layout for a device: `Training` on the CPU, `Split` on CUDA (see docs/performance.md).
+    /// The layout for a device: `Moments` on the CPU, `Split` on CUDA (see docs/performance.md).
     pub fn for_device(cuda: bool) -> Self {
         if cuda {
             Reduction::Split
         } else {
-            Reduction::Training
+            Reduction::Moments
         }
     }
 }
@@ -93,11 +106,15 @@ impl std::str::FromStr for Reduction {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
+            "moments" => Ok(Reduction::Moments),
             "training" => Ok(Reduction::Training),
             "flat" => Ok(Reduction::Flat),
             "split" => Ok(Reduction::Split),
             "square" => Ok(Reduction::Square),
-            _ => Err(format!("unknown statistics reduction `{s}`: use training, flat, split or square")),
+            "centered" => Ok(Reduction::Centered),
+            _ => Err(format!(
+                "unknown statistics reduction `{s}`: use moments, training, centered, flat, split or square"
+            )),
         }
     }
 }
@@ -208,6 +225,8 @@ const SHAPE_FLAT: &str = "swa_stats/shape_flat";
 /// [0]: a slice's start 0.
 const VEC_0: &str = "swa_stats/vec_0";
 const ZERO: &str = "swa_stats/zero";
+/// [-1, 1]: a [C] vector as [C, 1], which broadcasts over [N, C, R].
+const SHAPE_C1: &str = "swa_stats/shape_c1";
 
 /// The name of the [1] constant that holds `channels`.
 fn channels_name(channels: usize) -> String {
@@ -228,6 +247,7 @@ fn add_constants(g: &mut GraphProto) {
     g.initializer.push(tensor(SHAPE_FLAT, Dtype::I64, &[1], i64s(&[-1])));
     g.initializer.push(tensor(VEC_0, Dtype::I64, &[1], i64s(&[0])));
     g.initializer.push(tensor(ZERO, Dtype::F32, &[], 0f32.to_le_bytes().to_vec()));
+    g.initializer.push(tensor(SHAPE_C1, Dtype::I64, &[2], i64s(&[-1, 1])));
     for axes in [&[0, 2][..], &[2], &[0]] {
         g.initializer.push(tensor(&axes_name(axes), Dtype::I64, &[axes.len()], i64s(axes)));
     }
@@ -283,7 +303,16 @@ impl LayerNodes<'_> {
                 self.op("Mul", "sumsq_n", &[&l2n, &l2n]);
                 self.reduce("ReduceSum", &sumsq_n, "sumsq", &[0]);
             }
-            Reduction::Training => unreachable!("training-mode BatchNormalization computes its own moments"),
+            Reduction::Training | Reduction::Moments => unreachable!("computed by a node of their own"),
+            Reduction::Centered => {
+                let (mean, mean_c1, dev, ssd_n) = (self.v("mean"), self.v("mean_c1"), self.v("dev"), self.v("ssd_n"));
+                self.reduce("ReduceMean", &xr, "mean_n", &[2]);
+                self.reduce("ReduceMean", &mean_n, "mean", &[0]);
+                self.op("Reshape", "mean_c1", &[&mean, SHAPE_C1]);
+                self.op("Sub", "dev", &[&xr, &mean_c1]);
+                self.reduce("ReduceSumSquare", &dev, "ssd_n", &[2]);
+                self.reduce("ReduceSum", &ssd_n, "ssd", &[0]);
+            }
             Reduction::Square => {
                 self.reduce("ReduceMean", &xr, "mean_n", &[2]);
                 self.reduce("ReduceMean", &mean_n, "mean", &[0]);
@@ -308,9 +337,15 @@ impl LayerNodes<'_> {
         self.op("Reshape", "count_1", &[&count, VEC_1]);
     }
 
-    /// The biased `var` from `sumsq` and `mean`: `sumsq / count − mean²`.
-    fn variance(&mut self) {
+    /// The biased `var` from `sumsq` and `mean`: `sumsq / count − mean²`; or `ssd / count` from the
+    /// sum of squared deviations (`Centered`).
+    fn variance(&mut self, reduction: Reduction) {
         let v = |s: &str| self.v(s);
+        if reduction == Reduction::Centered {
+            let (ssd, count) = (v("ssd"), v("count"));
+            self.op("Div", "var", &[&ssd, &count]);
+            return;
+        }
         let (count, sumsq, meansq, mean, mean2, var_raw) =
             (v("count"), v("sumsq"), v("meansq"), v("mean"), v("mean2"), v("var_raw"));
         self.op("Div", "meansq", &[&sumsq, &count]);
@@ -377,17 +412,27 @@ pub fn stats_model(model: &Model, layers: &[BnLayer], reduction: Reduction) -> R
         let layer = &layers[k];
         let mut b = LayerNodes { k, opset, layer, nodes: Vec::new() };
         let mut bn: NodeProto = n;
-        b.count();
-        if reduction == Reduction::Training {
+        if reduction == Reduction::Moments {
+            let outputs = [b.v("mean"), b.v("var"), b.v("count_1")];
+            let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+            let mut moments = node(moments::NAME, b.v("moments"), &[&layer.input], &outputs, vec![]);
+            moments.domain = Some(moments::DOMAIN.into());
+            b.nodes.push(moments);
+            bn.input[3] = b.v("mean");
+            bn.input[4] = b.v("var");
+            bn.attribute.retain(|a| a.name() == "epsilon");
+        } else if reduction == Reduction::Training {
+            b.count();
             if channel_shapes.insert(layer.channels) {
                 let c = layer.channels as i64;
                 g.initializer.push(tensor(&channels_name(layer.channels), Dtype::I64, &[1], c.to_le_bytes().to_vec()));
             }
             b.training(&mut bn);
         } else {
+            b.count();
             b.op("Reshape", "xr", &[&layer.input, SHAPE_NCR]);
             b.moments(reduction);
-            b.variance();
+            b.variance(reduction);
             bn.input[3] = b.v("mean");
             bn.input[4] = b.v("var");
             bn.attribute.retain(|a| a.name() == "epsilon");
@@ -404,6 +449,9 @@ pub fn stats_model(model: &Model, layers: &[BnLayer], reduction: Reduction) -> R
     g.output.push(output(ALL, &[len as i64]));
     g.value_info.clear();
     prune(g, ALL);
+    if reduction == Reduction::Moments {
+        out.import_domain(moments::DOMAIN, 1);
+    }
     Ok((out, StatsLayout { output: ALL.into(), offsets }))
 }
 

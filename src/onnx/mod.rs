@@ -365,6 +365,15 @@ impl Model {
         self.proto.graph.as_mut().expect("a loaded model has a graph")
     }
 
+    /// Imports operator set `domain` at `version`, unless the model imports it already.
+    pub fn import_domain(&mut self, domain: &str, version: i64) {
+        if !self.proto.opset_import.iter().any(|o| o.domain() == domain) {
+            self.proto
+                .opset_import
+                .push(proto::OperatorSetIdProto { domain: Some(domain.into()), version: Some(version) });
+        }
+    }
+
     /// The opset version of the default ONNX domain.
     pub fn opset(&self) -> i64 {
         self.proto

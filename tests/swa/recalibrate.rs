@@ -119,9 +119,9 @@ fn torch_mode_matches_update_bn_cnn_and_mlp() {
 
 #[test]
 fn every_statistics_graph_layout_matches_update_bn() {
-    // The CPU runs `training` by default and CUDA `split`; all of them are checked here, on the CPU.
+    // The CPU runs `moments` by default and CUDA `split`; all of them are checked here, on the CPU.
     let f = |rel: &str| fixture(&format!("cnn/{rel}"));
-    for layout in ["training", "flat", "split", "square"] {
+    for layout in ["moments", "training", "centered", "flat", "split", "square"] {
         let dir = tmp();
         let (average, inputs) = (f("expected/swa_average.safetensors"), f("train.npy"));
         recalibrate_cmd(&f("model.onnx"), &average, &inputs, dir.path(), &["--stats", "torch"])
@@ -130,6 +130,26 @@ fn every_statistics_graph_layout_matches_update_bn() {
             .success();
         assert_close(&dir.path().join("out.safetensors"), &f("expected/swa_bn_torch.safetensors"), 1e-4, 1e-6, stats);
     }
+}
+
+#[test]
+fn the_cpu_statistics_graph_uses_swas_moments_operator() {
+    use swa::onnx::bn::{find, stats_model, Reduction};
+    let m = Model::load(fixture("bn/bn3d.onnx")).unwrap();
+    let layers = find(&m).unwrap();
+    let (g, layout) = stats_model(&m, &layers, Reduction::for_device(false)).unwrap();
+    let moments: Vec<_> = g.graph().node.iter().filter(|n| n.op_type() == "BatchMoments").collect();
+    assert_eq!(moments.len(), layers.len());
+    assert!(moments.iter().all(|n| n.domain() == "ai.swa" && n.output.len() == 3));
+    assert!(g.proto.opset_import.iter().any(|o| o.domain() == "ai.swa" && o.version() == 1));
+    // Every BatchNormalization normalises in inference mode with the operator's moments.
+    for n in g.graph().node.iter().filter(|n| n.op_type() == "BatchNormalization") {
+        assert!(n.input[3].ends_with("/mean") && n.input[4].ends_with("/var") && n.output.len() == 1, "{n:?}");
+    }
+    assert_eq!(layout.offsets.len(), layers.len());
+    // CUDA keeps the reductions (its provider would copy every activation to the host for it).
+    let (g, _) = stats_model(&m, &layers, Reduction::for_device(true)).unwrap();
+    assert!(!g.graph().node.iter().any(|n| n.op_type() == "BatchMoments"));
 }
 
 #[test]
