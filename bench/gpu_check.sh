@@ -36,14 +36,25 @@ grep -h swa_bn_torch fixtures/*/expected/summary.json
 echo "== benchmark"
 bench() { PYTHONUNBUFFERED=1 timeout 200 python3 bench/recalibrate_bench.py --swa $swa --device cuda --threads 16 --repeat 2 "$@" 2>&1 | grep -v -i warn; }
 bench --samples 32768 --batch 1024 --workdir /tmp/b \
-  --variants default+tf32,square+tf32,default+tf32+s1,default+tf32+s3,default | tee "$out/bench.log"
+  --variants default+tf32,square+tf32,centered+tf32,default+tf32+s1,default+tf32+s3,default,centered | tee "$out/bench.log"
 bench --samples 131072 --batch 1024 --workdir /tmp/c --variants default+tf32,square+tf32 | tee -a "$out/bench.log"
 bench --samples 32768 --batch 256 --workdir /tmp/d --variants default+tf32,square+tf32 | tee -a "$out/bench.log"
 python3 -c "import numpy as np; np.save('/tmp/b/x3.npy', np.load('/tmp/b/x.npy', mmap_mode='r')[:3072])"
 
+echo "== CUDA precision on torchvision models (bench/compat.py), per statistics reduction"
+if python3 -c "import torchvision, onnxscript" 2>/dev/null; then
+  for reduction in split centered square; do
+    echo "-- $reduction"
+    SWA_STATS_REDUCTION=$reduction timeout 300 python3 bench/compat.py --swa $swa --swa-args "--device cuda" \
+      --models resnet18,densenet121,regnet_x_400mf,mobilenet_v3_small --exporters torchscript --markdown 2>&1 | grep '^|'
+  done 2>&1 | tee "$out/compat_cuda.txt"
+else
+  echo "torchvision or onnxscript missing: skipped" | tee "$out/compat_cuda.txt"
+fi
+
 echo "== kernel times (Nsight Compute, 3 batches of 1024, TF32)"
 ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-for reduction in split square; do
+for reduction in split square centered; do
   SWA_STATS_REDUCTION=$reduction timeout 120 $ncu --clock-control none --metrics gpu__time_duration.sum --csv --log-file /tmp/ncu_$reduction.csv \
     $swa recalibrate --device cuda --streams 1 --tf32 --stats torch --batch-size 1024 --model /tmp/b/resnet18.onnx --inputs /tmp/b/x3.npy -o /tmp/b/o.onnx > /dev/null
   python3 bench/ncu_summary.py /tmp/ncu_$reduction.csv --batches 3 --label "swa --tf32 ($reduction)" | tee -a "$out/kernels.txt"

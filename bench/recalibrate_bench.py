@@ -68,7 +68,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--variants", default="default",
-                    help="comma-separated swa variants: default, flat, split or square (SWA_STATS_REDUCTION), then optional flags joined by +: "
+                    help="comma-separated swa variants: default, moments, training, centered, flat, split or square (SWA_STATS_REDUCTION), then optional flags joined by +: "
                          "tf32 (--tf32), sN (--streams N), exhaustive or heuristic (cuDNN algorithm "
                          "search); e.g. split+tf32+s2")
     args = ap.parse_args()
