@@ -9,7 +9,8 @@
 //! [`Identity`] (`model`, `model_sha256`, `weights`, `weights_sha256`, `key`), `stats`,
 //! `batch_size`, `shard` (`I/N`), `samples` and `batches` of this part, `total_samples` of the
 //! pass, `inputs` (the path, recorded in the merged model's sources), `device`, `layers` (JSON
-//! list), `swa_version`.
+//! list), `swa_version`; with images, `preprocessing` and `skipped` (a JSON list of the images
+//! that could not be decoded, each with why).
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -147,6 +148,12 @@ fn metadata(identity: &Identity, pass: &PassOptions, part: Part, acc: &Accumulat
     if let Some(k) = &identity.key {
         m.insert("key".into(), k.clone());
     }
+    if !acc.skipped.is_empty() {
+        m.insert("skipped".into(), serde_json::to_string(&acc.skipped).expect("strings"));
+    }
+    if let Some(p) = &acc.preprocessing {
+        m.insert("preprocessing".into(), p.clone());
+    }
     m
 }
 
@@ -175,6 +182,10 @@ pub struct PartialStats {
     pub device: String,
     /// Layer names, in graph order, and their statistics.
     pub layers: Vec<(String, Sufficient)>,
+    /// Images of this part skipped because they could not be decoded, each with why.
+    pub skipped: Vec<String>,
+    /// How images were read and preprocessed (`None` for float arrays).
+    pub preprocessing: Option<String>,
 }
 
 /// Reads a partial statistics file.
@@ -239,6 +250,12 @@ pub fn read(path: &Path) -> Result<PartialStats> {
         inputs: get("inputs")?.into(),
         device: meta.get("device").cloned().unwrap_or_default(),
         layers,
+        skipped: match meta.get("skipped") {
+            Some(list) => serde_json::from_str(list)
+                .map_err(|e| bad(format!("its metadata `skipped` is not a JSON list of names: {e}")))?,
+            None => Vec::new(),
+        },
+        preprocessing: meta.get("preprocessing").cloned(),
     })
 }
 
@@ -255,6 +272,8 @@ pub struct Merged {
     pub batches: usize,
     /// The devices the parts ran on.
     pub devices: Vec<String>,
+    /// The images every part skipped, in part order.
+    pub skipped: Vec<String>,
 }
 
 /// Checks that `partials` are every part of one pass over one model and weights (same model and
@@ -276,6 +295,11 @@ pub fn merge(partials: Vec<PartialStats>) -> Result<Merged> {
         why.field("passes' sample counts", first.total_samples, p.total_samples);
         let name = |i: &Path| i.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         why.field("input files", name(&first.inputs), name(&p.inputs));
+        why.field(
+            "preprocessing",
+            first.preprocessing.as_deref().unwrap_or("none"),
+            p.preprocessing.as_deref().unwrap_or("none"),
+        );
         let layer_names =
             |q: &PartialStats| q.layers.iter().map(|(n, s)| format!("{n}[{}]", s.channels())).collect::<Vec<_>>();
         why.field("layers", layer_names(first).join(","), layer_names(p).join(","));
@@ -313,6 +337,7 @@ pub fn merge(partials: Vec<PartialStats>) -> Result<Merged> {
         samples: sorted.iter().map(|p| p.samples).sum(),
         batches: sorted.iter().map(|p| p.batches).sum(),
         devices,
+        skipped: sorted.iter().flat_map(|p| p.skipped.iter().cloned()).collect(),
         first: sorted.into_iter().next().expect("at least one"),
     })
 }
@@ -385,12 +410,13 @@ pub fn merge_into_model(opts: &MergeStatsOptions) -> Result<RecalibrateSummary> 
         }
         Ok(PassResult {
             stats: merged.layers.iter().map(Sufficient::finish).collect(),
-            samples: merged.samples,
+            // As a single pass counts them: the images decoded, not those skipped.
+            samples: merged.samples - merged.skipped.len().min(merged.samples),
             batches: merged.batches,
             seconds: 0.0,
             first_batch_seconds: 0.0,
-            skipped: Vec::new(),
-            preprocessing: None,
+            skipped: merged.skipped.clone(),
+            preprocessing: first.preprocessing.clone(),
         })
     })?;
     summary.device = merged.devices.join(", ");

@@ -417,6 +417,69 @@ fn shards_that_skipped_images_merge_into_the_single_run() {
 }
 
 #[test]
+fn statistics_shards_that_skipped_images_merge_into_the_single_run() {
+    let dir = val_copy();
+    std::fs::write(dir.path().join("dog/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    std::fs::write(dir.path().join("cat/empty.jpg"), b"").unwrap();
+    let work = tmp();
+    let recalibrate = |extra: &[&str], out: &str| {
+        let a = swa()
+            .args(["recalibrate", "--model"])
+            .arg(fixture("cnn/model.onnx"))
+            .arg("--inputs")
+            .arg(dir.path())
+            .args(["--resize", "20", "--center-crop", "16", "--skip-bad-images", "--batch-size", "2", "--json"])
+            .args(["--stats", "precise", "--threads", "1"])
+            .args(extra)
+            .arg(if out.ends_with(".onnx") { "-o" } else { "--partial-out" })
+            .arg(work.path().join(out))
+            .assert()
+            .success();
+        serde_json::from_slice::<serde_json::Value>(&a.get_output().stdout).unwrap()
+    };
+    let whole = recalibrate(&["--save-weights", work.path().join("whole.safetensors").to_str().unwrap()], "whole.onnx");
+    let mut parts = Vec::new();
+    for i in 0..3 {
+        recalibrate(&["--shard", &format!("{i}/3")], &format!("p{i}.safetensors"));
+        parts.push(work.path().join(format!("p{i}.safetensors")));
+    }
+    let merged = swa()
+        .arg("merge-stats")
+        .args(&parts)
+        .arg("--model")
+        .arg(fixture("cnn/model.onnx"))
+        .arg("-o")
+        .arg(work.path().join("merged.onnx"))
+        .arg("--save-weights")
+        .arg(work.path().join("merged.safetensors"))
+        .arg("--json")
+        .assert()
+        .success();
+    let merged: serde_json::Value = serde_json::from_slice(&merged.get_output().stdout).unwrap();
+    assert_eq!(whole["samples"], 16);
+    for key in ["samples", "skipped", "preprocessing"] {
+        assert_eq!(merged[key], whole[key], "{key}");
+    }
+    assert_eq!(merged["skipped"].as_array().unwrap().len(), 2);
+    // The same statistics up to the f32 rounding of sums merged in another order.
+    assert_close(&work.path().join("merged.safetensors"), &work.path().join("whole.safetensors"), 1e-6, 1e-7, |_| true);
+    // A part preprocessed otherwise is not one of the same pass.
+    recalibrate(&["--shard", "2/3", "--mean", "0.5,0.5,0.5"], "other.safetensors");
+    let e = swa()
+        .arg("merge-stats")
+        .args(&parts[..2])
+        .arg(work.path().join("other.safetensors"))
+        .arg("--model")
+        .arg(fixture("cnn/model.onnx"))
+        .arg("-o")
+        .arg(work.path().join("bad.onnx"))
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&e.get_output().stderr).into_owned();
+    assert!(stderr.contains("preprocessing"), "{stderr}");
+}
+
+#[test]
 fn awkward_but_valid_folders_read_as_torchvision_reads_them() {
     // The first image is bad and the model fixes the size: skipping works from the first image.
     let dir = val_copy();
