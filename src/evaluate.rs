@@ -153,6 +153,11 @@ impl MetricsAccumulator {
             mine.0 += theirs.0;
             mine.1 += theirs.1;
         }
+        if let (Some(a), Some(b)) = (&self.preprocessing, &other.preprocessing) {
+            if a != b {
+                return Err(format!("images preprocessed differently ({a} vs {b})"));
+            }
+        }
         self.skipped.extend(other.skipped.iter().cloned());
         if self.preprocessing.is_none() {
             self.preprocessing.clone_from(&other.preprocessing);

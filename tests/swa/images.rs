@@ -414,6 +414,19 @@ fn shards_that_skipped_images_merge_into_the_single_run() {
     }
     assert_eq!(whole["samples"], 16);
     assert_eq!(merged["skipped"].as_array().unwrap().len(), 2);
+    // A part preprocessed otherwise is not one of the same evaluation.
+    let other = work.path().join("other.json");
+    swa()
+        .args(["evaluate", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--inputs")
+        .arg(dir.path())
+        .args(["--resize", "20", "--center-crop", "16", "--skip-bad-images", "--batch-size", "2"])
+        .args(["--mean", "0.5,0.5,0.5", "--shard", "2/3", "--partial-out"])
+        .arg(&other)
+        .assert()
+        .success();
+    swa().arg("merge-eval").args(&parts[..2]).arg(&other).assert().code(2).stderr(contains("preprocessed differently"));
 }
 
 #[test]
