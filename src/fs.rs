@@ -416,22 +416,26 @@ impl StagedFile {
     pub fn reserve(&self, len: u64) -> Result<()> {
         let file = self.as_file();
         #[cfg(target_os = "linux")]
-        while len > 0 {
+        if len > 0 {
             use std::os::fd::AsRawFd;
-            // SAFETY: a plain system call on an open descriptor.
-            let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
-            if rc == 0 {
-                break;
-            }
-            let e = std::io::Error::last_os_error();
-            match e.raw_os_error() {
-                // fallocate(2) may be interrupted by a signal (tmpfs checks for one as it goes).
-                Some(libc::EINTR) => continue,
-                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => break,
-                _ => {
-                    let gib = len as f64 / f64::from(1u32 << 30);
-                    let e = std::io::Error::new(e.kind(), format!("cannot reserve {gib:.2} GiB for the output: {e}"));
-                    return Err(Error::io(&self.target, e));
+            // Repeated only on EINTR.
+            loop {
+                // SAFETY: a plain system call on an open descriptor.
+                let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+                if rc == 0 {
+                    break;
+                }
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    // fallocate(2) may be interrupted by a signal (tmpfs checks for one as it goes).
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => break,
+                    _ => {
+                        let gib = len as f64 / f64::from(1u32 << 30);
+                        let e =
+                            std::io::Error::new(e.kind(), format!("cannot reserve {gib:.2} GiB for the output: {e}"));
+                        return Err(Error::io(&self.target, e));
+                    }
                 }
             }
         }
