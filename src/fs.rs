@@ -411,23 +411,35 @@ impl StagedFile {
 
     /// Makes the file `len` bytes long, with its disk space allocated up front where the file
     /// system can (`fallocate`), so that a full disk fails now rather than after the work.
+    /// (fallocate only grows a file and refuses a length of 0, so the length is then set as
+    /// `set_len` sets it: any `len` gives a file of exactly `len` bytes.)
     pub fn reserve(&self, len: u64) -> Result<()> {
         let file = self.as_file();
         #[cfg(target_os = "linux")]
-        {
+        if len > 0 {
             use std::os::fd::AsRawFd;
-            // SAFETY: a plain system call on an open descriptor.
-            let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
-            if rc == 0 {
-                return Ok(());
-            }
-            let e = std::io::Error::last_os_error();
-            if !matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)) {
-                let gib = len as f64 / f64::from(1u32 << 30);
-                let e = std::io::Error::new(e.kind(), format!("cannot reserve {gib:.2} GiB for the output: {e}"));
-                return Err(Error::io(&self.target, e));
+            // Repeated only on EINTR.
+            loop {
+                // SAFETY: a plain system call on an open descriptor.
+                let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+                if rc == 0 {
+                    break;
+                }
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    // fallocate(2) may be interrupted by a signal (tmpfs checks for one as it goes).
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => break,
+                    _ => {
+                        let gib = len as f64 / f64::from(1u32 << 30);
+                        let e =
+                            std::io::Error::new(e.kind(), format!("cannot reserve {gib:.2} GiB for the output: {e}"));
+                        return Err(Error::io(&self.target, e));
+                    }
+                }
             }
         }
+        // After a fallocate that grew the file to `len`, a no-op.
         file.set_len(len).map_err(|e| Error::io(&self.target, e))
     }
 
@@ -758,6 +770,18 @@ mod tests {
         // More than any disk holds fails now, with the size in the message.
         let e = chain(&staged.reserve(1 << 62).unwrap_err());
         assert!(e.contains("cannot reserve") && e.contains("GiB"), "{e}");
+    }
+
+    #[test]
+    fn reserve_sets_the_length_it_is_given_even_zero_or_shorter() {
+        // fallocate refuses a length of 0 (EINVAL) and never shrinks a file; set_len did both.
+        let tmp = tempfile::tempdir().unwrap();
+        let staged = StagedFile::beside(&tmp.path().join("out.safetensors")).unwrap();
+        staged.reserve(0).unwrap();
+        assert_eq!(staged.as_file().metadata().unwrap().len(), 0);
+        staged.reserve(4096).unwrap();
+        staged.reserve(100).unwrap();
+        assert_eq!(staged.as_file().metadata().unwrap().len(), 100);
     }
 
     #[test]

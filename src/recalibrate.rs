@@ -431,10 +431,18 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
             let c = l.channels;
             let (mean, var, count) = (&all[at..at + c], &all[at + c..at + 2 * c], all[at + 2 * c] as f64);
             if mean.iter().chain(var).any(|v| !v.is_finite()) {
+                // Finite means and an infinite variance: the activations are finite but so large
+                // (about 1e19 or more) that their variance exceeds float32's range.
+                let overflow = mean.iter().all(|v| v.is_finite()) && !var.iter().any(|v| v.is_nan());
+                let what = if overflow {
+                    "its input's batch variance exceeds float32's range (activations of about 1e19 or more)"
+                } else {
+                    "its input holds NaN or Inf"
+                };
                 return Err(Error::node(
                     &l.name,
                     "BatchNormalization",
-                    format!("its input holds NaN or Inf in batch {} (the first layer where it appears)", batches + 1),
+                    format!("{what} in batch {} (the first layer where it appears)", batches + 1),
                 ));
             }
             if opts.stats == StatsMode::Torch && count < 2.0 {

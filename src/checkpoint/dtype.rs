@@ -102,12 +102,16 @@ macro_rules! fused {
 }
 
 /// Calls `$avx2` (the same loops compiled for AVX2) when the CPU has it, else `$any`; with
-/// `$avx512` too, that one (compiled for AVX-512) on CPUs with AVX-512 F and BW.
+/// `$avx512` too, that one (compiled for AVX-512 F, BW and VL) on CPUs with all three.
 macro_rules! dispatch {
     ($any:ident, $avx2:ident, $avx512:ident; $($arg:expr),*) => {{
         #[cfg(target_arch = "x86_64")]
-        let result = if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
-            // SAFETY: the CPU supports AVX-512 F and BW, checked just above.
+        let result = if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: the CPU supports AVX-512 F, BW and VL (what the `$avx512` functions are
+            // compiled with), checked just above.
             unsafe { $avx512($($arg),*) }
         } else {
             $crate::checkpoint::dtype::dispatch!($any, $avx2, $($arg),*)

@@ -81,7 +81,22 @@ impl Outputs {
     }
 }
 
+/// The kernel. ONNX Runtime calls it, and the channel tasks, through `extern "C"` functions that
+/// `ort` does not guard: a panic there would abort the process (Rust does not unwind across them),
+/// so any panic becomes the node's error here.
 fn compute(ctx: &ComputeContext) -> ort::Result<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compute_unguarded(ctx)))
+        .unwrap_or_else(|p| Err(ort::Error::new(format!("BatchMoments: {}", panic_message(&*p)))))
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panicked".into())
+}
+
+fn compute_unguarded(ctx: &ComputeContext) -> ort::Result<()> {
     let input = ctx.input(0)?.ok_or_else(|| ort::Error::new("BatchMoments: no input"))?;
     let (shape, x) = input.try_extract_tensor::<f32>()?;
     if shape.len() < 2 || shape.iter().any(|&d| d < 0) {
@@ -89,10 +104,12 @@ fn compute(ctx: &ComputeContext) -> ort::Result<()> {
     }
     let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
     let (n, c) = (dims[0], dims[1]);
-    let r: usize = dims[2..].iter().product();
-    if x.len() != n * c * r {
-        return Err(ort::Error::new("BatchMoments: the input's length does not match its shape"));
-    }
+    // Checked: a shape with a 0 dimension can have other dimensions whose product overflows.
+    let r = dims[2..].iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let len = r.and_then(|r| n.checked_mul(c)?.checked_mul(r)).filter(|&len| len == x.len());
+    let (Some(r), Some(_)) = (r, len) else {
+        return Err(ort::Error::new(format!("BatchMoments: the input's length does not match its shape {shape:?}")));
+    };
     let mut mean = ctx.output(0, vec![c as i64])?.ok_or_else(|| ort::Error::new("BatchMoments: no mean output"))?;
     let mut var = ctx.output(1, vec![c as i64])?.ok_or_else(|| ort::Error::new("BatchMoments: no var output"))?;
     let mut count = ctx.output(2, vec![1i64])?.ok_or_else(|| ort::Error::new("BatchMoments: no count output"))?;
@@ -110,9 +127,19 @@ fn compute(ctx: &ComputeContext) -> ort::Result<()> {
     };
     if n * c * r < 1 << 15 {
         (0..c).for_each(channel);
-        Ok(())
-    } else {
-        ctx.par_for(c, 0, channel)
+        return Ok(());
+    }
+    // On ONNX Runtime's threads a panic cannot unwind: each task catches its own, and the first
+    // one's message becomes the error.
+    let panicked = std::sync::Mutex::new(None);
+    ctx.par_for(c, 0, |k| {
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| channel(k))) {
+            panicked.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| panic_message(&*p));
+        }
+    })?;
+    match panicked.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(m) => Err(ort::Error::new(format!("BatchMoments: {m}"))),
+        None => Ok(()),
     }
 }
 
@@ -214,5 +241,64 @@ mod tests {
         assert!(all(&[f32::INFINITY, 2.0], 1).0.is_nan());
         assert!(moments(&[], Channel { start: 0, rows: 0, stride: 0, len: 0 }).0.is_nan());
         assert_eq!(all(&[3.0, 3.0, 3.0, 3.0], 2), (3.0, 0.0));
+    }
+
+    /// Runs a graph of one BatchMoments node on `x` (of `shape`) with `threads` intra-op threads.
+    fn run_op(shape: &[i64], x: Vec<f32>, threads: usize) -> crate::error::Result<(Vec<f32>, Vec<f32>, f32)> {
+        use crate::onnx::proto::{type_proto, GraphProto, ModelProto, OperatorSetIdProto, TypeProto, ValueInfoProto};
+        use prost::Message;
+        let value = |name: &str| ValueInfoProto {
+            name: Some(name.into()),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: Some(crate::onnx::DataType::Float as i32),
+                    shape: None,
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut op = crate::onnx::node(super::NAME, "m".into(), &["x"], &["mean", "var", "count"], vec![]);
+        op.domain = Some(super::DOMAIN.into());
+        let opset = |d: &str, v| OperatorSetIdProto { domain: Some(d.into()), version: Some(v) };
+        let model = ModelProto {
+            ir_version: Some(8),
+            opset_import: vec![opset("", 17), opset(super::DOMAIN, 1)],
+            graph: Some(GraphProto {
+                name: Some("g".into()),
+                node: vec![op],
+                input: vec![value("x")],
+                output: vec![value("mean"), value("var"), value("count")],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let engine = crate::runtime::Engine { threads: std::num::NonZeroUsize::new(threads), ..Default::default() };
+        let mut session = crate::runtime::session(&model.encode_to_vec(), &engine)?;
+        let out = session.run(ort::inputs!["x" => ort::value::Tensor::from_array((shape.to_vec(), x))?])?;
+        let get = |name: &str| out[name].try_extract_tensor::<f32>().map(|(_, v)| v.to_vec());
+        Ok((get("mean")?, get("var")?, get("count")?[0]))
+    }
+
+    #[test]
+    fn the_operator_gives_each_channels_moments_on_any_number_of_threads() {
+        // [N=64, C=6, R=97]: past the size at which the channels go to ONNX Runtime's threads.
+        let (n, c, r) = (64, 6, 97);
+        let x: Vec<f32> = (0..n * c * r).map(|i| ((i * 7919) % 1013) as f32 * 0.01 + (i / r % c) as f32).collect();
+        let one = run_op(&[n as i64, c as i64, r as i64], x.clone(), 1).unwrap();
+        assert_eq!(run_op(&[n as i64, c as i64, r as i64], x.clone(), 2).unwrap(), one);
+        assert_eq!(one.2, (n * r) as f32);
+        for k in 0..c {
+            let (m, v) = moments(&x, Channel { start: k * r, rows: n, stride: c * r, len: r });
+            assert_eq!((one.0[k], one.1[k]), (m as f32, v as f32), "channel {k}");
+        }
+    }
+
+    #[test]
+    fn a_shape_whose_size_overflows_is_an_error_not_an_abort() {
+        // No values, but the trailing dimensions' product overflows usize: this used to panic
+        // inside the kernel, which unwinds into ONNX Runtime's C++ and aborts the process.
+        let e = crate::error::chain(&run_op(&[0, 1, 1 << 32, 1 << 32], vec![], 1).unwrap_err());
+        assert!(e.contains("BatchMoments"), "{e}");
     }
 }

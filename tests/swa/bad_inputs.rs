@@ -338,6 +338,31 @@ fn recalibrate_nan_names_the_first_layer() {
 }
 
 #[test]
+fn recalibrate_names_a_variance_beyond_float32_as_such() {
+    // Finite inputs whose first BatchNorm's batch variance (about 1e42) exceeds float32's range:
+    // the message used to say the input holds NaN or Inf, which it does not.
+    let dir = tmp();
+    let (shape, x) = read_npy(&fixture("mlp/train.npy"));
+    let x: Vec<f32> = x.iter().map(|v| v * 1e21).collect();
+    assert!(x.iter().all(|v| v.is_finite()));
+    let path = dir.path().join("huge.npy");
+    write_npy_f32(&path, &shape, &x);
+    let m = fixture("mlp/model.onnx");
+    recalibrate_fails(
+        &[
+            os(Path::new("--model")),
+            os(&m),
+            os(Path::new("--inputs")),
+            os(&path),
+            os(Path::new("--batch-size")),
+            os(Path::new("32")),
+        ],
+        "(BatchNormalization): its input's batch variance exceeds float32's range (activations of about 1e19 or more) \
+         in batch 1",
+    );
+}
+
+#[test]
 fn recalibrate_weights_that_do_not_fit_the_graph() {
     let m = fixture("cnn/model.onnx");
     let x = fixture("cnn/train.npy");
