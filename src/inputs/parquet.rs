@@ -123,9 +123,13 @@ impl RowGroups for CheckedRowGroups {
             let rows = usize::try_from(group.num_rows()).unwrap_or(0);
             let column = group.column(i);
             let pages = SerializedPageReader::new(self.file.clone(), column, rows, None)?;
-            chunks
-                .push(Ok(Box::new(CheckedPages { inner: Box::new(pages), next: None, dictionary: false })
-                    as Box<dyn PageReader>));
+            let descr = column.column_descr();
+            chunks.push(Ok(Box::new(CheckedPages {
+                inner: Box::new(pages),
+                next: None,
+                dictionary: false,
+                levels: (descr.max_rep_level(), descr.max_def_level()),
+            }) as Box<dyn PageReader>));
         }
         Ok(Box::new(Chunks(chunks.into_iter())))
     }
@@ -152,15 +156,100 @@ impl PageIterator for Chunks {}
 
 /// A column chunk's pages, as the parquet crate decodes them, without the paths where it panics
 /// on malformed pages: it peeks at (and skips) a page by decoding its header with `unwrap()`s on
-/// the parts a data page must have, and expects a dictionary page before dictionary-encoded data.
+/// the parts a data page must have, expects a dictionary page before dictionary-encoded data, and
+/// slices and decodes the repetition and definition levels by the lengths the page declares.
 /// Here a peek reads the whole page (which then waits for the next read), so its header goes
-/// through the checked decoding, and dictionary-encoded data without a dictionary is an error.
+/// through the checked decoding; dictionary-encoded data without a dictionary, and levels that
+/// do not fit in their page, are errors.
 struct CheckedPages {
     inner: Box<dyn PageReader>,
     /// A page read by a peek.
     next: Option<Page>,
     /// Whether a dictionary page was read.
     dictionary: bool,
+    /// The column's highest repetition and definition levels.
+    levels: (i16, i16),
+}
+
+/// Checks that a data page's levels lie within it, as the parquet crate slices them: a version 1
+/// page holds each kind of level behind its byte length (RLE) or as `num_values` packed values
+/// (BIT_PACKED); a version 2 page gives both lengths in its header.
+fn check_levels(page: &Page, (max_rep, max_def): (i16, i16)) -> std::result::Result<(), String> {
+    let bits = |max: i16| (16 - max.leading_zeros()) as usize;
+    match page {
+        Page::DataPage { buf, num_values, def_level_encoding, rep_level_encoding, .. } => {
+            let mut rest: &[u8] = buf;
+            for (max, encoding) in [(max_rep, *rep_level_encoding), (max_def, *def_level_encoding)] {
+                if max <= 0 {
+                    continue;
+                }
+                let len = match encoding {
+                    Encoding::RLE => {
+                        let Some(prefix) = rest.get(..4) else { return Err("its levels are cut short".into()) };
+                        let len = i32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
+                        let Some(levels) = len.checked_add(4).and_then(|end| rest.get(4..end)) else {
+                            return Err(format!("its levels ({len} bytes) do not fit in the page"));
+                        };
+                        check_rle_levels(levels, bits(max), *num_values as usize)?;
+                        len + 4
+                    }
+                    #[allow(deprecated)]
+                    Encoding::BIT_PACKED => (*num_values as usize * bits(max)).div_ceil(8),
+                    other => return Err(format!("its levels have encoding {other}")),
+                };
+                rest = rest.get(len..).ok_or("its levels do not fit in the page")?;
+            }
+            Ok(())
+        }
+        Page::DataPageV2 { buf, num_values, def_levels_byte_len, rep_levels_byte_len, .. } => {
+            let (rep, def) = (*rep_levels_byte_len as usize, *def_levels_byte_len as usize);
+            if rep + def > buf.len() {
+                return Err(format!("its levels ({rep} + {def} bytes) do not fit in its {} bytes", buf.len()));
+            }
+            if max_rep > 0 {
+                check_rle_levels(&buf[..rep], bits(max_rep), *num_values as usize)?;
+            }
+            if max_def > 0 {
+                check_rle_levels(&buf[rep..rep + def], bits(max_def), *num_values as usize)?;
+            }
+            Ok(())
+        }
+        Page::DictionaryPage { .. } => Ok(()),
+    }
+}
+
+/// Checks that the bit-packed runs of `levels` levels of `bits` bits, RLE / bit-packed hybrid
+/// encoded in `data`, lie within it (the parquet crate's decoder of nullable flat columns reads
+/// them without a bound check). A run cut short by the end of the data is the decoders' to report.
+fn check_rle_levels(data: &[u8], bits: usize, levels: usize) -> std::result::Result<(), String> {
+    let (mut at, mut left) = (0usize, levels);
+    while left > 0 && at < data.len() {
+        let (mut header, mut shift) = (0u64, 0);
+        loop {
+            let Some(&b) = data.get(at) else { return Ok(()) };
+            at += 1;
+            if shift < 64 {
+                header |= u64::from(b & 0x7f) << shift;
+            }
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let count = usize::try_from(header >> 1).unwrap_or(usize::MAX);
+        if header & 1 == 1 {
+            let read = count.saturating_mul(8).min(left);
+            if (read * bits).div_ceil(8) > data.len() - at {
+                return Err(format!("a bit-packed run of {read} levels ends past their {} bytes", data.len()));
+            }
+            at = at.saturating_add(count.saturating_mul(bits));
+            left -= read;
+        } else {
+            at = at.saturating_add(bits.div_ceil(8));
+            left -= count.min(left);
+        }
+    }
+    Ok(())
 }
 
 impl CheckedPages {
@@ -179,7 +268,8 @@ impl CheckedPages {
                     "a dictionary-encoded data page has no dictionary page before it".into(),
                 ));
             }
-            _ => {}
+            Some(p) => check_levels(p, self.levels).map_err(parquet::errors::ParquetError::General)?,
+            None => {}
         }
         Ok(page)
     }
