@@ -116,3 +116,59 @@ pub fn image(data: &[u8]) {
         images::to_tensor(&out, &[0.5; 3], &[0.25; 3], Layout::Nchw, &mut tensor);
     }
 }
+
+/// A Parquet file in the Hugging Face layout (an `image` column of encoded bytes, a struct
+/// `{bytes, path}` or binary, and an optional integer `label` column), opened as the samples of
+/// a 3x8x8 model input and read batch by batch: once at the model's size (crop 8x8), stopping at
+/// the first bad image, and once at the first image's size after resizing (shorter side 9),
+/// skipping bad images. Only the first rows and the last ones are read (a tiny file can declare
+/// billions of run-length rows); the last two rows are read from a reader started there, past
+/// the rows before them.
+pub fn parquet(data: &[u8]) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use swa::inputs::images::{Preprocess, Resize};
+    use swa::inputs::{DataOptions, InputSpec, Samples};
+
+    // The library opens paths: one file per call, removed after.
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "swa-fuzz-{}-{}.parquet",
+        std::process::id(),
+        CALLS.fetch_add(1, Ordering::Relaxed)
+    ));
+    if std::fs::write(&path, data).is_err() {
+        return;
+    }
+    let normalize =
+        |resize, center_crop| Preprocess { resize, center_crop, mean: Some(vec![0.5; 3]), std: Some(vec![0.25; 3]) };
+    let runs = [
+        (vec![-1, 3, 8, 8], normalize(Some(Resize::Shorter(9)), Some((8, 8))), false),
+        (vec![-1, 3, -1, -1], normalize(Some(Resize::Shorter(9)), None), true),
+    ];
+    for (dims, preprocess, skip_bad_images) in runs {
+        let spec = [InputSpec { name: "input".into(), dims }];
+        let options = DataOptions { preprocess, skip_bad_images, ..Default::default() };
+        let Ok(samples) = Samples::open(&path, &spec, &options) else { continue };
+        let n = samples.len();
+        if let Some(labels) = samples.labels() {
+            assert_eq!(labels.len(), n, "one label per row");
+        }
+        let numel: usize = samples.shapes[0].iter().product();
+        for (start, end, batch) in [(0, n.min(40), 3), (n - n.min(2), n, 2)] {
+            for b in samples.batches(start, end, batch) {
+                let Ok(b) = b else { break };
+                assert!(b.indices.len() <= batch);
+                assert!(b.indices.iter().all(|&i| (start..end).contains(&i)));
+                assert_eq!(b.data.len(), 1);
+                assert_eq!(b.data[0].len(), b.indices.len() * numel);
+                if !skip_bad_images {
+                    let from = *b.indices.first().expect("a batch without skipping is never empty");
+                    assert_eq!(b.indices, (from..(from + batch).min(end)).collect::<Vec<_>>());
+                }
+            }
+        }
+        let _ = samples.skipped();
+        let _ = samples.preprocessing();
+    }
+    let _ = std::fs::remove_file(&path);
+}

@@ -5,13 +5,20 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt64Type, UInt8Type};
 use arrow_array::{Array as _, ArrayRef};
 use arrow_schema::DataType;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{
+    ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowGroups, RowSelection, RowSelector,
+};
+use parquet::arrow::{parquet_to_arrow_field_levels, ProjectionMask};
+use parquet::basic::Encoding;
+use parquet::column::page::{Page, PageIterator, PageMetadata, PageReader};
+use parquet::file::metadata::{ParquetMetaData, RowGroupMetaData};
+use parquet::file::serialized_reader::SerializedPageReader;
 
 use crate::error::{Error, Result};
 
@@ -37,9 +44,269 @@ fn parquet_error(path: &std::path::Path, e: impl std::fmt::Display) -> Error {
     Error::format(path, format!("cannot be read as Parquet: {e}"))
 }
 
-fn builder(path: &std::path::Path) -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>> {
+/// The file's footer, checked where the parquet crate trusts it: it asserts (panics) on a column
+/// chunk at a negative offset or of a negative size, allocates a chunk's size before reading it,
+/// and plans reads by the row groups' row counts.
+fn builder(path: &std::path::Path) -> Result<(ParquetRecordBatchReaderBuilder<std::fs::File>, Arc<std::fs::File>)> {
     let file = crate::fs::open_regular(path)?;
-    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| parquet_error(path, e))
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let shared = Arc::new(file.try_clone().map_err(|e| Error::io(path, e))?);
+    let b = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| parquet_error(path, e))?;
+    check_footer(b.metadata(), len).map_err(|e| parquet_error(path, e))?;
+    Ok((b, shared))
+}
+
+fn check_footer(meta: &ParquetMetaData, file_len: u64) -> std::result::Result<(), String> {
+    let mut rows: i64 = 0;
+    for (g, group) in meta.row_groups().iter().enumerate() {
+        if group.num_rows() < 0 {
+            return Err(format!("row group {g} has a negative row count"));
+        }
+        rows = rows.saturating_add(group.num_rows());
+        for (c, col) in group.columns().iter().enumerate() {
+            let start = col.dictionary_page_offset().unwrap_or(col.data_page_offset());
+            let end =
+                u64::try_from(start).ok().zip(u64::try_from(col.compressed_size()).ok()).map(|(s, l)| s.checked_add(l));
+            if col.data_page_offset() < 0 || !matches!(end, Some(Some(end)) if end <= file_len) {
+                return Err(format!(
+                    "column {c} of row group {g} lies outside the file (offset {start}, {} bytes, in a file of {file_len})",
+                    col.compressed_size()
+                ));
+            }
+        }
+    }
+    if rows != meta.file_metadata().num_rows() {
+        return Err(format!(
+            "its row groups hold {rows} rows, but its footer counts {}",
+            meta.file_metadata().num_rows()
+        ));
+    }
+    Ok(())
+}
+
+/// A reader of column `column` of `path`, `batch` rows at a time from row `offset`, whose pages
+/// go through [`CheckedPages`].
+fn column_reader(
+    path: &std::path::Path,
+    column: usize,
+    batch: usize,
+    offset: usize,
+) -> Result<ParquetRecordBatchReader> {
+    let (b, file) = builder(path)?;
+    let mask = ProjectionMask::roots(b.parquet_schema(), [column]);
+    let levels = parquet_to_arrow_field_levels(b.parquet_schema(), mask, Some(b.schema().fields()))
+        .map_err(|e| parquet_error(path, e))?;
+    let groups = CheckedRowGroups { file, metadata: b.metadata().clone() };
+    let rows = groups.num_rows();
+    let selection = (offset > 0).then(|| {
+        RowSelection::from(vec![RowSelector::skip(offset.min(rows)), RowSelector::select(rows.saturating_sub(offset))])
+    });
+    ParquetRecordBatchReader::try_new_with_row_groups(&levels, &groups, batch, selection)
+        .map_err(|e| parquet_error(path, e))
+}
+
+/// A file's row groups, read as the parquet crate's own reader would, but with each column
+/// chunk's pages checked by [`CheckedPages`].
+struct CheckedRowGroups {
+    file: Arc<std::fs::File>,
+    metadata: Arc<ParquetMetaData>,
+}
+
+impl RowGroups for CheckedRowGroups {
+    fn num_rows(&self) -> usize {
+        self.metadata.row_groups().iter().map(|g| usize::try_from(g.num_rows()).unwrap_or(0)).sum()
+    }
+
+    fn column_chunks(&self, i: usize) -> parquet::errors::Result<Box<dyn PageIterator>> {
+        let mut chunks = Vec::new();
+        for group in self.metadata.row_groups() {
+            let rows = usize::try_from(group.num_rows()).unwrap_or(0);
+            let column = group.column(i);
+            let pages = SerializedPageReader::new(self.file.clone(), column, rows, None)?;
+            let descr = column.column_descr();
+            chunks.push(Ok(Box::new(CheckedPages {
+                inner: Box::new(pages),
+                next: None,
+                dictionary: false,
+                levels: (descr.max_rep_level(), descr.max_def_level()),
+            }) as Box<dyn PageReader>));
+        }
+        Ok(Box::new(Chunks(chunks.into_iter())))
+    }
+
+    fn row_groups(&self) -> Box<dyn Iterator<Item = &RowGroupMetaData> + '_> {
+        Box::new(self.metadata.row_groups().iter())
+    }
+
+    fn metadata(&self) -> &ParquetMetaData {
+        &self.metadata
+    }
+}
+
+struct Chunks(std::vec::IntoIter<parquet::errors::Result<Box<dyn PageReader>>>);
+
+impl Iterator for Chunks {
+    type Item = parquet::errors::Result<Box<dyn PageReader>>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next()
+    }
+}
+
+impl PageIterator for Chunks {}
+
+/// A column chunk's pages, as the parquet crate decodes them, without the paths where it panics
+/// on malformed pages: it peeks at (and skips) a page by decoding its header with `unwrap()`s on
+/// the parts a data page must have, expects a dictionary page before dictionary-encoded data, and
+/// slices and decodes the repetition and definition levels by the lengths the page declares.
+/// Here a peek reads the whole page (which then waits for the next read), so its header goes
+/// through the checked decoding; dictionary-encoded data without a dictionary, and levels that
+/// do not fit in their page, are errors.
+struct CheckedPages {
+    inner: Box<dyn PageReader>,
+    /// A page read by a peek.
+    next: Option<Page>,
+    /// Whether a dictionary page was read.
+    dictionary: bool,
+    /// The column's highest repetition and definition levels.
+    levels: (i16, i16),
+}
+
+/// Checks that a data page's levels lie within it, as the parquet crate slices them: a version 1
+/// page holds each kind of level behind its byte length (RLE) or as `num_values` packed values
+/// (BIT_PACKED); a version 2 page gives both lengths in its header.
+fn check_levels(page: &Page, (max_rep, max_def): (i16, i16)) -> std::result::Result<(), String> {
+    let bits = |max: i16| (16 - max.leading_zeros()) as usize;
+    match page {
+        Page::DataPage { buf, num_values, def_level_encoding, rep_level_encoding, .. } => {
+            let mut rest: &[u8] = buf;
+            for (max, encoding) in [(max_rep, *rep_level_encoding), (max_def, *def_level_encoding)] {
+                if max <= 0 {
+                    continue;
+                }
+                let len = match encoding {
+                    Encoding::RLE => {
+                        let Some(prefix) = rest.get(..4) else { return Err("its levels are cut short".into()) };
+                        let len = i32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
+                        let Some(levels) = len.checked_add(4).and_then(|end| rest.get(4..end)) else {
+                            return Err(format!("its levels ({len} bytes) do not fit in the page"));
+                        };
+                        check_rle_levels(levels, bits(max), *num_values as usize)?;
+                        len + 4
+                    }
+                    #[allow(deprecated)]
+                    Encoding::BIT_PACKED => (*num_values as usize * bits(max)).div_ceil(8),
+                    other => return Err(format!("its levels have encoding {other}")),
+                };
+                rest = rest.get(len..).ok_or("its levels do not fit in the page")?;
+            }
+            Ok(())
+        }
+        Page::DataPageV2 { buf, num_values, def_levels_byte_len, rep_levels_byte_len, .. } => {
+            let (rep, def) = (*rep_levels_byte_len as usize, *def_levels_byte_len as usize);
+            if rep + def > buf.len() {
+                return Err(format!("its levels ({rep} + {def} bytes) do not fit in its {} bytes", buf.len()));
+            }
+            if max_rep > 0 {
+                check_rle_levels(&buf[..rep], bits(max_rep), *num_values as usize)?;
+            }
+            if max_def > 0 {
+                check_rle_levels(&buf[rep..rep + def], bits(max_def), *num_values as usize)?;
+            }
+            Ok(())
+        }
+        Page::DictionaryPage { .. } => Ok(()),
+    }
+}
+
+/// Checks that the bit-packed runs of `levels` levels of `bits` bits, RLE / bit-packed hybrid
+/// encoded in `data`, lie within it (the parquet crate's decoder of nullable flat columns reads
+/// them without a bound check). A run cut short by the end of the data is the decoders' to report.
+fn check_rle_levels(data: &[u8], bits: usize, levels: usize) -> std::result::Result<(), String> {
+    let (mut at, mut left) = (0usize, levels);
+    while left > 0 && at < data.len() {
+        let (mut header, mut shift) = (0u64, 0);
+        loop {
+            let Some(&b) = data.get(at) else { return Ok(()) };
+            at += 1;
+            if shift < 64 {
+                header |= u64::from(b & 0x7f) << shift;
+            }
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let count = usize::try_from(header >> 1).unwrap_or(usize::MAX);
+        if header & 1 == 1 {
+            let read = count.saturating_mul(8).min(left);
+            if (read * bits).div_ceil(8) > data.len() - at {
+                return Err(format!("a bit-packed run of {read} levels ends past their {} bytes", data.len()));
+            }
+            at = at.saturating_add(count.saturating_mul(bits));
+            left -= read;
+        } else {
+            at = at.saturating_add(bits.div_ceil(8));
+            left -= count.min(left);
+        }
+    }
+    Ok(())
+}
+
+impl CheckedPages {
+    fn read(&mut self) -> parquet::errors::Result<Option<Page>> {
+        if let Some(page) = self.next.take() {
+            return Ok(Some(page));
+        }
+        let page = self.inner.get_next_page()?;
+        match &page {
+            Some(Page::DictionaryPage { .. }) => self.dictionary = true,
+            Some(p)
+                if matches!(p.encoding(), Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY)
+                    && !self.dictionary =>
+            {
+                return Err(parquet::errors::ParquetError::General(
+                    "a dictionary-encoded data page has no dictionary page before it".into(),
+                ));
+            }
+            Some(p) => check_levels(p, self.levels).map_err(parquet::errors::ParquetError::General)?,
+            None => {}
+        }
+        Ok(page)
+    }
+}
+
+impl Iterator for CheckedPages {
+    type Item = parquet::errors::Result<Page>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.read().transpose()
+    }
+}
+
+impl PageReader for CheckedPages {
+    fn get_next_page(&mut self) -> parquet::errors::Result<Option<Page>> {
+        self.read()
+    }
+
+    fn peek_next_page(&mut self) -> parquet::errors::Result<Option<PageMetadata>> {
+        if self.next.is_none() {
+            self.next = self.read()?;
+        }
+        Ok(self.next.as_ref().map(|page| match page {
+            Page::DataPage { num_values, .. } => {
+                PageMetadata { num_rows: None, num_levels: Some(*num_values as usize), is_dict: false }
+            }
+            Page::DataPageV2 { num_values, num_rows, .. } => PageMetadata {
+                num_rows: Some(*num_rows as usize),
+                num_levels: Some(*num_values as usize),
+                is_dict: false,
+            },
+            Page::DictionaryPage { .. } => PageMetadata { num_rows: None, num_levels: None, is_dict: true },
+        }))
+    }
+
+    fn skip_next_page(&mut self) -> parquet::errors::Result<()> {
+        self.read().map(|_| ())
+    }
 }
 
 /// The label values of a column of any integer type.
@@ -123,7 +390,7 @@ impl ParquetSet {
         let mut columns = Vec::new();
         let mut labels = Some(Vec::new());
         for path in &files {
-            let b = builder(path)?;
+            let (b, _) = builder(path)?;
             let fields: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
             let Some(col) = fields.iter().position(|f| f == image_column) else {
                 return Err(Error::format(
@@ -161,15 +428,16 @@ impl ParquetSet {
             }
             labels = match (labels, fields.iter().position(|f| f == label_column)) {
                 (Some(mut all), Some(l)) => {
-                    let mask = ProjectionMask::roots(b.parquet_schema(), [l]);
-                    for batch in b
-                        .with_projection(mask)
-                        .with_batch_size(64 * 1024)
-                        .build()
-                        .map_err(|e| parquet_error(path, e))?
-                    {
+                    let before = all.len();
+                    for batch in column_reader(path, l, 64 * 1024, 0)? {
                         let batch = batch.map_err(|e| parquet_error(path, e))?;
                         all.extend(integers(path, label_column, batch.column(0))?);
+                    }
+                    if all.len() - before != rows {
+                        return Err(parquet_error(
+                            path,
+                            format!("its label column holds {} values for {rows} rows", all.len() - before),
+                        ));
                     }
                     Some(all)
                 }
@@ -209,15 +477,7 @@ impl ParquetSet {
             };
             let start = self.starts[cursor.file];
             if cursor.reader.is_none() {
-                let b = builder(path)?;
-                let mask = ProjectionMask::roots(b.parquet_schema(), [self.columns[cursor.file]]);
-                let reader = b
-                    .with_projection(mask)
-                    .with_batch_size(cursor.batch)
-                    .with_offset(cursor.row - start)
-                    .build()
-                    .map_err(|e| parquet_error(path, e))?;
-                cursor.reader = Some(reader);
+                cursor.reader = Some(column_reader(path, self.columns[cursor.file], cursor.batch, cursor.row - start)?);
             }
             match cursor.reader.as_mut().expect("just set").next() {
                 Some(batch) => {

@@ -647,36 +647,51 @@ impl Samples {
     }
 
     /// The size of the first image that decodes (every image must come out that size); with
-    /// `skip_bad_images`, images before it that do not decode are skipped here too.
+    /// `skip_bad_images`, images before it that do not decode are skipped here too, and a set where
+    /// none decodes is an error (its batches would hold images of 0 pixels). Parquet rows are read
+    /// in order through one cursor, not each with a reader of its own, and a file that cannot be
+    /// read stops the search: only an image can be skipped, not the file it lies in.
     fn first_size(&self) -> Result<(usize, usize)> {
+        let Source::Images { items, pipe } = &self.source else { unreachable!("only image sources") };
+        let mut cursor = match items {
+            Items::Parquet(p) => Some(p.reader(0, 64)?),
+            _ => None,
+        };
+        let mut first_error = None;
         for i in 0..self.len() {
-            match self.preprocess_one(i) {
+            let row = match (items, cursor.take()) {
+                (Items::Parquet(p), Some(c)) => {
+                    let (mut rows, c) = p.next_rows(c, 1)?;
+                    cursor = Some(c);
+                    rows.pop()
+                }
+                _ => None,
+            };
+            match self.load(i, pipe, row.as_ref()) {
                 Ok(img) => return Ok((img.h, img.w)),
-                Err(_) if self.skip_bad_images => continue,
+                Err(e) if self.skip_bad_images => {
+                    first_error.get_or_insert(e);
+                }
                 Err(e) => return Err(e.hint(crate::error::Hint::SkipBadImages)),
             }
         }
-        Ok((0, 0))
+        match first_error {
+            None => Ok((0, 0)),
+            Some(e) => Err(Error::format(
+                &self.path,
+                format!(
+                    "has no image that decodes ({} skipped), so no image size to batch at; the first: {}",
+                    self.len(),
+                    crate::error::chain(&e).trim_end()
+                ),
+            )),
+        }
     }
 
-    /// Decodes and preprocesses sample `i` into 8 bits (before the float steps).
-    fn preprocess_one(&self, i: usize) -> Result<images::Image8> {
-        let Source::Images { pipe, .. } = &self.source else { unreachable!("only image sources") };
-        self.load(i, pipe, None)
-    }
-
-    /// Sample `i` read and preprocessed into 8 bits: its file, its Parquet `row` as the batches
-    /// read it in order (read here when `None`), or its row of a uint8 array. Errors name it.
+    /// Sample `i` read and preprocessed into 8 bits: its file, its Parquet `row` (as the caller
+    /// read it, in order), or its row of a uint8 array. Errors name it.
     fn load(&self, i: usize, pipe: &Pipe, row: Option<&Row>) -> Result<images::Image8> {
         use std::borrow::Cow;
-        let fetched;
-        let row = match (row, self.items()) {
-            (None, Items::Parquet(p)) => {
-                fetched = p.read_range(i, i + 1)?.pop().expect("one row");
-                Some(&fetched)
-            }
-            (row, _) => row,
-        };
         let bytes = match (row, self.items()) {
             (Some(Ok(b)), _) => Cow::Borrowed(b.as_slice()),
             (Some(Err(why)), _) => return Err(Error::format(self.name_of(i), why.clone())),

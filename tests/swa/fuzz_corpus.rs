@@ -11,7 +11,7 @@ mod targets;
 /// A fuzz target's body.
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 7] = [
+const TARGETS: [(&str, Target); 8] = [
     ("safetensors_header", targets::safetensors_header),
     ("shard_index", targets::shard_index),
     ("npy", targets::npy),
@@ -19,6 +19,7 @@ const TARGETS: [(&str, Target); 7] = [
     ("onnx", targets::onnx),
     ("torch", targets::torch),
     ("image", targets::image),
+    ("parquet", targets::parquet),
 ];
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
