@@ -96,10 +96,23 @@ fn column_reader(
     let mask = ProjectionMask::roots(b.parquet_schema(), [column]);
     let levels = parquet_to_arrow_field_levels(b.parquet_schema(), mask, Some(b.schema().fields()))
         .map_err(|e| parquet_error(path, e))?;
-    let groups = CheckedRowGroups { file, metadata: b.metadata().clone() };
+    // Whole row groups before `offset` are left out: their pages are never read (a part of a
+    // sharded pass starts far into the file). Only the rows before `offset` in its own row group
+    // are skipped, page by page.
+    let (mut first, mut before) = (0, 0);
+    for g in b.metadata().row_groups() {
+        let rows = usize::try_from(g.num_rows()).unwrap_or(0);
+        if before + rows > offset {
+            break;
+        }
+        first += 1;
+        before += rows;
+    }
+    let groups = CheckedRowGroups { file, metadata: b.metadata().clone(), first };
     let rows = groups.num_rows();
-    let selection = (offset > 0).then(|| {
-        RowSelection::from(vec![RowSelector::skip(offset.min(rows)), RowSelector::select(rows.saturating_sub(offset))])
+    let skip = offset - before.min(offset);
+    let selection = (skip > 0).then(|| {
+        RowSelection::from(vec![RowSelector::skip(skip.min(rows)), RowSelector::select(rows.saturating_sub(skip))])
     });
     ParquetRecordBatchReader::try_new_with_row_groups(&levels, &groups, batch, selection)
         .map_err(|e| parquet_error(path, e))
@@ -110,16 +123,24 @@ fn column_reader(
 struct CheckedRowGroups {
     file: Arc<std::fs::File>,
     metadata: Arc<ParquetMetaData>,
+    /// The first row group read (those before it are left out).
+    first: usize,
+}
+
+impl CheckedRowGroups {
+    fn groups(&self) -> &[RowGroupMetaData] {
+        self.metadata.row_groups().get(self.first..).unwrap_or(&[])
+    }
 }
 
 impl RowGroups for CheckedRowGroups {
     fn num_rows(&self) -> usize {
-        self.metadata.row_groups().iter().map(|g| usize::try_from(g.num_rows()).unwrap_or(0)).sum()
+        self.groups().iter().map(|g| usize::try_from(g.num_rows()).unwrap_or(0)).sum()
     }
 
     fn column_chunks(&self, i: usize) -> parquet::errors::Result<Box<dyn PageIterator>> {
         let mut chunks = Vec::new();
-        for group in self.metadata.row_groups() {
+        for group in self.groups() {
             let rows = usize::try_from(group.num_rows()).unwrap_or(0);
             let column = group.column(i);
             let pages = SerializedPageReader::new(self.file.clone(), column, rows, None)?;
@@ -135,7 +156,7 @@ impl RowGroups for CheckedRowGroups {
     }
 
     fn row_groups(&self) -> Box<dyn Iterator<Item = &RowGroupMetaData> + '_> {
-        Box::new(self.metadata.row_groups().iter())
+        Box::new(self.groups().iter())
     }
 
     fn metadata(&self) -> &ParquetMetaData {
