@@ -517,9 +517,4 @@ impl ParquetSet {
         }
         Ok((out, cursor))
     }
-
-    /// The image bytes of rows `from..to`.
-    pub fn read_range(&self, from: usize, to: usize) -> Result<Vec<Row>> {
-        Ok(self.next_rows(self.reader(from, to - from)?, to - from)?.0)
-    }
 }

@@ -316,6 +316,13 @@ fn recalibrate_too_few_samples_and_batch_of_one() {
     );
 }
 
+/// `recalibrate` of the MLP fixture on `inputs` in batches of 32 fails with `message`.
+fn recalibrate_mlp_fails(inputs: &Path, message: &str) {
+    let m = fixture("mlp/model.onnx");
+    let args = [Path::new("--model"), &m, Path::new("--inputs"), inputs, Path::new("--batch-size"), Path::new("32")];
+    recalibrate_fails(&args.map(os), message);
+}
+
 #[test]
 fn recalibrate_nan_names_the_first_layer() {
     let dir = tmp();
@@ -323,16 +330,8 @@ fn recalibrate_nan_names_the_first_layer() {
     x[40 * 32 + 5] = f32::NAN;
     let path = dir.path().join("nan.npy");
     write_npy_f32(&path, &shape, &x);
-    let m = fixture("mlp/model.onnx");
-    recalibrate_fails(
-        &[
-            os(Path::new("--model")),
-            os(&m),
-            os(Path::new("--inputs")),
-            os(&path),
-            os(Path::new("--batch-size")),
-            os(Path::new("32")),
-        ],
+    recalibrate_mlp_fails(
+        &path,
         "(BatchNormalization): its input holds NaN or Inf in batch 2 (the first layer where it appears)",
     );
 }
@@ -347,16 +346,8 @@ fn recalibrate_names_a_variance_beyond_float32_as_such() {
     assert!(x.iter().all(|v| v.is_finite()));
     let path = dir.path().join("huge.npy");
     write_npy_f32(&path, &shape, &x);
-    let m = fixture("mlp/model.onnx");
-    recalibrate_fails(
-        &[
-            os(Path::new("--model")),
-            os(&m),
-            os(Path::new("--inputs")),
-            os(&path),
-            os(Path::new("--batch-size")),
-            os(Path::new("32")),
-        ],
+    recalibrate_mlp_fails(
+        &path,
         "(BatchNormalization): its input's batch variance exceeds float32's range (activations of about 1e19 or more) \
          in batch 1",
     );

@@ -393,19 +393,15 @@ fn shards_that_skipped_images_merge_into_the_single_run() {
     std::fs::write(dir.path().join("dog/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
     std::fs::write(dir.path().join("cat/empty.jpg"), b"").unwrap();
     let work = tmp();
+    let evaluate_part = |extra: &[&str], out: &Path| {
+        let mut args = vec!["--skip-bad-images", "--batch-size", "2", "--partial-out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        evaluate_folder(dir.path(), &args).success();
+    };
     let mut parts = Vec::new();
     for i in 0..3 {
         let p = work.path().join(format!("p{i}.json"));
-        swa()
-            .args(["evaluate", "--model"])
-            .arg(fixture("cnn/model.onnx"))
-            .arg("--inputs")
-            .arg(dir.path())
-            .args(["--resize", "20", "--center-crop", "16", "--skip-bad-images", "--batch-size", "2"])
-            .args(["--shard", &format!("{i}/3"), "--partial-out"])
-            .arg(&p)
-            .assert()
-            .success();
+        evaluate_part(&["--shard", &format!("{i}/3")], &p);
         parts.push(p);
     }
     let merged = swa().arg("merge-eval").args(&parts).arg("--json").assert().success();
@@ -419,16 +415,7 @@ fn shards_that_skipped_images_merge_into_the_single_run() {
     assert_eq!(merged["skipped"].as_array().unwrap().len(), 2);
     // A part preprocessed otherwise is not one of the same evaluation.
     let other = work.path().join("other.json");
-    swa()
-        .args(["evaluate", "--model"])
-        .arg(fixture("cnn/model.onnx"))
-        .arg("--inputs")
-        .arg(dir.path())
-        .args(["--resize", "20", "--center-crop", "16", "--skip-bad-images", "--batch-size", "2"])
-        .args(["--mean", "0.5,0.5,0.5", "--shard", "2/3", "--partial-out"])
-        .arg(&other)
-        .assert()
-        .success();
+    evaluate_part(&["--mean", "0.5,0.5,0.5", "--shard", "2/3"], &other);
     swa().arg("merge-eval").args(&parts[..2]).arg(&other).assert().code(2).stderr(contains("preprocessed differently"));
 }
 
