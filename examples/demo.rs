@@ -36,7 +36,7 @@ fn demo() -> swa::Result<()> {
         },
         eval: EvalOptions::new(fixtures.join("eval.npy"), fixtures.join("eval_labels.npy")),
         recalibrate_each: true,
-        allow_partial: false,
+        allow_missing_weights: false,
         key: None,
         soup: None,
         allow_nonfinite: false,

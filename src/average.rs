@@ -20,7 +20,7 @@ use crate::checkpoint::{dtype, Checkpoint, Dtype, SafetensorsWriter, TensorEntry
 use crate::error::{Error, Hint, Result, Setting};
 use crate::fs::{check_output, refuse_overwrite, OutputDirs, Outputs, Stamps};
 use crate::inputs::{self, CheckpointFile, Duplicate, Selection};
-use crate::partial::Part;
+use crate::part::Part;
 use crate::progress;
 
 /// Elements per work item: 32 Ki elements keep the f64 accumulator (256 KiB) in L2.

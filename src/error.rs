@@ -67,6 +67,15 @@ pub enum Error {
     /// ONNX Runtime returned an error.
     #[error("ONNX Runtime")]
     Ort(#[from] ort::Error),
+    /// ONNX Runtime refused a model, or failed to run it.
+    #[error("{}: ONNX Runtime", path.display())]
+    Session {
+        /// The model file (for a graph swa derived from a model, that model's).
+        path: PathBuf,
+        /// ONNX Runtime's error.
+        #[source]
+        source: ort::Error,
+    },
     /// An error, and the setting to change to get past it.
     #[error("{}{}", chain(error), hint.library_text())]
     Hinted {
@@ -144,7 +153,7 @@ pub enum Hint {
     /// Allowing non-finite values averages anyway.
     AllowNonfinite,
     /// Allowing a partial binding keeps the model's own values for the missing weights.
-    AllowPartial,
+    AllowMissingWeights,
     /// A smaller batch (or fewer CUDA streams, when `streams` > 1) needs less memory.
     LessMemory {
         /// CUDA streams in use.
@@ -169,6 +178,28 @@ pub enum Hint {
     },
     /// An image could not be read or decoded: skipping such images is a setting.
     SkipBadImages,
+    /// Images come out of preprocessing at another size than the batches need: crop them to it.
+    CenterCrop {
+        /// The height needed.
+        height: usize,
+        /// The width needed.
+        width: usize,
+        /// The other way to get there.
+        or: CropAlternative,
+    },
+    /// A uint8 array of images (N, H, W, C) is read as images only with preprocessing settings.
+    ImageArray,
+    /// A Parquet file lacks the image column: its name is a setting.
+    ImageColumn,
+}
+
+/// Besides a center crop, what else gets images to the size a model or the batches need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CropAlternative {
+    /// torchvision's ImageNet preprocessing (resize 256, crop 224).
+    Preset,
+    /// Resizing to exactly that size.
+    ExactResize,
 }
 
 impl Hint {
@@ -176,7 +207,7 @@ impl Hint {
     pub fn library_text(self) -> String {
         match self {
             Hint::AllowNonfinite => "; set `allow_nonfinite` to average anyway".into(),
-            Hint::AllowPartial => " Set `allow_partial` to keep the model's own values for them".into(),
+            Hint::AllowMissingWeights => " Set `allow_missing_weights` to keep the model's own values for them".into(),
             Hint::LessMemory { streams } if streams > 1 => {
                 format!(" (each of the {streams} streams holds its own activations: use 1 stream, or a smaller batch)")
             }
@@ -193,6 +224,19 @@ impl Hint {
                 format!(": set `batch_size` to {size}, or export the model with a dynamic batch dimension")
             }
             Hint::SkipBadImages => " (set `skip_bad_images` to skip and count such images)".into(),
+            Hint::CenterCrop { height, width, or } => format!(
+                ": set `center_crop` to {height}x{width} (with `resize` to resize first), or {}",
+                match or {
+                    CropAlternative::Preset => "use the ImageNet preset".to_string(),
+                    CropAlternative::ExactResize => format!("set `resize` to exactly {height}x{width}"),
+                }
+            ),
+            Hint::ImageArray => {
+                " (a uint8 array of images (N, H, W, C) is read as images with `mean`/`std`, `center_crop` or a \
+                 preset)"
+                    .into()
+            }
+            Hint::ImageColumn => ": name the image column with `image_column`".into(),
         }
     }
 }

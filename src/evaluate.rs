@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result, Setting};
 use crate::inputs::{self, DataOptions, Samples};
 use crate::onnx::Model;
-use crate::partial::Part;
+use crate::part::Part;
 use crate::progress;
 use crate::runtime::{self, Engine};
 
@@ -45,6 +45,44 @@ pub struct Metrics {
     pub preprocessing: Option<String>,
 }
 
+/// Metrics of one model on the held-out set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Score {
+    /// Correct top-1 predictions.
+    pub correct: usize,
+    /// Samples.
+    pub samples: usize,
+    /// Top-1 accuracy.
+    pub top1: f64,
+    /// Top-k accuracy.
+    pub topk: f64,
+    /// Mean cross-entropy over the samples with finite logits (NaN, `null` in JSON, when none).
+    #[serde(deserialize_with = "null_is_nan")]
+    pub loss: f64,
+    /// Samples whose logits were not all finite: counted wrong, left out of `loss` (absent in
+    /// reports written before it existed).
+    #[serde(default)]
+    pub nonfinite: usize,
+}
+
+/// Reads a number that JSON wrote as `null` because it was NaN.
+fn null_is_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+impl From<&Metrics> for Score {
+    fn from(m: &Metrics) -> Self {
+        Score {
+            correct: m.correct,
+            samples: m.samples,
+            top1: m.top1,
+            topk: m.topk,
+            loss: m.loss,
+            nonfinite: m.nonfinite,
+        }
+    }
+}
+
 /// One class's accuracy.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ClassAccuracy {
@@ -57,7 +95,7 @@ pub struct ClassAccuracy {
 }
 
 /// Accumulates metrics batch by batch: exact counts and an f64 sum of the losses, which is what a
-/// part of an evaluation writes ([`crate::partial::eval`]) and parts merge by adding.
+/// part of an evaluation writes ([`crate::parts::eval`]) and parts merge by adding.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsAccumulator {
     k: usize,
@@ -302,7 +340,7 @@ pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
 /// returns the counts and the number of samples in the whole set.
 pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(MetricsAccumulator, usize)> {
     let batch_size = opts.batch_size.get();
-    let specs = runtime::input_specs(model)?;
+    let specs = crate::onnx::input_specs(model)?;
     let samples = Samples::open(&opts.inputs, &specs, &opts.data)?;
     let (labels, labels_path) = eval_labels(&samples, opts)?;
     if samples.is_empty() {
@@ -310,7 +348,7 @@ pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(Metr
     }
     let output = logits_output(model)?;
     runtime::check_batch(&specs, batch_size, labels.len(), true)?;
-    let range = crate::partial::check_nonempty(part, labels.len().div_ceil(batch_size), "batches", Setting::Shard)?;
+    let range = crate::part::check_nonempty(part, labels.len().div_ceil(batch_size), "batches", Setting::Shard)?;
     let (first, end) = (range.start * batch_size, (range.end * batch_size).min(labels.len()));
     let streams = runtime::concurrent_runs(&opts.engine, range.len())?;
     let mut sessions = runtime::sessions_for(model, &opts.engine, false, streams)?;
@@ -318,10 +356,12 @@ pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(Metr
     acc.preprocessing = samples.preprocessing();
     let bar = progress::samples_bar((end - first) as u64, "evaluating", opts.quiet);
     let mut batch_labels = Vec::with_capacity(batch_size);
-    let feed = runtime::Feed { specs: &specs, samples: &samples, batch: batch_size, start: first, end };
-    runtime::run_batches(&mut sessions, &feed, &[&output], &bar, |indices, out| {
+    let batches = samples.batches(first, end, batch_size);
+    runtime::run_batches(&mut sessions, &specs, batches, &[&output], &bar, |batch, out| {
+        let indices = &batch.indices;
         let n = indices.len();
         let runtime::Fetched { shape, data: logits } = &out[0];
+        let logits = logits.as_slice();
         if shape.len() != 2 || shape[0] as usize != n {
             return Err(Error::format(
                 &model.path,

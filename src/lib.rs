@@ -27,13 +27,15 @@
 #![warn(missing_docs)]
 
 pub mod average;
+pub mod batch;
 pub mod checkpoint;
 pub mod error;
 pub mod evaluate;
 pub mod fs;
 pub mod inputs;
 pub mod onnx;
-pub mod partial;
+pub mod part;
+pub mod parts;
 pub mod pipeline;
 pub mod progress;
 pub mod recalibrate;

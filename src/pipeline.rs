@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use crate::average::{self, AverageOptions};
 use crate::error::{Error, Hint, Result, Setting};
-use crate::evaluate::{self, EvalOptions, Metrics};
+use crate::evaluate::{self, EvalOptions, Metrics, Score};
 use crate::fs::{DirPublishError, Replace, StagedDir, Stamps};
 use crate::inputs::{self, CheckpointFile, Selection};
 use crate::onnx::bind::Binder;
 use crate::onnx::bn;
 use crate::recalibrate::{self, PassOptions, PassResult, Prepared};
-use crate::report::{self, CheckpointRow, Report, Score, Timing};
+use crate::report::{self, CheckpointRow, Report, Timing};
 
 /// Everything `swa run` needs.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ pub struct RunOptions {
     /// Also recalibrate every checkpoint (the "++" column).
     pub recalibrate_each: bool,
     /// Keep the model's own values for weights a checkpoint lacks.
-    pub allow_partial: bool,
+    pub allow_missing_weights: bool,
     /// The state dict to read in `torch.save` checkpoints.
     pub key: Option<String>,
     /// Average even when a checkpoint holds NaN or Inf.
@@ -72,7 +72,7 @@ fn make_soup(
         pass: opts.pass.clone(),
         select: soup.select.clone(),
         eval: Some(opts.eval.clone()),
-        allow_partial: opts.allow_partial,
+        allow_missing_weights: opts.allow_missing_weights,
         output: work.join("soup.safetensors"),
         onnx_output: Some(work.join("model_soup.onnx")),
     })?;
@@ -243,7 +243,8 @@ fn evaluate_checkpoints(
 ) -> Result<Vec<CheckpointRow>> {
     let mut rows = Vec::new();
     for (f, name) in found.iter().zip(names) {
-        let bound = binder.bind(Some(inputs::open_checkpoint(&f.path, opts.key.as_deref())?), opts.allow_partial)?;
+        let bound =
+            binder.bind(Some(inputs::open_checkpoint(&f.path, opts.key.as_deref())?), opts.allow_missing_weights)?;
         let mut prepared = Prepared::new(bound)?;
         let stored = evaluate::evaluate(&prepared.bound.model, &opts.eval)?;
         let recalibrated = if opts.recalibrate_each {
@@ -286,7 +287,7 @@ fn swa(
     })?;
     clock.lap("average");
     let mut prepared =
-        Prepared::new(binder.bind(Some(inputs::open_checkpoint(&averaged, None)?), opts.allow_partial)?)?;
+        Prepared::new(binder.bind(Some(inputs::open_checkpoint(&averaged, None)?), opts.allow_missing_weights)?)?;
     std::fs::remove_file(&averaged).map_err(|e| Error::io(&averaged, e))?;
     let stored = evaluate::evaluate(&prepared.bound.model, &opts.eval)?;
     clock.lap("evaluate SWA (stored statistics)");

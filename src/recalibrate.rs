@@ -15,7 +15,7 @@ use crate::inputs::{self, DataOptions, Samples};
 use crate::onnx::bind::{Binder, Bound};
 use crate::onnx::bn::{self, BnLayer};
 use crate::onnx::Model;
-use crate::partial::Part;
+use crate::part::Part;
 use crate::progress;
 use crate::runtime::{self, Engine};
 
@@ -165,7 +165,7 @@ impl Accumulator for TorchCompat {
 }
 
 /// One layer's accumulated statistics in either mode: what a part of a pass writes
-/// ([`crate::partial::stats`]) and what the parts' merge adds up.
+/// ([`crate::parts::stats`]) and what the parts' merge adds up.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Sufficient {
     /// `precise`: count, mean, M2.
@@ -261,7 +261,7 @@ pub struct RecalibrateOptions {
     /// The state dict to read when the weights are a `torch.save` file.
     pub key: Option<String>,
     /// Keep the model's own values for weights the checkpoint lacks.
-    pub allow_partial: bool,
+    pub allow_missing_weights: bool,
     /// The pass.
     pub pass: PassOptions,
     /// Output ONNX.
@@ -392,7 +392,7 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
         ));
     }
     let model = &prepared.bound.model;
-    let specs = runtime::input_specs(model)?;
+    let specs = crate::onnx::input_specs(model)?;
     let data = Samples::open(&opts.inputs, &specs, &opts.data)?;
     let samples = opts.max_samples.map_or(data.len(), |m| m.min(data.len()));
     if samples < batch_size {
@@ -403,7 +403,7 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
         .hint(Hint::SmallerBatch { capped: opts.max_samples.is_some() }));
     }
     runtime::check_batch(&specs, batch_size, samples, false)?;
-    let range = crate::partial::check_nonempty(part, samples.div_ceil(batch_size), "batches", Setting::Shard)?;
+    let range = crate::part::check_nonempty(part, samples.div_ceil(batch_size), "batches", Setting::Shard)?;
     let (first, end) = (range.start * batch_size, (range.end * batch_size).min(samples));
     check_weights_finite(prepared)?;
     let (stats_model, layout) = bn::stats_model(model, &prepared.layers, opts.engine.reduction())?;
@@ -415,10 +415,10 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
     let bar = progress::samples_bar((end - first) as u64, "recalibrating", opts.quiet);
     // Batches are numbered in messages as in the whole pass.
     let mut batches = range.start;
-    let feed = runtime::Feed { specs: &specs, samples: &data, batch: batch_size, start: first, end };
     let mut seen = 0;
-    let first_batch = runtime::run_batches(&mut sessions, &feed, &[&layout.output], &bar, |indices, out| {
-        seen += indices.len();
+    let reads = data.batches(first, end, batch_size);
+    let first_batch = runtime::run_batches(&mut sessions, &specs, reads, &[&layout.output], &bar, |batch, out| {
+        seen += batch.indices.len();
         let all = &out[0].data;
         let need = layout.offsets.last().zip(prepared.layers.last()).map_or(0, |(&at, l)| at + 2 * l.channels + 1);
         if all.len() < need {
@@ -709,7 +709,7 @@ pub fn recalibrate_from(
     let mut sources: Vec<&Path> = vec![&opts.model];
     sources.extend(opts.weights.as_deref());
     sources.push(&opts.pass.inputs);
-    let mut prepared = Prepared::new(binder.bind(weights, opts.allow_partial)?)?;
+    let mut prepared = Prepared::new(binder.bind(weights, opts.allow_missing_weights)?)?;
     let result = pass(&prepared)?;
     let layers = layer_summaries(&prepared.bound.model, &prepared.layers, &result.stats);
     let meta = metadata(&opts.pass, &result, &sources);

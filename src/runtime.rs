@@ -10,11 +10,10 @@ use std::sync::OnceLock;
 use ort::session::{Session, SessionInputValue};
 use ort::value::Tensor;
 
+use crate::batch::{Batch, Values};
 use crate::error::{Error, Hint, Result, Setting};
-pub use crate::inputs::{input_specs, InputSpec};
-use crate::inputs::{Batch, Samples};
 use crate::onnx::bn::Reduction;
-use crate::onnx::Model;
+use crate::onnx::{InputSpec, Model};
 
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -284,6 +283,8 @@ pub fn session_for(model: &Model, engine: &Engine, external: bool) -> Result<Ses
 pub struct Sessions {
     sessions: Vec<Session>,
     profiling: bool,
+    /// The model's file, which ONNX Runtime's errors name.
+    model: PathBuf,
 }
 
 impl Sessions {
@@ -313,9 +314,10 @@ pub fn sessions_for(model: &Model, engine: &Engine, external: bool, count: usize
             Some(dir)
         }
     };
+    let named = |source| Error::Session { path: model.path.clone(), source };
     let open = || match &dir {
-        None => session(&bytes, engine),
-        Some(dir) => Ok(builder(engine)?.commit_from_file(dir.path().join("model.onnx"))?),
+        None => builder(engine)?.commit_from_memory(&bytes).map_err(named),
+        Some(dir) => builder(engine)?.commit_from_file(dir.path().join("model.onnx")).map_err(named),
     };
     let sessions = if count <= 1 {
         vec![open()?]
@@ -325,7 +327,7 @@ pub fn sessions_for(model: &Model, engine: &Engine, external: bool, count: usize
             handles.into_iter().map(|h| h.join().expect("session creation panicked")).collect::<Result<_>>()
         })?
     };
-    Ok(Sessions { sessions, profiling: engine.profile.is_some() })
+    Ok(Sessions { sessions, profiling: engine.profile.is_some(), model: model.path.clone() })
 }
 
 /// How many of a pass's `batches` run at once on `engine`: one on the CPU (ONNX Runtime's threads
@@ -432,22 +434,6 @@ pub fn check_batch(specs: &[InputSpec], batch: usize, samples: usize, evaluation
     Ok(())
 }
 
-/// The samples a pass runs over, taken `batch` at a time in order from sample `start` (a multiple
-/// of `batch`: the first batch of a part), the last batch partial, up to sample `samples`.
-#[derive(Clone, Copy)]
-pub struct Feed<'a> {
-    /// The model's inputs, in the order of the samples' inputs.
-    pub specs: &'a [InputSpec],
-    /// The samples.
-    pub samples: &'a Samples,
-    /// Samples per batch.
-    pub batch: usize,
-    /// The first sample to run.
-    pub start: usize,
-    /// The sample to stop before.
-    pub end: usize,
-}
-
 /// One model output of one batch, copied out of ONNX Runtime.
 #[derive(Debug, Clone)]
 pub struct Fetched {
@@ -458,31 +444,33 @@ pub struct Fetched {
 }
 
 type Job = (usize, Result<Batch>);
-type Done = (usize, Vec<usize>, Result<Vec<Fetched>>);
+type Done = (usize, Batch, Result<Vec<Fetched>>);
 
-/// Runs the batches of `feed` through `sessions` and calls `each` with every batch's sample
-/// indices and `outputs`, in order (a batch whose images were all skipped is not run). The next
-/// batches are read and converted (images decoded on all cores) on another thread while the
-/// current ones run; with several sessions (CUDA, [`concurrent_runs`]) one batch runs on each at
-/// once. Returns how long the first batch took, which includes ONNX Runtime's and cuDNN's set-up
-/// work done on the first run.
-pub fn run_batches(
+/// Runs `batches` (each with one tensor per input of `specs`, in order) through `sessions` and
+/// calls `each` with every batch (its inputs taken) and its `outputs`, in order; a batch whose
+/// samples were all skipped is not run. The batches are read (images decoded on all cores) on
+/// another thread while the current ones run; with several sessions (CUDA, [`concurrent_runs`])
+/// one batch runs on each at once. `progress` advances by each batch's span. Returns how long the
+/// first batch took, which includes ONNX Runtime's and cuDNN's set-up work done on the first run.
+pub fn run_batches<'a>(
     sessions: &mut Sessions,
-    feed: &Feed,
+    specs: &[InputSpec],
+    batches: impl Iterator<Item = Result<Batch>> + Send + 'a,
     outputs: &[&str],
     progress: &indicatif::ProgressBar,
-    mut each: impl FnMut(&[usize], Vec<Fetched>) -> Result<()>,
+    mut each: impl FnMut(Batch, Vec<Fetched>) -> Result<()>,
 ) -> Result<std::time::Duration> {
     use std::sync::{mpsc, Arc, Mutex};
     let started = std::time::Instant::now();
-    let Feed { specs, samples, batch, start: first, end } = *feed;
     let streams = sessions.len();
+    let model = sessions.model.clone();
+    let model = model.as_path();
     let result = std::thread::scope(|scope| {
         let (job_tx, job_rx) = mpsc::sync_channel::<Job>(sessions.len() + 1);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (done_tx, done_rx) = mpsc::channel::<Done>();
         scope.spawn(move || {
-            for (k, read) in samples.batches(first, end, batch).enumerate() {
+            for (k, read) in batches.enumerate() {
                 let failed = read.is_err();
                 if job_tx.send((k, read)).is_err() || failed {
                     return;
@@ -495,12 +483,16 @@ pub fn run_batches(
                 let job = job_rx.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ()));
                 let Ok((k, read)) = job else { return };
                 let done = match read {
-                    Ok(b) if b.indices.is_empty() => (k, b.indices, Ok(Vec::new())),
-                    Ok(b) => {
-                        let out = run_one(session, specs, samples, outputs, b.indices.len(), b.data);
-                        (k, b.indices, out)
+                    Ok(b) if b.indices.is_empty() => (k, b, Ok(Vec::new())),
+                    Ok(mut b) => {
+                        let out =
+                            run_one(session, specs, outputs, std::mem::take(&mut b.inputs)).map_err(|e| match e {
+                                Error::Ort(source) => Error::Session { path: model.to_path_buf(), source },
+                                other => other,
+                            });
+                        (k, b, out)
                     }
-                    Err(e) => (k, Vec::new(), Err(e)),
+                    Err(e) => (k, Batch { span: 0..0, indices: Vec::new(), inputs: Vec::new(), targets: None }, Err(e)),
                 };
                 if done_tx.send(done).is_err() {
                     return;
@@ -511,15 +503,15 @@ pub fn run_batches(
         let mut first = None;
         let mut pending = std::collections::BTreeMap::new();
         let mut next = 0;
-        for (k, indices, out) in done_rx {
-            pending.insert(k, (indices, out.map_err(|e| with_memory_hint(e, streams))?));
-            while let Some((indices, out)) = pending.remove(&next) {
-                if !indices.is_empty() {
-                    each(&indices, out)?;
+        for (k, batch, out) in done_rx {
+            pending.insert(k, (batch, out.map_err(|e| with_memory_hint(e, streams))?));
+            while let Some((batch, out)) = pending.remove(&next) {
+                let span = batch.span.len() as u64;
+                if !batch.indices.is_empty() {
+                    each(batch, out)?;
                 }
                 first.get_or_insert_with(|| started.elapsed());
-                let batch_end = (feed.start + (next + 1) * batch).min(end);
-                progress.set_position((batch_end - feed.start) as u64);
+                progress.inc(span);
                 next += 1;
             }
         }
@@ -549,18 +541,19 @@ fn with_memory_hint(e: Error, streams: usize) -> Error {
 fn run_one(
     session: &mut Session,
     specs: &[InputSpec],
-    samples: &Samples,
     outputs: &[&str],
-    n: usize,
-    data: Vec<Vec<f32>>,
+    inputs: Vec<crate::batch::Tensor>,
 ) -> Result<Vec<Fetched>> {
-    let mut inputs: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(specs.len());
-    for ((spec, sample_shape), values) in specs.iter().zip(&samples.shapes).zip(data) {
-        let mut shape = vec![n as i64];
-        shape.extend(sample_shape.iter().map(|&d| d as i64));
-        inputs.push((Cow::Owned(spec.name.clone()), Tensor::from_array((shape, values))?.into()));
+    let mut values: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(specs.len());
+    for (spec, t) in specs.iter().zip(inputs) {
+        let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+        let value: SessionInputValue = match t.values {
+            Values::F32(v) => Tensor::from_array((shape, v))?.into(),
+            Values::I64(v) => Tensor::from_array((shape, v))?.into(),
+        };
+        values.push((Cow::Owned(spec.name.clone()), value));
     }
-    let out = session.run(inputs)?;
+    let out = session.run(values)?;
     outputs
         .iter()
         .map(|&name| {

@@ -22,13 +22,13 @@ use serde::Serialize;
 
 use crate::checkpoint::{dtype, Checkpoint, TensorSpec};
 use crate::error::{Error, Result};
+use crate::evaluate::Score;
 use crate::evaluate::{self, EvalOptions, Metrics};
 use crate::fs::{check_output, refuse_overwrite, refuse_same_output, OutputDirs, Outputs, Stamps};
 use crate::inputs::{self, CheckpointFile, Selection};
 use crate::onnx::bind::{Binder, Bound};
 use crate::onnx::bn;
 use crate::recalibrate::{self, PassOptions, PassResult, Prepared};
-use crate::report::Score;
 
 /// How the ingredients are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -90,7 +90,7 @@ pub struct SoupOptions {
     /// A test split, reported for the soup and the best single checkpoint, never used to choose.
     pub eval: Option<EvalOptions>,
     /// Keep the model's own values for weights a checkpoint lacks.
-    pub allow_partial: bool,
+    pub allow_missing_weights: bool,
     /// The soup's weights (safetensors, under the checkpoints' names).
     pub output: PathBuf,
     /// Also the ONNX model with the soup's weights and statistics.
@@ -187,7 +187,7 @@ impl Judged {
 impl Kitchen<'_> {
     /// Binds `ck`, recalibrates it when on, and evaluates it on the select split.
     fn judge(&self, ck: Checkpoint) -> Result<Judged> {
-        let bound = self.binder.bind(Some(ck), self.opts.allow_partial)?;
+        let bound = self.binder.bind(Some(ck), self.opts.allow_missing_weights)?;
         if !self.recalibrate {
             let select = evaluate::evaluate(&bound.model, &self.opts.select)?;
             return Ok(Judged { model: JudgedModel::Stored(bound), select });

@@ -127,7 +127,8 @@ pub fn image(data: &[u8]) {
 pub fn parquet(data: &[u8]) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use swa::inputs::images::{Preprocess, Resize};
-    use swa::inputs::{DataOptions, InputSpec, Samples};
+    use swa::inputs::{DataOptions, Samples};
+    use swa::onnx::InputSpec;
 
     // The library opens paths: one file per call, removed after.
     static CALLS: AtomicUsize = AtomicUsize::new(0);
@@ -159,8 +160,8 @@ pub fn parquet(data: &[u8]) {
                 let Ok(b) = b else { break };
                 assert!(b.indices.len() <= batch);
                 assert!(b.indices.iter().all(|&i| (start..end).contains(&i)));
-                assert_eq!(b.data.len(), 1);
-                assert_eq!(b.data[0].len(), b.indices.len() * numel);
+                assert_eq!(b.inputs.len(), 1);
+                assert_eq!(b.inputs[0].values.len(), b.indices.len() * numel);
                 if !skip_bad_images {
                     let from = *b.indices.first().expect("a batch without skipping is never empty");
                     assert_eq!(b.indices, (from..(from + batch).min(end)).collect::<Vec<_>>());

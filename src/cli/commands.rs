@@ -7,19 +7,10 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::{render, Cli, Command, EvaluateArgs, InspectArgs, RunArgs};
+use super::{render, Cli, Command, EvaluateArgs, InspectArgs, Outcome, RunArgs};
 use swa::onnx::bind::{BindReport, Binder};
 use swa::onnx::bn;
-use swa::{average, evaluate, inputs, partial, pipeline, recalibrate, report, soup, Error, Result};
-
-/// What a command produced: text for stdout and the exit code (0, or 1 for a failed threshold).
-#[derive(Debug, Default)]
-pub struct Outcome {
-    /// Text for stdout.
-    pub stdout: String,
-    /// Exit code.
-    pub code: u8,
-}
+use swa::{average, evaluate, inputs, parts, pipeline, recalibrate, report, soup, Error, Result};
 
 fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string_pretty(v).expect("serialisable") + "\n"
@@ -46,7 +37,7 @@ pub fn execute(cli: &Cli) -> Result<Outcome> {
         }
         Command::Recalibrate(a) => {
             if let Some(out) = &a.partial_out {
-                let s = partial::stats::write(&a.partial_options(q, out)?)?;
+                let s = parts::stats::write(&a.partial_options(q, out)?)?;
                 return Ok(Outcome { stdout: if a.json { json(&s) } else { render::partial_stats(&s) }, code: 0 });
             }
             if a.shard.is_some() {
@@ -56,12 +47,12 @@ pub fn execute(cli: &Cli) -> Result<Outcome> {
             Ok(Outcome { stdout: if a.json { json(&s) } else { render::recalibrate(&s) }, code: 0 })
         }
         Command::MergeStats(a) => {
-            let s = partial::stats::merge_into_model(&a.options())?;
+            let s = parts::stats::merge_into_model(&a.options())?;
             Ok(Outcome { stdout: if a.json { json(&s) } else { render::recalibrate(&s) }, code: 0 })
         }
         Command::MergeEval(a) => {
-            let eval: Vec<_> = a.partials.iter().map(|p| partial::eval::read(p)).collect::<Result<_>>()?;
-            let (identity, m) = partial::eval::merge(&a.partials, &eval)?;
+            let eval: Vec<_> = a.partials.iter().map(|p| parts::eval::read(p)).collect::<Result<_>>()?;
+            let (identity, m) = parts::eval::merge(&a.partials, &eval)?;
             Ok(metrics_outcome(&identity.model, &m, a.min_accuracy, a.json))
         }
         Command::Evaluate(a) => evaluate_command(a, q),
@@ -134,15 +125,15 @@ fn evaluate_command(a: &EvaluateArgs, quiet: bool) -> Result<Outcome> {
     let weights = a.weights.as_deref().map(|w| inputs::open_checkpoint(w, a.key.as_deref())).transpose()?;
     let binder = Binder::load(&a.model)?;
     if let Some(out) = &a.partial_out {
-        let identity = partial::Identity::of(binder.model(), weights.as_ref(), a.key.as_deref())?;
+        let identity = parts::Identity::of(binder.model(), weights.as_ref(), a.key.as_deref())?;
         let mut read: Vec<PathBuf> = binder.model().files().to_vec();
         read.extend(weights.iter().flat_map(|w| w.files()).map(PathBuf::from));
         read.push(a.inputs.clone());
         read.extend(a.labels.clone());
         let read: Vec<&std::path::Path> = read.iter().map(PathBuf::as_path).collect();
-        let bound = binder.bind(weights, a.allow_partial)?;
-        let p = partial::eval::evaluate_part(&bound.model, identity, &opts, a.shard.unwrap_or(partial::Part::WHOLE))?;
-        let created = partial::eval::write(&p, out, &read)?;
+        let bound = binder.bind(weights, a.allow_missing_weights)?;
+        let p = parts::eval::evaluate_part(&bound.model, identity, &opts, a.shard.unwrap_or(swa::part::Part::WHOLE))?;
+        let created = parts::eval::write(&p, out, &read)?;
         let stdout = if a.json {
             json(&p)
         } else {
@@ -156,7 +147,7 @@ fn evaluate_command(a: &EvaluateArgs, quiet: bool) -> Result<Outcome> {
     if a.shard.is_some() {
         return Err(Error::usage(SHARD_NEEDS_PARTIAL_OUT));
     }
-    let bound = binder.bind(weights, a.allow_partial)?;
+    let bound = binder.bind(weights, a.allow_missing_weights)?;
     let m = evaluate::evaluate(&bound.model, &opts)?;
     Ok(metrics_outcome(&a.model, &m, a.min_accuracy, a.json))
 }

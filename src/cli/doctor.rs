@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use clap::Args;
 
-use super::commands::Outcome;
+use super::Outcome;
 use swa::runtime::cuda::{Location, CUDA_MAJOR, CUDNN_MAJOR};
 use swa::runtime::{diagnose, Diagnosis};
 

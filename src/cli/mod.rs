@@ -14,12 +14,21 @@ use swa::average::{AverageOptions, BufferPolicy, StripPrefix, Weighting};
 use swa::checkpoint::dtype;
 use swa::evaluate::EvalOptions;
 use swa::inputs::Selection;
-use swa::partial::stats::{MergeStatsOptions, PartialStatsOptions};
-use swa::partial::Part;
+use swa::part::Part;
+use swa::parts::stats::{MergeStatsOptions, PartialStatsOptions};
 use swa::recalibrate::{PassOptions, RecalibrateOptions, StatsMode};
 use swa::runtime::{Device, Engine};
 use swa::soup::{Method, SoupOptions};
 use swa::{Error, Result};
+
+/// What a command produced: text for stdout and the exit code (0, or 1 for a failed threshold).
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Text for stdout.
+    pub stdout: String,
+    /// Exit code.
+    pub code: u8,
+}
 
 /// A count that must be at least 1.
 fn at_least_one(s: &str) -> std::result::Result<NonZeroUsize, String> {
@@ -491,8 +500,8 @@ pub struct RecalibrateArgs {
     #[command(flatten)]
     pub run: DeviceArgs,
     /// Keep the model's own values for weights that the checkpoint lacks.
-    #[arg(long)]
-    pub allow_partial: bool,
+    #[arg(long, alias = "allow-partial")]
+    pub allow_missing_weights: bool,
     /// The state dict to read in torch.save files (default: state_dict, model, model_state_dict,
     /// module, net, or the file itself): e.g. state_dict_ema, callbacks.EMA.ema_state_dict.
     #[arg(long, value_name = "PATH")]
@@ -521,7 +530,7 @@ impl RecalibrateArgs {
         Ok(RecalibrateOptions {
             model: self.model.clone(),
             weights: self.weights.clone(),
-            allow_partial: self.allow_partial,
+            allow_missing_weights: self.allow_missing_weights,
             key: self.key.clone(),
             pass: pass(
                 &self.inputs,
@@ -543,7 +552,7 @@ impl RecalibrateArgs {
             model: self.model.clone(),
             weights: self.weights.clone(),
             key: self.key.clone(),
-            allow_partial: self.allow_partial,
+            allow_missing_weights: self.allow_missing_weights,
             pass: pass(
                 &self.inputs,
                 &self.data,
@@ -575,8 +584,8 @@ pub struct MergeStatsArgs {
     #[arg(long, value_name = "PATH")]
     pub key: Option<String>,
     /// Keep the model's own values for weights that the checkpoint lacks.
-    #[arg(long)]
-    pub allow_partial: bool,
+    #[arg(long, alias = "allow-partial")]
+    pub allow_missing_weights: bool,
     /// Output ONNX model.
     #[arg(short, long, value_name = "OUT.onnx")]
     pub output: PathBuf,
@@ -596,7 +605,7 @@ impl MergeStatsArgs {
             model: self.model.clone(),
             weights: self.weights.clone(),
             key: self.key.clone(),
-            allow_partial: self.allow_partial,
+            allow_missing_weights: self.allow_missing_weights,
             output: self.output.clone(),
             save_weights: self.save_weights.clone(),
         }
@@ -650,8 +659,8 @@ pub struct EvaluateArgs {
     #[arg(long, value_name = "A", value_parser = fraction)]
     pub min_accuracy: Option<f64>,
     /// Keep the model's own values for weights that the checkpoint lacks.
-    #[arg(long)]
-    pub allow_partial: bool,
+    #[arg(long, alias = "allow-partial")]
+    pub allow_missing_weights: bool,
     /// The state dict to read in torch.save files (default: state_dict, model, model_state_dict,
     /// module, net, or the file itself): e.g. state_dict_ema, callbacks.EMA.ema_state_dict.
     #[arg(long, value_name = "PATH")]
@@ -741,8 +750,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub run: DeviceArgs,
     /// Keep the model's own values for weights that a checkpoint lacks.
-    #[arg(long)]
-    pub allow_partial: bool,
+    #[arg(long, alias = "allow-partial")]
+    pub allow_missing_weights: bool,
     /// The state dict to read in torch.save files (default: state_dict, model, model_state_dict,
     /// module, net, or the file itself): e.g. state_dict_ema, callbacks.EMA.ema_state_dict.
     #[arg(long, value_name = "PATH")]
@@ -798,7 +807,7 @@ impl RunArgs {
                 quiet,
             )?,
             recalibrate_each: self.recalibrate_each,
-            allow_partial: self.allow_partial,
+            allow_missing_weights: self.allow_missing_weights,
             key: self.key.clone(),
             allow_nonfinite: self.allow_nonfinite,
             out: self.out.clone(),
@@ -929,8 +938,8 @@ pub struct SoupArgs {
     #[command(flatten)]
     pub run: DeviceArgs,
     /// Keep the model's own values for weights that a checkpoint lacks.
-    #[arg(long)]
-    pub allow_partial: bool,
+    #[arg(long, alias = "allow-partial")]
+    pub allow_missing_weights: bool,
     /// The soup's weights, under the checkpoints' names.
     #[arg(short, long, value_name = "SOUP.safetensors")]
     pub output: PathBuf,
@@ -976,7 +985,7 @@ impl SoupArgs {
                 Some(i) => Some(eval(i, self.eval_labels.as_deref())?),
                 None => None,
             },
-            allow_partial: self.allow_partial,
+            allow_missing_weights: self.allow_missing_weights,
             output: self.output.clone(),
             onnx_output: self.onnx_out.clone(),
         })

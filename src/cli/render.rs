@@ -5,10 +5,11 @@ use std::path::Path;
 
 use swa::average::AverageSummary;
 use swa::error::chain;
+use swa::error::CropAlternative;
 use swa::evaluate::Metrics;
-use swa::partial::stats::PartialStatsSummary;
+use swa::evaluate::Score;
+use swa::parts::stats::PartialStatsSummary;
 use swa::recalibrate::RecalibrateSummary;
-use swa::report::Score;
 use swa::soup::SoupSummary;
 use swa::{Error, Hint, Setting};
 
@@ -38,7 +39,7 @@ pub fn flag(setting: Setting) -> &'static str {
 pub fn hint(hint: Hint) -> String {
     match hint {
         Hint::AllowNonfinite => "; pass --allow-nonfinite to average anyway".into(),
-        Hint::AllowPartial => " Pass --allow-partial to keep the model's own values for them".into(),
+        Hint::AllowMissingWeights => " Pass --allow-missing-weights to keep the model's own values for them".into(),
         Hint::LessMemory { streams } if streams > 1 => format!(
             " (each of the {streams} streams holds its own activations: try --streams 1, or a smaller --batch-size)"
         ),
@@ -56,6 +57,19 @@ pub fn hint(hint: Hint) -> String {
             format!(": pass --batch-size {size}, or export the model with a dynamic batch dimension")
         }
         Hint::SkipBadImages => " (pass --skip-bad-images to skip and count such images)".into(),
+        Hint::CenterCrop { height, width, or } => {
+            let size = if height == width { height.to_string() } else { format!("{height},{width}") };
+            let or = match or {
+                CropAlternative::Preset => "--preset imagenet",
+                CropAlternative::ExactResize => "--resize H,W",
+            };
+            format!(": pass --center-crop {size} (with --resize N to resize first), or {or}")
+        }
+        Hint::ImageArray => {
+            " (a uint8 array of images (N, H, W, C) is read as images with --mean/--std, --center-crop or --preset)"
+                .into()
+        }
+        Hint::ImageColumn => ": name the image column with --image-column".into(),
         other => other.library_text(),
     }
 }

@@ -20,7 +20,7 @@ pub use discover::{
     discover, labels, name_number, natural_cmp, select, CheckpointFile, Discovery, Duplicate, Selection,
 };
 pub use npy::{open_inputs, open_labels, Array};
-pub use samples::{check_same_classes, input_specs, Batch, DataOptions, InputSpec, Samples};
+pub use samples::{check_same_classes, DataOptions, Samples};
 
 use crate::checkpoint::{torch, Checkpoint};
 use crate::error::{Error, Result};

@@ -20,7 +20,7 @@ use parquet::column::page::{Page, PageIterator, PageMetadata, PageReader};
 use parquet::file::metadata::{ParquetMetaData, RowGroupMetaData};
 use parquet::file::serialized_reader::SerializedPageReader;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Hint, Result};
 
 /// One row's encoded image, or why it has none.
 pub type Row = std::result::Result<Vec<u8>, String>;
@@ -416,11 +416,9 @@ impl ParquetSet {
             let Some(col) = fields.iter().position(|f| f == image_column) else {
                 return Err(Error::format(
                     path,
-                    format!(
-                        "has no column `{image_column}` (its columns: {}): name the image column with --image-column",
-                        fields.join(", ")
-                    ),
-                ));
+                    format!("has no column `{image_column}` (its columns: {})", fields.join(", ")),
+                )
+                .hint(Hint::ImageColumn));
             };
             columns.push(col);
             let rows = usize::try_from(b.metadata().file_metadata().num_rows())

@@ -11,54 +11,9 @@ use rayon::prelude::*;
 use super::images::{self, Layout, Preprocess};
 use super::npy::{self, Array, NpyType};
 use super::parquet::{ParquetSet, Row};
-use crate::error::{Error, Result};
-use crate::onnx::Model;
-
-/// A model input: name and the shape it declares (−1 for symbolic dimensions).
-#[derive(Debug, Clone)]
-pub struct InputSpec {
-    /// Input name.
-    pub name: String,
-    /// Declared shape.
-    pub dims: Vec<i64>,
-}
-
-/// The model's float inputs; other element types are rejected.
-pub fn input_specs(model: &Model) -> Result<Vec<InputSpec>> {
-    use crate::onnx::proto::{tensor_shape_proto::dimension::Value, type_proto};
-    use crate::onnx::DataType;
-    let mut specs = Vec::new();
-    for input in model.inputs() {
-        let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
-            return Err(Error::format(&model.path, format!("input `{}` is not a tensor", input.name())));
-        };
-        if t.elem_type() != DataType::Float as i32 {
-            return Err(Error::format(
-                &model.path,
-                format!(
-                    "input `{}` has element type {}; only float32 inputs are supported",
-                    input.name(),
-                    t.elem_type()
-                ),
-            ));
-        }
-        let dims = t
-            .shape
-            .as_ref()
-            .map(|s| {
-                s.dim
-                    .iter()
-                    .map(|d| match d.value {
-                        Some(Value::DimValue(v)) => v,
-                        _ => -1,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        specs.push(InputSpec { name: input.name().to_string(), dims });
-    }
-    Ok(specs)
-}
+use crate::batch::{Batch, Tensor};
+use crate::error::{CropAlternative, Error, Hint, Result};
+use crate::onnx::InputSpec;
 
 /// How samples are read: the preprocessing of images (and of `uint8` image arrays), the Parquet
 /// columns, and what to do with an image that cannot be decoded.
@@ -133,16 +88,6 @@ pub struct Samples {
     pub classes: Option<Vec<String>>,
     skipped: Mutex<Vec<String>>,
     skip_bad_images: bool,
-}
-
-/// One batch: the indices of its samples in the set (fewer than asked when bad images were
-/// skipped) and one buffer per model input.
-#[derive(Debug)]
-pub struct Batch {
-    /// Sample indices.
-    pub indices: Vec<usize>,
-    /// Values per input, row-major, samples first.
-    pub data: Vec<Vec<f32>>,
 }
 
 /// What an image source is: a directory of images with class folders, a flat one, or Parquet.
@@ -533,14 +478,11 @@ impl Samples {
             return Err(Error::format(
                 path,
                 format!(
-                    "gives {}x{} images after preprocessing, but model input `{}` takes {mh}x{mw}: pass --center-crop \
-                     {mh}{} (with --resize N to resize first), or --preset imagenet",
-                    size.0,
-                    size.1,
-                    specs[0].name,
-                    if mh == mw { String::new() } else { format!(",{mw}") }
+                    "gives {}x{} images after preprocessing, but model input `{}` takes {mh}x{mw}",
+                    size.0, size.1, specs[0].name,
                 ),
-            ));
+            )
+            .hint(Hint::CenterCrop { height: mh, width: mw, or: CropAlternative::Preset }));
         }
         if let Source::Images { pipe, .. } = &mut samples.source {
             pipe.size = size;
@@ -569,30 +511,21 @@ impl Samples {
             if !fits {
                 let want: Vec<String> =
                     spec.dims.iter().map(|&d| if d < 0 { "?".into() } else { d.to_string() }).collect();
-                let (what, hint) = match &self.source {
+                let (what, images) = match &self.source {
                     Source::Arrays(a) => {
                         let images =
                             a[k].dtype == NpyType::U8 && a[k].shape.len() == 4 && matches!(a[k].shape[3], 1 | 3);
-                        let hint = if images {
-                            " (a uint8 array of images (N, H, W, C) is read as images with --mean/--std, \
-                             --center-crop or --preset)"
-                        } else {
-                            ""
-                        };
-                        (a[k].label(), hint)
+                        (a[k].label(), images)
                     }
-                    Source::Images { .. } => (self.path.display().to_string(), ""),
+                    Source::Images { .. } => (self.path.display().to_string(), false),
                 };
                 let mut have = vec![self.len()];
                 have.extend(shape);
-                return Err(Error::format(
+                let e = Error::format(
                     &self.path,
-                    format!(
-                        "{what} has shape {have:?}, but model input `{}` expects [{}]{hint}",
-                        spec.name,
-                        want.join(", ")
-                    ),
-                ));
+                    format!("{what} has shape {have:?}, but model input `{}` expects [{}]", spec.name, want.join(", ")),
+                );
+                return Err(if images { e.hint(Hint::ImageArray) } else { e });
             }
         }
         Ok(())
@@ -722,8 +655,17 @@ impl Samples {
             let to = (from + batch).min(end);
             match &self.source {
                 Source::Arrays(arrays) => Ok(Batch {
+                    span: from..to,
                     indices: (from..to).collect(),
-                    data: arrays.iter().map(|a| a.f32_rows(from, to)).collect(),
+                    inputs: arrays
+                        .iter()
+                        .map(|a| {
+                            let mut shape = vec![to - from];
+                            shape.extend(&a.shape[1..]);
+                            Tensor::f32(shape, a.f32_rows(from, to))
+                        })
+                        .collect(),
+                    targets: None,
                 }),
                 Source::Images { items, pipe } => {
                     let bytes = match items {
@@ -755,25 +697,16 @@ impl Samples {
                 let i = from + k;
                 let img = self.load(i, pipe, rows.as_ref().map(|r| &r[k])).map_err(|e| (e, true))?;
                 if (img.h, img.w) != pipe.size {
-                    return Err((
-                        Error::format(
-                            self.name_of(i),
-                            format!(
-                            "is {}x{} after preprocessing, but the batches are {}x{} (the model's size, or the first \
-                             image's): pass --center-crop {} (with --resize N to resize first), or --resize H,W",
-                            img.h,
-                            img.w,
-                            pipe.size.0,
-                            pipe.size.1,
-                            if pipe.size.0 == pipe.size.1 {
-                                pipe.size.0.to_string()
-                            } else {
-                                format!("{},{}", pipe.size.0, pipe.size.1)
-                            }
+                    let (height, width) = pipe.size;
+                    let e = Error::format(
+                        self.name_of(i),
+                        format!(
+                            "is {}x{} after preprocessing, but the batches are {height}x{width} (the model's size, or \
+                             the first image's)",
+                            img.h, img.w
                         ),
-                        ),
-                        false,
-                    ));
+                    );
+                    return Err((e.hint(Hint::CenterCrop { height, width, or: CropAlternative::ExactResize }), false));
                 }
                 images::to_tensor(&img, &pipe.mean, &pipe.std, pipe.layout, out);
                 Ok(())
@@ -801,6 +734,8 @@ impl Samples {
             }
         }
         data.truncate(kept * numel);
-        Ok(Batch { indices, data: vec![data] })
+        let mut shape = vec![kept];
+        shape.extend(&self.shapes[0]);
+        Ok(Batch { span: from..to, indices, inputs: vec![Tensor::f32(shape, data)], targets: None })
     }
 }

@@ -53,13 +53,13 @@ impl Binder {
 
     /// The model with `checkpoint` bound into a copy of it (shapes must agree; floats are converted
     /// to the initializer's dtype). Weights of the model that the checkpoint lacks are an error
-    /// unless `allow_partial`. With no checkpoint, the model keeps its own weights and its
+    /// unless `allow_missing_weights`. With no checkpoint, the model keeps its own weights and its
     /// initializers stand for the checkpoint.
-    pub fn bind(&self, checkpoint: Option<Checkpoint>, allow_partial: bool) -> Result<Bound> {
+    pub fn bind(&self, checkpoint: Option<Checkpoint>, allow_missing_weights: bool) -> Result<Bound> {
         let mut model = self.model.clone();
         match checkpoint {
             Some(ck) => {
-                let binding = bind_into(&mut model, &ck, allow_partial)?;
+                let binding = bind_into(&mut model, &ck, allow_missing_weights)?;
                 Ok(Bound { model, checkpoint: ck, binding: Some(binding) })
             }
             None => Ok(Bound { checkpoint: model.checkpoint()?, model, binding: None }),
@@ -153,7 +153,7 @@ pub fn weight_initializers(model: &Model) -> BTreeSet<String> {
 }
 
 /// Binds `ck`'s tensors into the initializers of `model` (already [`unshare`]d).
-fn bind_into(model: &mut Model, ck: &Checkpoint, allow_partial: bool) -> Result<BindReport> {
+fn bind_into(model: &mut Model, ck: &Checkpoint, allow_missing_weights: bool) -> Result<BindReport> {
     let weights = weight_initializers(model);
     let g = model.graph_mut();
     let exact: HashMap<String, usize> =
@@ -215,7 +215,7 @@ fn bind_into(model: &mut Model, ck: &Checkpoint, allow_partial: bool) -> Result<
     }
     let bound: HashSet<&str> = report.bound.iter().map(|(_, g)| g.as_str()).collect();
     report.unbound = weights.iter().filter(|w| !bound.contains(w.as_str())).cloned().collect();
-    if !report.unbound.is_empty() && !allow_partial {
+    if !report.unbound.is_empty() && !allow_missing_weights {
         let shown: Vec<&str> = report.unbound.iter().take(5).map(String::as_str).collect();
         return Err(Error::Mismatch(format!(
             "{}: {} of the model's weights have no tensor of that name in the checkpoint (first: {}); {} checkpoint tensors matched nothing{}. \
@@ -226,7 +226,7 @@ fn bind_into(model: &mut Model, ck: &Checkpoint, allow_partial: bool) -> Result<
             report.unmatched.len(),
             if report.unmatched.is_empty() { String::new() } else { format!(" (first: {})", report.unmatched.iter().take(3).cloned().collect::<Vec<_>>().join(", ")) }
         ))
-        .hint(Hint::AllowPartial));
+        .hint(Hint::AllowMissingWeights));
     }
     Ok(report)
 }

@@ -5,7 +5,7 @@
 //! every layer become one graph output. The ways to get them ([`Reduction`]):
 //!
 //! - On the CPU (`Moments`), swa's own operator `ai.swa.BatchMoments`
-//!   ([`crate::runtime::moments`]) reads each channel once and accumulates its mean and squared
+//!   (`ai.swa.BatchMoments`, whose kernel is `crate::runtime::moments`) reads each channel once and accumulates its mean and squared
 //!   deviations in f64, on all of the session's threads; the BN, in inference mode, normalises
 //!   with them.
 //! - `Training`: the BN itself in training mode with momentum 0, so that its "running" outputs
@@ -29,7 +29,12 @@ use super::{proto, DataType, GraphProto, TensorProto, ValueInfoProto};
 use super::{Model, NodeProto};
 use crate::checkpoint::dtype;
 use crate::error::{Error, Result};
-use crate::runtime::moments;
+
+/// The domain of swa's own statistics operator, as the statistics graph imports it (the runtime
+/// registers the operator's CPU kernel under it: `crate::runtime::moments`).
+pub const MOMENTS_DOMAIN: &str = "ai.swa";
+/// The operator's name: `BatchMoments(X) -> (mean [C], biased variance [C], count [1])`.
+pub const MOMENTS_OP: &str = "BatchMoments";
 
 /// One BatchNormalization node.
 #[derive(Debug, Clone, Serialize)]
@@ -66,7 +71,7 @@ pub struct StatsLayout {
 /// How the per-channel statistics are computed in the statistics graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reduction {
-    /// swa's own CPU operator ([`crate::runtime::moments`]) gives each layer's mean and biased
+    /// swa's own CPU operator (`ai.swa.BatchMoments`, whose kernel is `crate::runtime::moments`) gives each layer's mean and biased
     /// variance, accumulated in f64 on all of the session's threads, and an inference-mode
     /// BatchNormalization normalises with them.
     Moments,
@@ -415,8 +420,8 @@ pub fn stats_model(model: &Model, layers: &[BnLayer], reduction: Reduction) -> R
         if reduction == Reduction::Moments {
             let outputs = [b.v("mean"), b.v("var"), b.v("count_1")];
             let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
-            let mut moments = node(moments::NAME, b.v("moments"), &[&layer.input], &outputs, vec![]);
-            moments.domain = Some(moments::DOMAIN.into());
+            let mut moments = node(MOMENTS_OP, b.v("moments"), &[&layer.input], &outputs, vec![]);
+            moments.domain = Some(MOMENTS_DOMAIN.into());
             b.nodes.push(moments);
             bn.input[3] = b.v("mean");
             bn.input[4] = b.v("var");
@@ -450,7 +455,7 @@ pub fn stats_model(model: &Model, layers: &[BnLayer], reduction: Reduction) -> R
     g.value_info.clear();
     prune(g, ALL);
     if reduction == Reduction::Moments {
-        out.import_domain(moments::DOMAIN, 1);
+        out.import_domain(MOMENTS_DOMAIN, 1);
     }
     Ok((out, StatsLayout { output: ALL.into(), offsets }))
 }

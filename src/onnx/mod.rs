@@ -112,6 +112,51 @@ pub fn attr_i(node: &NodeProto, name: &str, default: i64) -> Result<i64> {
     Ok(typed_attribute(node, name, AttributeType::Int)?.and_then(|a| a.i).unwrap_or(default))
 }
 
+/// A model input: name and the shape it declares (−1 for symbolic dimensions).
+#[derive(Debug, Clone)]
+pub struct InputSpec {
+    /// Input name.
+    pub name: String,
+    /// Declared shape.
+    pub dims: Vec<i64>,
+}
+
+/// The model's float inputs; other element types are rejected.
+pub fn input_specs(model: &Model) -> Result<Vec<InputSpec>> {
+    use proto::{tensor_shape_proto::dimension::Value, type_proto};
+    let mut specs = Vec::new();
+    for input in model.inputs() {
+        let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+            return Err(Error::format(&model.path, format!("input `{}` is not a tensor", input.name())));
+        };
+        if t.elem_type() != DataType::Float as i32 {
+            return Err(Error::format(
+                &model.path,
+                format!(
+                    "input `{}` has element type {}; only float32 inputs are supported",
+                    input.name(),
+                    t.elem_type()
+                ),
+            ));
+        }
+        let dims = t
+            .shape
+            .as_ref()
+            .map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| match d.value {
+                        Some(Value::DimValue(v)) => v,
+                        _ => -1,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        specs.push(InputSpec { name: input.name().to_string(), dims });
+    }
+    Ok(specs)
+}
+
 /// Builds a node.
 pub fn node(op: &str, name: String, inputs: &[&str], outputs: &[&str], attributes: Vec<AttributeProto>) -> NodeProto {
     NodeProto {

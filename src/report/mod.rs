@@ -10,43 +10,7 @@ use serde::{Deserialize, Serialize};
 pub use html::html;
 pub use markdown::markdown;
 
-/// Metrics of one model on the held-out set.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Score {
-    /// Correct top-1 predictions.
-    pub correct: usize,
-    /// Samples.
-    pub samples: usize,
-    /// Top-1 accuracy.
-    pub top1: f64,
-    /// Top-k accuracy.
-    pub topk: f64,
-    /// Mean cross-entropy over the samples with finite logits (NaN, `null` in JSON, when none).
-    #[serde(deserialize_with = "null_is_nan")]
-    pub loss: f64,
-    /// Samples whose logits were not all finite: counted wrong, left out of `loss` (absent in
-    /// reports written before it existed).
-    #[serde(default)]
-    pub nonfinite: usize,
-}
-
-/// Reads a number that JSON wrote as `null` because it was NaN.
-fn null_is_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-}
-
-impl From<&crate::evaluate::Metrics> for Score {
-    fn from(m: &crate::evaluate::Metrics) -> Self {
-        Score {
-            correct: m.correct,
-            samples: m.samples,
-            top1: m.top1,
-            topk: m.topk,
-            loss: m.loss,
-            nonfinite: m.nonfinite,
-        }
-    }
-}
+use crate::evaluate::Score;
 
 /// One checkpoint's row.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -17,10 +17,7 @@ use ort::operator::{
 };
 use ort::value::TensorElementType;
 
-/// The operator's domain, as the statistics graph imports it.
-pub const DOMAIN: &str = "ai.swa";
-/// The operator's name.
-pub const NAME: &str = "BatchMoments";
+use crate::onnx::bn::{MOMENTS_DOMAIN as DOMAIN, MOMENTS_OP as NAME};
 
 /// Lanes of the f64 accumulators: the loop then vectorises (the lanes are added in a fixed order,
 /// so the result does not depend on the thread count).

@@ -7,7 +7,8 @@ use std::path::Path;
 use crate::common::*;
 use predicates::str::contains;
 use swa::inputs::images::{Preprocess, Resize};
-use swa::inputs::{DataOptions, InputSpec, Samples};
+use swa::inputs::{DataOptions, Samples};
+use swa::onnx::InputSpec;
 
 fn spec(dims: &[i64]) -> Vec<InputSpec> {
     vec![InputSpec { name: "input".into(), dims: dims.to_vec() }]
@@ -35,7 +36,7 @@ fn tensors(path: &Path, dims: &[i64], data: &DataOptions) -> (Samples, Vec<f32>)
     let n = samples.len();
     let batch = samples.batches(0, n, n).next().unwrap().unwrap();
     assert_eq!(batch.indices, (0..n).collect::<Vec<_>>());
-    let values = batch.data.into_iter().next().unwrap();
+    let values = batch.inputs.into_iter().next().unwrap().values.into_f32().unwrap();
     (samples, values)
 }
 
@@ -155,7 +156,10 @@ fn a_flat_folder_parquet_and_uint8_arrays_read_the_same_way() {
     // Batches that cross the file's row groups (of 4) give the same rows.
     // Started in a later row group too (the row groups before the start are not read).
     for start in [3, 4, 5, 9, 12, 15] {
-        let rows: Vec<f32> = parquet.batches(start, 16, 5).flat_map(|b| b.unwrap().data.remove(0)).collect();
+        let rows: Vec<f32> = parquet
+            .batches(start, 16, 5)
+            .flat_map(|b| b.unwrap().inputs.remove(0).values.into_f32().unwrap())
+            .collect();
         assert_eq!(rows, from_folder[start * 768..], "from row {start}");
     }
 

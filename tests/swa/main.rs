@@ -1,6 +1,7 @@
 //! The integration tests: one binary, a module per stage. Expected values come from PyTorch
 //! (fixtures/make_fixtures.py); ONNX Runtime is found the way users find it (pip's onnxruntime).
 
+mod architecture;
 mod average;
 mod bad_inputs;
 mod common;

@@ -65,16 +65,16 @@ fn concurrent_sessions_return_every_batch_in_file_order() {
     let m = Model::load(fixture("cnn/model.onnx")).unwrap();
     let engine = swa::runtime::Engine { threads: std::num::NonZeroUsize::new(1), ..Default::default() };
     let input = fixture("cnn/eval.npy");
-    let specs = swa::runtime::input_specs(&m).unwrap();
+    let specs = swa::onnx::input_specs(&m).unwrap();
     let data = swa::inputs::Samples::open(&input, &specs, &Default::default()).unwrap();
     let (want_shape, want) = logits(&fixture("cnn/model.onnx"), &input);
     let samples = want_shape[0];
-    let feed = swa::runtime::Feed { specs: &specs, samples: &data, batch: 7, start: 0, end: samples };
     let mut sessions = swa::runtime::sessions_for(&m, &engine, false, 3).unwrap();
     assert_eq!(sessions.len(), 3);
     let (mut sizes, mut got) = (Vec::new(), Vec::new());
     let bar = indicatif::ProgressBar::hidden();
-    swa::runtime::run_batches(&mut sessions, &feed, &["logits"], &bar, |indices, out| {
+    swa::runtime::run_batches(&mut sessions, &specs, data.batches(0, samples, 7), &["logits"], &bar, |batch, out| {
+        let indices = batch.indices;
         let n = indices.len();
         assert_eq!(indices, (sizes.iter().sum::<usize>()..sizes.iter().sum::<usize>() + n).collect::<Vec<_>>());
         assert_eq!(out[0].shape, [n as i64, want_shape[1] as i64]);
@@ -91,14 +91,15 @@ fn concurrent_sessions_return_every_batch_in_file_order() {
     }
     // An error from one batch stops the pass (no hang with batches still in flight).
     let mut seen = 0;
-    let err = swa::runtime::run_batches(&mut sessions, &feed, &["logits"], &bar, |_, _| {
-        seen += 1;
-        if seen == 2 {
-            return Err(swa::Error::usage("stop here"));
-        }
-        Ok(())
-    })
-    .unwrap_err();
+    let err =
+        swa::runtime::run_batches(&mut sessions, &specs, data.batches(0, samples, 7), &["logits"], &bar, |_, _| {
+            seen += 1;
+            if seen == 2 {
+                return Err(swa::Error::usage("stop here"));
+            }
+            Ok(())
+        })
+        .unwrap_err();
     assert!(err.to_string().contains("stop here") && seen == 2);
 }
 

@@ -10,8 +10,8 @@ use predicates::str::contains;
 use proptest::prelude::*;
 use swa::checkpoint::Checkpoint;
 use swa::onnx::bind::Binder;
-use swa::partial::stats::{self, PartialStatsOptions};
-use swa::partial::Part;
+use swa::part::Part;
+use swa::parts::stats::{self, PartialStatsOptions};
 use swa::recalibrate::{PassOptions, Prepared, StatsMode};
 
 fn cnn(rel: &str) -> PathBuf {
@@ -37,7 +37,7 @@ fn partials(dir: &Path, stats: StatsMode, n: usize, weights: &Path) -> Vec<PathB
                 model: cnn("model.onnx"),
                 weights: Some(weights.to_path_buf()),
                 key: None,
-                allow_partial: false,
+                allow_missing_weights: false,
                 pass: pass(stats),
                 part: Part::new(i, n).unwrap(),
                 output: output.clone(),
@@ -166,7 +166,7 @@ fn partials_that_do_not_belong_together_are_refused() {
         model: cnn("model.onnx"),
         weights: Some(cnn("checkpoints/epoch_008.safetensors")),
         key: None,
-        allow_partial: false,
+        allow_missing_weights: false,
         pass: pass(StatsMode::Precise),
         part: Part::new(6, 7).unwrap(),
         output: other.clone(),
@@ -181,7 +181,7 @@ fn partials_that_do_not_belong_together_are_refused() {
         model: cnn("model.onnx"),
         weights: Some(avg.clone()),
         key: None,
-        allow_partial: false,
+        allow_missing_weights: false,
         pass: p,
         part: Part::new(6, 7).unwrap(),
         output: batch16.clone(),

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{complete_order, Disagreement, Identity, Part};
+use super::{complete_order, Disagreement, Identity};
 use crate::error::{Error, Result};
 use crate::evaluate::{self, EvalOptions, Metrics, MetricsAccumulator};
 use crate::onnx::Model;
+use crate::part::Part;
 
 /// The `format` of a partial evaluation file.
 pub const FORMAT: &str = "swa-partial-eval";

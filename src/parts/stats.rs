@@ -18,11 +18,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{complete_order, Disagreement, Identity, Part};
+use super::{complete_order, Disagreement, Identity};
 use crate::checkpoint::{dtype, Checkpoint, Dtype, TensorSpec};
 use crate::error::{Error, Result};
 use crate::inputs;
 use crate::onnx::bind::Binder;
+use crate::part::Part;
 use crate::recalibrate::{
     self, Accumulated, PassOptions, PassResult, Precise, Prepared, RecalibrateOptions, RecalibrateSummary, StatsMode,
     Sufficient, TorchCompat,
@@ -41,7 +42,7 @@ pub struct PartialStatsOptions {
     /// The state dict to read when the weights are a `torch.save` file.
     pub key: Option<String>,
     /// Keep the model's own values for weights the checkpoint lacks.
-    pub allow_partial: bool,
+    pub allow_missing_weights: bool,
     /// The whole pass.
     pub pass: PassOptions,
     /// This process's part of it.
@@ -89,7 +90,7 @@ pub fn write(opts: &PartialStatsOptions) -> Result<PartialStatsSummary> {
     crate::fs::refuse_overwrite(&opts.output, &read)?;
     let stamps = crate::fs::Stamps::of(&read)?;
     let identity = Identity::of(binder.model(), weights.as_ref(), opts.key.as_deref())?;
-    let prepared = Prepared::new(binder.bind(weights, opts.allow_partial)?)?;
+    let prepared = Prepared::new(binder.bind(weights, opts.allow_missing_weights)?)?;
     let acc = recalibrate::accumulate(&prepared, &opts.pass, opts.part)?;
     let names: Vec<&str> = prepared.layers.iter().map(|l| l.name.as_str()).collect();
     let mut meta = metadata(&identity, &opts.pass, opts.part, &acc);
@@ -354,7 +355,7 @@ pub struct MergeStatsOptions {
     /// The state dict to read when the weights are a `torch.save` file.
     pub key: Option<String>,
     /// Keep the model's own values for weights the checkpoint lacks.
-    pub allow_partial: bool,
+    pub allow_missing_weights: bool,
     /// Output ONNX.
     pub output: PathBuf,
     /// Output safetensors with the checkpoint's names.
@@ -380,7 +381,7 @@ pub fn merge_into_model(opts: &MergeStatsOptions) -> Result<RecalibrateSummary> 
         model: opts.model.clone(),
         weights: opts.weights.clone(),
         key: opts.key.clone(),
-        allow_partial: opts.allow_partial,
+        allow_missing_weights: opts.allow_missing_weights,
         pass,
         output: opts.output.clone(),
         save_weights: opts.save_weights.clone(),

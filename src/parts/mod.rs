@@ -1,6 +1,5 @@
-//! Work split over machines: a [`Part`] `I/N` of a pass (whole batches, contiguous ranges) or of
-//! an average (output shards `s` with `s mod N = I`), the partial results a part writes, and the
-//! merges that check the parts belong together and combine them exactly.
+//! Work split over machines: the partial results a part `I/N` ([`Part`]) of a pass or an evaluation
+//! writes, and the merges that check the parts belong together and combine them exactly.
 //!
 //! - [`stats`]: per-layer sufficient statistics of a recalibration pass (safetensors, f64), merged
 //!   with Chan's parallel formula (`precise`) or by summing (`torch`).
@@ -14,75 +13,12 @@ pub mod eval;
 pub mod stats;
 
 use std::io::Read;
-use std::num::NonZeroUsize;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result, Setting};
-
-/// Part `index` of `count` (0-based, as Slurm's `SLURM_ARRAY_TASK_ID` and Kubernetes'
-/// `JOB_COMPLETION_INDEX` number them); written `I/N`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Part {
-    /// Which part, `0..count`.
-    pub index: usize,
-    /// How many parts.
-    pub count: NonZeroUsize,
-}
-
-impl Part {
-    /// The whole: part 0 of 1.
-    pub const WHOLE: Part = Part { index: 0, count: NonZeroUsize::MIN };
-
-    /// Part `index` of `count`; `None` unless `index < count`.
-    pub fn new(index: usize, count: usize) -> Option<Part> {
-        let count = NonZeroUsize::new(count)?;
-        (index < count.get()).then_some(Part { index, count })
-    }
-
-    /// The contiguous range of `0..total` items that this part gets: part `i` of `n` gets
-    /// `[⌊i·total/n⌋, ⌊(i+1)·total/n⌋)`, so sizes differ by one at most and the parts together are
-    /// `0..total` in order. (Contiguous ranges keep each part's reads sequential; the partial last
-    /// batch simply goes to the last part.)
-    pub fn range(self, total: usize) -> Range<usize> {
-        let n = self.count.get() as u128;
-        let at = |i: usize| (i as u128 * total as u128 / n) as usize;
-        at(self.index)..at(self.index + 1)
-    }
-}
-
-impl std::fmt::Display for Part {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.index, self.count)
-    }
-}
-
-impl std::str::FromStr for Part {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let bad = || format!("`{s}` is not I/N (part I of N, counting from 0: 0/4, 1/4, 2/4, 3/4)");
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
-        if n == 0 {
-            return Err(format!("`{s}`: the number of parts must be at least 1"));
-        }
-        Part::new(i, n).ok_or_else(|| format!("`{s}`: parts of {n} are numbered 0 to {}", n - 1))
-    }
-}
-
-impl Serialize for Part {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Part {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
+use crate::error::{Error, Result};
+use crate::part::Part;
 
 /// The SHA-256 of `files`' bytes, read in order as one stream (each file's length first, so that
 /// moving bytes from one file to the next changes the hash), as lowercase hex. Files are streamed
@@ -233,44 +169,9 @@ pub fn complete_order(files: &[PathBuf], parts: &[Part]) -> Result<Vec<usize>> {
     Ok(seen.into_iter().map(|s| s.expect("complete")).collect())
 }
 
-/// Fails with `setting` named unless `part` gets at least one of `total` items (`what`: "batches",
-/// "shards").
-pub fn check_nonempty(part: Part, total: usize, what: &str, setting: Setting) -> Result<Range<usize>> {
-    let range = part.range(total);
-    if range.is_empty() {
-        return Err(Error::setting(
-            setting,
-            format!(
-                "{part} gets none of the {total} {what}: split into at most {total} parts{}",
-                if what == "batches" { " (or use a smaller batch)" } else { "" }
-            ),
-        ));
-    }
-    Ok(range)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parts_parse_and_tile_the_range() {
-        assert_eq!("2/4".parse::<Part>().unwrap(), Part::new(2, 4).unwrap());
-        for bad in ["4/4", "1/0", "x/2", "1", "-1/2", "1/2/3"] {
-            assert!(bad.parse::<Part>().is_err(), "{bad}");
-        }
-        for total in [0, 1, 7, 8, 100] {
-            for n in 1..=9 {
-                let ranges: Vec<_> = (0..n).map(|i| Part::new(i, n).unwrap().range(total)).collect();
-                assert_eq!(ranges[0].start, 0);
-                assert_eq!(ranges[n - 1].end, total);
-                for w in ranges.windows(2) {
-                    assert_eq!(w[0].end, w[1].start);
-                    assert!(w[0].len().abs_diff(w[1].len()) <= 1);
-                }
-            }
-        }
-    }
 
     #[test]
     fn incomplete_or_repeated_parts_are_named() {
