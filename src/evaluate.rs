@@ -279,6 +279,28 @@ impl EvalOptions {
     }
 }
 
+/// Everything `swa evaluate` needs: the model, the weights to bind into it first, the held-out data.
+#[derive(Debug, Clone)]
+pub struct EvaluateOptions {
+    /// The ONNX model.
+    pub model: PathBuf,
+    /// Tensors to bind into it first.
+    pub weights: Option<PathBuf>,
+    /// The state dict to read when the weights are a `torch.save` file.
+    pub key: Option<String>,
+    /// Keep the model's own values for weights the checkpoint lacks.
+    pub allow_missing_weights: bool,
+    /// The held-out data and how to run over it.
+    pub eval: EvalOptions,
+}
+
+/// Binds the weights into the model and evaluates it, as `opts` says.
+pub fn run(opts: &EvaluateOptions) -> Result<Metrics> {
+    let weights = opts.weights.as_deref().map(|w| inputs::open_checkpoint(w, opts.key.as_deref())).transpose()?;
+    let bound = crate::onnx::bind::Binder::load(&opts.model)?.bind(weights, opts.allow_missing_weights)?;
+    evaluate(&bound.model, &opts.eval)
+}
+
 /// The name of the model's first output, which must be float32 logits where its type is declared.
 fn logits_output(model: &Model) -> Result<String> {
     use crate::onnx::proto::type_proto;

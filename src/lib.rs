@@ -33,6 +33,7 @@ pub mod error;
 pub mod evaluate;
 pub mod fs;
 pub mod inputs;
+pub mod inspect;
 pub mod onnx;
 pub mod part;
 pub mod parts;

@@ -49,7 +49,7 @@ fn ignored(signal: i32) -> bool {
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     discard_staged_on_signals();
-    match cli::commands::execute(&args) {
+    match cli::execute(&args) {
         Ok(outcome) => {
             let mut out = std::io::stdout().lock();
             match out.write_all(outcome.stdout.as_bytes()).and_then(|_| out.flush()) {

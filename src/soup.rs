@@ -80,11 +80,8 @@ pub struct SoupOptions {
     pub key: Option<String>,
     /// How ingredients are chosen.
     pub method: Method,
-    /// Recalibrate BatchNorm statistics of every candidate and soup: `None` when the model has
-    /// BatchNorm, `Some(false)` never; `Some(true)` requires BatchNorm.
-    pub recalibrate: Option<bool>,
-    /// The recalibration pass (training samples, batch, statistics mode, device).
-    pub pass: PassOptions,
+    /// The BatchNorm statistics every candidate and soup is judged with.
+    pub statistics: Statistics,
     /// The select split: what the ingredients are chosen by.
     pub select: EvalOptions,
     /// A test split, reported for the soup and the best single checkpoint, never used to choose.
@@ -95,6 +92,28 @@ pub struct SoupOptions {
     pub output: PathBuf,
     /// Also the ONNX model with the soup's weights and statistics.
     pub onnx_output: Option<PathBuf>,
+}
+
+/// The BatchNorm statistics candidates and soups are judged with.
+#[derive(Debug, Clone)]
+pub enum Statistics {
+    /// Recalibrated for each by this pass (training samples, batch, statistics mode, device) when
+    /// the model has BatchNorm; the averaged stored ones otherwise.
+    RecalibrateIfBatchNorm(PassOptions),
+    /// Recalibrated for each by this pass; a model without BatchNorm is an error.
+    Recalibrate(PassOptions),
+    /// The averaged stored statistics.
+    Stored,
+}
+
+impl Statistics {
+    /// The recalibration pass, if there is one.
+    pub fn pass(&self) -> Option<&PassOptions> {
+        match self {
+            Statistics::RecalibrateIfBatchNorm(p) | Statistics::Recalibrate(p) => Some(p),
+            Statistics::Stored => None,
+        }
+    }
 }
 
 /// One candidate as it was tried.
@@ -159,7 +178,8 @@ pub struct SoupSummary {
 struct Kitchen<'a> {
     opts: &'a SoupOptions,
     binder: Binder,
-    recalibrate: bool,
+    /// The pass that recalibrates each candidate, if they are recalibrated.
+    pass: Option<&'a PassOptions>,
 }
 
 /// A model judged on the select split: its bound weights, recalibrated when the soup is.
@@ -188,13 +208,13 @@ impl Kitchen<'_> {
     /// Binds `ck`, recalibrates it when on, and evaluates it on the select split.
     fn judge(&self, ck: Checkpoint) -> Result<Judged> {
         let bound = self.binder.bind(Some(ck), self.opts.allow_missing_weights)?;
-        if !self.recalibrate {
+        let Some(pass_options) = self.pass else {
             let select = evaluate::evaluate(&bound.model, &self.opts.select)?;
             return Ok(Judged { model: JudgedModel::Stored(bound), select });
-        }
+        };
         let mut prepared = Prepared::new(bound)?;
         recalibrate::check_weights_finite(&prepared)?;
-        let pass = recalibrate::compute(&prepared, &self.opts.pass)?;
+        let pass = recalibrate::compute(&prepared, pass_options)?;
         let names = recalibrate::apply(&mut prepared, &pass, &BTreeMap::new())?;
         let select = evaluate::evaluate(&prepared.bound.model, &self.opts.select)?;
         Ok(Judged { model: JudgedModel::Recalibrated { prepared, pass, names }, select })
@@ -313,7 +333,9 @@ pub fn same_split_warning(select: &Path, eval: &Path) -> Option<String> {
 /// Makes the soup as `opts` says and writes it; returns the summary and warnings for people.
 pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
     let started = Instant::now();
-    inputs::check_same_classes(&opts.pass.inputs, &opts.select.inputs)?;
+    if let Some(pass) = opts.statistics.pass() {
+        inputs::check_same_classes(&pass.inputs, &opts.select.inputs)?;
+    }
     if let Some(e) = &opts.eval {
         inputs::check_same_classes(&opts.select.inputs, &e.inputs)?;
     }
@@ -331,14 +353,13 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
         }
     }
     let binder = Binder::load(&opts.model)?;
-    let has_bn = bn::find(binder.model()).is_ok();
-    let recalibrate = match opts.recalibrate {
-        None => has_bn,
-        Some(false) => false,
-        Some(true) => {
+    let pass = match &opts.statistics {
+        Statistics::RecalibrateIfBatchNorm(pass) => bn::find(binder.model()).is_ok().then_some(pass),
+        Statistics::Recalibrate(pass) => {
             bn::find(binder.model())?;
-            true
+            Some(pass)
         }
+        Statistics::Stored => None,
     };
     let checkpoints: Vec<Checkpoint> =
         files.iter().map(|f| inputs::open_checkpoint(&f.path, opts.key.as_deref())).collect::<Result<_>>()?;
@@ -347,7 +368,8 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
     crate::average::check_compatible(&checkpoints.iter().collect::<Vec<_>>(), false)?;
     let mut read: Vec<&Path> = binder.model().files().iter().map(PathBuf::as_path).collect();
     read.extend(checkpoints.iter().flat_map(|c| c.files()));
-    read.extend([opts.pass.inputs.as_path(), &opts.select.inputs]);
+    read.extend(opts.statistics.pass().map(|p| p.inputs.as_path()));
+    read.push(&opts.select.inputs);
     read.extend(opts.select.labels.as_deref());
     if let Some(e) = &opts.eval {
         read.push(&e.inputs);
@@ -356,7 +378,7 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
     let mut dirs = OutputDirs::default();
     let warnings = check_files(opts, &read, &mut dirs)?;
     let stamps = Stamps::of(&read)?;
-    let kitchen = Kitchen { opts, binder, recalibrate };
+    let kitchen = Kitchen { opts, binder, pass };
 
     // Every candidate alone, ranked; the best one's judged model is kept (it starts a greedy soup).
     let mut alone = Vec::new();
@@ -428,7 +450,8 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
     match &mut current.model {
         JudgedModel::Recalibrated { prepared, pass, names } => {
             let model_path = opts.model.as_path();
-            let pass_meta = recalibrate::metadata(&opts.pass, pass, &[model_path, &opts.pass.inputs]);
+            let options = kitchen.pass.expect("recalibrated with a pass");
+            let pass_meta = recalibrate::metadata(options, pass, &[model_path, &options.inputs]);
             for (k, v) in pass_meta {
                 meta.entry(k).or_insert(v);
             }
@@ -470,8 +493,8 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
         .collect();
     let summary = SoupSummary {
         method: opts.method.to_string(),
-        recalibrated: recalibrate,
-        stats: recalibrate.then(|| opts.pass.stats.to_string()),
+        recalibrated: pass.is_some(),
+        stats: pass.map(|p| p.stats.to_string()),
         ingredients: kept.iter().map(|&i| names[i].clone()).collect(),
         candidates,
         select: Score::from(&current.select),

@@ -11,15 +11,15 @@ use swa::runtime::{diagnose, Diagnosis};
 /// `swa doctor`.
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
-    /// Print JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
+    /// Output format.
+    #[command(flatten)]
+    pub out: super::args::JsonArgs,
 }
 
 /// Runs `swa doctor`: always exit code 0 — it reports, it does not judge.
 pub fn run(a: &DoctorArgs) -> Outcome {
     let d = diagnose();
-    let stdout = if a.json {
+    let stdout = if a.out.json {
         let mut v = serde_json::to_value(&d).expect("serialisable");
         v["swa"] = env!("CARGO_PKG_VERSION").into();
         serde_json::to_string_pretty(&v).expect("serialisable") + "\n"

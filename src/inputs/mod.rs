@@ -91,6 +91,13 @@ pub fn torch_contents(path: &Path) -> Result<Option<torch::Contents>> {
     }
 }
 
+/// Whether the samples at `path` may carry labels of their own (class folders, a Parquet label
+/// column); arrays (`.npy` / `.npz`) never do, so an evaluation of them needs a labels file.
+pub fn carries_labels(path: &Path) -> bool {
+    let lower = path.to_string_lossy().to_lowercase();
+    !(lower.ends_with(".npy") || lower.ends_with(".npz"))
+}
+
 /// The wrapper prefix every tensor name of `names` starts with (`module.` from DataParallel,
 /// `_orig_mod.` from torch.compile, `model.` from PyTorch Lightning), if they all share one.
 pub fn common_wrapper_prefix<'a>(names: impl IntoIterator<Item = &'a str> + Clone) -> Option<&'static str> {

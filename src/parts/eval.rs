@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{complete_order, Disagreement, Identity};
 use crate::error::{Error, Result};
-use crate::evaluate::{self, EvalOptions, Metrics, MetricsAccumulator};
+use crate::evaluate::{self, EvalOptions, EvaluateOptions, Metrics, MetricsAccumulator};
+use crate::onnx::bind::Binder;
 use crate::onnx::Model;
 use crate::part::Part;
 
@@ -65,6 +66,35 @@ pub fn evaluate_part(model: &Model, identity: Identity, opts: &EvalOptions, part
         samples: counts.samples() + counts.skipped(),
         counts,
     })
+}
+
+/// Everything one part of an evaluation needs.
+#[derive(Debug, Clone)]
+pub struct PartialEvalOptions {
+    /// The whole evaluation.
+    pub evaluation: EvaluateOptions,
+    /// This process's part of it.
+    pub part: Part,
+    /// The partial evaluation file to write.
+    pub output: PathBuf,
+}
+
+/// Binds the weights, evaluates `opts.part` of the batches and writes its counts atomically;
+/// returns them and the missing directories created for the file, parents first.
+pub fn write_part(opts: &PartialEvalOptions) -> Result<(PartialEval, Vec<PathBuf>)> {
+    let e = &opts.evaluation;
+    let weights = e.weights.as_deref().map(|w| crate::inputs::open_checkpoint(w, e.key.as_deref())).transpose()?;
+    let binder = Binder::load(&e.model)?;
+    let identity = Identity::of(binder.model(), weights.as_ref(), e.key.as_deref())?;
+    let mut read: Vec<PathBuf> = binder.model().files().to_vec();
+    read.extend(weights.iter().flat_map(|w| w.files()).map(PathBuf::from));
+    read.push(e.eval.inputs.clone());
+    read.extend(e.eval.labels.clone());
+    let read: Vec<&Path> = read.iter().map(PathBuf::as_path).collect();
+    let bound = binder.bind(weights, e.allow_missing_weights)?;
+    let p = evaluate_part(&bound.model, identity, &e.eval, opts.part)?;
+    let created = write(&p, &opts.output, &read)?;
+    Ok((p, created))
 }
 
 /// Writes `partial` to `path` atomically (pretty JSON); returns the missing directories it created

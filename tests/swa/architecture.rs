@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["runtime"],
     &["inputs"],
     &["tasks"],
-    &["average", "recalibrate", "evaluate"],
+    &["average", "recalibrate", "evaluate", "inspect"],
     &["soup", "parts", "report"],
     &["pipeline"],
 ];

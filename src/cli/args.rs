@@ -1,0 +1,415 @@
+//! The flag groups several commands share, declared once (with one help text each), their value
+//! parsers, and their resolution into the library's typed options.
+
+use std::num::{NonZeroU64, NonZeroUsize};
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use swa::checkpoint::{dtype, Dtype};
+use swa::evaluate::EvalOptions;
+use swa::inputs::images::{Preprocess, Resize};
+use swa::inputs::{DataOptions, Selection};
+use swa::part::Part;
+use swa::recalibrate::{PassOptions, StatsMode};
+use swa::runtime::{Device, Engine};
+use swa::{Error, Result};
+
+// -------------------------------------------------------------------------------------------------
+// Value parsers
+// -------------------------------------------------------------------------------------------------
+
+/// A count that must be at least 1.
+pub fn at_least_one(s: &str) -> std::result::Result<NonZeroUsize, String> {
+    let n: usize = s.parse().map_err(|_| format!("`{s}` is not a whole number"))?;
+    NonZeroUsize::new(n).ok_or_else(|| "must be at least 1".to_string())
+}
+
+/// `--center-crop N` or `H,W`.
+fn crop(s: &str) -> std::result::Result<(usize, usize), String> {
+    match s.parse::<Resize>()? {
+        Resize::Shorter(n) => Ok((n, n)),
+        Resize::Exact(h, w) => Ok((h, w)),
+    }
+}
+
+/// `--mean` / `--std`: one value, or one per channel.
+#[derive(Debug, Clone)]
+pub struct Channels(Vec<f32>);
+
+/// `--mean` / `--std`: one value, or one per channel, separated by commas.
+fn floats(s: &str) -> std::result::Result<Channels, String> {
+    s.split(',')
+        .map(|t| t.trim().parse::<f32>().map_err(|_| format!("`{t}` is not a number")))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .and_then(
+            |v| if v.iter().all(|x| x.is_finite()) { Ok(Channels(v)) } else { Err("values must be finite".into()) },
+        )
+}
+
+/// A fraction in 0..=1 (`--min-accuracy`); NaN, infinities and percentages are refused.
+pub fn fraction(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("must be a fraction between 0 and 1 (0.9 for 90%), got {s}"))
+    }
+}
+
+/// Most threads a session may be given: this many per core.
+const THREADS_PER_CORE: usize = 4;
+
+/// `--threads`: at least 1, at most [`THREADS_PER_CORE`] per core of this machine (ONNX Runtime
+/// starts every thread it is told to, with its own stack).
+pub fn thread_count(s: &str) -> std::result::Result<NonZeroUsize, String> {
+    let n = at_least_one(s)?;
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let max = THREADS_PER_CORE * cores;
+    if n.get() > max {
+        return Err(format!("must be at most {max} ({THREADS_PER_CORE} per core; this machine has {cores})"));
+    }
+    Ok(n)
+}
+
+/// Most CUDA streams (sessions, each with its own activation memory) `--streams` may ask for.
+const MAX_STREAMS: usize = 16;
+
+/// `--shard` / `--part`: I/N, counting from 0.
+pub fn part(s: &str) -> std::result::Result<Part, String> {
+    s.parse()
+}
+
+/// `--dtype`.
+pub fn parse_dtype(s: &str) -> std::result::Result<Dtype, String> {
+    dtype::parse_float(s).ok_or_else(|| format!("unknown dtype `{s}`: use f32, f16, bf16 or f64"))
+}
+
+/// `--shard-size`: bytes, or with KB/MB/GB/KiB/MiB/GiB.
+pub fn parse_size(s: &str) -> std::result::Result<NonZeroU64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("bad size `{s}`"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" | "k" => 1024.0,
+        "mib" | "m" => 1024.0 * 1024.0,
+        "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
+        u => return Err(format!("unknown unit `{u}` in `{s}`")),
+    };
+    NonZeroU64::new((v * mult) as u64).ok_or_else(|| "must be positive".to_string())
+}
+
+/// A benchmarking knob from the environment, parsed.
+fn knob<T: std::str::FromStr<Err = String>>(var: &str) -> Result<Option<T>> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => v.parse().map(Some).map_err(|e| Error::usage(format!("{var}: {e}"))),
+        _ => Ok(None),
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+// Flag groups
+// -------------------------------------------------------------------------------------------------
+
+/// `--json`.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct JsonArgs {
+    /// Print JSON on stdout instead of text for people.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which state dict of a `torch.save` file is read.
+#[derive(Debug, Args, Clone)]
+pub struct KeyArgs {
+    /// The state dict to read in torch.save files (default: state_dict, model, model_state_dict,
+    /// module, net, or the file itself): e.g. state_dict_ema, callbacks.EMA.ema_state_dict.
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<String>,
+}
+
+/// How checkpoints are read and bound into the model.
+#[derive(Debug, Args, Clone)]
+pub struct BindArgs {
+    /// Which state dict.
+    #[command(flatten)]
+    pub read: KeyArgs,
+    /// Keep the model's own values for weights that a checkpoint lacks (formerly --allow-partial).
+    #[arg(long, alias = "allow-partial")]
+    pub allow_missing_weights: bool,
+}
+
+/// Which checkpoints, by the number in their names.
+#[derive(Debug, Args, Clone)]
+pub struct SelectArgs {
+    /// First number to use (inclusive): `--from 10` keeps epoch_010 and later.
+    #[arg(long, value_name = "N")]
+    pub from: Option<u64>,
+    /// Last number to use (inclusive).
+    #[arg(long, value_name = "N")]
+    pub to: Option<u64>,
+    /// Keep only the last N checkpoints (after --from/--to/--every).
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
+    pub last: Option<NonZeroUsize>,
+    /// Keep every K-th checkpoint, starting with the first.
+    #[arg(long, value_name = "K", value_parser = at_least_one)]
+    pub every: Option<NonZeroUsize>,
+}
+
+impl SelectArgs {
+    /// The library's selection.
+    pub fn selection(&self) -> Selection {
+        Selection { from: self.from, to: self.to, every: self.every, last: self.last }
+    }
+}
+
+/// `--preset`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PresetArg {
+    /// Resize 256, center crop 224, ImageNet mean and std (torchvision's pretrained models).
+    Imagenet,
+}
+
+/// How images (image folders, Parquet, uint8 arrays) are read and preprocessed: torchvision's
+/// `Resize`, `CenterCrop`, `ToTensor`, `Normalize`.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Images (folders, Parquet, uint8 arrays)")]
+pub struct DataArgs {
+    /// Resize the shorter side to N pixels, or to exactly H,W (bilinear, antialiased: transforms.Resize).
+    #[arg(long, value_name = "N|H,W", value_parser = |s: &str| s.parse::<Resize>())]
+    pub resize: Option<Resize>,
+    /// Crop the centre N×N (or H×W) pixels (transforms.CenterCrop).
+    #[arg(long, value_name = "N|H,W", value_parser = crop)]
+    pub center_crop: Option<(usize, usize)>,
+    /// Subtract this mean after scaling to [0, 1]: one value or one per channel (transforms.Normalize).
+    #[arg(long, value_name = "R,G,B", value_parser = floats, allow_negative_numbers = true)]
+    pub mean: Option<Channels>,
+    /// Divide by this std after subtracting the mean.
+    #[arg(long, value_name = "R,G,B", value_parser = floats, allow_negative_numbers = true)]
+    pub std: Option<Channels>,
+    /// A named preprocessing; --resize, --center-crop, --mean and --std override its parts.
+    #[arg(long, value_enum)]
+    pub preset: Option<PresetArg>,
+    /// The Parquet column of encoded images (bytes, or a struct with a `bytes` field).
+    #[arg(long, default_value = "image", value_name = "NAME")]
+    pub image_column: String,
+    /// The Parquet column of integer labels.
+    #[arg(long, default_value = "label", value_name = "NAME")]
+    pub label_column: String,
+    /// Skip images that cannot be decoded (each is named and counted in the summary) instead of stopping.
+    #[arg(long)]
+    pub skip_bad_images: bool,
+}
+
+impl DataArgs {
+    /// The library's data options.
+    pub fn options(&self) -> DataOptions {
+        let base = match self.preset {
+            Some(PresetArg::Imagenet) => Preprocess::imagenet(),
+            None => Preprocess::default(),
+        };
+        DataOptions {
+            preprocess: Preprocess {
+                resize: self.resize.or(base.resize),
+                center_crop: self.center_crop.or(base.center_crop),
+                mean: self.mean.clone().map(|c| c.0).or(base.mean),
+                std: self.std.clone().map(|c| c.0).or(base.std),
+            },
+            image_column: self.image_column.clone(),
+            label_column: self.label_column.clone(),
+            skip_bad_images: self.skip_bad_images,
+        }
+    }
+}
+
+/// Where and how the model runs.
+#[derive(Debug, Args, Clone)]
+pub struct EngineArgs {
+    /// cpu, cuda or cuda:N. CUDA that cannot be used is an error, never a silent fallback.
+    #[arg(long, default_value = "cpu", value_parser = |s: &str| s.parse::<Device>())]
+    pub device: Device,
+    /// ONNX Runtime intra-op threads (default: all cores).
+    #[arg(long, value_name = "N", value_parser = thread_count)]
+    pub threads: Option<NonZeroUsize>,
+    /// With --device cuda: allow TF32 in convolutions and matrix products (about 2x faster on
+    /// Ampere and later; statistics move by about 1e-3 relative, so the default is full fp32).
+    #[arg(long)]
+    pub tf32: bool,
+    /// With --device cuda: batches run at once, each in its own ONNX Runtime session and CUDA
+    /// stream, so one batch's copies and launches overlap another's kernels (default 2; 1 halves
+    /// the GPU memory for activations; at most 16).
+    #[arg(long, value_name = "N")]
+    pub streams: Option<usize>,
+}
+
+impl EngineArgs {
+    /// The library's engine; CUDA-only flags on the CPU are refused. The benchmarking knobs
+    /// `SWA_STATS_REDUCTION`, `SWA_CUDNN_SEARCH` and `SWA_ORT_PROFILE` are read here.
+    pub fn engine(&self) -> Result<Engine> {
+        let streams = match self.streams {
+            Some(0) => return Err(Error::usage("--streams must be at least 1")),
+            Some(n) if n > MAX_STREAMS => {
+                return Err(Error::usage(format!("--streams must be at most {MAX_STREAMS}, got {n}")))
+            }
+            Some(n) if n > 1 && self.device == Device::Cpu => {
+                return Err(Error::usage(
+                    "--streams applies to --device cuda; on the CPU one batch runs at a time on all threads",
+                ))
+            }
+            n => n.and_then(NonZeroUsize::new),
+        };
+        if self.tf32 && self.device == Device::Cpu {
+            return Err(Error::usage("--tf32 applies to --device cuda; on the CPU everything runs in fp32"));
+        }
+        Ok(Engine {
+            device: self.device,
+            threads: self.threads,
+            tf32: self.tf32,
+            streams,
+            reduction: knob("SWA_STATS_REDUCTION")?,
+            cudnn_search: knob("SWA_CUDNN_SEARCH")?.unwrap_or_default(),
+            profile: std::env::var_os("SWA_ORT_PROFILE").filter(|p| !p.is_empty()).map(PathBuf::from),
+        })
+    }
+}
+
+/// `--stats`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum StatsArg {
+    /// Count-weighted pooled statistics over all values, merged in f64 (PreciseBN).
+    Precise,
+    /// torch.optim.swa_utils.update_bn's estimate: the mean over batches of the batch mean and of
+    /// the unbiased batch variance. Only BatchNorm runs in training mode; update_bn runs the whole
+    /// model in train mode, so where dropout or stochastic depth comes before a BatchNorm
+    /// (EfficientNet) its numbers differ from these.
+    Torch,
+}
+
+impl From<StatsArg> for StatsMode {
+    fn from(a: StatsArg) -> Self {
+        match a {
+            StatsArg::Precise => StatsMode::Precise,
+            StatsArg::Torch => StatsMode::Torch,
+        }
+    }
+}
+
+/// The recalibration pass over training samples.
+#[derive(Debug, Args, Clone)]
+pub struct PassArgs {
+    /// precise: pooled population statistics; torch: update_bn's mean over batches (with only
+    /// BatchNorm in training mode, where update_bn also trains dropout and stochastic depth).
+    #[arg(long, value_enum, default_value = "precise")]
+    pub stats: StatsArg,
+    /// Samples per batch of the recalibration pass.
+    #[arg(long, default_value = "64", value_parser = at_least_one)]
+    pub batch_size: NonZeroUsize,
+    /// Use at most this many training samples.
+    #[arg(long, value_name = "N")]
+    pub max_samples: Option<usize>,
+}
+
+impl PassArgs {
+    /// The pass over `inputs`; a batch of one with torch statistics is refused.
+    pub fn options(&self, inputs: &Path, data: &DataArgs, engine: &EngineArgs, quiet: bool) -> Result<PassOptions> {
+        let stats = StatsMode::from(self.stats);
+        if self.batch_size.get() == 1 && stats == StatsMode::Torch {
+            return Err(Error::usage("--batch-size 1 with --stats torch: the unbiased batch variance of one sample is undefined (update_bn fails the same way); use a larger batch or --stats precise"));
+        }
+        Ok(PassOptions {
+            inputs: inputs.to_path_buf(),
+            data: data.options(),
+            batch_size: self.batch_size,
+            max_samples: self.max_samples,
+            stats,
+            engine: engine.engine()?,
+            quiet,
+        })
+    }
+}
+
+/// The evaluation batches of commands that also run a recalibration pass (`run`, `soup`).
+#[derive(Debug, Args, Clone)]
+pub struct EvalBatchArgs {
+    /// Samples per evaluation batch.
+    #[arg(long, default_value = "256", value_parser = at_least_one)]
+    pub eval_batch_size: NonZeroUsize,
+    /// k of the top-k accuracy.
+    #[arg(long, default_value = "5", value_parser = at_least_one)]
+    pub top_k: NonZeroUsize,
+}
+
+/// The accuracy gate.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct GateArgs {
+    /// Exit with code 1 when top-1 accuracy is below this (a fraction, 0..=1), or when any
+    /// sample's logits are not finite (`swa run`: the recalibrated SWA model's).
+    #[arg(long, value_name = "A", value_parser = fraction)]
+    pub min_accuracy: Option<f64>,
+}
+
+// -------------------------------------------------------------------------------------------------
+// Rules that span flags
+// -------------------------------------------------------------------------------------------------
+
+/// Fails when `inputs` carry no labels of their own (arrays) and the labels flag `flag` is missing.
+pub fn needs_labels(inputs: &Path, labels: Option<&Path>, flag: &str) -> Result<()> {
+    if labels.is_none() && !swa::inputs::carries_labels(inputs) {
+        return Err(Error::usage(format!(
+            "{flag} is needed: {} holds arrays, which carry no labels (image folders and Parquet carry their own)",
+            inputs.display()
+        )));
+    }
+    Ok(())
+}
+
+/// An evaluation of `inputs` against `labels` (or the inputs' own).
+pub fn eval_options(
+    inputs: &Path,
+    labels: Option<&Path>,
+    data: &DataArgs,
+    batch_size: NonZeroUsize,
+    top_k: NonZeroUsize,
+    engine: &EngineArgs,
+    quiet: bool,
+) -> Result<EvalOptions> {
+    Ok(EvalOptions {
+        inputs: inputs.to_path_buf(),
+        labels: labels.map(Path::to_path_buf),
+        data: data.options(),
+        batch_size,
+        top_k,
+        engine: engine.engine()?,
+        quiet,
+    })
+}
+
+/// A part's result is partial: it is written for a merge, never as a model or metrics.
+pub const SHARD_NEEDS_PARTIAL_OUT: &str =
+    "--shard runs part of the samples: its result is partial, so it needs --partial-out (and a merge)";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn min_accuracy_is_a_fraction() {
+        for ok in ["0", "1", "0.5", "1e-3"] {
+            assert!(super::fraction(ok).is_ok(), "{ok}");
+        }
+        for bad in ["nan", "NaN", "inf", "-inf", "90", "1.5", "-1", "-0.1", "x"] {
+            assert!(super::fraction(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn thread_counts_are_bounded_by_the_cores() {
+        assert!(super::thread_count("1").is_ok());
+        assert!(super::thread_count("0").is_err());
+        let err = super::thread_count("100000").unwrap_err();
+        assert!(err.contains("at most"), "{err}");
+    }
+}

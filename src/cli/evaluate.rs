@@ -1,0 +1,127 @@
+//! `swa evaluate`, whole or one part of an evaluation split over machines.
+
+use std::fmt::Write;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::args::{
+    at_least_one, eval_options, needs_labels, part, BindArgs, DataArgs, EngineArgs, GateArgs, JsonArgs,
+    SHARD_NEEDS_PARTIAL_OUT,
+};
+use super::{output, render, Outcome};
+use swa::evaluate::EvaluateOptions;
+use swa::part::Part;
+use swa::parts::eval::PartialEvalOptions;
+use swa::{Error, Result};
+
+/// `swa evaluate`.
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// The ONNX model.
+    #[arg(long, value_name = "M.onnx")]
+    pub model: PathBuf,
+    /// Tensors to bind into the model first.
+    #[arg(long, value_name = "W")]
+    pub weights: Option<PathBuf>,
+    /// How the weights are read and bound.
+    #[command(flatten)]
+    pub bind: BindArgs,
+    /// Held-out inputs: .npy, .npz, a folder of class folders of images (ImageFolder), or Parquet.
+    #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
+    pub inputs: PathBuf,
+    /// Integer class labels [N] (not needed when the inputs carry them: class folders, a Parquet label column).
+    #[arg(long, value_name = "Y.npy")]
+    pub labels: Option<PathBuf>,
+    /// How images are read.
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Samples per batch.
+    #[arg(long, default_value = "256", value_parser = at_least_one)]
+    pub batch_size: NonZeroUsize,
+    /// k of the top-k accuracy.
+    #[arg(long, default_value = "5", value_parser = at_least_one)]
+    pub top_k: NonZeroUsize,
+    /// Device and threads.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// The gate.
+    #[command(flatten)]
+    pub gate: GateArgs,
+    /// Evaluate only part I of N of the batches (contiguous ranges of whole batches, counting
+    /// from 0), for `swa merge-eval`; needs --partial-out.
+    #[arg(long, value_name = "I/N", value_parser = part)]
+    pub shard: Option<Part>,
+    /// Write this part's counts and loss sum (JSON) instead of metrics, for `swa merge-eval`
+    /// (which applies --min-accuracy).
+    #[arg(long, value_name = "E.json", conflicts_with = "min_accuracy")]
+    pub partial_out: Option<PathBuf>,
+    /// Output format.
+    #[command(flatten)]
+    pub out: JsonArgs,
+}
+
+/// What a `swa evaluate` command line asks for.
+enum Job {
+    /// Metrics over every sample.
+    Whole(EvaluateOptions),
+    /// A part's counts, for a merge.
+    Part(PartialEvalOptions),
+}
+
+impl EvaluateArgs {
+    /// The library options, every rule between flags checked.
+    fn resolve(&self, quiet: bool) -> Result<Job> {
+        if self.shard.is_some() && self.partial_out.is_none() {
+            return Err(Error::usage(SHARD_NEEDS_PARTIAL_OUT));
+        }
+        needs_labels(&self.inputs, self.labels.as_deref(), "--labels")?;
+        let eval = eval_options(
+            &self.inputs,
+            self.labels.as_deref(),
+            &self.data,
+            self.batch_size,
+            self.top_k,
+            &self.engine,
+            quiet || self.out.json,
+        )?;
+        let whole = EvaluateOptions {
+            model: self.model.clone(),
+            weights: self.weights.clone(),
+            key: self.bind.read.key.clone(),
+            allow_missing_weights: self.bind.allow_missing_weights,
+            eval,
+        };
+        Ok(match &self.partial_out {
+            None => Job::Whole(whole),
+            Some(out) => Job::Part(PartialEvalOptions {
+                evaluation: whole,
+                part: self.shard.unwrap_or(Part::WHOLE),
+                output: out.clone(),
+            }),
+        })
+    }
+
+    /// Runs `swa evaluate`.
+    pub fn run(&self, quiet: bool) -> Result<Outcome> {
+        match self.resolve(quiet)? {
+            Job::Whole(opts) => {
+                let m = swa::evaluate::run(&opts)?;
+                Ok(output::metrics(&self.model, &m, self.gate.min_accuracy, self.out.json))
+            }
+            Job::Part(opts) => {
+                let (p, created) = swa::parts::eval::write_part(&opts)?;
+                let stdout = if self.out.json {
+                    output::json(&p)
+                } else {
+                    let mut o = format!("part {}: {} samples from sample {}\n", p.shard, p.samples, p.first_sample);
+                    render::created(&mut o, &created);
+                    let _ = writeln!(o, "wrote {}", opts.output.display());
+                    o
+                };
+                Ok(Outcome { stdout, code: 0 })
+            }
+        }
+    }
+}

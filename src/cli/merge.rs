@@ -1,0 +1,76 @@
+//! `swa merge-stats` and `swa merge-eval`: what the parts of a job split over machines wrote,
+//! merged into what one machine would have written.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::args::{BindArgs, GateArgs, JsonArgs};
+use super::{output, render, Outcome};
+use swa::parts::stats::MergeStatsOptions;
+use swa::Result;
+
+/// `swa merge-stats`.
+#[derive(Debug, Args)]
+pub struct MergeStatsArgs {
+    /// Partial statistics (`swa recalibrate --shard I/N --partial-out`), every part once, any order.
+    #[arg(required = true, value_name = "P.safetensors")]
+    pub partials: Vec<PathBuf>,
+    /// The ONNX model the parts ran (checked by content hash).
+    #[arg(long, value_name = "MODEL.onnx")]
+    pub model: PathBuf,
+    /// The weights the parts bound (checked by content hash).
+    #[arg(long, value_name = "W")]
+    pub weights: Option<PathBuf>,
+    /// How the weights are read and bound (as the parts did).
+    #[command(flatten)]
+    pub bind: BindArgs,
+    /// Output ONNX model.
+    #[arg(short, long, value_name = "OUT.onnx")]
+    pub output: PathBuf,
+    /// Also write the tensors under the checkpoint's names, for model.load_state_dict.
+    #[arg(long, value_name = "OUT.safetensors")]
+    pub save_weights: Option<PathBuf>,
+    /// Output format.
+    #[command(flatten)]
+    pub out: JsonArgs,
+}
+
+impl MergeStatsArgs {
+    /// Runs `swa merge-stats`.
+    pub fn run(&self) -> Result<Outcome> {
+        let s = swa::parts::stats::merge_into_model(&MergeStatsOptions {
+            partials: self.partials.clone(),
+            model: self.model.clone(),
+            weights: self.weights.clone(),
+            key: self.bind.read.key.clone(),
+            allow_missing_weights: self.bind.allow_missing_weights,
+            output: self.output.clone(),
+            save_weights: self.save_weights.clone(),
+        })?;
+        Ok(Outcome { stdout: if self.out.json { output::json(&s) } else { render::recalibrate(&s) }, code: 0 })
+    }
+}
+
+/// `swa merge-eval`.
+#[derive(Debug, Args)]
+pub struct MergeEvalArgs {
+    /// Partial evaluations (`swa evaluate --shard I/N --partial-out`), every part once, any order.
+    #[arg(required = true, value_name = "E.json")]
+    pub partials: Vec<PathBuf>,
+    /// The gate.
+    #[command(flatten)]
+    pub gate: GateArgs,
+    /// Output format.
+    #[command(flatten)]
+    pub out: JsonArgs,
+}
+
+impl MergeEvalArgs {
+    /// Runs `swa merge-eval`.
+    pub fn run(&self) -> Result<Outcome> {
+        let eval: Vec<_> = self.partials.iter().map(|p| swa::parts::eval::read(p)).collect::<Result<_>>()?;
+        let (identity, m) = swa::parts::eval::merge(&self.partials, &eval)?;
+        Ok(output::metrics(&identity.model, &m, self.gate.min_accuracy, self.out.json))
+    }
+}

@@ -1,0 +1,54 @@
+//! What several commands print the same way: JSON, the GitHub job summary, the accuracy gate.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{render, Outcome};
+use swa::evaluate::Metrics;
+
+/// `v` as pretty JSON, with a final newline.
+pub fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).expect("serialisable") + "\n"
+}
+
+/// Appends `markdown` to the GitHub Actions job summary, when there is one: a regular file (or a
+/// new one). Anything else is skipped: opening a FIFO without a reader would block forever.
+pub fn step_summary(markdown: &str) {
+    if let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") {
+        use std::io::Write as _;
+        if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
+            return;
+        }
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+            let _ = writeln!(f, "{markdown}");
+        }
+    }
+}
+
+/// Says on stderr that `model` gave non-finite logits for `n` of `samples` samples.
+pub fn warn_nonfinite(model: &str, n: usize, samples: usize) {
+    warn!(
+        "swa: warning: {model} gave non-finite logits (NaN or Inf) for {n} of {samples} samples; they count as wrong \
+         predictions and are left out of the loss"
+    );
+}
+
+/// What `swa evaluate` and `swa merge-eval` print for `model`'s metrics, and their exit code.
+pub fn metrics(model: &Path, m: &Metrics, min_accuracy: Option<f64>, as_json: bool) -> Outcome {
+    if m.nonfinite > 0 {
+        warn_nonfinite(&model.display().to_string(), m.nonfinite, m.samples);
+    }
+    let code = min_accuracy.is_some_and(|min| !render::passes(m, min)) as u8;
+    let md = render::metrics(model, m, min_accuracy);
+    step_summary(&md);
+    if code == 1 {
+        warn!("swa: {}", render::gate_failure(None, m.top1, m.nonfinite, min_accuracy));
+    }
+    if as_json {
+        let mut v = serde_json::to_value(m).expect("metrics");
+        v[format!("top{}", m.k)] = m.topk.into();
+        return Outcome { stdout: json(&v), code };
+    }
+    Outcome { stdout: md, code }
+}

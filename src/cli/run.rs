@@ -1,0 +1,162 @@
+//! `swa run`: every stage, and the report.
+
+use std::fmt::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::args::{
+    eval_options, needs_labels, BindArgs, DataArgs, EngineArgs, EvalBatchArgs, GateArgs, JsonArgs, PassArgs, SelectArgs,
+};
+use super::{output, render, Outcome};
+use swa::pipeline::{RunOptions, RunSoup};
+use swa::soup::Method;
+use swa::Result;
+
+/// `swa run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The ONNX model, exported with BatchNorm kept.
+    #[arg(long, value_name = "M.onnx")]
+    pub model: PathBuf,
+    /// Checkpoint directories or files (all are evaluated; the selection goes into the average).
+    #[arg(long, required = true, num_args = 1.., value_name = "DIR|FILE")]
+    pub checkpoints: Vec<PathBuf>,
+    /// Which checkpoints.
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// How the checkpoints are read and bound.
+    #[command(flatten)]
+    pub bind: BindArgs,
+    /// Training samples for recalibration (.npy, .npz, a folder of images, Parquet).
+    #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
+    pub train_inputs: PathBuf,
+    /// Held-out inputs (.npy, .npz, a folder of class folders of images, Parquet).
+    #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
+    pub eval_inputs: PathBuf,
+    /// Held-out integer labels (not needed when the inputs carry them).
+    #[arg(long, value_name = "Y.npy")]
+    pub eval_labels: Option<PathBuf>,
+    /// How images are read (training, select and held-out sets alike).
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Also recalibrate every checkpoint (the "++" column).
+    #[arg(long)]
+    pub recalibrate_each: bool,
+    /// Also make a model soup of every checkpoint found (greedy, uniform or top-k:K), chosen on
+    /// --select-inputs, and report it beside SWA.
+    #[arg(long, value_name = "METHOD", value_parser = |s: &str| s.parse::<Method>(), requires = "select_inputs")]
+    pub soup: Option<Method>,
+    /// The soup's select split (held out, and not the --eval-inputs the report is measured on).
+    #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet", requires = "soup")]
+    pub select_inputs: Option<PathBuf>,
+    /// Labels of the select split.
+    #[arg(long, value_name = "Y.npy", requires = "soup")]
+    pub select_labels: Option<PathBuf>,
+    /// The recalibration pass.
+    #[command(flatten)]
+    pub pass: PassArgs,
+    /// The evaluations.
+    #[command(flatten)]
+    pub eval: EvalBatchArgs,
+    /// Device and threads.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Average even when a checkpoint holds NaN or Inf (recalibration still refuses non-finite
+    /// weights; BatchNorm statistics are replaced, so non-finite ones are fine).
+    #[arg(long)]
+    pub allow_nonfinite: bool,
+    /// The gate.
+    #[command(flatten)]
+    pub gate: GateArgs,
+    /// Output directory (created; must be empty unless --force).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Replace an output directory that an earlier `swa run` wrote (it holds `.swa-run`); no other
+    /// directory is ever replaced.
+    #[arg(long)]
+    pub force: bool,
+    /// Output format (--json: report.json on stdout).
+    #[command(flatten)]
+    pub format: JsonArgs,
+}
+
+impl RunArgs {
+    /// The library options, every rule between flags checked.
+    fn resolve(&self, quiet: bool) -> Result<RunOptions> {
+        let quiet = quiet || self.format.json;
+        needs_labels(&self.eval_inputs, self.eval_labels.as_deref(), "--eval-labels")?;
+        if let Some(select) = &self.select_inputs {
+            needs_labels(select, self.select_labels.as_deref(), "--select-labels")?;
+        }
+        let (batch, k) = (self.eval.eval_batch_size, self.eval.top_k);
+        Ok(RunOptions {
+            model: self.model.clone(),
+            checkpoints: self.checkpoints.clone(),
+            selection: self.select.selection(),
+            pass: self.pass.options(&self.train_inputs, &self.data, &self.engine, quiet)?,
+            eval: eval_options(
+                &self.eval_inputs,
+                self.eval_labels.as_deref(),
+                &self.data,
+                batch,
+                k,
+                &self.engine,
+                quiet,
+            )?,
+            recalibrate_each: self.recalibrate_each,
+            allow_missing_weights: self.bind.allow_missing_weights,
+            key: self.bind.read.key.clone(),
+            allow_nonfinite: self.allow_nonfinite,
+            out: self.out.clone(),
+            force: self.force,
+            soup: match (self.soup, &self.select_inputs) {
+                (Some(method), Some(inputs)) => Some(RunSoup {
+                    method,
+                    select: eval_options(
+                        inputs,
+                        self.select_labels.as_deref(),
+                        &self.data,
+                        batch,
+                        k,
+                        &self.engine,
+                        quiet,
+                    )?,
+                }),
+                _ => None,
+            },
+        })
+    }
+
+    /// Runs `swa run`.
+    pub fn run(&self, quiet: bool) -> Result<Outcome> {
+        if let Some(select) = self.soup.and(self.select_inputs.as_ref()) {
+            if let Some(w) = swa::soup::same_split_warning(select, &self.eval_inputs) {
+                warn!("swa: warning: {w}");
+            }
+        }
+        let (r, created) = swa::pipeline::run(&self.resolve(quiet)?)?;
+        for (model, n) in r.nonfinite() {
+            output::warn_nonfinite(&model, n, r.eval_samples);
+        }
+        let gated = &r.swa_recalibrated;
+        let code = self.gate.min_accuracy.is_some_and(|m| gated.top1 < m || gated.nonfinite > 0) as u8;
+        let mut stdout = if self.format.json { r.json() + "\n" } else { swa::report::markdown(&r) };
+        if !self.format.json {
+            stdout.push('\n');
+            render::created(&mut stdout, &created);
+            let _ = writeln!(
+                stdout,
+                "wrote {}/{{swa.safetensors,model_swa.onnx,report.json,report.md,report.html}}",
+                self.out.display()
+            );
+        }
+        output::step_summary(&swa::report::markdown(&r));
+        if code == 1 {
+            let failure =
+                render::gate_failure(Some("recalibrated SWA"), gated.top1, gated.nonfinite, self.gate.min_accuracy);
+            warn!("swa: {failure}");
+        }
+        Ok(Outcome { stdout, code })
+    }
+}

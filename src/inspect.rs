@@ -1,0 +1,101 @@
+//! What a checkpoint or model file holds: its tensors, metadata and BatchNorm layers, the number
+//! discovery gives it, what its format says about its contents (a `torch.save` file's state
+//! dicts), and how a checkpoint binds to a model.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::inputs;
+use crate::onnx::bind::{BindReport, Binder};
+use crate::onnx::bn;
+
+/// One tensor, as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorInfo {
+    /// Bytes of data.
+    pub bytes: usize,
+    /// Element type.
+    pub dtype: String,
+    /// Name.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+}
+
+/// What a file holds (fields in the order of their JSON keys).
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    /// BatchNorm layers: of a model, its BatchNormalization nodes; of a checkpoint, the tensors
+    /// named `*.running_mean`.
+    pub batchnorm: Vec<String>,
+    /// How the checkpoint `against` binds to the model, when asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binding: Option<BindReport>,
+    /// The file.
+    pub file: PathBuf,
+    /// Its metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// The epoch/step number discovery gives the file (what a selection by number compares).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub number: Option<u64>,
+    /// Its tensors, in file order.
+    pub tensors: Vec<TensorInfo>,
+    /// For a `torch.save` file: the state dicts it holds and its other top-level keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub torch: Option<crate::checkpoint::torch::Contents>,
+}
+
+/// Inspects `file` (a checkpoint, read with `key` where its format has several state dicts, or an
+/// ONNX model); with `against`, also binds that checkpoint to the model `file` must then be.
+pub fn inspect(file: &Path, key: Option<&str>, against: Option<&Path>) -> Result<Inspection> {
+    // An ONNX model lists its initializers as stored (before binding gives shared ones copies).
+    let (ck, binder) = if file.extension().is_some_and(|e| e == "onnx") {
+        let model = crate::onnx::Model::load(file)?;
+        (model.checkpoint()?, Some(Binder::new(model)))
+    } else {
+        (inputs::open_checkpoint(file, key)?, None)
+    };
+    let batchnorm = match &binder {
+        Some(b) => bn::find(b.model())
+            .map(|ls| {
+                ls.into_iter().map(|l| format!("{} ({} channels, node {})", l.prefix, l.channels, l.name)).collect()
+            })
+            .unwrap_or_default(),
+        None => ck
+            .tensors()
+            .iter()
+            .filter_map(|t| t.name.strip_suffix(".running_mean").map(|p| format!("{p} ({} channels)", t.numel())))
+            .collect(),
+    };
+    let binding = match (against, &binder) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(Error::usage("a checkpoint binds to an ONNX model: the file inspected must be .onnx"));
+        }
+        (Some(against), Some(b)) => Some(b.report(&inputs::open_checkpoint(against, key)?)?),
+    };
+    let tensors = ck
+        .tensors()
+        .iter()
+        .map(|t| TensorInfo {
+            bytes: t.nbytes(),
+            dtype: format!("{:?}", t.dtype),
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+        })
+        .collect();
+    let number = file.file_name().and_then(|n| inputs::name_number(&n.to_string_lossy()));
+    let torch = inputs::torch_contents(file)?;
+    Ok(Inspection {
+        batchnorm,
+        binding,
+        file: file.to_path_buf(),
+        metadata: ck.metadata().clone(),
+        number,
+        tensors,
+        torch,
+    })
+}
