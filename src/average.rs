@@ -15,8 +15,10 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::checkpoint::format::{self, Format, TensorWriter};
+use crate::checkpoint::safetensors::Safetensors;
 use crate::checkpoint::sharded::{self, OutputPlan, Shard};
-use crate::checkpoint::{dtype, Checkpoint, Dtype, SafetensorsWriter, TensorEntry, TensorSpec};
+use crate::checkpoint::{dtype, Checkpoint, Dtype, TensorEntry, TensorSpec};
 use crate::error::{Error, Hint, Result, Setting};
 use crate::fs::{check_output, refuse_overwrite, OutputDirs, Outputs, Stamps};
 use crate::inputs::{self, CheckpointFile, Duplicate, Selection};
@@ -446,43 +448,6 @@ fn plan_tensors(newest: &Checkpoint, opts: &AverageOptions) -> Result<TensorPlan
     Ok(plan)
 }
 
-/// Writes the output in its format: safetensors (one file or a shard), or what `torch.save`
-/// writes for `-o NAME.pt` (and `.pth`, `.bin`, `.ckpt`).
-enum Writer {
-    Safetensors(SafetensorsWriter),
-    Torch(crate::checkpoint::torch::TorchWriter),
-}
-
-impl Writer {
-    fn create(shard: &Shard, metadata: &BTreeMap<String, String>, sharded: bool) -> Result<Self> {
-        let name = shard.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if !inputs::discover::is_torch_name(&name) {
-            return Ok(Writer::Safetensors(SafetensorsWriter::create(&shard.path, &shard.specs, metadata)?));
-        }
-        if sharded {
-            return Err(Error::setting(
-                Setting::ShardSize,
-                "applies to safetensors outputs: a torch.save output is one file",
-            ));
-        }
-        Ok(Writer::Torch(crate::checkpoint::torch::TorchWriter::create(&shard.path, &shard.specs, metadata)?))
-    }
-
-    fn write_at(&self, index: usize, at: usize, bytes: &[u8]) -> Result<()> {
-        match self {
-            Writer::Safetensors(w) => w.write_at(index, at, bytes),
-            Writer::Torch(w) => w.write_at(index, at, bytes),
-        }
-    }
-
-    fn finish(self) -> Result<crate::fs::StagedFile> {
-        match self {
-            Writer::Safetensors(w) => w.finish(),
-            Writer::Torch(w) => w.finish(),
-        }
-    }
-}
-
 fn weighting_name(weighting: &Weighting) -> String {
     match weighting {
         Weighting::Uniform => "uniform".to_string(),
@@ -549,7 +514,7 @@ struct Kernel<'a> {
     entries: Vec<Vec<&'a TensorEntry>>,
     plan: &'a TensorPlan,
     /// Per output shard, its writer when this process writes it.
-    writers: &'a [Option<Writer>],
+    writers: &'a [Option<Box<dyn TensorWriter>>],
     /// The output the user named (for errors about output values).
     output: &'a Path,
     allow_nonfinite: bool,
@@ -740,6 +705,13 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     let inputs = Inputs::open(opts)?;
     let plan = plan_tensors(inputs.newest(), opts)?;
     let OutputPlan { shards, index } = sharded::plan(&opts.output, &plan.specs, opts.shard_size.map(NonZeroU64::get));
+    let output_format = format::for_output(&opts.output);
+    if index.is_some() && output_format.name() != Safetensors.name() {
+        return Err(Error::setting(
+            Setting::ShardSize,
+            format!("applies to safetensors outputs: a {} output is one file", output_format.name()),
+        ));
+    }
     if opts.merge_parts && index.is_none() {
         return Err(Error::usage(
             "the parts of an average merge into a sharded output's index: name the output \
@@ -770,10 +742,12 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
             )));
         }
     } else {
-        let writers: Vec<Option<Writer>> = shards
+        let writers: Vec<Option<Box<dyn TensorWriter>>> = shards
             .iter()
             .zip(&own)
-            .map(|(s, &mine)| mine.then(|| Writer::create(s, &metadata, index.is_some())).transpose())
+            .map(|(s, &mine)| {
+                mine.then(|| format::for_output(&s.path).writer(&s.path, &s.specs, &metadata)).transpose()
+            })
             .collect::<Result<_>>()?;
         let entries = inputs
             .checkpoints

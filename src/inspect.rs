@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::checkpoint::format::Contents;
 use crate::error::{Error, Result};
 use crate::inputs;
 use crate::onnx::bind::{BindReport, Binder};
@@ -43,9 +44,13 @@ pub struct Inspection {
     pub number: Option<u64>,
     /// Its tensors, in file order.
     pub tensors: Vec<TensorInfo>,
-    /// For a `torch.save` file: the state dicts it holds and its other top-level keys.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub torch: Option<crate::checkpoint::torch::Contents>,
+    /// Where the format holds several dicts of tensors (a `torch.save` file): which, under the
+    /// format's key (`torch`).
+    #[serde(flatten)]
+    pub contents: BTreeMap<String, Contents>,
+    /// The format that read the file.
+    #[serde(skip)]
+    pub format: &'static str,
 }
 
 /// Inspects `file` (a checkpoint, read with `key` where its format has several state dicts, or an
@@ -88,7 +93,8 @@ pub fn inspect(file: &Path, key: Option<&str>, against: Option<&Path>) -> Result
         })
         .collect();
     let number = file.file_name().and_then(|n| inputs::name_number(&n.to_string_lossy()));
-    let torch = inputs::torch_contents(file)?;
+    let format = inputs::format_of(file);
+    let contents = format.contents(file)?.map(|c| (contents_key(format.name()), c)).into_iter().collect();
     Ok(Inspection {
         batchnorm,
         binding,
@@ -96,6 +102,12 @@ pub fn inspect(file: &Path, key: Option<&str>, against: Option<&Path>) -> Result
         metadata: ck.metadata().clone(),
         number,
         tensors,
-        torch,
+        contents,
+        format: format.name(),
     })
+}
+
+/// The JSON key of a format's contents: its name up to the first dot (`torch.save` → `torch`).
+fn contents_key(format: &str) -> String {
+    format.split('.').next().unwrap_or(format).to_lowercase()
 }

@@ -180,13 +180,7 @@ fn refuse_holding_inputs(out: &Path, inputs: &[&Path]) -> Result<()> {
 fn files_read(binder: &Binder, found: &[CheckpointFile], opts: &RunOptions) -> Result<Vec<PathBuf>> {
     let mut files = binder.model().files().to_vec();
     for f in found {
-        if f.path.to_string_lossy().ends_with(".index.json") {
-            files.extend(
-                inputs::open_checkpoint(&f.path, opts.key.as_deref())?.files().into_iter().map(Path::to_path_buf),
-            );
-        } else {
-            files.push(f.path.clone());
-        }
+        files.extend(inputs::format_of(&f.path).files(&f.path)?);
     }
     files.extend([opts.pass.inputs.clone(), opts.eval.inputs.clone()]);
     files.extend(opts.eval.labels.clone());

@@ -298,10 +298,11 @@ fn no_worse(new: &Metrics, current: &Metrics) -> bool {
 /// are not one file.
 fn check_files(opts: &SoupOptions, read: &[&Path], dirs: &mut OutputDirs) -> Result<Vec<String>> {
     let mut warnings = Vec::new();
-    let ext = opts.output.extension().and_then(|e| e.to_str()).unwrap_or_default();
-    if ext != "safetensors" {
+    let name = opts.output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if !crate::checkpoint::FORMATS.iter().any(|f| f.writes(&name)) {
         return Err(Error::usage(format!(
-            "the soup's weights are written as safetensors: name the output NAME.safetensors, not {}",
+            "the soup's weights are written as a checkpoint: name the output NAME.safetensors (or NAME.pt for a \
+             torch.save file), not {}",
             opts.output.display()
         )));
     }

@@ -1,8 +1,12 @@
-//! Checkpoints as named tensors over memory-mapped bytes: single safetensors files and Hugging Face
-//! sharded checkpoints (`*.safetensors.index.json`, [`sharded`]); other formats (ONNX initializers)
-//! fill a [`Checkpoint`] with tensors they own. Choosing a reader for a path is `inputs`' job.
+//! Checkpoints as named tensors over memory-mapped bytes, and the formats they are read from and
+//! written to, each behind [`format::Format`]: single safetensors files ([`safetensors`]), Hugging
+//! Face sharded checkpoints (`*.safetensors.index.json`, [`sharded`]), `torch.save` files and
+//! Lightning checkpoints ([`torch`]). A reader fills a [`Checkpoint`] with views into a mapped file
+//! or with tensors it owns.
 
 pub mod dtype;
+pub mod format;
+pub mod safetensors;
 pub mod sharded;
 pub mod torch;
 mod write;
@@ -11,11 +15,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+pub use ::safetensors::Dtype;
 use memmap2::Mmap;
-pub use safetensors::Dtype;
 
+pub use format::{Format, FORMATS};
+pub use safetensors::SafetensorsWriter;
 pub use sharded::find_index;
-pub use write::{stage_tensors, write_tensors, SafetensorsWriter, TensorSpec};
+pub use write::{stage_tensors, write_tensors, TensorSpec};
 
 use crate::error::{Error, Result};
 use crate::fs::map_file;
@@ -145,7 +151,7 @@ impl Checkpoint {
     fn add_source(&mut self, path: &Path, buffer: Buffer) -> Result<BTreeMap<String, String>> {
         let bytes = buffer.bytes();
         let (header_len, meta) =
-            safetensors::SafeTensors::read_metadata(bytes).map_err(|e| safetensors_error(path, bytes, e))?;
+            ::safetensors::SafeTensors::read_metadata(bytes).map_err(|e| safetensors_error(path, bytes, e))?;
         // `read_metadata` checked that the header and every tensor's data lie within `bytes`.
         let data_start = 8 + header_len;
         let source = self.sources.len();
@@ -300,8 +306,8 @@ impl Checkpoint {
     }
 }
 
-fn safetensors_error(path: &Path, bytes: &[u8], e: safetensors::SafeTensorError) -> Error {
-    use safetensors::SafeTensorError as E;
+fn safetensors_error(path: &Path, bytes: &[u8], e: ::safetensors::SafeTensorError) -> Error {
+    use ::safetensors::SafeTensorError as E;
     let message = match &e {
         E::InvalidHeaderLength
         | E::HeaderTooSmall

@@ -7,9 +7,58 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::format::{Claim, Format, Probe};
 use super::{Checkpoint, TensorSpec};
 use crate::error::{Error, Result};
 use crate::fs::StagedFile;
+
+/// Hugging Face sharded checkpoints: an index, or a directory holding one.
+pub struct Sharded;
+
+impl Format for Sharded {
+    fn name(&self) -> &'static str {
+        "sharded safetensors"
+    }
+
+    fn suffixes(&self) -> &'static [&'static str] {
+        &[".safetensors.index.json"]
+    }
+
+    /// Any `*.index.json`, and directories (the one holding an index is read; any other is
+    /// an error that says so).
+    fn claim(&self, probe: &Probe) -> Option<Claim> {
+        if probe.is_dir {
+            Some(Claim::Name)
+        } else {
+            probe.named(&[".index.json"]).then_some(Claim::Certain)
+        }
+    }
+
+    fn open(&self, path: &Path, _key: Option<&str>) -> Result<Checkpoint> {
+        Checkpoint::open(path)
+    }
+
+    /// The index and its shards.
+    fn files(&self, path: &Path) -> Result<Vec<PathBuf>> {
+        let index = match path.is_dir() {
+            true => {
+                find_index(path)?.ok_or_else(|| Error::format(path, "directory holds no *.safetensors.index.json"))?
+            }
+            false => path.to_path_buf(),
+        };
+        let parsed = parse_index(&index, &crate::fs::read_regular(&index)?)?;
+        let shards: Vec<PathBuf> = parsed.shards().into_iter().map(Path::to_path_buf).collect();
+        Ok(std::iter::once(index).chain(shards).collect())
+    }
+
+    fn checkpoint_dir(&self, dir: &Path) -> Result<Option<PathBuf>> {
+        find_index(dir)
+    }
+
+    fn model_in(&self, dir: &Path) -> Result<Option<PathBuf>> {
+        find_index(dir)
+    }
+}
 
 /// The default shard size when an output is named `*.index.json` without a size (5 GiB, as
 /// `save_pretrained` writes).

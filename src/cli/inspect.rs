@@ -41,8 +41,8 @@ impl InspectArgs {
         if let Some(n) = v.number {
             let _ = writeln!(o, "number: {n} (from the name; what --from/--to/--last select by)");
         }
-        if let Some(t) = &v.torch {
-            let _ = writeln!(o, "torch.save file; state dicts (--key):");
+        for t in v.contents.values() {
+            let _ = writeln!(o, "{} file; state dicts (--key):", v.format);
             for (key, count) in &t.state_dicts {
                 let chosen = if t.chosen.as_deref() == Some(key.as_str()) { "  <- read" } else { "" };
                 let _ =

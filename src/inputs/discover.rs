@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::checkpoint::find_index;
 use crate::error::{Error, Result, Setting};
 
 /// A checkpoint file found on the command line or in a directory, with the number in its name.
@@ -50,12 +49,13 @@ pub struct Selection {
     pub last: Option<NonZeroUsize>,
 }
 
-const NAME_SUFFIXES: [&str; 9] =
-    [".safetensors.index.json", ".index.json", ".safetensors", ".onnx", ".pth.tar", ".pth", ".pt", ".ckpt", ".bin"];
-
-/// `torch.save` files: PyTorch's `.pt` / `.pth`, timm's `.pth.tar`, Hugging Face's `.bin`, PyTorch
-/// Lightning's `.ckpt`.
-const TORCH_SUFFIXES: [&str; 5] = [".pth.tar", ".pth", ".pt", ".ckpt", ".bin"];
+/// Every format's file-name endings, longest first (the one a name ends with is not part of the
+/// name's number).
+fn suffixes() -> Vec<&'static str> {
+    let mut all: Vec<&'static str> = super::formats().flat_map(|f| f.suffixes().iter().copied()).collect();
+    all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    all
+}
 
 /// Files that training loops save beside their checkpoints and that hold no model: never taken
 /// from a directory (naming one explicitly still opens it).
@@ -72,7 +72,7 @@ const SHORT_KEYS: [&str; 2] = ["it", "e"];
 /// it: `e10`, `it500`; the last such), else the last number in the name. `epoch_1_lr1e-4` is 1: the
 /// `e` of `1e-4` follows a digit, so it is not a key; Lightning's `epoch=14-step=330.ckpt` is 14.
 pub fn name_number(name: &str) -> Option<u64> {
-    let stem = NAME_SUFFIXES.iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+    let stem = suffixes().iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
     let bytes = stem.as_bytes();
     let (mut epoch, mut keyed, mut last) = (None, None, None);
     let mut i = 0;
@@ -137,19 +137,11 @@ fn trim_zeros(d: &[u8]) -> &[u8] {
     &d[z.min(d.len().saturating_sub(1))..]
 }
 
-/// True for `torch.save` file names (`.pt`, `.pth`, `.pth.tar`, `.bin`, `.ckpt`).
-pub fn is_torch_name(name: &str) -> bool {
-    TORCH_SUFFIXES.iter().any(|s| name.ends_with(s))
-}
-
-/// True for the file names that directory discovery takes as checkpoints: safetensors (single or
-/// a sharded index), ONNX models and `torch.save` files, except the optimizer, scheduler and other
-/// state that training loops save beside them.
+/// True for the file names that directory discovery takes as checkpoints: those of every format
+/// ([`super::formats`]), except the optimizer, scheduler and other state that training loops save
+/// beside them.
 pub fn is_checkpoint_name(name: &str) -> bool {
-    let model = name.ends_with(".safetensors")
-        || name.ends_with(".safetensors.index.json")
-        || name.ends_with(".onnx")
-        || is_torch_name(name);
+    let model = super::formats().any(|f| f.suffixes().iter().any(|s| name.ends_with(s)));
     model && !NOT_MODELS.iter().any(|n| name.starts_with(n))
 }
 
@@ -161,13 +153,25 @@ fn is_lightning_last(path: &Path) -> bool {
     name == "last.ckpt" || version.is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// The model file of a run's checkpoint directory (`checkpoint-500/`): its sharded index, its
-/// `model.safetensors`, or its `pytorch_model.bin`.
+/// The model file of a run's checkpoint directory (`checkpoint-500/`), in the first format that
+/// finds one (a sharded index, `model.safetensors`, `pytorch_model.bin`).
 fn model_in(dir: &Path) -> Result<Option<PathBuf>> {
-    if let Some(index) = find_index(dir)? {
-        return Ok(Some(index));
+    for f in super::formats() {
+        if let Some(p) = f.model_in(dir)? {
+            return Ok(Some(p));
+        }
     }
-    Ok(["model.safetensors", "pytorch_model.bin"].iter().map(|n| dir.join(n)).find(|p| p.is_file()))
+    Ok(None)
+}
+
+/// The checkpoint a directory named as one is (a sharded checkpoint's directory), if it is one.
+fn checkpoint_dir(dir: &Path) -> Result<Option<PathBuf>> {
+    for f in super::formats() {
+        if let Some(p) = f.checkpoint_dir(dir)? {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
 }
 
 /// Expands directories into the checkpoints they hold, keeps each file once whatever its spelling
@@ -184,8 +188,8 @@ pub fn discover(paths: &[PathBuf]) -> Result<Discovery> {
             found.push(path.clone());
             continue;
         }
-        if let Some(index) = find_index(path)? {
-            found.push(index);
+        if let Some(checkpoint) = checkpoint_dir(path)? {
+            found.push(checkpoint);
             continue;
         }
         let mut inside = Vec::new();
@@ -207,11 +211,13 @@ pub fn discover(paths: &[PathBuf]) -> Result<Discovery> {
             inside.retain(|p| !is_lightning_last(p));
         }
         if inside.is_empty() {
-            return Err(Error::format(
-                path,
-                "directory holds no checkpoint (*.safetensors, *.safetensors.index.json, *.onnx, or torch.save files: \
-                 *.pt, *.pth, *.pth.tar, *.bin, *.ckpt)",
-            ));
+            let kinds: Vec<String> = super::formats()
+                .map(|f| {
+                    let names: Vec<String> = f.suffixes().iter().map(|s| format!("*{s}")).collect();
+                    format!("{}: {}", f.name(), names.join(", "))
+                })
+                .collect();
+            return Err(Error::format(path, format!("directory holds no checkpoint ({})", kinds.join("; "))));
         }
         found.extend(inside);
     }

@@ -2,11 +2,9 @@
 //! selected, and each opened by the reader of its format) and samples ([`Samples`]: `.npy` /
 //! `.npz`, image folders, Parquet).
 //!
-//! A new checkpoint format plugs in here: a reader that fills a [`Checkpoint`] (as
-//! [`crate::checkpoint::torch`] does), one arm in [`open_checkpoint`], and its file names in
-//! [`discover::is_checkpoint_name`]. A new data source
-//! is a module beside [`npy`], [`images`] and [`parquet`] and one arm in [`Samples::open`] and
-//! [`Samples::batches`].
+//! Checkpoint formats are looked up in one registry ([`formats`]: `crate::checkpoint::format`
+//! and the ONNX model's initializers): which reads a path, which file names discovery takes, which
+//! files a checkpoint reads.
 
 pub mod discover;
 pub mod images;
@@ -22,73 +20,30 @@ pub use discover::{
 pub use npy::{open_inputs, open_labels, Array};
 pub use samples::{check_same_classes, DataOptions, Samples};
 
-use crate::checkpoint::{torch, Checkpoint};
+use crate::checkpoint::format::{self, Format, FORMATS};
+use crate::checkpoint::safetensors::Safetensors;
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::onnx::Model;
 
-/// The first bytes of a file, to tell formats apart (empty for a directory or an unreadable file:
-/// the reader then says what is wrong).
-fn head(path: &Path) -> Vec<u8> {
-    let mut buf = vec![0u8; 9];
-    let n = crate::fs::open_regular(path).ok().and_then(|mut f| std::io::Read::read(&mut f, &mut buf).ok());
-    buf.truncate(n.unwrap_or(0));
-    buf
+/// Every checkpoint format swa reads, in the order they are asked: [`FORMATS`] (safetensors,
+/// sharded, `torch.save`: `crate::checkpoint::format` has the rules), then an ONNX model's
+/// initializers ([`crate::onnx::Initializers`]).
+pub fn formats() -> impl Iterator<Item = &'static dyn Format> + Clone {
+    FORMATS.iter().copied().chain(std::iter::once(&crate::onnx::Initializers as &'static dyn Format))
 }
 
-/// True if a file of this name and first bytes is read as a `torch.save` file: one in PyTorch's
-/// zip format whatever its name, or one with a torch.save name unless it starts like safetensors
-/// (a `u64` header length, then `{`: some tools write safetensors as `.bin`).
-fn is_torch(name: &str, head: &[u8]) -> bool {
-    let safetensors = head.len() >= 9 && head[8] == b'{';
-    torch::is_torch_zip(head) || (discover::is_torch_name(name) && !safetensors)
+/// The format that reads `path`: the one surest of it by name and first bytes.
+pub fn format_of(path: &Path) -> &'static dyn Format {
+    format::surest(formats(), path).unwrap_or(&Safetensors)
 }
 
-/// The reader of a checkpoint path.
-enum Format {
-    /// A sharded checkpoint's directory, a sharded index, or a `.safetensors` file.
-    Safetensors,
-    /// An ONNX model's initializers.
-    Onnx,
-    /// A `torch.save` file.
-    Torch,
-}
-
-/// Which reader takes `path`: by its name, and for `torch.save` names by its first bytes.
-fn format_of(path: &Path) -> Format {
-    if path.is_dir() {
-        return Format::Safetensors;
-    }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    if name.ends_with(".onnx") {
-        Format::Onnx
-    } else if is_torch(&name, &head(path)) {
-        Format::Torch
-    } else {
-        Format::Safetensors
-    }
-}
-
-/// Opens a checkpoint by its format: a `torch.save` file (`.pt`, `.pth`, `.pth.tar`, `.bin`,
-/// `.ckpt`, or any file in PyTorch's zip format; `key` chooses its state dict, see
-/// [`torch::open`]), an `.onnx` model (its initializers), a sharded checkpoint (its
-/// `*.safetensors.index.json`, or a directory holding one), or a `.safetensors` file. `key`
-/// applies to `torch.save` files only: the other formats hold one set of tensors.
+/// Opens a checkpoint in whatever format it is ([`format_of`]): a `torch.save` file (`key`
+/// chooses its state dict, see [`crate::checkpoint::torch::open`]), an `.onnx` model (its
+/// initializers), a sharded checkpoint (its `*.safetensors.index.json`, or a directory holding
+/// one), a `.safetensors` file. `key` applies to formats that hold several dicts of tensors.
 pub fn open_checkpoint(path: impl AsRef<Path>, key: Option<&str>) -> Result<Checkpoint> {
     let path = path.as_ref();
-    match format_of(path) {
-        Format::Onnx => Model::load(path)?.checkpoint(),
-        Format::Torch => torch::open(path, key),
-        Format::Safetensors => Checkpoint::open(path),
-    }
-}
-
-/// What a checkpoint file holds, for `inspect`: for a `torch.save` file, its candidate state dicts
-/// and other top-level keys; `None` for formats that hold one set of tensors.
-pub fn torch_contents(path: &Path) -> Result<Option<torch::Contents>> {
-    match format_of(path) {
-        Format::Torch => torch::contents(path).map(Some),
-        Format::Onnx | Format::Safetensors => Ok(None),
-    }
+    format_of(path).open(path, key)
 }
 
 /// Whether the samples at `path` may carry labels of their own (class folders, a Parquet label
@@ -112,4 +67,41 @@ pub fn strip_prefix<'a>(name: &'a str, prefix: &str, path: &Path) -> Result<&'a 
     name.strip_prefix(prefix)
         .filter(|rest| !rest.is_empty())
         .ok_or_else(|| Error::tensor(path, name, format!("does not start with the prefix `{prefix}` to strip")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Which format reads a file: by name, and by first bytes where they are a format's signature.
+    #[test]
+    fn the_surest_format_reads_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        let safetensors_head = b"\x10\0\0\0\0\0\0\0{\"a\":1}        ";
+        let zip_head = b"PK\x03\x04rest of a zip";
+        let cases = [
+            (file("a.safetensors", safetensors_head), "safetensors"),
+            // Some tools write safetensors as `.bin`; a torch.save zip is torch.save whatever its name.
+            (file("b.bin", safetensors_head), "safetensors"),
+            (file("c.safetensors", zip_head), "torch.save"),
+            (file("d.pt", b"\x80\x02legacy pickle"), "torch.save"),
+            (file("e.onnx", zip_head), "ONNX"),
+            (file("f.safetensors.index.json", b"{}"), "sharded safetensors"),
+            (file("g", safetensors_head), "safetensors"),
+            (file("h.weird", b"??"), "safetensors"),
+            (dir.path().to_path_buf(), "sharded safetensors"),
+        ];
+        for (path, format) in cases {
+            assert_eq!(format_of(&path).name(), format, "{}", path.display());
+        }
+        for (name, format) in [("x.safetensors", "safetensors"), ("x.pt", "torch.save"), ("x.pth.tar", "torch.save")] {
+            assert_eq!(format::for_output(Path::new(name)).name(), format, "{name}");
+        }
+        assert_eq!(format::for_output(Path::new("x.index.json")).name(), "safetensors", "shards are safetensors");
+    }
 }

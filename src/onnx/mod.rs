@@ -20,6 +20,33 @@ use crate::checkpoint::{dtype, Checkpoint};
 use crate::error::{Error, Result};
 use crate::fs::{map_file, Outputs, StagedFile};
 
+/// An ONNX model's initializers, read as a checkpoint under their ONNX names (for averaging
+/// exported models, and for `inspect`).
+pub struct Initializers;
+
+impl crate::checkpoint::Format for Initializers {
+    fn name(&self) -> &'static str {
+        "ONNX"
+    }
+
+    fn suffixes(&self) -> &'static [&'static str] {
+        &[".onnx"]
+    }
+
+    fn claim(&self, probe: &crate::checkpoint::format::Probe) -> Option<crate::checkpoint::format::Claim> {
+        (!probe.is_dir && probe.named(self.suffixes())).then_some(crate::checkpoint::format::Claim::Certain)
+    }
+
+    fn open(&self, path: &Path, _key: Option<&str>) -> Result<Checkpoint> {
+        Model::load(path)?.checkpoint()
+    }
+
+    /// The model and its external data.
+    fn files(&self, path: &Path) -> Result<Vec<PathBuf>> {
+        Ok(Model::load(path)?.files().to_vec())
+    }
+}
+
 /// Initializers larger than this are written as external data when the model would not fit in a
 /// protobuf message (2 GiB).
 const EXTERNAL_THRESHOLD: usize = 1024;

@@ -119,7 +119,7 @@ fn bad_soups_are_refused_clearly() {
     };
     with_labels("b.safetensors").args(["--method", "top-k:9"]).assert().code(2).stderr(contains("top-k:9 needs"));
     with_labels("c.safetensors").args(["--method", "best"]).assert().code(2).stderr(contains("greedy, uniform"));
-    with_labels("d.pt").assert().code(2).stderr(contains("safetensors"));
+    with_labels("d.onnx").assert().code(2).stderr(contains("name the output NAME.safetensors (or NAME.pt"));
     // The select split passed again as the test split: a warning, the test figures are not held out.
     with_labels("e.safetensors")
         .args(["--batch-size", "32", "--method", "uniform", "--eval-inputs"])

@@ -29,6 +29,7 @@ use safetensors::Dtype;
 pub use write::{TorchWriter, METADATA_MEMBER};
 
 use self::pickle::{Elem, Machine, Obj, ObjId, Value};
+use crate::checkpoint::format::{Claim, Format, Probe, TensorWriter};
 use crate::checkpoint::{dtype, Checkpoint};
 use crate::error::{Error, Result};
 use crate::fs::map_file;
@@ -50,15 +51,67 @@ pub fn is_torch_zip(head: &[u8]) -> bool {
 
 /// What a torch.save file holds: candidate state dicts (dotted key path → tensor count; the top
 /// level is the empty path), the other top-level keys, and the path [`open`] reads when given no key.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Contents {
-    /// Every dict of tensors reachable through string keys (at most 8 levels deep), with its
-    /// tensor count, in the file's order.
-    pub state_dicts: Vec<(String, usize)>,
-    /// The top level's keys that are not state dicts themselves (epoch, optimizer, callbacks…).
-    pub other_keys: Vec<String>,
-    /// The state dict [`open`] reads without a key, if there is one.
-    pub chosen: Option<String>,
+pub use crate::checkpoint::format::Contents;
+
+/// `torch.save` files: PyTorch's `.pt` / `.pth`, timm's `.pth.tar`, Hugging Face's `.bin`, PyTorch
+/// Lightning's `.ckpt`.
+pub const SUFFIXES: &[&str] = &[".pth.tar", ".pth", ".pt", ".ckpt", ".bin"];
+
+/// The name Hugging Face's Trainer gave a run directory's model file before safetensors.
+const RUN_DIR_MODEL: &str = "pytorch_model.bin";
+
+/// `torch.save` files and Lightning checkpoints.
+pub struct Torch;
+
+impl Format for Torch {
+    fn name(&self) -> &'static str {
+        "torch.save"
+    }
+
+    fn suffixes(&self) -> &'static [&'static str] {
+        SUFFIXES
+    }
+
+    /// A file in PyTorch's zip format whatever its name, or one with a torch.save name unless it
+    /// starts like safetensors (a `u64` header length, then `{`: some tools write safetensors as
+    /// `.bin`).
+    fn claim(&self, probe: &Probe) -> Option<Claim> {
+        if probe.is_dir {
+            return None;
+        }
+        let safetensors = probe.head.get(8) == Some(&b'{');
+        match (probe.named(SUFFIXES), is_torch_zip(probe.head)) {
+            (true, true) => Some(Claim::Certain),
+            (false, true) => Some(Claim::Content),
+            (true, false) if !safetensors => Some(Claim::Name),
+            _ => None,
+        }
+    }
+
+    fn open(&self, path: &Path, key: Option<&str>) -> Result<Checkpoint> {
+        open(path, key)
+    }
+
+    fn model_in(&self, dir: &Path) -> Result<Option<std::path::PathBuf>> {
+        Ok(Some(dir.join(RUN_DIR_MODEL)).filter(|p| p.is_file()))
+    }
+
+    fn contents(&self, path: &Path) -> Result<Option<Contents>> {
+        contents(path).map(Some)
+    }
+
+    fn writes(&self, name: &str) -> bool {
+        SUFFIXES.iter().any(|s| name.ends_with(s))
+    }
+
+    fn writer(
+        &self,
+        target: &Path,
+        tensors: &[crate::checkpoint::TensorSpec],
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Box<dyn TensorWriter>> {
+        Ok(Box::new(TorchWriter::create(target, tensors, metadata)?))
+    }
 }
 
 /// Lists a file's contents without reading tensor data.

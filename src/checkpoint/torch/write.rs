@@ -350,3 +350,13 @@ fn state_dict_pickle(tensors: &[TensorSpec]) -> Vec<u8> {
     p.op(b'.');
     p.bytes
 }
+
+impl crate::checkpoint::format::TensorWriter for TorchWriter {
+    fn write_at(&self, index: usize, at: usize, bytes: &[u8]) -> Result<()> {
+        TorchWriter::write_at(self, index, at, bytes)
+    }
+
+    fn finish(self: Box<Self>) -> Result<StagedFile> {
+        TorchWriter::finish(*self)
+    }
+}

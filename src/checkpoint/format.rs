@@ -1,0 +1,181 @@
+//! Checkpoint formats behind one trait, and the registry every command looks them up in.
+//!
+//! A [`Format`] owns everything swa knows about one kind of checkpoint file: the names its files
+//! have (which directory discovery takes, and which a number is read from), how sure it is that a
+//! path is one of its files (by name and by the first bytes), its reader, the other files a
+//! checkpoint reads (shards), the model file of a training run's checkpoint directory, what
+//! `inspect` says about the contents beyond the tensors, and its writer where swa writes the
+//! format. [`FORMATS`] lists the formats of this module's level; `crate::inputs::formats` adds
+//! the ONNX model's initializers, whose reader lives with the ONNX code above this module.
+//!
+//! Adding a format is one module implementing [`Format`] and one line in [`FORMATS`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{Checkpoint, TensorSpec};
+use crate::error::{Error, Result};
+use crate::fs::StagedFile;
+
+/// What a format is shown of a path to say whether the path is one of its files.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe<'a> {
+    /// The path.
+    pub path: &'a Path,
+    /// Its file name.
+    pub name: &'a str,
+    /// Whether it is a directory.
+    pub is_dir: bool,
+    /// The file's first [`Probe::HEAD`] bytes (fewer for a short file; none for a directory or a
+    /// file that cannot be read, whose reader then says what is wrong).
+    pub head: &'a [u8],
+}
+
+impl Probe<'_> {
+    /// How many bytes of a file [`Probe::head`] holds.
+    pub const HEAD: usize = 16;
+
+    /// True if the name ends with one of `suffixes`.
+    pub fn named(&self, suffixes: &[&str]) -> bool {
+        suffixes.iter().any(|s| self.name.ends_with(s))
+    }
+}
+
+/// How sure a format is that a path is one of its files; the surest format reads it (the first
+/// listed, among equals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Claim {
+    /// Any file may be: the reader says what is wrong if it is not.
+    Fallback,
+    /// The name is one of the format's.
+    Name,
+    /// The first bytes are the format's signature.
+    Content,
+    /// Both, or a name that no other format's file has.
+    Certain,
+}
+
+/// What a file holds beyond its tensors, for `inspect`: its dicts of tensors and which one is read.
+#[derive(Debug, Clone, Serialize)]
+pub struct Contents {
+    /// Every dict of tensors found (a dotted key path → its tensor count; the top level is the
+    /// empty path), in the file's order.
+    pub state_dicts: Vec<(String, usize)>,
+    /// The top level's keys that are not state dicts themselves (epoch, optimizer, callbacks…).
+    pub other_keys: Vec<String>,
+    /// The state dict read without a key, if there is one.
+    pub chosen: Option<String>,
+}
+
+/// A checkpoint file being written: tensor data goes in at known offsets from any thread, then
+/// [`TensorWriter::finish`] gives the staged file, complete and synced, to publish.
+pub trait TensorWriter: Send + Sync {
+    /// Writes `bytes` at byte `at` of tensor number `index`'s data.
+    fn write_at(&self, index: usize, at: usize, bytes: &[u8]) -> Result<()>;
+    /// Finishes the file (checksums, sync), ready to publish.
+    fn finish(self: Box<Self>) -> Result<StagedFile>;
+}
+
+/// One checkpoint format.
+pub trait Format: Sync {
+    /// What messages and `inspect` call it (`safetensors`, `torch.save`).
+    fn name(&self) -> &'static str;
+
+    /// The endings of its files' names: directory discovery takes the files that end so, and a
+    /// checkpoint's number is read from the name without it.
+    fn suffixes(&self) -> &'static [&'static str];
+
+    /// How sure the format is that `probe` is one of its files; `None` when it is not.
+    fn claim(&self, probe: &Probe) -> Option<Claim>;
+
+    /// Reads the checkpoint at `path`; `key` chooses the dict of tensors in formats that hold
+    /// several (a training checkpoint's model, EMA or optimizer state).
+    fn open(&self, path: &Path, key: Option<&str>) -> Result<Checkpoint>;
+
+    /// Every file that reading `path` reads (an index's shards, a model's external data), which
+    /// no output may overwrite.
+    fn files(&self, path: &Path) -> Result<Vec<PathBuf>> {
+        Ok(vec![path.to_path_buf()])
+    }
+
+    /// The checkpoint a directory named as one is, when the format stores a checkpoint as a
+    /// directory (a sharded checkpoint's directory: its index); such a directory is not searched
+    /// for other checkpoints.
+    fn checkpoint_dir(&self, _dir: &Path) -> Result<Option<PathBuf>> {
+        Ok(None)
+    }
+
+    /// The model file in this format of a training run's checkpoint directory (Hugging Face's
+    /// `checkpoint-500/model.safetensors`), if the directory holds one.
+    fn model_in(&self, _dir: &Path) -> Result<Option<PathBuf>> {
+        Ok(None)
+    }
+
+    /// What the file holds beyond its tensors, where the format holds several dicts of them.
+    fn contents(&self, _path: &Path) -> Result<Option<Contents>> {
+        Ok(None)
+    }
+
+    /// Whether an output of this file name is written in this format.
+    fn writes(&self, _name: &str) -> bool {
+        false
+    }
+
+    /// A writer of `tensors` (in this order) and `metadata` to a staged file beside `target`.
+    fn writer(
+        &self,
+        target: &Path,
+        _tensors: &[TensorSpec],
+        _metadata: &BTreeMap<String, String>,
+    ) -> Result<Box<dyn TensorWriter>> {
+        Err(Error::format(target, format!("swa does not write {} files", self.name())))
+    }
+}
+
+/// The formats of this level, in the order they are asked (the first of equally sure ones reads
+/// a file; a run directory's model file is looked for in this order).
+pub static FORMATS: &[&dyn Format] =
+    &[&super::sharded::Sharded, &super::safetensors::Safetensors, &super::torch::Torch];
+
+/// The format an output named like `path` is written in: the first that writes such names, else
+/// safetensors.
+pub fn for_output(path: &Path) -> &'static dyn Format {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    FORMATS.iter().copied().find(|f| f.writes(&name)).unwrap_or(&super::safetensors::Safetensors)
+}
+
+/// The first [`Probe::HEAD`] bytes of a file (empty for a directory or an unreadable file).
+pub fn head(path: &Path) -> Vec<u8> {
+    let mut buf = vec![0u8; Probe::HEAD];
+    let mut n = 0;
+    if let Ok(mut f) = crate::fs::open_regular(path) {
+        while n < buf.len() {
+            match std::io::Read::read(&mut f, &mut buf[n..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => n += k,
+            }
+        }
+    }
+    buf.truncate(n);
+    buf
+}
+
+/// Of `formats`, the one surest that `path` is its file (the first among equals); `None` when
+/// none claims it.
+pub fn surest<'a>(formats: impl IntoIterator<Item = &'a dyn Format>, path: &Path) -> Option<&'a dyn Format> {
+    let is_dir = path.is_dir();
+    let head = if is_dir { Vec::new() } else { head(path) };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let probe = Probe { path, name: &name, is_dir, head: &head };
+    let mut best: Option<(Claim, &dyn Format)> = None;
+    for f in formats {
+        if let Some(c) = f.claim(&probe) {
+            if best.is_none_or(|(b, _)| c > b) {
+                best = Some((c, f));
+            }
+        }
+    }
+    best.map(|(_, f)| f)
+}
