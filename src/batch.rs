@@ -66,6 +66,31 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// Values per row (the product of the dimensions after the first).
+    pub fn row_len(&self) -> usize {
+        self.shape.iter().skip(1).product()
+    }
+
+    /// The rows `indices` (in this order), as a tensor of `indices.len()` rows.
+    pub fn rows(&self, indices: &[usize]) -> Tensor {
+        let k = self.row_len();
+        let mut shape = self.shape.clone();
+        if let Some(first) = shape.first_mut() {
+            *first = indices.len();
+        }
+        let values = match &self.values {
+            Values::F32(v) => {
+                Values::F32(indices.iter().flat_map(|&i| v[i * k..(i + 1) * k].iter().copied()).collect())
+            }
+            Values::I64(v) => {
+                Values::I64(indices.iter().flat_map(|&i| v[i * k..(i + 1) * k].iter().copied()).collect())
+            }
+        };
+        Tensor { shape, values }
+    }
+}
+
 /// One batch of a pass.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::batch::{Tensor, Values};
 use crate::error::{Error, Result, Setting};
 use crate::inputs::{self, DataOptions, Samples};
 use crate::onnx::Model;
@@ -322,35 +323,35 @@ fn logits_output(model: &Model) -> Result<String> {
     }
 }
 
-/// The labels of an evaluation: the labels file's, or the samples' own (class folders, a
-/// Parquet label column), and the path messages about them name. Both at once is an error.
-fn eval_labels(samples: &Samples, opts: &EvalOptions) -> Result<(Vec<i64>, PathBuf)> {
-    let (labels, path) = match (&opts.labels, samples.labels()) {
-        (Some(file), None) => (inputs::open_labels(file)?, file.clone()),
-        (Some(file), Some(_)) => {
-            return Err(Error::usage(format!(
-                "{} carries its own labels ({}), and labels were also given in {}: leave out the labels file",
-                opts.inputs.display(),
-                if samples.classes.is_some() { "class folders" } else { "a label column" },
-                file.display()
-            )))
+/// The samples of an evaluation with their labels: the labels file's, or the samples' own (class
+/// folders, a Parquet label column), and the path messages about them name. Both at once is an
+/// error.
+fn with_labels(samples: Samples, opts: &EvalOptions) -> Result<(Samples, PathBuf)> {
+    match (&opts.labels, samples.has_targets()) {
+        (Some(file), false) => {
+            let labels = inputs::open_labels(file)?;
+            if samples.len() != Some(labels.len()) {
+                let count = samples.len().map_or("an unknown number of".to_string(), |n| n.to_string());
+                return Err(Error::format(
+                    file,
+                    format!("has {} labels for {count} samples in {}", labels.len(), opts.inputs.display()),
+                ));
+            }
+            Ok((samples.with_targets(Tensor::i64(vec![labels.len()], labels)), file.clone()))
         }
-        (None, Some(own)) => (own.to_vec(), opts.inputs.clone()),
-        (None, None) => {
-            return Err(Error::format(
-                &opts.inputs,
-                "has no labels: give a labels file (.npy of class indices), or use an image folder with one \
-                 folder per class, or Parquet with a label column",
-            ))
-        }
-    };
-    if labels.len() != samples.len() {
-        return Err(Error::format(
-            &path,
-            format!("has {} labels for {} samples in {}", labels.len(), samples.len(), opts.inputs.display()),
-        ));
+        (Some(file), true) => Err(Error::usage(format!(
+            "{} carries its own labels ({}), and labels were also given in {}: leave out the labels file",
+            opts.inputs.display(),
+            if samples.classes().is_some() { "class folders" } else { "a label column" },
+            file.display()
+        ))),
+        (None, true) => Ok((samples, opts.inputs.clone())),
+        (None, false) => Err(Error::format(
+            &opts.inputs,
+            "has no labels: give a labels file (.npy of class indices), or use an image folder with one folder per \
+             class, or Parquet with a label column",
+        )),
     }
-    Ok((labels, path))
 }
 
 /// Evaluates `model` (weights already bound) on the labelled data; an empty set is an error.
@@ -358,32 +359,29 @@ pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
     Ok(accumulate(model, opts, Part::WHOLE)?.0.finish())
 }
 
-/// Evaluates `model` on `part` of the batches (contiguous, whole batches: see [`Part::range`]);
-/// returns the counts and the number of samples in the whole set.
+/// Evaluates `model` on `part` of the batches (contiguous, whole batches: see
+/// [`crate::part::pass_range`]); returns the counts and the number of samples in the whole set.
 pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(MetricsAccumulator, usize)> {
     let batch_size = opts.batch_size.get();
     let specs = crate::onnx::input_specs(model)?;
     let samples = Samples::open(&opts.inputs, &specs, &opts.data)?;
-    let (labels, labels_path) = eval_labels(&samples, opts)?;
+    let (samples, labels_path) = with_labels(samples, opts)?;
     if samples.is_empty() {
         return Err(Error::format(&opts.inputs, "has no samples: there is nothing to evaluate"));
     }
     let output = logits_output(model)?;
-    runtime::check_batch(&specs, batch_size, labels.len(), true)?;
-    let range = crate::part::check_nonempty(part, labels.len().div_ceil(batch_size), "batches", Setting::Shard)?;
-    let (first, end) = (range.start * batch_size, (range.end * batch_size).min(labels.len()));
-    let streams = runtime::concurrent_runs(&opts.engine, range.len())?;
+    runtime::check_batch(&specs, batch_size, samples.len(), true)?;
+    let range = crate::part::pass_range(samples.len(), batch_size, part, Setting::Shard)?;
+    let streams = runtime::concurrent_runs(&opts.engine, range.batches.len())?;
     let mut sessions = runtime::sessions_for(model, &opts.engine, false, streams)?;
     let mut acc = MetricsAccumulator::new(opts.top_k.get());
     acc.preprocessing = samples.preprocessing();
-    let bar = progress::samples_bar((end - first) as u64, "evaluating", opts.quiet);
-    let mut batch_labels = Vec::with_capacity(batch_size);
-    let batches = samples.batches(first, end, batch_size);
-    runtime::run_batches(&mut sessions, &specs, batches, &[&output], &bar, |batch, out| {
-        let indices = &batch.indices;
-        let n = indices.len();
+    let span = samples.len().map(|_| range.samples.len() as u64);
+    let bar = progress::samples_bar(span, "evaluating", opts.quiet);
+    let batches = samples.batches(range.samples.clone(), batch_size)?;
+    let ran = runtime::run_batches(&mut sessions, &specs, batches, &[&output], &bar, |batch, out| {
+        let n = batch.indices.len();
         let runtime::Fetched { shape, data: logits } = &out[0];
-        let logits = logits.as_slice();
         if shape.len() != 2 || shape[0] as usize != n {
             return Err(Error::format(
                 &model.path,
@@ -392,7 +390,7 @@ pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(Metr
                 ),
             ));
         }
-        if let Some(classes) = samples.classes.as_ref().filter(|c| c.len() > shape[1] as usize) {
+        if let Some(classes) = samples.classes().filter(|c| c.len() > shape[1] as usize) {
             return Err(Error::format(
                 &opts.inputs,
                 format!(
@@ -403,9 +401,16 @@ pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(Metr
                 ),
             ));
         }
-        batch_labels.clear();
-        batch_labels.extend(indices.iter().map(|&i| labels[i]));
-        acc.add(logits, shape[1] as usize, &batch_labels, &labels_path)?;
+        let labels = match batch.targets.as_ref().map(|t| (&t.values, t.shape.len())) {
+            Some((Values::I64(labels), 1)) => labels,
+            _ => {
+                return Err(Error::format(
+                    &labels_path,
+                    "holds targets that are not class indices (one integer per sample)",
+                ))
+            }
+        };
+        acc.add(logits, shape[1] as usize, labels, &labels_path)?;
         Ok(())
     })?;
     bar.finish_and_clear();
@@ -419,7 +424,7 @@ pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(Metr
             ),
         ));
     }
-    Ok((acc, labels.len()))
+    Ok((acc, samples.len().unwrap_or(ran.samples)))
 }
 
 #[cfg(test)]

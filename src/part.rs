@@ -87,6 +87,32 @@ pub fn check_nonempty(part: Part, total: usize, what: &str, setting: Setting) ->
     Ok(range)
 }
 
+/// What `part` of a pass over a set of samples runs, in batches: its batches and its samples.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassRange {
+    /// The part's batches, numbered in the whole pass.
+    pub batches: Range<usize>,
+    /// The part's samples (the last batch of the pass may be partial).
+    pub samples: Range<usize>,
+}
+
+/// The batches and samples `part` of a pass over `len` samples runs, `batch` at a time; with `len`
+/// unknown (a source that does not know its length until it is read) only the whole pass, which
+/// runs until the samples end. A part that gets no batch is an error naming `setting`.
+pub fn pass_range(len: Option<usize>, batch: usize, part: Part, setting: Setting) -> Result<PassRange> {
+    match len {
+        Some(n) => {
+            let batches = check_nonempty(part, n.div_ceil(batch), "batches", setting)?;
+            Ok(PassRange { samples: batches.start * batch..(batches.end * batch).min(n), batches })
+        }
+        None if part == Part::WHOLE => Ok(PassRange { batches: 0..usize::MAX, samples: 0..usize::MAX }),
+        None => Err(Error::setting(
+            setting,
+            format!("{part} splits the samples by their count, and these samples do not say how many they are"),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +134,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_pass_of_unknown_length_runs_whole_and_a_known_one_splits_by_batches() {
+        let r = pass_range(Some(10), 4, Part::new(1, 2).unwrap(), Setting::Shard).unwrap();
+        assert_eq!((r.batches, r.samples), (1..3, 4..10));
+        let whole = pass_range(None, 4, Part::WHOLE, Setting::Shard).unwrap();
+        assert_eq!(whole.samples.start, 0);
+        let err = pass_range(None, 4, Part::new(0, 2).unwrap(), Setting::Shard).unwrap_err().to_string();
+        assert!(err.contains("do not say how many they are"), "{err}");
     }
 }

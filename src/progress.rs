@@ -2,9 +2,9 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-fn bar(len: u64, template: &str, message: &str, quiet: bool) -> ProgressBar {
+fn bar(len: Option<u64>, template: &str, message: &str, quiet: bool) -> ProgressBar {
     let target = if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
-    let bar = ProgressBar::with_draw_target(Some(len), target);
+    let bar = ProgressBar::with_draw_target(len, target);
     bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
     bar.set_message(message.to_string());
     bar
@@ -12,10 +12,13 @@ fn bar(len: u64, template: &str, message: &str, quiet: bool) -> ProgressBar {
 
 /// A bar counting bytes.
 pub fn bytes_bar(len: u64, message: &str, quiet: bool) -> ProgressBar {
-    bar(len, "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}", message, quiet)
+    bar(Some(len), "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}", message, quiet)
 }
 
-/// A bar counting samples.
-pub fn samples_bar(len: u64, message: &str, quiet: bool) -> ProgressBar {
-    bar(len, "{msg:>12} [{bar:30}] {pos}/{len} samples {per_sec} ETA {eta}", message, quiet)
+/// A bar counting samples, of `len` where the number is known.
+pub fn samples_bar(len: Option<u64>, message: &str, quiet: bool) -> ProgressBar {
+    match len {
+        Some(_) => bar(len, "{msg:>12} [{bar:30}] {pos}/{len} samples {per_sec} ETA {eta}", message, quiet),
+        None => bar(None, "{msg:>12} {spinner} {pos} samples {per_sec}", message, quiet),
+    }
 }

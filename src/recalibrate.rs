@@ -394,30 +394,32 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
     let model = &prepared.bound.model;
     let specs = crate::onnx::input_specs(model)?;
     let data = Samples::open(&opts.inputs, &specs, &opts.data)?;
-    let samples = opts.max_samples.map_or(data.len(), |m| m.min(data.len()));
-    if samples < batch_size {
-        return Err(Error::format(
-            &opts.inputs,
-            format!("has {samples} samples, fewer than one batch of {batch_size}"),
-        )
-        .hint(Hint::SmallerBatch { capped: opts.max_samples.is_some() }));
+    // The samples of the pass where the source knows its length (a source that does not runs
+    // until it ends, or until `max_samples`).
+    let known = data.len().map(|n| opts.max_samples.map_or(n, |m| m.min(n)));
+    let too_few = |samples: usize| {
+        Error::format(&opts.inputs, format!("has {samples} samples, fewer than one batch of {batch_size}"))
+            .hint(Hint::SmallerBatch { capped: opts.max_samples.is_some() })
+    };
+    if let Some(samples) = known.filter(|&n| n < batch_size) {
+        return Err(too_few(samples));
     }
-    runtime::check_batch(&specs, batch_size, samples, false)?;
-    let range = crate::part::check_nonempty(part, samples.div_ceil(batch_size), "batches", Setting::Shard)?;
-    let (first, end) = (range.start * batch_size, (range.end * batch_size).min(samples));
+    runtime::check_batch(&specs, batch_size, known, false)?;
+    let range = crate::part::pass_range(known, batch_size, part, Setting::Shard)?;
+    let (first, end) = (range.samples.start, range.samples.end.min(opts.max_samples.unwrap_or(usize::MAX)));
     check_weights_finite(prepared)?;
     let (stats_model, layout) = bn::stats_model(model, &prepared.layers, opts.engine.reduction())?;
-    let streams = runtime::concurrent_runs(&opts.engine, range.len())?;
+    let streams = runtime::concurrent_runs(&opts.engine, range.batches.len())?;
     let mut sessions = runtime::sessions_for(&stats_model, &opts.engine, false, streams)?;
     let started = Instant::now();
     let mut accs: Vec<Box<dyn Accumulator>> =
         prepared.layers.iter().map(|l| accumulator(opts.stats, l.channels)).collect();
-    let bar = progress::samples_bar((end - first) as u64, "recalibrating", opts.quiet);
+    let bar = progress::samples_bar(known.map(|_| (end - first) as u64), "recalibrating", opts.quiet);
     // Batches are numbered in messages as in the whole pass.
-    let mut batches = range.start;
+    let mut batches = range.batches.start;
     let mut seen = 0;
-    let reads = data.batches(first, end, batch_size);
-    let first_batch = runtime::run_batches(&mut sessions, &specs, reads, &[&layout.output], &bar, |batch, out| {
+    let reads = data.batches(first..end, batch_size)?;
+    let ran = runtime::run_batches(&mut sessions, &specs, reads, &[&layout.output], &bar, |batch, out| {
         seen += batch.indices.len();
         let all = &out[0].data;
         let need = layout.offsets.last().zip(prepared.layers.last()).map_or(0, |(&at, l)| at + 2 * l.channels + 1);
@@ -461,6 +463,9 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
         Ok(())
     })?;
     bar.finish_and_clear();
+    if known.is_none() && ran.samples < batch_size {
+        return Err(too_few(ran.samples));
+    }
     if seen == 0 || (opts.stats == StatsMode::Torch && seen < 2) {
         return Err(Error::format(
             &opts.inputs,
@@ -474,11 +479,11 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
     Ok(Accumulated {
         layers: accs.iter().map(|a| a.sufficient()).collect(),
         // The range covered, skipped images included: what a part stands for when parts merge.
-        samples: end - first,
-        batches: range.len(),
-        total_samples: samples,
+        samples: ran.samples,
+        batches: ran.batches,
+        total_samples: known.unwrap_or(ran.samples),
         seconds: started.elapsed().as_secs_f64(),
-        first_batch_seconds: first_batch.as_secs_f64(),
+        first_batch_seconds: ran.first_batch.as_secs_f64(),
         skipped: data.skipped(),
         preprocessing: data.preprocessing(),
     })

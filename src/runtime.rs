@@ -409,10 +409,10 @@ fn builder(engine: &Engine) -> Result<ort::session::builder::SessionBuilder> {
     Ok(builder)
 }
 
-/// Checks that batches of `batch` rows (the last one partial, up to `samples`) fit inputs whose
-/// first dimension is fixed: ONNX Runtime refuses any other batch size. `evaluation` says which
-/// batch size the hint names.
-pub fn check_batch(specs: &[InputSpec], batch: usize, samples: usize, evaluation: bool) -> Result<()> {
+/// Checks that batches of `batch` rows (the last one partial, up to `samples` where known) fit
+/// inputs whose first dimension is fixed: ONNX Runtime refuses any other batch size. `evaluation`
+/// says which batch size the hint names.
+pub fn check_batch(specs: &[InputSpec], batch: usize, samples: Option<usize>, evaluation: bool) -> Result<()> {
     for spec in specs {
         let Some(&first) = spec.dims.first().filter(|&&d| d > 0) else { continue };
         let fixed = first as usize;
@@ -423,7 +423,7 @@ pub fn check_batch(specs: &[InputSpec], batch: usize, samples: usize, evaluation
             return Err(Error::usage(format!("{what}, but batches of {batch} samples were asked for"))
                 .hint(Hint::FixedBatch { size: fixed, evaluation }));
         }
-        if !samples.is_multiple_of(fixed) {
+        if let Some(samples) = samples.filter(|s| !s.is_multiple_of(fixed)) {
             return Err(Error::usage(format!(
                 "{what}, and {samples} samples leave a last batch of {}: use a multiple of {fixed} samples, or \
                  export the model with a dynamic batch dimension",
@@ -443,6 +443,18 @@ pub struct Fetched {
     pub data: Vec<f32>,
 }
 
+/// What [`run_batches`] ran.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ran {
+    /// How long the first batch took, which includes ONNX Runtime's and cuDNN's set-up work done
+    /// on the first run.
+    pub first_batch: std::time::Duration,
+    /// Batches read (those whose samples were all skipped included).
+    pub batches: usize,
+    /// Samples the batches stood for (skipped ones included).
+    pub samples: usize,
+}
+
 type Job = (usize, Result<Batch>);
 type Done = (usize, Batch, Result<Vec<Fetched>>);
 
@@ -450,8 +462,7 @@ type Done = (usize, Batch, Result<Vec<Fetched>>);
 /// calls `each` with every batch (its inputs taken) and its `outputs`, in order; a batch whose
 /// samples were all skipped is not run. The batches are read (images decoded on all cores) on
 /// another thread while the current ones run; with several sessions (CUDA, [`concurrent_runs`])
-/// one batch runs on each at once. `progress` advances by each batch's span. Returns how long the
-/// first batch took, which includes ONNX Runtime's and cuDNN's set-up work done on the first run.
+/// one batch runs on each at once. `progress` advances by each batch's span.
 pub fn run_batches<'a>(
     sessions: &mut Sessions,
     specs: &[InputSpec],
@@ -459,7 +470,7 @@ pub fn run_batches<'a>(
     outputs: &[&str],
     progress: &indicatif::ProgressBar,
     mut each: impl FnMut(Batch, Vec<Fetched>) -> Result<()>,
-) -> Result<std::time::Duration> {
+) -> Result<Ran> {
     use std::sync::{mpsc, Arc, Mutex};
     let started = std::time::Instant::now();
     let streams = sessions.len();
@@ -502,20 +513,21 @@ pub fn run_batches<'a>(
         drop((job_rx, done_tx));
         let mut first = None;
         let mut pending = std::collections::BTreeMap::new();
-        let mut next = 0;
+        let (mut next, mut samples) = (0, 0);
         for (k, batch, out) in done_rx {
             pending.insert(k, (batch, out.map_err(|e| with_memory_hint(e, streams))?));
             while let Some((batch, out)) = pending.remove(&next) {
-                let span = batch.span.len() as u64;
+                let span = batch.span.len();
                 if !batch.indices.is_empty() {
                     each(batch, out)?;
                 }
                 first.get_or_insert_with(|| started.elapsed());
-                progress.inc(span);
+                progress.inc(span as u64);
+                samples += span;
                 next += 1;
             }
         }
-        Ok(first.unwrap_or_default())
+        Ok(Ran { first_batch: first.unwrap_or_default(), batches: next, samples })
     });
     if sessions.profiling {
         for session in sessions.sessions.iter_mut() {
@@ -571,14 +583,14 @@ mod tests {
 
     #[test]
     fn a_fixed_batch_dimension_needs_that_batch_size() {
-        let specs = [InputSpec { name: "x".into(), dims: vec![1, 3, 8, 8] }];
-        let err = check_batch(&specs, 256, 1000, true).unwrap_err();
+        let specs = [InputSpec::float("x", vec![1, 3, 8, 8])];
+        let err = check_batch(&specs, 256, Some(1000), true).unwrap_err();
         assert!(matches!(err, Error::Hinted { hint: Hint::FixedBatch { size: 1, evaluation: true }, .. }), "{err}");
         assert!(err.to_string().contains("fixed batch dimension of 1 ([1, 3, 8, 8])"), "{err}");
-        check_batch(&specs, 1, 1000, false).unwrap();
-        let eight = [InputSpec { name: "x".into(), dims: vec![8, 3] }];
-        assert!(check_batch(&eight, 8, 1001, false).unwrap_err().to_string().contains("last batch of 1"));
-        check_batch(&[InputSpec { name: "x".into(), dims: vec![-1, 3] }], 256, 1001, true).unwrap();
+        check_batch(&specs, 1, Some(1000), false).unwrap();
+        let eight = [InputSpec::float("x", vec![8, 3])];
+        assert!(check_batch(&eight, 8, Some(1001), false).unwrap_err().to_string().contains("last batch of 1"));
+        check_batch(&[InputSpec::float("x", vec![-1, 3])], 256, Some(1001), true).unwrap();
     }
 
     #[test]

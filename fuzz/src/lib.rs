@@ -147,16 +147,17 @@ pub fn parquet(data: &[u8]) {
         (vec![-1, 3, -1, -1], normalize(Some(Resize::Shorter(9)), None), true),
     ];
     for (dims, preprocess, skip_bad_images) in runs {
-        let spec = [InputSpec { name: "input".into(), dims }];
+        let spec = [InputSpec::float("input", dims)];
         let options = DataOptions { preprocess, skip_bad_images, ..Default::default() };
         let Ok(samples) = Samples::open(&path, &spec, &options) else { continue };
-        let n = samples.len();
+        let n = samples.len().expect("Parquet knows its length");
         if let Some(labels) = samples.labels() {
             assert_eq!(labels.len(), n, "one label per row");
         }
-        let numel: usize = samples.shapes[0].iter().product();
+        let numel: usize = samples.sample_shapes()[0].iter().product();
         for (start, end, batch) in [(0, n.min(40), 3), (n - n.min(2), n, 2)] {
-            for b in samples.batches(start, end, batch) {
+            let Ok(batches) = samples.batches(start..end, batch) else { break };
+            for b in batches {
                 let Ok(b) = b else { break };
                 assert!(b.indices.len() <= batch);
                 assert!(b.indices.iter().all(|&i| (start..end).contains(&i)));

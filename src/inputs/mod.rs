@@ -1,6 +1,6 @@
 //! What the user points `swa` at: checkpoint files (found in directories, numbered by their names,
-//! selected, and each opened by the reader of its format) and samples ([`Samples`]: `.npy` /
-//! `.npz`, image folders, Parquet).
+//! selected, and each opened by the reader of its format) and samples ([`samples`]: a source
+//! behind one trait; `.npy` / `.npz`, image folders, Parquet).
 //!
 //! Checkpoint formats are looked up in one registry ([`formats`]: `crate::checkpoint::format`
 //! and the ONNX model's initializers): which reads a path, which file names discovery takes, which
@@ -18,7 +18,7 @@ pub use discover::{
     discover, labels, name_number, natural_cmp, select, CheckpointFile, Discovery, Duplicate, Selection,
 };
 pub use npy::{open_inputs, open_labels, Array};
-pub use samples::{check_same_classes, DataOptions, Samples};
+pub use samples::{carries_labels, check_same_classes, DataOptions, SampleSource, Samples};
 
 use crate::checkpoint::format::{self, Format, FORMATS};
 use crate::checkpoint::safetensors::Safetensors;
@@ -44,13 +44,6 @@ pub fn format_of(path: &Path) -> &'static dyn Format {
 pub fn open_checkpoint(path: impl AsRef<Path>, key: Option<&str>) -> Result<Checkpoint> {
     let path = path.as_ref();
     format_of(path).open(path, key)
-}
-
-/// Whether the samples at `path` may carry labels of their own (class folders, a Parquet label
-/// column); arrays (`.npy` / `.npz`) never do, so an evaluation of them needs a labels file.
-pub fn carries_labels(path: &Path) -> bool {
-    let lower = path.to_string_lossy().to_lowercase();
-    !(lower.ends_with(".npy") || lower.ends_with(".npz"))
 }
 
 /// The wrapper prefix every tensor name of `names` starts with (`module.` from DataParallel,

@@ -133,6 +133,19 @@ impl Array {
         }
     }
 
+    /// Samples `start..end` as i64, for integer arrays (token ids); other types are cast.
+    pub fn i64_rows(&self, start: usize, end: usize) -> Vec<i64> {
+        let k = self.sample_numel();
+        let s = self.dtype.size();
+        let bytes = &self.data()[start * k * s..end * k * s];
+        match self.dtype {
+            NpyType::I64 => bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+            NpyType::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
+            NpyType::U8 => bytes.iter().map(|&b| b as i64).collect(),
+            _ => self.f32_rows(start, end).into_iter().map(|v| v as i64).collect(),
+        }
+    }
+
     /// Sample `i`'s bytes, for a `uint8` array.
     pub fn u8_row(&self, i: usize) -> &[u8] {
         let k = self.sample_numel();

@@ -139,16 +139,45 @@ pub fn attr_i(node: &NodeProto, name: &str, default: i64) -> Result<i64> {
     Ok(typed_attribute(node, name, AttributeType::Int)?.and_then(|a| a.i).unwrap_or(default))
 }
 
-/// A model input: name and the shape it declares (−1 for symbolic dimensions).
+/// The element types of model inputs swa feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputType {
+    /// float32: images, features.
+    Float,
+    /// int64: token ids, indices.
+    Int64,
+}
+
+/// A model input: name, element type, and the shape it declares (−1 for symbolic dimensions).
 #[derive(Debug, Clone)]
 pub struct InputSpec {
     /// Input name.
     pub name: String,
     /// Declared shape.
     pub dims: Vec<i64>,
+    /// Element type.
+    pub elem: InputType,
 }
 
-/// The model's float inputs; other element types are rejected.
+impl InputSpec {
+    /// A float32 input.
+    pub fn float(name: impl Into<String>, dims: Vec<i64>) -> Self {
+        InputSpec { name: name.into(), dims, elem: InputType::Float }
+    }
+
+    /// Fails unless the input takes float32 values (what `path` gives, such as images, is float).
+    pub fn check_float(&self, path: &Path) -> Result<()> {
+        match self.elem {
+            InputType::Float => Ok(()),
+            InputType::Int64 => Err(Error::format(
+                path,
+                format!("holds images (float32 values), but model input `{}` takes int64 values", self.name),
+            )),
+        }
+    }
+}
+
+/// The model's inputs; element types other than float32 and int64 are rejected.
 pub fn input_specs(model: &Model) -> Result<Vec<InputSpec>> {
     use proto::{tensor_shape_proto::dimension::Value, type_proto};
     let mut specs = Vec::new();
@@ -156,16 +185,20 @@ pub fn input_specs(model: &Model) -> Result<Vec<InputSpec>> {
         let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
             return Err(Error::format(&model.path, format!("input `{}` is not a tensor", input.name())));
         };
-        if t.elem_type() != DataType::Float as i32 {
-            return Err(Error::format(
-                &model.path,
-                format!(
-                    "input `{}` has element type {}; only float32 inputs are supported",
-                    input.name(),
-                    t.elem_type()
-                ),
-            ));
-        }
+        let elem = match t.elem_type() {
+            e if e == DataType::Float as i32 => InputType::Float,
+            e if e == DataType::Int64 as i32 => InputType::Int64,
+            e => {
+                return Err(Error::format(
+                    &model.path,
+                    format!(
+                        "input `{}` has element type {}; swa feeds float32 and int64 inputs",
+                        input.name(),
+                        dtype_of(e).map_or(format!("{e}"), dtype::name)
+                    ),
+                ))
+            }
+        };
         let dims = t
             .shape
             .as_ref()
@@ -179,7 +212,7 @@ pub fn input_specs(model: &Model) -> Result<Vec<InputSpec>> {
                     .collect()
             })
             .unwrap_or_default();
-        specs.push(InputSpec { name: input.name().to_string(), dims });
+        specs.push(InputSpec { name: input.name().to_string(), dims, elem });
     }
     Ok(specs)
 }

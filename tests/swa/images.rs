@@ -11,7 +11,7 @@ use swa::inputs::{DataOptions, Samples};
 use swa::onnx::InputSpec;
 
 fn spec(dims: &[i64]) -> Vec<InputSpec> {
-    vec![InputSpec { name: "input".into(), dims: dims.to_vec() }]
+    vec![InputSpec::float("input", dims.to_vec())]
 }
 
 fn small(mean: &[f32], std: &[f32]) -> DataOptions {
@@ -33,8 +33,8 @@ fn imagenet_small() -> DataOptions {
 /// All samples of `path` in one batch.
 fn tensors(path: &Path, dims: &[i64], data: &DataOptions) -> (Samples, Vec<f32>) {
     let samples = Samples::open(path, &spec(dims), data).unwrap();
-    let n = samples.len();
-    let batch = samples.batches(0, n, n).next().unwrap().unwrap();
+    let n = samples.len().unwrap();
+    let batch = samples.batches(0..n, n).unwrap().next().unwrap().unwrap();
     assert_eq!(batch.indices, (0..n).collect::<Vec<_>>());
     let values = batch.inputs.into_iter().next().unwrap().values.into_f32().unwrap();
     (samples, values)
@@ -78,7 +78,7 @@ fn an_image_folder_is_preprocessed_like_torchvision() {
     let (samples, ours) = tensors(&fixture("images/val"), &[-1, 3, 16, 16], &imagenet_small());
     let (shape, theirs) = read_npy(&fixture("images/expected/val.npy"));
     assert_eq!(shape, [16, 3, 16, 16]);
-    assert_eq!(samples.classes.as_deref().unwrap(), ["cat", "dog", "zebra"]);
+    assert_eq!(samples.classes().unwrap(), ["cat", "dog", "zebra"]);
     let (_, labels) = read_npy(&fixture("images/expected/val_labels.npy"));
     assert_eq!(samples.labels().unwrap().iter().map(|&l| l as f32).collect::<Vec<_>>(), labels);
     for ((name, d), std) in VAL.iter().zip(per_image_diff(&ours, &theirs, 768, 255.0 * 0.229)).zip([0.229f32]) {
@@ -144,7 +144,7 @@ fn a_flat_folder_parquet_and_uint8_arrays_read_the_same_way() {
         ..Default::default()
     };
     let (samples, ours) = tensors(&fixture("images/train"), &[-1, 3, 16, 16], &data);
-    assert!(samples.labels().is_none() && samples.classes.is_none());
+    assert!(samples.labels().is_none() && samples.classes().is_none());
     let (_, theirs) = read_npy(&fixture("images/expected/train.npy"));
     assert!(per_image_diff(&ours, &theirs, 768, 255.0).iter().all(|&d| d <= JPEG_TOLERANCE));
 
@@ -157,7 +157,8 @@ fn a_flat_folder_parquet_and_uint8_arrays_read_the_same_way() {
     // Started in a later row group too (the row groups before the start are not read).
     for start in [3, 4, 5, 9, 12, 15] {
         let rows: Vec<f32> = parquet
-            .batches(start, 16, 5)
+            .batches(start..16, 5)
+            .unwrap()
             .flat_map(|b| b.unwrap().inputs.remove(0).values.into_f32().unwrap())
             .collect();
         assert_eq!(rows, from_folder[start * 768..], "from row {start}");

@@ -73,15 +73,22 @@ fn concurrent_sessions_return_every_batch_in_file_order() {
     assert_eq!(sessions.len(), 3);
     let (mut sizes, mut got) = (Vec::new(), Vec::new());
     let bar = indicatif::ProgressBar::hidden();
-    swa::runtime::run_batches(&mut sessions, &specs, data.batches(0, samples, 7), &["logits"], &bar, |batch, out| {
-        let indices = batch.indices;
-        let n = indices.len();
-        assert_eq!(indices, (sizes.iter().sum::<usize>()..sizes.iter().sum::<usize>() + n).collect::<Vec<_>>());
-        assert_eq!(out[0].shape, [n as i64, want_shape[1] as i64]);
-        sizes.push(n);
-        got.extend_from_slice(&out[0].data);
-        Ok(())
-    })
+    swa::runtime::run_batches(
+        &mut sessions,
+        &specs,
+        data.batches(0..samples, 7).unwrap(),
+        &["logits"],
+        &bar,
+        |batch, out| {
+            let indices = batch.indices;
+            let n = indices.len();
+            assert_eq!(indices, (sizes.iter().sum::<usize>()..sizes.iter().sum::<usize>() + n).collect::<Vec<_>>());
+            assert_eq!(out[0].shape, [n as i64, want_shape[1] as i64]);
+            sizes.push(n);
+            got.extend_from_slice(&out[0].data);
+            Ok(())
+        },
+    )
     .unwrap();
     assert_eq!(sizes.len(), samples.div_ceil(7));
     assert!(sizes[..sizes.len() - 1].iter().all(|&n| n == 7) && sizes.iter().sum::<usize>() == samples);
@@ -91,15 +98,21 @@ fn concurrent_sessions_return_every_batch_in_file_order() {
     }
     // An error from one batch stops the pass (no hang with batches still in flight).
     let mut seen = 0;
-    let err =
-        swa::runtime::run_batches(&mut sessions, &specs, data.batches(0, samples, 7), &["logits"], &bar, |_, _| {
+    let err = swa::runtime::run_batches(
+        &mut sessions,
+        &specs,
+        data.batches(0..samples, 7).unwrap(),
+        &["logits"],
+        &bar,
+        |_, _| {
             seen += 1;
             if seen == 2 {
                 return Err(swa::Error::usage("stop here"));
             }
             Ok(())
-        })
-        .unwrap_err();
+        },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("stop here") && seen == 2);
 }
 

@@ -1,0 +1,262 @@
+//! The samples a pass runs over, wherever the user keeps them, behind one trait.
+//!
+//! A [`SampleSource`] hands out batches of the model's inputs (typed tensors, one per named
+//! input), with their targets where it carries them. It knows its length where it can (files do;
+//! a Python iterator does not), and reads its batches in order, by range where it can (files, for
+//! a part of a pass split over machines) or once from the start (an iterator).
+//!
+//! Path-based sources register a [`SourceKind`] in [`SOURCES`]: which paths are theirs (the
+//! first kind that claims a path opens it), whether they may carry labels, and how they open.
+//! Opening is detect ([`SourceKind::claims`]) → open (the kind reads what it needs up front: file
+//! lists, Parquet footers, array headers) → fit (the source fits the model's inputs: an image
+//! source works out its [`ImageGeometry`]). Adding a source is one module implementing these two
+//! traits (image sources implement [`ImageItems`] and reuse the image pipeline) and one line in
+//! [`SOURCES`].
+//!
+//! Today's kinds: arrays (`.npy` / `.npz`, [`arrays`]), image folders (torchvision's
+//! `ImageFolder` layout, or flat: [`folders`]), Parquet files with an image column (the Hugging
+//! Face layout: [`parquet`]); uint8 image arrays go through the same image pipeline. Images are
+//! decoded and preprocessed batch by batch on all cores (rayon), so memory holds a few batches
+//! whatever the size of the set.
+
+pub mod arrays;
+pub mod folders;
+pub mod parquet;
+mod pipeline;
+mod targets;
+
+use std::ops::Range;
+use std::path::Path;
+
+pub use folders::{is_image_name, IMAGE_EXTENSIONS};
+pub use pipeline::{ImageGeometry, ImageItems, ImageSource, Row};
+pub use targets::WithTargets;
+
+use super::images::Preprocess;
+use crate::batch::{Batch, Tensor};
+use crate::error::{Error, Result};
+use crate::onnx::InputSpec;
+
+/// How samples are read: the preprocessing of images (and of `uint8` image arrays), the Parquet
+/// columns, and what to do with an image that cannot be decoded.
+#[derive(Debug, Clone)]
+pub struct DataOptions {
+    /// Resize, crop and normalization.
+    pub preprocess: Preprocess,
+    /// The Parquet column holding the encoded images (bytes, or a struct with a `bytes` field).
+    pub image_column: String,
+    /// The Parquet column holding integer labels (optional in the file).
+    pub label_column: String,
+    /// Skip (and count) images that cannot be decoded instead of stopping.
+    pub skip_bad_images: bool,
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        DataOptions {
+            preprocess: Preprocess::default(),
+            image_column: "image".into(),
+            label_column: "label".into(),
+            skip_bad_images: false,
+        }
+    }
+}
+
+/// Batches read from a source, in order.
+pub type Batches<'a> = Box<dyn Iterator<Item = Result<Batch>> + Send + 'a>;
+
+/// Samples to run a model over.
+pub trait SampleSource: Send + Sync {
+    /// Samples in the set, where the source knows it up front.
+    fn len(&self) -> Option<usize>;
+
+    /// True when the source knows it holds no samples.
+    fn is_empty(&self) -> bool {
+        self.len() == Some(0)
+    }
+
+    /// Whether batches can start at any sample ([`SampleSource::batches`] with a range that
+    /// does not start at 0): true for files; a source read once from the start (a Python
+    /// iterator) refuses such ranges.
+    fn reads_by_range(&self) -> bool {
+        true
+    }
+
+    /// The shape of one sample per model input, without the batch dimension, where the source
+    /// knows it up front (messages, and the check against the model's declared shapes).
+    fn sample_shapes(&self) -> Vec<Vec<usize>>;
+
+    /// The batches of samples `range`, `batch` at a time, in order (the last one partial; a
+    /// source of unknown length ends where its samples end). Each holds one tensor per model input
+    /// (in the model's order) and, where the source carries them, the samples' targets.
+    fn batches(&self, range: Range<usize>, batch: usize) -> Result<Batches<'_>>;
+
+    /// Every sample's target, one row per sample, where the source has them up front (class
+    /// folders, a Parquet label column, a labels file); a source that reads its targets with its
+    /// samples (a Python iterator) has none here but [`SampleSource::has_targets`].
+    fn targets(&self) -> Option<&Tensor> {
+        None
+    }
+
+    /// Whether the batches carry targets.
+    fn has_targets(&self) -> bool {
+        self.targets().is_some()
+    }
+
+    /// The source's own names of its classes (class folders), by index.
+    fn classes(&self) -> Option<&[String]> {
+        None
+    }
+
+    /// How the samples are read and preprocessed, for summaries and reports (`None` for arrays
+    /// fed as they are).
+    fn preprocessing(&self) -> Option<String> {
+        None
+    }
+
+    /// The samples skipped so far because they could not be read (images that do not decode,
+    /// with `skip_bad_images`), each with why.
+    fn skipped(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// A kind of source that lives at a path.
+pub trait SourceKind: Sync {
+    /// What messages call it.
+    fn name(&self) -> &'static str;
+    /// Whether `path` is a source of this kind (the first kind of [`SOURCES`] that claims it
+    /// opens it; the last claims everything).
+    fn claims(&self, path: &Path) -> bool;
+    /// Whether sources of this kind may carry labels of their own.
+    fn may_carry_labels(&self) -> bool;
+    /// Opens the source at `path` for a model with inputs `specs`.
+    fn open(&self, path: &Path, specs: &[InputSpec], data: &DataOptions) -> Result<Box<dyn SampleSource>>;
+}
+
+/// The kinds of source a path can be, in the order they are asked (arrays also read what no kind
+/// claims).
+pub static SOURCES: &[&dyn SourceKind] = &[&parquet::Parquet, &folders::ImageFolders, &arrays::Arrays];
+
+/// The kind of source that claims `path`, if one does.
+pub fn kind_of(path: &Path) -> Option<&'static dyn SourceKind> {
+    SOURCES.iter().copied().find(|k| k.claims(path))
+}
+
+/// Whether the samples at `path` may carry labels of their own (class folders, a Parquet label
+/// column); arrays (`.npy` / `.npz`) never do, so an evaluation of them needs a labels file. A
+/// path no kind claims (a missing file) may: opening it says what is wrong.
+pub fn carries_labels(path: &Path) -> bool {
+    kind_of(path).is_none_or(|k| k.may_carry_labels())
+}
+
+/// The samples of a pass, opened: a [`SampleSource`] and what the user pointed at.
+pub struct Samples {
+    /// The path they were opened from (for messages).
+    pub path: std::path::PathBuf,
+    source: Box<dyn SampleSource>,
+}
+
+impl std::ops::Deref for Samples {
+    type Target = dyn SampleSource;
+    fn deref(&self) -> &Self::Target {
+        self.source.as_ref()
+    }
+}
+
+impl Samples {
+    /// Opens the samples at `path` for a model with inputs `specs` (see [`SOURCES`]), and checks
+    /// that each input's sample shape fits the model's declared shape.
+    pub fn open(path: &Path, specs: &[InputSpec], data: &DataOptions) -> Result<Samples> {
+        // A path no kind claims is read as arrays, whose reader says what is wrong with it.
+        let source = kind_of(path).unwrap_or(&arrays::Arrays).open(path, specs, data)?;
+        Ok(Samples { path: path.to_path_buf(), source })
+    }
+
+    /// Samples from a source made elsewhere (a caller's own), named `path` in messages.
+    pub fn from_source(path: impl Into<std::path::PathBuf>, source: Box<dyn SampleSource>) -> Samples {
+        Samples { path: path.into(), source }
+    }
+
+    /// These samples with the targets of `targets` (one row per sample): a labels file for
+    /// samples that carry none.
+    pub fn with_targets(self, targets: Tensor) -> Samples {
+        Samples { path: self.path, source: Box::new(WithTargets::new(self.source, targets)) }
+    }
+
+
+    /// Every sample's class index, where the source has its targets up front as class indices.
+    pub fn labels(&self) -> Option<&[i64]> {
+        match &self.source.targets()?.values {
+            crate::batch::Values::I64(v) => Some(v),
+            crate::batch::Values::F32(_) => None,
+        }
+    }
+}
+
+/// Fails unless each of the model's inputs `specs` takes samples of the `shapes` (one per input,
+/// without the batch dimension); `what(k)` names the data of input `k` and the hint to attach.
+pub(crate) fn check_shapes(
+    path: &Path,
+    len: usize,
+    specs: &[InputSpec],
+    shapes: &[Vec<usize>],
+    what: impl Fn(usize) -> (String, Option<crate::error::Hint>),
+) -> Result<()> {
+    for (k, (spec, shape)) in specs.iter().zip(shapes).enumerate() {
+        let fits = spec.dims.is_empty()
+            || (spec.dims.len() == shape.len() + 1
+                && spec.dims.iter().skip(1).zip(shape).all(|(&d, &s)| d < 0 || d as usize == s));
+        if !fits {
+            let want: Vec<String> = spec.dims.iter().map(|&d| if d < 0 { "?".into() } else { d.to_string() }).collect();
+            let (name, hint) = what(k);
+            let mut have = vec![len];
+            have.extend(shape);
+            let e = Error::format(
+                path,
+                format!("{name} has shape {have:?}, but model input `{}` expects [{}]", spec.name, want.join(", ")),
+            );
+            return Err(match hint {
+                Some(h) => e.hint(h),
+                None => e,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The class folder names of `path` when it is a directory of class folders (`None` for any
+/// other source); used to check that the train, select and eval sets name the same classes.
+pub fn class_names(path: &Path) -> Option<Vec<String>> {
+    folders::class_names(path)
+}
+
+/// Fails unless image folders `a` and `b` (when both are class folders) name the same classes:
+/// their label indices would mean different things.
+pub fn check_same_classes(a: &Path, b: &Path) -> Result<()> {
+    let (Some(ca), Some(cb)) = (class_names(a), class_names(b)) else { return Ok(()) };
+    if ca == cb {
+        return Ok(());
+    }
+    let only = |x: &[String], y: &[String]| x.iter().filter(|c| !y.contains(c)).cloned().collect::<Vec<_>>();
+    let (only_a, only_b) = (only(&ca, &cb), only(&cb, &ca));
+    let detail = if only_a.is_empty() && only_b.is_empty() {
+        "the same names".to_string()
+    } else {
+        format!(
+            "only in {}: {}; only in {}: {}",
+            a.display(),
+            if only_a.is_empty() { "none".into() } else { folders::list(&only_a) },
+            b.display(),
+            if only_b.is_empty() { "none".into() } else { folders::list(&only_b) }
+        )
+    };
+    Err(Error::usage(format!(
+        "the class folders of {} ({} classes) and {} ({} classes) differ ({detail}): class indices come from the \
+         sorted folder names, so both sets must have the same class folders",
+        a.display(),
+        ca.len(),
+        b.display(),
+        cb.len()
+    )))
+}

@@ -1,0 +1,135 @@
+//! Parquet files with an image column, as Hugging Face `datasets` stores them (a file, a folder
+//! of them, or a split's files named by their prefix: `data/train` for
+//! `data/train-00000-of-00004.parquet`), and their label column.
+
+use std::path::{Path, PathBuf};
+
+use super::folders::{describe_dir, DirKind};
+use super::pipeline::{ImageItems, ImageSource, Row};
+use super::{DataOptions, SampleSource, SourceKind};
+use crate::batch::Tensor;
+use crate::error::{Error, Result};
+use crate::inputs::images::{self, Image8};
+use crate::inputs::parquet::{Cursor, ParquetSet};
+use crate::onnx::InputSpec;
+
+/// Parquet files of images.
+pub struct Parquet;
+
+impl SourceKind for Parquet {
+    fn name(&self) -> &'static str {
+        "Parquet"
+    }
+
+    /// A `.parquet` file, a folder of Parquet files only, or the prefix of a split's files.
+    fn claims(&self, path: &Path) -> bool {
+        let lower = path.to_string_lossy().to_lowercase();
+        let arrays = lower.ends_with(".npy") || lower.ends_with(".npz");
+        if path.is_dir() {
+            !arrays && matches!(describe_dir(path), Ok(DirKind::Parquet(_)))
+        } else if !path.exists() {
+            split_files(path).is_some()
+        } else {
+            lower.ends_with(".parquet")
+        }
+    }
+
+    fn may_carry_labels(&self) -> bool {
+        true
+    }
+
+    fn open(&self, path: &Path, specs: &[InputSpec], data: &DataOptions) -> Result<Box<dyn SampleSource>> {
+        let files = if path.is_dir() {
+            match describe_dir(path)? {
+                DirKind::Parquet(files) => files,
+                _ => return Err(Error::format(path, "holds no Parquet files")),
+            }
+        } else if let Some(files) = (!path.exists()).then(|| split_files(path)).flatten() {
+            files
+        } else {
+            vec![path.to_path_buf()]
+        };
+        let set = ParquetSet::open(files, &data.image_column, &data.label_column)?;
+        let targets = set.labels.clone().map(|l| Tensor::i64(vec![l.len()], l));
+        Ok(Box::new(ImageSource::fit(path, ParquetImages(set), specs, data, targets, None)?))
+    }
+}
+
+/// The image column of Parquet files, read in order one record batch at a time.
+struct ParquetImages(ParquetSet);
+
+impl ImageItems for ParquetImages {
+    type Cursor = Cursor;
+
+    fn len(&self) -> usize {
+        self.0.rows
+    }
+
+    fn name_of(&self, i: usize) -> String {
+        self.0.name_of(i)
+    }
+
+    fn describe(&self) -> String {
+        format!("Parquet column `{}`", self.0.image_column)
+    }
+
+    fn read(&self, from: usize, to: usize, batch: usize, cursor: &mut Option<Cursor>) -> Result<Vec<Option<Row>>> {
+        let reader = match cursor.take() {
+            Some(r) => r,
+            None => self.0.reader(from, batch)?,
+        };
+        let (rows, reader) = self.0.next_rows(reader, to - from)?;
+        *cursor = Some(reader);
+        Ok(rows.into_iter().map(Some).collect())
+    }
+
+    fn image(&self, i: usize, read: Option<&Row>, channels: usize) -> Result<Image8> {
+        match read {
+            Some(Ok(bytes)) => images::decode(bytes, channels).map_err(|m| Error::format(self.name_of(i), m)),
+            Some(Err(why)) => Err(Error::format(self.name_of(i), why.clone())),
+            None => Err(Error::format(self.name_of(i), "was not read")),
+        }
+    }
+}
+
+/// The split a Parquet file's name says it holds, in the Hugging Face layout
+/// (`train-00000-of-00004.parquet` → `train`).
+fn split_of(file: &Path) -> Option<String> {
+    let name = file.file_name()?.to_string_lossy().into_owned();
+    let (split, rest) = name.split_once('-')?;
+    rest.split('-').next().filter(|n| n.bytes().all(|b| b.is_ascii_digit())).map(|_| split.to_string())
+}
+
+/// `files`, unless their names say they hold more than one split (`train-*` and `test-*` side by
+/// side, as the Hub stores them): mixing a training and a held-out split is never what is meant.
+pub(super) fn one_split(dir: &Path, files: Vec<PathBuf>) -> Result<Vec<PathBuf>> {
+    let mut splits: Vec<String> = files.iter().filter_map(|f| split_of(f)).collect();
+    splits.sort();
+    splits.dedup();
+    if splits.len() > 1 {
+        return Err(Error::format(
+            dir,
+            format!(
+                "holds the Parquet files of {} splits ({}): point at one, e.g. {}",
+                splits.len(),
+                splits.join(", "),
+                dir.join(&splits[0]).display()
+            ),
+        ));
+    }
+    Ok(files)
+}
+
+/// The Parquet files of one split named by a path prefix: `data/train` for
+/// `data/train-00000-of-00004.parquet`, … (`None` when `path` names no such files).
+fn split_files(path: &Path) -> Option<Vec<PathBuf>> {
+    let (dir, split) = (path.parent()?, path.file_name()?.to_str()?);
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet") && split_of(p).as_deref() == Some(split))
+        .collect();
+    files.sort();
+    (!files.is_empty()).then_some(files)
+}
