@@ -1,44 +1,29 @@
-//! Classification metrics from logits: top-1, top-k, mean cross-entropy, per-class accuracy.
-//!
-//! A sample whose logits are not all finite (NaN or ±Inf anywhere in its row) is never a correct
-//! prediction: it counts as wrong for top-1 and top-k, is counted in [`Metrics::nonfinite`], and is
-//! left out of the mean cross-entropy (which is NaN when no sample has finite logits). Comparisons
-//! with NaN are false, so without this rule an all-NaN model would be "100% correct".
+//! Evaluation: a model run over held-out samples, its outputs scored by a task
+//! ([`crate::tasks`]: classification today) against the samples' targets, whole or one part of
+//! the batches (for a merge, [`crate::parts::eval`]).
 
 use std::num::NonZeroUsize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{Tensor, Values};
+use crate::batch::Tensor;
 use crate::error::{Error, Result, Setting};
 use crate::inputs::{self, DataOptions, Samples};
 use crate::onnx::Model;
 use crate::part::Part;
 use crate::progress;
 use crate::runtime::{self, Engine};
+pub use crate::tasks::{Metrics, Score, State, Task};
 
-/// Metrics over a labelled set.
+/// What an evaluation found: the task's figures, and what happened to the data.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Metrics {
-    /// Samples evaluated.
-    pub samples: usize,
-    /// Correct top-1 predictions.
-    pub correct: usize,
-    /// Top-1 accuracy.
-    pub top1: f64,
-    /// k of top-k.
-    pub k: usize,
-    /// Top-k accuracy.
-    pub topk: f64,
-    /// Mean cross-entropy over the samples with finite logits (NaN when there are none).
-    pub loss: f64,
-    /// Accuracy per class (classes with samples).
-    pub per_class: Vec<ClassAccuracy>,
-    /// Samples whose logits were not all finite (NaN or Inf): counted wrong, left out of `loss`.
-    pub nonfinite: usize,
+pub struct Evaluation {
+    /// The task's figures.
+    #[serde(flatten)]
+    pub metrics: Metrics,
     /// Images skipped because they could not be decoded (`skip_bad_images`), each with why; not
-    /// counted in `samples`.
+    /// counted in the figures.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
     /// How images were read and preprocessed (absent for float arrays).
@@ -46,152 +31,47 @@ pub struct Metrics {
     pub preprocessing: Option<String>,
 }
 
-/// Metrics of one model on the held-out set.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Score {
-    /// Correct top-1 predictions.
-    pub correct: usize,
-    /// Samples.
-    pub samples: usize,
-    /// Top-1 accuracy.
-    pub top1: f64,
-    /// Top-k accuracy.
-    pub topk: f64,
-    /// Mean cross-entropy over the samples with finite logits (NaN, `null` in JSON, when none).
-    #[serde(deserialize_with = "null_is_nan")]
-    pub loss: f64,
-    /// Samples whose logits were not all finite: counted wrong, left out of `loss` (absent in
-    /// reports written before it existed).
-    #[serde(default)]
-    pub nonfinite: usize,
-}
-
-/// Reads a number that JSON wrote as `null` because it was NaN.
-fn null_is_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-}
-
-impl From<&Metrics> for Score {
-    fn from(m: &Metrics) -> Self {
-        Score {
-            correct: m.correct,
-            samples: m.samples,
-            top1: m.top1,
-            topk: m.topk,
-            loss: m.loss,
-            nonfinite: m.nonfinite,
-        }
+impl Evaluation {
+    /// The compact figures.
+    pub fn score(&self) -> Score {
+        self.metrics.score()
     }
 }
 
-/// One class's accuracy.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ClassAccuracy {
-    /// Class index.
-    pub class: usize,
-    /// Samples of that class.
-    pub samples: usize,
-    /// Top-1 accuracy on them.
-    pub accuracy: f64,
-}
-
-/// Accumulates metrics batch by batch: exact counts and an f64 sum of the losses, which is what a
-/// part of an evaluation writes ([`crate::parts::eval`]) and parts merge by adding.
+/// What an evaluation, or one part of it, counted: the task's state (exact under merge) and the
+/// images skipped. This is what a part writes and parts merge.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsAccumulator {
-    k: usize,
-    classes: Option<usize>,
-    samples: usize,
-    correct: usize,
-    correct_k: usize,
-    loss: f64,
-    nonfinite: usize,
-    per_class: Vec<(usize, usize)>,
+pub struct Counts {
+    /// The task's state.
+    #[serde(flatten)]
+    pub state: State,
     /// Images skipped because they could not be decoded, each with why.
     #[serde(default)]
-    skipped: Vec<String>,
+    pub skipped: Vec<String>,
     /// How the samples were read and preprocessed (`None` for float arrays).
     #[serde(default)]
-    preprocessing: Option<String>,
+    pub preprocessing: Option<String>,
 }
 
-impl MetricsAccumulator {
-    /// Counting top-`k`.
-    pub fn new(k: usize) -> Self {
-        MetricsAccumulator {
-            k: k.max(1),
-            classes: None,
-            samples: 0,
-            correct: 0,
-            correct_k: 0,
-            loss: 0.0,
-            nonfinite: 0,
-            per_class: Vec::new(),
-            skipped: Vec::new(),
-            preprocessing: None,
-        }
+impl Counts {
+    /// Nothing counted yet, for `task`.
+    pub fn new(task: &Task) -> Self {
+        Counts { state: task.state(), skipped: Vec::new(), preprocessing: None }
     }
 
-    /// Adds a batch of logits [n, classes] (row-major) and their labels.
-    pub fn add(&mut self, logits: &[f32], classes: usize, labels: &[i64], labels_path: &Path) -> Result<()> {
-        self.classes.get_or_insert(classes);
-        self.per_class.resize(classes, (0, 0));
-        for (row, &label) in logits.chunks_exact(classes).zip(labels) {
-            if label < 0 || label as usize >= classes {
-                return Err(Error::format(
-                    labels_path,
-                    format!(
-                        "label {label} at sample {} is out of range for {classes} classes (the model's logits)",
-                        self.samples
-                    ),
-                ));
-            }
-            let y = label as usize;
-            self.per_class[y].0 += 1;
-            self.samples += 1;
-            if !row.iter().all(|v| v.is_finite()) {
-                self.nonfinite += 1;
-                continue;
-            }
-            let target = row[y];
-            let above = row.iter().enumerate().filter(|&(j, &v)| v > target || (v == target && j < y)).count();
-            if above == 0 {
-                self.correct += 1;
-                self.per_class[y].1 += 1;
-            }
-            if above < self.k {
-                self.correct_k += 1;
-            }
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
-            self.loss += lse - target as f64;
-        }
-        Ok(())
+    /// Samples counted so far.
+    pub fn samples(&self) -> usize {
+        self.state.samples()
     }
 
-    /// Adds another part's counts and loss sum (the same k); fails when the parts' models give
-    /// different numbers of classes.
-    pub fn merge(&mut self, other: &MetricsAccumulator) -> std::result::Result<(), String> {
-        if self.k != other.k {
-            return Err(format!("top-{} and top-{} counts cannot be added", self.k, other.k));
-        }
-        match (self.classes, other.classes) {
-            (Some(a), Some(b)) if a != b => return Err(format!("logits of {a} and of {b} classes")),
-            (None, Some(b)) => self.classes = Some(b),
-            _ => {}
-        }
-        self.samples += other.samples;
-        self.correct += other.correct;
-        self.correct_k += other.correct_k;
-        self.loss += other.loss;
-        self.nonfinite += other.nonfinite;
-        if self.per_class.len() < other.per_class.len() {
-            self.per_class.resize(other.per_class.len(), (0, 0));
-        }
-        for (mine, theirs) in self.per_class.iter_mut().zip(&other.per_class) {
-            mine.0 += theirs.0;
-            mine.1 += theirs.1;
-        }
+    /// Images skipped so far (not counted in [`Counts::samples`]).
+    pub fn skipped(&self) -> usize {
+        self.skipped.len()
+    }
+
+    /// Adds another part's counts; fails when they cannot be parts of one evaluation.
+    pub fn merge(&mut self, other: &Counts) -> std::result::Result<(), String> {
+        self.state.merge(&other.state)?;
         if let (Some(a), Some(b)) = (&self.preprocessing, &other.preprocessing) {
             if a != b {
                 return Err(format!("images preprocessed differently ({a} vs {b})"));
@@ -204,41 +84,10 @@ impl MetricsAccumulator {
         Ok(())
     }
 
-    /// Samples counted so far.
-    pub fn samples(&self) -> usize {
-        self.samples
-    }
-
-    /// Images skipped so far (not counted in [`Self::samples`]).
-    pub fn skipped(&self) -> usize {
-        self.skipped.len()
-    }
-
-    /// The metrics so far.
-    pub fn finish(&self) -> Metrics {
-        let n = self.samples.max(1) as f64;
-        Metrics {
-            samples: self.samples,
-            correct: self.correct,
-            top1: self.correct as f64 / n,
-            k: self.k,
-            topk: self.correct_k as f64 / n,
-            loss: match self.samples - self.nonfinite {
-                0 => f64::NAN,
-                finite => self.loss / finite as f64,
-            },
-            nonfinite: self.nonfinite,
-            per_class: self
-                .per_class
-                .iter()
-                .enumerate()
-                .filter(|(_, (total, _))| *total > 0)
-                .map(|(class, &(total, ok))| ClassAccuracy {
-                    class,
-                    samples: total,
-                    accuracy: ok as f64 / total as f64,
-                })
-                .collect(),
+    /// The evaluation so far.
+    pub fn finish(&self) -> Evaluation {
+        Evaluation {
+            metrics: self.state.finish(),
             skipped: self.skipped.clone(),
             preprocessing: self.preprocessing.clone(),
         }
@@ -257,8 +106,8 @@ pub struct EvalOptions {
     pub data: DataOptions,
     /// Samples per batch.
     pub batch_size: NonZeroUsize,
-    /// k of top-k.
-    pub top_k: NonZeroUsize,
+    /// What the outputs are scored as.
+    pub task: Task,
     /// Where and how to run.
     pub engine: Engine,
     /// Hide progress.
@@ -266,14 +115,14 @@ pub struct EvalOptions {
 }
 
 impl EvalOptions {
-    /// Evaluation of `inputs` against `labels` in batches of 256, with top-5, on the CPU.
+    /// Classification of `inputs` against `labels` in batches of 256, with top-5, on the CPU.
     pub fn new(inputs: impl Into<PathBuf>, labels: impl Into<PathBuf>) -> Self {
         EvalOptions {
             inputs: inputs.into(),
             labels: Some(labels.into()),
             data: DataOptions::default(),
             batch_size: NonZeroUsize::new(256).expect("non-zero"),
-            top_k: NonZeroUsize::new(5).expect("non-zero"),
+            task: Task::default(),
             engine: Engine::default(),
             quiet: false,
         }
@@ -296,7 +145,7 @@ pub struct EvaluateOptions {
 }
 
 /// Binds the weights into the model and evaluates it, as `opts` says.
-pub fn run(opts: &EvaluateOptions) -> Result<Metrics> {
+pub fn run(opts: &EvaluateOptions) -> Result<Evaluation> {
     let weights = opts.weights.as_deref().map(|w| inputs::open_checkpoint(w, opts.key.as_deref())).transpose()?;
     let bound = crate::onnx::bind::Binder::load(&opts.model)?.bind(weights, opts.allow_missing_weights)?;
     evaluate(&bound.model, &opts.eval)
@@ -355,13 +204,13 @@ fn with_labels(samples: Samples, opts: &EvalOptions) -> Result<(Samples, PathBuf
 }
 
 /// Evaluates `model` (weights already bound) on the labelled data; an empty set is an error.
-pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Metrics> {
+pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Evaluation> {
     Ok(accumulate(model, opts, Part::WHOLE)?.0.finish())
 }
 
 /// Evaluates `model` on `part` of the batches (contiguous, whole batches: see
 /// [`crate::part::pass_range`]); returns the counts and the number of samples in the whole set.
-pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(MetricsAccumulator, usize)> {
+pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(Counts, usize)> {
     let batch_size = opts.batch_size.get();
     let specs = crate::onnx::input_specs(model)?;
     let samples = Samples::open(&opts.inputs, &specs, &opts.data)?;
@@ -374,44 +223,20 @@ pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(Metr
     let range = crate::part::pass_range(samples.len(), batch_size, part, Setting::Shard)?;
     let streams = runtime::concurrent_runs(&opts.engine, range.batches.len())?;
     let mut sessions = runtime::sessions_for(model, &opts.engine, false, streams)?;
-    let mut acc = MetricsAccumulator::new(opts.top_k.get());
+    let mut acc = Counts::new(&opts.task);
     acc.preprocessing = samples.preprocessing();
     let span = samples.len().map(|_| range.samples.len() as u64);
     let bar = progress::samples_bar(span, "evaluating", opts.quiet);
     let batches = samples.batches(range.samples.clone(), batch_size)?;
+    let at = crate::tasks::Context {
+        model: &model.path,
+        output: &output,
+        inputs: &opts.inputs,
+        targets: &labels_path,
+        classes: samples.classes(),
+    };
     let ran = runtime::run_batches(&mut sessions, &specs, batches, &[&output], &bar, |batch, out| {
-        let n = batch.indices.len();
-        let runtime::Fetched { shape, data: logits } = &out[0];
-        if shape.len() != 2 || shape[0] as usize != n {
-            return Err(Error::format(
-                &model.path,
-                format!(
-                    "output `{output}` has shape {shape:?} for a batch of {n}; evaluation needs logits [N, classes]"
-                ),
-            ));
-        }
-        if let Some(classes) = samples.classes().filter(|c| c.len() > shape[1] as usize) {
-            return Err(Error::format(
-                &opts.inputs,
-                format!(
-                    "has {} class folders, but the model gives logits for {} classes: the folders must be the \
-                     model's classes (sorted by name, as torchvision's ImageFolder indexes them)",
-                    classes.len(),
-                    shape[1]
-                ),
-            ));
-        }
-        let labels = match batch.targets.as_ref().map(|t| (&t.values, t.shape.len())) {
-            Some((Values::I64(labels), 1)) => labels,
-            _ => {
-                return Err(Error::format(
-                    &labels_path,
-                    "holds targets that are not class indices (one integer per sample)",
-                ))
-            }
-        };
-        acc.add(logits, shape[1] as usize, labels, &labels_path)?;
-        Ok(())
+        acc.state.update(&out[0], batch.targets.as_ref(), &at)
     })?;
     bar.finish_and_clear();
     acc.skipped = samples.skipped();
@@ -425,42 +250,4 @@ pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(Metr
         ));
     }
     Ok((acc, samples.len().unwrap_or(ran.samples)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metrics_from_logits() {
-        let logits = [2.0, 1.0, 0.0, 0.0, 1.0, 2.0, 5.0, 4.0, 6.0];
-        let mut acc = MetricsAccumulator::new(2);
-        acc.add(&logits, 3, &[0, 1, 1], Path::new("y.npy")).unwrap();
-        let m = acc.finish();
-        assert_eq!((m.samples, m.correct), (3, 1));
-        assert!((m.topk - 2.0 / 3.0).abs() < 1e-12);
-        let ce = |row: &[f64], y: usize| row.iter().map(|v| v.exp()).sum::<f64>().ln() - row[y];
-        let expected = (ce(&[2.0, 1.0, 0.0], 0) + ce(&[0.0, 1.0, 2.0], 1) + ce(&[5.0, 4.0, 6.0], 1)) / 3.0;
-        assert!((m.loss - expected).abs() < 1e-9);
-        assert!(acc.add(&logits[..3], 3, &[3], Path::new("y.npy")).unwrap_err().to_string().contains("out of range"));
-        assert_eq!(m.nonfinite, 0);
-    }
-
-    #[test]
-    fn non_finite_logits_are_wrong_counted_and_left_out_of_the_loss() {
-        let mut acc = MetricsAccumulator::new(2);
-        let logits = [f32::NAN, f32::NAN, 0.0, 1.0, f32::INFINITY, 0.0, 3.0, 1.0, 0.0];
-        acc.add(&logits, 3, &[0, 0, 0], Path::new("y.npy")).unwrap();
-        let m = acc.finish();
-        assert_eq!((m.samples, m.correct, m.nonfinite), (3, 1, 2));
-        assert!((m.topk - 1.0 / 3.0).abs() < 1e-12);
-        let ce = [3.0f64, 1.0, 0.0].iter().map(|v| v.exp()).sum::<f64>().ln() - 3.0;
-        assert!((m.loss - ce).abs() < 1e-9, "{}", m.loss);
-        assert_eq!(m.per_class, [ClassAccuracy { class: 0, samples: 3, accuracy: 1.0 / 3.0 }]);
-        let mut all_nan = MetricsAccumulator::new(1);
-        all_nan.add(&[f32::NAN; 2], 2, &[1], Path::new("y.npy")).unwrap();
-        let m = all_nan.finish();
-        assert_eq!((m.correct, m.nonfinite, m.top1), (0, 1, 0.0));
-        assert!(m.loss.is_nan());
-    }
 }

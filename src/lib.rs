@@ -43,6 +43,7 @@ pub mod recalibrate;
 pub mod report;
 pub mod runtime;
 pub mod soup;
+pub mod tasks;
 
 pub use error::{Error, Hint, Result, Setting};
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::average::{self, AverageOptions};
 use crate::error::{Error, Hint, Result, Setting};
-use crate::evaluate::{self, EvalOptions, Metrics, Score};
+use crate::evaluate::{self, EvalOptions, Evaluation};
 use crate::fs::{DirPublishError, Replace, StagedDir, Stamps};
 use crate::inputs::{self, CheckpointFile, Selection};
 use crate::onnx::bind::Binder;
@@ -88,8 +88,8 @@ fn make_soup(
             .iter()
             .map(|c| report::SoupStep {
                 name: label(&c.path),
-                select_alone: c.select_alone.top1,
-                select_in_soup: c.select_in_soup.as_ref().map(|x| x.top1),
+                select_alone: c.select_alone.value(),
+                select_in_soup: c.select_in_soup.as_ref().map(|x| x.value()),
                 kept: c.kept,
             })
             .collect(),
@@ -243,11 +243,11 @@ fn evaluate_checkpoints(
         let recalibrated = if opts.recalibrate_each {
             let pass = recalibrate::compute(&prepared, &opts.pass)?;
             bn::apply(&mut prepared.bound.model, &prepared.layers, &pass.stats)?;
-            Some(Score::from(&evaluate::evaluate(&prepared.bound.model, &opts.eval)?))
+            Some(evaluate::evaluate(&prepared.bound.model, &opts.eval)?.score())
         } else {
             None
         };
-        rows.push(CheckpointRow { name: name.clone(), number: f.number, stored: Score::from(&stored), recalibrated });
+        rows.push(CheckpointRow { name: name.clone(), number: f.number, stored: stored.score(), recalibrated });
     }
     Ok(rows)
 }
@@ -257,8 +257,8 @@ struct Swa {
     prepared: Prepared,
     pass: PassResult,
     names: Vec<(String, String)>,
-    stored: Metrics,
-    recalibrated: Metrics,
+    stored: Evaluation,
+    recalibrated: Evaluation,
 }
 
 /// Averages `selected` into `work`, then evaluates, recalibrates and evaluates the average.
@@ -368,24 +368,25 @@ pub fn run(opts: &RunOptions) -> Result<(Report, Vec<PathBuf>)> {
         }
         None => None,
     };
-    let best = Report::best_of(&rows);
-    let swa_recalibrated = Score::from(&swa.recalibrated);
+    let best = Report::best_of(&rows).expect("discovery finds at least one checkpoint");
+    let swa_recalibrated = swa.recalibrated.score();
+    let task = opts.eval.task;
     let report = Report {
         tool: crate::VERSION.into(),
         model: file_name(&opts.model),
         train_samples: swa.pass.samples,
-        eval_samples: swa.stored.samples,
+        eval_samples: swa_recalibrated.samples(),
         stats: opts.pass.stats.to_string(),
         batch_size: opts.pass.batch_size.get(),
-        k: opts.eval.top_k.get(),
+        task,
         device: opts.pass.engine.device.to_string(),
-        gain_top1: swa_recalibrated.top1 - best.top1,
+        gain: crate::tasks::Gain::of(&task, swa_recalibrated.value() - best.figures.value()),
         averaged: selected
             .iter()
             .filter_map(|s| found.iter().position(|f| f.path == s.path).map(|i| names[i].clone()))
             .collect(),
         checkpoints: rows,
-        swa_stored: Score::from(&swa.stored),
+        swa_stored: swa.stored.score(),
         swa_recalibrated,
         best,
         timings: clock.timings,

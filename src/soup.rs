@@ -22,8 +22,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{dtype, Checkpoint, TensorSpec};
 use crate::error::{Error, Result};
-use crate::evaluate::Score;
-use crate::evaluate::{self, EvalOptions, Metrics};
+use crate::evaluate::{self, EvalOptions, Score};
 use crate::fs::{check_output, refuse_overwrite, refuse_same_output, OutputDirs, Outputs, Stamps};
 use crate::inputs::{self, CheckpointFile, Selection};
 use crate::onnx::bind::{Binder, Bound};
@@ -185,7 +184,7 @@ struct Kitchen<'a> {
 /// A model judged on the select split: its bound weights, recalibrated when the soup is.
 struct Judged {
     model: JudgedModel,
-    select: Metrics,
+    select: Score,
 }
 
 enum JudgedModel {
@@ -209,14 +208,14 @@ impl Kitchen<'_> {
     fn judge(&self, ck: Checkpoint) -> Result<Judged> {
         let bound = self.binder.bind(Some(ck), self.opts.allow_missing_weights)?;
         let Some(pass_options) = self.pass else {
-            let select = evaluate::evaluate(&bound.model, &self.opts.select)?;
+            let select = evaluate::evaluate(&bound.model, &self.opts.select)?.score();
             return Ok(Judged { model: JudgedModel::Stored(bound), select });
         };
         let mut prepared = Prepared::new(bound)?;
         recalibrate::check_weights_finite(&prepared)?;
         let pass = recalibrate::compute(&prepared, pass_options)?;
         let names = recalibrate::apply(&mut prepared, &pass, &BTreeMap::new())?;
-        let select = evaluate::evaluate(&prepared.bound.model, &self.opts.select)?;
+        let select = evaluate::evaluate(&prepared.bound.model, &self.opts.select)?.score();
         Ok(Judged { model: JudgedModel::Recalibrated { prepared, pass, names }, select })
     }
 }
@@ -272,26 +271,16 @@ impl Sum {
     }
 }
 
-/// Better first: higher accuracy, then lower loss (a NaN loss, when every logit was non-finite,
-/// is the worst), then the later checkpoint. A total order: `sort_by` may panic without one, and
+/// Better first: by the task's order of scores (classification: more correct, then a lower loss,
+/// NaN the worst), then the later checkpoint. A total order: `sort_by` may panic without one, and
 /// the best candidate found while judging must be the one sorted first.
-fn rank(a: &(usize, Metrics), b: &(usize, Metrics)) -> std::cmp::Ordering {
-    b.1.correct.cmp(&a.1.correct).then(comparable_loss(&a.1).total_cmp(&comparable_loss(&b.1))).then(b.0.cmp(&a.0))
+fn rank(a: &(usize, Score), b: &(usize, Score)) -> std::cmp::Ordering {
+    a.1.compare(&b.1).then(b.0.cmp(&a.0))
 }
 
-/// A loss for comparisons: NaN (every logit non-finite) is the worst.
-fn comparable_loss(m: &Metrics) -> f64 {
-    if m.loss.is_nan() {
-        f64::INFINITY
-    } else {
-        m.loss
-    }
-}
-
-/// Whether a soup with `new` select metrics is no worse than one with `current`.
-fn no_worse(new: &Metrics, current: &Metrics) -> bool {
-    new.correct > current.correct
-        || (new.correct == current.correct && comparable_loss(new) <= comparable_loss(current))
+/// Whether a soup with `new` select figures is no worse than one with `current`.
+fn no_worse(new: &Score, current: &Score) -> bool {
+    new.compare(current).is_le()
 }
 
 /// Checks the outputs (creating their missing directories), and that the select and test splits
@@ -394,17 +383,18 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
         }
     }
     let best_judged = best_judged.expect("at least one candidate");
-    let best_eval = opts.eval.as_ref().map(|e| evaluate::evaluate(best_judged.model(), e)).transpose()?;
+    let best_eval =
+        opts.eval.as_ref().map(|e| evaluate::evaluate(best_judged.model(), e)).transpose()?.map(|e| e.score());
     alone.sort_by(rank);
     let order: Vec<usize> = alone.iter().map(|(i, _)| *i).collect();
-    let alone: BTreeMap<usize, Metrics> = alone.into_iter().collect();
+    let alone: BTreeMap<usize, Score> = alone.into_iter().collect();
 
     let chosen: Vec<usize> = match opts.method {
         Method::Greedy => order.clone(),
         Method::Uniform => order.clone(),
         Method::TopK(k) => order[..k.get()].to_vec(),
     };
-    let mut in_soup: BTreeMap<usize, Metrics> = BTreeMap::new();
+    let mut in_soup: BTreeMap<usize, Score> = BTreeMap::new();
     let mut kept = vec![order[0]];
     let mut sum = Sum::new(clone_checkpoint(&checkpoints[order[0]])?);
     let mut current = match opts.method {
@@ -429,7 +419,7 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
             kitchen.judge(sum.average_with(None)?)?
         }
     };
-    let eval = opts.eval.as_ref().map(|e| evaluate::evaluate(current.model(), e)).transpose()?;
+    let eval = opts.eval.as_ref().map(|e| evaluate::evaluate(current.model(), e)).transpose()?.map(|e| e.score());
     let best = order[0];
 
     // The soup's weights (under the checkpoints' names) and its ONNX model, published together.
@@ -487,8 +477,8 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
             name: names[i].clone(),
             path: files[i].path.clone(),
             number: files[i].number,
-            select_alone: Score::from(&alone[&i]),
-            select_in_soup: in_soup.get(&i).map(Score::from),
+            select_alone: alone[&i].clone(),
+            select_in_soup: in_soup.get(&i).cloned(),
             kept: kept.contains(&i),
         })
         .collect();
@@ -498,13 +488,9 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
         stats: pass.map(|p| p.stats.to_string()),
         ingredients: kept.iter().map(|&i| names[i].clone()).collect(),
         candidates,
-        select: Score::from(&current.select),
-        eval: eval.as_ref().map(Score::from),
-        best_single: BestSingle {
-            name: names[best].clone(),
-            select: Score::from(&alone[&best]),
-            eval: best_eval.as_ref().map(Score::from),
-        },
+        select: current.select.clone(),
+        eval,
+        best_single: BestSingle { name: names[best].clone(), select: alone[&best].clone(), eval: best_eval },
         n_models: kept.len() as u64,
         outputs,
         created_dirs: dirs.keep(),
@@ -536,35 +522,23 @@ mod tests {
     }
 
     #[test]
-    fn ranking_is_a_total_order_when_a_loss_is_nan() {
-        // Equal accuracy; one candidate's logits were all non-finite (loss NaN). The NaN used to
-        // compare equal to every loss, so 0 < 2 (loss), 2 < 1 and 1 < 0 (later first): a cycle,
-        // and the best candidate found while judging was not the one sorted first.
-        let m = |loss: f64| Metrics {
-            samples: 10,
-            correct: 3,
-            top1: 0.3,
-            k: 1,
-            topk: 0.3,
-            loss,
-            per_class: Vec::new(),
-            nonfinite: if loss.is_nan() { 10 } else { 0 },
-            skipped: Vec::new(),
-            preprocessing: None,
+    fn ranking_puts_the_better_score_first_then_the_later_checkpoint() {
+        // Equal accuracy; one candidate's logits were all non-finite (loss NaN): a total order,
+        // with the NaN last, and the later checkpoint first among equals.
+        let s = |loss: f64| {
+            Score::Classification(crate::tasks::classification::Score {
+                correct: 3,
+                samples: 10,
+                top1: 0.3,
+                topk: 0.3,
+                loss,
+                nonfinite: if loss.is_nan() { 10 } else { 0 },
+            })
         };
-        let all = [(0, m(1.0)), (1, m(f64::NAN)), (2, m(2.0))];
-        for a in &all {
-            for b in &all {
-                for c in &all {
-                    if rank(a, b).is_lt() && rank(b, c).is_lt() {
-                        assert!(rank(a, c).is_lt(), "{} < {} < {} but not {0} < {2}", a.0, b.0, c.0);
-                    }
-                }
-            }
-        }
+        let all = [(0, s(1.0)), (1, s(f64::NAN)), (2, s(2.0)), (3, s(1.0))];
         let mut sorted = all.to_vec();
         sorted.sort_by(rank);
-        assert_eq!(sorted.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [0, 2, 1]);
-        assert!(!no_worse(&m(f64::NAN), &m(2.0)) && no_worse(&m(2.0), &m(f64::NAN)));
+        assert_eq!(sorted.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [3, 0, 2, 1]);
+        assert!(!no_worse(&s(f64::NAN), &s(2.0)) && no_worse(&s(2.0), &s(f64::NAN)) && no_worse(&s(1.0), &s(1.0)));
     }
 }

@@ -383,7 +383,7 @@ pub fn eval_options(
         labels: labels.map(Path::to_path_buf),
         data: data.options(),
         batch_size,
-        top_k,
+        task: swa::evaluate::Task::Classification(swa::tasks::Classification { k: top_k.get() }),
         engine: engine.engine()?,
         quiet,
     })

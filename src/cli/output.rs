@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{render, Outcome};
-use swa::evaluate::Metrics;
+use swa::evaluate::Evaluation;
 
 /// `v` as pretty JSON, with a final newline.
 pub fn json<T: Serialize>(v: &T) -> String {
@@ -34,20 +34,23 @@ pub fn warn_nonfinite(model: &str, n: usize, samples: usize) {
     );
 }
 
-/// What `swa evaluate` and `swa merge-eval` print for `model`'s metrics, and their exit code.
-pub fn metrics(model: &Path, m: &Metrics, min_accuracy: Option<f64>, as_json: bool) -> Outcome {
-    if m.nonfinite > 0 {
-        warn_nonfinite(&model.display().to_string(), m.nonfinite, m.samples);
+/// What `swa evaluate` and `swa merge-eval` print for `model`'s evaluation, and their exit code.
+pub fn metrics(model: &Path, e: &Evaluation, min_accuracy: Option<f64>, as_json: bool) -> Outcome {
+    let score = e.score();
+    if score.nonfinite() > 0 {
+        warn_nonfinite(&model.display().to_string(), score.nonfinite(), score.samples());
     }
-    let code = min_accuracy.is_some_and(|min| !render::passes(m, min)) as u8;
-    let md = render::metrics(model, m, min_accuracy);
+    let code = min_accuracy.is_some_and(|min| !render::passes(&score, min)) as u8;
+    let md = render::metrics(model, e, min_accuracy);
     step_summary(&md);
     if code == 1 {
-        warn!("swa: {}", render::gate_failure(None, m.top1, m.nonfinite, min_accuracy));
+        warn!("swa: {}", render::gate_failure(None, &e.metrics.task(), &score, min_accuracy));
     }
     if as_json {
-        let mut v = serde_json::to_value(m).expect("metrics");
-        v[format!("top{}", m.k)] = m.topk.into();
+        let mut v = serde_json::to_value(e).expect("metrics");
+        for (key, value) in e.metrics.json_extras() {
+            v[key] = value;
+        }
         return Outcome { stdout: json(&v), code };
     }
     Outcome { stdout: md, code }

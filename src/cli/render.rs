@@ -6,8 +6,7 @@ use std::path::Path;
 use swa::average::AverageSummary;
 use swa::error::chain;
 use swa::error::CropAlternative;
-use swa::evaluate::Metrics;
-use swa::evaluate::Score;
+use swa::evaluate::{Evaluation, Score, Task};
 use swa::parts::stats::PartialStatsSummary;
 use swa::recalibrate::RecalibrateSummary;
 use swa::soup::SoupSummary;
@@ -204,60 +203,54 @@ fn data_lines(o: &mut String, preprocessing: Option<&str>, skipped: &[String]) {
     }
 }
 
-/// One model's metrics as a Markdown table, with the threshold's verdict.
-pub fn metrics(model: &Path, m: &Metrics, min: Option<f64>) -> String {
+/// One model's figures as a Markdown table, with the threshold's verdict.
+pub fn metrics(model: &Path, e: &Evaluation, min: Option<f64>) -> String {
+    let (task, score) = (e.metrics.task(), e.score());
+    let columns = task.columns();
     let mut o = String::new();
-    let _ = writeln!(o, "| model | samples | top-1 | top-{} | loss |", m.k);
-    let _ = writeln!(o, "|---|---:|---:|---:|---:|");
-    let _ = writeln!(
-        o,
-        "| {} | {} | {:.2}% | {:.2}% | {:.4} |",
-        model.display(),
-        m.samples,
-        m.top1 * 100.0,
-        m.topk * 100.0,
-        m.loss
-    );
-    if m.nonfinite > 0 {
+    let headers: Vec<&str> = columns.iter().map(|c| c.header.as_str()).collect();
+    let _ = writeln!(o, "| model | samples | {} |", headers.join(" | "));
+    let _ = writeln!(o, "|---|---:|{}", "---:|".repeat(columns.len()));
+    let cells: Vec<String> = score.cells().into_iter().map(Option::unwrap_or_default).collect();
+    let _ = writeln!(o, "| {} | {} | {} |", model.display(), score.samples(), cells.join(" | "));
+    if score.nonfinite() > 0 {
         let _ = writeln!(
             o,
             "\n**{} of {} samples gave non-finite logits (NaN or Inf)**: counted as wrong, left out of the loss.",
-            m.nonfinite, m.samples
+            score.nonfinite(),
+            score.samples()
         );
     }
-    if m.preprocessing.is_some() || !m.skipped.is_empty() {
+    if e.preprocessing.is_some() || !e.skipped.is_empty() {
         o.push('\n');
-        data_lines(&mut o, m.preprocessing.as_deref(), &m.skipped);
+        data_lines(&mut o, e.preprocessing.as_deref(), &e.skipped);
     }
     if let Some(min) = min {
-        let verdict = if passes(m, min) { "passed" } else { "FAILED" };
-        let finite = if m.nonfinite > 0 { ", all logits finite" } else { "" };
-        let _ = writeln!(o, "\nthreshold: top-1 ≥ {:.2}%{finite} — {verdict}", min * 100.0);
+        let verdict = if passes(&score, min) { "passed" } else { "FAILED" };
+        let finite = if score.nonfinite() > 0 { ", all logits finite" } else { "" };
+        let _ = writeln!(o, "\nthreshold: {} ≥ {}{finite} — {verdict}", task.score_name(), task.format_score(min));
     }
     o
 }
 
-/// The `--min-accuracy` verdict: top-1 at least `min`, and no sample with non-finite logits.
-pub fn passes(m: &Metrics, min: f64) -> bool {
-    m.top1 >= min && m.nonfinite == 0
+/// The `--min-accuracy` verdict: the score at least `min`, and no sample with non-finite outputs.
+pub fn passes(s: &Score, min: f64) -> bool {
+    s.value() >= min && s.nonfinite() == 0
 }
 
 /// Why `model` (`None` for the one model of `swa evaluate`) failed `--min-accuracy`.
-pub fn gate_failure(model: Option<&str>, top1: f64, nonfinite: usize, min: Option<f64>) -> String {
+pub fn gate_failure(model: Option<&str>, task: &Task, s: &Score, min: Option<f64>) -> String {
     let min = min.unwrap_or_default();
     let subject = model.map_or(String::new(), |m| format!("{m} "));
+    let (name, value, nonfinite) = (task.score_name(), s.value(), s.nonfinite());
     if nonfinite > 0 {
         format!(
-            "{subject}fails --min-accuracy {min} whatever its top-1 ({top1:.4}): {nonfinite} samples gave non-finite \
+            "{subject}fails --min-accuracy {min} whatever its {name} ({value:.4}): {nonfinite} samples gave non-finite \
              logits (NaN or Inf)"
         )
     } else {
-        format!("{subject}top-1 {top1:.4} is below --min-accuracy {min}")
+        format!("{subject}{name} {value:.4} is below --min-accuracy {min}")
     }
-}
-
-fn score(s: &Score) -> String {
-    format!("{:.2}% ({}/{}), loss {:.4}", s.top1 * 100.0, s.correct, s.samples, s.loss)
 }
 
 /// What `swa soup` did: every candidate tried, in order, and the soup against the best single one.
@@ -271,17 +264,17 @@ pub fn soup(s: &SoupSummary) -> String {
     let _ =
         writeln!(o, "{:<36} {:>24} {:>24}  kept", "candidate (best alone first)", "select alone", "select in the soup");
     for c in &s.candidates {
-        let alone = format!("{:.2}% / {:.4}", c.select_alone.top1 * 100.0, c.select_alone.loss);
-        let soup =
-            c.select_in_soup.as_ref().map_or("–".to_string(), |x| format!("{:.2}% / {:.4}", x.top1 * 100.0, x.loss));
+        let alone = c.select_alone.brief();
+        let soup = c.select_in_soup.as_ref().map_or("–".to_string(), Score::brief);
         let _ = writeln!(o, "{:<36} {alone:>24} {soup:>24}  {}", c.name, if c.kept { "✓" } else { "" });
     }
     let _ = writeln!(o, "ingredients ({}): {}", s.n_models, s.ingredients.join(", "));
-    let _ = writeln!(o, "soup, select split: {}", score(&s.select));
-    let _ = writeln!(o, "best single ({}), select split: {}", s.best_single.name, score(&s.best_single.select));
+    let _ = writeln!(o, "soup, select split: {}", s.select.describe());
+    let _ = writeln!(o, "best single ({}), select split: {}", s.best_single.name, s.best_single.select.describe());
     if let (Some(e), Some(b)) = (&s.eval, &s.best_single.eval) {
-        let _ = writeln!(o, "soup, test split: {}", score(e));
-        let _ = writeln!(o, "best single, test split: {}  (soup {:+.2} pp)", score(b), (e.top1 - b.top1) * 100.0);
+        let _ = writeln!(o, "soup, test split: {}", e.describe());
+        let _ =
+            writeln!(o, "best single, test split: {}  (soup {:+.2} pp)", b.describe(), (e.value() - b.value()) * 100.0);
     }
     wrote(&mut o, &s.created_dirs, &s.outputs);
     o

@@ -140,7 +140,7 @@ impl RunArgs {
             output::warn_nonfinite(&model, n, r.eval_samples);
         }
         let gated = &r.swa_recalibrated;
-        let code = self.gate.min_accuracy.is_some_and(|m| gated.top1 < m || gated.nonfinite > 0) as u8;
+        let code = self.gate.min_accuracy.is_some_and(|m| !render::passes(gated, m)) as u8;
         let mut stdout = if self.format.json { r.json() + "\n" } else { swa::report::markdown(&r) };
         if !self.format.json {
             stdout.push('\n');
@@ -153,8 +153,7 @@ impl RunArgs {
         }
         output::step_summary(&swa::report::markdown(&r));
         if code == 1 {
-            let failure =
-                render::gate_failure(Some("recalibrated SWA"), gated.top1, gated.nonfinite, self.gate.min_accuracy);
+            let failure = render::gate_failure(Some("recalibrated SWA"), &r.task, gated, self.gate.min_accuracy);
             warn!("swa: {failure}");
         }
         Ok(Outcome { stdout, code })

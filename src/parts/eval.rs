@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{complete_order, Disagreement, Identity};
 use crate::error::{Error, Result};
-use crate::evaluate::{self, EvalOptions, EvaluateOptions, Metrics, MetricsAccumulator};
+use crate::evaluate::{self, Counts, EvalOptions, EvaluateOptions, Evaluation};
 use crate::onnx::bind::Binder;
 use crate::onnx::Model;
 use crate::part::Part;
@@ -40,8 +40,8 @@ pub struct PartialEval {
     pub first_sample: usize,
     /// Samples of this part.
     pub samples: usize,
-    /// The counts and the loss sum.
-    pub counts: MetricsAccumulator,
+    /// What the part counted (classification: the counts and the loss sum).
+    pub counts: Counts,
 }
 
 fn file_name(p: &Path) -> String {
@@ -126,12 +126,12 @@ pub fn read(path: &Path) -> Result<PartialEval> {
 /// Checks that `partials` (read from `files`) are every part of one evaluation (same model and
 /// weights hashes and key, input and label file names, sample count, batch size and k; every part
 /// once, each with the samples its part gets) and adds their counts in part order.
-pub fn merge(files: &[PathBuf], partials: &[PartialEval]) -> Result<(Identity, Metrics)> {
+pub fn merge(files: &[PathBuf], partials: &[PartialEval]) -> Result<(Identity, Evaluation)> {
     let parts: Vec<Part> = partials.iter().map(|p| p.shard).collect();
     let order = complete_order(files, &parts)?;
     let (f0, first) = (&files[order[0]], &partials[order[0]]);
     let total_batches = first.total_samples.div_ceil(first.batch_size.max(1));
-    let mut acc = MetricsAccumulator::new(first.counts.finish().k);
+    let mut acc = Counts::new(&first.counts.state.task());
     for &k in &order {
         let (file, p) = (&files[k], &partials[k]);
         let mut why = Disagreement::new(&first.identity, &p.identity);

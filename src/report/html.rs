@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use super::table::{self, Table};
-use super::{pct, points, Report};
+use super::Report;
 
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
@@ -29,10 +29,10 @@ impl Frame {
         let mut values: Vec<f64> = r
             .checkpoints
             .iter()
-            .flat_map(|c| std::iter::once(c.stored.top1).chain(c.recalibrated.as_ref().map(|x| x.top1)))
+            .flat_map(|c| std::iter::once(c.stored.value()).chain(c.recalibrated.as_ref().map(|x| x.value())))
             .collect();
-        values.extend([r.swa_stored.top1, r.swa_recalibrated.top1]);
-        values.extend(r.soup.iter().map(|soup| soup.eval.top1));
+        values.extend([r.swa_stored.value(), r.swa_recalibrated.value()]);
+        values.extend(r.soup.iter().map(|soup| soup.eval.value()));
         let lo = values.iter().copied().fold(1.0, f64::min);
         let hi = values.iter().copied().fold(0.0, f64::max);
         let pad = ((hi - lo) * 0.1).max(0.01);
@@ -69,7 +69,7 @@ impl Frame {
                 w - right,
                 left - 6.0,
                 self.y(v) + 4.0,
-                pct(v),
+                r.task.format_score(v),
                 y = self.y(v)
             );
         }
@@ -114,7 +114,7 @@ impl Frame {
                     r#"<circle class="point {name}" data-checkpoint="{label}" data-top1="{v:.6}" cx="{:.1}" cy="{:.1}" r="4" fill="{color}"><title>{label}: {}</title></circle>"#,
                     self.x(i),
                     self.y(*v),
-                    pct(*v)
+                    r.task.format_score(*v)
                 );
             }
         }
@@ -128,7 +128,7 @@ impl Frame {
                 r##"<circle class="ingredient" data-checkpoint="{}" cx="{:.1}" cy="{:.1}" r="8" fill="none" stroke="#9467bd" stroke-width="2"/>"##,
                 escape(&c.name),
                 self.x(i),
-                self.y(c.stored.top1)
+                self.y(c.stored.value())
             );
         }
     }
@@ -167,19 +167,20 @@ pub fn chart(r: &Report) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        r#"<svg id="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="top-1 accuracy per checkpoint">"#,
+        r#"<svg id="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{label} per checkpoint">"#,
+        label = r.task.score_label(),
         w = f.w,
         h = f.h
     );
     let _ = write!(s, r##"<rect x="0" y="0" width="{}" height="{}" fill="#fff"/>"##, f.w, f.h);
     f.axes(r, &mut s);
-    let stored: Vec<Option<f64>> = r.checkpoints.iter().map(|c| Some(c.stored.top1)).collect();
+    let stored: Vec<Option<f64>> = r.checkpoints.iter().map(|c| Some(c.stored.value())).collect();
     let recalibrated: Vec<Option<f64>> =
-        r.checkpoints.iter().map(|c| c.recalibrated.as_ref().map(|x| x.top1)).collect();
+        r.checkpoints.iter().map(|c| c.recalibrated.as_ref().map(|x| x.value())).collect();
     f.series(r, "stored", "#1f77b4", &stored, &mut s);
     f.series(r, "recalibrated", "#ff7f0e", &recalibrated, &mut s);
-    f.level("swa-stored", "#7f7f7f", "6 4", r.swa_stored.top1, &mut s);
-    f.level("swa-recalibrated", "#2ca02c", "", r.swa_recalibrated.top1, &mut s);
+    f.level("swa-stored", "#7f7f7f", "6 4", r.swa_stored.value(), &mut s);
+    f.level("swa-recalibrated", "#2ca02c", "", r.swa_recalibrated.value(), &mut s);
     let mut legend = vec![
         ("#1f77b4", "", "checkpoint, stored stats"),
         ("#ff7f0e", "", "checkpoint, recalibrated"),
@@ -187,7 +188,7 @@ pub fn chart(r: &Report) -> String {
         ("#2ca02c", "", "SWA, recalibrated"),
     ];
     if let Some(soup) = &r.soup {
-        f.level("soup", "#9467bd", "2 3", soup.eval.top1, &mut s);
+        f.level("soup", "#9467bd", "2 3", soup.eval.value(), &mut s);
         f.ingredients(r, &soup.ingredients, &mut s);
         legend.push(("#9467bd", "2 3", "soup (rings: in it)"));
     }
@@ -222,13 +223,13 @@ pub fn html(r: &Report) -> String {
         (Some(soup), Some(t)) => format!(
             "<h2>{} soup</h2><p>{}</p>{}",
             escape(&soup.method),
-            escape(&super::soup_sentence(soup)),
+            escape(&super::soup_sentence(&r.task, soup)),
             render(&t)
         ),
         _ => String::new(),
     };
     let times = render(&table::timings(r));
-    let gain_class = if r.gain_top1 >= 0.0 { "gain" } else { "loss" };
+    let gain_class = if r.gain.value() >= 0.0 { "gain" } else { "loss" };
     format!(
         r#"<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>SWA report</title>
@@ -241,7 +242,7 @@ th:first-child,td:first-child{{text-align:left}} .meta{{color:#555}} .gain{{colo
 </style></head><body>
 <h1>SWA report</h1>
 <p class="meta">Model <code>{model}</code> · {eval} held-out samples · recalibration: <code>{stats}</code> statistics, batch {batch}, {train} training samples · device {device}</p>{data}
-<p>Recalibrated SWA: <strong>{swa}</strong> top-1, <strong class="{gain_class}" id="gain">{gain}</strong> over the best checkpoint ({best}, {best_acc}).</p>{warning}
+<p>Recalibrated SWA: <strong>{swa}</strong> {score}, <strong class="{gain_class}" id="gain">{gain}</strong> over the best checkpoint ({best}, {best_acc}).</p>{warning}
 {chart}
 <h2>Summary</h2>{summary}
 <h2>Checkpoints</h2>{checkpoints}
@@ -258,10 +259,11 @@ th:first-child,td:first-child{{text-align:left}} .meta{{color:#555}} .gain{{colo
         train = r.train_samples,
         device = escape(&r.device),
         data = r.data.iter().map(|l| format!("\n<p class=\"meta\">{}</p>", escape(l))).collect::<String>(),
-        swa = pct(r.swa_recalibrated.top1),
-        gain = points(r.gain_top1),
+        swa = r.task.format_score(r.swa_recalibrated.value()),
+        score = escape(r.task.score_name()),
+        gain = r.task.format_gain(r.gain.value()),
         best = escape(&r.best.name),
-        best_acc = pct(r.best.top1),
+        best_acc = r.task.format_score(r.best.figures.value()),
         chart = chart(r),
         warning = r
             .nonfinite_warning()

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::table::{self, Align, Table};
-use super::{points, Report};
+use super::Report;
 
 /// `text` as the content of one table cell: a `|` or a line break (possible in a file name) would
 /// otherwise end the cell or the row, and forge others.
@@ -60,7 +60,12 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(s, "## Summary\n");
     s.push_str(&render(&table::summary(r)));
-    let _ = writeln!(s, "\nGain of recalibrated SWA over the best checkpoint: **{}** top-1.\n", points(r.gain_top1));
+    let _ = writeln!(
+        s,
+        "\nGain of recalibrated SWA over the best checkpoint: **{}** {}.\n",
+        r.task.format_gain(r.gain.value()),
+        r.task.score_name()
+    );
     if let Some(warning) = r.nonfinite_warning() {
         let _ = writeln!(s, "**Warning:** {warning}\n");
     }
@@ -69,7 +74,7 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "\n\"++\": the same weights with BatchNorm statistics recalibrated on the training samples.\n");
     if let (Some(soup), Some(table)) = (&r.soup, table::soup(r)) {
         let _ = writeln!(s, "## {} soup\n", soup.method);
-        let _ = writeln!(s, "{}\n", super::soup_sentence(soup));
+        let _ = writeln!(s, "{}\n", super::soup_sentence(&r.task, soup));
         s.push_str(&render(&table));
         s.push('\n');
     }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub use html::html;
 pub use markdown::markdown;
 
-use crate::evaluate::Score;
+use crate::tasks::{Best, Gain, Score, Task};
 
 /// One checkpoint's row.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -50,8 +50,9 @@ pub struct Report {
     pub stats: String,
     /// Recalibration batch size.
     pub batch_size: usize,
-    /// k of top-k.
-    pub k: usize,
+    /// The task the models were scored by, with its settings (classification: `k`).
+    #[serde(flatten)]
+    pub task: Task,
     /// Where it ran.
     pub device: String,
     /// Every evaluated checkpoint, in order.
@@ -62,10 +63,11 @@ pub struct Report {
     pub swa_stored: Score,
     /// SWA after recalibration.
     pub swa_recalibrated: Score,
-    /// The best single checkpoint (by top-1, over both columns).
+    /// The best single checkpoint (by the task's score, over both columns).
     pub best: BestCheckpoint,
-    /// Top-1 of the recalibrated SWA model minus the best checkpoint's.
-    pub gain_top1: f64,
+    /// The recalibrated SWA model's score minus the best checkpoint's (`gain_top1`).
+    #[serde(flatten)]
+    pub gain: Gain,
     /// Time per stage.
     pub timings: Vec<Timing>,
     /// The model soup made beside SWA (`swa run --soup`).
@@ -115,60 +117,38 @@ pub struct BestCheckpoint {
     pub name: String,
     /// `stored` or `recalibrated`.
     pub statistics: String,
-    /// Its top-1.
-    pub top1: f64,
-    /// Its top-k (absent in reports written before it existed).
-    #[serde(default, deserialize_with = "null_is_nan_opt")]
-    pub topk: Option<f64>,
-    /// Its loss (absent in reports written before it existed).
-    #[serde(default, deserialize_with = "null_is_nan_opt")]
-    pub loss: Option<f64>,
-}
-
-/// An optional number that JSON may have written as `null` because it was NaN.
-fn null_is_nan_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    Ok(Some(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN)))
+    /// Its figures.
+    #[serde(flatten)]
+    pub figures: Best,
 }
 
 impl Report {
-    /// The best checkpoint by top-1 (first on ties), over stored and recalibrated statistics.
-    pub fn best_of(rows: &[CheckpointRow]) -> BestCheckpoint {
-        let mut best = BestCheckpoint {
-            name: String::new(),
-            statistics: "stored".into(),
-            top1: f64::NEG_INFINITY,
-            topk: None,
-            loss: None,
-        };
+    /// The best checkpoint by the task's score (first on ties), over stored and recalibrated
+    /// statistics; `None` without checkpoints.
+    pub fn best_of(rows: &[CheckpointRow]) -> Option<BestCheckpoint> {
+        let mut best: Option<(f64, BestCheckpoint)> = None;
         for r in rows {
             for (kind, s) in [("stored", Some(&r.stored)), ("recalibrated", r.recalibrated.as_ref())] {
-                if let Some(s) = s {
-                    if s.top1 > best.top1 {
-                        best = BestCheckpoint {
-                            name: r.name.clone(),
-                            statistics: kind.into(),
-                            top1: s.top1,
-                            topk: Some(s.topk),
-                            loss: Some(s.loss),
-                        };
-                    }
+                if let Some(s) = s.filter(|s| best.as_ref().is_none_or(|(b, _)| s.value() > *b)) {
+                    let figures = s.best();
+                    best = Some((s.value(), BestCheckpoint { name: r.name.clone(), statistics: kind.into(), figures }));
                 }
             }
         }
-        best
+        best.map(|(_, b)| b)
     }
 
     /// Every model that gave non-finite logits, and for how many samples (`++`: recalibrated).
     pub fn nonfinite(&self) -> Vec<(String, usize)> {
         let mut out = Vec::new();
         for r in &self.checkpoints {
-            out.push((r.name.clone(), r.stored.nonfinite));
+            out.push((r.name.clone(), r.stored.nonfinite()));
             if let Some(s) = &r.recalibrated {
-                out.push((format!("{} ++", r.name), s.nonfinite));
+                out.push((format!("{} ++", r.name), s.nonfinite()));
             }
         }
-        out.push(("SWA".into(), self.swa_stored.nonfinite));
-        out.push(("SWA ++".into(), self.swa_recalibrated.nonfinite));
+        out.push(("SWA".into(), self.swa_stored.nonfinite()));
+        out.push(("SWA ++".into(), self.swa_recalibrated.nonfinite()));
         out.retain(|(_, n)| *n > 0);
         out
     }
@@ -200,28 +180,19 @@ impl Report {
 }
 
 /// How a soup's ingredients were chosen, in one sentence for people.
-pub(crate) fn soup_sentence(soup: &SoupReport) -> String {
+pub(crate) fn soup_sentence(task: &Task, soup: &SoupReport) -> String {
     let judged = if soup.recalibrated {
         "each candidate and each soup judged with BatchNorm statistics recalibrated for its own weights"
     } else {
         "judged with averaged stored statistics"
     };
     format!(
-        "{} ingredient(s) chosen on the select split ({} on it), {judged}; on the held-out set: {} top-1.",
+        "{} ingredient(s) chosen on the select split ({} on it), {judged}; on the held-out set: {} {}.",
         soup.ingredients.len(),
-        pct(soup.select.top1),
-        pct(soup.eval.top1)
+        task.format_score(soup.select.value()),
+        task.format_score(soup.eval.value()),
+        task.score_name()
     )
-}
-
-/// A fraction as a percentage with two decimals.
-pub(crate) fn pct(x: f64) -> String {
-    format!("{:.2}%", x * 100.0)
-}
-
-/// A signed difference in percentage points.
-pub(crate) fn points(x: f64) -> String {
-    format!("{:+.2} pp", x * 100.0)
 }
 
 #[cfg(test)]
@@ -229,7 +200,19 @@ mod tests {
     use super::*;
 
     fn score(correct: usize, topk: f64, loss: f64) -> Score {
-        Score { correct, samples: 200, top1: correct as f64 / 200.0, topk, loss, nonfinite: 0 }
+        Score::Classification(crate::tasks::classification::Score {
+            correct,
+            samples: 200,
+            top1: correct as f64 / 200.0,
+            topk,
+            loss,
+            nonfinite: 0,
+        })
+    }
+
+    fn nonfinite(s: &mut Score, n: usize) {
+        let Score::Classification(c) = s;
+        c.nonfinite = n;
     }
 
     /// A report built by hand: three checkpoints, one without recalibrated figures, names that
@@ -255,7 +238,7 @@ mod tests {
                 recalibrated: None,
             },
         ];
-        let best = Report::best_of(&checkpoints);
+        let best = Report::best_of(&checkpoints).unwrap();
         Report {
             tool: "swa (test)".into(),
             model: "resnet.onnx".into(),
@@ -263,12 +246,12 @@ mod tests {
             eval_samples: 200,
             stats: "precise".into(),
             batch_size: 64,
-            k: 5,
+            task: Task::Classification(crate::tasks::Classification { k: 5 }),
             device: "cpu".into(),
             averaged: vec!["epoch_2<&>.safetensors".into(), "last.safetensors".into()],
             swa_stored: score(150, 0.96, 0.6),
             swa_recalibrated: score(176, 0.995, 0.35),
-            gain_top1: 176.0 / 200.0 - best.top1,
+            gain: Gain::Classification(176.0 / 200.0 - best.figures.value()),
             best,
             checkpoints,
             timings: vec![
@@ -318,16 +301,21 @@ mod tests {
         v["swa_stored"].as_object_mut().unwrap().remove("nonfinite");
         v["swa_stored"]["loss"] = serde_json::Value::Null;
         let back: Report = serde_json::from_value(v).unwrap();
-        assert_eq!(back.swa_stored.nonfinite, 0);
-        assert!(back.swa_stored.loss.is_nan());
+        assert_eq!(back.swa_stored.nonfinite(), 0);
+        let Score::Classification(stored) = &back.swa_stored;
+        assert!(stored.loss.is_nan());
+        // Every field, the task's flattened ones (`k`, `gain_top1`, the best's figures) included,
+        // reads back as written.
+        let r = report();
+        assert_eq!(serde_json::from_str::<Report>(&r.json()).unwrap(), r);
     }
 
     #[test]
     fn models_with_non_finite_logits_are_named_in_every_format() {
         let mut r = report();
         assert!(r.nonfinite().is_empty() && !markdown(&r).contains("Non-finite"));
-        r.swa_recalibrated.nonfinite = 7;
-        r.checkpoints[0].stored.nonfinite = 200;
+        nonfinite(&mut r.swa_recalibrated, 7);
+        nonfinite(&mut r.checkpoints[0].stored, 200);
         assert_eq!(r.nonfinite(), [("epoch_1.safetensors".to_string(), 200), ("SWA ++".to_string(), 7)]);
         assert!(markdown(&r).contains("epoch_1.safetensors (200 of 200), SWA ++ (7 of 200)"));
         assert!(html(&r).contains("SWA ++ (7 of 200)"));

@@ -1,6 +1,6 @@
 //! The report's tables, built once from a [`Report`] and rendered by each format.
 
-use super::{pct, Report};
+use super::Report;
 
 /// One cell: its text, and whether it is emphasised. `None` is a value the report does not have
 /// (rendered as an empty cell).
@@ -48,62 +48,53 @@ pub struct Table {
     pub rows: Vec<Vec<Cell>>,
 }
 
-fn loss(x: f64) -> String {
-    format!("{x:.4}")
+/// Cells of figures, as cells.
+fn cells(figures: Vec<Option<String>>) -> Vec<Cell> {
+    figures.into_iter().map(|t| t.map_or_else(Cell::none, Cell::text)).collect()
 }
 
-/// The best checkpoint, and the SWA model with stored and with recalibrated statistics.
+/// The best checkpoint, and the SWA model with stored and with recalibrated statistics (its score
+/// emphasised), and the soup where there is one.
 pub fn summary(r: &Report) -> Table {
     use Align::*;
-    Table {
-        header: vec!["model".into(), "top-1".into(), format!("top-{}", r.k), "loss".into()],
-        align: vec![Left, Right, Right, Right],
-        rows: [
-            vec![
-                Cell::text(format!("best checkpoint: {} ({} statistics)", r.best.name, r.best.statistics)),
-                Cell::text(pct(r.best.top1)),
-                r.best.topk.map_or_else(Cell::none, |x| Cell::text(pct(x))),
-                r.best.loss.map_or_else(Cell::none, |x| Cell::text(loss(x))),
-            ],
-            vec![
-                Cell::text("SWA, newest checkpoint's statistics"),
-                Cell::text(pct(r.swa_stored.top1)),
-                Cell::text(pct(r.swa_stored.topk)),
-                Cell::text(loss(r.swa_stored.loss)),
-            ],
-            vec![
-                Cell::strong("SWA, recalibrated"),
-                Cell::strong(pct(r.swa_recalibrated.top1)),
-                Cell::text(pct(r.swa_recalibrated.topk)),
-                Cell::text(loss(r.swa_recalibrated.loss)),
-            ],
-        ]
-        .into_iter()
-        .chain(r.soup.iter().map(|soup| {
-            vec![
-                Cell::text(format!(
-                    "{} soup of {} ({})",
-                    soup.method,
-                    soup.ingredients.len(),
-                    soup.ingredients.join(", ")
-                )),
-                Cell::text(pct(soup.eval.top1)),
-                Cell::text(pct(soup.eval.topk)),
-                Cell::text(loss(soup.eval.loss)),
-            ]
-        }))
-        .collect(),
+    let columns = r.task.columns();
+    let mut header = vec!["model".to_string()];
+    header.extend(columns.iter().map(|c| c.header.clone()));
+    let row =
+        |name: Cell, figures: Vec<Option<String>>| std::iter::once(name).chain(cells(figures)).collect::<Vec<_>>();
+    let mut recalibrated = row(Cell::strong("SWA, recalibrated"), r.swa_recalibrated.cells());
+    if let Some(score) = recalibrated.get_mut(1) {
+        score.strong = true;
     }
+    let mut rows = vec![
+        row(
+            Cell::text(format!("best checkpoint: {} ({} statistics)", r.best.name, r.best.statistics)),
+            r.best.figures.cells(),
+        ),
+        row(Cell::text("SWA, newest checkpoint's statistics"), r.swa_stored.cells()),
+        recalibrated,
+    ];
+    rows.extend(r.soup.iter().map(|soup| {
+        row(
+            Cell::text(format!("{} soup of {} ({})", soup.method, soup.ingredients.len(), soup.ingredients.join(", "))),
+            soup.eval.cells(),
+        )
+    }));
+    Table { header, align: std::iter::once(Left).chain(columns.iter().map(|_| Right)).collect(), rows }
 }
 
-/// A soup's candidates in the order tried: select accuracy alone and in the soup, kept or not.
+/// A soup's candidates in the order tried: the select score alone and in the soup, kept or not.
 pub fn soup(r: &Report) -> Option<Table> {
     use Align::*;
     let soup = r.soup.as_ref()?;
+    let score = r.task.score_name();
     Some(Table {
-        header: ["candidate (best alone first)", "select top-1 alone", "select top-1 in the soup", "kept"]
-            .map(String::from)
-            .to_vec(),
+        header: vec![
+            "candidate (best alone first)".into(),
+            format!("select {score} alone"),
+            format!("select {score} in the soup"),
+            "kept".into(),
+        ],
         align: vec![Left, Right, Right, Center],
         rows: soup
             .candidates
@@ -111,8 +102,8 @@ pub fn soup(r: &Report) -> Option<Table> {
             .map(|c| {
                 vec![
                     Cell::text(&c.name),
-                    Cell::text(pct(c.select_alone)),
-                    Cell::text(c.select_in_soup.map_or("–".to_string(), pct)),
+                    Cell::text(r.task.format_score(c.select_alone)),
+                    Cell::text(c.select_in_soup.map_or("–".to_string(), |x| r.task.format_score(x))),
                     Cell::text(if c.kept { "✓" } else { "" }),
                 ]
             })
@@ -120,32 +111,32 @@ pub fn soup(r: &Report) -> Option<Table> {
     })
 }
 
-/// Every checkpoint: in the average or not, its stored and recalibrated accuracy and loss.
+/// Every checkpoint: in the average or not, its figures with stored statistics, and the compact
+/// ones with recalibrated statistics ("++").
 pub fn checkpoints(r: &Report) -> Table {
     use Align::*;
-    let header = ["checkpoint", "in SWA", "top-1", &format!("top-{}", r.k), "loss", "top-1 ++", "loss ++"];
+    let columns = r.task.columns();
+    let compact: Vec<usize> = (0..columns.len()).filter(|&i| columns[i].compact).collect();
+    let mut header = vec!["checkpoint".to_string(), "in SWA".to_string()];
+    header.extend(columns.iter().map(|c| c.header.clone()));
+    header.extend(compact.iter().map(|&i| format!("{} ++", columns[i].header)));
     let rows = r
         .checkpoints
         .iter()
         .map(|c| {
-            let (acc, l) =
-                c.recalibrated.as_ref().map_or(("–".into(), "–".into()), |x| (pct(x.top1), loss(x.loss)));
-            vec![
-                Cell::text(&c.name),
-                Cell::text(if r.averaged.contains(&c.name) { "✓" } else { "" }),
-                Cell::text(pct(c.stored.top1)),
-                Cell::text(pct(c.stored.topk)),
-                Cell::text(loss(c.stored.loss)),
-                Cell::text(acc),
-                Cell::text(l),
-            ]
+            let mut row = vec![Cell::text(&c.name), Cell::text(if r.averaged.contains(&c.name) { "✓" } else { "" })];
+            row.extend(cells(c.stored.cells()));
+            let recalibrated = c.recalibrated.as_ref().map(|x| x.cells());
+            row.extend(compact.iter().map(|&i| match &recalibrated {
+                Some(figures) => figures[i].clone().map_or_else(Cell::none, Cell::text),
+                None => Cell::text("–"),
+            }));
+            row
         })
         .collect();
-    Table {
-        header: header.iter().map(|h| h.to_string()).collect(),
-        align: vec![Left, Center, Right, Right, Right, Right, Right],
-        rows,
-    }
+    let mut align = vec![Left, Center];
+    align.extend(std::iter::repeat_n(Right, columns.len() + compact.len()));
+    Table { header, align, rows }
 }
 
 /// Seconds per stage.

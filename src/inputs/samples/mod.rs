@@ -184,7 +184,6 @@ impl Samples {
         Samples { path: self.path, source: Box::new(WithTargets::new(self.source, targets)) }
     }
 
-
     /// Every sample's class index, where the source has its targets up front as class indices.
     pub fn labels(&self) -> Option<&[i64]> {
         match &self.source.targets()?.values {

@@ -1,0 +1,390 @@
+//! Classification: logits `[N, classes]` against class indices — top-1, top-k, mean
+//! cross-entropy, per-class accuracy. The score is top-1 accuracy.
+//!
+//! A sample whose logits are not all finite (NaN or ±Inf anywhere in its row) is never a correct
+//! prediction: it counts as wrong for top-1 and top-k, is counted in [`Metrics::nonfinite`], and is
+//! left out of the mean cross-entropy (which is NaN when no sample has finite logits). Comparisons
+//! with NaN are false, so without this rule an all-NaN model would be "100% correct".
+
+use std::cmp::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Column, Context};
+use crate::batch::{Tensor, Values};
+use crate::error::{Error, Result};
+use crate::runtime::Fetched;
+
+/// Classification, and k of its top-k accuracy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Classification {
+    /// k of top-k.
+    pub k: usize,
+}
+
+impl Classification {
+    /// A fresh state.
+    pub fn state(&self) -> State {
+        State {
+            k: self.k.max(1),
+            classes: None,
+            samples: 0,
+            correct: 0,
+            correct_k: 0,
+            loss: 0.0,
+            nonfinite: 0,
+            per_class: Vec::new(),
+        }
+    }
+
+    /// The columns of a score, as table headers: `top-1`, `top-k`, `loss`.
+    pub fn headers(&self) -> Vec<Column> {
+        vec![Column::new("top-1", true), Column::new(format!("top-{}", self.k), false), Column::new("loss", true)]
+    }
+}
+
+/// Counts and an f64 sum of the losses, batch by batch: what a part of an evaluation writes and
+/// parts merge by adding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    k: usize,
+    classes: Option<usize>,
+    samples: usize,
+    correct: usize,
+    correct_k: usize,
+    loss: f64,
+    nonfinite: usize,
+    per_class: Vec<(usize, usize)>,
+}
+
+impl State {
+    /// Adds a batch of logits [n, classes] (row-major) and their labels; `labels_path` names
+    /// the labels in messages.
+    pub fn add(&mut self, logits: &[f32], classes: usize, labels: &[i64], labels_path: &std::path::Path) -> Result<()> {
+        self.classes.get_or_insert(classes);
+        self.per_class.resize(classes, (0, 0));
+        for (row, &label) in logits.chunks_exact(classes).zip(labels) {
+            if label < 0 || label as usize >= classes {
+                return Err(Error::format(
+                    labels_path,
+                    format!(
+                        "label {label} at sample {} is out of range for {classes} classes (the model's logits)",
+                        self.samples
+                    ),
+                ));
+            }
+            let y = label as usize;
+            self.per_class[y].0 += 1;
+            self.samples += 1;
+            if !row.iter().all(|v| v.is_finite()) {
+                self.nonfinite += 1;
+                continue;
+            }
+            let target = row[y];
+            let above = row.iter().enumerate().filter(|&(j, &v)| v > target || (v == target && j < y)).count();
+            if above == 0 {
+                self.correct += 1;
+                self.per_class[y].1 += 1;
+            }
+            if above < self.k {
+                self.correct_k += 1;
+            }
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+            self.loss += lse - target as f64;
+        }
+        Ok(())
+    }
+
+    /// Adds a batch: the model's first output (logits `[N, classes]`) and the batch's targets
+    /// (class indices).
+    pub fn update(&mut self, output: &Fetched, targets: Option<&Tensor>, at: &Context) -> Result<()> {
+        let n = targets.map_or(0, |t| t.shape.first().copied().unwrap_or(0));
+        let shape = &output.shape;
+        if shape.len() != 2 || shape[0] as usize != n {
+            return Err(Error::format(
+                at.model,
+                format!(
+                    "output `{}` has shape {shape:?} for a batch of {n}; evaluation needs logits [N, classes]",
+                    at.output
+                ),
+            ));
+        }
+        if let Some(classes) = at.classes.filter(|c| c.len() > shape[1] as usize) {
+            return Err(Error::format(
+                at.inputs,
+                format!(
+                    "has {} class folders, but the model gives logits for {} classes: the folders must be the \
+                     model's classes (sorted by name, as torchvision's ImageFolder indexes them)",
+                    classes.len(),
+                    shape[1]
+                ),
+            ));
+        }
+        let labels = match targets.map(|t| (&t.values, t.shape.len())) {
+            Some((Values::I64(labels), 1)) => labels,
+            _ => {
+                return Err(Error::format(
+                    at.targets,
+                    "holds targets that are not class indices (one integer per sample)",
+                ))
+            }
+        };
+        self.add(&output.data, shape[1] as usize, labels, at.targets)
+    }
+
+    /// Adds another part's counts and loss sum (the same k); fails when the parts' models give
+    /// different numbers of classes.
+    pub fn merge(&mut self, other: &State) -> std::result::Result<(), String> {
+        if self.k != other.k {
+            return Err(format!("top-{} and top-{} counts cannot be added", self.k, other.k));
+        }
+        match (self.classes, other.classes) {
+            (Some(a), Some(b)) if a != b => return Err(format!("logits of {a} and of {b} classes")),
+            (None, Some(b)) => self.classes = Some(b),
+            _ => {}
+        }
+        self.samples += other.samples;
+        self.correct += other.correct;
+        self.correct_k += other.correct_k;
+        self.loss += other.loss;
+        self.nonfinite += other.nonfinite;
+        if self.per_class.len() < other.per_class.len() {
+            self.per_class.resize(other.per_class.len(), (0, 0));
+        }
+        for (mine, theirs) in self.per_class.iter_mut().zip(&other.per_class) {
+            mine.0 += theirs.0;
+            mine.1 += theirs.1;
+        }
+        Ok(())
+    }
+
+    /// Samples counted so far.
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+
+    /// The task these counts are for.
+    pub fn task(&self) -> Classification {
+        Classification { k: self.k }
+    }
+
+    /// The metrics so far.
+    pub fn finish(&self) -> Metrics {
+        let n = self.samples.max(1) as f64;
+        Metrics {
+            samples: self.samples,
+            correct: self.correct,
+            top1: self.correct as f64 / n,
+            k: self.k,
+            topk: self.correct_k as f64 / n,
+            loss: match self.samples - self.nonfinite {
+                0 => f64::NAN,
+                finite => self.loss / finite as f64,
+            },
+            per_class: self
+                .per_class
+                .iter()
+                .enumerate()
+                .filter(|(_, (total, _))| *total > 0)
+                .map(|(class, &(total, ok))| ClassAccuracy {
+                    class,
+                    samples: total,
+                    accuracy: ok as f64 / total as f64,
+                })
+                .collect(),
+            nonfinite: self.nonfinite,
+        }
+    }
+}
+
+/// Metrics over a labelled set.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Metrics {
+    /// Samples evaluated.
+    pub samples: usize,
+    /// Correct top-1 predictions.
+    pub correct: usize,
+    /// Top-1 accuracy.
+    pub top1: f64,
+    /// k of top-k.
+    pub k: usize,
+    /// Top-k accuracy.
+    pub topk: f64,
+    /// Mean cross-entropy over the samples with finite logits (NaN when there are none).
+    #[serde(deserialize_with = "super::null_is_nan")]
+    pub loss: f64,
+    /// Accuracy per class (classes with samples).
+    pub per_class: Vec<ClassAccuracy>,
+    /// Samples whose logits were not all finite (NaN or Inf): counted wrong, left out of `loss`.
+    pub nonfinite: usize,
+}
+
+/// One class's accuracy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClassAccuracy {
+    /// Class index.
+    pub class: usize,
+    /// Samples of that class.
+    pub samples: usize,
+    /// Top-1 accuracy on them.
+    pub accuracy: f64,
+}
+
+impl Metrics {
+    /// The JSON `swa evaluate` prints: these fields, and `topK` for the k asked (`top5`).
+    pub fn json_extras(&self) -> Vec<(String, serde_json::Value)> {
+        vec![(format!("top{}", self.k), self.topk.into())]
+    }
+}
+
+/// One model's figures on a held-out set, as reports and soups list them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Score {
+    /// Correct top-1 predictions.
+    pub correct: usize,
+    /// Samples.
+    pub samples: usize,
+    /// Top-1 accuracy.
+    pub top1: f64,
+    /// Top-k accuracy.
+    pub topk: f64,
+    /// Mean cross-entropy over the samples with finite logits (NaN, `null` in JSON, when none).
+    #[serde(deserialize_with = "super::null_is_nan")]
+    pub loss: f64,
+    /// Samples whose logits were not all finite: counted wrong, left out of `loss` (absent in
+    /// reports written before it existed).
+    #[serde(default)]
+    pub nonfinite: usize,
+}
+
+impl From<&Metrics> for Score {
+    fn from(m: &Metrics) -> Self {
+        Score {
+            correct: m.correct,
+            samples: m.samples,
+            top1: m.top1,
+            topk: m.topk,
+            loss: m.loss,
+            nonfinite: m.nonfinite,
+        }
+    }
+}
+
+/// A loss for comparisons: NaN (every logit non-finite) is the worst.
+fn comparable_loss(loss: f64) -> f64 {
+    if loss.is_nan() {
+        f64::INFINITY
+    } else {
+        loss
+    }
+}
+
+impl Score {
+    /// Better first: more correct predictions, then a lower loss (NaN, when every logit was
+    /// non-finite, is the worst). A total order.
+    pub fn compare(&self, other: &Score) -> Ordering {
+        other.correct.cmp(&self.correct).then(comparable_loss(self.loss).total_cmp(&comparable_loss(other.loss)))
+    }
+
+    /// Table cells under [`Classification::headers`].
+    pub fn cells(&self) -> Vec<Option<String>> {
+        vec![Some(super::pct(self.top1)), Some(super::pct(self.topk)), Some(loss(self.loss))]
+    }
+
+    /// `95.33% (143/150), loss 0.3075`.
+    pub fn describe(&self) -> String {
+        format!("{:.2}% ({}/{}), loss {:.4}", self.top1 * 100.0, self.correct, self.samples, self.loss)
+    }
+
+    /// `95.33% / 0.3075`.
+    pub fn brief(&self) -> String {
+        format!("{:.2}% / {:.4}", self.top1 * 100.0, self.loss)
+    }
+}
+
+fn loss(x: f64) -> String {
+    format!("{x:.4}")
+}
+
+/// The best checkpoint's figures in a report: top-1, and top-k and loss where the report has them
+/// (reports written before they existed do not).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Best {
+    /// Its top-1.
+    pub top1: f64,
+    /// Its top-k.
+    #[serde(default, deserialize_with = "super::null_is_nan_opt")]
+    pub topk: Option<f64>,
+    /// Its loss.
+    #[serde(default, deserialize_with = "super::null_is_nan_opt")]
+    pub loss: Option<f64>,
+}
+
+impl From<&Score> for Best {
+    fn from(s: &Score) -> Self {
+        Best { top1: s.top1, topk: Some(s.topk), loss: Some(s.loss) }
+    }
+}
+
+impl Best {
+    /// Table cells under [`Classification::headers`].
+    pub fn cells(&self) -> Vec<Option<String>> {
+        vec![Some(super::pct(self.top1)), self.topk.map(super::pct), self.loss.map(loss)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn metrics_from_logits() {
+        let logits = [2.0, 1.0, 0.0, 0.0, 1.0, 2.0, 5.0, 4.0, 6.0];
+        let mut acc = Classification { k: 2 }.state();
+        acc.add(&logits, 3, &[0, 1, 1], Path::new("y.npy")).unwrap();
+        let m = acc.finish();
+        assert_eq!((m.samples, m.correct), (3, 1));
+        assert!((m.topk - 2.0 / 3.0).abs() < 1e-12);
+        let ce = |row: &[f64], y: usize| row.iter().map(|v| v.exp()).sum::<f64>().ln() - row[y];
+        let expected = (ce(&[2.0, 1.0, 0.0], 0) + ce(&[0.0, 1.0, 2.0], 1) + ce(&[5.0, 4.0, 6.0], 1)) / 3.0;
+        assert!((m.loss - expected).abs() < 1e-9);
+        assert!(acc.add(&logits[..3], 3, &[3], Path::new("y.npy")).unwrap_err().to_string().contains("out of range"));
+        assert_eq!(m.nonfinite, 0);
+    }
+
+    #[test]
+    fn non_finite_logits_are_wrong_counted_and_left_out_of_the_loss() {
+        let mut acc = Classification { k: 2 }.state();
+        let logits = [f32::NAN, f32::NAN, 0.0, 1.0, f32::INFINITY, 0.0, 3.0, 1.0, 0.0];
+        acc.add(&logits, 3, &[0, 0, 0], Path::new("y.npy")).unwrap();
+        let m = acc.finish();
+        assert_eq!((m.samples, m.correct, m.nonfinite), (3, 1, 2));
+        assert!((m.topk - 1.0 / 3.0).abs() < 1e-12);
+        let ce = [3.0f64, 1.0, 0.0].iter().map(|v| v.exp()).sum::<f64>().ln() - 3.0;
+        assert!((m.loss - ce).abs() < 1e-9, "{}", m.loss);
+        assert_eq!(m.per_class, [ClassAccuracy { class: 0, samples: 3, accuracy: 1.0 / 3.0 }]);
+        let mut all_nan = Classification { k: 1 }.state();
+        all_nan.add(&[f32::NAN; 2], 2, &[1], Path::new("y.npy")).unwrap();
+        let m = all_nan.finish();
+        assert_eq!((m.correct, m.nonfinite, m.top1), (0, 1, 0.0));
+        assert!(m.loss.is_nan());
+    }
+
+    #[test]
+    fn the_order_of_scores_is_total_when_a_loss_is_nan() {
+        let s = |loss: f64| Score { correct: 3, samples: 10, top1: 0.3, topk: 0.3, loss, nonfinite: 0 };
+        let all = [s(1.0), s(f64::NAN), s(2.0)];
+        for a in &all {
+            for b in &all {
+                for c in &all {
+                    if a.compare(b).is_lt() && b.compare(c).is_lt() {
+                        assert!(a.compare(c).is_lt());
+                    }
+                }
+            }
+        }
+        assert!(s(2.0).compare(&s(f64::NAN)).is_lt() && s(1.0).compare(&s(2.0)).is_lt());
+    }
+}
