@@ -10,8 +10,9 @@
 //! when the select accuracy does not drop (equal accuracy: when the loss does not rise). The eval
 //! (test) split, if given, is only reported, never used to choose.
 //!
-//! The running sum holds every floating-point tensor in f64 (8 bytes per parameter): soups are
-//! for models that ONNX Runtime runs, not for 100 GB checkpoints (`swa average` streams those).
+//! The running sum holds every floating-point tensor in f64 (8 bytes per parameter), added and
+//! divided by `swa average`'s kernel: soups are for models that ONNX Runtime runs, not for 100 GB
+//! checkpoints (`swa average` streams those).
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -220,7 +221,13 @@ impl Kitchen<'_> {
     }
 }
 
-/// The uniform average of checkpoints, kept as a running f64 sum of every floating-point tensor.
+/// The uniform average of checkpoints, kept as a running f64 sum of every floating-point tensor,
+/// in the order the ingredients were added. The sums and the average are `swa average`'s kernel
+/// ([`dtype::accumulate`], [`dtype::encode_quotients`]): every element accumulated in f64 and
+/// divided once by the count, rounded once to its dtype, so a soup equals `swa average` of its
+/// ingredients in that order (with `--buffers average`) bit for bit. Non-finite values carry
+/// through, as with `--allow-nonfinite`: the judging pass reports a non-finite weight, or the
+/// evaluation counts the non-finite outputs.
 struct Sum {
     reference: Checkpoint,
     sums: BTreeMap<String, Vec<f64>>,
@@ -231,7 +238,9 @@ impl Sum {
     fn new(first: Checkpoint) -> Self {
         let mut sums = BTreeMap::new();
         for t in first.tensors().iter().filter(|t| dtype::is_float(t.dtype)) {
-            sums.insert(t.name.clone(), dtype::to_f64(t.dtype, first.bytes(t)));
+            let mut sum = vec![0.0; t.numel()];
+            dtype::accumulate(t.dtype, first.bytes(t), 1.0, &mut sum, true);
+            sums.insert(t.name.clone(), sum);
         }
         Sum { reference: first, sums, count: 1 }
     }
@@ -240,7 +249,7 @@ impl Sum {
     fn add(&mut self, ck: &Checkpoint) {
         for (name, sum) in &mut self.sums {
             let t = ck.get(name).expect("candidates are checked compatible");
-            sum.iter_mut().zip(dtype::to_f64(t.dtype, ck.bytes(t))).for_each(|(a, v)| *a += v);
+            dtype::accumulate(t.dtype, ck.bytes(t), 1.0, sum, false);
         }
         self.count += 1;
     }
@@ -256,11 +265,10 @@ impl Sum {
                     let mut values = sum.clone();
                     if let Some(e) = extra {
                         let u = e.get(&t.name).expect("candidates are checked compatible");
-                        values.iter_mut().zip(dtype::to_f64(u.dtype, e.bytes(u))).for_each(|(a, v)| *a += v);
+                        dtype::accumulate(u.dtype, e.bytes(u), 1.0, &mut values, false);
                     }
-                    values.iter_mut().for_each(|v| *v /= n);
                     let mut bytes = vec![0u8; values.len() * dtype::width(t.dtype)];
-                    dtype::encode(t.dtype, &values, &mut bytes);
+                    dtype::encode_quotients(t.dtype, &values, n, &mut bytes);
                     bytes
                 }
                 None => self.reference.bytes(t).to_vec(),

@@ -89,9 +89,22 @@ fn top_k_and_no_recalibration_equal_pytorch() {
     assert_eq!(names(&s["ingredients"]), names(&expected()["top3"]["ingredients"]));
     assert_eq!(s["select"]["correct"], expected()["top3"]["select_correct"]);
     assert_eq!(s["eval"]["correct"], expected()["top3"]["test_correct"]);
-    let s = soup(&dir.path().join("raw.safetensors"), &["--method", "uniform", "--no-recalibrate"]);
+    let raw = dir.path().join("raw.safetensors");
+    let s = soup(&raw, &["--method", "uniform", "--no-recalibrate"]);
     assert_eq!(s["recalibrated"], false);
     assert_eq!(s["select"]["correct"], expected()["no_recalibrate_uniform"]["select_correct"]);
+    // The soup's sums are `swa average`'s kernel: the same floats, bit for bit, as the average of
+    // the same checkpoints with their float buffers averaged (integers come from the first
+    // ingredient in a soup, the newest checkpoint in an average).
+    let avg = dir.path().join("avg.safetensors");
+    swa()
+        .arg("average")
+        .arg(fixture("cnn/checkpoints"))
+        .args(["--buffers", "average", "-o"])
+        .arg(&avg)
+        .assert()
+        .success();
+    assert_close(&raw, &avg, 0.0, 0.0, |n| !n.ends_with("num_batches_tracked"));
 }
 
 #[test]
