@@ -42,6 +42,7 @@ pub mod progress;
 pub mod recalibrate;
 pub mod report;
 pub mod runtime;
+mod simd;
 pub mod soup;
 pub mod tasks;
 

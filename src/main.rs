@@ -48,6 +48,11 @@ fn ignored(signal: i32) -> bool {
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    // SAFETY: swa's inputs must not change while it runs (docs/formats.md, "Inputs"): swa never
+    // writes them (every output is checked not to be an input), and a run whose inputs' sizes or
+    // times changed writes nothing (`fs::Stamps`). What is left is another process truncating an
+    // input mid-run, which the user is told not to do, as for every mmap-based reader.
+    unsafe { swa::fs::allow_maps() };
     discard_staged_on_signals();
     match cli::execute(&args) {
         Ok(outcome) => {

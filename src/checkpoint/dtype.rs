@@ -7,6 +7,8 @@
 use half::f16;
 use safetensors::Dtype;
 
+use crate::simd::dispatch;
+
 /// Bytes per element (0 for the sub-byte types, which are never averaged).
 pub fn width(dtype: Dtype) -> usize {
     dtype.bitsize() / 8
@@ -101,40 +103,6 @@ macro_rules! fused {
     }};
 }
 
-/// Calls `$avx2` (the same loops compiled for AVX2) when the CPU has it, else `$any`; with
-/// `$avx512` too, that one (compiled for AVX-512 F, BW and VL) on CPUs with all three.
-macro_rules! dispatch {
-    ($any:ident, $avx2:ident, $avx512:ident; $($arg:expr),*) => {{
-        #[cfg(target_arch = "x86_64")]
-        let result = if std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512bw")
-            && std::is_x86_feature_detected!("avx512vl")
-        {
-            // SAFETY: the CPU supports AVX-512 F, BW and VL (what the `$avx512` functions are
-            // compiled with), checked just above.
-            unsafe { $avx512($($arg),*) }
-        } else {
-            $crate::checkpoint::dtype::dispatch!($any, $avx2, $($arg),*)
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let result = $any($($arg),*);
-        result
-    }};
-    ($any:ident, $avx2:ident, $($arg:expr),*) => {{
-        #[cfg(target_arch = "x86_64")]
-        let result = if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            unsafe { $avx2($($arg),*) }
-        } else {
-            $any($($arg),*)
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let result = $any($($arg),*);
-        result
-    }};
-}
-pub(crate) use dispatch;
-
 /// The fused loop for 16-bit floats (bf16, f16).
 macro_rules! fused_16bit {
     ($dtype:expr, $bytes:expr, $weight:expr, $acc:expr, $first:expr) => {
@@ -185,26 +153,14 @@ fn accumulate_any(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64], firs
     }
 }
 
-/// The same loops compiled for AVX2 (no FMA: every element sees the same multiply and add, so
-/// results are identical with and without it).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn accumulate_avx2(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64], first: bool) {
-    accumulate_any(dtype, bytes, weight, acc, first)
-}
-
-/// The same loops compiled for AVX-512 (no FMA either).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn accumulate_avx512(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64], first: bool) {
-    accumulate_any(dtype, bytes, weight, acc, first)
-}
-
-/// `acc[i] += weight * x[i]` for the float tensor bytes `bytes`, or `acc[i] = weight * x[i]` for the
-/// `first` input. NaN and Inf carry through: a NaN or Inf input (even with weight zero) makes its
-/// sums NaN or Inf, so callers look for non-finite inputs only where a sum is one.
-pub fn accumulate(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64], first: bool) {
-    dispatch!(accumulate_any, accumulate_avx2, accumulate_avx512; dtype, bytes, weight, acc, first)
+dispatch! {
+    /// `acc[i] += weight * x[i]` for the float tensor bytes `bytes`, or `acc[i] = weight * x[i]` for
+    /// the `first` input. NaN and Inf carry through: a NaN or Inf input (even with weight zero)
+    /// makes its sums NaN or Inf, so callers look for non-finite inputs only where a sum is one.
+    /// Compiled for AVX-512 and AVX2 too, without FMA: every element sees the same multiply and
+    /// add, so results are identical on every CPU.
+    pub fn accumulate(dtype: Dtype, bytes: &[u8], weight: f64, acc: &mut [f64], first: bool) = accumulate_any;
+    levels: avx512
 }
 
 /// `v` rounded once to the nearest bf16 (ties to even), as the f64 of that bf16: `as f32` is then
@@ -312,16 +268,15 @@ fn any_nonfinite_any(dtype: Dtype, bytes: &[u8]) -> bool {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn any_nonfinite_avx2(dtype: Dtype, bytes: &[u8]) -> bool {
-    any_nonfinite_any(dtype, bytes)
+dispatch! {
+    /// Whether float tensor bytes hold a non-finite value (vectorised: no early exit).
+    fn any_nonfinite(dtype: Dtype, bytes: &[u8]) -> bool = any_nonfinite_any; levels: avx2
 }
 
 /// Index of the first non-finite value of a float tensor's bytes (a vectorised pass says whether
 /// there is one before a scalar one finds it).
 pub fn first_nonfinite(dtype: Dtype, bytes: &[u8]) -> Option<usize> {
-    if !is_float(dtype) || !dispatch!(any_nonfinite_any, any_nonfinite_avx2, dtype, bytes) {
+    if !is_float(dtype) || !any_nonfinite(dtype, bytes) {
         return None;
     }
     each_float!(dtype, bytes, |i, v| {
@@ -360,16 +315,10 @@ fn encode_any(dtype: Dtype, values: &[f64], divisor: impl Divisor, out: &mut [u8
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn encode_avx2(dtype: Dtype, values: &[f64], divisor: impl Divisor, out: &mut [u8]) {
-    encode_any(dtype, values, divisor, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn encode_avx512(dtype: Dtype, values: &[f64], divisor: impl Divisor, out: &mut [u8]) {
-    encode_any(dtype, values, divisor, out)
+dispatch! {
+    /// [`encode_any`] compiled for the CPU.
+    fn encode_with(dtype: Dtype, values: &[f64], divisor: impl Divisor, out: &mut [u8]) = encode_any;
+    levels: avx512
 }
 
 /// Encodes `values` as `dtype` into `out` (which holds exactly `values.len()` elements), each
@@ -384,9 +333,9 @@ pub fn encode_quotients(dtype: Dtype, values: &[f64], divisor: f64, out: &mut [u
     // the loop without the division (a vdivpd per 4 elements, the costliest instruction of an
     // average) is a fifth of the averaging time: uniform averages of 2^k checkpoints divide by 1.
     if divisor == 1.0 {
-        dispatch!(encode_any, encode_avx2, encode_avx512; dtype, values, NoDivision, out)
+        encode_with(dtype, values, NoDivision, out)
     } else {
-        dispatch!(encode_any, encode_avx2, encode_avx512; dtype, values, divisor, out)
+        encode_with(dtype, values, divisor, out)
     }
 }
 

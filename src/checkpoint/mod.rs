@@ -16,7 +16,6 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 pub use ::safetensors::Dtype;
-use memmap2::Mmap;
 
 pub use format::{Format, FORMATS};
 pub use safetensors::SafetensorsWriter;
@@ -24,7 +23,7 @@ pub use sharded::find_index;
 pub use write::{stage_tensors, write_tensors, TensorSpec};
 
 use crate::error::{Error, Result};
-use crate::fs::map_file;
+use crate::fs::{map_input, Input};
 
 /// One tensor of a checkpoint: its name, type, shape and where its bytes are.
 #[derive(Debug, Clone)]
@@ -52,16 +51,17 @@ impl TensorEntry {
     }
 }
 
-/// The bytes behind a checkpoint's tensors.
+/// The bytes behind a checkpoint's tensors: an input file (mapped, or read), or bytes a reader
+/// made.
 enum Buffer {
-    Mapped(Mmap),
+    File(Input),
     Owned(Vec<u8>),
 }
 
 impl Buffer {
     fn bytes(&self) -> &[u8] {
         match self {
-            Buffer::Mapped(m) => m,
+            Buffer::File(f) => f,
             Buffer::Owned(v) => v,
         }
     }
@@ -145,7 +145,7 @@ impl Checkpoint {
 
     /// Maps one safetensors file, validates its header and adds its tensors; returns its metadata.
     pub fn add_safetensors(&mut self, path: &Path) -> Result<BTreeMap<String, String>> {
-        self.add_source(path, Buffer::Mapped(map_file(path)?))
+        self.add_source(path, Buffer::File(map_input(path)?))
     }
 
     fn add_source(&mut self, path: &Path, buffer: Buffer) -> Result<BTreeMap<String, String>> {
@@ -174,14 +174,14 @@ impl Checkpoint {
         Ok(meta.metadata().clone().unwrap_or_default().into_iter().collect())
     }
 
-    /// Adds a memory-mapped file (of another format) as a source of tensor bytes, for
-    /// [`Checkpoint::push_view`]; returns its source number.
-    pub fn add_mapped(&mut self, path: &Path, map: Mmap) -> usize {
-        self.sources.push(Source { path: path.to_path_buf(), buffer: Buffer::Mapped(map) });
+    /// Adds an input file (of another format, mapped or read: [`map_input`]) as a source of
+    /// tensor bytes, for [`Checkpoint::push_view`]; returns its source number.
+    pub fn add_input(&mut self, path: &Path, input: Input) -> usize {
+        self.sources.push(Source { path: path.to_path_buf(), buffer: Buffer::File(input) });
         self.sources.len() - 1
     }
 
-    /// Adds a tensor whose bytes are `range` of source `source` (from [`Checkpoint::add_mapped`]),
+    /// Adds a tensor whose bytes are `range` of source `source` (from [`Checkpoint::add_input`]),
     /// checking the range lies within it and holds the bytes of `shape`.
     pub fn push_view(
         &mut self,

@@ -302,26 +302,17 @@ fn horizontal<const C: usize>(row: &[u8], out: &mut [u8], taps: &Taps, cols: &st
     }
 }
 
-/// `acc[i] += row[i] * k`: the vertical pass's inner loop, in AVX2 where the CPU has it (the
-/// same integer arithmetic, eight lanes at a time).
-fn multiply_add(acc: &mut [i32], row: &[u8], k: i32) {
-    fn plain(acc: &mut [i32], row: &[u8], k: i32) {
-        for (s, &v) in acc.iter_mut().zip(row) {
-            *s += v as i32 * k;
-        }
+#[inline(always)]
+fn multiply_add_plain(acc: &mut [i32], row: &[u8], k: i32) {
+    for (s, &v) in acc.iter_mut().zip(row) {
+        *s += v as i32 * k;
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        fn avx2(acc: &mut [i32], row: &[u8], k: i32) {
-            plain(acc, row, k)
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { avx2(acc, row, k) };
-        }
-    }
-    plain(acc, row, k)
+}
+
+crate::simd::dispatch! {
+    /// `acc[i] += row[i] * k`: the vertical pass's inner loop, in AVX2 where the CPU has it (the
+    /// same integer arithmetic, eight lanes at a time).
+    fn multiply_add(acc: &mut [i32], row: &[u8], k: i32) = multiply_add_plain; levels: avx2
 }
 
 /// `img` resized to `out_h`×`out_w` by Pillow's bilinear resampler, computing only the window of

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use half::f16;
-use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 
@@ -49,19 +48,8 @@ impl NpyType {
     }
 }
 
-enum Bytes {
-    Mapped(Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Bytes {
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            Bytes::Mapped(m) => m,
-            Bytes::Owned(v) => v,
-        }
-    }
-}
+/// An array file's bytes: the input file (mapped, or read), or an `.npz` member decompressed.
+type Bytes = crate::fs::Input;
 
 /// An array: its bytes (mapped, or decompressed from an npz), type and shape.
 #[derive(Clone)]
@@ -91,7 +79,7 @@ impl std::fmt::Debug for Array {
 
 impl Array {
     fn data(&self) -> &[u8] {
-        &self.bytes.as_slice()[self.data.clone()]
+        &self.bytes[self.data.clone()]
     }
 
     /// Number of samples (the first dimension).
@@ -228,36 +216,35 @@ fn parse_header(path: &Path, name: &str, bytes: &[u8]) -> Result<(NpyType, Vec<u
 
 /// Opens a `.npy` file.
 pub fn open_npy(path: &Path) -> Result<Array> {
-    let map = crate::fs::map_file(path)?;
-    npy_array(path, Bytes::Mapped(map))
+    npy_array(path, crate::fs::map_input(path)?)
 }
 
 /// Parses `.npy` bytes (read from `path`, which only names it in errors): the same checks as
 /// [`open_npy`], without a file.
 pub fn parse_npy(path: &Path, bytes: Vec<u8>) -> Result<Array> {
-    npy_array(path, Bytes::Owned(bytes))
+    npy_array(path, Bytes::Read(bytes))
 }
 
 fn npy_array(path: &Path, bytes: Bytes) -> Result<Array> {
-    let (dtype, shape, data) = parse_header(path, "", bytes.as_slice())?;
+    let (dtype, shape, data) = parse_header(path, "", &bytes)?;
     Ok(Array { path: path.to_path_buf(), name: String::new(), dtype, shape, bytes: Arc::new(bytes), data })
 }
 
 /// Opens every array of an `.npz` file, by name. Stored members are memory-mapped; compressed
 /// ones are decompressed into memory.
 pub fn open_npz(path: &Path) -> Result<Vec<Array>> {
-    npz_arrays(path, Arc::new(Bytes::Mapped(crate::fs::map_file(path)?)))
+    npz_arrays(path, Arc::new(crate::fs::map_input(path)?))
 }
 
 /// Parses `.npz` bytes (read from `path`, which only names it in errors): the same checks as
 /// [`open_npz`], without a file.
 pub fn parse_npz(path: &Path, bytes: Vec<u8>) -> Result<Vec<Array>> {
-    npz_arrays(path, Arc::new(Bytes::Owned(bytes)))
+    npz_arrays(path, Arc::new(Bytes::Read(bytes)))
 }
 
 fn npz_arrays(path: &Path, file: Arc<Bytes>) -> Result<Vec<Array>> {
     let corrupt = |e: zip::result::ZipError| Error::format(path, format!("corrupt .npz: {e}"));
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(file.as_slice()))
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&file[..]))
         .map_err(|e| Error::format(path, format!("not a valid .npz (zip) file: {e}")))?;
     let mut arrays = Vec::new();
     for i in 0..zip.len() {
@@ -271,7 +258,7 @@ fn npz_arrays(path: &Path, file: Arc<Bytes>) -> Result<Vec<Array>> {
             let size = usize::try_from(member.compressed_size()).ok();
             let range = start.zip(size).and_then(|(s, n)| Some(s..s.checked_add(n)?));
             let range = range
-                .filter(|r| r.end <= file.as_slice().len())
+                .filter(|r| r.end <= file.len())
                 .ok_or_else(|| what("truncated: the member's data lies beyond the end of the file".into()))?;
             (file.clone(), range)
         } else {
@@ -279,10 +266,10 @@ fn npz_arrays(path: &Path, file: Arc<Bytes>) -> Result<Vec<Array>> {
             std::io::Read::read_to_end(&mut member, &mut buf)
                 .map_err(|e| what(format!("cannot decompress the member: {e}")))?;
             let len = buf.len();
-            (Arc::new(Bytes::Owned(buf)), 0..len)
+            (Arc::new(Bytes::Read(buf)), 0..len)
         };
         let base = member_range.start;
-        let (dtype, shape, data) = parse_header(path, &name, &bytes.as_slice()[member_range])?;
+        let (dtype, shape, data) = parse_header(path, &name, &bytes[member_range])?;
         let data = base + data.start..base + data.end;
         arrays.push(Array { path: path.to_path_buf(), name, dtype, shape, bytes, data });
     }

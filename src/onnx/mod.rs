@@ -18,7 +18,7 @@ pub use proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, 
 
 use crate::checkpoint::{dtype, Checkpoint};
 use crate::error::{Error, Result};
-use crate::fs::{map_file, Outputs, StagedFile};
+use crate::fs::{map_input, Input, Outputs, StagedFile};
 
 /// An ONNX model's initializers, read as a checkpoint under their ONNX names (for averaging
 /// exported models, and for `inspect`).
@@ -395,7 +395,7 @@ impl Model {
     fn resolve_external(&mut self) -> Result<()> {
         let dir = crate::fs::parent_dir(&self.path).to_path_buf();
         let mut canonical_dir = None;
-        let mut maps: HashMap<PathBuf, memmap2::Mmap> = HashMap::new();
+        let mut maps: HashMap<PathBuf, Input> = HashMap::new();
         for t in &mut self.proto.graph.as_mut().expect("checked").initializer {
             if t.data_location() != DataLocation::External {
                 continue;
@@ -437,7 +437,7 @@ impl Model {
                 )));
             }
             if !maps.contains_key(&resolved) {
-                maps.insert(resolved.clone(), map_file(&file)?);
+                maps.insert(resolved.clone(), map_input(&file)?);
             }
             let map = &maps[&resolved];
             let data = map.get(offset..end).ok_or_else(|| {

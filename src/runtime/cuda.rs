@@ -262,6 +262,7 @@ fn dlopen(name: &std::ffi::OsStr, flags: i32) -> Result<(), String> {
     Err(if err.is_null() {
         "unknown error".into()
     } else {
+        // SAFETY: not null, so a C string that stays valid until the next dl* call on this thread.
         unsafe { std::ffi::CStr::from_ptr(err) }.to_string_lossy().into_owned()
     })
 }

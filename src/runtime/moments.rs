@@ -60,8 +60,10 @@ struct Outputs {
     var: *mut f32,
 }
 
-// SAFETY: the tasks write disjoint elements (one channel each) of buffers that outlive them.
+// SAFETY: the pointers are only written through `Outputs::set`, by tasks that write disjoint
+// elements (one channel each) of buffers that outlive them.
 unsafe impl Send for Outputs {}
+// SAFETY: as for `Send`: shared between tasks, each writing its own channel only.
 unsafe impl Sync for Outputs {}
 
 impl Outputs {
@@ -154,22 +156,10 @@ pub struct Channel {
     pub len: usize,
 }
 
-/// The mean and biased variance of a channel's values, accumulated in f64 as deviations from
-/// its first value. (NaN, NaN) with a non-finite value, or with no values.
-pub fn moments(x: &[f32], ch: Channel) -> (f64, f64) {
-    crate::checkpoint::dtype::dispatch!(moments_any, moments_avx2, moments_avx512; x, ch)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn moments_avx2(x: &[f32], ch: Channel) -> (f64, f64) {
-    moments_any(x, ch)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-fn moments_avx512(x: &[f32], ch: Channel) -> (f64, f64) {
-    moments_any(x, ch)
+crate::simd::dispatch! {
+    /// The mean and biased variance of a channel's values, accumulated in f64 as deviations from
+    /// its first value. (NaN, NaN) with a non-finite value, or with no values.
+    pub fn moments(x: &[f32], ch: Channel) -> (f64, f64) = moments_any; levels: avx512
 }
 
 #[inline(always)]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// only: never one of its own layer, nor one above.
 const LAYERS: &[&[&str]] = &[
     &["error"],
-    &["progress", "part", "batch"],
+    &["progress", "part", "batch", "simd"],
     &["fs"],
     &["checkpoint"],
     &["onnx"],

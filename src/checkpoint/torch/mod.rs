@@ -32,7 +32,7 @@ use self::pickle::{Elem, Machine, Obj, ObjId, Value};
 use crate::checkpoint::format::{Claim, Format, Probe, TensorWriter};
 use crate::checkpoint::{dtype, Checkpoint};
 use crate::error::{Error, Result};
-use crate::fs::map_file;
+use crate::fs::map_input;
 
 /// Keys that hold the model's state dict in common training checkpoints, tried in this order when
 /// no key is given (then the top level, when it is itself a state dict).
@@ -116,7 +116,7 @@ impl Format for Torch {
 
 /// Lists a file's contents without reading tensor data.
 pub fn contents(path: &Path) -> Result<Contents> {
-    let map = map_file(path)?;
+    let map = map_input(path)?;
     let archive = Archive::parse(path, &map)?;
     let (machine, top) = archive.unpickle()?;
     Ok(list_contents(&machine, top))
@@ -132,10 +132,10 @@ pub fn contents(path: &Path) -> Result<Contents> {
 /// appear. The metadata holds the top level's simple values (`epoch`, `global_step`…) as text, and
 /// [`TORCH_KEY`] the path read.
 pub fn open(path: &Path, key: Option<&str>) -> Result<Checkpoint> {
-    let map = map_file(path)?;
+    let map = map_input(path)?;
     let plan = plan(path, &map, key)?;
     let mut ck = Checkpoint::empty(path);
-    let source = ck.add_mapped(path, map);
+    let source = ck.add_input(path, map);
     for t in plan.tensors {
         match t.data {
             Data::View(range) => ck.push_view(t.name, t.dtype, t.shape, source, range)?,
