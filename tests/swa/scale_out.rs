@@ -339,11 +339,10 @@ fn parts_started_together_into_a_new_directory_all_create_it() {
         .map(|i| {
             let out = index("new/parts");
             std::thread::spawn(move || {
-                std::process::Command::new(assert_cmd::cargo::cargo_bin("swa"))
+                swa_std()
                     .args(["average", "-q", "--from", "4", "--shard-size", "20KB", "--part", &format!("{i}/3"), "-o"])
                     .arg(out)
                     .arg(cnn("checkpoints"))
-                    .env_remove("GITHUB_STEP_SUMMARY")
                     .output()
                     .unwrap()
             })
@@ -377,7 +376,9 @@ fn the_ray_example_runs_the_job_on_a_local_cluster() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ray/swa_ray.py");
     let run = std::process::Command::new("python3")
         .arg(script)
-        .args(["--swa", env!("CARGO_BIN_EXE_swa"), "--model"])
+        .arg("--swa")
+        .arg(swa_bin())
+        .arg("--model")
         .arg(cnn("model.onnx"))
         .arg("--checkpoints")
         .arg(cnn("checkpoints"))
