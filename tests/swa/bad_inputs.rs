@@ -176,23 +176,31 @@ fn unwritable_output_and_output_equal_to_input() {
     assert_eq!(listing(dir.path()), ["epoch_001.safetensors"]);
 }
 
+#[cfg(unix)]
 #[test]
+#[ignore = "needs root: mounts a 64 KiB tmpfs to fill"]
 fn full_disk_leaves_nothing() {
-    // A 64 KiB tmpfs holds less than the average; mounting needs root, which CI has.
+    // A 64 KiB tmpfs holds less than the average.
+    require_root("mount a tmpfs");
     let dir = tmp();
     let mnt = dir.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
         .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipping full_disk_leaves_nothing: cannot mount a tmpfs here (needs root)");
-        return;
+        .output()
+        .unwrap();
+    assert!(mounted.status.success(), "mount -t tmpfs failed as root: {}", combined(&mounted));
+    /// Unmounts when the test ends, also when it fails.
+    struct Mounted<'a>(&'a Path);
+    impl Drop for Mounted<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
     }
+    let _mounted = Mounted(&mnt);
     let out = mnt.join("out.safetensors");
-    let result = swa()
+    swa()
         .arg("average")
         .arg(fixture("cnn/checkpoints"))
         .arg("-o")
@@ -200,10 +208,7 @@ fn full_disk_leaves_nothing() {
         .assert()
         .code(2)
         .stderr(contains("No space left on device"));
-    drop(result);
-    let left = listing(&mnt);
-    let _ = std::process::Command::new("umount").arg(&mnt).status();
-    assert!(left.is_empty(), "left behind on the full disk: {left:?}");
+    assert!(listing(&mnt).is_empty(), "left behind on the full disk: {:?}", listing(&mnt));
 }
 
 /// Runs `swa recalibrate` with `args` into a fresh directory; checks exit 2, the message, and

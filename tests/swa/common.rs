@@ -346,3 +346,28 @@ pub fn is_fifo(path: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_fifo())
 }
+
+// ---------------------------------------------------------------------------------------------
+// What `#[ignore]`d tests need
+// ---------------------------------------------------------------------------------------------
+
+/// Fails the test unless it runs as root (for device nodes and mounts; CI runs as root).
+#[cfg(unix)]
+pub fn require_root(what: &str) {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test needs root to {what}: run it as root (CI does), or leave it ignored");
+}
+
+/// Fails the test unless `python -c "import <module>"` works; `install` says how to get it.
+pub fn require_python_module(python: &str, module: &str, install: &str) {
+    let o = std::process::Command::new(python).args(["-c", &format!("import {module}")]).output();
+    match o {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!(
+            "this test needs `import {module}` to work in {python} ({install}), or leave it ignored: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => panic!("this test needs {python} with {module} ({install}), or leave it ignored: {e}"),
+    }
+}

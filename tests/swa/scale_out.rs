@@ -360,16 +360,11 @@ fn parts_started_together_into_a_new_directory_all_create_it() {
 }
 
 /// The Ray example on a local cluster of 2 CPUs: the merged model equals `swa recalibrate` on
-/// one machine. Skipped where `import ray` fails, except in CI (`.ci/run` installs ray).
+/// one machine.
 #[test]
+#[ignore = "needs ray: runs examples/ray on a local cluster (python3 -m pip install ray)"]
 fn the_ray_example_runs_the_job_on_a_local_cluster() {
-    let has_ray =
-        std::process::Command::new("python3").args(["-c", "import ray"]).output().is_ok_and(|o| o.status.success());
-    if !has_ray {
-        assert!(std::env::var_os("CI").is_none(), "CI must run the Ray example: python3 -m pip install ray");
-        eprintln!("skipped: `import ray` fails (python3 -m pip install ray)");
-        return;
-    }
+    require_python_module("python3", "ray", "python3 -m pip install ray");
     let d = tmp();
     let out = d.path().join("ray");
     let started = std::time::Instant::now();
