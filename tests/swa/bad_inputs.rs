@@ -1,14 +1,10 @@
 //! Bad input to `swa average`: a clear message naming the file or tensor, exit code 2, and no output.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::common::*;
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
-
-fn ck(n: u32) -> PathBuf {
-    fixture(&format!("mlp/checkpoints/epoch_00{n}.safetensors"))
-}
 
 /// Runs `swa average` over `inputs` into a fresh directory; checks exit 2, the message, and that
 /// the directory is still empty.
@@ -19,34 +15,20 @@ fn fails(inputs: &[&Path], extra: &[&str], message: &str) {
     assert!(listing(dir.path()).is_empty(), "left behind: {:?}", listing(dir.path()));
 }
 
-fn header_of(path: &Path) -> (serde_json::Map<String, serde_json::Value>, Vec<u8>) {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    (serde_json::from_slice(&bytes[8..8 + n]).unwrap(), bytes[8 + n..].to_vec())
-}
-
-fn write_with_header(path: &Path, header: &serde_json::Map<String, serde_json::Value>, data: &[u8]) {
-    let h = serde_json::to_vec(header).unwrap();
-    let mut out = (h.len() as u64).to_le_bytes().to_vec();
-    out.extend(h);
-    out.extend(data);
-    std::fs::write(path, out).unwrap();
-}
-
 #[test]
 fn truncated_file() {
     let dir = tmp();
     let bad = dir.path().join("epoch_009.safetensors");
-    let bytes = std::fs::read(ck(1)).unwrap();
+    let bytes = std::fs::read(mlp_ck(1)).unwrap();
     std::fs::write(&bad, &bytes[..bytes.len() - 100]).unwrap();
-    fails(&[&ck(1), &bad], &[], "epoch_009.safetensors: truncated or corrupt");
+    fails(&[&mlp_ck(1), &bad], &[], "epoch_009.safetensors: truncated or corrupt");
 }
 
 #[test]
 fn header_length_beyond_the_file() {
     let dir = tmp();
     let bad = dir.path().join("short.safetensors");
-    let mut bytes = std::fs::read(ck(1)).unwrap();
+    let mut bytes = std::fs::read(mlp_ck(1)).unwrap();
     bytes[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
     std::fs::write(&bad, bytes).unwrap();
     fails(&[&bad], &[], "short.safetensors: ");
@@ -58,7 +40,7 @@ fn header_length_beyond_the_file() {
 fn bad_json_header() {
     let dir = tmp();
     let bad = dir.path().join("json.safetensors");
-    let mut bytes = std::fs::read(ck(1)).unwrap();
+    let mut bytes = std::fs::read(mlp_ck(1)).unwrap();
     bytes[9] = b'!';
     std::fs::write(&bad, bytes).unwrap();
     fails(&[&bad], &[], "json.safetensors: corrupt safetensors header");
@@ -67,12 +49,12 @@ fn bad_json_header() {
 #[test]
 fn offsets_outside_the_data_or_overlapping() {
     let dir = tmp();
-    let (mut header, data) = header_of(&ck(1));
+    let (mut header, data) = header_of(&mlp_ck(1));
     let bad = dir.path().join("offsets.safetensors");
     header["fc1.weight"]["data_offsets"] = serde_json::json!([0, data.len() + 64]);
     write_with_header(&bad, &header, &data);
     fails(&[&bad], &[], "offsets.safetensors");
-    let (mut header, data) = header_of(&ck(1));
+    let (mut header, data) = header_of(&mlp_ck(1));
     let first = header["bn1.bias"]["data_offsets"].clone();
     header["bn1.weight"]["data_offsets"] = first;
     write_with_header(&bad, &header, &data);
@@ -81,14 +63,14 @@ fn offsets_outside_the_data_or_overlapping() {
 
 #[test]
 fn checkpoints_that_disagree() {
-    fails(&[&ck(1), &fixture("cnn/checkpoints/epoch_001.safetensors")], &[], "checkpoints disagree");
+    fails(&[&mlp_ck(1), &fixture("cnn/checkpoints/epoch_001.safetensors")], &[], "checkpoints disagree");
     let dir = tmp();
-    let (mut header, data) = header_of(&ck(2));
+    let (mut header, data) = header_of(&mlp_ck(2));
     header["head.bias"]["dtype"] = "I32".into();
     let bad = dir.path().join("dtype.safetensors");
     write_with_header(&bad, &header, &data);
-    fails(&[&ck(1), &bad], &[], "I32 in");
-    fails(&[&ck(1), &bad], &[], "`head.bias` is ");
+    fails(&[&mlp_ck(1), &bad], &[], "I32 in");
+    fails(&[&mlp_ck(1), &bad], &[], "`head.bias` is ");
 }
 
 #[test]
@@ -103,23 +85,23 @@ fn empty_selection_and_bad_weights() {
 #[test]
 fn nonfinite_values_error_unless_allowed() {
     let dir = tmp();
-    let (header, mut data) = header_of(&ck(2));
+    let (header, mut data) = header_of(&mlp_ck(2));
     let start = header["fc2.weight"]["data_offsets"][0].as_u64().unwrap() as usize;
     data[start + 12..start + 16].copy_from_slice(&f32::NAN.to_le_bytes());
     let bad = dir.path().join("epoch_002.safetensors");
     write_with_header(&bad, &header, &data);
     fails(
-        &[&ck(1), &bad],
+        &[&mlp_ck(1), &bad],
         &[],
         "epoch_002.safetensors: tensor `fc2.weight`: holds a non-finite value (NaN or Inf) at element 3",
     );
     let out = dir.path().join("ok.safetensors");
-    swa().args(["average", "--allow-nonfinite"]).arg(ck(1)).arg(&bad).arg("-o").arg(&out).assert().success();
+    swa().args(["average", "--allow-nonfinite"]).arg(mlp_ck(1)).arg(&bad).arg("-o").arg(&out).assert().success();
     assert!(values(&out, "fc2.weight")[3].is_nan());
     // A failure once the output's directories are made removes them again.
     swa()
         .arg("average")
-        .arg(ck(1))
+        .arg(mlp_ck(1))
         .arg(&bad)
         .arg("-o")
         .arg(dir.path().join("new/sub/avg.safetensors"))
@@ -136,7 +118,7 @@ fn unwritable_output_and_output_equal_to_input() {
     let out = dir.path().join("missing/dir/out.safetensors");
     swa()
         .arg("average")
-        .arg(ck(1))
+        .arg(mlp_ck(1))
         .arg("-o")
         .arg(&out)
         .assert()
@@ -145,14 +127,14 @@ fn unwritable_output_and_output_equal_to_input() {
         .stdout(contains(format!("created directory {}/\n", dir.path().join("missing/dir").display())));
     assert!(out.is_file());
     std::fs::remove_dir_all(dir.path().join("missing")).unwrap();
-    let json = swa().arg("average").arg(ck(1)).arg("--json").arg("-o").arg(&out).assert().success();
+    let json = swa().arg("average").arg(mlp_ck(1)).arg("--json").arg("-o").arg(&out).assert().success();
     let s: serde_json::Value = serde_json::from_slice(&json.get_output().stdout).unwrap();
     assert_eq!(s["created_dirs"], serde_json::json!([dir.path().join("missing"), dir.path().join("missing/dir")]));
     std::fs::remove_dir_all(dir.path().join("missing")).unwrap();
     std::fs::write(dir.path().join("file"), "x").unwrap();
     swa()
         .arg("average")
-        .arg(ck(1))
+        .arg(mlp_ck(1))
         .arg("-o")
         .arg(dir.path().join("file/dir/out.safetensors"))
         .assert()
@@ -160,31 +142,39 @@ fn unwritable_output_and_output_equal_to_input() {
         .stderr(contains("file: cannot create the output here: not a directory"));
     assert_eq!(listing(dir.path()), ["file"]);
     std::fs::remove_file(dir.path().join("file")).unwrap();
-    // A read-only directory (root may write anywhere: not checked then).
+    // A read-only directory. Root writes anywhere (CAP_DAC_OVERRIDE), so as root (CI) swa runs
+    // without that capability: the directory's mode applies to it as to anyone.
     let locked = dir.path().join("locked");
     std::fs::create_dir(&locked).unwrap();
     std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    let mut unprivileged = if unsafe { libc::geteuid() } == 0 {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"])
+            .arg(swa_bin())
+            .env_remove("GITHUB_STEP_SUMMARY");
+        assert_cmd::Command::from_std(c)
+    } else {
         swa()
-            .arg("average")
-            .arg(ck(1))
-            .arg("-o")
-            .arg(locked.join("new/out.safetensors"))
-            .assert()
-            .code(2)
-            .stderr(contains("locked/new: cannot create the output here: Permission denied"));
-    }
+    };
+    unprivileged
+        .arg("average")
+        .arg(mlp_ck(1))
+        .arg("-o")
+        .arg(locked.join("new/out.safetensors"))
+        .assert()
+        .code(2)
+        .stderr(contains("locked/new: cannot create the output here: Permission denied"));
     std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     assert!(listing(&locked).is_empty());
     std::fs::remove_dir(&locked).unwrap();
     let copy = dir.path().join("epoch_001.safetensors");
-    std::fs::copy(ck(1), &copy).unwrap();
+    std::fs::copy(mlp_ck(1), &copy).unwrap();
     let before = std::fs::read(&copy).unwrap();
     swa()
         .arg("average")
         .arg(&copy)
-        .arg(ck(2))
+        .arg(mlp_ck(2))
         .arg("-o")
         .arg(&copy)
         .assert()
@@ -194,23 +184,31 @@ fn unwritable_output_and_output_equal_to_input() {
     assert_eq!(listing(dir.path()), ["epoch_001.safetensors"]);
 }
 
+#[cfg(unix)]
 #[test]
+#[ignore = "needs root: mounts a 64 KiB tmpfs to fill"]
 fn full_disk_leaves_nothing() {
-    // A 64 KiB tmpfs holds less than the average; mounting needs root, which CI has.
+    // A 64 KiB tmpfs holds less than the average.
+    require_root("mount a tmpfs");
     let dir = tmp();
     let mnt = dir.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
         .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipping full_disk_leaves_nothing: cannot mount a tmpfs here (needs root)");
-        return;
+        .output()
+        .unwrap();
+    assert!(mounted.status.success(), "mount -t tmpfs failed as root: {}", combined(&mounted));
+    /// Unmounts when the test ends, also when it fails.
+    struct Mounted<'a>(&'a Path);
+    impl Drop for Mounted<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
     }
+    let _mounted = Mounted(&mnt);
     let out = mnt.join("out.safetensors");
-    let result = swa()
+    swa()
         .arg("average")
         .arg(fixture("cnn/checkpoints"))
         .arg("-o")
@@ -218,10 +216,7 @@ fn full_disk_leaves_nothing() {
         .assert()
         .code(2)
         .stderr(contains("No space left on device"));
-    drop(result);
-    let left = listing(&mnt);
-    let _ = std::process::Command::new("umount").arg(&mnt).status();
-    assert!(left.is_empty(), "left behind on the full disk: {left:?}");
+    assert!(listing(&mnt).is_empty(), "left behind on the full disk: {:?}", listing(&mnt));
 }
 
 /// Runs `swa recalibrate` with `args` into a fresh directory; checks exit 2, the message, and
@@ -445,28 +440,11 @@ fn recalibrate_cuda_options_on_the_cpu_and_zero_streams() {
 // Messages that point at the real cause
 // ---------------------------------------------------------------------------------------------
 
-/// A copy of MLP checkpoint `n` with `value` at element `at` of `tensor`.
-fn with_value(n: u32, tensor: &str, at: usize, value: f32, to: &Path) {
-    let ck = swa::checkpoint::Checkpoint::open(ck(n)).unwrap();
-    let tensors: Vec<_> = ck
-        .tensors()
-        .iter()
-        .map(|t| {
-            let mut bytes = ck.bytes(t).to_vec();
-            if t.name == tensor {
-                bytes[at * 4..at * 4 + 4].copy_from_slice(&value.to_le_bytes());
-            }
-            (swa::checkpoint::TensorSpec { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }, bytes)
-        })
-        .collect();
-    swa::checkpoint::write_tensors(to, &tensors, &Default::default()).unwrap();
-}
-
 #[test]
 fn recalibrate_nan_in_the_weights_names_the_tensor_not_a_batchnorm_node() {
     let dir = tmp();
     let w = dir.path().join("nan_weights.safetensors");
-    with_value(1, "fc1.weight", 3, f32::NAN, &w);
+    mlp_ck_with_value(1, "fc1.weight", 3, f32::NAN, &w);
     let (m, x) = (fixture("mlp/model.onnx"), fixture("mlp/train.npy"));
     recalibrate_fails(
         &[os(Path::new("--model")), os(&m), os(Path::new("--inputs")), os(&x), os(Path::new("--weights")), os(&w)],
@@ -474,9 +452,9 @@ fn recalibrate_nan_in_the_weights_names_the_tensor_not_a_batchnorm_node() {
     );
     // Non-finite running statistics are what recalibration replaces: they are no reason to refuse.
     let stats = dir.path().join("nan_stats.safetensors");
-    let ck = swa::checkpoint::Checkpoint::open(ck(1)).unwrap();
+    let ck = swa::checkpoint::Checkpoint::open(mlp_ck(1)).unwrap();
     let var = ck.tensors().iter().find(|t| t.name.ends_with("running_var")).unwrap().name.clone();
-    with_value(1, &var, 0, f32::NAN, &stats);
+    mlp_ck_with_value(1, &var, 0, f32::NAN, &stats);
     swa()
         .args(["recalibrate", "--model"])
         .arg(&m)
@@ -495,8 +473,8 @@ fn run_takes_allow_nonfinite_as_its_message_says() {
     let dir = tmp();
     let cks = dir.path().join("ck");
     std::fs::create_dir(&cks).unwrap();
-    with_value(1, "fc1.weight", 0, f32::INFINITY, &cks.join("epoch_001.safetensors"));
-    std::fs::copy(ck(2), cks.join("epoch_002.safetensors")).unwrap();
+    mlp_ck_with_value(1, "fc1.weight", 0, f32::INFINITY, &cks.join("epoch_001.safetensors"));
+    std::fs::copy(mlp_ck(2), cks.join("epoch_002.safetensors")).unwrap();
     let out = dir.path().join("out");
     let run = |extra: &[&str]| run_fixture("mlp", &cks, &out, extra).assert();
     run(&[]).code(2).stderr(contains("tensor `fc1.weight`")).stderr(contains("pass --allow-nonfinite"));
@@ -506,24 +484,6 @@ fn run_takes_allow_nonfinite_as_its_message_says() {
         .stderr(contains("tensor `fc1.weight`: holds a non-finite value"))
         .stderr(contains("BatchNorm statistics cannot be computed"));
     assert!(!dir.path().join("out").exists());
-}
-
-/// Evaluates `model` on the MLP fixture's samples against `labels`.
-fn evaluate_mlp(model: &Path, labels: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
-    swa()
-        .args(["evaluate", "--model"])
-        .arg(model)
-        .arg("--inputs")
-        .arg(fixture("mlp/eval.npy"))
-        .arg("--labels")
-        .arg(labels)
-        .args(extra)
-        .assert()
-}
-
-/// Evaluates `model` on the MLP fixture's data.
-fn evaluate_mlp_model(model: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
-    evaluate_mlp(model, &fixture("mlp/eval_labels.npy"), extra)
 }
 
 #[test]
@@ -549,13 +509,14 @@ fn evaluate_an_integer_first_output_names_it_and_asks_for_float_logits() {
     let declared = dir.path().join("declared.onnx");
     m.save(&declared).unwrap();
     evaluate_mlp_model(&declared, &[])
+        .assert()
         .code(2)
         .stderr(contains("first output `pred` is I64; evaluation expects float32 logits"));
     // Without a declared type, ONNX Runtime's refusal still names the output.
     m.graph_mut().output[0].r#type = None;
     let undeclared = dir.path().join("undeclared.onnx");
     m.save(&undeclared).unwrap();
-    evaluate_mlp_model(&undeclared, &[]).code(2).stderr(contains("output `pred`"));
+    evaluate_mlp_model(&undeclared, &[]).assert().code(2).stderr(contains("output `pred`"));
 }
 
 #[test]
@@ -571,10 +532,11 @@ fn a_fixed_batch_dimension_asks_for_that_batch_size() {
     let fixed = dir.path().join("fixed.onnx");
     m.save(&fixed).unwrap();
     evaluate_mlp_model(&fixed, &[])
+        .assert()
         .code(2)
         .stderr(contains("has a fixed batch dimension of 1 ([1, 32])"))
         .stderr(contains("pass --batch-size 1 (with `swa run`: --eval-batch-size 1)"));
-    evaluate_mlp_model(&fixed, &["--batch-size", "1"]).success();
+    evaluate_mlp_model(&fixed, &["--batch-size", "1"]).assert().success();
     recalibrate_fails(
         &[os(Path::new("--model")), os(&fixed), os(Path::new("--inputs")), os(&fixture("mlp/train.npy"))],
         "but batches of 64 samples were asked for: pass --batch-size 1,",
@@ -587,7 +549,7 @@ fn labels_of_another_dtype_are_told_which_integer_types_work() {
     let y = dir.path().join("y.npy");
     let labels: Vec<f32> = std::iter::repeat_n(1.0, 200).collect();
     write_npy_f32(&y, &[200], &labels);
-    evaluate_mlp(&fixture("mlp/model.onnx"), &y, &[]).code(2).stderr(contains("int64, int32 or uint8"));
+    evaluate_mlp(&fixture("mlp/eval.npy"), &y, &[]).assert().code(2).stderr(contains("int64, int32 or uint8"));
     // An integer type the reader does not take (int16) is not told to use float32.
     let mut bytes = std::fs::read(&y).unwrap();
     let header_end = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
@@ -595,7 +557,8 @@ fn labels_of_another_dtype_are_told_which_integer_types_work() {
     bytes[descr..descr + 3].copy_from_slice(b"<i2");
     bytes.truncate(header_end + 400);
     std::fs::write(&y, bytes).unwrap();
-    evaluate_mlp(&fixture("mlp/model.onnx"), &y, &[])
+    evaluate_mlp(&fixture("mlp/eval.npy"), &y, &[])
+        .assert()
         .code(2)
         .stderr(contains("int64, int32 or uint8"))
         .stderr(contains("use float32").not());
@@ -605,13 +568,12 @@ fn labels_of_another_dtype_are_told_which_integer_types_work() {
 fn a_copied_buffer_that_overflows_the_output_dtype_is_refused() {
     let dir = tmp();
     let big = dir.path().join("big.safetensors");
-    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let spec = |name: &str| swa::checkpoint::TensorSpec {
         name: name.into(),
         dtype: swa::checkpoint::Dtype::F32,
         shape: vec![2],
     };
-    let tensors = [(spec("w"), f32s(&[1.0, 2.0])), (spec("bn.running_var"), f32s(&[3.0, 1e6]))];
+    let tensors = [(spec("w"), f32_bytes(&[1.0, 2.0])), (spec("bn.running_var"), f32_bytes(&[3.0, 1e6]))];
     swa::checkpoint::write_tensors(&big, &tensors, &Default::default()).unwrap();
     fails(
         &[&big],
@@ -623,9 +585,9 @@ fn a_copied_buffer_that_overflows_the_output_dtype_is_refused() {
 #[test]
 fn resume_with_a_negative_n_models_says_it_is_invalid() {
     let dir = tmp();
-    let (mut header, data) = header_of(&ck(1));
+    let (mut header, data) = header_of(&mlp_ck(1));
     header.insert("__metadata__".into(), serde_json::json!({"n_models": "-3"}));
     let prior = dir.path().join("prior.safetensors");
     write_with_header(&prior, &header, &data);
-    fails(&[&ck(2)], &["--resume", prior.to_str().unwrap()], "has an invalid `n_models` in its metadata: \"-3\"");
+    fails(&[&mlp_ck(2)], &["--resume", prior.to_str().unwrap()], "has an invalid `n_models` in its metadata: \"-3\"");
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use predicates::str::contains;
 
-use crate::common::{fixture, swa, tmp};
+use crate::common::{fixture, swa, swa_bin, tmp};
 
 /// `swa doctor --json`, run by `cmd`.
 fn doctor_json(mut cmd: assert_cmd::Command) -> serde_json::Value {
@@ -27,7 +27,7 @@ fn real_library() -> PathBuf {
 fn fake_env(prefix: &Path, library: Option<&Path>) -> (PathBuf, PathBuf) {
     let exe = prefix.join("bin/swa");
     std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
-    std::fs::copy(assert_cmd::cargo::cargo_bin("swa"), &exe).unwrap();
+    std::fs::copy(swa_bin(), &exe).unwrap();
     let sp = prefix.join("lib/python3.11/site-packages");
     let capi = sp.join("onnxruntime/capi");
     std::fs::create_dir_all(&capi).unwrap();

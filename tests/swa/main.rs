@@ -1,5 +1,7 @@
 //! The integration tests: one binary, a module per stage. Expected values come from PyTorch
-//! (fixtures/make_fixtures.py); ONNX Runtime is found the way users find it (pip's onnxruntime).
+//! (fixtures/make_*.py); ONNX Runtime is found the way users find it (pip's onnxruntime). Helpers
+//! are in common.rs; tests that need root, Chromium, Ray or PyTorch are `#[ignore]`d (run them
+//! with `cargo test -- --include-ignored`, as `.ci/run` does).
 
 mod architecture;
 mod average;

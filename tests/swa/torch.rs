@@ -223,19 +223,31 @@ fn average_writes_what_torch_save_writes() {
     let more = dir.path().join("more.pt");
     let s = average_json(&[torch("cnn_pt/epoch_008.pt").as_os_str(), "--resume".as_ref(), pt.as_os_str()], &more);
     assert_eq!(s["n_models"], 9);
-    // When PyTorch is at hand, torch.load(weights_only=True) and load_state_dict take the file.
+}
+
+/// `torch.load(weights_only=True)` takes what `swa average -o NAME.pt` writes, and holds the same
+/// tensors as the safetensors average, in the same order. PyTorch is that of
+/// `SWA_TEST_TORCH_PYTHON` (a venv's python; `.ci/run` makes one), else python3's.
+#[test]
+#[ignore = "needs PyTorch: torch.load reads swa's .pt output (SWA_TEST_TORCH_PYTHON=/path/to/venv/bin/python)"]
+fn torch_load_takes_what_average_writes() {
     let python = std::env::var("SWA_TEST_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_torch = std::process::Command::new(&python).args(["-c", "import torch"]).output();
-    if !has_torch.is_ok_and(|o| o.status.success()) {
-        eprintln!("skipping the torch.load check: no PyTorch for {python} (set SWA_TEST_TORCH_PYTHON)");
-        return;
-    }
+    let install = "pip install torch safetensors, and SWA_TEST_TORCH_PYTHON naming that python";
+    require_python_module(&python, "torch", install);
+    require_python_module(&python, "safetensors.torch", install);
+    let dir = tmp();
+    let pt = dir.path().join("swa.pt");
+    let st = dir.path().join("swa.safetensors");
+    average_json(&[torch("cnn_pt").as_os_str()], &pt);
+    average_json(&[fixture("cnn/checkpoints").as_os_str()], &st);
     let script = "import sys, torch\nsd = torch.load(sys.argv[1], weights_only=True)\n\
                   from safetensors.torch import load_file\nst = load_file(sys.argv[2])\n\
                   assert list(sd) == list(st), (list(sd), list(st))\n\
                   assert all(torch.equal(sd[k], st[k]) for k in sd)\nprint('ok', len(sd))";
     let out = std::process::Command::new(&python).args(["-c", script]).arg(&pt).arg(&st).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{}", combined(&out));
+    let n = open(&st).tensors().len();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ok {n}"), "{}", combined(&out));
 }
 
 /// A torch.save archive (stored members) of `pickle` and `storages` (`ck/data/0`, …), written by
