@@ -1,0 +1,141 @@
+//! The checkpoints of an average: found, selected, weighted (a resumed average first), opened,
+//! and checked to hold the same tensors.
+
+use std::path::Path;
+
+use super::weights::{normalise, relative_weights, KernelWeights, Weighting};
+use super::AverageOptions;
+use crate::checkpoint::{dtype, Checkpoint};
+use crate::error::{Error, Result, Setting};
+use crate::inputs::{self, CheckpointFile, Duplicate};
+
+/// The `n_models` of a resumed average's metadata: a whole number of at least 1.
+pub(super) fn resumed_models(prior: &Path, value: Option<&str>) -> Result<u64> {
+    let Some(value) = value else {
+        return Err(Error::format(prior, "has no `n_models` in its metadata: was it written by `swa average`?"));
+    };
+    value.trim().parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
+        Error::format(prior, format!("has an invalid `n_models` in its metadata: {value:?} is not a whole number ≥ 1"))
+    })
+}
+
+/// Lists the differences between two checkpoints' tensor names, shapes and dtypes (float dtypes
+/// may differ when `any_float` is set).
+fn differences(a: &Checkpoint, b: &Checkpoint, any_float: bool) -> Vec<String> {
+    let (an, bn) = (a.path().display(), b.path().display());
+    let mut diffs = Vec::new();
+    for t in a.tensors() {
+        match b.get(&t.name) {
+            None => diffs.push(format!("`{}` is in {an} but not in {bn}", t.name)),
+            Some(u) if u.shape != t.shape => {
+                diffs.push(format!("`{}` has shape {:?} in {an} but {:?} in {bn}", t.name, t.shape, u.shape))
+            }
+            Some(u) if u.dtype != t.dtype && !(any_float && dtype::is_float(u.dtype) && dtype::is_float(t.dtype)) => {
+                diffs.push(format!("`{}` is {:?} in {an} but {:?} in {bn}", t.name, t.dtype, u.dtype))
+            }
+            _ => {}
+        }
+    }
+    for t in b.tensors() {
+        if a.get(&t.name).is_none() {
+            diffs.push(format!("`{}` is in {bn} but not in {an}", t.name));
+        }
+    }
+    diffs
+}
+
+/// Fails unless every checkpoint has the same tensors (names, shapes, dtypes) as the last.
+/// A resumed average (`resumed`: the first checkpoint) may hold its floats in another dtype.
+pub fn check_compatible(checkpoints: &[&Checkpoint], resumed: bool) -> Result<()> {
+    let mut all = Vec::new();
+    let (last, others) = checkpoints.split_last().expect("at least one checkpoint");
+    for (i, other) in others.iter().enumerate() {
+        all.extend(differences(other, last, resumed && i == 0));
+    }
+    if all.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = all.iter().take(5).map(|d| format!("  {d}")).collect();
+    let more = if all.len() > 5 { format!("\n  … and {} more", all.len() - 5) } else { String::new() };
+    Err(Error::Mismatch(format!("checkpoints disagree ({} differences):\n{}{more}", all.len(), shown.join("\n"))))
+}
+
+/// The checkpoints of an average, opened, in order (a resumed average first), with their
+/// normalised weights.
+pub(super) struct Inputs {
+    pub(super) checkpoints: Vec<Checkpoint>,
+    pub(super) files: Vec<CheckpointFile>,
+    pub(super) weights: Vec<f64>,
+    pub(super) kernel: KernelWeights,
+    pub(super) n_models: u64,
+    pub(super) sources: Vec<String>,
+    pub(super) duplicates: Vec<Duplicate>,
+}
+
+impl Inputs {
+    /// Finds, selects, weights and opens the inputs, and checks that they agree.
+    pub(super) fn open(opts: &AverageOptions) -> Result<Self> {
+        let found = inputs::discover(&opts.checkpoints)?;
+        let selected = inputs::select(&found.files, &opts.selection)?;
+        let mut rel = relative_weights(selected.len(), &opts.weighting)?;
+        let mut inputs = Inputs {
+            checkpoints: Vec::new(),
+            files: Vec::new(),
+            weights: Vec::new(),
+            kernel: KernelWeights { scaled: Vec::new(), divisor: 1.0 },
+            n_models: 0,
+            sources: Vec::new(),
+            duplicates: found.duplicates,
+        };
+        if let Some(prior) = &opts.resume {
+            if opts.weighting != Weighting::Uniform {
+                return Err(Error::setting(
+                    Setting::Resume,
+                    "continues a uniform average; it cannot be combined with explicit or EMA weights",
+                ));
+            }
+            if let Some(f) = selected.iter().find(|f| inputs::discover::same_file(&f.path, prior)) {
+                return Err(Error::setting(
+                    Setting::Resume,
+                    format!(
+                        "{} is also one of the checkpoints ({}): its models would count twice",
+                        prior.display(),
+                        f.path.display()
+                    ),
+                ));
+            }
+            let ck = inputs::open_checkpoint(prior, None)?;
+            let n = resumed_models(prior, ck.metadata().get("n_models").map(String::as_str))?;
+            if let Some(s) = ck.metadata().get("sources").and_then(|s| serde_json::from_str::<Vec<String>>(s).ok()) {
+                inputs.sources.extend(s);
+            }
+            rel.insert(0, n as f64);
+            inputs.n_models = n;
+            inputs.files.push(CheckpointFile { path: prior.clone(), number: None });
+            inputs.checkpoints.push(ck);
+        }
+        inputs.n_models =
+            u64::try_from(selected.len()).ok().and_then(|k| inputs.n_models.checked_add(k)).ok_or_else(|| {
+                let prior = opts.resume.as_deref().unwrap_or(Path::new(""));
+                Error::format(
+                    prior,
+                    format!("`n_models` {} plus {} new checkpoints overflows", inputs.n_models, selected.len()),
+                )
+            })?;
+        for f in selected {
+            inputs.checkpoints.push(inputs::open_checkpoint(&f.path, opts.key.as_deref())?);
+            inputs.sources.push(f.path.to_string_lossy().into_owned());
+            inputs.files.push(f);
+        }
+        let refs: Vec<&Checkpoint> = inputs.checkpoints.iter().collect();
+        check_compatible(&refs, opts.resume.is_some())?;
+        inputs.weights = normalise(&rel);
+        inputs.kernel = KernelWeights::of(&rel);
+        Ok(inputs)
+    }
+
+    /// The newest checkpoint: its tensor order, dtypes and buffers are the output's.
+    pub(super) fn newest(&self) -> &Checkpoint {
+        self.checkpoints.last().expect("at least one checkpoint")
+    }
+}
