@@ -7,7 +7,6 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::batch::Tensor;
 use crate::error::{Error, Result, Setting};
 use crate::inputs::{self, DataOptions, Samples};
 use crate::onnx::Model;
@@ -178,15 +177,16 @@ fn logits_output(model: &Model) -> Result<String> {
 fn with_labels(samples: Samples, opts: &EvalOptions) -> Result<(Samples, PathBuf)> {
     match (&opts.labels, samples.has_targets()) {
         (Some(file), false) => {
-            let labels = inputs::open_labels(file)?;
-            if samples.len() != Some(labels.len()) {
+            let targets = opts.task.read_targets(file)?;
+            let rows = targets.shape.first().copied().unwrap_or(0);
+            if samples.len() != Some(rows) {
                 let count = samples.len().map_or("an unknown number of".to_string(), |n| n.to_string());
                 return Err(Error::format(
                     file,
-                    format!("has {} labels for {count} samples in {}", labels.len(), opts.inputs.display()),
+                    format!("has {rows} labels for {count} samples in {}", opts.inputs.display()),
                 ));
             }
-            Ok((samples.with_targets(Tensor::i64(vec![labels.len()], labels)), file.clone()))
+            Ok((samples.with_targets(targets), file.clone()))
         }
         (Some(file), true) => Err(Error::usage(format!(
             "{} carries its own labels ({}), and labels were also given in {}: leave out the labels file",

@@ -37,6 +37,12 @@ impl Classification {
         }
     }
 
+    /// Class indices from a labels file: a 1-D integer `.npy`.
+    pub fn read_targets(&self, path: &std::path::Path) -> Result<Tensor> {
+        let labels = crate::inputs::open_labels(path)?;
+        Ok(Tensor::i64(vec![labels.len()], labels))
+    }
+
     /// The columns of a score, as table headers: `top-1`, `top-k`, `loss`.
     pub fn headers(&self) -> Vec<Column> {
         vec![Column::new("top-1", true), Column::new(format!("top-{}", self.k), false), Column::new("loss", true)]

@@ -85,6 +85,14 @@ impl Task {
         }
     }
 
+    /// Reads a targets file given beside samples that carry none (`--labels`): one row per
+    /// sample, typed as the task needs (classification: class indices from an integer `.npy`).
+    pub fn read_targets(&self, path: &Path) -> Result<Tensor> {
+        match self {
+            Task::Classification(t) => t.read_targets(path),
+        }
+    }
+
     /// What the score is called (`top-1`).
     pub fn score_name(&self) -> &'static str {
         match self {
