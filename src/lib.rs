@@ -17,12 +17,16 @@
 //! # Ok::<(), swa::Error>(())
 //! ```
 //!
-//! Layers, each using only those listed before it (docs/architecture.md has the map):
-//! [`fs`] (maps, staged outputs) → [`checkpoint`] (safetensors) and [`onnx`] (graph, weight
-//! binding, the BatchNorm rewrite) → [`inputs`] (finding and opening checkpoints; samples) and
-//! [`runtime`] (ONNX Runtime) → [`average`], [`recalibrate`], [`evaluate`] → [`pipeline`]
-//! (`swa run`) and [`report`]. The library takes typed options and returns typed summaries; the
-//! command line (flags, their validation, text output) lives in the `swa` binary.
+//! Layers, each using only those below it (docs/architecture.md has the map, and
+//! `tests/swa/architecture.rs` checks it): [`error`] → [`progress`], [`part`], [`batch`] → [`fs`]
+//! (inputs mapped or read, staged outputs) → [`checkpoint`] (named tensors; the checkpoint
+//! formats behind [`checkpoint::Format`]) → [`onnx`] (graph, weight binding, the BatchNorm
+//! rewrite) → [`runtime`] (ONNX Runtime) → [`inputs`] (finding and opening checkpoints; samples
+//! behind [`inputs::SampleSource`]) → [`tasks`] (what outputs are scored as) → [`average`],
+//! [`recalibrate`], [`evaluate`], [`inspect`] → [`soup`], [`parts`], [`report`] → [`pipeline`]
+//! (`swa run`). The library takes typed options and returns typed summaries; the command line
+//! (flags, the rules between them, text output) lives in the `swa` binary. Inputs are read into
+//! memory unless the process allows memory maps ([`fs::allow_maps`], as the binary does).
 
 #![warn(missing_docs)]
 

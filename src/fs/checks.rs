@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 
 /// Fails unless `path` can be written as a regular file: it does not exist or is one (never a
 /// symbolic link, directory, FIFO or device, which are kept as they are), and its directory exists
-/// (commands create it first with [`OutputDirs`]).
+/// (commands create it first with [`super::OutputDirs`]).
 pub fn check_output(path: &Path) -> Result<()> {
     check_file_name(path)?;
     let dir = parent_dir(path);

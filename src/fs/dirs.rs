@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 /// The missing parent directories of a command's outputs, created before any work (as
 /// `save_pretrained` and `mkdir -p` do). Until [`OutputDirs::keep`], dropping it (the command
 /// failed) removes the directories it created, deepest first, each only if still empty, and so
-/// does [`discard_staged`] (the command was interrupted). A directory another process created
+/// does [`super::discard_staged`] (the command was interrupted). A directory another process created
 /// meanwhile is used, never removed.
 #[derive(Debug, Default)]
 #[must_use = "dropping it removes the directories it created"]
