@@ -144,6 +144,39 @@ pub struct BindArgs {
     pub allow_missing_weights: bool,
 }
 
+/// A model and the weights bound into it first (`recalibrate`, `evaluate`, `merge-stats`).
+#[derive(Debug, Args, Clone)]
+pub struct ModelArgs {
+    /// The ONNX model (exported with BatchNorm kept, to recalibrate it).
+    #[arg(long, value_name = "MODEL.onnx")]
+    pub model: PathBuf,
+    /// Tensors to bind into the model by name first: the output of `swa average`, a torch.save
+    /// file, a Lightning .ckpt, a safetensors or sharded checkpoint.
+    #[arg(long, value_name = "W")]
+    pub weights: Option<PathBuf>,
+    /// How the weights are read and bound.
+    #[command(flatten)]
+    pub bind: BindArgs,
+}
+
+/// A model and the checkpoints each bound into it in turn (`run`, `soup`).
+#[derive(Debug, Args, Clone)]
+pub struct CheckpointsArgs {
+    /// The ONNX model (exported with BatchNorm kept, to recalibrate it).
+    #[arg(long, value_name = "MODEL.onnx")]
+    pub model: PathBuf,
+    /// Checkpoints: directories or files (`swa run` evaluates all of them and averages the
+    /// selection; `swa soup` takes the selection as candidates).
+    #[arg(long, required = true, num_args = 1.., value_name = "DIR|FILE")]
+    pub checkpoints: Vec<PathBuf>,
+    /// Which checkpoints, by number.
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// How the checkpoints are read and bound.
+    #[command(flatten)]
+    pub bind: BindArgs,
+}
+
 /// Which checkpoints, by the number in their names.
 #[derive(Debug, Args, Clone)]
 pub struct SelectArgs {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::args::{
-    at_least_one, eval_options, needs_labels, part, BindArgs, DataArgs, EngineArgs, GateArgs, JsonArgs,
+    at_least_one, eval_options, needs_labels, part, DataArgs, EngineArgs, GateArgs, JsonArgs, ModelArgs,
     SHARD_NEEDS_PARTIAL_OUT,
 };
 use super::{output, render, Outcome};
@@ -19,15 +19,9 @@ use swa::{Error, Result};
 /// `swa evaluate`.
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {
-    /// The ONNX model.
-    #[arg(long, value_name = "M.onnx")]
-    pub model: PathBuf,
-    /// Tensors to bind into the model first.
-    #[arg(long, value_name = "W")]
-    pub weights: Option<PathBuf>,
-    /// How the weights are read and bound.
+    /// The model and its weights.
     #[command(flatten)]
-    pub bind: BindArgs,
+    pub m: ModelArgs,
     /// Held-out inputs: .npy, .npz, a folder of class folders of images (ImageFolder), or Parquet.
     #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
     pub inputs: PathBuf,
@@ -87,10 +81,10 @@ impl EvaluateArgs {
             quiet || self.out.json,
         )?;
         let whole = EvaluateOptions {
-            model: self.model.clone(),
-            weights: self.weights.clone(),
-            key: self.bind.read.key.clone(),
-            allow_missing_weights: self.bind.allow_missing_weights,
+            model: self.m.model.clone(),
+            weights: self.m.weights.clone(),
+            key: self.m.bind.read.key.clone(),
+            allow_missing_weights: self.m.bind.allow_missing_weights,
             eval,
         };
         Ok(match &self.partial_out {
@@ -108,7 +102,7 @@ impl EvaluateArgs {
         match self.resolve(quiet)? {
             Job::Whole(opts) => {
                 let m = swa::evaluate::run(&opts)?;
-                Ok(output::metrics(&self.model, &m, self.gate.min_accuracy, self.out.json))
+                Ok(output::metrics(&self.m.model, &m, self.gate.min_accuracy, self.out.json))
             }
             Job::Part(opts) => {
                 let (p, created) = swa::parts::eval::write_part(&opts)?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::args::{BindArgs, GateArgs, JsonArgs};
+use super::args::{GateArgs, JsonArgs, ModelArgs};
 use super::{output, render, Outcome};
 use swa::parts::stats::MergeStatsOptions;
 use swa::Result;
@@ -16,15 +16,9 @@ pub struct MergeStatsArgs {
     /// Partial statistics (`swa recalibrate --shard I/N --partial-out`), every part once, any order.
     #[arg(required = true, value_name = "P.safetensors")]
     pub partials: Vec<PathBuf>,
-    /// The ONNX model the parts ran (checked by content hash).
-    #[arg(long, value_name = "MODEL.onnx")]
-    pub model: PathBuf,
-    /// The weights the parts bound (checked by content hash).
-    #[arg(long, value_name = "W")]
-    pub weights: Option<PathBuf>,
-    /// How the weights are read and bound (as the parts did).
+    /// The model and weights the parts ran (checked by content hash), read as the parts read them.
     #[command(flatten)]
-    pub bind: BindArgs,
+    pub m: ModelArgs,
     /// Output ONNX model.
     #[arg(short, long, value_name = "OUT.onnx")]
     pub output: PathBuf,
@@ -41,10 +35,10 @@ impl MergeStatsArgs {
     pub fn run(&self) -> Result<Outcome> {
         let s = swa::parts::stats::merge_into_model(&MergeStatsOptions {
             partials: self.partials.clone(),
-            model: self.model.clone(),
-            weights: self.weights.clone(),
-            key: self.bind.read.key.clone(),
-            allow_missing_weights: self.bind.allow_missing_weights,
+            model: self.m.model.clone(),
+            weights: self.m.weights.clone(),
+            key: self.m.bind.read.key.clone(),
+            allow_missing_weights: self.m.bind.allow_missing_weights,
             output: self.output.clone(),
             save_weights: self.save_weights.clone(),
         })?;

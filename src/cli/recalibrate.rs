@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::args::{part, BindArgs, DataArgs, EngineArgs, JsonArgs, PassArgs, SHARD_NEEDS_PARTIAL_OUT};
+use super::args::{part, DataArgs, EngineArgs, JsonArgs, ModelArgs, PassArgs, SHARD_NEEDS_PARTIAL_OUT};
 use super::{output, render, Outcome};
 use swa::part::Part;
 use swa::parts::stats::PartialStatsOptions;
@@ -14,15 +14,9 @@ use swa::{Error, Result};
 /// `swa recalibrate`.
 #[derive(Debug, Args)]
 pub struct RecalibrateArgs {
-    /// The ONNX model, exported with BatchNorm kept.
-    #[arg(long, value_name = "MODEL.onnx")]
-    pub model: PathBuf,
-    /// Tensors to bind into the model by name first (the output of `swa average`, a torch.save file, a Lightning .ckpt, ...).
-    #[arg(long, value_name = "W")]
-    pub weights: Option<PathBuf>,
-    /// How the weights are read and bound.
+    /// The model and its weights.
     #[command(flatten)]
-    pub bind: BindArgs,
+    pub m: ModelArgs,
     /// Training samples: .npy for a one-input model, .npz with arrays named after the inputs, a
     /// folder of images (class folders or flat), or Parquet with an image column.
     #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
@@ -66,8 +60,8 @@ impl RecalibrateArgs {
     /// The library options, every rule between flags checked.
     fn resolve(&self, quiet: bool) -> Result<Job> {
         let quiet = quiet || self.out.json;
-        let (model, weights) = (self.model.clone(), self.weights.clone());
-        let (key, allow_missing_weights) = (self.bind.read.key.clone(), self.bind.allow_missing_weights);
+        let (model, weights) = (self.m.model.clone(), self.m.weights.clone());
+        let (key, allow_missing_weights) = (self.m.bind.read.key.clone(), self.m.bind.allow_missing_weights);
         match (&self.partial_out, &self.output) {
             (Some(out), _) => Ok(Job::Part(PartialStatsOptions {
                 model,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::args::{
-    eval_options, needs_labels, BindArgs, DataArgs, EngineArgs, EvalBatchArgs, GateArgs, JsonArgs, PassArgs, SelectArgs,
+    eval_options, needs_labels, CheckpointsArgs, DataArgs, EngineArgs, EvalBatchArgs, GateArgs, JsonArgs, PassArgs,
 };
 use super::{output, render, Outcome};
 use swa::pipeline::{RunOptions, RunSoup};
@@ -16,18 +16,9 @@ use swa::Result;
 /// `swa run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The ONNX model, exported with BatchNorm kept.
-    #[arg(long, value_name = "M.onnx")]
-    pub model: PathBuf,
-    /// Checkpoint directories or files (all are evaluated; the selection goes into the average).
-    #[arg(long, required = true, num_args = 1.., value_name = "DIR|FILE")]
-    pub checkpoints: Vec<PathBuf>,
-    /// Which checkpoints.
+    /// The model and its checkpoints.
     #[command(flatten)]
-    pub select: SelectArgs,
-    /// How the checkpoints are read and bound.
-    #[command(flatten)]
-    pub bind: BindArgs,
+    pub ck: CheckpointsArgs,
     /// Training samples for recalibration (.npy, .npz, a folder of images, Parquet).
     #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
     pub train_inputs: PathBuf,
@@ -91,9 +82,9 @@ impl RunArgs {
         }
         let (batch, k) = (self.eval.eval_batch_size, self.eval.top_k);
         Ok(RunOptions {
-            model: self.model.clone(),
-            checkpoints: self.checkpoints.clone(),
-            selection: self.select.selection(),
+            model: self.ck.model.clone(),
+            checkpoints: self.ck.checkpoints.clone(),
+            selection: self.ck.select.selection(),
             pass: self.pass.options(&self.train_inputs, &self.data, &self.engine, quiet)?,
             eval: eval_options(
                 &self.eval_inputs,
@@ -105,8 +96,8 @@ impl RunArgs {
                 quiet,
             )?,
             recalibrate_each: self.recalibrate_each,
-            allow_missing_weights: self.bind.allow_missing_weights,
-            key: self.bind.read.key.clone(),
+            allow_missing_weights: self.ck.bind.allow_missing_weights,
+            key: self.ck.bind.read.key.clone(),
             allow_nonfinite: self.allow_nonfinite,
             out: self.out.clone(),
             force: self.force,

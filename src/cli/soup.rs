@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::args::{
-    eval_options, needs_labels, BindArgs, DataArgs, EngineArgs, EvalBatchArgs, JsonArgs, PassArgs, SelectArgs,
+    eval_options, needs_labels, CheckpointsArgs, DataArgs, EngineArgs, EvalBatchArgs, JsonArgs, PassArgs,
 };
 use super::{output, render, Outcome};
 use swa::soup::{Method, SoupOptions, Statistics};
@@ -14,18 +14,9 @@ use swa::{Error, Result};
 /// `swa soup`.
 #[derive(Debug, Args)]
 pub struct SoupArgs {
-    /// The ONNX model.
-    #[arg(long, value_name = "M.onnx")]
-    pub model: PathBuf,
-    /// Candidate checkpoints: directories or files.
-    #[arg(long, required = true, num_args = 1.., value_name = "DIR|FILE")]
-    pub checkpoints: Vec<PathBuf>,
-    /// Which checkpoints are candidates.
+    /// The model and the candidate checkpoints.
     #[command(flatten)]
-    pub select: SelectArgs,
-    /// How the checkpoints are read and bound.
-    #[command(flatten)]
-    pub bind: BindArgs,
+    pub ck: CheckpointsArgs,
     /// greedy (add candidates best first, keep each that does not lower the select accuracy),
     /// uniform (all), or top-k:K (the K best).
     #[arg(long, default_value = "greedy", value_parser = |s: &str| s.parse::<Method>())]
@@ -109,15 +100,15 @@ impl SoupArgs {
             eval_options(inputs, labels, &self.data, self.eval.eval_batch_size, self.eval.top_k, &self.engine, quiet)
         };
         Ok(SoupOptions {
-            model: self.model.clone(),
-            checkpoints: self.checkpoints.clone(),
-            selection: self.select.selection(),
-            key: self.bind.read.key.clone(),
+            model: self.ck.model.clone(),
+            checkpoints: self.ck.checkpoints.clone(),
+            selection: self.ck.select.selection(),
+            key: self.ck.bind.read.key.clone(),
             method: self.method,
             statistics,
             select: eval(&self.select_inputs, self.select_labels.as_deref())?,
             eval: self.eval_inputs.as_deref().map(|i| eval(i, self.eval_labels.as_deref())).transpose()?,
-            allow_missing_weights: self.bind.allow_missing_weights,
+            allow_missing_weights: self.ck.bind.allow_missing_weights,
             output: self.output.clone(),
             onnx_output: self.onnx_out.clone(),
         })
