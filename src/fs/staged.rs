@@ -98,7 +98,7 @@ impl StagedFile {
         &self.target
     }
 
-    /// Writes `bytes` at byte `offset` (safe from many threads). Every [`WRITEBACK_STEP`] bytes
+    /// Writes `bytes` at byte `offset` (safe from many threads). Every `WRITEBACK_STEP` bytes
     /// written this way, starts writing the dirty pages to disk without waiting (on Linux), so that
     /// a large output is mostly on disk when [`StagedFile::sync`] is called.
     pub fn write_at(&self, bytes: &[u8], offset: u64) -> Result<()> {

@@ -2,7 +2,7 @@
 //! and [`Binder::bind`] gives a [`Bound`] model per checkpoint.
 //!
 //! The PyTorch exporter deduplicates equal initializers (a fresh model's BatchNorm weights are all
-//! ones), so `layer1.0.bn1.weight` may be an `Identity` of `bn1.weight`. [`unshare`] first gives
+//! ones), so `layer1.0.bn1.weight` may be an `Identity` of `bn1.weight`. `unshare` first gives
 //! every such name an initializer of its own; binding then matches names exactly, then with the
 //! usual wrapper prefixes (`module.`, `_orig_mod.`, `model.`) stripped on either side.
 
@@ -16,7 +16,7 @@ use crate::checkpoint::{dtype, Checkpoint};
 use crate::error::{Error, Hint, Result};
 
 /// A model ready to take checkpoints: read once, every shared initializer given its own copy
-/// ([`unshare`]) once.
+/// (`unshare`) once.
 #[derive(Debug, Clone)]
 pub struct Binder {
     model: Model,
@@ -134,7 +134,7 @@ impl BindReport {
     }
 }
 
-/// Initializer names that feed the weight inputs of [`WEIGHT_OPS`] nodes.
+/// Initializer names that feed the weight inputs of `WEIGHT_OPS` nodes.
 pub fn weight_initializers(model: &Model) -> BTreeSet<String> {
     let g = model.graph();
     let inits: HashSet<&str> =

@@ -58,7 +58,7 @@ pub struct BnLayer {
 }
 
 /// Where each layer's statistics lie in the statistics model's one output, a flat f32 vector
-/// holding, per layer, the batch mean [C], the biased batch variance [C], and the number of values
+/// holding, per layer, the batch mean `[C]`, the biased batch variance `[C]`, and the number of values
 /// per channel (N·H·W).
 #[derive(Debug, Clone)]
 pub struct StatsLayout {

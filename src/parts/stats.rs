@@ -3,9 +3,9 @@
 //! one pass over one model and weights, merges them in part order, and writes the model as
 //! `recalibrate` does.
 //!
-//! File layout: per BatchNorm layer (the ONNX node's name), `precise`: `<layer>.count` [1],
-//! `<layer>.mean` [C], `<layer>.m2` [C]; `torch`: `<layer>.batches` [1], `<layer>.sum_mean` [C],
-//! `<layer>.sum_var` [C]; all F64. `__metadata__`: `format` = `swa-partial-stats`, the
+//! File layout: per BatchNorm layer (the ONNX node's name), `precise`: `<layer>.count` `[1]`,
+//! `<layer>.mean` `[C]`, `<layer>.m2` `[C]`; `torch`: `<layer>.batches` `[1]`, `<layer>.sum_mean` `[C]`,
+//! `<layer>.sum_var` `[C]`; all F64. `__metadata__`: `format` = `swa-partial-stats`, the
 //! [`Identity`] (`model`, `model_sha256`, `weights`, `weights_sha256`, `key`), `stats`,
 //! `batch_size`, `shard` (`I/N`), `samples` and `batches` of this part, `total_samples` of the
 //! pass, `inputs` (the path, recorded in the merged model's sources), `device`, `layers` (JSON

@@ -8,8 +8,8 @@
 //! `Σd² − (Σd)²/n` free of cancellation: its relative error is about 2⁻⁵³·((μ − x₀)/σ)²), with the
 //! channels spread over the session's intra-op threads.
 //!
-//! Input: `X` (float, [N, C, ...], rank ≥ 2). Outputs: `mean` [C], `var` [C] (biased), and
-//! `count` [1], the values per channel (N times the product of the other dimensions), as floats.
+//! Input: `X` (float, `[N, C, ...]`, rank ≥ 2). Outputs: `mean` `[C]`, `var` `[C]` (biased), and
+//! `count` `[1]`, the values per channel (N times the product of the other dimensions), as floats.
 //! A non-finite value makes its channel's moments NaN, which the pass reports.
 
 use ort::operator::{

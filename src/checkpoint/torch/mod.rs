@@ -4,7 +4,7 @@
 //!
 //! The archive holds `NAME/data.pkl` (a pickle, protocol 2), one member `NAME/data/<key>` per
 //! storage (raw little-endian bytes, 64-byte aligned) and `NAME/byteorder`. The pickle is run by a
-//! restricted machine ([`pickle`]) that builds data only; tensors are
+//! restricted machine (`pickle`) that builds data only; tensors are
 //! `_rebuild_tensor_v2(storage, offset, size, stride, …)` over persistent ids
 //! `('storage', torch.FloatStorage, key, location, numel)`.
 //!
