@@ -175,7 +175,8 @@ fn logits_output(model: &Model) -> Result<String> {
 /// folders, a Parquet label column), and the path messages about them name. Both at once is an
 /// error.
 fn with_labels(samples: Samples, opts: &EvalOptions) -> Result<(Samples, PathBuf)> {
-    match (&opts.labels, samples.has_targets()) {
+    let own = samples.has_targets() && opts.task.uses_source_targets();
+    match (&opts.labels, own) {
         (Some(file), false) => {
             let targets = opts.task.read_targets(file)?;
             let rows = targets.shape.first().copied().unwrap_or(0);

@@ -29,8 +29,8 @@ pub struct TensorInfo {
 /// What a file holds (fields in the order of their JSON keys).
 #[derive(Debug, Clone, Serialize)]
 pub struct Inspection {
-    /// BatchNorm layers: of a model, its BatchNormalization nodes; of a checkpoint, the tensors
-    /// named `*.running_mean`.
+    /// BatchNorm layers: of a model, its BatchNormalization nodes; of a checkpoint, its running
+    /// means (`*.running_mean`, or what its format's reader marks as one).
     pub batchnorm: Vec<String>,
     /// How the checkpoint `against` binds to the model, when asked.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,7 +72,8 @@ pub fn inspect(file: &Path, key: Option<&str>, against: Option<&Path>) -> Result
         None => ck
             .tensors()
             .iter()
-            .filter_map(|t| t.name.strip_suffix(".running_mean").map(|p| format!("{p} ({} channels)", t.numel())))
+            .filter(|t| t.role == crate::checkpoint::Role::RunningMean)
+            .map(|t| format!("{} ({} channels)", t.name.strip_suffix(".running_mean").unwrap_or(&t.name), t.numel()))
             .collect(),
     };
     let binding = match (against, &binder) {

@@ -24,12 +24,11 @@ pub enum BufferPolicy {
     Average,
 }
 
-/// True for tensors that are not weights: BatchNorm running statistics and integer tensors.
+/// True for tensors that are not weights by PyTorch's names: BatchNorm running statistics,
+/// counters and integer tensors (see [`crate::checkpoint::Role::of`]; readers of other formats mark
+/// their buffers themselves, and the average follows each tensor's role).
 pub fn is_buffer(name: &str, dtype: Dtype) -> bool {
-    !dtype::is_float(dtype)
-        || name.ends_with("running_mean")
-        || name.ends_with("running_var")
-        || name.ends_with("num_batches_tracked")
+    crate::checkpoint::Role::of(name, dtype).is_buffer()
 }
 
 /// What happened to the buffers.
@@ -92,7 +91,7 @@ pub(super) fn plan_tensors(newest: &Checkpoint, opts: &AverageOptions) -> Result
     };
     for t in newest.tensors() {
         let float = dtype::is_float(t.dtype);
-        let kind = if !is_buffer(&t.name, t.dtype) {
+        let kind = if !t.role.is_buffer() {
             Kind::Average
         } else if float && opts.buffers == BufferPolicy::Average {
             plan.buffers.averaged += 1;

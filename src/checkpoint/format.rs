@@ -87,7 +87,10 @@ pub trait Format: Sync {
     /// checkpoint's number is read from the name without it.
     fn suffixes(&self) -> &'static [&'static str];
 
-    /// How sure the format is that `probe` is one of its files; `None` when it is not.
+    /// How sure the format is that `probe` is one of its files; `None` when it is not. Container
+    /// signatures are shared (`torch.save` files claim every zip by content, and a `.keras` file
+    /// is a zip too): a format whose files have both a name and a signature claims them
+    /// [`Claim::Certain`].
     fn claim(&self, probe: &Probe) -> Option<Claim>;
 
     /// Reads the checkpoint at `path`; `key` chooses the dict of tensors in formats that hold

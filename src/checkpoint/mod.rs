@@ -25,7 +25,45 @@ pub use write::{stage_tensors, write_tensors, TensorSpec};
 use crate::error::{Error, Result};
 use crate::fs::{map_input, Input};
 
-/// One tensor of a checkpoint: its name, type, shape and where its bytes are.
+/// What a tensor is to averaging and inspection: a weight, or a buffer that averaging copies from
+/// the newest checkpoint by default (BatchNorm statistics, counters, integer tensors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A floating-point weight.
+    Weight,
+    /// A BatchNorm layer's running mean (the layer is named by what precedes `.running_mean`, or
+    /// by the reader).
+    RunningMean,
+    /// A BatchNorm layer's running variance.
+    RunningVar,
+    /// Any other buffer: counters (`num_batches_tracked`), integer tensors.
+    Buffer,
+}
+
+impl Role {
+    /// The role PyTorch's names give a tensor: `*running_mean`, `*running_var`,
+    /// `*num_batches_tracked` and integer tensors are buffers, other floats weights. Readers of
+    /// formats that name them otherwise (Keras' positional variables) set roles themselves
+    /// ([`Checkpoint::set_role`]).
+    pub fn of(name: &str, dtype: Dtype) -> Role {
+        if name.ends_with("running_mean") {
+            Role::RunningMean
+        } else if name.ends_with("running_var") {
+            Role::RunningVar
+        } else if !dtype::is_float(dtype) || name.ends_with("num_batches_tracked") {
+            Role::Buffer
+        } else {
+            Role::Weight
+        }
+    }
+
+    /// True for anything but a weight.
+    pub fn is_buffer(self) -> bool {
+        self != Role::Weight
+    }
+}
+
+/// One tensor of a checkpoint: its name, type, shape, role and where its bytes are.
 #[derive(Debug, Clone)]
 pub struct TensorEntry {
     /// The name under which the checkpoint stores it.
@@ -34,6 +72,8 @@ pub struct TensorEntry {
     pub dtype: Dtype,
     /// Shape.
     pub shape: Vec<usize>,
+    /// Weight or buffer ([`Role::of`] its name, unless the reader said otherwise).
+    pub role: Role,
     source: usize,
     range: Range<usize>,
 }
@@ -162,6 +202,7 @@ impl Checkpoint {
             self.push_from(
                 path,
                 TensorEntry {
+                    role: Role::of(&name, info.dtype),
                     name,
                     dtype: info.dtype,
                     shape: info.shape.clone(),
@@ -202,7 +243,7 @@ impl Checkpoint {
                 format!("bytes {range:?} lie outside the file ({} bytes)", src.buffer.bytes().len()),
             ));
         }
-        self.push_from(&file, TensorEntry { name, dtype, shape, source, range })
+        self.push_from(&file, TensorEntry { role: Role::of(&name, dtype), name, dtype, shape, source, range })
     }
 
     /// Adds a tensor whose bytes are owned (read out of another format).
@@ -211,7 +252,7 @@ impl Checkpoint {
         let range = 0..bytes.len();
         self.sources.push(Source { path: self.path.clone(), buffer: Buffer::Owned(bytes) });
         let path = self.path.clone();
-        self.push_from(&path, TensorEntry { name, dtype, shape, source, range })
+        self.push_from(&path, TensorEntry { role: Role::of(&name, dtype), name, dtype, shape, source, range })
     }
 
     /// Adds a tensor read from `file` (named in errors), checking its bytes match its shape.
@@ -245,6 +286,18 @@ impl Checkpoint {
     /// Tensors in file order.
     pub fn tensors(&self) -> &[TensorEntry] {
         &self.tensors
+    }
+
+    /// Sets the role of the tensor `name` (for formats whose names do not say it); false if there
+    /// is no such tensor.
+    pub fn set_role(&mut self, name: &str, role: Role) -> bool {
+        match self.index.get(name) {
+            Some(&i) => {
+                self.tensors[i].role = role;
+                true
+            }
+            None => false,
+        }
     }
 
     /// The tensor called `name`.

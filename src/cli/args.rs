@@ -13,6 +13,7 @@ use swa::inputs::{DataOptions, Selection};
 use swa::part::Part;
 use swa::recalibrate::{PassOptions, StatsMode};
 use swa::runtime::{Device, Engine};
+use swa::tasks::{Classification, Task};
 use swa::{Error, Result};
 
 // -------------------------------------------------------------------------------------------------
@@ -366,15 +367,31 @@ impl PassArgs {
     }
 }
 
-/// The evaluation batches of commands that also run a recalibration pass (`run`, `soup`).
+/// What the model's outputs are scored as: the task and its settings (classification: k of the
+/// top-k accuracy). A new task's settings are flags of this group.
+#[derive(Debug, Args, Clone)]
+pub struct TaskArgs {
+    /// k of the top-k accuracy.
+    #[arg(long, default_value = "5", value_parser = at_least_one)]
+    pub top_k: NonZeroUsize,
+}
+
+impl TaskArgs {
+    /// The library's task.
+    pub fn task(&self) -> Task {
+        Task::Classification(Classification { k: self.top_k.get() })
+    }
+}
+
+/// The evaluations of commands that also run a recalibration pass (`run`, `soup`).
 #[derive(Debug, Args, Clone)]
 pub struct EvalBatchArgs {
     /// Samples per evaluation batch.
     #[arg(long, default_value = "256", value_parser = at_least_one)]
     pub eval_batch_size: NonZeroUsize,
-    /// k of the top-k accuracy.
-    #[arg(long, default_value = "5", value_parser = at_least_one)]
-    pub top_k: NonZeroUsize,
+    /// What the outputs are scored as.
+    #[command(flatten)]
+    pub task: TaskArgs,
 }
 
 /// The accuracy gate.
@@ -407,7 +424,7 @@ pub fn eval_options(
     labels: Option<&Path>,
     data: &DataArgs,
     batch_size: NonZeroUsize,
-    top_k: NonZeroUsize,
+    task: &TaskArgs,
     engine: &EngineArgs,
     quiet: bool,
 ) -> Result<EvalOptions> {
@@ -416,7 +433,7 @@ pub fn eval_options(
         labels: labels.map(Path::to_path_buf),
         data: data.options(),
         batch_size,
-        task: swa::evaluate::Task::Classification(swa::tasks::Classification { k: top_k.get() }),
+        task: task.task(),
         engine: engine.engine()?,
         quiet,
     })

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::args::{
-    at_least_one, eval_options, needs_labels, part, DataArgs, EngineArgs, GateArgs, JsonArgs, ModelArgs,
+    at_least_one, eval_options, needs_labels, part, DataArgs, EngineArgs, GateArgs, JsonArgs, ModelArgs, TaskArgs,
     SHARD_NEEDS_PARTIAL_OUT,
 };
 use super::{output, render, Outcome};
@@ -34,9 +34,9 @@ pub struct EvaluateArgs {
     /// Samples per batch.
     #[arg(long, default_value = "256", value_parser = at_least_one)]
     pub batch_size: NonZeroUsize,
-    /// k of the top-k accuracy.
-    #[arg(long, default_value = "5", value_parser = at_least_one)]
-    pub top_k: NonZeroUsize,
+    /// What the outputs are scored as.
+    #[command(flatten)]
+    pub task: TaskArgs,
     /// Device and threads.
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -76,7 +76,7 @@ impl EvaluateArgs {
             self.labels.as_deref(),
             &self.data,
             self.batch_size,
-            self.top_k,
+            &self.task,
             &self.engine,
             quiet || self.out.json,
         )?;

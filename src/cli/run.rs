@@ -80,7 +80,7 @@ impl RunArgs {
         if let Some(select) = &self.select_inputs {
             needs_labels(select, self.select_labels.as_deref(), "--select-labels")?;
         }
-        let (batch, k) = (self.eval.eval_batch_size, self.eval.top_k);
+        let (batch, k) = (self.eval.eval_batch_size, &self.eval.task);
         Ok(RunOptions {
             model: self.ck.model.clone(),
             checkpoints: self.ck.checkpoints.clone(),

@@ -97,7 +97,7 @@ impl SoupArgs {
             }
         };
         let eval = |inputs: &Path, labels: Option<&Path>| {
-            eval_options(inputs, labels, &self.data, self.eval.eval_batch_size, self.eval.top_k, &self.engine, quiet)
+            eval_options(inputs, labels, &self.data, self.eval.eval_batch_size, &self.eval.task, &self.engine, quiet)
         };
         Ok(SoupOptions {
             model: self.ck.model.clone(),

@@ -211,8 +211,11 @@ mod tests {
     }
 
     fn nonfinite(s: &mut Score, n: usize) {
-        let Score::Classification(c) = s;
-        c.nonfinite = n;
+        match s {
+            Score::Classification(c) => c.nonfinite = n,
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("a classification report"),
+        }
     }
 
     /// A report built by hand: three checkpoints, one without recalibrated figures, names that
@@ -302,8 +305,11 @@ mod tests {
         v["swa_stored"]["loss"] = serde_json::Value::Null;
         let back: Report = serde_json::from_value(v).unwrap();
         assert_eq!(back.swa_stored.nonfinite(), 0);
-        let Score::Classification(stored) = &back.swa_stored;
-        assert!(stored.loss.is_nan());
+        match &back.swa_stored {
+            Score::Classification(stored) => assert!(stored.loss.is_nan()),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("a classification report"),
+        }
         // Every field, the task's flattened ones (`k`, `gain_top1`, the best's figures) included,
         // reads back as written.
         let r = report();

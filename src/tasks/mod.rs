@@ -93,6 +93,15 @@ impl Task {
         }
     }
 
+    /// Whether the task takes the targets samples carry themselves (class folders, a Parquet
+    /// label column) when no targets file is given; a task whose targets are never in the samples
+    /// (segmentation masks) answers false, and the evaluation then needs its targets file.
+    pub fn uses_source_targets(&self) -> bool {
+        match self {
+            Task::Classification(_) => true,
+        }
+    }
+
     /// What the score is called (`top-1`).
     pub fn score_name(&self) -> &'static str {
         match self {
@@ -157,6 +166,8 @@ impl State {
     pub fn merge(&mut self, other: &State) -> std::result::Result<(), String> {
         match (self, other) {
             (State::Classification(a), State::Classification(b)) => a.merge(b),
+            #[allow(unreachable_patterns)]
+            (a, b) => Err(format!("{} and {} counts cannot be added", a.task().name(), b.task().name())),
         }
     }
 
@@ -240,6 +251,9 @@ impl Score {
     pub fn compare(&self, other: &Score) -> Ordering {
         match (self, other) {
             (Score::Classification(a), Score::Classification(b)) => a.compare(b),
+            // Scores of different tasks are never ranked together (one evaluation, one task).
+            #[allow(unreachable_patterns)]
+            _ => Ordering::Equal,
         }
     }
 
@@ -296,8 +310,8 @@ impl Best {
     }
 }
 
-/// The gain of one model's score over another's, serialised under the task's own key
-/// (`gain_top1`).
+/// The gain of one model's score over another's. Unlike the other enums it is externally tagged:
+/// flattened into the report, it is serialised as one key of the task's own (`"gain_top1": …`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum Gain {
     /// Top-1 accuracy gained, as a fraction.

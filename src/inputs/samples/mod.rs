@@ -135,7 +135,9 @@ pub trait SourceKind: Sync {
 }
 
 /// The kinds of source a path can be, in the order they are asked (arrays also read what no kind
-/// claims).
+/// claims). Image folders claim every directory they might be (to say what is wrong with one that
+/// holds no images), so a kind that lives in directories (Parquet, shards of another format)
+/// comes before them.
 pub static SOURCES: &[&dyn SourceKind] = &[&parquet::Parquet, &folders::ImageFolders, &arrays::Arrays];
 
 /// The kind of source that claims `path`, if one does.
