@@ -13,6 +13,7 @@
 //! Lightning's `state_dict`, an EMA callback's). They are named by dotted key paths, the top level
 //! by the empty path.
 
+mod ops;
 mod pickle;
 mod write;
 mod zip;

@@ -15,6 +15,8 @@ use std::collections::HashMap;
 
 use safetensors::Dtype;
 
+use super::ops::Op;
+
 /// Objects (containers, strings, tensors…) one pickle may build.
 pub(super) const MAX_OBJECTS: usize = 1 << 23;
 /// Values on the stack, all marks included.
@@ -243,11 +245,16 @@ impl<'a> Machine<'a> {
     pub fn run(&mut self) -> Result<Value, String> {
         loop {
             let at = self.pos;
-            let op = self.take(1).map_err(|e| format!("{e} (no STOP opcode)"))?[0];
-            match self.step(op) {
+            let byte = self.take(1).map_err(|e| format!("{e} (no STOP opcode)"))?[0];
+            let step = Op::from_byte(byte)
+                .ok_or_else(|| {
+                    format!("unsupported pickle opcode 0x{byte:02x} (swa reads the opcodes torch.save writes)")
+                })
+                .and_then(|op| self.step(op));
+            match step {
                 Ok(Some(v)) => return Ok(v),
                 Ok(None) => {}
-                Err(e) => return Err(format!("{e} (opcode 0x{op:02x} at byte {at})")),
+                Err(e) => return Err(format!("{e} (opcode 0x{byte:02x} at byte {at})")),
             }
         }
     }
@@ -375,183 +382,183 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn step(&mut self, op: u8) -> Step<Option<Value>> {
+    fn step(&mut self, op: Op) -> Step<Option<Value>> {
         match op {
-            0x80 => {
-                let proto = self.take_u8()?; // PROTO
+            Op::Proto => {
+                let proto = self.take_u8()?;
                 if proto > 5 {
                     return Err(format!("unsupported pickle protocol {proto}"));
                 }
             }
-            0x95 => {
-                self.take_u64()?; // FRAME: framing is advisory
+            Op::Frame => {
+                self.take_u64()?; // framing is advisory
             }
-            b'.' => return self.pop().map(Some), // STOP
-            b'(' => {
+            Op::Stop => return self.pop().map(Some),
+            Op::Mark => {
                 if self.stack.len() + self.marks.len() >= MAX_STACK {
                     return Err(format!("pickle stack deeper than {MAX_STACK}"));
                 }
-                self.marks.push(self.stack.len()); // MARK
+                self.marks.push(self.stack.len());
             }
-            b'0' => {
-                self.pop()?; // POP
+            Op::Pop => {
+                self.pop()?;
             }
-            b'1' => {
-                self.pop_mark()?; // POP_MARK
+            Op::PopMark => {
+                self.pop_mark()?;
             }
-            b'2' => {
-                let v = self.top()?; // DUP
+            Op::Dup => {
+                let v = self.top()?;
                 self.push(v)?;
             }
             // Memo
-            b'q' => {
+            Op::BinPut => {
                 let id = self.take_u8()?;
-                self.memoize(u32::from(id))?; // BINPUT
+                self.memoize(u32::from(id))?;
             }
-            b'r' => {
+            Op::LongBinPut => {
                 let id = self.take_u32()?;
-                self.memoize(id)?; // LONG_BINPUT
+                self.memoize(id)?;
             }
-            0x94 => {
+            Op::Memoize => {
                 let id = u32::try_from(self.memo.len()).map_err(|_| "memo overflow")?;
-                self.memoize(id)?; // MEMOIZE
+                self.memoize(id)?;
             }
-            b'h' => {
+            Op::BinGet => {
                 let id = self.take_u8()?;
-                self.get(u32::from(id))?; // BINGET
+                self.get(u32::from(id))?;
             }
-            b'j' => {
+            Op::LongBinGet => {
                 let id = self.take_u32()?;
-                self.get(id)?; // LONG_BINGET
+                self.get(id)?;
             }
             // Scalars
-            b'N' => self.push(Value::None)?,
-            0x88 => self.push(Value::Bool(true))?,
-            0x89 => self.push(Value::Bool(false))?,
-            b'J' => {
+            Op::None => self.push(Value::None)?,
+            Op::NewTrue => self.push(Value::Bool(true))?,
+            Op::NewFalse => self.push(Value::Bool(false))?,
+            Op::BinInt => {
                 let v = i32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes"));
-                self.push(Value::Int(i64::from(v)))?; // BININT
+                self.push(Value::Int(i64::from(v)))?;
             }
-            b'K' => {
+            Op::BinInt1 => {
                 let v = self.take_u8()?;
-                self.push(Value::Int(i64::from(v)))?; // BININT1
+                self.push(Value::Int(i64::from(v)))?;
             }
-            b'M' => {
+            Op::BinInt2 => {
                 let v = self.take_u16()?;
-                self.push(Value::Int(i64::from(v)))?; // BININT2
+                self.push(Value::Int(i64::from(v)))?;
             }
-            0x8a => {
-                let n = self.take_u8()?; // LONG1
+            Op::Long1 => {
+                let n = self.take_u8()?;
                 let bytes = self.take(usize::from(n))?;
                 self.long(bytes)?;
             }
-            0x8b => {
-                let n = self.take_u32()?; // LONG4
+            Op::Long4 => {
+                let n = self.take_u32()?;
                 let bytes = self.take_len(u64::from(n))?;
                 self.long(bytes)?;
             }
-            b'G' => {
+            Op::BinFloat => {
                 let v = f64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes"));
-                self.push(Value::Float(v))?; // BINFLOAT
+                self.push(Value::Float(v))?;
             }
             // Strings and bytes
-            b'X' => {
+            Op::BinUnicode => {
                 let n = self.take_u32()?;
                 let s = self.take_len(u64::from(n))?;
-                self.str_value(s)?; // BINUNICODE
+                self.str_value(s)?;
             }
-            0x8c => {
+            Op::ShortBinUnicode => {
                 let n = self.take_u8()?;
                 let s = self.take(usize::from(n))?;
-                self.str_value(s)?; // SHORT_BINUNICODE
+                self.str_value(s)?;
             }
-            0x8d => {
+            Op::BinUnicode8 => {
                 let n = self.take_u64()?;
                 let s = self.take_len(n)?;
-                self.str_value(s)?; // BINUNICODE8
+                self.str_value(s)?;
             }
-            b'T' => {
+            Op::BinString => {
                 let n = self.take_u32()?;
                 let s = self.take_len(u64::from(n))?;
-                self.latin1_value(s)?; // BINSTRING
+                self.latin1_value(s)?;
             }
-            b'U' => {
+            Op::ShortBinString => {
                 let n = self.take_u8()?;
                 let s = self.take(usize::from(n))?;
-                self.latin1_value(s)?; // SHORT_BINSTRING
+                self.latin1_value(s)?;
             }
-            b'B' => {
+            Op::BinBytes => {
                 let n = self.take_u32()?;
                 let s = self.take_len(u64::from(n))?.to_vec();
-                self.push_obj(Obj::Bytes(s))?; // BINBYTES
+                self.push_obj(Obj::Bytes(s))?;
             }
-            b'C' => {
+            Op::ShortBinBytes => {
                 let n = self.take_u8()?;
                 let s = self.take(usize::from(n))?.to_vec();
-                self.push_obj(Obj::Bytes(s))?; // SHORT_BINBYTES
+                self.push_obj(Obj::Bytes(s))?;
             }
-            0x8e | 0x96 => {
+            Op::BinBytes8 | Op::ByteArray8 => {
                 let n = self.take_u64()?;
                 let s = self.take_len(n)?.to_vec();
-                self.push_obj(Obj::Bytes(s))?; // BINBYTES8, BYTEARRAY8
+                self.push_obj(Obj::Bytes(s))?;
             }
             // Containers
-            b')' => self.tuple(Vec::new())?,
-            0x85 => {
+            Op::EmptyTuple => self.tuple(Vec::new())?,
+            Op::Tuple1 => {
                 let a = self.pop()?;
-                self.tuple(vec![a])?; // TUPLE1
+                self.tuple(vec![a])?;
             }
-            0x86 => {
+            Op::Tuple2 => {
                 let b = self.pop()?;
                 let a = self.pop()?;
-                self.tuple(vec![a, b])?; // TUPLE2
+                self.tuple(vec![a, b])?;
             }
-            0x87 => {
+            Op::Tuple3 => {
                 let c = self.pop()?;
                 let b = self.pop()?;
                 let a = self.pop()?;
-                self.tuple(vec![a, b, c])?; // TUPLE3
+                self.tuple(vec![a, b, c])?;
             }
-            b't' => {
+            Op::Tuple => {
                 let items = self.pop_mark()?;
-                self.tuple(items)?; // TUPLE
+                self.tuple(items)?;
             }
-            b']' | 0x8f => self.push_obj(Obj::List(Vec::new()))?, // EMPTY_LIST, EMPTY_SET
-            b'l' | 0x91 => {
+            Op::EmptyList | Op::EmptySet => self.push_obj(Obj::List(Vec::new()))?,
+            Op::List | Op::FrozenSet => {
                 let items = self.pop_mark()?;
-                self.push_obj(Obj::List(items))?; // LIST, FROZENSET
+                self.push_obj(Obj::List(items))?;
             }
-            b'a' => {
+            Op::Append => {
                 let v = self.pop()?;
-                self.extend_list(vec![v])?; // APPEND
+                self.extend_list(vec![v])?;
             }
-            b'e' | 0x90 => {
+            Op::Appends | Op::AddItems => {
                 let items = self.pop_mark()?;
-                self.extend_list(items)?; // APPENDS, ADDITEMS
+                self.extend_list(items)?;
             }
-            b'}' => self.push_obj(Obj::Dict(Vec::new()))?, // EMPTY_DICT
-            b'd' => {
+            Op::EmptyDict => self.push_obj(Obj::Dict(Vec::new()))?,
+            Op::Dict => {
                 let items = self.pop_mark()?;
                 let pairs = pairs(items)?;
-                self.push_obj(Obj::Dict(pairs))?; // DICT
+                self.push_obj(Obj::Dict(pairs))?;
             }
-            b's' => {
+            Op::SetItem => {
                 let v = self.pop()?;
                 let k = self.pop()?;
-                self.extend_dict(vec![(k, v)])?; // SETITEM
+                self.extend_dict(vec![(k, v)])?;
             }
-            b'u' => {
+            Op::SetItems => {
                 let items = self.pop_mark()?;
                 let pairs = pairs(items)?;
-                self.extend_dict(pairs)?; // SETITEMS
+                self.extend_dict(pairs)?;
             }
             // Names and calls: data constructors only
-            b'c' => {
+            Op::Global => {
                 let module = String::from_utf8_lossy(self.take_line()?).into_owned();
                 let name = String::from_utf8_lossy(self.take_line()?).into_owned();
-                self.global(&module, &name)?; // GLOBAL
+                self.global(&module, &name)?;
             }
-            0x93 => {
+            Op::StackGlobal => {
                 let name = self.pop()?;
                 let module = self.pop()?;
                 let (Some(module), Some(name)) = (self.str(module), self.str(name)) else {
@@ -560,7 +567,7 @@ impl<'a> Machine<'a> {
                 let (module, name) = (module.to_string(), name.to_string());
                 self.global(&module, &name)?;
             }
-            b'R' => {
+            Op::Reduce => {
                 let args = self.pop()?;
                 let callable = self.pop()?;
                 if !matches!(self.obj(args), Some(Obj::Tuple(_))) {
@@ -570,36 +577,31 @@ impl<'a> Machine<'a> {
                     Built::Value(v) => v,
                     Built::Obj(obj) => self.alloc(obj)?,
                 };
-                self.push(v)?; // REDUCE
-            }
-            0x81 => {
-                let _args = self.pop()?;
-                let class = self.pop()?;
-                let v = self.new_object(class)?; // NEWOBJ
                 self.push(v)?;
             }
-            0x92 => {
+            Op::NewObj => {
+                let _args = self.pop()?;
+                let class = self.pop()?;
+                let v = self.new_object(class)?;
+                self.push(v)?;
+            }
+            Op::NewObjEx => {
                 let _kwargs = self.pop()?;
                 let _args = self.pop()?;
                 let class = self.pop()?;
-                let v = self.new_object(class)?; // NEWOBJ_EX
+                let v = self.new_object(class)?;
                 self.push(v)?;
             }
-            b'b' => {
+            Op::Build => {
                 // BUILD: an object's state (an OrderedDict's `_metadata`, an instance's fields):
                 // nothing swa reads. The object stays as it was.
                 self.pop()?;
                 self.top()?;
             }
-            b'Q' => {
+            Op::BinPersId => {
                 let pid = self.pop()?;
-                let v = self.persistent(pid)?; // BINPERSID
+                let v = self.persistent(pid)?;
                 self.push(v)?;
-            }
-            other => {
-                return Err(format!(
-                    "unsupported pickle opcode 0x{other:02x} (swa reads the opcodes torch.save writes)"
-                ))
             }
         }
         Ok(None)
