@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use safetensors::Dtype;
 
-use super::ops::Op;
+use super::ops::{Group, Op};
 
 /// Objects (containers, strings, tensors…) one pickle may build.
 pub(super) const MAX_OBJECTS: usize = 1 << 23;
@@ -289,6 +289,17 @@ impl<'a> Machine<'a> {
         self.take(n)
     }
 
+    /// Bytes after their length, which is `width` bytes long (1, 4 or 8).
+    fn take_sized(&mut self, width: usize) -> Step<&'a [u8]> {
+        let n = match width {
+            1 => u64::from(self.take_u8()?),
+            4 => u64::from(self.take_u32()?),
+            8 => self.take_u64()?,
+            _ => unreachable!("lengths are 1, 4 or 8 bytes"),
+        };
+        self.take_len(n)
+    }
+
     fn take_line(&mut self) -> Step<&'a [u8]> {
         let rest = &self.code[self.pos..];
         let n = rest.iter().position(|&b| b == b'\n').ok_or("truncated pickle: unterminated line")?;
@@ -297,10 +308,16 @@ impl<'a> Machine<'a> {
         Ok(line)
     }
 
-    fn push(&mut self, v: Value) -> Step {
+    /// Fails when the stack, marks included, is full.
+    fn room(&self) -> Step {
         if self.stack.len() + self.marks.len() >= MAX_STACK {
             return Err(format!("pickle stack deeper than {MAX_STACK}"));
         }
+        Ok(())
+    }
+
+    fn push(&mut self, v: Value) -> Step {
+        self.room()?;
         self.stack.push(v);
         Ok(())
     }
@@ -382,7 +399,21 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// Runs one opcode; returns the pickle's value at its `STOP`.
+    /// Each [`Group`] of opcodes runs in a method of its own.
     fn step(&mut self, op: Op) -> Step<Option<Value>> {
+        match op.group() {
+            Group::Stack => return self.stack_op(op),
+            Group::Memo => self.memo_op(op),
+            Group::Scalar => self.scalar_op(op),
+            Group::Text => self.text_op(op),
+            Group::Container => self.container_op(op),
+            Group::Call => self.call_op(op),
+        }?;
+        Ok(None)
+    }
+
+    fn stack_op(&mut self, op: Op) -> Step<Option<Value>> {
         match op {
             Op::Proto => {
                 let proto = self.take_u8()?;
@@ -395,9 +426,7 @@ impl<'a> Machine<'a> {
             }
             Op::Stop => return self.pop().map(Some),
             Op::Mark => {
-                if self.stack.len() + self.marks.len() >= MAX_STACK {
-                    return Err(format!("pickle stack deeper than {MAX_STACK}"));
-                }
+                self.room()?;
                 self.marks.push(self.stack.len());
             }
             Op::Pop => {
@@ -410,153 +439,134 @@ impl<'a> Machine<'a> {
                 let v = self.top()?;
                 self.push(v)?;
             }
-            // Memo
+            _ => unreachable!("{op:?} is not a stack opcode"),
+        }
+        Ok(None)
+    }
+
+    fn memo_op(&mut self, op: Op) -> Step {
+        match op {
             Op::BinPut => {
                 let id = self.take_u8()?;
-                self.memoize(u32::from(id))?;
+                self.memoize(u32::from(id))
             }
             Op::LongBinPut => {
                 let id = self.take_u32()?;
-                self.memoize(id)?;
+                self.memoize(id)
             }
             Op::Memoize => {
                 let id = u32::try_from(self.memo.len()).map_err(|_| "memo overflow")?;
-                self.memoize(id)?;
+                self.memoize(id)
             }
             Op::BinGet => {
                 let id = self.take_u8()?;
-                self.get(u32::from(id))?;
+                self.get(u32::from(id))
             }
             Op::LongBinGet => {
                 let id = self.take_u32()?;
-                self.get(id)?;
+                self.get(id)
             }
-            // Scalars
-            Op::None => self.push(Value::None)?,
-            Op::NewTrue => self.push(Value::Bool(true))?,
-            Op::NewFalse => self.push(Value::Bool(false))?,
-            Op::BinInt => {
-                let v = i32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes"));
-                self.push(Value::Int(i64::from(v)))?;
-            }
-            Op::BinInt1 => {
-                let v = self.take_u8()?;
-                self.push(Value::Int(i64::from(v)))?;
-            }
-            Op::BinInt2 => {
-                let v = self.take_u16()?;
-                self.push(Value::Int(i64::from(v)))?;
-            }
+            _ => unreachable!("{op:?} is not a memo opcode"),
+        }
+    }
+
+    fn scalar_op(&mut self, op: Op) -> Step {
+        let v = match op {
+            Op::None => Value::None,
+            Op::NewTrue => Value::Bool(true),
+            Op::NewFalse => Value::Bool(false),
+            Op::BinInt => Value::Int(i64::from(i32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))),
+            Op::BinInt1 => Value::Int(i64::from(self.take_u8()?)),
+            Op::BinInt2 => Value::Int(i64::from(self.take_u16()?)),
             Op::Long1 => {
-                let n = self.take_u8()?;
-                let bytes = self.take(usize::from(n))?;
-                self.long(bytes)?;
+                let bytes = self.take_sized(1)?;
+                return self.long(bytes);
             }
             Op::Long4 => {
-                let n = self.take_u32()?;
-                let bytes = self.take_len(u64::from(n))?;
-                self.long(bytes)?;
+                let bytes = self.take_sized(4)?;
+                return self.long(bytes);
             }
-            Op::BinFloat => {
-                let v = f64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes"));
-                self.push(Value::Float(v))?;
-            }
-            // Strings and bytes
-            Op::BinUnicode => {
-                let n = self.take_u32()?;
-                let s = self.take_len(u64::from(n))?;
-                self.str_value(s)?;
-            }
-            Op::ShortBinUnicode => {
-                let n = self.take_u8()?;
-                let s = self.take(usize::from(n))?;
-                self.str_value(s)?;
-            }
-            Op::BinUnicode8 => {
-                let n = self.take_u64()?;
-                let s = self.take_len(n)?;
-                self.str_value(s)?;
-            }
-            Op::BinString => {
-                let n = self.take_u32()?;
-                let s = self.take_len(u64::from(n))?;
-                self.latin1_value(s)?;
-            }
-            Op::ShortBinString => {
-                let n = self.take_u8()?;
-                let s = self.take(usize::from(n))?;
-                self.latin1_value(s)?;
-            }
-            Op::BinBytes => {
-                let n = self.take_u32()?;
-                let s = self.take_len(u64::from(n))?.to_vec();
-                self.push_obj(Obj::Bytes(s))?;
-            }
-            Op::ShortBinBytes => {
-                let n = self.take_u8()?;
-                let s = self.take(usize::from(n))?.to_vec();
-                self.push_obj(Obj::Bytes(s))?;
-            }
-            Op::BinBytes8 | Op::ByteArray8 => {
-                let n = self.take_u64()?;
-                let s = self.take_len(n)?.to_vec();
-                self.push_obj(Obj::Bytes(s))?;
-            }
-            // Containers
-            Op::EmptyTuple => self.tuple(Vec::new())?,
+            Op::BinFloat => Value::Float(f64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes"))),
+            _ => unreachable!("{op:?} is not a scalar opcode"),
+        };
+        self.push(v)
+    }
+
+    fn text_op(&mut self, op: Op) -> Step {
+        let width = match op {
+            Op::ShortBinUnicode | Op::ShortBinString | Op::ShortBinBytes => 1,
+            Op::BinUnicode | Op::BinString | Op::BinBytes => 4,
+            Op::BinUnicode8 | Op::BinBytes8 | Op::ByteArray8 => 8,
+            _ => unreachable!("{op:?} is not a string or bytes opcode"),
+        };
+        let s = self.take_sized(width)?;
+        match op {
+            Op::ShortBinUnicode | Op::BinUnicode | Op::BinUnicode8 => self.str_value(s),
+            Op::ShortBinString | Op::BinString => self.latin1_value(s),
+            _ => self.push_obj(Obj::Bytes(s.to_vec())),
+        }
+    }
+
+    fn container_op(&mut self, op: Op) -> Step {
+        match op {
+            Op::EmptyTuple => self.tuple(Vec::new()),
             Op::Tuple1 => {
                 let a = self.pop()?;
-                self.tuple(vec![a])?;
+                self.tuple(vec![a])
             }
             Op::Tuple2 => {
                 let b = self.pop()?;
                 let a = self.pop()?;
-                self.tuple(vec![a, b])?;
+                self.tuple(vec![a, b])
             }
             Op::Tuple3 => {
                 let c = self.pop()?;
                 let b = self.pop()?;
                 let a = self.pop()?;
-                self.tuple(vec![a, b, c])?;
+                self.tuple(vec![a, b, c])
             }
             Op::Tuple => {
                 let items = self.pop_mark()?;
-                self.tuple(items)?;
+                self.tuple(items)
             }
-            Op::EmptyList | Op::EmptySet => self.push_obj(Obj::List(Vec::new()))?,
+            Op::EmptyList | Op::EmptySet => self.push_obj(Obj::List(Vec::new())),
             Op::List | Op::FrozenSet => {
                 let items = self.pop_mark()?;
-                self.push_obj(Obj::List(items))?;
+                self.push_obj(Obj::List(items))
             }
             Op::Append => {
                 let v = self.pop()?;
-                self.extend_list(vec![v])?;
+                self.extend_list(vec![v])
             }
             Op::Appends | Op::AddItems => {
                 let items = self.pop_mark()?;
-                self.extend_list(items)?;
+                self.extend_list(items)
             }
-            Op::EmptyDict => self.push_obj(Obj::Dict(Vec::new()))?,
+            Op::EmptyDict => self.push_obj(Obj::Dict(Vec::new())),
             Op::Dict => {
-                let items = self.pop_mark()?;
-                let pairs = pairs(items)?;
-                self.push_obj(Obj::Dict(pairs))?;
+                let pairs = pairs(self.pop_mark()?)?;
+                self.push_obj(Obj::Dict(pairs))
             }
             Op::SetItem => {
                 let v = self.pop()?;
                 let k = self.pop()?;
-                self.extend_dict(vec![(k, v)])?;
+                self.extend_dict(vec![(k, v)])
             }
             Op::SetItems => {
-                let items = self.pop_mark()?;
-                let pairs = pairs(items)?;
-                self.extend_dict(pairs)?;
+                let pairs = pairs(self.pop_mark()?)?;
+                self.extend_dict(pairs)
             }
-            // Names and calls: data constructors only
+            _ => unreachable!("{op:?} is not a container opcode"),
+        }
+    }
+
+    /// Data constructors only: nothing is ever run.
+    fn call_op(&mut self, op: Op) -> Step {
+        match op {
             Op::Global => {
                 let module = String::from_utf8_lossy(self.take_line()?).into_owned();
                 let name = String::from_utf8_lossy(self.take_line()?).into_owned();
-                self.global(&module, &name)?;
+                self.global(&module, &name)
             }
             Op::StackGlobal => {
                 let name = self.pop()?;
@@ -565,7 +575,7 @@ impl<'a> Machine<'a> {
                     return Err("STACK_GLOBAL of something other than two strings".into());
                 };
                 let (module, name) = (module.to_string(), name.to_string());
-                self.global(&module, &name)?;
+                self.global(&module, &name)
             }
             Op::Reduce => {
                 let args = self.pop()?;
@@ -577,34 +587,30 @@ impl<'a> Machine<'a> {
                     Built::Value(v) => v,
                     Built::Obj(obj) => self.alloc(obj)?,
                 };
-                self.push(v)?;
+                self.push(v)
             }
-            Op::NewObj => {
+            Op::NewObj | Op::NewObjEx => {
+                if op == Op::NewObjEx {
+                    let _kwargs = self.pop()?;
+                }
                 let _args = self.pop()?;
                 let class = self.pop()?;
                 let v = self.new_object(class)?;
-                self.push(v)?;
-            }
-            Op::NewObjEx => {
-                let _kwargs = self.pop()?;
-                let _args = self.pop()?;
-                let class = self.pop()?;
-                let v = self.new_object(class)?;
-                self.push(v)?;
+                self.push(v)
             }
             Op::Build => {
-                // BUILD: an object's state (an OrderedDict's `_metadata`, an instance's fields):
-                // nothing swa reads. The object stays as it was.
+                // An object's state (an OrderedDict's `_metadata`, an instance's fields): nothing
+                // swa reads. The object stays as it was.
                 self.pop()?;
-                self.top()?;
+                self.top().map(drop)
             }
             Op::BinPersId => {
                 let pid = self.pop()?;
                 let v = self.persistent(pid)?;
-                self.push(v)?;
+                self.push(v)
             }
+            _ => unreachable!("{op:?} is not a name or call opcode"),
         }
-        Ok(None)
     }
 
     fn long(&mut self, bytes: &[u8]) -> Step {
