@@ -4,7 +4,8 @@
 //! `torch.load(weights_only=True)`) yield an opaque value that is an error only where it is read
 //! as a tensor, so that optimizer state, hyper-parameters or callbacks that swa does not need
 //! never stop the read of a state dict. Names that only a hostile file holds (`os.system`,
-//! `builtins.eval`, `subprocess.*`…) stop the read at once.
+//! `builtins.eval`, `subprocess.*`…) stop the read at once. Which names are which is
+//! [`super::globals`]; the opcodes are [`super::ops`].
 //!
 //! Objects live in an arena and values refer to them by index, so shared references (the memo)
 //! behave as in Python (a dict filled after it was memoised is seen filled), cycles cost nothing,
@@ -15,6 +16,7 @@ use std::collections::HashMap;
 
 use safetensors::Dtype;
 
+use super::globals::{self, Elem, Global};
 use super::ops::{Group, Op};
 
 /// Objects (containers, strings, tensors…) one pickle may build.
@@ -40,37 +42,6 @@ pub(super) enum Value {
     Int(i64),
     Float(f64),
     Obj(ObjId),
-}
-
-/// Element type of a storage class.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum Elem {
-    /// A typed storage (`torch.FloatStorage`…): elements of this dtype.
-    Typed(Dtype),
-    /// `torch.storage.UntypedStorage` (bytes; the tensor's dtype comes with `_rebuild_tensor_v3`).
-    Untyped,
-    /// A storage class swa cannot read (quantized, complex double…), by name.
-    Unsupported(String),
-}
-
-/// A global the machine knows how to build data with.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum Global {
-    OrderedDict,
-    RebuildTensorV2,
-    RebuildTensorV3,
-    RebuildParameter,
-    Storage(Elem),
-    /// A `torch` dtype (`torch.float8_e4m3fn`…); None for one swa cannot read.
-    Dtype(Option<Dtype>, String),
-    /// `torch.Size`, `builtins.set` / `frozenset`: their argument, as a tuple or list.
-    Identity,
-    /// `torch.device`: its name.
-    Device,
-    /// `_codecs.encode` (bytes in protocol 2) and `builtins.bytearray`.
-    Bytes,
-    /// Any other name (`module.name`): never called.
-    Other(String),
 }
 
 /// A storage: the persistent id `('storage', class, key, location, numel)`.
@@ -113,106 +84,6 @@ pub(super) enum Obj {
     Tensor(Tensor),
     /// Something swa does not build, and why (`refusing global foo.Bar`).
     Opaque(String),
-}
-
-/// Module prefixes and names no checkpoint needs and only a hostile pickle calls: their presence
-/// stops the read (the others become opaque values).
-fn hostile(module: &str, name: &str) -> bool {
-    const MODULES: &[&str] = &[
-        "os",
-        "posix",
-        "nt",
-        "subprocess",
-        "sys",
-        "runpy",
-        "pty",
-        "socket",
-        "shutil",
-        "importlib",
-        "ctypes",
-        "pickle",
-        "_pickle",
-        "marshal",
-        "code",
-        "codeop",
-        "webbrowser",
-        "commands",
-        "multiprocessing",
-        "asyncio",
-        "pydoc",
-        "timeit",
-        "bdb",
-        "pdb",
-        "torch.jit",
-        "torch._C",
-        "torch.ops",
-        "numpy.testing",
-        "platform",
-    ];
-    const BUILTINS: &[&str] =
-        &["eval", "exec", "execfile", "compile", "__import__", "open", "input", "breakpoint", "globals", "locals"];
-    let module_hit = MODULES.iter().any(|m| module == *m || module.strip_prefix(m).is_some_and(|r| r.starts_with('.')));
-    module_hit || (matches!(module, "builtins" | "__builtin__") && BUILTINS.contains(&name))
-}
-
-fn classify(module: &str, name: &str) -> Global {
-    let typed = |d| Global::Storage(Elem::Typed(d));
-    match (module, name) {
-        ("collections", "OrderedDict") => Global::OrderedDict,
-        ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
-        ("torch._utils", "_rebuild_tensor_v3") => Global::RebuildTensorV3,
-        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => Global::RebuildParameter,
-        ("torch", "DoubleStorage") => typed(Dtype::F64),
-        ("torch", "FloatStorage") => typed(Dtype::F32),
-        ("torch", "HalfStorage") => typed(Dtype::F16),
-        ("torch", "BFloat16Storage") => typed(Dtype::BF16),
-        ("torch", "LongStorage") => typed(Dtype::I64),
-        ("torch", "IntStorage") => typed(Dtype::I32),
-        ("torch", "ShortStorage") => typed(Dtype::I16),
-        ("torch", "CharStorage") => typed(Dtype::I8),
-        ("torch", "ByteStorage") => typed(Dtype::U8),
-        ("torch", "BoolStorage") => typed(Dtype::BOOL),
-        ("torch", "ComplexFloatStorage") => typed(Dtype::C64),
-        ("torch.storage" | "torch", "UntypedStorage") => Global::Storage(Elem::Untyped),
-        ("torch", n) if n.ends_with("Storage") => Global::Storage(Elem::Unsupported(format!("torch.{n}"))),
-        ("torch", "Size") | ("builtins" | "__builtin__", "set" | "frozenset") => Global::Identity,
-        ("torch", "device") => Global::Device,
-        ("_codecs", "encode") | ("builtins" | "__builtin__", "bytearray") => Global::Bytes,
-        ("torch", n) => match torch_dtype(n) {
-            Some(d) => Global::Dtype(Some(d), n.to_string()),
-            None if is_torch_dtype_name(n) => Global::Dtype(None, n.to_string()),
-            None => Global::Other(format!("torch.{n}")),
-        },
-        _ => Global::Other(format!("{module}.{name}")),
-    }
-}
-
-/// The dtype of a `torch.<name>` dtype object.
-pub(super) fn torch_dtype(name: &str) -> Option<Dtype> {
-    Some(match name {
-        "float64" | "double" => Dtype::F64,
-        "float32" | "float" => Dtype::F32,
-        "float16" | "half" => Dtype::F16,
-        "bfloat16" => Dtype::BF16,
-        "int64" | "long" => Dtype::I64,
-        "int32" | "int" => Dtype::I32,
-        "int16" | "short" => Dtype::I16,
-        "int8" => Dtype::I8,
-        "uint8" => Dtype::U8,
-        "uint16" => Dtype::U16,
-        "uint32" => Dtype::U32,
-        "uint64" => Dtype::U64,
-        "bool" => Dtype::BOOL,
-        "complex64" | "cfloat" => Dtype::C64,
-        "float8_e4m3fn" => Dtype::F8_E4M3,
-        "float8_e5m2" => Dtype::F8_E5M2,
-        "float8_e8m0fnu" => Dtype::F8_E8M0,
-        _ => return None,
-    })
-}
-
-fn is_torch_dtype_name(name: &str) -> bool {
-    ["float", "int", "uint", "complex", "bits", "qint", "quint", "bcomplex"].iter().any(|p| name.starts_with(p))
 }
 
 /// The pickle machine and, once [`Machine::run`] returns, everything it built.
@@ -662,13 +533,8 @@ impl<'a> Machine<'a> {
         // STACK_GLOBAL copies its strings out of existing objects: a long name fetched from the
         // memo again and again must not cost memory for nothing.
         self.charge_text(module.len() + name.len())?;
-        if hostile(module, name) {
-            return Err(format!(
-                "refusing global {module}.{name}: no checkpoint needs it, only a pickle that runs code \
-                 (swa never runs pickled code; do not load this file with torch.load(weights_only=False))"
-            ));
-        }
-        self.push_obj(Obj::Global(classify(module, name)))
+        let global = globals::resolve(module, name)?;
+        self.push_obj(Obj::Global(global))
     }
 
     fn global_of(&self, v: Value) -> Option<&Global> {
