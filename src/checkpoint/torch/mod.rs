@@ -13,6 +13,8 @@
 //! Lightning's `state_dict`, an EMA callback's). They are named by dotted key paths, the top level
 //! by the empty path.
 
+mod globals;
+mod ops;
 mod pickle;
 mod write;
 mod zip;
@@ -28,7 +30,8 @@ use safetensors::Dtype;
 
 pub use write::{TorchWriter, METADATA_MEMBER};
 
-use self::pickle::{Elem, Machine, Obj, ObjId, Value};
+use self::globals::Elem;
+use self::pickle::{Machine, Obj, ObjId, Value};
 use crate::checkpoint::format::{Claim, Format, Probe, TensorWriter};
 use crate::checkpoint::{dtype, Checkpoint};
 use crate::error::{Error, Result};

@@ -4,7 +4,8 @@
 //! `torch.load(weights_only=True)`) yield an opaque value that is an error only where it is read
 //! as a tensor, so that optimizer state, hyper-parameters or callbacks that swa does not need
 //! never stop the read of a state dict. Names that only a hostile file holds (`os.system`,
-//! `builtins.eval`, `subprocess.*`…) stop the read at once.
+//! `builtins.eval`, `subprocess.*`…) stop the read at once. Which names are which is
+//! [`super::globals`]; the opcodes are [`super::ops`].
 //!
 //! Objects live in an arena and values refer to them by index, so shared references (the memo)
 //! behave as in Python (a dict filled after it was memoised is seen filled), cycles cost nothing,
@@ -14,6 +15,9 @@ use std::cell::Cell;
 use std::collections::HashMap;
 
 use safetensors::Dtype;
+
+use super::globals::{self, Elem, Global};
+use super::ops::{Group, Op};
 
 /// Objects (containers, strings, tensors…) one pickle may build.
 pub(super) const MAX_OBJECTS: usize = 1 << 23;
@@ -38,37 +42,6 @@ pub(super) enum Value {
     Int(i64),
     Float(f64),
     Obj(ObjId),
-}
-
-/// Element type of a storage class.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum Elem {
-    /// A typed storage (`torch.FloatStorage`…): elements of this dtype.
-    Typed(Dtype),
-    /// `torch.storage.UntypedStorage` (bytes; the tensor's dtype comes with `_rebuild_tensor_v3`).
-    Untyped,
-    /// A storage class swa cannot read (quantized, complex double…), by name.
-    Unsupported(String),
-}
-
-/// A global the machine knows how to build data with.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum Global {
-    OrderedDict,
-    RebuildTensorV2,
-    RebuildTensorV3,
-    RebuildParameter,
-    Storage(Elem),
-    /// A `torch` dtype (`torch.float8_e4m3fn`…); None for one swa cannot read.
-    Dtype(Option<Dtype>, String),
-    /// `torch.Size`, `builtins.set` / `frozenset`: their argument, as a tuple or list.
-    Identity,
-    /// `torch.device`: its name.
-    Device,
-    /// `_codecs.encode` (bytes in protocol 2) and `builtins.bytearray`.
-    Bytes,
-    /// Any other name (`module.name`): never called.
-    Other(String),
 }
 
 /// A storage: the persistent id `('storage', class, key, location, numel)`.
@@ -113,106 +86,6 @@ pub(super) enum Obj {
     Opaque(String),
 }
 
-/// Module prefixes and names no checkpoint needs and only a hostile pickle calls: their presence
-/// stops the read (the others become opaque values).
-fn hostile(module: &str, name: &str) -> bool {
-    const MODULES: &[&str] = &[
-        "os",
-        "posix",
-        "nt",
-        "subprocess",
-        "sys",
-        "runpy",
-        "pty",
-        "socket",
-        "shutil",
-        "importlib",
-        "ctypes",
-        "pickle",
-        "_pickle",
-        "marshal",
-        "code",
-        "codeop",
-        "webbrowser",
-        "commands",
-        "multiprocessing",
-        "asyncio",
-        "pydoc",
-        "timeit",
-        "bdb",
-        "pdb",
-        "torch.jit",
-        "torch._C",
-        "torch.ops",
-        "numpy.testing",
-        "platform",
-    ];
-    const BUILTINS: &[&str] =
-        &["eval", "exec", "execfile", "compile", "__import__", "open", "input", "breakpoint", "globals", "locals"];
-    let module_hit = MODULES.iter().any(|m| module == *m || module.strip_prefix(m).is_some_and(|r| r.starts_with('.')));
-    module_hit || (matches!(module, "builtins" | "__builtin__") && BUILTINS.contains(&name))
-}
-
-fn classify(module: &str, name: &str) -> Global {
-    let typed = |d| Global::Storage(Elem::Typed(d));
-    match (module, name) {
-        ("collections", "OrderedDict") => Global::OrderedDict,
-        ("torch._utils", "_rebuild_tensor_v2") => Global::RebuildTensorV2,
-        ("torch._utils", "_rebuild_tensor_v3") => Global::RebuildTensorV3,
-        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => Global::RebuildParameter,
-        ("torch", "DoubleStorage") => typed(Dtype::F64),
-        ("torch", "FloatStorage") => typed(Dtype::F32),
-        ("torch", "HalfStorage") => typed(Dtype::F16),
-        ("torch", "BFloat16Storage") => typed(Dtype::BF16),
-        ("torch", "LongStorage") => typed(Dtype::I64),
-        ("torch", "IntStorage") => typed(Dtype::I32),
-        ("torch", "ShortStorage") => typed(Dtype::I16),
-        ("torch", "CharStorage") => typed(Dtype::I8),
-        ("torch", "ByteStorage") => typed(Dtype::U8),
-        ("torch", "BoolStorage") => typed(Dtype::BOOL),
-        ("torch", "ComplexFloatStorage") => typed(Dtype::C64),
-        ("torch.storage" | "torch", "UntypedStorage") => Global::Storage(Elem::Untyped),
-        ("torch", n) if n.ends_with("Storage") => Global::Storage(Elem::Unsupported(format!("torch.{n}"))),
-        ("torch", "Size") | ("builtins" | "__builtin__", "set" | "frozenset") => Global::Identity,
-        ("torch", "device") => Global::Device,
-        ("_codecs", "encode") | ("builtins" | "__builtin__", "bytearray") => Global::Bytes,
-        ("torch", n) => match torch_dtype(n) {
-            Some(d) => Global::Dtype(Some(d), n.to_string()),
-            None if is_torch_dtype_name(n) => Global::Dtype(None, n.to_string()),
-            None => Global::Other(format!("torch.{n}")),
-        },
-        _ => Global::Other(format!("{module}.{name}")),
-    }
-}
-
-/// The dtype of a `torch.<name>` dtype object.
-pub(super) fn torch_dtype(name: &str) -> Option<Dtype> {
-    Some(match name {
-        "float64" | "double" => Dtype::F64,
-        "float32" | "float" => Dtype::F32,
-        "float16" | "half" => Dtype::F16,
-        "bfloat16" => Dtype::BF16,
-        "int64" | "long" => Dtype::I64,
-        "int32" | "int" => Dtype::I32,
-        "int16" | "short" => Dtype::I16,
-        "int8" => Dtype::I8,
-        "uint8" => Dtype::U8,
-        "uint16" => Dtype::U16,
-        "uint32" => Dtype::U32,
-        "uint64" => Dtype::U64,
-        "bool" => Dtype::BOOL,
-        "complex64" | "cfloat" => Dtype::C64,
-        "float8_e4m3fn" => Dtype::F8_E4M3,
-        "float8_e5m2" => Dtype::F8_E5M2,
-        "float8_e8m0fnu" => Dtype::F8_E8M0,
-        _ => return None,
-    })
-}
-
-fn is_torch_dtype_name(name: &str) -> bool {
-    ["float", "int", "uint", "complex", "bits", "qint", "quint", "bcomplex"].iter().any(|p| name.starts_with(p))
-}
-
 /// The pickle machine and, once [`Machine::run`] returns, everything it built.
 pub(super) struct Machine<'a> {
     code: &'a [u8],
@@ -243,11 +116,16 @@ impl<'a> Machine<'a> {
     pub fn run(&mut self) -> Result<Value, String> {
         loop {
             let at = self.pos;
-            let op = self.take(1).map_err(|e| format!("{e} (no STOP opcode)"))?[0];
-            match self.step(op) {
+            let byte = self.take(1).map_err(|e| format!("{e} (no STOP opcode)"))?[0];
+            let step = Op::from_byte(byte)
+                .ok_or_else(|| {
+                    format!("unsupported pickle opcode 0x{byte:02x} (swa reads the opcodes torch.save writes)")
+                })
+                .and_then(|op| self.step(op));
+            match step {
                 Ok(Some(v)) => return Ok(v),
                 Ok(None) => {}
-                Err(e) => return Err(format!("{e} (opcode 0x{op:02x} at byte {at})")),
+                Err(e) => return Err(format!("{e} (opcode 0x{byte:02x} at byte {at})")),
             }
         }
     }
@@ -282,6 +160,17 @@ impl<'a> Machine<'a> {
         self.take(n)
     }
 
+    /// Bytes after their length, which is `width` bytes long (1, 4 or 8).
+    fn take_sized(&mut self, width: usize) -> Step<&'a [u8]> {
+        let n = match width {
+            1 => u64::from(self.take_u8()?),
+            4 => u64::from(self.take_u32()?),
+            8 => self.take_u64()?,
+            _ => unreachable!("lengths are 1, 4 or 8 bytes"),
+        };
+        self.take_len(n)
+    }
+
     fn take_line(&mut self) -> Step<&'a [u8]> {
         let rest = &self.code[self.pos..];
         let n = rest.iter().position(|&b| b == b'\n').ok_or("truncated pickle: unterminated line")?;
@@ -290,10 +179,16 @@ impl<'a> Machine<'a> {
         Ok(line)
     }
 
-    fn push(&mut self, v: Value) -> Step {
+    /// Fails when the stack, marks included, is full.
+    fn room(&self) -> Step {
         if self.stack.len() + self.marks.len() >= MAX_STACK {
             return Err(format!("pickle stack deeper than {MAX_STACK}"));
         }
+        Ok(())
+    }
+
+    fn push(&mut self, v: Value) -> Step {
+        self.room()?;
         self.stack.push(v);
         Ok(())
     }
@@ -375,192 +270,185 @@ impl<'a> Machine<'a> {
         }
     }
 
-    fn step(&mut self, op: u8) -> Step<Option<Value>> {
+    /// Runs one opcode; returns the pickle's value at its `STOP`.
+    /// Each [`Group`] of opcodes runs in a method of its own.
+    fn step(&mut self, op: Op) -> Step<Option<Value>> {
+        match op.group() {
+            Group::Stack => return self.stack_op(op),
+            Group::Memo => self.memo_op(op),
+            Group::Scalar => self.scalar_op(op),
+            Group::Text => self.text_op(op),
+            Group::Container => self.container_op(op),
+            Group::Call => self.call_op(op),
+        }?;
+        Ok(None)
+    }
+
+    fn stack_op(&mut self, op: Op) -> Step<Option<Value>> {
         match op {
-            0x80 => {
-                let proto = self.take_u8()?; // PROTO
+            Op::Proto => {
+                let proto = self.take_u8()?;
                 if proto > 5 {
                     return Err(format!("unsupported pickle protocol {proto}"));
                 }
             }
-            0x95 => {
-                self.take_u64()?; // FRAME: framing is advisory
+            Op::Frame => {
+                self.take_u64()?; // framing is advisory
             }
-            b'.' => return self.pop().map(Some), // STOP
-            b'(' => {
-                if self.stack.len() + self.marks.len() >= MAX_STACK {
-                    return Err(format!("pickle stack deeper than {MAX_STACK}"));
-                }
-                self.marks.push(self.stack.len()); // MARK
+            Op::Stop => return self.pop().map(Some),
+            Op::Mark => {
+                self.room()?;
+                self.marks.push(self.stack.len());
             }
-            b'0' => {
-                self.pop()?; // POP
+            Op::Pop => {
+                self.pop()?;
             }
-            b'1' => {
-                self.pop_mark()?; // POP_MARK
+            Op::PopMark => {
+                self.pop_mark()?;
             }
-            b'2' => {
-                let v = self.top()?; // DUP
+            Op::Dup => {
+                let v = self.top()?;
                 self.push(v)?;
             }
-            // Memo
-            b'q' => {
+            _ => unreachable!("{op:?} is not a stack opcode"),
+        }
+        Ok(None)
+    }
+
+    fn memo_op(&mut self, op: Op) -> Step {
+        match op {
+            Op::BinPut => {
                 let id = self.take_u8()?;
-                self.memoize(u32::from(id))?; // BINPUT
+                self.memoize(u32::from(id))
             }
-            b'r' => {
+            Op::LongBinPut => {
                 let id = self.take_u32()?;
-                self.memoize(id)?; // LONG_BINPUT
+                self.memoize(id)
             }
-            0x94 => {
+            Op::Memoize => {
                 let id = u32::try_from(self.memo.len()).map_err(|_| "memo overflow")?;
-                self.memoize(id)?; // MEMOIZE
+                self.memoize(id)
             }
-            b'h' => {
+            Op::BinGet => {
                 let id = self.take_u8()?;
-                self.get(u32::from(id))?; // BINGET
+                self.get(u32::from(id))
             }
-            b'j' => {
+            Op::LongBinGet => {
                 let id = self.take_u32()?;
-                self.get(id)?; // LONG_BINGET
+                self.get(id)
             }
-            // Scalars
-            b'N' => self.push(Value::None)?,
-            0x88 => self.push(Value::Bool(true))?,
-            0x89 => self.push(Value::Bool(false))?,
-            b'J' => {
-                let v = i32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes"));
-                self.push(Value::Int(i64::from(v)))?; // BININT
+            _ => unreachable!("{op:?} is not a memo opcode"),
+        }
+    }
+
+    fn scalar_op(&mut self, op: Op) -> Step {
+        let v = match op {
+            Op::None => Value::None,
+            Op::NewTrue => Value::Bool(true),
+            Op::NewFalse => Value::Bool(false),
+            Op::BinInt => Value::Int(i64::from(i32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))),
+            Op::BinInt1 => Value::Int(i64::from(self.take_u8()?)),
+            Op::BinInt2 => Value::Int(i64::from(self.take_u16()?)),
+            Op::Long1 => {
+                let bytes = self.take_sized(1)?;
+                return self.long(bytes);
             }
-            b'K' => {
-                let v = self.take_u8()?;
-                self.push(Value::Int(i64::from(v)))?; // BININT1
+            Op::Long4 => {
+                let bytes = self.take_sized(4)?;
+                return self.long(bytes);
             }
-            b'M' => {
-                let v = self.take_u16()?;
-                self.push(Value::Int(i64::from(v)))?; // BININT2
-            }
-            0x8a => {
-                let n = self.take_u8()?; // LONG1
-                let bytes = self.take(usize::from(n))?;
-                self.long(bytes)?;
-            }
-            0x8b => {
-                let n = self.take_u32()?; // LONG4
-                let bytes = self.take_len(u64::from(n))?;
-                self.long(bytes)?;
-            }
-            b'G' => {
-                let v = f64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes"));
-                self.push(Value::Float(v))?; // BINFLOAT
-            }
-            // Strings and bytes
-            b'X' => {
-                let n = self.take_u32()?;
-                let s = self.take_len(u64::from(n))?;
-                self.str_value(s)?; // BINUNICODE
-            }
-            0x8c => {
-                let n = self.take_u8()?;
-                let s = self.take(usize::from(n))?;
-                self.str_value(s)?; // SHORT_BINUNICODE
-            }
-            0x8d => {
-                let n = self.take_u64()?;
-                let s = self.take_len(n)?;
-                self.str_value(s)?; // BINUNICODE8
-            }
-            b'T' => {
-                let n = self.take_u32()?;
-                let s = self.take_len(u64::from(n))?;
-                self.latin1_value(s)?; // BINSTRING
-            }
-            b'U' => {
-                let n = self.take_u8()?;
-                let s = self.take(usize::from(n))?;
-                self.latin1_value(s)?; // SHORT_BINSTRING
-            }
-            b'B' => {
-                let n = self.take_u32()?;
-                let s = self.take_len(u64::from(n))?.to_vec();
-                self.push_obj(Obj::Bytes(s))?; // BINBYTES
-            }
-            b'C' => {
-                let n = self.take_u8()?;
-                let s = self.take(usize::from(n))?.to_vec();
-                self.push_obj(Obj::Bytes(s))?; // SHORT_BINBYTES
-            }
-            0x8e | 0x96 => {
-                let n = self.take_u64()?;
-                let s = self.take_len(n)?.to_vec();
-                self.push_obj(Obj::Bytes(s))?; // BINBYTES8, BYTEARRAY8
-            }
-            // Containers
-            b')' => self.tuple(Vec::new())?,
-            0x85 => {
+            Op::BinFloat => Value::Float(f64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes"))),
+            _ => unreachable!("{op:?} is not a scalar opcode"),
+        };
+        self.push(v)
+    }
+
+    fn text_op(&mut self, op: Op) -> Step {
+        let width = match op {
+            Op::ShortBinUnicode | Op::ShortBinString | Op::ShortBinBytes => 1,
+            Op::BinUnicode | Op::BinString | Op::BinBytes => 4,
+            Op::BinUnicode8 | Op::BinBytes8 | Op::ByteArray8 => 8,
+            _ => unreachable!("{op:?} is not a string or bytes opcode"),
+        };
+        let s = self.take_sized(width)?;
+        match op {
+            Op::ShortBinUnicode | Op::BinUnicode | Op::BinUnicode8 => self.str_value(s),
+            Op::ShortBinString | Op::BinString => self.latin1_value(s),
+            _ => self.push_obj(Obj::Bytes(s.to_vec())),
+        }
+    }
+
+    fn container_op(&mut self, op: Op) -> Step {
+        match op {
+            Op::EmptyTuple => self.tuple(Vec::new()),
+            Op::Tuple1 => {
                 let a = self.pop()?;
-                self.tuple(vec![a])?; // TUPLE1
+                self.tuple(vec![a])
             }
-            0x86 => {
+            Op::Tuple2 => {
                 let b = self.pop()?;
                 let a = self.pop()?;
-                self.tuple(vec![a, b])?; // TUPLE2
+                self.tuple(vec![a, b])
             }
-            0x87 => {
+            Op::Tuple3 => {
                 let c = self.pop()?;
                 let b = self.pop()?;
                 let a = self.pop()?;
-                self.tuple(vec![a, b, c])?; // TUPLE3
+                self.tuple(vec![a, b, c])
             }
-            b't' => {
+            Op::Tuple => {
                 let items = self.pop_mark()?;
-                self.tuple(items)?; // TUPLE
+                self.tuple(items)
             }
-            b']' | 0x8f => self.push_obj(Obj::List(Vec::new()))?, // EMPTY_LIST, EMPTY_SET
-            b'l' | 0x91 => {
+            Op::EmptyList | Op::EmptySet => self.push_obj(Obj::List(Vec::new())),
+            Op::List | Op::FrozenSet => {
                 let items = self.pop_mark()?;
-                self.push_obj(Obj::List(items))?; // LIST, FROZENSET
+                self.push_obj(Obj::List(items))
             }
-            b'a' => {
+            Op::Append => {
                 let v = self.pop()?;
-                self.extend_list(vec![v])?; // APPEND
+                self.extend_list(vec![v])
             }
-            b'e' | 0x90 => {
+            Op::Appends | Op::AddItems => {
                 let items = self.pop_mark()?;
-                self.extend_list(items)?; // APPENDS, ADDITEMS
+                self.extend_list(items)
             }
-            b'}' => self.push_obj(Obj::Dict(Vec::new()))?, // EMPTY_DICT
-            b'd' => {
-                let items = self.pop_mark()?;
-                let pairs = pairs(items)?;
-                self.push_obj(Obj::Dict(pairs))?; // DICT
+            Op::EmptyDict => self.push_obj(Obj::Dict(Vec::new())),
+            Op::Dict => {
+                let pairs = pairs(self.pop_mark()?)?;
+                self.push_obj(Obj::Dict(pairs))
             }
-            b's' => {
+            Op::SetItem => {
                 let v = self.pop()?;
                 let k = self.pop()?;
-                self.extend_dict(vec![(k, v)])?; // SETITEM
+                self.extend_dict(vec![(k, v)])
             }
-            b'u' => {
-                let items = self.pop_mark()?;
-                let pairs = pairs(items)?;
-                self.extend_dict(pairs)?; // SETITEMS
+            Op::SetItems => {
+                let pairs = pairs(self.pop_mark()?)?;
+                self.extend_dict(pairs)
             }
-            // Names and calls: data constructors only
-            b'c' => {
+            _ => unreachable!("{op:?} is not a container opcode"),
+        }
+    }
+
+    /// Data constructors only: nothing is ever run.
+    fn call_op(&mut self, op: Op) -> Step {
+        match op {
+            Op::Global => {
                 let module = String::from_utf8_lossy(self.take_line()?).into_owned();
                 let name = String::from_utf8_lossy(self.take_line()?).into_owned();
-                self.global(&module, &name)?; // GLOBAL
+                self.global(&module, &name)
             }
-            0x93 => {
+            Op::StackGlobal => {
                 let name = self.pop()?;
                 let module = self.pop()?;
                 let (Some(module), Some(name)) = (self.str(module), self.str(name)) else {
                     return Err("STACK_GLOBAL of something other than two strings".into());
                 };
                 let (module, name) = (module.to_string(), name.to_string());
-                self.global(&module, &name)?;
+                self.global(&module, &name)
             }
-            b'R' => {
+            Op::Reduce => {
                 let args = self.pop()?;
                 let callable = self.pop()?;
                 if !matches!(self.obj(args), Some(Obj::Tuple(_))) {
@@ -570,39 +458,30 @@ impl<'a> Machine<'a> {
                     Built::Value(v) => v,
                     Built::Obj(obj) => self.alloc(obj)?,
                 };
-                self.push(v)?; // REDUCE
+                self.push(v)
             }
-            0x81 => {
+            Op::NewObj | Op::NewObjEx => {
+                if op == Op::NewObjEx {
+                    let _kwargs = self.pop()?;
+                }
                 let _args = self.pop()?;
                 let class = self.pop()?;
-                let v = self.new_object(class)?; // NEWOBJ
-                self.push(v)?;
+                let v = self.new_object(class)?;
+                self.push(v)
             }
-            0x92 => {
-                let _kwargs = self.pop()?;
-                let _args = self.pop()?;
-                let class = self.pop()?;
-                let v = self.new_object(class)?; // NEWOBJ_EX
-                self.push(v)?;
-            }
-            b'b' => {
-                // BUILD: an object's state (an OrderedDict's `_metadata`, an instance's fields):
-                // nothing swa reads. The object stays as it was.
+            Op::Build => {
+                // An object's state (an OrderedDict's `_metadata`, an instance's fields): nothing
+                // swa reads. The object stays as it was.
                 self.pop()?;
-                self.top()?;
+                self.top().map(drop)
             }
-            b'Q' => {
+            Op::BinPersId => {
                 let pid = self.pop()?;
-                let v = self.persistent(pid)?; // BINPERSID
-                self.push(v)?;
+                let v = self.persistent(pid)?;
+                self.push(v)
             }
-            other => {
-                return Err(format!(
-                    "unsupported pickle opcode 0x{other:02x} (swa reads the opcodes torch.save writes)"
-                ))
-            }
+            _ => unreachable!("{op:?} is not a name or call opcode"),
         }
-        Ok(None)
     }
 
     fn long(&mut self, bytes: &[u8]) -> Step {
@@ -654,13 +533,8 @@ impl<'a> Machine<'a> {
         // STACK_GLOBAL copies its strings out of existing objects: a long name fetched from the
         // memo again and again must not cost memory for nothing.
         self.charge_text(module.len() + name.len())?;
-        if hostile(module, name) {
-            return Err(format!(
-                "refusing global {module}.{name}: no checkpoint needs it, only a pickle that runs code \
-                 (swa never runs pickled code; do not load this file with torch.load(weights_only=False))"
-            ));
-        }
-        self.push_obj(Obj::Global(classify(module, name)))
+        let global = globals::resolve(module, name)?;
+        self.push_obj(Obj::Global(global))
     }
 
     fn global_of(&self, v: Value) -> Option<&Global> {

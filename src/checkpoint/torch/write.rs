@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use safetensors::Dtype;
 
+use super::ops::Op;
 use super::zip;
 use crate::checkpoint::{dtype, TensorSpec};
 use crate::error::{Error, Result};
@@ -232,57 +233,54 @@ pub(super) struct PickleOut {
 impl PickleOut {
     pub fn new() -> Self {
         let mut p = PickleOut::default();
-        p.bytes.extend_from_slice(&[0x80, 2]);
+        p.op(Op::Proto).arg(&[2]);
         p
     }
 
-    pub fn op(&mut self, op: u8) -> &mut Self {
-        self.bytes.push(op);
+    pub fn op(&mut self, op: Op) -> &mut Self {
+        self.bytes.push(op as u8);
+        self
+    }
+
+    /// An opcode's argument, after it.
+    pub fn arg(&mut self, bytes: &[u8]) -> &mut Self {
+        self.bytes.extend_from_slice(bytes);
         self
     }
 
     pub fn mark(&mut self) -> &mut Self {
-        self.op(b'(')
+        self.op(Op::Mark)
     }
 
     /// A global, written once and then fetched from the memo.
     pub fn global(&mut self, module: &str, name: &str) -> &mut Self {
         let key = format!("{module}\n{name}\n");
         if let Some(&id) = self.globals.get(&key) {
-            self.bytes.push(b'j');
-            self.bytes.extend_from_slice(&id.to_le_bytes());
+            self.op(Op::LongBinGet).arg(&id.to_le_bytes());
         } else {
-            self.bytes.push(b'c');
-            self.bytes.extend_from_slice(key.as_bytes());
-            self.bytes.push(b'r');
-            self.bytes.extend_from_slice(&self.memo.to_le_bytes());
-            self.globals.insert(key, self.memo);
+            self.op(Op::Global).arg(key.as_bytes());
+            let id = self.memo;
+            self.op(Op::LongBinPut).arg(&id.to_le_bytes());
+            self.globals.insert(key, id);
             self.memo += 1;
         }
         self
     }
 
     pub fn str(&mut self, s: &str) -> &mut Self {
-        self.bytes.push(b'X');
-        self.bytes.extend_from_slice(&(s.len() as u32).to_le_bytes());
-        self.bytes.extend_from_slice(s.as_bytes());
-        self
+        self.op(Op::BinUnicode).arg(&(s.len() as u32).to_le_bytes()).arg(s.as_bytes())
     }
 
     pub fn int(&mut self, v: u64) -> &mut Self {
         if v < 0x100 {
-            self.bytes.extend_from_slice(&[b'K', v as u8]);
+            self.op(Op::BinInt1).arg(&[v as u8]);
         } else if v < 0x1_0000 {
-            self.bytes.push(b'M');
-            self.bytes.extend_from_slice(&(v as u16).to_le_bytes());
+            self.op(Op::BinInt2).arg(&(v as u16).to_le_bytes());
         } else if v <= i32::MAX as u64 {
-            self.bytes.push(b'J');
-            self.bytes.extend_from_slice(&(v as i32).to_le_bytes());
+            self.op(Op::BinInt).arg(&(v as i32).to_le_bytes());
         } else {
             // LONG1 of 9 bytes: little-endian, with a zero byte keeping it positive.
-            self.bytes.extend_from_slice(&[0x8a, 9]);
-            self.bytes.extend_from_slice(&v.to_le_bytes());
-            self.bytes.push(0);
+            self.op(Op::Long1).arg(&[9]).arg(&v.to_le_bytes()).arg(&[0]);
         }
         self
     }
@@ -293,12 +291,12 @@ impl PickleOut {
         for &v in values {
             self.int(v);
         }
-        self.op(b't')
+        self.op(Op::Tuple)
     }
 
     /// `OrderedDict()`.
     pub fn ordered_dict(&mut self) -> &mut Self {
-        self.global("collections", "OrderedDict").op(b')').op(b'R')
+        self.global("collections", "OrderedDict").op(Op::EmptyTuple).op(Op::Reduce)
     }
 
     /// A tensor over all of storage `key`: `_rebuild_tensor_v2(storage, 0, shape, stride, False,
@@ -326,12 +324,12 @@ impl PickleOut {
                 numel * dtype::width(dtype) as u64
             }
         };
-        self.str(key).str("cpu").int(storage_numel).op(b't').op(b'Q');
-        self.int(0).ints(&shape).ints(&stride).op(0x89).ordered_dict();
+        self.str(key).str("cpu").int(storage_numel).op(Op::Tuple).op(Op::BinPersId);
+        self.int(0).ints(&shape).ints(&stride).op(Op::NewFalse).ordered_dict();
         if let StorageOf::Untyped(name) = storage {
             self.global("torch", name);
         }
-        self.op(b't').op(b'R')
+        self.op(Op::Tuple).op(Op::Reduce)
     }
 }
 
@@ -345,9 +343,9 @@ fn state_dict_pickle(tensors: &[TensorSpec]) -> Vec<u8> {
         for (j, t) in chunk.iter().enumerate() {
             p.str(&t.name).tensor(&(batch * 1000 + j).to_string(), t.dtype, &t.shape);
         }
-        p.op(b'u');
+        p.op(Op::SetItems);
     }
-    p.op(b'.');
+    p.op(Op::Stop);
     p.bytes
 }
 
