@@ -105,7 +105,14 @@ pub fn write(opts: &PartialStatsOptions) -> Result<PartialStatsSummary> {
         tensors.push(f64_tensor(format!("{name}.{}", a.0), a.1));
         tensors.push(f64_tensor(format!("{name}.{}", b.0), b.1));
     }
-    let staged = crate::checkpoint::stage_tensors(&opts.output, &tensors, &meta)?;
+    // Safetensors whatever the name (docs/scale-out.md): `read` and `swa merge-stats` read this
+    // format only, so `--partial-out stats-0.pt` must not become a torch.save file.
+    let staged = crate::checkpoint::stage_tensors_as(
+        &crate::checkpoint::safetensors::Safetensors,
+        &opts.output,
+        &tensors,
+        &meta,
+    )?;
     stamps.check()?;
     staged.publish()?;
     Ok(PartialStatsSummary {

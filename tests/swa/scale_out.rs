@@ -413,3 +413,41 @@ fn the_ray_example_runs_the_job_on_a_local_cluster() {
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["metrics"]["samples"], 300);
 }
+
+/// The partial statistics are safetensors whatever `--partial-out` is named: a part written as
+/// `stats-0.pt` (or `.bin`, `.ckpt`) must merge as one named `.safetensors` does. With outputs
+/// routed by name, `--partial-out P.pt` wrote a torch.save zip that `merge-stats` then refused as
+/// "not a safetensors file".
+#[test]
+fn partial_statistics_named_like_torch_files_still_merge() {
+    let dir = tmp();
+    let d = dir.path();
+    let weights = cnn("expected/swa_average.safetensors");
+    let names = ["stats-0.pt", "stats-1.bin"];
+    for (i, name) in names.iter().enumerate() {
+        swa()
+            .args(["recalibrate", "-q", "--batch-size", "64", "--threads", "1", "--model"])
+            .arg(cnn("model.onnx"))
+            .arg("--weights")
+            .arg(&weights)
+            .arg("--inputs")
+            .arg(cnn("train.npy"))
+            .args(["--shard", &format!("{i}/2"), "--partial-out"])
+            .arg(d.join(name))
+            .assert()
+            .success();
+        let head = std::fs::read(d.join(name)).unwrap();
+        assert!(!head.starts_with(b"PK"), "{name} was written as a torch.save zip, not safetensors");
+    }
+    swa()
+        .arg("merge-stats")
+        .args(names.iter().map(|n| d.join(n)))
+        .arg("--model")
+        .arg(cnn("model.onnx"))
+        .arg("--weights")
+        .arg(&weights)
+        .arg("-o")
+        .arg(d.join("merged.onnx"))
+        .assert()
+        .success();
+}
