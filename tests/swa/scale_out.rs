@@ -451,3 +451,36 @@ fn partial_statistics_named_like_torch_files_still_merge() {
         .assert()
         .success();
 }
+
+/// A damaged partial evaluation is refused saying what is wrong with its counts, as before the
+/// task seam: serde's untagged enums replace the task's own error (`missing field `correct``,
+/// a negative count) with "data did not match any variant of untagged enum State".
+#[test]
+fn a_damaged_partial_evaluation_says_which_count_is_wrong() {
+    let d = tmp();
+    let part = d.path().join("e0.json");
+    swa()
+        .args(["evaluate", "-q", "--batch-size", "64", "--threads", "1", "--model"])
+        .arg(cnn("model.onnx"))
+        .arg("--inputs")
+        .arg(cnn("eval.npy"))
+        .arg("--labels")
+        .arg(cnn("eval_labels.npy"))
+        .args(["--shard", "0/2", "--partial-out"])
+        .arg(&part)
+        .assert()
+        .success();
+    let original: serde_json::Value = serde_json::from_slice(&std::fs::read(&part).unwrap()).unwrap();
+    type Damage = fn(&mut serde_json::Value);
+    let cases: [(&str, Damage, &str); 2] = [
+        ("missing.json", |c| drop(c.as_object_mut().unwrap().remove("correct")), "missing field `correct`"),
+        ("negative.json", |c| c["correct"] = serde_json::json!(-1), "-1"),
+    ];
+    for (name, damage, says) in cases {
+        let mut v = original.clone();
+        damage(&mut v["counts"]);
+        let damaged = d.path().join(name);
+        std::fs::write(&damaged, serde_json::to_vec(&v).unwrap()).unwrap();
+        swa().arg("merge-eval").arg(&damaged).assert().code(2).stderr(contains(says));
+    }
+}
