@@ -313,7 +313,8 @@ pub fn merge(partials: Vec<PartialStats>) -> Result<Merged> {
         why.field("layers", layer_names(first).join(","), layer_names(p).join(","));
         why.check(&first.path, &p.path, "pass")?;
         let range = p.part.range(total_batches);
-        let samples = (range.end * p.batch_size.get()).min(p.total_samples) - (range.start * p.batch_size.get());
+        let samples =
+            range.end.saturating_mul(p.batch_size.get()).min(p.total_samples) - (range.start * p.batch_size.get());
         if p.batches != range.len() || p.samples != samples {
             return Err(Error::format(
                 &p.path,

@@ -472,15 +472,22 @@ fn a_damaged_partial_evaluation_says_which_count_is_wrong() {
         .success();
     let original: serde_json::Value = serde_json::from_slice(&std::fs::read(&part).unwrap()).unwrap();
     type Damage = fn(&mut serde_json::Value);
-    let cases: [(&str, Damage, &str); 2] = [
+    let cases: [(&str, Damage, &str); 5] = [
         ("missing.json", |c| drop(c.as_object_mut().unwrap().remove("correct")), "missing field `correct`"),
         ("negative.json", |c| c["correct"] = serde_json::json!(-1), "-1"),
+        // Counts that no evaluation counts: merged, they gave a top-1 of 333395 % (or overflowed
+        // the sums, a panic in debug builds), and the gate passed.
+        ("above.json", |c| c["correct"] = serde_json::json!(1_000_000), "cannot have been counted"),
+        ("huge.json", |c| c["correct"] = serde_json::json!(1u64 << 63), "cannot have been counted"),
+        ("class.json", |c| c["per_class"][0] = serde_json::json!([1, 2]), "cannot have been counted"),
     ];
     for (name, damage, says) in cases {
         let mut v = original.clone();
         damage(&mut v["counts"]);
         let damaged = d.path().join(name);
         std::fs::write(&damaged, serde_json::to_vec(&v).unwrap()).unwrap();
-        swa().arg("merge-eval").arg(&damaged).assert().code(2).stderr(contains(says));
+        swa().arg("merge-eval").arg(&damaged).args(["--min-accuracy", "0.5"]).assert().code(2).stderr(contains(says));
     }
+    // The undamaged part still reads (and is one part of two: incomplete).
+    swa().arg("merge-eval").arg(&part).assert().code(2).stderr(contains("missing"));
 }
