@@ -217,6 +217,17 @@ fn full_disk_leaves_nothing() {
         .code(2)
         .stderr(contains("No space left on device"));
     assert!(listing(&mnt).is_empty(), "left behind on the full disk: {:?}", listing(&mnt));
+    // A torch.save output reserves its space up front too: the disk is found full before the
+    // average is computed, not by the writes of its tensors.
+    swa()
+        .arg("average")
+        .arg(fixture("cnn/checkpoints"))
+        .arg("-o")
+        .arg(mnt.join("out.pt"))
+        .assert()
+        .code(2)
+        .stderr(contains("cannot reserve"));
+    assert!(listing(&mnt).is_empty(), "left behind on the full disk: {:?}", listing(&mnt));
 }
 
 /// Runs `swa recalibrate` with `args` into a fresh directory; checks exit 2, the message, and
