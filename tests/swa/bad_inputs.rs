@@ -546,7 +546,7 @@ fn a_fixed_batch_dimension_asks_for_that_batch_size() {
         .assert()
         .code(2)
         .stderr(contains("has a fixed batch dimension of 1 ([1, 32])"))
-        .stderr(contains("pass --batch-size 1 (with `swa run`: --eval-batch-size 1)"));
+        .stderr(contains("pass --batch-size 1 (with `swa run` or `swa soup`: --eval-batch-size 1)"));
     evaluate_mlp_model(&fixed, &["--batch-size", "1"]).assert().success();
     recalibrate_fails(
         &[os(Path::new("--model")), os(&fixed), os(Path::new("--inputs")), os(&fixture("mlp/train.npy"))],

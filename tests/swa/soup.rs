@@ -341,3 +341,25 @@ fn a_soup_judged_with_stored_statistics_records_its_metadata_in_the_onnx_model()
     assert_eq!(get("swa.weighting").as_deref(), Some("uniform-soup"));
     assert_eq!(get("swa.n_models").as_deref(), Some("3"));
 }
+
+/// A model with a fixed batch dimension: the hint names the flag that sets the soup's evaluation
+/// batches (`--eval-batch-size`; `--batch-size` is its recalibration pass, and passing it changed
+/// nothing).
+#[test]
+fn a_fixed_batch_model_is_told_the_soups_evaluation_flag() {
+    let dir = tmp();
+    swa()
+        .args(["soup", "-q", "--no-recalibrate", "--allow-missing-weights", "--model"])
+        .arg(fixture("cnn/model_folded.onnx"))
+        .arg("--checkpoints")
+        .arg(fixture("cnn/checkpoints"))
+        .args(["--from", "7", "--batch-size", "2", "--select-inputs"])
+        .arg(fixture("cnn/select.npy"))
+        .arg("--select-labels")
+        .arg(fixture("cnn/select_labels.npy"))
+        .arg("-o")
+        .arg(dir.path().join("soup.safetensors"))
+        .assert()
+        .code(2)
+        .stderr(contains("`swa soup`: --eval-batch-size 2"));
+}
