@@ -162,5 +162,11 @@ pub fn merge(files: &[PathBuf], partials: &[PartialEval]) -> Result<(Identity, E
         acc.merge(&p.counts)
             .map_err(|e| Error::Mismatch(format!("{} and {} cannot be added: {e}", f0.display(), file.display())))?;
     }
+    if acc.samples() == 0 {
+        return Err(Error::Mismatch(format!(
+            "the parts left no samples to evaluate after skipping {} images that could not be decoded",
+            acc.skipped()
+        )));
+    }
     Ok((first.identity.clone(), acc.finish()))
 }
