@@ -241,7 +241,9 @@ pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(Coun
     })?;
     bar.finish_and_clear();
     acc.skipped = samples.skipped();
-    if acc.samples() == 0 {
+    // A part of a sharded evaluation may have skipped all its images: it still stands for its
+    // range, and the merge refuses parts that together counted nothing.
+    if acc.samples() == 0 && part == Part::WHOLE {
         return Err(Error::format(
             &opts.inputs,
             format!(

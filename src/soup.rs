@@ -471,6 +471,7 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
                 .collect();
             staged.push(crate::checkpoint::stage_tensors(&opts.output, &tensors, &meta)?);
             if let Some(onnx) = &opts.onnx_output {
+                recalibrate::record_metadata(&mut bound.model, &meta);
                 staged.append(bound.model.stage(onnx, false)?);
             }
         }

@@ -20,7 +20,7 @@ pub use ::safetensors::Dtype;
 pub use format::{Format, FORMATS};
 pub use safetensors::SafetensorsWriter;
 pub use sharded::find_index;
-pub use write::{stage_tensors, write_tensors, TensorSpec};
+pub use write::{stage_tensors, stage_tensors_as, write_tensors, TensorSpec};
 
 use crate::error::{Error, Result};
 use crate::fs::{map_input, Input};

@@ -36,8 +36,19 @@ pub fn stage_tensors(
     tensors: &[(TensorSpec, Vec<u8>)],
     metadata: &BTreeMap<String, String>,
 ) -> Result<StagedFile> {
+    stage_tensors_as(super::format::for_output(target), target, tensors, metadata)
+}
+
+/// [`stage_tensors`] in `format`, whatever the target's name (files that only swa reads back,
+/// such as partial statistics, keep one format).
+pub fn stage_tensors_as(
+    format: &dyn super::format::Format,
+    target: &Path,
+    tensors: &[(TensorSpec, Vec<u8>)],
+    metadata: &BTreeMap<String, String>,
+) -> Result<StagedFile> {
     let specs: Vec<TensorSpec> = tensors.iter().map(|(s, _)| s.clone()).collect();
-    let writer = super::format::for_output(target).writer(target, &specs, metadata)?;
+    let writer = format.writer(target, &specs, metadata)?;
     for (i, (_, bytes)) in tensors.iter().enumerate() {
         writer.write_at(i, 0, bytes)?;
     }

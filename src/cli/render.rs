@@ -49,7 +49,7 @@ pub fn hint(hint: Hint) -> String {
         Hint::Force => ": pass --force to replace it".into(),
         Hint::NeverReplaced => ": it is not replaced, even with --force; choose another --out".into(),
         Hint::FixedBatch { size, evaluation: true } => format!(
-            ": pass --batch-size {size} (with `swa run`: --eval-batch-size {size}), or export the model with a \
+            ": pass --batch-size {size} (with `swa run` or `swa soup`: --eval-batch-size {size}), or export the model with a \
              dynamic batch dimension"
         ),
         Hint::FixedBatch { size, evaluation: false } => {

@@ -207,6 +207,29 @@ mod tests {
         assert_eq!(std::fs::metadata(&a).unwrap().permissions().mode() & 0o777, 0o640);
     }
 
+    /// Two processes publishing the same set of outputs (two runs into one `-o`) must not
+    /// interleave their renames: that left an index over shards of two different averages, each
+    /// run exiting 0. A set's renames wait for the lock another publisher holds on the directory.
+    #[test]
+    fn a_set_of_outputs_is_published_while_no_one_else_publishes_into_its_directory() {
+        use std::os::fd::AsRawFd;
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("x-1"), tmp.path().join("x.index"));
+        // Another publisher, as another process holds it: a lock on another open of the directory.
+        let other = File::open(tmp.path()).unwrap();
+        // SAFETY: a plain system call on an open descriptor.
+        assert_eq!(unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let mut outputs = Outputs::default();
+        outputs.push(StagedFile::with_bytes(&a, b"shard").unwrap());
+        outputs.push(StagedFile::with_bytes(&b, b"index").unwrap());
+        let publishing = std::thread::spawn(move || outputs.publish());
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!a.exists() && !b.exists(), "published while another publisher held the directory");
+        drop(other);
+        publishing.join().unwrap().unwrap();
+        assert_eq!(listing(tmp.path()), ["x-1", "x.index"]);
+    }
+
     #[test]
     fn missing_output_directories_are_created_and_removed_again_unless_kept() {
         let tmp = tempfile::tempdir().unwrap();

@@ -194,6 +194,33 @@ fn hard_link_beside(target: &Path) -> Option<TempPath> {
         .map(NamedTempFile::into_temp_path)
 }
 
+/// Exclusive advisory locks (`flock`) on the directories of a set of outputs, held while the set is
+/// renamed into place, so that another process publishing the same outputs (two runs into one
+/// `-o`) renames its whole set before or after this one, never between two of its renames (which
+/// left an index over shards of two different averages). Directories are locked in one order, so
+/// two publishers cannot wait for each other. Best effort: where a directory cannot be opened or
+/// locked (a file system without `flock`), its renames go on unlocked.
+fn lock_dirs<'a>(dirs: impl Iterator<Item = &'a Path>) -> Vec<File> {
+    let mut dirs: Vec<PathBuf> = dirs.filter_map(|d| d.canonicalize().ok()).collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs.into_iter()
+        .filter_map(|dir| {
+            use std::os::fd::AsRawFd;
+            let f = File::open(&dir).ok()?;
+            loop {
+                // SAFETY: a plain system call on an open descriptor; the lock goes with it.
+                if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                    return Some(f);
+                }
+                if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                    return None;
+                }
+            }
+        })
+        .collect()
+}
+
 impl Outputs {
     /// Adds a staged file; files are published in the order they were added.
     pub fn push(&mut self, file: StagedFile) {
@@ -217,6 +244,8 @@ impl Outputs {
         for f in &self.files {
             check_output(&f.target)?;
         }
+        // Taken before the record (a signal's clean-up never waits for another process).
+        let _publishing = lock_dirs(self.files.iter().map(|f| parent_dir(&f.target)));
         let mut list = staged();
         let mut done: Vec<(PathBuf, Option<TempPath>)> = Vec::new();
         for f in &mut self.files {

@@ -141,15 +141,18 @@ pub fn merge(files: &[PathBuf], partials: &[PartialEval]) -> Result<(Identity, E
         why.field("batch sizes", first.batch_size, p.batch_size);
         why.check(f0, file, "evaluation")?;
         let range = p.shard.range(total_batches);
-        let (start, end) = (range.start * p.batch_size, (range.end * p.batch_size).min(p.total_samples));
-        if p.first_sample != start || p.samples != end - start || p.counts.samples() + p.counts.skipped() != p.samples {
+        let (start, end) = (range.start * p.batch_size, range.end.saturating_mul(p.batch_size).min(p.total_samples));
+        if p.first_sample != start
+            || p.samples != end - start
+            || p.counts.samples().checked_add(p.counts.skipped()) != Some(p.samples)
+        {
             return Err(Error::format(
                 file,
                 format!(
                     "part {} covers samples {}..{} where part {} of {} samples in batches of {} covers {start}..{end}",
                     p.shard,
                     p.first_sample,
-                    p.first_sample + p.counts.samples(),
+                    p.first_sample.saturating_add(p.counts.samples()),
                     p.shard,
                     p.total_samples,
                     p.batch_size
@@ -158,6 +161,12 @@ pub fn merge(files: &[PathBuf], partials: &[PartialEval]) -> Result<(Identity, E
         }
         acc.merge(&p.counts)
             .map_err(|e| Error::Mismatch(format!("{} and {} cannot be added: {e}", f0.display(), file.display())))?;
+    }
+    if acc.samples() == 0 {
+        return Err(Error::Mismatch(format!(
+            "the parts left no samples to evaluate after skipping {} images that could not be decoded",
+            acc.skipped()
+        )));
     }
     Ok((first.identity.clone(), acc.finish()))
 }

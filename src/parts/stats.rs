@@ -105,7 +105,14 @@ pub fn write(opts: &PartialStatsOptions) -> Result<PartialStatsSummary> {
         tensors.push(f64_tensor(format!("{name}.{}", a.0), a.1));
         tensors.push(f64_tensor(format!("{name}.{}", b.0), b.1));
     }
-    let staged = crate::checkpoint::stage_tensors(&opts.output, &tensors, &meta)?;
+    // Safetensors whatever the name (docs/scale-out.md): `read` and `swa merge-stats` read this
+    // format only, so `--partial-out stats-0.pt` must not become a torch.save file.
+    let staged = crate::checkpoint::stage_tensors_as(
+        &crate::checkpoint::safetensors::Safetensors,
+        &opts.output,
+        &tensors,
+        &meta,
+    )?;
     stamps.check()?;
     staged.publish()?;
     Ok(PartialStatsSummary {
@@ -306,7 +313,8 @@ pub fn merge(partials: Vec<PartialStats>) -> Result<Merged> {
         why.field("layers", layer_names(first).join(","), layer_names(p).join(","));
         why.check(&first.path, &p.path, "pass")?;
         let range = p.part.range(total_batches);
-        let samples = (range.end * p.batch_size.get()).min(p.total_samples) - (range.start * p.batch_size.get());
+        let samples =
+            range.end.saturating_mul(p.batch_size.get()).min(p.total_samples) - (range.start * p.batch_size.get());
         if p.batches != range.len() || p.samples != samples {
             return Err(Error::format(
                 &p.path,

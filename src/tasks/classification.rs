@@ -50,8 +50,9 @@ impl Classification {
 }
 
 /// Counts and an f64 sum of the losses, batch by batch: what a part of an evaluation writes and
-/// parts merge by adding.
+/// parts merge by adding. Read back only if the counts could have been counted ([`StateFields`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StateFields")]
 pub struct State {
     k: usize,
     classes: Option<usize>,
@@ -61,6 +62,59 @@ pub struct State {
     loss: f64,
     nonfinite: usize,
     per_class: Vec<(usize, usize)>,
+}
+
+/// [`State`] as a partial evaluation file holds it, before its counts are checked against each
+/// other: a damaged or edited file must not merge into a top-1 above 100 % (which passes any
+/// gate) or overflow the sums.
+#[derive(Deserialize)]
+struct StateFields {
+    k: usize,
+    classes: Option<usize>,
+    samples: usize,
+    correct: usize,
+    correct_k: usize,
+    loss: f64,
+    nonfinite: usize,
+    per_class: Vec<(usize, usize)>,
+}
+
+impl TryFrom<StateFields> for State {
+    type Error = String;
+
+    /// What [`State::add`] keeps true: k ≥ 1; a top-1 hit is a top-k hit; a sample with
+    /// non-finite logits is neither; the classes' counts add up to the totals, each with no more
+    /// hits than samples; one class count per class; a loss sum ≥ 0.
+    fn try_from(f: StateFields) -> std::result::Result<Self, String> {
+        let StateFields { k, classes, samples, correct, correct_k, loss, nonfinite, per_class } = f;
+        // Saturating: a sum that overflows cannot equal a total that fits.
+        let class_samples = per_class.iter().fold(0usize, |a, &(n, _)| a.saturating_add(n));
+        let class_correct = per_class.iter().fold(0usize, |a, &(_, hits)| a.saturating_add(hits));
+        let why = if k == 0 {
+            Some("k is 0".to_string())
+        } else if correct > correct_k || correct_k.checked_add(nonfinite).is_none_or(|n| n > samples) {
+            Some(format!(
+                "{correct} top-1 and {correct_k} top-{k} hits and {nonfinite} non-finite of {samples} samples"
+            ))
+        } else if let Some((class, (n, hits))) = per_class.iter().enumerate().find(|(_, (n, hits))| hits > n) {
+            Some(format!("class {class} has {hits} hits of {n} samples"))
+        } else if class_samples != samples || class_correct != correct {
+            Some(format!(
+                "the classes count {class_samples} samples and {class_correct} hits, the totals {samples} and {correct}"
+            ))
+        } else if per_class.len() != classes.unwrap_or(0) {
+            let of = classes.map_or("no classes".to_string(), |c| format!("{c} classes"));
+            Some(format!("{} class counts for {of}", per_class.len()))
+        } else if loss.is_nan() || loss < 0.0 {
+            Some(format!("a loss sum of {loss}"))
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(format!("the counts cannot have been counted: {why}")),
+            None => Ok(State { k, classes, samples, correct, correct_k, loss, nonfinite, per_class }),
+        }
+    }
 }
 
 impl State {

@@ -25,14 +25,40 @@ use crate::runtime::Fetched;
 
 pub use classification::Classification;
 
+/// `Deserialize` for an enum with one variant per task, each serialised as the task's own type
+/// (untagged, as `#[serde(untagged)]` reads it): the variants are tried in order, and when none
+/// reads, the error is the last one's own (`missing field `correct``, `invalid value: integer
+/// `-1``), which serde's derived untagged enums replace with "data did not match any variant".
+macro_rules! untagged_deserialize {
+    ($enum:ident { $($variant:ident($ty:ty)),+ $(,)? }) => {
+        impl<'de> Deserialize<'de> for $enum {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                type Read = fn(&serde_json::Value) -> std::result::Result<$enum, serde_json::Error>;
+                let value = serde_json::Value::deserialize(d)?;
+                let variants: &[Read] = &[$(|v| <$ty>::deserialize(v).map($enum::$variant)),+];
+                let mut last = None;
+                for read in variants {
+                    match read(&value) {
+                        Ok(v) => return Ok(v),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(serde::de::Error::custom(last.expect("an enum has a variant")))
+            }
+        }
+    };
+}
+
 /// The task an evaluation scores, with its settings. Serialised as the settings alone
 /// (classification: `{"k": 5}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Task {
     /// Logits against class indices.
     Classification(Classification),
 }
+
+untagged_deserialize!(Task { Classification(Classification) });
 
 impl Default for Task {
     fn default() -> Self {
@@ -139,12 +165,14 @@ impl Task {
 }
 
 /// A task's running state over an evaluation or one part of it. Serialised as the task's state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum State {
     /// Classification counts.
     Classification(classification::State),
 }
+
+untagged_deserialize!(State { Classification(classification::State) });
 
 impl State {
     /// The task it counts for.
@@ -187,12 +215,14 @@ impl State {
 }
 
 /// A task's full figures for one model. Serialised as the task's own metrics.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Metrics {
     /// Classification metrics.
     Classification(classification::Metrics),
 }
+
+untagged_deserialize!(Metrics { Classification(classification::Metrics) });
 
 impl Metrics {
     /// The task.
@@ -218,12 +248,14 @@ impl Metrics {
 }
 
 /// One model's compact figures, as reports and soups list them. Serialised as the task's score.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Score {
     /// Classification figures.
     Classification(classification::Score),
 }
+
+untagged_deserialize!(Score { Classification(classification::Score) });
 
 impl Score {
     /// The one figure that says how good the model is, higher is better (top-1).
@@ -287,12 +319,14 @@ impl Score {
 }
 
 /// The best checkpoint's figures in a report. Serialised as the task's own.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Best {
     /// Classification figures.
     Classification(classification::Best),
 }
+
+untagged_deserialize!(Best { Classification(classification::Best) });
 
 impl Best {
     /// The score.

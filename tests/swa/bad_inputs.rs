@@ -217,6 +217,17 @@ fn full_disk_leaves_nothing() {
         .code(2)
         .stderr(contains("No space left on device"));
     assert!(listing(&mnt).is_empty(), "left behind on the full disk: {:?}", listing(&mnt));
+    // A torch.save output reserves its space up front too: the disk is found full before the
+    // average is computed, not by the writes of its tensors.
+    swa()
+        .arg("average")
+        .arg(fixture("cnn/checkpoints"))
+        .arg("-o")
+        .arg(mnt.join("out.pt"))
+        .assert()
+        .code(2)
+        .stderr(contains("cannot reserve"));
+    assert!(listing(&mnt).is_empty(), "left behind on the full disk: {:?}", listing(&mnt));
 }
 
 /// Runs `swa recalibrate` with `args` into a fresh directory; checks exit 2, the message, and
@@ -535,7 +546,7 @@ fn a_fixed_batch_dimension_asks_for_that_batch_size() {
         .assert()
         .code(2)
         .stderr(contains("has a fixed batch dimension of 1 ([1, 32])"))
-        .stderr(contains("pass --batch-size 1 (with `swa run`: --eval-batch-size 1)"));
+        .stderr(contains("pass --batch-size 1 (with `swa run` or `swa soup`: --eval-batch-size 1)"));
     evaluate_mlp_model(&fixed, &["--batch-size", "1"]).assert().success();
     recalibrate_fails(
         &[os(Path::new("--model")), os(&fixed), os(Path::new("--inputs")), os(&fixture("mlp/train.npy"))],

@@ -520,3 +520,62 @@ fn hugging_face_split_files_are_chosen_by_prefix_and_never_mixed() {
         .code(2)
         .stderr(contains("has no label column `labels` (its columns: image, label)"));
 }
+
+/// A part whose images all fail to decode is still a part: it counts its skipped images and the
+/// parts merge into the single run's figures. It failed ("left no samples to evaluate"), so a
+/// sharded evaluation that the single run completes could not be merged at all.
+#[test]
+fn a_part_whose_images_were_all_skipped_still_merges() {
+    let dir = val_copy();
+    // Samples 4..8 in ImageFolder order: the second batch of 4, part 1 of 4.
+    for f in ["cat/e_exif_rotated.JPG", "cat/nested/f_in_subfolder.jpg", "dog/a_rgb.png", "dog/b_gray.png"] {
+        std::fs::write(dir.path().join(f), b"not an image").unwrap();
+    }
+    let work = tmp();
+    let mut parts = Vec::new();
+    for i in 0..4 {
+        let p = work.path().join(format!("p{i}.json"));
+        let shard = format!("{i}/4");
+        evaluate_folder(
+            dir.path(),
+            &["--skip-bad-images", "--batch-size", "4", "--shard", &shard, "--partial-out", p.to_str().unwrap()],
+        )
+        .success();
+        parts.push(p);
+    }
+    let merged = swa().arg("merge-eval").args(&parts).arg("--json").assert().success();
+    let merged: serde_json::Value = serde_json::from_slice(&merged.get_output().stdout).unwrap();
+    let whole = evaluate_folder(dir.path(), &["--skip-bad-images", "--batch-size", "4", "--json"]).success();
+    let whole: serde_json::Value = serde_json::from_slice(&whole.get_output().stdout).unwrap();
+    for key in ["samples", "correct", "top5", "per_class", "skipped"] {
+        assert_eq!(merged[key], whole[key], "{key}");
+    }
+    assert_eq!(whole["samples"], 12);
+    // Parts that together evaluated nothing are still an evaluation of zero samples: an error.
+    let none = val_copy();
+    for f in walk_files(none.path()) {
+        std::fs::write(f, b"not an image").unwrap();
+    }
+    let mut empty = Vec::new();
+    for i in 0..2 {
+        let p = work.path().join(format!("e{i}.json"));
+        let shard = format!("{i}/2");
+        let args = ["--skip-bad-images", "--batch-size", "8", "--shard", &shard, "--partial-out", p.to_str().unwrap()];
+        evaluate_folder(none.path(), &args).success();
+        empty.push(p);
+    }
+    swa().arg("merge-eval").args(&empty).assert().code(2).stderr(contains("no samples"));
+}
+
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

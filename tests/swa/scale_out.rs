@@ -413,3 +413,81 @@ fn the_ray_example_runs_the_job_on_a_local_cluster() {
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["metrics"]["samples"], 300);
 }
+
+/// The partial statistics are safetensors whatever `--partial-out` is named: a part written as
+/// `stats-0.pt` (or `.bin`, `.ckpt`) must merge as one named `.safetensors` does. With outputs
+/// routed by name, `--partial-out P.pt` wrote a torch.save zip that `merge-stats` then refused as
+/// "not a safetensors file".
+#[test]
+fn partial_statistics_named_like_torch_files_still_merge() {
+    let dir = tmp();
+    let d = dir.path();
+    let weights = cnn("expected/swa_average.safetensors");
+    let names = ["stats-0.pt", "stats-1.bin"];
+    for (i, name) in names.iter().enumerate() {
+        swa()
+            .args(["recalibrate", "-q", "--batch-size", "64", "--threads", "1", "--model"])
+            .arg(cnn("model.onnx"))
+            .arg("--weights")
+            .arg(&weights)
+            .arg("--inputs")
+            .arg(cnn("train.npy"))
+            .args(["--shard", &format!("{i}/2"), "--partial-out"])
+            .arg(d.join(name))
+            .assert()
+            .success();
+        let head = std::fs::read(d.join(name)).unwrap();
+        assert!(!head.starts_with(b"PK"), "{name} was written as a torch.save zip, not safetensors");
+    }
+    swa()
+        .arg("merge-stats")
+        .args(names.iter().map(|n| d.join(n)))
+        .arg("--model")
+        .arg(cnn("model.onnx"))
+        .arg("--weights")
+        .arg(&weights)
+        .arg("-o")
+        .arg(d.join("merged.onnx"))
+        .assert()
+        .success();
+}
+
+/// A damaged partial evaluation is refused saying what is wrong with its counts, as before the
+/// task seam: serde's untagged enums replace the task's own error (`missing field `correct``,
+/// a negative count) with "data did not match any variant of untagged enum State".
+#[test]
+fn a_damaged_partial_evaluation_says_which_count_is_wrong() {
+    let d = tmp();
+    let part = d.path().join("e0.json");
+    swa()
+        .args(["evaluate", "-q", "--batch-size", "64", "--threads", "1", "--model"])
+        .arg(cnn("model.onnx"))
+        .arg("--inputs")
+        .arg(cnn("eval.npy"))
+        .arg("--labels")
+        .arg(cnn("eval_labels.npy"))
+        .args(["--shard", "0/2", "--partial-out"])
+        .arg(&part)
+        .assert()
+        .success();
+    let original: serde_json::Value = serde_json::from_slice(&std::fs::read(&part).unwrap()).unwrap();
+    type Damage = fn(&mut serde_json::Value);
+    let cases: [(&str, Damage, &str); 5] = [
+        ("missing.json", |c| drop(c.as_object_mut().unwrap().remove("correct")), "missing field `correct`"),
+        ("negative.json", |c| c["correct"] = serde_json::json!(-1), "-1"),
+        // Counts that no evaluation counts: merged, they gave a top-1 of 333395 % (or overflowed
+        // the sums, a panic in debug builds), and the gate passed.
+        ("above.json", |c| c["correct"] = serde_json::json!(1_000_000), "cannot have been counted"),
+        ("huge.json", |c| c["correct"] = serde_json::json!(1u64 << 63), "cannot have been counted"),
+        ("class.json", |c| c["per_class"][0] = serde_json::json!([1, 2]), "cannot have been counted"),
+    ];
+    for (name, damage, says) in cases {
+        let mut v = original.clone();
+        damage(&mut v["counts"]);
+        let damaged = d.path().join(name);
+        std::fs::write(&damaged, serde_json::to_vec(&v).unwrap()).unwrap();
+        swa().arg("merge-eval").arg(&damaged).args(["--min-accuracy", "0.5"]).assert().code(2).stderr(contains(says));
+    }
+    // The undamaged part still reads (and is one part of two: incomplete).
+    swa().arg("merge-eval").arg(&part).assert().code(2).stderr(contains("missing"));
+}

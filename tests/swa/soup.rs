@@ -314,3 +314,52 @@ fn swa_run_warns_when_the_soup_is_chosen_on_the_held_out_set() {
         .success()
         .stderr(contains("the select and eval splits are the same file"));
 }
+
+/// `--onnx-out` carries the soup's `swa.*` metadata whether or not BatchNorm was recalibrated
+/// (as `swa recalibrate -o` does): with `--no-recalibrate` the model had none.
+#[test]
+fn a_soup_judged_with_stored_statistics_records_its_metadata_in_the_onnx_model() {
+    let dir = tmp();
+    let onnx = dir.path().join("soup.onnx");
+    swa()
+        .args(["soup", "-q", "--no-recalibrate", "--method", "uniform", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--checkpoints")
+        .arg(fixture("cnn/checkpoints"))
+        .args(["--from", "6", "--select-inputs"])
+        .arg(fixture("cnn/select.npy"))
+        .arg("--select-labels")
+        .arg(fixture("cnn/select_labels.npy"))
+        .arg("-o")
+        .arg(dir.path().join("soup.pt"))
+        .arg("--onnx-out")
+        .arg(&onnx)
+        .assert()
+        .success();
+    let m = swa::onnx::Model::load(&onnx).unwrap();
+    let get = |k: &str| m.proto.metadata_props.iter().find(|p| p.key() == k).map(|p| p.value().to_string());
+    assert_eq!(get("swa.weighting").as_deref(), Some("uniform-soup"));
+    assert_eq!(get("swa.n_models").as_deref(), Some("3"));
+}
+
+/// A model with a fixed batch dimension: the hint names the flag that sets the soup's evaluation
+/// batches (`--eval-batch-size`; `--batch-size` is its recalibration pass, and passing it changed
+/// nothing).
+#[test]
+fn a_fixed_batch_model_is_told_the_soups_evaluation_flag() {
+    let dir = tmp();
+    swa()
+        .args(["soup", "-q", "--no-recalibrate", "--allow-missing-weights", "--model"])
+        .arg(fixture("cnn/model_folded.onnx"))
+        .arg("--checkpoints")
+        .arg(fixture("cnn/checkpoints"))
+        .args(["--from", "7", "--batch-size", "2", "--select-inputs"])
+        .arg(fixture("cnn/select.npy"))
+        .arg("--select-labels")
+        .arg(fixture("cnn/select_labels.npy"))
+        .arg("-o")
+        .arg(dir.path().join("soup.safetensors"))
+        .assert()
+        .code(2)
+        .stderr(contains("`swa soup`: --eval-batch-size 2"));
+}

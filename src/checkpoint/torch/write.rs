@@ -121,6 +121,10 @@ impl TorchWriter {
         small.extend(after);
         let mut crcs = vec![None; members.len()];
         let file = StagedFile::beside(target)?;
+        // The whole archive's space up front, as the safetensors writer reserves it: a full disk
+        // fails here, not after the tensors were computed.
+        let central_len = zip::central(&members, &vec![0; members.len()], central_at, force_zip64).len() as u64;
+        file.reserve(central_at + central_len)?;
         let io = |e| Error::io(target, e);
         let f = file.as_file();
         for (i, m) in members.iter().enumerate() {
