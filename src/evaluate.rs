@@ -237,7 +237,7 @@ pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(Coun
         classes: samples.classes(),
     };
     let ran = runtime::run_batches(&mut sessions, &specs, batches, &[&output], &bar, |batch, out| {
-        acc.state.update(&out[0], batch.targets.as_ref(), &at)
+        acc.state.update(&out[0], batch.targets.as_ref(), &batch.indices, &at)
     })?;
     bar.finish_and_clear();
     acc.skipped = samples.skipped();

@@ -136,11 +136,14 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     let plan = plan_tensors(inputs.newest(), opts)?;
     let OutputPlan { shards, index } = sharded::plan(&opts.output, &plan.specs, opts.shard_size.map(NonZeroU64::get));
     let output_format = format::for_output(&opts.output);
-    if index.is_some() && output_format.name() != Safetensors.name() {
-        return Err(Error::setting(
-            Setting::ShardSize,
-            format!("applies to safetensors outputs: a {} output is one file", output_format.name()),
-        ));
+    if output_format.name() != Safetensors.name() {
+        let one_file = format!("a {} output is one file", output_format.name());
+        if index.is_some() {
+            return Err(Error::setting(Setting::ShardSize, format!("applies to safetensors outputs: {one_file}")));
+        }
+        if opts.part.is_some() || opts.merge_parts {
+            return Err(Error::setting(Setting::Part, format!("splits a sharded safetensors output: {one_file}")));
+        }
     }
     if opts.merge_parts && index.is_none() {
         return Err(Error::usage(

@@ -37,9 +37,9 @@ impl Probe<'_> {
     /// How many bytes of a file [`Probe::head`] holds.
     pub const HEAD: usize = 16;
 
-    /// True if the name ends with one of `suffixes`.
+    /// True if the name ends with one of `suffixes` (in any case: `EPOCH_3.PT`).
     pub fn named(&self, suffixes: &[&str]) -> bool {
-        suffixes.iter().any(|s| self.name.ends_with(s))
+        suffixes.iter().any(|s| has_suffix(self.name, s))
     }
 }
 
@@ -147,6 +147,18 @@ pub static FORMATS: &[&dyn Format] =
 pub fn for_output(path: &Path) -> &'static dyn Format {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     FORMATS.iter().copied().find(|f| f.writes(&name)).unwrap_or(&super::safetensors::Safetensors)
+}
+
+/// True if `name` ends with `suffix`, ignoring ASCII case (suffixes are lower-case).
+pub fn has_suffix(name: &str, suffix: &str) -> bool {
+    name.len() >= suffix.len()
+        && name.is_char_boundary(name.len() - suffix.len())
+        && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+}
+
+/// `name` without `suffix` at its end, in any case.
+pub fn strip_suffix<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
+    has_suffix(name, suffix).then(|| &name[..name.len() - suffix.len()])
 }
 
 /// The first [`Probe::HEAD`] bytes of a file (empty for a directory or an unreadable file).

@@ -51,7 +51,7 @@ impl Format for Safetensors {
     }
 
     fn writes(&self, name: &str) -> bool {
-        name.ends_with(".safetensors")
+        super::format::has_suffix(name, ".safetensors")
     }
 
     fn writer(

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::checkpoint::format::{has_suffix, strip_suffix};
 use crate::error::{Error, Result, Setting};
 
 /// A checkpoint file found on the command line or in a directory, with the number in its name.
@@ -72,7 +73,7 @@ const SHORT_KEYS: [&str; 2] = ["it", "e"];
 /// it: `e10`, `it500`; the last such), else the last number in the name. `epoch_1_lr1e-4` is 1: the
 /// `e` of `1e-4` follows a digit, so it is not a key; Lightning's `epoch=14-step=330.ckpt` is 14.
 pub fn name_number(name: &str) -> Option<u64> {
-    let stem = suffixes().iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+    let stem = suffixes().iter().find_map(|s| strip_suffix(name, s)).unwrap_or(name);
     let bytes = stem.as_bytes();
     let (mut epoch, mut keyed, mut last) = (None, None, None);
     let mut i = 0;
@@ -141,7 +142,7 @@ fn trim_zeros(d: &[u8]) -> &[u8] {
 /// ([`super::formats`]), except the optimizer, scheduler and other state that training loops save
 /// beside them.
 pub fn is_checkpoint_name(name: &str) -> bool {
-    let model = super::formats().any(|f| f.suffixes().iter().any(|s| name.ends_with(s)));
+    let model = super::formats().any(|f| f.suffixes().iter().any(|s| has_suffix(name, s)));
     model && !NOT_MODELS.iter().any(|n| name.starts_with(n))
 }
 
@@ -412,6 +413,9 @@ mod tests {
         assert!(is_checkpoint_name("epoch=1-step=2.ckpt") && is_checkpoint_name("pytorch_model.bin"));
         assert!(!is_checkpoint_name("optimizer.pt") && !is_checkpoint_name("rng_state.pth"));
         assert!(!is_checkpoint_name("training_args.bin") && !is_checkpoint_name("notes.txt"));
+        // Suffixes in any case.
+        assert!(is_checkpoint_name("EPOCH_3.PT") && is_checkpoint_name("w.SafeTensors"));
+        assert_eq!(name_number("epoch_3.PTH.TAR"), Some(3));
     }
 
     #[test]

@@ -92,7 +92,12 @@ mod tests {
         for (path, format) in cases {
             assert_eq!(format_of(&path).name(), format, "{}", path.display());
         }
-        for (name, format) in [("x.safetensors", "safetensors"), ("x.pt", "torch.save"), ("x.pth.tar", "torch.save")] {
+        for (name, format) in [
+            ("x.safetensors", "safetensors"),
+            ("x.pt", "torch.save"),
+            ("x.pth.tar", "torch.save"),
+            ("X.PT", "torch.save"),
+        ] {
             assert_eq!(format::for_output(Path::new(name)).name(), format, "{name}");
         }
         assert_eq!(format::for_output(Path::new("x.index.json")).name(), "safetensors", "shards are safetensors");

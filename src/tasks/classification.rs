@@ -121,16 +121,27 @@ impl State {
     /// Adds a batch of logits [n, classes] (row-major) and their labels; `labels_path` names
     /// the labels in messages.
     pub fn add(&mut self, logits: &[f32], classes: usize, labels: &[i64], labels_path: &std::path::Path) -> Result<()> {
+        let first = self.samples;
+        self.add_rows(logits, classes, labels, &mut (first..), labels_path)
+    }
+
+    /// [`State::add`] for rows that are samples `indices` of the set (messages name them so).
+    fn add_rows(
+        &mut self,
+        logits: &[f32],
+        classes: usize,
+        labels: &[i64],
+        indices: &mut dyn Iterator<Item = usize>,
+        labels_path: &std::path::Path,
+    ) -> Result<()> {
         self.classes.get_or_insert(classes);
         self.per_class.resize(classes, (0, 0));
         for (row, &label) in logits.chunks_exact(classes).zip(labels) {
+            let at = indices.next().unwrap_or(self.samples);
             if label < 0 || label as usize >= classes {
                 return Err(Error::format(
                     labels_path,
-                    format!(
-                        "label {label} at sample {} is out of range for {classes} classes (the model's logits)",
-                        self.samples
-                    ),
+                    format!("label {label} at sample {at} is out of range for {classes} classes (the model's logits)"),
                 ));
             }
             let y = label as usize;
@@ -158,7 +169,13 @@ impl State {
 
     /// Adds a batch: the model's first output (logits `[N, classes]`) and the batch's targets
     /// (class indices).
-    pub fn update(&mut self, output: &Fetched, targets: Option<&Tensor>, at: &Context) -> Result<()> {
+    pub fn update(
+        &mut self,
+        output: &Fetched,
+        targets: Option<&Tensor>,
+        indices: &[usize],
+        at: &Context,
+    ) -> Result<()> {
         let n = targets.map_or(0, |t| t.shape.first().copied().unwrap_or(0));
         let shape = &output.shape;
         if shape.len() != 2 || shape[0] as usize != n {
@@ -190,7 +207,7 @@ impl State {
                 ))
             }
         };
-        self.add(&output.data, shape[1] as usize, labels, at.targets)
+        self.add_rows(&output.data, shape[1] as usize, labels, &mut indices.iter().copied(), at.targets)
     }
 
     /// Adds another part's counts and loss sum (the same k); fails when the parts' models give

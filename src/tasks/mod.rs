@@ -183,10 +183,16 @@ impl State {
     }
 
     /// Adds a batch: the model's first output and the batch's targets (`None` where the samples
-    /// carry none: the task says whether it needs them).
-    pub fn update(&mut self, output: &Fetched, targets: Option<&Tensor>, at: &Context) -> Result<()> {
+    /// carry none: the task says whether it needs them), which are samples `indices` of the set.
+    pub fn update(
+        &mut self,
+        output: &Fetched,
+        targets: Option<&Tensor>,
+        indices: &[usize],
+        at: &Context,
+    ) -> Result<()> {
         match self {
-            State::Classification(s) => s.update(output, targets, at),
+            State::Classification(s) => s.update(output, targets, indices, at),
         }
     }
 

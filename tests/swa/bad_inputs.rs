@@ -602,3 +602,73 @@ fn resume_with_a_negative_n_models_says_it_is_invalid() {
     write_with_header(&prior, &header, &data);
     fails(&[&mlp_ck(2)], &["--resume", prior.to_str().unwrap()], "has an invalid `n_models` in its metadata: \"-3\"");
 }
+
+/// The MLP fixture with an int64 input `ids` cast to its float input, as a model that embeds
+/// token ids takes them.
+fn int64_input_model(dir: &Path) -> std::path::PathBuf {
+    use swa::onnx::proto::{tensor_shape_proto, type_proto, TensorShapeProto, TypeProto, ValueInfoProto};
+    let mut m = swa::onnx::Model::load(fixture("mlp/model.onnx")).unwrap();
+    let g = m.graph_mut();
+    let input = g.input.iter().position(|i| i.name() == "input").unwrap();
+    let dims = [
+        tensor_shape_proto::Dimension {
+            value: Some(tensor_shape_proto::dimension::Value::DimParam("batch".into())),
+            ..Default::default()
+        },
+        tensor_shape_proto::Dimension {
+            value: Some(tensor_shape_proto::dimension::Value::DimValue(32)),
+            ..Default::default()
+        },
+    ];
+    g.input[input] = ValueInfoProto {
+        name: Some("ids".into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(swa::onnx::DataType::Int64 as i32),
+                shape: Some(TensorShapeProto { dim: dims.to_vec() }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let cast = swa::onnx::node("Cast", "cast".into(), &["ids"], &["input"], vec![swa::onnx::int_attr("to", 1)]);
+    g.node.insert(0, cast);
+    let path = dir.join("ids.onnx");
+    m.save(&path).unwrap();
+    path
+}
+
+#[test]
+fn int64_inputs_take_integer_arrays_and_say_so_of_float_ones() {
+    let dir = tmp();
+    let model = int64_input_model(dir.path());
+    let (shape, x) = read_npy(&fixture("mlp/eval.npy"));
+    let ids: Vec<i64> = x.iter().map(|v| (v * 4.0).round() as i64).collect();
+    let ids_path = dir.path().join("ids.npy");
+    write_raw_npy(
+        &ids_path,
+        "<i8",
+        &format!("({}, {})", shape[0], shape[1]),
+        &ids.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+    );
+    evaluate_model(&model, &ids_path, &fixture("mlp/eval_labels.npy"), &["--json"]).assert().success();
+    evaluate_model(&model, &fixture("mlp/eval.npy"), &fixture("mlp/eval_labels.npy"), &[])
+        .assert()
+        .code(2)
+        .stderr(contains("eval.npy: holds F32 values, but model input `ids` takes int64 values"));
+}
+
+#[test]
+fn a_torch_save_output_is_one_file_whatever_the_case_of_its_name() {
+    let dir = tmp();
+    let average = |out: &str, extra: &[&str]| {
+        let mut c = swa();
+        c.arg("average").arg(fixture("mlp/checkpoints")).arg("-o").arg(dir.path().join(out)).args(extra);
+        c.assert()
+    };
+    average("a.PT", &["--shard-size", "1KB"]).code(2).stderr(contains("--shard-size applies to safetensors outputs"));
+    average("b.pt", &["--part", "0/2"]).code(2).stderr(contains("--part splits a sharded safetensors output"));
+    average("c.PT", &[]).success();
+    swa().arg("inspect").arg(dir.path().join("c.PT")).assert().success().stdout(contains("torch.save file"));
+    assert_eq!(listing(dir.path()), ["c.PT"]);
+}

@@ -1,6 +1,7 @@
 //! `swa evaluate`: metrics, thresholds for CI, and bad labelled data.
 
 use crate::common::*;
+use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 
 fn evaluate(extra: &[&str]) -> assert_cmd::assert::Assert {
@@ -88,4 +89,49 @@ fn model_output_that_is_not_logits() {
         .assert()
         .code(2)
         .stderr(contains("evaluation needs logits [N, classes]"));
+}
+
+#[test]
+fn a_bad_label_in_a_part_is_named_by_its_sample_in_the_whole_set() {
+    let dir = tmp();
+    let mut labels = vec![0i64; 300];
+    labels[200] = 50;
+    let bad = dir.path().join("bad.npy");
+    write_npy_i64(&bad, &labels);
+    let part = dir.path().join("p.json");
+    swa()
+        .args(["evaluate", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--inputs")
+        .arg(fixture("cnn/eval.npy"))
+        .arg("--labels")
+        .arg(&bad)
+        .args(["--batch-size", "64", "--shard", "1/2", "--partial-out"])
+        .arg(&part)
+        .assert()
+        .code(2)
+        .stderr(contains("bad.npy: label 50 at sample 200 is out of range for 10 classes"));
+    assert!(!part.exists());
+}
+
+#[test]
+fn paths_that_are_not_what_their_names_say_are_explained() {
+    let dir = tmp();
+    // A missing image is missing, not "a single image"; a directory named like an array is a
+    // directory, not arrays without labels.
+    let missing = dir.path().join("nope.jpg");
+    evaluate_model(&fixture("cnn/model.onnx"), &missing, &fixture("cnn/eval_labels.npy"), &[])
+        .assert()
+        .code(2)
+        .stderr(contains("nope.jpg").and(contains("single image").not()));
+    let npy_dir = dir.path().join("val.npy");
+    std::fs::create_dir(&npy_dir).unwrap();
+    swa()
+        .args(["evaluate", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--inputs")
+        .arg(&npy_dir)
+        .assert()
+        .code(2)
+        .stderr(contains("--labels is needed").not());
 }

@@ -104,7 +104,7 @@ impl Format for Torch {
     }
 
     fn writes(&self, name: &str) -> bool {
-        SUFFIXES.iter().any(|s| name.ends_with(s))
+        SUFFIXES.iter().any(|s| crate::checkpoint::format::has_suffix(name, s))
     }
 
     fn writer(

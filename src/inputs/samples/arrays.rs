@@ -23,7 +23,7 @@ impl SourceKind for Arrays {
 
     fn claims(&self, path: &Path) -> bool {
         let lower = path.to_string_lossy().to_lowercase();
-        lower.ends_with(".npy") || lower.ends_with(".npz")
+        (lower.ends_with(".npy") || lower.ends_with(".npz")) && !path.is_dir()
     }
 
     fn may_carry_labels(&self) -> bool {
@@ -77,14 +77,10 @@ impl ArraySource {
         let mut types = Vec::new();
         for (a, spec) in arrays.iter().zip(specs) {
             if spec.elem == InputType::Int64 && !matches!(a.dtype, NpyType::I64 | NpyType::I32 | NpyType::U8) {
+                let what = if a.name.is_empty() { String::new() } else { format!("array `{}` ", a.name) };
                 return Err(Error::format(
                     path,
-                    format!(
-                        "{} holds {:?} values, but model input `{}` takes int64 values",
-                        a.label(),
-                        a.dtype,
-                        spec.name
-                    ),
+                    format!("{what}holds {:?} values, but model input `{}` takes int64 values", a.dtype, spec.name),
                 ));
             }
             types.push(spec.elem);

@@ -36,7 +36,8 @@ impl SourceKind for ImageFolders {
         if path.is_dir() {
             !arrays
         } else {
-            is_image_name(&lower)
+            // A missing one is no source: its reader says it is not there.
+            is_image_name(&lower) && path.exists()
         }
     }
 
