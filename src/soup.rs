@@ -331,83 +331,159 @@ pub fn same_split_warning(select: &Path, eval: &Path) -> Option<String> {
 /// Makes the soup as `opts` says and writes it; returns the summary and warnings for people.
 pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
     let started = Instant::now();
-    if let Some(pass) = opts.statistics.pass() {
-        inputs::check_same_classes(&pass.inputs, &opts.select.inputs)?;
-    }
-    if let Some(e) = &opts.eval {
-        inputs::check_same_classes(&opts.select.inputs, &e.inputs)?;
-    }
-    let found = inputs::discover(&opts.checkpoints)?;
-    let files: Vec<CheckpointFile> = inputs::select(&found.files, &opts.selection)?;
-    // What the summary calls each candidate: its file name, or enough of its path to tell it from
-    // the others (`checkpoint-500/model.safetensors`).
-    let names = inputs::labels(&files);
-    if let Method::TopK(k) = opts.method {
-        if k.get() > files.len() {
-            return Err(Error::usage(format!(
-                "top-k:{k} needs at least {k} candidates, and {} were selected",
-                files.len()
-            )));
-        }
-    }
-    let binder = Binder::load(&opts.model)?;
-    let pass = match &opts.statistics {
-        Statistics::RecalibrateIfBatchNorm(pass) => bn::find(binder.model()).is_ok().then_some(pass),
-        Statistics::Recalibrate(pass) => {
-            bn::find(binder.model())?;
-            Some(pass)
-        }
-        Statistics::Stored => None,
-    };
-    let checkpoints: Vec<Checkpoint> =
-        files.iter().map(|f| inputs::open_checkpoint(&f.path, opts.key.as_deref())).collect::<Result<_>>()?;
-    // Every candidate has the same tensors, so a soup's sum never lacks a term: checked before
-    // any pass, as `swa average` checks its inputs.
-    crate::average::check_compatible(&checkpoints.iter().collect::<Vec<_>>(), false)?;
-    let mut read: Vec<&Path> = binder.model().files().iter().map(PathBuf::as_path).collect();
-    read.extend(checkpoints.iter().flat_map(|c| c.files()));
-    read.extend(opts.statistics.pass().map(|p| p.inputs.as_path()));
-    read.push(&opts.select.inputs);
-    read.extend(opts.select.labels.as_deref());
-    if let Some(e) = &opts.eval {
-        read.push(&e.inputs);
-        read.extend(e.labels.as_deref());
-    }
+    let pantry = Pantry::open(opts)?;
     let mut dirs = OutputDirs::default();
+    let read: Vec<&Path> = pantry.read.iter().map(PathBuf::as_path).collect();
     let warnings = check_files(opts, &read, &mut dirs)?;
-    let stamps = Stamps::of(&read)?;
+    let stamps = Stamps::of(&pantry.read)?;
+    let Pantry { files, names, checkpoints, binder, pass, .. } = pantry;
     let kitchen = Kitchen { opts, binder, pass };
+    let ranked = rank_candidates(&kitchen, &checkpoints)?;
+    let best_eval =
+        opts.eval.as_ref().map(|e| evaluate::evaluate(ranked.best.model(), e)).transpose()?.map(|e| e.score());
+    let (order, alone) = (ranked.order.clone(), ranked.alone.clone());
+    let mut mixed = mix(&kitchen, &checkpoints, ranked)?;
+    let eval = opts.eval.as_ref().map(|e| evaluate::evaluate(mixed.soup.model(), e)).transpose()?.map(|e| e.score());
+    let staged = stage(&kitchen, &mut mixed.soup, &mixed.kept, &files)?;
+    let outputs = staged.targets();
+    stamps.check()?;
+    staged.publish()?;
 
-    // Every candidate alone, ranked; the best one's judged model is kept (it starts a greedy soup).
+    let best = order[0];
+    let candidates = order
+        .iter()
+        .map(|&i| Candidate {
+            name: names[i].clone(),
+            path: files[i].path.clone(),
+            number: files[i].number,
+            select_alone: alone[&i].clone(),
+            select_in_soup: mixed.in_soup.get(&i).cloned(),
+            kept: mixed.kept.contains(&i),
+        })
+        .collect();
+    let summary = SoupSummary {
+        method: opts.method.to_string(),
+        recalibrated: pass.is_some(),
+        stats: pass.map(|p| p.stats.to_string()),
+        ingredients: mixed.kept.iter().map(|&i| names[i].clone()).collect(),
+        candidates,
+        select: mixed.soup.select.clone(),
+        eval,
+        best_single: BestSingle { name: names[best].clone(), select: alone[&best].clone(), eval: best_eval },
+        n_models: mixed.kept.len() as u64,
+        outputs,
+        created_dirs: dirs.keep(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    Ok((summary, warnings))
+}
+
+/// The candidates of a soup, found, selected, opened and checked compatible, with the model and
+/// every file the soup reads.
+struct Pantry<'a> {
+    files: Vec<CheckpointFile>,
+    /// What the summary calls each candidate: its file name, or enough of its path to tell it from
+    /// the others (`checkpoint-500/model.safetensors`).
+    names: Vec<String>,
+    checkpoints: Vec<Checkpoint>,
+    binder: Binder,
+    /// The pass that recalibrates each candidate, if they are recalibrated.
+    pass: Option<&'a PassOptions>,
+    read: Vec<PathBuf>,
+}
+
+impl<'a> Pantry<'a> {
+    fn open(opts: &'a SoupOptions) -> Result<Self> {
+        if let Some(pass) = opts.statistics.pass() {
+            inputs::check_same_classes(&pass.inputs, &opts.select.inputs)?;
+        }
+        if let Some(e) = &opts.eval {
+            inputs::check_same_classes(&opts.select.inputs, &e.inputs)?;
+        }
+        let found = inputs::discover(&opts.checkpoints)?;
+        let files: Vec<CheckpointFile> = inputs::select(&found.files, &opts.selection)?;
+        let names = inputs::labels(&files);
+        if let Method::TopK(k) = opts.method {
+            if k.get() > files.len() {
+                return Err(Error::usage(format!(
+                    "top-k:{k} needs at least {k} candidates, and {} were selected",
+                    files.len()
+                )));
+            }
+        }
+        let binder = Binder::load(&opts.model)?;
+        let pass = match &opts.statistics {
+            Statistics::RecalibrateIfBatchNorm(pass) => bn::find(binder.model()).is_ok().then_some(pass),
+            Statistics::Recalibrate(pass) => {
+                bn::find(binder.model())?;
+                Some(pass)
+            }
+            Statistics::Stored => None,
+        };
+        let checkpoints: Vec<Checkpoint> =
+            files.iter().map(|f| inputs::open_checkpoint(&f.path, opts.key.as_deref())).collect::<Result<_>>()?;
+        // Every candidate has the same tensors, so a soup's sum never lacks a term: checked before
+        // any pass, as `swa average` checks its inputs.
+        crate::average::check_compatible(&checkpoints.iter().collect::<Vec<_>>(), false)?;
+        let mut read: Vec<PathBuf> = binder.model().files().to_vec();
+        read.extend(checkpoints.iter().flat_map(|c| c.files()).map(Path::to_path_buf));
+        read.extend(opts.statistics.pass().map(|p| p.inputs.clone()));
+        read.push(opts.select.inputs.clone());
+        read.extend(opts.select.labels.clone());
+        if let Some(e) = &opts.eval {
+            read.push(e.inputs.clone());
+            read.extend(e.labels.clone());
+        }
+        Ok(Pantry { files, names, checkpoints, binder, pass, read })
+    }
+}
+
+/// Every candidate judged alone, best first.
+struct Ranked {
+    /// Candidates, best first.
+    order: Vec<usize>,
+    /// Each candidate's select figures alone.
+    alone: BTreeMap<usize, Score>,
+    /// The best candidate, judged (it starts a greedy soup).
+    best: Judged,
+}
+
+fn rank_candidates(kitchen: &Kitchen, checkpoints: &[Checkpoint]) -> Result<Ranked> {
     let mut alone = Vec::new();
-    let mut best_judged: Option<Judged> = None;
+    let mut best: Option<Judged> = None;
     for (i, ck) in checkpoints.iter().enumerate() {
         let judged = kitchen.judge(clone_checkpoint(ck)?)?;
         let entry = (i, judged.select.clone());
         let better = alone.iter().all(|other| rank(&entry, other) == std::cmp::Ordering::Less);
         alone.push(entry);
         if better {
-            best_judged = Some(judged);
+            best = Some(judged);
         }
     }
-    let best_judged = best_judged.expect("at least one candidate");
-    let best_eval =
-        opts.eval.as_ref().map(|e| evaluate::evaluate(best_judged.model(), e)).transpose()?.map(|e| e.score());
     alone.sort_by(rank);
-    let order: Vec<usize> = alone.iter().map(|(i, _)| *i).collect();
-    let alone: BTreeMap<usize, Score> = alone.into_iter().collect();
+    Ok(Ranked {
+        order: alone.iter().map(|(i, _)| *i).collect(),
+        alone: alone.into_iter().collect(),
+        best: best.expect("at least one candidate"),
+    })
+}
 
-    let chosen: Vec<usize> = match opts.method {
-        Method::Greedy => order.clone(),
-        Method::Uniform => order.clone(),
-        Method::TopK(k) => order[..k.get()].to_vec(),
-    };
-    let mut in_soup: BTreeMap<usize, Score> = BTreeMap::new();
+/// The soup as mixed: judged, its ingredients in the order added, and each greedy candidate's
+/// select figures in the soup.
+struct Mixed {
+    soup: Judged,
+    kept: Vec<usize>,
+    in_soup: BTreeMap<usize, Score>,
+}
+
+fn mix(kitchen: &Kitchen, checkpoints: &[Checkpoint], ranked: Ranked) -> Result<Mixed> {
+    let order = &ranked.order;
+    let mut in_soup = BTreeMap::new();
     let mut kept = vec![order[0]];
     let mut sum = Sum::new(clone_checkpoint(&checkpoints[order[0]])?);
-    let mut current = match opts.method {
+    let soup = match kitchen.opts.method {
         Method::Greedy => {
-            let mut current = best_judged;
+            let mut current = ranked.best;
             for &c in &order[1..] {
                 let candidate = kitchen.judge(sum.average_with(Some(&checkpoints[c]))?)?;
                 in_soup.insert(c, candidate.select.clone());
@@ -420,6 +496,10 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
             current
         }
         Method::Uniform | Method::TopK(_) => {
+            let chosen = match kitchen.opts.method {
+                Method::TopK(k) => &order[..k.get()],
+                _ => &order[..],
+            };
             for &c in &chosen[1..] {
                 sum.add(&checkpoints[c]);
                 kept.push(c);
@@ -427,10 +507,13 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
             kitchen.judge(sum.average_with(None)?)?
         }
     };
-    let eval = opts.eval.as_ref().map(|e| evaluate::evaluate(current.model(), e)).transpose()?.map(|e| e.score());
-    let best = order[0];
+    Ok(Mixed { soup, kept, in_soup })
+}
 
-    // The soup's weights (under the checkpoints' names) and its ONNX model, published together.
+/// The soup's weights (under the checkpoints' names) and its ONNX model, staged to be published
+/// together, with the metadata of an average of `kept` (and of its recalibration).
+fn stage(kitchen: &Kitchen, soup: &mut Judged, kept: &[usize], files: &[CheckpointFile]) -> Result<Outputs> {
+    let opts = kitchen.opts;
     let weighting = match opts.method {
         Method::Greedy => "greedy-soup".to_string(),
         Method::Uniform => "uniform-soup".to_string(),
@@ -446,7 +529,7 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
         ("swa_version".to_string(), crate::VERSION.to_string()),
     ]);
     let mut staged = Outputs::default();
-    match &mut current.model {
+    match &mut soup.model {
         JudgedModel::Recalibrated { prepared, pass, names } => {
             let model_path = opts.model.as_path();
             let options = kitchen.pass.expect("recalibrated with a pass");
@@ -476,36 +559,7 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
             }
         }
     }
-    let outputs = staged.targets();
-    stamps.check()?;
-    staged.publish()?;
-
-    let candidates = order
-        .iter()
-        .map(|&i| Candidate {
-            name: names[i].clone(),
-            path: files[i].path.clone(),
-            number: files[i].number,
-            select_alone: alone[&i].clone(),
-            select_in_soup: in_soup.get(&i).cloned(),
-            kept: kept.contains(&i),
-        })
-        .collect();
-    let summary = SoupSummary {
-        method: opts.method.to_string(),
-        recalibrated: pass.is_some(),
-        stats: pass.map(|p| p.stats.to_string()),
-        ingredients: kept.iter().map(|&i| names[i].clone()).collect(),
-        candidates,
-        select: current.select.clone(),
-        eval,
-        best_single: BestSingle { name: names[best].clone(), select: alone[&best].clone(), eval: best_eval },
-        n_models: kept.len() as u64,
-        outputs,
-        created_dirs: dirs.keep(),
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    Ok((summary, warnings))
+    Ok(staged)
 }
 
 /// A copy of a checkpoint's tensors (binding consumes a checkpoint; the candidates stay open for
