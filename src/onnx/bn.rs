@@ -5,9 +5,9 @@
 //! every layer become one graph output. The ways to get them ([`Reduction`]):
 //!
 //! - On the CPU (`Moments`), swa's own operator `ai.swa.BatchMoments`
-//!   ([`crate::runtime::moments`]) reads each channel once and accumulates its mean and squared
-//!   deviations in f64, on all of the session's threads; the BN, in inference mode, normalises
-//!   with them.
+//!   ([`crate::runtime::moments`]) takes the BN's place: it reads the input once and accumulates
+//!   each channel's mean and squared deviations in f64, then normalises with them (and applies the
+//!   Relu that was the BN's only consumer), on all of the session's threads.
 //! - `Training`: the BN itself in training mode with momentum 0, so that its "running" outputs
 //!   are the batch mean and the biased batch variance (ONNX Runtime's CPU kernel is exact enough
 //!   but single-threaded: up to 18 % slower passes on two threads).
@@ -66,9 +66,10 @@ pub struct StatsLayout {
 /// How the per-channel statistics are computed in the statistics graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reduction {
-    /// swa's own CPU operator ([`crate::runtime::moments`]) gives each layer's mean and biased
-    /// variance, accumulated in f64 on all of the session's threads, and an inference-mode
-    /// BatchNormalization normalises with them.
+    /// swa's own CPU operator ([`crate::runtime::moments`]) replaces each BatchNormalization: it
+    /// gives the layer's mean and biased variance, accumulated in f64, and normalises with them —
+    /// the Relu after it too, where that Relu was the BN's only consumer — on all of the
+    /// session's threads (ONNX Runtime's inference-mode BatchNormalization kernel runs on one).
     Moments,
     /// The BatchNormalization itself in training mode (momentum 0): ONNX Runtime's CPU kernel
     /// computes the mean and the mean squared deviation from it, in one node, faster than the
@@ -402,9 +403,18 @@ pub fn stats_model(model: &Model, layers: &[BnLayer], reduction: Reduction) -> R
     add_constants(g);
     let by_node: std::collections::HashMap<usize, usize> =
         layers.iter().enumerate().map(|(k, l)| (l.node, k)).collect();
+    // With `Moments` the operator normalises too, and applies the Relu that was a layer's only
+    // consumer: BN node → that Relu's node.
+    let relus = if reduction == Reduction::Moments { fusable_relus(g, layers) } else { Default::default() };
+    let fused: HashSet<usize> = relus.values().copied().collect();
     let old_nodes = std::mem::take(&mut g.node);
+    let relu_outputs: std::collections::HashMap<usize, String> =
+        relus.iter().map(|(&bn, &relu)| (bn, old_nodes[relu].output[0].clone())).collect();
     let (mut parts, mut offsets, mut len) = (Vec::new(), Vec::new(), 0);
     for (i, n) in old_nodes.into_iter().enumerate() {
+        if fused.contains(&i) {
+            continue;
+        }
         let Some(&k) = by_node.get(&i) else {
             g.node.push(n);
             continue;
@@ -413,14 +423,24 @@ pub fn stats_model(model: &Model, layers: &[BnLayer], reduction: Reduction) -> R
         let mut b = LayerNodes { k, opset, layer, nodes: Vec::new() };
         let mut bn: NodeProto = n;
         if reduction == Reduction::Moments {
-            let outputs = [b.v("mean"), b.v("var"), b.v("count_1")];
+            // The operator replaces the BN: same inputs but the statistics, same output (or the
+            // fused Relu's).
+            let y = relu_outputs.get(&i).unwrap_or(&bn.output[0]);
+            let outputs = [b.v("mean"), b.v("var"), b.v("count_1"), y.clone()];
             let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
-            let mut moments = node(moments::NAME, b.v("moments"), &[&layer.input], &outputs, vec![]);
+            let mut attributes = vec![float_attr("epsilon", layer.epsilon)];
+            if relu_outputs.contains_key(&i) {
+                attributes.push(int_attr("relu", 1));
+            }
+            let inputs = [layer.input.as_str(), &bn.input[1], &bn.input[2]];
+            let mut moments = node(moments::NAME, b.v("moments"), &inputs, &outputs, attributes);
             moments.domain = Some(moments::DOMAIN.into());
             b.nodes.push(moments);
-            bn.input[3] = b.v("mean");
-            bn.input[4] = b.v("var");
-            bn.attribute.retain(|a| a.name() == "epsilon");
+            parts.extend([b.v("mean"), b.v("var"), b.v("count_1")]);
+            g.node.extend(b.nodes);
+            offsets.push(len);
+            len += 2 * layer.channels + 1;
+            continue;
         } else if reduction == Reduction::Training {
             b.count();
             if channel_shapes.insert(layer.channels) {
@@ -453,6 +473,33 @@ pub fn stats_model(model: &Model, layers: &[BnLayer], reduction: Reduction) -> R
         out.import_domain(moments::DOMAIN, 1);
     }
     Ok((out, StatsLayout { output: ALL.into(), offsets }))
+}
+
+/// The Relu nodes that can be fused into the layers' `BatchMoments`, by BN node: those that are
+/// the only consumer of a BN's output, where that output is no graph output. None in a graph with
+/// subgraphs (their nodes may read any value of the graph).
+fn fusable_relus(g: &GraphProto, layers: &[BnLayer]) -> std::collections::HashMap<usize, usize> {
+    let has_subgraphs = g.node.iter().any(|n| n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty()));
+    if has_subgraphs {
+        return Default::default();
+    }
+    let mut consumers: std::collections::HashMap<&str, Vec<usize>> = std::collections::HashMap::new();
+    for (i, n) in g.node.iter().enumerate() {
+        for input in &n.input {
+            consumers.entry(input.as_str()).or_default().push(i);
+        }
+    }
+    let outputs: HashSet<&str> = g.output.iter().map(|o| o.name()).collect();
+    layers
+        .iter()
+        .filter_map(|l| {
+            let y = g.node[l.node].output.first()?.as_str();
+            let &[relu] = consumers.get(y)?.as_slice() else { return None };
+            let r = &g.node[relu];
+            let plain = r.op_type() == "Relu" && r.domain().is_empty() && r.input.len() == 1 && r.output.len() == 1;
+            (plain && !outputs.contains(y) && !r.output[0].is_empty()).then_some((l.node, relu))
+        })
+        .collect()
 }
 
 /// Removes the nodes that do not contribute to `output` (the classifier head after the last BN),

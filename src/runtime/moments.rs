@@ -12,14 +12,25 @@
 //! same on any number of threads. (Reading channel by channel instead, rows of R values a whole
 //! sample apart, was 5× slower: a new page, and for small R a cache miss, every row.)
 //!
-//! Input: `X` (float, [N, C, ...], rank ≥ 2). Outputs: `mean` [C], `var` [C] (biased), and
-//! `count` [1], the values per channel (N times the product of the other dimensions), as floats.
-//! A non-finite value makes its channel's moments NaN, which the pass reports.
+//! With `scale` and `B` given and a fourth output `Y`, the operator also does the work of the
+//! inference-mode BatchNormalization that would follow it: `Y = (X − μ) / √(σ² + ε) · scale + B`
+//! with its own moments, and `max(Y, 0)` as well with `relu=1` (a Relu that was the
+//! BatchNormalization's only consumer). That second pass runs on all threads where ONNX Runtime's
+//! BatchNormalization kernel runs on one, over the values just read, and `Y` may overwrite `X`.
+//! It computes `(X − x₀)·a + b` with a = scale/√(σ² + ε) and b = B − (μ − x₀)·a from the f64
+//! moments, x₀ the channel's first value: no digits of μ are lost to `X·a − μ·a` when |μ| ≫ σ.
+//!
+//! Inputs: `X` (float, [N, C, ...], rank ≥ 2), optionally `scale` and `B` ([C]). Outputs: `mean`
+//! [C], `var` [C] (biased), `count` [1], the values per channel (N times the product of the
+//! other dimensions), as floats, and optionally `Y` (X's shape). Attributes: `epsilon` (float,
+//! default 1e-5), `relu` (int, default 0). A non-finite value makes its channel's moments NaN,
+//! which the pass reports.
 
 use ort::operator::{
     BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
+    ShapeInferenceContext,
 };
-use ort::value::TensorElementType;
+use ort::value::{TensorElementType, ValueType};
 
 /// The operator's domain, as the statistics graph imports it.
 pub const DOMAIN: &str = "ai.swa";
@@ -35,12 +46,19 @@ struct BatchMoments;
 impl Operator for BatchMoments {
     type Kernel<'attr> = BoxedKernel<'attr>;
 
+    /// `Y` may overwrite `X` (the normalisation reads each value once, then writes it).
+    const INPLACES: &[(u32, u32)] = &[(0, 3)];
+
     fn name(&self) -> &str {
         NAME
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        [OperatorInput::required(TensorElementType::Float32)]
+        [
+            OperatorInput::required(TensorElementType::Float32),
+            OperatorInput::optional(TensorElementType::Float32),
+            OperatorInput::optional(TensorElementType::Float32),
+        ]
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
@@ -48,11 +66,29 @@ impl Operator for BatchMoments {
             OperatorOutput::required(TensorElementType::Float32),
             OperatorOutput::required(TensorElementType::Float32),
             OperatorOutput::required(TensorElementType::Float32),
+            OperatorOutput::optional(TensorElementType::Float32),
         ]
     }
 
-    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
-        Ok(Box::new(compute))
+    /// `Y` has `X`'s type and shape: ONNX Runtime lets an output overwrite an input only when it
+    /// knows both to be of one size. Only a shape whose every dimension is a number or a name is
+    /// passed on: an unknown one reads as -1 here, which ONNX Runtime would take for a size, and an
+    /// unknown rank as no dimensions.
+    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
+        if let Some(x @ ValueType::Tensor { shape, dimension_symbols, .. }) = ctx.inputs().first() {
+            let known = shape.iter().zip(dimension_symbols.iter()).all(|(&d, name)| d >= 0 || !name.is_empty());
+            if known && shape.len() >= 2 && dimension_symbols.len() == shape.len() {
+                // A node without `Y` has no output 3: nothing to set there.
+                let _ = ctx.set_output(3, x);
+            }
+        }
+        Ok(())
+    }
+
+    fn create_kernel<'attr>(&self, info: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        let epsilon = info.get::<f32>("epsilon").unwrap_or(1e-5);
+        let relu = info.get::<i64>("relu").unwrap_or(0) != 0;
+        Ok(Box::new(move |ctx: &ComputeContext| compute(ctx, epsilon, relu)))
     }
 }
 
@@ -82,8 +118,8 @@ impl<T> Shared<T> {
 /// The kernel. ONNX Runtime calls it, and the tasks, through `extern "C"` functions that
 /// `ort` does not guard: a panic there would abort the process (Rust does not unwind across them),
 /// so any panic becomes the node's error here.
-fn compute(ctx: &ComputeContext) -> ort::Result<()> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compute_unguarded(ctx)))
+fn compute(ctx: &ComputeContext, epsilon: f32, relu: bool) -> ort::Result<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compute_unguarded(ctx, epsilon, relu)))
         .unwrap_or_else(|p| Err(ort::Error::new(format!("BatchMoments: {}", panic_message(&*p)))))
 }
 
@@ -94,7 +130,42 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panicked".into())
 }
 
-fn compute_unguarded(ctx: &ComputeContext) -> ort::Result<()> {
+/// Runs `task(t)` for every t below `tasks`: on ONNX Runtime's threads when `parallel`, else in
+/// order on this one. On ONNX Runtime's threads a panic cannot unwind: each task catches its own,
+/// and the first one's message becomes the error.
+fn run_tasks(
+    ctx: &ComputeContext,
+    tasks: usize,
+    parallel: bool,
+    task: impl Fn(usize) + Sync + Send,
+) -> ort::Result<()> {
+    if !parallel {
+        (0..tasks).for_each(task);
+        return Ok(());
+    }
+    let panicked = std::sync::Mutex::new(None);
+    ctx.par_for(tasks, 0, |t| {
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(t))) {
+            panicked.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| panic_message(&*p));
+        }
+    })?;
+    match panicked.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(m) => Err(ort::Error::new(format!("BatchMoments: {m}"))),
+        None => Ok(()),
+    }
+}
+
+/// A [C] input of the operator, checked.
+fn channel_input<'a>(ctx: &'a ComputeContext, i: usize, name: &str, c: usize) -> ort::Result<ort::value::ValueRef<'a>> {
+    let v = ctx.input(i)?.ok_or_else(|| ort::Error::new(format!("BatchMoments: Y needs the {name} input")))?;
+    let len = v.try_extract_tensor::<f32>()?.1.len();
+    if len != c {
+        return Err(ort::Error::new(format!("BatchMoments: {name} holds {len} values for {c} channels")));
+    }
+    Ok(v)
+}
+
+fn compute_unguarded(ctx: &ComputeContext, epsilon: f32, relu: bool) -> ort::Result<()> {
     let input = ctx.input(0)?.ok_or_else(|| ort::Error::new("BatchMoments: no input"))?;
     let (shape, x) = input.try_extract_tensor::<f32>()?;
     if shape.len() < 2 || shape.iter().any(|&d| d < 0) {
@@ -108,6 +179,12 @@ fn compute_unguarded(ctx: &ComputeContext) -> ort::Result<()> {
     let (Some(r), Some(_)) = (r, len) else {
         return Err(ort::Error::new(format!("BatchMoments: the input's length does not match its shape {shape:?}")));
     };
+    let normalize = ctx.num_outputs()? > 3;
+    let (scale, bias) = if normalize {
+        (Some(channel_input(ctx, 1, "scale", c)?), Some(channel_input(ctx, 2, "B", c)?))
+    } else {
+        (None, None)
+    };
     let mut mean = ctx.output(0, vec![c as i64])?.ok_or_else(|| ort::Error::new("BatchMoments: no mean output"))?;
     let mut var = ctx.output(1, vec![c as i64])?.ok_or_else(|| ort::Error::new("BatchMoments: no var output"))?;
     let mut count = ctx.output(2, vec![1i64])?.ok_or_else(|| ort::Error::new("BatchMoments: no count output"))?;
@@ -118,34 +195,69 @@ fn compute_unguarded(ctx: &ComputeContext) -> ort::Result<()> {
         return Err(ort::Error::new("BatchMoments: outputs of the wrong length"));
     }
     let plan = Plan::new(n, c, r);
+    let parallel = x.len() >= 1 << 15 && plan.tasks() > 1;
     let mut sums = vec![Sums::default(); plan.blocks * c];
-    if x.is_empty() {
-        // No values (or no channels): every channel's moments are NaN.
-    } else if x.len() < 1 << 15 || plan.tasks() == 1 {
-        for t in 0..plan.tasks() {
-            plan.task(x, t, |i, s| sums[i] = s);
-        }
-    } else {
-        // On ONNX Runtime's threads a panic cannot unwind: each task catches its own, and the
-        // first one's message becomes the error.
-        let panicked = std::sync::Mutex::new(None);
+    if !x.is_empty() {
         let out = Shared(sums.as_mut_ptr());
-        ctx.par_for(plan.tasks(), 0, |t| {
-            // SAFETY: task t writes only the sums of its own rows and channels (`Plan::task`).
-            let run = || plan.task(x, t, |i, s| unsafe { out.set(i, s) });
-            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-                panicked.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| panic_message(&*p));
-            }
-        })?;
-        if let Some(m) = panicked.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            return Err(ort::Error::new(format!("BatchMoments: {m}")));
-        }
+        // SAFETY: task t writes only the sums of its own rows and channels (`Plan::task`).
+        run_tasks(ctx, plan.tasks(), parallel, |t| plan.task(x, t, |i, s| unsafe { out.set(i, s) }))?;
     }
-    for (k, (m, v)) in plan.finish(x, &sums).into_iter().enumerate() {
-        mean[k] = m as f32;
-        var[k] = v as f32;
+    let moments = plan.finish(x, &sums);
+    for (k, m) in moments.iter().enumerate() {
+        mean[k] = m.mean() as f32;
+        var[k] = m.var as f32;
     }
-    Ok(())
+    let (Some(scale), Some(bias)) = (scale, bias) else { return Ok(()) };
+    let (scale, bias) = (scale.try_extract_tensor::<f32>()?.1, bias.try_extract_tensor::<f32>()?.1);
+    let coefficients: Vec<Affine> = moments
+        .iter()
+        .zip(scale.iter().zip(bias))
+        .map(|(m, (&g, &b))| {
+            let a = f64::from(g) / (m.var + f64::from(epsilon)).sqrt();
+            Affine { shift: m.shift as f32, a: a as f32, b: (f64::from(b) - m.dev * a) as f32 }
+        })
+        .collect();
+    // X's last use: ONNX Runtime may hand its buffer over to Y (`INPLACES`), and from here on
+    // only Y's slice, or the raw pointer to X, touches it.
+    let (src, total, shape) = (x.as_ptr(), x.len(), shape.to_vec());
+    let mut y = ctx.output(3, shape)?.ok_or_else(|| ort::Error::new("BatchMoments: no Y output"))?;
+    let (_, y) = y.try_extract_tensor_mut::<f32>()?;
+    if y.len() != total {
+        return Err(ort::Error::new("BatchMoments: Y of the wrong length"));
+    }
+    let in_place = std::ptr::eq(src, y.as_ptr());
+    let (src, dst) = (Shared(src.cast_mut()), Shared(y.as_mut_ptr()));
+    let coefficients = &coefficients;
+    run_tasks(ctx, plan.tasks(), parallel, |t| {
+        // SAFETY: task t reads and writes only the values of its own rows and channels, within the
+        // buffers of x.len() values; when Y is X's buffer, nothing else reads X meanwhile.
+        unsafe { plan.normalize(t, &src, &dst, in_place, coefficients, relu) }
+    })
+}
+
+/// How a channel is normalised: `y = (x − shift)·a + b`.
+#[derive(Clone, Copy, Debug)]
+struct Affine {
+    shift: f32,
+    a: f32,
+    b: f32,
+}
+
+/// A channel's moments: its first value, the mean's deviation from it, and the biased variance
+/// (all NaN for a channel with a non-finite value, or with no values).
+#[derive(Clone, Copy, Debug)]
+struct Moments {
+    shift: f64,
+    dev: f64,
+    var: f64,
+}
+
+impl Moments {
+    const NAN: Moments = Moments { shift: f64::NAN, dev: f64::NAN, var: f64::NAN };
+
+    fn mean(&self) -> f64 {
+        self.shift + self.dev
+    }
 }
 
 /// Values per task: a task reads about this many (256 KiB), in memory order.
@@ -196,8 +308,8 @@ impl Plan {
         crate::checkpoint::dtype::dispatch!(task_any, task_avx2, task_avx512; self, x, t, put)
     }
 
-    /// Each channel's mean and biased variance from the blocks' sums, added in block order.
-    fn finish(&self, x: &[f32], sums: &[Sums]) -> Vec<(f64, f64)> {
+    /// Each channel's moments from the blocks' sums, added in block order.
+    fn finish(&self, x: &[f32], sums: &[Sums]) -> Vec<Moments> {
         let Plan { n, c, r, .. } = *self;
         let mut total = vec![Sums::default(); c];
         for block in sums.chunks_exact(c.max(1)) {
@@ -210,18 +322,137 @@ impl Plan {
         (0..c)
             .map(|k| {
                 if count == 0.0 {
-                    return (f64::NAN, f64::NAN);
+                    return Moments::NAN;
                 }
                 let shift = f64::from(x[k * r]);
-                let d = total[k].s1 / count;
-                let var = total[k].s2 / count - d * d;
+                let dev = total[k].s1 / count;
+                let var = total[k].s2 / count - dev * dev;
                 if !shift.is_finite() || !var.is_finite() {
-                    return (f64::NAN, f64::NAN);
+                    return Moments::NAN;
                 }
                 // Rounding can leave a constant channel's variance a hair below zero.
-                (shift + d, var.max(0.0))
+                Moments { shift, dev, var: var.max(0.0) }
             })
             .collect()
+    }
+
+    /// Task `t` of the normalisation: `dst = (src − shift)·a + b` (then `max(·, 0)` with `relu`)
+    /// over the task's rows and channels, with each channel's coefficients.
+    ///
+    /// # Safety
+    /// `src` and `dst` hold N·C·R values and are the same buffer when `in_place`, else disjoint;
+    /// no other task reads or writes this task's values meanwhile.
+    unsafe fn normalize(
+        &self,
+        t: usize,
+        src: &Shared<f32>,
+        dst: &Shared<f32>,
+        in_place: bool,
+        coefficients: &[Affine],
+        relu: bool,
+    ) {
+        // As the caller promises (an unsafe fn's body may call the unsafe variants).
+        crate::checkpoint::dtype::dispatch!(
+            normalize_any, normalize_avx2, normalize_avx512; self, t, src, dst, in_place, coefficients, relu
+        )
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn normalize_avx2(
+    plan: &Plan,
+    t: usize,
+    src: &Shared<f32>,
+    dst: &Shared<f32>,
+    in_place: bool,
+    coefficients: &[Affine],
+    relu: bool,
+) {
+    // SAFETY: as the caller promises.
+    unsafe { normalize_any(plan, t, src, dst, in_place, coefficients, relu) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn normalize_avx512(
+    plan: &Plan,
+    t: usize,
+    src: &Shared<f32>,
+    dst: &Shared<f32>,
+    in_place: bool,
+    coefficients: &[Affine],
+    relu: bool,
+) {
+    // SAFETY: as the caller promises.
+    unsafe { normalize_any(plan, t, src, dst, in_place, coefficients, relu) }
+}
+
+/// One value normalised.
+#[inline(always)]
+fn affine(x: f32, f: Affine, relu: bool) -> f32 {
+    let y = (x - f.shift) * f.a + f.b;
+    // Not `max`: a NaN stays NaN, as the pass reports it.
+    if relu && y < 0.0 {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// See [`Plan::normalize`].
+#[inline(always)]
+unsafe fn normalize_any(
+    plan: &Plan,
+    t: usize,
+    src: &Shared<f32>,
+    dst: &Shared<f32>,
+    in_place: bool,
+    coefficients: &[Affine],
+    relu: bool,
+) {
+    let Plan { n, c, r, rows, channels, groups, .. } = *plan;
+    let (block, group) = (t / groups, t % groups);
+    let (k0, k1) = (group * channels, ((group + 1) * channels).min(c));
+    let (i0, i1) = (block * rows, ((block + 1) * rows).min(n));
+    let coefficients = &coefficients[k0..k1];
+    for i in i0..i1 {
+        // Row i's values of channels k0..k1 are contiguous.
+        let (start, len) = ((i * c + k0) * r, (k1 - k0) * r);
+        // SAFETY: the span lies within the N·C·R values and belongs to this task alone (the
+        // caller's promise); in place, only `out` refers to it.
+        let out = unsafe { std::slice::from_raw_parts_mut(dst.0.add(start), len) };
+        let input = (!in_place).then(|| unsafe { std::slice::from_raw_parts(src.0.add(start).cast_const(), len) });
+        if r == 1 {
+            match input {
+                Some(input) => {
+                    for ((y, &x), &f) in out.iter_mut().zip(input).zip(coefficients) {
+                        *y = affine(x, f, relu);
+                    }
+                }
+                None => {
+                    for (y, &f) in out.iter_mut().zip(coefficients) {
+                        *y = affine(*y, f, relu);
+                    }
+                }
+            }
+            continue;
+        }
+        for (j, &f) in coefficients.iter().enumerate() {
+            let out = &mut out[j * r..][..r];
+            match input {
+                Some(input) => {
+                    for (y, &x) in out.iter_mut().zip(&input[j * r..][..r]) {
+                        *y = affine(x, f, relu);
+                    }
+                }
+                None => {
+                    for y in out.iter_mut() {
+                        *y = affine(*y, f, relu);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -299,7 +530,7 @@ pub fn batch_moments(x: &[f32], n: usize, c: usize, r: usize) -> Vec<(f64, f64)>
             plan.task(x, t, |i, s| sums[i] = s);
         }
     }
-    plan.finish(x, &sums)
+    plan.finish(x, &sums).iter().map(|m| (m.mean(), m.var)).collect()
 }
 
 #[cfg(test)]
@@ -368,30 +599,81 @@ mod tests {
 
     /// Runs a graph of one BatchMoments node on `x` (of `shape`) with `threads` intra-op threads.
     fn run_op(shape: &[i64], x: Vec<f32>, threads: usize) -> crate::error::Result<(Vec<f32>, Vec<f32>, f32)> {
+        run_graph(shape, x, threads, None).map(|(m, v, n, _)| (m, v, n))
+    }
+
+    /// The normalising form: `norm` is the layer's (scale, B, epsilon, relu, X computed by an Add
+    /// node, so that ONNX Runtime may hand its buffer over to Y); returns Y as well.
+    type Norm<'a> = (&'a [f32], &'a [f32], f32, bool, bool);
+
+    fn run_graph(
+        shape: &[i64],
+        x: Vec<f32>,
+        threads: usize,
+        norm: Option<Norm>,
+    ) -> crate::error::Result<(Vec<f32>, Vec<f32>, f32, Vec<f32>)> {
+        use crate::onnx::proto::tensor_shape_proto::{dimension::Value, Dimension};
         use crate::onnx::proto::{type_proto, GraphProto, ModelProto, OperatorSetIdProto, TypeProto, ValueInfoProto};
+        use crate::onnx::{float_attr, int_attr, node, tensor};
         use prost::Message;
-        let value = |name: &str| ValueInfoProto {
+        use safetensors::Dtype;
+        let typed = |name: &str, dims: Option<&[i64]>| ValueInfoProto {
             name: Some(name.into()),
             r#type: Some(TypeProto {
                 value: Some(type_proto::Value::TensorType(type_proto::Tensor {
                     elem_type: Some(crate::onnx::DataType::Float as i32),
-                    shape: None,
+                    shape: dims.map(|dims| crate::onnx::proto::TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|&d| Dimension { value: Some(Value::DimValue(d)), ..Default::default() })
+                            .collect(),
+                    }),
                 })),
                 ..Default::default()
             }),
             ..Default::default()
         };
-        let mut op = crate::onnx::node(super::NAME, "m".into(), &["x"], &["mean", "var", "count"], vec![]);
+        let value = |name: &str| typed(name, None);
+        let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let (mut nodes, mut initializer) = (Vec::new(), Vec::new());
+        let mut outputs = vec![value("mean"), value("var"), value("count")];
+        let mut op = match norm {
+            None => node(super::NAME, "m".into(), &["x"], &["mean", "var", "count"], vec![]),
+            Some((scale, bias, epsilon, relu, computed)) => {
+                let c = scale.len();
+                initializer.push(tensor("scale", Dtype::F32, &[c], f32s(scale)));
+                initializer.push(tensor("bias", Dtype::F32, &[c], f32s(bias)));
+                // A graph output never takes an input's buffer: with `computed`, X comes from an
+                // Add node and Y goes to another.
+                let input = if computed {
+                    initializer.push(tensor("zero", Dtype::F32, &[], f32s(&[0.0])));
+                    nodes.push(node("Add", "add".into(), &["x", "zero"], &["x1"], vec![]));
+                    "x1"
+                } else {
+                    "x"
+                };
+                let y = if computed { "y1" } else { "y" };
+                outputs.push(value("y"));
+                let attrs = vec![float_attr("epsilon", epsilon), int_attr("relu", relu as i64)];
+                node(super::NAME, "m".into(), &[input, "scale", "bias"], &["mean", "var", "count", y], attrs)
+            }
+        };
         op.domain = Some(super::DOMAIN.into());
+        nodes.push(op);
+        if matches!(norm, Some((.., true))) {
+            nodes.push(node("Add", "add_y".into(), &["y1", "zero"], &["y"], vec![]));
+        }
         let opset = |d: &str, v| OperatorSetIdProto { domain: Some(d.into()), version: Some(v) };
         let model = ModelProto {
             ir_version: Some(8),
             opset_import: vec![opset("", 17), opset(super::DOMAIN, 1)],
             graph: Some(GraphProto {
                 name: Some("g".into()),
-                node: vec![op],
-                input: vec![value("x")],
-                output: vec![value("mean"), value("var"), value("count")],
+                node: nodes,
+                initializer,
+                // With its shape known, ONNX Runtime can hand a computed X's buffer over to Y.
+                input: vec![typed("x", Some(shape))],
+                output: outputs,
                 ..Default::default()
             }),
             ..Default::default()
@@ -400,7 +682,44 @@ mod tests {
         let mut session = crate::runtime::session(&model.encode_to_vec(), &engine)?;
         let out = session.run(ort::inputs!["x" => ort::value::Tensor::from_array((shape.to_vec(), x))?])?;
         let get = |name: &str| out[name].try_extract_tensor::<f32>().map(|(_, v)| v.to_vec());
-        Ok((get("mean")?, get("var")?, get("count")?[0]))
+        let y = if norm.is_some() { get("y")? } else { Vec::new() };
+        Ok((get("mean")?, get("var")?, get("count")?[0], y))
+    }
+
+    #[test]
+    fn the_operator_normalises_as_batchnorm_would_with_its_moments() {
+        // Channels far from zero (|μ| ≫ σ), past the size at which the tasks go to ONNX Runtime's
+        // threads, as [N, C, R] and as [N, C] (one value per channel).
+        for (n, c, r) in [(64usize, 6usize, 97usize), (4096, 24, 1)] {
+            let x: Vec<f32> = (0..n * c * r)
+                .map(|i| ((i * 7919) % 1013) as f32 * 0.01 + (i / r % c) as f32 * 100.0 - 250.0)
+                .collect();
+            let scale: Vec<f32> = (0..c).map(|k| 0.5 + k as f32 * 0.25).collect();
+            let bias: Vec<f32> = (0..c).map(|k| k as f32 * 0.1 - 0.3).collect();
+            let shape = [n as i64, c as i64, r as i64];
+            let shape = if r == 1 { &shape[..2] } else { &shape[..] };
+            let exact = reference(&x, n, c, r);
+            for relu in [false, true] {
+                for computed in [false, true] {
+                    let norm = Some((&scale[..], &bias[..], 1e-3, relu, computed));
+                    let one = run_graph(shape, x.clone(), 1, norm).unwrap();
+                    // Byte-identical on any number of threads, the moments as without Y.
+                    assert_eq!(run_graph(shape, x.clone(), 2, norm).unwrap(), one);
+                    let plain = run_op(shape, x.clone(), 2).unwrap();
+                    assert_eq!((&one.0, &one.1, one.2), (&plain.0, &plain.1, plain.2));
+                    for (i, (&y, &v)) in one.3.iter().zip(&x).enumerate() {
+                        let k = i / r % c;
+                        let (m, var) = exact[k];
+                        let want = (f64::from(v) - m) / (var + 1e-3).sqrt() * f64::from(scale[k]) + f64::from(bias[k]);
+                        let want = if relu { want.max(0.0) } else { want };
+                        assert!(
+                            (f64::from(y) - want).abs() < 2e-6 * want.abs().max(1.0),
+                            "{n}x{c}x{r} value {i}: {y} {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
