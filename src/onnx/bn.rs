@@ -6,8 +6,9 @@
 //!
 //! - On the CPU (`Moments`), swa's own operator `ai.swa.BatchMoments`
 //!   ([`crate::runtime::moments`]) takes the BN's place: it reads the input once and accumulates
-//!   each channel's mean and squared deviations in f64, then normalises with them (and applies the
-//!   Relu that was the BN's only consumer), on all of the session's threads.
+//!   each channel's mean and squared deviations in f64, then normalises with them, on all of the
+//!   session's threads, and also does the work of the Add (a residual connection) and the Relu
+//!   after the BN where they were its only consumers.
 //! - `Training`: the BN itself in training mode with momentum 0, so that its "running" outputs
 //!   are the batch mean and the biased batch variance (ONNX Runtime's CPU kernel is exact enough
 //!   but single-threaded: up to 18 % slower passes on two threads).
@@ -68,7 +69,7 @@ pub struct StatsLayout {
 pub enum Reduction {
     /// swa's own CPU operator ([`crate::runtime::moments`]) replaces each BatchNormalization: it
     /// gives the layer's mean and biased variance, accumulated in f64, and normalises with them —
-    /// the Relu after it too, where that Relu was the BN's only consumer — on all of the
+    /// the Add and the Relu after it too, where they were the BN's only consumers — on all of the
     /// session's threads (ONNX Runtime's inference-mode BatchNormalization kernel runs on one).
     Moments,
     /// The BatchNormalization itself in training mode (momentum 0): ONNX Runtime's CPU kernel
@@ -403,16 +404,19 @@ pub fn stats_model(model: &Model, layers: &[BnLayer], reduction: Reduction) -> R
     add_constants(g);
     let by_node: std::collections::HashMap<usize, usize> =
         layers.iter().enumerate().map(|(k, l)| (l.node, k)).collect();
-    // With `Moments` the operator normalises too, and applies the Relu that was a layer's only
-    // consumer: BN node → that Relu's node.
-    let relus = if reduction == Reduction::Moments { fusable_relus(g, layers) } else { Default::default() };
-    let fused: HashSet<usize> = relus.values().copied().collect();
+    // With `Moments` the operator normalises too, and takes in the Add and the Relu that follow a
+    // layer where it is their only input from that layer (see `fusable_tails`).
+    let tails =
+        if reduction == Reduction::Moments && opset >= 7 { fusable_tails(g, layers) } else { Default::default() };
     let old_nodes = std::mem::take(&mut g.node);
-    let relu_outputs: std::collections::HashMap<usize, String> =
-        relus.iter().map(|(&bn, &relu)| (bn, old_nodes[relu].output[0].clone())).collect();
+    // The nodes taken in: a Relu's place stays empty, an Add's gets the operator.
+    let mut fused: std::collections::HashMap<usize, Option<NodeProto>> =
+        tails.values().flat_map(|t| t.add.into_iter().chain(t.relu)).map(|i| (i, None)).collect();
     let (mut parts, mut offsets, mut len) = (Vec::new(), Vec::new(), 0);
     for (i, n) in old_nodes.into_iter().enumerate() {
-        if fused.contains(&i) {
+        if let Some(deferred) = fused.get_mut(&i) {
+            // The layer's operator takes the Add's place (its residual is defined by then).
+            g.node.extend(deferred.take());
             continue;
         }
         let Some(&k) = by_node.get(&i) else {
@@ -423,21 +427,27 @@ pub fn stats_model(model: &Model, layers: &[BnLayer], reduction: Reduction) -> R
         let mut b = LayerNodes { k, opset, layer, nodes: Vec::new() };
         let mut bn: NodeProto = n;
         if reduction == Reduction::Moments {
-            // The operator replaces the BN: same inputs but the statistics, same output (or the
-            // fused Relu's).
-            let y = relu_outputs.get(&i).unwrap_or(&bn.output[0]);
+            // The operator replaces the BN: same inputs but the statistics (and the Add's other
+            // input), the output of the last node it takes in.
+            let tail = tails.get(&i);
+            let y = tail.map_or(&bn.output[0], |t| &t.output);
             let outputs = [b.v("mean"), b.v("var"), b.v("count_1"), y.clone()];
             let outputs: Vec<&str> = outputs.iter().map(String::as_str).collect();
             let mut attributes = vec![float_attr("epsilon", layer.epsilon)];
-            if relu_outputs.contains_key(&i) {
+            if tail.is_some_and(|t| t.relu.is_some()) {
                 attributes.push(int_attr("relu", 1));
             }
-            let inputs = [layer.input.as_str(), &bn.input[1], &bn.input[2]];
+            let mut inputs = vec![layer.input.as_str(), &bn.input[1], &bn.input[2]];
+            inputs.extend(tail.and_then(|t| t.residual.as_deref()));
             let mut moments = node(moments::NAME, b.v("moments"), &inputs, &outputs, attributes);
             moments.domain = Some(moments::DOMAIN.into());
-            b.nodes.push(moments);
+            match tail.and_then(|t| t.add) {
+                Some(add) => {
+                    fused.insert(add, Some(moments));
+                }
+                None => g.node.push(moments),
+            }
             parts.extend([b.v("mean"), b.v("var"), b.v("count_1")]);
-            g.node.extend(b.nodes);
             offsets.push(len);
             len += 2 * layer.channels + 1;
             continue;
@@ -475,10 +485,24 @@ pub fn stats_model(model: &Model, layers: &[BnLayer], reduction: Reduction) -> R
     Ok((out, StatsLayout { output: ALL.into(), offsets }))
 }
 
-/// The Relu nodes that can be fused into the layers' `BatchMoments`, by BN node: those that are
-/// the only consumer of a BN's output, where that output is no graph output. None in a graph with
-/// subgraphs (their nodes may read any value of the graph).
-fn fusable_relus(g: &GraphProto, layers: &[BnLayer]) -> std::collections::HashMap<usize, usize> {
+/// What a layer's `BatchMoments` takes in besides its BN: the Add after it, if the BN's output is
+/// the Add's only input from the layer and that Add's other input is another value (the residual,
+/// added to the normalised values), then the Relu after that (or after the BN), if it is the only
+/// consumer. Nothing whose value is a graph output, and nothing in a graph with subgraphs (their
+/// nodes may read any value of the graph).
+#[derive(Debug, Clone)]
+struct Tail {
+    /// The Add's node and its other input.
+    add: Option<usize>,
+    residual: Option<String>,
+    /// The Relu's node.
+    relu: Option<usize>,
+    /// The output of the last node taken in.
+    output: String,
+}
+
+/// The [`Tail`] of each layer that has one, by BN node.
+fn fusable_tails(g: &GraphProto, layers: &[BnLayer]) -> std::collections::HashMap<usize, Tail> {
     let has_subgraphs = g.node.iter().any(|n| n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty()));
     if has_subgraphs {
         return Default::default();
@@ -490,16 +514,29 @@ fn fusable_relus(g: &GraphProto, layers: &[BnLayer]) -> std::collections::HashMa
         }
     }
     let outputs: HashSet<&str> = g.output.iter().map(|o| o.name()).collect();
-    layers
-        .iter()
-        .filter_map(|l| {
-            let y = g.node[l.node].output.first()?.as_str();
-            let &[relu] = consumers.get(y)?.as_slice() else { return None };
-            let r = &g.node[relu];
-            let plain = r.op_type() == "Relu" && r.domain().is_empty() && r.input.len() == 1 && r.output.len() == 1;
-            (plain && !outputs.contains(y) && !r.output[0].is_empty()).then_some((l.node, relu))
-        })
-        .collect()
+    // The only consumer of `v`, if it is a plain `op` (one output, no attributes, `inputs` inputs).
+    let only = |v: &str, op: &str, inputs: usize| {
+        let &[i] = consumers.get(v)?.as_slice() else { return None };
+        let n = &g.node[i];
+        let plain = n.op_type() == op && n.domain().is_empty() && n.attribute.is_empty() && n.input.len() == inputs;
+        (plain && n.output.len() == 1 && !n.output[0].is_empty() && !outputs.contains(v)).then_some(i)
+    };
+    let mut claimed = HashSet::new();
+    let mut tails = std::collections::HashMap::new();
+    for l in layers {
+        let Some(y) = g.node[l.node].output.first().map(String::as_str) else { continue };
+        let add = only(y, "Add", 2).filter(|&a| {
+            let other = g.node[a].input.iter().find(|v| v.as_str() != y);
+            other.is_some_and(|o| !o.is_empty() && *o != l.input) && !claimed.contains(&a)
+        });
+        claimed.extend(add);
+        let relu = only(add.map_or(y, |a| g.node[a].output[0].as_str()), "Relu", 1);
+        if let Some(last) = relu.or(add) {
+            let residual = add.and_then(|a| g.node[a].input.iter().find(|v| v.as_str() != y).cloned());
+            tails.insert(l.node, Tail { add, residual, relu, output: g.node[last].output[0].clone() });
+        }
+    }
+    tails
 }
 
 /// Removes the nodes that do not contribute to `output` (the classifier head after the last BN),

@@ -14,17 +14,19 @@
 //!
 //! With `scale` and `B` given and a fourth output `Y`, the operator also does the work of the
 //! inference-mode BatchNormalization that would follow it: `Y = (X − μ) / √(σ² + ε) · scale + B`
-//! with its own moments, and `max(Y, 0)` as well with `relu=1` (a Relu that was the
-//! BatchNormalization's only consumer). That second pass runs on all threads where ONNX Runtime's
-//! BatchNormalization kernel runs on one, over the values just read, and `Y` may overwrite `X`.
-//! It computes `(X − x₀)·a + b` with a = scale/√(σ² + ε) and b = B − (μ − x₀)·a from the f64
-//! moments, x₀ the channel's first value: no digits of μ are lost to `X·a − μ·a` when |μ| ≫ σ.
+//! with its own moments, plus `R` where that input is given (the other input of an Add that was
+//! the BatchNormalization's only consumer, numpy-broadcast), and `max(Y, 0)` as well with
+//! `relu=1` (a Relu that was the only consumer of either). That second pass runs on all threads
+//! where ONNX Runtime's BatchNormalization kernel runs on one, over the values just read, and `Y`
+//! may overwrite `X`. It computes `(X − x₀)·a + b` with a = scale/√(σ² + ε) and
+//! b = B − (μ − x₀)·a from the f64 moments, x₀ the channel's first value: no digits of μ are lost
+//! to `X·a − μ·a` when |μ| ≫ σ.
 //!
-//! Inputs: `X` (float, [N, C, ...], rank ≥ 2), optionally `scale` and `B` ([C]). Outputs: `mean`
-//! [C], `var` [C] (biased), `count` [1], the values per channel (N times the product of the
-//! other dimensions), as floats, and optionally `Y` (X's shape). Attributes: `epsilon` (float,
-//! default 1e-5), `relu` (int, default 0). A non-finite value makes its channel's moments NaN,
-//! which the pass reports.
+//! Inputs: `X` (float, [N, C, ...], rank ≥ 2), optionally `scale` and `B` ([C]) and `R`.
+//! Outputs: `mean` [C], `var` [C] (biased), `count` [1], the values per channel (N times the
+//! product of the other dimensions), as floats, and optionally `Y` (X's shape, or the broadcast
+//! one with R). Attributes: `epsilon` (float, default 1e-5), `relu` (int, default 0). A non-finite
+//! value makes its channel's moments NaN, which the pass reports.
 
 use ort::operator::{
     BoxedKernel, ComputeContext, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput,
@@ -58,6 +60,7 @@ impl Operator for BatchMoments {
             OperatorInput::required(TensorElementType::Float32),
             OperatorInput::optional(TensorElementType::Float32),
             OperatorInput::optional(TensorElementType::Float32),
+            OperatorInput::optional(TensorElementType::Float32),
         ]
     }
 
@@ -72,12 +75,15 @@ impl Operator for BatchMoments {
 
     /// `Y` has `X`'s type and shape: ONNX Runtime lets an output overwrite an input only when it
     /// knows both to be of one size. Only a shape whose every dimension is a number or a name is
-    /// passed on: an unknown one reads as -1 here, which ONNX Runtime would take for a size, and an
-    /// unknown rank as no dimensions.
+    /// passed on (an unknown one reads as -1 here, which ONNX Runtime would take for a size, and an
+    /// unknown rank as no dimensions), and only with no residual or one of the very same shape.
     fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
-        if let Some(x @ ValueType::Tensor { shape, dimension_symbols, .. }) = ctx.inputs().first() {
+        let inputs = ctx.inputs();
+        if let Some(x @ ValueType::Tensor { shape, dimension_symbols, .. }) = inputs.first() {
             let known = shape.iter().zip(dimension_symbols.iter()).all(|(&d, name)| d >= 0 || !name.is_empty());
-            if known && shape.len() >= 2 && dimension_symbols.len() == shape.len() {
+            // A residual of another (or an unknown) shape may broadcast Y to a larger one.
+            let residual_fits = inputs.get(3).is_none_or(|r| r == x);
+            if known && residual_fits && shape.len() >= 2 && dimension_symbols.len() == shape.len() {
                 // A node without `Y` has no output 3: nothing to set there.
                 let _ = ctx.set_output(3, x);
             }
@@ -217,6 +223,16 @@ fn compute_unguarded(ctx: &ComputeContext, epsilon: f32, relu: bool) -> ort::Res
             Affine { shift: m.shift as f32, a: a as f32, b: (f64::from(b) - m.dev * a) as f32 }
         })
         .collect();
+    // R, added before the Relu: an Add's other input (`Reduction::Moments` fuses `BN + R`).
+    let residual = if ctx.num_inputs()? > 3 { ctx.input(3)? } else { None };
+    let residual = match &residual {
+        Some(v) => Some(v.try_extract_tensor::<f32>()?),
+        None => None,
+    };
+    if let Some((r_shape, r)) = residual.filter(|(r_shape, _)| **r_shape != *shape) {
+        // Not X's shape: numpy broadcasting, on this thread (no model of torchvision's has it).
+        return broadcast_residual(ctx, (shape, x), (r_shape, r), &coefficients, relu);
+    }
     // X's last use: ONNX Runtime may hand its buffer over to Y (`INPLACES`), and from here on
     // only Y's slice, or the raw pointer to X, touches it.
     let (src, total, shape) = (x.as_ptr(), x.len(), shape.to_vec());
@@ -225,14 +241,91 @@ fn compute_unguarded(ctx: &ComputeContext, epsilon: f32, relu: bool) -> ort::Res
     if y.len() != total {
         return Err(ort::Error::new("BatchMoments: Y of the wrong length"));
     }
-    let in_place = std::ptr::eq(src, y.as_ptr());
-    let (src, dst) = (Shared(src.cast_mut()), Shared(y.as_mut_ptr()));
-    let coefficients = &coefficients;
+    let residual = residual.map(|(_, r)| r.as_ptr());
+    if residual.is_some_and(|r| std::ptr::eq(r, src) || std::ptr::eq(r, y.as_ptr())) {
+        return Err(ort::Error::new("BatchMoments: the residual is X or Y"));
+    }
+    let pass = Normalize {
+        src,
+        dst: y.as_mut_ptr(),
+        in_place: std::ptr::eq(src, y.as_ptr()),
+        residual,
+        coefficients: &coefficients,
+        relu,
+    };
     run_tasks(ctx, plan.tasks(), parallel, |t| {
-        // SAFETY: task t reads and writes only the values of its own rows and channels, within the
-        // buffers of x.len() values; when Y is X's buffer, nothing else reads X meanwhile.
-        unsafe { plan.normalize(t, &src, &dst, in_place, coefficients, relu) }
+        // SAFETY: X, Y and R hold N·C·R values (checked above), Y is X's buffer or disjoint from
+        // it, R is neither; task t reads and writes only the values of its own rows and channels,
+        // and when Y is X's buffer nothing else reads X meanwhile.
+        unsafe { plan.normalize(t, &pass) }
     })
+}
+
+/// `Y = max(normalised X + R, 0)` (or without the max) for a residual R of another shape than X's,
+/// numpy-broadcast together; Y has the broadcast shape.
+fn broadcast_residual(
+    ctx: &ComputeContext,
+    (x_shape, x): (&[i64], &[f32]),
+    (r_shape, r): (&[i64], &[f32]),
+    coefficients: &[Affine],
+    relu: bool,
+) -> ort::Result<()> {
+    let rank = x_shape.len().max(r_shape.len());
+    let pad = |s: &[i64]| -> Vec<usize> {
+        std::iter::repeat_n(1, rank - s.len()).chain(s.iter().map(|&d| d.max(0) as usize)).collect()
+    };
+    let (xd, rd) = (pad(x_shape), pad(r_shape));
+    let mut out = Vec::with_capacity(rank);
+    for (&a, &b) in xd.iter().zip(&rd) {
+        if a != b && a != 1 && b != 1 {
+            return Err(ort::Error::new(format!(
+                "BatchMoments: a residual of shape {r_shape:?} does not broadcast with {x_shape:?}"
+            )));
+        }
+        out.push(if a == 1 { b } else { a });
+    }
+    // Strides of X and R over the output's indices (0 along a broadcast dimension).
+    let strides = |d: &[usize]| -> Vec<usize> {
+        let mut s = vec![0; rank];
+        let mut acc = 1usize;
+        for k in (0..rank).rev() {
+            s[k] = if d[k] == 1 { 0 } else { acc };
+            acc *= d[k];
+        }
+        s
+    };
+    let (xs, rs) = (strides(&xd), strides(&rd));
+    let total = out.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let Some(total) = total.filter(|&t| t <= isize::MAX as usize / 4) else {
+        return Err(ort::Error::new("BatchMoments: the broadcast output is too large"));
+    };
+    // X's values per channel and sample: X's channel is its linear index / inner mod C.
+    let inner = x_shape[2..].iter().product::<i64>().max(1) as usize;
+    let shape: Vec<i64> = out.iter().map(|&d| d as i64).collect();
+    let mut y = ctx.output(3, shape)?.ok_or_else(|| ort::Error::new("BatchMoments: no Y output"))?;
+    let (_, y) = y.try_extract_tensor_mut::<f32>()?;
+    if y.len() != total || std::ptr::eq(y.as_ptr(), x.as_ptr()) {
+        return Err(ort::Error::new("BatchMoments: Y of the wrong length"));
+    }
+    let mut index = vec![0usize; rank];
+    let (mut xi, mut ri) = (0usize, 0usize);
+    for v in y.iter_mut() {
+        // X's channel, from its own linear index.
+        let k = xi / inner % coefficients.len().max(1);
+        *v = clamp(affine(x[xi], coefficients[k]) + r[ri], relu);
+        for d in (0..rank).rev() {
+            index[d] += 1;
+            xi += xs[d];
+            ri += rs[d];
+            if index[d] < out[d] {
+                break;
+            }
+            xi -= xs[d] * out[d];
+            ri -= rs[d] * out[d];
+            index[d] = 0;
+        }
+    }
+    Ok(())
 }
 
 /// How a channel is normalised: `y = (x − shift)·a + b`.
@@ -336,63 +429,58 @@ impl Plan {
             .collect()
     }
 
-    /// Task `t` of the normalisation: `dst = (src − shift)·a + b` (then `max(·, 0)` with `relu`)
-    /// over the task's rows and channels, with each channel's coefficients.
+    /// Task `t` of the normalisation (see [`Normalize`]) over the task's rows and channels.
     ///
     /// # Safety
-    /// `src` and `dst` hold N·C·R values and are the same buffer when `in_place`, else disjoint;
-    /// no other task reads or writes this task's values meanwhile.
-    unsafe fn normalize(
-        &self,
-        t: usize,
-        src: &Shared<f32>,
-        dst: &Shared<f32>,
-        in_place: bool,
-        coefficients: &[Affine],
-        relu: bool,
-    ) {
+    /// `pass`'s buffers are valid as [`Normalize`] says, and no other task reads or writes this
+    /// task's values meanwhile.
+    unsafe fn normalize(&self, t: usize, pass: &Normalize) {
         // As the caller promises (an unsafe fn's body may call the unsafe variants).
-        crate::checkpoint::dtype::dispatch!(
-            normalize_any, normalize_avx2, normalize_avx512; self, t, src, dst, in_place, coefficients, relu
-        )
+        crate::checkpoint::dtype::dispatch!(normalize_any, normalize_avx2, normalize_avx512; self, t, pass)
     }
 }
 
+/// The second pass: `Y = (X − shift)·a + b`, plus `R` where there is a residual, then `max(·, 0)`
+/// with `relu`, each channel with its coefficients.
+struct Normalize<'a> {
+    /// X: N·C·R values.
+    src: *const f32,
+    /// Y: as many values, X's buffer itself when `in_place`, else disjoint from it.
+    dst: *mut f32,
+    in_place: bool,
+    /// R: as many values, disjoint from both.
+    residual: Option<*const f32>,
+    coefficients: &'a [Affine],
+    relu: bool,
+}
+
+// SAFETY: the tasks read X and R and write disjoint parts of Y (`Plan::normalize`).
+unsafe impl Send for Normalize<'_> {}
+unsafe impl Sync for Normalize<'_> {}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn normalize_avx2(
-    plan: &Plan,
-    t: usize,
-    src: &Shared<f32>,
-    dst: &Shared<f32>,
-    in_place: bool,
-    coefficients: &[Affine],
-    relu: bool,
-) {
+unsafe fn normalize_avx2(plan: &Plan, t: usize, pass: &Normalize) {
     // SAFETY: as the caller promises.
-    unsafe { normalize_any(plan, t, src, dst, in_place, coefficients, relu) }
+    unsafe { normalize_any(plan, t, pass) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn normalize_avx512(
-    plan: &Plan,
-    t: usize,
-    src: &Shared<f32>,
-    dst: &Shared<f32>,
-    in_place: bool,
-    coefficients: &[Affine],
-    relu: bool,
-) {
+unsafe fn normalize_avx512(plan: &Plan, t: usize, pass: &Normalize) {
     // SAFETY: as the caller promises.
-    unsafe { normalize_any(plan, t, src, dst, in_place, coefficients, relu) }
+    unsafe { normalize_any(plan, t, pass) }
 }
 
 /// One value normalised.
 #[inline(always)]
-fn affine(x: f32, f: Affine, relu: bool) -> f32 {
-    let y = (x - f.shift) * f.a + f.b;
-    // Not `max`: a NaN stays NaN, as the pass reports it.
+fn affine(x: f32, f: Affine) -> f32 {
+    (x - f.shift) * f.a + f.b
+}
+
+/// `max(y, 0)` with `relu`; not `max`: a NaN stays NaN, as the pass reports it.
+#[inline(always)]
+fn clamp(y: f32, relu: bool) -> f32 {
     if relu && y < 0.0 {
         0.0
     } else {
@@ -400,58 +488,68 @@ fn affine(x: f32, f: Affine, relu: bool) -> f32 {
     }
 }
 
-/// See [`Plan::normalize`].
+/// Normalises one span of values: `out` from `input` (or in place), plus `residual`, with the
+/// coefficients of value j `coefficient(j)`.
 #[inline(always)]
-unsafe fn normalize_any(
-    plan: &Plan,
-    t: usize,
-    src: &Shared<f32>,
-    dst: &Shared<f32>,
-    in_place: bool,
-    coefficients: &[Affine],
+fn span(
+    out: &mut [f32],
+    input: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    coefficient: impl Fn(usize) -> Affine,
     relu: bool,
 ) {
+    match (input, residual) {
+        (Some(x), None) => {
+            for (j, (y, &x)) in out.iter_mut().zip(x).enumerate() {
+                *y = clamp(affine(x, coefficient(j)), relu);
+            }
+        }
+        (None, None) => {
+            for (j, y) in out.iter_mut().enumerate() {
+                *y = clamp(affine(*y, coefficient(j)), relu);
+            }
+        }
+        (Some(x), Some(r)) => {
+            for (j, ((y, &x), &r)) in out.iter_mut().zip(x).zip(r).enumerate() {
+                *y = clamp(affine(x, coefficient(j)) + r, relu);
+            }
+        }
+        (None, Some(r)) => {
+            for (j, (y, &r)) in out.iter_mut().zip(r).enumerate() {
+                *y = clamp(affine(*y, coefficient(j)) + r, relu);
+            }
+        }
+    }
+}
+
+/// See [`Plan::normalize`].
+#[inline(always)]
+unsafe fn normalize_any(plan: &Plan, t: usize, pass: &Normalize) {
     let Plan { n, c, r, rows, channels, groups, .. } = *plan;
     let (block, group) = (t / groups, t % groups);
     let (k0, k1) = (group * channels, ((group + 1) * channels).min(c));
     let (i0, i1) = (block * rows, ((block + 1) * rows).min(n));
-    let coefficients = &coefficients[k0..k1];
+    let coefficients = &pass.coefficients[k0..k1];
     for i in i0..i1 {
         // Row i's values of channels k0..k1 are contiguous.
         let (start, len) = ((i * c + k0) * r, (k1 - k0) * r);
-        // SAFETY: the span lies within the N·C·R values and belongs to this task alone (the
-        // caller's promise); in place, only `out` refers to it.
-        let out = unsafe { std::slice::from_raw_parts_mut(dst.0.add(start), len) };
-        let input = (!in_place).then(|| unsafe { std::slice::from_raw_parts(src.0.add(start).cast_const(), len) });
+        // SAFETY: the span lies within the N·C·R values of each buffer and belongs to this task
+        // alone (the caller's promise); in place, only `out` refers to it.
+        let (out, input, residual) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(pass.dst.add(start), len),
+                (!pass.in_place).then(|| std::slice::from_raw_parts(pass.src.add(start), len)),
+                pass.residual.map(|p| std::slice::from_raw_parts(p.add(start), len)),
+            )
+        };
         if r == 1 {
-            match input {
-                Some(input) => {
-                    for ((y, &x), &f) in out.iter_mut().zip(input).zip(coefficients) {
-                        *y = affine(x, f, relu);
-                    }
-                }
-                None => {
-                    for (y, &f) in out.iter_mut().zip(coefficients) {
-                        *y = affine(*y, f, relu);
-                    }
-                }
-            }
+            span(out, input, residual, |j| coefficients[j], pass.relu);
             continue;
         }
         for (j, &f) in coefficients.iter().enumerate() {
-            let out = &mut out[j * r..][..r];
-            match input {
-                Some(input) => {
-                    for (y, &x) in out.iter_mut().zip(&input[j * r..][..r]) {
-                        *y = affine(x, f, relu);
-                    }
-                }
-                None => {
-                    for y in out.iter_mut() {
-                        *y = affine(*y, f, relu);
-                    }
-                }
-            }
+            let (from, to) = (j * r, (j + 1) * r);
+            let (input, residual) = (input.map(|x| &x[from..to]), residual.map(|x| &x[from..to]));
+            span(&mut out[from..to], input, residual, |_| f, pass.relu);
         }
     }
 }
@@ -602,16 +700,24 @@ mod tests {
         run_graph(shape, x, threads, None).map(|(m, v, n, _)| (m, v, n))
     }
 
-    /// The normalising form: `norm` is the layer's (scale, B, epsilon, relu, X computed by an Add
-    /// node, so that ONNX Runtime may hand its buffer over to Y); returns Y as well.
-    type Norm<'a> = (&'a [f32], &'a [f32], f32, bool, bool);
+    /// mean, var, count and Y (empty without [`Norm`]).
+    type Outputs = (Vec<f32>, Vec<f32>, f32, Vec<f32>);
 
-    fn run_graph(
-        shape: &[i64],
-        x: Vec<f32>,
-        threads: usize,
-        norm: Option<Norm>,
-    ) -> crate::error::Result<(Vec<f32>, Vec<f32>, f32, Vec<f32>)> {
+    /// The normalising form, which returns Y as well.
+    #[derive(Clone, Copy)]
+    struct Norm<'a> {
+        scale: &'a [f32],
+        bias: &'a [f32],
+        epsilon: f32,
+        relu: bool,
+        /// X computed by an Add node and Y consumed by another, so that ONNX Runtime may hand
+        /// X's buffer over to Y (never a graph input's or output's).
+        computed: bool,
+        /// R, a graph input of this shape.
+        residual: Option<(&'a [i64], &'a [f32])>,
+    }
+
+    fn run_graph(shape: &[i64], x: Vec<f32>, threads: usize, norm: Option<Norm>) -> crate::error::Result<Outputs> {
         use crate::onnx::proto::tensor_shape_proto::{dimension::Value, Dimension};
         use crate::onnx::proto::{type_proto, GraphProto, ModelProto, OperatorSetIdProto, TypeProto, ValueInfoProto};
         use crate::onnx::{float_attr, int_attr, node, tensor};
@@ -639,7 +745,7 @@ mod tests {
         let mut outputs = vec![value("mean"), value("var"), value("count")];
         let mut op = match norm {
             None => node(super::NAME, "m".into(), &["x"], &["mean", "var", "count"], vec![]),
-            Some((scale, bias, epsilon, relu, computed)) => {
+            Some(Norm { scale, bias, epsilon, relu, computed, residual }) => {
                 let c = scale.len();
                 initializer.push(tensor("scale", Dtype::F32, &[c], f32s(scale)));
                 initializer.push(tensor("bias", Dtype::F32, &[c], f32s(bias)));
@@ -655,12 +761,14 @@ mod tests {
                 let y = if computed { "y1" } else { "y" };
                 outputs.push(value("y"));
                 let attrs = vec![float_attr("epsilon", epsilon), int_attr("relu", relu as i64)];
-                node(super::NAME, "m".into(), &[input, "scale", "bias"], &["mean", "var", "count", y], attrs)
+                let inputs: &[&str] =
+                    if residual.is_some() { &[input, "scale", "bias", "r"] } else { &[input, "scale", "bias"] };
+                node(super::NAME, "m".into(), inputs, &["mean", "var", "count", y], attrs)
             }
         };
         op.domain = Some(super::DOMAIN.into());
         nodes.push(op);
-        if matches!(norm, Some((.., true))) {
+        if norm.is_some_and(|n| n.computed) {
             nodes.push(node("Add", "add_y".into(), &["y1", "zero"], &["y"], vec![]));
         }
         let opset = |d: &str, v| OperatorSetIdProto { domain: Some(d.into()), version: Some(v) };
@@ -672,7 +780,9 @@ mod tests {
                 node: nodes,
                 initializer,
                 // With its shape known, ONNX Runtime can hand a computed X's buffer over to Y.
-                input: vec![typed("x", Some(shape))],
+                input: std::iter::once(typed("x", Some(shape)))
+                    .chain(norm.and_then(|n| n.residual).map(|(dims, _)| typed("r", Some(dims))))
+                    .collect(),
                 output: outputs,
                 ..Default::default()
             }),
@@ -680,7 +790,14 @@ mod tests {
         };
         let engine = crate::runtime::Engine { threads: std::num::NonZeroUsize::new(threads), ..Default::default() };
         let mut session = crate::runtime::session(&model.encode_to_vec(), &engine)?;
-        let out = session.run(ort::inputs!["x" => ort::value::Tensor::from_array((shape.to_vec(), x))?])?;
+        let x = ort::value::Tensor::from_array((shape.to_vec(), x))?;
+        let out = match norm.and_then(|n| n.residual) {
+            Some((dims, r)) => {
+                let r = ort::value::Tensor::from_array((dims.to_vec(), r.to_vec()))?;
+                session.run(ort::inputs!["x" => x, "r" => r])?
+            }
+            None => session.run(ort::inputs!["x" => x])?,
+        };
         let get = |name: &str| out[name].try_extract_tensor::<f32>().map(|(_, v)| v.to_vec());
         let y = if norm.is_some() { get("y")? } else { Vec::new() };
         Ok((get("mean")?, get("var")?, get("count")?[0], y))
@@ -701,7 +818,7 @@ mod tests {
             let exact = reference(&x, n, c, r);
             for relu in [false, true] {
                 for computed in [false, true] {
-                    let norm = Some((&scale[..], &bias[..], 1e-3, relu, computed));
+                    let norm = Some(Norm { scale: &scale, bias: &bias, epsilon: 1e-3, relu, computed, residual: None });
                     let one = run_graph(shape, x.clone(), 1, norm).unwrap();
                     // Byte-identical on any number of threads, the moments as without Y.
                     assert_eq!(run_graph(shape, x.clone(), 2, norm).unwrap(), one);
@@ -720,6 +837,64 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_operator_adds_a_residual_before_the_relu() {
+        let (n, c, r) = (64usize, 6usize, 97usize);
+        let x: Vec<f32> = (0..n * c * r).map(|i| ((i * 7919) % 1013) as f32 * 0.01 + (i / r % c) as f32).collect();
+        let (scale, bias) = (vec![1.5f32; c], vec![-0.25f32; c]);
+        let exact = reference(&x, n, c, r);
+        let normalised = |i: usize| {
+            let (m, var) = exact[i / r % c];
+            (f64::from(x[i]) - m) / (var + 1e-5).sqrt() * 1.5 - 0.25
+        };
+        let shape = [n as i64, c as i64, r as i64];
+        // R of X's shape (the fast path, in place or not), and R broadcast to it.
+        let full: Vec<f32> = (0..n * c * r).map(|i| ((i * 31) % 17) as f32 * 0.1 - 0.8).collect();
+        let per_channel: Vec<f32> = (0..c).map(|k| k as f32 * 0.3 - 0.9).collect();
+        let expanded: Vec<f32> = (0..n * c * r).map(|i| per_channel[i / r % c]).collect();
+        for (dims, values, at) in [(&shape[..], &full, &full), (&[1, c as i64, 1], &per_channel, &expanded)] {
+            for computed in [false, true] {
+                let norm = Norm {
+                    scale: &scale,
+                    bias: &bias,
+                    epsilon: 1e-5,
+                    relu: true,
+                    computed,
+                    residual: Some((dims, values)),
+                };
+                let one = run_graph(&shape, x.clone(), 1, Some(norm)).unwrap();
+                assert_eq!(run_graph(&shape, x.clone(), 2, Some(norm)).unwrap(), one);
+                for (i, &y) in one.3.iter().enumerate() {
+                    let want = (normalised(i) + f64::from(at[i])).max(0.0);
+                    assert!((f64::from(y) - want).abs() < 2e-6 * want.abs().max(1.0), "{dims:?} value {i}: {y} {want}");
+                }
+            }
+        }
+        // R that broadcasts Y up to its own shape: [N, C, 1] + [N, C, 5].
+        let (x1, r5): (Vec<f32>, Vec<f32>) =
+            ((0..8 * 3).map(|i| i as f32).collect(), (0..8 * 3 * 5).map(|i| i as f32 * 0.01).collect());
+        let norm = Norm {
+            scale: &scale[..3],
+            bias: &bias[..3],
+            epsilon: 1e-5,
+            relu: false,
+            computed: false,
+            residual: Some((&[8, 3, 5], &r5)),
+        };
+        let y = run_graph(&[8, 3, 1], x1.clone(), 1, Some(norm)).unwrap().3;
+        let exact = reference(&x1, 8, 3, 1);
+        assert_eq!(y.len(), 120);
+        for (i, &v) in y.iter().enumerate() {
+            let (m, var) = exact[i / 5 % 3];
+            let want = (f64::from(x1[i / 5]) - m) / (var + 1e-5).sqrt() * 1.5 - 0.25 + f64::from(r5[i]);
+            assert!((f64::from(v) - want).abs() < 2e-6 * want.abs().max(1.0), "value {i}: {v} {want}");
+        }
+        // And one that does not broadcast at all.
+        let norm = Norm { residual: Some((&[4, 1, 1], &[0.0; 4])), ..norm };
+        let e = crate::error::chain(&run_graph(&[8, 3, 1], x1, 1, Some(norm)).unwrap_err());
+        assert!(e.contains("does not broadcast"), "{e}");
     }
 
     #[test]

@@ -147,6 +147,13 @@ fn the_cpu_statistics_graph_uses_swas_moments_operator() {
     assert!(!g.graph().node.iter().any(|n| ["BatchNormalization", "Relu"].contains(&n.op_type())));
     let relu = |n: &&&swa::onnx::NodeProto| n.attribute.iter().any(|a| a.name() == "relu" && a.i() == 1);
     assert_eq!(moments.iter().filter(relu).count(), 2);
+    // On a residual network it also takes in the Add after a layer (with the Add's other input)
+    // and the Relu after that.
+    let cnn = Model::load(fixture("cnn/model_dynamo.onnx")).unwrap();
+    let (g, _) = stats_model(&cnn, &find(&cnn).unwrap(), Reduction::for_device(false)).unwrap();
+    let ops: Vec<&str> = g.graph().node.iter().map(|n| n.op_type()).collect();
+    assert!(!ops.iter().any(|o| ["BatchNormalization", "Add", "Relu"].contains(o)), "{ops:?}");
+    assert_eq!(g.graph().node.iter().filter(|n| n.op_type() == "BatchMoments" && n.input.len() == 4).count(), 2);
     assert_eq!(layout.offsets.len(), layers.len());
     // CUDA keeps the reductions (its provider would copy every activation to the host for it).
     let (g, _) = stats_model(&m, &layers, Reduction::for_device(true)).unwrap();
