@@ -7,6 +7,14 @@ CIFAR-style ResNet-18 (11M parameters, 20 BatchNorm layers, 32x32 inputs), rando
     python3 bench/recalibrate_bench.py --swa ./swa --samples 32768 --batch 1024 --device cuda
 
 Prints one JSON line per measurement and a summary with the ratio (swa / PyTorch samples/s).
+
+With --rounds N the runs are interleaved instead: each round times update_bn once, then every
+swa binary (--binaries name=path,...) with every variant once, as whole processes, and the
+ratio of each swa run is taken against the update_bn run of its round; medians and ranges of
+N rounds are printed (for a machine whose load changes from minute to minute):
+
+    python3 bench/recalibrate_bench.py --swa target/release/swa --samples 4096 --batch 256 --threads 2 \
+        --device cpu --rounds 7 --binaries before=/tmp/swa-before,after=target/release/swa
 """
 import argparse
 import json
@@ -67,6 +75,10 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="interleave: N rounds of one update_bn run and one run of each binary and variant")
+    ap.add_argument("--binaries", default=None,
+                    help="with --rounds: comma-separated name=path of swa binaries to compare (default: --swa)")
     ap.add_argument("--variants", default="default",
                     help="comma-separated swa variants: default, moments, training, centered, flat, split or square (SWA_STATS_REDUCTION), then optional flags joined by +: "
                          "tf32 (--tf32), sN (--streams N), exhaustive or heuristic (cuDNN algorithm "
@@ -88,6 +100,8 @@ def main():
     dev = torch.device("cuda" if args.device.startswith("cuda") else "cpu")
     m = model.to(dev)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(x)), batch_size=args.batch, shuffle=False)
+    if args.rounds:
+        return interleaved(args, m, loader, dev, onnx_path, x_path, work)
     results = []
     for r in range(args.repeat + 1):
         if dev.type == "cuda":
@@ -141,6 +155,72 @@ def main():
                           "swa_after_first_samples_per_s": round(best_ours_steady),
                           "ratio_after_first": round(best_ours_steady / best_torch, 3),
                           "ratio_pass": round(best_ours / best_torch, 3), "ratio_wall": round(best_ours_wall / best_torch, 3)}), flush=True)
+
+
+def swa_command(args, binary, variant, onnx_path, x_path, work):
+    """The command line and environment of one swa run of `variant` (reduction+flags)."""
+    env = dict(os.environ)
+    reduction, *flags = variant.split("+")
+    if reduction != "default":
+        env["SWA_STATS_REDUCTION"] = reduction
+    cmd = [binary, "recalibrate", "--model", onnx_path, "--inputs", x_path, "--batch-size", str(args.batch),
+           "--stats", "torch", "--device", args.device, "--threads", str(args.threads),
+           "-o", os.path.join(work, "out.onnx"), "--json"]
+    for f in flags:
+        if f.startswith("s") and f[1:].isdigit():
+            cmd += ["--streams", f[1:]]
+        elif f in ("exhaustive", "heuristic"):
+            env["SWA_CUDNN_SEARCH"] = f
+        elif f == "tf32":
+            cmd.append("--tf32")
+        else:
+            sys.exit(f"unknown variant flag {f!r}")
+    return cmd, env
+
+
+def interleaved(args, m, loader, dev, onnx_path, x_path, work):
+    import statistics
+    binaries = [b.split("=", 1) for b in args.binaries.split(",")] if args.binaries else [("swa", args.swa)]
+    variants = args.variants.split(",")
+    update_bn(loader, m, device=dev)  # warm-up, not timed
+    print(json.dumps({"load_average_start": os.getloadavg()}), flush=True)
+    rates = {"update_bn": []}
+    ratios = {}
+    for rnd in range(args.rounds):
+        t = time.perf_counter()
+        update_bn(loader, m, device=dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        torch_rate = args.samples / (time.perf_counter() - t)
+        rates["update_bn"].append(torch_rate)
+        print(json.dumps({"round": rnd, "impl": "pytorch update_bn", "samples_per_s": round(torch_rate, 2),
+                          "load_average": os.getloadavg()[0]}), flush=True)
+        for name, binary in binaries:
+            for variant in variants:
+                key = f"{name} [{variant}]"
+                cmd, env = swa_command(args, binary, variant, onnx_path, x_path, work)
+                t = time.perf_counter()
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+                wall = time.perf_counter() - t
+                s = json.loads(out.stdout)
+                rate = args.samples / wall
+                rates.setdefault(key, []).append(rate)
+                ratios.setdefault(key, []).append(rate / torch_rate)
+                print(json.dumps({"round": rnd, "impl": key, "samples_per_s_wall": round(rate, 2),
+                                  "samples_per_s_pass": round(s["samples_per_second"], 2),
+                                  "ratio_wall": round(rate / torch_rate, 3)}), flush=True)
+    print(json.dumps({"load_average_end": os.getloadavg()}), flush=True)
+    span = lambda v: f"{statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f})"
+    print(f"| run | samples/s, median (range) | ratio to update_bn of the same round, median (range) |")
+    print("|---|---:|---:|")
+    print(f"| update_bn | {span(rates['update_bn'])} | 1 |")
+    for key, r in ratios.items():
+        print(f"| {key} | {span(rates[key])} | {span(r)} |")
+    print(json.dumps({"summary": True, "rounds": args.rounds, "samples": args.samples, "batch": args.batch,
+                      "threads": args.threads, "torch": torch.__version__,
+                      "median_ratio_wall": {k: round(statistics.median(v), 3) for k, v in ratios.items()},
+                      "min_ratio_wall": {k: round(min(v), 3) for k, v in ratios.items()},
+                      "max_ratio_wall": {k: round(max(v), 3) for k, v in ratios.items()}}), flush=True)
 
 
 if __name__ == "__main__":

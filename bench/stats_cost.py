@@ -6,6 +6,7 @@ BatchNorm kept), runs interleaved, medians reported.
     /work/venv/bin/python bench/stats_cost.py --swa target/release/swa \\
         [--models densenet121,regnet_x_400mf,...] [--reductions training,split,centered] \\
         [--runs 7] [--threads 2] [--size 64] [--samples 512] [--workdir DIR]
+        [--binaries before=/tmp/swa-before,after=target/release/swa --baseline before:moments]
 
 The pass time is the `seconds` of `--json` (the statistics pass, without process start-up and
 graph loading). Each reduction's median is compared with the fastest on the same model, and with
@@ -36,6 +37,8 @@ def main():
     ap.add_argument("--samples", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--binaries", default=None, help="comma-separated name=path of swa binaries to compare")
+    ap.add_argument("--baseline", default="split", help="the column the others are compared with")
     args = ap.parse_args()
     compat.SIZE = args.size
     work = args.workdir or tempfile.mkdtemp(prefix="swa-stats-cost-")
@@ -55,13 +58,15 @@ def main():
             compat.export(model, "torchscript", onnx_path)
             save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
                       os.path.join(work, f"{name}.safetensors"))
-    reductions = args.reductions.split(",")
+    binaries = [b.split("=", 1) for b in args.binaries.split(",")] if args.binaries else [(None, args.swa)]
+    columns = [(f"{b}:{red}" if b else red, path, red) for b, path in binaries for red in args.reductions.split(",")]
+    reductions = [c[0] for c in columns]
     times = {(m, r): [] for m in models for r in reductions}
     for run in range(args.runs):
         for name in models:
-            for red in reductions:
+            for col, binary, red in columns:
                 out = os.path.join(work, f"{name}-{red}-out.onnx")
-                cmd = [args.swa, "recalibrate", "--model", os.path.join(work, f"{name}-{args.size}.onnx"),
+                cmd = [binary, "recalibrate", "--model", os.path.join(work, f"{name}-{args.size}.onnx"),
                        "--weights", os.path.join(work, f"{name}.safetensors"), "--inputs", data,
                        "--batch-size", str(args.batch_size), "--stats", "torch", "--threads", str(args.threads),
                        "--json", "--quiet", "-o", out]
@@ -69,24 +74,25 @@ def main():
                 p = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if p.returncode != 0:
                     raise SystemExit(f"{name} {red}: {p.stderr[-2000:]}")
-                times[(name, red)].append(json.loads(p.stdout)["seconds"])
+                times[(name, col)].append(json.loads(p.stdout)["seconds"])
         print(f"run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
     rows = []
+    base = args.baseline
     for name in models:
         med = {r: statistics.median(times[(name, r)]) for r in reductions}
-        row = {"model": name, "median_s": med}
-        if "split" in med:
-            row["vs_split"] = {r: med[r] / med["split"] - 1 for r in reductions}
+        row = {"model": name, "median_s": med, "runs_s": {r: times[(name, r)] for r in reductions}}
+        if base in med:
+            row[f"vs_{base}"] = {r: med[r] / med[base] - 1 for r in reductions}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    if "split" in reductions:
+    if base in reductions:
         print("| model | " + " | ".join(f"{r} (s)" for r in reductions) + " | " +
-              " | ".join(f"{r} vs split" for r in reductions if r != "split") + " |")
+              " | ".join(f"{r} vs {base}" for r in reductions if r != base) + " |")
         print("|---|" + "---:|" * (2 * len(reductions) - 1))
         for row in rows:
-            med, vs = row["median_s"], row["vs_split"]
+            med, vs = row["median_s"], row[f"vs_{base}"]
             print(f"| {row['model']} | " + " | ".join(f"{med[r]:.3f}" for r in reductions) + " | " +
-                  " | ".join(f"{vs[r] * 100:+.1f} %" for r in reductions if r != "split") + " |")
+                  " | ".join(f"{vs[r] * 100:+.1f} %" for r in reductions if r != base) + " |")
 
 
 if __name__ == "__main__":

@@ -1,14 +1,32 @@
 //! Functions compiled for several instruction sets and chosen at run time by what the CPU has.
 //!
 //! [`dispatch!`] turns an `#[inline(always)]` function into one that runs it compiled for AVX-512
-//! (F, BW and VL), for AVX2, or for the baseline. The feature lists are written once, here: each
-//! variant is compiled with `#[target_feature]` for a list and called, in an `unsafe` block, only
-//! after that same list was detected, which is what makes the call sound. The variants compute
-//! the same thing (the loops only vectorise wider; no FMA is enabled, so results are identical).
+//! (F, BW and VL), for AVX2, or for the baseline — optionally each with FMA. The feature lists
+//! are written once, here: each variant is compiled with `#[target_feature(enable = LIST)]` and
+//! called, in an `unsafe` block, only after [`detected`]`(LIST)` found every feature of that same
+//! literal on the CPU, which is what makes the call sound. The variants compute the same thing:
+//! the loops only vectorise wider, and where FMA is enabled the body uses `mul_add`, which is
+//! exact (one rounding) with or without the instruction.
+
+/// Whether the CPU has every feature of a `#[target_feature]` list such as
+/// `"avx512f,avx512bw,avx512vl"`. A feature this function does not know counts as absent.
+#[cfg(target_arch = "x86_64")]
+pub fn detected(list: &str) -> bool {
+    list.split(',').all(|f| match f.trim() {
+        "avx2" => std::is_x86_feature_detected!("avx2"),
+        "fma" => std::is_x86_feature_detected!("fma"),
+        "avx512f" => std::is_x86_feature_detected!("avx512f"),
+        "avx512bw" => std::is_x86_feature_detected!("avx512bw"),
+        "avx512vl" => std::is_x86_feature_detected!("avx512vl"),
+        _ => false,
+    })
+}
 
 /// Defines `fn NAME(ARGS) -> RET` running `BODY(ARGS)` (an `#[inline(always)]` function taking
-/// the same arguments) compiled for the best of `levels: avx512` (AVX-512 F+BW+VL, then AVX2) or
-/// `levels: avx2` (AVX2) the CPU has, else for the baseline.
+/// the same arguments) compiled for the best level the CPU has, else for the baseline:
+/// `levels: avx512` (AVX-512 F+BW+VL, then AVX2), `levels: avx2`, or `levels: avx512_fma` (the
+/// same two, each with FMA). An `unsafe fn` stays one: it runs BODY, an `unsafe fn` too, under
+/// the caller's promise.
 ///
 /// ```text
 /// dispatch! {
@@ -17,51 +35,66 @@
 /// }
 /// ```
 macro_rules! dispatch {
-    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $body:path;
-     levels: avx512) => {
+    ($(#[$attr:meta])* $vis:vis $(unsafe $($unsafe:lifetime)?)? fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?
+     = $body:path; levels: avx512) => {
+        $crate::simd::dispatch!(@emit [$(#[$attr])* $vis $(unsafe $($unsafe)?)? fn $name] ($($arg: $ty),*) ($($arg),*)
+            ($($ret)?), $body; "avx512f,avx512bw,avx512vl", "avx2");
+    };
+    ($(#[$attr:meta])* $vis:vis $(unsafe $($unsafe:lifetime)?)? fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?
+     = $body:path; levels: avx512_fma) => {
+        $crate::simd::dispatch!(@emit [$(#[$attr])* $vis $(unsafe $($unsafe)?)? fn $name] ($($arg: $ty),*) ($($arg),*)
+            ($($ret)?), $body; "avx512f,avx512bw,avx512vl,fma", "avx2,fma");
+    };
+    ($(#[$attr:meta])* $vis:vis $(unsafe $($unsafe:lifetime)?)? fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?
+     = $body:path; levels: avx2) => {
+        $crate::simd::dispatch!(@emit [$(#[$attr])* $vis $(unsafe $($unsafe)?)? fn $name] ($($arg: $ty),*) ($($arg),*)
+            ($($ret)?), $body; "avx2");
+    };
+    // A safe function.
+    (@emit [$(#[$attr:meta])* $vis:vis fn $name:ident] $params:tt $args:tt $ret:ty, $body:path; $($level:literal),+) => {
         $(#[$attr])*
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+        #[allow(unused_parens)] // the return type comes in parentheses: `()` where there is none
+        $vis fn $name $params -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-                fn avx512($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx2")]
-                fn avx2($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                if std::is_x86_feature_detected!("avx512f")
-                    && std::is_x86_feature_detected!("avx512bw")
-                    && std::is_x86_feature_detected!("avx512vl")
-                {
-                    // SAFETY: `avx512` is compiled for exactly the features detected just above.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::is_x86_feature_detected!("avx2") {
-                    // SAFETY: `avx2` is compiled for exactly the feature detected just above.
-                    return unsafe { avx2($($arg),*) };
-                }
+                $(
+                    if $crate::simd::detected($level) {
+                        #[target_feature(enable = $level)]
+                        #[allow(unused_parens)]
+                        fn variant $params -> $ret {
+                            $body $args
+                        }
+                        // SAFETY: `variant` is compiled for exactly the features detected just above.
+                        return unsafe { variant $args };
+                    }
+                )+
             }
-            $body($($arg),*)
+            $body $args
         }
     };
-    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $body:path;
-     levels: avx2) => {
+    // An `unsafe fn`, whose body is one too.
+    (@emit [$(#[$attr:meta])* $vis:vis unsafe fn $name:ident] $params:tt $args:tt $ret:ty, $body:path; $($level:literal),+) => {
         $(#[$attr])*
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+        #[allow(unused_parens)] // the return type comes in parentheses: `()` where there is none
+        $vis unsafe fn $name $params -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2")]
-                fn avx2($($arg: $ty),*) $(-> $ret)? {
-                    $body($($arg),*)
-                }
-                if std::is_x86_feature_detected!("avx2") {
-                    // SAFETY: `avx2` is compiled for exactly the feature detected just above.
-                    return unsafe { avx2($($arg),*) };
-                }
+                $(
+                    if $crate::simd::detected($level) {
+                        #[target_feature(enable = $level)]
+                        #[allow(unused_parens)]
+                        unsafe fn variant $params -> $ret {
+                            // SAFETY: the promise the caller made to the function being defined.
+                            unsafe { $body $args }
+                        }
+                        // SAFETY: `variant` is compiled for exactly the features detected just
+                        // above, and the caller's promise is what `variant` needs.
+                        return unsafe { variant $args };
+                    }
+                )+
             }
-            $body($($arg),*)
+            // SAFETY: the promise the caller made to the function being defined.
+            unsafe { $body $args }
         }
     };
 }
@@ -83,8 +116,34 @@ mod tests {
         fn sum2(xs: &[f64], scale: f64) -> f64 = sum_any; levels: avx2
     }
 
+    dispatch! {
+        fn sum_fma(xs: &[f64], scale: f64) -> f64 = sum_any; levels: avx512_fma
+    }
+
+    /// # Safety
+    /// None needed: a safe body behind an `unsafe fn`, to compile that arm.
+    #[inline(always)]
+    unsafe fn sum_unsafe_any(xs: &[f64], scale: f64) -> f64 {
+        sum_any(xs, scale)
+    }
+
+    dispatch! {
+        /// # Safety
+        /// As `sum_unsafe_any`.
+        unsafe fn sum_unsafe(xs: &[f64], scale: f64) -> f64 = sum_unsafe_any; levels: avx512_fma
+    }
+
+    #[test]
+    fn a_feature_list_is_detected_only_whole() {
+        assert!(!super::detected("avx2,no-such-feature"));
+        assert_eq!(super::detected("avx2"), std::is_x86_feature_detected!("avx2"));
+    }
+
     #[test]
     fn every_level_computes_what_the_baseline_computes() {
+        assert_eq!(sum_fma(&[1.0, 2.0], 0.5).to_bits(), 1.5f64.to_bits());
+        // SAFETY: `sum_unsafe_any` needs nothing.
+        assert_eq!(unsafe { sum_unsafe(&[1.0, 2.0], 0.5) }.to_bits(), 1.5f64.to_bits());
         let xs: Vec<f64> = (0..1000).map(|i| (i as f64).sin()).collect();
         assert_eq!(sum(&xs, 0.5).to_bits(), sum_any(&xs, 0.5).to_bits());
         assert_eq!(sum2(&xs, 0.5).to_bits(), sum_any(&xs, 0.5).to_bits());

@@ -154,12 +154,20 @@ fn the_cpu_statistics_graph_uses_swas_moments_operator() {
     let (g, layout) = stats_model(&m, &layers, Reduction::for_device(false)).unwrap();
     let moments: Vec<_> = g.graph().node.iter().filter(|n| n.op_type() == "BatchMoments").collect();
     assert_eq!(moments.len(), layers.len());
-    assert!(moments.iter().all(|n| n.domain() == "ai.swa" && n.output.len() == 3));
+    assert!(moments.iter().all(|n| n.domain() == "ai.swa" && n.input.len() == 3 && n.output.len() == 4));
     assert!(g.proto.opset_import.iter().any(|o| o.domain() == "ai.swa" && o.version() == 1));
-    // Every BatchNormalization normalises in inference mode with the operator's moments.
-    for n in g.graph().node.iter().filter(|n| n.op_type() == "BatchNormalization") {
-        assert!(n.input[3].ends_with("/mean") && n.input[4].ends_with("/var") && n.output.len() == 1, "{n:?}");
-    }
+    // The operator normalises in place of each BatchNormalization, and applies the Relu that
+    // was its only consumer (both BNs of this model have one).
+    assert!(!g.graph().node.iter().any(|n| ["BatchNormalization", "Relu"].contains(&n.op_type())));
+    let relu = |n: &&&swa::onnx::NodeProto| n.attribute.iter().any(|a| a.name() == "relu" && a.i() == 1);
+    assert_eq!(moments.iter().filter(relu).count(), 2);
+    // On a residual network it also takes in the Add after a layer (with the Add's other input)
+    // and the Relu after that.
+    let cnn = Model::load(fixture("cnn/model_dynamo.onnx")).unwrap();
+    let (g, _) = stats_model(&cnn, &find(&cnn).unwrap(), Reduction::for_device(false)).unwrap();
+    let ops: Vec<&str> = g.graph().node.iter().map(|n| n.op_type()).collect();
+    assert!(!ops.iter().any(|o| ["BatchNormalization", "Add", "Relu"].contains(o)), "{ops:?}");
+    assert_eq!(g.graph().node.iter().filter(|n| n.op_type() == "BatchMoments" && n.input.len() == 4).count(), 2);
     assert_eq!(layout.offsets.len(), layers.len());
     // CUDA keeps the reductions (its provider would copy every activation to the host for it).
     let (g, _) = stats_model(&m, &layers, Reduction::for_device(true)).unwrap();
