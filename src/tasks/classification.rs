@@ -50,7 +50,7 @@ impl Classification {
 }
 
 /// Counts and an f64 sum of the losses, batch by batch: what a part of an evaluation writes and
-/// parts merge by adding. Read back only if the counts could have been counted ([`StateFields`]).
+/// parts merge by adding. Read back only if the counts could have been counted (`StateFields`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "StateFields")]
 pub struct State {
