@@ -16,7 +16,9 @@ pub struct DoctorArgs {
     pub out: super::args::JsonArgs,
 }
 
-/// Runs `swa doctor`: always exit code 0 — it reports, it does not judge.
+/// Runs `swa doctor`: exit code 0 when ONNX Runtime was found and loads, 1 when it was not found or
+/// does not load (a CI step `swa doctor` then fails where every later step would); the report is
+/// printed either way.
 pub fn run(a: &DoctorArgs) -> Outcome {
     let d = diagnose();
     let stdout = if a.out.json {
@@ -26,7 +28,8 @@ pub fn run(a: &DoctorArgs) -> Outcome {
     } else {
         text(&d)
     };
-    Outcome { stdout, code: 0 }
+    let usable = d.onnxruntime.found.is_some() && d.load_error.is_none();
+    Outcome { stdout, code: if usable { 0 } else { 1 } }
 }
 
 fn text(d: &Diagnosis) -> String {

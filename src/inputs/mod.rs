@@ -57,14 +57,28 @@ pub fn common_wrapper_prefix<'a>(names: impl IntoIterator<Item = &'a str> + Clon
 
 /// `name` without `prefix`; an error if it lacks it (the prefix is the user's).
 pub fn strip_prefix<'a>(name: &'a str, prefix: &str, path: &Path) -> Result<&'a str> {
-    name.strip_prefix(prefix)
-        .filter(|rest| !rest.is_empty())
-        .ok_or_else(|| Error::tensor(path, name, format!("does not start with the prefix `{prefix}` to strip")))
+    match name.strip_prefix(prefix) {
+        Some("") => {
+            Err(Error::tensor(path, name, format!("is the whole prefix `{prefix}` to strip: its name would be empty")))
+        }
+        Some(rest) => Ok(rest),
+        None => Err(Error::tensor(path, name, format!("does not start with the prefix `{prefix}` to strip"))),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_that_is_the_whole_prefix_is_told_it_would_be_empty() {
+        let p = Path::new("ck.safetensors");
+        assert_eq!(strip_prefix("model.w", "model.", p).unwrap(), "w");
+        let whole = strip_prefix("model.w", "model.w", p).unwrap_err().to_string();
+        assert!(whole.contains("would be empty") && !whole.contains("does not start"), "{whole}");
+        let other = strip_prefix("net.w", "model.", p).unwrap_err().to_string();
+        assert!(other.contains("does not start with the prefix `model.`"), "{other}");
+    }
 
     /// Which format reads a file: by name, and by first bytes where they are a format's signature.
     #[test]

@@ -73,17 +73,34 @@ fn doctor_prints_the_library_its_version_and_providers() {
 }
 
 #[test]
-fn doctor_says_where_it_looked_when_nothing_is_found() {
+fn doctor_says_where_it_looked_when_nothing_is_found_and_fails() {
     let dir = tmp();
     let missing = dir.path().join("nowhere/libonnxruntime.so");
     swa()
         .arg("doctor")
         .env("ORT_DYLIB_PATH", &missing)
         .assert()
-        .success()
+        .code(1)
         .stdout(contains("not found; looked in:"))
         .stdout(contains(format!("{} (ORT_DYLIB_PATH)", missing.display())))
         .stdout(contains("pip install onnxruntime"));
+}
+
+#[test]
+fn doctor_fails_when_the_library_it_found_does_not_load() {
+    let dir = tmp();
+    let broken = dir.path().join("libonnxruntime.so");
+    std::fs::write(&broken, b"not a library").unwrap();
+    for json in [false, true] {
+        let mut c = swa();
+        c.arg("doctor").env("ORT_DYLIB_PATH", &broken);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.assert().code(1).get_output().stdout.clone();
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.contains(if json { "\"load_error\": \"" } else { "load error:" }), "{out}");
+    }
 }
 
 #[test]
