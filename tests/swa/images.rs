@@ -249,6 +249,36 @@ fn evaluate_folder(dir: &Path, extra: &[&str]) -> assert_cmd::assert::Assert {
 }
 
 #[test]
+fn a_numbered_split_with_a_file_missing_is_refused_naming_it() {
+    let dir = tmp();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let part = |i: usize, of: usize| data.join(format!("train-{i:05}-of-{of:05}.parquet"));
+    for i in [0, 2] {
+        std::fs::copy(fixture("images/val.parquet"), part(i, 3)).unwrap();
+    }
+    // The folder, and the split's prefix.
+    for inputs in [data.clone(), data.join("train")] {
+        evaluate_folder(&inputs, &[]).code(2).stderr(contains(
+            "train-00001-of-00003.parquet: is missing: split `train` has 3 files and 2 of them are here",
+        ));
+    }
+    // All three: the split is read whole (three times the fixture's rows).
+    std::fs::copy(fixture("images/val.parquet"), part(1, 3)).unwrap();
+    let one = evaluate_folder(&fixture("images/val.parquet"), &["--json"]).success().get_output().stdout.clone();
+    let all = evaluate_folder(&data, &["--json"]).success().get_output().stdout.clone();
+    let samples = |out: &[u8]| serde_json::from_slice::<serde_json::Value>(out).unwrap()["samples"].as_u64().unwrap();
+    assert_eq!(samples(&all), 3 * samples(&one));
+    // Numbered from 1 (the highest is the count) with the first missing, and a file of another count.
+    std::fs::rename(part(0, 3), part(3, 3)).unwrap();
+    evaluate_folder(&data, &[]).success();
+    std::fs::remove_file(part(1, 3)).unwrap();
+    evaluate_folder(&data, &[]).code(2).stderr(contains("train-00001-of-00003.parquet: is missing"));
+    std::fs::copy(fixture("images/val.parquet"), part(1, 4)).unwrap();
+    evaluate_folder(&data, &[]).code(2).stderr(contains("are numbered as parts of"));
+}
+
+#[test]
 fn a_corrupt_image_is_named_or_skipped_and_counted() {
     let dir = val_copy();
     std::fs::write(dir.path().join("dog/broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();

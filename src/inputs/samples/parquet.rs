@@ -2,6 +2,7 @@
 //! of them, or a split's files named by their prefix: `data/train` for
 //! `data/train-00000-of-00004.parquet`), and their label column.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::folders::{describe_dir, DirKind};
@@ -49,6 +50,7 @@ impl SourceKind for Parquet {
         } else {
             vec![path.to_path_buf()]
         };
+        complete_splits(&files)?;
         let set = ParquetSet::open(files, &data.image_column, &data.label_column)?;
         let targets = set.labels.clone().map(|l| Tensor::i64(vec![l.len()], l));
         Ok(Box::new(ImageSource::fit(path, ParquetImages(set), specs, data, targets, None)?))
@@ -118,6 +120,68 @@ pub(super) fn one_split(dir: &Path, files: Vec<PathBuf>) -> Result<Vec<PathBuf>>
         ));
     }
     Ok(files)
+}
+
+/// `split-NNNNN-of-MMMMM.parquet`: the split, the file's number, how many the split has, and the
+/// number of digits they are written with.
+fn numbered(file: &Path) -> Option<(String, usize, usize, usize)> {
+    let name = file.file_name()?.to_str()?;
+    let stem = name.get(..name.len().checked_sub(".parquet".len())?)?;
+    if !name[stem.len()..].eq_ignore_ascii_case(".parquet") {
+        return None;
+    }
+    let (head, total) = stem.rsplit_once("-of-")?;
+    let (split, index) = head.rsplit_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(index) && digits(total)).then_some(())?;
+    Some((split.to_string(), index.parse().ok()?, total.parse().ok()?, index.len()))
+}
+
+/// Numbered files of a split (`train-00000-of-00003.parquet`, …) must all be there: a missing one
+/// would leave its rows out of every pass and evaluation without a word. Numbered from 0 (as the
+/// Hugging Face Hub numbers them) or, where the highest is the count itself, from 1.
+fn complete_splits(files: &[PathBuf]) -> Result<()> {
+    let mut splits: std::collections::BTreeMap<(PathBuf, String), Vec<(usize, usize, usize)>> = Default::default();
+    for f in files {
+        if let Some((split, index, total, width)) = numbered(f) {
+            let dir = f.parent().map(Path::to_path_buf).unwrap_or_default();
+            splits.entry((dir, split)).or_default().push((index, total, width));
+        }
+    }
+    for ((dir, split), parts) in splits {
+        let (_, total, width) = parts[0];
+        if let Some(&(_, other, _)) = parts.iter().find(|p| p.1 != total) {
+            return Err(Error::format(
+                dir.join(format!("{split}-*.parquet")),
+                format!("are numbered as parts of {total} and of {other} files: they are not one split"),
+            ));
+        }
+        let base = usize::from(!parts.iter().any(|p| p.0 == 0) && parts.iter().any(|p| p.0 == total));
+        let have: HashSet<usize> = parts.iter().map(|p| p.0).collect();
+        if let Some(&(beyond, _, _)) = parts.iter().find(|p| p.0 < base || p.0 >= base + total) {
+            return Err(Error::format(
+                dir.join(format!("{split}-{beyond:0width$}-of-{total:0width$}.parquet")),
+                format!("is numbered beyond the split's {total} files"),
+            ));
+        }
+        let missing: Vec<usize> = (base..base + total).filter(|i| !have.contains(i)).collect();
+        if let Some(&first) = missing.first() {
+            let name = |i: usize| format!("{split}-{i:0width$}-of-{total:0width$}.parquet");
+            let more = match missing.len() {
+                1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            return Err(Error::format(
+                dir.join(name(first)),
+                format!(
+                    "is missing{more}: split `{split}` has {total} files and {} of them are here; a pass over \
+                     the others would leave its rows out",
+                    have.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The Parquet files of one split named by a path prefix: `data/train` for
