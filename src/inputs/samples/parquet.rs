@@ -141,7 +141,9 @@ fn numbered(file: &Path) -> Option<(String, usize, usize, usize)> {
 /// would leave its rows out of every pass and evaluation without a word. Numbered from 0 (as the
 /// Hugging Face Hub numbers them) or, where the highest is the count itself, from 1.
 fn complete_splits(files: &[PathBuf]) -> Result<()> {
-    let mut splits: std::collections::BTreeMap<(PathBuf, String), Vec<(usize, usize, usize)>> = Default::default();
+    // (folder, split) → each file's (number, count, digits).
+    type Splits = std::collections::BTreeMap<(PathBuf, String), Vec<(usize, usize, usize)>>;
+    let mut splits = Splits::new();
     for f in files {
         if let Some((split, index, total, width)) = numbered(f) {
             let dir = f.parent().map(Path::to_path_buf).unwrap_or_default();
