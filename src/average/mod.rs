@@ -36,7 +36,7 @@ use crate::part::Part;
 use crate::progress;
 use inputs::Inputs;
 use kernel::{chunks, Kernel, Scratch};
-use parts::{own_shards, shards_written};
+use parts::{others_are_this_average, own_shards, shards_written};
 use plan::{metadata, plan_tensors, Kind, TensorPlan};
 use weights::weighting_name;
 
@@ -175,6 +175,9 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
             )));
         }
     } else {
+        if let (Some(_), Some(index)) = (opts.part, &index) {
+            others_are_this_average(&shards, &own, index, &metadata)?;
+        }
         let writers: Vec<Option<Box<dyn TensorWriter>>> = shards
             .iter()
             .zip(&own)
@@ -222,6 +225,9 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
         }
     }
     stamps.check()?;
+    if let (Some(_), Some(index), false) = (opts.part, &index, opts.merge_parts) {
+        others_are_this_average(&shards, &own, index, &metadata)?;
+    }
     let mut outputs = staged.targets();
     staged.publish()?;
     // The part that finds every other part's shards written writes the index (two parts finishing

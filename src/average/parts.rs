@@ -2,9 +2,9 @@
 //! shards are written, with this average's tensors and metadata.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::checkpoint::sharded::Shard;
+use crate::checkpoint::sharded::{self, Shard};
 use crate::checkpoint::{Checkpoint, Dtype};
 use crate::error::{Error, Result, Setting};
 use crate::part::Part;
@@ -39,7 +39,10 @@ pub(super) fn own_shards(shards: &[Shard], sharded: bool, part: Option<Part>) ->
 /// Whether every shard of a parted output is written, each with the tensors (names, dtypes,
 /// shapes, in order) and the metadata (inputs, weights) this run plans: `Ok(false)` while some are
 /// missing; an error for one that holds anything else.
-pub(super) fn shards_written(shards: &[Shard], metadata: &BTreeMap<String, String>) -> Result<Vec<PathBuf>> {
+pub(super) fn shards_written<'a>(
+    shards: impl IntoIterator<Item = &'a Shard>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<PathBuf>> {
     let mut missing = Vec::new();
     for s in shards {
         if std::fs::symlink_metadata(&s.path).is_err() {
@@ -67,4 +70,27 @@ pub(super) fn shards_written(shards: &[Shard], metadata: &BTreeMap<String, Strin
         }
     }
     Ok(missing)
+}
+
+/// For a part: what it would publish beside must be this average's — the other parts' shards that
+/// are already written, and the index if there is one — or the part would leave a set that mixes
+/// two averages (an old index serving new shards beside old ones). Checked before the part
+/// averages anything, and again just before it publishes, so that an error changes nothing.
+pub(super) fn others_are_this_average(
+    shards: &[Shard],
+    own: &[bool],
+    index: &Path,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    shards_written(shards.iter().zip(own).filter(|(_, &mine)| !mine).map(|(s, _)| s), metadata)?;
+    match std::fs::read(index) {
+        Ok(bytes) if bytes != sharded::index_bytes(shards, metadata) => Err(Error::format(
+            index,
+            "is the index of another average (other shards, tensors or inputs): this part's shards would \
+             mix with that average's; remove it or write the parts under another name",
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(index, e)),
+    }
 }

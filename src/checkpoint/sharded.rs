@@ -259,6 +259,11 @@ pub fn plan(output: &Path, specs: &[TensorSpec], shard_size: Option<u64>) -> Out
 /// Stages the index of `shards` (the weight map, `metadata`, and `total_size`: bytes of tensor
 /// data), to be published after the shards.
 pub fn stage_index(index: &Path, shards: &[Shard], metadata: &BTreeMap<String, String>) -> Result<StagedFile> {
+    StagedFile::with_bytes(index, &index_bytes(shards, metadata))
+}
+
+/// The bytes [`stage_index`] writes.
+pub fn index_bytes(shards: &[Shard], metadata: &BTreeMap<String, String>) -> Vec<u8> {
     let mut weight_map = serde_json::Map::new();
     let mut total = 0u64;
     for s in shards {
@@ -272,5 +277,5 @@ pub fn stage_index(index: &Path, shards: &[Shard], metadata: &BTreeMap<String, S
         metadata.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
     meta.insert("total_size".into(), total.into());
     let json = serde_json::json!({"metadata": meta, "weight_map": weight_map});
-    StagedFile::with_bytes(index, serde_json::to_string_pretty(&json).expect("json").as_bytes())
+    serde_json::to_string_pretty(&json).expect("json").into_bytes()
 }

@@ -326,6 +326,46 @@ fn averaged_parts_equal_the_single_average_and_the_index_waits_for_every_shard()
 }
 
 #[test]
+fn a_part_beside_another_averages_shards_or_index_changes_nothing() {
+    let d = tmp();
+    let index = d.path().join("out/swa.safetensors.index.json");
+    let avg = |range: [&str; 2], extra: &[&str]| {
+        let mut c = swa();
+        c.args(["average", "-q", range[0], range[1], "--shard-size", "30KB", "-o"])
+            .arg(&index)
+            .arg(cnn("checkpoints"))
+            .args(extra);
+        c
+    };
+    std::fs::create_dir(d.path().join("out")).unwrap();
+    avg(["--to", "4"], &[]).assert().success();
+    let before: Vec<(String, Vec<u8>)> = listing(&d.path().join("out"))
+        .into_iter()
+        .map(|n| (n.clone(), std::fs::read(d.path().join("out").join(&n)).unwrap()))
+        .collect();
+    assert!(before.len() > 2, "{before:?}");
+    // Another average's part: its shards would be served by the old index beside old shards.
+    avg(["--from", "5"], &["--part", "0/2"]).assert().code(2).stderr(contains("another run's shard"));
+    let after: Vec<(String, Vec<u8>)> = listing(&d.path().join("out"))
+        .into_iter()
+        .map(|n| (n.clone(), std::fs::read(d.path().join("out").join(&n)).unwrap()))
+        .collect();
+    assert!(before == after, "a refused part changed the output directory");
+    // With the other shards gone, the old index alone is refused too.
+    for (name, _) in &before {
+        if name.ends_with("-of-00004.safetensors") && !name.contains("00001") && !name.contains("00003") {
+            std::fs::remove_file(d.path().join("out").join(name)).unwrap();
+        }
+    }
+    avg(["--from", "5"], &["--part", "0/2"]).assert().code(2).stderr(contains("is the index of another average"));
+    // The same average's parts, re-run over a complete set, are fine.
+    std::fs::remove_dir_all(d.path().join("out")).unwrap();
+    std::fs::create_dir(d.path().join("out")).unwrap();
+    avg(["--from", "5"], &[]).assert().success();
+    avg(["--from", "5"], &["--part", "1/2"]).assert().success();
+}
+
+#[test]
 fn parts_started_together_into_a_new_directory_all_create_it() {
     let d = tmp();
     let index = |dir: &str| d.path().join(dir).join("avg.safetensors.index.json");
