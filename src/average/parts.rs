@@ -83,8 +83,14 @@ pub(super) fn others_are_this_average(
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
     shards_written(shards.iter().zip(own).filter(|(_, &mine)| !mine).map(|(s, _)| s), metadata)?;
-    match std::fs::read(index) {
-        Ok(bytes) if bytes != sharded::index_bytes(shards, metadata) => Err(Error::format(
+    let planned = sharded::index_bytes(shards, metadata);
+    // Read only a file of the planned length (whatever else is there differs, however large).
+    let existing = std::fs::metadata(index).and_then(|m| match m.len() == planned.len() as u64 && m.is_file() {
+        true => std::fs::read(index),
+        false => Ok(Vec::new()),
+    });
+    match existing {
+        Ok(bytes) if bytes != planned => Err(Error::format(
             index,
             "is the index of another average (other shards, tensors or inputs): this part's shards would \
              mix with that average's; remove it or write the parts under another name",
