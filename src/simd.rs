@@ -4,9 +4,9 @@
 //! (F, BW and VL), for AVX2, or for the baseline — optionally each with FMA. The feature lists
 //! are written once, here: each variant is compiled with `#[target_feature(enable = LIST)]` and
 //! called, in an `unsafe` block, only after [`detected`]`(LIST)` found every feature of that same
-//! literal on the CPU, which is what makes the call sound. The variants compute the same thing:
-//! the loops only vectorise wider, and where FMA is enabled the body uses `mul_add`, which is
-//! exact (one rounding) with or without the instruction.
+//! literal on the CPU (once per call site, then remembered), which is what makes the call sound.
+//! The variants compute the same thing: the loops only vectorise wider, and where FMA is enabled
+//! the body uses `mul_add`, which is exact (one rounding) with or without the instruction.
 
 /// Whether the CPU has every feature of a `#[target_feature]` list such as
 /// `"avx512f,avx512bw,avx512vl"`. A feature this function does not know counts as absent.
@@ -35,6 +35,8 @@ pub fn detected(list: &str) -> bool {
 /// }
 /// ```
 macro_rules! dispatch {
+    // `$(unsafe $($unsafe:lifetime)?)?` matches an optional `unsafe`: a repetition must hold a
+    // metavariable to be repeated in the expansion, and the (never given) lifetime is that one.
     ($(#[$attr:meta])* $vis:vis $(unsafe $($unsafe:lifetime)?)? fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?
      = $body:path; levels: avx512) => {
         $crate::simd::dispatch!(@emit [$(#[$attr])* $vis $(unsafe $($unsafe)?)? fn $name] ($($arg: $ty),*) ($($arg),*)
@@ -57,8 +59,11 @@ macro_rules! dispatch {
         $vis fn $name $params -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
-                $(
-                    if $crate::simd::detected($level) {
+                $({
+                    // Detected once per call site: the functions run in inner loops (a
+                    // resampler's rows), where parsing the list each call cost ~40 ns.
+                    static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+                    if *DETECTED.get_or_init(|| $crate::simd::detected($level)) {
                         #[target_feature(enable = $level)]
                         #[allow(unused_parens)]
                         fn variant $params -> $ret {
@@ -67,7 +72,7 @@ macro_rules! dispatch {
                         // SAFETY: `variant` is compiled for exactly the features detected just above.
                         return unsafe { variant $args };
                     }
-                )+
+                })+
             }
             $body $args
         }
@@ -79,8 +84,11 @@ macro_rules! dispatch {
         $vis unsafe fn $name $params -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
-                $(
-                    if $crate::simd::detected($level) {
+                $({
+                    // Detected once per call site: the functions run in inner loops (a
+                    // resampler's rows), where parsing the list each call cost ~40 ns.
+                    static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+                    if *DETECTED.get_or_init(|| $crate::simd::detected($level)) {
                         #[target_feature(enable = $level)]
                         #[allow(unused_parens)]
                         unsafe fn variant $params -> $ret {
@@ -91,7 +99,7 @@ macro_rules! dispatch {
                         // above, and the caller's promise is what `variant` needs.
                         return unsafe { variant $args };
                     }
-                )+
+                })+
             }
             // SAFETY: the promise the caller made to the function being defined.
             unsafe { $body $args }
