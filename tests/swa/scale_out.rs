@@ -338,19 +338,17 @@ fn a_part_beside_another_averages_shards_or_index_changes_nothing() {
         c
     };
     std::fs::create_dir(d.path().join("out")).unwrap();
+    // Every file of the output directory, with its bytes.
+    let contents = || -> Vec<(String, Vec<u8>)> {
+        let out = d.path().join("out");
+        listing(&out).into_iter().map(|n| (n.clone(), std::fs::read(out.join(&n)).unwrap())).collect()
+    };
     avg(["--to", "4"], &[]).assert().success();
-    let before: Vec<(String, Vec<u8>)> = listing(&d.path().join("out"))
-        .into_iter()
-        .map(|n| (n.clone(), std::fs::read(d.path().join("out").join(&n)).unwrap()))
-        .collect();
+    let before = contents();
     assert!(before.len() > 2, "{before:?}");
     // Another average's part: its shards would be served by the old index beside old shards.
     avg(["--from", "5"], &["--part", "0/2"]).assert().code(2).stderr(contains("another run's shard"));
-    let after: Vec<(String, Vec<u8>)> = listing(&d.path().join("out"))
-        .into_iter()
-        .map(|n| (n.clone(), std::fs::read(d.path().join("out").join(&n)).unwrap()))
-        .collect();
-    assert!(before == after, "a refused part changed the output directory");
+    assert!(before == contents(), "a refused part changed the output directory");
     // With the other shards gone, the old index alone is refused too.
     for (name, _) in &before {
         if name.ends_with("-of-00004.safetensors") && !name.contains("00001") && !name.contains("00003") {
