@@ -166,10 +166,23 @@ fn check_out(out: &Path, force: bool) -> Result<bool> {
 
 /// Refuses an `out` that is one of `inputs` or holds one (canonical paths compared).
 fn refuse_holding_inputs(out: &Path, inputs: &[&Path]) -> Result<()> {
-    let Ok(canonical) = out.canonicalize() else { return Ok(()) };
+    let Some(canonical) = crate::fs::resolved(out) else { return Ok(()) };
     for input in inputs {
-        if input.canonicalize().is_ok_and(|i| i.starts_with(&canonical)) {
+        let Ok(input_at) = input.canonicalize() else { continue };
+        if input_at.starts_with(&canonical) {
             return Err(never_replaced(out, &format!("holds the input {}", input.display())));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an `out` inside a folder of samples the run reads (`read` holds no checkpoint
+/// directory: a run may be written beside its checkpoints).
+fn refuse_inside_samples(out: &Path, read: &[PathBuf]) -> Result<()> {
+    let Some(canonical) = crate::fs::resolved(out) else { return Ok(()) };
+    for input in read {
+        if input.canonicalize().is_ok_and(|i| canonical.starts_with(&i) && i.is_dir()) {
+            return Err(crate::fs::inside_input(out, input));
         }
     }
     Ok(())
@@ -350,6 +363,7 @@ pub fn run(opts: &RunOptions) -> Result<(Report, Vec<PathBuf>)> {
     let mut named: Vec<&Path> = read.iter().map(PathBuf::as_path).collect();
     named.extend(opts.checkpoints.iter().map(PathBuf::as_path));
     refuse_holding_inputs(&out, &named)?;
+    refuse_inside_samples(&out, &read)?;
     let stamps = Stamps::of(&read)?;
 
     let mut dirs = crate::fs::OutputDirs::default();

@@ -61,18 +61,54 @@ fn canonical_target(path: &Path) -> Option<PathBuf> {
     Some(parent_dir(path).canonicalize().ok()?.join(path.file_name()?))
 }
 
-/// Refuses to write `output` over one of `inputs`.
+/// Where `path` is or would be: its longest existing ancestor made canonical, with the rest of
+/// the path (plain names only) after it; `None` where the rest climbs (`..`) or nothing resolves.
+pub fn resolved(path: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let mut rest = Vec::new();
+    let mut at = path;
+    loop {
+        if let Ok(c) = at.canonicalize() {
+            return Some(rest.iter().rev().fold(c, |p: PathBuf, n| p.join(n)));
+        }
+        match at.components().next_back()? {
+            Component::Normal(name) => rest.push(name.to_os_string()),
+            Component::CurDir => {}
+            _ => return None,
+        }
+        at = match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+    }
+}
+
+/// Refuses to write `output` over one of `inputs`, or inside an input that is a directory (a
+/// folder of samples: every file in it may be read, and a file written there changes the set).
 pub fn refuse_overwrite(output: &Path, inputs: &[&Path]) -> Result<()> {
-    let Some(target) = canonical_target(output) else { return Ok(()) };
+    let Some(target) = canonical_target(output).or_else(|| resolved(output)) else { return Ok(()) };
     for input in inputs {
-        if input.canonicalize().ok().as_deref() == Some(target.as_path()) {
+        let Ok(canonical) = input.canonicalize() else { continue };
+        if canonical == target {
             return Err(Error::usage(format!(
                 "output {} is also an input: refusing to overwrite it",
                 output.display()
             )));
         }
+        if target.starts_with(&canonical) && canonical.is_dir() {
+            return Err(inside_input(output, input));
+        }
     }
     Ok(())
+}
+
+/// The error for an output inside the input folder `input`.
+pub fn inside_input(output: &Path, input: &Path) -> Error {
+    Error::usage(format!(
+        "output {} is inside the input folder {}, whose files are read as samples: write it outside the folder",
+        output.display(),
+        input.display()
+    ))
 }
 
 /// Refuses two outputs that are one file (`-o a --save-weights a`).

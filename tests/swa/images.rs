@@ -609,3 +609,49 @@ fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// Every file an image or Parquet folder holds is an input: an output there (over an image, or
+/// beside it where the next run reads it) is refused before any work, naming the folder.
+#[test]
+fn an_output_inside_an_input_folder_is_refused() {
+    let dir = val_copy();
+    let before = snapshot(dir.path());
+    let image = dir.path().join("dog/a_rgb.png");
+    let recalibrate = |inputs: &Path, out: &Path| {
+        swa()
+            .args(["recalibrate", "--model"])
+            .arg(fixture("cnn/model.onnx"))
+            .arg("--inputs")
+            .arg(inputs)
+            .args(["--resize", "20", "--center-crop", "16", "--batch-size", "4", "-o"])
+            .arg(out)
+            .assert()
+    };
+    let inside = "is inside the input folder";
+    recalibrate(dir.path(), &image).code(2).stderr(contains(inside));
+    recalibrate(dir.path(), &dir.path().join("dog/new/m.onnx")).code(2).stderr(contains(inside));
+    evaluate_folder(dir.path(), &["--shard", "0/1", "--partial-out", image.to_str().unwrap()])
+        .code(2)
+        .stderr(contains(format!("output {}/dog/a_rgb.png {inside} {}", dir.path().display(), dir.path().display())));
+    let out = dir.path().join("cat/run");
+    swa()
+        .args(["run", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--checkpoints")
+        .arg(fixture("cnn/checkpoints"))
+        .arg("--train-inputs")
+        .arg(fixture("images/train"))
+        .arg("--eval-inputs")
+        .arg(dir.path())
+        .args(["--resize", "20", "--center-crop", "16", "--out"])
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(contains(inside));
+    assert_same(&before, &snapshot(dir.path()));
+    // A Parquet folder: said as such, not found out as a folder that changed under the run.
+    let data = tmp();
+    std::fs::copy(fixture("images/val.parquet"), data.path().join("val-00000-of-00001.parquet")).unwrap();
+    recalibrate(data.path(), &data.path().join("m.onnx")).code(2).stderr(contains(inside));
+    assert_eq!(listing(data.path()), ["val-00000-of-00001.parquet"]);
+}
