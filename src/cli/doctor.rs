@@ -71,6 +71,16 @@ fn text(d: &Diagnosis) -> String {
             );
         }
     }
+    for skipped in &d.onnxruntime.skipped {
+        let _ = writeln!(s, "  {skipped}");
+    }
+    if !d.onnxruntime.skipped.is_empty() {
+        let _ = writeln!(
+            s,
+            "  (a library only root and you can write is loaded; to load one from elsewhere on purpose, set \
+             ORT_DYLIB_PATH to it)"
+        );
+    }
     let _ = writeln!(s, "\nCUDA {CUDA_MAJOR} / cuDNN {CUDNN_MAJOR} libraries (loaded for --device cuda)");
     if d.cuda.site_packages.is_empty() {
         let _ = writeln!(s, "  site-packages searched: none (no Python environment found)");

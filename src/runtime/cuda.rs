@@ -161,7 +161,8 @@ pub fn search(site_packages: &[PathBuf], system: impl Fn(&str) -> bool) -> Searc
                         continue;
                     }
                     let file = dir.join(&soname);
-                    if found.is_none() && file.is_file() {
+                    // Only where no one but root and this user could have put it (as for ONNX Runtime).
+                    if found.is_none() && file.is_file() && super::locate::is_library_location(&dir) {
                         found = Some(file);
                     }
                     if let Ok(entries) = std::fs::read_dir(&dir) {

@@ -8,6 +8,12 @@
 //! 4. `VIRTUAL_ENV`, then `CONDA_PREFIX`;
 //! 5. where `python3 -I` would import `onnxruntime` from;
 //! 6. the system library directories.
+//!
+//! Except for `ORT_DYLIB_PATH`, a directory is skipped (and said so) when someone other than
+//! root and the user running `swa` could have put a library there ([`untrusted`]): the working
+//! directory, a directory writable by everyone (a copy of `swa` in `/tmp`) or by a group that is
+//! not its owner's own, or one owned by another user. Of the `libonnxruntime.so[.N[.N[.N]]]` in a
+//! directory, the highest version wins, and a version below 1.31 is not a candidate.
 
 use std::path::{Path, PathBuf};
 
@@ -60,6 +66,8 @@ pub struct Roots {
     pub conda_prefix: Option<PathBuf>,
     /// System library directories.
     pub system: Vec<PathBuf>,
+    /// The working directory: never a place to load a library from.
+    pub cwd: Option<PathBuf>,
 }
 
 impl Roots {
@@ -75,6 +83,7 @@ impl Roots {
                 .into_iter()
                 .map(PathBuf::from)
                 .collect(),
+            cwd: std::env::current_dir().ok(),
         }
     }
 
@@ -130,16 +139,102 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
 
-/// The newest `libonnxruntime.so*` in `dir`.
+/// The oldest ONNX Runtime `swa` works with.
+pub const MIN_VERSION: (u32, u32) = (1, 31);
+
+/// The version a library's file name carries: `Some(vec![])` for `libonnxruntime.so`,
+/// `Some(vec![1, 32, 0])` for `libonnxruntime.so.1.32.0`; `None` for any other name (`.so.bak`,
+/// `.so.1.32.0~`), which is not a candidate.
+pub fn version_of_name(name: &str) -> Option<Vec<u32>> {
+    let rest = name.strip_prefix("libonnxruntime.so")?;
+    if rest.is_empty() {
+        return Some(Vec::new());
+    }
+    let parts: Vec<&str> = rest.strip_prefix('.')?.split('.').collect();
+    if parts.len() > 3 || parts.iter().any(|p| p.is_empty() || p.len() > 6 || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    Some(parts.iter().map(|p| p.parse().expect("digits")).collect())
+}
+
+/// Whether a library named with `version` may be loaded: no version (`libonnxruntime.so`) or a
+/// major alone (the soname `libonnxruntime.so.1`) say nothing against it; a full version below
+/// [`MIN_VERSION`] is too old.
+fn recent_enough(version: &[u32]) -> bool {
+    match version {
+        [] => true,
+        [major] => *major >= MIN_VERSION.0,
+        [major, minor, ..] => (*major, *minor) >= MIN_VERSION,
+    }
+}
+
+/// The `libonnxruntime.so[.N[.N[.N]]]` in `dir` with the highest version (≥ 1.31; a name that
+/// says less, `libonnxruntime.so` or `.so.1`, ranks below every full version).
 pub fn library_in(dir: &Path) -> Option<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+    let mut found: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
-        .filter(|p| p.is_file())
+        .filter_map(|p| Some((version_of_name(p.file_name()?.to_str()?)?, p)))
+        .filter(|(v, p)| recent_enough(v) && p.is_file())
         .collect();
-    found.sort();
-    found.pop()
+    // Fewer parts rank lower: [] < [1] < [1, 31] < [1, 32, 0].
+    found.sort_by(|a, b| (a.0.len() >= 2, &a.0).cmp(&(b.0.len() >= 2, &b.0)));
+    found.pop().map(|(_, p)| p)
+}
+
+/// Why a library in `dir` must not be loaded, or `None` when only root and the user running
+/// `swa` could have put it there: `dir` is absolute, is not the working directory `cwd` (which
+/// is wherever the user happens to be), is owned by root or that user, and is writable by neither
+/// everyone nor a group other than its owner's own.
+pub fn untrusted(dir: &Path, cwd: Option<&Path>) -> Option<String> {
+    if !dir.is_absolute() {
+        return Some("a relative path is looked up in the working directory".into());
+    }
+    if cwd.is_some_and(|cwd| same_file(dir, cwd)) {
+        return Some("it is the working directory".into());
+    }
+    let meta = std::fs::metadata(dir).ok()?;
+    others_could_write(&meta).map(|what| format!("it is {what}"))
+}
+
+/// What makes a file or directory writable by someone other than root and the user running
+/// `swa` ("writable by everyone", ...), or `None`.
+fn others_could_write(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let (uid, gid, mode) = (meta.uid(), meta.gid(), meta.mode());
+    if mode & 0o002 != 0 {
+        Some("writable by everyone".into())
+    } else if uid != 0 && uid != me {
+        Some(format!("owned by user {uid}, neither root nor you"))
+    } else if mode & 0o020 != 0 && primary_group(uid) != Some(gid) {
+        Some(format!("writable by group {gid}, which is not its owner's own group"))
+    } else {
+        None
+    }
+}
+
+/// The primary group of user `uid`, from the user database.
+fn primary_group(uid: u32) -> Option<u32> {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: a zeroed passwd is a valid out-parameter; getpwuid_r writes into it and `buf` only.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call and `buf.len()` is its size.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut result) };
+    (rc == 0 && !result.is_null()).then_some(pw.pw_gid)
+}
+
+/// Why the library `file` (found in a trusted directory) must not be loaded: the file itself is
+/// writable by others, or a symbolic link into a directory that is [`untrusted`].
+fn untrusted_file(file: &Path, cwd: Option<&Path>) -> Option<String> {
+    let real = file.canonicalize().ok()?;
+    if let Some(what) = others_could_write(&std::fs::metadata(&real).ok()?) {
+        return Some(format!("{} is {what}", real.display()));
+    }
+    let parent = real.parent()?;
+    untrusted(parent, cwd).map(|why| format!("it links into {}, where {why}", parent.display()))
 }
 
 /// Directories where a Python installation keeps `onnxruntime/capi` according to `python3 -I`
@@ -161,14 +256,10 @@ pub fn python_package_dirs() -> Vec<PathBuf> {
     Vec::new()
 }
 
-/// True for a directory that environment or Python discovery may offer: an absolute path that is
-/// not the working directory (a relative path would be looked up in it). The executable's own
-/// directory is always allowed: whoever can write there controls `swa` itself.
+/// True for a directory libraries may be loaded from ([`untrusted`] has nothing against it, the
+/// working directory being this process's).
 pub fn is_library_location(dir: &Path) -> bool {
-    if !dir.is_absolute() {
-        return false;
-    }
-    !std::env::current_dir().is_ok_and(|cwd| same_file(dir, &cwd))
+    untrusted(dir, std::env::current_dir().ok().as_deref()).is_none()
 }
 
 /// The library found, and how.
@@ -187,55 +278,82 @@ pub struct Search {
     pub found: Option<Found>,
     /// Every place looked at, in order, up to the one that had it.
     pub looked: Vec<(Rule, PathBuf)>,
+    /// Libraries passed over because of where they are: each with its rule and why
+    /// ([`untrusted`]).
+    pub skipped: Vec<Skipped>,
+}
+
+/// A library that was not loaded because someone else could have put it there.
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    /// The library file.
+    pub path: PathBuf,
+    /// The rule that offered it.
+    pub rule: Rule,
+    /// Why it was passed over.
+    pub why: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "skipped {} ({}): {}", self.path.display(), self.rule, self.why)
+    }
 }
 
 impl Search {
-    /// The places looked at, for a message.
+    /// The places looked at and the libraries skipped, for a message.
     pub fn looked_text(&self) -> String {
-        self.looked.iter().map(|(rule, p)| format!("{} ({rule})", p.display())).collect::<Vec<_>>().join(", ")
+        let mut parts: Vec<String> = self.looked.iter().map(|(rule, p)| format!("{} ({rule})", p.display())).collect();
+        parts.extend(self.skipped.iter().map(|s| s.to_string()));
+        parts.join(", ")
     }
 }
 
 /// Searches `roots` in the order of the module's documentation; `python` is asked only when
 /// nothing before it had a library.
 pub fn search(roots: &Roots, python: impl FnOnce() -> Vec<PathBuf>) -> Search {
-    let mut looked = Vec::new();
+    let mut s = Search { found: None, looked: Vec::new(), skipped: Vec::new() };
     if let Some(p) = &roots.ort_dylib_path {
-        looked.push((Rule::OrtDylibPath, p.clone()));
-        let found = p.is_file().then(|| Found { path: p.clone(), rule: Rule::OrtDylibPath });
-        return Search { found, looked };
+        s.looked.push((Rule::OrtDylibPath, p.clone()));
+        s.found = p.is_file().then(|| Found { path: p.clone(), rule: Rule::OrtDylibPath });
+        return s;
     }
     let mut dirs: Vec<(Rule, PathBuf)> = Vec::new();
     dirs.extend(roots.exe.as_deref().and_then(Path::parent).map(|d| (Rule::BesideExecutable, d.to_path_buf())));
     for (rule, prefix) in roots.environments() {
-        dirs.extend(
-            site_packages(prefix)
-                .into_iter()
-                .map(|sp| (rule, sp.join("onnxruntime/capi")))
-                .filter(|(_, d)| is_library_location(d)),
-        );
+        dirs.extend(site_packages(prefix).into_iter().map(|sp| (rule, sp.join("onnxruntime/capi"))));
     }
-    if let Some(found) = first(&dirs, &mut looked) {
-        return Search { found: Some(found), looked };
+    s.found = s.first(roots, &dirs);
+    if s.found.is_none() {
+        let python: Vec<(Rule, PathBuf)> = python().into_iter().map(|d| (Rule::Python, d)).collect();
+        let system: Vec<(Rule, PathBuf)> = roots.system.iter().map(|d| (Rule::System, d.clone())).collect();
+        s.found = s.first(roots, &python).or_else(|| s.first(roots, &system));
     }
-    let python: Vec<(Rule, PathBuf)> =
-        python().into_iter().filter(|d| is_library_location(d)).map(|d| (Rule::Python, d)).collect();
-    let system: Vec<(Rule, PathBuf)> = roots.system.iter().map(|d| (Rule::System, d.clone())).collect();
-    let found = first(&python, &mut looked).or_else(|| first(&system, &mut looked));
-    Search { found, looked }
+    s
 }
 
-fn first(dirs: &[(Rule, PathBuf)], looked: &mut Vec<(Rule, PathBuf)>) -> Option<Found> {
-    for (rule, dir) in dirs {
-        if looked.iter().any(|(_, d)| d == dir) {
-            continue;
+impl Search {
+    /// The library of the first of `dirs` that has one where only root and this user could have
+    /// put it; the others that have one are noted as skipped.
+    fn first(&mut self, roots: &Roots, dirs: &[(Rule, PathBuf)]) -> Option<Found> {
+        for (rule, dir) in dirs {
+            if self.looked.iter().any(|(_, d)| d == dir) {
+                continue;
+            }
+            // A relative path is never looked at: it would be looked up in the working directory.
+            if !dir.is_absolute() {
+                continue;
+            }
+            self.looked.push((*rule, dir.clone()));
+            let Some(path) = library_in(dir) else { continue };
+            let cwd = roots.cwd.as_deref();
+            match untrusted(dir, cwd).or_else(|| untrusted_file(&path, cwd)) {
+                None => return Some(Found { path, rule: *rule }),
+                Some(why) => self.skipped.push(Skipped { path, rule: *rule, why }),
+            }
         }
-        looked.push((*rule, dir.clone()));
-        if let Some(path) = library_in(dir) {
-            return Some(Found { path, rule: *rule });
-        }
+        None
     }
-    None
 }
 
 /// The `site-packages` directory that holds the library, when it is a Python package's
@@ -368,6 +486,103 @@ mod tests {
             Some(t.path().join("sp"))
         );
         assert_eq!(site_packages_of(Path::new("/usr/lib/libonnxruntime.so")), None);
+    }
+
+    #[test]
+    fn the_highest_version_of_a_library_name_wins_and_other_names_are_not_candidates() {
+        let t = tempfile::tempdir().unwrap();
+        let pick = |names: &[&str]| {
+            for e in std::fs::read_dir(t.path()).unwrap() {
+                std::fs::remove_file(e.unwrap().path()).unwrap();
+            }
+            for n in names {
+                touch(&t.path().join(n));
+            }
+            library_in(t.path()).map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+        };
+        let so = "libonnxruntime.so";
+        assert_eq!(
+            pick(&["libonnxruntime.so.1.9.0", "libonnxruntime.so.1.32.0"]).as_deref(),
+            Some("libonnxruntime.so.1.32.0")
+        );
+        assert_eq!(
+            pick(&["libonnxruntime.so.bak", "libonnxruntime.so.1.32.0"]).as_deref(),
+            Some("libonnxruntime.so.1.32.0")
+        );
+        assert_eq!(
+            pick(&["libonnxruntime.so.1.32.0", "libonnxruntime.so.1.100.1"]).as_deref(),
+            Some("libonnxruntime.so.1.100.1")
+        );
+        assert_eq!(
+            pick(&[so, "libonnxruntime.so.1", "libonnxruntime.so.1.31"]).as_deref(),
+            Some("libonnxruntime.so.1.31")
+        );
+        assert_eq!(pick(&[so, "libonnxruntime.so.1"]).as_deref(), Some("libonnxruntime.so.1"));
+        assert_eq!(pick(&[so]).as_deref(), Some(so));
+        assert_eq!(pick(&["libonnxruntime.so.1.9.0", "libonnxruntime.so.bak", "libonnxruntime.so.1.32.0.old"]), None);
+        assert_eq!(pick(&["libonnxruntime.so.1.2.3.4", "libonnxruntime.so..1", "libonnxruntime.so.0"]), None);
+    }
+
+    #[test]
+    fn a_directory_others_can_write_or_the_working_directory_is_skipped_and_said() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let bin = t.path().join("bin");
+        let beside = bin.join("libonnxruntime.so.1.32.0");
+        touch(&beside);
+        let system = t.path().join("usr/lib/libonnxruntime.so.1.31.0");
+        touch(&system);
+        let mut roots =
+            Roots { exe: Some(bin.join("swa")), system: vec![t.path().join("usr/lib")], ..Roots::default() };
+        let found = |roots: &Roots| {
+            let s = search(roots, Vec::new);
+            (s.found.unwrap().path, s.skipped.iter().map(|k| k.why.clone()).collect::<Vec<_>>())
+        };
+        assert_eq!(found(&roots), (beside.clone(), vec![]));
+        for (mode, why) in [(0o777, "it is writable by everyone"), (0o1777, "it is writable by everyone")] {
+            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(found(&roots), (system.clone(), vec![why.to_string()]));
+        }
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        roots.cwd = Some(bin.clone());
+        assert_eq!(found(&roots), (system.clone(), vec!["it is the working directory".to_string()]));
+        // A library that links into a folder everyone can write.
+        roots.cwd = None;
+        let open = t.path().join("open");
+        touch(&open.join("libonnxruntime.so.1.32.0"));
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::remove_file(&beside).unwrap();
+        std::os::unix::fs::symlink(open.join("libonnxruntime.so.1.32.0"), &beside).unwrap();
+        let (path, why) = found(&roots);
+        assert_eq!(path, system);
+        assert!(why[0].contains("where it is writable by everyone"), "{why:?}");
+        // A library file everyone can write.
+        std::fs::remove_file(&beside).unwrap();
+        touch(&beside);
+        std::fs::set_permissions(&beside, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let (path, why) = found(&roots);
+        assert_eq!(path, system);
+        assert!(why[0].ends_with("libonnxruntime.so.1.32.0 is writable by everyone"), "{why:?}");
+    }
+
+    #[test]
+    #[ignore = "needs root: gives a folder to another user and another group"]
+    fn a_directory_of_another_user_or_group_is_skipped() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "run as root (CI does): the test changes owners");
+        let t = tempfile::tempdir().unwrap();
+        let bin = t.path().join("bin");
+        touch(&bin.join("libonnxruntime.so.1.32.0"));
+        let roots = Roots { exe: Some(bin.join("swa")), ..Roots::default() };
+        let why = |roots: &Roots| search(roots, Vec::new).skipped.iter().map(|k| k.why.clone()).collect::<Vec<_>>();
+        std::os::unix::fs::chown(&bin, Some(65534), None).unwrap();
+        assert_eq!(why(&roots), ["it is owned by user 65534, neither root nor you"]);
+        std::os::unix::fs::chown(&bin, Some(0), Some(65534)).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert_eq!(why(&roots), ["it is writable by group 65534, which is not its owner's own group"]);
+        std::os::unix::fs::chown(&bin, Some(0), Some(0)).unwrap();
+        assert!(why(&roots).is_empty());
     }
 
     #[test]

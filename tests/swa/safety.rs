@@ -695,6 +695,54 @@ fn runtime_discovery_ignores_a_library_planted_in_the_working_directory() {
     assert!(o.status.success(), "a planted onnxruntime package in the cwd was loaded: {}", combined(&o));
 }
 
+/// `swa` copied (here: linked) into a folder where others can write, as a copy in `/tmp` is:
+/// a `libonnxruntime.so.99` planted beside it is skipped, said, and the real one loaded; the same
+/// for `./swa` run from the folder that holds it.
+#[test]
+fn a_library_beside_the_executable_is_loaded_only_where_no_one_else_could_plant_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tmp();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    if std::fs::hard_link(swa_bin(), bin.join("swa")).is_err() {
+        std::fs::copy(swa_bin(), bin.join("swa")).unwrap();
+    }
+    let planted = bin.join("libonnxruntime.so.99");
+    std::fs::write(&planted, b"\x7fELF not really a library").unwrap();
+    let doctor = |cwd: &Path, exe: &Path| {
+        let mut c = std::process::Command::new(exe);
+        c.arg("doctor")
+            .current_dir(cwd)
+            .env_remove("ORT_DYLIB_PATH")
+            .env_remove("VIRTUAL_ENV")
+            .env_remove("CONDA_PREFIX");
+        c.output().unwrap()
+    };
+    // Sticky and writable by everyone, as /tmp is.
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let o = doctor(dir.path(), &bin.join("swa"));
+    let text = combined(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "skipped {} (beside the swa executable): it is writable by everyone",
+            planted.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("found by:   python3's onnxruntime package"), "{text}");
+    // Writable by the owner only, but the working directory.
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = doctor(&bin, Path::new("./swa"));
+    let text = combined(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert!(text.contains("it is the working directory"), "{text}");
+    // From elsewhere, the folder is the user's own: the library there is loaded (and is no library).
+    let o = doctor(dir.path(), &bin.join("swa"));
+    assert_eq!(o.status.code(), Some(1), "{}", combined(&o));
+    assert!(combined(&o).contains("libonnxruntime.so.99"), "{}", combined(&o));
+}
+
 // ---------------------------------------------------------------------------------------------
 // NaN logits are not correct predictions
 // ---------------------------------------------------------------------------------------------
