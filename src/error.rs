@@ -4,6 +4,9 @@
 //! The library never names a command-line flag: an invalid setting is reported as a [`Setting`]
 //! (the field of the options struct), and advice that needs a setting changed is a [`Hint`].
 //! The `swa` binary renders both with its own flag names.
+//!
+//! What the library notices and goes on past (a checkpoint that holds names a pickle should not)
+//! is a warning: [`warn`] records it once, and the caller prints what [`take_warnings`] returns.
 
 use std::path::{Path, PathBuf};
 
@@ -291,4 +294,20 @@ impl Error {
     pub fn hint(self, hint: Hint) -> Self {
         Error::Hinted { error: Box::new(self), hint }
     }
+}
+
+static WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Records a warning for the caller to show (once: a message already recorded is not repeated).
+pub fn warn(message: impl Into<String>) {
+    let message = message.into();
+    let mut w = WARNINGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !w.contains(&message) {
+        w.push(message);
+    }
+}
+
+/// The warnings recorded since the last call, in the order they were recorded.
+pub fn take_warnings() -> Vec<String> {
+    std::mem::take(&mut *WARNINGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
 }

@@ -54,7 +54,11 @@ fn main() -> ExitCode {
     // input mid-run, which the user is told not to do, as for every mmap-based reader.
     unsafe { swa::fs::allow_maps() };
     discard_staged_on_signals();
-    match cli::execute(&args) {
+    let result = cli::execute(&args);
+    for w in swa::error::take_warnings() {
+        warn!("swa: warning: {w}");
+    }
+    match result {
         Ok(outcome) => {
             let mut out = std::io::stdout().lock();
             match out.write_all(outcome.stdout.as_bytes()).and_then(|_| out.flush()) {

@@ -197,6 +197,40 @@ fn pickles_that_call_code_are_refused_and_nothing_runs() {
     assert!(!marker.exists(), "pickle code ran");
 }
 
+/// Names outside the allow-list beside the state dict (a class and a `functools.partial` in
+/// Lightning-style hyper-parameters, written by torch.save): the state dict is read, and each name
+/// is named with where it is.
+#[test]
+fn names_beside_the_state_dict_are_read_past_and_named() {
+    let dir = tmp();
+    let o = swa()
+        .arg("average")
+        .arg(torch("foreign_hparams.pt"))
+        .arg("-o")
+        .arg(dir.path().join("out.safetensors"))
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&o.get_output().stderr).into_owned();
+    for (name, at) in [
+        ("torch.nn.modules.activation.GELU", "hyper_parameters.act"),
+        ("functools.partial", "hyper_parameters.optimizer"),
+        ("torch.optim.sgd.SGD", "hyper_parameters.optimizer"),
+    ] {
+        assert!(
+            stderr.contains(&format!(
+                "swa: warning: {}: holds the name {name} at `{at}`",
+                torch("foreign_hparams.pt").display()
+            )),
+            "{stderr}"
+        );
+    }
+    swa().arg("inspect").arg(torch("foreign_hparams.pt")).assert().success().stderr(contains("functools.partial"));
+    // The Lightning, timm and plain fixtures hold nothing to warn about.
+    for f in ["cnn_ckpt/epoch=0-step=10.ckpt", "timm/checkpoint-3.pth.tar", "mlp_module/epoch_001.pth"] {
+        swa().arg("inspect").arg(torch(f)).assert().success().stderr("");
+    }
+}
+
 #[test]
 fn legacy_torch_files_get_advice() {
     let dir = tmp();

@@ -8,17 +8,20 @@
 //!   `torch.Size`, `torch.device`, `builtins.set` / `frozenset`, and bytes (`_codecs.encode`,
 //!   `builtins.bytearray`). This is the part of `torch.load(weights_only=True)`'s allow-list that a
 //!   state dict uses: `_get_allowed_globals()` in PyTorch's `torch/_weights_only_unpickler.py`.
-//! - **Opaque** ([`Global::Other`]): any other name, the rest of that allow-list included
-//!   (`collections.Counter`, `torch.nn.parameter.Parameter`, `torch._utils._rebuild_qtensor`,
-//!   `_rebuild_sparse_tensor`…). Where `weights_only=True` refuses a name outside its list, swa goes on: what it
-//!   builds is an opaque value, an error only where it is read as a tensor, so that the optimizer
-//!   state, hyper-parameters or callbacks of a training checkpoint never stop the read of its
-//!   state dict.
+//! - **Opaque** ([`Global::Other`]): any other name. The allow-list is the rule: such a name
+//!   inside the chosen state dict (a value, or anything a tensor there was built from) stops the
+//!   read, named; elsewhere (optimizer state, hyper-parameters, callbacks) what it builds stays an
+//!   opaque value, so that the rest of a training checkpoint never stops the read of its state
+//!   dict, and a warning names it and where it is ([`is_known_data`] names are the exception:
+//!   the rest of `weights_only`'s allow-list (`collections.Counter`, `torch._utils._rebuild_qtensor`…)
+//!   and plain data classes of training checkpoints (Lightning's `AttributeDict`,
+//!   `argparse.Namespace`, numpy scalars, `pathlib` paths, OmegaConf containers) go unsaid).
 //! - **Hostile** ([`hostile`]): names no checkpoint needs and only a pickle that runs code holds
-//!   (`os`, `subprocess`, `builtins.eval`…; a superset of `weights_only`'s `_blocklisted_modules`,
-//!   `sys`, `os`, `posix` and `nt`): the read stops at once, naming it. This is a verdict on the
-//!   file, not what keeps swa safe (nothing is ever called): such a file must not be loaded by
-//!   `torch.load(weights_only=False)` either.
+//!   (`os`, `subprocess`, `builtins.eval`, `builtins.getattr`, `torch.load`…; a superset of
+//!   `weights_only`'s `_blocklisted_modules`, `sys`, `os`, `posix` and `nt`): the read stops at
+//!   once wherever they are, naming it. This is a verdict on the file, not what keeps swa safe
+//!   (nothing is ever called): such a file must not be loaded by `torch.load(weights_only=False)`
+//!   either.
 
 use safetensors::Dtype;
 
@@ -97,11 +100,106 @@ fn hostile(module: &str, name: &str) -> bool {
         "torch.ops",
         "numpy.testing",
         "platform",
+        "_posixsubprocess",
+        "_posixshmem",
+        "signal",
+        "threading",
+        "_thread",
+        "types",
+        "zipimport",
+        "torch.utils.cpp_extension",
+        "torch.hub",
+        "torch.package",
+        "torch.multiprocessing",
     ];
-    const BUILTINS: &[&str] =
-        &["eval", "exec", "execfile", "compile", "__import__", "open", "input", "breakpoint", "globals", "locals"];
+    const BUILTINS: &[&str] = &[
+        "eval",
+        "exec",
+        "execfile",
+        "compile",
+        "__import__",
+        "open",
+        "input",
+        "breakpoint",
+        "globals",
+        "locals",
+        "getattr",
+        "setattr",
+        "delattr",
+        "vars",
+        "exit",
+        "quit",
+        "__loader__",
+    ];
+    // Single names of otherwise ordinary modules that load files, pickles or code.
+    const NAMES: &[(&str, &str)] = &[
+        ("io", "open"),
+        ("io", "FileIO"),
+        ("io", "open_code"),
+        ("_io", "open"),
+        ("_io", "FileIO"),
+        ("torch", "load"),
+        ("torch.serialization", "load"),
+        ("torch.storage", "_load_from_bytes"),
+        ("torch", "compile"),
+        ("numpy", "load"),
+        ("numpy.lib.npyio", "load"),
+    ];
     let module_hit = MODULES.iter().any(|m| module == *m || module.strip_prefix(m).is_some_and(|r| r.starts_with('.')));
-    module_hit || (matches!(module, "builtins" | "__builtin__") && BUILTINS.contains(&name))
+    module_hit
+        || (matches!(module, "builtins" | "__builtin__") && BUILTINS.contains(&name))
+        || NAMES.contains(&(module, name))
+}
+
+/// Names outside the data constructors that are plain data all the same: the rest of
+/// `torch.load(weights_only=True)`'s allow-list and the data classes training checkpoints keep
+/// beside their state dicts. They stay opaque (refused inside the state dict like any name swa
+/// does not build) but are not worth a warning elsewhere.
+pub(super) fn is_known_data(name: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "collections.Counter",
+        "collections.defaultdict",
+        "collections.deque",
+        "collections.namedtuple",
+        "torch.nn.parameter.Parameter",
+        "torch.Tensor",
+        "torch.serialization._get_layout",
+        "torch._tensor._rebuild_from_type_v2",
+        "torch.torch_version.TorchVersion",
+        "builtins.slice",
+        "builtins.complex",
+        "builtins.range",
+        "argparse.Namespace",
+        "lightning.fabric.utilities.data.AttributeDict",
+        "lightning_fabric.utilities.data.AttributeDict",
+        "pytorch_lightning.utilities.parsing.AttributeDict",
+        "numpy.dtype",
+        "numpy.ndarray",
+        "numpy.core.multiarray.scalar",
+        "numpy._core.multiarray.scalar",
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray._reconstruct",
+        "datetime.datetime",
+        "datetime.date",
+        "datetime.timedelta",
+        "datetime.timezone",
+        "pathlib.Path",
+        "pathlib.PosixPath",
+        "pathlib.WindowsPath",
+        "pathlib.PurePosixPath",
+        "pathlib.PureWindowsPath",
+        "typing.Any",
+    ];
+    const PREFIXES: &[&str] = &[
+        "torch._utils._rebuild_",
+        "torch.return_types.",
+        "numpy.dtypes.",
+        "omegaconf.dictconfig.",
+        "omegaconf.listconfig.",
+        "omegaconf.base.",
+        "omegaconf.nodes.",
+    ];
+    NAMES.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 /// What a name that is not hostile is to swa: a data constructor, or [`Global::Other`].

@@ -122,7 +122,16 @@ pub fn contents(path: &Path) -> Result<Contents> {
     let map = map_input(path)?;
     let archive = Archive::parse(path, &map)?;
     let (machine, top) = archive.unpickle()?;
-    Ok(list_contents(&machine, top))
+    let contents = list_contents(&machine, top);
+    // Names outside the allow-list, said as reading the chosen state dict would.
+    if let Some(value) = contents.chosen.as_deref().and_then(|k| resolve(&machine, top, k).ok()) {
+        let label = format!("`{}`", contents.chosen.as_deref().unwrap_or_default());
+        match foreign_names(path, &machine, top, value, &label) {
+            Ok(warnings) => warnings.into_iter().for_each(crate::error::warn),
+            Err(e) => crate::error::warn(e.to_string()),
+        }
+    }
+    Ok(contents)
 }
 
 /// Opens the state dict at `key` (a dotted path, e.g. `state_dict_ema` or
@@ -146,6 +155,9 @@ pub fn open(path: &Path, key: Option<&str>) -> Result<Checkpoint> {
         }
     }
     *ck.metadata_mut() = plan.metadata;
+    for w in plan.warnings {
+        crate::error::warn(w);
+    }
     if ck.tensors().is_empty() {
         return Err(Error::format(path, format!("state dict `{}` holds no tensors", plan.key)));
     }
@@ -179,7 +191,8 @@ impl<'a> Archive<'a> {
             return Err(Error::format(path, not_zip_message(bytes)));
         }
         let members = zip::read_members(bytes).map_err(|e| Error::format(path, e))?;
-        let Some(pkl) = members.iter().find(|m| m.name == "data.pkl" || m.name.ends_with("/data.pkl")) else {
+        let mut pickles = members.iter().filter(|m| m.name == "data.pkl" || m.name.ends_with("/data.pkl"));
+        let Some(pkl) = pickles.next() else {
             let message = if members.iter().any(|m| m.name.ends_with("constants.pkl")) {
                 "a TorchScript archive (torch.jit.save), not a torch.save file: save the model's \
                  state_dict() with torch.save instead"
@@ -188,6 +201,16 @@ impl<'a> Archive<'a> {
             };
             return Err(Error::format(path, message));
         };
+        if let Some(other) = pickles.next() {
+            return Err(Error::format(
+                path,
+                format!(
+                    "holds two pickles, `{}` and `{}`: torch.load and swa may read different ones; refusing an \
+                     ambiguous file (re-save it with torch.save)",
+                    pkl.name, other.name
+                ),
+            ));
+        }
         let prefix = &pkl.name[..pkl.name.len() - "data.pkl".len()];
         stored(path, pkl)?;
         let byteorder_name = format!("{prefix}byteorder");
@@ -418,6 +441,8 @@ struct Plan {
     key: String,
     tensors: Vec<PlannedTensor>,
     metadata: BTreeMap<String, String>,
+    /// Names outside the allow-list found outside the state dict, in words.
+    warnings: Vec<String>,
 }
 
 /// Everything [`open`] reads, checked: the state dict's tensors and the metadata.
@@ -462,10 +487,62 @@ fn plan(path: &Path, bytes: &[u8], key: Option<&str>) -> Result<Plan> {
         let (dtype, shape, data) = planned;
         tensors.push(PlannedTensor { name, dtype, shape, data });
     }
+    let warnings = foreign_names(path, &m, top, value, &label)?;
     let mut metadata = top_scalars(&m, top);
     metadata.extend(archive.swa_metadata.clone());
     metadata.insert(TORCH_KEY.to_string(), key.clone());
-    Ok(Plan { key, tensors, metadata })
+    Ok(Plan { key, tensors, metadata, warnings })
+}
+
+/// Refuses a name outside the allow-list inside the state dict `value` (a value, or anything one
+/// of its tensors was built from); returns warnings naming those elsewhere under `top`, and
+/// where they are (names known to be plain data aside).
+fn foreign_names(path: &Path, m: &Machine, top: Value, value: Value, label: &str) -> Result<Vec<String>> {
+    if m.foreign.is_empty() {
+        return Ok(Vec::new());
+    }
+    let inside = m.reachable(value);
+    if let Some(&id) = m.foreign.iter().find(|id| inside.contains_key(id)) {
+        let at = Machine::path(&inside, id);
+        let at = if at.is_empty() { String::new() } else { format!(" (at `{at}`)") };
+        return Err(Error::format(
+            path,
+            format!(
+                "{label} holds the name {}{at}, which is not one that builds tensor data: swa refuses a state \
+                 dict that names anything else (do not load this file with torch.load(weights_only=False))",
+                m.foreign_name(id)
+            ),
+        ));
+    }
+    let everywhere = m.reachable(top);
+    let mut found: Vec<(&str, String)> = Vec::new();
+    for &id in &m.foreign {
+        let name = m.foreign_name(id);
+        if globals::is_known_data(name) || found.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        let at = match everywhere.contains_key(&id) {
+            true => format!("at `{}`", Machine::path(&everywhere, id)),
+            false => "in a value the pickle discarded".into(),
+        };
+        found.push((name, at));
+    }
+    const SHOWN: usize = 3;
+    let mut warnings: Vec<String> = found
+        .iter()
+        .take(SHOWN)
+        .map(|(name, at)| {
+            format!(
+                "{}: holds the name {name} {at}, outside the names that build data: swa left it unread \
+                 (torch.load(weights_only=False) would import it and may run it)",
+                path.display()
+            )
+        })
+        .collect();
+    if found.len() > SHOWN {
+        warnings.push(format!("{}: holds {} more such names", path.display(), found.len() - SHOWN));
+    }
+    Ok(warnings)
 }
 
 fn no_default_message(m: &Machine, top: Value) -> String {

@@ -1,18 +1,19 @@
 //! A restricted pickle machine: it builds data (numbers, strings, tuples, lists, dicts, tensor
 //! descriptions) and nothing else. No pickled code is ever run: `GLOBAL` only names a function,
 //! and `REDUCE` / `NEWOBJ` of a name outside a short allow-list (the data constructors of
-//! `torch.load(weights_only=True)`) yield an opaque value that is an error only where it is read
-//! as a tensor, so that optimizer state, hyper-parameters or callbacks that swa does not need
-//! never stop the read of a state dict. Names that only a hostile file holds (`os.system`,
-//! `builtins.eval`, `subprocess.*`…) stop the read at once. Which names are which is
-//! [`super::globals`]; the opcodes are [`super::ops`].
+//! `torch.load(weights_only=True)`) yield an opaque value. Every such name is remembered with
+//! what it was used to build ([`Machine::foreign`]), so that the reader can refuse one inside the
+//! chosen state dict and name those elsewhere (optimizer state, hyper-parameters, callbacks: a
+//! warning, not a stop). Names that only a hostile file holds (`os.system`, `builtins.eval`,
+//! `subprocess.*`…) stop the read at once. Which names are which is [`super::globals`]; the
+//! opcodes are [`super::ops`].
 //!
 //! Objects live in an arena and values refer to them by index, so shared references (the memo)
 //! behave as in Python (a dict filled after it was memoised is seen filled), cycles cost nothing,
 //! and memory grows linearly with the pickle, within [`MAX_OBJECTS`] / [`MAX_STACK`] / [`MAX_MEMO`].
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use safetensors::Dtype;
 
@@ -95,6 +96,11 @@ pub(super) struct Machine<'a> {
     memo: HashMap<u32, Value>,
     copied: Cell<usize>,
     pub objects: Vec<Obj>,
+    /// What each object was built from beyond its items: a call's callable and arguments, a
+    /// `NEWOBJ`'s class and arguments, the state a `BUILD` gave it.
+    links: HashMap<ObjId, Vec<Value>>,
+    /// The names outside the allow-list ([`Global::Other`]) the pickle holds.
+    pub foreign: Vec<ObjId>,
 }
 
 type Step<T = ()> = Result<T, String>;
@@ -109,6 +115,8 @@ impl<'a> Machine<'a> {
             memo: HashMap::new(),
             copied: Cell::new(0),
             objects: Vec::new(),
+            links: HashMap::new(),
+            foreign: Vec::new(),
         }
     }
 
@@ -241,8 +249,97 @@ impl<'a> Machine<'a> {
         self.push(v)
     }
 
+    /// A string: valid UTF-8 only (two keys that differ in invalid bytes must not become one
+    /// name; `torch.load` refuses such a file too).
     fn str_value(&mut self, bytes: &[u8]) -> Step {
-        self.push_obj(Obj::Str(String::from_utf8_lossy(bytes).into_owned()))
+        let s = std::str::from_utf8(bytes).map_err(|e| format!("a string that is not valid UTF-8 ({e})"))?;
+        self.push_obj(Obj::Str(s.to_string()))
+    }
+
+    /// Records that `owner` was built from `from` (kept for [`Machine::reachable`]; counted as
+    /// copied values, so that a pickle cannot grow the record without bound).
+    fn link(&mut self, owner: Value, from: &[Value]) -> Step {
+        if let Value::Obj(id) = owner {
+            let from: Vec<Value> = from.iter().copied().filter(|v| matches!(v, Value::Obj(_))).collect();
+            self.charge(from.len())?;
+            self.links.entry(id).or_default().extend(from);
+        }
+        Ok(())
+    }
+
+    /// What `id` holds and was built from, each with how it is reached from `id` (a key, an
+    /// index, or `None` for what it was built from).
+    fn children(&self, id: ObjId) -> Vec<(Value, Option<String>)> {
+        let mut out: Vec<(Value, Option<String>)> = match &self.objects[id] {
+            Obj::Tuple(items) | Obj::List(items) => {
+                items.iter().enumerate().map(|(i, &v)| (v, Some(format!("[{i}]")))).collect()
+            }
+            Obj::Dict(items) => items
+                .iter()
+                .flat_map(|&(k, v)| {
+                    let key = match (k, self.obj(k)) {
+                        (_, Some(Obj::Str(s))) => format!(".{s}"),
+                        (Value::Int(i), _) => format!("[{i}]"),
+                        _ => "[?]".into(),
+                    };
+                    [(k, None), (v, Some(key))]
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        out.extend(self.links.get(&id).into_iter().flatten().map(|&v| (v, None)));
+        out
+    }
+
+    /// Every object reachable from `from` (through items and what objects were built from),
+    /// with the object each was first reached from and how (for [`Machine::path`]).
+    pub fn reachable(&self, from: Value) -> HashMap<ObjId, Option<(ObjId, Option<String>)>> {
+        let mut seen: HashMap<ObjId, Option<(ObjId, Option<String>)>> = HashMap::new();
+        let Value::Obj(start) = from else { return seen };
+        seen.insert(start, None);
+        // Objects reached through what something was built from: their keys and indices (a
+        // call's argument tuple) are no part of a path.
+        let mut built_from = std::collections::HashSet::new();
+        let mut queue = VecDeque::from([start]);
+        while let Some(id) = queue.pop_front() {
+            let quiet = built_from.contains(&id);
+            let items = self.children(id);
+            let links = self.links.get(&id).map_or(0, Vec::len);
+            let first_link = items.len() - links;
+            for (n, (v, how)) in items.into_iter().enumerate() {
+                if let Value::Obj(child) = v {
+                    if child < self.objects.len() && !seen.contains_key(&child) {
+                        seen.insert(child, Some((id, if quiet { None } else { how })));
+                        if quiet || n >= first_link {
+                            built_from.insert(child);
+                        }
+                        queue.push_back(child);
+                    }
+                }
+            }
+        }
+        seen
+    }
+
+    /// How `id` is reached in `seen` (from [`Machine::reachable`]): `optimizer_states[0].state`
+    /// (what an object was built from adds nothing to the path).
+    pub fn path(seen: &HashMap<ObjId, Option<(ObjId, Option<String>)>>, id: ObjId) -> String {
+        let mut parts = Vec::new();
+        let mut at = id;
+        while let Some(Some((parent, how))) = seen.get(&at) {
+            parts.extend(how.clone());
+            at = *parent;
+        }
+        parts.reverse();
+        parts.concat().trim_start_matches('.').to_string()
+    }
+
+    /// The name of a [`Machine::foreign`] object.
+    pub fn foreign_name(&self, id: ObjId) -> &str {
+        match &self.objects[id] {
+            Obj::Global(Global::Other(name)) => name,
+            _ => unreachable!("foreign holds names outside the allow-list"),
+        }
     }
 
     /// A Python 2 `str` (BINSTRING): bytes as Latin-1, as Python 3 decodes them with `latin1`.
@@ -458,26 +555,28 @@ impl<'a> Machine<'a> {
                     Built::Value(v) => v,
                     Built::Obj(obj) => self.alloc(obj)?,
                 };
+                self.link(v, &[callable, args])?;
                 self.push(v)
             }
             Op::NewObj | Op::NewObjEx => {
-                if op == Op::NewObjEx {
-                    let _kwargs = self.pop()?;
-                }
-                let _args = self.pop()?;
+                let kwargs = if op == Op::NewObjEx { self.pop()? } else { Value::None };
+                let args = self.pop()?;
                 let class = self.pop()?;
                 let v = self.new_object(class)?;
+                self.link(v, &[class, args, kwargs])?;
                 self.push(v)
             }
             Op::Build => {
                 // An object's state (an OrderedDict's `_metadata`, an instance's fields): nothing
-                // swa reads. The object stays as it was.
-                self.pop()?;
-                self.top().map(drop)
+                // swa reads. The object stays as it was, and remembers what it was given.
+                let state = self.pop()?;
+                let object = self.top()?;
+                self.link(object, &[state])
             }
             Op::BinPersId => {
                 let pid = self.pop()?;
                 let v = self.persistent(pid)?;
+                self.link(v, &[pid])?;
                 self.push(v)
             }
             _ => unreachable!("{op:?} is not a name or call opcode"),
@@ -534,7 +633,12 @@ impl<'a> Machine<'a> {
         // memo again and again must not cost memory for nothing.
         self.charge_text(module.len() + name.len())?;
         let global = globals::resolve(module, name)?;
-        self.push_obj(Obj::Global(global))
+        let foreign = matches!(global, Global::Other(_));
+        let v = self.alloc(Obj::Global(global))?;
+        if let (true, Value::Obj(id)) = (foreign, v) {
+            self.foreign.push(id);
+        }
+        self.push(v)
     }
 
     fn global_of(&self, v: Value) -> Option<&Global> {

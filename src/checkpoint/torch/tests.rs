@@ -282,6 +282,114 @@ fn code_is_refused_by_name_and_never_run() {
     assert!(e.contains("tensor `b`") && e.contains("refusing global mymodule.Thing"), "{e}");
 }
 
+/// `OrderedDict(a=<tensor whose backward hooks are `hooks(...)`>)`: a name hidden where swa does
+/// not look (the hooks are never read).
+fn state_dict_with_hooks(p: &mut PickleOut, module: &str, name: &str) {
+    p.ordered_dict().mark().str("a");
+    p.global("torch._utils", "_rebuild_tensor_v2");
+    p.mark().mark().str("storage").global("torch", "FloatStorage").str("0").str("cpu").int(4);
+    p.op(Op::Tuple).op(Op::BinPersId).int(0).ints(&[4]).ints(&[1]).op(Op::NewFalse);
+    p.global(module, name).str("x").op(Op::Tuple1).op(Op::Reduce);
+    p.op(Op::Tuple).op(Op::Reduce).op(Op::SetItems);
+}
+
+#[test]
+fn the_allow_list_is_the_rule_inside_the_state_dict_and_elsewhere_a_warning() {
+    // Inside the state dict: a name in a tensor's hooks, or in the dict's own state (BUILD).
+    let mut p = PickleOut::new();
+    state_dict_with_hooks(&mut p, "mymodule", "Hook");
+    p.op(Op::Stop);
+    let e = open_err(&archive(&p.bytes, &plain_storages()), None);
+    assert!(e.contains("the top level holds the name mymodule.Hook (at `a`)"), "{e}");
+    let mut p = PickleOut::new();
+    plain_state_dict(&mut p);
+    p.op(Op::EmptyDict).str("_metadata").global("mymodule", "Meta").op(Op::EmptyTuple).op(Op::Reduce);
+    p.op(Op::SetItem).op(Op::Build).op(Op::Stop);
+    let e = open_err(&archive(&p.bytes, &plain_storages()), None);
+    assert!(e.contains("holds the name mymodule.Meta"), "{e}");
+    // Elsewhere: read, and named with where it is; names known to be plain data go unsaid.
+    let mut p = PickleOut::new();
+    p.op(Op::EmptyDict).mark().str("state_dict");
+    plain_state_dict(&mut p);
+    p.str("hyper_parameters").op(Op::EmptyDict).str("act").global("mymodule", "Act").op(Op::EmptyTuple);
+    p.op(Op::Reduce).op(Op::SetItem);
+    p.str("args").global("argparse", "Namespace").op(Op::EmptyTuple).op(Op::NewObj);
+    // Built and dropped: in no value of the file.
+    p.global("mymodule", "Dropped").op(Op::EmptyTuple).op(Op::Reduce).op(Op::Pop);
+    p.op(Op::SetItems).op(Op::Stop);
+    let bytes = archive(&p.bytes, &plain_storages());
+    let plan = plan(Path::new("x.pt"), &bytes, None).unwrap();
+    assert_eq!(plan.tensors.len(), 2);
+    assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
+    assert!(
+        plan.warnings[0].contains("x.pt: holds the name mymodule.Act at `hyper_parameters.act`"),
+        "{:?}",
+        plan.warnings
+    );
+    assert!(plan.warnings[0].contains("weights_only=False) would import it"), "{:?}", plan.warnings);
+    assert!(plan.warnings[1].contains("mymodule.Dropped in a value the pickle discarded"), "{:?}", plan.warnings);
+    // A state dict chosen by key that holds it is refused.
+    let e = open_err(&bytes, Some("hyper_parameters"));
+    assert!(e.contains("mymodule.Act"), "{e}");
+}
+
+#[test]
+fn names_that_reach_code_stop_the_read_wherever_they_are() {
+    for (module, name) in [
+        ("torch.storage", "_load_from_bytes"),
+        ("_posixsubprocess", "fork_exec"),
+        ("builtins", "getattr"),
+        ("io", "open"),
+        ("torch", "load"),
+        ("torch.utils.cpp_extension", "load_inline"),
+    ] {
+        let mut p = PickleOut::new();
+        p.op(Op::EmptyDict).mark().str("model");
+        plain_state_dict(&mut p);
+        p.str("x").global(module, name).str("y").op(Op::Tuple1).op(Op::Reduce).op(Op::SetItems).op(Op::Stop);
+        let e = open_err(&archive(&p.bytes, &plain_storages()), None);
+        assert!(e.contains(&format!("refusing global {module}.{name}")), "{e}");
+    }
+}
+
+#[test]
+fn ambiguous_archives_and_names_are_refused() {
+    // Two pickles: swa would read one, torch.load another.
+    let mut p = PickleOut::new();
+    plain_state_dict(&mut p);
+    p.op(Op::Stop);
+    let s = plain_storages();
+    let two = zip_of(&[("a/data.pkl", &p.bytes), ("a/data/0", &s[0]), ("a/data/1", &s[1]), ("b/data.pkl", &p.bytes)]);
+    let e = open_err(&two, None);
+    assert!(e.contains("holds two pickles, `a/data.pkl` and `b/data.pkl`"), "{e}");
+    // Two members of one name.
+    let mut w = ::zip::ZipWriter::new(Cursor::new(Vec::new()));
+    let options = ::zip::write::SimpleFileOptions::default().compression_method(::zip::CompressionMethod::Stored);
+    for (name, bytes) in
+        [("a/data.pkl", p.bytes.as_slice()), ("a/data/0", &s[0]), ("a/data/1", &s[1]), ("a/data/9", &s[1])]
+    {
+        w.start_file(name, options).unwrap();
+        w.write_all(bytes).unwrap();
+    }
+    let mut bytes = w.finish().unwrap().into_inner();
+    // Rename a/data/9 to a/data/0 in both headers.
+    for at in (0..bytes.len() - 8).rev() {
+        if &bytes[at..at + 8] == b"a/data/9" {
+            bytes[at + 7] = b'0';
+        }
+    }
+    let e = open_err(&bytes, None);
+    assert!(e.contains("two members named `a/data/0`"), "{e}");
+    // Keys that are not UTF-8: two such keys would become one name.
+    let mut p = PickleOut::new();
+    p.ordered_dict().mark();
+    p.op(Op::BinUnicode).arg(&2u32.to_le_bytes()).arg(b"a\xff");
+    tensor(&mut p, "FloatStorage", "0", 4, 0, &[4], &[1]);
+    p.op(Op::SetItems).op(Op::Stop);
+    let e = open_err(&archive(&p.bytes, &plain_storages()), None);
+    assert!(e.contains("not valid UTF-8"), "{e}");
+}
+
 #[test]
 fn foreign_files_are_explained() {
     let e = open_err(&[0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc], None);

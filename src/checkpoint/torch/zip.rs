@@ -131,6 +131,12 @@ pub(super) fn read_members(bytes: &[u8]) -> Result<Vec<Member>, String> {
         members.push(Member { name, method, encrypted: flags & 1 != 0, data });
         at = next;
     }
+    // Two members of one name (or of names that are one once invalid UTF-8 is replaced): readers
+    // disagree on which one counts.
+    let mut names = std::collections::HashSet::with_capacity(members.len());
+    if let Some(m) = members.iter().find(|m| !names.insert(m.name.as_str())) {
+        return Err(format!("the zip archive holds two members named `{}`: refusing an ambiguous file", m.name));
+    }
     Ok(members)
 }
 
