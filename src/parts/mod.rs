@@ -140,7 +140,8 @@ pub fn complete_order(files: &[PathBuf], parts: &[Part]) -> Result<Vec<usize>> {
         return Err(Error::usage("no partial results to merge"));
     };
     let n = first.count.get();
-    let mut seen: Vec<Option<usize>> = vec![None; n];
+    // By index, never sized by the count a file claims (a part `0/18446744073709551615`).
+    let mut seen: std::collections::BTreeMap<usize, usize> = std::collections::BTreeMap::new();
     for (k, p) in parts.iter().enumerate() {
         if p.count.get() != n {
             return Err(Error::Mismatch(format!(
@@ -149,7 +150,7 @@ pub fn complete_order(files: &[PathBuf], parts: &[Part]) -> Result<Vec<usize>> {
                 files[0].display()
             )));
         }
-        if let Some(earlier) = seen[p.index].replace(k) {
+        if let Some(earlier) = seen.insert(p.index, k) {
             return Err(Error::Mismatch(format!(
                 "part {p} is given twice: {} and {}",
                 files[earlier].display(),
@@ -157,16 +158,24 @@ pub fn complete_order(files: &[PathBuf], parts: &[Part]) -> Result<Vec<usize>> {
             )));
         }
     }
-    let missing: Vec<String> =
-        seen.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| format!("{i}/{n}")).collect();
-    if !missing.is_empty() {
+    if seen.len() != n {
+        // The first few missing parts, found among the given ones' gaps.
+        const SHOWN: usize = 5;
+        let mut missing = Vec::new();
+        let mut next = 0;
+        for &i in seen.keys().chain(std::iter::once(&n)) {
+            missing.extend((next..i).take(SHOWN - missing.len().min(SHOWN)).map(|m| format!("{m}/{n}")));
+            next = i.saturating_add(1);
+        }
+        let more = n - seen.len() - missing.len();
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
         return Err(Error::Mismatch(format!(
-            "the partials are incomplete: part(s) {} of {n} missing (given {})",
+            "the partials are incomplete: part(s) {}{more} of {n} missing (given {})",
             missing.join(", "),
             parts.len()
         )));
     }
-    Ok(seen.into_iter().map(|s| s.expect("complete")).collect())
+    Ok(seen.into_values().collect())
 }
 
 #[cfg(test)]

@@ -236,8 +236,12 @@ pub fn read(path: &Path) -> Result<PartialStats> {
         }
         let layer = match stats {
             StatsMode::Precise => Sufficient::Precise(Precise { n: scalar[0], mean: a, m2: b }),
-            StatsMode::Torch => Sufficient::Torch(TorchCompat { batches: scalar[0] as usize, mean: a, var: b }),
+            StatsMode::Torch => {
+                Sufficient::Torch(TorchCompat { batches: count(scalar[0]).unwrap_or(usize::MAX), mean: a, var: b })
+            }
         };
+        check_layer(&layer, scalar[0], num("batches")?)
+            .map_err(|why| bad(format!("layer `{name}`: the statistics cannot have been computed: {why}")))?;
         layers.push((name, layer));
     }
     Ok(PartialStats {
@@ -265,6 +269,32 @@ pub fn read(path: &Path) -> Result<PartialStats> {
         },
         preprocessing: meta.get("preprocessing").cloned(),
     })
+}
+
+/// `v` as a count, when it is a whole number ≥ 0 that fits.
+fn count(v: f64) -> Option<usize> {
+    (v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= usize::MAX as f64 / 2.0).then_some(v as usize)
+}
+
+/// What a pass keeps true of a layer's statistics (`scalar` as stored; `batches` the part's):
+/// counts are whole numbers (a `torch` layer ran in at most the part's batches), means finite,
+/// sums of squared deviations and of variances finite and ≥ 0.
+fn check_layer(layer: &Sufficient, scalar: f64, batches: usize) -> std::result::Result<(), String> {
+    let (what, first, second, second_name) = match layer {
+        Sufficient::Precise(p) => ("count", &p.mean, &p.m2, "M2"),
+        Sufficient::Torch(t) => ("batch count", &t.mean, &t.var, "variance sum"),
+    };
+    let Some(n) = count(scalar) else { return Err(format!("a {what} of {scalar}")) };
+    if matches!(layer, Sufficient::Torch(_)) && n > batches {
+        return Err(format!("{n} batches in a part of {batches}"));
+    }
+    if let Some((c, v)) = first.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(format!("channel {c} has a mean of {v}"));
+    }
+    if let Some((c, v)) = second.iter().enumerate().find(|(_, v)| !v.is_finite() || **v < 0.0) {
+        return Err(format!("channel {c} has a {second_name} of {v}"));
+    }
+    Ok(())
 }
 
 /// Partials that belong together, merged in part order.

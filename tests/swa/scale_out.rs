@@ -528,4 +528,50 @@ fn a_damaged_partial_evaluation_says_which_count_is_wrong() {
     }
     // The undamaged part still reads (and is one part of two: incomplete).
     swa().arg("merge-eval").arg(&part).assert().code(2).stderr(contains("missing"));
+    // More non-finite samples than samples: merged, the loss was 0.
+    let mut v = original.clone();
+    v["counts"]["nonfinite"] = serde_json::json!(1_000);
+    let damaged = d.path().join("nonfinite.json");
+    std::fs::write(&damaged, serde_json::to_vec(&v).unwrap()).unwrap();
+    swa().arg("merge-eval").arg(&damaged).assert().code(2).stderr(contains("cannot have been counted"));
+    // Parts of absurd splits: never sized, allocated or printed by the count (a panic, a 16 GB
+    // allocation and a 179 MB message before).
+    for count in ["18446744073709551615", "1000000000", "10000000"] {
+        let mut v = original.clone();
+        v["shard"] = serde_json::json!(format!("0/{count}"));
+        let damaged = d.path().join(format!("split{count}.json"));
+        std::fs::write(&damaged, serde_json::to_vec(&v).unwrap()).unwrap();
+        let o = swa().arg("merge-eval").arg(&damaged).timeout(std::time::Duration::from_secs(20)).assert().code(2);
+        let stderr = String::from_utf8_lossy(&o.get_output().stderr).into_owned();
+        assert!(stderr.len() < 1000 && stderr.contains(&format!("1/{count}, 2/{count}")), "{stderr}");
+    }
+}
+
+/// Partial statistics whose numbers no pass computes (a NaN mean, a negative M2, a count that is
+/// no whole number) are refused naming the layer: merged, they gave a NaN running_mean and a
+/// negative running_var.
+#[test]
+fn partial_statistics_that_cannot_have_been_computed_are_refused() {
+    let (_keep, files) = seven();
+    let d = tmp();
+    let (header, data) = header_of(&files[0]);
+    let layer = header.keys().find(|k| k.ends_with(".mean")).unwrap().trim_end_matches(".mean").to_string();
+    let damage = |tensor: &str, value: f64, name: &str| {
+        let at = header[&format!("{layer}.{tensor}")]["data_offsets"][0].as_u64().unwrap() as usize;
+        let mut bytes = data.clone();
+        bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        let path = d.path().join(name);
+        write_with_header(&path, &header, &bytes);
+        let mut all: Vec<&PathBuf> = files.iter().skip(1).collect();
+        all.push(&path);
+        merge_stats(&all, &cnn("expected/swa_average.safetensors"), &d.path().join("out.onnx"))
+            .code(2)
+            .stderr(contains(format!("layer `{layer}`: the statistics cannot have been computed")));
+    };
+    damage("mean", f64::NAN, "nan_mean.safetensors");
+    damage("m2", -1.0, "negative_m2.safetensors");
+    damage("m2", f64::INFINITY, "infinite_m2.safetensors");
+    damage("count", 2.5, "fractional_count.safetensors");
+    damage("count", -3.0, "negative_count.safetensors");
+    assert!(!d.path().join("out.onnx").exists());
 }
