@@ -194,6 +194,8 @@ pub enum Hint {
     ImageArray,
     /// A Parquet file lacks the image column: its name is a setting.
     ImageColumn,
+    /// An image has more pixels (decoded or resized) than the limit, which is a setting.
+    MaxImagePixels,
 }
 
 /// Besides a center crop, what else gets images to the size a model or the batches need.
@@ -227,6 +229,7 @@ impl Hint {
                 format!(": set `batch_size` to {size}, or export the model with a dynamic batch dimension")
             }
             Hint::SkipBadImages => " (set `skip_bad_images` to skip and count such images)".into(),
+            Hint::MaxImagePixels => " (raise `max_image_pixels` to read it)".into(),
             Hint::CenterCrop { height, width, or } => format!(
                 ": set `center_crop` to {height}x{width} (with `resize` to resize first), or {}",
                 match or {

@@ -238,6 +238,10 @@ pub struct DataArgs {
     /// Skip images that cannot be decoded (each is named and counted in the summary) instead of stopping.
     #[arg(long)]
     pub skip_bad_images: bool,
+    /// The most pixels an image may have, decoded or resized; larger ones are bad images (the
+    /// default is where PIL refuses a decompression bomb: twice Image.MAX_IMAGE_PIXELS).
+    #[arg(long, value_name = "N", default_value_t = swa::inputs::images::DEFAULT_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_image_pixels: u64,
 }
 
 impl DataArgs {
@@ -257,6 +261,7 @@ impl DataArgs {
             image_column: self.image_column.clone(),
             label_column: self.label_column.clone(),
             skip_bad_images: self.skip_bad_images,
+            max_image_pixels: self.max_image_pixels,
         }
     }
 }

@@ -69,6 +69,7 @@ pub fn hint(hint: Hint) -> String {
                 .into()
         }
         Hint::ImageColumn => ": name the image column with --image-column".into(),
+        Hint::MaxImagePixels => " (raise the limit with --max-image-pixels N to read it)".into(),
         other => other.library_text(),
     }
 }

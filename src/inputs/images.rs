@@ -11,6 +11,8 @@
 
 use image::DynamicImage;
 
+use crate::error::{Error, Hint};
+
 /// What `--resize` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resize {
@@ -152,18 +154,102 @@ fn luma(r: u8, g: u8, b: u8) -> u8 {
     ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
 }
 
-/// Decodes an image file's bytes (JPEG, PNG, BMP, PNM, WebP, told apart by their content) into
-/// `channels` (3: `convert("RGB")`, 1: `convert("L")`) as Pillow converts them: alpha dropped,
-/// grey replicated, 16-bit samples as Pillow reads them. The EXIF orientation is ignored, as
-/// `Image.open` ignores it. The error says what is wrong, without the file name.
-pub fn decode(bytes: &[u8], channels: usize) -> Result<Image8, String> {
-    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("cannot be read: {e}"))?;
-    if reader.format().is_none() {
-        return Err("is not an image swa can decode (JPEG, PNG, BMP, PNM or WebP)".into());
+/// Pillow's `Image.MAX_IMAGE_PIXELS`: above it Pillow warns of a decompression bomb, above twice
+/// it refuses the image.
+pub const PIL_MAX_IMAGE_PIXELS: u64 = 89_478_485;
+
+/// The default limit on an image's pixels, decoded or resized: where Pillow refuses one (twice
+/// [`PIL_MAX_IMAGE_PIXELS`]), so that every image torchvision reads is read.
+pub const DEFAULT_MAX_PIXELS: u64 = 2 * PIL_MAX_IMAGE_PIXELS;
+
+/// The longest side a resize may give (its filter taps take memory per output pixel of a side).
+pub const MAX_SIDE: usize = 1 << 20;
+
+/// How images are decoded: into how many channels, and the most pixels one may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decode {
+    /// 3 (`convert("RGB")`) or 1 (`convert("L")`).
+    pub channels: usize,
+    /// Images with more pixels (decoded, or after the resize) are bad images.
+    pub max_pixels: u64,
+}
+
+/// Why an image is a bad image (one `skip_bad_images` may skip), without its name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadImage {
+    /// What is wrong.
+    pub message: String,
+    /// Whether it is too large (a higher pixel limit would read it).
+    pub too_large: bool,
+}
+
+impl BadImage {
+    fn invalid(message: impl Into<String>) -> Self {
+        BadImage { message: message.into(), too_large: false }
     }
-    let img = reader.decode().map_err(|e| format!("is not a valid image: {e}"))?;
+
+    /// The error for image `name`.
+    pub fn named(self, name: impl AsRef<std::path::Path>) -> Error {
+        let e = Error::format(name, self.message);
+        if self.too_large {
+            e.hint(Hint::MaxImagePixels)
+        } else {
+            e
+        }
+    }
+}
+
+/// Fails when an image of `h`×`w` (decoded, or `what` says which size) has more than `max` pixels.
+pub fn check_pixels(h: u64, w: u64, max: u64, what: &str) -> Result<(), BadImage> {
+    let pixels = u128::from(h) * u128::from(w);
+    if pixels > u128::from(max) {
+        return Err(BadImage {
+            message: format!(
+                "is {w}x{h}{what} = {pixels} pixels, more than the limit of {max} (a decompression bomb, as PIL calls \
+                 such images)"
+            ),
+            too_large: true,
+        });
+    }
+    Ok(())
+}
+
+/// Whether a JPEG's bytes hold its end-of-image marker after its first scan: without it the file
+/// was cut short (Pillow says "image file is truncated"), where the decoder would fill the rest
+/// with grey. Entropy-coded data escapes every 0xFF, so the marker cannot occur inside it.
+fn jpeg_is_whole(bytes: &[u8]) -> bool {
+    let Some(scan) = bytes.windows(2).position(|m| m == [0xFF, 0xDA]) else { return false };
+    bytes[scan..].windows(2).any(|m| m == [0xFF, 0xD9])
+}
+
+/// Decodes an image file's bytes (JPEG, PNG, BMP, PNM, WebP, told apart by their content) into
+/// `how.channels` (3: `convert("RGB")`, 1: `convert("L")`) as Pillow converts them: alpha
+/// dropped, grey replicated, 16-bit samples as Pillow reads them. The EXIF orientation is
+/// ignored, as `Image.open` ignores it. An image of more than `how.max_pixels` pixels is refused
+/// from its header, before anything is decoded; a truncated one is refused as Pillow refuses it.
+/// The error says what is wrong, without the file name.
+pub fn decode(bytes: &[u8], how: &Decode) -> Result<Image8, BadImage> {
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| BadImage::invalid(format!("cannot be read: {e}")))
+    };
+    let format = reader()?.format();
+    if format.is_none() {
+        return Err(BadImage::invalid("is not an image swa can decode (JPEG, PNG, BMP, PNM or WebP)"));
+    }
+    let (w, h) = reader()?.into_dimensions().map_err(|e| BadImage::invalid(format!("is not a valid image: {e}")))?;
+    check_pixels(u64::from(h), u64::from(w), how.max_pixels, "")?;
+    if format == Some(image::ImageFormat::Jpeg) && !jpeg_is_whole(bytes) {
+        return Err(BadImage::invalid("is truncated (its JPEG data ends before the end-of-image marker)"));
+    }
+    let mut decoder = reader()?;
+    let mut limits = image::Limits::default();
+    // Room for the largest image allowed at 16 bits and 4 samples per pixel, and its conversion.
+    limits.max_alloc = Some(how.max_pixels.saturating_mul(16).max(1 << 29));
+    decoder.limits(limits);
+    let channels = how.channels;
+    let img = decoder.decode().map_err(|e| BadImage::invalid(format!("is not a valid image: {e}")))?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     // Every supported layout as (samples per pixel, grey?, 8-bit view of sample i).
     let data: Vec<u8> = match (img, channels) {
@@ -191,7 +277,9 @@ pub fn decode(bytes: &[u8], channels: usize) -> Result<Image8, String> {
         (DynamicImage::ImageRgba16(i), _) => {
             i.as_raw().chunks_exact(4).flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8]).collect()
         }
-        (other, _) => return Err(format!("has a pixel format swa does not read ({:?})", other.color())),
+        (other, _) => {
+            return Err(BadImage::invalid(format!("has a pixel format swa does not read ({:?})", other.color())))
+        }
     };
     Ok(Image8 { w, h, c: channels, data })
 }

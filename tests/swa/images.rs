@@ -655,3 +655,77 @@ fn an_output_inside_an_input_folder_is_refused() {
     recalibrate(data.path(), &data.path().join("m.onnx")).code(2).stderr(contains(inside));
     assert_eq!(listing(data.path()), ["val-00000-of-00001.parquet"]);
 }
+
+/// A PNG of `w`x`h` grey pixels, all black (it compresses to almost nothing).
+fn black_png(path: &Path, w: u32, h: u32) {
+    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut e = png::Encoder::new(file, w, h);
+    e.set_color(png::ColorType::Grayscale);
+    let mut writer = e.write_header().unwrap();
+    writer.write_image_data(&vec![0u8; (w * h) as usize]).unwrap();
+}
+
+/// Images whose size would cost more than a pixel limit (decoded, or once resized) are bad
+/// images, refused before a byte is decoded or resampled: a 60000x1 PNG resized to 256 on its
+/// shorter side allocated 11.8 GB and aborted, a 20000x20000 PNG of 380 KB cost 1.6 GB.
+#[test]
+fn images_above_the_pixel_limit_are_bad_images_found_before_decoding() {
+    let dir = val_copy();
+    black_png(&dir.path().join("dog/wide.png"), 60000, 1);
+    let a = evaluate_folder(dir.path(), &["--batch-size", "4"]).code(2);
+    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    assert!(stderr.contains("wide.png: would be 1200000x20 once resized, a side longer than 1048576"), "{stderr}");
+    let a = evaluate_folder(dir.path(), &["--batch-size", "4", "--max-image-pixels", "1000000"]).code(2);
+    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains("wide.png: is 1200000x20 once resized = 24000000 pixels, more than the limit of 1000000"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--max-image-pixels") && stderr.contains("--skip-bad-images"), "{stderr}");
+    let a = evaluate_folder(dir.path(), &["--batch-size", "4", "--skip-bad-images", "--json"]).success();
+    let m: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    assert_eq!(m["samples"], 16);
+    assert!(m["skipped"].to_string().contains("wide.png"));
+    std::fs::remove_file(dir.path().join("dog/wide.png")).unwrap();
+    // A header that claims 20000x20000 is refused from the header: no data is needed to say so.
+    let mut huge = Vec::new();
+    {
+        let mut e = png::Encoder::new(&mut huge, 20000, 20000);
+        e.set_color(png::ColorType::Grayscale);
+        let mut w = e.write_header().unwrap();
+        // The start of the image data only: the size is known from the header before it.
+        w.write_chunk(png::chunk::IDAT, &[0x78, 0x9c, 0x63, 0x00, 0x00]).unwrap();
+    }
+    std::fs::write(dir.path().join("dog/huge.png"), &huge).unwrap();
+    evaluate_folder(dir.path(), &["--batch-size", "4"])
+        .code(2)
+        .stderr(contains("huge.png: is 20000x20000 = 400000000 pixels, more than the limit"));
+    std::fs::remove_file(dir.path().join("dog/huge.png")).unwrap();
+    // The limit is a setting: a low one refuses the fixtures' own images; 0 is no limit to set.
+    evaluate_folder(dir.path(), &["--batch-size", "4", "--max-image-pixels", "100"])
+        .code(2)
+        .stderr(contains("more than the limit of 100"));
+    evaluate_folder(dir.path(), &["--batch-size", "4", "--max-image-pixels", "0"])
+        .code(2)
+        .stderr(contains("--max-image-pixels"));
+}
+
+/// A JPEG cut after its scan header decoded "successfully" (grey where the data was missing):
+/// truncated images are bad images, as in PIL.
+#[test]
+fn a_truncated_jpeg_is_a_bad_image() {
+    let dir = val_copy();
+    let whole = std::fs::read(fixture("images/val/cat/b_444.jpg")).unwrap();
+    let scan = whole.windows(2).position(|m| m == [0xFF, 0xDA]).unwrap();
+    for (name, cut) in [("after_scan_header.jpg", scan + 14), ("no_end_marker.jpg", whole.len() - 2)] {
+        std::fs::write(dir.path().join("cat").join(name), &whole[..cut]).unwrap();
+    }
+    let a = evaluate_folder(dir.path(), &["--batch-size", "4", "--skip-bad-images", "--json"]).success();
+    let m: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    let skipped = m["skipped"].to_string();
+    assert_eq!(m["samples"], 16, "{skipped}");
+    assert!(
+        skipped.contains("after_scan_header.jpg: is truncated") && skipped.contains("no_end_marker.jpg: is truncated"),
+        "{skipped}"
+    );
+}

@@ -172,7 +172,7 @@ impl ImageItems for Uint8Images {
         Ok(vec![None; to - from])
     }
 
-    fn image(&self, i: usize, _read: Option<&Row>, _channels: usize) -> Result<Image8> {
+    fn image(&self, i: usize, _read: Option<&Row>, _how: &crate::inputs::images::Decode) -> Result<Image8> {
         let (h, w, c) = (self.0.shape[1], self.0.shape[2], self.0.shape[3]);
         Ok(Image8 { w, h, c, data: self.0.u8_row(i).to_vec() })
     }

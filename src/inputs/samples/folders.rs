@@ -111,9 +111,9 @@ impl ImageItems for ImageFiles {
         Ok(vec![None; to - from])
     }
 
-    fn image(&self, i: usize, _read: Option<&Row>, channels: usize) -> Result<Image8> {
+    fn image(&self, i: usize, _read: Option<&Row>, how: &images::Decode) -> Result<Image8> {
         let bytes = crate::fs::read_regular(&self.files[i])?;
-        images::decode(&bytes, channels).map_err(|m| Error::format(self.name_of(i), m))
+        images::decode(&bytes, how).map_err(|bad| bad.named(self.name_of(i)))
     }
 }
 

@@ -49,6 +49,9 @@ pub struct DataOptions {
     pub label_column: String,
     /// Skip (and count) images that cannot be decoded instead of stopping.
     pub skip_bad_images: bool,
+    /// The most pixels an image may have, decoded or resized ([`images::DEFAULT_MAX_PIXELS`]:
+    /// where Pillow refuses an image as a decompression bomb).
+    pub max_image_pixels: u64,
 }
 
 impl Default for DataOptions {
@@ -58,6 +61,7 @@ impl Default for DataOptions {
             image_column: "image".into(),
             label_column: "label".into(),
             skip_bad_images: false,
+            max_image_pixels: super::images::DEFAULT_MAX_PIXELS,
         }
     }
 }

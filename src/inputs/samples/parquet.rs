@@ -85,9 +85,9 @@ impl ImageItems for ParquetImages {
         Ok(rows.into_iter().map(Some).collect())
     }
 
-    fn image(&self, i: usize, read: Option<&Row>, channels: usize) -> Result<Image8> {
+    fn image(&self, i: usize, read: Option<&Row>, how: &images::Decode) -> Result<Image8> {
         match read {
-            Some(Ok(bytes)) => images::decode(bytes, channels).map_err(|m| Error::format(self.name_of(i), m)),
+            Some(Ok(bytes)) => images::decode(bytes, how).map_err(|bad| bad.named(self.name_of(i))),
             Some(Err(why)) => Err(Error::format(self.name_of(i), why.clone())),
             None => Err(Error::format(self.name_of(i), "was not read")),
         }

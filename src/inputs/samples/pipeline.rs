@@ -50,9 +50,9 @@ pub trait ImageItems: Send + Sync {
     fn read(&self, from: usize, to: usize, batch: usize, cursor: &mut Option<Self::Cursor>)
         -> Result<Vec<Option<Row>>>;
 
-    /// Image `i` in 8 bits with `channels` channels, from what [`ImageItems::read`] gave for it;
+    /// Image `i` in 8 bits, decoded `how` says, from what [`ImageItems::read`] gave for it;
     /// errors name it.
-    fn image(&self, i: usize, read: Option<&Row>, channels: usize) -> Result<Image8>;
+    fn image(&self, i: usize, read: Option<&Row>, how: &images::Decode) -> Result<Image8>;
 }
 
 /// How images become the model's one image input: its channels (1, grayscale, or 3, RGB), its
@@ -128,6 +128,7 @@ pub struct ImageSource<I: ImageItems> {
     classes: Option<Vec<String>>,
     skipped: Mutex<Vec<String>>,
     skip_bad_images: bool,
+    max_pixels: u64,
 }
 
 impl<I: ImageItems> ImageSource<I> {
@@ -164,6 +165,7 @@ impl<I: ImageItems> ImageSource<I> {
             classes,
             skipped: Mutex::new(Vec::new()),
             skip_bad_images: data.skip_bad_images,
+            max_pixels: data.max_image_pixels,
         };
         let pre = &data.preprocess;
         let size = match (pre.center_crop, pre.resize, input.size) {
@@ -195,9 +197,25 @@ impl<I: ImageItems> ImageSource<I> {
 
     /// Image `i` read and preprocessed into 8 bits. Errors name it.
     fn load(&self, i: usize, read: Option<&Row>) -> Result<Image8> {
-        let img = self.items.image(i, read, self.geometry.channels)?;
+        let how = images::Decode { channels: self.geometry.channels, max_pixels: self.max_pixels };
+        let img = self.items.image(i, read, &how)?;
         if img.w == 0 || img.h == 0 {
             return Err(Error::format(self.items.name_of(i), "is an empty image (0 pixels)"));
+        }
+        // The resized size is checked before anything is resampled (a 60000x1 image resized to
+        // 256 on its shorter side would be 256x15360000).
+        if let Some(resize) = self.pre.resize {
+            let (rh, rw) = images::resized_size(resize, img.h, img.w);
+            let check = images::check_pixels(rh as u64, rw as u64, self.max_pixels, " once resized");
+            let side = if rh.max(rw) > images::MAX_SIDE {
+                Err(images::BadImage {
+                    message: format!("would be {rw}x{rh} once resized, a side longer than {}", images::MAX_SIDE),
+                    too_large: false,
+                })
+            } else {
+                Ok(())
+            };
+            check.and(side).map_err(|bad| bad.named(self.items.name_of(i)))?;
         }
         Ok(images::resize_and_crop(&img, self.pre.resize, self.pre.center_crop))
     }
