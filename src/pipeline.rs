@@ -384,7 +384,8 @@ pub fn run(opts: &RunOptions) -> Result<(Report, Vec<PathBuf>)> {
     };
     let best = Report::best_of(&rows).expect("discovery finds at least one checkpoint");
     let swa_recalibrated = swa.recalibrated.score();
-    let task = opts.eval.task;
+    // The task as scored: top-k capped at the model's classes.
+    let task = swa.recalibrated.metrics.task();
     let report = Report {
         tool: crate::VERSION.into(),
         model: file_name(&opts.model),

@@ -246,6 +246,22 @@ impl State {
         Classification { k: self.k }
     }
 
+    /// The k of the top-k reported: k, capped at the model's classes (every sample is in the
+    /// top `classes`, so a larger k means the same), said in a warning when k reaches them.
+    fn reported_k(&self) -> usize {
+        match self.classes {
+            Some(classes) if self.k >= classes && self.k > 1 => {
+                crate::error::warn(format!(
+                    "the model gives logits for {classes} classes: top-{} is reported as top-{classes}, which every \
+                     sample is in (choose a k below {classes} for a figure that tells models apart)",
+                    self.k
+                ));
+                classes
+            }
+            _ => self.k,
+        }
+    }
+
     /// The metrics so far.
     pub fn finish(&self) -> Metrics {
         let n = self.samples.max(1) as f64;
@@ -253,7 +269,7 @@ impl State {
             samples: self.samples,
             correct: self.correct,
             top1: self.correct as f64 / n,
-            k: self.k,
+            k: self.reported_k(),
             topk: self.correct_k as f64 / n,
             loss: match self.samples - self.nonfinite {
                 0 => f64::NAN,

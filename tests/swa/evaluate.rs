@@ -36,6 +36,28 @@ fn json_metrics_match_pytorch() {
     assert_eq!(m["per_class"].as_array().unwrap().len(), 10);
 }
 
+/// A k of top-k at or above the model's classes (12 of 10) was reported as top-12 of 100 %:
+/// it is capped at the classes, and a warning says so; the table says top-10 too.
+#[test]
+fn a_top_k_of_at_least_the_classes_is_capped_and_said() {
+    let labels = fixture("cnn/eval_labels.npy");
+    let a = evaluate(&["--labels", labels.to_str().unwrap(), "--json", "--top-k", "12"]).success();
+    let m: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    assert_eq!(m["top10"], 1.0);
+    assert!(m.get("top12").is_none(), "{m}");
+    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains("swa: warning: the model gives logits for 10 classes: top-12 is reported as top-10"),
+        "{stderr}"
+    );
+    evaluate(&["--labels", labels.to_str().unwrap(), "--top-k", "12"]).success().stdout(contains("| top-10 |"));
+    // Below the classes: as asked, without a word.
+    evaluate(&["--labels", labels.to_str().unwrap(), "--top-k", "9"])
+        .success()
+        .stdout(contains("| top-9 |"))
+        .stderr("");
+}
+
 #[test]
 fn min_accuracy_sets_the_exit_code_and_writes_a_step_summary() {
     let labels = fixture("cnn/eval_labels.npy");
