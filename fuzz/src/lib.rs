@@ -127,21 +127,12 @@ pub fn image(data: &[u8]) {
 /// billions of run-length rows); the last two rows are read from a reader started there, past
 /// the rows before them.
 pub fn parquet(data: &[u8]) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use swa::inputs::images::{Preprocess, Resize};
     use swa::inputs::{DataOptions, Samples};
     use swa::onnx::InputSpec;
 
-    // The library opens paths: one file per call, removed after.
-    static CALLS: AtomicUsize = AtomicUsize::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "swa-fuzz-{}-{}.parquet",
-        std::process::id(),
-        CALLS.fetch_add(1, Ordering::Relaxed)
-    ));
-    if std::fs::write(&path, data).is_err() {
-        return;
-    }
+    let Some(file) = TempInput::new(data, ".parquet") else { return };
+    let path = &file.0;
     let normalize =
         |resize, center_crop| Preprocess { resize, center_crop, mean: Some(vec![0.5; 3]), std: Some(vec![0.25; 3]) };
     let runs = [
@@ -150,8 +141,9 @@ pub fn parquet(data: &[u8]) {
     ];
     for (dims, preprocess, skip_bad_images) in runs {
         let spec = [InputSpec::float("input", dims)];
-        let options = DataOptions { preprocess, skip_bad_images, ..Default::default() };
-        let Ok(samples) = Samples::open(&path, &spec, &options) else { continue };
+        // The fuzzer's memory is capped: images of up to 4 M pixels (the limit is a setting).
+        let options = DataOptions { preprocess, skip_bad_images, max_image_pixels: 1 << 22, ..Default::default() };
+        let Ok(samples) = Samples::open(path, &spec, &options) else { continue };
         let n = samples.len().expect("Parquet knows its length");
         if let Some(labels) = samples.labels() {
             assert_eq!(labels.len(), n, "one label per row");
@@ -174,5 +166,75 @@ pub fn parquet(data: &[u8]) {
         let _ = samples.skipped();
         let _ = samples.preprocessing();
     }
-    let _ = std::fs::remove_file(&path);
+}
+
+/// A file under a fresh temporary name with `suffix` holding `data` (the library opens paths),
+/// removed when dropped.
+struct TempInput(std::path::PathBuf);
+
+impl TempInput {
+    fn new(data: &[u8], suffix: &str) -> Option<Self> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        let n = CALLS.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("swa-fuzz-{}-{n}{suffix}", std::process::id()));
+        std::fs::write(&path, data).ok()?;
+        Some(TempInput(path))
+    }
+}
+
+impl Drop for TempInput {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A partial evaluation (the JSON `swa evaluate --partial-out` writes): read as `swa merge-eval`
+/// reads it, then merged alone and as both parts of a two-part split. What a merge accepts
+/// must give figures an evaluation can give: accuracies within 0..=1, top-1 ≤ top-k, hits ≤
+/// samples, a loss ≥ 0 (or none).
+pub fn partial_eval(data: &[u8]) {
+    use swa::parts::eval;
+    use swa::tasks::Metrics;
+    let Some(file) = TempInput::new(data, ".json") else { return };
+    let Ok(p) = eval::read(&file.0) else { return };
+    let check = |merged: swa::Result<(swa::parts::Identity, swa::evaluate::Evaluation)>| {
+        let Ok((_, e)) = merged else { return };
+        match &e.metrics {
+            Metrics::Classification(m) => {
+                assert!(m.samples > 0, "a merge counts samples");
+                assert!(m.correct <= m.samples, "{} hits of {} samples", m.correct, m.samples);
+                assert!((0.0..=1.0).contains(&m.top1) && (m.top1..=1.0).contains(&m.topk), "{m:?}");
+                assert!(m.loss.is_nan() || m.loss >= 0.0, "{m:?}");
+                assert!(m.nonfinite <= m.samples);
+            }
+        }
+    };
+    check(eval::merge(std::slice::from_ref(&file.0), std::slice::from_ref(&p)));
+    let halves: Vec<eval::PartialEval> = (0..2)
+        .map(|i| eval::PartialEval { shard: swa::part::Part::new(i, 2).expect("0 and 1 of 2"), ..p.clone() })
+        .collect();
+    check(eval::merge(&[file.0.clone(), file.0.clone()], &halves));
+}
+
+/// Partial statistics (the safetensors `swa recalibrate --partial-out` writes): read as `swa
+/// merge-stats` reads them, merged alone and with themselves as both parts of a two-part split,
+/// and finished into running statistics. What a merge accepts has counts and finite statistics:
+/// the running variance is never negative.
+pub fn partial_stats(data: &[u8]) {
+    use swa::parts::stats;
+    let Some(file) = TempInput::new(data, ".safetensors") else { return };
+    let Ok(p) = stats::read(&file.0) else { return };
+    let finish = |merged: swa::Result<stats::Merged>| {
+        let Ok(m) = merged else { return };
+        for layer in &m.layers {
+            let (_, var) = layer.finish();
+            assert!(var.iter().all(|v| !(*v < 0.0)), "a negative running variance: {var:?}");
+        }
+    };
+    finish(stats::merge(vec![p.clone()]));
+    let halves: Vec<stats::PartialStats> = (0..2)
+        .map(|i| stats::PartialStats { part: swa::part::Part::new(i, 2).expect("0 and 1 of 2"), ..p.clone() })
+        .collect();
+    finish(stats::merge(halves));
 }

@@ -20,6 +20,8 @@ const TARGETS: &[(&str, Target)] = &[
     ("torch", targets::torch),
     ("image", targets::image),
     ("parquet", targets::parquet),
+    ("partial_eval", targets::partial_eval),
+    ("partial_stats", targets::partial_stats),
 ];
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
