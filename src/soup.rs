@@ -303,6 +303,9 @@ fn check_files(opts: &SoupOptions, read: &[&Path], dirs: &mut OutputDirs) -> Res
             opts.output.display()
         )));
     }
+    if let Some(onnx) = &opts.onnx_output {
+        crate::recalibrate::check_onnx_name(onnx)?;
+    }
     let mut outputs: Vec<&Path> = vec![&opts.output];
     let data = opts.onnx_output.as_deref().map(crate::onnx::data_file);
     outputs.extend(opts.onnx_output.as_deref());

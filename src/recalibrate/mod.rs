@@ -13,7 +13,7 @@ pub use outputs::{apply, layer_summaries, metadata, record_metadata, save_weight
 pub use pass::{accumulate, check_weights_finite, compute, Accumulated, PassOptions, PassResult, Prepared};
 pub use stats::{accumulator, Accumulator, Precise, StatsMode, Sufficient, TorchCompat};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fs::{Outputs, Stamps};
 use crate::inputs;
 use crate::onnx::bind::Binder;
@@ -96,6 +96,7 @@ pub struct RecalibrateSummary {
 /// directories are created), none is an input (`read`), and no two are one file. The model's
 /// external data (`X.data`) counts as an output.
 fn check_outputs(opts: &RecalibrateOptions, read: &[&Path]) -> Result<crate::fs::OutputDirs> {
+    check_onnx_name(&opts.output)?;
     let data = crate::onnx::data_file(&opts.output);
     let mut outputs: Vec<&Path> = vec![&opts.output, &data];
     outputs.extend(opts.save_weights.as_deref());
@@ -107,6 +108,21 @@ fn check_outputs(opts: &RecalibrateOptions, read: &[&Path]) -> Result<crate::fs:
     }
     crate::fs::refuse_same_output(&outputs)?;
     Ok(dirs)
+}
+
+/// Refuses an ONNX output named like a checkpoint (`-o swa.safetensors` wrote an ONNX model
+/// under a name every reader takes for safetensors).
+pub fn check_onnx_name(output: &Path) -> Result<()> {
+    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    match crate::checkpoint::FORMATS.iter().find(|f| f.writes(&name)) {
+        Some(format) => Err(Error::usage(format!(
+            "output {} is named like a {} checkpoint, but it is the ONNX model: name it NAME.onnx (the \
+             recalibrated weights can be saved as a checkpoint beside it)",
+            output.display(),
+            format.name()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Recalibrates as `opts` says: nothing is written unless every step succeeds.

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::common::*;
+use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 use swa::onnx::Model;
 
@@ -433,4 +434,40 @@ fn torchvision_shufflenet_statistics_keep_float32_precision() {
         "swa's statistics are {swa_error:.2e} from float64 update_bn, PyTorch's float32 ones {torch_error:.2e}"
     );
     assert_close(&out, &f("expected/torch_f32.safetensors"), 1e-4, 1e-6, stats);
+}
+
+/// `-o swa.safetensors` wrote an ONNX model under a name every reader takes for safetensors:
+/// an ONNX output named like a checkpoint is refused (recalibrate, merge-stats, soup --onnx-out).
+#[test]
+fn an_onnx_output_named_like_a_checkpoint_is_refused() {
+    let dir = tmp();
+    for name in ["swa.safetensors", "swa.pt", "SWA.CKPT"] {
+        swa()
+            .args(["recalibrate", "--model"])
+            .arg(fixture("mlp/model.onnx"))
+            .arg("--inputs")
+            .arg(fixture("mlp/train.npy"))
+            .arg("-o")
+            .arg(dir.path().join(name))
+            .assert()
+            .code(2)
+            .stderr(contains(format!("{name} is named like a")).and(contains("name it NAME.onnx")));
+    }
+    swa()
+        .args(["soup", "--model"])
+        .arg(fixture("mlp/model.onnx"))
+        .arg("--checkpoints")
+        .arg(fixture("mlp/checkpoints"))
+        .arg("--select-inputs")
+        .arg(fixture("mlp/eval.npy"))
+        .arg("--select-labels")
+        .arg(fixture("mlp/eval_labels.npy"))
+        .args(["--no-recalibrate", "-o"])
+        .arg(dir.path().join("soup.safetensors"))
+        .arg("--onnx-out")
+        .arg(dir.path().join("soup.safetensors"))
+        .assert()
+        .code(2)
+        .stderr(contains("is named like a safetensors checkpoint"));
+    assert!(listing(dir.path()).is_empty());
 }
