@@ -62,20 +62,30 @@ fn canonical_target(path: &Path) -> Option<PathBuf> {
 }
 
 /// Where `path` is or would be: its longest existing ancestor made canonical, with the rest of
-/// the path (plain names only) after it; `None` where the rest climbs (`..`) or nothing resolves.
+/// the path after it (`..` in the rest, which follows no link since nothing there exists yet,
+/// drops the name before it); `None` only where nothing resolves (a working directory removed).
 pub fn resolved(path: &Path) -> Option<PathBuf> {
     use std::path::Component;
-    let mut rest = Vec::new();
+    let mut rest: Vec<Component> = Vec::new();
     let mut at = path;
     loop {
         if let Ok(c) = at.canonicalize() {
-            return Some(rest.iter().rev().fold(c, |p: PathBuf, n| p.join(n)));
+            let mut out = c;
+            for part in rest.iter().rev() {
+                match part {
+                    Component::Normal(name) => out.push(name),
+                    Component::ParentDir => {
+                        out.pop();
+                    }
+                    _ => {}
+                }
+            }
+            return Some(out);
         }
-        match at.components().next_back()? {
-            Component::Normal(name) => rest.push(name.to_os_string()),
-            Component::CurDir => {}
-            _ => return None,
+        if at == Path::new(".") {
+            return None;
         }
+        rest.push(at.components().next_back()?);
         at = match at.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),

@@ -121,6 +121,21 @@ mod tests {
         v
     }
 
+    #[test]
+    fn a_path_not_made_yet_resolves_where_it_would_be() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("a")).unwrap();
+        std::os::unix::fs::symlink(root.join("a"), root.join("link")).unwrap();
+        let r = |p: &str| resolved(&t.path().join(p)).unwrap();
+        assert_eq!(r("a/new/deeper"), root.join("a/new/deeper"));
+        assert_eq!(r("link/new"), root.join("a/new"));
+        // `..` after names that do not exist yet drops them (they are no links).
+        assert_eq!(r("a/x/../r"), root.join("a/r"));
+        assert_eq!(r("a/x/y/../../r/./s"), root.join("a/r/s"));
+        assert_eq!(r("link/x/.."), root.join("a"));
+    }
+
     fn staged_dir(target: &Path, file: &str) -> StagedDir {
         let d = StagedDir::beside(target, "t").unwrap();
         std::fs::write(d.path().join(file), "new").unwrap();

@@ -633,21 +633,23 @@ fn an_output_inside_an_input_folder_is_refused() {
     evaluate_folder(dir.path(), &["--shard", "0/1", "--partial-out", image.to_str().unwrap()])
         .code(2)
         .stderr(contains(format!("output {}/dog/a_rgb.png {inside} {}", dir.path().display(), dir.path().display())));
-    let out = dir.path().join("cat/run");
-    swa()
-        .args(["run", "--model"])
-        .arg(fixture("cnn/model.onnx"))
-        .arg("--checkpoints")
-        .arg(fixture("cnn/checkpoints"))
-        .arg("--train-inputs")
-        .arg(fixture("images/train"))
-        .arg("--eval-inputs")
-        .arg(dir.path())
-        .args(["--resize", "20", "--center-crop", "16", "--out"])
-        .arg(&out)
-        .assert()
-        .code(2)
-        .stderr(contains(inside));
+    // Also spelled through a folder that does not exist yet, and `..`.
+    for out in [dir.path().join("cat/run"), dir.path().join("cat/x/../run")] {
+        swa()
+            .args(["run", "--model"])
+            .arg(fixture("cnn/model.onnx"))
+            .arg("--checkpoints")
+            .arg(fixture("cnn/checkpoints"))
+            .arg("--train-inputs")
+            .arg(fixture("images/train"))
+            .arg("--eval-inputs")
+            .arg(dir.path())
+            .args(["--resize", "20", "--center-crop", "16", "--out"])
+            .arg(&out)
+            .assert()
+            .code(2)
+            .stderr(contains(inside));
+    }
     assert_same(&before, &snapshot(dir.path()));
     // A Parquet folder: said as such, not found out as a folder that changed under the run.
     let data = tmp();
