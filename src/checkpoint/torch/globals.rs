@@ -59,6 +59,7 @@ pub(super) enum Global {
 /// What `module.name` is to swa; an error, which stops the read, for a hostile name.
 pub(super) fn resolve(module: &str, name: &str) -> Result<Global, String> {
     if hostile(module, name) {
+        let (module, name) = (super::pickle::shorten(module, 80), super::pickle::shorten(name, 80));
         return Err(format!(
             "refusing global {module}.{name}: no checkpoint needs it, only a pickle that runs code \
              (swa never runs pickled code; do not load this file with torch.load(weights_only=False))"
@@ -108,6 +109,26 @@ fn hostile(module: &str, name: &str) -> bool {
         "types",
         "zipimport",
         "torch.utils.cpp_extension",
+        "torch._inductor",
+        "torch._dynamo",
+        "torch.fx",
+        "cPickle",
+        "thread",
+        "cProfile",
+        "profile",
+        "doctest",
+        "trace",
+        "_osx_support",
+        "imp",
+        "distutils",
+        "ensurepip",
+        "pip",
+        "pkgutil",
+        "site",
+        "urllib",
+        "http",
+        "ftplib",
+        "smtplib",
         "torch.hub",
         "torch.package",
         "torch.multiprocessing",
@@ -141,6 +162,10 @@ fn hostile(module: &str, name: &str) -> bool {
         ("torch", "load"),
         ("torch.serialization", "load"),
         ("torch.storage", "_load_from_bytes"),
+        ("torch.serialization", "_load"),
+        ("sympy", "sympify"),
+        ("sympy.core.sympify", "sympify"),
+        ("numpy", "loads"),
         ("torch", "compile"),
         ("numpy", "load"),
         ("numpy.lib.npyio", "load"),
@@ -260,7 +285,40 @@ fn torch_dtype(name: &str) -> Option<Dtype> {
 }
 
 /// A `torch.<name>` that is a dtype swa cannot read (complex128, qint8, bits16…), not some other
-/// name in `torch`.
+/// name in `torch` (`torch.float_power` and `torch.int_repr` are functions: exact names only).
 fn is_torch_dtype_name(name: &str) -> bool {
-    ["float", "int", "uint", "complex", "bits", "qint", "quint", "bcomplex"].iter().any(|p| name.starts_with(p))
+    const DTYPES: &[&str] = &[
+        "complex128",
+        "cdouble",
+        "complex32",
+        "chalf",
+        "qint8",
+        "quint8",
+        "qint32",
+        "quint4x2",
+        "quint2x4",
+        "bits1x8",
+        "bits2x4",
+        "bits4x2",
+        "bits8",
+        "bits16",
+        "float8_e4m3fnuz",
+        "float8_e5m2fnuz",
+        "float4_e2m1fn_x2",
+        "uint1",
+        "uint2",
+        "uint3",
+        "uint4",
+        "uint5",
+        "uint6",
+        "uint7",
+        "int1",
+        "int2",
+        "int3",
+        "int4",
+        "int5",
+        "int6",
+        "int7",
+    ];
+    DTYPES.contains(&name)
 }

@@ -125,7 +125,7 @@ pub fn contents(path: &Path) -> Result<Contents> {
     let contents = list_contents(&machine, top);
     // Names outside the allow-list, said as reading the chosen state dict would.
     if let Some(value) = contents.chosen.as_deref().and_then(|k| resolve(&machine, top, k).ok()) {
-        let label = format!("`{}`", contents.chosen.as_deref().unwrap_or_default());
+        let label = format!("`{}`", pickle::shorten(contents.chosen.as_deref().unwrap_or_default(), pickle::MAX_KEY));
         match foreign_names(path, &machine, top, value, &label) {
             Ok(warnings) => warnings.into_iter().for_each(crate::error::warn),
             Err(e) => crate::error::warn(e.to_string()),
@@ -371,7 +371,10 @@ fn find_state_dicts(
         return;
     }
     for &(k, v) in &entries {
-        if let Some(key) = m.str(k) {
+        // Only a dict not seen yet is worth its path (a key may be one long string used again and
+        // again through the memo).
+        let unseen_dict = matches!((v, m.obj(v)), (Value::Obj(id), Some(Obj::Dict(_))) if !visited.contains(&id));
+        if let (true, Some(key)) = (unseen_dict, m.str(k)) {
             find_state_dicts(m, &join(path, key), v, depth + 1, visited, out);
         }
     }
@@ -480,7 +483,11 @@ fn plan(path: &Path, bytes: &[u8], key: Option<&str>) -> Result<Plan> {
             return Err(Error::format(path, format!("{label} has a key that is not a string ({})", m.describe(k))));
         };
         let Some(Obj::Tensor(t)) = m.obj(v) else {
-            return Err(Error::tensor(path, &name, format!("in {label}: not a tensor ({})", m.describe(v))));
+            return Err(Error::tensor(
+                path,
+                pickle::shorten(&name, pickle::MAX_KEY),
+                format!("in {label}: not a tensor ({})", m.describe(v)),
+            ));
         };
         let planned =
             archive.tensor(&m, t, &mut owned_budget).map_err(|message| Error::tensor(path, &name, message))?;
@@ -503,7 +510,7 @@ fn foreign_names(path: &Path, m: &Machine, top: Value, value: Value, label: &str
     }
     let inside = m.reachable(value);
     if let Some(&id) = m.foreign.iter().find(|id| inside.contains_key(id)) {
-        let at = Machine::path(&inside, id);
+        let at = m.path(&inside, id);
         let at = if at.is_empty() { String::new() } else { format!(" (at `{at}`)") };
         return Err(Error::format(
             path,
@@ -515,19 +522,22 @@ fn foreign_names(path: &Path, m: &Machine, top: Value, value: Value, label: &str
         ));
     }
     let everywhere = m.reachable(top);
-    let mut found: Vec<(&str, String)> = Vec::new();
+    const SHOWN: usize = 3;
+    // The first few names with where they are; the others only counted (by a set: a file may
+    // name many).
+    let mut found: Vec<(String, String)> = Vec::new();
+    let mut names = HashSet::new();
     for &id in &m.foreign {
         let name = m.foreign_name(id);
-        if globals::is_known_data(name) || found.iter().any(|(n, _)| *n == name) {
+        if globals::is_known_data(&name) || !names.insert(name.clone()) || found.len() >= SHOWN {
             continue;
         }
         let at = match everywhere.contains_key(&id) {
-            true => format!("at `{}`", Machine::path(&everywhere, id)),
+            true => format!("at `{}`", m.path(&everywhere, id)),
             false => "in a value the pickle discarded".into(),
         };
         found.push((name, at));
     }
-    const SHOWN: usize = 3;
     let mut warnings: Vec<String> = found
         .iter()
         .take(SHOWN)
@@ -539,8 +549,8 @@ fn foreign_names(path: &Path, m: &Machine, top: Value, value: Value, label: &str
             )
         })
         .collect();
-    if found.len() > SHOWN {
-        warnings.push(format!("{}: holds {} more such names", path.display(), found.len() - SHOWN));
+    if names.len() > SHOWN {
+        warnings.push(format!("{}: holds {} more such names", path.display(), names.len() - SHOWN));
     }
     Ok(warnings)
 }

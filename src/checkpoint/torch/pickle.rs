@@ -27,6 +27,31 @@ pub(super) const MAX_STACK: usize = 1 << 23;
 /// Memo entries.
 pub(super) const MAX_MEMO: usize = 1 << 23;
 
+/// The longest key or name a message quotes (longer ones are cut, marked `…`).
+pub(super) const MAX_KEY: usize = 80;
+/// The longest path to a value a message quotes.
+pub(super) const MAX_PATH: usize = 400;
+
+/// How one object is reached from another: an item's index, a dict entry's key, or what the
+/// other was built from (no part of a path).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Edge {
+    Index(usize),
+    Key(Value),
+    Built,
+}
+
+/// What [`Machine::reachable`] found: each object reached, with where it was reached from.
+pub(super) type Reached = HashMap<ObjId, Option<(ObjId, Edge)>>;
+
+/// `s` cut to at most `max` characters (on a character boundary), marked `…` where cut.
+pub(super) fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((at, _)) => format!("{}…", &s[..at]),
+    }
+}
+
 /// Values copied out of existing objects (see [`Machine::charge`]).
 pub(super) const MAX_COPIED: usize = 1 << 24;
 /// Dimensions of a tensor (PyTorch's own limit is 64 too).
@@ -267,34 +292,23 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
-    /// What `id` holds and was built from, each with how it is reached from `id` (a key, an
-    /// index, or `None` for what it was built from).
-    fn children(&self, id: ObjId) -> Vec<(Value, Option<String>)> {
-        let mut out: Vec<(Value, Option<String>)> = match &self.objects[id] {
+    /// What `id` holds and was built from, each with how it is reached from `id`.
+    fn children(&self, id: ObjId) -> Vec<(Value, Edge)> {
+        let mut out: Vec<(Value, Edge)> = match &self.objects[id] {
             Obj::Tuple(items) | Obj::List(items) => {
-                items.iter().enumerate().map(|(i, &v)| (v, Some(format!("[{i}]")))).collect()
+                items.iter().enumerate().map(|(i, &v)| (v, Edge::Index(i))).collect()
             }
-            Obj::Dict(items) => items
-                .iter()
-                .flat_map(|&(k, v)| {
-                    let key = match (k, self.obj(k)) {
-                        (_, Some(Obj::Str(s))) => format!(".{s}"),
-                        (Value::Int(i), _) => format!("[{i}]"),
-                        _ => "[?]".into(),
-                    };
-                    [(k, None), (v, Some(key))]
-                })
-                .collect(),
+            Obj::Dict(items) => items.iter().flat_map(|&(k, v)| [(k, Edge::Built), (v, Edge::Key(k))]).collect(),
             _ => Vec::new(),
         };
-        out.extend(self.links.get(&id).into_iter().flatten().map(|&v| (v, None)));
+        out.extend(self.links.get(&id).into_iter().flatten().map(|&v| (v, Edge::Built)));
         out
     }
 
     /// Every object reachable from `from` (through items and what objects were built from),
     /// with the object each was first reached from and how (for [`Machine::path`]).
-    pub fn reachable(&self, from: Value) -> HashMap<ObjId, Option<(ObjId, Option<String>)>> {
-        let mut seen: HashMap<ObjId, Option<(ObjId, Option<String>)>> = HashMap::new();
+    pub fn reachable(&self, from: Value) -> Reached {
+        let mut seen: Reached = HashMap::new();
         let Value::Obj(start) = from else { return seen };
         seen.insert(start, None);
         // Objects reached through what something was built from: their keys and indices (a
@@ -303,16 +317,14 @@ impl<'a> Machine<'a> {
         let mut queue = VecDeque::from([start]);
         while let Some(id) = queue.pop_front() {
             let quiet = built_from.contains(&id);
-            let items = self.children(id);
-            let links = self.links.get(&id).map_or(0, Vec::len);
-            let first_link = items.len() - links;
-            for (n, (v, how)) in items.into_iter().enumerate() {
+            for (v, how) in self.children(id) {
                 if let Value::Obj(child) = v {
                     if child < self.objects.len() && !seen.contains_key(&child) {
-                        seen.insert(child, Some((id, if quiet { None } else { how })));
-                        if quiet || n >= first_link {
+                        let how = if quiet { Edge::Built } else { how };
+                        if how == Edge::Built {
                             built_from.insert(child);
                         }
+                        seen.insert(child, Some((id, how)));
                         queue.push_back(child);
                     }
                 }
@@ -322,22 +334,60 @@ impl<'a> Machine<'a> {
     }
 
     /// How `id` is reached in `seen` (from [`Machine::reachable`]): `optimizer_states[0].state`
-    /// (what an object was built from adds nothing to the path).
-    pub fn path(seen: &HashMap<ObjId, Option<(ObjId, Option<String>)>>, id: ObjId) -> String {
-        let mut parts = Vec::new();
+    /// (what an object was built from adds nothing to the path). At most [`MAX_PATH`] characters
+    /// (the start and the end kept), each key at most [`MAX_KEY`]: a crafted file cannot make it
+    /// long.
+    pub fn path(&self, seen: &Reached, id: ObjId) -> String {
+        let mut steps = Vec::new();
         let mut at = id;
         while let Some(Some((parent, how))) = seen.get(&at) {
-            parts.extend(how.clone());
+            if *how != Edge::Built {
+                steps.push(*how);
+            }
             at = *parent;
         }
-        parts.reverse();
-        parts.concat().trim_start_matches('.').to_string()
+        steps.reverse();
+        let text = |how: &Edge| match *how {
+            Edge::Index(i) => format!("[{i}]"),
+            Edge::Key(k) => match (k, self.obj(k)) {
+                (_, Some(Obj::Str(s))) => format!(".{}", shorten(s, MAX_KEY)),
+                (Value::Int(i), _) => format!("[{i}]"),
+                _ => "[?]".into(),
+            },
+            Edge::Built => String::new(),
+        };
+        let mut path = String::new();
+        let mut tail = Vec::new();
+        for (n, how) in steps.iter().enumerate() {
+            let part = text(how);
+            if path.len() + part.len() > MAX_PATH / 2 {
+                // Keep the end: walk back from the last step while it fits.
+                let mut len = 0;
+                for how in steps[n..].iter().rev() {
+                    let part = text(how);
+                    len += part.len();
+                    if len > MAX_PATH / 2 {
+                        break;
+                    }
+                    tail.push(part);
+                }
+                tail.reverse();
+                let skipped = steps.len() - n - tail.len();
+                if skipped > 0 {
+                    path.push_str(&format!("…({skipped} more)…"));
+                }
+                break;
+            }
+            path.push_str(&part);
+        }
+        path.push_str(&tail.concat());
+        path.trim_start_matches('.').to_string()
     }
 
-    /// The name of a [`Machine::foreign`] object.
-    pub fn foreign_name(&self, id: ObjId) -> &str {
+    /// The name of a [`Machine::foreign`] object, at most [`MAX_KEY`] characters.
+    pub fn foreign_name(&self, id: ObjId) -> String {
         match &self.objects[id] {
-            Obj::Global(Global::Other(name)) => name,
+            Obj::Global(Global::Other(name)) => shorten(name, MAX_KEY),
             _ => unreachable!("foreign holds names outside the allow-list"),
         }
     }
@@ -673,7 +723,7 @@ impl<'a> Machine<'a> {
             Some(Global::Identity) => Obj::List(Vec::new()),
             Some(Global::Other(name)) => {
                 self.charge_text(name.len())?;
-                Obj::Opaque(format!("refusing global {name}"))
+                Obj::Opaque(format!("refusing global {}", shorten(name, MAX_KEY)))
             }
             _ => Obj::Opaque("an object swa does not build".into()),
         };
@@ -757,7 +807,7 @@ impl<'a> Machine<'a> {
             Global::Storage(_) | Global::Dtype(..) => Obj::Opaque("a storage or dtype called directly".into()),
             Global::Other(name) => {
                 self.charge_text(name.len())?;
-                Obj::Opaque(format!("refusing global {name}"))
+                Obj::Opaque(format!("refusing global {}", shorten(name, MAX_KEY)))
             }
         };
         Ok(Built::Obj(obj))
@@ -841,8 +891,18 @@ impl<'a> Machine<'a> {
     pub fn entries(&self, id: ObjId) -> Vec<(Value, Value)> {
         let Obj::Dict(items) = &self.objects[id] else { return Vec::new() };
         let mut seen: HashMap<Key, usize> = HashMap::with_capacity(items.len());
+        // A key object met again (the memo lets one long string be every key) is found by its
+        // index, not hashed again: hashing costs each distinct key's bytes once.
+        let mut by_object: HashMap<ObjId, usize> = HashMap::new();
         let mut out: Vec<(Value, Value)> = Vec::with_capacity(items.len());
         for &(k, v) in items {
+            if let Some(&at) = match k {
+                Value::Obj(key_id) => by_object.get(&key_id),
+                _ => None,
+            } {
+                out[at].1 = v;
+                continue;
+            }
             let key = match (k, self.obj(k)) {
                 (_, Some(Obj::Str(s))) => Key::Str(s),
                 (Value::Int(i), _) => Key::Int(i),
@@ -852,12 +912,19 @@ impl<'a> Machine<'a> {
                     continue;
                 }
             };
-            match seen.get(&key) {
-                Some(&at) => out[at].1 = v,
+            let at = match seen.get(&key) {
+                Some(&at) => {
+                    out[at].1 = v;
+                    at
+                }
                 None => {
                     seen.insert(key, out.len());
                     out.push((k, v));
+                    out.len() - 1
                 }
+            };
+            if let Value::Obj(key_id) = k {
+                by_object.insert(key_id, at);
             }
         }
         out
@@ -876,7 +943,7 @@ impl<'a> Machine<'a> {
                 Obj::Tuple(_) => "a tuple".into(),
                 Obj::List(_) => "a list".into(),
                 Obj::Dict(_) => "a dict".into(),
-                Obj::Global(Global::Other(name)) => format!("the name {name}"),
+                Obj::Global(Global::Other(name)) => format!("the name {}", shorten(name, MAX_KEY)),
                 Obj::Global(_) => "a torch name".into(),
                 Obj::Storage(_) => "a storage".into(),
                 Obj::Tensor(_) => "a tensor".into(),

@@ -301,6 +301,14 @@ fn the_allow_list_is_the_rule_inside_the_state_dict_and_elsewhere_a_warning() {
     p.op(Op::Stop);
     let e = open_err(&archive(&p.bytes, &plain_storages()), None);
     assert!(e.contains("the top level holds the name mymodule.Hook (at `a`)"), "{e}");
+    // A torch function whose name starts like a dtype's is no dtype.
+    for name in ["float_power", "int_repr", "complex"] {
+        let mut p = PickleOut::new();
+        state_dict_with_hooks(&mut p, "torch", name);
+        p.op(Op::Stop);
+        let e = open_err(&archive(&p.bytes, &plain_storages()), None);
+        assert!(e.contains(&format!("holds the name torch.{name} (at `a`)")), "{e}");
+    }
     let mut p = PickleOut::new();
     plain_state_dict(&mut p);
     p.op(Op::EmptyDict).str("_metadata").global("mymodule", "Meta").op(Op::EmptyTuple).op(Op::Reduce);
@@ -333,6 +341,45 @@ fn the_allow_list_is_the_rule_inside_the_state_dict_and_elsewhere_a_warning() {
     assert!(e.contains("mymodule.Act"), "{e}");
 }
 
+/// A 10 KB string memoised once and used as the key of 2,000 nested dicts (a 24 KB file) around a
+/// name outside the allow-list: the warning's path is cut (it was 20 MB), and a dict of 20,000
+/// entries keyed by one 100 KB string is walked without copying or hashing it each time.
+#[test]
+fn paths_in_messages_stay_short_and_long_memoised_keys_cost_nothing_again() {
+    let long = "k".repeat(10_000);
+    let mut p = PickleOut::new();
+    p.op(Op::EmptyDict).mark().str("model");
+    plain_state_dict(&mut p);
+    p.str(&long).op(Op::LongBinPut).arg(&1_000_000u32.to_le_bytes()).op(Op::Pop);
+    p.str("junk");
+    for _ in 0..2000 {
+        p.op(Op::EmptyDict).op(Op::LongBinGet).arg(&1_000_000u32.to_le_bytes());
+    }
+    p.global("mymodule", "Evil").op(Op::EmptyTuple).op(Op::Reduce);
+    for _ in 0..2000 {
+        p.op(Op::SetItem);
+    }
+    // A wide dict: 20,000 entries, one key object.
+    p.str("wide").op(Op::EmptyDict).mark();
+    for i in 0..20_000u64 {
+        p.op(Op::LongBinGet).arg(&1_000_000u32.to_le_bytes()).int(i);
+    }
+    p.op(Op::SetItems);
+    p.op(Op::SetItems).op(Op::Stop);
+    let bytes = archive(&p.bytes, &plain_storages());
+    let plan = plan(Path::new("x.pt"), &bytes, None).unwrap();
+    let w = &plan.warnings[0];
+    assert!(
+        w.len() < 1000 && w.contains("mymodule.Evil at `junk.kkk") && w.contains("more)…"),
+        "{} bytes: {}",
+        w.len(),
+        &w[..w.len().min(300)]
+    );
+    // Read as the state dict: the error names the 10 KB key, cut.
+    let e = open_err(&bytes, Some("junk"));
+    assert!(e.len() < 1000 && e.contains("tensor `kkk"), "{} bytes", e.len());
+}
+
 #[test]
 fn names_that_reach_code_stop_the_read_wherever_they_are() {
     for (module, name) in [
@@ -342,6 +389,11 @@ fn names_that_reach_code_stop_the_read_wherever_they_are() {
         ("io", "open"),
         ("torch", "load"),
         ("torch.utils.cpp_extension", "load_inline"),
+        ("cPickle", "loads"),
+        ("thread", "start_new_thread"),
+        ("sympy", "sympify"),
+        ("torch._inductor.codecache", "compile_file"),
+        ("torch.serialization", "_load"),
     ] {
         let mut p = PickleOut::new();
         p.op(Op::EmptyDict).mark().str("model");
