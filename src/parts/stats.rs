@@ -242,6 +242,15 @@ pub fn read(path: &Path) -> Result<PartialStats> {
         };
         check_layer(&layer, scalar[0], num("batches")?)
             .map_err(|why| bad(format!("layer `{name}`: the statistics cannot have been computed: {why}")))?;
+        // Every layer runs in every batch that runs: `torch` layers count the same batches.
+        if let (Some((first, Sufficient::Torch(a))), Sufficient::Torch(b)) = (layers.first(), &layer) {
+            if a.batches != b.batches {
+                return Err(bad(format!(
+                    "layers `{first}` and `{name}` count {} and {} batches: every layer runs in every batch",
+                    a.batches, b.batches
+                )));
+            }
+        }
         layers.push((name, layer));
     }
     Ok(PartialStats {
@@ -293,6 +302,9 @@ fn check_layer(layer: &Sufficient, scalar: f64, batches: usize) -> std::result::
     }
     if let Some((c, v)) = second.iter().enumerate().find(|(_, v)| !v.is_finite() || **v < 0.0) {
         return Err(format!("channel {c} has a {second_name} of {v}"));
+    }
+    if n == 0 && first.iter().chain(second).any(|&v| v != 0.0) {
+        return Err(format!("a {what} of 0 with statistics that are not 0"));
     }
     Ok(())
 }
@@ -366,6 +378,16 @@ pub fn merge(partials: Vec<PartialStats>) -> Result<Merged> {
     for p in &sorted[1..] {
         for (acc, (_, s)) in layers.iter_mut().zip(&p.layers) {
             acc.merge(s);
+        }
+    }
+    // Finite parts whose sums are not (values near f64::MAX in each).
+    for (layer, (name, _)) in layers.iter().zip(&first.layers) {
+        let (mean, var) = layer.finish();
+        if mean.iter().chain(&var).any(|v| !v.is_finite()) {
+            return Err(Error::Mismatch(format!(
+                "the merged statistics of layer `{name}` are not finite: the parts' values are too large to add \
+                 (no pass over float32 activations computes them)"
+            )));
         }
     }
     let mut devices: Vec<String> = sorted.iter().map(|p| p.device.clone()).collect();

@@ -102,6 +102,11 @@ impl TryFrom<StateFields> for State {
             Some(format!(
                 "the classes count {class_samples} samples and {class_correct} hits, the totals {samples} and {correct}"
             ))
+        } else if classes.is_some_and(|c| k >= c) && correct_k + nonfinite != samples {
+            Some(format!(
+                "top-{k} of {} classes holds every sample, but counts {correct_k} of {samples} ({nonfinite} non-finite)",
+                classes.unwrap_or_default()
+            ))
         } else if per_class.len() != classes.unwrap_or(0) {
             let of = classes.map_or("no classes".to_string(), |c| format!("{c} classes"));
             Some(format!("{} class counts for {of}", per_class.len()))
@@ -213,13 +218,15 @@ impl State {
     /// Adds another part's counts and loss sum (the same k); fails when the parts' models give
     /// different numbers of classes.
     pub fn merge(&mut self, other: &State) -> std::result::Result<(), String> {
-        if self.k != other.k {
-            return Err(format!("top-{} and top-{} counts cannot be added", self.k, other.k));
-        }
         match (self.classes, other.classes) {
             (Some(a), Some(b)) if a != b => return Err(format!("logits of {a} and of {b} classes")),
             (None, Some(b)) => self.classes = Some(b),
             _ => {}
+        }
+        // Top-12 and top-10 of 10 classes are one count: every sample.
+        let effective = |k: usize| self.classes.map_or(k, |c| k.min(c));
+        if effective(self.k) != effective(other.k) {
+            return Err(format!("top-{} and top-{} counts cannot be added", self.k, other.k));
         }
         self.samples += other.samples;
         self.correct += other.correct;

@@ -56,6 +56,24 @@ fn a_top_k_of_at_least_the_classes_is_capped_and_said() {
         .success()
         .stdout(contains("| top-9 |"))
         .stderr("");
+    // Parts asked for top-12 and top-10 of 10 classes count the same thing: they merge.
+    let dir = tmp();
+    let parts: Vec<std::path::PathBuf> = (0..2).map(|i| dir.path().join(format!("p{i}.json"))).collect();
+    for (i, k) in [(0, "12"), (1, "10")] {
+        let shard = format!("{i}/2");
+        let out = parts[i].to_str().unwrap();
+        evaluate(&["--labels", labels.to_str().unwrap(), "--top-k", k, "--shard", &shard, "--partial-out", out])
+            .success();
+    }
+    let a = swa().arg("merge-eval").args(&parts).arg("--json").assert().success();
+    let m: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    assert_eq!((m["top10"].as_f64(), m["samples"].as_u64()), (Some(1.0), Some(300)), "{m}");
+    // A part claiming a top-k of every class that misses samples cannot have been counted.
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&parts[0]).unwrap()).unwrap();
+    v["counts"]["k"] = serde_json::json!(1_000_000_000_000_000_000u64);
+    v["counts"]["correct_k"] = v["counts"]["correct"].clone();
+    std::fs::write(&parts[0], serde_json::to_vec(&v).unwrap()).unwrap();
+    swa().arg("merge-eval").args(&parts).assert().code(2).stderr(contains("holds every sample"));
 }
 
 #[test]

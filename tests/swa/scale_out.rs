@@ -573,5 +573,34 @@ fn partial_statistics_that_cannot_have_been_computed_are_refused() {
     damage("m2", f64::INFINITY, "infinite_m2.safetensors");
     damage("count", 2.5, "fractional_count.safetensors");
     damage("count", -3.0, "negative_count.safetensors");
+    damage("count", 0.0, "zero_count.safetensors");
+    // Finite, but too large to add: two parts near f64::MAX, which the merge would make inf.
+    let huge: Vec<PathBuf> = (0..2)
+        .map(|k| {
+            let (header, data) = header_of(&files[k]);
+            let at = header[&format!("{layer}.m2")]["data_offsets"][0].as_u64().unwrap() as usize;
+            let mut bytes = data.clone();
+            bytes[at..at + 8].copy_from_slice(&f64::MAX.to_le_bytes());
+            let path = d.path().join(format!("huge_m2_{k}.safetensors"));
+            write_with_header(&path, &header, &bytes);
+            path
+        })
+        .collect();
+    let mut all: Vec<&PathBuf> = files.iter().skip(2).collect();
+    all.extend(&huge);
+    merge_stats(&all, &cnn("expected/swa_average.safetensors"), &d.path().join("out.onnx"))
+        .code(2)
+        .stderr(contains(format!("the merged statistics of layer `{layer}` are not finite")));
     assert!(!d.path().join("out.onnx").exists());
+    // torch statistics: every layer counts the batches of the part.
+    let torch = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/partial_stats/mlp_torch_0of2.safetensors");
+    let (header, data) = header_of(&torch);
+    let second = header.keys().filter(|k| k.ends_with(".batches")).max().unwrap().clone();
+    let at = header[&second]["data_offsets"][0].as_u64().unwrap() as usize;
+    let mut bytes = data.clone();
+    bytes[at..at + 8].copy_from_slice(&1.0f64.to_le_bytes());
+    let fewer = d.path().join("fewer_batches.safetensors");
+    write_with_header(&fewer, &header, &bytes);
+    let e = stats::read(&fewer).unwrap_err().to_string();
+    assert!(e.contains("count 2 and 1 batches: every layer runs in every batch"), "{e}");
 }
