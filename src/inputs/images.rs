@@ -229,6 +229,15 @@ fn jpeg_is_whole(bytes: &[u8]) -> bool {
 /// from its header, before anything is decoded; a truncated one is refused as Pillow refuses it.
 /// The error says what is wrong, without the file name.
 pub fn decode(bytes: &[u8], how: &Decode) -> Result<Image8, BadImage> {
+    // Pillow reads a PNG whose image data is whole without its closing IEND chunk; so does swa.
+    const IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
+    let closed: Vec<u8>;
+    let bytes = if bytes.starts_with(b"\x89PNG\r\n\x1a\n") && !bytes.ends_with(&IEND) {
+        closed = [bytes, &IEND].concat();
+        &closed[..]
+    } else {
+        bytes
+    };
     let reader = || {
         image::ImageReader::new(std::io::Cursor::new(bytes))
             .with_guessed_format()

@@ -151,7 +151,11 @@ pub fn version_of_name(name: &str) -> Option<Vec<u32>> {
         return Some(Vec::new());
     }
     let parts: Vec<&str> = rest.strip_prefix('.')?.split('.').collect();
-    if parts.len() > 3 || parts.iter().any(|p| p.is_empty() || p.len() > 6 || !p.bytes().all(|b| b.is_ascii_digit())) {
+    // Digits only, without leading zeros (`.so.01.32` is no name ONNX Runtime gives its library).
+    let number = |p: &&str| {
+        !p.is_empty() && p.len() <= 6 && p.bytes().all(|b| b.is_ascii_digit()) && (p.len() == 1 || !p.starts_with('0'))
+    };
+    if parts.len() > 3 || !parts.iter().all(number) {
         return None;
     }
     Some(parts.iter().map(|p| p.parse().expect("digits")).collect())
@@ -314,6 +318,9 @@ impl Search {
 pub fn search(roots: &Roots, python: impl FnOnce() -> Vec<PathBuf>) -> Search {
     let mut s = Search { found: None, looked: Vec::new(), skipped: Vec::new() };
     if let Some(p) = &roots.ort_dylib_path {
+        // A bare file name would be looked up by the loader on the library path, not where it was
+        // checked: an explicit choice is the file at that path, made absolute.
+        let p = &std::path::absolute(p).unwrap_or_else(|_| p.clone());
         s.looked.push((Rule::OrtDylibPath, p.clone()));
         s.found = p.is_file().then(|| Found { path: p.clone(), rule: Rule::OrtDylibPath });
         return s;
@@ -348,7 +355,9 @@ impl Search {
             let Some(path) = library_in(dir) else { continue };
             let cwd = roots.cwd.as_deref();
             match untrusted(dir, cwd).or_else(|| untrusted_file(&path, cwd)) {
-                None => return Some(Found { path, rule: *rule }),
+                // The file checked is the one loaded: its canonical path, never a link that its
+                // owner could point elsewhere between the check and the load.
+                None => return Some(Found { path: path.canonicalize().unwrap_or(path), rule: *rule }),
                 Some(why) => self.skipped.push(Skipped { path, rule: *rule, why }),
             }
         }
@@ -439,6 +448,11 @@ mod tests {
         roots.ort_dylib_path = Some(explicit.clone());
         let found = search(&roots, Vec::new).found.unwrap();
         assert_eq!((found.path, found.rule), (explicit, Rule::OrtDylibPath));
+        // A bare file name is the file in the working directory, made absolute (the loader would
+        // look it up on the library path instead).
+        roots.ort_dylib_path = Some(PathBuf::from("libonnxruntime.so.1.99"));
+        let s = search(&roots, || panic!("not asked"));
+        assert_eq!(s.looked[0].1, std::env::current_dir().unwrap().join("libonnxruntime.so.1.99"));
         // A wrong ORT_DYLIB_PATH is an error, not a reason to look elsewhere.
         roots.ort_dylib_path = Some(t.path().join("missing.so"));
         let s = search(&roots, || panic!("not asked"));
@@ -521,6 +535,8 @@ mod tests {
         assert_eq!(pick(&[so]).as_deref(), Some(so));
         assert_eq!(pick(&["libonnxruntime.so.1.9.0", "libonnxruntime.so.bak", "libonnxruntime.so.1.32.0.old"]), None);
         assert_eq!(pick(&["libonnxruntime.so.1.2.3.4", "libonnxruntime.so..1", "libonnxruntime.so.0"]), None);
+        assert_eq!(pick(&["libonnxruntime.so.01.32", "libonnxruntime.so.1.032.0"]), None);
+        assert_eq!(version_of_name("libonnxruntime.so.1.40.0"), Some(vec![1, 40, 0]));
     }
 
     #[test]
@@ -556,6 +572,13 @@ mod tests {
         let (path, why) = found(&roots);
         assert_eq!(path, system);
         assert!(why[0].contains("where it is writable by everyone"), "{why:?}");
+        // A link to a library where only root and the user can write is loaded by its real path.
+        std::fs::remove_file(&beside).unwrap();
+        let real = t.path().join("real/libonnxruntime.so.1.32.0");
+        touch(&real);
+        std::os::unix::fs::symlink(&real, &beside).unwrap();
+        let (path, why) = found(&roots);
+        assert_eq!((path, why), (real.canonicalize().unwrap(), vec![]));
         // A library file everyone can write.
         std::fs::remove_file(&beside).unwrap();
         touch(&beside);

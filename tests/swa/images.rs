@@ -713,7 +713,8 @@ fn images_above_the_pixel_limit_are_bad_images_found_before_decoding() {
 }
 
 /// A JPEG cut after its scan header decoded "successfully" (grey where the data was missing):
-/// truncated images are bad images, as in PIL.
+/// truncated images are bad images, as in PIL; a PNG without only its IEND chunk PIL reads, and so
+/// does swa.
 #[test]
 fn a_truncated_jpeg_is_a_bad_image() {
     let dir = val_copy();
@@ -722,10 +723,13 @@ fn a_truncated_jpeg_is_a_bad_image() {
     for (name, cut) in [("after_scan_header.jpg", scan + 14), ("no_end_marker.jpg", whole.len() - 2)] {
         std::fs::write(dir.path().join("cat").join(name), &whole[..cut]).unwrap();
     }
+    // A PNG without its closing IEND chunk, whose image data is whole, PIL reads: so does swa.
+    let png = std::fs::read(fixture("images/val/dog/a_rgb.png")).unwrap();
+    std::fs::write(dir.path().join("dog/no_iend.png"), &png[..png.len() - 12]).unwrap();
     let a = evaluate_folder(dir.path(), &["--batch-size", "4", "--skip-bad-images", "--json"]).success();
     let m: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
     let skipped = m["skipped"].to_string();
-    assert_eq!(m["samples"], 16, "{skipped}");
+    assert_eq!(m["samples"], 17, "{skipped}");
     assert!(
         skipped.contains("after_scan_header.jpg: is truncated") && skipped.contains("no_end_marker.jpg: is truncated"),
         "{skipped}"
