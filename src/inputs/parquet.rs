@@ -11,9 +11,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt64Type, UInt8Type};
 use arrow_array::{Array as _, ArrayRef};
 use arrow_schema::DataType;
-use parquet::arrow::arrow_reader::{
-    ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowGroups, RowSelection, RowSelector,
-};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowGroups};
 use parquet::arrow::{parquet_to_arrow_field_levels, ProjectionMask};
 use parquet::basic::Encoding;
 use parquet::column::page::{Page, PageIterator, PageMetadata, PageReader};
@@ -84,21 +82,24 @@ fn check_footer(meta: &ParquetMetaData, file_len: u64) -> std::result::Result<()
     Ok(())
 }
 
-/// A reader of column `column` of `path`, `batch` rows at a time from row `offset`, whose pages
-/// go through [`CheckedPages`].
+/// A reader of column `column` of `path`, `batch` rows at a time, whose pages go through
+/// [`CheckedPages`], for rows from `offset`: it starts at the row group that holds `offset`, and
+/// the number returned is the rows before `offset` in it, which the caller reads and drops.
 fn column_reader(
     path: &std::path::Path,
     column: usize,
     batch: usize,
     offset: usize,
-) -> Result<ParquetRecordBatchReader> {
+) -> Result<(ParquetRecordBatchReader, usize)> {
     let (b, file) = builder(path)?;
     let mask = ProjectionMask::roots(b.parquet_schema(), [column]);
     let levels = parquet_to_arrow_field_levels(b.parquet_schema(), mask, Some(b.schema().fields()))
         .map_err(|e| parquet_error(path, e))?;
     // Whole row groups before `offset` are left out: their pages are never read (a part of a
-    // sharded pass starts far into the file). Only the rows before `offset` in its own row group
-    // are skipped, page by page.
+    // sharded pass starts far into the file). The rows before `offset` in its own row group are
+    // read and dropped, not skipped with a row selection: the parquet crate's skip over a corrupt
+    // page moves past its end, and the read after it asks for 2^63 bytes (an abort, found by
+    // fuzzing).
     let (mut first, mut before) = (0, 0);
     for g in b.metadata().row_groups() {
         let rows = usize::try_from(g.num_rows()).unwrap_or(0);
@@ -109,13 +110,10 @@ fn column_reader(
         before += rows;
     }
     let groups = CheckedRowGroups { file, metadata: b.metadata().clone(), first };
-    let rows = groups.num_rows();
     let skip = offset - before.min(offset);
-    let selection = (skip > 0).then(|| {
-        RowSelection::from(vec![RowSelector::skip(skip.min(rows)), RowSelector::select(rows.saturating_sub(skip))])
-    });
-    ParquetRecordBatchReader::try_new_with_row_groups(&levels, &groups, batch, selection)
-        .map_err(|e| parquet_error(path, e))
+    let reader = ParquetRecordBatchReader::try_new_with_row_groups(&levels, &groups, batch, None)
+        .map_err(|e| parquet_error(path, e))?;
+    Ok((reader, skip))
 }
 
 /// A file's row groups, read as the parquet crate's own reader would, but with each column
@@ -397,6 +395,8 @@ fn image_bytes(col: &ArrayRef, first_row: usize, name: &dyn Fn(usize) -> String)
 pub struct Cursor {
     file: usize,
     reader: Option<ParquetRecordBatchReader>,
+    /// Rows the reader gives before the cursor's row, to drop.
+    drop: usize,
     buffered: VecDeque<Row>,
     /// The set's row of the next buffered (or read) row.
     row: usize,
@@ -448,7 +448,7 @@ impl ParquetSet {
             labels = match (labels, fields.iter().position(|f| f == label_column)) {
                 (Some(mut all), Some(l)) => {
                     let before = all.len();
-                    for batch in column_reader(path, l, 64 * 1024, 0)? {
+                    for batch in column_reader(path, l, 64 * 1024, 0)?.0 {
                         let batch = batch.map_err(|e| parquet_error(path, e))?;
                         all.extend(integers(path, label_column, batch.column(0))?);
                     }
@@ -479,7 +479,14 @@ impl ParquetSet {
 
     /// A cursor at row `row`, reading `batch` rows at a time.
     pub fn reader(&self, row: usize, batch: usize) -> Result<Cursor> {
-        Ok(Cursor { file: self.file_of(row), reader: None, buffered: VecDeque::new(), row, batch: batch.max(1) })
+        Ok(Cursor {
+            file: self.file_of(row),
+            reader: None,
+            drop: 0,
+            buffered: VecDeque::new(),
+            row,
+            batch: batch.max(1),
+        })
     }
 
     /// The next `n` rows' image bytes from `cursor` (a row without an image is an error of its
@@ -496,13 +503,18 @@ impl ParquetSet {
             };
             let start = self.starts[cursor.file];
             if cursor.reader.is_none() {
-                cursor.reader = Some(column_reader(path, self.columns[cursor.file], cursor.batch, cursor.row - start)?);
+                let (reader, drop) = column_reader(path, self.columns[cursor.file], cursor.batch, cursor.row - start)?;
+                (cursor.reader, cursor.drop) = (Some(reader), drop);
             }
             match cursor.reader.as_mut().expect("just set").next() {
                 Some(batch) => {
                     let batch = batch.map_err(|e| parquet_error(path, e))?;
+                    let column = batch.column(0);
+                    let dropped = cursor.drop.min(column.len());
+                    cursor.drop -= dropped;
+                    let column = column.slice(dropped, column.len() - dropped);
                     let first = cursor.row;
-                    let rows = image_bytes(batch.column(0), first, &|i| self.name_of(i))?;
+                    let rows = image_bytes(&column, first, &|i| self.name_of(i))?;
                     cursor.row += rows.len();
                     cursor.buffered.extend(rows);
                 }
