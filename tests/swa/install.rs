@@ -23,7 +23,9 @@ fn real_library() -> PathBuf {
 
 /// A fake Python environment at `prefix`: `bin/swa` (a copy of the binary: the executable's own
 /// path is what it goes by, and a symlink would resolve to the original) and, when `library` is
-/// given, `onnxruntime/capi` holding a link to it. Returns the copy and its site-packages.
+/// given, `onnxruntime/capi` holding it (a hard link, or a copy: swa loads a library by its
+/// canonical path, so a symbolic link would be the original). Returns the copy and its
+/// site-packages.
 fn fake_env(prefix: &Path, library: Option<&Path>) -> (PathBuf, PathBuf) {
     let exe = prefix.join("bin/swa");
     std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
@@ -32,7 +34,10 @@ fn fake_env(prefix: &Path, library: Option<&Path>) -> (PathBuf, PathBuf) {
     let capi = sp.join("onnxruntime/capi");
     std::fs::create_dir_all(&capi).unwrap();
     if let Some(lib) = library {
-        std::os::unix::fs::symlink(lib, capi.join(lib.file_name().unwrap())).unwrap();
+        let here = capi.join(lib.file_name().unwrap());
+        if std::fs::hard_link(lib, &here).is_err() {
+            std::fs::copy(lib, &here).unwrap();
+        }
         std::fs::create_dir_all(sp.join("onnxruntime-1.32.0.dist-info")).unwrap();
     }
     (exe, sp)
