@@ -276,6 +276,17 @@ fn a_numbered_split_with_a_file_missing_is_refused_naming_it() {
     evaluate_folder(&data, &[]).code(2).stderr(contains("train-00001-of-00003.parquet: is missing"));
     std::fs::copy(fixture("images/val.parquet"), part(1, 4)).unwrap();
     evaluate_folder(&data, &[]).code(2).stderr(contains("are numbered as parts of"));
+    // Split names with hyphens: `my-train` and `my-test` side by side are two splits, not one
+    // split `my` read together.
+    let hyphens = tmp();
+    for split in ["my-train", "my-test"] {
+        std::fs::copy(fixture("images/val.parquet"), hyphens.path().join(format!("{split}-00000-of-00001.parquet")))
+            .unwrap();
+    }
+    evaluate_folder(hyphens.path(), &[])
+        .code(2)
+        .stderr(contains("holds the Parquet files of 2 splits (my-test, my-train)"));
+    evaluate_folder(&hyphens.path().join("my-train"), &["--json"]).success();
 }
 
 #[test]

@@ -97,6 +97,10 @@ impl ImageItems for ParquetImages {
 /// The split a Parquet file's name says it holds, in the Hugging Face layout
 /// (`train-00000-of-00004.parquet` → `train`).
 fn split_of(file: &Path) -> Option<String> {
+    // `my-train-00000-of-00002.parquet` is split `my-train`, as the numbering reads it.
+    if let Some((split, ..)) = numbered(file) {
+        return Some(split);
+    }
     let name = file.file_name()?.to_string_lossy().into_owned();
     let (split, rest) = name.split_once('-')?;
     rest.split('-').next().filter(|n| n.bytes().all(|b| b.is_ascii_digit())).map(|_| split.to_string())
