@@ -70,6 +70,7 @@ pub(super) struct Inputs {
     pub(super) n_models: u64,
     pub(super) sources: Vec<String>,
     pub(super) duplicates: Vec<Duplicate>,
+    pub(super) left_out: Vec<crate::inputs::LeftOut>,
 }
 
 impl Inputs {
@@ -86,6 +87,7 @@ impl Inputs {
             n_models: 0,
             sources: Vec::new(),
             duplicates: found.duplicates,
+            left_out: found.left_out,
         };
         if let Some(prior) = &opts.resume {
             if opts.weighting != Weighting::Uniform {

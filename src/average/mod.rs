@@ -108,6 +108,9 @@ pub struct AverageSummary {
     pub inputs: Vec<SelectedInput>,
     /// Paths given that named an input already found under another spelling: averaged once.
     pub duplicates: Vec<Duplicate>,
+    /// Files of the directories given that are not among their checkpoints (numberless copies).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<crate::inputs::LeftOut>,
     /// The prefix removed from every tensor name, if one was.
     pub stripped_prefix: Option<String>,
     /// Models in the average, counting those of a resumed average.
@@ -241,7 +244,7 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     let weighting = weighting_name(&opts.weighting);
     let created_dirs = dirs.keep();
     let TensorPlan { specs, kinds, buffers, stripped, .. } = plan;
-    let Inputs { files, weights, n_models, duplicates, .. } = inputs;
+    let Inputs { files, weights, n_models, duplicates, left_out, .. } = inputs;
     Ok(AverageSummary {
         outputs,
         created_dirs,
@@ -251,6 +254,7 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
             .map(|(f, weight)| SelectedInput { path: f.path, number: f.number, weight })
             .collect(),
         duplicates,
+        left_out,
         stripped_prefix: stripped,
         n_models,
         weighting,

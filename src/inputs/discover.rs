@@ -28,6 +28,16 @@ pub struct Duplicate {
     pub same_as: PathBuf,
 }
 
+/// A file of a directory that is not one of its checkpoints: a copy without a number beside
+/// numbered ones (timm's `last.pth.tar` and `model_best.pth.tar`, the torchvision references'
+/// `checkpoint.pth`, the Hugging Face Trainer's `model.safetensors` beside `checkpoint-N/`,
+/// Lightning's `last.ckpt`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LeftOut {
+    /// The file.
+    pub path: PathBuf,
+}
+
 /// What [`discover`] found: each checkpoint file once, in order, and the spellings left out.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Discovery {
@@ -35,6 +45,8 @@ pub struct Discovery {
     pub files: Vec<CheckpointFile>,
     /// Paths that named a file already in `files`.
     pub duplicates: Vec<Duplicate>,
+    /// Files of the directories given that are not among their checkpoints (said in a warning).
+    pub left_out: Vec<LeftOut>,
 }
 
 /// Which of the found checkpoints to use; applied in this order: `from`/`to`, `every`, `last`.
@@ -181,6 +193,7 @@ fn checkpoint_dir(dir: &Path) -> Result<Option<PathBuf>> {
 /// any selection by number, would be a guess.
 pub fn discover(paths: &[PathBuf]) -> Result<Discovery> {
     let mut found = Vec::new();
+    let mut left_out = Vec::new();
     for path in paths {
         if !path.is_dir() {
             if !path.exists() {
@@ -206,10 +219,19 @@ pub fn discover(paths: &[PathBuf]) -> Result<Discovery> {
                 inside.push(p);
             }
         }
-        // A copy of the newest numbered checkpoint: taking it too would count that model twice
-        // (and sort it last, unnumbered). Naming it explicitly, or alone in its directory, reads it.
-        if inside.iter().any(|p| !is_lightning_last(p)) {
-            inside.retain(|p| !is_lightning_last(p));
+        // Beside numbered checkpoints, a file without a number is a copy (Lightning's last.ckpt,
+        // timm's last.pth.tar and model_best.pth.tar, torchvision's checkpoint.pth, the Trainer's
+        // model.safetensors): taking it would count a model twice, sorted newest. Named
+        // explicitly, or in a directory of numberless files only, it is read.
+        if inside.iter().any(|p| number_of(p).is_some()) {
+            let (numbered, copies): (Vec<PathBuf>, Vec<PathBuf>) =
+                inside.into_iter().partition(|p| number_of(p).is_some());
+            inside = numbered;
+            left_out.extend(copies.into_iter().map(|path| LeftOut { path }));
+        } else if inside.iter().any(|p| !is_lightning_last(p)) {
+            let (last, others): (Vec<PathBuf>, Vec<PathBuf>) = inside.into_iter().partition(|p| is_lightning_last(p));
+            inside = others;
+            left_out.extend(last.into_iter().map(|path| LeftOut { path }));
         }
         if inside.is_empty() {
             let kinds: Vec<String> = super::formats()
@@ -229,10 +251,31 @@ pub fn discover(paths: &[PathBuf]) -> Result<Discovery> {
     if files.iter().all(|f| f.number.is_some()) {
         files.sort_by(|a, b| a.number.cmp(&b.number).then_with(|| natural_cmp(&display(a), &display(b))));
         refuse_equal_numbers(&files)?;
+    } else if let (Some(numberless), Some(numbered)) =
+        (files.iter().find(|f| f.number.is_none()), files.iter().find(|f| f.number.is_some()))
+    {
+        // Named among numbered checkpoints (`previous_ema.safetensors ckpt/epoch_006…`), a file
+        // without a number has no place in their order: put last, it took the newest weight.
+        return Err(Error::setting(
+            Setting::Resume,
+            format!(
+                "continues an earlier average: {} has no number in its name, unlike {} and the others, so its \
+                 place among them would be a guess (it would be averaged as the newest)",
+                numberless.path.display(),
+                numbered.path.display()
+            ),
+        ));
     } else {
         files.sort_by(|a, b| natural_cmp(&display(a), &display(b)));
     }
-    Ok(Discovery { files, duplicates })
+    for l in &left_out {
+        crate::error::warn(format!(
+            "left out {}: it has no number in its name, beside numbered checkpoints (a copy such as last.ckpt, \
+             last.pth.tar, model_best or the final model.safetensors); name it to read it",
+            l.path.display()
+        ));
+    }
+    Ok(Discovery { files, duplicates, left_out })
 }
 
 /// What identifies a file whatever path names it: device and inode where there are such, else
@@ -269,11 +312,15 @@ fn once_each(paths: Vec<PathBuf>) -> Result<(Vec<PathBuf>, Vec<Duplicate>)> {
             }
             std::collections::hash_map::Entry::Occupied(o) => {
                 let first = &mut kept[*o.get()];
-                let (path, same_as) = if own_name(&path) && !own_name(first) {
-                    (std::mem::replace(first, path), first.clone())
-                } else {
-                    (path, first.clone())
+                // The numbered spelling of a hard-linked copy (`last.pth.tar`, `checkpoint-9.pth.tar`)
+                // is kept; else the file's own name over a symlink's.
+                let better = match (number_of(&path).is_some(), number_of(first).is_some()) {
+                    (true, false) => true,
+                    (false, true) => false,
+                    _ => own_name(&path) && !own_name(first),
                 };
+                let (path, same_as) =
+                    if better { (std::mem::replace(first, path), first.clone()) } else { (path, first.clone()) };
                 duplicates.push(Duplicate { path, same_as });
             }
         }

@@ -15,7 +15,7 @@ pub mod samples;
 use std::path::Path;
 
 pub use discover::{
-    discover, labels, name_number, natural_cmp, select, CheckpointFile, Discovery, Duplicate, Selection,
+    discover, labels, name_number, natural_cmp, select, CheckpointFile, Discovery, Duplicate, LeftOut, Selection,
 };
 pub use npy::{open_inputs, open_labels, Array};
 pub use samples::{carries_labels, check_same_classes, DataOptions, SampleSource, Samples};

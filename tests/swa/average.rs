@@ -220,10 +220,22 @@ fn resume_from_an_f32_average_of_bf16_checkpoints() {
         .success();
     swa().args(["average", "--dtype", "f32"]).arg(&a).arg(&b).arg(&c).arg("-o").arg(&all).assert().success();
     assert_close(&resumed, &all, 1e-6, 1e-7, |_| true);
-    // Without --resume, checkpoints of different dtypes are refused.
+    // Without --resume, an earlier average (no number in its name) among numbered checkpoints is
+    // refused, pointing at --resume; checkpoints of different dtypes are refused.
     swa()
         .arg("average")
         .arg(&first)
+        .arg(&c)
+        .arg("-o")
+        .arg(dir.path().join("mixed.avg"))
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("--resume continues an earlier average"));
+    let numbered = dir.path().join("epoch_003.safetensors");
+    std::fs::copy(&first, &numbered).unwrap();
+    swa()
+        .arg("average")
+        .arg(&numbered)
         .arg(&c)
         .arg("-o")
         .arg(dir.path().join("mixed.avg"))
@@ -242,8 +254,7 @@ fn a_file_under_two_names_is_averaged_once_and_reported() {
         let name = format!("epoch_00{n}.safetensors");
         std::fs::copy(fixture(&format!("mlp/checkpoints/{name}")), ck.join(&name)).unwrap();
     }
-    // A "latest" symlink has no number; it is left out as a spelling of epoch_003, which keeps
-    // the order by number.
+    // A "latest" symlink has no number: beside numbered checkpoints it is left out, and said.
     std::os::unix::fs::symlink("epoch_003.safetensors", ck.join("latest.safetensors")).unwrap();
     std::fs::hard_link(ck.join("epoch_001.safetensors"), dir.path().join("epoch_001.safetensors")).unwrap();
     let assert = swa()
@@ -259,13 +270,13 @@ fn a_file_under_two_names_is_averaged_once_and_reported() {
         ])
         .assert()
         .success()
-        .stderr(predicates::str::contains("ck/latest.safetensors is ck/epoch_003.safetensors under another name"));
+        .stderr(predicates::str::contains("left out ck/latest.safetensors: it has no number in its name"));
     let s: serde_json::Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
     assert_eq!(s["n_models"], 3);
     let numbers: Vec<u64> = s["inputs"].as_array().unwrap().iter().map(|i| i["number"].as_u64().unwrap()).collect();
     assert_eq!(numbers, [1, 2, 3]);
     let left_out: Vec<&str> = s["duplicates"].as_array().unwrap().iter().map(|d| d["path"].as_str().unwrap()).collect();
-    assert_eq!(left_out, ["ck/latest.safetensors", "./ck/epoch_002.safetensors", "epoch_001.safetensors"]);
+    assert_eq!(left_out, ["./ck/epoch_002.safetensors", "epoch_001.safetensors"]);
     // Resuming from one of the checkpoints would count it twice.
     swa()
         .current_dir(dir.path())
@@ -273,4 +284,68 @@ fn a_file_under_two_names_is_averaged_once_and_reported() {
         .assert()
         .code(2)
         .stderr(predicates::str::contains("--resume ck/epoch_002.safetensors is also one of the checkpoints"));
+}
+
+/// timm's `last.pth.tar` and `model_best.pth.tar`, torchvision's `checkpoint.pth` and the
+/// Trainer's final `model.safetensors` are copies beside numbered checkpoints: they were averaged
+/// in as extra models, sorted newest. Left out and said; named explicitly, a copy is read; of
+/// two spellings of one file (a hard link), the numbered one is kept.
+#[test]
+fn numberless_copies_beside_numbered_checkpoints_are_left_out_and_said() {
+    let dir = tmp();
+    let ck = dir.path().join("ck");
+    std::fs::create_dir(&ck).unwrap();
+    for n in 1..=3 {
+        std::fs::copy(mlp_ck(n), ck.join(format!("epoch_00{n}.safetensors"))).unwrap();
+    }
+    std::fs::copy(mlp_ck(3), ck.join("last.safetensors")).unwrap();
+    std::fs::copy(mlp_ck(2), ck.join("model_best.safetensors")).unwrap();
+    let json = |a: &assert_cmd::assert::Assert| -> serde_json::Value {
+        serde_json::from_slice(&a.get_output().stdout).unwrap()
+    };
+    let a =
+        swa().arg("average").arg(&ck).arg("--json").arg("-o").arg(dir.path().join("a.safetensors")).assert().success();
+    assert_eq!(json(&a)["n_models"], 3);
+    assert_eq!(json(&a)["left_out"].as_array().map(Vec::len), Some(2));
+    let stderr = String::from_utf8_lossy(&a.get_output().stderr).into_owned();
+    for copy in ["last.safetensors", "model_best.safetensors"] {
+        assert!(stderr.contains(&format!("left out {}: it has no number", ck.join(copy).display())), "{stderr}");
+    }
+    let named = dir.path().join("named.safetensors");
+    swa().arg("average").args((1..=3).map(mlp_ck)).arg("-o").arg(&named).assert().success();
+    assert_close(&dir.path().join("a.safetensors"), &named, 0.0, 0.0, |_| true);
+    // The Hugging Face Trainer: checkpoint-N/ folders and save_model()'s model.safetensors.
+    let run = dir.path().join("run");
+    for n in 1..=2 {
+        std::fs::create_dir_all(run.join(format!("checkpoint-{n}"))).unwrap();
+        std::fs::copy(mlp_ck(n), run.join(format!("checkpoint-{n}/model.safetensors"))).unwrap();
+    }
+    std::fs::copy(mlp_ck(2), run.join("model.safetensors")).unwrap();
+    let a = swa()
+        .arg("average")
+        .arg(&run)
+        .arg("--json")
+        .arg("-o")
+        .arg(dir.path().join("hf.safetensors"))
+        .assert()
+        .success();
+    assert_eq!(json(&a)["n_models"], 2);
+    assert!(String::from_utf8_lossy(&a.get_output().stderr).contains("left out"));
+    // A hard-linked copy named with its numbered spelling: the numbered one is kept.
+    std::fs::remove_file(ck.join("last.safetensors")).unwrap();
+    std::fs::hard_link(ck.join("epoch_003.safetensors"), ck.join("last.safetensors")).unwrap();
+    let a = swa()
+        .arg("average")
+        .arg(ck.join("last.safetensors"))
+        .arg(ck.join("epoch_001.safetensors"))
+        .arg(ck.join("epoch_003.safetensors"))
+        .arg("--json")
+        .arg("-o")
+        .arg(dir.path().join("h.safetensors"))
+        .assert()
+        .success();
+    let s = json(&a);
+    let inputs: Vec<&str> = s["inputs"].as_array().unwrap().iter().map(|i| i["path"].as_str().unwrap()).collect();
+    assert!(inputs[1].ends_with("epoch_003.safetensors"), "{inputs:?}");
+    assert!(s["duplicates"][0]["path"].as_str().unwrap().ends_with("last.safetensors"), "{s}");
 }

@@ -67,7 +67,7 @@ fn checkpoints_that_disagree() {
     let dir = tmp();
     let (mut header, data) = header_of(&mlp_ck(2));
     header["head.bias"]["dtype"] = "I32".into();
-    let bad = dir.path().join("dtype.safetensors");
+    let bad = dir.path().join("epoch_002.safetensors");
     write_with_header(&bad, &header, &data);
     fails(&[&mlp_ck(1), &bad], &[], "I32 in");
     fails(&[&mlp_ck(1), &bad], &[], "`head.bias` is ");
