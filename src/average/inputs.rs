@@ -10,6 +10,45 @@ use crate::error::{Error, Result, Setting};
 use crate::inputs::{self, CheckpointFile, Duplicate};
 
 /// The `n_models` of a resumed average's metadata: a whole number of at least 1.
+/// The weighting an average resumed from `prior` (whose metadata says `weighting`) continues
+/// with, given the options' `asked`: a uniform average continues uniformly, an EMA as the same
+/// EMA; an average with explicit weights cannot be continued (its weight against new checkpoints
+/// is not defined), nor one asked to change its weighting.
+pub(super) fn resumed_weighting(prior: &Path, weighting: Option<&str>, asked: &Weighting) -> Result<Weighting> {
+    let stored = match weighting.map(str::trim) {
+        None | Some("uniform") => Weighting::Uniform,
+        Some("explicit") => {
+            return Err(Error::setting(
+                Setting::Resume,
+                format!(
+                    "{} was averaged with explicit weights: how much it weighs against new checkpoints is not \
+                     defined; average all the checkpoints again with their weights",
+                    prior.display()
+                ),
+            ))
+        }
+        Some(w) => match w.strip_prefix("ema(").and_then(|r| r.strip_suffix(')')).and_then(|d| d.parse::<f64>().ok()) {
+            Some(d) if d > 0.0 && d < 1.0 => Weighting::Ema(d),
+            _ => {
+                return Err(Error::format(prior, format!("has a `weighting` in its metadata swa does not know: {w:?}")))
+            }
+        },
+    };
+    match (asked, &stored) {
+        (Weighting::Uniform, _) => Ok(stored),
+        (Weighting::Ema(a), Weighting::Ema(d)) if a == d => Ok(stored),
+        (asked, stored) => Err(Error::setting(
+            Setting::Resume,
+            format!(
+                "continues {} as it was made ({}); it cannot be continued as {}",
+                prior.display(),
+                super::weights::weighting_name(stored),
+                super::weights::weighting_name(asked)
+            ),
+        )),
+    }
+}
+
 pub(super) fn resumed_models(prior: &Path, value: Option<&str>) -> Result<u64> {
     let Some(value) = value else {
         return Err(Error::format(prior, "has no `n_models` in its metadata: was it written by `swa average`?"));
@@ -71,6 +110,9 @@ pub(super) struct Inputs {
     pub(super) sources: Vec<String>,
     pub(super) duplicates: Vec<Duplicate>,
     pub(super) left_out: Vec<crate::inputs::LeftOut>,
+    /// The weighting of the whole average: the options', or the resumed file's (an EMA continues
+    /// as an EMA).
+    pub(super) weighting: Weighting,
 }
 
 impl Inputs {
@@ -78,7 +120,15 @@ impl Inputs {
     pub(super) fn open(opts: &AverageOptions) -> Result<Self> {
         let found = inputs::discover(&opts.checkpoints)?;
         let selected = inputs::select(&found.files, &opts.selection)?;
-        let mut rel = relative_weights(selected.len(), &opts.weighting)?;
+        let prior =
+            opts.resume.as_deref().map(|p| Ok::<_, Error>((p, inputs::open_checkpoint(p, None)?))).transpose()?;
+        let weighting = match &prior {
+            Some((path, ck)) => {
+                resumed_weighting(path, ck.metadata().get("weighting").map(String::as_str), &opts.weighting)?
+            }
+            None => opts.weighting.clone(),
+        };
+        let mut rel = relative_weights(selected.len(), &weighting)?;
         let mut inputs = Inputs {
             checkpoints: Vec::new(),
             files: Vec::new(),
@@ -88,14 +138,9 @@ impl Inputs {
             sources: Vec::new(),
             duplicates: found.duplicates,
             left_out: found.left_out,
+            weighting: weighting.clone(),
         };
-        if let Some(prior) = &opts.resume {
-            if opts.weighting != Weighting::Uniform {
-                return Err(Error::setting(
-                    Setting::Resume,
-                    "continues a uniform average; it cannot be combined with explicit or EMA weights",
-                ));
-            }
+        if let Some((prior, ck)) = prior {
             if let Some(f) = selected.iter().find(|f| inputs::discover::same_file(&f.path, prior)) {
                 return Err(Error::setting(
                     Setting::Resume,
@@ -106,14 +151,24 @@ impl Inputs {
                     ),
                 ));
             }
-            let ck = inputs::open_checkpoint(prior, None)?;
             let n = resumed_models(prior, ck.metadata().get("n_models").map(String::as_str))?;
             if let Some(s) = ck.metadata().get("sources").and_then(|s| serde_json::from_str::<Vec<String>>(s).ok()) {
                 inputs.sources.extend(s);
             }
-            rel.insert(0, n as f64);
+            // A uniform average of n models counts as n; an EMA continues from its value:
+            // θ ← d·θ + (1−d)·x for each new checkpoint, so the old average keeps d^k.
+            let prior_weight = match weighting {
+                Weighting::Ema(d) => d.powi(i32::try_from(selected.len()).unwrap_or(i32::MAX)),
+                _ => n as f64,
+            };
+            if let Weighting::Ema(d) = weighting {
+                // The EMA's first checkpoint starts it (weight d^(k-1) as the oldest): resumed,
+                // every new checkpoint is an update.
+                rel = (0..selected.len()).map(|i| (1.0 - d) * d.powi((selected.len() - 1 - i) as i32)).collect();
+            }
+            rel.insert(0, prior_weight);
             inputs.n_models = n;
-            inputs.files.push(CheckpointFile { path: prior.clone(), number: None });
+            inputs.files.push(CheckpointFile { path: prior.to_path_buf(), number: None });
             inputs.checkpoints.push(ck);
         }
         inputs.n_models =

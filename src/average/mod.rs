@@ -241,7 +241,7 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
             outputs.push(index.clone());
         }
     }
-    let weighting = weighting_name(&opts.weighting);
+    let weighting = weighting_name(&inputs.weighting);
     let created_dirs = dirs.keep();
     let TensorPlan { specs, kinds, buffers, stripped, .. } = plan;
     let Inputs { files, weights, n_models, duplicates, left_out, .. } = inputs;

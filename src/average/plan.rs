@@ -126,7 +126,7 @@ pub(super) fn metadata(opts: &AverageOptions, inputs: &Inputs) -> BTreeMap<Strin
         ("format".to_string(), "pt".to_string()),
         ("n_models".to_string(), inputs.n_models.to_string()),
         ("sources".to_string(), serde_json::to_string(&inputs.sources).expect("strings")),
-        ("weighting".to_string(), weighting_name(&opts.weighting)),
+        ("weighting".to_string(), weighting_name(&inputs.weighting)),
         ("weights".to_string(), serde_json::to_string(&inputs.weights).expect("floats")),
         ("buffers".to_string(), buffers),
         ("swa_version".to_string(), crate::VERSION.to_string()),

@@ -349,3 +349,38 @@ fn numberless_copies_beside_numbered_checkpoints_are_left_out_and_said() {
     assert!(inputs[1].ends_with("epoch_003.safetensors"), "{inputs:?}");
     assert!(s["duplicates"][0]["path"].as_str().unwrap().ends_with("last.safetensors"), "{s}");
 }
+
+/// `--resume` continues what the file says it is: an EMA resumed over the next checkpoints equals
+/// one EMA over all of them (it was continued as a uniform average of 6 models, labelled
+/// `uniform`); an average with explicit weights, or one asked to change its weighting, is refused.
+#[test]
+fn an_ema_resumes_as_the_same_ema() {
+    let dir = tmp();
+    let ck = fixture("mlp/checkpoints");
+    let out = |name: &str| dir.path().join(name);
+    let average = |extra: &[&str], o: &str| {
+        swa().arg("average").arg(&ck).args(extra).arg("--json").arg("-o").arg(out(o)).assert()
+    };
+    average(&["--to", "3", "--ema", "0.9"], "ema3.safetensors").success();
+    let resumed =
+        average(&["--from", "4", "--resume", out("ema3.safetensors").to_str().unwrap()], "resumed.safetensors")
+            .success();
+    let s: serde_json::Value = serde_json::from_slice(&resumed.get_output().stdout).unwrap();
+    assert_eq!((s["weighting"].as_str(), s["n_models"].as_u64()), (Some("ema(0.9)"), Some(6)), "{s}");
+    average(&["--ema", "0.9"], "all.safetensors").success();
+    assert_close(&out("resumed.safetensors"), &out("all.safetensors"), 1e-6, 1e-7, |_| true);
+    // Asked again for the same EMA: the same; for another weighting: refused.
+    average(
+        &["--from", "4", "--ema", "0.9", "--resume", out("ema3.safetensors").to_str().unwrap()],
+        "again.safetensors",
+    )
+    .success();
+    average(&["--from", "4", "--ema", "0.5", "--resume", out("ema3.safetensors").to_str().unwrap()], "x.safetensors")
+        .code(2)
+        .stderr(predicates::str::contains("as it was made (ema(0.9)); it cannot be continued as ema(0.5)"));
+    average(&["--to", "3", "--weights", "1,2,7"], "w3.safetensors").success();
+    average(&["--from", "4", "--resume", out("w3.safetensors").to_str().unwrap()], "x.safetensors")
+        .code(2)
+        .stderr(predicates::str::contains("was averaged with explicit weights"));
+    assert!(!out("x.safetensors").exists());
+}
