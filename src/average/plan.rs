@@ -90,6 +90,10 @@ pub(super) fn plan_tensors(newest: &Checkpoint, opts: &AverageOptions) -> Result
         },
     };
     for t in newest.tensors() {
+        // AveragedModel's counter is no weight of the bare model the stripped names are for.
+        if plan.stripped.is_some() && t.name == inputs::AVERAGED_MODEL_COUNTER {
+            continue;
+        }
         let float = dtype::is_float(t.dtype);
         let kind = if !t.role.is_buffer() {
             Kind::Average

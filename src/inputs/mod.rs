@@ -46,11 +46,18 @@ pub fn open_checkpoint(path: impl AsRef<Path>, key: Option<&str>) -> Result<Chec
     format_of(path).open(path, key)
 }
 
-/// The wrapper prefix every tensor name of `names` starts with (`module.` from DataParallel,
-/// `_orig_mod.` from torch.compile, `model.` from PyTorch Lightning), if they all share one.
+/// The counter `torch.optim.swa_utils.AveragedModel` (and torchvision's `ExponentialMovingAverage`)
+/// keeps beside its wrapped `module.*` weights: not a weight of the model, so it neither blocks
+/// nor keeps a prefix, and an output with the prefix stripped (the bare model's names) leaves it
+/// out.
+pub const AVERAGED_MODEL_COUNTER: &str = "n_averaged";
+
+/// The wrapper prefix every tensor name of `names` starts with (`module.` from DataParallel and
+/// `AveragedModel`, `_orig_mod.` from torch.compile, `model.` from PyTorch Lightning), if they all
+/// share one ([`AVERAGED_MODEL_COUNTER`] aside).
 pub fn common_wrapper_prefix<'a>(names: impl IntoIterator<Item = &'a str> + Clone) -> Option<&'static str> {
     crate::onnx::bind::PREFIXES.iter().copied().find(|p| {
-        let mut all = names.clone().into_iter().peekable();
+        let mut all = names.clone().into_iter().filter(|n| *n != AVERAGED_MODEL_COUNTER).peekable();
         all.peek().is_some() && all.all(|n| n.starts_with(p))
     })
 }

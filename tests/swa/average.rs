@@ -384,3 +384,47 @@ fn an_ema_resumes_as_the_same_ema() {
         .stderr(predicates::str::contains("was averaged with explicit weights"));
     assert!(!out("x.safetensors").exists());
 }
+
+/// torchvision's `model_ema` (an `AveragedModel`): `module.*` weights and an `n_averaged`
+/// counter. The counter neither blocks stripping `module.` (it was refused for lacking the
+/// prefix) nor keeps the prefix when it is found; the stripped output is what the bare model loads.
+#[test]
+fn averaged_model_checkpoints_strip_to_the_bare_model() {
+    let dir = tmp();
+    let ck = dir.path().join("ema");
+    std::fs::create_dir(&ck).unwrap();
+    for n in 1..=2 {
+        let (header, mut data) = header_of(&mlp_ck(n));
+        let mut renamed = serde_json::Map::new();
+        for (k, v) in header {
+            renamed.insert(if k == "__metadata__" { k } else { format!("module.{k}") }, v);
+        }
+        let at = data.len() as u64;
+        data.extend(7i64.to_le_bytes());
+        renamed.insert(
+            "n_averaged".into(),
+            serde_json::json!({"dtype": "I64", "shape": [], "data_offsets": [at, at + 8]}),
+        );
+        write_with_header(&ck.join(format!("epoch_{n}.safetensors")), &renamed, &data);
+    }
+    for strip in ["module.", ""] {
+        let out = dir.path().join(format!("out{}.safetensors", strip.len()));
+        let a = swa()
+            .arg("average")
+            .arg(&ck)
+            .arg("--strip-prefix")
+            .arg(strip)
+            .arg("--json")
+            .arg("-o")
+            .arg(&out)
+            .assert()
+            .success();
+        let s: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+        assert_eq!(s["stripped_prefix"], "module.", "{s}");
+        let (header, _) = header_of(&out);
+        assert!(!header.contains_key("n_averaged") && header.contains_key("fc1.weight"), "{:?}", header.keys());
+        let plain = dir.path().join("plain.safetensors");
+        swa().arg("average").arg(mlp_ck(1)).arg(mlp_ck(2)).arg("-o").arg(&plain).assert().success();
+        assert_close(&out, &plain, 0.0, 0.0, |_| true);
+    }
+}
