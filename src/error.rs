@@ -196,6 +196,12 @@ pub enum Hint {
     ImageColumn,
     /// An image has more pixels (decoded or resized) than the limit, which is a setting.
     MaxImagePixels,
+    /// A batch of one sample under torch statistics (a last batch): fewer samples, another batch
+    /// size or precise statistics avoid it.
+    BatchOfOne {
+        /// The samples of the pass, where known (one fewer drops the last batch).
+        samples: Option<usize>,
+    },
 }
 
 /// Besides a center crop, what else gets images to the size a model or the batches need.
@@ -230,6 +236,11 @@ impl Hint {
             }
             Hint::SkipBadImages => " (set `skip_bad_images` to skip and count such images)".into(),
             Hint::MaxImagePixels => " (raise `max_image_pixels` to read it)".into(),
+            Hint::BatchOfOne { .. } => {
+                " (update_bn fails the same way: lower `max_samples` by one, choose a `batch_size` that leaves no batch \
+                 of one, or use precise statistics)"
+                    .into()
+            }
             Hint::CenterCrop { height, width, or } => format!(
                 ": set `center_crop` to {height}x{width} (with `resize` to resize first), or {}",
                 match or {

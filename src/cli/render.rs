@@ -70,6 +70,10 @@ pub fn hint(hint: Hint) -> String {
         }
         Hint::ImageColumn => ": name the image column with --image-column".into(),
         Hint::MaxImagePixels => " (raise the limit with --max-image-pixels N to read it)".into(),
+        Hint::BatchOfOne { samples } => format!(
+            "; update_bn fails the same way: {}choose a --batch-size that leaves no batch of one, or use --stats precise",
+            samples.map_or(String::new(), |n| format!("leave the last sample out (--max-samples {}), ", n.saturating_sub(1)))
+        ),
         other => other.library_text(),
     }
 }

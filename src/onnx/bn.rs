@@ -140,6 +140,19 @@ pub fn find(model: &Model) -> Result<Vec<BnLayer>> {
         }
         let name = node_label(n);
         if attr_i(n, "training_mode", 0)? != 0 || n.output.iter().filter(|o| !o.is_empty()).count() > 1 {
+            // Mean and variance computed in the graph (ReduceMean…), not stored: a BatchNorm built
+            // with track_running_stats=False, which exports this way whatever model.eval() says.
+            let computed = n.input.get(3).is_some_and(|m| !m.is_empty() && constant(g, m).is_none());
+            if computed {
+                return Err(Error::node(
+                    name,
+                    "BatchNormalization",
+                    "normalises every batch with its own statistics, computed in the graph: a BatchNorm built with \
+                     track_running_stats=False, which keeps no running statistics (it exports in training mode \
+                     whatever model.eval() says). There is nothing to recalibrate in it: build it with \
+                     track_running_stats=True to use SWA's refit, or evaluate the model as it is",
+                ));
+            }
             return Err(Error::node(
                 name,
                 "BatchNormalization",

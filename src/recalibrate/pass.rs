@@ -234,7 +234,8 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
                         "batch {} has {count} value per channel: the unbiased variance is undefined with torch statistics",
                         batches + 1
                     ),
-                ));
+                )
+                .hint(Hint::BatchOfOne { samples: known }));
             }
             accs[k].add(count, mean, var);
         }

@@ -471,3 +471,42 @@ fn an_onnx_output_named_like_a_checkpoint_is_refused() {
         .stderr(contains("is named like a safetensors checkpoint"));
     assert!(listing(dir.path()).is_empty());
 }
+
+/// Where `update_bn` users land: a last batch of one sample under torch statistics names the
+/// remedies (the one-fewer `--max-samples` works), and a BatchNorm built with
+/// `track_running_stats=False` (computed statistics, training mode whatever `eval()` says) is
+/// told what it is, not to "export in eval mode".
+#[test]
+fn update_bn_users_are_told_what_to_do() {
+    let dir = tmp();
+    let (shape, values) = read_npy(&fixture("mlp/train.npy"));
+    let inputs = dir.path().join("t257.npy");
+    write_npy_f32(&inputs, &[257, shape[1]], &[&values[..], &values[..shape[1]]].concat()[..257 * shape[1]]);
+    let cmd = |extra: &[&str]| {
+        let mut c = swa();
+        c.args(["recalibrate", "--stats", "torch", "--batch-size", "64", "--model"])
+            .arg(fixture("mlp/model.onnx"))
+            .arg("--inputs")
+            .arg(&inputs)
+            .args(extra)
+            .arg("-o")
+            .arg(dir.path().join("out.onnx"));
+        c
+    };
+    cmd(&[])
+        .assert()
+        .code(2)
+        .stderr(contains("update_bn fails the same way: leave the last sample out (--max-samples 256)"))
+        .stderr(contains("--stats precise"));
+    cmd(&["--max-samples", "256"]).assert().success();
+    swa()
+        .args(["recalibrate", "--model"])
+        .arg(fixture("bn/track_running_stats_false.onnx"))
+        .arg("--inputs")
+        .arg(fixture("cnn/train.npy"))
+        .arg("-o")
+        .arg(dir.path().join("trs.onnx"))
+        .assert()
+        .code(2)
+        .stderr(contains("track_running_stats=False").and(contains("nothing to recalibrate")));
+}
