@@ -56,6 +56,21 @@ pub struct Inspection {
 /// Inspects `file` (a checkpoint, read with `key` where its format has several state dicts, or an
 /// ONNX model); with `against`, also binds that checkpoint to the model `file` must then be.
 pub fn inspect(file: &Path, key: Option<&str>, against: Option<&Path>) -> Result<Inspection> {
+    // A run's folder of checkpoints (not one sharded checkpoint): say what it holds and which to
+    // inspect, rather than that it lacks a shard index.
+    if file.is_dir() && inputs::format_of(file).open(file, key).is_err() {
+        if let Ok(found) = inputs::discover(&[file.to_path_buf()]) {
+            let (first, last) = (&found.files[0], &found.files[found.files.len() - 1]);
+            return Err(Error::usage(format!(
+                "{} is a folder of {} checkpoints ({} … {}): inspect one of them, e.g. {}",
+                file.display(),
+                found.files.len(),
+                first.path.display(),
+                last.path.display(),
+                last.path.display()
+            )));
+        }
+    }
     // An ONNX model lists its initializers as stored (before binding gives shared ones copies).
     let (ck, binder) = if file.extension().is_some_and(|e| e == "onnx") {
         let model = crate::onnx::Model::load(file)?;

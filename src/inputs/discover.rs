@@ -206,18 +206,12 @@ pub fn discover(paths: &[PathBuf]) -> Result<Discovery> {
             found.push(checkpoint);
             continue;
         }
-        let mut inside = Vec::new();
-        for entry in std::fs::read_dir(path).map_err(|e| Error::io(path, e))? {
-            let p = entry.map_err(|e| Error::io(path, e))?.path();
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if name.starts_with('.') {
-                continue;
-            }
-            if p.is_dir() {
-                inside.extend(model_in(&p)?);
-            } else if is_checkpoint_name(&name) {
-                inside.push(p);
-            }
+        let mut inside = checkpoints_in(path)?;
+        // A Lightning run folder (`lightning_logs/version_0`: hparams.yaml, event files and
+        // `checkpoints/`) means the checkpoints it keeps.
+        let lightning = path.join("checkpoints");
+        if inside.is_empty() && lightning.is_dir() {
+            inside = checkpoints_in(&lightning)?;
         }
         // Beside numbered checkpoints, a file without a number is a copy (Lightning's last.ckpt,
         // timm's last.pth.tar and model_best.pth.tar, torchvision's checkpoint.pth, the Trainer's
@@ -276,6 +270,25 @@ pub fn discover(paths: &[PathBuf]) -> Result<Discovery> {
         ));
     }
     Ok(Discovery { files, duplicates, left_out })
+}
+
+/// The checkpoints directly in `dir` (hidden entries aside), and the model files of its run
+/// subdirectories (`checkpoint-500/`).
+fn checkpoints_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut inside = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let p = entry.map_err(|e| Error::io(dir, e))?.path();
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with('.') {
+            continue;
+        }
+        if p.is_dir() {
+            inside.extend(model_in(&p)?);
+        } else if is_checkpoint_name(&name) {
+            inside.push(p);
+        }
+    }
+    Ok(inside)
 }
 
 /// What identifies a file whatever path names it: device and inode where there are such, else

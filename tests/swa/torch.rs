@@ -406,3 +406,35 @@ fn a_bin_file_that_holds_safetensors_is_read_as_safetensors() {
     same_tensors(&open(&out), &open(&fixture("cnn/checkpoints/epoch_003.safetensors")), str::to_string);
     swa().arg("inspect").arg(&bin).assert().success().stdout(contains("conv1.weight"));
 }
+
+/// `swa average lightning_logs/version_0` looks into its `checkpoints/` (it said the folder
+/// held no checkpoint); `swa inspect` on a folder of checkpoints says what it holds and which to
+/// inspect (it said the folder held no *.safetensors.index.json).
+#[test]
+fn a_lightning_run_folder_means_its_checkpoints() {
+    let dir = tmp();
+    let version = dir.path().join("lightning_logs/version_0");
+    copy_dir(&torch("cnn_ckpt"), &version.join("checkpoints"));
+    std::fs::write(version.join("hparams.yaml"), "lr: 0.1\n").unwrap();
+    let a = swa()
+        .arg("average")
+        .arg(&version)
+        .arg("--json")
+        .arg("-o")
+        .arg(dir.path().join("swa.safetensors"))
+        .assert()
+        .success();
+    let s: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    let n = std::fs::read_dir(torch("cnn_ckpt"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("epoch="))
+        .count();
+    assert_eq!(s["inputs"].as_array().unwrap().len(), n, "{s}");
+    swa()
+        .arg("inspect")
+        .arg(version.join("checkpoints"))
+        .assert()
+        .code(2)
+        .stderr(contains(format!("is a folder of {n} checkpoints")))
+        .stderr(contains("inspect one of them"));
+}
