@@ -196,6 +196,8 @@ pub enum Hint {
     ImageColumn,
     /// An image has more pixels (decoded or resized) than the limit, which is a setting.
     MaxImagePixels,
+    /// The labels are in a column of another name: its name is a setting.
+    LabelColumn,
     /// A batch of one sample under torch statistics (a last batch): fewer samples, another batch
     /// size or precise statistics avoid it.
     BatchOfOne {
@@ -236,6 +238,7 @@ impl Hint {
             }
             Hint::SkipBadImages => " (set `skip_bad_images` to skip and count such images)".into(),
             Hint::MaxImagePixels => " (raise `max_image_pixels` to read it)".into(),
+            Hint::LabelColumn => " (set `label_column`)".into(),
             Hint::BatchOfOne { .. } => {
                 " (update_bn fails the same way: lower `max_samples` by one, choose a `batch_size` that leaves no batch \
                  of one, or use precise statistics)"

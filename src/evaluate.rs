@@ -196,11 +196,18 @@ fn with_labels(samples: Samples, opts: &EvalOptions) -> Result<(Samples, PathBuf
             file.display()
         ))),
         (None, true) => Ok((samples, opts.inputs.clone())),
-        (None, false) => Err(Error::format(
-            &opts.inputs,
-            "has no labels: give a labels file (.npy of class indices), or use an image folder with one folder per \
-             class, or Parquet with a label column",
-        )),
+        (None, false) => match samples.why_no_targets() {
+            Some(why) => Err(Error::format(
+                &opts.inputs,
+                format!("has no labels: {why}; give a labels file (.npy of class indices), or name the label column"),
+            )
+            .hint(crate::error::Hint::LabelColumn)),
+            None => Err(Error::format(
+                &opts.inputs,
+                "has no labels: give a labels file (.npy of class indices), or use an image folder with one folder \
+                 per class, or Parquet with a label column",
+            )),
+        },
     }
 }
 

@@ -69,6 +69,7 @@ pub fn hint(hint: Hint) -> String {
                 .into()
         }
         Hint::ImageColumn => ": name the image column with --image-column".into(),
+        Hint::LabelColumn => " (with --label-column NAME)".into(),
         Hint::MaxImagePixels => " (raise the limit with --max-image-pixels N to read it)".into(),
         Hint::BatchOfOne { samples } => format!(
             "; update_bn fails the same way: {}choose a --batch-size that leaves no batch of one, or use --stats precise",

@@ -36,6 +36,9 @@ pub struct ParquetSet {
     columns: Vec<usize>,
     /// The label column's values, when every file has it.
     pub labels: Option<Vec<i64>>,
+    /// Why there are no labels (for an evaluation, which needs them): no such column (with the
+    /// columns there are), labels turned off, or a column that is not class indices.
+    pub no_labels: Option<String>,
 }
 
 fn parquet_error(path: &std::path::Path, e: impl std::fmt::Display) -> Error {
@@ -409,7 +412,12 @@ impl ParquetSet {
     pub fn open(files: Vec<PathBuf>, image_column: &str, label_column: &str) -> Result<Self> {
         let mut starts = vec![0];
         let mut columns = Vec::new();
-        let mut labels = Some(Vec::new());
+        // An empty label column name turns labels off.
+        let mut labels = (!label_column.is_empty()).then(Vec::new);
+        let mut no_labels =
+            label_column.is_empty().then(|| "its labels are turned off (an empty label column name)".to_string());
+        // A label column that is not class indices: no labels, whatever the other files hold.
+        let mut unusable = false;
         for path in &files {
             let (b, _) = builder(path)?;
             let fields: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
@@ -425,13 +433,20 @@ impl ParquetSet {
                 .map_err(|_| Error::format(path, "has a negative row count"))?;
             starts.push(starts.last().expect("non-empty") + rows);
             let has_labels = fields.iter().any(|f| f == label_column);
-            if !has_labels && label_column != "label" {
+            if !has_labels && label_column != "label" && !label_column.is_empty() {
                 return Err(Error::format(
                     path,
                     format!("has no label column `{label_column}` (its columns: {})", fields.join(", ")),
                 ));
             }
-            if labels.is_some() != has_labels && path != &files[0] {
+            if !has_labels && no_labels.is_none() {
+                no_labels = Some(format!(
+                    "{} has no label column `{label_column}` (its columns: {})",
+                    path.display(),
+                    fields.join(", ")
+                ));
+            }
+            if labels.is_some() != has_labels && path != &files[0] && !label_column.is_empty() && !unusable {
                 return Err(Error::format(
                     path,
                     format!(
@@ -450,7 +465,20 @@ impl ParquetSet {
                     let before = all.len();
                     for batch in column_reader(path, l, 64 * 1024, 0)?.0 {
                         let batch = batch.map_err(|e| parquet_error(path, e))?;
-                        all.extend(integers(path, label_column, batch.column(0))?);
+                        // A column that is not class indices is no labels: an error only where
+                        // labels are needed (a recalibration does not read them).
+                        match integers(path, label_column, batch.column(0)) {
+                            Ok(values) => all.extend(values),
+                            Err(e) => {
+                                no_labels = Some(e.to_string());
+                                unusable = true;
+                                break;
+                            }
+                        }
+                    }
+                    if unusable {
+                        labels = None;
+                        continue;
                     }
                     if all.len() - before != rows {
                         return Err(parquet_error(
@@ -464,7 +492,7 @@ impl ParquetSet {
             };
         }
         let rows = *starts.last().expect("non-empty");
-        Ok(ParquetSet { files, starts, rows, image_column: image_column.to_string(), columns, labels })
+        Ok(ParquetSet { files, starts, rows, image_column: image_column.to_string(), columns, labels, no_labels })
     }
 
     /// `file row N` for messages about row `i` of the set.

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use crate::common::*;
+use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
 use swa::inputs::images::{Preprocess, Resize};
 use swa::inputs::{DataOptions, Samples};
@@ -300,7 +301,7 @@ fn a_corrupt_image_is_named_or_skipped_and_counted() {
     .unwrap();
     evaluate_folder(dir.path(), &[])
         .code(2)
-        .stderr(predicates::prelude::PredicateBooleanExt::or(contains("broken.png"), contains("truncated.jpg")))
+        .stderr(contains("broken.png").or(contains("truncated.jpg")))
         .stderr(contains("--skip-bad-images"));
     let a = evaluate_folder(dir.path(), &["--skip-bad-images", "--json"]).success();
     let m: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
@@ -745,4 +746,72 @@ fn a_truncated_jpeg_is_a_bad_image() {
         skipped.contains("after_scan_header.jpg: is truncated") && skipped.contains("no_end_marker.jpg: is truncated"),
         "{skipped}"
     );
+}
+
+/// `val.parquet` rewritten with its label column renamed `labels`, or holding the class names as
+/// strings.
+fn relabelled_parquet(to: &Path, rename: bool) {
+    use arrow_array::{ArrayRef, RecordBatch, StringArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(fixture("images/val.parquet")).unwrap();
+    let batches: Vec<RecordBatch> =
+        ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap().map(Result::unwrap).collect();
+    let schema = batches[0].schema();
+    let label = schema.index_of("label").unwrap();
+    let fields: Vec<arrow_schema::Field> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| match (i == label, rename) {
+            (true, true) => f.as_ref().clone().with_name("labels"),
+            (true, false) => arrow_schema::Field::new("label", arrow_schema::DataType::Utf8, false),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    let schema = std::sync::Arc::new(arrow_schema::Schema::new(fields));
+    let out = std::fs::File::create(to).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(out, schema.clone(), None).unwrap();
+    for b in batches {
+        let mut columns: Vec<ArrayRef> = b.columns().to_vec();
+        if !rename {
+            let names: Vec<String> = (0..b.num_rows()).map(|i| format!("class {i}")).collect();
+            columns[label] = std::sync::Arc::new(StringArray::from(names));
+        }
+        w.write(&RecordBatch::try_new(schema.clone(), columns).unwrap()).unwrap();
+    }
+    w.close().unwrap();
+}
+
+/// Labels as Hugging Face users have them: a `labels` column is named with the columns there are
+/// and `--label-column` (it said "has no labels" and nothing more); a label column of strings
+/// does not stop a recalibration, which reads no labels; `--label-column ''` turns labels off.
+#[test]
+fn parquet_labels_are_found_named_or_left_alone() {
+    let dir = tmp();
+    let renamed = dir.path().join("renamed.parquet");
+    relabelled_parquet(&renamed, true);
+    evaluate_folder(&renamed, &[]).code(2).stderr(
+        contains("has no label column `label` (its columns: image, labels)").and(contains("--label-column NAME")),
+    );
+    evaluate_folder(&renamed, &["--label-column", "labels", "--json"]).success();
+    let strings = dir.path().join("strings.parquet");
+    relabelled_parquet(&strings, false);
+    let recalibrate = |extra: &[&str]| {
+        swa()
+            .args(["recalibrate", "--model"])
+            .arg(fixture("cnn/model.onnx"))
+            .arg("--inputs")
+            .arg(&strings)
+            .args(["--resize", "20", "--center-crop", "16", "--batch-size", "4"])
+            .args(extra)
+            .arg("-o")
+            .arg(dir.path().join("m.onnx"))
+            .assert()
+    };
+    recalibrate(&[]).success();
+    evaluate_folder(&strings, &[])
+        .code(2)
+        .stderr(contains("label column `label` holds Utf8, not integer class indices"));
+    // Labels off: an evaluation then needs a labels file.
+    evaluate_folder(&renamed, &["--label-column", ""]).code(2).stderr(contains("labels are turned off"));
 }

@@ -112,6 +112,12 @@ pub trait SampleSource: Send + Sync {
         None
     }
 
+    /// Why a source of a kind that may carry targets has none (a Parquet file without the label
+    /// column, with the columns it has), for the message of an evaluation that needs them.
+    fn why_no_targets(&self) -> Option<String> {
+        None
+    }
+
     /// How the samples are read and preprocessed, for summaries and reports (`None` for arrays
     /// fed as they are).
     fn preprocessing(&self) -> Option<String> {

@@ -53,7 +53,10 @@ impl SourceKind for Parquet {
         complete_splits(&files)?;
         let set = ParquetSet::open(files, &data.image_column, &data.label_column)?;
         let targets = set.labels.clone().map(|l| Tensor::i64(vec![l.len()], l));
-        Ok(Box::new(ImageSource::fit(path, ParquetImages(set), specs, data, targets, None)?))
+        let why = set.no_labels.clone();
+        Ok(Box::new(
+            ImageSource::fit(path, ParquetImages(set), specs, data, targets, None)?.without_targets_because(why),
+        ))
     }
 }
 

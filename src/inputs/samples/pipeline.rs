@@ -129,6 +129,7 @@ pub struct ImageSource<I: ImageItems> {
     skipped: Mutex<Vec<String>>,
     skip_bad_images: bool,
     max_pixels: u64,
+    why_no_targets: Option<String>,
 }
 
 impl<I: ImageItems> ImageSource<I> {
@@ -166,6 +167,7 @@ impl<I: ImageItems> ImageSource<I> {
             skipped: Mutex::new(Vec::new()),
             skip_bad_images: data.skip_bad_images,
             max_pixels: data.max_image_pixels,
+            why_no_targets: None,
         };
         let pre = &data.preprocess;
         let size = match (pre.center_crop, pre.resize, input.size) {
@@ -188,6 +190,14 @@ impl<I: ImageItems> ImageSource<I> {
         let len = source.items.len();
         check_shapes(path, len, specs, &[source.geometry.sample_shape()], |_| (path.display().to_string(), None))?;
         Ok(source)
+    }
+
+    /// This source, saying `why` it has no targets where it has none.
+    pub fn without_targets_because(mut self, why: Option<String>) -> Self {
+        if self.targets.is_none() {
+            self.why_no_targets = why;
+        }
+        self
     }
 
     /// The geometry the images were fitted to.
@@ -310,6 +320,10 @@ impl<I: ImageItems> ImageSource<I> {
 impl<I: ImageItems> SampleSource for ImageSource<I> {
     fn len(&self) -> Option<usize> {
         Some(self.items.len())
+    }
+
+    fn why_no_targets(&self) -> Option<String> {
+        self.why_no_targets.clone()
     }
 
     fn sample_shapes(&self) -> Vec<Vec<usize>> {
