@@ -110,7 +110,17 @@ pub fn inspect(file: &Path, key: Option<&str>, against: Option<&Path>) -> Result
         .collect();
     let number = file.file_name().and_then(|n| inputs::name_number(&n.to_string_lossy()));
     let format = inputs::format_of(file);
-    let contents = format.contents(file)?.map(|c| (contents_key(format.name()), c)).into_iter().collect();
+    let contents = format
+        .contents(file)?
+        .map(|mut c| {
+            // The state dict read is the one asked for, where one was.
+            if let Some(k) = key {
+                c.chosen = Some(k.to_string());
+            }
+            (contents_key(format.name()), c)
+        })
+        .into_iter()
+        .collect();
     Ok(Inspection {
         batchnorm,
         binding,

@@ -65,8 +65,11 @@ pub struct Contents {
     pub state_dicts: Vec<(String, usize)>,
     /// The top level's keys that are not state dicts themselves (epoch, optimizer, callbacks…).
     pub other_keys: Vec<String>,
-    /// The state dict read without a key, if there is one.
+    /// The state dict read without a key, if there is one (`inspect` with a key: that key).
     pub chosen: Option<String>,
+    /// What known state dicts are, by key (`state_dict_ema`: timm's EMA of the weights).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub what: std::collections::BTreeMap<String, String>,
 }
 
 /// A checkpoint file being written: tensor data goes in at known offsets from any thread, then

@@ -45,8 +45,12 @@ impl InspectArgs {
             let _ = writeln!(o, "{} file; state dicts (--key):", v.format);
             for (key, count) in &t.state_dicts {
                 let chosen = if t.chosen.as_deref() == Some(key.as_str()) { "  <- read" } else { "" };
-                let _ =
-                    writeln!(o, "  {:<40} {count} tensors{chosen}", if key.is_empty() { "(top level)" } else { key });
+                let what = t.what.get(key).map_or(String::new(), |w| format!("  ({w})"));
+                let _ = writeln!(
+                    o,
+                    "  {:<40} {count} tensors{chosen}{what}",
+                    if key.is_empty() { "(top level)" } else { key }
+                );
             }
             if !t.other_keys.is_empty() {
                 let _ = writeln!(o, "other keys: {}", t.other_keys.join(", "));

@@ -438,3 +438,24 @@ fn a_lightning_run_folder_means_its_checkpoints() {
         .stderr(contains(format!("is a folder of {n} checkpoints")))
         .stderr(contains("inspect one of them"));
 }
+
+/// `inspect` says what the state dicts of known training code are (Lightning's
+/// EMAWeightAveraging keeps the EMA under `state_dict` and the raw weights under
+/// `current_model_state`; timm's `state_dict_ema`), and `--key` moves the `<- read` marker.
+#[test]
+fn inspect_says_what_each_state_dict_is_and_which_is_read() {
+    let out = |extra: &[&str], file: &str| {
+        let a = swa().arg("inspect").arg(torch(file)).args(extra).assert().success();
+        String::from_utf8_lossy(&a.get_output().stdout).into_owned()
+    };
+    let text = out(&[], "ema_weight_averaging.ckpt");
+    assert!(text.contains("state_dict                               16 tensors  <- read  (EMA weights: Lightning's EMAWeightAveraging"), "{text}");
+    assert!(text.contains("current_model_state                      16 tensors  (raw weights"), "{text}");
+    let text = out(&["--key", "current_model_state"], "ema_weight_averaging.ckpt");
+    assert!(text.contains("current_model_state                      16 tensors  <- read"), "{text}");
+    assert!(!text.contains("state_dict                               16 tensors  <- read"), "{text}");
+    assert!(out(&[], "timm/checkpoint-3.pth.tar").contains("(timm's EMA of the weights"));
+    let a = swa().arg("inspect").arg(torch("ema_weight_averaging.ckpt")).arg("--json").assert().success();
+    let v: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    assert!(v["torch"]["what"]["current_model_state"].as_str().unwrap().contains("raw weights"), "{v}");
+}

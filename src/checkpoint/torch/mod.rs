@@ -327,7 +327,8 @@ fn join(path: &str, key: &str) -> String {
 }
 
 fn list_contents(m: &Machine, top: Value) -> Contents {
-    let mut contents = Contents { state_dicts: Vec::new(), other_keys: Vec::new(), chosen: None };
+    let mut contents =
+        Contents { state_dicts: Vec::new(), other_keys: Vec::new(), chosen: None, what: Default::default() };
     let Some((top_id, entries)) = dict(m, top) else { return contents };
     if let Some(n) = state_dict_size(m, &entries) {
         contents.state_dicts.push((String::new(), n));
@@ -347,7 +348,29 @@ fn list_contents(m: &Machine, top: Value) -> Contents {
         }
     }
     contents.chosen = default_key(m, &entries).map(str::to_string);
+    contents.what = what_they_are(&contents);
     contents
+}
+
+/// What the state dicts of known training code are, by key.
+fn what_they_are(c: &Contents) -> BTreeMap<String, String> {
+    let has = |k: &str| c.state_dicts.iter().any(|(p, _)| p == k);
+    let mut what = BTreeMap::new();
+    let mut say = |k: &str, text: &str| {
+        if has(k) {
+            what.insert(k.to_string(), text.to_string());
+        }
+    };
+    if has("current_model_state") {
+        // Lightning's EMAWeightAveraging swaps the EMA into the model before saving.
+        say("state_dict", "EMA weights: Lightning's EMAWeightAveraging saves them as the model's");
+        say("current_model_state", "raw weights of the last step, kept by Lightning's EMAWeightAveraging");
+    }
+    say("state_dict_ema", "timm's EMA of the weights, ModelEmaV2/V3");
+    say("model_ema", "torchvision's EMA, an AveragedModel: module.* weights and n_averaged");
+    say("callbacks.EMA.ema_state_dict", "EMA callback's weights");
+    say("ema_state_dict", "EMA of the weights");
+    what
 }
 
 /// Every state dict at or under `v` (reached through string keys), each dict visited once.
