@@ -108,7 +108,7 @@ pub fn image(data: &[u8]) {
     use swa::inputs::images::{self, Layout, Resize};
     for channels in [3, 1] {
         // The fuzzer's memory is capped: images of up to 4 M pixels (the limit is a setting).
-        let how = images::Decode { channels, max_pixels: 1 << 22 };
+        let how = images::Decode { channels, max_pixels: 1 << 22, exif: channels == 1 };
         let Ok(img) = images::decode(data, &how) else { continue };
         if img.w == 0 || img.h == 0 {
             continue;

@@ -172,6 +172,9 @@ pub struct Decode {
     pub channels: usize,
     /// Images with more pixels (decoded, or after the resize) are bad images.
     pub max_pixels: u64,
+    /// Turn the image as its EXIF orientation says (`ImageOps.exif_transpose`), as Hugging Face
+    /// `datasets` does when it decodes an `Image` feature; torchvision's `ImageFolder` does not.
+    pub exif: bool,
 }
 
 /// Why an image is a bad image (one `skip_bad_images` may skip), without its name.
@@ -258,7 +261,17 @@ pub fn decode(bytes: &[u8], how: &Decode) -> Result<Image8, BadImage> {
     limits.max_alloc = Some(how.max_pixels.saturating_mul(16).max(1 << 29));
     decoder.limits(limits);
     let channels = how.channels;
-    let img = decoder.decode().map_err(|e| BadImage::invalid(format!("is not a valid image: {e}")))?;
+    let invalid = |e: image::ImageError| BadImage::invalid(format!("is not a valid image: {e}"));
+    let img = if how.exif {
+        let mut decoder = decoder.into_decoder().map_err(invalid)?;
+        let orientation =
+            image::ImageDecoder::orientation(&mut decoder).unwrap_or(image::metadata::Orientation::NoTransforms);
+        let mut img = DynamicImage::from_decoder(decoder).map_err(invalid)?;
+        img.apply_orientation(orientation);
+        img
+    } else {
+        decoder.decode().map_err(invalid)?
+    };
     let (w, h) = (img.width() as usize, img.height() as usize);
     // Every supported layout as (samples per pixel, grey?, 8-bit view of sample i).
     let data: Vec<u8> = match (img, channels) {

@@ -149,10 +149,14 @@ fn a_flat_folder_parquet_and_uint8_arrays_read_the_same_way() {
     let (_, theirs) = read_npy(&fixture("images/expected/train.npy"));
     assert!(per_image_diff(&ours, &theirs, 768, 255.0).iter().all(|&d| d <= JPEG_TOLERANCE));
 
-    // Parquet holds the same files' bytes: the same tensors as the folder, bit for bit.
+    // Parquet holds the same files' bytes: the same tensors as the folder, bit for bit, but for the
+    // image with an EXIF orientation, which `datasets` (and so swa, for Parquet) turns.
     let (folder, from_folder) = tensors(&fixture("images/val"), &[-1, 3, 16, 16], &imagenet_small());
     let (parquet, from_parquet) = tensors(&fixture("images/val.parquet"), &[-1, 3, 16, 16], &imagenet_small());
-    assert_eq!(from_folder, from_parquet);
+    let exif = VAL.iter().position(|n| n.contains("exif")).unwrap();
+    for (i, (a, b)) in from_folder.chunks(768).zip(from_parquet.chunks(768)).enumerate() {
+        assert_eq!(a == b, i != exif, "{}", VAL[i]);
+    }
     assert_eq!(folder.labels(), parquet.labels());
     // Batches that cross the file's row groups (of 4) give the same rows.
     // Started in a later row group too (the row groups before the start are not read).
@@ -162,7 +166,7 @@ fn a_flat_folder_parquet_and_uint8_arrays_read_the_same_way() {
             .unwrap()
             .flat_map(|b| b.unwrap().inputs.remove(0).values.into_f32().unwrap())
             .collect();
-        assert_eq!(rows, from_folder[start * 768..], "from row {start}");
+        assert!(rows == from_parquet[start * 768..], "from row {start}");
     }
 
     let normalize = DataOptions {
@@ -814,4 +818,37 @@ fn parquet_labels_are_found_named_or_left_alone() {
         .stderr(contains("label column `label` holds Utf8, not integer class indices"));
     // Labels off: an evaluation then needs a labels file.
     evaluate_folder(&renamed, &["--label-column", ""]).code(2).stderr(contains("labels are turned off"));
+}
+
+/// Hugging Face `datasets` turns an image by its EXIF orientation when it decodes an `Image`
+/// feature; torchvision's `ImageFolder` does not: a Parquet row is turned, the same file in a
+/// folder is not (a 36x24 JPEG with orientation 6 is 24x36 from Parquet, as
+/// `ImageOps.exif_transpose` gives it).
+#[test]
+fn parquet_images_are_turned_by_their_exif_orientation_and_folders_are_not() {
+    use arrow_array::{ArrayRef, BinaryArray, Int64Array, RecordBatch};
+    let dir = tmp();
+    let jpeg = std::fs::read(fixture("images/val/cat/e_exif_rotated.JPG")).unwrap();
+    let schema = std::sync::Arc::new(arrow_schema::Schema::new(vec![
+        arrow_schema::Field::new("image", arrow_schema::DataType::Binary, false),
+        arrow_schema::Field::new("label", arrow_schema::DataType::Int64, false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        std::sync::Arc::new(BinaryArray::from(vec![jpeg.as_slice()])),
+        std::sync::Arc::new(Int64Array::from(vec![0i64])),
+    ];
+    let parquet = dir.path().join("rotated.parquet");
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&parquet).unwrap(), schema.clone(), None).unwrap();
+    w.write(&RecordBatch::try_new(schema, columns).unwrap()).unwrap();
+    w.close().unwrap();
+    let folder = dir.path().join("flat");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("e.jpg"), &jpeg).unwrap();
+    let spec = [InputSpec::float("input", vec![-1, 3, -1, -1])];
+    let options =
+        DataOptions { preprocess: Preprocess { mean: Some(vec![0.5]), ..Default::default() }, ..Default::default() };
+    let shape = |p: &Path| Samples::open(p, &spec, &options).unwrap().sample_shapes()[0].clone();
+    assert_eq!(shape(&folder), [3, 24, 36]);
+    assert_eq!(shape(&parquet), [3, 36, 24]);
 }

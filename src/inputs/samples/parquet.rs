@@ -75,7 +75,7 @@ impl ImageItems for ParquetImages {
     }
 
     fn describe(&self) -> String {
-        format!("Parquet column `{}`", self.0.image_column)
+        format!("Parquet column `{}` (turned by EXIF orientation, as datasets decodes it)", self.0.image_column)
     }
 
     fn read(&self, from: usize, to: usize, batch: usize, cursor: &mut Option<Cursor>) -> Result<Vec<Option<Row>>> {
@@ -90,7 +90,10 @@ impl ImageItems for ParquetImages {
 
     fn image(&self, i: usize, read: Option<&Row>, how: &images::Decode) -> Result<Image8> {
         match read {
-            Some(Ok(bytes)) => images::decode(bytes, how).map_err(|bad| bad.named(self.name_of(i))),
+            // As `datasets` decodes an Image feature: turned by its EXIF orientation.
+            Some(Ok(bytes)) => {
+                images::decode(bytes, &images::Decode { exif: true, ..*how }).map_err(|bad| bad.named(self.name_of(i)))
+            }
             Some(Err(why)) => Err(Error::format(self.name_of(i), why.clone())),
             None => Err(Error::format(self.name_of(i), "was not read")),
         }

@@ -207,7 +207,7 @@ impl<I: ImageItems> ImageSource<I> {
 
     /// Image `i` read and preprocessed into 8 bits. Errors name it.
     fn load(&self, i: usize, read: Option<&Row>) -> Result<Image8> {
-        let how = images::Decode { channels: self.geometry.channels, max_pixels: self.max_pixels };
+        let how = images::Decode { channels: self.geometry.channels, max_pixels: self.max_pixels, exif: false };
         let img = self.items.image(i, read, &how)?;
         if img.w == 0 || img.h == 0 {
             return Err(Error::format(self.items.name_of(i), "is an empty image (0 pixels)"));
