@@ -852,3 +852,22 @@ fn parquet_images_are_turned_by_their_exif_orientation_and_folders_are_not() {
     assert_eq!(shape(&folder), [3, 24, 36]);
     assert_eq!(shape(&parquet), [3, 36, 24]);
 }
+
+/// What users have that swa does not read is said as such: a webdataset shard, an Arrow file and
+/// a `save_to_disk` folder were "not a .npy array (bad magic)" or "files that are not images".
+#[test]
+fn data_swa_does_not_read_is_named_for_what_it_is() {
+    let dir = tmp();
+    std::fs::write(dir.path().join("shard-000000.tar"), b"ustar stuff").unwrap();
+    std::fs::write(dir.path().join("data-00000-of-00001.arrow"), b"ARROW1").unwrap();
+    let saved = dir.path().join("saved");
+    std::fs::create_dir_all(saved.join("train")).unwrap();
+    std::fs::write(saved.join("dataset_dict.json"), b"{\"splits\": [\"train\"]}").unwrap();
+    for (path, says) in [
+        (dir.path().join("shard-000000.tar"), "is a tar archive (a webdataset shard?): swa does not read those"),
+        (dir.path().join("data-00000-of-00001.arrow"), "is an Arrow file"),
+        (saved, "is a datasets save_to_disk folder"),
+    ] {
+        evaluate_folder(&path, &[]).code(2).stderr(contains(says)).stderr(contains("to_parquet"));
+    }
+}

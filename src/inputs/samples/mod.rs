@@ -180,6 +180,9 @@ impl Samples {
     /// Opens the samples at `path` for a model with inputs `specs` (see [`SOURCES`]), and checks
     /// that each input's sample shape fits the model's declared shape.
     pub fn open(path: &Path, specs: &[InputSpec], data: &DataOptions) -> Result<Samples> {
+        if let Some(what) = not_read(path) {
+            return Err(Error::format(path, what));
+        }
         // A path no kind claims is read as arrays, whose reader says what is wrong with it.
         let source = kind_of(path).unwrap_or(&arrays::Arrays).open(path, specs, data)?;
         Ok(Samples { path: path.to_path_buf(), source })
@@ -202,6 +205,28 @@ impl Samples {
             crate::batch::Values::I64(v) => Some(v),
             crate::batch::Values::F32(_) => None,
         }
+    }
+}
+
+/// What a path holds that users have but swa does not read (yet), said as such rather than found
+/// out as "not a .npy array": webdataset shards, Arrow files and `save_to_disk` folders.
+fn not_read(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_string_lossy().to_lowercase();
+    let dir_has = |f: &str| path.is_dir() && path.join(f).is_file();
+    let convert = "convert it to Parquet (datasets: `ds.to_parquet(\"train.parquet\")`), an image folder or .npy";
+    if name.ends_with(".tar") || name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+        Some(format!("is a tar archive (a webdataset shard?): swa does not read those; {convert}"))
+    } else if name.ends_with(".arrow") {
+        Some(format!(
+            "is an Arrow file (as datasets' save_to_disk writes them): swa does not read those yet; {convert}"
+        ))
+    } else if dir_has("dataset_dict.json") || dir_has("state.json") || dir_has("dataset_info.json") {
+        Some(format!(
+            "is a datasets save_to_disk folder (Arrow files): swa does not read those yet; {convert}, or point at \
+             the Parquet files of a Hub download"
+        ))
+    } else {
+        None
     }
 }
 
