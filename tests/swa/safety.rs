@@ -695,6 +695,29 @@ fn runtime_discovery_ignores_a_library_planted_in_the_working_directory() {
     assert!(o.status.success(), "a planted onnxruntime package in the cwd was loaded: {}", combined(&o));
 }
 
+/// A folder owned by another user, or group-writable for a group that is not its owner's own,
+/// is skipped like a world-writable one; group-writable for the owner's own group is the owner's.
+#[test]
+#[ignore = "needs root: gives a folder to another user and another group"]
+fn a_library_folder_of_another_user_or_group_is_skipped() {
+    use std::os::unix::fs::PermissionsExt;
+    use swa::runtime::locate::{search, Roots};
+    require_root("chown a folder to another user and group");
+    let t = tmp();
+    let bin = t.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(bin.join("libonnxruntime.so.1.32.0"), b"").unwrap();
+    let roots = Roots { exe: Some(bin.join("swa")), ..Roots::default() };
+    let why = || search(&roots, Vec::new).skipped.iter().map(|k| k.why.clone()).collect::<Vec<_>>();
+    std::os::unix::fs::chown(&bin, Some(65534), None).unwrap();
+    assert_eq!(why(), ["it is owned by user 65534, neither root nor you"]);
+    std::os::unix::fs::chown(&bin, Some(0), Some(65534)).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o775)).unwrap();
+    assert_eq!(why(), ["it is writable by group 65534, which is not its owner's own group"]);
+    std::os::unix::fs::chown(&bin, Some(0), Some(0)).unwrap();
+    assert!(why().is_empty());
+}
+
 /// `swa` copied (here: linked) into a folder where others can write, as a copy in `/tmp` is:
 /// a `libonnxruntime.so.99` planted beside it is skipped, said, and the real one loaded; the same
 /// for `./swa` run from the folder that holds it.
