@@ -207,25 +207,30 @@ fn evaluate_on_an_image_folder_equals_evaluate_on_torchvision_tensors() {
     assert!(npy.get("preprocessing").is_none());
 }
 
-#[test]
-fn run_reads_image_folders_for_training_and_evaluation() {
-    let dir = tmp();
-    let out = dir.path().join("run");
-    let pre = ["--resize", "20", "--center-crop", "16", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"];
-    let a = swa()
-        .args(["run", "--model"])
+/// `swa run` of the cnn fixture trained on `images/train` and evaluated on `eval`, into `out`.
+fn run_on_images(eval: &Path, out: &Path, extra: &[&str]) -> assert_cmd::Command {
+    let mut c = swa();
+    c.args(["run", "--model"])
         .arg(fixture("cnn/model.onnx"))
         .arg("--checkpoints")
         .arg(fixture("cnn/checkpoints"))
         .arg("--train-inputs")
         .arg(fixture("images/train"))
         .arg("--eval-inputs")
-        .arg(fixture("images/val"))
-        .args(pre)
-        .args(["--batch-size", "4", "--out"])
-        .arg(&out)
-        .assert()
-        .success();
+        .arg(eval)
+        .args(extra)
+        .arg("--out")
+        .arg(out);
+    c
+}
+
+#[test]
+fn run_reads_image_folders_for_training_and_evaluation() {
+    let dir = tmp();
+    let out = dir.path().join("run");
+    let pre = ["--resize", "20", "--center-crop", "16", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"];
+    let a =
+        run_on_images(&fixture("images/val"), &out, &[&pre[..], &["--batch-size", "4"]].concat()).assert().success();
     let stdout = String::from_utf8_lossy(&a.get_output().stdout).into_owned();
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["eval_samples"], 16, "{stdout}");
@@ -651,17 +656,7 @@ fn an_output_inside_an_input_folder_is_refused() {
         .stderr(contains(format!("output {}/dog/a_rgb.png {inside} {}", dir.path().display(), dir.path().display())));
     // Also spelled through a folder that does not exist yet, and `..`.
     for out in [dir.path().join("cat/run"), dir.path().join("cat/x/../run")] {
-        swa()
-            .args(["run", "--model"])
-            .arg(fixture("cnn/model.onnx"))
-            .arg("--checkpoints")
-            .arg(fixture("cnn/checkpoints"))
-            .arg("--train-inputs")
-            .arg(fixture("images/train"))
-            .arg("--eval-inputs")
-            .arg(dir.path())
-            .args(["--resize", "20", "--center-crop", "16", "--out"])
-            .arg(&out)
+        run_on_images(dir.path(), &out, &["--resize", "20", "--center-crop", "16"])
             .assert()
             .code(2)
             .stderr(contains(inside));
