@@ -176,18 +176,6 @@ fn refuse_holding_inputs(out: &Path, inputs: &[&Path]) -> Result<()> {
     Ok(())
 }
 
-/// Refuses an `out` inside a folder of samples the run reads (`read` holds no checkpoint
-/// directory: a run may be written beside its checkpoints).
-fn refuse_inside_samples(out: &Path, read: &[PathBuf]) -> Result<()> {
-    let Some(canonical) = crate::fs::resolved(out) else { return Ok(()) };
-    for input in read {
-        if input.canonicalize().is_ok_and(|i| canonical.starts_with(&i) && i.is_dir()) {
-            return Err(crate::fs::inside_input(out, input));
-        }
-    }
-    Ok(())
-}
-
 /// Every file the run reads: the model and its external data, the checkpoints (a sharded one's
 /// index and shards), the samples and the labels.
 fn files_read(binder: &Binder, found: &[CheckpointFile], opts: &RunOptions) -> Result<Vec<PathBuf>> {
@@ -363,7 +351,10 @@ pub fn run(opts: &RunOptions) -> Result<(Report, Vec<PathBuf>)> {
     let mut named: Vec<&Path> = read.iter().map(PathBuf::as_path).collect();
     named.extend(opts.checkpoints.iter().map(PathBuf::as_path));
     refuse_holding_inputs(&out, &named)?;
-    refuse_inside_samples(&out, &read)?;
+    // Nor inside a folder of samples (`read` holds no checkpoint directory: a run may be written
+    // beside its checkpoints).
+    let read_paths: Vec<&Path> = read.iter().map(PathBuf::as_path).collect();
+    crate::fs::refuse_overwrite(&out, &read_paths)?;
     let stamps = Stamps::of(&read)?;
 
     let mut dirs = crate::fs::OutputDirs::default();

@@ -113,7 +113,7 @@ pub fn refuse_overwrite(output: &Path, inputs: &[&Path]) -> Result<()> {
 }
 
 /// The error for an output inside the input folder `input`.
-pub fn inside_input(output: &Path, input: &Path) -> Error {
+fn inside_input(output: &Path, input: &Path) -> Error {
     Error::usage(format!(
         "output {} is inside the input folder {}, whose files are read as samples: write it outside the folder",
         output.display(),

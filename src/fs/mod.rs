@@ -26,7 +26,7 @@ pub mod staged_dir;
 use std::fs::File;
 use std::path::Path;
 
-pub use checks::{check_file_name, check_output, inside_input, refuse_overwrite, refuse_same_output, resolved, Stamps};
+pub use checks::{check_file_name, check_output, refuse_overwrite, refuse_same_output, resolved, Stamps};
 pub use dirs::OutputDirs;
 pub use map::{allow_maps, map_input, Input};
 pub use registry::discard_staged;

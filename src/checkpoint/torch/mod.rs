@@ -544,7 +544,9 @@ fn foreign_names(path: &Path, m: &Machine, top: Value, value: Value, label: &str
             ),
         ));
     }
-    let everywhere = m.reachable(top);
+    // The whole file is walked only where a name is worth a warning (a Lightning checkpoint's
+    // AttributeDict alone is not).
+    let mut everywhere = None;
     const SHOWN: usize = 3;
     // The first few names with where they are; the others only counted (by a set: a file may
     // name many).
@@ -555,8 +557,9 @@ fn foreign_names(path: &Path, m: &Machine, top: Value, value: Value, label: &str
         if globals::is_known_data(&name) || !names.insert(name.clone()) || found.len() >= SHOWN {
             continue;
         }
+        let everywhere = everywhere.get_or_insert_with(|| m.reachable(top));
         let at = match everywhere.contains_key(&id) {
-            true => format!("at `{}`", m.path(&everywhere, id)),
+            true => format!("at `{}`", m.path(everywhere, id)),
             false => "in a value the pickle discarded".into(),
         };
         found.push((name, at));
