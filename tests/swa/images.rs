@@ -122,6 +122,33 @@ fn photo_sized_jpegs_with_the_imagenet_preset_match_torchvision_within_the_jpeg_
     assert!(mean < 0.5, "mean {mean} levels");
 }
 
+/// Pillow makes its vertical pass first where the height shrinks by more than twice what the
+/// width does; the images of fixtures/images/tall (portraits on both sides of that rule, a wide
+/// one, ones made larger) resize to the bytes torchvision gives on PIL, cropped or not.
+#[test]
+fn tall_images_resize_to_pils_bytes_in_pils_order_of_passes() {
+    for (what, resize, crop, (h, w)) in
+        [("shorter", Resize::Shorter(24), Some((24, 24)), (24, 24)), ("exact", Resize::Exact(30, 20), None, (30, 20))]
+    {
+        let data = DataOptions {
+            preprocess: Preprocess { resize: Some(resize), center_crop: crop, mean: None, std: None },
+            ..Default::default()
+        };
+        let (_, ours) = tensors(&fixture("images/tall"), &[-1, 3, h as i64, w as i64], &data);
+        let (shape, theirs) = read_npy(&fixture(&format!("images/expected/tall_{what}.npy")));
+        assert_eq!(shape, [8, h, w, 3]);
+        let plane = h * w;
+        for (k, image) in theirs.chunks(plane * 3).enumerate() {
+            let off = image
+                .iter()
+                .enumerate()
+                .filter(|&(i, &v)| (ours[k * plane * 3 + (i % 3) * plane + i / 3] * 255.0 - v).abs() > 1e-3)
+                .count();
+            assert_eq!(off, 0, "{what}: image {k} has {off} values off");
+        }
+    }
+}
+
 #[test]
 fn grayscale_models_get_pil_luma() {
     let (samples, ours) = tensors(&fixture("images/val"), &[-1, 1, 16, 16], &small(&[0.5], &[0.25]));
