@@ -124,6 +124,8 @@ pub enum Setting {
     Shard,
     /// The part of an average's output shards this process writes (`I/N`).
     Part,
+    /// `PassOptions::shuffle`.
+    Shuffle,
 }
 
 impl Setting {
@@ -145,6 +147,7 @@ impl Setting {
             Setting::Out => "out",
             Setting::Shard => "shard",
             Setting::Part => "part",
+            Setting::Shuffle => "shuffle",
         }
     }
 }

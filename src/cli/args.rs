@@ -348,9 +348,17 @@ pub struct PassArgs {
     /// Samples per batch of the recalibration pass.
     #[arg(long, default_value = "64", value_parser = at_least_one)]
     pub batch_size: NonZeroUsize,
-    /// Use at most this many training samples.
+    /// Use this many training samples, drawn uniformly at random (with --seed; the same ones in
+    /// every --shard part), not the first N (in an image folder, the first classes only).
     #[arg(long, value_name = "N")]
     pub max_samples: Option<usize>,
+    /// Read the training batches in shuffled order, as a training DataLoader does: --stats
+    /// torch, update_bn's mean over batches, depends on which samples share a batch.
+    #[arg(long)]
+    pub shuffle: bool,
+    /// The seed of --max-samples' draw and of --shuffle's order.
+    #[arg(long, value_name = "N", default_value = "0")]
+    pub seed: u64,
 }
 
 impl PassArgs {
@@ -365,6 +373,8 @@ impl PassArgs {
             data: data.options(),
             batch_size: self.batch_size,
             max_samples: self.max_samples,
+            seed: self.seed,
+            shuffle: self.shuffle,
             stats,
             engine: engine.engine()?,
             quiet,

@@ -30,6 +30,7 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::Out => "--out",
         Setting::Shard => "--shard",
         Setting::Part => "--part",
+        Setting::Shuffle => "--shuffle",
         _ => "an option",
     }
 }
@@ -73,7 +74,7 @@ pub fn hint(hint: Hint) -> String {
         Hint::MaxImagePixels => " (raise the limit with --max-image-pixels N to read it)".into(),
         Hint::BatchOfOne { samples } => format!(
             "; update_bn fails the same way: {}choose a --batch-size that leaves no batch of one, or use --stats precise",
-            samples.map_or(String::new(), |n| format!("leave the last sample out (--max-samples {}), ", n.saturating_sub(1)))
+            samples.map_or(String::new(), |n| format!("leave one sample out (--max-samples {}), ", n.saturating_sub(1)))
         ),
         other => other.library_text(),
     }

@@ -18,7 +18,7 @@ pub use discover::{
     discover, labels, name_number, natural_cmp, select, CheckpointFile, Discovery, Duplicate, LeftOut, Selection,
 };
 pub use npy::{open_inputs, open_labels, Array};
-pub use samples::{carries_labels, check_same_classes, DataOptions, SampleSource, Samples};
+pub use samples::{carries_labels, check_same_classes, DataOptions, SampleSource, Samples, Sampling};
 
 use crate::checkpoint::format::{self, Format, FORMATS};
 use crate::checkpoint::safetensors::Safetensors;

@@ -406,6 +406,13 @@ pub struct Cursor {
     batch: usize,
 }
 
+impl Cursor {
+    /// The set's row the cursor gives next.
+    pub fn position(&self) -> usize {
+        self.row - self.buffered.len()
+    }
+}
+
 impl ParquetSet {
     /// Opens `files` (in this order), finds `image_column` in each and reads `label_column`
     /// where every file has it.

@@ -10,7 +10,8 @@
 //! `batch_size`, `shard` (`I/N`), `samples` and `batches` of this part, `total_samples` of the
 //! pass, `inputs` (the path, recorded in the merged model's sources), `device`, `layers` (JSON
 //! list), `swa_version`; with images, `preprocessing` and `skipped` (a JSON list of the images
-//! that could not be decoded, each with why).
+//! that could not be decoded, each with why); where the samples were drawn at random or shuffled,
+//! `sampling` (JSON: `drawn`, `of`, `seed`, `shuffled`).
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -162,6 +163,9 @@ fn metadata(identity: &Identity, pass: &PassOptions, part: Part, acc: &Accumulat
     if let Some(p) = &acc.preprocessing {
         m.insert("preprocessing".into(), p.clone());
     }
+    if let Some(s) = &acc.sampling {
+        m.insert("sampling".into(), serde_json::to_string(s).expect("numbers"));
+    }
     m
 }
 
@@ -194,6 +198,8 @@ pub struct PartialStats {
     pub skipped: Vec<String>,
     /// How images were read and preprocessed (`None` for float arrays).
     pub preprocessing: Option<String>,
+    /// How the samples were drawn and ordered, where not all of them in order.
+    pub sampling: Option<inputs::Sampling>,
 }
 
 /// Reads a partial statistics file.
@@ -277,6 +283,13 @@ pub fn read(path: &Path) -> Result<PartialStats> {
             None => Vec::new(),
         },
         preprocessing: meta.get("preprocessing").cloned(),
+        sampling: match meta.get("sampling") {
+            Some(j) => Some(
+                serde_json::from_str(j)
+                    .map_err(|e| bad(format!("its metadata `sampling` is not the JSON swa writes: {e}")))?,
+            ),
+            None => None,
+        },
     })
 }
 
@@ -343,6 +356,8 @@ pub fn merge(partials: Vec<PartialStats>) -> Result<Merged> {
         why.field("statistics modes", first.stats, p.stats);
         why.field("batch sizes", first.batch_size, p.batch_size);
         why.field("passes' sample counts", first.total_samples, p.total_samples);
+        let sampling = |s: &Option<inputs::Sampling>| s.map_or("all samples in order".into(), |s| s.describe());
+        why.field("samplings", sampling(&first.sampling), sampling(&p.sampling));
         let name = |i: &Path| i.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         why.field("input files", name(&first.inputs), name(&p.inputs));
         why.field(
@@ -433,6 +448,8 @@ pub fn merge_into_model(opts: &MergeStatsOptions) -> Result<RecalibrateSummary> 
         data: Default::default(),
         batch_size: first.batch_size,
         max_samples: None,
+        seed: first.sampling.map_or(0, |s| s.seed),
+        shuffle: first.sampling.is_some_and(|s| s.shuffled),
         stats: first.stats,
         engine: Default::default(),
         quiet: true,
@@ -478,6 +495,7 @@ pub fn merge_into_model(opts: &MergeStatsOptions) -> Result<RecalibrateSummary> 
             first_batch_seconds: 0.0,
             skipped: merged.skipped.clone(),
             preprocessing: first.preprocessing.clone(),
+            sampling: first.sampling,
         })
     })?;
     summary.device = merged.devices.join(", ");

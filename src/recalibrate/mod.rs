@@ -90,6 +90,10 @@ pub struct RecalibrateSummary {
     /// Images skipped because they could not be decoded, each with why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
+    /// How the samples were drawn and ordered (`max_samples` at random, `shuffle`), where not all
+    /// of them in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<crate::inputs::Sampling>,
 }
 
 /// Checks every output before any work: each can be written as a regular file (its missing
@@ -186,6 +190,7 @@ pub fn recalibrate_from(
                 / (result.seconds - result.first_batch_seconds).max(1e-9)
         }),
         preprocessing: result.preprocessing,
+        sampling: result.sampling,
         skipped: result.skipped,
     })
 }

@@ -137,6 +137,9 @@ pub fn metadata(pass: &PassOptions, result: &PassResult, sources: &[&Path]) -> B
         "sources".into(),
         serde_json::to_string(&sources.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()).unwrap(),
     );
+    if let Some(s) = &result.sampling {
+        m.insert("sampling".into(), serde_json::to_string(s).expect("numbers"));
+    }
     m.insert("swa_version".into(), crate::VERSION.into());
     m
 }

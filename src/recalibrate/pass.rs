@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::stats::{accumulator, Accumulator, StatsMode, Sufficient};
 use crate::checkpoint::dtype;
 use crate::error::{Error, Hint, Result, Setting};
-use crate::inputs::{DataOptions, Samples};
+use crate::inputs::{DataOptions, Samples, Sampling};
 use crate::onnx::bind::Bound;
 use crate::onnx::bn::{self, BnLayer};
 use crate::part::Part;
@@ -24,8 +24,14 @@ pub struct PassOptions {
     pub data: DataOptions,
     /// Samples per batch.
     pub batch_size: NonZeroUsize,
-    /// Stop after this many samples.
+    /// Use this many samples, drawn at random where the source knows its length (its first ones
+    /// where it does not).
     pub max_samples: Option<usize>,
+    /// The seed of the draw of `max_samples` and of the shuffled order.
+    pub seed: u64,
+    /// Read the batches in shuffled order (as a training loader does): `torch` statistics, the
+    /// mean over batches, depend on which samples share a batch.
+    pub shuffle: bool,
     /// Statistics mode.
     pub stats: StatsMode,
     /// Where and how to run.
@@ -42,6 +48,8 @@ impl PassOptions {
             data: DataOptions::default(),
             batch_size: NonZeroUsize::new(64).expect("non-zero"),
             max_samples: None,
+            seed: 0,
+            shuffle: false,
             stats: StatsMode::Precise,
             engine: Engine::default(),
             quiet: false,
@@ -84,6 +92,8 @@ pub struct PassResult {
     pub skipped: Vec<String>,
     /// How images were read and preprocessed (`None` for float arrays).
     pub preprocessing: Option<String>,
+    /// How the samples were drawn and ordered, where not all of them in order.
+    pub sampling: Option<Sampling>,
 }
 
 /// Fails on the first float weight of the bound model that holds NaN or Inf, naming it as the
@@ -136,6 +146,8 @@ pub struct Accumulated {
     pub skipped: Vec<String>,
     /// How images were read and preprocessed (`None` for float arrays).
     pub preprocessing: Option<String>,
+    /// How the samples were drawn and ordered, where not all of them in order.
+    pub sampling: Option<Sampling>,
 }
 
 impl Accumulated {
@@ -149,6 +161,7 @@ impl Accumulated {
             first_batch_seconds: self.first_batch_seconds,
             skipped: self.skipped.clone(),
             preprocessing: self.preprocessing.clone(),
+            sampling: self.sampling,
         }
     }
 }
@@ -173,6 +186,21 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
     let model = &prepared.bound.model;
     let specs = crate::onnx::input_specs(model)?;
     let data = Samples::open(&opts.inputs, &specs, &opts.data)?;
+    // A subset drawn at random and a shuffled order, the same in every part of a split pass.
+    let sampling = match data.len() {
+        Some(n) => Sampling::new(n, opts.max_samples, opts.seed, opts.shuffle),
+        None if opts.shuffle => {
+            return Err(Error::setting(
+                Setting::Shuffle,
+                "needs samples of a known number (files): these are read once, in their own order",
+            ))
+        }
+        None => None,
+    };
+    let data = match sampling {
+        Some(s) => data.sampled(s),
+        None => data,
+    };
     // The samples of the pass where the source knows its length (a source that does not runs
     // until it ends, or until `max_samples`).
     let known = data.len().map(|n| opts.max_samples.map_or(n, |m| m.min(n)));
@@ -266,5 +294,6 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
         first_batch_seconds: ran.first_batch.as_secs_f64(),
         skipped: data.skipped(),
         preprocessing: data.preprocessing(),
+        sampling,
     })
 }

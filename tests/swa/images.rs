@@ -149,6 +149,33 @@ fn tall_images_resize_to_pils_bytes_in_pils_order_of_passes() {
     }
 }
 
+/// A random subset in shuffled order reads, from an image folder and from Parquet (rows of any
+/// row group, in any order), the same tensors and labels as the whole set's rows at those
+/// indices; drawn from the set, not its first classes.
+#[test]
+fn a_shuffled_random_subset_reads_the_rows_it_names_from_folders_and_parquet() {
+    use swa::inputs::Sampling;
+    let sampling = Sampling::new(16, Some(7), 5, true).unwrap();
+    let order = sampling.order();
+    for path in [fixture("images/val"), fixture("images/val.parquet")] {
+        let (whole, all) = tensors(&path, &[-1, 3, 16, 16], &imagenet_small());
+        let sub = Samples::open(&path, &spec(&[-1, 3, 16, 16]), &imagenet_small()).unwrap().sampled(sampling);
+        assert_eq!(sub.len(), Some(7));
+        let mut read = Vec::new();
+        for b in sub.batches(0..7, 3).unwrap() {
+            let b = b.unwrap();
+            read.extend(b.inputs[0].values.clone().into_f32().unwrap());
+            let labels: Vec<i64> = b.indices.iter().map(|&k| whole.labels().unwrap()[order[k]]).collect();
+            assert_eq!(b.targets.unwrap().values, swa::batch::Values::I64(labels));
+        }
+        let expected: Vec<f32> = order.iter().flat_map(|&i| all[i * 768..(i + 1) * 768].iter().copied()).collect();
+        assert!(read == expected, "{}", path.display());
+        assert!(sub.preprocessing().unwrap().ends_with("7 of 16 samples drawn at random, in shuffled order (seed 5)"));
+        let classes: std::collections::HashSet<i64> = order.iter().map(|&i| whole.labels().unwrap()[i]).collect();
+        assert!(classes.len() > 1);
+    }
+}
+
 #[test]
 fn grayscale_models_get_pil_luma() {
     let (samples, ours) = tensors(&fixture("images/val"), &[-1, 1, 16, 16], &small(&[0.5], &[0.25]));

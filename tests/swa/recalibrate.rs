@@ -226,6 +226,72 @@ fn npz_inputs_and_max_samples() {
     assert_close(&npz.join("out.safetensors"), &npy.join("out.safetensors"), 0.0, 0.0, |_| true);
 }
 
+/// `--max-samples N` draws N samples uniformly at random (seeded, the draw documented in
+/// `swa::inputs::samples::subset`), not the first N; `--shuffle` reads the batches in a shuffled
+/// order. Each equals a plain pass over an array holding exactly those rows in that order, bit
+/// for bit, and the summary and `--json` say what was drawn and the seed.
+#[test]
+fn max_samples_draws_at_random_and_shuffle_orders_the_batches() {
+    use swa::inputs::Sampling;
+    let dir = tmp();
+    let train = fixture("cnn/train.npy");
+    let (shape, values) = read_npy(&train);
+    let (n, per) = (shape[0], shape[1..].iter().product::<usize>());
+    let f = |rel: &str| fixture(&format!("cnn/{rel}"));
+    for (stats, take, seed, shuffle) in
+        [("precise", Some(96), 0, false), ("torch", Some(96), 7, true), ("torch", None, 3, true)]
+    {
+        let sampling = Sampling::new(n, take, seed, shuffle).unwrap();
+        let order = sampling.order();
+        assert!(take.is_none() || order != (0..96).collect::<Vec<_>>());
+        let rows: Vec<f32> = order.iter().flat_map(|&i| values[i * per..(i + 1) * per].iter().copied()).collect();
+        let subset = dir.path().join(format!("subset_{seed}.npy"));
+        let mut sub_shape = shape.clone();
+        sub_shape[0] = order.len();
+        write_npy_f32(&subset, &sub_shape, &rows);
+        let (drawn, plain) = (dir.path().join(format!("drawn_{seed}")), dir.path().join(format!("plain_{seed}")));
+        std::fs::create_dir_all(&drawn).unwrap();
+        std::fs::create_dir_all(&plain).unwrap();
+        let mut args = vec!["--stats", stats, "--seed"];
+        let seed_s = seed.to_string();
+        args.push(&seed_s);
+        let take_s = take.map(|t| t.to_string());
+        if let Some(t) = &take_s {
+            args.extend(["--max-samples", t]);
+        }
+        if shuffle {
+            args.push("--shuffle");
+        }
+        let s = recalibrate_with(&f("model.onnx"), &f("expected/swa_average.safetensors"), &train, &drawn, &args);
+        assert_eq!(s["samples"], order.len());
+        assert_eq!(
+            s["sampling"],
+            serde_json::json!({"drawn": order.len(), "of": n, "seed": seed, "shuffled": shuffle})
+        );
+        assert!(s["preprocessing"].as_str().unwrap().contains(&format!("(seed {seed})")), "{s}");
+        recalibrate_with(
+            &f("model.onnx"),
+            &f("expected/swa_average.safetensors"),
+            &subset,
+            &plain,
+            &["--stats", stats],
+        );
+        assert_close(&drawn.join("out.safetensors"), &plain.join("out.safetensors"), 0.0, 0.0, |_| true);
+    }
+    // The text summary says it too.
+    let out = swa()
+        .args(["recalibrate", "--max-samples", "96", "--model"])
+        .arg(f("model.onnx"))
+        .arg("--inputs")
+        .arg(&train)
+        .arg("-o")
+        .arg(dir.path().join("text.onnx"))
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    assert!(text.contains(&format!("96 of {n} samples drawn at random (seed 0)")), "{text}");
+}
+
 #[test]
 fn without_weights_recalibrates_the_models_own_initializers() {
     // The fixture model is freshly initialised: every BN shares one deduplicated mean/var.
@@ -496,7 +562,7 @@ fn update_bn_users_are_told_what_to_do() {
     cmd(&[])
         .assert()
         .code(2)
-        .stderr(contains("update_bn fails the same way: leave the last sample out (--max-samples 256)"))
+        .stderr(contains("update_bn fails the same way: leave one sample out (--max-samples 256)"))
         .stderr(contains("--stats precise"));
     cmd(&["--max-samples", "256"]).assert().success();
     swa()

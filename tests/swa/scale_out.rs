@@ -30,15 +30,21 @@ fn pass(stats: StatsMode) -> PassOptions {
 
 /// Writes the partial statistics of every part of `n` into `dir`; returns their paths.
 fn partials(dir: &Path, stats: StatsMode, n: usize, weights: &Path) -> Vec<PathBuf> {
+    partials_of(dir, &pass(stats), n, weights)
+}
+
+/// [`partials`] of the pass `pass`.
+fn partials_of(dir: &Path, pass: &PassOptions, n: usize, weights: &Path) -> Vec<PathBuf> {
+    let stats = pass.stats;
     (0..n)
         .map(|i| {
-            let output = dir.join(format!("{stats}-{i}-of-{n}.safetensors"));
+            let output = dir.join(format!("{stats}-{i}-of-{n}-seed{}.safetensors", pass.seed));
             stats::write(&PartialStatsOptions {
                 model: cnn("model.onnx"),
                 weights: Some(weights.to_path_buf()),
                 key: None,
                 allow_missing_weights: false,
-                pass: pass(stats),
+                pass: pass.clone(),
                 part: Part::new(i, n).unwrap(),
                 output: output.clone(),
             })
@@ -78,6 +84,36 @@ fn merged_parts_equal_the_single_run_for_1_2_3_and_7_parts() {
             }
         }
     }
+}
+
+/// Every part of a pass over a random subset in shuffled order reads its share of the same
+/// batches: the merge equals the single pass; parts drawn with another seed are refused.
+#[test]
+fn parts_of_a_drawn_and_shuffled_pass_merge_into_the_single_pass() {
+    let dir = tmp();
+    let weights = cnn("expected/swa_average.safetensors");
+    let bound = Binder::load(&cnn("model.onnx")).unwrap().bind(Some(Checkpoint::open(&weights).unwrap()), false);
+    let prepared = Prepared::new(bound.unwrap()).unwrap();
+    let mut p = pass(StatsMode::Torch);
+    (p.max_samples, p.shuffle, p.seed) = (Some(200), true, 11);
+    let single = swa::recalibrate::compute(&prepared, &p).unwrap();
+    assert_eq!(single.sampling, swa::inputs::Sampling::new(500, Some(200), 11, true));
+    let files = partials_of(dir.path(), &p, 3, &weights);
+    let merged = stats::merge(files.iter().map(|f| stats::read(f).unwrap()).collect()).unwrap();
+    assert_eq!((merged.samples, merged.batches), (200, 7));
+    for (layer, (want_mean, want_var)) in single.stats.iter().enumerate() {
+        let (mean, var) = merged.layers[layer].finish();
+        assert!(
+            mean.iter().zip(want_mean).chain(var.iter().zip(want_var)).all(|(a, b)| close(*a, *b)),
+            "layer {layer}"
+        );
+    }
+    p.seed = 12;
+    let other = partials_of(dir.path(), &p, 3, &weights);
+    let out = dir.path().join("out.onnx");
+    merge_stats(&[&files[0], &files[1], &other[2]], &weights, &out)
+        .code(2)
+        .stderr(contains("the samplings differ (200 of 500 samples drawn at random, in shuffled order (seed 11) vs"));
 }
 
 #[test]

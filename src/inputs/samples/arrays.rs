@@ -95,21 +95,34 @@ impl ArraySource {
         Ok(ArraySource { path: path.to_path_buf(), arrays, types })
     }
 
-    fn batch(&self, from: usize, to: usize) -> Batch {
+    /// The rows `indices` (in that order), `span` being what the batch stands for.
+    fn batch(&self, indices: Vec<usize>, span: Range<usize>) -> Batch {
+        // Runs of consecutive rows are read at once (all of a batch in order).
+        let mut runs: Vec<Range<usize>> = Vec::new();
+        for &i in &indices {
+            match runs.last_mut() {
+                Some(r) if r.end == i => r.end += 1,
+                _ => runs.push(i..i + 1),
+            }
+        }
         let inputs = self
             .arrays
             .iter()
             .zip(&self.types)
             .map(|(a, t)| {
-                let mut shape = vec![to - from];
+                let mut shape = vec![indices.len()];
                 shape.extend(&a.shape[1..]);
                 match t {
-                    InputType::Int64 => Tensor::i64(shape, a.i64_rows(from, to)),
-                    InputType::Float => Tensor::f32(shape, a.f32_rows(from, to)),
+                    InputType::Int64 => {
+                        Tensor::i64(shape, runs.iter().flat_map(|r| a.i64_rows(r.start, r.end)).collect())
+                    }
+                    InputType::Float => {
+                        Tensor::f32(shape, runs.iter().flat_map(|r| a.f32_rows(r.start, r.end)).collect())
+                    }
                 }
             })
             .collect();
-        Batch { span: from..to, indices: (from..to).collect(), inputs, targets: None }
+        Batch { span, indices, inputs, targets: None }
     }
 }
 
@@ -124,9 +137,19 @@ impl SampleSource for ArraySource {
 
     fn batches(&self, range: Range<usize>, batch: usize) -> Result<Batches<'_>> {
         let end = range.end.min(self.arrays[0].len());
-        Ok(Box::new(
-            (range.start..end).step_by(batch.max(1)).map(move |from| Ok(self.batch(from, (from + batch).min(end)))),
-        ))
+        Ok(Box::new((range.start..end).step_by(batch.max(1)).map(move |from| {
+            let to = (from + batch).min(end);
+            Ok(self.batch((from..to).collect(), from..to))
+        })))
+    }
+
+    fn batch_at(&self, indices: &[usize]) -> Result<Batch> {
+        let n = self.arrays[0].len();
+        if let Some(&i) = indices.iter().find(|&&i| i >= n) {
+            return Err(Error::format(&self.path, format!("has {n} samples; sample {i} was asked for")));
+        }
+        let first = indices.first().copied().unwrap_or(0);
+        Ok(self.batch(indices.to_vec(), first..first + indices.len()))
     }
 
     fn has_targets(&self) -> bool {

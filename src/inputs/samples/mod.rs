@@ -23,6 +23,7 @@ pub mod arrays;
 pub mod folders;
 pub mod parquet;
 mod pipeline;
+pub mod subset;
 mod targets;
 
 use std::ops::Range;
@@ -30,6 +31,7 @@ use std::path::Path;
 
 pub use folders::{is_image_name, IMAGE_EXTENSIONS};
 pub use pipeline::{ImageGeometry, ImageItems, ImageSource, Row};
+pub use subset::{Sampling, Subset};
 pub use targets::WithTargets;
 
 use super::images::Preprocess;
@@ -94,6 +96,23 @@ pub trait SampleSource: Send + Sync {
     /// source of unknown length ends where its samples end). Each holds one tensor per model input
     /// (in the model's order) and, where the source carries them, the samples' targets.
     fn batches(&self, range: Range<usize>, batch: usize) -> Result<Batches<'_>>;
+
+    /// One batch of the samples at `indices`, in that order (a random subset, a shuffled order):
+    /// files read any sample. The default reads a run of consecutive indices through
+    /// [`SampleSource::batches`] and refuses any other order, as a source read once from the
+    /// start must.
+    fn batch_at(&self, indices: &[usize]) -> Result<Batch> {
+        let first = indices.first().copied().unwrap_or(0);
+        if !indices.iter().enumerate().all(|(k, &i)| i == first + k) || !(first == 0 || self.reads_by_range()) {
+            return Err(Error::usage(
+                "these samples are read only in order: a random subset or a shuffled order needs samples from files",
+            ));
+        }
+        let end = first + indices.len();
+        self.batches(first..end, indices.len().max(1))?
+            .next()
+            .unwrap_or_else(|| Ok(Batch { span: first..first, indices: Vec::new(), inputs: Vec::new(), targets: None }))
+    }
 
     /// Every sample's target, one row per sample, where the source has them up front (class
     /// folders, a Parquet label column, a labels file); a source that reads its targets with its
@@ -197,6 +216,11 @@ impl Samples {
     /// samples that carry none.
     pub fn with_targets(self, targets: Tensor) -> Samples {
         Samples { path: self.path, source: Box::new(WithTargets::new(self.source, targets)) }
+    }
+
+    /// These samples as `sampling` draws and orders them.
+    pub fn sampled(self, sampling: Sampling) -> Samples {
+        Samples { path: self.path, source: Box::new(Subset::new(self.source, sampling)) }
     }
 
     /// Every sample's class index, where the source has its targets up front as class indices.

@@ -88,6 +88,29 @@ impl ImageItems for ParquetImages {
         Ok(rows.into_iter().map(Some).collect())
     }
 
+    /// Rows in any order: taken in ascending order through one cursor that reads forward over
+    /// short gaps (the rows between are read and dropped, as a reader started at a row drops the
+    /// rows of its row group before it) and starts again at the row group of a farther row.
+    fn read_at(&self, indices: &[usize]) -> Result<Vec<Option<Row>>> {
+        /// Rows read and dropped rather than starting a reader again.
+        const READ_THROUGH: usize = 256;
+        let mut order: Vec<(usize, usize)> = indices.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+        order.sort_unstable();
+        let mut rows = vec![None; indices.len()];
+        let mut cursor: Option<Cursor> = None;
+        for (i, k) in order {
+            let c = match cursor.take() {
+                Some(c) if c.position() <= i && i - c.position() <= READ_THROUGH => c,
+                _ => self.0.reader(i, 64)?,
+            };
+            let skip = i - c.position();
+            let (mut read, c) = self.0.next_rows(c, skip + 1)?;
+            rows[k] = read.pop();
+            cursor = Some(c);
+        }
+        Ok(rows)
+    }
+
     fn image(&self, i: usize, read: Option<&Row>, how: &images::Decode) -> Result<Image8> {
         match read {
             // As `datasets` decodes an Image feature: turned by its EXIF orientation.

@@ -50,6 +50,16 @@ pub trait ImageItems: Send + Sync {
     fn read(&self, from: usize, to: usize, batch: usize, cursor: &mut Option<Self::Cursor>)
         -> Result<Vec<Option<Row>>>;
 
+    /// Reads images `indices` (in any order, each once): as [`ImageItems::read`] gives them. The
+    /// default reads each one on its own, as files are read; a reader that reads ahead overrides it.
+    fn read_at(&self, indices: &[usize]) -> Result<Vec<Option<Row>>> {
+        let mut rows = Vec::with_capacity(indices.len());
+        for &i in indices {
+            rows.push(self.read(i, i + 1, 1, &mut None)?.pop().flatten());
+        }
+        Ok(rows)
+    }
+
     /// Image `i` in 8 bits, decoded `how` says, from what [`ImageItems::read`] gave for it;
     /// errors name it.
     fn image(&self, i: usize, read: Option<&Row>, how: &images::Decode) -> Result<Image8>;
@@ -261,16 +271,17 @@ impl<I: ImageItems> ImageSource<I> {
         }
     }
 
-    fn batch(&self, from: usize, to: usize, rows: Vec<Option<Row>>) -> Result<Batch> {
+    /// The batch of images `indices` (whose [`Row`]s are `rows`), standing for samples `span`.
+    fn batch(&self, indices: &[usize], span: Range<usize>, rows: Vec<Option<Row>>) -> Result<Batch> {
         let g = self.geometry;
         let numel = g.channels * g.height * g.width;
-        let mut data = vec![0f32; (to - from) * numel];
+        let mut data = vec![0f32; indices.len() * numel];
         // Err((error, true)) for an image that cannot be read or decoded, which may be skipped.
         let results: Vec<std::result::Result<(), (Error, bool)>> = data
             .par_chunks_mut(numel)
             .enumerate()
             .map(|(k, out)| {
-                let i = from + k;
+                let i = indices[k];
                 let img = self.load(i, rows[k].as_ref()).map_err(|e| (e, true))?;
                 if (img.h, img.w) != (g.height, g.width) {
                     let e = Error::format(
@@ -288,7 +299,7 @@ impl<I: ImageItems> ImageSource<I> {
                 Ok(())
             })
             .collect();
-        let mut indices = Vec::with_capacity(to - from);
+        let mut kept_indices = Vec::with_capacity(indices.len());
         let mut kept = 0;
         for (k, r) in results.into_iter().enumerate() {
             match r {
@@ -297,7 +308,7 @@ impl<I: ImageItems> ImageSource<I> {
                         data.copy_within(k * numel..(k + 1) * numel, kept * numel);
                     }
                     kept += 1;
-                    indices.push(from + k);
+                    kept_indices.push(indices[k]);
                 }
                 // A size mismatch is not a bad image: it is a setting to fix.
                 Err((e, true)) if self.skip_bad_images => {
@@ -312,8 +323,8 @@ impl<I: ImageItems> ImageSource<I> {
         data.truncate(kept * numel);
         let mut shape = vec![kept];
         shape.extend(g.sample_shape());
-        let targets = self.targets.as_ref().map(|t| t.rows(&indices));
-        Ok(Batch { span: from..to, indices, inputs: vec![Tensor::f32(shape, data)], targets })
+        let targets = self.targets.as_ref().map(|t| t.rows(&kept_indices));
+        Ok(Batch { span, indices: kept_indices, inputs: vec![Tensor::f32(shape, data)], targets })
     }
 }
 
@@ -336,8 +347,18 @@ impl<I: ImageItems> SampleSource for ImageSource<I> {
         Ok(Box::new((range.start..end).step_by(batch.max(1)).map(move |from| {
             let to = (from + batch).min(end);
             let rows = self.items.read(from, to, batch, &mut cursor)?;
-            self.batch(from, to, rows)
+            self.batch(&(from..to).collect::<Vec<_>>(), from..to, rows)
         })))
+    }
+
+    fn batch_at(&self, indices: &[usize]) -> Result<Batch> {
+        let n = self.items.len();
+        if let Some(&i) = indices.iter().find(|&&i| i >= n) {
+            return Err(Error::format(&self.path, format!("has {n} images; image {i} was asked for")));
+        }
+        let rows = self.items.read_at(indices)?;
+        let first = indices.first().copied().unwrap_or(0);
+        self.batch(indices, first..first + indices.len(), rows)
     }
 
     fn has_targets(&self) -> bool {

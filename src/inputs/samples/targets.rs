@@ -3,7 +3,7 @@
 use std::ops::Range;
 
 use super::{Batches, SampleSource};
-use crate::batch::Tensor;
+use crate::batch::{Batch, Tensor};
 use crate::error::Result;
 
 /// A source whose batches carry the rows of `targets` (one per sample) for their samples.
@@ -39,6 +39,12 @@ impl SampleSource for WithTargets {
             b.targets = Some(self.targets.rows(&b.indices));
             Ok(b)
         })))
+    }
+
+    fn batch_at(&self, indices: &[usize]) -> Result<Batch> {
+        let mut b = self.inner.batch_at(indices)?;
+        b.targets = Some(self.targets.rows(&b.indices));
+        Ok(b)
     }
 
     fn targets(&self) -> Option<&Tensor> {
