@@ -225,7 +225,17 @@ fn jpeg_is_whole(bytes: &[u8]) -> bool {
     bytes[scan..].windows(2).any(|m| m == [0xFF, 0xD9])
 }
 
-/// Decodes an image file's bytes (JPEG, PNG, BMP, PNM, WebP, told apart by their content) into
+/// Why the decoder gave up: a feature it does not read (a palette TIFF), or a broken file.
+fn undecodable(e: image::ImageError) -> BadImage {
+    match e {
+        image::ImageError::Unsupported(u) => {
+            BadImage::invalid(format!("uses a feature swa's image decoder does not read ({u}); convert it to PNG"))
+        }
+        e => BadImage::invalid(format!("is not a valid image: {e}")),
+    }
+}
+
+/// Decodes an image file's bytes (JPEG, PNG, BMP, PNM, WebP, TIFF, told apart by their content) into
 /// `how.channels` (3: `convert("RGB")`, 1: `convert("L")`) as Pillow converts them: alpha
 /// dropped, grey replicated, 16-bit samples as Pillow reads them. The EXIF orientation is
 /// ignored, as `Image.open` ignores it. An image of more than `how.max_pixels` pixels is refused
@@ -248,9 +258,9 @@ pub fn decode(bytes: &[u8], how: &Decode) -> Result<Image8, BadImage> {
     };
     let format = reader()?.format();
     if format.is_none() {
-        return Err(BadImage::invalid("is not an image swa can decode (JPEG, PNG, BMP, PNM or WebP)"));
+        return Err(BadImage::invalid("is not an image swa can decode (JPEG, PNG, BMP, PNM, WebP or TIFF)"));
     }
-    let (w, h) = reader()?.into_dimensions().map_err(|e| BadImage::invalid(format!("is not a valid image: {e}")))?;
+    let (w, h) = reader()?.into_dimensions().map_err(undecodable)?;
     check_pixels(u64::from(h), u64::from(w), how.max_pixels, "")?;
     if format == Some(image::ImageFormat::Jpeg) && !jpeg_is_whole(bytes) {
         return Err(BadImage::invalid("is truncated (its JPEG data ends before the end-of-image marker)"));
@@ -261,7 +271,7 @@ pub fn decode(bytes: &[u8], how: &Decode) -> Result<Image8, BadImage> {
     limits.max_alloc = Some(how.max_pixels.saturating_mul(16).max(1 << 29));
     decoder.limits(limits);
     let channels = how.channels;
-    let invalid = |e: image::ImageError| BadImage::invalid(format!("is not a valid image: {e}"));
+    let invalid = undecodable;
     let img = if how.exif {
         let mut decoder = decoder.into_decoder().map_err(invalid)?;
         let orientation =

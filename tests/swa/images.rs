@@ -176,6 +176,25 @@ fn a_shuffled_random_subset_reads_the_rows_it_names_from_folders_and_parquet() {
     }
 }
 
+/// TIFFs, in torchvision's `IMG_EXTENSIONS` and so in `ImageFolder`, as Pillow writes them (RGB
+/// raw, LZW, Deflate, PackBits; grey, 16-bit grey, RGBA): the tensors and labels torchvision
+/// gives, bit for bit. A palette TIFF, which the decoder does not read, is named as such.
+#[test]
+fn tiff_folders_read_as_torchvision_reads_them() {
+    let (samples, ours) = tensors(&fixture("images/tiff"), &[-1, 3, 16, 16], &imagenet_small());
+    let (shape, theirs) = read_npy(&fixture("images/expected/tiff.npy"));
+    assert_eq!(shape, [7, 3, 16, 16]);
+    for (k, d) in per_image_diff(&ours, &theirs, 768, 255.0 * 0.229).into_iter().enumerate() {
+        assert!(d <= 1e-3, "image {k}: {d}");
+    }
+    let (_, labels) = read_npy(&fixture("images/expected/tiff_labels.npy"));
+    assert_eq!(samples.labels().unwrap().iter().map(|&l| l as f32).collect::<Vec<_>>(), labels);
+    let palette = Samples::open(&fixture("images/tiff_palette"), &spec(&[-1, 3, 16, 16]), &imagenet_small()).unwrap();
+    let message = swa::error::chain(&palette.batch_at(&[0]).unwrap_err());
+    assert!(message.contains("palette.tif: uses a feature swa's image decoder does not read"), "{message}");
+    assert!(message.contains("RGBPalette"), "{message}");
+}
+
 #[test]
 fn grayscale_models_get_pil_luma() {
     let (samples, ours) = tensors(&fixture("images/val"), &[-1, 1, 16, 16], &small(&[0.5], &[0.25]));

@@ -12,7 +12,7 @@ use crate::onnx::InputSpec;
 
 /// File name extensions of images, as torchvision's `IMG_EXTENSIONS` (lower-cased) lists those
 /// swa decodes.
-pub const IMAGE_EXTENSIONS: [&str; 7] = ["jpg", "jpeg", "png", "bmp", "ppm", "pgm", "webp"];
+pub const IMAGE_EXTENSIONS: [&str; 9] = ["jpg", "jpeg", "png", "bmp", "ppm", "pgm", "tif", "tiff", "webp"];
 
 /// True for a file name with an image extension.
 pub fn is_image_name(name: &str) -> bool {
