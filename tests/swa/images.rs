@@ -195,6 +195,35 @@ fn tiff_folders_read_as_torchvision_reads_them() {
     assert!(message.contains("RGBPalette"), "{message}");
 }
 
+/// A Hub dataset repository as downloaded (README.md, data/<split>-*.parquet) is read through its
+/// `data/` folder: one split as it is, several named with the path of each.
+#[test]
+fn a_hub_repository_root_reads_its_data_split() {
+    let spec = spec(&[-1, 3, 16, 16]);
+    let hub = fixture("images/hub");
+    let message =
+        Samples::open(&hub, &spec, &imagenet_small()).err().map(|e| swa::error::chain(&e)).unwrap_or_default();
+    let (test, train) = (hub.join("data/test"), hub.join("data/train"));
+    assert!(
+        message.contains(&format!(
+            "2 splits (test, train): point at one by its prefix, {} or {}",
+            test.display(),
+            train.display()
+        )),
+        "{message}"
+    );
+    let (_, from_split) = tensors(&train, &[-1, 3, 16, 16], &imagenet_small());
+    let dir = tmp();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::copy(hub.join("README.md"), dir.path().join("README.md")).unwrap();
+    std::fs::copy(hub.join("data/train-00000-of-00001.parquet"), dir.path().join("data/train-00000-of-00001.parquet"))
+        .unwrap();
+    let (root, from_root) = tensors(dir.path(), &[-1, 3, 16, 16], &imagenet_small());
+    let (parquet, from_parquet) = tensors(&fixture("images/val.parquet"), &[-1, 3, 16, 16], &imagenet_small());
+    assert!(from_root == from_split && from_root == from_parquet);
+    assert_eq!(root.labels(), parquet.labels());
+}
+
 #[test]
 fn grayscale_models_get_pil_luma() {
     let (samples, ours) = tensors(&fixture("images/val"), &[-1, 1, 16, 16], &small(&[0.5], &[0.25]));

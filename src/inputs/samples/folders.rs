@@ -146,6 +146,14 @@ pub(super) fn describe_dir(path: &Path) -> Result<DirKind> {
     subdirs.sort_by(|a, b| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
     parquet.sort();
     other.sort();
+    // A Hugging Face Hub dataset repository as downloaded (`README.md` and the splits' Parquet
+    // files in `data/`): its `data/` folder.
+    let data = path.join("data");
+    if images == 0 && parquet.is_empty() && other.iter().any(|o| o == "README.md") && data.is_dir() {
+        if let DirKind::Parquet(files) = describe_dir(&data)? {
+            return Ok(DirKind::Parquet(files));
+        }
+    }
     match (parquet.is_empty(), subdirs.is_empty(), images) {
         (false, true, 0) if other.is_empty() => Ok(DirKind::Parquet(super::parquet::one_split(path, parquet)?)),
         (false, _, 0) => Err(Error::format(

@@ -142,13 +142,14 @@ pub(super) fn one_split(dir: &Path, files: Vec<PathBuf>) -> Result<Vec<PathBuf>>
     splits.sort();
     splits.dedup();
     if splits.len() > 1 {
+        let paths: Vec<String> = splits.iter().map(|s| dir.join(s).display().to_string()).collect();
         return Err(Error::format(
             dir,
             format!(
-                "holds the Parquet files of {} splits ({}): point at one, e.g. {}",
+                "holds the Parquet files of {} splits ({}): point at one by its prefix, {}",
                 splits.len(),
                 splits.join(", "),
-                dir.join(&splits[0]).display()
+                paths.join(" or ")
             ),
         ));
     }
