@@ -332,7 +332,8 @@ impl PageReader for CheckedPages {
 }
 
 /// The label values of a column of any integer type.
-fn integers(path: &std::path::Path, name: &str, col: &ArrayRef) -> Result<Vec<i64>> {
+/// The integer class indices of label column `name` (nulls and non-integers are errors).
+pub(crate) fn integers(path: &std::path::Path, name: &str, col: &ArrayRef) -> Result<Vec<i64>> {
     if col.null_count() > 0 {
         return Err(Error::format(path, format!("label column `{name}` has missing (null) values")));
     }
@@ -359,7 +360,7 @@ fn integers(path: &std::path::Path, name: &str, col: &ArrayRef) -> Result<Vec<i6
 /// The encoded images of a column: binary, or a struct with a binary `bytes` field (a null
 /// `bytes` is an image stored by path only: that row's `Err` says why, and the caller names the
 /// row).
-fn image_bytes(col: &ArrayRef, first_row: usize, name: &dyn Fn(usize) -> String) -> Result<Vec<Row>> {
+pub(crate) fn image_bytes(col: &ArrayRef, first_row: usize, name: &dyn Fn(usize) -> String) -> Result<Vec<Row>> {
     // A null image (the whole struct null) is as missing as a null `bytes`.
     let whole = |k: usize| col.is_valid(k);
     let (values, paths): (&ArrayRef, Option<&ArrayRef>) = match col.as_struct_opt() {

@@ -950,8 +950,8 @@ fn parquet_images_are_turned_by_their_exif_orientation_and_folders_are_not() {
     assert_eq!(shape(&parquet), [3, 36, 24]);
 }
 
-/// What users have that swa does not read is said as such: a webdataset shard, an Arrow file and
-/// a `save_to_disk` folder were "not a .npy array (bad magic)" or "files that are not images".
+/// What users have that swa does not read is said as such: a webdataset shard was "not a .npy
+/// array (bad magic)". A broken Arrow file and a `DatasetDict` folder say what they are.
 #[test]
 fn data_swa_does_not_read_is_named_for_what_it_is() {
     let dir = tmp();
@@ -961,10 +961,44 @@ fn data_swa_does_not_read_is_named_for_what_it_is() {
     std::fs::create_dir_all(saved.join("train")).unwrap();
     std::fs::write(saved.join("dataset_dict.json"), b"{\"splits\": [\"train\"]}").unwrap();
     for (path, says) in [
-        (dir.path().join("shard-000000.tar"), "is a tar archive (a webdataset shard?): swa does not read those"),
-        (dir.path().join("data-00000-of-00001.arrow"), "is an Arrow file"),
-        (saved, "is a datasets save_to_disk folder"),
+        (dir.path().join("shard-000000.tar"), "is a tar archive (a webdataset shard?): swa does not read those; convert it to Parquet (datasets: `ds.to_parquet"),
+        (dir.path().join("data-00000-of-00001.arrow"), "is not a valid Arrow file: it has no schema"),
+        (saved.clone(), "is a DatasetDict saved with save_to_disk, of 1 splits (train): point at one"),
     ] {
-        evaluate_folder(&path, &[]).code(2).stderr(contains(says)).stderr(contains("to_parquet"));
+        evaluate_folder(&path, &[]).code(2).stderr(contains(says));
     }
+}
+
+/// `datasets`' `save_to_disk` folders (a Dataset, a split of a DatasetDict) and their `.arrow`
+/// files read the rows `datasets` wrote: the same tensors as the Parquet file of the same rows,
+/// bit for bit (its Image feature turned by EXIF orientation), its ClassLabel as labels and class
+/// names, in any order.
+#[test]
+fn save_to_disk_folders_read_as_datasets_wrote_them() {
+    use swa::inputs::Sampling;
+    let (parquet, from_parquet) = tensors(&fixture("images/val.parquet"), &[-1, 3, 16, 16], &imagenet_small());
+    for path in
+        [fixture("images/saved"), fixture("images/saved_dict/train"), fixture("images/saved/data-00000-of-00001.arrow")]
+    {
+        let (saved, from_saved) = tensors(&path, &[-1, 3, 16, 16], &imagenet_small());
+        assert!(from_saved == from_parquet, "{}", path.display());
+        assert_eq!(saved.labels(), parquet.labels());
+        assert_eq!(saved.classes().map(|c| c.join(",")).as_deref(), Some("cat,dog,zebra"));
+        assert!(saved.preprocessing().unwrap().starts_with("Arrow column `image`"));
+        let sampling = Sampling::new(16, Some(9), 2, true).unwrap();
+        let sub = Samples::open(&path, &spec(&[-1, 3, 16, 16]), &imagenet_small()).unwrap().sampled(sampling);
+        let read: Vec<f32> = sub
+            .batches(0..9, 4)
+            .unwrap()
+            .flat_map(|b| b.unwrap().inputs.remove(0).values.into_f32().unwrap())
+            .collect();
+        let expected: Vec<f32> =
+            sampling.order().iter().flat_map(|&i| from_parquet[i * 768..(i + 1) * 768].iter().copied()).collect();
+        assert!(read == expected);
+    }
+    let message = Samples::open(&fixture("images/saved_dict"), &spec(&[-1, 3, 16, 16]), &imagenet_small())
+        .err()
+        .map(|e| swa::error::chain(&e))
+        .unwrap_or_default();
+    assert!(message.contains("of 2 splits (train, test): point at one"), "{message}");
 }

@@ -15,7 +15,8 @@
 //!
 //! Today's kinds: arrays (`.npy` / `.npz`, [`arrays`]), image folders (torchvision's
 //! `ImageFolder` layout, or flat: [`folders`]), Parquet files with an image column (the Hugging
-//! Face layout: [`parquet`]); uint8 image arrays go through the same image pipeline. Images are
+//! Face layout: [`parquet`]), `datasets`' `save_to_disk` folders and Arrow files ([`saved`]);
+//! uint8 image arrays go through the same image pipeline. Images are
 //! decoded and preprocessed batch by batch on all cores (rayon), so memory holds a few batches
 //! whatever the size of the set.
 
@@ -23,6 +24,7 @@ pub mod arrays;
 pub mod folders;
 pub mod parquet;
 mod pipeline;
+pub mod saved;
 pub mod subset;
 mod targets;
 
@@ -167,7 +169,7 @@ pub trait SourceKind: Sync {
 /// claims). Image folders claim every directory they might be (to say what is wrong with one that
 /// holds no images), so a kind that lives in directories (Parquet, shards of another format)
 /// comes before them.
-pub static SOURCES: &[&dyn SourceKind] = &[&parquet::Parquet, &folders::ImageFolders, &arrays::Arrays];
+pub static SOURCES: &[&dyn SourceKind] = &[&saved::Saved, &parquet::Parquet, &folders::ImageFolders, &arrays::Arrays];
 
 /// The kind of source that claims `path`, if one does.
 pub fn kind_of(path: &Path) -> Option<&'static dyn SourceKind> {
@@ -232,26 +234,13 @@ impl Samples {
     }
 }
 
-/// What a path holds that users have but swa does not read (yet), said as such rather than found
-/// out as "not a .npy array": webdataset shards, Arrow files and `save_to_disk` folders.
+/// What a path holds that users have but swa does not read, said as such rather than found out
+/// as "not a .npy array": webdataset shards.
 fn not_read(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_string_lossy().to_lowercase();
-    let dir_has = |f: &str| path.is_dir() && path.join(f).is_file();
     let convert = "convert it to Parquet (datasets: `ds.to_parquet(\"train.parquet\")`), an image folder or .npy";
-    if name.ends_with(".tar") || name.ends_with(".tar.gz") || name.ends_with(".tgz") {
-        Some(format!("is a tar archive (a webdataset shard?): swa does not read those; {convert}"))
-    } else if name.ends_with(".arrow") {
-        Some(format!(
-            "is an Arrow file (as datasets' save_to_disk writes them): swa does not read those yet; {convert}"
-        ))
-    } else if dir_has("dataset_dict.json") || dir_has("state.json") || dir_has("dataset_info.json") {
-        Some(format!(
-            "is a datasets save_to_disk folder (Arrow files): swa does not read those yet; {convert}, or point at \
-             the Parquet files of a Hub download"
-        ))
-    } else {
-        None
-    }
+    (name.ends_with(".tar") || name.ends_with(".tar.gz") || name.ends_with(".tgz"))
+        .then(|| format!("is a tar archive (a webdataset shard?): swa does not read those; {convert}"))
 }
 
 /// Fails unless each of the model's inputs `specs` takes samples of the `shapes` (one per input,

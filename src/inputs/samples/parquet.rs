@@ -112,14 +112,17 @@ impl ImageItems for ParquetImages {
     }
 
     fn image(&self, i: usize, read: Option<&Row>, how: &images::Decode) -> Result<Image8> {
-        match read {
-            // As `datasets` decodes an Image feature: turned by its EXIF orientation.
-            Some(Ok(bytes)) => {
-                images::decode(bytes, &images::Decode { exif: true, ..*how }).map_err(|bad| bad.named(self.name_of(i)))
-            }
-            Some(Err(why)) => Err(Error::format(self.name_of(i), why.clone())),
-            None => Err(Error::format(self.name_of(i), "was not read")),
-        }
+        datasets_image(self.name_of(i), read, how)
+    }
+}
+
+/// The image of a row of a Hugging Face dataset (Parquet, `save_to_disk`), named `name`, decoded
+/// as `datasets` decodes an `Image` feature: turned by its EXIF orientation.
+pub(super) fn datasets_image(name: String, read: Option<&Row>, how: &images::Decode) -> Result<Image8> {
+    match read {
+        Some(Ok(bytes)) => images::decode(bytes, &images::Decode { exif: true, ..*how }).map_err(|bad| bad.named(name)),
+        Some(Err(why)) => Err(Error::format(name, why.clone())),
+        None => Err(Error::format(name, "was not read")),
     }
 }
 
