@@ -459,3 +459,57 @@ fn inspect_says_what_each_state_dict_is_and_which_is_read() {
     let v: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
     assert!(v["torch"]["what"]["current_model_state"].as_str().unwrap().contains("raw weights"), "{v}");
 }
+
+/// A pickled `nn.Module` (a script's `{"epoch", "model": model}`, `torch.save(model)`,
+/// Ultralytics' `"ema"` in half precision beside `"model": None`) is read out of its pickled
+/// state without importing or running its class: the tensors PyTorch's `state_dict()` gives, in
+/// its order, bit for bit, non-persistent buffers left out, with a warning that says so. An
+/// object that is not a module says what it is and how to get a state dict.
+#[test]
+fn pickled_modules_are_read_as_their_state_dict() {
+    let order: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(torch("modules/expected_order.json")).unwrap()).unwrap();
+    let names =
+        |k: &str| order[k].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>();
+    for (file, expected, key) in [
+        ("model.pt", "expected_model", "model"),
+        ("whole.pt", "expected_model", "model"),
+        ("ultralytics.pt", "expected_ema", "ema"),
+    ] {
+        let ck = open(&torch(&format!("modules/{file}")));
+        let theirs = Checkpoint::open(torch(&format!("modules/{expected}.safetensors"))).unwrap();
+        same_tensors(&ck, &theirs, str::to_string);
+        assert_eq!(ck.tensors().iter().map(|t| t.name.clone()).collect::<Vec<_>>(), names(key), "{file}");
+        swa()
+            .arg("inspect")
+            .arg(torch(&format!("modules/{file}")))
+            .assert()
+            .success()
+            .stdout(contains("a pickled nn.Module (__main__.Net)"))
+            .stderr(contains("is a pickled nn.Module (__main__.Net): swa read its 23 parameters and buffers"));
+    }
+    // Averaged like any checkpoint.
+    let dir = tmp();
+    let out = dir.path().join("avg.safetensors");
+    average_json(&[torch("modules/model.pt").as_os_str(), torch("modules/whole.pt").as_os_str()], &out);
+    let (avg, theirs) =
+        (Checkpoint::open(&out).unwrap(), Checkpoint::open(torch("modules/expected_model.safetensors")).unwrap());
+    same_tensors(&avg, &theirs, str::to_string);
+    swa()
+        .arg("inspect")
+        .arg(torch("modules/opaque.pt"))
+        .assert()
+        .code(2)
+        .stderr(contains(
+            "`model` is a pickled object of class __main__.Settings (refusing global __main__.Settings), not a dict of tensors",
+        ))
+        .stderr(contains("save its state_dict()"));
+    // Modules that share their submodules would make the walk exponential: swa gives up.
+    swa()
+        .arg("inspect")
+        .arg(torch("modules/shared.pt"))
+        .timeout(std::time::Duration::from_secs(60))
+        .assert()
+        .code(2)
+        .stderr(contains("is a pickled nn.Module (torch.nn.modules.module.Module) whose tensors swa cannot read"));
+}

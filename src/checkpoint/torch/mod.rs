@@ -39,7 +39,7 @@ use crate::fs::map_input;
 
 /// Keys that hold the model's state dict in common training checkpoints, tried in this order when
 /// no key is given (then the top level, when it is itself a state dict).
-pub const DEFAULT_KEYS: &[&str] = &["state_dict", "model", "model_state_dict", "module", "net"];
+pub const DEFAULT_KEYS: &[&str] = &["state_dict", "model", "model_state_dict", "module", "net", "ema"];
 
 /// How deep [`contents`] looks for state dicts within nested dicts.
 const MAX_DEPTH: usize = 8;
@@ -125,8 +125,11 @@ pub fn contents(path: &Path) -> Result<Contents> {
     let contents = list_contents(&machine, top);
     // Names outside the allow-list, said as reading the chosen state dict would.
     if let Some(value) = contents.chosen.as_deref().and_then(|k| resolve(&machine, top, k).ok()) {
-        let label = format!("`{}`", pickle::shorten(contents.chosen.as_deref().unwrap_or_default(), pickle::MAX_KEY));
-        match foreign_names(path, &machine, top, value, &label) {
+        let label = match contents.chosen.as_deref().unwrap_or_default() {
+            "" => "the top level".to_string(),
+            k => format!("`{}`", pickle::shorten(k, pickle::MAX_KEY)),
+        };
+        match warnings_for(path, &machine, top, value, module(&machine, value).as_ref(), &label) {
             Ok(warnings) => warnings.into_iter().for_each(crate::error::warn),
             Err(e) => crate::error::warn(e.to_string()),
         }
@@ -310,6 +313,95 @@ fn state_dict_size(m: &Machine, entries: &[(Value, Value)]) -> Option<usize> {
     all.then_some(entries.len())
 }
 
+/// How deep a pickled module's submodules may nest.
+const MAX_MODULE_DEPTH: usize = 64;
+/// How many modules and entries of their state one pickled module may hold, counting a shared
+/// submodule once per place it is held (as `state_dict()` counts it): a crafted file of modules
+/// that share their submodules cannot make the walk exponential.
+const MAX_MODULE_VISITS: usize = 1 << 19;
+
+/// A pickled `nn.Module` (`torch.save(model)`, `{"model": model}`): an object of a class swa does
+/// not import, whose pickled state holds `_parameters`, `_buffers` and `_modules`. Its tensors
+/// are read out of that state, as its `state_dict()` names and orders them (each module's
+/// parameters, then its persistent buffers, then its submodules'), without importing or running
+/// any class.
+struct Module {
+    /// The class of the outermost module.
+    class: String,
+    /// `state_dict()`'s names and the tensors.
+    tensors: Vec<(String, Value)>,
+}
+
+/// The class and pickled state (`__dict__`) of an object swa did not build.
+fn object_state(m: &Machine, v: Value) -> Option<(String, Vec<(Value, Value)>)> {
+    if !matches!(m.obj(v), Some(Obj::Opaque(_))) {
+        return None;
+    }
+    let from = m.built_from(v);
+    let class = from.iter().find_map(|&f| m.foreign_global(f))?.to_string();
+    let state = from.iter().rev().find_map(|&f| dict(m, f)).map(|(_, e)| e)?;
+    Some((class, state))
+}
+
+/// `v` as a pickled module, if it is one whose tensors can all be read.
+fn module(m: &Machine, v: Value) -> Option<Module> {
+    let (class, _) = object_state(m, v)?;
+    let mut tensors = Vec::new();
+    let mut visits = 0;
+    module_tensors(m, v, "", 0, &mut (HashSet::new(), &mut visits), &mut tensors)?;
+    Some(Module { class, tensors })
+}
+
+/// The modules on the walk's path (a cycle is not a module) and the modules walked so far.
+type Walk<'a> = (HashSet<ObjId>, &'a mut usize);
+
+fn module_tensors(
+    m: &Machine,
+    v: Value,
+    prefix: &str,
+    depth: usize,
+    walk: &mut Walk,
+    out: &mut Vec<(String, Value)>,
+) -> Option<()> {
+    let Value::Obj(id) = v else { return None };
+    *walk.1 += 1;
+    if depth > MAX_MODULE_DEPTH || *walk.1 > MAX_MODULE_VISITS || !walk.0.insert(id) {
+        return None;
+    }
+    let (_, state) = object_state(m, v)?;
+    let field = |name: &str| state.iter().find(|&&(k, _)| m.str(k) == Some(name)).map(|&(_, v)| v);
+    let (_, parameters) = dict(m, field("_parameters")?)?;
+    let (_, buffers) = dict(m, field("_buffers")?)?;
+    let (_, modules) = dict(m, field("_modules")?)?;
+    *walk.1 += parameters.len() + buffers.len() + modules.len();
+    if *walk.1 > MAX_MODULE_VISITS {
+        return None;
+    }
+    let not_saved: HashSet<&str> = match field("_non_persistent_buffers_set").and_then(|v| m.obj(v)) {
+        Some(Obj::List(items)) => items.iter().filter_map(|&i| m.str(i)).collect(),
+        _ => HashSet::new(),
+    };
+    for (k, t) in parameters
+        .into_iter()
+        .chain(buffers.into_iter().filter(|&(k, _)| !m.str(k).is_some_and(|n| not_saved.contains(n))))
+    {
+        if t == Value::None {
+            continue;
+        }
+        if !is_tensor(m, t) {
+            return None;
+        }
+        out.push((format!("{prefix}{}", m.str(k)?), t));
+    }
+    for (k, child) in modules {
+        if child != Value::None {
+            module_tensors(m, child, &format!("{prefix}{}.", m.str(k)?), depth + 1, walk, out)?;
+        }
+    }
+    walk.0.remove(&id);
+    Some(())
+}
+
 /// A key as text (strings as they are, numbers in decimal) for paths and listings.
 fn key_text(m: &Machine, k: Value) -> Option<String> {
     match k {
@@ -329,6 +421,12 @@ fn join(path: &str, key: &str) -> String {
 fn list_contents(m: &Machine, top: Value) -> Contents {
     let mut contents =
         Contents { state_dicts: Vec::new(), other_keys: Vec::new(), chosen: None, what: Default::default() };
+    if let Some(module) = module(m, top) {
+        contents.state_dicts.push((String::new(), module.tensors.len()));
+        contents.chosen = Some(String::new());
+        contents.what.insert(String::new(), module_words(&module));
+        return contents;
+    }
     let Some((top_id, entries)) = dict(m, top) else { return contents };
     if let Some(n) = state_dict_size(m, &entries) {
         contents.state_dicts.push((String::new(), n));
@@ -349,7 +447,20 @@ fn list_contents(m: &Machine, top: Value) -> Contents {
     }
     contents.chosen = default_key(m, &entries).map(str::to_string);
     contents.what = what_they_are(&contents);
+    for (path, _) in &contents.state_dicts {
+        if let Some(module) = resolve(m, top, path).ok().and_then(|v| module(m, v)) {
+            contents.what.insert(path.clone(), module_words(&module));
+        }
+    }
     contents
+}
+
+/// What [`Contents::what`] says of a pickled module.
+fn module_words(module: &Module) -> String {
+    format!(
+        "a pickled nn.Module ({}): its parameters and buffers, read as state_dict() names them, without running it",
+        pickle::shorten(&module.class, pickle::MAX_KEY)
+    )
 }
 
 /// What the state dicts of known training code are, by key.
@@ -382,6 +493,10 @@ fn find_state_dicts(
     visited: &mut HashSet<ObjId>,
     out: &mut Vec<(String, usize)>,
 ) {
+    if let Some(module) = module(m, v) {
+        out.push((path.to_string(), module.tensors.len()));
+        return;
+    }
     let Some((id, entries)) = dict(m, v) else { return };
     if !visited.insert(id) {
         return;
@@ -396,7 +511,8 @@ fn find_state_dicts(
     for &(k, v) in &entries {
         // Only a dict not seen yet is worth its path (a key may be one long string used again and
         // again through the memo).
-        let unseen_dict = matches!((v, m.obj(v)), (Value::Obj(id), Some(Obj::Dict(_))) if !visited.contains(&id));
+        let unseen_dict =
+            matches!((v, m.obj(v)), (Value::Obj(id), Some(Obj::Dict(_) | Obj::Opaque(_))) if !visited.contains(&id));
         if let (true, Some(key)) = (unseen_dict, m.str(k)) {
             find_state_dicts(m, &join(path, key), v, depth + 1, visited, out);
         }
@@ -407,7 +523,9 @@ fn find_state_dicts(
 fn default_key<'k>(m: &Machine, top: &[(Value, Value)]) -> Option<&'k str> {
     for &name in DEFAULT_KEYS {
         let value = top.iter().find(|&&(k, _)| m.str(k) == Some(name)).map(|&(_, v)| v);
-        if value.and_then(|v| dict(m, v)).is_some_and(|(_, e)| state_dict_size(m, &e).is_some()) {
+        if value.and_then(|v| dict(m, v)).is_some_and(|(_, e)| state_dict_size(m, &e).is_some())
+            || value.is_some_and(|v| module(m, v).is_some())
+        {
             return Some(name);
         }
     }
@@ -477,6 +595,7 @@ fn plan(path: &Path, bytes: &[u8], key: Option<&str>) -> Result<Plan> {
     let (m, top) = archive.unpickle()?;
     let key = match key {
         Some(k) => k.to_string(),
+        None if module(&m, top).is_some() => String::new(),
         None => {
             let Some((_, entries)) = dict(&m, top) else {
                 return Err(Error::format(
@@ -494,17 +613,29 @@ fn plan(path: &Path, bytes: &[u8], key: Option<&str>) -> Result<Plan> {
     };
     let value = resolve(&m, top, &key).map_err(|e| Error::format(path, e))?;
     let label = if key.is_empty() { "the top level".to_string() } else { format!("`{key}`") };
-    let Some((_, entries)) = dict(&m, value) else {
-        return Err(Error::format(path, format!("{label} is not a dict of tensors ({})", m.describe(value))));
+    let pickled = module(&m, value);
+    let named: Vec<(String, Value)> = match (&pickled, dict(&m, value)) {
+        (Some(module), _) => module.tensors.clone(),
+        (None, Some((_, entries))) => {
+            let mut named = Vec::with_capacity(entries.len());
+            for (k, v) in entries {
+                let Some(name) = key_text(&m, k) else {
+                    return Err(Error::format(
+                        path,
+                        format!("{label} has a key that is not a string ({})", m.describe(k)),
+                    ));
+                };
+                named.push((name, v));
+            }
+            named
+        }
+        (None, None) => return Err(Error::format(path, not_a_dict_message(&m, value, &label))),
     };
-    let mut tensors = Vec::with_capacity(entries.len());
+    let mut tensors = Vec::with_capacity(named.len());
     // Copies of non-contiguous tensors may not add up to more than twice the file: a crafted file
     // cannot make many large copies of one storage.
     let mut owned_budget = bytes.len().saturating_mul(2);
-    for (k, v) in entries {
-        let Some(name) = key_text(&m, k) else {
-            return Err(Error::format(path, format!("{label} has a key that is not a string ({})", m.describe(k))));
-        };
+    for (name, v) in named {
         let Some(Obj::Tensor(t)) = m.obj(v) else {
             return Err(Error::tensor(
                 path,
@@ -517,33 +648,60 @@ fn plan(path: &Path, bytes: &[u8], key: Option<&str>) -> Result<Plan> {
         let (dtype, shape, data) = planned;
         tensors.push(PlannedTensor { name, dtype, shape, data });
     }
-    let warnings = foreign_names(path, &m, top, value, &label)?;
+    let warnings = warnings_for(path, &m, top, value, pickled.as_ref(), &label)?;
     let mut metadata = top_scalars(&m, top);
     metadata.extend(archive.swa_metadata.clone());
     metadata.insert(TORCH_KEY.to_string(), key.clone());
     Ok(Plan { key, tensors, metadata, warnings })
 }
 
+/// The warnings reading the state dict `value` (named `label`; a pickled module where `pickled`)
+/// gives, or the refusal of a name outside the allow-list inside it.
+fn warnings_for(
+    path: &Path,
+    m: &Machine,
+    top: Value,
+    value: Value,
+    pickled: Option<&Module>,
+    label: &str,
+) -> Result<Vec<String>> {
+    let Some(module) = pickled else { return foreign_names(path, m, top, &[value], None, label) };
+    // A module's classes are what a pickled module is made of; its tensors must name nothing else.
+    let roots: Vec<Value> = module.tensors.iter().map(|&(_, t)| t).collect();
+    let mut warnings = foreign_names(path, m, top, &roots, Some(value), label)?;
+    warnings.insert(
+        0,
+        format!(
+            "{}: {label} is a pickled nn.Module ({}): swa read its {} parameters and buffers as its state_dict() \
+             names them, without importing or running it",
+            path.display(),
+            pickle::shorten(&module.class, pickle::MAX_KEY),
+            module.tensors.len()
+        ),
+    );
+    Ok(warnings)
+}
+
 /// Refuses a name outside the allow-list inside the state dict `value` (a value, or anything one
 /// of its tensors was built from); returns warnings naming those elsewhere under `top`, and
 /// where they are (names known to be plain data aside).
-fn foreign_names(path: &Path, m: &Machine, top: Value, value: Value, label: &str) -> Result<Vec<String>> {
+fn foreign_names(
+    path: &Path,
+    m: &Machine,
+    top: Value,
+    values: &[Value],
+    covered: Option<Value>,
+    label: &str,
+) -> Result<Vec<String>> {
     if m.foreign.is_empty() {
         return Ok(Vec::new());
     }
-    let inside = m.reachable(value);
-    if let Some(&id) = m.foreign.iter().find(|id| inside.contains_key(id)) {
-        let at = m.path(&inside, id);
-        let at = if at.is_empty() { String::new() } else { format!(" (at `{at}`)") };
-        return Err(Error::format(
-            path,
-            format!(
-                "{label} holds the name {}{at}, which is not one that builds tensor data: swa refuses a state \
-                 dict that names anything else (do not load this file with torch.load(weights_only=False))",
-                m.foreign_name(id)
-            ),
-        ));
+    for &value in values {
+        check_inside(path, m, value, label)?;
     }
+    // Names under `covered` (a pickled module's classes) are said by the caller.
+    let said = covered.map(|v| m.reachable(v));
+    let said = |id: &ObjId| said.as_ref().is_some_and(|r| r.contains_key(id));
     // The whole file is walked only where a name is worth a warning (a Lightning checkpoint's
     // AttributeDict alone is not).
     let mut everywhere = None;
@@ -554,7 +712,7 @@ fn foreign_names(path: &Path, m: &Machine, top: Value, value: Value, label: &str
     let mut names = HashSet::new();
     for &id in &m.foreign {
         let name = m.foreign_name(id);
-        if globals::is_known_data(&name) || !names.insert(name.clone()) || found.len() >= SHOWN {
+        if globals::is_known_data(&name) || said(&id) || !names.insert(name.clone()) || found.len() >= SHOWN {
             continue;
         }
         let everywhere = everywhere.get_or_insert_with(|| m.reachable(top));
@@ -581,9 +739,64 @@ fn foreign_names(path: &Path, m: &Machine, top: Value, value: Value, label: &str
     Ok(warnings)
 }
 
+/// Refuses a name outside the allow-list inside `value` (the state dict, or one of a module's
+/// tensors): as a value, or in anything it was built from.
+fn check_inside(path: &Path, m: &Machine, value: Value, label: &str) -> Result<()> {
+    let inside = m.reachable(value);
+    if let Some(&id) = m.foreign.iter().find(|id| inside.contains_key(id)) {
+        let at = m.path(&inside, id);
+        let at = if at.is_empty() { String::new() } else { format!(" (at `{at}`)") };
+        return Err(Error::format(
+            path,
+            format!(
+                "{label} holds the name {}{at}, which is not one that builds tensor data: swa refuses a state \
+                 dict that names anything else (do not load this file with torch.load(weights_only=False))",
+                m.foreign_name(id)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Why `value` (named `label`) is not read: not a dict of tensors, and not a module swa can read.
+fn not_a_dict_message(m: &Machine, value: Value, label: &str) -> String {
+    let module_like =
+        object_state(m, value).is_some_and(|(_, state)| state.iter().any(|&(k, _)| m.str(k) == Some("_parameters")));
+    let load = "load the file there with torch.load(weights_only=False) (only if you trust it) and save";
+    match object_class(m, value).map(|c| pickle::shorten(&c, pickle::MAX_KEY)) {
+        Some(class) if module_like => format!(
+            "{label} is a pickled nn.Module ({class}) whose tensors swa cannot read out of it: where {class} is \
+             defined, {load} model.state_dict() with torch.save or safetensors"
+        ),
+        Some(class) => format!(
+            "{label} is a pickled object of class {class} ({}), not a dict of tensors: if it holds the model, \
+             where that class is defined {load} its state_dict()",
+            m.describe(value)
+        ),
+        None => format!("{label} is not a dict of tensors ({})", m.describe(value)),
+    }
+}
+
+/// The class an object swa did not build was made from, if a name outside the allow-list.
+fn object_class(m: &Machine, v: Value) -> Option<String> {
+    if !matches!(m.obj(v), Some(Obj::Opaque(_))) {
+        return None;
+    }
+    m.built_from(v).iter().find_map(|&f| m.foreign_global(f)).map(str::to_string)
+}
+
 fn no_default_message(m: &Machine, top: Value) -> String {
     let contents = list_contents(m, top);
     let tried = DEFAULT_KEYS.join(", ");
+    // A default key that holds a pickled object: say what it is, not that it is missing.
+    if let Some(entries) = dict(m, top).map(|(_, e)| e) {
+        for &name in DEFAULT_KEYS {
+            let value = entries.iter().find(|&&(k, _)| m.str(k) == Some(name)).map(|&(_, v)| v);
+            if let Some(v) = value.filter(|&v| object_class(m, v).is_some()) {
+                return not_a_dict_message(m, v, &format!("`{name}`"));
+            }
+        }
+    }
     if contents.state_dicts.is_empty() {
         format!("holds no dict of tensors (no {tried}; top-level keys: {})", contents.other_keys.join(", "))
     } else {

@@ -384,6 +384,23 @@ impl<'a> Machine<'a> {
         path.trim_start_matches('.').to_string()
     }
 
+    /// What `v` was built from: a call's callable and arguments, a `NEWOBJ`'s class and
+    /// arguments, the state a `BUILD` gave it (objects only), in that order.
+    pub fn built_from(&self, v: Value) -> &[Value] {
+        match v {
+            Value::Obj(id) => self.links.get(&id).map_or(&[], Vec::as_slice),
+            _ => &[],
+        }
+    }
+
+    /// The name of a global outside the allow-list that `v` is, if it is one.
+    pub fn foreign_global(&self, v: Value) -> Option<&str> {
+        match self.obj(v)? {
+            Obj::Global(Global::Other(name)) => Some(name),
+            _ => None,
+        }
+    }
+
     /// The name of a [`Machine::foreign`] object, at most [`MAX_KEY`] characters.
     pub fn foreign_name(&self, id: ObjId) -> String {
         match &self.objects[id] {

@@ -365,8 +365,9 @@ mod tests {
     /// or an abort: every row of what opens is read.
     #[test]
     fn damaged_arrow_files_are_errors_not_crashes() {
-        let good = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/images/saved/data-00000-of-00001.arrow"))
-            .unwrap();
+        let good =
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/images/saved/data-00000-of-00001.arrow"))
+                .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("d.arrow");
         let mut state = 0x2545_F491_4F6C_DD1Du64;
