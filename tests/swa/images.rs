@@ -948,6 +948,16 @@ fn parquet_images_are_turned_by_their_exif_orientation_and_folders_are_not() {
     let shape = |p: &Path| Samples::open(p, &spec, &options).unwrap().sample_shapes()[0].clone();
     assert_eq!(shape(&folder), [3, 24, 36]);
     assert_eq!(shape(&parquet), [3, 36, 24]);
+    // The pixels too: val.parquet and its save_to_disk copy give what `datasets` decodes (EXIF
+    // applied) through torchvision's transform, within JPEG's tolerance, PNGs bit for bit.
+    let (_, theirs) = read_npy(&fixture("images/expected/val_datasets.npy"));
+    for path in [fixture("images/val.parquet"), fixture("images/saved")] {
+        let (_, ours) = tensors(&path, &[-1, 3, 16, 16], &imagenet_small());
+        for (name, d) in VAL.iter().zip(per_image_diff(&ours, &theirs, 768, 255.0 * 0.229)) {
+            let jpeg = name.to_lowercase().contains(".jp");
+            assert!(d <= if jpeg { JPEG_TOLERANCE } else { 1e-3 }, "{}: {name}: {d}", path.display());
+        }
+    }
 }
 
 /// What users have that swa does not read is said as such: a webdataset shard was "not a .npy
