@@ -960,6 +960,28 @@ fn parquet_images_are_turned_by_their_exif_orientation_and_folders_are_not() {
     }
 }
 
+/// What PIL does with files a decoder might treat otherwise, on files Pillow wrote: a PNG
+/// without its closing IEND chunk is read (to torchvision's tensor, bit for bit), a JPEG cut short
+/// is refused as PIL refuses it ("image file is truncated").
+#[test]
+fn pil_written_edge_files_are_read_or_refused_as_pil_does() {
+    let plain = DataOptions {
+        preprocess: Preprocess {
+            resize: Some(Resize::Shorter(20)),
+            center_crop: Some((16, 16)),
+            mean: None,
+            std: None,
+        },
+        ..Default::default()
+    };
+    let (_, ours) = tensors(&fixture("images/no_iend"), &[-1, 3, 16, 16], &plain);
+    let (_, theirs) = read_npy(&fixture("images/expected/no_iend.npy"));
+    assert!(per_image_diff(&ours, &theirs, 768, 255.0)[0] <= 1e-3);
+    let cut = Samples::open(&fixture("images/truncated"), &spec(&[-1, 3, 16, 16]), &plain).unwrap();
+    let message = swa::error::chain(&cut.batch_at(&[0]).unwrap_err());
+    assert!(message.contains("cut.jpg: is truncated"), "{message}");
+}
+
 /// What users have that swa does not read is said as such: a webdataset shard was "not a .npy
 /// array (bad magic)". A broken Arrow file and a `DatasetDict` folder say what they are.
 #[test]
