@@ -138,12 +138,16 @@ pub fn refuse_same_output(outputs: &[&Path]) -> Result<()> {
 pub struct Stamps(Vec<(PathBuf, u64, Option<SystemTime>)>);
 
 impl Stamps {
-    /// The stamps of `files`.
+    /// The stamps of `files`. A path that names no file is left out: it is not a file but a name
+    /// its reader resolves (a Parquet split's prefix, `data/train` for `data/train-*.parquet`).
     pub fn of<P: AsRef<Path>>(files: &[P]) -> Result<Self> {
         let mut stamps = Vec::new();
         for f in files {
             let f = f.as_ref();
-            let m = std::fs::metadata(f).map_err(|e| Error::io(f, e))?;
+            let m = match std::fs::metadata(f) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                m => m.map_err(|e| Error::io(f, e))?,
+            };
             stamps.push((f.to_path_buf(), m.len(), m.modified().ok()));
         }
         Ok(Stamps(stamps))

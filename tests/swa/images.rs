@@ -222,6 +222,17 @@ fn a_hub_repository_root_reads_its_data_split() {
     let (parquet, from_parquet) = tensors(&fixture("images/val.parquet"), &[-1, 3, 16, 16], &imagenet_small());
     assert!(from_root == from_split && from_root == from_parquet);
     assert_eq!(root.labels(), parquet.labels());
+    // The split's prefix, which the message names, is a training input too (it was stamped as a
+    // file, and "No such file or directory").
+    swa()
+        .args(["recalibrate", "--resize", "20", "--center-crop", "16", "--batch-size", "4", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--inputs")
+        .arg(&train)
+        .arg("-o")
+        .arg(dir.path().join("out.onnx"))
+        .assert()
+        .success();
 }
 
 #[test]
