@@ -197,6 +197,9 @@ pub enum Hint {
     ImageArray,
     /// A Parquet file lacks the image column: its name is a setting.
     ImageColumn,
+    /// A checkpoint whose names all carry a prefix the model's do not: average it with the
+    /// prefix stripped.
+    StripPrefix,
     /// An image has more pixels (decoded or resized) than the limit, which is a setting.
     MaxImagePixels,
     /// The labels are in a column of another name: its name is a setting.
@@ -260,6 +263,7 @@ impl Hint {
                     .into()
             }
             Hint::ImageColumn => ": name the image column with `image_column`".into(),
+            Hint::StripPrefix => "; average the checkpoint with that prefix stripped (`strip_prefix`)".into(),
         }
     }
 }

@@ -70,6 +70,7 @@ pub fn hint(hint: Hint) -> String {
                 .into()
         }
         Hint::ImageColumn => ": name the image column with --image-column".into(),
+        Hint::StripPrefix => "; `swa average ... --strip-prefix PREFIX` writes the names the model has".into(),
         Hint::LabelColumn => " (with --label-column NAME)".into(),
         Hint::MaxImagePixels => " (raise the limit with --max-image-pixels N to read it)".into(),
         Hint::BatchOfOne { samples } => format!(

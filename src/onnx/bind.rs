@@ -215,6 +215,26 @@ fn bind_into(model: &mut Model, ck: &Checkpoint, allow_missing_weights: bool) ->
     }
     let bound: HashSet<&str> = report.bound.iter().map(|(_, g)| g.as_str()).collect();
     report.unbound = weights.iter().filter(|w| !bound.contains(w.as_str())).cloned().collect();
+    // Nothing bound is never a partial binding to allow: the model would keep all its own weights.
+    if report.bound.is_empty() && !report.unmatched.is_empty() {
+        let first = |names: &mut dyn Iterator<Item = &String>| names.take(3).cloned().collect::<Vec<_>>().join(", ");
+        let prefix = report.unmatched[0].split_once('.').map(|(p, _)| format!("{p}."));
+        let common = prefix.filter(|p| {
+            report.unmatched.iter().all(|n| n.starts_with(p.as_str()))
+                && report.unmatched.iter().any(|n| exact.contains_key(&n[p.len()..]))
+        });
+        let message = format!(
+            "{}: none of its {} floating-point tensors matches a weight of the model (its names: {}; the model's: \
+             {}){}",
+            ck.path().display(),
+            report.unmatched.len(),
+            first(&mut report.unmatched.iter()),
+            first(&mut weights.iter()),
+            common.as_deref().map_or(String::new(), |p| format!(": every name of the checkpoint starts with `{p}`"))
+        );
+        let e = Error::Mismatch(message);
+        return Err(if common.is_some() { e.hint(Hint::StripPrefix) } else { e });
+    }
     if !report.unbound.is_empty() && !allow_missing_weights {
         let shown: Vec<&str> = report.unbound.iter().take(5).map(String::as_str).collect();
         return Err(Error::Mismatch(format!(

@@ -576,3 +576,38 @@ fn update_bn_users_are_told_what_to_do() {
         .code(2)
         .stderr(contains("track_running_stats=False").and(contains("nothing to recalibrate")));
 }
+
+/// A checkpoint none of whose tensors matches a weight of the model (a Hugging Face model's
+/// `net.` prefix) binds nothing: refused even with `--allow-missing-weights` (which exited 0 and
+/// kept the export's own weights), naming the prefix and how to strip it; stripped, it binds.
+#[test]
+fn a_checkpoint_that_binds_nothing_is_refused_naming_its_prefix() {
+    let dir = tmp();
+    let (header, data) = header_of(&fixture("mlp/checkpoints/epoch_006.safetensors"));
+    let renamed: serde_json::Map<String, serde_json::Value> =
+        header.into_iter().map(|(k, v)| if k == "__metadata__" { (k, v) } else { (format!("net.{k}"), v) }).collect();
+    let prefixed = dir.path().join("net.safetensors");
+    write_with_header(&prefixed, &renamed, &data);
+    let recal = |weights: &Path, extra: &[&str]| {
+        let mut c = swa();
+        c.args(["recalibrate", "--model"])
+            .arg(fixture("mlp/model.onnx"))
+            .arg("--weights")
+            .arg(weights)
+            .arg("--inputs")
+            .arg(fixture("mlp/train.npy"))
+            .arg("-o")
+            .arg(dir.path().join("out.onnx"))
+            .args(extra);
+        c
+    };
+    for extra in [&[][..], &["--allow-missing-weights"]] {
+        recal(&prefixed, extra).assert().code(2).stderr(contains("none of its")).stderr(contains(
+            "every name of the checkpoint starts with `net.`; `swa average ... --strip-prefix PREFIX`",
+        ));
+    }
+    assert!(!dir.path().join("out.onnx").exists());
+    let stripped = dir.path().join("stripped.safetensors");
+    swa().arg("average").arg(&prefixed).args(["--strip-prefix", "net.", "-o"]).arg(&stripped).assert().success();
+    recal(&stripped, &[]).assert().success();
+}
