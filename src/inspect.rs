@@ -59,7 +59,12 @@ pub fn inspect(file: &Path, key: Option<&str>, against: Option<&Path>) -> Result
     // A run's folder of checkpoints (not one sharded checkpoint): say what it holds and which to
     // inspect, rather than that it lacks a shard index.
     if file.is_dir() && inputs::format_of(file).open(file, key).is_err() {
-        if let Ok(found) = inputs::discover(&[file.to_path_buf()]) {
+        let found = inputs::discover(&[file.to_path_buf()])?;
+        // A run's folder of one checkpoint (`checkpoint-500/` holding `model.safetensors`) is it.
+        if let [one] = &found.files[..] {
+            return inspect(&one.path, key, against);
+        }
+        {
             let (first, last) = (&found.files[0], &found.files[found.files.len() - 1]);
             return Err(Error::usage(format!(
                 "{} is a folder of {} checkpoints ({} … {}): inspect one of them, e.g. {}",

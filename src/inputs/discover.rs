@@ -166,6 +166,45 @@ fn is_lightning_last(path: &Path) -> bool {
     name == "last.ckpt" || version.is_some_and(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// timm's mid-epoch `recovery-E-B.pth.tar`.
+fn is_recovery(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("recovery-"))
+}
+
+/// The Lightning run a folder means: itself (`version_0/`, holding `checkpoints/`), or the one
+/// `version_N/` of the `lightning_logs/` it is or holds (`default_root_dir`). Several runs are an
+/// error that names each.
+fn lightning_run(path: &Path) -> Result<Option<PathBuf>> {
+    if path.join("checkpoints").is_dir() {
+        return Ok(Some(path.to_path_buf()));
+    }
+    let logs = if path.join("lightning_logs").is_dir() { path.join("lightning_logs") } else { path.to_path_buf() };
+    let mut runs: Vec<PathBuf> = match std::fs::read_dir(&logs) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                name.strip_prefix("version_").is_some_and(|v| v.parse::<u64>().is_ok())
+                    && p.join("checkpoints").is_dir()
+            })
+            .collect(),
+        Err(_) => return Ok(None),
+    };
+    runs.sort_by_key(|p| number_of(p));
+    match runs.len() {
+        0 => Ok(None),
+        1 => Ok(runs.pop()),
+        n => Err(Error::format(
+            path,
+            format!(
+                "holds {n} Lightning runs ({}): point at one, e.g. {}",
+                runs.iter().map(|r| r.file_name().unwrap_or_default().to_string_lossy()).collect::<Vec<_>>().join(", "),
+                runs[n - 1].display()
+            ),
+        )),
+    }
+}
+
 /// The model file of a run's checkpoint directory (`checkpoint-500/`), in the first format that
 /// finds one (a sharded index, `model.safetensors`, `pytorch_model.bin`).
 fn model_in(dir: &Path) -> Result<Option<PathBuf>> {
@@ -208,10 +247,19 @@ pub fn discover(paths: &[PathBuf]) -> Result<Discovery> {
         }
         let mut inside = checkpoints_in(path)?;
         // A Lightning run folder (`lightning_logs/version_0`: hparams.yaml, event files and
-        // `checkpoints/`) means the checkpoints it keeps.
-        let lightning = path.join("checkpoints");
-        if inside.is_empty() && lightning.is_dir() {
-            inside = checkpoints_in(&lightning)?;
+        // `checkpoints/`) means the checkpoints it keeps; Lightning's root folder or its
+        // `lightning_logs/`, the one run there.
+        if inside.is_empty() {
+            if let Some(run) = lightning_run(path)? {
+                inside = checkpoints_in(&run.join("checkpoints"))?;
+            }
+        }
+        // timm's `recovery-E-B.pth.tar` are mid-epoch copies numbered by their batch: beside the
+        // epoch checkpoints they would sort as the newest.
+        if inside.iter().any(|p| !is_recovery(p)) {
+            let (recovery, others): (Vec<PathBuf>, Vec<PathBuf>) = inside.into_iter().partition(|p| is_recovery(p));
+            inside = others;
+            left_out.extend(recovery.into_iter().map(|path| LeftOut { path }));
         }
         // Beside numbered checkpoints, a file without a number is a copy (Lightning's last.ckpt,
         // timm's last.pth.tar and model_best.pth.tar, torchvision's checkpoint.pth, the Trainer's

@@ -437,6 +437,45 @@ fn a_lightning_run_folder_means_its_checkpoints() {
         .code(2)
         .stderr(contains(format!("is a folder of {n} checkpoints")))
         .stderr(contains("inspect one of them"));
+    // Lightning's root folder (`default_root_dir`) and its `lightning_logs/` mean the one run
+    // there (they held "no checkpoint"); with two runs, each is named.
+    let home = tmp();
+    copy_dir(&version, &home.path().join("lightning_logs/version_0"));
+    for (k, root) in [home.path().to_path_buf(), home.path().join("lightning_logs")].into_iter().enumerate() {
+        let out = dir.path().join(format!("root{k}.safetensors"));
+        let s = average_json(&[root.as_os_str()], &out);
+        assert_eq!(s["inputs"].as_array().unwrap().len(), n, "{s}");
+        swa().arg("inspect").arg(&root).assert().code(2).stderr(contains(format!("is a folder of {n} checkpoints")));
+    }
+    // timm's mid-epoch recovery-E-B copies (numbered by their batch) are left out beside them.
+    std::fs::copy(
+        version
+            .join("checkpoints")
+            .join(std::fs::read_dir(torch("cnn_ckpt")).unwrap().next().unwrap().unwrap().file_name()),
+        version.join("checkpoints/recovery-3-900.ckpt"),
+    )
+    .unwrap();
+    let s = average_json(&[version.as_os_str()], &dir.path().join("rec.safetensors"));
+    assert_eq!(s["inputs"].as_array().unwrap().len(), n, "{s}");
+    assert!(s["left_out"].to_string().contains("recovery-3-900.ckpt"), "{s}");
+    copy_dir(&torch("cnn_ckpt"), &home.path().join("lightning_logs/version_1/checkpoints"));
+    swa()
+        .arg("average")
+        .arg(home.path())
+        .arg("-o")
+        .arg(dir.path().join("two.safetensors"))
+        .assert()
+        .code(2)
+        .stderr(contains("holds 2 Lightning runs (version_0, version_1): point at one"));
+    // A run's folder of one checkpoint (the Trainer's `checkpoint-500/`) is inspected as that file.
+    let hf = dir.path().join("checkpoint-500");
+    std::fs::create_dir(&hf).unwrap();
+    std::fs::copy(fixture("cnn/checkpoints/epoch_003.safetensors"), hf.join("model.safetensors")).unwrap();
+    for beside in ["optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"] {
+        std::fs::copy(torch("tied.pt"), hf.join(beside)).unwrap();
+    }
+    std::fs::write(hf.join("trainer_state.json"), "{}").unwrap();
+    swa().arg("inspect").arg(&hf).assert().success().stdout(contains("38 tensors"));
 }
 
 /// `inspect` says what the state dicts of known training code are (Lightning's
