@@ -188,7 +188,15 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
     let data = Samples::open(&opts.inputs, &specs, &opts.data)?;
     // A subset drawn at random and a shuffled order, the same in every part of a split pass.
     let sampling = match data.len() {
-        Some(n) => Sampling::new(n, opts.max_samples, opts.seed, opts.shuffle),
+        Some(n) => {
+            if let Some(m) = opts.max_samples.filter(|&m| m > n) {
+                crate::error::warn(format!(
+                    "{}: max_samples {m} is more than its {n} samples: all of them are used",
+                    opts.inputs.display()
+                ));
+            }
+            Sampling::new(n, opts.max_samples, opts.seed, opts.shuffle)
+        }
         None if opts.shuffle => {
             return Err(Error::setting(
                 Setting::Shuffle,

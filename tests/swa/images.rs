@@ -1045,3 +1045,15 @@ fn save_to_disk_folders_read_as_datasets_wrote_them() {
         .unwrap_or_default();
     assert!(message.contains("of 2 splits (train, test): point at one"), "{message}");
 }
+
+/// A dataset's root holding `train/` and `test/` reads as two classes, as ImageFolder reads it,
+/// but not silently: a warning names the split to point at (it gave top-1 33 % and exit 0).
+#[test]
+fn a_dataset_root_read_as_classes_named_like_splits_is_warned_about() {
+    let dir = tmp();
+    for split in ["train", "test"] {
+        copy_dir(&fixture("images/val/dog"), &dir.path().join(split).join("dog"));
+    }
+    evaluate_folder(dir.path(), &["--labels", fixture("images/expected/val_labels.npy").to_str().unwrap()])
+        .stderr(contains("its class folders are named test, train, like a dataset's splits"));
+}

@@ -290,6 +290,18 @@ fn max_samples_draws_at_random_and_shuffle_orders_the_batches() {
         .success();
     let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
     assert!(text.contains(&format!("96 of {n} samples drawn at random (seed 0)")), "{text}");
+    // More than there are: all of them, said.
+    let many = (n + 1).to_string();
+    recalibrate_cmd(
+        &f("model.onnx"),
+        &f("expected/swa_average.safetensors"),
+        &train,
+        dir.path(),
+        &["--max-samples", &many],
+    )
+    .assert()
+    .success()
+    .stderr(contains(format!("max_samples {many} is more than its {n} samples: all of them are used")));
 }
 
 #[test]

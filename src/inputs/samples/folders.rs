@@ -65,7 +65,20 @@ impl SourceKind for ImageFolders {
                     labels.extend(std::iter::repeat_n(k as i64, found.len()));
                     files.extend(found);
                 }
-                let names = classes.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+                let names: Vec<String> = classes.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+                // `data/` holding `train/` and `test/` reads as two classes, as ImageFolder reads
+                // it: almost never what is meant.
+                const SPLITS: [&str; 7] = ["train", "test", "val", "valid", "validation", "eval", "dev"];
+                if names.len() > 1 && names.iter().all(|n| SPLITS.contains(&n.to_lowercase().as_str())) {
+                    crate::error::warn(format!(
+                        "{}: its class folders are named {}, like a dataset's splits: it is read as {} classes; to \
+                         read one split, point at it (e.g. {})",
+                        path.display(),
+                        names.join(", "),
+                        names.len(),
+                        path.join(&names[0]).display()
+                    ));
+                }
                 (files, Some(labels), Some(names))
             }
             DirKind::Flat(other) => {
