@@ -373,6 +373,7 @@ pub(crate) fn image_bytes(col: &ArrayRef, first_row: usize, name: &dyn Fn(usize)
     let missing = |k: usize| {
         let path = paths
             .and_then(|p| p.as_string_opt::<i32>().filter(|p| p.is_valid(k)).map(|p| p.value(k).to_string()))
+            .filter(|p| !p.is_empty())
             .map(|p| format!(" (only its path, {p}: swa reads images embedded in the file)"))
             .unwrap_or_default();
         format!("has no image (null) bytes{path}")
@@ -535,7 +536,10 @@ impl ParquetSet {
                 continue;
             }
             let Some(path) = self.files.get(cursor.file) else {
-                return Err(Error::format(&self.files[0], "ended before its row count: a file changed while read"));
+                return Err(Error::format(
+                    &self.files[0],
+                    "ended before the row count its footer gives: it is damaged, or it changed while read",
+                ));
             };
             let start = self.starts[cursor.file];
             if cursor.reader.is_none() {

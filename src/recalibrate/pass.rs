@@ -206,7 +206,7 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
         None => None,
     };
     let data = match sampling {
-        Some(s) => data.sampled(s),
+        Some(s) => data.sampled(s)?,
         None => data,
     };
     // The samples of the pass where the source knows its length (a source that does not runs

@@ -376,7 +376,8 @@ fn recalibrate_weights_that_do_not_fit_the_graph() {
     write_with_header(&other, &renamed, &data);
     recalibrate_fails(
         &[os(Path::new("--model")), os(&m), os(Path::new("--inputs")), os(&x), os(Path::new("--weights")), os(&other)],
-        "renamed.safetensors: 32 of the model's weights have no tensor of that name in the checkpoint (first: bn1.bias",
+        "renamed.safetensors: none of its 32 floating-point tensors matches a weight of the model (its names: \
+         encoder.bn1.bias",
     );
     let (mut header, data) = header_of(&fixture("cnn/checkpoints/epoch_001.safetensors"));
     header["fc.weight"]["shape"] = serde_json::json!([32, 10]);

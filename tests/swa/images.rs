@@ -156,10 +156,10 @@ fn tall_images_resize_to_pils_bytes_in_pils_order_of_passes() {
 fn a_shuffled_random_subset_reads_the_rows_it_names_from_folders_and_parquet() {
     use swa::inputs::Sampling;
     let sampling = Sampling::new(16, Some(7), 5, true).unwrap();
-    let order = sampling.order();
+    let order = sampling.order().unwrap();
     for path in [fixture("images/val"), fixture("images/val.parquet")] {
         let (whole, all) = tensors(&path, &[-1, 3, 16, 16], &imagenet_small());
-        let sub = Samples::open(&path, &spec(&[-1, 3, 16, 16]), &imagenet_small()).unwrap().sampled(sampling);
+        let sub = Samples::open(&path, &spec(&[-1, 3, 16, 16]), &imagenet_small()).unwrap().sampled(sampling).unwrap();
         assert_eq!(sub.len(), Some(7));
         let mut read = Vec::new();
         for b in sub.batches(0..7, 3).unwrap() {
@@ -828,9 +828,13 @@ fn images_above_the_pixel_limit_are_bad_images_found_before_decoding() {
         .stderr(contains("huge.png: is 20000x20000 = 400000000 pixels, more than the limit"));
     std::fs::remove_file(dir.path().join("dog/huge.png")).unwrap();
     // The limit is a setting: a low one refuses the fixtures' own images; 0 is no limit to set.
-    evaluate_folder(dir.path(), &["--batch-size", "4", "--max-image-pixels", "100"])
+    evaluate_folder(dir.path(), &["--batch-size", "4", "--max-image-pixels", "300"])
         .code(2)
-        .stderr(contains("more than the limit of 100"));
+        .stderr(contains("more than the limit of 300"));
+    // One below the crop's 256 pixels: the batches themselves are too large, said before any image.
+    evaluate_folder(dir.path(), &["--batch-size", "4", "--max-image-pixels", "255"])
+        .code(2)
+        .stderr(contains("gives images of 16x16 after preprocessing = 256 pixels, more than an image may have (255"));
     evaluate_folder(dir.path(), &["--batch-size", "4", "--max-image-pixels", "0"])
         .code(2)
         .stderr(contains("--max-image-pixels"));
@@ -1029,14 +1033,18 @@ fn save_to_disk_folders_read_as_datasets_wrote_them() {
         assert_eq!(saved.classes().map(|c| c.join(",")).as_deref(), Some("cat,dog,zebra"));
         assert!(saved.preprocessing().unwrap().starts_with("Arrow column `image`"));
         let sampling = Sampling::new(16, Some(9), 2, true).unwrap();
-        let sub = Samples::open(&path, &spec(&[-1, 3, 16, 16]), &imagenet_small()).unwrap().sampled(sampling);
+        let sub = Samples::open(&path, &spec(&[-1, 3, 16, 16]), &imagenet_small()).unwrap().sampled(sampling).unwrap();
         let read: Vec<f32> = sub
             .batches(0..9, 4)
             .unwrap()
             .flat_map(|b| b.unwrap().inputs.remove(0).values.into_f32().unwrap())
             .collect();
-        let expected: Vec<f32> =
-            sampling.order().iter().flat_map(|&i| from_parquet[i * 768..(i + 1) * 768].iter().copied()).collect();
+        let expected: Vec<f32> = sampling
+            .order()
+            .unwrap()
+            .iter()
+            .flat_map(|&i| from_parquet[i * 768..(i + 1) * 768].iter().copied())
+            .collect();
         assert!(read == expected);
     }
     let message = Samples::open(&fixture("images/saved_dict"), &spec(&[-1, 3, 16, 16]), &imagenet_small())
@@ -1056,4 +1064,21 @@ fn a_dataset_root_read_as_classes_named_like_splits_is_warned_about() {
     }
     evaluate_folder(dir.path(), &["--labels", fixture("images/expected/val_labels.npy").to_str().unwrap()])
         .stderr(contains("its class folders are named test, train, like a dataset's splits"));
+}
+
+/// Damaged Arrow files found by the hostile pass: a record batch claiming 2^40 rows (a sampled
+/// pass allocated an order of 2^40 indices and aborted) and a stream with a second schema (read
+/// with the later schema, from the wrong column) are errors that say what is wrong.
+#[test]
+fn arrow_files_that_lie_about_their_rows_or_schema_are_refused() {
+    for (file, says) in
+        [("forged_rows.arrow", "claims 1099511627776 rows in"), ("two_schemas.arrow", "a second schema at byte")]
+    {
+        let path = fixture(&format!("images/damaged/{file}"));
+        let message = Samples::open(&path, &spec(&[-1, 3, 16, 16]), &imagenet_small())
+            .err()
+            .map(|e| swa::error::chain(&e))
+            .unwrap_or_default();
+        assert!(message.contains("is not a valid Arrow file") && message.contains(says), "{message}");
+    }
 }

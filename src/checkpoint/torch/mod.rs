@@ -314,7 +314,7 @@ fn state_dict_size(m: &Machine, entries: &[(Value, Value)]) -> Option<usize> {
 }
 
 /// How deep a pickled module's submodules may nest.
-const MAX_MODULE_DEPTH: usize = 64;
+const MAX_MODULE_DEPTH: usize = 256;
 /// How many modules and entries of their state one pickled module may hold, counting a shared
 /// submodule once per place it is held (as `state_dict()` counts it): a crafted file of modules
 /// that share their submodules cannot make the walk exponential.
@@ -598,6 +598,9 @@ fn plan(path: &Path, bytes: &[u8], key: Option<&str>) -> Result<Plan> {
         None if module(&m, top).is_some() => String::new(),
         None => {
             let Some((_, entries)) = dict(&m, top) else {
+                if object_class(&m, top).is_some() {
+                    return Err(Error::format(path, not_a_dict_message(&m, top, "the top level")));
+                }
                 return Err(Error::format(
                     path,
                     format!("holds no dict of tensors (its top level: {})", m.describe(top)),

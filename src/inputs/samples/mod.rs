@@ -221,8 +221,9 @@ impl Samples {
     }
 
     /// These samples as `sampling` draws and orders them.
-    pub fn sampled(self, sampling: Sampling) -> Samples {
-        Samples { path: self.path, source: Box::new(Subset::new(self.source, sampling)) }
+    pub fn sampled(self, sampling: Sampling) -> Result<Samples> {
+        let source = Box::new(Subset::new(self.source, sampling)?);
+        Ok(Samples { path: self.path, source })
     }
 
     /// Every sample's class index, where the source has its targets up front as class indices.

@@ -196,6 +196,23 @@ impl<I: ImageItems> ImageSource<I> {
             )
             .hint(Hint::CenterCrop { height: mh, width: mw, or: CropAlternative::Preset }));
         }
+        // A crop or exact resize larger than any image may be: an error, not an allocation that
+        // aborts the process (each batch holds that many pixels per image).
+        let pixels = (size.0 as u128) * (size.1 as u128);
+        if pixels > u128::from(data.max_image_pixels) || size.0.max(size.1) > images::MAX_SIDE {
+            return Err(Error::format(
+                path,
+                format!(
+                    "gives images of {}x{} after preprocessing = {pixels} pixels, more than an image may have ({} \
+                     pixels, a side of at most {}): crop or resize to a smaller size",
+                    size.1,
+                    size.0,
+                    data.max_image_pixels,
+                    images::MAX_SIDE
+                ),
+            )
+            .hint(Hint::MaxImagePixels));
+        }
         (source.geometry.height, source.geometry.width) = size;
         let len = source.items.len();
         check_shapes(path, len, specs, &[source.geometry.sample_shape()], |_| (path.display().to_string(), None))?;
@@ -275,7 +292,21 @@ impl<I: ImageItems> ImageSource<I> {
     fn batch(&self, indices: &[usize], span: Range<usize>, rows: Vec<Option<Row>>) -> Result<Batch> {
         let g = self.geometry;
         let numel = g.channels * g.height * g.width;
-        let mut data = vec![0f32; indices.len() * numel];
+        let len = indices.len().saturating_mul(numel);
+        let mut data = Vec::new();
+        data.try_reserve_exact(len).map_err(|_| {
+            Error::format(
+                &self.path,
+                format!(
+                    "a batch of {} images of {}x{} needs {} GiB: lower the batch size or the image size",
+                    indices.len(),
+                    g.height,
+                    g.width,
+                    len.saturating_mul(4) >> 30
+                ),
+            )
+        })?;
+        data.resize(len, 0f32);
         // Err((error, true)) for an image that cannot be read or decoded, which may be skipped.
         let results: Vec<std::result::Result<(), (Error, bool)>> = data
             .par_chunks_mut(numel)

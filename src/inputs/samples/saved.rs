@@ -45,9 +45,12 @@ fn layout(path: &Path) -> Option<Layout> {
             .then(|| Layout::Files(vec![path.into()]));
     }
     if path.join("dataset_dict.json").is_file() {
-        let json: serde_json::Value =
-            std::fs::read(path.join("dataset_dict.json")).ok().and_then(|b| serde_json::from_slice(&b).ok())?;
-        let splits = json.get("splits")?.as_array()?.iter().filter_map(|s| s.as_str().map(String::from)).collect();
+        // Whatever it holds, the folder is a DatasetDict: a damaged list of splits is said as such.
+        let splits = std::fs::read(path.join("dataset_dict.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|j| j.get("splits")?.as_array()?.iter().map(|s| s.as_str().map(String::from)).collect())
+            .unwrap_or_default();
         return Some(Layout::Splits(splits));
     }
     if !path.join("state.json").is_file() {
@@ -89,25 +92,31 @@ impl SourceKind for Saved {
     }
 
     fn open(&self, path: &Path, specs: &[InputSpec], data: &DataOptions) -> Result<Box<dyn SampleSource>> {
-        let files = match layout(path) {
-            Some(Layout::Files(files)) if !files.is_empty() => files,
-            Some(Layout::Files(_)) => {
-                return Err(Error::format(path, "is a datasets save_to_disk folder with no .arrow files"))
-            }
-            Some(Layout::Splits(splits)) => {
-                let paths: Vec<String> = splits.iter().map(|s| path.join(s).display().to_string()).collect();
-                return Err(Error::format(
+        let files =
+            match layout(path) {
+                Some(Layout::Files(files)) if !files.is_empty() => files,
+                Some(Layout::Files(_)) => {
+                    return Err(Error::format(path, "is a datasets save_to_disk folder with no .arrow files"))
+                }
+                Some(Layout::Splits(splits)) if splits.is_empty() => return Err(Error::format(
                     path,
-                    format!(
-                        "is a DatasetDict saved with save_to_disk, of {} splits ({}): point at one, {}",
-                        splits.len(),
-                        splits.join(", "),
-                        paths.join(" or ")
-                    ),
-                ));
-            }
-            None => return Err(Error::format(path, "is not a datasets save_to_disk folder or an .arrow file")),
-        };
+                    "is a DatasetDict saved with save_to_disk whose dataset_dict.json lists no splits (it should be \
+                     {\"splits\": [\"train\", ...]}): point at a split's folder",
+                )),
+                Some(Layout::Splits(splits)) => {
+                    let paths: Vec<String> = splits.iter().map(|s| path.join(s).display().to_string()).collect();
+                    return Err(Error::format(
+                        path,
+                        format!(
+                            "is a DatasetDict saved with save_to_disk, of {} splits ({}): point at one, {}",
+                            splits.len(),
+                            splits.join(", "),
+                            paths.join(" or ")
+                        ),
+                    ));
+                }
+                None => return Err(Error::format(path, "is not a datasets save_to_disk folder or an .arrow file")),
+            };
         let set = ArrowSet::open(files, &data.image_column, &data.label_column)?;
         let targets = set.labels.clone().map(|l| Tensor::i64(vec![l.len()], l));
         let classes = targets.as_ref().and_then(|_| class_names(path, &data.label_column));
@@ -184,6 +193,9 @@ impl ArrowFile {
             let end = (meta_start + meta_len as usize).checked_add(body).filter(|&e| e <= len).ok_or_else(past)?;
             match message.header_type() {
                 MessageHeader::Schema => {
+                    if schema.is_some() {
+                        return Err(bad(format!("a second schema at byte {at} (a stream has one)")));
+                    }
                     let fb = message.header_as_schema().ok_or_else(|| bad("an unreadable schema".into()))?;
                     version = message.version();
                     schema = Some(Arc::new(guarded(path, || arrow_ipc::convert::try_fb_to_schema(fb))?));
@@ -191,6 +203,11 @@ impl ArrowFile {
                 MessageHeader::RecordBatch => {
                     let batch = message.header_as_record_batch().ok_or_else(|| bad("an unreadable batch".into()))?;
                     let n = usize::try_from(batch.length()).map_err(|_| bad("a batch of negative length".into()))?;
+                    // Every row of an image column holds an offset of at least 4 bytes: a row count
+                    // the body cannot hold is a lie (and would be trusted by a sampled pass).
+                    if n > body / 4 {
+                        return Err(bad(format!("the record batch at byte {at} claims {n} rows in {body} bytes")));
+                    }
                     let meta_total = i32::try_from(prefix + meta_len as usize).map_err(|_| past())?;
                     let body = i64::try_from(body).map_err(|_| past())?;
                     starts.push(rows);

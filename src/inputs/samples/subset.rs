@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Batches, SampleSource};
 use crate::batch::{Batch, Tensor};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// How the samples of a pass were chosen and ordered, where not all of them in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,8 +55,9 @@ impl Sampling {
         (drawn < n || shuffled).then_some(Sampling { drawn, of: n, seed, shuffled })
     }
 
-    /// The indices read, in the order read.
-    pub fn order(&self) -> Vec<usize> {
+    /// The indices read, in the order read. The shuffle is kept sparse (the positions it moved),
+    /// so drawing a few samples of a huge set costs memory for the few.
+    pub fn order(&self) -> Result<Vec<usize>> {
         let n = self.of;
         let mut state = self.seed;
         let mut next = || {
@@ -66,16 +67,24 @@ impl Sampling {
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             z ^ (z >> 31)
         };
-        let mut p: Vec<usize> = (0..n).collect();
-        for i in 0..self.drawn.min(n.saturating_sub(1)) {
-            let j = i + (next() % (n - i) as u64) as usize;
-            p.swap(i, j);
+        // Fisher–Yates over `0..n`, each position holding itself until a swap moves it.
+        let mut moved: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+        let mut p: Vec<usize> = Vec::new();
+        // A set whose size is a lie (a damaged file's row count) must not abort the process.
+        p.try_reserve_exact(self.drawn).map_err(|_| {
+            Error::usage(format!("cannot hold the order of {} samples in memory (the set has {n})", self.drawn))
+        })?;
+        for i in 0..self.drawn.min(n) {
+            let j = if i + 1 < n { i + (next() % (n - i) as u64) as usize } else { i };
+            let (at_i, at_j) = (moved.get(&i).copied().unwrap_or(i), moved.get(&j).copied().unwrap_or(j));
+            moved.insert(j, at_i);
+            moved.remove(&i);
+            p.push(at_j);
         }
-        p.truncate(self.drawn);
         if !self.shuffled {
             p.sort_unstable();
         }
-        p
+        Ok(p)
     }
 
     /// What summaries say: `128 of 480 samples drawn at random (seed 0)`, `in shuffled order
@@ -101,10 +110,10 @@ pub struct Subset {
 
 impl Subset {
     /// `inner`'s samples as `sampling` chooses and orders them.
-    pub fn new(inner: Box<dyn SampleSource>, sampling: Sampling) -> Self {
-        let order = sampling.order();
+    pub fn new(inner: Box<dyn SampleSource>, sampling: Sampling) -> Result<Self> {
+        let order = sampling.order()?;
         let targets = inner.targets().map(|t| t.rows(&order));
-        Subset { inner, sampling, order, targets }
+        Ok(Subset { inner, sampling, order, targets })
     }
 }
 
@@ -175,19 +184,19 @@ mod tests {
     #[test]
     fn the_draw_is_uniform_reproducible_and_the_python_recipes() {
         let s = Sampling::new(10, Some(4), 0, false).unwrap();
-        let a = s.order();
-        assert_eq!(a, s.order());
+        let a = s.order().unwrap();
+        assert_eq!(a, s.order().unwrap());
         assert_eq!(a.len(), 4);
         assert!(a.windows(2).all(|w| w[0] < w[1]));
         // The values the Python recipe in the module's documentation gives.
         assert_eq!(a, [1, 5, 7, 9]);
-        assert_eq!(Sampling::new(10, None, 0, true).unwrap().order(), [5, 1, 9, 7, 0, 4, 3, 2, 6, 8]);
+        assert_eq!(Sampling::new(10, None, 0, true).unwrap().order().unwrap(), [5, 1, 9, 7, 0, 4, 3, 2, 6, 8]);
         assert_eq!(Sampling::new(10, Some(10), 0, false), None);
         assert_eq!(Sampling::new(10, Some(20), 3, false), None);
         // Uniform: over many seeds every index is drawn about as often.
         let mut seen = [0usize; 20];
         for seed in 0..4000 {
-            for i in Sampling::new(20, Some(5), seed, false).unwrap().order() {
+            for i in Sampling::new(20, Some(5), seed, false).unwrap().order().unwrap() {
                 seen[i] += 1;
             }
         }
