@@ -27,6 +27,14 @@ fn small(mean: &[f32], std: &[f32]) -> DataOptions {
     }
 }
 
+/// Resize 20, centre crop 16, no normalization: tensors of `v / 255`.
+fn unnormalised() -> DataOptions {
+    DataOptions {
+        preprocess: Preprocess { mean: None, std: None, ..small(&[0.0], &[1.0]).preprocess },
+        ..Default::default()
+    }
+}
+
 fn imagenet_small() -> DataOptions {
     small(&[0.485, 0.456, 0.406], &[0.229, 0.224, 0.225])
 }
@@ -248,15 +256,7 @@ fn grayscale_models_get_pil_luma() {
 
 #[test]
 fn a_flat_folder_parquet_and_uint8_arrays_read_the_same_way() {
-    let data = DataOptions {
-        preprocess: Preprocess {
-            resize: Some(Resize::Shorter(20)),
-            center_crop: Some((16, 16)),
-            mean: None,
-            std: None,
-        },
-        ..Default::default()
-    };
+    let data = unnormalised();
     let (samples, ours) = tensors(&fixture("images/train"), &[-1, 3, 16, 16], &data);
     assert!(samples.labels().is_none() && samples.classes().is_none());
     let (_, theirs) = read_npy(&fixture("images/expected/train.npy"));
@@ -980,15 +980,7 @@ fn parquet_images_are_turned_by_their_exif_orientation_and_folders_are_not() {
 /// is refused as PIL refuses it ("image file is truncated").
 #[test]
 fn pil_written_edge_files_are_read_or_refused_as_pil_does() {
-    let plain = DataOptions {
-        preprocess: Preprocess {
-            resize: Some(Resize::Shorter(20)),
-            center_crop: Some((16, 16)),
-            mean: None,
-            std: None,
-        },
-        ..Default::default()
-    };
+    let plain = unnormalised();
     let (_, ours) = tensors(&fixture("images/no_iend"), &[-1, 3, 16, 16], &plain);
     let (_, theirs) = read_npy(&fixture("images/expected/no_iend.npy"));
     assert!(per_image_diff(&ours, &theirs, 768, 255.0)[0] <= 1e-3);

@@ -334,12 +334,8 @@ struct Module {
 
 /// The class and pickled state (`__dict__`) of an object swa did not build.
 fn object_state(m: &Machine, v: Value) -> Option<(String, Vec<(Value, Value)>)> {
-    if !matches!(m.obj(v), Some(Obj::Opaque(_))) {
-        return None;
-    }
-    let from = m.built_from(v);
-    let class = from.iter().find_map(|&f| m.foreign_global(f))?.to_string();
-    let state = from.iter().rev().find_map(|&f| dict(m, f)).map(|(_, e)| e)?;
+    let class = object_class(m, v)?;
+    let state = m.built_from(v).iter().rev().find_map(|&f| dict(m, f)).map(|(_, e)| e)?;
     Some((class, state))
 }
 

@@ -318,9 +318,14 @@ impl ArrowSet {
         Ok(ArrowSet { files, starts, image_column: image_column.to_string(), columns, labels, no_labels })
     }
 
+    /// The file that holds row `i`.
+    fn file_of(&self, i: usize) -> usize {
+        self.starts.partition_point(|&s| s <= i).saturating_sub(1).min(self.files.len() - 1)
+    }
+
     /// The file and record batch of row `i`, and its row in the batch.
     fn locate(&self, i: usize) -> (usize, usize, usize) {
-        let f = self.starts.partition_point(|&s| s <= i).saturating_sub(1).min(self.files.len() - 1);
+        let f = self.file_of(i);
         let r = i - self.starts[f];
         let file = &self.files[f];
         let k = file.starts.partition_point(|&s| s <= r).saturating_sub(1).min(file.batches.len().saturating_sub(1));
@@ -336,7 +341,7 @@ impl ImageItems for ArrowSet {
     }
 
     fn name_of(&self, i: usize) -> String {
-        let f = self.starts.partition_point(|&s| s <= i).saturating_sub(1).min(self.files.len() - 1);
+        let f = self.file_of(i);
         format!("{} (row {})", self.files[f].path.display(), i - self.starts[f])
     }
 
