@@ -79,6 +79,9 @@ pub enum Error {
         #[source]
         source: ort::Error,
     },
+    /// The caller asked the work to stop ([`crate::progress::request_stop`]); nothing was written.
+    #[error("interrupted: nothing was written")]
+    Interrupted,
     /// An error, and the setting to change to get past it.
     #[error("{}{}", chain(error), hint.library_text())]
     Hinted {

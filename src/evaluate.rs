@@ -227,7 +227,9 @@ pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(Coun
         return Err(Error::format(&opts.inputs, "has no samples: there is nothing to evaluate"));
     }
     let output = logits_output(model)?;
-    runtime::check_batch(&specs, batch_size, samples.len(), true)?;
+    if !samples.own_batches() {
+        runtime::check_batch(&specs, batch_size, samples.len(), true)?;
+    }
     let range = crate::part::pass_range(samples.len(), batch_size, part, Setting::Shard)?;
     let streams = runtime::concurrent_runs(&opts.engine, range.batches.len())?;
     let mut sessions = runtime::sessions_for(model, &opts.engine, false, streams)?;

@@ -515,6 +515,7 @@ pub fn run_batches<'a>(
         let mut pending = std::collections::BTreeMap::new();
         let (mut next, mut samples) = (0, 0);
         for (k, batch, out) in done_rx {
+            crate::progress::check_stop()?;
             pending.insert(k, (batch, out.map_err(|e| with_memory_hint(e, streams))?));
             while let Some((batch, out)) = pending.remove(&next) {
                 let span = batch.span.len();

@@ -171,6 +171,7 @@ impl Kernel<'_> {
 
     /// Computes and writes one chunk.
     pub(super) fn run(&self, item: &Item, s: &mut Scratch) -> Result<()> {
+        crate::progress::check_stop()?;
         let spec = &self.plan.specs[item.tensor];
         s.out.resize(item.len * dtype::width(spec.dtype), 0);
         match self.plan.kinds[item.tensor] {

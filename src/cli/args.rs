@@ -123,6 +123,17 @@ pub struct JsonArgs {
     /// Print JSON on stdout instead of text for people.
     #[arg(long)]
     pub json: bool,
+    /// Show progress with JSON: the Python module, whose results are the JSON, shows it unless
+    /// asked to be quiet (no flag: JSON on the command line is for machines).
+    #[arg(skip)]
+    pub progress: bool,
+}
+
+impl JsonArgs {
+    /// Whether progress is hidden, `quiet` or not: JSON for machines hides it.
+    pub fn quiet(&self, quiet: bool) -> bool {
+        quiet || (self.json && !self.progress)
+    }
 }
 
 /// Which state dict of a `torch.save` file is read.

@@ -100,7 +100,7 @@ impl AverageArgs {
                 "" => StripPrefix::Wrapper,
                 p => StripPrefix::Given(p.to_string()),
             }),
-            quiet: quiet || self.out.json,
+            quiet: self.out.quiet(quiet),
             part: self.part,
             merge_parts: self.merge_parts,
         }

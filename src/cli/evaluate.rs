@@ -78,7 +78,7 @@ impl EvaluateArgs {
             self.batch_size,
             &self.task,
             &self.engine,
-            quiet || self.out.json,
+            self.out.quiet(quiet),
         )?;
         let whole = EvaluateOptions {
             model: self.m.model.clone(),

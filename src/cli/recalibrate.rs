@@ -59,7 +59,7 @@ enum Job {
 impl RecalibrateArgs {
     /// The library options, every rule between flags checked.
     fn resolve(&self, quiet: bool) -> Result<Job> {
-        let quiet = quiet || self.out.json;
+        let quiet = self.out.quiet(quiet);
         let (model, weights) = (self.m.model.clone(), self.m.weights.clone());
         let (key, allow_missing_weights) = (self.m.bind.read.key.clone(), self.m.bind.allow_missing_weights);
         match (&self.partial_out, &self.output) {

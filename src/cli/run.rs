@@ -75,7 +75,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// The library options, every rule between flags checked.
     fn resolve(&self, quiet: bool) -> Result<RunOptions> {
-        let quiet = quiet || self.format.json;
+        let quiet = self.format.quiet(quiet);
         needs_labels(&self.eval_inputs, self.eval_labels.as_deref(), "--eval-labels")?;
         if let Some(select) = &self.select_inputs {
             needs_labels(select, self.select_labels.as_deref(), "--select-labels")?;

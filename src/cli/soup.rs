@@ -69,7 +69,7 @@ pub struct SoupArgs {
 impl SoupArgs {
     /// The library options, every rule between flags checked.
     fn resolve(&self, quiet: bool) -> Result<SoupOptions> {
-        let quiet = quiet || self.out.json;
+        let quiet = self.out.quiet(quiet);
         // Which statistics, before anything else: no training samples, no recalibration.
         let recalibrate = match (&self.train_inputs, self.no_recalibrate) {
             (_, true) => None,

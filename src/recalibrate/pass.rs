@@ -216,10 +216,14 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
         Error::format(&opts.inputs, format!("has {samples} samples, fewer than one batch of {batch_size}"))
             .hint(Hint::SmallerBatch { capped: opts.max_samples.is_some() })
     };
-    if let Some(samples) = known.filter(|&n| n < batch_size) {
+    // A source that makes its own batches (a Python loader's) is taken as it batches.
+    let own = data.own_batches();
+    if let Some(samples) = known.filter(|&n| n < batch_size && !own) {
         return Err(too_few(samples));
     }
-    runtime::check_batch(&specs, batch_size, known, false)?;
+    if !own {
+        runtime::check_batch(&specs, batch_size, known, false)?;
+    }
     let range = crate::part::pass_range(known, batch_size, part, Setting::Shard)?;
     let (first, end) = (range.samples.start, range.samples.end.min(opts.max_samples.unwrap_or(usize::MAX)));
     check_weights_finite(prepared)?;
@@ -279,17 +283,20 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
         Ok(())
     })?;
     bar.finish_and_clear();
-    if known.is_none() && ran.samples < batch_size {
+    if known.is_none() && ran.samples < batch_size && !own {
         return Err(too_few(ran.samples));
     }
     if seen == 0 || (opts.stats == StatsMode::Torch && seen < 2) {
+        let skipped = data.skipped().len();
         return Err(Error::format(
             &opts.inputs,
-            format!(
-                "left {seen} samples to run after skipping {} images that could not be decoded: there are no \
-                 statistics to compute",
-                data.skipped().len()
-            ),
+            match skipped {
+                0 => format!("holds {seen} sample(s): there are no statistics to compute"),
+                _ => format!(
+                    "left {seen} samples to run after skipping {skipped} images that could not be decoded: there are \
+                     no statistics to compute"
+                ),
+            },
         ));
     }
     Ok(Accumulated {

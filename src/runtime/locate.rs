@@ -70,6 +70,16 @@ pub struct Roots {
     pub cwd: Option<PathBuf>,
 }
 
+/// The environment swa is installed in, where the executable does not say it: in the Python
+/// module the executable is the interpreter, whose real path (a venv's `bin/python` links to the
+/// system's) is outside the environment.
+static OWN_PREFIX: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Tells the search the prefix of the environment swa is installed in (first call wins).
+pub fn set_own_prefix(prefix: PathBuf) {
+    let _ = OWN_PREFIX.set(prefix);
+}
+
 impl Roots {
     /// This process's environment.
     pub fn from_env() -> Roots {
@@ -87,9 +97,14 @@ impl Roots {
         }
     }
 
-    /// The prefix of the environment the executable is installed in: the parent of its `bin`.
+    /// The prefix of the environment swa is installed in: the one the process was told
+    /// ([`set_own_prefix`]: the Python module's `sys.prefix`), else the parent of the
+    /// executable's `bin`.
     pub fn own_prefix(&self) -> Option<&Path> {
-        self.exe.as_deref()?.parent()?.parent()
+        match OWN_PREFIX.get() {
+            Some(prefix) => Some(prefix),
+            None => self.exe.as_deref()?.parent()?.parent(),
+        }
     }
 
     /// Python environments (prefixes) in the order they are searched, with their rules.

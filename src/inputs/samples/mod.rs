@@ -150,6 +150,71 @@ pub trait SampleSource: Send + Sync {
     fn skipped(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// Whether the source makes its batches itself (a Python `DataLoader`'s, as they come):
+    /// [`SampleSource::batches`] then ignores the batch size asked for, and a pass checks each
+    /// batch it gets rather than the batch size against the number of samples.
+    fn own_batches(&self) -> bool {
+        false
+    }
+}
+
+/// Samples a caller makes itself (the Python module's iterables of arrays), registered under a
+/// name with [`provide`] for as long as it holds the returned [`Provided`]: a pass or an
+/// evaluation given that name as its inputs opens them instead of a file, so every stage that
+/// takes samples takes them with no option of its own.
+pub trait Provider: Send + Sync {
+    /// Opens the samples for a model with inputs `specs` (called once per pass over them).
+    fn open(&self, specs: &[InputSpec], data: &DataOptions) -> Result<Box<dyn SampleSource>>;
+}
+
+type Registered = Vec<(std::path::PathBuf, std::sync::Arc<dyn Provider>)>;
+
+static PROVIDED: std::sync::Mutex<Registered> = std::sync::Mutex::new(Vec::new());
+
+fn registered() -> std::sync::MutexGuard<'static, Registered> {
+    PROVIDED.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A registration of [`provide`]: its name, which opens the samples until it is dropped.
+#[derive(Debug)]
+pub struct Provided {
+    name: std::path::PathBuf,
+}
+
+impl Provided {
+    /// The name to give as the inputs' path (it also names the samples in messages).
+    pub fn path(&self) -> &Path {
+        &self.name
+    }
+}
+
+impl Drop for Provided {
+    fn drop(&mut self) {
+        registered().retain(|(name, _)| name != &self.name);
+    }
+}
+
+/// Registers `provider` under `name` (`<batches>`), or under `name` with `#2`, `#3`... inside the
+/// brackets while another registration holds it (two calls at once in one process).
+pub fn provide(name: &str, provider: std::sync::Arc<dyn Provider>) -> Provided {
+    let mut all = registered();
+    let base = name.trim_end_matches('>');
+    let taken = |n: &Path| all.iter().any(|(m, _)| m == n);
+    let mut path = std::path::PathBuf::from(name);
+    for k in 2.. {
+        if !taken(&path) {
+            break;
+        }
+        path = format!("{base}#{k}{}", if base.len() < name.len() { ">" } else { "" }).into();
+    }
+    all.push((path.clone(), provider));
+    Provided { name: path }
+}
+
+/// The samples registered under `path`, if any.
+fn provided(path: &Path) -> Option<std::sync::Arc<dyn Provider>> {
+    registered().iter().find(|(name, _)| name == path).map(|(_, p)| p.clone())
 }
 
 /// A kind of source that lives at a path.
@@ -180,7 +245,7 @@ pub fn kind_of(path: &Path) -> Option<&'static dyn SourceKind> {
 /// column); arrays (`.npy` / `.npz`) never do, so an evaluation of them needs a labels file. A
 /// path no kind claims (a missing file) may: opening it says what is wrong.
 pub fn carries_labels(path: &Path) -> bool {
-    kind_of(path).is_none_or(|k| k.may_carry_labels())
+    provided(path).is_some() || kind_of(path).is_none_or(|k| k.may_carry_labels())
 }
 
 /// The samples of a pass, opened: a [`SampleSource`] and what the user pointed at.
@@ -201,6 +266,9 @@ impl Samples {
     /// Opens the samples at `path` for a model with inputs `specs` (see [`SOURCES`]), and checks
     /// that each input's sample shape fits the model's declared shape.
     pub fn open(path: &Path, specs: &[InputSpec], data: &DataOptions) -> Result<Samples> {
+        if let Some(provider) = provided(path) {
+            return Ok(Samples { path: path.to_path_buf(), source: provider.open(specs, data)? });
+        }
         if let Some(what) = not_read(path) {
             return Err(Error::format(path, what));
         }

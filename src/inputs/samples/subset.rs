@@ -175,6 +175,10 @@ impl SampleSource for Subset {
     fn skipped(&self) -> Vec<String> {
         self.inner.skipped()
     }
+
+    fn own_batches(&self) -> bool {
+        self.inner.own_batches()
+    }
 }
 
 #[cfg(test)]

@@ -62,4 +62,8 @@ impl SampleSource for WithTargets {
     fn skipped(&self) -> Vec<String> {
         self.inner.skipped()
     }
+
+    fn own_batches(&self) -> bool {
+        self.inner.own_batches()
+    }
 }

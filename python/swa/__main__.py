@@ -1,0 +1,5 @@
+"""``python -m swa``: the ``swa`` command."""
+
+from ._cli import main
+
+main()
