@@ -224,11 +224,28 @@ pub fn call(
         argv.extend(positional);
     }
     let mut parsed = cli::Cli::try_parse_from_args(argv).map_err(|e| {
+        use clap::error::{ContextKind, ContextValue};
+        // The argument clap names (`--stats <STATS>`) as its keyword.
+        let arg = match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(a)) => Some(a.clone()),
+            _ => None,
+        };
         let text = e.render().to_string();
-        let text: Vec<&str> =
-            text.lines().take_while(|l| !l.starts_with("Usage:")).filter(|l| !l.trim().is_empty()).collect();
-        let text = text.join(" ").trim_start_matches("error: ").to_string();
-        new_error(py, "UsageError", &pythonize(&text), &[])
+        let text: Vec<&str> = text
+            .lines()
+            .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let mut text = text.join(" ").trim_start_matches("error: ").to_string();
+        let mut keyword = None;
+        if let Some(a) = arg {
+            let k = pythonize(a.split(' ').next().unwrap_or_default());
+            let k = k.trim_end_matches("=True").trim_end_matches('=').to_string();
+            text = text.replace(&format!("'{a}'"), &format!("{k}="));
+            keyword = Some(k);
+        }
+        new_error(py, "UsageError", &pythonize(&text), &[("keyword", keyword)])
     })?;
     parsed.json_with_progress();
     swa::progress::clear_stop();
@@ -306,7 +323,8 @@ pub fn pythonize(text: &str) -> String {
     for sub in cmd.get_subcommands() {
         all.extend(sub.get_arguments().cloned());
     }
-    let find = |long: &str| all.iter().find(|a| a.get_long() == Some(long));
+    // The same flag may be declared by several commands: a switch, or a choice, in any of them.
+    let find = |long: &str| all.iter().filter(|a| a.get_long() == Some(long)).collect::<Vec<_>>();
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("--") {
@@ -314,22 +332,24 @@ pub fn pythonize(text: &str) -> String {
         let after = &rest[at + 2..];
         let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).unwrap_or(after.len());
         let long = &after[..end];
-        let Some(arg) = find(long).filter(|_| !long.is_empty()) else {
+        let args = find(long);
+        let Some(&arg) = args.first().filter(|_| !long.is_empty()) else {
             out.push_str("--");
             rest = after;
             continue;
         };
         let k = keyword(arg);
         rest = &after[end..];
-        if is_switch(arg) {
+        if args.iter().all(|a| is_switch(a)) {
             out.push_str(&format!("{k}=True"));
             continue;
         }
         // `--flag VALUE`: a number, an upper-case placeholder or one of its choices.
         let value = rest.strip_prefix(' ').and_then(|r| {
-            let v_end = r.find(|c: char| c.is_whitespace() || matches!(c, ')' | ';' | '`' | '\'')).unwrap_or(r.len());
+            let v_end =
+                r.find(|c: char| c.is_whitespace() || matches!(c, ')' | ';' | ':' | '`' | '\'')).unwrap_or(r.len());
             let v = r[..v_end].trim_end_matches([',', '.']);
-            let choice = arg.get_possible_values().iter().any(|p| p.get_name() == v);
+            let choice = args.iter().any(|a| a.get_possible_values().iter().any(|p| p.get_name() == v));
             let number = !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == ',' || c == '.');
             let placeholder = !v.is_empty() && v.chars().all(|c| c.is_ascii_uppercase() || c == '_' || c == ',');
             (choice || number || placeholder).then(|| (v.to_string(), choice, 1 + v.len()))
