@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 
 use ort::session::{Session, SessionInputValue};
-use ort::value::Tensor;
+use ort::value::{Tensor, TensorRef};
 
 use crate::batch::{Batch, Values};
 use crate::error::{Error, Hint, Result, Setting};
@@ -557,12 +557,19 @@ fn run_one(
     outputs: &[&str],
     inputs: Vec<crate::batch::Tensor>,
 ) -> Result<Vec<Fetched>> {
+    let mut inputs = inputs;
     let mut values: Vec<(Cow<str>, SessionInputValue)> = Vec::with_capacity(specs.len());
-    for (spec, t) in specs.iter().zip(inputs) {
+    for (spec, t) in specs.iter().zip(inputs.iter_mut()) {
         let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
-        let value: SessionInputValue = match t.values {
-            Values::F32(v) => Tensor::from_array((shape, v))?.into(),
-            Values::I64(v) => Tensor::from_array((shape, v))?.into(),
+        // Owned values move into ONNX Runtime's tensor; held ones are read where they are.
+        let value: SessionInputValue = match &mut t.values {
+            Values::F32(v) => Tensor::from_array((shape, std::mem::take(v)))?.into(),
+            Values::I64(v) => Tensor::from_array((shape, std::mem::take(v)))?.into(),
+            Values::Held(h) => match (h.f32(), h.i64()) {
+                (Some(v), _) => TensorRef::from_array_view((shape, v))?.into(),
+                (_, Some(v)) => TensorRef::from_array_view((shape, v))?.into(),
+                _ => unreachable!("one element type"),
+            },
         };
         values.push((Cow::Owned(spec.name.clone()), value));
     }

@@ -7,6 +7,7 @@ use std::ffi::{c_void, CStr};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyDict, PyTuple};
+use swa::batch::{Held, HeldType, Values};
 
 /// Element types an array can hold, as swa names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,18 +66,53 @@ impl DType {
     }
 }
 
-/// An array read from Python: C-order bytes in the machine's (little-endian) order.
+/// An array read from Python: C-order values in the machine's (little-endian) byte order, held
+/// where they are when the array was C-contiguous, else gathered into a copy.
 #[derive(Debug)]
 pub struct Array {
     pub dtype: DType,
     pub shape: Vec<usize>,
-    pub data: Vec<u8>,
+    data: Data,
 }
 
+#[derive(Debug)]
+enum Data {
+    Owned(Vec<u8>),
+    /// The array's own memory, which `owner` (the array, or its DLPack capsule) keeps alive.
+    Held {
+        ptr: *const u8,
+        owner: Py<PyAny>,
+    },
+}
+
+// SAFETY: held memory is only read, and stays valid while `owner` (Send) lives; the caller
+// promises not to write the array while swa reads it (the guide says so).
+unsafe impl Send for Array {}
+// SAFETY: as above: shared reads only.
+unsafe impl Sync for Array {}
+
 impl Array {
+    fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The values' bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.data {
+            Data::Owned(v) => v,
+            // SAFETY: a held array's `len` elements are readable while `owner` lives.
+            Data::Held { ptr, .. } => unsafe { std::slice::from_raw_parts(*ptr, self.len() * self.dtype.width()) },
+        }
+    }
+
+    /// Whether the values are read in place.
+    pub fn is_held(&self) -> bool {
+        matches!(self.data, Data::Held { .. })
+    }
+
     /// The values widened to int64 (any integer type).
     pub fn to_i64(&self) -> Option<Vec<i64>> {
-        let d = &self.data;
+        let d = self.bytes();
         Some(match self.dtype {
             DType::I64 => d.chunks_exact(8).map(|c| i64::from_ne_bytes(c.try_into().expect("8 bytes"))).collect(),
             DType::I32 => {
@@ -94,7 +130,30 @@ impl Array {
     /// The values if they are float32.
     pub fn to_f32(&self) -> Option<Vec<f32>> {
         (self.dtype == DType::F32)
-            .then(|| self.data.chunks_exact(4).map(|c| f32::from_ne_bytes(c.try_into().expect("4 bytes"))).collect())
+            .then(|| self.bytes().chunks_exact(4).map(|c| f32::from_ne_bytes(c.try_into().expect("4 bytes"))).collect())
+    }
+
+    /// The values as a batch's: read in place when `in_place` allows it and they are held, of
+    /// the type asked for and aligned for it (zero-copy), else converted into a copy; `None` when
+    /// they are not of that kind (floats for `I64`, anything but float32 for `F32`).
+    pub fn into_values(self, want: HeldType, in_place: bool) -> Option<Values> {
+        let exact = matches!((self.dtype, want), (DType::F32, HeldType::F32) | (DType::I64, HeldType::I64));
+        let aligned = match &self.data {
+            Data::Held { ptr, .. } => (*ptr as usize).is_multiple_of(self.dtype.width()),
+            Data::Owned(_) => false,
+        };
+        if !(exact && aligned && in_place) {
+            return match want {
+                HeldType::F32 => self.to_f32().map(Values::F32),
+                HeldType::I64 => self.to_i64().map(Values::I64),
+            };
+        }
+        let len = self.len();
+        let Data::Held { ptr, owner } = self.data else { unreachable!("held, checked above") };
+        let owner: std::sync::Arc<dyn std::any::Any + Send + Sync> = std::sync::Arc::new(owner);
+        // SAFETY: `ptr` is aligned and holds `len` values of this type, which the array's owner
+        // (kept by `owner`) keeps valid; the caller does not write them meanwhile.
+        Some(Values::Held(unsafe { Held::new(ptr, len, want, owner) }))
     }
 }
 
@@ -150,12 +209,13 @@ fn dlpack_dtype(t: &DLDataType) -> Option<DType> {
     })
 }
 
-/// Copies the `shape` elements of `width` bytes at `base`, element `i` at `base + Σ i_k·strides_k`
-/// (strides in bytes), into C order.
+/// The `shape` elements of `width` bytes at `base`, element `i` at `base + Σ i_k·strides_k`
+/// (strides in bytes): held in place (kept by `owner`) when they are C-contiguous, else copied
+/// into C order.
 ///
 /// # Safety
-/// Every element so addressed must be readable for the duration of the call.
-unsafe fn gather(base: *const u8, shape: &[usize], strides: &[isize], width: usize) -> Vec<u8> {
+/// Every element so addressed must be readable while `owner` lives.
+unsafe fn gather(base: *const u8, shape: &[usize], strides: &[isize], width: usize, owner: Py<PyAny>) -> Data {
     let n: usize = shape.iter().product();
     let contiguous = {
         let mut expect = width as isize;
@@ -169,11 +229,10 @@ unsafe fn gather(base: *const u8, shape: &[usize], strides: &[isize], width: usi
         ok
     };
     if n == 0 {
-        return Vec::new();
+        return Data::Owned(Vec::new());
     }
     if contiguous {
-        // SAFETY: the caller guarantees the n·width bytes of a C-contiguous array are readable.
-        return unsafe { std::slice::from_raw_parts(base, n * width) }.to_vec();
+        return Data::Held { ptr: base, owner };
     }
     let mut out = Vec::with_capacity(n * width);
     let mut index = vec![0usize; shape.len()];
@@ -189,7 +248,7 @@ unsafe fn gather(base: *const u8, shape: &[usize], strides: &[isize], width: usi
             index[k] = 0;
         }
     }
-    out
+    Data::Owned(out)
 }
 
 /// Reads a DLPack capsule (kept alive, and so its producer's memory, while copying; its owner
@@ -237,8 +296,10 @@ fn from_dlpack(capsule: &Bound<'_, PyAny>, what: &str) -> PyResult<Array> {
         unsafe { std::slice::from_raw_parts(t.strides, ndim) }.iter().map(|&s| s as isize * width as isize).collect()
     };
     // SAFETY: the producer's memory holds the array's elements at these strides while the
-    // capsule lives.
-    let data = unsafe { gather((t.data as *const u8).add(t.byte_offset as usize), &shape, &strides, width) };
+    // capsule, kept as the owner, lives.
+    let base = unsafe { (t.data as *const u8).add(t.byte_offset as usize) };
+    // SAFETY: as above.
+    let data = unsafe { gather(base, &shape, &strides, width, capsule.clone().into_any().unbind()) };
     Ok(Array { dtype, shape, data })
 }
 
@@ -289,9 +350,8 @@ fn from_array_interface(obj: &Bound<'_, PyAny>, iface: &Bound<'_, PyAny>, what: 
             s
         }
     };
-    let _keep = obj;
-    // SAFETY: numpy's array interface describes memory the object owns (`obj`, held here).
-    let data = unsafe { gather(ptr as *const u8, &shape, &strides, width) };
+    // SAFETY: numpy's array interface describes memory the object owns (`obj`, the owner).
+    let data = unsafe { gather(ptr as *const u8, &shape, &strides, width, obj.clone().unbind()) };
     Ok(Array { dtype, shape, data })
 }
 
@@ -346,7 +406,7 @@ pub fn save_tensors(py: Python<'_>, tensors: &Bound<'_, PyDict>, path: std::path
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = arrays
             .iter()
             .map(|(n, a)| {
-                safetensors::tensor::TensorView::new(a.dtype.safetensors(), a.shape.clone(), &a.data)
+                safetensors::tensor::TensorView::new(a.dtype.safetensors(), a.shape.clone(), a.bytes())
                     .map(|v| (n.clone(), v))
                     .map_err(|e| PyValueError::new_err(format!("{what}[{n:?}]: {e}")))
             })
@@ -354,4 +414,12 @@ pub fn save_tensors(py: Python<'_>, tensors: &Bound<'_, PyDict>, path: std::path
         safetensors::serialize_to_file(views, None, &path)
             .map_err(|e| PyValueError::new_err(format!("{what}: writing {}: {e}", path.display())))
     })
+}
+
+/// Whether `obj` would be read in place (C-contiguous, aligned, in CPU memory): for the tests.
+#[pyfunction]
+pub fn reads_in_place(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let a = read(obj, "the array")?;
+    let aligned = (a.bytes().as_ptr() as usize).is_multiple_of(a.dtype.width());
+    Ok(a.is_held() && aligned)
 }

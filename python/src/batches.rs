@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use swa::batch::{Batch, Tensor};
+use swa::batch::{Batch, HeldType, Tensor, Values};
 use swa::inputs::samples::{Batches, Provider};
 use swa::inputs::{DataOptions, SampleSource};
 use swa::onnx::{InputSpec, InputType};
@@ -30,6 +30,10 @@ pub struct Iterable {
     pub name: PathBuf,
     /// Whether its batches must carry labels (an evaluation's).
     pub labelled: bool,
+    /// Whether its arrays may be read in place: only where each batch is new memory (a
+    /// DataLoader's default collation). A pass reads ahead while ONNX Runtime runs, so an
+    /// iterable that refills one array for the next batch would change a batch being read.
+    pub in_place: bool,
     /// Times it was opened (an iterator is read once).
     pub opened: Mutex<usize>,
     /// The Python exception behind the last error, for `raise ... from`.
@@ -66,6 +70,7 @@ impl Provider for Iterable {
             specs: specs.to_vec(),
             name,
             labelled: self.labelled,
+            in_place: self.in_place,
             cause: self.cause.clone(),
         }))
     }
@@ -83,6 +88,7 @@ struct Source {
     specs: Vec<InputSpec>,
     name: PathBuf,
     labelled: bool,
+    in_place: bool,
     cause: Arc<Mutex<Option<PyErr>>>,
 }
 
@@ -301,34 +307,35 @@ impl Pull<'_> {
         if a.shape.first().copied().unwrap_or(0) == 0 {
             return Err(self.fail(format!("{what} has shape {:?}: a batch holds at least one sample", a.shape)));
         }
-        match spec.elem {
-            InputType::Float => {
-                let values = a.to_f32().ok_or_else(|| {
-                    self.fail(format!(
-                        "{what} is {}, but the model takes float32 (convert with `.float()` or `.astype(np.float32)`)",
-                        a.dtype.name()
-                    ))
-                })?;
-                if let Some(at) = values.iter().position(|v| !v.is_finite()) {
-                    let row = a.shape.iter().skip(1).product::<usize>().max(1);
-                    return Err(self.fail(format!(
-                        "{what} holds {} at element {at} (sample {} of the batch): inputs must be finite",
-                        values[at],
-                        at / row
-                    )));
-                }
-                Ok(Tensor::f32(a.shape, values))
-            }
-            InputType::Int64 => {
-                let values = a.to_i64().ok_or_else(|| {
-                    self.fail(format!(
-                        "{what} is {}, but the model takes int64 (token ids, indices): give integers",
-                        a.dtype.name()
-                    ))
-                })?;
-                Ok(Tensor::i64(a.shape, values))
-            }
+        let (shape, dtype) = (a.shape.clone(), a.dtype);
+        let values = match spec.elem {
+            InputType::Float => a.into_values(HeldType::F32, self.source.in_place).ok_or_else(|| {
+                self.fail(format!(
+                    "{what} is {}, but the model takes float32 (convert with `.float()` or `.astype(np.float32)`)",
+                    dtype.name()
+                ))
+            })?,
+            InputType::Int64 => a.into_values(HeldType::I64, self.source.in_place).ok_or_else(|| {
+                self.fail(format!(
+                    "{what} is {}, but the model takes int64 (token ids, indices): give integers",
+                    dtype.name()
+                ))
+            })?,
+        };
+        let floats = match &values {
+            Values::F32(v) => Some(v.as_slice()),
+            Values::Held(h) => h.f32(),
+            Values::I64(_) => None,
+        };
+        if let Some(at) = floats.and_then(|v| v.iter().position(|v| !v.is_finite())) {
+            let row = shape.iter().skip(1).product::<usize>().max(1);
+            return Err(self.fail(format!(
+                "{what} holds {} at element {at} (sample {} of the batch): inputs must be finite",
+                floats.map_or(0.0, |v| v[at]),
+                at / row
+            )));
         }
+        Ok(Tensor { shape, values })
     }
 
     /// The batch's labels: one per sample.

@@ -143,14 +143,16 @@ fn words(value: &Bound<'_, PyAny>, key: &str) -> PyResult<Vec<OsString>> {
 }
 
 /// Runs `command` with `kwargs` (keywords as [`describe`] names them); returns the JSON the
-/// command prints with `--json`, its exit code (1: a threshold failed) and its warnings.
+/// command prints with `--json`, its exit code (1: a threshold failed) and its warnings. The
+/// batches keywords in `in_place` are read without a copy (each batch is new memory).
 #[pyfunction]
-#[pyo3(signature = (command, kwargs, quiet=false))]
+#[pyo3(signature = (command, kwargs, quiet=false, in_place=Vec::new()))]
 pub fn call(
     py: Python<'_>,
     command: &str,
     kwargs: &Bound<'_, PyDict>,
     quiet: bool,
+    in_place: Vec<String>,
 ) -> PyResult<(String, u8, Vec<String>)> {
     let sub = subcommand(command)?;
     let mut argv: Vec<OsString> = vec!["swa".into(), command.into()];
@@ -169,6 +171,7 @@ pub fn call(
                 object: value.clone().unbind(),
                 name: format!("<{key}>").into(),
                 labelled: labelled(arg, command),
+                in_place: in_place.contains(&key),
                 opened: Mutex::new(0),
                 cause,
             });

@@ -44,6 +44,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(call::call, m)?)?;
     m.add_function(wrap_pyfunction!(call::describe, m)?)?;
     m.add_function(wrap_pyfunction!(arrays::save_tensors, m)?)?;
+    m.add_function(wrap_pyfunction!(arrays::reads_in_place, m)?)?;
     m.add_function(wrap_pyfunction!(set_environment, m)?)?;
     m.add_function(wrap_pyfunction!(pythonize, m)?)?;
     m.add("VERSION", swa::VERSION)?;

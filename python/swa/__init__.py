@@ -170,8 +170,9 @@ def _call(command: str, result: type, kwargs: dict[str, Any]) -> Any:
                 kwargs[key] = saved(value, key, 0)
             elif isinstance(value, (list, tuple)):
                 kwargs[key] = [saved(v, f"{key}[{k}]", k) for k, v in enumerate(value)]
+        in_place = [k for k, v in kwargs.items() if k.endswith("batches") and _fresh_batches(v)]
         try:
-            text, code, said = _native.call(command, kwargs, quiet)
+            text, code, said = _native.call(command, kwargs, quiet, in_place)
         except Error as e:
             raise _renamed(e, names) from e.__cause__
     for w in said:
@@ -180,6 +181,17 @@ def _call(command: str, result: type, kwargs: dict[str, Any]) -> Any:
     if code == 1:
         raise GateFailed(f"swa.{command.replace('-', '_')}(): the threshold was not met (min_accuracy)", out)
     return out
+
+
+def _fresh_batches(loader: Any) -> bool:
+    """Whether every batch of `loader` is new memory, which swa may then read in place (zero-copy):
+    a torch DataLoader collating with default_collate (a new tensor per batch). Other iterables'
+    arrays are copied: swa reads the next batches while ONNX Runtime runs one, and a generator
+    that refills one array would change a batch being read."""
+    data = sys.modules.get("torch.utils.data")
+    if data is None or not isinstance(loader, data.DataLoader):
+        return False
+    return loader.batch_size is not None and loader.collate_fn is data.default_collate
 
 
 def _rename(text: str, names: dict[str, str]) -> str:

@@ -301,3 +301,34 @@ def test_the_swa_command_is_the_entry_point_and_python_m_swa_runs_it():
     assert v.strip() == f"swa {swa.__version__}"
     r = subprocess.run([sys.executable, "-m", "swa", "inspect", "/nonexistent.safetensors"], capture_output=True, text=True)
     assert r.returncode == 2 and "nonexistent" in r.stderr
+
+
+def test_loader_batches_are_read_in_place_and_a_refilled_array_is_copied(fixtures, tmp_path):
+    x = torch.randn(8, 3, 16, 16)
+    assert swa._native.reads_in_place(x) and swa._native.reads_in_place(x.numpy())
+    assert not swa._native.reads_in_place(x.transpose(2, 3))  # gathered into a copy
+    ro = x.numpy().copy()
+    ro.flags.writeable = False  # DLPack refuses it; numpy's array interface reads it
+    assert swa._native.reads_in_place(ro)
+    assert swa._fresh_batches(DataLoader(TensorDataset(x), batch_size=4))
+    assert not swa._fresh_batches(DataLoader(TensorDataset(x), batch_size=4, collate_fn=lambda b: b))
+    assert not swa._fresh_batches([x])
+
+    # A generator that refills one array for every batch: swa reads ahead while a batch runs, so
+    # these are copied, and the statistics are those of the batches as yielded.
+    model, ck = cnn_model(fixtures)
+    data = torch.randn(8, 64, 3, 16, 16) * torch.linspace(0.5, 4, 8).view(8, 1, 1, 1, 1)
+    buf = torch.empty(64, 3, 16, 16)
+
+    def refilled():
+        for k in range(8):
+            buf.copy_(data[k])
+            yield buf
+
+    onnx = os.path.join(fixtures, "cnn", "model.onnx")
+    swa.recalibrate(onnx, ck, batches=refilled(), stats="torch", output=tmp_path / "a.onnx",
+                    save_weights=tmp_path / "a.safetensors", quiet=True)
+    swa.recalibrate(onnx, ck, batches=list(data), stats="torch", output=tmp_path / "b.onnx",
+                    save_weights=tmp_path / "b.safetensors", quiet=True)
+    a, b = load_file(tmp_path / "a.safetensors"), load_file(tmp_path / "b.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

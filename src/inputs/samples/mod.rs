@@ -298,6 +298,7 @@ impl Samples {
     pub fn labels(&self) -> Option<&[i64]> {
         match &self.source.targets()?.values {
             crate::batch::Values::I64(v) => Some(v),
+            crate::batch::Values::Held(h) => h.i64(),
             crate::batch::Values::F32(_) => None,
         }
     }
