@@ -251,7 +251,6 @@ pub fn call(
         new_error(py, "UsageError", &pythonize(&text), &[("keyword", keyword)])
     })?;
     parsed.json_with_progress();
-    swa::progress::clear_stop();
     let guard = SigintGuard::install();
     let result = py.detach(|| cli::execute(&parsed));
     drop(guard);
@@ -407,6 +406,8 @@ impl SigintGuard {
     fn install() -> SigintGuard {
         let mut active = ACTIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if *active == 0 {
+            // A stop asked of calls that have all ended is not this call's.
+            swa::progress::clear_stop();
             // SAFETY: plain sigaction calls; `OLD` is written before the new handler can run.
             unsafe {
                 let mut new: libc::sigaction = std::mem::zeroed();

@@ -145,6 +145,10 @@ _KEYWORDS = {command: {k[0]: k for k in keywords} for command, keywords in _nati
 def _call(command: str, result: type, kwargs: dict[str, Any]) -> Any:
     quiet = bool(kwargs.pop("quiet", False))
     keywords = _KEYWORDS[command]
+    for key in list(kwargs):
+        files = key[: -len("batches")] + "inputs"
+        if key.endswith("batches") and kwargs[key] is not None and kwargs.get(files) is not None:
+            raise UsageError(f"give {key}= or {files}=, not both: they are the same samples", keyword=key)
     # A DataLoader says its batch size: the summary reports it, and a pass takes its batches as
     # they come whatever the batch size.
     for source, size in (("batches", "batch_size"), ("train_batches", "batch_size"), ("eval_batches", "eval_batch_size")):

@@ -20,12 +20,18 @@ class Result(Mapping[str, Any]):
     def to_dict(self) -> dict[str, Any]: ...
 
 class AverageResult(Result):
-    inputs: list[Any]
     outputs: list[str]
+    inputs: list[Any]
+    duplicates: list[Any]
+    stripped_prefix: str | None
     n_models: int
+    weighting: str
     tensors: int
     averaged: int
-    weighting: str
+    buffers: Any
+    bytes_read: int
+    bytes_written: int
+    seconds: float
 
 class RecalibrateResult(Result):
     outputs: list[str]
@@ -34,18 +40,58 @@ class RecalibrateResult(Result):
     samples: int
     batches: int
     batch_size: int
+    bound: int
+    unmatched: list[str]
     layers: list[Any]
     seconds: float
     samples_per_second: float
+    seconds_first_batch: float
+    samples_per_second_after_first: float | None
 
 class EvaluateResult(Result):
-    metrics: Any
-    skipped: list[str]
+    samples: int
+    correct: int
+    top1: float
+    topk: float
+    k: int
+    loss: float
+    nonfinite: int
+    per_class: list[Any]
 
-class RunResult(Result): ...
-class SoupResult(Result): ...
-class InspectResult(Result): ...
-class DoctorResult(Result): ...
+class RunResult(Result):
+    model: str
+    train_samples: int
+    eval_samples: int
+    checkpoints: list[Any]
+    averaged: Any
+    swa_stored: Any
+    swa_recalibrated: Any
+    best: Any
+    gain_top1: float
+    timings: Any
+
+class SoupResult(Result):
+    method: str
+    ingredients: list[Any]
+    candidates: list[Any]
+    select: Any
+    eval: Any
+    best_single: Any
+    n_models: int
+    outputs: list[str]
+    seconds: float
+
+class InspectResult(Result):
+    file: str
+    tensors: list[Any]
+    batchnorm: list[Any]
+    metadata: Any
+
+class DoctorResult(Result):
+    version: str | None
+    onnxruntime: Any
+    providers: list[str]
+    load_error: str | None
 
 def average(
     checkpoints: Sequence[Path | StateDict] | Path | StateDict | None,

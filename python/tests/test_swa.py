@@ -72,6 +72,19 @@ def test_recalibrate_from_a_loader_equals_update_bn_on_the_fixture(fixtures, tmp
     assert assert_bn_equal(tmp_path / "m.safetensors", model) == 12
 
 
+def test_recalibrate_from_a_loader_equals_update_bn_on_the_mlp_fixture(fixtures, tmp_path):
+    from make_fixtures import MLP
+    model = MLP()
+    ck = os.path.join(fixtures, "mlp", "checkpoints", "epoch_006.safetensors")
+    model.load_state_dict(load_file(ck))
+    x = torch.from_numpy(np.load(os.path.join(fixtures, "mlp", "train.npy")))
+    loader = lambda: DataLoader(TensorDataset(x), batch_size=32)
+    swa.recalibrate(os.path.join(fixtures, "mlp", "model.onnx"), ck, batches=loader(), stats="torch",
+                    output=tmp_path / "m.onnx", save_weights=tmp_path / "m.safetensors", quiet=True)
+    update_bn(loader(), model)
+    assert assert_bn_equal(tmp_path / "m.safetensors", model) >= 2
+
+
 def test_recalibrate_resnet18_from_a_loader_with_its_state_dict_in_memory(tmp_path):
     torchvision = pytest.importorskip("torchvision") if not os.environ.get("CI") else __import__("torchvision")
     torch.manual_seed(0)
@@ -230,6 +243,18 @@ def test_bad_batches_name_the_batch_and_what_was_expected(fixtures, tmp_path):
 
 
 def test_an_iterator_read_twice_is_refused_and_errors_name_keywords(fixtures, tmp_path):
+    onnx = os.path.join(fixtures, "cnn", "model.onnx")
+    _, ck = cnn_model(fixtures)
+    x = np.load(os.path.join(fixtures, "cnn", "eval.npy"))
+    y = np.load(os.path.join(fixtures, "cnn", "eval_labels.npy"))
+    with pytest.raises(swa.UsageError, match="give batches= or inputs=, not both"):
+        swa.recalibrate(onnx, batches=[x], inputs="x.npy", output=tmp_path / "o.onnx")
+    # swa.run evaluates every checkpoint on the eval batches: a generator is read once.
+    with pytest.raises(swa.BatchError, match="is an iterator .* read again"):
+        swa.run(model=onnx, checkpoints=os.path.join(fixtures, "cnn", "checkpoints"), from_=7,
+                train_inputs=os.path.join(fixtures, "cnn", "train.npy"),
+                eval_batches=((x[i:i + 100], y[i:i + 100]) for i in range(0, 300, 100)), out=tmp_path / "run", quiet=True)
+    assert not os.path.exists(tmp_path / "run")
     with pytest.raises(TypeError, match="unexpected keyword argument 'batch_sise'"):
         swa.recalibrate("m.onnx", batches=[], output="o.onnx", batch_sise=3)
     with pytest.raises(swa.UsageError) as e:
@@ -332,3 +357,10 @@ def test_loader_batches_are_read_in_place_and_a_refilled_array_is_copied(fixture
                     save_weights=tmp_path / "b.safetensors", quiet=True)
     a, b = load_file(tmp_path / "a.safetensors"), load_file(tmp_path / "b.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_example_runs():
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "python", "swa_from_python.py")
+    r = subprocess.run([sys.executable, example], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "PyTorch and the ONNX model agree: True" in r.stdout
