@@ -73,6 +73,11 @@ class EvaluateResult(Result):
     per_class: list[Any]
 
 class RunResult(Result):
+    tool: str
+    stats: str
+    batch_size: int
+    k: int
+    device: str
     model: str
     train_samples: int
     eval_samples: int
@@ -102,6 +107,10 @@ class InspectResult(Result):
     metadata: Any
 
 class DoctorResult(Result):
+    swa: str
+    cuda: Any
+    cuda_provider: Any
+    python_packages: Any
     version: str | None
     onnxruntime: Any
     providers: list[str]
@@ -122,17 +131,40 @@ FUNCTIONS = {
 }
 
 
-def annotation(command, key, kind, choices):
+# Positional parameters the functions name otherwise than the command's argument, and their types.
+PYTHON_NAMES = {"file": "path"}
+POSITIONAL_TYPES = {
+    "checkpoints": "Sequence[Path | StateDict] | Path | StateDict",
+    "partials": "Sequence[Path] | Path",
+    "weights": "Path | StateDict | None",
+}
+
+
+# The Python type of a flag's value, by its value name.
+VALUE_TYPES = {
+    "N": "int", "K": "int", "BATCH_SIZE": "int", "EVAL_BATCH_SIZE": "int", "TOP_K": "int",
+    "A": "float", "DECAY": "float", "W": "float",
+    "N|H,W": "int | Sequence[int]", "R,G,B": "Sequence[float] | str", "W,...": "Sequence[float] | str",
+    "I/N": "str", "NAME": "str", "PATH": "str", "PREFIX": "str", "DEVICE": "str", "SIZE": "int | str",
+    "DTYPE": "str",
+}
+
+
+def annotation(command, key, kind, choices, value_name=""):
     if kind == "switch":
         return "bool"
     if kind == "batches":
         return "Iterable[Any] | None"
+    if key == "weights" and command == "average":
+        return "Sequence[float] | str | None"
     if key == "checkpoints" or (key == "weights" and command != "average"):
         one = "Path | StateDict"
     elif choices:
         one = "Literal[" + ", ".join(repr(c) for c in choices) + "]"
+    elif value_name in VALUE_TYPES:
+        one = VALUE_TYPES[value_name]
     else:
-        one = "Path | int | float"
+        one = "Path"
     if kind == "values":
         return f"Sequence[{one}] | {one} | None"
     if kind == "optional":
@@ -150,15 +182,15 @@ def main():
         for p in positional:
             key, flag, kind, value_name, help_, choices, required = by_key[p]
             default = " = None" if p == "weights" else ""
-            params.append(f"{p}: {annotation(command, p, kind, choices)}{default}")
+            params.append(f"{PYTHON_NAMES.get(p, p)}: {POSITIONAL_TYPES.get(p, 'Path')}{default}")
         params.append("*")
         doc = []
         for key, flag, kind, value_name, help_, choices, required in keywords:
             if key in positional:
-                doc.append((key, flag, help_))
+                doc.append((PYTHON_NAMES.get(key, key), flag, help_))
                 continue
             default = "False" if kind == "switch" else "None"
-            params.append(f"{key}: {annotation(command, key, kind, choices)} = {default}")
+            params.append(f"{key}: {annotation(command, key, kind, choices, value_name)} = {default}")
             doc.append((key, flag, help_))
         name = command.replace("-", "_")
         lines = [f"def {name}(", *[f"    {p}," for p in params], f") -> {result}:"]

@@ -20,6 +20,9 @@ pub enum DType {
     I32,
     I16,
     I8,
+    U64,
+    U32,
+    U16,
     U8,
     Bool,
 }
@@ -27,9 +30,9 @@ pub enum DType {
 impl DType {
     pub fn width(self) -> usize {
         match self {
-            DType::F64 | DType::I64 => 8,
-            DType::F32 | DType::I32 => 4,
-            DType::F16 | DType::BF16 | DType::I16 => 2,
+            DType::F64 | DType::I64 | DType::U64 => 8,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::F16 | DType::BF16 | DType::I16 | DType::U16 => 2,
             DType::I8 | DType::U8 | DType::Bool => 1,
         }
     }
@@ -44,6 +47,9 @@ impl DType {
             DType::I32 => "int32",
             DType::I16 => "int16",
             DType::I8 => "int8",
+            DType::U64 => "uint64",
+            DType::U32 => "uint32",
+            DType::U16 => "uint16",
             DType::U8 => "uint8",
             DType::Bool => "bool",
         }
@@ -60,6 +66,9 @@ impl DType {
             DType::I32 => S::I32,
             DType::I16 => S::I16,
             DType::I8 => S::I8,
+            DType::U64 => S::U64,
+            DType::U32 => S::U32,
+            DType::U16 => S::U16,
             DType::U8 => S::U8,
             DType::Bool => S::BOOL,
         }
@@ -122,6 +131,16 @@ impl Array {
                 d.chunks_exact(2).map(|c| i16::from_ne_bytes(c.try_into().expect("2 bytes")) as i64).collect()
             }
             DType::I8 => d.iter().map(|&b| b as i8 as i64).collect(),
+            DType::U64 => d
+                .chunks_exact(8)
+                .map(|c| i64::try_from(u64::from_ne_bytes(c.try_into().expect("8 bytes"))).ok())
+                .collect::<Option<Vec<i64>>>()?,
+            DType::U32 => {
+                d.chunks_exact(4).map(|c| u32::from_ne_bytes(c.try_into().expect("4 bytes")) as i64).collect()
+            }
+            DType::U16 => {
+                d.chunks_exact(2).map(|c| u16::from_ne_bytes(c.try_into().expect("2 bytes")) as i64).collect()
+            }
             DType::U8 | DType::Bool => d.iter().map(|&b| b as i64).collect(),
             _ => return None,
         })
@@ -203,6 +222,9 @@ fn dlpack_dtype(t: &DLDataType) -> Option<DType> {
         (0, 32, 1) => DType::I32,
         (0, 16, 1) => DType::I16,
         (0, 8, 1) => DType::I8,
+        (1, 64, 1) => DType::U64,
+        (1, 32, 1) => DType::U32,
+        (1, 16, 1) => DType::U16,
         (1, 8, 1) => DType::U8,
         (6, 8, 1) | (1, 1, 1) => DType::Bool,
         _ => return None,
@@ -273,10 +295,17 @@ fn from_dlpack(capsule: &Bound<'_, PyAny>, what: &str) -> PyResult<Array> {
         )));
     }
     let dtype = dlpack_dtype(&t.dtype).ok_or_else(|| {
-        PyTypeError::new_err(format!(
-            "{what} has an element type swa does not read (DLPack code {}, {} bits, {} lanes)",
-            t.dtype.code, t.dtype.bits, t.dtype.lanes
-        ))
+        let kind = match t.dtype.code {
+            0 => "int",
+            1 => "uint",
+            2 => "float",
+            4 => "bfloat",
+            5 => "complex",
+            6 => "bool",
+            _ => "opaque",
+        };
+        let lanes = if t.dtype.lanes > 1 { format!(" x{}", t.dtype.lanes) } else { String::new() };
+        PyTypeError::new_err(format!("{what} is {kind}{}{lanes}, which swa does not read", t.dtype.bits))
     })?;
     let ndim = usize::try_from(t.ndim).unwrap_or(0);
     // SAFETY: DLPack gives `ndim` dimensions (and strides, where not null).
@@ -316,6 +345,9 @@ fn typestr_dtype(s: &str) -> Option<DType> {
         "i4" => DType::I32,
         "i2" => DType::I16,
         "i1" => DType::I8,
+        "u8" => DType::U64,
+        "u4" => DType::U32,
+        "u2" => DType::U16,
         "u1" => DType::U8,
         "b1" => DType::Bool,
         _ => return None,
@@ -382,15 +414,15 @@ pub fn read(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Array> {
         return from_array_interface(obj, &iface, what);
     }
     let kind = obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "object".into());
+    let hint = if kind == "list" || kind == "tuple" {
+        " (a `datasets` dataset gives lists unless formatted: .with_format(\"torch\") or \"numpy\")"
+    } else {
+        ""
+    };
     Err(PyTypeError::new_err(format!(
-        "{what} is a {kind}, not an array or tensor (swa reads objects with __dlpack__ or __array_interface__: torch \
-         tensors, numpy arrays)"
+        "{what} is of type {kind}, not an array or tensor (swa reads objects with __dlpack__ or \
+         __array_interface__: torch tensors, numpy arrays){hint}"
     )))
-}
-
-/// Whether `obj` looks like an array (has `__dlpack__` or `__array_interface__`).
-pub fn is_array(obj: &Bound<'_, PyAny>) -> bool {
-    obj.hasattr("__dlpack__").unwrap_or(false) || obj.hasattr("__array_interface__").unwrap_or(false)
 }
 
 /// Writes `tensors` (name → tensor/array, in the dict's order: a `state_dict()`) to `path` as

@@ -13,7 +13,7 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::batches::Iterable;
+use crate::batches::{Iterable, Message, Pump};
 use crate::cli;
 
 /// The keyword of a clap argument: the long flag with `_` for `-` (`from_` for `--from`, a
@@ -130,8 +130,15 @@ fn word(value: &Bound<'_, PyAny>, key: &str) -> PyResult<OsString> {
     if value.is_instance_of::<pyo3::types::PyInt>() || value.is_instance_of::<pyo3::types::PyFloat>() {
         return Ok(value.str()?.to_string().into());
     }
+    // numpy and torch scalars (np.int64(32), a 0-d tensor) as the numbers they hold
+    if let Ok(i) = value.call_method0("__index__") {
+        return Ok(i.str()?.to_string().into());
+    }
+    if let Ok(f) = value.call_method0("__float__") {
+        return Ok(f.str()?.to_string().into());
+    }
     let kind = value.get_type().name()?.to_string();
-    Err(PyTypeError::new_err(format!("{key}= takes a str, a path or a number, not a {kind}")))
+    Err(PyTypeError::new_err(format!("{key}= takes a str, a path or a number, not an object of type {kind}")))
 }
 
 /// The values of a keyword: one word, or each item of a list or tuple.
@@ -143,7 +150,8 @@ fn words(value: &Bound<'_, PyAny>, key: &str) -> PyResult<Vec<OsString>> {
 }
 
 /// Runs `command` with `kwargs` (keywords as [`describe`] names them); returns the JSON the
-/// command prints with `--json`, its exit code (1: a threshold failed) and its warnings. The
+/// command prints with `--json`, its exit code (1: a threshold failed), its warnings and why a
+/// threshold failed. The
 /// batches keywords in `in_place` are read without a copy (each batch is new memory).
 #[pyfunction]
 #[pyo3(signature = (command, kwargs, quiet=false, in_place=Vec::new()))]
@@ -153,12 +161,14 @@ pub fn call(
     kwargs: &Bound<'_, PyDict>,
     quiet: bool,
     in_place: Vec<String>,
-) -> PyResult<(String, u8, Vec<String>)> {
+) -> PyResult<(String, u8, Vec<String>, Option<String>)> {
     let sub = subcommand(command)?;
     let mut argv: Vec<OsString> = vec!["swa".into(), command.into()];
     let mut positional: Vec<OsString> = Vec::new();
     let mut provided = Vec::new();
-    let mut sources: Vec<Arc<Iterable>> = Vec::new();
+    let mut names: Vec<std::path::PathBuf> = Vec::new();
+    let mut pump = Pump::new();
+    let (mailbox, inbox) = std::sync::mpsc::channel::<Message>();
     let function = format!("swa.{}()", command.replace('-', "_"));
     for (k, value) in kwargs.iter() {
         let key: String = k.extract()?;
@@ -166,20 +176,17 @@ pub fn call(
             continue;
         }
         if let Some(arg) = sub.get_arguments().find(|a| batches_keyword(a).as_deref() == Some(key.as_str())) {
-            let cause = Arc::new(Mutex::new(None));
-            let iterable = Arc::new(Iterable {
-                object: value.clone().unbind(),
-                name: format!("<{key}>").into(),
-                labelled: labelled(arg, command),
-                in_place: in_place.contains(&key),
-                opened: Mutex::new(0),
-                cause,
-            });
-            let registration = swa::inputs::samples::provide(&format!("<{key}>"), iterable.clone());
+            let labelled = labelled(arg, command);
+            // Its name may get a `#2` while another call holds `<batches>`: the pump learns it after.
+            let index = pump.count();
+            let iterable = Iterable { index, labelled, pump: mailbox.clone() };
+            let registration = swa::inputs::samples::provide(&format!("<{key}>"), Arc::new(iterable));
+            let name = registration.path().to_path_buf();
+            pump.hold(value.clone().unbind(), name, labelled, in_place.contains(&key));
             argv.push(format!("--{}", arg.get_long().unwrap_or_default()).into());
             argv.push(registration.path().as_os_str().to_owned());
+            names.push(registration.path().to_path_buf());
             provided.push(registration);
-            sources.push(iterable);
             continue;
         }
         let Some(arg) = sub.get_arguments().find(|a| visible(a) && keyword(a) == key) else {
@@ -214,8 +221,10 @@ pub fn call(
             argv.push(flag.into());
             argv.extend(words(&value, &key)?);
         } else {
+            // One value; a list or tuple is the comma-separated list the flag takes
+            // (`mean=[0.485, 0.456, 0.406]`, `resize=(224, 224)`).
             let mut a = OsString::from(format!("{flag}="));
-            a.push(word(&value, &key)?);
+            a.push(words(&value, &key)?.join(std::ffi::OsStr::new(",")));
             argv.push(a);
         }
     }
@@ -251,26 +260,67 @@ pub fn call(
         new_error(py, "UsageError", &pythonize(&text), &[("keyword", keyword)])
     })?;
     parsed.json_with_progress();
+    drop(mailbox);
     let guard = SigintGuard::install();
-    let result = py.detach(|| cli::execute(&parsed));
+    let result = run(py, &parsed, &mut pump, inbox);
     drop(guard);
     let warnings: Vec<String> = swa::error::take_warnings().iter().map(|w| pythonize(w)).collect();
     drop(provided);
+    if let Some(interrupt) = pump.interrupt.take() {
+        return Err(interrupt);
+    }
     match result {
-        Ok(outcome) => Ok((outcome.stdout, outcome.code, warnings)),
+        Ok(outcome) => Ok((outcome.stdout, outcome.code, warnings, outcome.failure.as_deref().map(pythonize))),
         Err(swa::Error::Interrupted) => {
             py.check_signals()?;
             Err(PyKeyboardInterrupt::new_err("swa: interrupted: nothing was written"))
         }
         Err(e) => {
-            let cause = sources.iter().find_map(|s| s.cause.lock().ok().and_then(|mut c| c.take()));
-            let err = from_error(py, &e, &sources)?;
-            if let Some(c) = cause {
+            let err = from_error(py, &e, &names)?;
+            if let Some(c) = pump.cause.take() {
                 err.set_cause(py, Some(c));
             }
             Err(err)
         }
     }
+}
+
+/// Runs the command on a worker thread while this thread, the caller's, answers its requests for
+/// Python batches (with the GIL released between them) and notices Ctrl-C; the iterators are
+/// closed here at the end.
+fn run(
+    py: Python<'_>,
+    parsed: &cli::Cli,
+    pump: &mut Pump,
+    inbox: std::sync::mpsc::Receiver<Message>,
+) -> swa::Result<cli::Outcome> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let result = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| cli::execute(parsed));
+        let mut inbox = inbox;
+        loop {
+            let (got, back) = py.detach(move || (inbox.recv_timeout(std::time::Duration::from_millis(50)), inbox));
+            inbox = back;
+            match got {
+                Ok(message) => pump.handle(py, message),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    if worker.is_finished() {
+                        // What the worker sent last (an iterator closed) is handled before leaving.
+                        while let Ok(message) = inbox.try_recv() {
+                            pump.handle(py, message);
+                        }
+                        break;
+                    }
+                    if let Err(e) = py.check_signals() {
+                        pump.signal(py, e);
+                    }
+                }
+            }
+        }
+        worker.join()
+    });
+    pump.close();
+    result.unwrap_or_else(|_| Err(swa::Error::Runtime("swa panicked while running the command".into())))
 }
 
 /// `swa.<class_name>(message, **fields)`.
@@ -289,7 +339,7 @@ fn new_error(py: Python<'_>, class: &str, message: &str, fields: &[(&str, Option
 
 /// The Python exception for `e`: its class by what failed, its fields (path, tensor, node...),
 /// its message with keywords for flags.
-fn from_error(py: Python<'_>, e: &swa::Error, sources: &[Arc<Iterable>]) -> PyResult<PyErr> {
+fn from_error(py: Python<'_>, e: &swa::Error, sources: &[std::path::PathBuf]) -> PyResult<PyErr> {
     use swa::Error as E;
     let message = pythonize(&cli::render::error(e));
     let mut inner = e;
@@ -298,16 +348,27 @@ fn from_error(py: Python<'_>, e: &swa::Error, sources: &[Arc<Iterable>]) -> PyRe
     }
     let path = |p: &std::path::Path| Some(p.display().to_string());
     let (class, fields): (&str, Vec<(&str, Option<String>)>) = match inner {
-        E::Format { path: p, message: m } if sources.iter().any(|s| &s.name == p) => {
-            let batch = m.strip_prefix("batch ").and_then(|r| r.split(':').next()).map(str::to_string);
-            ("BatchError", vec![("path", path(p)), ("batch", batch)])
+        E::Format { path: p, message: m } if sources.contains(p) => {
+            ("BatchError", vec![("path", path(p)), ("batch", batch_index(m, "batch "))])
         }
         E::Io { path: p, .. } | E::Format { path: p, .. } => ("InputError", vec![("path", path(p))]),
         E::Tensor { path: p, tensor, .. } => ("TensorError", vec![("path", path(p)), ("tensor", Some(tensor.clone()))]),
-        E::Node { node, op, .. } => ("NodeError", vec![("node", Some(node.clone())), ("op", Some(op.clone()))]),
+        E::Node { node, op, message } => (
+            "NodeError",
+            vec![
+                ("node", Some(node.clone())),
+                ("op", Some(op.clone())),
+                ("batch", message.find("batch ").and_then(|at| batch_index(&message[at..], "batch "))),
+            ],
+        ),
         E::Setting { setting, .. } => (
             "UsageError",
-            vec![("keyword", Some(pythonize(cli::render::flag(*setting)).trim_end_matches('=').to_string()))],
+            vec![(
+                "keyword",
+                Some(
+                    pythonize(cli::render::flag(*setting)).trim_end_matches("=True").trim_end_matches('=').to_string(),
+                ),
+            )],
         ),
         E::Mismatch(_) | E::Usage(_) => ("UsageError", vec![]),
         E::Session { path: p, .. } => ("OnnxRuntimeError", vec![("path", path(p))]),
@@ -315,6 +376,12 @@ fn from_error(py: Python<'_>, e: &swa::Error, sources: &[Arc<Iterable>]) -> PyRe
         _ => ("Error", vec![]),
     };
     Ok(new_error(py, class, &message, &fields))
+}
+
+/// The index (from 0) of the batch a message counts from 1 (`batch 3: ...`, `in batch 3`).
+fn batch_index(message: &str, prefix: &str) -> Option<String> {
+    let digits: String = message.strip_prefix(prefix)?.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse::<usize>().ok().and_then(|n| n.checked_sub(1)).map(|n| n.to_string())
 }
 
 /// The CLI's text with keywords for flags: `--batch-size 8` → `batch_size=8`, `--force` →
@@ -365,7 +432,13 @@ pub fn pythonize(text: &str) -> String {
                 out.push_str(&format!("{k}={v}"));
                 rest = &rest[used..];
             }
-            None => out.push_str(&format!("{k}=")),
+            None => {
+                out.push_str(&format!("{k}="));
+                // A placeholder after the flag (`--output <OUT.onnx>`) is the keyword's value.
+                if let Some(end) = rest.strip_prefix(" <").and_then(|r| r.find('>')) {
+                    rest = &rest[end + 3..];
+                }
+            }
         }
     }
     out.push_str(rest);

@@ -8,7 +8,8 @@ failed. Where the command takes ``--inputs`` (``--train-inputs``, ``--eval-input
 function also takes ``batches=`` (``train_batches=``, ``eval_batches=``, ...): any iterable of
 batches, such as a ``torch.utils.data.DataLoader``. Weights may be given as a dict of name →
 tensor (``model.state_dict()``). Results are files; load weights back with
-``model.load_state_dict(safetensors.torch.load_file(path))``.
+``state = model.state_dict(); state.update(safetensors.torch.load_file(path));
+model.load_state_dict(state)`` (docs/guide.md, section 5, says why through ``state_dict()``).
 
     >>> import swa
     >>> swa.average(["runs/exp1/checkpoints"], "swa.safetensors", from_=30)
@@ -66,6 +67,8 @@ class Result(Mapping):
         object.__setattr__(self, "_data", dict(data))
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_data":
+            raise AttributeError(name)
         try:
             return _wrap(self._data[name])
         except KeyError:
@@ -101,6 +104,10 @@ class Result(Mapping):
     def to_dict(self) -> dict[str, Any]:
         """The result as plain dicts, lists and numbers (a copy)."""
         return json.loads(json.dumps(self._data))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle, copy and deepcopy (multiprocessing, joblib, Ray) rebuild it from its data
+        return (type(self), (self._data,))
 
 
 def _wrap(value: Any) -> Any:
@@ -142,48 +149,111 @@ class DoctorResult(Result):
 _KEYWORDS = {command: {k[0]: k for k in keywords} for command, keywords in _native.describe()}
 
 
+# Options of the images swa reads itself: batches from Python come preprocessed.
+_IMAGE_OPTIONS = ("resize", "center_crop", "mean", "std", "preset", "image_column", "label_column",
+                  "skip_bad_images", "max_image_pixels", "seed")
+
+
+def _is_iterator(value: Any) -> bool:
+    try:
+        return iter(value) is value
+    except TypeError:
+        return False
+
+
+def _check(command: str, kwargs: dict[str, Any]) -> None:
+    """What only Python calls can get wrong, refused before anything runs."""
+    given = lambda k: kwargs.get(k) is not None and kwargs.get(k) is not False
+    batches = [k for k in kwargs if k.endswith("batches") and kwargs[k] is not None]
+    for key in batches:
+        stem = key[: -len("batches")]
+        if given(stem + "inputs"):
+            raise UsageError(f"give {key}= or {stem}inputs=, not both: they are the same samples", keyword=key)
+        if given(stem + "labels"):
+            raise UsageError(f"{stem}labels= labels files; {key}= carry their labels in the batches: leave "
+                             f"{stem}labels= out", keyword=stem + "labels")
+    for key, size in (("batches", "batch_size"), ("train_batches", "batch_size")):
+        if key in batches and given(size):
+            raise UsageError(f"{size}= does not apply to {key}=: batches are taken as the iterable makes them (a "
+                             f"DataLoader's batch_size is read from it); leave {size}= out", keyword=size)
+    if batches and not any(given(k) for k in kwargs if k.endswith("inputs")):
+        for option in _IMAGE_OPTIONS:
+            if given(option):
+                raise UsageError(f"{option}= applies to samples swa reads from files (inputs=); batches from Python "
+                                 f"are fed to the model as they are: do this in your transform", keyword=option)
+    # Commands that read a set more than once (every checkpoint or soup candidate evaluated, or
+    # recalibrated) cannot read a generator.
+    again = {"run": ["eval_batches", "select_batches"], "soup": ["eval_batches", "select_batches", "train_batches"]}
+    if command == "run" and (given("recalibrate_each") or given("soup")):
+        again["run"].append("train_batches")
+    for key in again.get(command, []):
+        if key in batches and _is_iterator(kwargs[key]):
+            raise UsageError(f"{key}= is an iterator (a generator), which can be read once, and swa.{command}() reads "
+                             f"it once per model: give a re-iterable object (a DataLoader, a list of batches)",
+                             keyword=key)
+
+
 def _call(command: str, result: type, kwargs: dict[str, Any]) -> Any:
-    quiet = bool(kwargs.pop("quiet", False))
+    quiet = kwargs.pop("quiet", False)
+    if not isinstance(quiet, bool):
+        raise TypeError(f"quiet= takes True or False, not {quiet!r}")
     keywords = _KEYWORDS[command]
-    for key in list(kwargs):
-        files = key[: -len("batches")] + "inputs"
-        if key.endswith("batches") and kwargs[key] is not None and kwargs.get(files) is not None:
-            raise UsageError(f"give {key}= or {files}=, not both: they are the same samples", keyword=key)
-    # A DataLoader says its batch size: the summary reports it, and a pass takes its batches as
-    # they come whatever the batch size.
+    _check(command, kwargs)
+    # A DataLoader says its batch size (the summary reports the batches' own size anyway).
     for source, size in (("batches", "batch_size"), ("train_batches", "batch_size"), ("eval_batches", "eval_batch_size")):
         loader = kwargs.get(source)
         if loader is not None and size in keywords and kwargs.get(size) is None:
             n = getattr(loader, "batch_size", None)
             if isinstance(n, int) and not isinstance(n, bool) and n > 0:
                 kwargs[size] = n
+    checkpoints = kwargs.get("checkpoints")
+    if checkpoints is not None and not isinstance(checkpoints, (str, bytes, os.PathLike, Mapping, list, tuple)):
+        try:
+            kwargs["checkpoints"] = list(checkpoints)  # Path.glob(...), a set, a generator of paths
+        except TypeError:
+            pass
     with tempfile.TemporaryDirectory(prefix="swa-state-dicts-") as tmp:
         names: dict[str, str] = {}
 
-        def saved(value: Any, label: str, k: int) -> Any:
+        def saved(value: Any, label: str, number: int) -> Any:
             if not isinstance(value, Mapping):
                 return value
-            path = os.path.join(tmp, f"state_dict_{k}.safetensors")
-            _native.save_tensors(dict(value), path, label)
+            # Numbered by position from 1, as epoch_1, epoch_2... would be.
+            path = os.path.join(tmp, f"state_dict_{number}.safetensors")
+            try:
+                _native.save_tensors(dict(value), path, label)
+            except OSError as e:
+                raise InputError(f"{label}: writing it to a temporary file for the call: {e}", path=label) from e
+            except Exception as e:
+                hint = ""
+                if any(k in value for k in ("state_dict", "model", "model_state_dict", "epoch")):
+                    hint = " (a training checkpoint? give its state dict: ckpt[\"state_dict\"])"
+                raise UsageError(f"{e}{hint}", keyword=label.split("[")[0]) from e
             names[path] = f"{label} (a state dict)"
             return path
 
         for key in ("weights", "checkpoints"):
             value = kwargs.get(key)
             if isinstance(value, Mapping):
-                kwargs[key] = saved(value, key, 0)
-            elif isinstance(value, (list, tuple)):
-                kwargs[key] = [saved(v, f"{key}[{k}]", k) for k, v in enumerate(value)]
+                kwargs[key] = saved(value, key, 1)
+            elif key == "checkpoints" and isinstance(value, (list, tuple)):
+                dicts = [isinstance(v, Mapping) for v in value]
+                if any(dicts) and not all(dicts):
+                    raise UsageError("checkpoints= mixes files and state dicts: their order would be the files' "
+                                     "numbers against positions; give all as files or all as state dicts (in order, "
+                                     "oldest first)", keyword="checkpoints")
+                kwargs[key] = [saved(v, f"{key}[{k}]", k + 1) for k, v in enumerate(value)]
         in_place = [k for k, v in kwargs.items() if k.endswith("batches") and _fresh_batches(v)]
         try:
-            text, code, said = _native.call(command, kwargs, quiet, in_place)
+            text, code, said, failure = _native.call(command, kwargs, quiet, in_place)
         except Error as e:
-            raise _renamed(e, names) from e.__cause__
+            raise _renamed(e, names, command) from e.__cause__
     for w in said:
         warnings.warn(_rename(w, names), SwaWarning, stacklevel=3)
-    out = result(json.loads(text))
-    if code == 1:
-        raise GateFailed(f"swa.{command.replace('-', '_')}(): the threshold was not met (min_accuracy)", out)
+    out = result(json.loads(_rename(text, names)))
+    # doctor's exit code 1 (no usable ONNX Runtime) is its answer, in the result
+    if code == 1 and command != "doctor":
+        raise GateFailed(failure or f"swa.{command.replace('-', '_')}(): the threshold was not met", out)
     return out
 
 
@@ -204,11 +274,16 @@ def _rename(text: str, names: dict[str, str]) -> str:
     return text
 
 
-def _renamed(e: Error, names: dict[str, str]) -> Error:
-    if not names:
-        return e
-    e.message = _rename(e.message, names)
-    e.args = (e.message,)
+def _renamed(e: Error, names: dict[str, str], command: str) -> Error:
+    message = _rename(e.message, names)
+    if "required arguments were not provided" in message:
+        # the files' keyword is named; batches are the other way to give the samples
+        for key in _KEYWORDS[command]:
+            if key.endswith("batches"):
+                files = key[: -len("batches")] + "inputs"
+                message = message.replace(f"{files}=", f"{key}= (or {files}=)")
+    e.message = message
+    e.args = (message,)
     if e.path in names:
         e.path = names[e.path]
     return e
@@ -263,3 +338,35 @@ def merge_eval(partials: Any, **opts: Any) -> EvaluateResult:
 def doctor() -> DoctorResult:
     """Which ONNX Runtime swa finds (and how), its version and providers (``swa doctor``)."""
     return _call("doctor", DoctorResult, {})
+
+
+def _document() -> None:
+    """Gives each function the command's keywords as its signature and its help in its docstring,
+    so that ``help(swa.recalibrate)`` and a notebook's ``?`` list them as the stubs do."""
+    import inspect as _inspect
+
+    functions = {"average": average, "recalibrate": recalibrate, "evaluate": evaluate, "run": run, "soup": soup,
+                 "inspect": inspect, "merge-stats": merge_stats, "merge-eval": merge_eval, "doctor": doctor}
+    for command, function in functions.items():
+        own = _inspect.signature(function).parameters
+        params = [p for p in own.values() if p.kind is not _inspect.Parameter.VAR_KEYWORD]
+        named = {p.name for p in params} | {"file" if "path" in own else ""}
+        lines = ["", "", "Keywords (the flags of `swa " + command + "`):"]
+        for key, flag, kind, value_name, help_, choices, _required in _KEYWORDS[command].values():
+            if key not in named:
+                default = False if kind == "switch" else None
+                params.append(_inspect.Parameter(key, _inspect.Parameter.KEYWORD_ONLY, default=default))
+            text = " ".join(help_.split()) or "(no help)"
+            if choices:
+                text += " One of: " + ", ".join(choices) + "."
+            lines.append(f"    {'path' if key == 'file' and 'path' in own else key} ({flag}): {text}")
+        if not any(p.name == "quiet" for p in params):
+            params.append(_inspect.Parameter("quiet", _inspect.Parameter.KEYWORD_ONLY, default=False))
+        order = {_inspect.Parameter.POSITIONAL_OR_KEYWORD: 0, _inspect.Parameter.KEYWORD_ONLY: 1}
+        params.sort(key=lambda p: order.get(p.kind, 2))
+        function.__signature__ = _inspect.Signature(params, return_annotation=_inspect.signature(function).return_annotation)
+        function.__doc__ = (function.__doc__ or "") + "\n".join(lines)
+
+
+_document()
+

@@ -38,6 +38,10 @@ class Error(Exception):
         self.keyword = keyword
         self.batch: Optional[int] = int(batch) if batch is not None and str(batch).isdigit() else None
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled with its fields (multiprocessing, Ray): rebuilt by _rebuild
+        return (_rebuild, (type(self), self.args, self.__dict__.copy()))
+
 
 class UsageError(Error, ValueError):
     """Arguments that do not go together, or a value swa cannot use."""
@@ -67,10 +71,23 @@ class OnnxRuntimeError(Error):
 class GateFailed(Error):
     """A threshold given to the call (``min_accuracy=``) was not met; ``result`` holds the result."""
 
-    def __init__(self, message: str, result: Any) -> None:
+    def __init__(self, message: str, result: Any = None) -> None:
         super().__init__(message)
         self.result = result
 
 
+def _rebuild(cls: type, args: tuple[Any, ...], fields: dict[str, Any]) -> Error:
+    e = cls.__new__(cls)
+    Exception.__init__(e, *args)
+    e.__dict__.update(fields)
+    return e
+
+
 class SwaWarning(UserWarning):
     """What swa noticed and went past (the command line's ``swa: warning:`` lines)."""
+
+
+# Tracebacks name them as users import them: swa.BatchError.
+for _class in (Error, UsageError, InputError, TensorError, NodeError, BatchError, OnnxRuntimeError, GateFailed, SwaWarning):
+    _class.__module__ = "swa"
+

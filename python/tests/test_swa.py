@@ -245,22 +245,38 @@ def test_bad_batches_name_the_batch_and_what_was_expected(fixtures, tmp_path):
 def test_an_iterator_read_twice_is_refused_and_errors_name_keywords(fixtures, tmp_path):
     onnx = os.path.join(fixtures, "cnn", "model.onnx")
     _, ck = cnn_model(fixtures)
-    x = np.load(os.path.join(fixtures, "cnn", "eval.npy"))
-    y = np.load(os.path.join(fixtures, "cnn", "eval_labels.npy"))
+    x = np.load(os.path.join(fixtures, "cnn", "eval.npy"))[:100]
+    y = np.load(os.path.join(fixtures, "cnn", "eval_labels.npy"))[:100]
     with pytest.raises(swa.UsageError, match="give batches= or inputs=, not both"):
         swa.recalibrate(onnx, batches=[x], inputs="x.npy", output=tmp_path / "o.onnx")
     # swa.run evaluates every checkpoint on the eval batches: a generator is read once.
-    with pytest.raises(swa.BatchError, match="is an iterator .* read again"):
+    with pytest.raises(swa.UsageError, match="eval_batches= is an iterator"):
         swa.run(model=onnx, checkpoints=os.path.join(fixtures, "cnn", "checkpoints"), from_=7,
                 train_inputs=os.path.join(fixtures, "cnn", "train.npy"),
-                eval_batches=((x[i:i + 100], y[i:i + 100]) for i in range(0, 300, 100)), out=tmp_path / "run", quiet=True)
+                eval_batches=((x[i:i + 50], y[i:i + 50]) for i in range(0, 100, 50)), out=tmp_path / "run", quiet=True)
     assert not os.path.exists(tmp_path / "run")
     with pytest.raises(TypeError, match="unexpected keyword argument 'batch_sise'"):
         swa.recalibrate("m.onnx", batches=[], output="o.onnx", batch_sise=3)
     with pytest.raises(swa.UsageError) as e:
-        swa.recalibrate(os.path.join(fixtures, "cnn", "model.onnx"), batches=[torch.randn(4, 3, 16, 16)],
+        swa.recalibrate(os.path.join(fixtures, "cnn", "model.onnx"), inputs=os.path.join(fixtures, "cnn", "train.npy"),
                         output=tmp_path / "o.onnx", stats="torch", batch_size=1)
     assert "batch_size=1" in str(e.value) and "--" not in str(e.value), e.value
+    with pytest.raises(swa.UsageError, match="batch_size= does not apply to batches="):
+        swa.recalibrate(onnx, batches=[x], output=tmp_path / "o.onnx", batch_size=32)
+    with pytest.raises(swa.UsageError, match="mean= applies to samples swa reads from files") as e:
+        swa.recalibrate(onnx, batches=[x], output=tmp_path / "o.onnx", mean=[0.5, 0.5, 0.5])
+    assert e.value.keyword == "mean"
+    with pytest.raises(swa.UsageError, match="labels= labels files"):
+        swa.evaluate(onnx, batches=[(x, y)], labels=os.path.join(fixtures, "cnn", "eval_labels.npy"))
+    with pytest.raises(swa.UsageError, match=r"batches= \(or inputs=\)"):
+        swa.recalibrate(onnx, output=tmp_path / "o.onnx")
+    with pytest.raises(swa.UsageError, match="mixes files and state dicts"):
+        swa.average([ck, load_file(ck)], tmp_path / "a.safetensors")
+    with pytest.raises(swa.UsageError, match="a training checkpoint"):
+        swa.recalibrate(onnx, {"epoch": 3, "state_dict": load_file(ck)}, batches=[x], output=tmp_path / "o.onnx")
+    with pytest.raises(TypeError, match="quiet= takes True or False"):
+        swa.recalibrate(onnx, batches=[x], output=tmp_path / "o.onnx", quiet="False")
+    assert os.listdir(tmp_path) == []
     with pytest.raises(swa.UsageError) as e:
         swa.recalibrate(os.path.join(fixtures, "cnn", "model.onnx"), batches=[], stats="median", output="x.onnx")
     assert "stats" in str(e.value) and "--" not in str(e.value), e.value
@@ -316,7 +332,7 @@ def test_the_stub_has_every_keyword_of_every_command():
         name = command.replace("-", "_")
         f = functions[name]
         params = {a.arg for a in f.args.args + f.args.kwonlyargs}
-        missing = {k[0] for k in keywords} - params - {"quiet"}
+        missing = {"path" if k[0] == "file" else k[0] for k in keywords} - params - {"quiet"}
         assert not missing and "quiet" in params, f"{name}: {missing}"
 
 
@@ -364,3 +380,130 @@ def test_the_example_runs():
     r = subprocess.run([sys.executable, example], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "PyTorch and the ONNX model agree: True" in r.stdout
+
+
+def test_the_stubs_let_a_type_checker_check_calls(tmp_path):
+    """mypy reads the installed stubs: good calls pass, a wrong choice and a misspelt keyword fail."""
+    use = tmp_path / "use.py"
+    use.write_text(
+        "import numpy as np\n"
+        "import swa\n"
+        "r = swa.recalibrate('m.onnx', {'w': np.zeros(3)}, batches=[np.zeros((2, 3))], stats='torch', output='o.onnx')\n"
+        "n: int = r.samples\n"
+        "t: float = swa.evaluate('m.onnx', batches=[], min_accuracy=0.9).top1\n"
+        "swa.average(['a.safetensors', {'x': np.zeros(3)}], 'o.safetensors', from_=3)\n"
+        "swa.recalibrate('m.onnx', stats='median')\n"
+        "swa.recalibrate('m.onnx', batch_sise=3)\n"
+    )
+    r = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", str(use)], capture_output=True, text=True)
+    errors = [line for line in r.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 2, r.stdout
+    assert "use.py:7:" in errors[0] and "stats" in errors[0], r.stdout
+    assert "use.py:8:" in errors[1] and 'did you mean "batch_size"' in errors[1], r.stdout
+
+
+class Slow(torch.utils.data.Dataset):
+    def __len__(self):
+        return 10_000
+
+    def __getitem__(self, i):
+        import time
+        time.sleep(0.01)
+        return torch.randn(3, 16, 16)
+
+
+def interrupt_after(seconds):
+    timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer
+
+
+def test_ctrl_c_stops_a_stuck_loader_at_once_and_shuts_a_dataloaders_workers_down(fixtures, tmp_path):
+    import multiprocessing
+    import time
+    _, ck = cnn_model(fixtures)
+    onnx = os.path.join(fixtures, "cnn", "model.onnx")
+
+    def stuck():
+        yield torch.randn(64, 3, 16, 16)
+        time.sleep(60)
+        yield torch.randn(64, 3, 16, 16)
+
+    interrupt_after(1.0)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        swa.recalibrate(onnx, ck, batches=stuck(), output=tmp_path / "o.onnx", quiet=True)
+    assert time.monotonic() - started < 5, "KeyboardInterrupt waited for the loader"
+    loader = DataLoader(Slow(), batch_size=32, num_workers=2)
+    interrupt_after(2.0)
+    with pytest.raises(KeyboardInterrupt):
+        swa.recalibrate(onnx, ck, batches=loader, output=tmp_path / "o.onnx", quiet=True)
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert multiprocessing.active_children() == []
+    assert os.listdir(tmp_path) == []
+
+
+def test_results_and_errors_pickle_and_copy(fixtures, tmp_path):
+    import copy
+    import pickle
+    r = swa.inspect(os.path.join(fixtures, "cnn", "model.onnx"))
+    for again in (pickle.loads(pickle.dumps(r)), copy.copy(r), copy.deepcopy(r)):
+        assert again == r and type(again) is type(r) and again.file == r.file
+    e = swa.BatchError("m", path="<batches>", batch="3")
+    back = pickle.loads(pickle.dumps(e))
+    assert (type(back), back.message, back.batch, back.path) == (swa.BatchError, "m", 3, "<batches>")
+    g = pickle.loads(pickle.dumps(swa.GateFailed("below", r)))
+    assert g.result == r and str(g) == "below"
+    assert swa.BatchError.__module__ == "swa"
+
+
+def test_batches_in_every_documented_shape_and_integer_type(fixtures, tmp_path):
+    torch.manual_seed(1)
+    two = TwoInputs()
+    export(two, (torch.zeros(2, 3, 8, 8), torch.zeros(2, 1)), str(tmp_path / "two.onnx"), ["image", "feature"])
+    images, features, y = torch.randn(64, 3, 8, 8), torch.randn(64, 1), torch.randint(0, 5, (64,))
+    out = {}
+    for name, batches in {
+        "dicts": [{"image": images[i:i + 32], "feature": features[i:i + 32]} for i in (0, 32)],
+        "flat tuples": DataLoader(TensorDataset(images, features, y), batch_size=32),
+        "nested": [((images[i:i + 32], features[i:i + 32]), y[i:i + 32]) for i in (0, 32)],
+    }.items():
+        swa.recalibrate(tmp_path / "two.onnx", two.state_dict(), batches=batches, stats="torch",
+                        output=tmp_path / "o.onnx", save_weights=tmp_path / f"{name}.safetensors", quiet=True)
+        out[name] = load_file(tmp_path / f"{name}.safetensors")
+        os.remove(tmp_path / "o.onnx")
+    assert all(torch.equal(out["dicts"][k], out[n][k]) for n in out for k in out["dicts"])
+    ev = swa.evaluate(tmp_path / "two.onnx", two.state_dict(), batches=DataLoader(TensorDataset(images, features, y),
+                      batch_size=16), top_k=3, quiet=True)
+    assert ev.samples == 64
+    # numpy scalars as keyword values
+    ev = swa.evaluate(os.path.join(fixtures, "cnn", "model.onnx"), inputs=os.path.join(fixtures, "cnn", "eval.npy"),
+                      labels=os.path.join(fixtures, "cnn", "eval_labels.npy"), batch_size=np.int64(100), quiet=True)
+    assert ev.samples == 300
+    # token ids of any integer type
+    text = TextNet()
+    export(text, (torch.zeros(2, 12, dtype=torch.long),), str(tmp_path / "text.onnx"), ["input_ids"])
+    ids = np.random.default_rng(0).integers(0, 50, (32, 12))
+    for dtype in (np.int64, np.int32, np.uint16, np.uint8):
+        r = swa.recalibrate(tmp_path / "text.onnx", text.state_dict(), batches=[ids.astype(dtype)],
+                            output=tmp_path / f"t_{dtype.__name__}.onnx", quiet=True)
+        assert r.samples == 32 and r.batch_size == 32
+
+
+def test_state_dicts_are_named_by_position_in_results(fixtures, tmp_path):
+    dicts = [load_file(os.path.join(fixtures, "cnn", "checkpoints", f"epoch_{e:03d}.safetensors")) for e in (6, 7, 8)]
+    r = swa.average(dicts, tmp_path / "swa.safetensors", from_=2, quiet=True)
+    assert [i.path for i in r.inputs] == ["checkpoints[1] (a state dict)", "checkpoints[2] (a state dict)"]
+    assert "swa-state-dicts-" not in json.dumps(r.to_dict())
+
+
+def test_a_batch_that_fails_in_the_model_names_its_index(fixtures, tmp_path):
+    from make_fixtures import MLP
+    ck = os.path.join(fixtures, "mlp", "checkpoints", "epoch_006.safetensors")
+    x = torch.randn(65, 32)
+    with pytest.raises(swa.NodeError) as e:
+        swa.recalibrate(os.path.join(fixtures, "mlp", "model.onnx"), ck, batches=[x[:64], x[64:]], stats="torch",
+                        output=tmp_path / "o.onnx", quiet=True)
+    assert e.value.batch == 1 and "batch 2 has 1 value per channel" in str(e.value), e.value

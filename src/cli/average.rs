@@ -110,12 +110,16 @@ impl AverageArgs {
     pub fn run(&self, quiet: bool) -> Result<Outcome> {
         let s = average::average(&self.resolve(quiet))?;
         for d in &s.duplicates {
-            warn!(
-                "swa: warning: {} is {} under another name; it is averaged once",
-                d.path.display(),
-                d.same_as.display()
-            );
+            swa::error::warn(if d.path == d.same_as {
+                format!("{} is given twice; it is averaged once", d.path.display())
+            } else {
+                format!("{} is {} under another name; it is averaged once", d.path.display(), d.same_as.display())
+            });
         }
-        Ok(Outcome { stdout: if self.out.json { output::json(&s) } else { render::average(&s) }, code: 0 })
+        Ok(Outcome {
+            stdout: if self.out.json { output::json(&s) } else { render::average(&s) },
+            code: 0,
+            failure: None,
+        })
     }
 }

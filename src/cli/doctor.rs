@@ -29,7 +29,7 @@ pub fn run(a: &DoctorArgs) -> Outcome {
         text(&d)
     };
     let usable = d.onnxruntime.found.is_some() && d.load_error.is_none();
-    Outcome { stdout, code: if usable { 0 } else { 1 } }
+    Outcome { stdout, code: if usable { 0 } else { 1 }, failure: None }
 }
 
 fn text(d: &Diagnosis) -> String {

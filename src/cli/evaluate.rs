@@ -114,7 +114,7 @@ impl EvaluateArgs {
                     let _ = writeln!(o, "wrote {}", opts.output.display());
                     o
                 };
-                Ok(Outcome { stdout, code: 0 })
+                Ok(Outcome { stdout, code: 0, failure: None })
             }
         }
     }

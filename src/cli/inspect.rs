@@ -33,7 +33,7 @@ impl InspectArgs {
         }
         let v = swa::inspect::inspect(&self.file, self.read.key.as_deref(), self.against.as_deref())?;
         if self.out.json {
-            return Ok(Outcome { stdout: output::json(&v), code: 0 });
+            return Ok(Outcome { stdout: output::json(&v), code: 0, failure: None });
         }
         let mut o = String::new();
         let total: usize = v.tensors.iter().map(|t| t.bytes).sum();
@@ -89,6 +89,6 @@ impl InspectArgs {
                 let _ = writeln!(o, "  {k}: {val}");
             }
         }
-        Ok(Outcome { stdout: o, code: 0 })
+        Ok(Outcome { stdout: o, code: 0, failure: None })
     }
 }

@@ -42,7 +42,11 @@ impl MergeStatsArgs {
             output: self.output.clone(),
             save_weights: self.save_weights.clone(),
         })?;
-        Ok(Outcome { stdout: if self.out.json { output::json(&s) } else { render::recalibrate(&s) }, code: 0 })
+        Ok(Outcome {
+            stdout: if self.out.json { output::json(&s) } else { render::recalibrate(&s) },
+            code: 0,
+            failure: None,
+        })
     }
 }
 

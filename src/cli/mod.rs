@@ -38,6 +38,8 @@ pub struct Outcome {
     pub stdout: String,
     /// Exit code.
     pub code: u8,
+    /// Why the exit code is 1 (a threshold not met), for stderr (the Python module raises it).
+    pub failure: Option<String>,
 }
 
 /// Offline Stochastic Weight Averaging and BatchNorm recalibration for saved checkpoints.
@@ -126,6 +128,9 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> u8 {
     }
     match result {
         Ok(outcome) => {
+            if let Some(failure) = &outcome.failure {
+                warn!("swa: {failure}");
+            }
             let mut out = std::io::stdout().lock();
             match out.write_all(outcome.stdout.as_bytes()).and_then(|_| out.flush()) {
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {

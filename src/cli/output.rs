@@ -28,10 +28,10 @@ pub fn step_summary(markdown: &str) {
 
 /// Says on stderr that `model` gave non-finite logits for `n` of `samples` samples.
 pub fn warn_nonfinite(model: &str, n: usize, samples: usize) {
-    warn!(
-        "swa: warning: {model} gave non-finite logits (NaN or Inf) for {n} of {samples} samples; they count as wrong \
-         predictions and are left out of the loss"
-    );
+    swa::error::warn(format!(
+        "{model} gave non-finite logits (NaN or Inf) for {n} of {samples} samples; they count as wrong predictions \
+         and are left out of the loss"
+    ));
 }
 
 /// What `swa evaluate` and `swa merge-eval` print for `model`'s evaluation, and their exit code.
@@ -43,15 +43,13 @@ pub fn metrics(model: &Path, e: &Evaluation, min_accuracy: Option<f64>, as_json:
     let code = min_accuracy.is_some_and(|min| !render::passes(&score, min)) as u8;
     let md = render::metrics(model, e, min_accuracy);
     step_summary(&md);
-    if code == 1 {
-        warn!("swa: {}", render::gate_failure(None, &e.metrics.task(), &score, min_accuracy));
-    }
+    let failure = (code == 1).then(|| render::gate_failure(None, &e.metrics.task(), &score, min_accuracy));
     if as_json {
         let mut v = serde_json::to_value(e).expect("metrics");
         for (key, value) in e.metrics.json_extras() {
             v[key] = value;
         }
-        return Outcome { stdout: json(&v), code };
+        return Outcome { stdout: json(&v), code, failure };
     }
-    Outcome { stdout: md, code }
+    Outcome { stdout: md, code, failure }
 }

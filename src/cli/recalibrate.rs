@@ -106,6 +106,6 @@ impl RecalibrateArgs {
                 }
             }
         };
-        Ok(Outcome { stdout, code: 0 })
+        Ok(Outcome { stdout, code: 0, failure: None })
     }
 }

@@ -123,7 +123,7 @@ impl RunArgs {
     pub fn run(&self, quiet: bool) -> Result<Outcome> {
         if let Some(select) = self.soup.and(self.select_inputs.as_ref()) {
             if let Some(w) = swa::soup::same_split_warning(select, &self.eval_inputs) {
-                warn!("swa: warning: {w}");
+                swa::error::warn(w);
             }
         }
         let (r, created) = swa::pipeline::run(&self.resolve(quiet)?)?;
@@ -143,10 +143,8 @@ impl RunArgs {
             );
         }
         output::step_summary(&swa::report::markdown(&r));
-        if code == 1 {
-            let failure = render::gate_failure(Some("recalibrated SWA"), &r.task, gated, self.gate.min_accuracy);
-            warn!("swa: {failure}");
-        }
-        Ok(Outcome { stdout, code })
+        let failure =
+            (code == 1).then(|| render::gate_failure(Some("recalibrated SWA"), &r.task, gated, self.gate.min_accuracy));
+        Ok(Outcome { stdout, code, failure })
     }
 }

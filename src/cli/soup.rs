@@ -117,14 +117,12 @@ impl SoupArgs {
     /// Runs `swa soup`.
     pub fn run(&self, quiet: bool) -> Result<Outcome> {
         if self.no_recalibrate && self.train_inputs.is_some() {
-            warn!(
-                "swa: warning: --no-recalibrate judges with the averaged stored statistics: --train-inputs is not used"
-            );
+            swa::error::warn("--no-recalibrate judges with the averaged stored statistics: --train-inputs is not used");
         }
         let (s, warnings) = swa::soup::soup(&self.resolve(quiet)?)?;
         for w in &warnings {
-            warn!("swa: warning: {w}");
+            swa::error::warn(w);
         }
-        Ok(Outcome { stdout: if self.out.json { output::json(&s) } else { render::soup(&s) }, code: 0 })
+        Ok(Outcome { stdout: if self.out.json { output::json(&s) } else { render::soup(&s) }, code: 0, failure: None })
     }
 }

@@ -496,6 +496,7 @@ pub fn merge_into_model(opts: &MergeStatsOptions) -> Result<RecalibrateSummary> 
             skipped: merged.skipped.clone(),
             preprocessing: first.preprocessing.clone(),
             sampling: first.sampling,
+            own_batch_size: None,
         })
     })?;
     summary.device = merged.devices.join(", ");

@@ -170,6 +170,7 @@ pub fn recalibrate_from(
     stamps.check()?;
     staged.publish()?;
     let binding = prepared.bound.binding.unwrap_or_default();
+    let batch_size = result.own_batch_size.unwrap_or(opts.pass.batch_size.get());
     Ok(RecalibrateSummary {
         outputs,
         created_dirs: dirs.keep(),
@@ -177,7 +178,7 @@ pub fn recalibrate_from(
         device: opts.pass.engine.device.to_string(),
         samples: result.samples,
         batches: result.batches,
-        batch_size: opts.pass.batch_size.get(),
+        batch_size,
         bound: binding.bound.len(),
         unmatched: binding.unmatched,
         layers,
@@ -186,8 +187,7 @@ pub fn recalibrate_from(
         seconds_first_batch: result.first_batch_seconds,
         samples_per_second_after_first: (result.batches > 1).then(|| {
             // A pass is never shorter than one full batch.
-            (result.samples.saturating_sub(opts.pass.batch_size.get())) as f64
-                / (result.seconds - result.first_batch_seconds).max(1e-9)
+            (result.samples.saturating_sub(batch_size)) as f64 / (result.seconds - result.first_batch_seconds).max(1e-9)
         }),
         preprocessing: result.preprocessing,
         sampling: result.sampling,

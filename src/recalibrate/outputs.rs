@@ -131,7 +131,7 @@ pub fn metadata(pass: &PassOptions, result: &PassResult, sources: &[&Path]) -> B
     let mut m = BTreeMap::new();
     m.insert("format".into(), "pt".into());
     m.insert("recalibration".into(), pass.stats.to_string());
-    m.insert("batch_size".into(), pass.batch_size.to_string());
+    m.insert("batch_size".into(), result.own_batch_size.unwrap_or(pass.batch_size.get()).to_string());
     m.insert("samples".into(), result.samples.to_string());
     m.insert(
         "sources".into(),

@@ -94,6 +94,9 @@ pub struct PassResult {
     pub preprocessing: Option<String>,
     /// How the samples were drawn and ordered, where not all of them in order.
     pub sampling: Option<Sampling>,
+    /// The largest batch, where the source made its batches itself (a Python loader's): the
+    /// batch size of the pass, whatever the options said.
+    pub own_batch_size: Option<usize>,
 }
 
 /// Fails on the first float weight of the bound model that holds NaN or Inf, naming it as the
@@ -148,6 +151,8 @@ pub struct Accumulated {
     pub preprocessing: Option<String>,
     /// How the samples were drawn and ordered, where not all of them in order.
     pub sampling: Option<Sampling>,
+    /// The largest batch, where the source made its batches itself.
+    pub own_batch_size: Option<usize>,
 }
 
 impl Accumulated {
@@ -162,6 +167,7 @@ impl Accumulated {
             skipped: self.skipped.clone(),
             preprocessing: self.preprocessing.clone(),
             sampling: self.sampling,
+            own_batch_size: self.own_batch_size,
         }
     }
 }
@@ -238,8 +244,10 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
     let mut batches = range.batches.start;
     let mut seen = 0;
     let reads = data.batches(first..end, batch_size)?;
+    let mut largest = 0;
     let ran = runtime::run_batches(&mut sessions, &specs, reads, &[&layout.output], &bar, |batch, out| {
         seen += batch.indices.len();
+        largest = largest.max(batch.indices.len());
         let all = &out[0].data;
         let need = layout.offsets.last().zip(prepared.layers.last()).map_or(0, |(&at, l)| at + 2 * l.channels + 1);
         if all.len() < need {
@@ -310,5 +318,6 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
         skipped: data.skipped(),
         preprocessing: data.preprocessing(),
         sampling,
+        own_batch_size: own.then_some(largest),
     })
 }

@@ -86,7 +86,8 @@ impl Roots {
         let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
         Roots {
             ort_dylib_path: var("ORT_DYLIB_PATH"),
-            exe: std::env::current_exe().ok(),
+            // In the Python module the executable is the interpreter: nothing to look beside.
+            exe: if OWN_PREFIX.get().is_some() { None } else { std::env::current_exe().ok() },
             virtual_env: var("VIRTUAL_ENV"),
             conda_prefix: var("CONDA_PREFIX"),
             system: ["/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"]
