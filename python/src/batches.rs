@@ -37,6 +37,8 @@ pub enum Message {
     Next(usize, usize, Sender<Result<Option<Batch>>>),
     /// Iterator `.0` is no longer read.
     Close(usize),
+    /// The command has ended.
+    Finished,
 }
 
 /// A Python iterable as the library sees it: the pump that holds it, and its index there.
@@ -211,6 +213,7 @@ impl Pump {
                 // The iterator's `__del__` (a DataLoader's shuts its workers down) runs here.
                 drop(self.reading.remove(&id));
             }
+            Message::Finished => {}
         }
     }
 

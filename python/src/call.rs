@@ -260,9 +260,8 @@ pub fn call(
         new_error(py, "UsageError", &pythonize(&text), &[("keyword", keyword)])
     })?;
     parsed.json_with_progress();
-    drop(mailbox);
     let guard = SigintGuard::install();
-    let result = run(py, &parsed, &mut pump, inbox);
+    let result = run(py, &parsed, &mut pump, mailbox, inbox);
     drop(guard);
     let warnings: Vec<String> = swa::error::take_warnings().iter().map(|w| pythonize(w)).collect();
     drop(provided);
@@ -292,16 +291,22 @@ fn run(
     py: Python<'_>,
     parsed: &cli::Cli,
     pump: &mut Pump,
+    mailbox: std::sync::mpsc::Sender<Message>,
     inbox: std::sync::mpsc::Receiver<Message>,
 ) -> swa::Result<cli::Outcome> {
     use std::sync::mpsc::RecvTimeoutError;
     let result = std::thread::scope(|scope| {
-        let worker = scope.spawn(|| cli::execute(parsed));
+        let worker = scope.spawn(move || {
+            let outcome = cli::execute(parsed);
+            let _ = mailbox.send(Message::Finished);
+            outcome
+        });
         let mut inbox = inbox;
         loop {
             let (got, back) = py.detach(move || (inbox.recv_timeout(std::time::Duration::from_millis(50)), inbox));
             inbox = back;
             match got {
+                Ok(Message::Finished) => break,
                 Ok(message) => pump.handle(py, message),
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
                     if worker.is_finished() {

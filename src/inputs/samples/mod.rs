@@ -379,3 +379,31 @@ pub fn check_same_classes(a: &Path, b: &Path) -> Result<()> {
         cb.len()
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+
+    impl Provider for Nothing {
+        fn open(&self, _: &[InputSpec], _: &DataOptions) -> Result<Box<dyn SampleSource>> {
+            Err(Error::usage("opened"))
+        }
+    }
+
+    #[test]
+    fn provided_samples_open_by_their_name_while_held_and_names_stay_unique() {
+        let a = provide("<batches>", std::sync::Arc::new(Nothing));
+        let b = provide("<batches>", std::sync::Arc::new(Nothing));
+        assert_eq!((a.path(), b.path()), (Path::new("<batches>"), Path::new("<batches#2>")));
+        let opened = Samples::open(b.path(), &[], &DataOptions::default()).err().map(|e| e.to_string());
+        assert_eq!(opened.as_deref(), Some("opened"));
+        assert!(carries_labels(a.path()));
+        drop(b);
+        assert!(provided(Path::new("<batches#2>")).is_none());
+        assert!(!carries_labels(Path::new("<batches#2>.npy")));
+        drop(a);
+        assert!(provided(Path::new("<batches>")).is_none());
+    }
+}
