@@ -212,6 +212,8 @@ pub enum Hint {
     BatchOfOne {
         /// The samples of the pass, where known (one fewer drops the last batch).
         samples: Option<usize>,
+        /// Whether the source made its batches itself (a Python loader's): the batch size is its.
+        own_batches: bool,
     },
 }
 
@@ -248,6 +250,11 @@ impl Hint {
             Hint::SkipBadImages => " (set `skip_bad_images` to skip and count such images)".into(),
             Hint::MaxImagePixels => " (raise `max_image_pixels` to read it)".into(),
             Hint::LabelColumn => " (set `label_column`)".into(),
+            Hint::BatchOfOne { own_batches: true, .. } => {
+                " (update_bn fails the same way: leave out a last batch of one sample, as a DataLoader's \
+                 drop_last=True does, or use precise statistics)"
+                    .into()
+            }
             Hint::BatchOfOne { .. } => {
                 " (update_bn fails the same way: lower `max_samples` by one, choose a `batch_size` that leaves no batch \
                  of one, or use precise statistics)"

@@ -507,3 +507,4 @@ def test_a_batch_that_fails_in_the_model_names_its_index(fixtures, tmp_path):
         swa.recalibrate(os.path.join(fixtures, "mlp", "model.onnx"), ck, batches=[x[:64], x[64:]], stats="torch",
                         output=tmp_path / "o.onnx", quiet=True)
     assert e.value.batch == 1 and "batch 2 has 1 value per channel" in str(e.value), e.value
+    assert "drop_last=True" in str(e.value) and "batch_size=" not in str(e.value), e.value

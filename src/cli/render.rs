@@ -73,7 +73,10 @@ pub fn hint(hint: Hint) -> String {
         Hint::StripPrefix => "; `swa average ... --strip-prefix PREFIX` writes the names the model has".into(),
         Hint::LabelColumn => " (with --label-column NAME)".into(),
         Hint::MaxImagePixels => " (raise the limit with --max-image-pixels N to read it)".into(),
-        Hint::BatchOfOne { samples } => format!(
+        Hint::BatchOfOne { own_batches: true, .. } => "; update_bn fails the same way: leave out a last batch of one \
+             sample (a DataLoader's drop_last=True), or use --stats precise"
+            .into(),
+        Hint::BatchOfOne { samples, .. } => format!(
             "; update_bn fails the same way: {}choose a --batch-size that leaves no batch of one, or use --stats precise",
             samples.map_or(String::new(), |n| format!("leave one sample out (--max-samples {}), ", n.saturating_sub(1)))
         ),

@@ -283,7 +283,7 @@ pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result
                         batches + 1
                     ),
                 )
-                .hint(Hint::BatchOfOne { samples: known }));
+                .hint(Hint::BatchOfOne { samples: known, own_batches: own }));
             }
             accs[k].add(count, mean, var);
         }
