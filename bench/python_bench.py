@@ -22,13 +22,12 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from recalibrate_bench import ResNet18  # noqa: E402
+from recalibrate_bench import prepare  # noqa: E402
 
 import swa  # noqa: E402
 
@@ -44,14 +43,7 @@ def main():
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     work = tempfile.mkdtemp(prefix="swa-python-bench-")
-    model = ResNet18().eval()
-    onnx_path = os.path.join(work, "resnet18.onnx")
-    torch.onnx.export(model, (torch.zeros(2, 3, 32, 32),), onnx_path, input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                      training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False, dynamo=False)
-    x = np.random.default_rng(0).standard_normal((args.samples, 3, 32, 32), dtype=np.float32)
-    x_path = os.path.join(work, "x.npy")
-    np.save(x_path, x)
+    model, onnx_path, x, x_path = prepare(work, args.samples)
     loader = DataLoader(TensorDataset(torch.from_numpy(x)), batch_size=args.batch)
     common = ["--stats", "torch", "--threads", str(args.threads), "--batch-size", str(args.batch)]
     rows = []

@@ -66,6 +66,20 @@ class ResNet18(nn.Module):
         return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
+def prepare(work, samples):
+    """The benchmark's ResNet-18 (seeded by the caller), its ONNX export with BatchNorm kept, and
+    `samples` random inputs, in memory and as work/x.npy: (model, onnx path, x, x path)."""
+    model = ResNet18().eval()
+    onnx_path = os.path.join(work, "resnet18.onnx")
+    torch.onnx.export(model, (torch.zeros(2, 3, 32, 32),), onnx_path, input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                      training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False, dynamo=False)
+    x = np.random.default_rng(0).standard_normal((samples, 3, 32, 32), dtype=np.float32)
+    x_path = os.path.join(work, "x.npy")
+    np.save(x_path, x)
+    return model, onnx_path, x, x_path
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--swa", required=True)
@@ -88,14 +102,7 @@ def main():
     torch.set_num_threads(args.threads)
     work = args.workdir or tempfile.mkdtemp(prefix="swa-bench-")
     os.makedirs(work, exist_ok=True)
-    model = ResNet18().eval()
-    onnx_path = os.path.join(work, "resnet18.onnx")
-    torch.onnx.export(model, (torch.zeros(2, 3, 32, 32),), onnx_path, input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                      training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False, dynamo=False)
-    x = np.random.default_rng(0).standard_normal((args.samples, 3, 32, 32), dtype=np.float32)
-    x_path = os.path.join(work, "x.npy")
-    np.save(x_path, x)
+    model, onnx_path, x, x_path = prepare(work, args.samples)
 
     dev = torch.device("cuda" if args.device.startswith("cuda") else "cpu")
     m = model.to(dev)

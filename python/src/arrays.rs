@@ -231,6 +231,17 @@ fn dlpack_dtype(t: &DLDataType) -> Option<DType> {
     })
 }
 
+/// The byte strides of a C-contiguous array of `shape` with elements of `width` bytes.
+fn c_strides(shape: &[usize], width: usize) -> Vec<isize> {
+    let mut strides = vec![0isize; shape.len()];
+    let mut acc = width as isize;
+    for k in (0..shape.len()).rev() {
+        strides[k] = acc;
+        acc *= shape[k] as isize;
+    }
+    strides
+}
+
 /// The `shape` elements of `width` bytes at `base`, element `i` at `base + Σ i_k·strides_k`
 /// (strides in bytes): held in place (kept by `owner`) when they are C-contiguous, else copied
 /// into C order.
@@ -239,17 +250,8 @@ fn dlpack_dtype(t: &DLDataType) -> Option<DType> {
 /// Every element so addressed must be readable while `owner` lives.
 unsafe fn gather(base: *const u8, shape: &[usize], strides: &[isize], width: usize, owner: Py<PyAny>) -> Data {
     let n: usize = shape.iter().product();
-    let contiguous = {
-        let mut expect = width as isize;
-        let mut ok = true;
-        for (&d, &s) in shape.iter().zip(strides).rev() {
-            if d > 1 && s != expect {
-                ok = false;
-            }
-            expect *= d as isize;
-        }
-        ok
-    };
+    // C order, where a dimension of one may have any stride
+    let contiguous = shape.iter().zip(strides).zip(c_strides(shape, width)).all(|((&d, &s), c)| d <= 1 || s == c);
     if n == 0 {
         return Data::Owned(Vec::new());
     }
@@ -313,13 +315,7 @@ fn from_dlpack(capsule: &Bound<'_, PyAny>, what: &str) -> PyResult<Array> {
     let shape: Vec<usize> = dims.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
     let width = dtype.width();
     let strides: Vec<isize> = if t.strides.is_null() || ndim == 0 {
-        let mut s = vec![0isize; ndim];
-        let mut acc = width as isize;
-        for k in (0..ndim).rev() {
-            s[k] = acc;
-            acc *= shape[k] as isize;
-        }
-        s
+        c_strides(&shape, width)
     } else {
         // SAFETY: as above.
         unsafe { std::slice::from_raw_parts(t.strides, ndim) }.iter().map(|&s| s as isize * width as isize).collect()
@@ -372,15 +368,7 @@ fn from_array_interface(obj: &Bound<'_, PyAny>, iface: &Bound<'_, PyAny>, what: 
     let width = dtype.width();
     let strides: Vec<isize> = match get("strides").filter(|s| !s.is_none()) {
         Some(s) => s.extract()?,
-        None => {
-            let mut s = vec![0isize; shape.len()];
-            let mut acc = width as isize;
-            for k in (0..shape.len()).rev() {
-                s[k] = acc;
-                acc *= shape[k] as isize;
-            }
-            s
-        }
+        None => c_strides(&shape, width),
     };
     // SAFETY: numpy's array interface describes memory the object owns (`obj`, the owner).
     let data = unsafe { gather(ptr as *const u8, &shape, &strides, width, obj.clone().unbind()) };

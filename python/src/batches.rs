@@ -130,7 +130,7 @@ impl SampleSource for Source {
 }
 
 /// An iterable the pump holds.
-struct Held {
+struct Holding {
     object: Py<PyAny>,
     name: PathBuf,
     labelled: bool,
@@ -154,7 +154,7 @@ struct Reading {
 /// The caller's side of a call: the iterables, their iterators, and the Python exception behind
 /// the first failure (`raise ... from`, or the `KeyboardInterrupt` itself).
 pub struct Pump {
-    held: Vec<Held>,
+    held: Vec<Holding>,
     reading: HashMap<usize, Reading>,
     next_id: usize,
     /// The Python exception behind an error, kept for the caller.
@@ -175,7 +175,7 @@ impl Pump {
 
     /// Holds `object` under `name`; returns its index for [`Iterable::index`].
     pub fn hold(&mut self, object: Py<PyAny>, name: PathBuf, labelled: bool, in_place: bool) -> usize {
-        self.held.push(Held { object, name, labelled, in_place, opened: 0 });
+        self.held.push(Holding { object, name, labelled, in_place, opened: 0 });
         self.held.len() - 1
     }
 
