@@ -63,14 +63,38 @@ class RecalibrateResult(Result):
     samples_per_second_after_first: float | None
 
 class EvaluateResult(Result):
+    """The figures of the `task` (classification has no `task` key)."""
     samples: int
+    nonfinite: int
+    # classification
     correct: int
     top1: float
     topk: float
     k: int
     loss: float
-    nonfinite: int
     per_class: list[Any]
+    # every other task: its name and the figure that scores it
+    task: str
+    score: str | float
+    # regression
+    mse: float
+    rmse: float
+    mae: float
+    r2: float
+    per_output: list[Any]
+    # multilabel
+    ap_macro: float
+    ap_micro: float
+    f1_macro: float
+    f1_micro: float
+    exact_match: float
+    per_label: list[Any]
+    # segmentation
+    miou: float
+    pixel_accuracy: float
+    confusion: list[list[int]]
+    # a metric command: every number it printed
+    figures: dict[str, float]
 
 class RunResult(Result):
     tool: str
@@ -87,6 +111,10 @@ class RunResult(Result):
     swa_recalibrated: Any
     best: Any
     gain_top1: float
+    """The gain in top-1 (classification scored by top-1); `gain` for every other score."""
+    gain: float
+    task: str
+    score: str
     timings: Any
 
 class SoupResult(Result):

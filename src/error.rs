@@ -207,6 +207,8 @@ pub enum Hint {
     MaxImagePixels,
     /// The labels are in a column of another name: its name is a setting.
     LabelColumn,
+    /// Parts scored by a metric command merge when the merge is given the command (a setting).
+    MetricCommand,
     /// A batch of one sample under torch statistics (a last batch): fewer samples, another batch
     /// size or precise statistics avoid it.
     BatchOfOne {
@@ -250,6 +252,7 @@ impl Hint {
             Hint::SkipBadImages => " (set `skip_bad_images` to skip and count such images)".into(),
             Hint::MaxImagePixels => " (raise `max_image_pixels` to read it)".into(),
             Hint::LabelColumn => " (set `label_column`)".into(),
+            Hint::MetricCommand => " (set `metric_command` to that command)".into(),
             Hint::BatchOfOne { own_batches: true, .. } => {
                 " (update_bn fails the same way: leave out a last batch of one sample, as a DataLoader's \
                  drop_last=True does, or use precise statistics)"

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, Setting};
+use crate::inputs::samples::masks::{self, MaskMap, WithMasks};
 use crate::inputs::{self, DataOptions, Samples};
 use crate::onnx::Model;
 use crate::part::Part;
@@ -50,12 +51,15 @@ pub struct Counts {
     /// How the samples were read and preprocessed (`None` for float arrays).
     #[serde(default)]
     pub preprocessing: Option<String>,
+    /// The samples' names of their classes (class folders, a Parquet `ClassLabel`), by index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_names: Option<Vec<String>>,
 }
 
 impl Counts {
     /// Nothing counted yet, for `task`.
     pub fn new(task: &Task) -> Self {
-        Counts { state: task.state(), skipped: Vec::new(), preprocessing: None }
+        Counts { state: task.state(), skipped: Vec::new(), preprocessing: None, class_names: None }
     }
 
     /// Samples counted so far.
@@ -76,20 +80,28 @@ impl Counts {
                 return Err(format!("images preprocessed differently ({a} vs {b})"));
             }
         }
+        if let (Some(a), Some(b)) = (&self.class_names, &other.class_names) {
+            if a != b {
+                return Err("classes named differently".into());
+            }
+        }
         self.skipped.extend(other.skipped.iter().cloned());
         if self.preprocessing.is_none() {
             self.preprocessing.clone_from(&other.preprocessing);
         }
+        if self.class_names.is_none() {
+            self.class_names.clone_from(&other.class_names);
+        }
         Ok(())
     }
 
-    /// The evaluation so far.
-    pub fn finish(&self) -> Evaluation {
-        Evaluation {
-            metrics: self.state.finish(),
-            skipped: self.skipped.clone(),
-            preprocessing: self.preprocessing.clone(),
+    /// The evaluation so far (a metric command runs here).
+    pub fn finish(&self) -> Result<Evaluation> {
+        let mut metrics = self.state.finish()?;
+        if let Some(names) = &self.class_names {
+            metrics.name_classes(names);
         }
+        Ok(Evaluation { metrics, skipped: self.skipped.clone(), preprocessing: self.preprocessing.clone() })
     }
 }
 
@@ -98,9 +110,16 @@ impl Counts {
 pub struct EvalOptions {
     /// Inputs: an `.npy` / `.npz`, an image folder, Parquet (see [`Samples::open`]).
     pub inputs: PathBuf,
-    /// Integer labels (`.npy`); `None` takes them from the inputs (class folders, a Parquet
-    /// label column).
+    /// The targets (`.npy`, typed by the task: class indices, float values, multi-hot rows,
+    /// masks); `None` takes them from the inputs (class folders, a Parquet label column) or, for
+    /// segmentation, from `masks` or the masks a known dataset layout keeps beside the images.
     pub labels: Option<PathBuf>,
+    /// A folder of segmentation masks paired with the image files by name.
+    pub masks: Option<PathBuf>,
+    /// A remapping of mask values.
+    pub mask_map: Option<MaskMap>,
+    /// Where to write every sample's outputs, prediction and target (an `.npz`).
+    pub save_outputs: Option<PathBuf>,
     /// How the inputs are read and preprocessed.
     pub data: DataOptions,
     /// Samples per batch.
@@ -119,6 +138,9 @@ impl EvalOptions {
         EvalOptions {
             inputs: inputs.into(),
             labels: Some(labels.into()),
+            masks: None,
+            mask_map: None,
+            save_outputs: None,
             data: DataOptions::default(),
             batch_size: NonZeroUsize::new(256).expect("non-zero"),
             task: Task::default(),
@@ -175,7 +197,34 @@ fn logits_output(model: &Model) -> Result<String> {
 /// folders, a Parquet label column), and the path messages about them name. Both at once is an
 /// error.
 fn with_labels(samples: Samples, opts: &EvalOptions) -> Result<(Samples, PathBuf)> {
-    let own = samples.has_targets() && opts.task.uses_source_targets();
+    // Batches made by the caller carry their masks themselves.
+    let own_masks = samples.own_batches() && samples.has_targets() && opts.masks.is_none();
+    if let (None, Task::Segmentation(task), false) = (&opts.labels, &opts.task, own_masks) {
+        let (dir, layout) =
+            match (&opts.masks, masks::detect(&opts.inputs)) {
+                (Some(dir), _) => (dir.clone(), masks::Layout::Folder),
+                (None, Some(found)) => found,
+                (None, None) => return Err(Error::format(
+                    &opts.inputs,
+                    "has no masks: segmentation needs a mask per image (a folder of masks paired by file name, or a \
+                     .npy of masks [N, H, W]); VOC, Cityscapes and ADE20K folders are found beside their images",
+                )),
+            };
+        let path = samples.path.clone();
+        let source = WithMasks::new(
+            samples.into_source(),
+            &opts.inputs,
+            &dir,
+            layout,
+            opts.mask_map.clone(),
+            task.ignore_index,
+        )?;
+        return Ok((Samples::from_source(path, Box::new(source)), dir));
+    }
+    if opts.masks.is_some() || opts.mask_map.is_some() {
+        return Err(Error::usage(format!("masks are the targets of segmentation, not of {}", opts.task.name())));
+    }
+    let own = samples.has_targets() && (opts.task.uses_source_targets() || own_masks);
     match (&opts.labels, own) {
         (Some(file), false) => {
             let targets = opts.task.read_targets(file)?;
@@ -212,13 +261,111 @@ fn with_labels(samples: Samples, opts: &EvalOptions) -> Result<(Samples, PathBuf
 }
 
 /// Evaluates `model` (weights already bound) on the labelled data; an empty set is an error.
+/// Writes every sample's outputs where `opts.save_outputs` says, once the figures are known.
 pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Evaluation> {
-    Ok(accumulate(model, opts, Part::WHOLE)?.0.finish())
+    let staged = opts.save_outputs.as_deref().map(|p| {
+        crate::fs::check_output(p)?;
+        Ok::<_, Error>(p)
+    });
+    let staged = staged.transpose()?;
+    let mut saved = staged.map(|_| Saved::default());
+    let (counts, _) = pass(model, opts, Part::WHOLE, saved.as_mut())?;
+    let evaluation = counts.finish()?;
+    if let (Some(path), Some(saved)) = (staged, saved) {
+        let bytes = saved.npz(&opts.task)?;
+        crate::fs::StagedFile::with_bytes(path, &bytes)?.publish()?;
+    }
+    Ok(evaluation)
+}
+
+/// Every sample's outputs, name and target, in sample order, for `save_outputs`.
+#[derive(Default)]
+struct Saved {
+    ids: Vec<String>,
+    numbered: bool,
+    shape: Vec<usize>,
+    outputs: Vec<f32>,
+    targets: Vec<crate::batch::Tensor>,
+}
+
+impl Saved {
+    fn add(&mut self, samples: &Samples, batch: &crate::batch::Batch, out: &runtime::Fetched) {
+        for &i in &batch.indices {
+            match samples.sample_name(i) {
+                Some(name) => self.ids.push(name),
+                None => {
+                    self.numbered = true;
+                    self.ids.push(i.to_string());
+                }
+            }
+        }
+        self.shape = out.shape.iter().skip(1).map(|&d| d as usize).collect();
+        self.outputs.extend_from_slice(&out.data);
+        if let Some(t) = &batch.targets {
+            self.targets.push(t.clone());
+        }
+    }
+
+    /// The `.npz`: `ids` (file names, or row numbers as int64), `outputs`, `predictions` (where
+    /// the task makes them), `targets`.
+    fn npz(&self, task: &Task) -> Result<Vec<u8>> {
+        use crate::inputs::npy::{npy_bytes, npz_bytes, Data};
+        let n = self.ids.len();
+        let mut arrays = Vec::new();
+        if self.numbered {
+            let rows: Vec<i64> = self.ids.iter().map(|i| i.parse().unwrap_or(-1)).collect();
+            arrays.push(("ids", npy_bytes(&[n], Data::I64(&rows))));
+        } else {
+            arrays.push(("ids", npy_bytes(&[n], Data::Str(&self.ids))));
+        }
+        let shape = [&[n][..], &self.shape].concat();
+        arrays.push(("outputs", npy_bytes(&shape, Data::F32(&self.outputs))));
+        match crate::tasks::predictions(task, &self.outputs, &shape) {
+            Some((shape, crate::tasks::Predictions::I64(v))) => {
+                arrays.push(("predictions", npy_bytes(&shape, Data::I64(&v))))
+            }
+            Some((shape, crate::tasks::Predictions::U8(v))) => {
+                arrays.push(("predictions", npy_bytes(&shape, Data::U8(&v))))
+            }
+            None => {}
+        }
+        if let Some(first) = self.targets.first() {
+            let rows: usize = self.targets.iter().map(|t| t.shape.first().copied().unwrap_or(0)).sum();
+            let shape = [&[rows][..], &first.shape[1..]].concat();
+            let values: Vec<crate::batch::Values> = self.targets.iter().map(|t| t.values.to_owned()).collect();
+            let bytes = if values.iter().all(|v| matches!(v, crate::batch::Values::I64(_))) {
+                let v: Vec<i64> = values
+                    .iter()
+                    .flat_map(|v| match v {
+                        crate::batch::Values::I64(x) => x.clone(),
+                        _ => Vec::new(),
+                    })
+                    .collect();
+                npy_bytes(&shape, Data::I64(&v))
+            } else {
+                let v: Vec<f32> = values
+                    .into_iter()
+                    .flat_map(|v| match v {
+                        crate::batch::Values::I64(x) => x.into_iter().map(|y| y as f32).collect(),
+                        other => other.into_f32().unwrap_or_default(),
+                    })
+                    .collect();
+                npy_bytes(&shape, Data::F32(&v))
+            };
+            arrays.push(("targets", bytes));
+        }
+        npz_bytes(&arrays)
+    }
 }
 
 /// Evaluates `model` on `part` of the batches (contiguous, whole batches: see
 /// [`crate::part::pass_range`]); returns the counts and the number of samples in the whole set.
 pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(Counts, usize)> {
+    pass(model, opts, part, None)
+}
+
+/// [`accumulate`], keeping every sample's outputs in `saved` where given.
+fn pass(model: &Model, opts: &EvalOptions, part: Part, mut saved: Option<&mut Saved>) -> Result<(Counts, usize)> {
     let batch_size = opts.batch_size.get();
     let specs = crate::onnx::input_specs(model)?;
     let samples = Samples::open(&opts.inputs, &specs, &opts.data)?;
@@ -235,18 +382,25 @@ pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(Coun
     let mut sessions = runtime::sessions_for(model, &opts.engine, false, streams)?;
     let mut acc = Counts::new(&opts.task);
     acc.preprocessing = samples.preprocessing();
+    acc.class_names = samples.classes().map(<[String]>::to_vec);
     let span = samples.len().map(|_| range.samples.len() as u64);
     let bar = progress::samples_bar(span, "evaluating", opts.quiet);
     let batches = samples.batches(range.samples.clone(), batch_size)?;
+    let name_of = |i: usize| samples.target_name(i).or_else(|| samples.sample_name(i)).unwrap_or_else(|| i.to_string());
     let at = crate::tasks::Context {
         model: &model.path,
         output: &output,
         inputs: &opts.inputs,
         targets: &labels_path,
         classes: samples.classes(),
+        names: Some(&name_of),
     };
     let ran = runtime::run_batches(&mut sessions, &specs, batches, &[&output], &bar, |batch, out| {
-        acc.state.update(&out[0], batch.targets.as_ref(), &batch.indices, &at)
+        acc.state.update(&out[0], batch.targets.as_ref(), &batch.indices, &at)?;
+        if let Some(saved) = saved.as_deref_mut() {
+            saved.add(&samples, &batch, &out[0]);
+        }
+        Ok(())
     })?;
     bar.finish_and_clear();
     acc.skipped = samples.skipped();

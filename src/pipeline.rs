@@ -384,7 +384,7 @@ pub fn run(opts: &RunOptions) -> Result<(Report, Vec<PathBuf>)> {
         eval_samples: swa_recalibrated.samples(),
         stats: opts.pass.stats.to_string(),
         batch_size: opts.pass.batch_size.get(),
-        task,
+        task: task.clone(),
         device: opts.pass.engine.device.to_string(),
         gain: crate::tasks::Gain::of(&task, swa_recalibrated.value() - best.figures.value()),
         averaged: selected

@@ -593,6 +593,7 @@ mod tests {
         // with the NaN last, and the later checkpoint first among equals.
         let s = |loss: f64| {
             Score::Classification(crate::tasks::classification::Score {
+                score: None,
                 correct: 3,
                 samples: 10,
                 top1: 0.3,

@@ -208,6 +208,24 @@ pub fn partial_eval(data: &[u8]) {
                 assert!(m.loss.is_nan() || m.loss >= 0.0, "{m:?}");
                 assert!(m.nonfinite <= m.samples);
             }
+            Metrics::Segmentation(m) => {
+                assert!(m.nonfinite <= m.samples);
+                assert!(m.figures.miou.is_nan() || (0.0..=1.0).contains(&m.figures.miou), "{m:?}");
+                assert!(m.figures.pixel_accuracy.is_nan() || (0.0..=1.0).contains(&m.figures.pixel_accuracy));
+            }
+            Metrics::Multilabel(m) => {
+                let f = &m.figures;
+                for v in [f.ap_macro, f.ap_micro, f.f1_macro, f.f1_micro, f.exact_match] {
+                    assert!(v.is_nan() || (0.0..=1.0).contains(&v), "{m:?}");
+                }
+            }
+            Metrics::Regression(m) => {
+                assert!(m.nonfinite <= m.samples);
+                let f = &m.figures;
+                assert!(f.mse.is_nan() || f.mse >= 0.0, "{m:?}");
+            }
+            // Never reached: a metric command is not run from a file.
+            Metrics::Command(_) => panic!("a merge ran a metric command a file named"),
         }
     };
     check(eval::merge(std::slice::from_ref(&file.0), std::slice::from_ref(&p)));

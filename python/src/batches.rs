@@ -536,16 +536,40 @@ impl Place<'_> {
             crate::arrays::read(value, "the labels").map_err(|e| self.failed(e, value.py(), "reading the labels"))?;
         if a.shape.first() != Some(&rows) {
             return Err((
-                self.fail(format!("has {rows} samples but labels of shape {:?}: one label per sample", a.shape)),
+                self.fail(format!(
+                    "has {rows} samples but labels of shape {:?}: one label per sample (a row of targets: a mask, multi-hot labels or values)",
+                    a.shape
+                )),
                 None,
             ));
         }
-        match a.to_i64() {
-            Some(v) if a.shape.len() == 1 => Ok(Tensor::i64(a.shape, v)),
-            Some(_) => {
-                Err((self.fail(format!("has labels of shape {:?}: give one class index per sample", a.shape)), None))
-            }
-            None => Err((self.fail(format!("has {} labels: give integer class indices", a.dtype.name())), None)),
+        // Typed as they come; the task checks they are its targets (class indices, float values,
+        // multi-hot rows, masks).
+        if let Some(v) = a.to_i64() {
+            return Ok(Tensor::i64(a.shape, v));
+        }
+        let floats = match a.dtype {
+            crate::arrays::DType::F32 => a.to_f32(),
+            crate::arrays::DType::F64 => Some(
+                a.bytes().chunks_exact(8).map(|c| f64::from_ne_bytes(c.try_into().expect("8 bytes")) as f32).collect(),
+            ),
+            crate::arrays::DType::F16 => Some(
+                a.bytes()
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_ne_bytes(c.try_into().expect("2 bytes")).to_f32())
+                    .collect(),
+            ),
+            crate::arrays::DType::BF16 => Some(
+                a.bytes()
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_ne_bytes(c.try_into().expect("2 bytes")).to_f32())
+                    .collect(),
+            ),
+            _ => None,
+        };
+        match floats {
+            Some(v) => Ok(Tensor::f32(a.shape, v)),
+            None => Err((self.fail(format!("has {} labels: give integers or floats", a.dtype.name())), None)),
         }
     }
 }

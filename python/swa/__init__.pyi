@@ -49,14 +49,38 @@ class RecalibrateResult(Result):
     samples_per_second_after_first: float | None
 
 class EvaluateResult(Result):
+    """The figures of the `task` (classification has no `task` key)."""
     samples: int
+    nonfinite: int
+    # classification
     correct: int
     top1: float
     topk: float
     k: int
     loss: float
-    nonfinite: int
     per_class: list[Any]
+    # every other task: its name and the figure that scores it
+    task: str
+    score: str | float
+    # regression
+    mse: float
+    rmse: float
+    mae: float
+    r2: float
+    per_output: list[Any]
+    # multilabel
+    ap_macro: float
+    ap_micro: float
+    f1_macro: float
+    f1_micro: float
+    exact_match: float
+    per_label: list[Any]
+    # segmentation
+    miou: float
+    pixel_accuracy: float
+    confusion: list[list[int]]
+    # a metric command: every number it printed
+    figures: dict[str, float]
 
 class RunResult(Result):
     tool: str
@@ -73,6 +97,10 @@ class RunResult(Result):
     swa_recalibrated: Any
     best: Any
     gain_top1: float
+    """The gain in top-1 (classification scored by top-1); `gain` for every other score."""
+    gain: float
+    task: str
+    score: str
     timings: Any
 
 class SoupResult(Result):
@@ -266,14 +294,23 @@ def evaluate(
     skip_bad_images: bool = False,
     max_image_pixels: int | None = None,
     batch_size: int | None = None,
+    task: Literal['classification', 'multilabel', 'regression', 'segmentation'] | None = None,
+    score: str | None = None,
     top_k: int | None = None,
+    threshold: Path | None = None,
+    ignore_index: int | None = None,
+    masks: Path | None = None,
+    mask_map: Path | None = None,
+    metric_command: Path | None = None,
     device: str | None = None,
     threads: int | None = None,
     tf32: bool = False,
     streams: int | None = None,
     min_accuracy: float | None = None,
+    gate: Sequence[Path] | Path | None = None,
     shard: str | None = None,
     partial_out: Path | None = None,
+    save_outputs: Path | None = None,
     quiet: bool = False,
 ) -> EvaluateResult:
     """`swa evaluate`, with its flags as keywords.
@@ -290,8 +327,9 @@ def evaluate(
         inputs (--inputs): Held-out inputs: .npy, .npz, a folder of class folders of images
             (ImageFolder), or Parquet
         batches (--inputs): Instead of inputs: batches from Python (a DataLoader, a generator...).
-        labels (--labels): Integer class labels [N] (not needed when the inputs carry them: class
-            folders, a Parquet label column)
+        labels (--labels): The targets, typed by --task: class indices [N] (not needed when the inputs
+            carry them: class folders, a Parquet label column), float values [N] or [N, D] (regression), 0/1
+            rows [N, C] (multilabel), or masks [N, H, W] (segmentation; or --masks)
         resize (--resize): Resize the shorter side to N pixels, or to exactly H,W (bilinear,
             antialiased: transforms.Resize)
         center_crop (--center-crop): Crop the centre N×N (or H×W) pixels (transforms.CenterCrop)
@@ -309,7 +347,25 @@ def evaluate(
             larger ones are bad images (the default is where PIL refuses a decompression bomb: twice
             Image.MAX_IMAGE_PIXELS)
         batch_size (--batch-size): Samples per batch
-        top_k (--top-k): k of the top-k accuracy
+        task (--task): What the model's outputs are: class logits [N, C] against class indices
+            (classification), scores [N, C] against multi-hot rows (multilabel), values [N, D] against float
+            targets (regression), or logits [N, C, H, W] against masks (segmentation). Never guessed
+        score (--score): The figure that scores a model (ranks checkpoints and soups, reports the gain),
+            instead of the task's own (top1; multilabel ap_macro; regression r2; segmentation miou): e.g.
+            rmse, f1_macro, pixel_accuracy, loss
+        top_k (--top-k): k of the top-k accuracy (classification; default 5)
+        threshold (--threshold): The probability above which a label is predicted, for F1 and exact
+            match (multilabel; default 0.5)
+        ignore_index (--ignore-index): The mask value of pixels left out (segmentation; default 255)
+        masks (--masks): A folder of segmentation masks (palette or grey PNGs of class indices) named as
+            the images are (`x.jpg` → `x.png`, in the same subfolders). Not needed for VOC (`JPEGImages/` +
+            `SegmentationClass/`), Cityscapes (`leftImg8bit/` + `gtFine/`) and ADE20K (`images/` +
+            `annotations/`) folders
+        mask_map (--mask-map): Remap mask values before scoring: FROM:TO pairs (`0:255,255:0`). ADE20K's
+            masks are remapped as its models expect unless this is given (0 = unlabelled → 255, k → k-1)
+        metric_command (--metric-command): Score with your own program: `CMD {outputs} {labels}` runs on
+            .npy files of the model's outputs and the targets (in sample order) and prints one JSON object
+            of figures with a `score`, higher is better (e.g. `python coco_map.py {outputs} {labels}`)
         device (--device): cpu, cuda or cuda:N. CUDA that cannot be used is an error, never a silent
             fallback
         threads (--threads): ONNX Runtime intra-op threads (default: all cores)
@@ -319,11 +375,19 @@ def evaluate(
             session and CUDA stream, so one batch's copies and launches overlap another's kernels (default
             2; 1 halves the GPU memory for activations; at most 16)
         min_accuracy (--min-accuracy): Exit with code 1 when top-1 accuracy is below this (a fraction,
-            0..=1), or when any sample's logits are not finite (`swa run`: the recalibrated SWA model's)
+            0..=1), or when any sample's logits are not finite (`swa run`: the recalibrated SWA model's).
+            The same as --gate 'top1>=A'
+        gate (--gate): Exit with code 1 unless a figure is within a bound: `miou>=0.72`, `rmse<=0.1`,
+            `top1>=0.9`, `ap_macro>=0.8`, or any number a --metric-command prints (repeatable; all must
+            pass). A NaN figure, or any sample's non-finite outputs, fails it (`swa run`: the recalibrated
+            SWA model's)
         shard (--shard): Evaluate only part I of N of the batches (contiguous ranges of whole batches,
             counting from 0), for `swa merge-eval`; needs --partial-out
         partial_out (--partial-out): Write this part's counts and loss sum (JSON) instead of metrics,
             for `swa merge-eval` (which applies --min-accuracy)
+        save_outputs (--save-outputs): Also write every sample's outputs with its id (file name or row
+            number), prediction and target, in sample order, as an .npz (`ids`, `outputs`, `predictions`,
+            `targets`): to find the samples a change flipped, or to score them with your own code
         quiet (--quiet): Hide progress bars (they are hidden anyway when stderr is not a terminal)
     """
 
@@ -362,13 +426,21 @@ def run(
     shuffle: bool = False,
     seed: int | None = None,
     eval_batch_size: int | None = None,
+    task: Literal['classification', 'multilabel', 'regression', 'segmentation'] | None = None,
+    score: str | None = None,
     top_k: int | None = None,
+    threshold: Path | None = None,
+    ignore_index: int | None = None,
+    masks: Path | None = None,
+    mask_map: Path | None = None,
+    metric_command: Path | None = None,
     device: str | None = None,
     threads: int | None = None,
     tf32: bool = False,
     streams: int | None = None,
     allow_nonfinite: bool = False,
     min_accuracy: float | None = None,
+    gate: Sequence[Path] | Path | None = None,
     out: Path | None = None,
     force: bool = False,
     quiet: bool = False,
@@ -431,7 +503,25 @@ def run(
             --stats torch, update_bn's mean over batches, depends on which samples share a batch
         seed (--seed): The seed of --max-samples' draw and of --shuffle's order
         eval_batch_size (--eval-batch-size): Samples per evaluation batch
-        top_k (--top-k): k of the top-k accuracy
+        task (--task): What the model's outputs are: class logits [N, C] against class indices
+            (classification), scores [N, C] against multi-hot rows (multilabel), values [N, D] against float
+            targets (regression), or logits [N, C, H, W] against masks (segmentation). Never guessed
+        score (--score): The figure that scores a model (ranks checkpoints and soups, reports the gain),
+            instead of the task's own (top1; multilabel ap_macro; regression r2; segmentation miou): e.g.
+            rmse, f1_macro, pixel_accuracy, loss
+        top_k (--top-k): k of the top-k accuracy (classification; default 5)
+        threshold (--threshold): The probability above which a label is predicted, for F1 and exact
+            match (multilabel; default 0.5)
+        ignore_index (--ignore-index): The mask value of pixels left out (segmentation; default 255)
+        masks (--masks): A folder of segmentation masks (palette or grey PNGs of class indices) named as
+            the images are (`x.jpg` → `x.png`, in the same subfolders). Not needed for VOC (`JPEGImages/` +
+            `SegmentationClass/`), Cityscapes (`leftImg8bit/` + `gtFine/`) and ADE20K (`images/` +
+            `annotations/`) folders
+        mask_map (--mask-map): Remap mask values before scoring: FROM:TO pairs (`0:255,255:0`). ADE20K's
+            masks are remapped as its models expect unless this is given (0 = unlabelled → 255, k → k-1)
+        metric_command (--metric-command): Score with your own program: `CMD {outputs} {labels}` runs on
+            .npy files of the model's outputs and the targets (in sample order) and prints one JSON object
+            of figures with a `score`, higher is better (e.g. `python coco_map.py {outputs} {labels}`)
         device (--device): cpu, cuda or cuda:N. CUDA that cannot be used is an error, never a silent
             fallback
         threads (--threads): ONNX Runtime intra-op threads (default: all cores)
@@ -444,7 +534,12 @@ def run(
             (recalibration still refuses non-finite weights; BatchNorm statistics are replaced, so non-
             finite ones are fine)
         min_accuracy (--min-accuracy): Exit with code 1 when top-1 accuracy is below this (a fraction,
-            0..=1), or when any sample's logits are not finite (`swa run`: the recalibrated SWA model's)
+            0..=1), or when any sample's logits are not finite (`swa run`: the recalibrated SWA model's).
+            The same as --gate 'top1>=A'
+        gate (--gate): Exit with code 1 unless a figure is within a bound: `miou>=0.72`, `rmse<=0.1`,
+            `top1>=0.9`, `ap_macro>=0.8`, or any number a --metric-command prints (repeatable; all must
+            pass). A NaN figure, or any sample's non-finite outputs, fails it (`swa run`: the recalibrated
+            SWA model's)
         out (--out): Output directory (created; must be empty unless --force)
         force (--force): Replace an output directory that an earlier `swa run` wrote (it holds `.swa-
             run`); no other directory is ever replaced
@@ -487,7 +582,14 @@ def soup(
     shuffle: bool = False,
     seed: int | None = None,
     eval_batch_size: int | None = None,
+    task: Literal['classification', 'multilabel', 'regression', 'segmentation'] | None = None,
+    score: str | None = None,
     top_k: int | None = None,
+    threshold: Path | None = None,
+    ignore_index: int | None = None,
+    masks: Path | None = None,
+    mask_map: Path | None = None,
+    metric_command: Path | None = None,
     device: str | None = None,
     threads: int | None = None,
     tf32: bool = False,
@@ -557,7 +659,25 @@ def soup(
             --stats torch, update_bn's mean over batches, depends on which samples share a batch
         seed (--seed): The seed of --max-samples' draw and of --shuffle's order
         eval_batch_size (--eval-batch-size): Samples per evaluation batch
-        top_k (--top-k): k of the top-k accuracy
+        task (--task): What the model's outputs are: class logits [N, C] against class indices
+            (classification), scores [N, C] against multi-hot rows (multilabel), values [N, D] against float
+            targets (regression), or logits [N, C, H, W] against masks (segmentation). Never guessed
+        score (--score): The figure that scores a model (ranks checkpoints and soups, reports the gain),
+            instead of the task's own (top1; multilabel ap_macro; regression r2; segmentation miou): e.g.
+            rmse, f1_macro, pixel_accuracy, loss
+        top_k (--top-k): k of the top-k accuracy (classification; default 5)
+        threshold (--threshold): The probability above which a label is predicted, for F1 and exact
+            match (multilabel; default 0.5)
+        ignore_index (--ignore-index): The mask value of pixels left out (segmentation; default 255)
+        masks (--masks): A folder of segmentation masks (palette or grey PNGs of class indices) named as
+            the images are (`x.jpg` → `x.png`, in the same subfolders). Not needed for VOC (`JPEGImages/` +
+            `SegmentationClass/`), Cityscapes (`leftImg8bit/` + `gtFine/`) and ADE20K (`images/` +
+            `annotations/`) folders
+        mask_map (--mask-map): Remap mask values before scoring: FROM:TO pairs (`0:255,255:0`). ADE20K's
+            masks are remapped as its models expect unless this is given (0 = unlabelled → 255, k → k-1)
+        metric_command (--metric-command): Score with your own program: `CMD {outputs} {labels}` runs on
+            .npy files of the model's outputs and the targets (in sample order) and prints one JSON object
+            of figures with a `score`, higher is better (e.g. `python coco_map.py {outputs} {labels}`)
         device (--device): cpu, cuda or cuda:N. CUDA that cannot be used is an error, never a silent
             fallback
         threads (--threads): ONNX Runtime intra-op threads (default: all cores)
@@ -624,6 +744,8 @@ def merge_eval(
     partials: Sequence[Path] | Path,
     *,
     min_accuracy: float | None = None,
+    gate: Sequence[Path] | Path | None = None,
+    metric_command: Path | None = None,
     quiet: bool = False,
 ) -> EvaluateResult:
     """`swa merge-eval`, with its flags as keywords.
@@ -632,7 +754,15 @@ def merge_eval(
         partials (PARTIALS): Partial evaluations (`swa evaluate --shard I/N --partial-out`), every part
             once, any order
         min_accuracy (--min-accuracy): Exit with code 1 when top-1 accuracy is below this (a fraction,
-            0..=1), or when any sample's logits are not finite (`swa run`: the recalibrated SWA model's)
+            0..=1), or when any sample's logits are not finite (`swa run`: the recalibrated SWA model's).
+            The same as --gate 'top1>=A'
+        gate (--gate): Exit with code 1 unless a figure is within a bound: `miou>=0.72`, `rmse<=0.1`,
+            `top1>=0.9`, `ap_macro>=0.8`, or any number a --metric-command prints (repeatable; all must
+            pass). A NaN figure, or any sample's non-finite outputs, fails it (`swa run`: the recalibrated
+            SWA model's)
+        metric_command (--metric-command): The metric command the parts were scored by (`swa evaluate
+            --metric-command`): it runs on the merged outputs. A command is never run because a partial file
+            names it
         quiet (--quiet): Hide progress bars (they are hidden anyway when stderr is not a terminal)
     """
 

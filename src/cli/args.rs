@@ -13,7 +13,7 @@ use swa::inputs::{DataOptions, Selection};
 use swa::part::Part;
 use swa::recalibrate::{PassOptions, StatsMode};
 use swa::runtime::{Device, Engine};
-use swa::tasks::{Classification, Task};
+use swa::tasks::{Gate, Task};
 use swa::{Error, Result};
 
 // -------------------------------------------------------------------------------------------------
@@ -397,15 +397,76 @@ impl PassArgs {
 /// top-k accuracy). A new task's settings are flags of this group.
 #[derive(Debug, Args, Clone)]
 pub struct TaskArgs {
-    /// k of the top-k accuracy.
-    #[arg(long, default_value = "5", value_parser = at_least_one)]
-    pub top_k: NonZeroUsize,
+    /// What the model's outputs are: class logits [N, C] against class indices (classification),
+    /// scores [N, C] against multi-hot rows (multilabel), values [N, D] against float targets
+    /// (regression), or logits [N, C, H, W] against masks (segmentation). Never guessed.
+    #[arg(long, value_name = "TASK", default_value = "classification",
+          value_parser = clap::builder::PossibleValuesParser::new(swa::tasks::TASK_NAMES))]
+    pub task: String,
+    /// The figure that scores a model (ranks checkpoints and soups, reports the gain), instead of
+    /// the task's own (top1; multilabel ap_macro; regression r2; segmentation miou): e.g. rmse,
+    /// f1_macro, pixel_accuracy, loss.
+    #[arg(long, value_name = "NAME")]
+    pub score: Option<String>,
+    /// k of the top-k accuracy (classification; default 5).
+    #[arg(long, value_name = "K", value_parser = at_least_one)]
+    pub top_k: Option<NonZeroUsize>,
+    /// The probability above which a label is predicted, for F1 and exact match (multilabel;
+    /// default 0.5).
+    #[arg(long, value_name = "P", value_parser = fraction)]
+    pub threshold: Option<f64>,
+    /// The mask value of pixels left out (segmentation; default 255).
+    #[arg(long, value_name = "N")]
+    pub ignore_index: Option<i64>,
+    /// A folder of segmentation masks (palette or grey PNGs of class indices) named as the
+    /// images are (`x.jpg` → `x.png`, in the same subfolders). Not needed for VOC
+    /// (`JPEGImages/` + `SegmentationClass/`), Cityscapes (`leftImg8bit/` + `gtFine/`) and
+    /// ADE20K (`images/` + `annotations/`) folders.
+    #[arg(long, value_name = "DIR")]
+    pub masks: Option<PathBuf>,
+    /// Remap mask values before scoring: FROM:TO pairs (`0:255,255:0`). ADE20K's masks are
+    /// remapped as its models expect unless this is given (0 = unlabelled → 255, k → k-1).
+    #[arg(long, value_name = "FROM:TO,...")]
+    pub mask_map: Option<swa::inputs::samples::masks::MaskMap>,
+    /// Score with your own program: `CMD {outputs} {labels}` runs on .npy files of the model's
+    /// outputs and the targets (in sample order) and prints one JSON object of figures with a
+    /// `score`, higher is better (e.g. `python coco_map.py {outputs} {labels}`).
+    #[arg(long, value_name = "CMD", conflicts_with_all = ["score", "top_k", "threshold", "ignore_index"])]
+    pub metric_command: Option<String>,
 }
 
 impl TaskArgs {
-    /// The library's task.
-    pub fn task(&self) -> Task {
-        Task::Classification(Classification { k: self.top_k.get() })
+    /// The library's task; fails on a setting of another task or a figure the task lacks.
+    pub fn task(&self) -> Result<Task> {
+        if let Some(command) = &self.metric_command {
+            if self.task != "classification" {
+                return Err(Error::usage(
+                    "--metric-command scores the outputs itself: leave out --task (its targets are passed on as they are)",
+                ));
+            }
+            return swa::tasks::Command::new(command).map(Task::Command).map_err(Error::usage);
+        }
+        if self.top_k.is_some() && self.task != "classification" {
+            return Err(Error::usage(format!("--top-k is a setting of --task classification, not {}", self.task)));
+        }
+        let settings = swa::tasks::Settings {
+            k: self.top_k.map(NonZeroUsize::get),
+            score: self.score.clone(),
+            threshold: self.threshold,
+            ignore_index: self.ignore_index,
+        };
+        let flagged = |m: String| {
+            if let Some(rest) = m.strip_prefix("a threshold ") {
+                format!("--threshold {rest} (a setting of --task multilabel)")
+            } else if let Some(rest) = m.strip_prefix("an ignore index ") {
+                format!("--ignore-index {rest} (a setting of --task segmentation)")
+            } else if self.score.is_some() {
+                format!("--score: {m}")
+            } else {
+                m
+            }
+        };
+        Task::named(&self.task, &settings).map_err(|m| Error::usage(flagged(m)))
     }
 }
 
@@ -420,22 +481,64 @@ pub struct EvalBatchArgs {
     pub task: TaskArgs,
 }
 
-/// The accuracy gate.
-#[derive(Debug, Args, Clone, Copy)]
+/// The gate.
+#[derive(Debug, Args, Clone)]
 pub struct GateArgs {
     /// Exit with code 1 when top-1 accuracy is below this (a fraction, 0..=1), or when any
-    /// sample's logits are not finite (`swa run`: the recalibrated SWA model's).
+    /// sample's logits are not finite (`swa run`: the recalibrated SWA model's). The same as
+    /// --gate 'top1>=A'.
     #[arg(long, value_name = "A", value_parser = fraction)]
     pub min_accuracy: Option<f64>,
+    /// Exit with code 1 unless a figure is within a bound: `miou>=0.72`, `rmse<=0.1`,
+    /// `top1>=0.9`, `ap_macro>=0.8`, or any number a --metric-command prints (repeatable; all
+    /// must pass). A NaN figure, or any sample's non-finite outputs, fails it (`swa run`: the
+    /// recalibrated SWA model's).
+    #[arg(long, value_name = "FIGURE>=X|FIGURE<=X", value_parser = gate)]
+    pub gate: Vec<Gate>,
+}
+
+/// `--gate`.
+fn gate(s: &str) -> std::result::Result<Gate, String> {
+    s.parse()
+}
+
+impl GateArgs {
+    /// Every gate (`--min-accuracy A` as `top1>=A`), each checked to name a figure of `task`.
+    pub fn gates(&self, task: &Task) -> Result<Vec<Gate>> {
+        let mut gates: Vec<Gate> =
+            self.min_accuracy.map(|a| Gate { figure: "top1".into(), at_least: true, bound: a }).into_iter().collect();
+        if self.min_accuracy.is_some() && !matches!(task, Task::Classification(_)) {
+            return Err(Error::usage(format!(
+                "--min-accuracy gates a classifier's top-1; for --task {} use --gate (such as --gate '{}>=0.7')",
+                task.name(),
+                task.score_figure().name
+            )));
+        }
+        gates.extend(self.gate.iter().cloned());
+        for g in &gates {
+            g.check(task).map_err(|m| Error::usage(format!("--gate {g}: {m}")))?;
+        }
+        Ok(gates)
+    }
 }
 
 // -------------------------------------------------------------------------------------------------
 // Rules that span flags
 // -------------------------------------------------------------------------------------------------
 
-/// Fails when `inputs` carry no labels of their own (arrays) and the labels flag `flag` is missing.
-pub fn needs_labels(inputs: &Path, labels: Option<&Path>, flag: &str) -> Result<()> {
+/// Fails when `inputs` carry no targets of their own (arrays) and the labels flag `flag` is
+/// missing (segmentation's masks may also come from --masks).
+pub fn needs_labels(inputs: &Path, labels: Option<&Path>, flag: &str, task: &TaskArgs) -> Result<()> {
     if labels.is_none() && !swa::inputs::carries_labels(inputs) {
+        if task.task == "segmentation" {
+            if task.masks.is_none() {
+                return Err(Error::usage(format!(
+                    "{flag} (masks [N, H, W] as .npy) is needed: {} holds arrays, which carry no masks",
+                    inputs.display()
+                )));
+            }
+            return Ok(());
+        }
         return Err(Error::usage(format!(
             "{flag} is needed: {} holds arrays, which carry no labels (image folders and Parquet carry their own)",
             inputs.display()
@@ -459,7 +562,10 @@ pub fn eval_options(
         labels: labels.map(Path::to_path_buf),
         data: data.options(),
         batch_size,
-        task: task.task(),
+        task: task.task()?,
+        masks: task.masks.clone(),
+        mask_map: task.mask_map.clone(),
+        save_outputs: None,
         engine: engine.engine()?,
         quiet,
     })

@@ -25,7 +25,9 @@ pub struct EvaluateArgs {
     /// Held-out inputs: .npy, .npz, a folder of class folders of images (ImageFolder), or Parquet.
     #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
     pub inputs: PathBuf,
-    /// Integer class labels [N] (not needed when the inputs carry them: class folders, a Parquet label column).
+    /// The targets, typed by --task: class indices [N] (not needed when the inputs carry them:
+    /// class folders, a Parquet label column), float values [N] or [N, D] (regression), 0/1 rows
+    /// [N, C] (multilabel), or masks [N, H, W] (segmentation; or --masks).
     #[arg(long, value_name = "Y.npy")]
     pub labels: Option<PathBuf>,
     /// How images are read.
@@ -49,8 +51,13 @@ pub struct EvaluateArgs {
     pub shard: Option<Part>,
     /// Write this part's counts and loss sum (JSON) instead of metrics, for `swa merge-eval`
     /// (which applies --min-accuracy).
-    #[arg(long, value_name = "E.json", conflicts_with = "min_accuracy")]
+    #[arg(long, value_name = "E.json", conflicts_with_all = ["min_accuracy", "gate", "save_outputs"])]
     pub partial_out: Option<PathBuf>,
+    /// Also write every sample's outputs with its id (file name or row number), prediction and
+    /// target, in sample order, as an .npz (`ids`, `outputs`, `predictions`, `targets`): to find
+    /// the samples a change flipped, or to score them with your own code.
+    #[arg(long, value_name = "OUT.npz")]
+    pub save_outputs: Option<PathBuf>,
     /// Output format.
     #[command(flatten)]
     pub out: JsonArgs,
@@ -59,7 +66,7 @@ pub struct EvaluateArgs {
 /// What a `swa evaluate` command line asks for.
 enum Job {
     /// Metrics over every sample.
-    Whole(EvaluateOptions),
+    Whole(EvaluateOptions, Vec<swa::tasks::Gate>),
     /// A part's counts, for a merge.
     Part(PartialEvalOptions),
 }
@@ -70,8 +77,8 @@ impl EvaluateArgs {
         if self.shard.is_some() && self.partial_out.is_none() {
             return Err(Error::usage(SHARD_NEEDS_PARTIAL_OUT));
         }
-        needs_labels(&self.inputs, self.labels.as_deref(), "--labels")?;
-        let eval = eval_options(
+        needs_labels(&self.inputs, self.labels.as_deref(), "--labels", &self.task)?;
+        let mut eval = eval_options(
             &self.inputs,
             self.labels.as_deref(),
             &self.data,
@@ -80,6 +87,14 @@ impl EvaluateArgs {
             &self.engine,
             self.out.quiet(quiet),
         )?;
+        let gates = self.gate.gates(&eval.task)?;
+        if let Some(out) = &self.save_outputs {
+            let mut inputs = vec![self.inputs.as_path(), self.m.model.as_path()];
+            inputs.extend(self.labels.as_deref());
+            inputs.extend(self.m.weights.as_deref());
+            swa::fs::refuse_overwrite(out, &inputs)?;
+            eval.save_outputs = Some(out.clone());
+        }
         let whole = EvaluateOptions {
             model: self.m.model.clone(),
             weights: self.m.weights.clone(),
@@ -88,7 +103,7 @@ impl EvaluateArgs {
             eval,
         };
         Ok(match &self.partial_out {
-            None => Job::Whole(whole),
+            None => Job::Whole(whole, gates),
             Some(out) => Job::Part(PartialEvalOptions {
                 evaluation: whole,
                 part: self.shard.unwrap_or(Part::WHOLE),
@@ -100,9 +115,13 @@ impl EvaluateArgs {
     /// Runs `swa evaluate`.
     pub fn run(&self, quiet: bool) -> Result<Outcome> {
         match self.resolve(quiet)? {
-            Job::Whole(opts) => {
+            Job::Whole(opts, gates) => {
                 let m = swa::evaluate::run(&opts)?;
-                Ok(output::metrics(&self.m.model, &m, self.gate.min_accuracy, self.out.json))
+                let mut outcome = output::metrics(&self.m.model, &m, &gates, self.gate.min_accuracy, self.out.json);
+                if let (Some(out), false) = (&self.save_outputs, self.out.json) {
+                    let _ = writeln!(outcome.stdout, "\nwrote {}", out.display());
+                }
+                Ok(outcome)
             }
             Job::Part(opts) => {
                 let (p, created) = swa::parts::eval::write_part(&opts)?;

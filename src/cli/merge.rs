@@ -59,6 +59,10 @@ pub struct MergeEvalArgs {
     /// The gate.
     #[command(flatten)]
     pub gate: GateArgs,
+    /// The metric command the parts were scored by (`swa evaluate --metric-command`): it runs on
+    /// the merged outputs. A command is never run because a partial file names it.
+    #[arg(long, value_name = "CMD")]
+    pub metric_command: Option<String>,
     /// Output format.
     #[command(flatten)]
     pub out: JsonArgs,
@@ -68,7 +72,8 @@ impl MergeEvalArgs {
     /// Runs `swa merge-eval`.
     pub fn run(&self) -> Result<Outcome> {
         let eval: Vec<_> = self.partials.iter().map(|p| swa::parts::eval::read(p)).collect::<Result<_>>()?;
-        let (identity, m) = swa::parts::eval::merge(&self.partials, &eval)?;
-        Ok(output::metrics(&identity.model, &m, self.gate.min_accuracy, self.out.json))
+        let (identity, m) = swa::parts::eval::merge_scored_by(&self.partials, &eval, self.metric_command.as_deref())?;
+        let gates = self.gate.gates(&m.metrics.task())?;
+        Ok(output::metrics(&identity.model, &m, &gates, self.gate.min_accuracy, self.out.json))
     }
 }

@@ -27,23 +27,33 @@ pub fn step_summary(markdown: &str) {
 }
 
 /// Says on stderr that `model` gave non-finite logits for `n` of `samples` samples.
-pub fn warn_nonfinite(model: &str, n: usize, samples: usize) {
-    swa::error::warn(format!(
-        "{model} gave non-finite logits (NaN or Inf) for {n} of {samples} samples; they count as wrong predictions \
-         and are left out of the loss"
-    ));
+pub fn warn_nonfinite(model: &str, n: usize, samples: usize, task: &swa::evaluate::Task) {
+    let rule = match task {
+        swa::evaluate::Task::Classification(_) => {
+            "they count as wrong predictions and are left out of the loss".to_string()
+        }
+        other => format!("{} (any gate fails)", render::nonfinite_rule(other)),
+    };
+    let what = if matches!(task, swa::evaluate::Task::Classification(_)) { "logits" } else { "outputs" };
+    swa::error::warn(format!("{model} gave non-finite {what} (NaN or Inf) for {n} of {samples} samples; {rule}"));
 }
 
 /// What `swa evaluate` and `swa merge-eval` print for `model`'s evaluation, and their exit code.
-pub fn metrics(model: &Path, e: &Evaluation, min_accuracy: Option<f64>, as_json: bool) -> Outcome {
+pub fn metrics(
+    model: &Path,
+    e: &Evaluation,
+    gates: &[swa::tasks::Gate],
+    min_accuracy: Option<f64>,
+    as_json: bool,
+) -> Outcome {
     let score = e.score();
     if score.nonfinite() > 0 {
-        warn_nonfinite(&model.display().to_string(), score.nonfinite(), score.samples());
+        warn_nonfinite(&model.display().to_string(), score.nonfinite(), score.samples(), &e.metrics.task());
     }
-    let code = min_accuracy.is_some_and(|min| !render::passes(&score, min)) as u8;
-    let md = render::metrics(model, e, min_accuracy);
+    let code = !render::passes(&score, gates) as u8;
+    let md = render::metrics(model, e, gates);
     step_summary(&md);
-    let failure = (code == 1).then(|| render::gate_failure(None, &e.metrics.task(), &score, min_accuracy));
+    let failure = (code == 1).then(|| render::gate_failure(None, &score, gates, min_accuracy));
     if as_json {
         let mut v = serde_json::to_value(e).expect("metrics");
         for (key, value) in e.metrics.json_extras() {

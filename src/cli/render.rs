@@ -10,6 +10,7 @@ use swa::evaluate::{Evaluation, Score, Task};
 use swa::parts::stats::PartialStatsSummary;
 use swa::recalibrate::RecalibrateSummary;
 use swa::soup::SoupSummary;
+use swa::tasks::{Gate, Verdict};
 use swa::{Error, Hint, Setting};
 
 /// The flag that sets `setting`.
@@ -72,6 +73,7 @@ pub fn hint(hint: Hint) -> String {
         Hint::ImageColumn => ": name the image column with --image-column".into(),
         Hint::StripPrefix => "; `swa average ... --strip-prefix PREFIX` writes the names the model has".into(),
         Hint::LabelColumn => " (with --label-column NAME)".into(),
+        Hint::MetricCommand => " (pass --metric-command with that command to run it)".into(),
         Hint::MaxImagePixels => " (raise the limit with --max-image-pixels N to read it)".into(),
         Hint::BatchOfOne { own_batches: true, .. } => "; update_bn fails the same way: leave out a last batch of one \
              sample (a DataLoader's drop_last=True), or use --stats precise"
@@ -214,8 +216,8 @@ fn data_lines(o: &mut String, preprocessing: Option<&str>, skipped: &[String]) {
     }
 }
 
-/// One model's figures as a Markdown table, with the threshold's verdict.
-pub fn metrics(model: &Path, e: &Evaluation, min: Option<f64>) -> String {
+/// One model's figures as a Markdown table, with the gates' verdicts.
+pub fn metrics(model: &Path, e: &Evaluation, gates: &[Gate]) -> String {
     let (task, score) = (e.metrics.task(), e.score());
     let columns = task.columns();
     let mut o = String::new();
@@ -227,41 +229,114 @@ pub fn metrics(model: &Path, e: &Evaluation, min: Option<f64>) -> String {
     if score.nonfinite() > 0 {
         let _ = writeln!(
             o,
-            "\n**{} of {} samples gave non-finite logits (NaN or Inf)**: counted as wrong, left out of the loss.",
+            "\n**{} of {} samples gave non-finite outputs (NaN or Inf)**: {}.",
             score.nonfinite(),
-            score.samples()
+            score.samples(),
+            nonfinite_rule(&task)
         );
     }
+    details(&mut o, e);
     if e.preprocessing.is_some() || !e.skipped.is_empty() {
         o.push('\n');
         data_lines(&mut o, e.preprocessing.as_deref(), &e.skipped);
     }
-    if let Some(min) = min {
-        let verdict = if passes(&score, min) { "passed" } else { "FAILED" };
-        let finite = if score.nonfinite() > 0 { ", all logits finite" } else { "" };
-        let _ = writeln!(o, "\nthreshold: {} ≥ {}{finite} — {verdict}", task.score_name(), task.format_score(min));
+    if !gates.is_empty() {
+        o.push('\n');
+        for v in verdicts(&score, gates) {
+            let verdict = if v.passed { "passed" } else { "FAILED" };
+            let finite = if score.nonfinite() > 0 { ", all outputs finite" } else { "" };
+            let op = if v.gate.at_least { "≥" } else { "≤" };
+            let _ = writeln!(o, "gate: {} {op} {} ({:.4}){finite} — {verdict}", v.gate.figure, v.gate.bound, v.value);
+        }
     }
     o
 }
 
-/// The `--min-accuracy` verdict: the score at least `min`, and no sample with non-finite outputs.
-pub fn passes(s: &Score, min: f64) -> bool {
-    s.value() >= min && s.nonfinite() == 0
+/// What happens to samples with non-finite outputs, per task.
+pub fn nonfinite_rule(task: &Task) -> &'static str {
+    match task {
+        Task::Classification(_) => "counted as wrong, left out of the loss",
+        Task::Segmentation(_) => "their non-finite pixels are left out of the confusion matrix",
+        _ => "left out of the figures",
+    }
 }
 
-/// Why `model` (`None` for the one model of `swa evaluate`) failed `--min-accuracy`.
-pub fn gate_failure(model: Option<&str>, task: &Task, s: &Score, min: Option<f64>) -> String {
-    let min = min.unwrap_or_default();
-    let subject = model.map_or(String::new(), |m| format!("{m} "));
-    let (name, value, nonfinite) = (task.score_name(), s.value(), s.nonfinite());
-    if nonfinite > 0 {
-        format!(
-            "{subject}fails --min-accuracy {min} whatever its {name} ({value:.4}): {nonfinite} samples gave non-finite \
-             logits (NaN or Inf)"
-        )
-    } else {
-        format!("{subject}{name} {value:.4} is below --min-accuracy {min}")
+/// The per-class (or per-output, per-label) figures under the table, for the tasks that have them.
+fn details(o: &mut String, e: &Evaluation) {
+    use swa::tasks::Metrics;
+    let named = |class: usize, name: &Option<String>| match name {
+        Some(n) => format!("{class} ({n})"),
+        None => class.to_string(),
+    };
+    match &e.metrics {
+        Metrics::Segmentation(m) => {
+            let _ = writeln!(o, "\n| class | pixels | IoU |\n|---|---:|---:|");
+            for c in &m.per_class {
+                let _ = writeln!(o, "| {} | {} | {} |", named(c.class, &c.name), c.pixels, swa::tasks::pct(c.iou));
+            }
+            let _ = writeln!(o, "\n{} pixels counted, {} ignored", m.pixels, m.ignored);
+        }
+        Metrics::Multilabel(m) => {
+            let _ = writeln!(o, "\n| label | positives | AP | F1 |\n|---|---:|---:|---:|");
+            for l in &m.per_label {
+                let _ = writeln!(o, "| {} | {} | {:.4} | {:.4} |", l.label, l.positives, l.ap, l.f1);
+            }
+            if m.sigmoid {
+                let _ = writeln!(o, "\nthe outputs are logits: a sigmoid made them probabilities");
+            }
+        }
+        Metrics::Regression(m) if !m.per_output.is_empty() => {
+            let _ = writeln!(o, "\n| output | MSE | MAE | R² |\n|---|---:|---:|---:|");
+            for p in &m.per_output {
+                let _ = writeln!(o, "| {} | {:.4} | {:.4} | {:.4} |", p.output, p.mse, p.mae, p.r2);
+            }
+        }
+        Metrics::Command(m) => {
+            let _ = writeln!(o, "\n{}", m.describe());
+        }
+        _ => {}
     }
+}
+
+/// Each gate's verdict on `s`.
+pub fn verdicts(s: &Score, gates: &[Gate]) -> Vec<Verdict> {
+    gates.iter().map(|g| g.verdict(s)).collect()
+}
+
+/// Whether every gate passes.
+pub fn passes(s: &Score, gates: &[Gate]) -> bool {
+    verdicts(s, gates).iter().all(|v| v.passed)
+}
+
+/// Why `model` (`None` for the one model of `swa evaluate`) failed its gates; `min_accuracy` is
+/// the bound of `--min-accuracy`, which is said in its own words.
+pub fn gate_failure(model: Option<&str>, s: &Score, gates: &[Gate], min_accuracy: Option<f64>) -> String {
+    let subject = model.map_or(String::new(), |m| format!("{m} "));
+    let task = s.task();
+    let outputs = if matches!(task, Task::Classification(_)) { "logits" } else { "outputs" };
+    let failed: Vec<String> = verdicts(s, gates)
+        .into_iter()
+        .enumerate()
+        .filter(|(_, v)| !v.passed)
+        .map(|(i, v)| {
+            let (flag, name) = match min_accuracy {
+                Some(min) if i == 0 => (format!("--min-accuracy {min}"), "top-1".to_string()),
+                _ => (format!("--gate {}", v.gate), v.gate.figure.clone()),
+            };
+            if s.nonfinite() > 0 {
+                format!(
+                    "fails {flag} whatever its {name} ({:.4}): {} samples gave non-finite {outputs} (NaN or Inf)",
+                    v.value,
+                    s.nonfinite()
+                )
+            } else if v.value.is_nan() {
+                format!("fails {flag}: its {name} is NaN")
+            } else {
+                format!("{name} {:.4} is {} {flag}", v.value, if v.gate.at_least { "below" } else { "above" })
+            }
+        })
+        .collect();
+    format!("{subject}{}", failed.join("; "))
 }
 
 /// What `swa soup` did: every candidate tried, in order, and the soup against the best single one.

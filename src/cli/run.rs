@@ -76,9 +76,9 @@ impl RunArgs {
     /// The library options, every rule between flags checked.
     fn resolve(&self, quiet: bool) -> Result<RunOptions> {
         let quiet = self.format.quiet(quiet);
-        needs_labels(&self.eval_inputs, self.eval_labels.as_deref(), "--eval-labels")?;
+        needs_labels(&self.eval_inputs, self.eval_labels.as_deref(), "--eval-labels", &self.eval.task)?;
         if let Some(select) = &self.select_inputs {
-            needs_labels(select, self.select_labels.as_deref(), "--select-labels")?;
+            needs_labels(select, self.select_labels.as_deref(), "--select-labels", &self.eval.task)?;
         }
         let (batch, k) = (self.eval.eval_batch_size, &self.eval.task);
         Ok(RunOptions {
@@ -126,12 +126,14 @@ impl RunArgs {
                 swa::error::warn(w);
             }
         }
-        let (r, created) = swa::pipeline::run(&self.resolve(quiet)?)?;
+        let opts = self.resolve(quiet)?;
+        let gates = self.gate.gates(&opts.eval.task)?;
+        let (r, created) = swa::pipeline::run(&opts)?;
         for (model, n) in r.nonfinite() {
-            output::warn_nonfinite(&model, n, r.eval_samples);
+            output::warn_nonfinite(&model, n, r.eval_samples, &r.task);
         }
         let gated = &r.swa_recalibrated;
-        let code = self.gate.min_accuracy.is_some_and(|m| !render::passes(gated, m)) as u8;
+        let code = !render::passes(gated, &gates) as u8;
         let mut stdout = if self.format.json { r.json() + "\n" } else { swa::report::markdown(&r) };
         if !self.format.json {
             stdout.push('\n');
@@ -144,7 +146,7 @@ impl RunArgs {
         }
         output::step_summary(&swa::report::markdown(&r));
         let failure =
-            (code == 1).then(|| render::gate_failure(Some("recalibrated SWA"), &r.task, gated, self.gate.min_accuracy));
+            (code == 1).then(|| render::gate_failure(Some("recalibrated SWA"), gated, &gates, self.gate.min_accuracy));
         Ok(Outcome { stdout, code, failure })
     }
 }

@@ -81,9 +81,9 @@ impl SoupArgs {
                 ))
             }
         };
-        needs_labels(&self.select_inputs, self.select_labels.as_deref(), "--select-labels")?;
+        needs_labels(&self.select_inputs, self.select_labels.as_deref(), "--select-labels", &self.eval.task)?;
         if let Some(e) = &self.eval_inputs {
-            needs_labels(e, self.eval_labels.as_deref(), "--eval-labels")?;
+            needs_labels(e, self.eval_labels.as_deref(), "--eval-labels", &self.eval.task)?;
         }
         let statistics = match recalibrate {
             None => Statistics::Stored,

@@ -335,7 +335,7 @@ pub fn resized_size(resize: Resize, h: usize, w: usize) -> (usize, usize) {
 
 /// Where `transforms.CenterCrop` starts: `int(round((size - crop) / 2.0))`, Python's round (half
 /// to even). Only for `crop <= size`.
-fn crop_start(size: usize, crop: usize) -> usize {
+pub(crate) fn crop_start(size: usize, crop: usize) -> usize {
     let twice = size - crop;
     let half = twice / 2;
     // (size - crop) / 2 is either whole or ends in .5: round half to even.

@@ -30,7 +30,8 @@ impl NpyType {
             "<f4" => NpyType::F32,
             "<f2" => NpyType::F16,
             "<f8" => NpyType::F64,
-            "|u1" | "<u1" => NpyType::U8,
+            // numpy's bool is one byte of 0 or 1.
+            "|u1" | "<u1" | "|b1" => NpyType::U8,
             "<i8" => NpyType::I64,
             "<i4" => NpyType::I32,
             _ => return None,
@@ -342,4 +343,88 @@ pub fn open_labels(path: &Path) -> Result<Vec<i64>> {
         ));
     }
     Ok(values)
+}
+
+/// Values to write as an `.npy` array.
+#[derive(Debug, Clone, Copy)]
+pub enum Data<'a> {
+    /// `<f4`
+    F32(&'a [f32]),
+    /// `<i8`
+    I64(&'a [i64]),
+    /// `|u1`
+    U8(&'a [u8]),
+    /// `<U{width}`: strings of at most `width` characters, as numpy's fixed-width unicode.
+    Str(&'a [String]),
+}
+
+/// An `.npy` file (format 1.0, or 2.0 for a long header) of `shape` holding `data`.
+pub fn npy_bytes(shape: &[usize], data: Data) -> Vec<u8> {
+    let width = match data {
+        Data::Str(v) => v.iter().map(|s| s.chars().count()).max().unwrap_or(0).max(1),
+        _ => 0,
+    };
+    let descr = match data {
+        Data::F32(_) => "<f4".to_string(),
+        Data::I64(_) => "<i8".to_string(),
+        Data::U8(_) => "|u1".to_string(),
+        Data::Str(_) => format!("<U{width}"),
+    };
+    let dims = match shape {
+        [one] => format!("({one},)"),
+        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {dims}, }}");
+    let v2 = header.len() + 11 >= 65535;
+    let prefix = if v2 { 12 } else { 10 };
+    while (prefix + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = Vec::with_capacity(prefix + header.len());
+    out.extend_from_slice(b"\x93NUMPY");
+    if v2 {
+        out.extend_from_slice(&[2, 0]);
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    } else {
+        out.extend_from_slice(&[1, 0]);
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    }
+    out.extend_from_slice(header.as_bytes());
+    match data {
+        Data::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Data::I64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Data::U8(v) => out.extend_from_slice(v),
+        Data::Str(v) => {
+            for s in v {
+                let mut n = 0;
+                for c in s.chars() {
+                    out.extend_from_slice(&(c as u32).to_le_bytes());
+                    n += 1;
+                }
+                out.extend(std::iter::repeat_n(0u8, 4 * (width - n)));
+            }
+        }
+    }
+    out
+}
+
+/// Writes an `.npy` file (a plain write: for files swa makes for itself, not the user's outputs).
+pub fn write_npy(path: &Path, shape: &[usize], data: Data) -> Result<()> {
+    std::fs::write(path, npy_bytes(shape, data)).map_err(|e| Error::io(path, e))
+}
+
+/// An `.npz` file (an uncompressed zip of `.npy` members) of `arrays`, each named without `.npy`.
+pub fn npz_bytes(arrays: &[(&str, Vec<u8>)]) -> Result<Vec<u8>> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(arrays.iter().any(|(_, b)| b.len() as u64 >= u32::MAX as u64));
+    let fail = |e: String| Error::Usage(format!("could not build the .npz: {e}"));
+    for (name, bytes) in arrays {
+        w.start_file(format!("{name}.npy"), options).map_err(|e| fail(e.to_string()))?;
+        w.write_all(bytes).map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(w.finish().map_err(|e| fail(e.to_string()))?.into_inner())
 }

@@ -126,7 +126,42 @@ pub fn read(path: &Path) -> Result<PartialEval> {
 /// Checks that `partials` (read from `files`) are every part of one evaluation (same model and
 /// weights hashes and key, input and label file names, sample count, batch size and k; every part
 /// once, each with the samples its part gets) and adds their counts in part order.
+///
+/// Parts scored by a metric command are merged only when `command` is that command: a command is
+/// run when its caller gives it, never because a file names it.
 pub fn merge(files: &[PathBuf], partials: &[PartialEval]) -> Result<(Identity, Evaluation)> {
+    merge_scored_by(files, partials, None)
+}
+
+/// [`merge`], running `command` where the parts were scored by that metric command.
+pub fn merge_scored_by(
+    files: &[PathBuf],
+    partials: &[PartialEval],
+    command: Option<&str>,
+) -> Result<(Identity, Evaluation)> {
+    for (file, p) in files.iter().zip(partials) {
+        match (p.counts.state.task(), command) {
+            (crate::tasks::Task::Command(c), Some(given)) if c.command == given => {}
+            (crate::tasks::Task::Command(c), _) => {
+                return Err(Error::format(
+                    file,
+                    format!(
+                        "was scored by the metric command `{}`: a metric command runs only when the merge is given it \
+                         again, never because a file names it",
+                        c.command
+                    ),
+                )
+                .hint(crate::error::Hint::MetricCommand))
+            }
+            (_, Some(_)) => {
+                return Err(Error::format(
+                    file,
+                    "was not scored by a metric command: leave the command out of the merge",
+                ))
+            }
+            _ => {}
+        }
+    }
     let parts: Vec<Part> = partials.iter().map(|p| p.shard).collect();
     let order = complete_order(files, &parts)?;
     let (f0, first) = (&files[order[0]], &partials[order[0]]);
@@ -168,5 +203,5 @@ pub fn merge(files: &[PathBuf], partials: &[PartialEval]) -> Result<(Identity, E
             acc.skipped()
         )));
     }
-    Ok((first.identity.clone(), acc.finish()))
+    Ok((first.identity.clone(), acc.finish()?))
 }

@@ -201,6 +201,7 @@ mod tests {
 
     fn score(correct: usize, topk: f64, loss: f64) -> Score {
         Score::Classification(crate::tasks::classification::Score {
+            score: None,
             correct,
             samples: 200,
             top1: correct as f64 / 200.0,
@@ -249,7 +250,7 @@ mod tests {
             eval_samples: 200,
             stats: "precise".into(),
             batch_size: 64,
-            task: Task::Classification(crate::tasks::Classification { k: 5 }),
+            task: Task::Classification(crate::tasks::Classification { k: 5, score: None }),
             device: "cpu".into(),
             averaged: vec!["epoch_2<&>.safetensors".into(), "last.safetensors".into()],
             swa_stored: score(150, 0.96, 0.6),

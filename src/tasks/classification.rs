@@ -10,22 +10,34 @@ use std::cmp::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Column, Context};
+use super::{Column, Context, Figure};
 use crate::batch::{Tensor, Values};
 use crate::error::{Error, Result};
 use crate::runtime::Fetched;
 
 /// Classification, and k of its top-k accuracy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Classification {
     /// k of top-k.
     pub k: usize,
+    /// The figure that scores a model, where not top-1 (`topk`, `loss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<String>,
 }
+
+/// The figures a classification score or gate can name (`topk` is also named `top5` for k = 5);
+/// the first is the default score.
+pub const FIGURES: [Figure; 3] = [
+    Figure { name: "top1", label: "top-1", higher_is_better: true, percent: true },
+    Figure { name: "topk", label: "top-k", higher_is_better: true, percent: true },
+    Figure { name: "loss", label: "loss", higher_is_better: false, percent: false },
+];
 
 impl Classification {
     /// A fresh state.
     pub fn state(&self) -> State {
         State {
+            score: self.score.clone(),
             k: self.k.max(1),
             classes: None,
             samples: 0,
@@ -54,6 +66,8 @@ impl Classification {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "StateFields")]
 pub struct State {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    score: Option<String>,
     k: usize,
     classes: Option<usize>,
     samples: usize,
@@ -69,6 +83,8 @@ pub struct State {
 /// gate) or overflow the sums.
 #[derive(Deserialize)]
 struct StateFields {
+    #[serde(default)]
+    score: Option<String>,
     k: usize,
     classes: Option<usize>,
     samples: usize,
@@ -86,7 +102,7 @@ impl TryFrom<StateFields> for State {
     /// non-finite logits is neither; the classes' counts add up to the totals, each with no more
     /// hits than samples; one class count per class; a loss sum ≥ 0.
     fn try_from(f: StateFields) -> std::result::Result<Self, String> {
-        let StateFields { k, classes, samples, correct, correct_k, loss, nonfinite, per_class } = f;
+        let StateFields { score, k, classes, samples, correct, correct_k, loss, nonfinite, per_class } = f;
         // Saturating: a sum that overflows cannot equal a total that fits.
         let class_samples = per_class.iter().fold(0usize, |a, &(n, _)| a.saturating_add(n));
         let class_correct = per_class.iter().fold(0usize, |a, &(_, hits)| a.saturating_add(hits));
@@ -117,7 +133,7 @@ impl TryFrom<StateFields> for State {
         };
         match why {
             Some(why) => Err(format!("the counts cannot have been counted: {why}")),
-            None => Ok(State { k, classes, samples, correct, correct_k, loss, nonfinite, per_class }),
+            None => Ok(State { score, k, classes, samples, correct, correct_k, loss, nonfinite, per_class }),
         }
     }
 }
@@ -250,7 +266,7 @@ impl State {
 
     /// The task these counts are for.
     pub fn task(&self) -> Classification {
-        Classification { k: self.k }
+        Classification { k: self.k, score: self.score.clone() }
     }
 
     /// The k of the top-k reported: k, capped at the model's classes (every sample is in the
@@ -273,6 +289,7 @@ impl State {
     pub fn finish(&self) -> Metrics {
         let n = self.samples.max(1) as f64;
         Metrics {
+            score: self.score.clone(),
             samples: self.samples,
             correct: self.correct,
             top1: self.correct as f64 / n,
@@ -289,6 +306,7 @@ impl State {
                 .filter(|(_, (total, _))| *total > 0)
                 .map(|(class, &(total, ok))| ClassAccuracy {
                     class,
+                    name: None,
                     samples: total,
                     accuracy: ok as f64 / total as f64,
                 })
@@ -301,6 +319,9 @@ impl State {
 /// Metrics over a labelled set.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Metrics {
+    /// The figure that scores a model, where not top-1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<String>,
     /// Samples evaluated.
     pub samples: usize,
     /// Correct top-1 predictions.
@@ -325,6 +346,9 @@ pub struct Metrics {
 pub struct ClassAccuracy {
     /// Class index.
     pub class: usize,
+    /// Its name (the class folder, the Parquet `ClassLabel` name), where the data names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Samples of that class.
     pub samples: usize,
     /// Top-1 accuracy on them.
@@ -341,6 +365,9 @@ impl Metrics {
 /// One model's figures on a held-out set, as reports and soups list them.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Score {
+    /// The figure that scores a model, where not top-1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<String>,
     /// Correct top-1 predictions.
     pub correct: usize,
     /// Samples.
@@ -361,6 +388,7 @@ pub struct Score {
 impl From<&Metrics> for Score {
     fn from(m: &Metrics) -> Self {
         Score {
+            score: m.score.clone(),
             correct: m.correct,
             samples: m.samples,
             top1: m.top1,
@@ -381,6 +409,16 @@ fn comparable_loss(loss: f64) -> f64 {
 }
 
 impl Score {
+    /// The figure named `name` (`topk` for the top-k).
+    pub fn figure(&self, name: &str) -> Option<f64> {
+        Some(match name {
+            "top1" => self.top1,
+            "topk" => self.topk,
+            "loss" => self.loss,
+            _ => return None,
+        })
+    }
+
     /// Better first: more correct predictions, then a lower loss (NaN, when every logit was
     /// non-finite, is the worst). A total order.
     pub fn compare(&self, other: &Score) -> Ordering {
@@ -442,7 +480,7 @@ mod tests {
     #[test]
     fn metrics_from_logits() {
         let logits = [2.0, 1.0, 0.0, 0.0, 1.0, 2.0, 5.0, 4.0, 6.0];
-        let mut acc = Classification { k: 2 }.state();
+        let mut acc = Classification { k: 2, score: None }.state();
         acc.add(&logits, 3, &[0, 1, 1], Path::new("y.npy")).unwrap();
         let m = acc.finish();
         assert_eq!((m.samples, m.correct), (3, 1));
@@ -456,7 +494,7 @@ mod tests {
 
     #[test]
     fn non_finite_logits_are_wrong_counted_and_left_out_of_the_loss() {
-        let mut acc = Classification { k: 2 }.state();
+        let mut acc = Classification { k: 2, score: None }.state();
         let logits = [f32::NAN, f32::NAN, 0.0, 1.0, f32::INFINITY, 0.0, 3.0, 1.0, 0.0];
         acc.add(&logits, 3, &[0, 0, 0], Path::new("y.npy")).unwrap();
         let m = acc.finish();
@@ -464,8 +502,8 @@ mod tests {
         assert!((m.topk - 1.0 / 3.0).abs() < 1e-12);
         let ce = [3.0f64, 1.0, 0.0].iter().map(|v| v.exp()).sum::<f64>().ln() - 3.0;
         assert!((m.loss - ce).abs() < 1e-9, "{}", m.loss);
-        assert_eq!(m.per_class, [ClassAccuracy { class: 0, samples: 3, accuracy: 1.0 / 3.0 }]);
-        let mut all_nan = Classification { k: 1 }.state();
+        assert_eq!(m.per_class, [ClassAccuracy { class: 0, name: None, samples: 3, accuracy: 1.0 / 3.0 }]);
+        let mut all_nan = Classification { k: 1, score: None }.state();
         all_nan.add(&[f32::NAN; 2], 2, &[1], Path::new("y.npy")).unwrap();
         let m = all_nan.finish();
         assert_eq!((m.correct, m.nonfinite, m.top1), (0, 1, 0.0));
@@ -474,7 +512,7 @@ mod tests {
 
     #[test]
     fn the_order_of_scores_is_total_when_a_loss_is_nan() {
-        let s = |loss: f64| Score { correct: 3, samples: 10, top1: 0.3, topk: 0.3, loss, nonfinite: 0 };
+        let s = |loss: f64| Score { score: None, correct: 3, samples: 10, top1: 0.3, topk: 0.3, loss, nonfinite: 0 };
         let all = [s(1.0), s(f64::NAN), s(2.0)];
         for a in &all {
             for b in &all {

@@ -13,6 +13,10 @@
 //! variant in each enum of this module, with its arm in each `match`.
 
 pub mod classification;
+pub mod command;
+pub mod multilabel;
+pub mod regression;
+pub mod segmentation;
 
 use std::cmp::Ordering;
 use std::path::Path;
@@ -24,6 +28,10 @@ use crate::error::Result;
 use crate::runtime::Fetched;
 
 pub use classification::Classification;
+pub use command::Command;
+pub use multilabel::Multilabel;
+pub use regression::Regression;
+pub use segmentation::Segmentation;
 
 /// `Deserialize` for an enum with one variant per task, each serialised as the task's own type
 /// (untagged, as `#[serde(untagged)]` reads it): the variants are tried in order, and when none
@@ -36,35 +44,83 @@ macro_rules! untagged_deserialize {
                 type Read = fn(&serde_json::Value) -> std::result::Result<$enum, serde_json::Error>;
                 let value = serde_json::Value::deserialize(d)?;
                 let variants: &[Read] = &[$(|v| <$ty>::deserialize(v).map($enum::$variant)),+];
-                let mut last = None;
+                let mut errors = Vec::new();
                 for read in variants {
                     match read(&value) {
                         Ok(v) => return Ok(v),
-                        Err(e) => last = Some(e),
+                        Err(e) => errors.push(e.to_string()),
                     }
                 }
-                Err(serde::de::Error::custom(last.expect("an enum has a variant")))
+                Err(serde::de::Error::custom(reported(&value, errors)))
             }
         }
     };
 }
 
+/// Which of the variants' errors says what is wrong with `value`: the first variant's
+/// (classification, whose files name no `"task"`) for a value without a `"task"`, else the first
+/// whose task it names (the others fail on the name: "unknown variant").
+fn reported(value: &serde_json::Value, errors: Vec<String>) -> String {
+    let named = value.get("task").is_some_and(|t| t.is_string());
+    let pick = if named { errors.iter().skip(1).find(|e| !e.contains("unknown variant `")) } else { errors.first() };
+    pick.or(errors.last()).cloned().unwrap_or_default()
+}
+
+/// A figure of a task that a score or a gate can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Figure {
+    /// Its name in scores and gates (`miou`).
+    pub name: &'static str,
+    /// What tables call it (`mIoU`).
+    pub label: &'static str,
+    /// Whether a higher value is better (R²) or a lower one (RMSE).
+    pub higher_is_better: bool,
+    /// Whether it is a fraction shown as a percentage.
+    pub percent: bool,
+}
+
+/// A figure's value as tables show it: a percentage, or four decimals.
+pub fn format_figure(f: &Figure, v: f64) -> String {
+    if f.percent {
+        pct(v)
+    } else {
+        format!("{v:.4}")
+    }
+}
+
 /// The task an evaluation scores, with its settings. Serialised as the settings alone
-/// (classification: `{"k": 5}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// (classification: `{"k": 5}`; the others with their `"task"`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Task {
     /// Logits against class indices.
     Classification(Classification),
+    /// Outputs against float targets.
+    Regression(Regression),
+    /// Scores against multi-hot targets.
+    Multilabel(Multilabel),
+    /// Per-pixel logits against masks.
+    Segmentation(Segmentation),
+    /// Whatever the user's metric command computes.
+    Command(Command),
 }
 
-untagged_deserialize!(Task { Classification(Classification) });
+untagged_deserialize!(Task {
+    Classification(Classification),
+    Regression(Regression),
+    Multilabel(Multilabel),
+    Segmentation(Segmentation),
+    Command(Command),
+});
 
 impl Default for Task {
     fn default() -> Self {
-        Task::Classification(Classification { k: 5 })
+        Task::Classification(Classification { k: 5, score: None })
     }
 }
+
+/// The names `--task` takes, in the order help lists them.
+pub const TASK_NAMES: [&str; 4] = ["classification", "multilabel", "regression", "segmentation"];
 
 /// A column of a task's figures in a table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +138,7 @@ impl Column {
 }
 
 /// What a task is told besides the outputs and targets: names for its messages.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Context<'a> {
     /// The model.
     pub model: &'a Path,
@@ -90,24 +146,149 @@ pub struct Context<'a> {
     pub output: &'a str,
     /// The inputs.
     pub inputs: &'a Path,
-    /// Where the targets come from (a labels file, or the inputs).
+    /// Where the targets come from (a labels file, a mask folder, or the inputs).
     pub targets: &'a Path,
     /// The inputs' own class names (class folders), by index.
     pub classes: Option<&'a [String]>,
+    /// What messages call sample `i` (its file), where the samples name them.
+    pub names: Option<&'a (dyn Fn(usize) -> String + Sync)>,
+}
+
+/// Settings of a task other than its kind: what scores it and how it counts. `None` leaves each
+/// to the task's default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Settings {
+    /// k of top-k (classification).
+    pub k: Option<usize>,
+    /// The figure that scores a model (`--score`).
+    pub score: Option<String>,
+    /// The probability above which a label is predicted (multilabel).
+    pub threshold: Option<f64>,
+    /// The mask value of pixels left out (segmentation).
+    pub ignore_index: Option<i64>,
 }
 
 impl Task {
+    /// The task named `name` (one of [`TASK_NAMES`]) with `settings`; fails naming what does not
+    /// apply to it or is not one of its figures.
+    pub fn named(name: &str, settings: &Settings) -> std::result::Result<Task, String> {
+        let not_for = |what: &str| Err(format!("{what} does not apply to {name}"));
+        if settings.threshold.is_some() && name != "multilabel" {
+            return not_for("a threshold");
+        }
+        if settings.ignore_index.is_some() && name != "segmentation" {
+            return not_for("an ignore index");
+        }
+        let task = match name {
+            "classification" => Task::Classification(Classification { k: settings.k.unwrap_or(5), score: None }),
+            "regression" => Task::Regression(Regression::default()),
+            "multilabel" => {
+                let threshold = settings.threshold.unwrap_or(0.5);
+                if !(0.0..=1.0).contains(&threshold) {
+                    return Err(format!("the threshold must be a probability (0..=1), got {threshold}"));
+                }
+                Task::Multilabel(Multilabel { threshold, ..Multilabel::default() })
+            }
+            "segmentation" => Task::Segmentation(Segmentation {
+                ignore_index: settings.ignore_index.unwrap_or(segmentation::IGNORE_INDEX),
+                ..Segmentation::default()
+            }),
+            other => return Err(format!("unknown task `{other}`: use one of {}", TASK_NAMES.join(", "))),
+        };
+        match &settings.score {
+            Some(score) => task.scored_by(score),
+            None => Ok(task),
+        }
+    }
+
+    /// The same task scored by the figure `name`.
+    pub fn scored_by(mut self, name: &str) -> std::result::Result<Task, String> {
+        let figure = self.figure(name).ok_or_else(|| self.unknown_figure(name))?;
+        let name = figure.name.to_string();
+        match &mut self {
+            Task::Classification(t) => t.score = (name != "top1").then_some(name),
+            Task::Regression(t) => t.score = name,
+            Task::Multilabel(t) => t.score = name,
+            Task::Segmentation(t) => t.score = name,
+            Task::Command(_) => {}
+        }
+        Ok(self)
+    }
+
+    /// Why `name` is none of this task's figures.
+    pub fn unknown_figure(&self, name: &str) -> String {
+        let names: Vec<&str> = self.figures().iter().map(|f| f.name).collect();
+        let elsewhere: Vec<&str> = TASK_NAMES
+            .iter()
+            .copied()
+            .filter(|t| *t != self.name())
+            .filter(|t| Task::named(t, &Settings::default()).is_ok_and(|task| task.figure(name).is_some()))
+            .collect();
+        let hint = match elsewhere.first() {
+            Some(t) => format!(" (`{name}` is a figure of the task {t})"),
+            None => String::new(),
+        };
+        if matches!(self, Task::Command(_)) {
+            return format!("`{name}` is not a number the metric command printed");
+        }
+        format!("{} has no figure `{name}`: use one of {}{hint}", self.name(), names.join(", "))
+    }
+
     /// The task's name.
     pub fn name(&self) -> &'static str {
         match self {
             Task::Classification(_) => "classification",
+            Task::Regression(_) => "regression",
+            Task::Multilabel(_) => "multilabel",
+            Task::Segmentation(_) => "segmentation",
+            Task::Command(_) => "metric command",
         }
+    }
+
+    /// The figures a score or gate can name (a metric command's are what it prints: none known
+    /// before it runs).
+    pub fn figures(&self) -> Vec<Figure> {
+        match self {
+            Task::Classification(_) => classification::FIGURES.to_vec(),
+            Task::Regression(_) => regression::FIGURES.to_vec(),
+            Task::Multilabel(_) => multilabel::FIGURES.to_vec(),
+            Task::Segmentation(_) => segmentation::FIGURES.to_vec(),
+            Task::Command(_) => vec![command::SCORE],
+        }
+    }
+
+    /// The figure named `name` (classification's `top5` is its top-k for k = 5).
+    pub fn figure(&self, name: &str) -> Option<Figure> {
+        let name = match self {
+            Task::Classification(c) if name == format!("top{}", c.k) && c.k != 1 => "topk",
+            _ => name,
+        };
+        match self {
+            Task::Command(_) => (name == "score").then_some(command::SCORE),
+            _ => self.figures().into_iter().find(|f| f.name == name),
+        }
+    }
+
+    /// The figure that scores a model.
+    pub fn score_figure(&self) -> Figure {
+        let name = match self {
+            Task::Classification(c) => c.score.as_deref().unwrap_or("top1"),
+            Task::Regression(t) => &t.score,
+            Task::Multilabel(t) => &t.score,
+            Task::Segmentation(t) => &t.score,
+            Task::Command(_) => "score",
+        };
+        self.figure(name).unwrap_or(self.figures()[0])
     }
 
     /// A fresh state.
     pub fn state(&self) -> State {
         match self {
             Task::Classification(t) => State::Classification(t.state()),
+            Task::Regression(t) => State::Regression(t.state()),
+            Task::Multilabel(t) => State::Multilabel(t.state()),
+            Task::Segmentation(t) => State::Segmentation(t.state()),
+            Task::Command(t) => State::Command(t.state()),
         }
     }
 
@@ -116,6 +297,10 @@ impl Task {
     pub fn read_targets(&self, path: &Path) -> Result<Tensor> {
         match self {
             Task::Classification(t) => t.read_targets(path),
+            Task::Regression(t) => t.read_targets(path),
+            Task::Multilabel(t) => t.read_targets(path),
+            Task::Segmentation(t) => t.read_targets(path),
+            Task::Command(t) => t.read_targets(path),
         }
     }
 
@@ -124,43 +309,143 @@ impl Task {
     /// (segmentation masks) answers false, and the evaluation then needs its targets file.
     pub fn uses_source_targets(&self) -> bool {
         match self {
-            Task::Classification(_) => true,
+            Task::Classification(_) | Task::Command(_) => true,
+            // A Parquet list or float column is read as these targets (the source types them).
+            Task::Regression(_) | Task::Multilabel(_) => true,
+            Task::Segmentation(_) => false,
         }
     }
 
-    /// What the score is called (`top-1`).
+    /// What the score is called (`top-1`, `mIoU`).
     pub fn score_name(&self) -> &'static str {
         match self {
-            Task::Classification(_) => "top-1",
+            Task::Classification(c) if c.score.is_none() => "top-1",
+            _ => self.score_figure().label,
         }
     }
 
     /// What the score is, in words (`top-1 accuracy`).
     pub fn score_label(&self) -> &'static str {
         match self {
-            Task::Classification(_) => "top-1 accuracy",
+            Task::Classification(c) if c.score.is_none() => "top-1 accuracy",
+            Task::Command(_) => "the metric command's score",
+            _ => self.score_figure().label,
         }
     }
 
-    /// A score as people read it (`95.33%`).
+    /// A score (as [`Score::value`] gives it: higher is better) as people read it (`95.33%`,
+    /// `0.1234` for an RMSE, whose score is its negation).
     pub fn format_score(&self, score: f64) -> String {
-        match self {
-            Task::Classification(_) => pct(score),
-        }
+        let f = self.score_figure();
+        format_figure(&f, if f.higher_is_better { score } else { -score })
     }
 
-    /// A difference of scores as people read it (`+1.25 pp`).
+    /// A difference of scores as people read it (`+1.25 pp`; `-0.0123` for an RMSE that dropped).
     pub fn format_gain(&self, gain: f64) -> String {
-        match self {
-            Task::Classification(_) => points(gain),
+        let f = self.score_figure();
+        match (f.percent, f.higher_is_better) {
+            (true, true) => points(gain),
+            (true, false) => points(-gain),
+            (false, true) => format!("{gain:+.4}"),
+            (false, false) => format!("{:+.4}", -gain),
         }
     }
 
     /// The columns of [`Score::cells`] and [`Best::cells`].
     pub fn columns(&self) -> Vec<Column> {
+        let score = self.score_figure().name;
         match self {
             Task::Classification(t) => t.headers(),
+            Task::Command(_) => vec![Column::new("score", true)],
+            _ => self.figures().iter().map(|f| Column::new(f.label, f.name == score)).collect(),
         }
+    }
+}
+
+/// Predictions made from outputs, as `--save-outputs` writes them.
+pub enum Predictions {
+    /// Class indices (classification: `[N]`; segmentation: `[N, H, W]`).
+    I64(Vec<i64>),
+    /// Labels predicted present (multilabel: `[N, C]` of 0 and 1).
+    U8(Vec<u8>),
+}
+
+/// What `task` predicts from `outputs` of `shape` (N first), with the predictions' shape; `None`
+/// where the outputs are the predictions (regression, a metric command).
+pub fn predictions(task: &Task, outputs: &[f32], shape: &[usize]) -> Option<(Vec<usize>, Predictions)> {
+    let argmax = |row: &[f32]| {
+        let mut best = 0;
+        for (k, &v) in row.iter().enumerate() {
+            if v > row[best] || (row[best].is_nan() && !v.is_nan()) {
+                best = k;
+            }
+        }
+        best as i64
+    };
+    match (task, shape) {
+        (Task::Classification(_), [n, c]) if *c > 0 => {
+            Some((vec![*n], Predictions::I64(outputs.chunks_exact(*c).map(argmax).collect())))
+        }
+        (Task::Multilabel(t), [_, _]) => {
+            let probabilities = outputs.iter().all(|&s| (0.0..=1.0).contains(&s));
+            let p = |s: f32| if probabilities { s as f64 } else { 1.0 / (1.0 + (-(s as f64)).exp()) };
+            Some((shape.to_vec(), Predictions::U8(outputs.iter().map(|&s| (p(s) > t.threshold) as u8).collect())))
+        }
+        (Task::Segmentation(_), [n, c, h, w]) if *c > 0 => {
+            let hw = h * w;
+            let mut out = Vec::with_capacity(n * hw);
+            for sample in outputs.chunks_exact(c * hw) {
+                out.extend((0..hw).map(|p| argmax(&(0..*c).map(|k| sample[k * hw + p]).collect::<Vec<_>>())));
+            }
+            Some((vec![*n, *h, *w], Predictions::I64(out)))
+        }
+        _ => None,
+    }
+}
+
+/// Values as f64, whatever their element type.
+pub(crate) fn values_f64(values: &crate::batch::Values) -> Vec<f64> {
+    use crate::batch::Values;
+    match values {
+        Values::F32(v) => v.iter().map(|&x| x as f64).collect(),
+        Values::I64(v) => v.iter().map(|&x| x as f64).collect(),
+        Values::Held(h) => match (h.f32(), h.i64()) {
+            (Some(v), _) => v.iter().map(|&x| x as f64).collect(),
+            (_, Some(v)) => v.iter().map(|&x| x as f64).collect(),
+            _ => Vec::new(),
+        },
+    }
+}
+
+/// Which task targets of `shape` would fit, as a clause of a message.
+pub(crate) fn which_targets_fit(shape: &[usize]) -> &'static str {
+    match shape.len() {
+        1 => " (one value per sample fits the tasks classification and regression)",
+        2 => " (rows [N, D] fit the tasks regression and multilabel)",
+        3 => " (masks [N, H, W] fit the task segmentation)",
+        _ => "",
+    }
+}
+
+/// Float targets from a `.npy` (any numeric type, read as float32) of `ranks` dimensions.
+pub(crate) fn read_float_targets(path: &Path, what: &str, ranks: std::ops::RangeInclusive<usize>) -> Result<Tensor> {
+    let array = crate::inputs::npy::open_npy(path)?;
+    if !ranks.contains(&array.shape.len()) {
+        return Err(crate::Error::format(
+            path,
+            format!("holds an array of shape {:?}; expected {what}{}", array.shape, which_targets_fit(&array.shape)),
+        ));
+    }
+    Ok(Tensor::f32(array.shape.clone(), array.f32_rows(0, array.len())))
+}
+
+/// Which task an output of `shape` for a batch of `n` would fit, as a clause of a message.
+pub(crate) fn which_task_fits(shape: &[usize], n: usize) -> &'static str {
+    match shape {
+        [m, _] if *m == n => " (outputs [N, C] fit the tasks classification, multilabel and regression)",
+        [m, _, _, _] if *m == n => " (logits [N, C, H, W] fit the task segmentation)",
+        [m] if *m == n => " (outputs [N] fit the task regression)",
+        _ => "",
     }
 }
 
@@ -170,15 +455,33 @@ impl Task {
 pub enum State {
     /// Classification counts.
     Classification(classification::State),
+    /// Regression sums.
+    Regression(regression::State),
+    /// Multi-label scores.
+    Multilabel(multilabel::State),
+    /// A confusion matrix.
+    Segmentation(segmentation::State),
+    /// Outputs for a command.
+    Command(command::State),
 }
 
-untagged_deserialize!(State { Classification(classification::State) });
+untagged_deserialize!(State {
+    Classification(classification::State),
+    Regression(regression::State),
+    Multilabel(multilabel::State),
+    Segmentation(segmentation::State),
+    Command(command::State),
+});
 
 impl State {
     /// The task it counts for.
     pub fn task(&self) -> Task {
         match self {
             State::Classification(s) => Task::Classification(s.task()),
+            State::Regression(s) => Task::Regression(s.task.clone()),
+            State::Multilabel(s) => Task::Multilabel(s.task.clone()),
+            State::Segmentation(s) => Task::Segmentation(s.task.clone()),
+            State::Command(s) => Task::Command(s.task.clone()),
         }
     }
 
@@ -193,6 +496,10 @@ impl State {
     ) -> Result<()> {
         match self {
             State::Classification(s) => s.update(output, targets, indices, at),
+            State::Regression(s) => s.update(output, targets, indices, at),
+            State::Multilabel(s) => s.update(output, targets, indices, at),
+            State::Segmentation(s) => s.update(output, targets, indices, at),
+            State::Command(s) => s.update(output, targets, indices, at),
         }
     }
 
@@ -200,7 +507,10 @@ impl State {
     pub fn merge(&mut self, other: &State) -> std::result::Result<(), String> {
         match (self, other) {
             (State::Classification(a), State::Classification(b)) => a.merge(b),
-            #[allow(unreachable_patterns)]
+            (State::Regression(a), State::Regression(b)) => a.merge(b),
+            (State::Multilabel(a), State::Multilabel(b)) => a.merge(b),
+            (State::Segmentation(a), State::Segmentation(b)) => a.merge(b),
+            (State::Command(a), State::Command(b)) => a.merge(b),
             (a, b) => Err(format!("{} and {} counts cannot be added", a.task().name(), b.task().name())),
         }
     }
@@ -209,14 +519,22 @@ impl State {
     pub fn samples(&self) -> usize {
         match self {
             State::Classification(s) => s.samples(),
+            State::Regression(s) => s.samples,
+            State::Multilabel(s) => s.samples,
+            State::Segmentation(s) => s.samples,
+            State::Command(s) => s.samples,
         }
     }
 
-    /// The figures so far.
-    pub fn finish(&self) -> Metrics {
-        match self {
+    /// The figures so far (a metric command runs here).
+    pub fn finish(&self) -> Result<Metrics> {
+        Ok(match self {
             State::Classification(s) => Metrics::Classification(s.finish()),
-        }
+            State::Regression(s) => Metrics::Regression(s.finish()),
+            State::Multilabel(s) => Metrics::Multilabel(s.finish()),
+            State::Segmentation(s) => Metrics::Segmentation(s.finish()),
+            State::Command(s) => Metrics::Command(s.finish()?),
+        })
     }
 }
 
@@ -226,15 +544,33 @@ impl State {
 pub enum Metrics {
     /// Classification metrics.
     Classification(classification::Metrics),
+    /// Regression metrics.
+    Regression(regression::Metrics),
+    /// Multi-label metrics.
+    Multilabel(multilabel::Metrics),
+    /// Segmentation metrics.
+    Segmentation(segmentation::Metrics),
+    /// What the metric command printed.
+    Command(command::Metrics),
 }
 
-untagged_deserialize!(Metrics { Classification(classification::Metrics) });
+untagged_deserialize!(Metrics {
+    Classification(classification::Metrics),
+    Regression(regression::Metrics),
+    Multilabel(multilabel::Metrics),
+    Segmentation(segmentation::Metrics),
+    Command(command::Metrics),
+});
 
 impl Metrics {
     /// The task.
     pub fn task(&self) -> Task {
         match self {
-            Metrics::Classification(m) => Task::Classification(Classification { k: m.k }),
+            Metrics::Classification(m) => Task::Classification(Classification { k: m.k, score: m.score.clone() }),
+            Metrics::Regression(m) => Task::Regression(m.task.clone()),
+            Metrics::Multilabel(m) => Task::Multilabel(m.task.clone()),
+            Metrics::Segmentation(m) => Task::Segmentation(m.task.clone()),
+            Metrics::Command(m) => Task::Command(m.task.clone()),
         }
     }
 
@@ -242,6 +578,10 @@ impl Metrics {
     pub fn score(&self) -> Score {
         match self {
             Metrics::Classification(m) => Score::Classification(m.into()),
+            Metrics::Regression(m) => Score::Regression(m.into()),
+            Metrics::Multilabel(m) => Score::Multilabel(m.into()),
+            Metrics::Segmentation(m) => Score::Segmentation(m.into()),
+            Metrics::Command(m) => Score::Command(m.clone()),
         }
     }
 
@@ -249,6 +589,24 @@ impl Metrics {
     pub fn json_extras(&self) -> Vec<(String, serde_json::Value)> {
         match self {
             Metrics::Classification(m) => m.json_extras(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Names the classes of per-class rows (class folders, a Parquet `ClassLabel`).
+    pub fn name_classes(&mut self, names: &[String]) {
+        match self {
+            Metrics::Classification(m) => {
+                for c in &mut m.per_class {
+                    c.name = names.get(c.class).cloned();
+                }
+            }
+            Metrics::Segmentation(m) => {
+                for c in &mut m.per_class {
+                    c.name = names.get(c.class).cloned();
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -259,15 +617,65 @@ impl Metrics {
 pub enum Score {
     /// Classification figures.
     Classification(classification::Score),
+    /// Regression figures.
+    Regression(regression::Score),
+    /// Multi-label figures.
+    Multilabel(multilabel::Score),
+    /// Segmentation figures.
+    Segmentation(segmentation::Score),
+    /// A metric command's figures.
+    Command(command::Score),
 }
 
-untagged_deserialize!(Score { Classification(classification::Score) });
+untagged_deserialize!(Score {
+    Classification(classification::Score),
+    Regression(regression::Score),
+    Multilabel(multilabel::Score),
+    Segmentation(segmentation::Score),
+    Command(command::Score),
+});
+
+/// A figure to compare: higher is better, NaN the worst.
+fn comparable(v: f64) -> f64 {
+    if v.is_nan() {
+        f64::NEG_INFINITY
+    } else {
+        v
+    }
+}
 
 impl Score {
-    /// The one figure that says how good the model is, higher is better (top-1).
-    pub fn value(&self) -> f64 {
+    /// The task these figures are of.
+    pub fn task(&self) -> Task {
         match self {
-            Score::Classification(s) => s.top1,
+            Score::Classification(s) => Task::Classification(Classification { k: 0, score: s.score.clone() }),
+            Score::Regression(s) => Task::Regression(s.task.clone()),
+            Score::Multilabel(s) => Task::Multilabel(s.task.clone()),
+            Score::Segmentation(s) => Task::Segmentation(s.task.clone()),
+            Score::Command(s) => Task::Command(s.task.clone()),
+        }
+    }
+
+    /// The figure named `name`, as computed (an RMSE is an RMSE, not its negation).
+    pub fn figure(&self, name: &str) -> Option<f64> {
+        match self {
+            Score::Classification(s) => s.figure(name),
+            Score::Regression(s) => s.figure(name),
+            Score::Multilabel(s) => s.figure(name),
+            Score::Segmentation(s) => s.figure(name),
+            Score::Command(s) => s.figure(name),
+        }
+    }
+
+    /// The one figure that says how good the model is, higher is better: the task's score figure,
+    /// negated where lower is better (an RMSE of 0.12 scores −0.12).
+    pub fn value(&self) -> f64 {
+        let f = self.task().score_figure();
+        let v = self.figure(f.name).unwrap_or(f64::NAN);
+        if f.higher_is_better {
+            v
+        } else {
+            -v
         }
     }
 
@@ -275,6 +683,10 @@ impl Score {
     pub fn samples(&self) -> usize {
         match self {
             Score::Classification(s) => s.samples,
+            Score::Regression(s) => s.samples,
+            Score::Multilabel(s) => s.samples,
+            Score::Segmentation(s) => s.samples,
+            Score::Command(s) => s.samples,
         }
     }
 
@@ -282,16 +694,18 @@ impl Score {
     pub fn nonfinite(&self) -> usize {
         match self {
             Score::Classification(s) => s.nonfinite,
+            Score::Regression(s) => s.nonfinite,
+            Score::Multilabel(s) => s.nonfinite,
+            Score::Segmentation(s) => s.nonfinite,
+            Score::Command(_) => 0,
         }
     }
 
-    /// Better first: a total order (ties broken by the task's second figure, the loss).
+    /// Better first: a total order (classification breaks ties by its loss; NaN is the worst).
     pub fn compare(&self, other: &Score) -> Ordering {
         match (self, other) {
-            (Score::Classification(a), Score::Classification(b)) => a.compare(b),
-            // Scores of different tasks are never ranked together (one evaluation, one task).
-            #[allow(unreachable_patterns)]
-            _ => Ordering::Equal,
+            (Score::Classification(a), Score::Classification(b)) if a.score.is_none() => a.compare(b),
+            _ => comparable(other.value()).total_cmp(&comparable(self.value())),
         }
     }
 
@@ -299,6 +713,10 @@ impl Score {
     pub fn cells(&self) -> Vec<Option<String>> {
         match self {
             Score::Classification(s) => s.cells(),
+            Score::Regression(s) => s.cells(),
+            Score::Multilabel(s) => s.cells(),
+            Score::Segmentation(s) => s.cells(),
+            Score::Command(s) => s.cells(),
         }
     }
 
@@ -306,6 +724,10 @@ impl Score {
     pub fn describe(&self) -> String {
         match self {
             Score::Classification(s) => s.describe(),
+            Score::Regression(s) => s.describe(),
+            Score::Multilabel(s) => s.describe(),
+            Score::Segmentation(s) => s.describe(),
+            Score::Command(s) => s.describe(),
         }
     }
 
@@ -313,13 +735,15 @@ impl Score {
     pub fn brief(&self) -> String {
         match self {
             Score::Classification(s) => s.brief(),
+            _ => self.task().format_score(self.value()),
         }
     }
 
     /// As the best checkpoint's figures.
     pub fn best(&self) -> Best {
         match self {
-            Score::Classification(s) => Best::Classification(s.into()),
+            Score::Classification(s) if s.score.is_none() => Best::Classification(s.into()),
+            other => Best::Other(other.clone()),
         }
     }
 }
@@ -330,15 +754,20 @@ impl Score {
 pub enum Best {
     /// Classification figures.
     Classification(classification::Best),
+    /// Any other task's figures: its score.
+    Other(Score),
 }
 
-untagged_deserialize!(Best { Classification(classification::Best) });
+// A classification score read back as `Other` keeps its chosen figure; one with the default
+// figure is written and read as `Classification`.
+untagged_deserialize!(Best { Classification(classification::Best), Other(Score) });
 
 impl Best {
     /// The score.
     pub fn value(&self) -> f64 {
         match self {
             Best::Classification(b) => b.top1,
+            Best::Other(s) => s.value(),
         }
     }
 
@@ -346,6 +775,7 @@ impl Best {
     pub fn cells(&self) -> Vec<Option<String>> {
         match self {
             Best::Classification(b) => b.cells(),
+            Best::Other(s) => s.cells(),
         }
     }
 }
@@ -357,21 +787,96 @@ pub enum Gain {
     /// Top-1 accuracy gained, as a fraction.
     #[serde(rename = "gain_top1")]
     Classification(f64),
+    /// The score gained (higher is better: an RMSE that dropped by 0.01 gains 0.01).
+    #[serde(rename = "gain")]
+    Other(f64),
 }
 
 impl Gain {
     /// A gain of `value` in `task`'s score.
     pub fn of(task: &Task, value: f64) -> Gain {
         match task {
-            Task::Classification(_) => Gain::Classification(value),
+            Task::Classification(c) if c.score.is_none() => Gain::Classification(value),
+            _ => Gain::Other(value),
         }
     }
 
     /// The gain.
     pub fn value(&self) -> f64 {
         match self {
-            Gain::Classification(v) => *v,
+            Gain::Classification(v) | Gain::Other(v) => *v,
         }
+    }
+}
+
+/// A threshold on one figure (`miou>=0.72`, `rmse<=0.1`): what `--gate` checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gate {
+    /// The figure.
+    pub figure: String,
+    /// `>=` (true) or `<=`.
+    pub at_least: bool,
+    /// The bound.
+    pub bound: f64,
+}
+
+impl std::str::FromStr for Gate {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Gate, String> {
+        let (at, at_least) = match (s.find(">="), s.find("<=")) {
+            (Some(i), None) => (i, true),
+            (None, Some(i)) => (i, false),
+            _ => return Err(format!("`{s}` is not FIGURE>=VALUE or FIGURE<=VALUE (such as miou>=0.72, rmse<=0.1)")),
+        };
+        let figure = s[..at].trim().to_lowercase().replace('-', "");
+        let value = s[at + 2..].trim();
+        if figure.is_empty() || !figure.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("`{s}` names no figure before the comparison (such as miou>=0.72)"));
+        }
+        let bound: f64 = value.parse().map_err(|_| format!("`{value}` in `{s}` is not a number"))?;
+        if !bound.is_finite() {
+            return Err(format!("the bound of `{s}` must be finite"));
+        }
+        Ok(Gate { figure, at_least, bound })
+    }
+}
+
+impl std::fmt::Display for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}{}", self.figure, if self.at_least { ">=" } else { "<=" }, self.bound)
+    }
+}
+
+/// A gate's verdict on one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// The gate.
+    pub gate: Gate,
+    /// The figure's value (NaN when the model had none).
+    pub value: f64,
+    /// Whether it passed: the value within the bound (NaN never is), and every output finite.
+    pub passed: bool,
+}
+
+impl Gate {
+    /// Fails when `task` has no figure of this name (a metric command's are checked when it runs).
+    pub fn check(&self, task: &Task) -> std::result::Result<(), String> {
+        match task {
+            Task::Command(_) => Ok(()),
+            _ => task.figure(&self.figure).map(|_| ()).ok_or_else(|| task.unknown_figure(&self.figure)),
+        }
+    }
+
+    /// The verdict on `score`.
+    pub fn verdict(&self, score: &Score) -> Verdict {
+        let name = match score.task().figure(&self.figure) {
+            Some(f) if f.name == "topk" => "topk",
+            _ => self.figure.as_str(),
+        };
+        let value = score.figure(name).unwrap_or(f64::NAN);
+        let within = if self.at_least { value >= self.bound } else { value <= self.bound };
+        Verdict { gate: self.clone(), value, passed: within && score.nonfinite() == 0 }
     }
 }
 

@@ -19,4 +19,5 @@ mod run;
 mod safety;
 mod scale_out;
 mod soup;
+mod tasks;
 mod torch;

@@ -124,6 +124,10 @@ impl ImageItems for ImageFiles {
         Ok(vec![None; to - from])
     }
 
+    fn file(&self, i: usize) -> Option<PathBuf> {
+        self.files.get(i).cloned()
+    }
+
     fn image(&self, i: usize, _read: Option<&Row>, how: &images::Decode) -> Result<Image8> {
         let bytes = crate::fs::read_regular(&self.files[i])?;
         images::decode(&bytes, how).map_err(|bad| bad.named(self.name_of(i)))

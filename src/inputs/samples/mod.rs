@@ -22,6 +22,7 @@
 
 pub mod arrays;
 pub mod folders;
+pub mod masks;
 pub mod parquet;
 mod pipeline;
 pub mod saved;
@@ -29,7 +30,7 @@ pub mod subset;
 mod targets;
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use folders::{is_image_name, IMAGE_EXTENSIONS};
 pub use pipeline::{ImageGeometry, ImageItems, ImageSource, Row};
@@ -157,7 +158,32 @@ pub trait SampleSource: Send + Sync {
     fn own_batches(&self) -> bool {
         false
     }
+
+    /// What outputs and messages call sample `i` (its file, its Parquet file and row), where the
+    /// source names its samples; `None` numbers them.
+    fn sample_name(&self, _i: usize) -> Option<String> {
+        None
+    }
+
+    /// What messages call sample `i`'s target where it has a file of its own (a mask).
+    fn target_name(&self, _i: usize) -> Option<String> {
+        None
+    }
+
+    /// Sample `i`'s image file, for images read from files (masks pair with it by name).
+    fn image_file(&self, _i: usize) -> Option<PathBuf> {
+        None
+    }
+
+    /// How images are resized and cropped, and the size they then have, for images (a mask is
+    /// transformed as its image is).
+    fn image_transform(&self) -> Option<ImageTransform> {
+        None
+    }
 }
+
+/// An image's `Resize` and `CenterCrop`, and the height and width they give.
+pub type ImageTransform = (Option<crate::inputs::images::Resize>, Option<(usize, usize)>, (usize, usize));
 
 /// Samples a caller makes itself (the Python module's iterables of arrays), registered under a
 /// name with [`provide`] for as long as it holds the returned [`Provided`]: a pass or an
@@ -275,6 +301,11 @@ impl Samples {
         // A path no kind claims is read as arrays, whose reader says what is wrong with it.
         let source = kind_of(path).unwrap_or(&arrays::Arrays).open(path, specs, data)?;
         Ok(Samples { path: path.to_path_buf(), source })
+    }
+
+    /// The source, for a wrapper that adds to it.
+    pub fn into_source(self) -> Box<dyn SampleSource> {
+        self.source
     }
 
     /// Samples from a source made elsewhere (a caller's own), named `path` in messages.

@@ -63,6 +63,11 @@ pub trait ImageItems: Send + Sync {
     /// Image `i` in 8 bits, decoded `how` says, from what [`ImageItems::read`] gave for it;
     /// errors name it.
     fn image(&self, i: usize, read: Option<&Row>, how: &images::Decode) -> Result<Image8>;
+
+    /// Image `i`'s file, where images are files.
+    fn file(&self, _i: usize) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// How images become the model's one image input: its channels (1, grayscale, or 3, RGB), its
@@ -370,6 +375,18 @@ impl<I: ImageItems> SampleSource for ImageSource<I> {
 
     fn sample_shapes(&self) -> Vec<Vec<usize>> {
         vec![self.geometry.sample_shape()]
+    }
+
+    fn sample_name(&self, i: usize) -> Option<String> {
+        (i < self.items.len()).then(|| self.items.name_of(i))
+    }
+
+    fn image_file(&self, i: usize) -> Option<PathBuf> {
+        self.items.file(i)
+    }
+
+    fn image_transform(&self) -> Option<super::ImageTransform> {
+        Some((self.pre.resize, self.pre.center_crop, (self.geometry.height, self.geometry.width)))
     }
 
     fn batches(&self, range: Range<usize>, batch: usize) -> Result<Batches<'_>> {

@@ -66,4 +66,16 @@ impl SampleSource for WithTargets {
     fn own_batches(&self) -> bool {
         self.inner.own_batches()
     }
+
+    fn sample_name(&self, i: usize) -> Option<String> {
+        self.inner.sample_name(i)
+    }
+
+    fn image_file(&self, i: usize) -> Option<std::path::PathBuf> {
+        self.inner.image_file(i)
+    }
+
+    fn image_transform(&self) -> Option<super::ImageTransform> {
+        self.inner.image_transform()
+    }
 }
