@@ -227,7 +227,22 @@ fn with_labels(samples: Samples, opts: &EvalOptions) -> Result<(Samples, PathBuf
     let own = samples.has_targets() && (opts.task.uses_source_targets() || own_masks);
     match (&opts.labels, own) {
         (Some(file), false) => {
-            let targets = opts.task.read_targets(file)?;
+            let targets = if inputs::table::is_table(file) {
+                let n = samples.len().unwrap_or(0);
+                let files: Option<Vec<PathBuf>> = (0..n).map(|i| samples.image_file(i)).collect();
+                let files = files.filter(|f| !f.is_empty()).ok_or_else(|| {
+                    Error::format(
+                        file,
+                        format!(
+                            "is a table of targets by file name, but {} is not a folder of image files",
+                            opts.inputs.display()
+                        ),
+                    )
+                })?;
+                inputs::table::targets_for(file, &opts.inputs, &files)?
+            } else {
+                opts.task.read_targets(file)?
+            };
             let rows = targets.shape.first().copied().unwrap_or(0);
             if samples.len() != Some(rows) {
                 let count = samples.len().map_or("an unknown number of".to_string(), |n| n.to_string());

@@ -11,6 +11,7 @@ pub mod images;
 pub mod npy;
 pub mod parquet;
 pub mod samples;
+pub mod table;
 
 use std::path::Path;
 

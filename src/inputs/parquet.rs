@@ -35,7 +35,7 @@ pub struct ParquetSet {
     /// Its index among each file's top-level columns.
     columns: Vec<usize>,
     /// The label column's values, when every file has it.
-    pub labels: Option<Vec<i64>>,
+    pub labels: Option<TargetColumn>,
     /// Why there are no labels (for an evaluation, which needs them): no such column (with the
     /// columns there are), labels turned off, or a column that is not class indices.
     pub no_labels: Option<String>,
@@ -331,7 +331,129 @@ impl PageReader for CheckedPages {
     }
 }
 
-/// The label values of a column of any integer type.
+/// A target column's values, batch after batch: integers (class indices) or floats, one per row
+/// (class indices, regression values) or a list of one length per row (multi-hot labels, a row of
+/// regression values) — typed by the task that reads them.
+#[derive(Debug, Clone, Default)]
+pub struct TargetColumn {
+    ints: Vec<i64>,
+    floats: Vec<f32>,
+    /// Values per row, for a list column.
+    per_row: Option<usize>,
+    rows: usize,
+}
+
+impl TargetColumn {
+    /// Rows read.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// True when no row was read.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The values as a tensor: `[N]`, or `[N, K]` for a list column.
+    pub fn tensor(&self) -> crate::batch::Tensor {
+        let shape = match self.per_row {
+            Some(k) => vec![self.rows, k],
+            None => vec![self.rows],
+        };
+        if self.floats.is_empty() {
+            crate::batch::Tensor::i64(shape, self.ints.clone())
+        } else {
+            crate::batch::Tensor::f32(shape, self.floats.clone())
+        }
+    }
+
+    /// Adds a batch of column `name`: integers, floats or booleans, or lists of them of one length
+    /// (nulls, and a column mixing these kinds, are errors).
+    pub fn add(&mut self, path: &std::path::Path, name: &str, col: &ArrayRef) -> Result<()> {
+        if col.null_count() > 0 {
+            return Err(Error::format(path, format!("label column `{name}` has missing (null) values")));
+        }
+        let (values, per_row) = match col.data_type() {
+            DataType::List(_) => {
+                let l = col.as_list::<i32>();
+                (l.values().clone(), list_length(path, name, l.value_offsets().windows(2).map(|w| (w[1] - w[0]) as usize))?)
+            }
+            DataType::LargeList(_) => {
+                let l = col.as_list::<i64>();
+                (l.values().clone(), list_length(path, name, l.value_offsets().windows(2).map(|w| (w[1] - w[0]) as usize))?)
+            }
+            DataType::FixedSizeList(_, n) => {
+                let l = col.as_fixed_size_list();
+                let n = (*n).max(0) as usize;
+                (l.values().slice(l.offset() * n, l.len() * n), Some(n).filter(|_| !l.is_empty()))
+            }
+            _ => (col.clone(), None),
+        };
+        let rows = col.len();
+        if let Some(k) = per_row {
+            if self.per_row.is_some_and(|have| have != k) || (self.per_row.is_none() && self.rows > 0) {
+                return Err(Error::format(path, format!("label column `{name}` holds lists of {k} values after other rows")));
+            }
+            self.per_row = Some(k);
+        } else if self.per_row.is_some() && rows > 0 && !matches!(col.data_type(), DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..)) {
+            return Err(Error::format(path, format!("label column `{name}` mixes lists and single values")));
+        }
+        if values.null_count() > 0 {
+            return Err(Error::format(path, format!("label column `{name}` has missing (null) values in its lists")));
+        }
+        match values.data_type() {
+            DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+                if !self.ints.is_empty() {
+                    return Err(Error::format(path, format!("label column `{name}` holds floats after integers")));
+                }
+                let cast = arrow_cast_f32(&values);
+                self.floats.extend(cast);
+            }
+            DataType::Boolean => {
+                let b = values.as_boolean();
+                let v: Vec<i64> = (0..b.len()).map(|i| b.value(i) as i64).collect();
+                self.push_ints(path, name, v)?;
+            }
+            _ => {
+                let v = integers(path, name, &values)?;
+                self.push_ints(path, name, v)?;
+            }
+        }
+        self.rows += rows;
+        Ok(())
+    }
+
+    fn push_ints(&mut self, path: &std::path::Path, name: &str, v: Vec<i64>) -> Result<()> {
+        if !self.floats.is_empty() {
+            return Err(Error::format(path, format!("label column `{name}` holds integers after floats")));
+        }
+        self.ints.extend(v);
+        Ok(())
+    }
+}
+
+/// The one length of a list column's lists.
+fn list_length(path: &std::path::Path, name: &str, mut lengths: impl Iterator<Item = usize>) -> Result<Option<usize>> {
+    let Some(first) = lengths.next() else { return Ok(None) };
+    match lengths.find(|&k| k != first) {
+        Some(other) => Err(Error::format(
+            path,
+            format!("label column `{name}` holds lists of {first} and of {other} values: every row needs as many"),
+        )),
+        None => Ok(Some(first)),
+    }
+}
+
+/// Float values as f32.
+fn arrow_cast_f32(values: &ArrayRef) -> Vec<f32> {
+    use arrow_array::types::{Float16Type, Float32Type, Float64Type};
+    match values.data_type() {
+        DataType::Float16 => values.as_primitive::<Float16Type>().values().iter().map(|v| v.to_f32()).collect(),
+        DataType::Float32 => values.as_primitive::<Float32Type>().values().to_vec(),
+        _ => values.as_primitive::<Float64Type>().values().iter().map(|&v| v as f32).collect(),
+    }
+}
+
 /// The integer class indices of label column `name` (nulls and non-integers are errors).
 pub(crate) fn integers(path: &std::path::Path, name: &str, col: &ArrayRef) -> Result<Vec<i64>> {
     if col.null_count() > 0 {
@@ -422,7 +544,7 @@ impl ParquetSet {
         let mut starts = vec![0];
         let mut columns = Vec::new();
         // An empty label column name turns labels off.
-        let mut labels = (!label_column.is_empty()).then(Vec::new);
+        let mut labels = (!label_column.is_empty()).then(TargetColumn::default);
         let mut no_labels =
             label_column.is_empty().then(|| "its labels are turned off (an empty label column name)".to_string());
         // A label column that is not class indices: no labels, whatever the other files hold.
@@ -476,8 +598,8 @@ impl ParquetSet {
                         let batch = batch.map_err(|e| parquet_error(path, e))?;
                         // A column that is not class indices is no labels: an error only where
                         // labels are needed (a recalibration does not read them).
-                        match integers(path, label_column, batch.column(0)) {
-                            Ok(values) => all.extend(values),
+                        match all.add(path, label_column, batch.column(0)) {
+                            Ok(()) => {}
                             Err(e) => {
                                 no_labels = Some(e.to_string());
                                 unusable = true;

@@ -789,3 +789,138 @@ fn gates_fail_on_nan_and_lower_is_better_scores_rank_the_other_way() {
     assert_eq!(best_rmse, best_all, "the best checkpoint is the lowest RMSE");
     assert!((r["gain"].as_f64().unwrap() - (best_rmse - swa_rmse)).abs() < 1e-12);
 }
+
+/// `val.parquet` with target columns added: `value` (float64), `vals` (lists of 10 float32) and
+/// `tags` (lists of 10 booleans); returns the same targets as arrays `(vals, tags)`.
+fn parquet_with_targets(to: &Path) -> (Vec<f32>, Vec<i64>) {
+    use arrow_array::builder::{BooleanBuilder, Float32Builder, ListBuilder};
+    use arrow_array::{ArrayRef, Float64Array, RecordBatch};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(fixture("images/val.parquet")).unwrap();
+    let batches: Vec<RecordBatch> =
+        ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap().map(Result::unwrap).collect();
+    let mut fields: Vec<arrow_schema::Field> = batches[0].schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let (mut vals, mut tags, mut row) = (Vec::new(), Vec::new(), 0usize);
+    let mut written = Vec::new();
+    for b in &batches {
+        let mut value = Vec::new();
+        let (mut v, mut t) = (ListBuilder::new(Float32Builder::new()), ListBuilder::new(BooleanBuilder::new()));
+        for _ in 0..b.num_rows() {
+            value.push(row as f64 * 0.25 - 2.0);
+            for j in 0..10 {
+                let x = ((row * 7 + j * 3) % 11) as f32 / 5.0 - 1.0;
+                let y = (row + j) % 3 == 0;
+                v.values().append_value(x);
+                t.values().append_value(y);
+                vals.push(x);
+                tags.push(y as i64);
+            }
+            v.append(true);
+            t.append(true);
+            row += 1;
+        }
+        let mut columns: Vec<ArrayRef> = b.columns().to_vec();
+        columns.push(std::sync::Arc::new(Float64Array::from(value)));
+        columns.push(std::sync::Arc::new(v.finish()));
+        columns.push(std::sync::Arc::new(t.finish()));
+        written.push(columns);
+    }
+    for (name, array) in [("value", &written[0][written[0].len() - 3]), ("vals", &written[0][written[0].len() - 2]), ("tags", &written[0][written[0].len() - 1])] {
+        fields.push(arrow_schema::Field::new(name, array.data_type().clone(), true));
+    }
+    let schema = std::sync::Arc::new(arrow_schema::Schema::new(fields));
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(to).unwrap(), schema.clone(), None).unwrap();
+    for columns in written {
+        w.write(&RecordBatch::try_new(schema.clone(), columns).unwrap()).unwrap();
+    }
+    w.close().unwrap();
+    (vals, tags)
+}
+
+/// Targets in a Parquet column — a float column and lists of floats for regression, lists of
+/// booleans for multilabel — count as the same targets given as arrays.
+#[test]
+fn parquet_float_and_list_columns_are_regression_and_multilabel_targets() {
+    let t = tmp();
+    let parquet = t.path().join("targets.parquet");
+    let (vals, tags) = parquet_with_targets(&parquet);
+    let n = tags.len() / 10;
+    let (vals_npy, tags_npy) = (t.path().join("vals.npy"), t.path().join("tags.npy"));
+    write_npy_f32(&vals_npy, &[n, 10], &vals);
+    write_raw_npy(&tags_npy, "<i8", &format!("({n}, 10)"), &tags.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+    let evaluate = |task: &str, targets: &[&str]| -> Value {
+        let out = swa()
+            .args(["evaluate", "--model"])
+            .arg(fixture("cnn/model.onnx"))
+            .arg("--inputs")
+            .arg(&parquet)
+            .args(["--resize", "20", "--center-crop", "16", "--task", task, "--json"])
+            .args(targets)
+            .assert()
+            .success();
+        serde_json::from_slice(&out.get_output().stdout).unwrap()
+    };
+    let column = evaluate("regression", &["--label-column", "vals"]);
+    let array = evaluate("regression", &["--label-column", "", "--labels", vals_npy.to_str().unwrap()]);
+    assert_eq!(column, array);
+    assert_eq!(column["samples"].as_u64(), Some(n as u64));
+    let column = evaluate("multilabel", &["--label-column", "tags"]);
+    let array = evaluate("multilabel", &["--label-column", "", "--labels", tags_npy.to_str().unwrap()]);
+    assert_eq!(column, array);
+    // A float column is one value per sample: the model's 10 outputs do not fit it, and the
+    // message says so.
+    swa()
+        .args(["evaluate", "--model"])
+        .arg(fixture("cnn/model.onnx"))
+        .arg("--inputs")
+        .arg(&parquet)
+        .args(["--resize", "20", "--center-crop", "16", "--task", "regression", "--label-column", "value"])
+        .assert()
+        .failure()
+        .stderr(contains("10 outputs"));
+}
+
+/// A table naming the images (`file,v0,…`, in any order, by file name, stem or path) gives the
+/// same targets as an array in the folder's order; an image without a row is named.
+#[test]
+fn a_csv_table_maps_image_file_names_to_regression_targets() {
+    let t = tmp();
+    let images = tasks("segmentation/images/eval");
+    let mut names: Vec<String> = std::fs::read_dir(&images).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    let value = |i: usize, j: usize| ((i * 13 + j * 5) % 17) as f32 / 4.0 - 2.0;
+    let mut csv = String::from("value0,file,");
+    csv.push_str(&(1..10).map(|j| format!("value{j}")).collect::<Vec<_>>().join(","));
+    csv.push('\n');
+    for (i, name) in names.iter().enumerate().rev() {
+        // Keyed by stem, file name or path below the folder.
+        let key = match i % 3 {
+            0 => name.trim_end_matches(".png").to_string(),
+            1 => name.clone(),
+            _ => format!("./{name}"),
+        };
+        let rest: Vec<String> = (1..10).map(|j| value(i, j).to_string()).collect();
+        csv.push_str(&format!("{},{key},{}\n", value(i, 0), rest.join(",")));
+    }
+    let table = t.path().join("targets.csv");
+    std::fs::write(&table, &csv).unwrap();
+    let array = t.path().join("targets.npy");
+    let values: Vec<f32> = (0..names.len()).flat_map(|i| (0..10).map(move |j| value(i, j))).collect();
+    write_npy_f32(&array, &[names.len(), 10], &values);
+    let evaluate = |labels: &Path| -> assert_cmd::assert::Assert {
+        swa()
+            .args(["evaluate", "--model"])
+            .arg(fixture("cnn/model.onnx"))
+            .arg("--inputs")
+            .arg(&images)
+            .args(["--resize", "16", "--center-crop", "16", "--task", "regression", "--json", "--labels"])
+            .arg(labels)
+            .assert()
+    };
+    let from_table: Value = serde_json::from_slice(&evaluate(&table).success().get_output().stdout).unwrap();
+    let from_array: Value = serde_json::from_slice(&evaluate(&array).success().get_output().stdout).unwrap();
+    assert_eq!(from_table, from_array);
+    let short: String = csv.lines().take(names.len()).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&table, short).unwrap();
+    evaluate(&table).failure().stderr(contains("has no row for 1 of the 12 images")).stderr(contains("000.png"));
+}

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use super::folders::{describe_dir, DirKind};
 use super::pipeline::{ImageItems, ImageSource, Row};
 use super::{DataOptions, SampleSource, SourceKind};
-use crate::batch::Tensor;
 use crate::error::{Error, Result};
 use crate::inputs::images::{self, Image8};
 use crate::inputs::parquet::{Cursor, ParquetSet};
@@ -52,7 +51,7 @@ impl SourceKind for Parquet {
         };
         complete_splits(&files)?;
         let set = ParquetSet::open(files, &data.image_column, &data.label_column)?;
-        let targets = set.labels.clone().map(|l| Tensor::i64(vec![l.len()], l));
+        let targets = set.labels.as_ref().map(|l| l.tensor());
         let why = set.no_labels.clone();
         Ok(Box::new(
             ImageSource::fit(path, ParquetImages(set), specs, data, targets, None)?.without_targets_because(why),

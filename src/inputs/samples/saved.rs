@@ -20,10 +20,9 @@ use arrow_schema::SchemaRef;
 
 use super::pipeline::{ImageItems, ImageSource, Row};
 use super::{DataOptions, SampleSource, SourceKind};
-use crate::batch::Tensor;
 use crate::error::{Error, Hint, Result};
 use crate::inputs::images::{self, Image8};
-use crate::inputs::parquet::{image_bytes, integers};
+use crate::inputs::parquet::{image_bytes, TargetColumn};
 use crate::onnx::InputSpec;
 
 /// `save_to_disk` folders and Arrow files.
@@ -118,7 +117,7 @@ impl SourceKind for Saved {
                 None => return Err(Error::format(path, "is not a datasets save_to_disk folder or an .arrow file")),
             };
         let set = ArrowSet::open(files, &data.image_column, &data.label_column)?;
-        let targets = set.labels.clone().map(|l| Tensor::i64(vec![l.len()], l));
+        let targets = set.labels.as_ref().map(|l| l.tensor());
         let classes = targets.as_ref().and_then(|_| class_names(path, &data.label_column));
         let why = set.no_labels.clone();
         Ok(Box::new(ImageSource::fit(path, set, specs, data, targets, classes)?.without_targets_because(why)))
@@ -260,7 +259,7 @@ struct ArrowSet {
     image_column: String,
     /// The image column's index in each file.
     columns: Vec<usize>,
-    labels: Option<Vec<i64>>,
+    labels: Option<TargetColumn>,
     no_labels: Option<String>,
 }
 
@@ -269,7 +268,7 @@ impl ArrowSet {
         let mut files = Vec::new();
         let mut starts = vec![0];
         let mut columns = Vec::new();
-        let mut labels = (!label_column.is_empty()).then(Vec::new);
+        let mut labels = (!label_column.is_empty()).then(TargetColumn::default);
         let mut no_labels =
             label_column.is_empty().then(|| "its labels are turned off (an empty label column name)".to_string());
         for path in &paths {
@@ -286,8 +285,8 @@ impl ArrowSet {
             match (labels.as_mut(), fields.iter().position(|x| *x == label_column)) {
                 (Some(all), Some(l)) => {
                     for k in 0..f.batches.len() {
-                        match integers(path, label_column, &f.column(k, l)?) {
-                            Ok(v) => all.extend(v),
+                        match all.add(path, label_column, &f.column(k, l)?) {
+                            Ok(()) => {}
                             Err(e) => {
                                 no_labels = Some(e.to_string());
                                 labels = None;
