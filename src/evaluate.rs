@@ -120,6 +120,9 @@ pub struct EvalOptions {
     pub mask_map: Option<MaskMap>,
     /// Where to write every sample's outputs, prediction and target (an `.npz`).
     pub save_outputs: Option<PathBuf>,
+    /// Runs the model and drops its outputs unscored: a benchmark's measure of the forward pass
+    /// alone, against which the cost of scoring is measured. The figures are then of no sample.
+    pub unscored: bool,
     /// How the inputs are read and preprocessed.
     pub data: DataOptions,
     /// Samples per batch.
@@ -141,6 +144,7 @@ impl EvalOptions {
             masks: None,
             mask_map: None,
             save_outputs: None,
+            unscored: false,
             data: DataOptions::default(),
             batch_size: NonZeroUsize::new(256).expect("non-zero"),
             task: Task::default(),
@@ -411,6 +415,9 @@ fn pass(model: &Model, opts: &EvalOptions, part: Part, mut saved: Option<&mut Sa
         names: Some(&name_of),
     };
     let ran = runtime::run_batches(&mut sessions, &specs, batches, &[&output], &bar, |batch, out| {
+        if opts.unscored {
+            return Ok(());
+        }
         acc.state.update(&out[0], batch.targets.as_ref(), &batch.indices, &at)?;
         if let Some(saved) = saved.as_deref_mut() {
             saved.add(&samples, &batch, &out[0]);
@@ -421,7 +428,7 @@ fn pass(model: &Model, opts: &EvalOptions, part: Part, mut saved: Option<&mut Sa
     acc.skipped = samples.skipped();
     // A part of a sharded evaluation may have skipped all its images: it still stands for its
     // range, and the merge refuses parts that together counted nothing.
-    if acc.samples() == 0 && part == Part::WHOLE {
+    if acc.samples() == 0 && part == Part::WHOLE && !opts.unscored {
         return Err(Error::format(
             &opts.inputs,
             format!(

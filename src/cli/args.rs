@@ -566,6 +566,8 @@ pub fn eval_options(
         masks: task.masks.clone(),
         mask_map: task.mask_map.clone(),
         save_outputs: None,
+        // A benchmark's forward pass alone (bench/segmentation_bench.py).
+        unscored: std::env::var_os("SWA_BENCH_UNSCORED").is_some_and(|v| v == "1"),
         engine: engine.engine()?,
         quiet,
     })

@@ -119,19 +119,33 @@ struct Counted {
 fn count(logits: &[f32], mask: &[i64], c: usize, ignore: i64) -> std::result::Result<Counted, (usize, i64)> {
     let hw = mask.len();
     let mut best: Vec<f32> = logits[..hw].to_vec();
-    let mut arg = vec![0u32; hw];
-    let mut finite: Vec<bool> = best.iter().map(|v| v.is_finite()).collect();
+    let mut arg = vec![0u8; hw];
+    let mut wide = Vec::new();
+    // The arg-max, plane by plane (each pass a compare and two selects the compiler vectorises);
+    // u8 indices while they fit.
     for k in 1..c {
         let plane = &logits[k * hw..(k + 1) * hw];
-        for p in 0..hw {
-            let v = plane[p];
-            finite[p] &= v.is_finite();
-            if v > best[p] {
-                best[p] = v;
-                arg[p] = k as u32;
+        if k < 256 {
+            for ((b, a), &v) in best.iter_mut().zip(arg.iter_mut()).zip(plane) {
+                let above = v > *b;
+                *b = if above { v } else { *b };
+                *a = if above { k as u8 } else { *a };
+            }
+        } else {
+            if wide.is_empty() {
+                wide = arg.iter().map(|&a| a as u32).collect();
+            }
+            for ((b, a), &v) in best.iter_mut().zip(wide.iter_mut()).zip(plane) {
+                if v > *b {
+                    *b = v;
+                    *a = k as u32;
+                }
             }
         }
     }
+    // Non-finite logits are rare: one vectorised check, and a pixel-by-pixel one only then.
+    let finite: Option<Vec<bool>> = (!logits.iter().all(|v| v.is_finite()))
+        .then(|| (0..hw).map(|p| (0..c).all(|k| logits[k * hw + p].is_finite())).collect());
     let mut out = Counted { confusion: vec![0; c * c], ..Counted::default() };
     for p in 0..hw {
         let y = mask[p];
@@ -142,11 +156,12 @@ fn count(logits: &[f32], mask: &[i64], c: usize, ignore: i64) -> std::result::Re
         if y < 0 || y as usize >= c {
             return Err((p, y));
         }
-        if !finite[p] {
+        if finite.as_ref().is_some_and(|f| !f[p]) {
             out.nonfinite_pixels += 1;
             continue;
         }
-        out.confusion[y as usize * c + arg[p] as usize] += 1;
+        let predicted = if wide.is_empty() { arg[p] as usize } else { wide[p] as usize };
+        out.confusion[y as usize * c + predicted] += 1;
     }
     Ok(out)
 }
