@@ -203,30 +203,51 @@ fn logits_output(model: &Model) -> Result<String> {
 fn with_labels(samples: Samples, opts: &EvalOptions) -> Result<(Samples, PathBuf)> {
     // Batches made by the caller carry their masks themselves.
     let own_masks = samples.own_batches() && samples.has_targets() && opts.masks.is_none();
-    if let (None, Task::Segmentation(task), false) = (&opts.labels, &opts.task, own_masks) {
+    let segmentation = matches!(opts.task, Task::Segmentation(_));
+    // A metric command scores masks too, when given a folder of them.
+    let wants_masks = segmentation || (matches!(opts.task, Task::Command(_)) && opts.masks.is_some());
+    if let (Some(labels), Some(masks)) = (&opts.labels, &opts.masks) {
+        return Err(Error::usage(format!(
+            "masks are given twice, as the array {} and as the folder {}: give one",
+            labels.display(),
+            masks.display()
+        )));
+    }
+    if opts.labels.is_none() && wants_masks && !own_masks {
         let (dir, layout) =
             match (&opts.masks, masks::detect(&opts.inputs)) {
                 (Some(dir), _) => (dir.clone(), masks::Layout::Folder),
-                (None, Some(found)) => found,
+                (None, Some((dir, layout))) => {
+                    crate::error::warn(format!(
+                        "{}: masks from {} ({})",
+                        opts.inputs.display(),
+                        dir.display(),
+                        layout.describe()
+                    ));
+                    (dir, layout)
+                }
                 (None, None) => return Err(Error::format(
                     &opts.inputs,
                     "has no masks: segmentation needs a mask per image (a folder of masks paired by file name, or a \
                      .npy of masks [N, H, W]); VOC, Cityscapes and ADE20K folders are found beside their images",
                 )),
             };
+        let ignore = match &opts.task {
+            Task::Segmentation(t) => t.ignore_index,
+            _ => crate::tasks::segmentation::IGNORE_INDEX,
+        };
         let path = samples.path.clone();
-        let source = WithMasks::new(
-            samples.into_source(),
-            &opts.inputs,
-            &dir,
-            layout,
-            opts.mask_map.clone(),
-            task.ignore_index,
-        )?;
+        let source = WithMasks::new(samples.into_source(), &opts.inputs, &dir, layout, opts.mask_map.clone(), ignore)?;
         return Ok((Samples::from_source(path, Box::new(source)), dir));
     }
-    if opts.masks.is_some() || opts.mask_map.is_some() {
-        return Err(Error::usage(format!("masks are the targets of segmentation, not of {}", opts.task.name())));
+    if opts.mask_map.is_some() || opts.masks.is_some() {
+        return Err(Error::usage(if own_masks || (segmentation && samples.own_batches()) {
+            "the batches carry their own masks: a mask folder or a mask map does not apply to them".to_string()
+        } else if segmentation {
+            "a mask map applies to masks read from a folder, not to an array of masks".to_string()
+        } else {
+            format!("masks are the targets of segmentation (or of a metric command), not of {}", opts.task.name())
+        }));
     }
     let own = samples.has_targets() && (opts.task.uses_source_targets() || own_masks);
     match (&opts.labels, own) {

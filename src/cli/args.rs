@@ -415,8 +415,8 @@ pub struct TaskArgs {
     /// default 0.5).
     #[arg(long, value_name = "P", value_parser = fraction)]
     pub threshold: Option<f64>,
-    /// The mask value of pixels left out (segmentation; default 255).
-    #[arg(long, value_name = "N")]
+    /// The mask value of pixels left out (segmentation; default 255; -100 as PyTorch's loss).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub ignore_index: Option<i64>,
     /// A folder of segmentation masks (palette or grey PNGs of class indices) named as the
     /// images are (`x.jpg` → `x.png`, in the same subfolders). Not needed for VOC
@@ -424,9 +424,10 @@ pub struct TaskArgs {
     /// ADE20K (`images/` + `annotations/`) folders.
     #[arg(long, value_name = "DIR")]
     pub masks: Option<PathBuf>,
-    /// Remap mask values before scoring: FROM:TO pairs (`0:255,255:0`). ADE20K's masks are
-    /// remapped as its models expect unless this is given (0 = unlabelled → 255, k → k-1).
-    #[arg(long, value_name = "FROM:TO,...")]
+    /// Remap mask values before scoring: FROM:TO pairs (`0:255,255:0`), or `reduce-zero` (0 =
+    /// unlabelled → the ignore index, k → k-1, as mmsegmentation's reduce_zero_label). ADE20K's
+    /// folders are read so unless this is given.
+    #[arg(long, value_name = "FROM:TO,...|reduce-zero", allow_hyphen_values = true)]
     pub mask_map: Option<swa::inputs::samples::masks::MaskMap>,
     /// Score with your own program: `CMD {outputs} {labels}` runs on .npy files of the model's
     /// outputs and the targets (in sample order) and prints one JSON object of figures with a
@@ -476,6 +477,9 @@ pub struct EvalBatchArgs {
     /// Samples per evaluation batch.
     #[arg(long, default_value = "256", value_parser = at_least_one)]
     pub eval_batch_size: NonZeroUsize,
+    /// The segmentation masks of --select-inputs, as --masks gives those of --eval-inputs.
+    #[arg(long, value_name = "DIR")]
+    pub select_masks: Option<PathBuf>,
     /// What the outputs are scored as.
     #[command(flatten)]
     pub task: TaskArgs,
@@ -489,11 +493,11 @@ pub struct GateArgs {
     /// --gate 'top1>=A'.
     #[arg(long, value_name = "A", value_parser = fraction)]
     pub min_accuracy: Option<f64>,
-    /// Exit with code 1 unless a figure is within a bound: `miou>=0.72`, `rmse<=0.1`,
-    /// `top1>=0.9`, `ap_macro>=0.8`, or any number a --metric-command prints (repeatable; all
-    /// must pass). A NaN figure, or any sample's non-finite outputs, fails it (`swa run`: the
-    /// recalibrated SWA model's).
-    #[arg(long, value_name = "FIGURE>=X|FIGURE<=X", value_parser = gate)]
+    /// Exit with code 1 unless a figure is within a bound, FIGURE>=X or FIGURE<=X: `miou>=0.72`,
+    /// `rmse<=0.1`, `top5>=0.97`, `ap_macro>=0.8`, or any number a --metric-command prints
+    /// (repeatable; all must pass; fractions, not percentages). A NaN figure, or any sample's
+    /// non-finite outputs, fails it (`swa run`: the recalibrated SWA model's).
+    #[arg(long, value_name = "FIGURE>=X", value_parser = gate)]
     pub gate: Vec<Gate>,
 }
 
@@ -528,10 +532,16 @@ impl GateArgs {
 
 /// Fails when `inputs` carry no targets of their own (arrays) and the labels flag `flag` is
 /// missing (segmentation's masks may also come from --masks).
-pub fn needs_labels(inputs: &Path, labels: Option<&Path>, flag: &str, task: &TaskArgs) -> Result<()> {
+pub fn needs_labels(
+    inputs: &Path,
+    labels: Option<&Path>,
+    flag: &str,
+    task: &TaskArgs,
+    masks: Option<&Path>,
+) -> Result<()> {
     if labels.is_none() && !swa::inputs::carries_labels(inputs) {
         if task.task == "segmentation" {
-            if task.masks.is_none() {
+            if masks.is_none() {
                 return Err(Error::usage(format!(
                     "{flag} (masks [N, H, W] as .npy) is needed: {} holds arrays, which carry no masks",
                     inputs.display()

@@ -49,13 +49,14 @@ pub struct EvaluateArgs {
     /// from 0), for `swa merge-eval`; needs --partial-out.
     #[arg(long, value_name = "I/N", value_parser = part)]
     pub shard: Option<Part>,
-    /// Write this part's counts and loss sum (JSON) instead of metrics, for `swa merge-eval`
-    /// (which applies --min-accuracy).
+    /// Write this part's counts (JSON) instead of metrics, for `swa merge-eval` (which applies
+    /// --min-accuracy and --gate).
     #[arg(long, value_name = "E.json", conflicts_with_all = ["min_accuracy", "gate", "save_outputs"])]
     pub partial_out: Option<PathBuf>,
-    /// Also write every sample's outputs with its id (file name or row number), prediction and
-    /// target, in sample order, as an .npz (`ids`, `outputs`, `predictions`, `targets`): to find
-    /// the samples a change flipped, or to score them with your own code.
+    /// Also write every sample's outputs with its id (file name or row number), prediction (class
+    /// indices, 0/1 labels, per-pixel classes; none for regression and metric commands) and target,
+    /// in sample order, as an .npz (`ids`, `outputs`, `predictions`, `targets`): to find the samples
+    /// a change flipped, or to score them with your own code.
     #[arg(long, value_name = "OUT.npz")]
     pub save_outputs: Option<PathBuf>,
     /// Output format.
@@ -77,7 +78,7 @@ impl EvaluateArgs {
         if self.shard.is_some() && self.partial_out.is_none() {
             return Err(Error::usage(SHARD_NEEDS_PARTIAL_OUT));
         }
-        needs_labels(&self.inputs, self.labels.as_deref(), "--labels", &self.task)?;
+        needs_labels(&self.inputs, self.labels.as_deref(), "--labels", &self.task, self.task.masks.as_deref())?;
         let mut eval = eval_options(
             &self.inputs,
             self.labels.as_deref(),
@@ -89,10 +90,30 @@ impl EvaluateArgs {
         )?;
         let gates = self.gate.gates(&eval.task)?;
         if let Some(out) = &self.save_outputs {
+            let detected = swa::inputs::samples::masks::detect(&self.inputs).map(|(dir, _)| dir);
             let mut inputs = vec![self.inputs.as_path(), self.m.model.as_path()];
             inputs.extend(self.labels.as_deref());
             inputs.extend(self.m.weights.as_deref());
+            inputs.extend(self.task.masks.as_deref());
+            inputs.extend(detected.as_deref());
             swa::fs::refuse_overwrite(out, &inputs)?;
+            // An existing file is replaced only when it is an .npz (a zip), as an earlier
+            // --save-outputs wrote: a checkpoint or a mask named by mistake is kept.
+            if std::fs::metadata(out).is_ok_and(|m| m.is_file()) {
+                let mut magic = [0u8; 4];
+                let is_zip = std::fs::File::open(out)
+                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+                    .is_ok_and(|()| &magic == b"PK\x03\x04");
+                if !is_zip {
+                    return Err(Error::usage(format!(
+                        "--save-outputs {} exists and is not an .npz: refusing to replace it",
+                        out.display()
+                    )));
+                }
+            }
+            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+                std::fs::create_dir_all(dir).map_err(|e| swa::Error::io(dir, e))?;
+            }
             eval.save_outputs = Some(out.clone());
         }
         let whole = EvaluateOptions {
@@ -117,7 +138,7 @@ impl EvaluateArgs {
         match self.resolve(quiet)? {
             Job::Whole(opts, gates) => {
                 let m = swa::evaluate::run(&opts)?;
-                let mut outcome = output::metrics(&self.m.model, &m, &gates, self.gate.min_accuracy, self.out.json);
+                let mut outcome = output::metrics(&self.m.model, &m, &gates, self.gate.min_accuracy, self.out.json)?;
                 if let (Some(out), false) = (&self.save_outputs, self.out.json) {
                     let _ = writeln!(outcome.stdout, "\nwrote {}", out.display());
                 }

@@ -74,6 +74,6 @@ impl MergeEvalArgs {
         let eval: Vec<_> = self.partials.iter().map(|p| swa::parts::eval::read(p)).collect::<Result<_>>()?;
         let (identity, m) = swa::parts::eval::merge_scored_by(&self.partials, &eval, self.metric_command.as_deref())?;
         let gates = self.gate.gates(&m.metrics.task())?;
-        Ok(output::metrics(&identity.model, &m, &gates, self.gate.min_accuracy, self.out.json))
+        output::metrics(&identity.model, &m, &gates, self.gate.min_accuracy, self.out.json)
     }
 }

@@ -61,11 +61,12 @@ pub enum Command {
     Average(average::AverageArgs),
     /// Recalibrate BatchNorm statistics by running the ONNX model over training samples.
     Recalibrate(recalibrate::RecalibrateArgs),
-    /// Accuracy, top-k and loss of a model on labelled held-out data.
+    /// Score a model on held-out data: accuracy, top-k and loss, or the figures of --task
+    /// (segmentation mIoU, regression R²/RMSE, multi-label AP/F1) or of your --metric-command.
     Evaluate(evaluate::EvaluateArgs),
     /// Average, recalibrate, evaluate every checkpoint and the SWA model, and write a report.
     Run(run::RunArgs),
-    /// Choose checkpoints to average by held-out accuracy (greedy, uniform or top-k model soups),
+    /// Choose checkpoints to average by their held-out score (greedy, uniform or top-k model soups),
     /// judging every candidate with BatchNorm statistics recalibrated for its own weights.
     Soup(soup::SoupArgs),
     /// List a checkpoint's or model's tensors and BatchNorm layers.

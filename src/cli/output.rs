@@ -45,8 +45,9 @@ pub fn metrics(
     gates: &[swa::tasks::Gate],
     min_accuracy: Option<f64>,
     as_json: bool,
-) -> Outcome {
+) -> swa::Result<Outcome> {
     let score = e.score();
+    check_gates(&score, gates)?;
     if score.nonfinite() > 0 {
         warn_nonfinite(&model.display().to_string(), score.nonfinite(), score.samples(), &e.metrics.task());
     }
@@ -59,7 +60,15 @@ pub fn metrics(
         for (key, value) in e.metrics.json_extras() {
             v[key] = value;
         }
-        return Outcome { stdout: json(&v), code, failure };
+        return Ok(Outcome { stdout: json(&v), code, failure });
     }
-    Outcome { stdout: md, code, failure }
+    Ok(Outcome { stdout: md, code, failure })
+}
+
+/// Fails when a gate names a figure the score lacks (a metric command did not print it).
+pub fn check_gates(score: &swa::evaluate::Score, gates: &[swa::tasks::Gate]) -> swa::Result<()> {
+    match gates.iter().find_map(|g| g.unknown_in(score).map(|why| format!("--gate {g}: {why}"))) {
+        Some(why) => Err(swa::Error::usage(why)),
+        None => Ok(()),
+    }
 }

@@ -359,8 +359,12 @@ pub fn soup(s: &SoupSummary) -> String {
     let _ = writeln!(o, "best single ({}), select split: {}", s.best_single.name, s.best_single.select.describe());
     if let (Some(e), Some(b)) = (&s.eval, &s.best_single.eval) {
         let _ = writeln!(o, "soup, test split: {}", e.describe());
-        let _ =
-            writeln!(o, "best single, test split: {}  (soup {:+.2} pp)", b.describe(), (e.value() - b.value()) * 100.0);
+        let _ = writeln!(
+            o,
+            "best single, test split: {}  (soup {})",
+            b.describe(),
+            b.task().format_gain(e.value() - b.value())
+        );
     }
     wrote(&mut o, &s.created_dirs, &s.outputs);
     o

@@ -25,7 +25,8 @@ pub struct RunArgs {
     /// Held-out inputs (.npy, .npz, a folder of class folders of images, Parquet).
     #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
     pub eval_inputs: PathBuf,
-    /// Held-out integer labels (not needed when the inputs carry them).
+    /// Held-out targets, typed by --task (class indices, values, 0/1 rows, masks; not needed when
+    /// the inputs carry them).
     #[arg(long, value_name = "Y.npy")]
     pub eval_labels: Option<PathBuf>,
     /// How images are read (training, select and held-out sets alike).
@@ -41,7 +42,7 @@ pub struct RunArgs {
     /// The soup's select split (held out, and not the --eval-inputs the report is measured on).
     #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet", requires = "soup")]
     pub select_inputs: Option<PathBuf>,
-    /// Labels of the select split.
+    /// Targets of the select split, typed by --task.
     #[arg(long, value_name = "Y.npy", requires = "soup")]
     pub select_labels: Option<PathBuf>,
     /// The recalibration pass.
@@ -76,9 +77,21 @@ impl RunArgs {
     /// The library options, every rule between flags checked.
     fn resolve(&self, quiet: bool) -> Result<RunOptions> {
         let quiet = self.format.quiet(quiet);
-        needs_labels(&self.eval_inputs, self.eval_labels.as_deref(), "--eval-labels", &self.eval.task)?;
+        needs_labels(
+            &self.eval_inputs,
+            self.eval_labels.as_deref(),
+            "--eval-labels",
+            &self.eval.task,
+            self.eval.task.masks.as_deref(),
+        )?;
         if let Some(select) = &self.select_inputs {
-            needs_labels(select, self.select_labels.as_deref(), "--select-labels", &self.eval.task)?;
+            needs_labels(
+                select,
+                self.select_labels.as_deref(),
+                "--select-labels",
+                &self.eval.task,
+                self.eval.select_masks.as_deref(),
+            )?;
         }
         let (batch, k) = (self.eval.eval_batch_size, &self.eval.task);
         Ok(RunOptions {
@@ -104,15 +117,18 @@ impl RunArgs {
             soup: match (self.soup, &self.select_inputs) {
                 (Some(method), Some(inputs)) => Some(RunSoup {
                     method,
-                    select: eval_options(
-                        inputs,
-                        self.select_labels.as_deref(),
-                        &self.data,
-                        batch,
-                        k,
-                        &self.engine,
-                        quiet,
-                    )?,
+                    select: swa::evaluate::EvalOptions {
+                        masks: self.eval.select_masks.clone(),
+                        ..eval_options(
+                            inputs,
+                            self.select_labels.as_deref(),
+                            &self.data,
+                            batch,
+                            k,
+                            &self.engine,
+                            quiet,
+                        )?
+                    },
                 }),
                 _ => None,
             },
@@ -133,6 +149,7 @@ impl RunArgs {
             output::warn_nonfinite(&model, n, r.eval_samples, &r.task);
         }
         let gated = &r.swa_recalibrated;
+        output::check_gates(gated, &gates)?;
         let code = !render::passes(gated, &gates) as u8;
         let mut stdout = if self.format.json { r.json() + "\n" } else { swa::report::markdown(&r) };
         if !self.format.json {

@@ -27,13 +27,13 @@ pub struct SoupArgs {
     /// The select split: held-out inputs the ingredients are chosen by.
     #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
     pub select_inputs: PathBuf,
-    /// Labels of the select split (not needed when the inputs carry them).
+    /// Targets of the select split, typed by --task (not needed when the inputs carry them).
     #[arg(long, value_name = "Y.npy")]
     pub select_labels: Option<PathBuf>,
     /// A test split, reported for the soup and the best single checkpoint (never used to choose).
     #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
     pub eval_inputs: Option<PathBuf>,
-    /// Labels of the test split.
+    /// Targets of the test split, typed by --task.
     #[arg(long, value_name = "Y.npy", requires = "eval_inputs")]
     pub eval_labels: Option<PathBuf>,
     /// How images are read (training, select and test sets alike).
@@ -81,9 +81,21 @@ impl SoupArgs {
                 ))
             }
         };
-        needs_labels(&self.select_inputs, self.select_labels.as_deref(), "--select-labels", &self.eval.task)?;
+        needs_labels(
+            &self.select_inputs,
+            self.select_labels.as_deref(),
+            "--select-labels",
+            &self.eval.task,
+            self.eval.select_masks.as_deref(),
+        )?;
         if let Some(e) = &self.eval_inputs {
-            needs_labels(e, self.eval_labels.as_deref(), "--eval-labels", &self.eval.task)?;
+            needs_labels(
+                e,
+                self.eval_labels.as_deref(),
+                "--eval-labels",
+                &self.eval.task,
+                self.eval.task.masks.as_deref(),
+            )?;
         }
         let statistics = match recalibrate {
             None => Statistics::Stored,
@@ -106,7 +118,10 @@ impl SoupArgs {
             key: self.ck.bind.read.key.clone(),
             method: self.method,
             statistics,
-            select: eval(&self.select_inputs, self.select_labels.as_deref())?,
+            select: swa::evaluate::EvalOptions {
+                masks: self.eval.select_masks.clone(),
+                ..eval(&self.select_inputs, self.select_labels.as_deref())?
+            },
             eval: self.eval_inputs.as_deref().map(|i| eval(i, self.eval_labels.as_deref())).transpose()?,
             allow_missing_weights: self.ck.bind.allow_missing_weights,
             output: self.output.clone(),

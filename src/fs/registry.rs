@@ -43,7 +43,22 @@ pub fn discard_staged() {
         let _ = std::fs::remove_dir(dir);
     }
     std::mem::forget(dirs);
+    // And the process groups of the commands still running for the outputs (a metric command):
+    // they were started in groups of their own, which a terminal's Ctrl-C does not reach.
+    for &group in children().iter() {
+        // SAFETY: a plain system call; a group that has gone is an error ignored.
+        unsafe { libc::kill(-group, libc::SIGTERM) };
+    }
     std::mem::forget(list);
+}
+
+/// Process groups of child commands (a metric command and what it starts) that [`discard_staged`]
+/// ends.
+static CHILDREN: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// The child process groups running.
+pub fn children() -> MutexGuard<'static, Vec<i32>> {
+    CHILDREN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Directories [`OutputDirs`] created and has not kept yet, in the order they were made (parents

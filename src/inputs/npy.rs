@@ -22,6 +22,10 @@ pub enum NpyType {
     I64,
     /// `<i4`
     I32,
+    /// `<i2`
+    I16,
+    /// `<u2`
+    U16,
 }
 
 impl NpyType {
@@ -34,6 +38,8 @@ impl NpyType {
             "|u1" | "<u1" | "|b1" => NpyType::U8,
             "<i8" => NpyType::I64,
             "<i4" => NpyType::I32,
+            "<i2" => NpyType::I16,
+            "<u2" => NpyType::U16,
             _ => return None,
         })
     }
@@ -42,7 +48,7 @@ impl NpyType {
     pub fn size(self) -> usize {
         match self {
             NpyType::U8 => 1,
-            NpyType::F16 => 2,
+            NpyType::F16 | NpyType::I16 | NpyType::U16 => 2,
             NpyType::F32 | NpyType::I32 => 4,
             NpyType::F64 | NpyType::I64 => 8,
         }
@@ -119,6 +125,8 @@ impl Array {
             NpyType::U8 => bytes.iter().map(|&b| b as f32).collect(),
             NpyType::I64 => bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
             NpyType::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
+            NpyType::I16 => bytes.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as f32).collect(),
+            NpyType::U16 => bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as f32).collect(),
         }
     }
 
@@ -130,6 +138,8 @@ impl Array {
         match self.dtype {
             NpyType::I64 => bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
             NpyType::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
+            NpyType::I16 => bytes.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as i64).collect(),
+            NpyType::U16 => bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as i64).collect(),
             NpyType::U8 => bytes.iter().map(|&b| b as i64).collect(),
             _ => self.f32_rows(start, end).into_iter().map(|v| v as i64).collect(),
         }
@@ -147,11 +157,15 @@ impl Array {
         Ok(match self.dtype {
             NpyType::I64 => bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
             NpyType::I32 => bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect(),
+            NpyType::I16 => bytes.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as i64).collect(),
+            NpyType::U16 => bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as i64).collect(),
             NpyType::U8 => bytes.iter().map(|&b| b as i64).collect(),
             other => {
                 return Err(Error::format(
                     &self.path,
-                    format!("labels must be integer class indices (int64, int32 or uint8), found {other:?}"),
+                    format!(
+                        "labels must be integer class indices (int64, int32, int16, uint16 or uint8), found {other:?}"
+                    ),
                 ))
             }
         })
@@ -183,8 +197,8 @@ fn parse_header(path: &Path, name: &str, bytes: &[u8]) -> Result<(NpyType, Vec<u
         .ok_or_else(|| bad("no descr"))?;
     let dtype = NpyType::parse(descr).ok_or_else(|| {
         bad(&format!(
-            "unsupported dtype {descr} (samples: float32, float16, float64, uint8, int32 or int64; labels: int64, \
-             int32 or uint8)"
+            "unsupported dtype {descr} (samples: float32, float16, float64, uint8, int32 or int64; labels: int64, int32, \
+             int16, uint16 or uint8)"
         ))
     })?;
     if field("fortran_order").is_some_and(|s| s.starts_with("True")) {

@@ -36,6 +36,9 @@ pub struct ParquetSet {
     columns: Vec<usize>,
     /// The label column's values, when every file has it.
     pub labels: Option<TargetColumn>,
+    /// The names of the label column's classes, where `datasets` wrote them (a `ClassLabel` in the
+    /// first file's `huggingface` metadata).
+    pub class_names: Option<Vec<String>>,
     /// Why there are no labels (for an evaluation, which needs them): no such column (with the
     /// columns there are), labels turned off, or a column that is not class indices.
     pub no_labels: Option<String>,
@@ -331,6 +334,16 @@ impl PageReader for CheckedPages {
     }
 }
 
+/// The names of `column`'s classes in a `datasets` Parquet file's `huggingface` metadata
+/// (`{"info": {"features": {column: {"_type": "ClassLabel", "names": [...]}}}}`).
+fn hub_class_names(kv: Option<&Vec<parquet::file::metadata::KeyValue>>, column: &str) -> Option<Vec<String>> {
+    let text = kv?.iter().find(|k| k.key == "huggingface")?.value.as_deref()?;
+    let json: serde_json::Value = serde_json::from_str(text).ok()?;
+    let feature = json.get("info")?.get("features")?.get(column)?;
+    (feature.get("_type")?.as_str()? == "ClassLabel").then_some(())?;
+    feature.get("names")?.as_array()?.iter().map(|n| n.as_str().map(String::from)).collect()
+}
+
 /// A target column's values, batch after batch: integers (class indices) or floats, one per row
 /// (class indices, regression values) or a list of one length per row (multi-hot labels, a row of
 /// regression values) — typed by the task that reads them.
@@ -376,11 +389,17 @@ impl TargetColumn {
         let (values, per_row) = match col.data_type() {
             DataType::List(_) => {
                 let l = col.as_list::<i32>();
-                (l.values().clone(), list_length(path, name, l.value_offsets().windows(2).map(|w| (w[1] - w[0]) as usize))?)
+                (
+                    l.values().clone(),
+                    list_length(path, name, l.value_offsets().windows(2).map(|w| (w[1] - w[0]) as usize))?,
+                )
             }
             DataType::LargeList(_) => {
                 let l = col.as_list::<i64>();
-                (l.values().clone(), list_length(path, name, l.value_offsets().windows(2).map(|w| (w[1] - w[0]) as usize))?)
+                (
+                    l.values().clone(),
+                    list_length(path, name, l.value_offsets().windows(2).map(|w| (w[1] - w[0]) as usize))?,
+                )
             }
             DataType::FixedSizeList(_, n) => {
                 let l = col.as_fixed_size_list();
@@ -392,10 +411,16 @@ impl TargetColumn {
         let rows = col.len();
         if let Some(k) = per_row {
             if self.per_row.is_some_and(|have| have != k) || (self.per_row.is_none() && self.rows > 0) {
-                return Err(Error::format(path, format!("label column `{name}` holds lists of {k} values after other rows")));
+                return Err(Error::format(
+                    path,
+                    format!("label column `{name}` holds lists of {k} values after other rows"),
+                ));
             }
             self.per_row = Some(k);
-        } else if self.per_row.is_some() && rows > 0 && !matches!(col.data_type(), DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..)) {
+        } else if self.per_row.is_some()
+            && rows > 0
+            && !matches!(col.data_type(), DataType::List(_) | DataType::LargeList(_) | DataType::FixedSizeList(..))
+        {
             return Err(Error::format(path, format!("label column `{name}` mixes lists and single values")));
         }
         if values.null_count() > 0 {
@@ -549,8 +574,12 @@ impl ParquetSet {
             label_column.is_empty().then(|| "its labels are turned off (an empty label column name)".to_string());
         // A label column that is not class indices: no labels, whatever the other files hold.
         let mut unusable = false;
+        let mut class_names = None;
         for path in &files {
             let (b, _) = builder(path)?;
+            if path == &files[0] {
+                class_names = hub_class_names(b.metadata().file_metadata().key_value_metadata(), label_column);
+            }
             let fields: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
             let Some(col) = fields.iter().position(|f| f == image_column) else {
                 return Err(Error::format(
@@ -623,7 +652,16 @@ impl ParquetSet {
             };
         }
         let rows = *starts.last().expect("non-empty");
-        Ok(ParquetSet { files, starts, rows, image_column: image_column.to_string(), columns, labels, no_labels })
+        Ok(ParquetSet {
+            files,
+            starts,
+            rows,
+            image_column: image_column.to_string(),
+            columns,
+            labels,
+            no_labels,
+            class_names,
+        })
     }
 
     /// `file row N` for messages about row `i` of the set.

@@ -29,12 +29,11 @@ fn read_csv(path: &Path) -> Result<Table> {
     let text = String::from_utf8(bytes).map_err(|_| Error::format(path, "is not UTF-8 text"))?;
     let cell = |s: &str| s.trim().trim_matches('"').to_string();
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<String> = lines.next().ok_or_else(|| Error::format(path, "is empty"))?.split(',').map(cell).collect();
-    let name_col = NAME_COLUMNS
-        .iter()
-        .find_map(|n| header.iter().position(|h| h.eq_ignore_ascii_case(n)))
-        .unwrap_or(0);
-    let columns: Vec<String> = header.iter().enumerate().filter(|(i, _)| *i != name_col).map(|(_, h)| h.clone()).collect();
+    let header: Vec<String> =
+        lines.next().ok_or_else(|| Error::format(path, "is empty"))?.split(',').map(cell).collect();
+    let name_col = NAME_COLUMNS.iter().find_map(|n| header.iter().position(|h| h.eq_ignore_ascii_case(n))).unwrap_or(0);
+    let columns: Vec<String> =
+        header.iter().enumerate().filter(|(i, _)| *i != name_col).map(|(_, h)| h.clone()).collect();
     if columns.is_empty() {
         return Err(Error::format(path, "has no column of values beside the file names"));
     }
@@ -44,7 +43,12 @@ fn read_csv(path: &Path) -> Result<Table> {
         if cells.len() != header.len() {
             return Err(Error::format(
                 path,
-                format!("row {} has {} cells for {} columns (file names with commas are not read)", k + 2, cells.len(), header.len()),
+                format!(
+                    "row {} has {} cells for {} columns (file names with commas are not read)",
+                    k + 2,
+                    cells.len(),
+                    header.len()
+                ),
             ));
         }
         for (i, c) in cells.iter().enumerate() {
@@ -67,14 +71,19 @@ fn read_parquet(path: &Path) -> Result<Table> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let file = crate::fs::open_regular(path)?;
     let bad = |e: String| Error::format(path, format!("could not be read as Parquet: {e}"));
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(e.to_string()))?.build().map_err(|e| bad(e.to_string()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| bad(e.to_string()))?
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
     let (mut names, mut values, mut columns) = (Vec::new(), Vec::new(), Vec::new());
     for batch in reader {
         let batch = batch.map_err(|e| bad(e.to_string()))?;
         let schema = batch.schema();
         let fields: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        let name_col = NAME_COLUMNS.iter().find_map(|n| fields.iter().position(|h| h.eq_ignore_ascii_case(n))).unwrap_or(0);
-        let names_array = arrow_cast::cast(batch.column(name_col), &arrow_schema::DataType::Utf8).map_err(|e| bad(e.to_string()))?;
+        let name_col =
+            NAME_COLUMNS.iter().find_map(|n| fields.iter().position(|h| h.eq_ignore_ascii_case(n))).unwrap_or(0);
+        let names_array =
+            arrow_cast::cast(batch.column(name_col), &arrow_schema::DataType::Utf8).map_err(|e| bad(e.to_string()))?;
         let strings = names_array.as_string::<i32>();
         let value_cols: Vec<usize> = (0..fields.len()).filter(|&i| i != name_col).collect();
         columns = value_cols.iter().map(|&i| fields[i].to_string()).collect();

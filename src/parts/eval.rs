@@ -57,7 +57,7 @@ pub fn evaluate_part(model: &Model, identity: Identity, opts: &EvalOptions, part
         swa_version: crate::VERSION.into(),
         identity,
         inputs: file_name(&opts.inputs),
-        labels: opts.labels.as_deref().map(file_name).unwrap_or_default(),
+        labels: opts.labels.as_deref().or(opts.masks.as_deref()).map(file_name).unwrap_or_default(),
         total_samples: total,
         batch_size: opts.batch_size.get(),
         shard: part,
@@ -142,7 +142,13 @@ pub fn merge_scored_by(
     for (file, p) in files.iter().zip(partials) {
         match (p.counts.state.task(), command) {
             (crate::tasks::Task::Command(c), Some(given)) if c.command == given => {}
-            (crate::tasks::Task::Command(c), _) => {
+            (crate::tasks::Task::Command(c), Some(given)) => {
+                return Err(Error::format(
+                    file,
+                    format!("was scored by the metric command `{}`, not by `{given}`", c.command),
+                ))
+            }
+            (crate::tasks::Task::Command(c), None) => {
                 return Err(Error::format(
                     file,
                     format!(
@@ -193,6 +199,14 @@ pub fn merge_scored_by(
                     p.batch_size
                 ),
             ));
+        }
+        if let crate::tasks::State::Command(c) = &p.counts.state {
+            if let Some(i) = c.indices.iter().find(|&&i| !(start..end).contains(&i)) {
+                return Err(Error::format(
+                    file,
+                    format!("part {} holds sample {i}, outside its samples {start}..{end}", p.shard),
+                ));
+            }
         }
         acc.merge(&p.counts)
             .map_err(|e| Error::Mismatch(format!("{} and {} cannot be added: {e}", f0.display(), file.display())))?;

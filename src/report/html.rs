@@ -33,9 +33,15 @@ impl Frame {
             .collect();
         values.extend([r.swa_stored.value(), r.swa_recalibrated.value()]);
         values.extend(r.soup.iter().map(|soup| soup.eval.value()));
-        let lo = values.iter().copied().fold(1.0, f64::min);
-        let hi = values.iter().copied().fold(0.0, f64::max);
-        let pad = ((hi - lo) * 0.1).max(0.01);
+        values.retain(|v| v.is_finite());
+        // Scores that are fractions (accuracies, mIoU, AP) keep the axis within 0..=1; any other
+        // (R², a negated RMSE, a metric command's) spans its values.
+        let fractions = values.iter().all(|v| (0.0..=1.0).contains(v));
+        let (floor, ceil) = if fractions { (0.0, 1.0) } else { (f64::NEG_INFINITY, f64::INFINITY) };
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let (lo, hi) = if lo <= hi { (lo, hi) } else { (0.0, 1.0) };
+        let pad = ((hi - lo) * 0.1).max(if fractions { 0.01 } else { 1e-3 * hi.abs().max(lo.abs()).max(1e-6) });
         Frame {
             w: 720.0,
             h: 360.0,
@@ -44,8 +50,8 @@ impl Frame {
             top: 20.0,
             bottom: 50.0,
             n: r.checkpoints.len().max(1),
-            lo: (lo - pad).max(0.0),
-            hi: (hi + pad).min(1.0),
+            lo: (lo - pad).max(floor),
+            hi: (hi + pad).min(ceil),
         }
     }
 
@@ -181,12 +187,11 @@ pub fn chart(r: &Report) -> String {
     f.series(r, "recalibrated", "#ff7f0e", &recalibrated, &mut s);
     f.level("swa-stored", "#7f7f7f", "6 4", r.swa_stored.value(), &mut s);
     f.level("swa-recalibrated", "#2ca02c", "", r.swa_recalibrated.value(), &mut s);
-    let mut legend = vec![
-        ("#1f77b4", "", "checkpoint, stored stats"),
-        ("#ff7f0e", "", "checkpoint, recalibrated"),
-        ("#7f7f7f", "6 4", "SWA, stored stats"),
-        ("#2ca02c", "", "SWA, recalibrated"),
-    ];
+    let mut legend = vec![("#1f77b4", "", "checkpoint, stored stats")];
+    if recalibrated.iter().any(Option::is_some) {
+        legend.push(("#ff7f0e", "", "checkpoint, recalibrated"));
+    }
+    legend.extend([("#7f7f7f", "6 4", "SWA, stored stats"), ("#2ca02c", "", "SWA, recalibrated")]);
     if let Some(soup) = &r.soup {
         f.level("soup", "#9467bd", "2 3", soup.eval.value(), &mut s);
         f.ingredients(r, &soup.ingredients, &mut s);

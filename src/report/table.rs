@@ -63,7 +63,7 @@ pub fn summary(r: &Report) -> Table {
     let row =
         |name: Cell, figures: Vec<Option<String>>| std::iter::once(name).chain(cells(figures)).collect::<Vec<_>>();
     let mut recalibrated = row(Cell::strong("SWA, recalibrated"), r.swa_recalibrated.cells());
-    if let Some(score) = recalibrated.get_mut(1) {
+    if let Some(score) = recalibrated.get_mut(1 + r.task.score_column()) {
         score.strong = true;
     }
     let mut rows = vec![

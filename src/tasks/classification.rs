@@ -51,6 +51,17 @@ impl Classification {
 
     /// Class indices from a labels file: a 1-D integer `.npy`.
     pub fn read_targets(&self, path: &std::path::Path) -> Result<Tensor> {
+        let array = crate::inputs::npy::open_npy(path)?;
+        if array.shape.len() != 1 {
+            return Err(Error::format(
+                path,
+                format!(
+                    "holds an array of shape {:?}; class indices are one integer per sample{}",
+                    array.shape,
+                    super::which_targets_fit(&array.shape)
+                ),
+            ));
+        }
         let labels = crate::inputs::open_labels(path)?;
         Ok(Tensor::i64(vec![labels.len()], labels))
     }
@@ -199,7 +210,7 @@ impl State {
     ) -> Result<()> {
         let n = targets.map_or(0, |t| t.shape.first().copied().unwrap_or(0));
         let shape = &output.shape;
-        if shape.len() != 2 || shape[0] as usize != n {
+        if shape.len() != 2 || shape[0] as usize != n || shape[1] <= 0 {
             return Err(Error::format(
                 at.model,
                 format!(

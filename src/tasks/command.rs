@@ -57,6 +57,7 @@ impl Command {
         State {
             task: self.clone(),
             samples: 0,
+            nonfinite: 0,
             sample_shape: None,
             indices: Vec::new(),
             outputs: Vec::new(),
@@ -87,6 +88,10 @@ pub struct State {
     pub task: Command,
     /// Samples counted.
     pub samples: usize,
+    /// Samples whose outputs were not all finite (handed to the command as they are; any fails a
+    /// gate).
+    #[serde(default)]
+    pub nonfinite: usize,
     /// One sample's output shape.
     pub sample_shape: Option<Vec<usize>>,
     /// Each sample's index in the set.
@@ -149,6 +154,10 @@ impl State {
                 },
             }
         }
+        let per = output.data.len() / n.max(1);
+        if per > 0 {
+            self.nonfinite += output.data.chunks_exact(per).filter(|r| !r.iter().all(|v| v.is_finite())).count();
+        }
         self.outputs.extend_from_slice(&output.data);
         self.indices.extend_from_slice(indices);
         self.samples += n;
@@ -164,6 +173,7 @@ impl State {
         let targets = per(&self.target_shape).and_then(|p| p.checked_mul(self.samples));
         let n_targets = self.targets_i64.len() + self.targets_f32.len();
         let ok = self.indices.len() == self.samples
+            && self.nonfinite <= self.samples
             && outputs == Some(self.outputs.len())
             && (self.target_shape.is_none() && n_targets == 0 || targets == Some(n_targets))
             && (self.targets_i64.is_empty() || self.targets_f32.is_empty());
@@ -195,6 +205,7 @@ impl State {
         self.sample_shape = self.sample_shape.take().or_else(|| other.sample_shape.clone());
         self.target_shape = self.target_shape.take().or_else(|| other.target_shape.clone());
         self.samples += other.samples;
+        self.nonfinite += other.nonfinite;
         self.indices.extend_from_slice(&other.indices);
         self.outputs.extend_from_slice(&other.outputs);
         self.targets_i64.extend_from_slice(&other.targets_i64);
@@ -204,7 +215,12 @@ impl State {
 
     /// Writes the outputs and targets in sample order, runs the command on them and reads its figures.
     pub fn finish(&self) -> Result<Metrics> {
-        let dir = tempfile::Builder::new().prefix("swa-metric-").tempdir().map_err(|e| Error::io(Path::new("."), e))?;
+        let tmp = std::env::temp_dir();
+        let dir = tempfile::Builder::new().prefix("swa-metric-").tempdir().map_err(|e| {
+            Error::io(&tmp, std::io::Error::new(e.kind(), format!("cannot make a folder for the metric command: {e}")))
+        })?;
+        // Removed if the process is interrupted meanwhile (it holds a copy of every output).
+        let _staged = Registered::new(dir.path());
         let mut order: Vec<usize> = (0..self.indices.len()).collect();
         order.sort_by_key(|&i| self.indices[i]);
         let shape = self.sample_shape.clone().unwrap_or_default();
@@ -232,40 +248,121 @@ impl State {
                 crate::inputs::npy::write_npy(&labels_path, &full, crate::inputs::npy::Data::F32(&v))?;
             }
         }
-        let figures = run(&self.task.command, &outputs_path, &labels_path)?;
+        let figures = run(&self.task.command, dir.path(), &outputs_path, &labels_path)?;
         let score = figures.get("score").copied().unwrap_or(f64::NAN);
-        Ok(Metrics { task: self.task.clone(), samples: self.samples, score, figures })
+        Ok(Metrics { task: self.task.clone(), samples: self.samples, nonfinite: self.nonfinite, score, figures })
     }
 }
 
-/// Quotes a path for `sh`.
-fn quoted(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+/// A path in the registry of what an interrupted process removes, for as long as this lives.
+struct Registered(std::path::PathBuf);
+
+impl Registered {
+    fn new(path: &Path) -> Registered {
+        crate::fs::registry::staged().push(path.to_path_buf());
+        Registered(path.to_path_buf())
+    }
 }
 
-/// Runs `command` on the two files and reads the one JSON object it prints.
-fn run(command: &str, outputs: &Path, labels: &Path) -> Result<BTreeMap<String, f64>> {
+impl Drop for Registered {
+    fn drop(&mut self) {
+        crate::fs::registry::forget(&mut crate::fs::registry::staged(), &self.0);
+    }
+}
+
+/// A path as a shell word: as it is when it needs no quoting (so `"{outputs}"` works too), else
+/// in single quotes.
+fn quoted(p: &Path) -> String {
+    let s = p.display().to_string();
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+,:@%".contains(c)) {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// JSON with Python's `NaN`, `Infinity` and `-Infinity` (what `json.dumps` writes for them) read as
+/// `null`, outside strings.
+fn python_json(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = line;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            in_string = c != '"' || escaped;
+            escaped = c == '\\' && !escaped;
+        } else if c == '"' {
+            in_string = true;
+        } else {
+            let word = ["-Infinity", "Infinity", "NaN"].into_iter().find(|w| rest.starts_with(w));
+            if let Some(w) = word {
+                out.push_str("null");
+                rest = &rest[w.len()..];
+                continue;
+            }
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// The most of a command's output kept: the figures are in its last lines.
+const KEPT_OUTPUT: u64 = 1 << 20;
+
+/// Runs `command` on the two files in `dir` and reads the last JSON object it prints.
+fn run(command: &str, dir: &Path, outputs: &Path, labels: &Path) -> Result<BTreeMap<String, f64>> {
+    use std::io::{Read, Seek};
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
     let line = command.replace("{outputs}", &quoted(outputs)).replace("{labels}", &quoted(labels));
     let fail = |why: String| Error::Usage(format!("the metric command `{command}` {why}"));
-    let out = std::process::Command::new("sh")
+    let stdout_path = dir.join("stdout");
+    let mut stdout = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&stdout_path)
+        .map_err(|e| Error::io(&stdout_path, e))?;
+    // In a process group of its own, which an interrupted swa ends (with what it started).
+    let mut child = std::process::Command::new("sh")
         .arg("-c")
         .arg(&line)
         .stdin(std::process::Stdio::null())
+        .stdout(stdout.try_clone().map_err(|e| Error::io(&stdout_path, e))?)
         .stderr(std::process::Stdio::inherit())
-        .output()
+        .process_group(0)
+        .spawn()
         .map_err(|e| fail(format!("could not be started: {e}")))?;
-    if !out.status.success() {
-        return Err(fail(match out.status.code() {
-            Some(code) => format!("failed (exit status {code}); what it wrote to stderr is above"),
-            None => "was killed by a signal".to_string(),
+    let group = child.id() as i32;
+    crate::fs::registry::children().push(group);
+    let status = child.wait();
+    crate::fs::registry::children().retain(|&g| g != group);
+    let status = status.map_err(|e| fail(format!("could not be waited for: {e}")))?;
+    if !status.success() {
+        return Err(fail(match (status.code(), status.signal()) {
+            (Some(code), _) => format!("failed (exit status {code}); what it wrote to stderr is above"),
+            (None, Some(sig)) => format!("was killed by signal {sig}"),
+            _ => "failed".to_string(),
         }));
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let object = serde_json::from_str::<serde_json::Value>(text.trim()).ok().or_else(|| {
-        text.lines().rev().find(|l| !l.trim().is_empty()).and_then(|l| serde_json::from_str(l.trim()).ok())
+    let len = stdout.metadata().map_err(|e| Error::io(&stdout_path, e))?.len();
+    stdout.seek(std::io::SeekFrom::Start(len.saturating_sub(KEPT_OUTPUT))).map_err(|e| Error::io(&stdout_path, e))?;
+    let mut bytes = Vec::new();
+    stdout.read_to_end(&mut bytes).map_err(|e| Error::io(&stdout_path, e))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let object = text.lines().rev().map(str::trim).filter(|l| l.starts_with('{')).find_map(|l| {
+        match serde_json::from_str::<serde_json::Value>(&python_json(l)) {
+            Ok(serde_json::Value::Object(map)) => Some(map),
+            _ => None,
+        }
     });
-    let Some(serde_json::Value::Object(map)) = object else {
-        let shown: String = text.trim().chars().take(200).collect();
+    let object = object.or_else(|| match serde_json::from_str(&python_json(text.trim())) {
+        Ok(serde_json::Value::Object(map)) => Some(map),
+        _ => None,
+    });
+    let Some(map) = object else {
+        let shown: String = text.trim().chars().rev().take(200).collect::<Vec<_>>().into_iter().rev().collect();
         return Err(fail(format!(
             "printed no JSON object (it printed {}): it must print one, such as {{\"map\": 0.41, \"score\": 0.41}}",
             if shown.is_empty() { "nothing".to_string() } else { format!("`{shown}`") }
@@ -297,6 +394,9 @@ pub struct Metrics {
     pub task: Command,
     /// Samples evaluated.
     pub samples: usize,
+    /// Samples whose outputs were not all finite.
+    #[serde(default)]
+    pub nonfinite: usize,
     /// Its score.
     pub score: f64,
     /// Every number it printed (the score too).

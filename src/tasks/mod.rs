@@ -257,10 +257,12 @@ impl Task {
         }
     }
 
-    /// The figure named `name` (classification's `top5` is its top-k for k = 5).
+    /// The figure named `name` (any case, `-` for `_`; classification's `top5` is its top-k for
+    /// k = 5); a metric command's only figure known before it runs is `score`.
     pub fn figure(&self, name: &str) -> Option<Figure> {
+        let name = name.to_lowercase().replace('-', "_");
         let name = match self {
-            Task::Classification(c) if name == format!("top{}", c.k) && c.k != 1 => "topk",
+            Task::Classification(c) if name == format!("top{}", c.k) && c.k != 1 => "topk".to_string(),
             _ => name,
         };
         match self {
@@ -340,15 +342,30 @@ impl Task {
         format_figure(&f, if f.higher_is_better { score } else { -score })
     }
 
-    /// A difference of scores as people read it (`+1.25 pp`; `-0.0123` for an RMSE that dropped).
+    /// A difference of scores ([`Score::value`]s: higher is better) as people read it: `+1.25 pp`
+    /// for a percentage, else the figure's own change and which way that is (`-0.0123 (better)`
+    /// for an RMSE that dropped).
     pub fn format_gain(&self, gain: f64) -> String {
         let f = self.score_figure();
+        let way = if gain > 0.0 {
+            " (better)"
+        } else if gain < 0.0 {
+            " (worse)"
+        } else {
+            ""
+        };
         match (f.percent, f.higher_is_better) {
             (true, true) => points(gain),
-            (true, false) => points(-gain),
-            (false, true) => format!("{gain:+.4}"),
-            (false, false) => format!("{:+.4}", -gain),
+            (true, false) => format!("{}{way}", points(-gain)),
+            (false, true) => format!("{gain:+.4}{way}"),
+            (false, false) => format!("{:+.4}{way}", -gain),
         }
+    }
+
+    /// Which of [`Task::columns`] holds the score.
+    pub fn score_column(&self) -> usize {
+        let name = self.score_figure().name;
+        self.figures().iter().position(|f| f.name == name).unwrap_or(0)
     }
 
     /// The columns of [`Score::cells`] and [`Best::cells`].
@@ -697,7 +714,7 @@ impl Score {
             Score::Regression(s) => s.nonfinite,
             Score::Multilabel(s) => s.nonfinite,
             Score::Segmentation(s) => s.nonfinite,
-            Score::Command(_) => 0,
+            Score::Command(s) => s.nonfinite,
         }
     }
 
@@ -829,9 +846,9 @@ impl std::str::FromStr for Gate {
             (None, Some(i)) => (i, false),
             _ => return Err(format!("`{s}` is not FIGURE>=VALUE or FIGURE<=VALUE (such as miou>=0.72, rmse<=0.1)")),
         };
-        let figure = s[..at].trim().to_lowercase().replace('-', "");
+        let figure = s[..at].trim().to_string();
         let value = s[at + 2..].trim();
-        if figure.is_empty() || !figure.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if figure.is_empty() || figure.contains(['<', '>', '=']) {
             return Err(format!("`{s}` names no figure before the comparison (such as miou>=0.72)"));
         }
         let bound: f64 = value.parse().map_err(|_| format!("`{value}` in `{s}` is not a number"))?;
@@ -860,21 +877,49 @@ pub struct Verdict {
 }
 
 impl Gate {
-    /// Fails when `task` has no figure of this name (a metric command's are checked when it runs).
+    /// Fails when `task` has no figure of this name (a metric command's are checked when it has
+    /// run: [`Gate::unknown_in`]), or bounds a fraction by more than 1.
     pub fn check(&self, task: &Task) -> std::result::Result<(), String> {
-        match task {
-            Task::Command(_) => Ok(()),
-            _ => task.figure(&self.figure).map(|_| ()).ok_or_else(|| task.unknown_figure(&self.figure)),
+        if matches!(task, Task::Command(_)) {
+            return Ok(());
+        }
+        let f = task.figure(&self.figure).ok_or_else(|| task.unknown_figure(&self.figure))?;
+        if f.percent && !(0.0..=1.0).contains(&self.bound) {
+            return Err(format!("{} is a fraction: write {} for {}%", f.name, self.bound / 100.0, self.bound));
+        }
+        Ok(())
+    }
+
+    /// Why `score` has no figure of this name (a metric command that did not print it), if it has
+    /// none.
+    pub fn unknown_in(&self, score: &Score) -> Option<String> {
+        match score {
+            Score::Command(m) if m.figure(&self.figure).is_none() => Some(format!(
+                "the metric command printed no number `{}` (it printed {})",
+                self.figure,
+                m.figures.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            )),
+            _ => None,
         }
     }
 
     /// The verdict on `score`.
     pub fn verdict(&self, score: &Score) -> Verdict {
+        let lower = self.figure.to_lowercase();
         let name = match score.task().figure(&self.figure) {
-            Some(f) if f.name == "topk" => "topk",
-            _ => self.figure.as_str(),
+            // A classification's score does not keep k: its gates were checked against the task.
+            _ if matches!(score, Score::Classification(_))
+                && lower.len() > 3
+                && lower.starts_with("top")
+                && lower[3..].chars().all(|c| c.is_ascii_digit())
+                && lower != "top1" =>
+            {
+                "topk".to_string()
+            }
+            Some(f) if !matches!(score, Score::Command(_)) => f.name.to_string(),
+            _ => self.figure.clone(),
         };
-        let value = score.figure(name).unwrap_or(f64::NAN);
+        let value = score.figure(&name).unwrap_or(f64::NAN);
         let within = if self.at_least { value >= self.bound } else { value <= self.bound };
         Verdict { gate: self.clone(), value, passed: within && score.nonfinite() == 0 }
     }

@@ -98,7 +98,7 @@ impl State {
         let n = indices.len();
         let shape: Vec<usize> = output.shape.iter().map(|&d| d as usize).collect();
         let c = match shape.as_slice() {
-            [m, c] if *m == n => *c,
+            [m, c] if *m == n && *c > 0 => *c,
             _ => {
                 return Err(Error::format(
                     at.model,

@@ -98,7 +98,7 @@ impl State {
         let shape: Vec<usize> = output.shape.iter().map(|&d| d as usize).collect();
         let d = match shape.as_slice() {
             [m] if *m == n => 1,
-            [m, d] if *m == n => *d,
+            [m, d] if *m == n && *d > 0 => *d,
             _ => {
                 return Err(Error::format(
                     at.model,
@@ -189,7 +189,7 @@ impl State {
             a.squared_error += b.squared_error;
             a.absolute_error += b.absolute_error;
         }
-        self.samples += other.samples;
+        self.samples = self.samples.checked_add(other.samples).ok_or("more samples than can be counted")?;
         self.nonfinite += other.nonfinite;
         Ok(())
     }

@@ -62,6 +62,7 @@ impl Segmentation {
             nonfinite: 0,
             nonfinite_pixels: 0,
             ignored: 0,
+            pixels: 0,
             confusion: Vec::new(),
         }
     }
@@ -79,9 +80,17 @@ impl Segmentation {
                 ),
             ));
         }
-        let values = array.i64_values().map_err(|e| {
-            Error::format(path, format!("holds masks that are not integers ({e}); masks are class indices"))
-        })?;
+        // Integers of any width, or floats that are whole numbers (masks saved as float arrays).
+        let values = match array.i64_values() {
+            Ok(v) => v,
+            Err(_) => {
+                let f = array.f32_rows(0, array.len());
+                if let Some(x) = f.iter().find(|x| x.fract() != 0.0 || !x.is_finite()) {
+                    return Err(Error::format(path, format!("holds the mask value {x}: masks are class indices")));
+                }
+                f.into_iter().map(|x| x as i64).collect()
+            }
+        };
         Ok(Tensor::i64(array.shape.clone(), values))
     }
 }
@@ -102,6 +111,8 @@ pub struct State {
     pub nonfinite_pixels: u64,
     /// Pixels marked with the ignore index.
     pub ignored: u64,
+    /// Every pixel of every sample: the matrix's, the ignored and the non-finite together.
+    pub pixels: u64,
     /// Row-major C × C: pixels of target class i predicted as class j at `i * C + j`.
     pub confusion: Vec<u64>,
 }
@@ -178,7 +189,7 @@ impl State {
         let n = indices.len();
         let shape: Vec<usize> = output.shape.iter().map(|&d| d as usize).collect();
         let (c, h, w) = match shape.as_slice() {
-            [m, c, h, w] if *m == n => (*c, *h, *w),
+            [m, c, h, w] if *m == n && *c > 0 && *h > 0 && *w > 0 => (*c, *h, *w),
             _ => {
                 return Err(Error::format(
                     at.model,
@@ -234,8 +245,8 @@ impl State {
                 Error::format(
                     at.targets,
                     format!(
-                        "mask of sample {}{name} holds class {y} at pixel ({}, {}): the model has {c} classes (0..{}) and \
-                         the ignore index is {ignore}",
+                        "mask of sample {}{name} holds class {y} at pixel ({}, {}) (after the resize and crop): the \
+                         model has {c} classes (0..{}) and the ignore index is {ignore}",
                         indices[i],
                         p / w,
                         p % w,
@@ -244,6 +255,7 @@ impl State {
                 )
             })?;
             self.samples += 1;
+            self.pixels += (h * w) as u64;
             self.ignored += one.ignored;
             self.nonfinite_pixels += one.nonfinite_pixels;
             self.nonfinite += (one.nonfinite_pixels > 0) as usize;
@@ -261,7 +273,19 @@ impl State {
             Some(c) => c > 0 && c <= 1 << 16 && self.confusion.len() == c * c,
         };
         if !ok {
-            return Some(format!("{} confusion counts for {:?} classes", self.confusion.len(), self.classes));
+            let of = self.classes.map_or("no classes".to_string(), |c| format!("{c} classes"));
+            return Some(format!("{} confusion counts for {of}", self.confusion.len()));
+        }
+        let counted = self
+            .confusion
+            .iter()
+            .try_fold(0u64, |a, &b| a.checked_add(b))
+            .and_then(|m| m.checked_add(self.ignored)?.checked_add(self.nonfinite_pixels));
+        if counted != Some(self.pixels) {
+            return Some(format!(
+                "the matrix, {} ignored and {} non-finite pixels do not add up to the {} pixels counted",
+                self.ignored, self.nonfinite_pixels, self.pixels
+            ));
         }
         (self.nonfinite > self.samples).then(|| format!("{} non-finite of {} samples", self.nonfinite, self.samples))
     }
@@ -282,6 +306,7 @@ impl State {
             }
             _ => {}
         }
+        let total = self.pixels.checked_add(other.pixels).ok_or("more pixels than can be counted")?;
         for (a, b) in self.confusion.iter_mut().zip(&other.confusion) {
             *a += b;
         }
@@ -289,6 +314,7 @@ impl State {
         self.nonfinite += other.nonfinite;
         self.nonfinite_pixels += other.nonfinite_pixels;
         self.ignored += other.ignored;
+        self.pixels = total;
         Ok(())
     }
 

@@ -561,18 +561,21 @@ fn labels_of_another_dtype_are_told_which_integer_types_work() {
     let y = dir.path().join("y.npy");
     let labels: Vec<f32> = std::iter::repeat_n(1.0, 200).collect();
     write_npy_f32(&y, &[200], &labels);
-    evaluate_mlp(&fixture("mlp/eval.npy"), &y, &[]).assert().code(2).stderr(contains("int64, int32 or uint8"));
-    // An integer type the reader does not take (int16) is not told to use float32.
+    evaluate_mlp(&fixture("mlp/eval.npy"), &y, &[])
+        .assert()
+        .code(2)
+        .stderr(contains("int64, int32, int16, uint16 or uint8"));
+    // An integer type the reader does not take (int8) is not told to use float32.
     let mut bytes = std::fs::read(&y).unwrap();
     let header_end = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
     let descr = bytes.windows(3).position(|w| w == b"<f4").unwrap();
-    bytes[descr..descr + 3].copy_from_slice(b"<i2");
-    bytes.truncate(header_end + 400);
+    bytes[descr..descr + 3].copy_from_slice(b"|i1");
+    bytes.truncate(header_end + 200);
     std::fs::write(&y, bytes).unwrap();
     evaluate_mlp(&fixture("mlp/eval.npy"), &y, &[])
         .assert()
         .code(2)
-        .stderr(contains("int64, int32 or uint8"))
+        .stderr(contains("int64, int32, int16, uint16 or uint8"))
         .stderr(contains("use float32").not());
 }
 

@@ -575,8 +575,9 @@ fn metric_commands_that_fail_print_no_json_or_a_nan_score_are_errors_that_write_
     for (script, says) in [
         ("import sys; sys.exit(3)", "exit status 3"),
         ("print('hello')", "printed no JSON object"),
-        ("print('{\"score\": NaN}')", "printed no JSON object"),
-        ("import json; print(json.dumps({'score': float('nan')}))", "printed no JSON object"),
+        ("print('{\"score\": NaN}')", "finite"),
+        ("import json; print(json.dumps({'score': float('nan')}))", "finite"),
+        ("import json; print(json.dumps({'score': float('inf')}))", "finite"),
         ("print('{\"score\": null}')", "finite"),
         ("print('{\"map\": 0.3}')", "printed no number `score`"),
     ] {
@@ -799,7 +800,8 @@ fn parquet_with_targets(to: &Path) -> (Vec<f32>, Vec<i64>) {
     let file = std::fs::File::open(fixture("images/val.parquet")).unwrap();
     let batches: Vec<RecordBatch> =
         ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap().map(Result::unwrap).collect();
-    let mut fields: Vec<arrow_schema::Field> = batches[0].schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<arrow_schema::Field> =
+        batches[0].schema().fields().iter().map(|f| f.as_ref().clone()).collect();
     let (mut vals, mut tags, mut row) = (Vec::new(), Vec::new(), 0usize);
     let mut written = Vec::new();
     for b in &batches {
@@ -825,7 +827,11 @@ fn parquet_with_targets(to: &Path) -> (Vec<f32>, Vec<i64>) {
         columns.push(std::sync::Arc::new(t.finish()));
         written.push(columns);
     }
-    for (name, array) in [("value", &written[0][written[0].len() - 3]), ("vals", &written[0][written[0].len() - 2]), ("tags", &written[0][written[0].len() - 1])] {
+    for (name, array) in [
+        ("value", &written[0][written[0].len() - 3]),
+        ("vals", &written[0][written[0].len() - 2]),
+        ("tags", &written[0][written[0].len() - 1]),
+    ] {
         fields.push(arrow_schema::Field::new(name, array.data_type().clone(), true));
     }
     let schema = std::sync::Arc::new(arrow_schema::Schema::new(fields));
@@ -847,7 +853,12 @@ fn parquet_float_and_list_columns_are_regression_and_multilabel_targets() {
     let n = tags.len() / 10;
     let (vals_npy, tags_npy) = (t.path().join("vals.npy"), t.path().join("tags.npy"));
     write_npy_f32(&vals_npy, &[n, 10], &vals);
-    write_raw_npy(&tags_npy, "<i8", &format!("({n}, 10)"), &tags.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>());
+    write_raw_npy(
+        &tags_npy,
+        "<i8",
+        &format!("({n}, 10)"),
+        &tags.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+    );
     let evaluate = |task: &str, targets: &[&str]| -> Value {
         let out = swa()
             .args(["evaluate", "--model"])
@@ -886,7 +897,8 @@ fn parquet_float_and_list_columns_are_regression_and_multilabel_targets() {
 fn a_csv_table_maps_image_file_names_to_regression_targets() {
     let t = tmp();
     let images = tasks("segmentation/images/eval");
-    let mut names: Vec<String> = std::fs::read_dir(&images).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> =
+        std::fs::read_dir(&images).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     let value = |i: usize, j: usize| ((i * 13 + j * 5) % 17) as f32 / 4.0 - 2.0;
     let mut csv = String::from("value0,file,");
@@ -923,4 +935,132 @@ fn a_csv_table_maps_image_file_names_to_regression_targets() {
     let short: String = csv.lines().take(names.len()).map(|l| format!("{l}\n")).collect();
     std::fs::write(&table, short).unwrap();
     evaluate(&table).failure().stderr(contains("has no row for 1 of the 12 images")).stderr(contains("000.png"));
+}
+
+/// What a hostile pass found, each fixed: outputs never replace masks or files that are not an
+/// `.npz`; an `images/` + `annotations/` folder that is not ADE20K keeps its values, and the
+/// masks found are named; gates name a command's figures as printed and fail on its non-finite
+/// outputs; Python's JSON (NaN) and a log line after the object are read; a quoted `"{outputs}"`
+/// works; a damaged segmentation part that would overflow is refused; a negative ignore index
+/// needs no `=`.
+#[test]
+fn hostile_findings_stay_fixed() {
+    let t = tmp();
+    let seg = t.path().join("seg");
+    copy_dir(&tasks("segmentation"), &seg);
+    let evaluate = |extra: &[&str]| {
+        let mut c = swa();
+        c.current_dir(&seg)
+            .args(["evaluate", "--model", "model.onnx", "--weights", "checkpoints/epoch_003.safetensors"])
+            .args(["--task", "segmentation", "--resize", "16", "--center-crop", "16"])
+            .args(extra);
+        c
+    };
+    let before = std::fs::read(seg.join("masks/eval/000.png")).unwrap();
+    evaluate(&["--inputs", "images/eval", "--masks", "masks/eval", "--save-outputs", "masks/eval/000.png"])
+        .assert()
+        .failure()
+        .stderr(contains("input"));
+    evaluate(&[
+        "--inputs",
+        "images/eval",
+        "--masks",
+        "masks/eval",
+        "--save-outputs",
+        "checkpoints/epoch_001.safetensors",
+    ])
+    .assert()
+    .failure()
+    .stderr(contains("not an .npz"));
+    assert_eq!(std::fs::read(seg.join("masks/eval/000.png")).unwrap(), before);
+    // Written into a folder that does not exist yet, then replaced.
+    for _ in 0..2 {
+        evaluate(&["--inputs", "images/eval", "--masks", "masks/eval", "--save-outputs", "new/out.npz"])
+            .assert()
+            .success();
+    }
+    // `images/` beside `annotations/`: masks named as the images, not ADE20K's remapping.
+    let custom = t.path().join("custom");
+    copy_dir(&seg.join("images"), &custom.join("images"));
+    copy_dir(&seg.join("masks"), &custom.join("annotations"));
+    let found: Value = serde_json::from_slice(
+        &evaluate(&["--inputs", custom.join("images/eval").to_str().unwrap(), "--json"])
+            .assert()
+            .success()
+            .stderr(contains("masks from"))
+            .stderr(contains("masks named as the images"))
+            .get_output()
+            .stdout,
+    )
+    .unwrap();
+    let given: Value = serde_json::from_slice(
+        &evaluate(&["--inputs", "images/eval", "--masks", "masks/eval", "--json"])
+            .assert()
+            .success()
+            .get_output()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(found["confusion"], given["confusion"]);
+    // A negative ignore index, and reduce-zero by name.
+    evaluate(&["--inputs", "images/eval", "--masks", "masks/eval", "--ignore-index", "-100", "--mask-map", "255:-100"])
+        .assert()
+        .success();
+    evaluate(&["--inputs", "images/eval", "--masks", "masks/eval", "--mask-map", "reduce-zero"]).assert().success();
+
+    // Metric commands.
+    let script = t.path().join("m.py");
+    std::fs::write(
+        &script,
+        "import json, sys\nimport numpy as np\no = np.load(sys.argv[1])\n\
+         print(json.dumps({'score': 0.5, 'mAP': 0.4, 'ap_small': float('nan')}))\nprint('done')\n",
+    )
+    .unwrap();
+    let reg = tasks("regression");
+    let command = |inputs: &str, gate: &str| {
+        let mut c = swa();
+        c.current_dir(&reg)
+            .args(["evaluate", "--model", "model.onnx", "--inputs", inputs, "--labels", "eval_targets.npy"])
+            .args(["--metric-command", &format!("python3 \"{}\" \"{{outputs}}\" {{labels}}", script.display())])
+            .args(["--gate", gate]);
+        c
+    };
+    command("eval.npy", "mAP>=0.3").assert().success();
+    command("eval.npy", "mAP>=0.5").assert().code(1).stderr(contains("mAP"));
+    command("eval.npy", "map50>=0.5").assert().code(2).stderr(contains("printed no number `map50`"));
+    // A sample with non-finite outputs fails the gate whatever the command says.
+    let nan = t.path().join("nan.npy");
+    let (shape, mut x) = read_npy(&reg.join("eval.npy"));
+    x[..16].fill(f32::NAN);
+    write_npy_f32(&nan, &shape, &x);
+    command(nan.to_str().unwrap(), "score>=0").assert().code(1).stderr(contains("non-finite"));
+
+    // A damaged part whose counts would overflow is refused.
+    let p = t.path().join("p.json");
+    swa()
+        .current_dir(&seg)
+        .args(["evaluate", "--model", "model.onnx", "--inputs", "images/eval", "--masks", "masks/eval", "--task"])
+        .args(["segmentation", "--resize", "16", "--center-crop", "16", "--partial-out"])
+        .arg(&p)
+        .assert()
+        .success();
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    v["counts"]["confusion"][0] = Value::from(u64::MAX);
+    std::fs::write(&p, v.to_string()).unwrap();
+    swa().arg("merge-eval").arg(&p).assert().code(2).stderr(contains("cannot have been counted"));
+}
+
+/// The chart spans scores that are not fractions (a negative R², a negated RMSE): every point
+/// lies inside the plot.
+#[test]
+fn the_chart_spans_scores_outside_0_to_1() {
+    let t = tmp();
+    let out = t.path().join("run");
+    run_tabular("regression", &out, &["--task", "regression", "--score", "rmse"]).assert().success();
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let ys: Vec<f64> = html.split(" cy=\"").skip(1).map(|s| s[..s.find('"').unwrap()].parse().unwrap()).collect();
+    assert!(!ys.is_empty() && ys.iter().all(|&y| (0.0..=360.0).contains(&y)), "{ys:?}");
+    assert!(!html.contains("checkpoint, recalibrated"), "no such series without --recalibrate-each");
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("(better)") || md.contains("(worse)"), "{md}");
 }

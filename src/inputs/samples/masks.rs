@@ -29,14 +29,22 @@ impl std::str::FromStr for MaskMap {
     type Err = String;
 
     fn from_str(s: &str) -> std::result::Result<MaskMap, String> {
-        let mut pairs = Vec::new();
+        if matches!(s.trim(), "reduce-zero" | "reduce_zero_label") {
+            // The ignore index is the task's: set when the masks are paired.
+            return Ok(MaskMap { pairs: Vec::new(), reduce_zero: Some(i64::MIN) });
+        }
+        let mut pairs: Vec<(i64, i64)> = Vec::new();
         for item in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             let (a, b) = item.split_once(':').ok_or_else(|| format!("`{item}` is not FROM:TO (such as 0:255)"))?;
             let num = |t: &str| t.trim().parse::<i64>().map_err(|_| format!("`{t}` in `{item}` is not a whole number"));
-            pairs.push((num(a)?, num(b)?));
+            let (from, to) = (num(a)?, num(b)?);
+            if pairs.iter().any(|p| p.0 == from) {
+                return Err(format!("{from} is mapped twice"));
+            }
+            pairs.push((from, to));
         }
         if pairs.is_empty() {
-            return Err("a mask map needs at least one FROM:TO pair".into());
+            return Err("a mask map needs at least one FROM:TO pair (or reduce-zero)".into());
         }
         Ok(MaskMap { pairs, reduce_zero: None })
     }
@@ -45,7 +53,8 @@ impl std::str::FromStr for MaskMap {
 impl MaskMap {
     fn apply(&self, v: i64) -> i64 {
         if let Some(ignore) = self.reduce_zero {
-            return if v == 0 { ignore } else { v - 1 };
+            // As mmsegmentation's reduce_zero_label: 0 and 255 (unlabelled, a border) are ignored.
+            return if v == 0 || v == 255 || v == ignore { ignore } else { v - 1 };
         }
         self.pairs.iter().find(|p| p.0 == v).map_or(v, |p| p.1)
     }
@@ -60,8 +69,21 @@ pub enum Layout {
     Voc,
     /// Cityscapes: `leftImg8bit/S/C/x_leftImg8bit.png` → `gtFine/S/C/x_gtFine_labelTrainIds.png`.
     Cityscapes,
-    /// ADE20K: `images/S/x.jpg` → `annotations/S/x.png`, 0 (unlabelled) ignored.
+    /// ADE20K (`ADEChallengeData2016/images/S/x.jpg` → `…/annotations/S/x.png`), 0 (unlabelled)
+    /// ignored and every other class one lower.
     Ade20k,
+}
+
+impl Layout {
+    /// What notices call it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Layout::Folder => "masks named as the images",
+            Layout::Voc => "Pascal VOC's SegmentationClass",
+            Layout::Cityscapes => "Cityscapes' gtFine labelTrainIds",
+            Layout::Ade20k => "ADE20K's annotations, 0 (unlabelled) ignored and every other class one lower",
+        }
+    }
 }
 
 /// Where the masks of the images in `inputs` lie when the folder is one of the layouts swa knows.
@@ -82,8 +104,11 @@ pub fn detect(inputs: &Path) -> Option<(PathBuf, Layout)> {
         if *name == "leftImg8bit" && swap("gtFine").is_dir() {
             return Some((swap("gtFine"), Layout::Cityscapes));
         }
+        // ADE20K's own folder (`ADEChallengeData2016/images/…`): any other `images/` beside an
+        // `annotations/` is a layout of its own, whose masks are not remapped.
         if *name == "images" && swap("annotations").is_dir() {
-            return Some((swap("annotations"), Layout::Ade20k));
+            let ade = parts[..k].iter().any(|p| p.to_string_lossy().to_lowercase().starts_with("adechallenge"));
+            return Some((swap("annotations"), if ade { Layout::Ade20k } else { Layout::Folder }));
         }
     }
     None
@@ -113,18 +138,26 @@ struct Mask {
     data: Vec<i64>,
 }
 
-/// Decodes a mask file: a PNG's own values (palette indices, grey levels of 8 or 16 bits), or a
-/// single-channel image of another format.
-fn decode(path: &Path) -> Result<Mask> {
+/// Decodes a mask file that must be `w`×`h` (its image's size, checked before anything is
+/// decoded): a PNG's own values (palette indices, grey levels of 1 to 16 bits), or a grey image of
+/// another format (8 or 16 bits); colours are refused.
+fn decode(path: &Path, w: usize, h: usize) -> Result<Mask> {
     let bytes = crate::fs::read_regular(path)?;
     let bad = |why: String| Error::format(path, why);
+    let size_differs = |mw: usize, mh: usize| {
+        bad(format!(
+            "is {mw}×{mh} but its image is {w}×{h}: a mask must be the size of its image (pixel for pixel; it is \
+             resized and cropped as the image is)"
+        ))
+    };
     if bytes.starts_with(b"\x89PNG") {
         let mut decoder = png::Decoder::new(std::io::Cursor::new(&bytes[..]));
         decoder.set_transformations(png::Transformations::IDENTITY);
         let mut reader = decoder.read_info().map_err(|e| bad(format!("is not a readable PNG: {e}")))?;
-        let (w, h) = (reader.info().width as usize, reader.info().height as usize);
-        crate::inputs::images::check_pixels(h as u64, w as u64, crate::inputs::images::DEFAULT_MAX_PIXELS, "")
-            .map_err(|b| b.named(path))?;
+        let (mw, mh) = (reader.info().width as usize, reader.info().height as usize);
+        if (mw, mh) != (w, h) {
+            return Err(size_differs(mw, mh));
+        }
         let (color, depth) = reader.output_color_type();
         if !matches!(color, png::ColorType::Indexed | png::ColorType::Grayscale) {
             return Err(bad(format!(
@@ -154,13 +187,25 @@ fn decode(path: &Path) -> Result<Mask> {
         }
         return Ok(Mask { h, w, data });
     }
-    let how = crate::inputs::images::Decode {
-        channels: 1,
-        max_pixels: crate::inputs::images::DEFAULT_MAX_PIXELS,
-        exif: false,
+    let reader = ::image::ImageReader::new(std::io::Cursor::new(&bytes[..]))
+        .with_guessed_format()
+        .map_err(|e| bad(format!("could not be read: {e}")))?;
+    let (mw, mh) = reader.into_dimensions().map_err(|e| bad(format!("is not an image swa can decode: {e}")))?;
+    if (mw as usize, mh as usize) != (w, h) {
+        return Err(size_differs(mw as usize, mh as usize));
+    }
+    let img = ::image::load_from_memory(&bytes).map_err(|e| bad(format!("could not be decoded: {e}")))?;
+    let data: Vec<i64> = match img {
+        ::image::DynamicImage::ImageLuma8(g) => g.into_raw().into_iter().map(i64::from).collect(),
+        ::image::DynamicImage::ImageLuma16(g) => g.into_raw().into_iter().map(i64::from).collect(),
+        other => {
+            return Err(bad(format!(
+                "is a {:?} image: a mask holds one class index per pixel (a palette or grey PNG, or a grey image)",
+                other.color()
+            )))
+        }
     };
-    let img = crate::inputs::images::decode(&bytes, &how).map_err(|b| b.named(path))?;
-    Ok(Mask { h: img.h, w: img.w, data: img.data.iter().map(|&v| v as i64).collect() })
+    Ok(Mask { h, w, data })
 }
 
 /// torch's `nearest` source index of output `i` of `out` from `len` (float32, as ATen computes it).
@@ -240,11 +285,17 @@ impl WithMasks {
             }
         }
         if let Some(first) = missing.first() {
+            let voc = if layout == Layout::Voc {
+                "; VOC's JPEGImages holds the images of every split: point at a folder of the split's images (links \
+                 to those ImageSets/Segmentation/val.txt names)"
+            } else {
+                ""
+            };
             return Err(Error::format(
                 masks,
                 format!(
                     "has no mask for {} of the {n} images in {} (the first: {} for {}): every image needs its mask, \
-                     named by the image's file name",
+                     named by the image's file name{voc}",
                     missing.len(),
                     inputs.display(),
                     first.display(),
@@ -253,6 +304,7 @@ impl WithMasks {
             ));
         }
         let map = match (layout, map) {
+            (_, Some(m)) if m.reduce_zero.is_some() => Some(MaskMap { reduce_zero: Some(ignore), ..m }),
             (_, Some(m)) => Some(m),
             (Layout::Ade20k, None) => Some(MaskMap { pairs: Vec::new(), reduce_zero: Some(ignore) }),
             _ => None,
@@ -267,22 +319,16 @@ impl WithMasks {
             .par_iter()
             .map(|&i| {
                 let path = &self.files[i];
-                let mask = decode(path)?;
                 let image = &self.images[i];
                 // The image's size from its header (a resize and crop to a fixed size would hide a
-                // mask of another size).
+                // mask of another size), checked before the mask is decoded.
                 let (iw, ih) = ::image::image_dimensions(image).map_err(|e| Error::format(image, e.to_string()))?;
+                let mask = decode(path, iw as usize, ih as usize)?;
                 let mut out = transform(&mask, self.resize, self.crop);
-                if (mask.w, mask.h) != (iw as usize, ih as usize) || (out.h, out.w) != (h, w) {
+                if (out.h, out.w) != (h, w) {
                     return Err(Error::format(
                         path,
-                        format!(
-                            "is {}×{} but its image {} is {iw}×{ih}: a mask must be the size of its image (pixel for \
-                             pixel; it is resized and cropped as the image is)",
-                            mask.w,
-                            mask.h,
-                            image.display()
-                        ),
+                        format!("becomes {}×{} after the resize and crop, its image {h}×{w}", out.w, out.h),
                     ));
                 }
                 if let Some(map) = &self.map {
@@ -362,10 +408,12 @@ mod tests {
 
     #[test]
     fn mask_maps_parse_and_apply() {
+        assert!("0:255,0:1".parse::<MaskMap>().is_err());
+        assert!("reduce-zero".parse::<MaskMap>().unwrap().reduce_zero.is_some());
         let m: MaskMap = "0:255, 3:1".parse().unwrap();
         assert_eq!((m.apply(0), m.apply(3), m.apply(2)), (255, 1, 2));
         assert!("3".parse::<MaskMap>().is_err() && "".parse::<MaskMap>().is_err());
         let ade = MaskMap { pairs: Vec::new(), reduce_zero: Some(255) };
-        assert_eq!((ade.apply(0), ade.apply(1), ade.apply(150)), (255, 0, 149));
+        assert_eq!((ade.apply(0), ade.apply(1), ade.apply(150), ade.apply(255)), (255, 0, 149, 255));
     }
 }

@@ -53,8 +53,9 @@ impl SourceKind for Parquet {
         let set = ParquetSet::open(files, &data.image_column, &data.label_column)?;
         let targets = set.labels.as_ref().map(|l| l.tensor());
         let why = set.no_labels.clone();
+        let classes = targets.as_ref().and(set.class_names.clone());
         Ok(Box::new(
-            ImageSource::fit(path, ParquetImages(set), specs, data, targets, None)?.without_targets_because(why),
+            ImageSource::fit(path, ParquetImages(set), specs, data, targets, classes)?.without_targets_because(why),
         ))
     }
 }
