@@ -9,12 +9,14 @@ with 255 on a tenth of the pixels:
 
     python3 bench/segmentation_bench.py --swa target/release/swa --samples 256 --size 256 --batch 16 --threads 2
 
-Prints one JSON line per round and the medians: scored / unscored (the cost of the metric) and
-PyTorch / swa.
+Prints one JSON line per round (wall seconds, and the swa processes' CPU seconds) and the
+medians: scored / unscored (the cost of the metric, in wall and in CPU time, and the median of the
+rounds' own ratios) and PyTorch / swa.
 """
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -77,31 +79,41 @@ def main():
         return cm.view(c, c)
 
     def swa_run(unscored):
+        """The result, and the CPU seconds (user + system) the process used."""
         env = dict(os.environ, SWA_BENCH_UNSCORED="1" if unscored else "0")
-        return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return out, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
     rows = []
     for r in range(args.rounds):
         t = time.perf_counter()
         theirs = torch_loop()
         torch_s = time.perf_counter() - t
-        t = time.perf_counter()
-        ours = swa_run(False)
-        scored_s = time.perf_counter() - t
-        t = time.perf_counter()
-        swa_run(True)
-        unscored_s = time.perf_counter() - t
+        # Scored and unscored alternate which runs first.
+        timed = {}
+        for unscored in ((False, True) if r % 2 == 0 else (True, False)):
+            t = time.perf_counter()
+            out, cpu = swa_run(unscored)
+            timed[unscored] = (out, cpu, time.perf_counter() - t)
+        ours, scored_cpu, scored_s = timed[False]
+        _, unscored_cpu, unscored_s = timed[True]
         # Random weights give near ties rarely: the matrices agree but for a few pixels.
         differ = int(np.abs(np.array(ours["confusion"]) - theirs.numpy()).sum()) // 2
         row = {"round": r, "torch_s": round(torch_s, 3), "swa_scored_s": round(scored_s, 3),
-               "swa_unscored_s": round(unscored_s, 3), "pixels_differing": differ}
+               "swa_unscored_s": round(unscored_s, 3), "swa_scored_cpu_s": round(scored_cpu, 3),
+               "swa_unscored_cpu_s": round(unscored_cpu, 3), "pixels_differing": differ}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    med = {k: statistics.median(row[k] for row in rows) for k in ("torch_s", "swa_scored_s", "swa_unscored_s")}
+    keys = ("torch_s", "swa_scored_s", "swa_unscored_s", "swa_scored_cpu_s", "swa_unscored_cpu_s")
+    med = {k: statistics.median(row[k] for row in rows) for k in keys}
     print(json.dumps({
         "model": "lraspp_mobilenet_v3_large", "samples": args.samples, "size": args.size, "batch": args.batch,
         "classes": c, "threads": args.threads, **{f"median_{k}": v for k, v in med.items()},
         "scoring_cost": round(med["swa_scored_s"] / med["swa_unscored_s"] - 1, 4),
+        "scoring_cost_cpu": round(med["swa_scored_cpu_s"] / med["swa_unscored_cpu_s"] - 1, 4),
+        "scoring_cost_paired": round(statistics.median(r["swa_scored_s"] / r["swa_unscored_s"] for r in rows) - 1, 4),
         "swa_speedup_over_torch": round(med["torch_s"] / med["swa_scored_s"], 3),
     }))
 

@@ -117,6 +117,37 @@ pub struct State {
     pub confusion: Vec<u64>,
 }
 
+/// The top bit set when `v` is NaN or infinite (its exponent all ones: adding one to it carries
+/// into the sign bit), else 0: an integer OR of these over a slice vectorises, as a float test
+/// with an early exit does not.
+#[inline(always)]
+fn nonfinite_bit(v: f32) -> u32 {
+    (v.to_bits() & 0x7f80_0000).wrapping_add(0x0080_0000) & 0x8000_0000
+}
+
+/// [`nonfinite_bit`] of every value, ORed.
+fn nonfinite_bits(values: &[f32]) -> u32 {
+    values.iter().fold(0, |acc, &v| acc | nonfinite_bit(v))
+}
+
+/// One plane of logits (class `k`) into the running maximum and arg-max of a tile of pixels: a
+/// compare and two blends per pixel; returns the plane's [`nonfinite_bit`]s ORed.
+fn argmax_plane_plain(best: &mut [f32], arg: &mut [u32], plane: &[f32], k: u32) -> u32 {
+    let mut bad = 0;
+    for ((b, a), &v) in best.iter_mut().zip(arg.iter_mut()).zip(plane) {
+        bad |= nonfinite_bit(v);
+        let above = v > *b;
+        *b = if above { v } else { *b };
+        *a = if above { k } else { *a };
+    }
+    bad
+}
+
+crate::simd::dispatch! {
+    /// [`argmax_plane_plain`], eight lanes at a time where the CPU has AVX2.
+    fn argmax_plane(best: &mut [f32], arg: &mut [u32], plane: &[f32], k: u32) -> u32 = argmax_plane_plain; levels: avx2
+}
+
 /// One sample's counts.
 #[derive(Default)]
 struct Counted {
@@ -130,33 +161,21 @@ struct Counted {
 fn count(logits: &[f32], mask: &[i64], c: usize, ignore: i64) -> std::result::Result<Counted, (usize, i64)> {
     let hw = mask.len();
     let mut best: Vec<f32> = logits[..hw].to_vec();
-    let mut arg = vec![0u8; hw];
-    let mut wide = Vec::new();
-    // The arg-max, plane by plane (each pass a compare and two selects the compiler vectorises);
-    // u8 indices while they fit.
-    for k in 1..c {
-        let plane = &logits[k * hw..(k + 1) * hw];
-        if k < 256 {
-            for ((b, a), &v) in best.iter_mut().zip(arg.iter_mut()).zip(plane) {
-                let above = v > *b;
-                *b = if above { v } else { *b };
-                *a = if above { k as u8 } else { *a };
-            }
-        } else {
-            if wide.is_empty() {
-                wide = arg.iter().map(|&a| a as u32).collect();
-            }
-            for ((b, a), &v) in best.iter_mut().zip(wide.iter_mut()).zip(plane) {
-                if v > *b {
-                    *b = v;
-                    *a = k as u32;
-                }
-            }
+    let mut arg = vec![0u32; hw];
+    // A tile of pixels at a time through every plane, so that the running maximum and arg-max
+    // stay in the L1 cache; non-finite logits are noted on the way (rare: then a pixel-by-pixel
+    // look says which).
+    const TILE: usize = 2048;
+    let mut bad = nonfinite_bits(&logits[..hw]);
+    for start in (0..hw).step_by(TILE) {
+        let end = (start + TILE).min(hw);
+        let (best, arg) = (&mut best[start..end], &mut arg[start..end]);
+        for k in 1..c {
+            bad |= argmax_plane(best, arg, &logits[k * hw + start..k * hw + end], k as u32);
         }
     }
-    // Non-finite logits are rare: one vectorised check, and a pixel-by-pixel one only then.
-    let finite: Option<Vec<bool>> = (!logits.iter().all(|v| v.is_finite()))
-        .then(|| (0..hw).map(|p| (0..c).all(|k| logits[k * hw + p].is_finite())).collect());
+    let finite: Option<Vec<bool>> =
+        (bad != 0).then(|| (0..hw).map(|p| (0..c).all(|k| logits[k * hw + p].is_finite())).collect());
     let mut out = Counted { confusion: vec![0; c * c], ..Counted::default() };
     for p in 0..hw {
         let y = mask[p];
@@ -171,8 +190,7 @@ fn count(logits: &[f32], mask: &[i64], c: usize, ignore: i64) -> std::result::Re
             out.nonfinite_pixels += 1;
             continue;
         }
-        let predicted = if wide.is_empty() { arg[p] as usize } else { wide[p] as usize };
-        out.confusion[y as usize * c + predicted] += 1;
+        out.confusion[y as usize * c + arg[p] as usize] += 1;
     }
     Ok(out)
 }
@@ -461,3 +479,4 @@ impl Score {
         )
     }
 }
+
