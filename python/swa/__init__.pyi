@@ -356,13 +356,15 @@ def evaluate(
         top_k (--top-k): k of the top-k accuracy (classification; default 5)
         threshold (--threshold): The probability above which a label is predicted, for F1 and exact
             match (multilabel; default 0.5)
-        ignore_index (--ignore-index): The mask value of pixels left out (segmentation; default 255)
+        ignore_index (--ignore-index): The mask value of pixels left out (segmentation; default 255;
+            -100 as PyTorch's loss)
         masks (--masks): A folder of segmentation masks (palette or grey PNGs of class indices) named as
             the images are (`x.jpg` → `x.png`, in the same subfolders). Not needed for VOC (`JPEGImages/` +
             `SegmentationClass/`), Cityscapes (`leftImg8bit/` + `gtFine/`) and ADE20K (`images/` +
             `annotations/`) folders
-        mask_map (--mask-map): Remap mask values before scoring: FROM:TO pairs (`0:255,255:0`). ADE20K's
-            masks are remapped as its models expect unless this is given (0 = unlabelled → 255, k → k-1)
+        mask_map (--mask-map): Remap mask values before scoring: FROM:TO pairs (`0:255,255:0`), or
+            `reduce-zero` (0 = unlabelled → the ignore index, k → k-1, as mmsegmentation's
+            reduce_zero_label). ADE20K's folders are read so unless this is given
         metric_command (--metric-command): Score with your own program: `CMD {outputs} {labels}` runs on
             .npy files of the model's outputs and the targets (in sample order) and prints one JSON object
             of figures with a `score`, higher is better (e.g. `python coco_map.py {outputs} {labels}`)
@@ -377,16 +379,17 @@ def evaluate(
         min_accuracy (--min-accuracy): Exit with code 1 when top-1 accuracy is below this (a fraction,
             0..=1), or when any sample's logits are not finite (`swa run`: the recalibrated SWA model's).
             The same as --gate 'top1>=A'
-        gate (--gate): Exit with code 1 unless a figure is within a bound: `miou>=0.72`, `rmse<=0.1`,
-            `top1>=0.9`, `ap_macro>=0.8`, or any number a --metric-command prints (repeatable; all must
-            pass). A NaN figure, or any sample's non-finite outputs, fails it (`swa run`: the recalibrated
-            SWA model's)
+        gate (--gate): Exit with code 1 unless a figure is within a bound, FIGURE>=X or FIGURE<=X:
+            `miou>=0.72`, `rmse<=0.1`, `top5>=0.97`, `ap_macro>=0.8`, or any number a --metric-command
+            prints (repeatable; all must pass; fractions, not percentages). A NaN figure, or any sample's
+            non-finite outputs, fails it (`swa run`: the recalibrated SWA model's)
         shard (--shard): Evaluate only part I of N of the batches (contiguous ranges of whole batches,
             counting from 0), for `swa merge-eval`; needs --partial-out
-        partial_out (--partial-out): Write this part's counts and loss sum (JSON) instead of metrics,
-            for `swa merge-eval` (which applies --min-accuracy)
+        partial_out (--partial-out): Write this part's counts (JSON) instead of metrics, for `swa merge-
+            eval` (which applies --min-accuracy and --gate)
         save_outputs (--save-outputs): Also write every sample's outputs with its id (file name or row
-            number), prediction and target, in sample order, as an .npz (`ids`, `outputs`, `predictions`,
+            number), prediction (class indices, 0/1 labels, per-pixel classes; none for regression and
+            metric commands) and target, in sample order, as an .npz (`ids`, `outputs`, `predictions`,
             `targets`): to find the samples a change flipped, or to score them with your own code
         quiet (--quiet): Hide progress bars (they are hidden anyway when stderr is not a terminal)
     """
@@ -426,6 +429,7 @@ def run(
     shuffle: bool = False,
     seed: int | None = None,
     eval_batch_size: int | None = None,
+    select_masks: Path | None = None,
     task: Literal['classification', 'multilabel', 'regression', 'segmentation'] | None = None,
     score: str | None = None,
     top_k: int | None = None,
@@ -468,7 +472,8 @@ def run(
             Parquet)
         eval_batches (--eval-inputs): Instead of eval_inputs: batches from Python (a DataLoader, a
             generator...).
-        eval_labels (--eval-labels): Held-out integer labels (not needed when the inputs carry them)
+        eval_labels (--eval-labels): Held-out targets, typed by --task (class indices, values, 0/1 rows,
+            masks; not needed when the inputs carry them)
         resize (--resize): Resize the shorter side to N pixels, or to exactly H,W (bilinear,
             antialiased: transforms.Resize)
         center_crop (--center-crop): Crop the centre N×N (or H×W) pixels (transforms.CenterCrop)
@@ -492,7 +497,7 @@ def run(
             the report is measured on)
         select_batches (--select-inputs): Instead of select_inputs: batches from Python (a DataLoader, a
             generator...).
-        select_labels (--select-labels): Labels of the select split
+        select_labels (--select-labels): Targets of the select split, typed by --task
         stats (--stats): precise: pooled population statistics; torch: update_bn's mean over batches
             (with only BatchNorm in training mode, where update_bn also trains dropout and stochastic depth)
         batch_size (--batch-size): Samples per batch of the recalibration pass
@@ -503,6 +508,8 @@ def run(
             --stats torch, update_bn's mean over batches, depends on which samples share a batch
         seed (--seed): The seed of --max-samples' draw and of --shuffle's order
         eval_batch_size (--eval-batch-size): Samples per evaluation batch
+        select_masks (--select-masks): The segmentation masks of --select-inputs, as --masks gives those
+            of --eval-inputs
         task (--task): What the model's outputs are: class logits [N, C] against class indices
             (classification), scores [N, C] against multi-hot rows (multilabel), values [N, D] against float
             targets (regression), or logits [N, C, H, W] against masks (segmentation). Never guessed
@@ -512,13 +519,15 @@ def run(
         top_k (--top-k): k of the top-k accuracy (classification; default 5)
         threshold (--threshold): The probability above which a label is predicted, for F1 and exact
             match (multilabel; default 0.5)
-        ignore_index (--ignore-index): The mask value of pixels left out (segmentation; default 255)
+        ignore_index (--ignore-index): The mask value of pixels left out (segmentation; default 255;
+            -100 as PyTorch's loss)
         masks (--masks): A folder of segmentation masks (palette or grey PNGs of class indices) named as
             the images are (`x.jpg` → `x.png`, in the same subfolders). Not needed for VOC (`JPEGImages/` +
             `SegmentationClass/`), Cityscapes (`leftImg8bit/` + `gtFine/`) and ADE20K (`images/` +
             `annotations/`) folders
-        mask_map (--mask-map): Remap mask values before scoring: FROM:TO pairs (`0:255,255:0`). ADE20K's
-            masks are remapped as its models expect unless this is given (0 = unlabelled → 255, k → k-1)
+        mask_map (--mask-map): Remap mask values before scoring: FROM:TO pairs (`0:255,255:0`), or
+            `reduce-zero` (0 = unlabelled → the ignore index, k → k-1, as mmsegmentation's
+            reduce_zero_label). ADE20K's folders are read so unless this is given
         metric_command (--metric-command): Score with your own program: `CMD {outputs} {labels}` runs on
             .npy files of the model's outputs and the targets (in sample order) and prints one JSON object
             of figures with a `score`, higher is better (e.g. `python coco_map.py {outputs} {labels}`)
@@ -536,10 +545,10 @@ def run(
         min_accuracy (--min-accuracy): Exit with code 1 when top-1 accuracy is below this (a fraction,
             0..=1), or when any sample's logits are not finite (`swa run`: the recalibrated SWA model's).
             The same as --gate 'top1>=A'
-        gate (--gate): Exit with code 1 unless a figure is within a bound: `miou>=0.72`, `rmse<=0.1`,
-            `top1>=0.9`, `ap_macro>=0.8`, or any number a --metric-command prints (repeatable; all must
-            pass). A NaN figure, or any sample's non-finite outputs, fails it (`swa run`: the recalibrated
-            SWA model's)
+        gate (--gate): Exit with code 1 unless a figure is within a bound, FIGURE>=X or FIGURE<=X:
+            `miou>=0.72`, `rmse<=0.1`, `top5>=0.97`, `ap_macro>=0.8`, or any number a --metric-command
+            prints (repeatable; all must pass; fractions, not percentages). A NaN figure, or any sample's
+            non-finite outputs, fails it (`swa run`: the recalibrated SWA model's)
         out (--out): Output directory (created; must be empty unless --force)
         force (--force): Replace an output directory that an earlier `swa run` wrote (it holds `.swa-
             run`); no other directory is ever replaced
@@ -582,6 +591,7 @@ def soup(
     shuffle: bool = False,
     seed: int | None = None,
     eval_batch_size: int | None = None,
+    select_masks: Path | None = None,
     task: Literal['classification', 'multilabel', 'regression', 'segmentation'] | None = None,
     score: str | None = None,
     top_k: int | None = None,
@@ -622,13 +632,13 @@ def soup(
         select_inputs (--select-inputs): The select split: held-out inputs the ingredients are chosen by
         select_batches (--select-inputs): Instead of select_inputs: batches from Python (a DataLoader, a
             generator...).
-        select_labels (--select-labels): Labels of the select split (not needed when the inputs carry
-            them)
+        select_labels (--select-labels): Targets of the select split, typed by --task (not needed when
+            the inputs carry them)
         eval_inputs (--eval-inputs): A test split, reported for the soup and the best single checkpoint
             (never used to choose)
         eval_batches (--eval-inputs): Instead of eval_inputs: batches from Python (a DataLoader, a
             generator...).
-        eval_labels (--eval-labels): Labels of the test split
+        eval_labels (--eval-labels): Targets of the test split, typed by --task
         resize (--resize): Resize the shorter side to N pixels, or to exactly H,W (bilinear,
             antialiased: transforms.Resize)
         center_crop (--center-crop): Crop the centre N×N (or H×W) pixels (transforms.CenterCrop)
@@ -659,6 +669,8 @@ def soup(
             --stats torch, update_bn's mean over batches, depends on which samples share a batch
         seed (--seed): The seed of --max-samples' draw and of --shuffle's order
         eval_batch_size (--eval-batch-size): Samples per evaluation batch
+        select_masks (--select-masks): The segmentation masks of --select-inputs, as --masks gives those
+            of --eval-inputs
         task (--task): What the model's outputs are: class logits [N, C] against class indices
             (classification), scores [N, C] against multi-hot rows (multilabel), values [N, D] against float
             targets (regression), or logits [N, C, H, W] against masks (segmentation). Never guessed
@@ -668,13 +680,15 @@ def soup(
         top_k (--top-k): k of the top-k accuracy (classification; default 5)
         threshold (--threshold): The probability above which a label is predicted, for F1 and exact
             match (multilabel; default 0.5)
-        ignore_index (--ignore-index): The mask value of pixels left out (segmentation; default 255)
+        ignore_index (--ignore-index): The mask value of pixels left out (segmentation; default 255;
+            -100 as PyTorch's loss)
         masks (--masks): A folder of segmentation masks (palette or grey PNGs of class indices) named as
             the images are (`x.jpg` → `x.png`, in the same subfolders). Not needed for VOC (`JPEGImages/` +
             `SegmentationClass/`), Cityscapes (`leftImg8bit/` + `gtFine/`) and ADE20K (`images/` +
             `annotations/`) folders
-        mask_map (--mask-map): Remap mask values before scoring: FROM:TO pairs (`0:255,255:0`). ADE20K's
-            masks are remapped as its models expect unless this is given (0 = unlabelled → 255, k → k-1)
+        mask_map (--mask-map): Remap mask values before scoring: FROM:TO pairs (`0:255,255:0`), or
+            `reduce-zero` (0 = unlabelled → the ignore index, k → k-1, as mmsegmentation's
+            reduce_zero_label). ADE20K's folders are read so unless this is given
         metric_command (--metric-command): Score with your own program: `CMD {outputs} {labels}` runs on
             .npy files of the model's outputs and the targets (in sample order) and prints one JSON object
             of figures with a `score`, higher is better (e.g. `python coco_map.py {outputs} {labels}`)
@@ -756,10 +770,10 @@ def merge_eval(
         min_accuracy (--min-accuracy): Exit with code 1 when top-1 accuracy is below this (a fraction,
             0..=1), or when any sample's logits are not finite (`swa run`: the recalibrated SWA model's).
             The same as --gate 'top1>=A'
-        gate (--gate): Exit with code 1 unless a figure is within a bound: `miou>=0.72`, `rmse<=0.1`,
-            `top1>=0.9`, `ap_macro>=0.8`, or any number a --metric-command prints (repeatable; all must
-            pass). A NaN figure, or any sample's non-finite outputs, fails it (`swa run`: the recalibrated
-            SWA model's)
+        gate (--gate): Exit with code 1 unless a figure is within a bound, FIGURE>=X or FIGURE<=X:
+            `miou>=0.72`, `rmse<=0.1`, `top5>=0.97`, `ap_macro>=0.8`, or any number a --metric-command
+            prints (repeatable; all must pass; fractions, not percentages). A NaN figure, or any sample's
+            non-finite outputs, fails it (`swa run`: the recalibrated SWA model's)
         metric_command (--metric-command): The metric command the parts were scored by (`swa evaluate
             --metric-command`): it runs on the merged outputs. A command is never run because a partial file
             names it

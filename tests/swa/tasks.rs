@@ -1064,3 +1064,36 @@ fn the_chart_spans_scores_outside_0_to_1() {
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("(better)") || md.contains("(worse)"), "{md}");
 }
+
+/// A greedy soup over segmentation checkpoints is chosen by the select split's mIoU (masks from
+/// `--select-masks`), and keeps an ingredient only when that does not drop.
+#[test]
+fn a_greedy_soup_of_segmentation_checkpoints_is_chosen_by_miou() {
+    let dir = tasks("segmentation");
+    let t = tmp();
+    let out = t.path().join("soup.safetensors");
+    let o = swa()
+        .current_dir(&dir)
+        .args(["soup", "--model", "model.onnx", "--checkpoints", "checkpoints", "--train-inputs", "images/train"])
+        .args(["--select-inputs", "images/eval", "--select-masks", "masks/eval", "--task", "segmentation"])
+        .args(["--resize", "16", "--center-crop", "16", "--batch-size", "8", "--json", "-o"])
+        .arg(&out)
+        .assert()
+        .success();
+    let s: Value = serde_json::from_slice(&o.get_output().stdout).unwrap();
+    let candidates = s["candidates"].as_array().unwrap();
+    assert_eq!(candidates.len(), 3);
+    // Tried best first by mIoU alone; each kept one leaves the soup's mIoU no lower than before.
+    let alone: Vec<f64> = candidates.iter().map(|c| c["select_alone"]["miou"].as_f64().unwrap()).collect();
+    assert!(alone.windows(2).all(|w| w[0] >= w[1]), "{alone:?}");
+    let mut current = alone[0];
+    for c in &candidates[1..] {
+        if c["kept"].as_bool().unwrap() {
+            let now = c["select_in_soup"]["miou"].as_f64().unwrap();
+            assert!(now >= current, "{c}");
+            current = now;
+        }
+    }
+    assert!((s["select"]["miou"].as_f64().unwrap() - current).abs() < 1e-12);
+    assert!(out.exists());
+}
