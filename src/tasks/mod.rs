@@ -79,6 +79,50 @@ pub struct Figure {
     pub percent: bool,
 }
 
+/// A task's figures over all samples (not classification's, whose files predate this), named as
+/// scores and gates name them.
+pub trait FigureSet: Copy + PartialEq + std::fmt::Debug {
+    /// The figures, the default score first.
+    const FIGURES: &'static [Figure];
+    /// The figure named `name` (one of [`FigureSet::FIGURES`]).
+    fn get(&self, name: &str) -> Option<f64>;
+    /// The figures in one phrase, for `samples` samples.
+    fn describe(&self, samples: usize) -> String;
+}
+
+/// One model's compact figures for a task other than classification (also its best checkpoint's
+/// in a report): the settings, the samples and the task's figures, flattened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Compact<T, F> {
+    /// The settings.
+    #[serde(flatten)]
+    pub task: T,
+    /// Samples.
+    pub samples: usize,
+    /// Samples whose outputs were not all finite.
+    pub nonfinite: usize,
+    /// The figures.
+    #[serde(flatten)]
+    pub figures: F,
+}
+
+impl<T, F: FigureSet> Compact<T, F> {
+    /// The figure named `name`.
+    pub fn figure(&self, name: &str) -> Option<f64> {
+        self.figures.get(name)
+    }
+
+    /// Cells under the task's columns: every figure.
+    pub fn cells(&self) -> Vec<Option<String>> {
+        F::FIGURES.iter().map(|f| Some(format_figure(f, self.figures.get(f.name).unwrap_or(f64::NAN)))).collect()
+    }
+
+    /// The figures in one phrase.
+    pub fn describe(&self) -> String {
+        self.figures.describe(self.samples)
+    }
+}
+
 /// A figure's value as tables show it: a percentage, or four decimals.
 pub fn format_figure(f: &Figure, v: f64) -> String {
     if f.percent {

@@ -331,7 +331,16 @@ pub struct Figures {
     pub exact_match: f64,
 }
 
-impl Figures {
+impl super::FigureSet for Figures {
+    const FIGURES: &'static [Figure] = &FIGURES;
+
+    fn describe(&self, samples: usize) -> String {
+        format!(
+            "macro AP {:.4}, micro AP {:.4}, F1 {:.4} ({samples} samples)",
+            self.ap_macro, self.ap_micro, self.f1_macro
+        )
+    }
+
     fn get(&self, name: &str) -> Option<f64> {
         Some(match name {
             "ap_macro" => self.ap_macro,
@@ -380,45 +389,12 @@ pub struct Metrics {
     pub per_label: Vec<LabelFigures>,
 }
 
-/// A multi-label evaluation's compact figures (also the best checkpoint's in a report).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Score {
-    /// The settings.
-    #[serde(flatten)]
-    pub task: Multilabel,
-    /// Samples.
-    pub samples: usize,
-    /// Samples whose scores were not all finite.
-    pub nonfinite: usize,
-    /// The figures.
-    #[serde(flatten)]
-    pub figures: Figures,
-}
+/// A multilabel evaluation's compact figures (also the best checkpoint's in a report).
+pub type Score = super::Compact<Multilabel, Figures>;
 
 impl From<&Metrics> for Score {
     fn from(m: &Metrics) -> Self {
         Score { task: m.task.clone(), samples: m.samples, nonfinite: m.nonfinite, figures: m.figures }
-    }
-}
-
-impl Score {
-    /// The figure named `name`.
-    pub fn figure(&self, name: &str) -> Option<f64> {
-        self.figures.get(name)
-    }
-
-    /// Cells under the task's columns.
-    pub fn cells(&self) -> Vec<Option<String>> {
-        FIGURES.iter().map(|f| Some(super::format_figure(f, self.figures.get(f.name).unwrap_or(f64::NAN)))).collect()
-    }
-
-    /// `macro AP 0.8123, micro AP 0.8011, F1 0.7012 (200 samples)`.
-    pub fn describe(&self) -> String {
-        let f = &self.figures;
-        format!(
-            "macro AP {:.4}, micro AP {:.4}, F1 {:.4} ({} samples)",
-            f.ap_macro, f.ap_micro, f.f1_macro, self.samples
-        )
     }
 }
 

@@ -246,7 +246,13 @@ pub struct Figures {
     pub r2: f64,
 }
 
-impl Figures {
+impl super::FigureSet for Figures {
+    const FIGURES: &'static [Figure] = &FIGURES;
+
+    fn describe(&self, samples: usize) -> String {
+        format!("R² {:.4}, RMSE {:.4}, MAE {:.4} ({samples} samples)", self.r2, self.rmse, self.mae)
+    }
+
     fn get(&self, name: &str) -> Option<f64> {
         Some(match name {
             "r2" => self.r2,
@@ -292,42 +298,12 @@ pub struct Metrics {
     pub per_output: Vec<OutputFigures>,
 }
 
-/// A regression's compact figures (also the best checkpoint's in a report).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Score {
-    /// The settings.
-    #[serde(flatten)]
-    pub task: Regression,
-    /// Samples.
-    pub samples: usize,
-    /// Samples whose outputs were not all finite.
-    pub nonfinite: usize,
-    /// The figures.
-    #[serde(flatten)]
-    pub figures: Figures,
-}
+/// A regression evaluation's compact figures (also the best checkpoint's in a report).
+pub type Score = super::Compact<Regression, Figures>;
 
 impl From<&Metrics> for Score {
     fn from(m: &Metrics) -> Self {
         Score { task: m.task.clone(), samples: m.samples, nonfinite: m.nonfinite, figures: m.figures }
-    }
-}
-
-impl Score {
-    /// The figure named `name`.
-    pub fn figure(&self, name: &str) -> Option<f64> {
-        self.figures.get(name)
-    }
-
-    /// Cells under the task's columns.
-    pub fn cells(&self) -> Vec<Option<String>> {
-        FIGURES.iter().map(|f| Some(format!("{:.4}", self.figures.get(f.name).unwrap_or(f64::NAN)))).collect()
-    }
-
-    /// `R² 0.8123, RMSE 0.1234, MAE 0.0987 (200 samples)`.
-    pub fn describe(&self) -> String {
-        let f = &self.figures;
-        format!("R² {:.4}, RMSE {:.4}, MAE {:.4} ({} samples)", f.r2, f.rmse, f.mae, self.samples)
     }
 }
 

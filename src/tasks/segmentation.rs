@@ -385,7 +385,17 @@ pub struct Figures {
     pub pixel_accuracy: f64,
 }
 
-impl Figures {
+impl super::FigureSet for Figures {
+    const FIGURES: &'static [Figure] = &FIGURES;
+
+    fn describe(&self, samples: usize) -> String {
+        format!(
+            "mIoU {}, pixel accuracy {} ({samples} samples)",
+            super::pct(self.miou),
+            super::pct(self.pixel_accuracy)
+        )
+    }
+
     fn get(&self, name: &str) -> Option<f64> {
         Some(match name {
             "miou" => self.miou,
@@ -437,45 +447,11 @@ pub struct Metrics {
     pub confusion: Vec<Vec<u64>>,
 }
 
-/// A segmentation's compact figures (also the best checkpoint's in a report).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Score {
-    /// The settings.
-    #[serde(flatten)]
-    pub task: Segmentation,
-    /// Samples.
-    pub samples: usize,
-    /// Samples with a non-finite logit.
-    pub nonfinite: usize,
-    /// The figures.
-    #[serde(flatten)]
-    pub figures: Figures,
-}
+/// A segmentation evaluation's compact figures (also the best checkpoint's in a report).
+pub type Score = super::Compact<Segmentation, Figures>;
 
 impl From<&Metrics> for Score {
     fn from(m: &Metrics) -> Self {
         Score { task: m.task.clone(), samples: m.samples, nonfinite: m.nonfinite, figures: m.figures }
-    }
-}
-
-impl Score {
-    /// The figure named `name`.
-    pub fn figure(&self, name: &str) -> Option<f64> {
-        self.figures.get(name)
-    }
-
-    /// Cells under the task's columns.
-    pub fn cells(&self) -> Vec<Option<String>> {
-        FIGURES.iter().map(|f| Some(super::format_figure(f, self.figures.get(f.name).unwrap_or(f64::NAN)))).collect()
-    }
-
-    /// `mIoU 71.23%, pixel accuracy 93.10% (16 samples)`.
-    pub fn describe(&self) -> String {
-        format!(
-            "mIoU {}, pixel accuracy {} ({} samples)",
-            super::pct(self.figures.miou),
-            super::pct(self.figures.pixel_accuracy),
-            self.samples
-        )
     }
 }
