@@ -497,7 +497,7 @@ pub struct GateArgs {
     /// `rmse<=0.1`, `top5>=0.97`, `ap_macro>=0.8`, or any number a --metric-command prints
     /// (repeatable; all must pass; fractions, not percentages). A NaN figure, or any sample's
     /// non-finite outputs, fails it (`swa run`: the recalibrated SWA model's).
-    #[arg(long, value_name = "FIGURE>=X", value_parser = gate)]
+    #[arg(long, value_name = "GATE", value_parser = gate)]
     pub gate: Vec<Gate>,
 }
 

@@ -27,8 +27,9 @@ pub struct EvaluateArgs {
     pub inputs: PathBuf,
     /// The targets, typed by --task: class indices [N] (not needed when the inputs carry them:
     /// class folders, a Parquet label column), float values [N] or [N, D] (regression), 0/1 rows
-    /// [N, C] (multilabel), or masks [N, H, W] (segmentation; or --masks).
-    #[arg(long, value_name = "Y.npy")]
+    /// [N, C] (multilabel), or masks [N, H, W] (segmentation; or --masks); for an image folder,
+    /// also a CSV or Parquet table of file names and values.
+    #[arg(long, value_name = "Y.npy|T.csv")]
     pub labels: Option<PathBuf>,
     /// How images are read.
     #[command(flatten)]

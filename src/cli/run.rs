@@ -25,8 +25,8 @@ pub struct RunArgs {
     /// Held-out inputs (.npy, .npz, a folder of class folders of images, Parquet).
     #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
     pub eval_inputs: PathBuf,
-    /// Held-out targets, typed by --task (class indices, values, 0/1 rows, masks; not needed when
-    /// the inputs carry them).
+    /// Held-out targets, typed by --task (class indices, values, 0/1 rows, masks; a CSV table of
+    /// file names and values for an image folder; not needed when the inputs carry them).
     #[arg(long, value_name = "Y.npy")]
     pub eval_labels: Option<PathBuf>,
     /// How images are read (training, select and held-out sets alike).
@@ -154,6 +154,15 @@ impl RunArgs {
         let mut stdout = if self.format.json { r.json() + "\n" } else { swa::report::markdown(&r) };
         if !self.format.json {
             stdout.push('\n');
+            for v in render::verdicts(gated, &gates) {
+                let op = if v.gate.at_least { "≥" } else { "≤" };
+                let verdict = if v.passed { "passed" } else { "FAILED" };
+                let _ = writeln!(
+                    stdout,
+                    "gate (recalibrated SWA): {} {op} {} ({:.4}) — {verdict}",
+                    v.gate.figure, v.gate.bound, v.value
+                );
+            }
             render::created(&mut stdout, &created);
             let _ = writeln!(
                 stdout,

@@ -60,12 +60,22 @@ pub fn markdown(r: &Report) -> String {
     }
     let _ = writeln!(s, "## Summary\n");
     s.push_str(&render(&table::summary(r)));
-    let _ = writeln!(
-        s,
-        "\nGain of recalibrated SWA over the best checkpoint: **{}** {}.\n",
-        r.task.format_gain(r.gain.value()),
-        r.task.score_name()
-    );
+    if r.task.score_figure().higher_is_better {
+        let _ = writeln!(
+            s,
+            "\nGain of recalibrated SWA over the best checkpoint: **{}** {}.\n",
+            r.task.format_gain(r.gain.value()),
+            r.task.score_name()
+        );
+    } else {
+        // A figure where lower is better: its own change, and which way that is.
+        let _ = writeln!(
+            s,
+            "\n{} of recalibrated SWA against the best checkpoint: **{}**.\n",
+            r.task.score_name(),
+            r.task.format_gain(r.gain.value())
+        );
+    }
     if let Some(warning) = r.nonfinite_warning() {
         let _ = writeln!(s, "**Warning:** {warning}\n");
     }

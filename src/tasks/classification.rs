@@ -232,11 +232,16 @@ impl State {
         }
         let labels = match targets.map(|t| (&t.values, t.shape.len())) {
             Some((Values::I64(labels), 1)) => labels,
-            _ => {
+            other => {
+                let fits = match other {
+                    Some((Values::I64(_), 1)) | None => "",
+                    Some((_, rank)) if rank == 1 => " (floats, one per sample, fit the task regression)",
+                    Some((_, _)) => super::which_targets_fit(targets.map_or(&[][..], |t| &t.shape)),
+                };
                 return Err(Error::format(
                     at.targets,
-                    "holds targets that are not class indices (one integer per sample)",
-                ))
+                    format!("holds targets that are not class indices (one integer per sample){fits}"),
+                ));
             }
         };
         self.add_rows(&output.data, shape[1] as usize, labels, &mut indices.iter().copied(), at.targets)

@@ -419,8 +419,9 @@ impl Metrics {
 
     /// `score 0.4123 (200 samples; map 0.4123, map50 0.61)`.
     pub fn describe(&self) -> String {
+        let number = |v: f64| if v.fract() == 0.0 && v.abs() < 1e15 { format!("{v:.0}") } else { format!("{v:.4}") };
         let others: Vec<String> =
-            self.figures.iter().filter(|(k, _)| *k != "score").map(|(k, v)| format!("{k} {v:.4}")).collect();
+            self.figures.iter().filter(|(k, _)| *k != "score").map(|(k, v)| format!("{k} {}", number(*v))).collect();
         let others = if others.is_empty() { String::new() } else { format!("; {}", others.join(", ")) };
         format!("score {:.4} ({} samples{others})", self.score, self.samples)
     }
