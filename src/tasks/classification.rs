@@ -235,7 +235,7 @@ impl State {
             other => {
                 let fits = match other {
                     Some((Values::I64(_), 1)) | None => "",
-                    Some((_, rank)) if rank == 1 => " (floats, one per sample, fit the task regression)",
+                    Some((_, 1)) => " (floats, one per sample, fit the task regression)",
                     Some((_, _)) => super::which_targets_fit(targets.map_or(&[][..], |t| &t.shape)),
                 };
                 return Err(Error::format(
