@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, Setting};
-use crate::inputs::samples::masks::{self, MaskMap, WithMasks};
+use crate::inputs::samples::masks::{self, MaskMap, Masks};
+use crate::inputs::samples::WithTargets;
 use crate::inputs::{self, DataOptions, Samples};
 use crate::onnx::Model;
 use crate::part::Part;
@@ -237,7 +238,8 @@ fn with_labels(samples: Samples, opts: &EvalOptions) -> Result<(Samples, PathBuf
             _ => crate::tasks::segmentation::IGNORE_INDEX,
         };
         let path = samples.path.clone();
-        let source = WithMasks::new(samples.into_source(), &opts.inputs, &dir, layout, opts.mask_map.clone(), ignore)?;
+        let masks = Masks::new(&*samples, &opts.inputs, &dir, layout, opts.mask_map.clone(), ignore)?;
+        let source = WithTargets::new(samples.into_source(), masks);
         return Ok((Samples::from_source(path, Box::new(source)), dir));
     }
     if opts.mask_map.is_some() || opts.masks.is_some() {

@@ -500,6 +500,15 @@ pub(crate) fn read_float_targets(path: &Path, what: &str, ranks: std::ops::Range
     Ok(Tensor::f32(array.shape.clone(), array.f32_rows(0, array.len())))
 }
 
+/// The error for an output of `shape` for a batch of `n` that is not what the task needs (`what`:
+/// `regression needs outputs [N] or [N, D]`), saying which task it would fit.
+pub(crate) fn unfit_output(at: &Context, shape: &[usize], n: usize, what: &str) -> crate::Error {
+    crate::Error::format(
+        at.model,
+        format!("output `{}` has shape {shape:?} for a batch of {n}; {what}{}", at.output, which_task_fits(shape, n)),
+    )
+}
+
 /// Which task an output of `shape` for a batch of `n` would fit, as a clause of a message.
 pub(crate) fn which_task_fits(shape: &[usize], n: usize) -> &'static str {
     match shape {

@@ -99,16 +99,7 @@ impl State {
         let shape: Vec<usize> = output.shape.iter().map(|&d| d as usize).collect();
         let c = match shape.as_slice() {
             [m, c] if *m == n && *c > 0 => *c,
-            _ => {
-                return Err(Error::format(
-                    at.model,
-                    format!(
-                        "output `{}` has shape {shape:?} for a batch of {n}; multi-label evaluation needs scores [N, labels]{}",
-                        at.output,
-                        super::which_task_fits(&shape, n)
-                    ),
-                ))
-            }
+            _ => return Err(super::unfit_output(at, &shape, n, "multi-label evaluation needs scores [N, labels]")),
         };
         let Some(t) = targets else {
             return Err(Error::format(at.targets, "has no multi-hot targets"));

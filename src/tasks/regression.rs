@@ -99,16 +99,7 @@ impl State {
         let d = match shape.as_slice() {
             [m] if *m == n => 1,
             [m, d] if *m == n && *d > 0 => *d,
-            _ => {
-                return Err(Error::format(
-                    at.model,
-                    format!(
-                        "output `{}` has shape {shape:?} for a batch of {n}; regression needs outputs [N] or [N, D]{}",
-                        at.output,
-                        super::which_task_fits(&shape, n)
-                    ),
-                ))
-            }
+            _ => return Err(super::unfit_output(at, &shape, n, "regression needs outputs [N] or [N, D]")),
         };
         let Some(t) = targets else {
             return Err(Error::format(at.targets, "has no regression targets"));

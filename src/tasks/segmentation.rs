@@ -208,16 +208,7 @@ impl State {
         let shape: Vec<usize> = output.shape.iter().map(|&d| d as usize).collect();
         let (c, h, w) = match shape.as_slice() {
             [m, c, h, w] if *m == n && *c > 0 && *h > 0 && *w > 0 => (*c, *h, *w),
-            _ => {
-                return Err(Error::format(
-                    at.model,
-                    format!(
-                        "output `{}` has shape {shape:?} for a batch of {n}; segmentation needs logits [N, classes, H, W]{}",
-                        at.output,
-                        super::which_task_fits(&shape, n)
-                    ),
-                ))
-            }
+            _ => return Err(super::unfit_output(at, &shape, n, "segmentation needs logits [N, classes, H, W]")),
         };
         let Some(t) = targets else {
             return Err(Error::format(at.targets, "has no masks"));

@@ -6,13 +6,12 @@
 //! resize a `Mask` (`torch.nn.functional.interpolate(mode="nearest")`: output pixel `i` takes input
 //! pixel `floor(i · in/out)`, in float32) and pad it with 0.
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::{Batches, SampleSource};
-use crate::batch::{Batch, Tensor};
+use super::SampleSource;
+use crate::batch::Tensor;
 use crate::error::{Error, Result};
 use crate::inputs::images::Resize;
 
@@ -235,9 +234,9 @@ fn transform(mask: &Mask, resize: Option<Resize>, crop: Option<(usize, usize)>) 
     Mask { h: ch, w: cw, data }
 }
 
-/// Image samples with their masks as targets.
-pub struct WithMasks {
-    inner: Box<dyn SampleSource>,
+/// The masks of an image source's images, read per batch: the targets of a
+/// [`super::WithTargets`].
+pub struct Masks {
     files: Vec<PathBuf>,
     images: Vec<PathBuf>,
     map: Option<MaskMap>,
@@ -246,18 +245,18 @@ pub struct WithMasks {
     size: (usize, usize),
 }
 
-impl WithMasks {
-    /// `inner`'s images (an image folder at `inputs`) with the masks in `masks` (found as `layout`
-    /// says), remapped by `map` (ADE20K's by default, its unlabelled 0 to `ignore`); every image
-    /// must have its mask.
+impl Masks {
+    /// The masks in `masks` (found as `layout` says) of `inner`'s images (an image folder at
+    /// `inputs`), remapped by `map` (ADE20K's by default, its unlabelled 0 to `ignore`); every
+    /// image must have its mask.
     pub fn new(
-        inner: Box<dyn SampleSource>,
+        inner: &dyn SampleSource,
         inputs: &Path,
         masks: &Path,
         layout: Layout,
         map: Option<MaskMap>,
         ignore: i64,
-    ) -> Result<WithMasks> {
+    ) -> Result<Masks> {
         if !masks.is_dir() {
             return Err(Error::format(masks, "is not a folder of masks"));
         }
@@ -310,10 +309,12 @@ impl WithMasks {
             _ => None,
         };
         let (resize, crop, size) = transform;
-        Ok(WithMasks { inner, files, images, map, resize, crop, size })
+        Ok(Masks { files, images, map, resize, crop, size })
     }
+}
 
-    fn masks(&self, indices: &[usize]) -> Result<Tensor> {
+impl super::targets::Targets for Masks {
+    fn rows(&self, indices: &[usize]) -> Result<Tensor> {
         let (h, w) = self.size;
         let masks: Vec<Vec<i64>> = indices
             .par_iter()
@@ -339,58 +340,13 @@ impl WithMasks {
             .collect::<Result<_>>()?;
         Ok(Tensor::i64(vec![indices.len(), h, w], masks.concat()))
     }
-}
 
-impl SampleSource for WithMasks {
-    fn len(&self) -> Option<usize> {
-        self.inner.len()
-    }
-
-    fn reads_by_range(&self) -> bool {
-        self.inner.reads_by_range()
-    }
-
-    fn sample_shapes(&self) -> Vec<Vec<usize>> {
-        self.inner.sample_shapes()
-    }
-
-    fn batches(&self, range: Range<usize>, batch: usize) -> Result<Batches<'_>> {
-        let inner = self.inner.batches(range, batch)?;
-        Ok(Box::new(inner.map(move |b| {
-            let mut b = b?;
-            b.targets = Some(self.masks(&b.indices)?);
-            Ok(b)
-        })))
-    }
-
-    fn batch_at(&self, indices: &[usize]) -> Result<Batch> {
-        let mut b = self.inner.batch_at(indices)?;
-        b.targets = Some(self.masks(&b.indices)?);
-        Ok(b)
-    }
-
-    fn has_targets(&self) -> bool {
-        true
-    }
-
-    fn classes(&self) -> Option<&[String]> {
-        None
-    }
-
-    fn preprocessing(&self) -> Option<String> {
-        self.inner.preprocessing()
-    }
-
-    fn skipped(&self) -> Vec<String> {
-        self.inner.skipped()
-    }
-
-    fn sample_name(&self, i: usize) -> Option<String> {
-        self.inner.sample_name(i)
-    }
-
-    fn target_name(&self, i: usize) -> Option<String> {
+    fn name(&self, i: usize) -> Option<String> {
         self.files.get(i).map(|p| p.display().to_string())
+    }
+
+    fn keeps_classes(&self) -> bool {
+        false
     }
 }
 

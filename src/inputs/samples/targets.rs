@@ -1,4 +1,5 @@
-//! Targets from elsewhere (a labels file) attached to samples that carry none.
+//! Targets from elsewhere attached to samples that carry none: the rows of a labels file, or
+//! targets read per batch from files of their own (segmentation masks, [`super::masks`]).
 
 use std::ops::Range;
 
@@ -6,20 +7,53 @@ use super::{Batches, SampleSource};
 use crate::batch::{Batch, Tensor};
 use crate::error::Result;
 
-/// A source whose batches carry the rows of `targets` (one per sample) for their samples.
-pub struct WithTargets {
-    inner: Box<dyn SampleSource>,
-    targets: Tensor,
+/// Where a [`WithTargets`] takes each batch's targets from.
+pub trait Targets: Send + Sync {
+    /// The targets of samples `indices`, one row each, in that order.
+    fn rows(&self, indices: &[usize]) -> Result<Tensor>;
+
+    /// Every sample's target, where they are all in memory (a labels file's).
+    fn all(&self) -> Option<&Tensor> {
+        None
+    }
+
+    /// What messages call sample `i`'s target, where it is a file of its own.
+    fn name(&self, _i: usize) -> Option<String> {
+        None
+    }
+
+    /// Whether the samples' own class names are names of these targets' classes (a labels file's
+    /// indices, as the class folders'); masks' classes are not the folders'.
+    fn keeps_classes(&self) -> bool {
+        true
+    }
 }
 
-impl WithTargets {
+/// A labels file's rows, one per sample.
+impl Targets for Tensor {
+    fn rows(&self, indices: &[usize]) -> Result<Tensor> {
+        Ok(Tensor::rows(self, indices))
+    }
+
+    fn all(&self) -> Option<&Tensor> {
+        Some(self)
+    }
+}
+
+/// A source whose batches carry `targets`' rows for their samples.
+pub struct WithTargets<T: Targets> {
+    inner: Box<dyn SampleSource>,
+    targets: T,
+}
+
+impl<T: Targets> WithTargets<T> {
     /// `inner`'s samples with `targets`, row `i` for sample `i`; the caller checks the counts agree.
-    pub fn new(inner: Box<dyn SampleSource>, targets: Tensor) -> Self {
+    pub fn new(inner: Box<dyn SampleSource>, targets: T) -> Self {
         WithTargets { inner, targets }
     }
 }
 
-impl SampleSource for WithTargets {
+impl<T: Targets> SampleSource for WithTargets<T> {
     fn len(&self) -> Option<usize> {
         self.inner.len()
     }
@@ -36,23 +70,27 @@ impl SampleSource for WithTargets {
         let inner = self.inner.batches(range, batch)?;
         Ok(Box::new(inner.map(move |b| {
             let mut b = b?;
-            b.targets = Some(self.targets.rows(&b.indices));
+            b.targets = Some(self.targets.rows(&b.indices)?);
             Ok(b)
         })))
     }
 
     fn batch_at(&self, indices: &[usize]) -> Result<Batch> {
         let mut b = self.inner.batch_at(indices)?;
-        b.targets = Some(self.targets.rows(&b.indices));
+        b.targets = Some(self.targets.rows(&b.indices)?);
         Ok(b)
     }
 
     fn targets(&self) -> Option<&Tensor> {
-        Some(&self.targets)
+        self.targets.all()
+    }
+
+    fn has_targets(&self) -> bool {
+        true
     }
 
     fn classes(&self) -> Option<&[String]> {
-        self.inner.classes()
+        self.inner.classes().filter(|_| self.targets.keeps_classes())
     }
 
     fn preprocessing(&self) -> Option<String> {
@@ -69,6 +107,10 @@ impl SampleSource for WithTargets {
 
     fn sample_name(&self, i: usize) -> Option<String> {
         self.inner.sample_name(i)
+    }
+
+    fn target_name(&self, i: usize) -> Option<String> {
+        self.targets.name(i)
     }
 
     fn image_file(&self, i: usize) -> Option<std::path::PathBuf> {
