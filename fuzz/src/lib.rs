@@ -61,6 +61,36 @@ pub fn npy(data: &[u8]) {
     }
 }
 
+/// A segmentation mask file (a palette or grey PNG of 1 to 16 bits, or another grey image), read
+/// for the size its header claims: values one per pixel.
+pub fn mask(data: &[u8]) {
+    let Some(file) = TempInput::new(data, ".png") else { return };
+    // The size the file claims (a PNG's IHDR), which is what a matching image would have.
+    let (w, h) = if data.len() >= 24 && data.starts_with(b"\x89PNG") {
+        let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        (be(&data[16..20]), be(&data[20..24]))
+    } else {
+        (4, 4)
+    };
+    if w.saturating_mul(h) > 1 << 22 {
+        return;
+    }
+    if let Ok(m) = swa::inputs::samples::masks::decode(&file.0, w, h) {
+        assert_eq!(m.data.len(), m.w * m.h);
+    }
+}
+
+/// A CSV table of targets by file name, mapped onto three image names.
+pub fn table(data: &[u8]) {
+    let Some(file) = TempInput::new(data, ".csv") else { return };
+    let files: Vec<std::path::PathBuf> =
+        ["a.png", "sub/b.jpg", "c.png"].iter().map(|f| Path::new("/d").join(f)).collect();
+    if let Ok(t) = swa::inputs::table::targets_for(&file.0, Path::new("/d"), &files) {
+        assert_eq!(t.shape[0], 3);
+        assert_eq!(t.values.len(), 3 * t.row_len());
+    }
+}
+
 /// A `.npz` archive (stored and deflated members).
 pub fn npz(data: &[u8]) {
     if let Ok(arrays) = npy::parse_npz(Path::new("fuzz.npz"), data.to_vec()) {

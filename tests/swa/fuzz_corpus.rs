@@ -22,6 +22,8 @@ const TARGETS: &[(&str, Target)] = &[
     ("parquet", targets::parquet),
     ("partial_eval", targets::partial_eval),
     ("partial_stats", targets::partial_stats),
+    ("mask", targets::mask),
+    ("table", targets::table),
 ];
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {

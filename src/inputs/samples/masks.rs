@@ -131,16 +131,19 @@ fn mask_path(image: &Path, inputs: &Path, masks: &Path, layout: Layout) -> Vec<P
 }
 
 /// A mask decoded: class indices, row-major.
-struct Mask {
-    h: usize,
-    w: usize,
-    data: Vec<i64>,
+pub struct Mask {
+    /// Height.
+    pub h: usize,
+    /// Width.
+    pub w: usize,
+    /// `h * w` class indices.
+    pub data: Vec<i64>,
 }
 
 /// Decodes a mask file that must be `w`×`h` (its image's size, checked before anything is
 /// decoded): a PNG's own values (palette indices, grey levels of 1 to 16 bits), or a grey image of
 /// another format (8 or 16 bits); colours are refused.
-fn decode(path: &Path, w: usize, h: usize) -> Result<Mask> {
+pub fn decode(path: &Path, w: usize, h: usize) -> Result<Mask> {
     let bytes = crate::fs::read_regular(path)?;
     let bad = |why: String| Error::format(path, why);
     let size_differs = |mw: usize, mh: usize| {
