@@ -208,6 +208,9 @@ mod tests {
             topk,
             loss,
             nonfinite: 0,
+            ece: Some(loss / 10.0),
+            brier: Some(loss / 2.0),
+            reliability: Vec::new(),
         })
     }
 

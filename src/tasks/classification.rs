@@ -1,5 +1,9 @@
 //! Classification: logits `[N, classes]` against class indices — top-1, top-k, mean
-//! cross-entropy, per-class accuracy. The score is top-1 accuracy.
+//! cross-entropy (the NLL), per-class accuracy, and calibration: the expected calibration error
+//! over [`BINS`] equal-width confidence bins (Guo et al. 2017: a sample of top-1 confidence c is in
+//! bin ⌈c·M⌉, i.e. bins (i/M, (i+1)/M]; ECE = Σ_b |hits_b − Σ_b c| / N) and the Brier score (the
+//! mean over samples of Σ_c (p_c − 1[c = y])²), from the softmax of the logits in f64. The score is
+//! top-1 accuracy.
 //!
 //! A sample whose logits are not all finite (NaN or ±Inf anywhere in its row) is never a correct
 //! prediction: it counts as wrong for top-1 and top-k, is counted in [`Metrics::nonfinite`], and is
@@ -27,11 +31,44 @@ pub struct Classification {
 
 /// The figures a classification score or gate can name (`topk` is also named `top5` for k = 5);
 /// the first is the default score.
-pub const FIGURES: [Figure; 3] = [
+/// `nll` names the loss too.
+pub const FIGURES: [Figure; 5] = [
     Figure { name: "top1", label: "top-1", higher_is_better: true, percent: true },
     Figure { name: "topk", label: "top-k", higher_is_better: true, percent: true },
     Figure { name: "loss", label: "loss", higher_is_better: false, percent: false },
+    Figure { name: "ece", label: "ECE", higher_is_better: false, percent: false },
+    Figure { name: "brier", label: "Brier", higher_is_better: false, percent: false },
 ];
+
+/// Confidence bins of the expected calibration error (Guo et al. 2017 use 15).
+pub const BINS: usize = 15;
+
+/// One confidence bin: the samples whose top-1 confidence fell in it, how many of them were
+/// right, and the sum of their confidences (a sum, so that parts add exactly).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bin {
+    /// Samples in the bin.
+    pub samples: usize,
+    /// Of them, correct top-1 predictions.
+    pub correct: usize,
+    /// The sum of their top-1 confidences.
+    pub confidence: f64,
+}
+
+impl Bin {
+    /// The bin of confidence `c` ∈ (0, 1]: ⌈c·M⌉ − 1.
+    pub fn index(c: f64) -> usize {
+        ((c * BINS as f64).ceil() as usize).clamp(1, BINS) - 1
+    }
+}
+
+/// The expected calibration error of `bins` over `samples` samples (NaN for none).
+pub fn ece(bins: &[Bin], samples: usize) -> f64 {
+    if samples == 0 {
+        return f64::NAN;
+    }
+    bins.iter().map(|b| (b.correct as f64 - b.confidence).abs()).sum::<f64>() / samples as f64
+}
 
 impl Classification {
     /// A fresh state.
@@ -46,6 +83,7 @@ impl Classification {
             loss: 0.0,
             nonfinite: 0,
             per_class: Vec::new(),
+            calibration: Some(Calibration::default()),
         }
     }
 
@@ -66,9 +104,65 @@ impl Classification {
         Ok(Tensor::i64(vec![labels.len()], labels))
     }
 
-    /// The columns of a score, as table headers: `top-1`, `top-k`, `loss`.
+    /// The columns of a score, as table headers: `top-1`, `top-k`, `loss`, `ECE`, `Brier`.
     pub fn headers(&self) -> Vec<Column> {
-        vec![Column::new("top-1", true), Column::new(format!("top-{}", self.k), false), Column::new("loss", true)]
+        vec![
+            Column::new("top-1", true),
+            Column::new(format!("top-{}", self.k), false),
+            Column::new("loss", true),
+            Column::new("ECE", false),
+            Column::new("Brier", false),
+        ]
+    }
+}
+
+/// The calibration counts of a state: the confidence bins and the Brier sum, over the samples with
+/// finite logits. Absent in partial evaluations written before they existed (a merge with one
+/// has no calibration figures).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    bins: Vec<Bin>,
+    brier: f64,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Calibration { bins: vec![Bin::default(); BINS], brier: 0.0 }
+    }
+}
+
+impl Calibration {
+    /// What a count keeps true, given the finite samples and top-1 hits of the state.
+    fn check(&self, finite: usize, correct: usize) -> Option<String> {
+        let n = self.bins.iter().fold(0usize, |a, b| a.saturating_add(b.samples));
+        let hits = self.bins.iter().fold(0usize, |a, b| a.saturating_add(b.correct));
+        if self.bins.len() != BINS {
+            Some(format!("{} confidence bins, not {BINS}", self.bins.len()))
+        } else if n != finite || hits != correct {
+            Some(format!("the confidence bins count {n} samples and {hits} hits, the totals {finite} and {correct}"))
+        } else if let Some((i, b)) = self.bins.iter().enumerate().find(|(i, b)| {
+            b.correct > b.samples
+                || !(b.confidence >= *i as f64 / BINS as f64 * b.samples as f64 * (1.0 - 1e-9))
+                || !(b.confidence <= (*i + 1) as f64 / BINS as f64 * b.samples as f64 * (1.0 + 1e-9))
+        }) {
+            Some(format!(
+                "confidence bin {i} holds {} samples, {} hits and a confidence sum of {}",
+                b.samples, b.correct, b.confidence
+            ))
+        } else if !(self.brier >= 0.0 && self.brier <= 2.0 * finite as f64 * (1.0 + 1e-9)) {
+            Some(format!("a Brier sum of {} over {finite} samples", self.brier))
+        } else {
+            None
+        }
+    }
+
+    fn merge(&mut self, other: &Calibration) {
+        for (a, b) in self.bins.iter_mut().zip(&other.bins) {
+            a.samples += b.samples;
+            a.correct += b.correct;
+            a.confidence += b.confidence;
+        }
+        self.brier += other.brier;
     }
 }
 
@@ -87,6 +181,8 @@ pub struct State {
     loss: f64,
     nonfinite: usize,
     per_class: Vec<(usize, usize)>,
+    #[serde(default)]
+    calibration: Option<Calibration>,
 }
 
 /// [`State`] as a partial evaluation file holds it, before its counts are checked against each
@@ -104,6 +200,8 @@ struct StateFields {
     loss: f64,
     nonfinite: usize,
     per_class: Vec<(usize, usize)>,
+    #[serde(default)]
+    calibration: Option<Calibration>,
 }
 
 impl TryFrom<StateFields> for State {
@@ -113,7 +211,7 @@ impl TryFrom<StateFields> for State {
     /// non-finite logits is neither; the classes' counts add up to the totals, each with no more
     /// hits than samples; one class count per class; a loss sum ≥ 0.
     fn try_from(f: StateFields) -> std::result::Result<Self, String> {
-        let StateFields { score, k, classes, samples, correct, correct_k, loss, nonfinite, per_class } = f;
+        let StateFields { score, k, classes, samples, correct, correct_k, loss, nonfinite, per_class, calibration } = f;
         // Saturating: a sum that overflows cannot equal a total that fits.
         let class_samples = per_class.iter().fold(0usize, |a, &(n, _)| a.saturating_add(n));
         let class_correct = per_class.iter().fold(0usize, |a, &(_, hits)| a.saturating_add(hits));
@@ -140,11 +238,13 @@ impl TryFrom<StateFields> for State {
         } else if loss.is_nan() || loss < 0.0 {
             Some(format!("a loss sum of {loss}"))
         } else {
-            None
+            calibration.as_ref().and_then(|c| c.check(samples - nonfinite, correct))
         };
         match why {
             Some(why) => Err(format!("the counts cannot have been counted: {why}")),
-            None => Ok(State { score, k, classes, samples, correct, correct_k, loss, nonfinite, per_class }),
+            None => {
+                Ok(State { score, k, classes, samples, correct, correct_k, loss, nonfinite, per_class, calibration })
+            }
         }
     }
 }
@@ -193,8 +293,19 @@ impl State {
                 self.correct_k += 1;
             }
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
-            self.loss += lse - target as f64;
+            let sum = row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>();
+            self.loss += max + sum.ln() - target as f64;
+            if let Some(c) = &mut self.calibration {
+                // p_j = e^(z_j − max) / sum; the top-1 confidence is 1 / sum.
+                let squares = row.iter().map(|&v| ((v as f64 - max).exp() / sum).powi(2)).sum::<f64>();
+                let p_y = (target as f64 - max).exp() / sum;
+                c.brier += squares - 2.0 * p_y + 1.0;
+                let confidence = 1.0 / sum;
+                let bin = &mut c.bins[Bin::index(confidence)];
+                bin.samples += 1;
+                bin.correct += usize::from(above == 0);
+                bin.confidence += confidence;
+            }
         }
         Ok(())
     }
@@ -272,6 +383,10 @@ impl State {
             mine.0 += theirs.0;
             mine.1 += theirs.1;
         }
+        match (&mut self.calibration, &other.calibration) {
+            (Some(a), Some(b)) => a.merge(b),
+            _ => self.calibration = None,
+        }
         Ok(())
     }
 
@@ -304,7 +419,12 @@ impl State {
     /// The metrics so far.
     pub fn finish(&self) -> Metrics {
         let n = self.samples.max(1) as f64;
+        let finite = self.samples - self.nonfinite;
+        let calibration = self.calibration.as_ref().filter(|_| finite > 0);
         Metrics {
+            ece: calibration.map(|c| ece(&c.bins, finite)),
+            brier: calibration.map(|c| c.brier / finite as f64),
+            reliability: calibration.map(|c| c.bins.clone()).unwrap_or_default(),
             score: self.score.clone(),
             samples: self.samples,
             correct: self.correct,
@@ -355,6 +475,15 @@ pub struct Metrics {
     pub per_class: Vec<ClassAccuracy>,
     /// Samples whose logits were not all finite (NaN or Inf): counted wrong, left out of `loss`.
     pub nonfinite: usize,
+    /// The expected calibration error over the samples with finite logits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ece: Option<f64>,
+    /// The Brier score over the samples with finite logits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brier: Option<f64>,
+    /// The confidence bins of the ECE (the reliability diagram's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reliability: Vec<Bin>,
 }
 
 /// One class's accuracy.
@@ -399,6 +528,15 @@ pub struct Score {
     /// reports written before it existed).
     #[serde(default)]
     pub nonfinite: usize,
+    /// The expected calibration error (absent in reports written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ece: Option<f64>,
+    /// The Brier score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brier: Option<f64>,
+    /// The confidence bins of the ECE: the reliability diagram.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reliability: Vec<Bin>,
 }
 
 impl From<&Metrics> for Score {
@@ -411,6 +549,9 @@ impl From<&Metrics> for Score {
             topk: m.topk,
             loss: m.loss,
             nonfinite: m.nonfinite,
+            ece: m.ece,
+            brier: m.brier,
+            reliability: m.reliability.clone(),
         }
     }
 }
@@ -430,7 +571,9 @@ impl Score {
         Some(match name {
             "top1" => self.top1,
             "topk" => self.topk,
-            "loss" => self.loss,
+            "loss" | "nll" => self.loss,
+            "ece" => self.ece?,
+            "brier" => self.brier?,
             _ => return None,
         })
     }
@@ -443,12 +586,19 @@ impl Score {
 
     /// Table cells under [`Classification::headers`].
     pub fn cells(&self) -> Vec<Option<String>> {
-        vec![Some(super::pct(self.top1)), Some(super::pct(self.topk)), Some(loss(self.loss))]
+        vec![
+            Some(super::pct(self.top1)),
+            Some(super::pct(self.topk)),
+            Some(loss(self.loss)),
+            self.ece.map(loss),
+            self.brier.map(loss),
+        ]
     }
 
-    /// `95.33% (143/150), loss 0.3075`.
+    /// `95.33% (143/150), loss 0.3075, ECE 0.0213`.
     pub fn describe(&self) -> String {
-        format!("{:.2}% ({}/{}), loss {:.4}", self.top1 * 100.0, self.correct, self.samples, self.loss)
+        let ece = self.ece.map_or(String::new(), |e| format!(", ECE {e:.4}"));
+        format!("{:.2}% ({}/{}), loss {:.4}{ece}", self.top1 * 100.0, self.correct, self.samples, self.loss)
     }
 
     /// `95.33% / 0.3075`.
@@ -473,18 +623,30 @@ pub struct Best {
     /// Its loss.
     #[serde(default, deserialize_with = "super::null_is_nan_opt")]
     pub loss: Option<f64>,
+    /// Its ECE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ece: Option<f64>,
+    /// Its Brier score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brier: Option<f64>,
 }
 
 impl From<&Score> for Best {
     fn from(s: &Score) -> Self {
-        Best { top1: s.top1, topk: Some(s.topk), loss: Some(s.loss) }
+        Best { top1: s.top1, topk: Some(s.topk), loss: Some(s.loss), ece: s.ece, brier: s.brier }
     }
 }
 
 impl Best {
     /// Table cells under [`Classification::headers`].
     pub fn cells(&self) -> Vec<Option<String>> {
-        vec![Some(super::pct(self.top1)), self.topk.map(super::pct), self.loss.map(loss)]
+        vec![
+            Some(super::pct(self.top1)),
+            self.topk.map(super::pct),
+            self.loss.map(loss),
+            self.ece.map(loss),
+            self.brier.map(loss),
+        ]
     }
 }
 
@@ -528,7 +690,18 @@ mod tests {
 
     #[test]
     fn the_order_of_scores_is_total_when_a_loss_is_nan() {
-        let s = |loss: f64| Score { score: None, correct: 3, samples: 10, top1: 0.3, topk: 0.3, loss, nonfinite: 0 };
+        let s = |loss: f64| Score {
+            score: None,
+            correct: 3,
+            samples: 10,
+            top1: 0.3,
+            topk: 0.3,
+            loss,
+            nonfinite: 0,
+            ece: None,
+            brier: None,
+            reliability: Vec::new(),
+        };
         let all = [s(1.0), s(f64::NAN), s(2.0)];
         for a in &all {
             for b in &all {

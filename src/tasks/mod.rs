@@ -307,6 +307,7 @@ impl Task {
         let name = name.to_lowercase().replace('-', "_");
         let name = match self {
             Task::Classification(c) if name == format!("top{}", c.k) && c.k != 1 => "topk".to_string(),
+            Task::Classification(_) if name == "nll" => "loss".to_string(),
             _ => name,
         };
         match self {
