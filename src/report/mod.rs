@@ -138,6 +138,24 @@ impl Report {
         best.map(|(_, b)| b)
     }
 
+    /// Every model the report scored on the held-out set, by name, in the order of its tables:
+    /// each checkpoint (stored statistics, and recalibrated as "++"), SWA, the soup.
+    pub fn scored_models(&self) -> Vec<(String, &Score)> {
+        let mut out = Vec::new();
+        for r in &self.checkpoints {
+            out.push((r.name.clone(), &r.stored));
+            if let Some(s) = &r.recalibrated {
+                out.push((format!("{} ++", r.name), s));
+            }
+        }
+        out.push(("SWA".into(), &self.swa_stored));
+        out.push(("SWA ++".into(), &self.swa_recalibrated));
+        if let Some(soup) = &self.soup {
+            out.push((format!("{} soup", soup.method), &soup.eval));
+        }
+        out
+    }
+
     /// Every model that gave non-finite logits, and for how many samples (`++`: recalibrated).
     pub fn nonfinite(&self) -> Vec<(String, usize)> {
         let mut out = Vec::new();

@@ -716,6 +716,15 @@ fn comparable(v: f64) -> f64 {
 }
 
 impl Score {
+    /// The confidence bins of a classification score (its reliability diagram); `None` for other
+    /// tasks and for reports written before they existed.
+    pub fn reliability(&self) -> Option<&[classification::Bin]> {
+        match self {
+            Score::Classification(s) if !s.reliability.is_empty() => Some(&s.reliability),
+            _ => None,
+        }
+    }
+
     /// The task these figures are of.
     pub fn task(&self) -> Task {
         match self {
