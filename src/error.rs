@@ -129,6 +129,14 @@ pub enum Setting {
     Part,
     /// `PassOptions::shuffle`.
     Shuffle,
+    /// `SwagOptions::samples`.
+    Samples,
+    /// `SwagOptions::rank`.
+    Rank,
+    /// `SwagOptions::scale`.
+    Scale,
+    /// A temperature.
+    Temperature,
 }
 
 impl Setting {
@@ -151,6 +159,10 @@ impl Setting {
             Setting::Shard => "shard",
             Setting::Part => "part",
             Setting::Shuffle => "shuffle",
+            Setting::Samples => "samples",
+            Setting::Rank => "rank",
+            Setting::Scale => "scale",
+            Setting::Temperature => "temperature",
         }
     }
 }

@@ -121,6 +121,9 @@ pub struct EvalOptions {
     pub mask_map: Option<MaskMap>,
     /// Where to write every sample's outputs, prediction and target (an `.npz`).
     pub save_outputs: Option<PathBuf>,
+    /// Divides classification logits by this temperature before they are scored (temperature
+    /// scaling: [`crate::tasks::temperature`]).
+    pub temperature: Option<f64>,
     /// Runs the model and drops its outputs unscored: a benchmark's measure of the forward pass
     /// alone, against which the cost of scoring is measured. The figures are then of no sample.
     pub unscored: bool,
@@ -145,6 +148,7 @@ impl EvalOptions {
             masks: None,
             mask_map: None,
             save_outputs: None,
+            temperature: None,
             unscored: false,
             data: DataOptions::default(),
             batch_size: NonZeroUsize::new(256).expect("non-zero"),
@@ -311,13 +315,24 @@ pub fn evaluate(model: &Model, opts: &EvalOptions) -> Result<Evaluation> {
     });
     let staged = staged.transpose()?;
     let mut saved = staged.map(|_| Saved::default());
-    let (counts, _) = pass(model, opts, Part::WHOLE, saved.as_mut())?;
+    let (counts, _) = pass(model, opts, Part::WHOLE, saved.as_mut(), None)?;
     let evaluation = counts.finish()?;
     if let (Some(path), Some(saved)) = (staged, saved) {
         let bytes = saved.npz(&opts.task)?;
         crate::fs::StagedFile::with_bytes(path, &bytes)?.publish()?;
     }
     Ok(evaluation)
+}
+
+/// What a pass hands every batch's outputs to besides the task: the batch's sample indices, the
+/// outputs as scored (after any temperature) and the targets.
+pub type Sink<'a> = &'a mut dyn FnMut(&[usize], &runtime::Fetched, Option<&crate::batch::Tensor>) -> Result<()>;
+
+/// [`evaluate`], handing every batch's outputs to `sink` too (an ensemble's running sum of
+/// predictions, the logits a temperature is fitted on).
+pub fn evaluate_into(model: &Model, opts: &EvalOptions, sink: Sink) -> Result<Evaluation> {
+    let (counts, _) = pass(model, opts, Part::WHOLE, None, Some(sink))?;
+    counts.finish()
 }
 
 /// Every sample's outputs, name and target, in sample order, for `save_outputs`.
@@ -403,11 +418,17 @@ impl Saved {
 /// Evaluates `model` on `part` of the batches (contiguous, whole batches: see
 /// [`crate::part::pass_range`]); returns the counts and the number of samples in the whole set.
 pub fn accumulate(model: &Model, opts: &EvalOptions, part: Part) -> Result<(Counts, usize)> {
-    pass(model, opts, part, None)
+    pass(model, opts, part, None, None)
 }
 
 /// [`accumulate`], keeping every sample's outputs in `saved` where given.
-fn pass(model: &Model, opts: &EvalOptions, part: Part, mut saved: Option<&mut Saved>) -> Result<(Counts, usize)> {
+fn pass(
+    model: &Model,
+    opts: &EvalOptions,
+    part: Part,
+    mut saved: Option<&mut Saved>,
+    mut sink: Option<Sink>,
+) -> Result<(Counts, usize)> {
     let batch_size = opts.batch_size.get();
     let specs = crate::onnx::input_specs(model)?;
     let samples = Samples::open(&opts.inputs, &specs, &opts.data)?;
@@ -437,11 +458,17 @@ fn pass(model: &Model, opts: &EvalOptions, part: Part, mut saved: Option<&mut Sa
         classes: samples.classes(),
         names: Some(&name_of),
     };
-    let ran = runtime::run_batches(&mut sessions, &specs, batches, &[&output], &bar, |batch, out| {
+    let ran = runtime::run_batches(&mut sessions, &specs, batches, &[&output], &bar, |batch, mut out| {
         if opts.unscored {
             return Ok(());
         }
+        if let Some(t) = opts.temperature {
+            out[0].data.iter_mut().for_each(|v| *v = (*v as f64 / t) as f32);
+        }
         acc.state.update(&out[0], batch.targets.as_ref(), &batch.indices, &at)?;
+        if let Some(sink) = sink.as_deref_mut() {
+            sink(&batch.indices, &out[0], batch.targets.as_ref())?;
+        }
         if let Some(saved) = saved.as_deref_mut() {
             saved.add(&samples, &batch, &out[0]);
         }

@@ -33,6 +33,7 @@
 pub mod average;
 pub mod batch;
 pub mod checkpoint;
+pub mod ensemble;
 pub mod error;
 pub mod evaluate;
 pub mod fs;
@@ -48,6 +49,7 @@ pub mod report;
 pub mod runtime;
 mod simd;
 pub mod soup;
+pub mod swag;
 pub mod tasks;
 
 pub use error::{Error, Hint, Result, Setting};

@@ -360,8 +360,9 @@ pub struct PassArgs {
     #[arg(long, default_value = "64", value_parser = at_least_one)]
     pub batch_size: NonZeroUsize,
     /// Use this many training samples, drawn uniformly at random (with --seed; the same ones in
-    /// every --shard part), not the first N (in an image folder, the first classes only).
-    #[arg(long, value_name = "N")]
+    /// every --shard part), not the first N (in an image folder, the first classes only). For
+    /// SWAG, the training subset each sample's BatchNorm is refitted on (also --bn-samples).
+    #[arg(long, value_name = "N", visible_alias = "bn-samples")]
     pub max_samples: Option<usize>,
     /// Read the training batches in shuffled order, as a training DataLoader does: --stats
     /// torch, update_bn's mean over batches, depends on which samples share a batch.
@@ -471,6 +472,36 @@ impl TaskArgs {
     }
 }
 
+/// SWAG's settings (`swa swag`, `swa run --swag`); its draws' seed is the pass's --seed.
+#[derive(Debug, Args, Clone)]
+pub struct SwagArgs {
+    /// K: the last K checkpoints' deviations from the running mean make SWAG's low-rank
+    /// covariance (default: min(20, checkpoints), as swa_gaussian keeps; 1 gives diagonal SWAG).
+    #[arg(long, value_name = "K")]
+    pub rank: Option<usize>,
+    /// S: samples drawn from SWAG's Gaussian, each with BatchNorm refitted, whose predictions are
+    /// averaged (the Bayesian model average).
+    #[arg(long, value_name = "S", default_value = "30")]
+    pub swag_samples: usize,
+    /// The covariance scale (swa_gaussian's `scale`; the paper's runs use 0.5).
+    #[arg(long, value_name = "X", default_value = "0.5")]
+    pub scale: f64,
+    /// SWAG-diagonal: the variance alone, no low-rank term.
+    #[arg(long, conflicts_with = "rank")]
+    pub diag: bool,
+    /// Standard-normal draws to use instead of --seed's (.npy [S, P + K]: z1 over the parameters
+    /// in name order, then z2), for comparing with another implementation.
+    #[arg(long, value_name = "Z.npy")]
+    pub draws: Option<PathBuf>,
+    /// Write SWAG's moments (safetensors, swa_gaussian's state-dict names: base.NAME_mean,
+    /// base.NAME_sq_mean, base.NAME_cov_mat_sqrt, n_models).
+    #[arg(long, value_name = "MOMENTS.safetensors")]
+    pub save_moments: Option<PathBuf>,
+    /// Write every sampled model (safetensors with its refitted statistics) into this new directory.
+    #[arg(long, value_name = "DIR")]
+    pub save_samples: Option<PathBuf>,
+}
+
 /// The evaluations of commands that also run a recalibration pass (`run`, `soup`).
 #[derive(Debug, Args, Clone)]
 pub struct EvalBatchArgs {
@@ -568,6 +599,7 @@ pub fn eval_options(
     quiet: bool,
 ) -> Result<EvalOptions> {
     Ok(EvalOptions {
+        temperature: None,
         inputs: inputs.to_path_buf(),
         labels: labels.map(Path::to_path_buf),
         data: data.options(),

@@ -16,6 +16,7 @@ macro_rules! warn {
 pub mod args;
 mod average;
 pub mod doctor;
+mod ensemble;
 mod evaluate;
 mod inspect;
 mod merge;
@@ -24,6 +25,7 @@ mod recalibrate;
 pub mod render;
 mod run;
 mod soup;
+mod swag;
 
 use std::io::Write as _;
 
@@ -69,6 +71,13 @@ pub enum Command {
     /// Choose checkpoints to average by their held-out score (greedy, uniform or top-k model soups),
     /// judging every candidate with BatchNorm statistics recalibrated for its own weights.
     Soup(soup::SoupArgs),
+    /// Evaluate a checkpoint ensemble: the mean of the checkpoints' predictions (softmax; sigmoid
+    /// for multilabel; outputs for regression), with stored and (given --train-inputs)
+    /// recalibrated BatchNorm statistics, beside each checkpoint alone.
+    Ensemble(ensemble::EnsembleArgs),
+    /// SWAG: a Gaussian over the weights from the checkpoints (SWA's mean, their variance and last
+    /// K deviations); the model average of S samples, each with BatchNorm refitted.
+    Swag(swag::SwagCommandArgs),
     /// List a checkpoint's or model's tensors and BatchNorm layers.
     Inspect(inspect::InspectArgs),
     /// Merge the partial statistics of `swa recalibrate --shard I/N --partial-out P` into the
@@ -165,6 +174,8 @@ impl Cli {
             Command::Evaluate(a) => &mut a.out,
             Command::Run(a) => &mut a.format,
             Command::Soup(a) => &mut a.out,
+            Command::Ensemble(a) => &mut a.out,
+            Command::Swag(a) => &mut a.out,
             Command::Inspect(a) => &mut a.out,
             Command::MergeStats(a) => &mut a.out,
             Command::MergeEval(a) => &mut a.out,
@@ -185,6 +196,8 @@ pub fn execute(cli: &Cli) -> Result<Outcome> {
         Command::Evaluate(a) => a.run(q),
         Command::Run(a) => a.run(q),
         Command::Soup(a) => a.run(q),
+        Command::Ensemble(a) => a.run(q),
+        Command::Swag(a) => a.run(q),
         Command::Inspect(a) => a.run(),
         Command::MergeStats(a) => a.run(),
         Command::MergeEval(a) => a.run(),

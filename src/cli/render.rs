@@ -32,6 +32,10 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::Shard => "--shard",
         Setting::Part => "--part",
         Setting::Shuffle => "--shuffle",
+        Setting::Samples => "--swag-samples",
+        Setting::Rank => "--rank",
+        Setting::Scale => "--scale",
+        Setting::Temperature => "--temperature",
         _ => "an option",
     }
 }
@@ -367,6 +371,57 @@ pub fn soup(s: &SoupSummary) -> String {
         );
     }
     wrote(&mut o, &s.created_dirs, &s.outputs);
+    o
+}
+
+/// `swa ensemble`: each member alone, then the ensemble.
+pub fn ensemble(s: &swa::ensemble::EnsembleSummary) -> String {
+    let mut o = String::new();
+    let recalibrated = s.recalibrated.is_some();
+    let _ = writeln!(o, "{:<36} {:>28} {:>28}", "member", "stored statistics", if recalibrated { "recalibrated" } else { "" });
+    for m in &s.members {
+        let r = m.recalibrated.as_ref().map_or(String::new(), Score::brief);
+        let _ = writeln!(o, "{:<36} {:>28} {r:>28}", m.name, m.stored.brief());
+    }
+    let _ = writeln!(o, "ensemble of {} ({}):", s.members.len(), s.prediction);
+    let _ = writeln!(o, "  stored statistics:       {}", s.stored.score().describe());
+    if let Some(r) = &s.recalibrated {
+        let _ = writeln!(o, "  recalibrated statistics: {}", r.score().describe());
+    }
+    let _ = writeln!(o, "{} passes over the data in {:.1} s", s.passes, s.seconds);
+    o
+}
+
+/// `swa swag`: the moments, each sample alone, and the model average (or the part written).
+pub fn swag(s: &swa::swag::SwagSummary) -> String {
+    let mut o = String::new();
+    let kind = if s.rank == 0 { "SWAG-diagonal".to_string() } else { format!("SWAG of rank {}", s.rank) };
+    let _ = writeln!(
+        o,
+        "{kind} over {} checkpoints ({} parameters, scale {}), moments in {:.1} s",
+        s.models, s.parameters, s.scale, s.seconds_moments
+    );
+    if !s.constant.is_empty() {
+        let _ = writeln!(
+            o,
+            "{} tensors never changed across the checkpoints (their samples are the mean): {}",
+            s.constant.len(),
+            s.constant.join(", ")
+        );
+    }
+    for d in &s.drawn {
+        let _ = writeln!(o, "sample {:>3}: {}", d.sample, d.score.brief());
+    }
+    match &s.evaluation {
+        Some(e) => {
+            let _ = writeln!(o, "model average of {} samples: {}", s.samples, e.score().describe());
+        }
+        None => {
+            let _ = writeln!(o, "{} of {} samples drawn: merge the parts with swa merge-eval", s.drawn.len(), s.samples);
+        }
+    }
+    let _ = writeln!(o, "{} passes over the data in {:.1} s", s.passes, s.seconds);
+    wrote(&mut o, &[], &s.outputs);
     o
 }
 

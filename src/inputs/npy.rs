@@ -130,6 +130,14 @@ impl Array {
         }
     }
 
+    /// All values as f64 (float arrays; integers are cast).
+    pub fn f64_values(&self) -> Vec<f64> {
+        match self.dtype {
+            NpyType::F64 => self.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+            _ => self.f32_rows(0, self.len()).into_iter().map(f64::from).collect(),
+        }
+    }
+
     /// Samples `start..end` as i64, for integer arrays (token ids); other types are cast.
     pub fn i64_rows(&self, start: usize, end: usize) -> Vec<i64> {
         let k = self.sample_numel();
@@ -364,6 +372,8 @@ pub fn open_labels(path: &Path) -> Result<Vec<i64>> {
 pub enum Data<'a> {
     /// `<f4`
     F32(&'a [f32]),
+    /// `<f8`
+    F64(&'a [f64]),
     /// `<i8`
     I64(&'a [i64]),
     /// `|u1`
@@ -380,6 +390,7 @@ pub fn npy_bytes(shape: &[usize], data: Data) -> Vec<u8> {
     };
     let descr = match data {
         Data::F32(_) => "<f4".to_string(),
+        Data::F64(_) => "<f8".to_string(),
         Data::I64(_) => "<i8".to_string(),
         Data::U8(_) => "|u1".to_string(),
         Data::Str(_) => format!("<U{width}"),
@@ -407,6 +418,7 @@ pub fn npy_bytes(shape: &[usize], data: Data) -> Vec<u8> {
     out.extend_from_slice(header.as_bytes());
     match data {
         Data::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Data::F64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         Data::I64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         Data::U8(v) => out.extend_from_slice(v),
         Data::Str(v) => {

@@ -228,7 +228,21 @@ mod tests {
             nonfinite: 0,
             ece: Some(loss / 10.0),
             brier: Some(loss / 2.0),
-            reliability: Vec::new(),
+            // The 200 samples in the top five of the 15 confidence bins, 40 each at the bin's middle
+            // confidence, `correct` of them right: more in the bins of higher confidence. None for
+            // the first checkpoint's stored statistics (100 correct), as a model scored before
+            // scores had bins.
+            reliability: (0..15usize)
+                .filter(|_| correct >= 150)
+                .map(|i| match i.checked_sub(10) {
+                    Some(k) => crate::tasks::classification::Bin {
+                        samples: 40,
+                        correct: (correct / 5 + usize::from(k >= 5 - correct % 5) + 2 * k).saturating_sub(4).min(40),
+                        confidence: 40.0 * (i as f64 + 0.5) / 15.0,
+                    },
+                    None => crate::tasks::classification::Bin::default(),
+                })
+                .collect(),
         })
     }
 

@@ -14,9 +14,11 @@
 
 pub mod classification;
 pub mod command;
+pub mod mean;
 pub mod multilabel;
 pub mod regression;
 pub mod segmentation;
+pub mod temperature;
 
 use std::cmp::Ordering;
 use std::path::Path;

@@ -17,7 +17,8 @@ const LAYERS: &[&[&str]] = &[
     &["inputs"],
     &["tasks"],
     &["average", "recalibrate", "evaluate", "inspect"],
-    &["soup", "parts", "report"],
+    &["soup", "ensemble", "parts", "report"],
+    &["swag"],
     &["pipeline"],
 ];
 
