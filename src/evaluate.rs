@@ -30,6 +30,30 @@ pub struct Evaluation {
     /// How images were read and preprocessed (absent for float arrays).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preprocessing: Option<String>,
+    /// The temperature the logits were divided by, and the figures before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<Temperature>,
+}
+
+/// Temperature scaling as applied to an evaluation.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Temperature {
+    /// T: the logits were divided by it.
+    pub value: f64,
+    /// The fit, where T was fitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fit: Option<crate::tasks::temperature::Fit>,
+    /// The figures without it (T = 1).
+    pub before: Score,
+}
+
+/// Where a temperature comes from.
+#[derive(Debug, Clone)]
+pub enum TemperatureSource {
+    /// This value.
+    Given(f64),
+    /// Fitted on these held-out samples (never the evaluation's own).
+    Fit(Box<EvalOptions>),
 }
 
 impl Evaluation {
@@ -102,7 +126,12 @@ impl Counts {
         if let Some(names) = &self.class_names {
             metrics.name_classes(names);
         }
-        Ok(Evaluation { metrics, skipped: self.skipped.clone(), preprocessing: self.preprocessing.clone() })
+        Ok(Evaluation {
+            metrics,
+            skipped: self.skipped.clone(),
+            preprocessing: self.preprocessing.clone(),
+            temperature: None,
+        })
     }
 }
 
@@ -121,9 +150,6 @@ pub struct EvalOptions {
     pub mask_map: Option<MaskMap>,
     /// Where to write every sample's outputs, prediction and target (an `.npz`).
     pub save_outputs: Option<PathBuf>,
-    /// Divides classification logits by this temperature before they are scored (temperature
-    /// scaling: [`crate::tasks::temperature`]).
-    pub temperature: Option<f64>,
     /// Runs the model and drops its outputs unscored: a benchmark's measure of the forward pass
     /// alone, against which the cost of scoring is measured. The figures are then of no sample.
     pub unscored: bool,
@@ -148,7 +174,6 @@ impl EvalOptions {
             masks: None,
             mask_map: None,
             save_outputs: None,
-            temperature: None,
             unscored: false,
             data: DataOptions::default(),
             batch_size: NonZeroUsize::new(256).expect("non-zero"),
@@ -172,13 +197,82 @@ pub struct EvaluateOptions {
     pub allow_missing_weights: bool,
     /// The held-out data and how to run over it.
     pub eval: EvalOptions,
+    /// Temperature scaling.
+    pub temperature: Option<TemperatureSource>,
 }
 
 /// Binds the weights into the model and evaluates it, as `opts` says.
 pub fn run(opts: &EvaluateOptions) -> Result<Evaluation> {
     let weights = opts.weights.as_deref().map(|w| inputs::open_checkpoint(w, opts.key.as_deref())).transpose()?;
     let bound = crate::onnx::bind::Binder::load(&opts.model)?.bind(weights, opts.allow_missing_weights)?;
-    evaluate(&bound.model, &opts.eval)
+    match &opts.temperature {
+        None => evaluate(&bound.model, &opts.eval),
+        Some(source) => evaluate_with_temperature(&bound.model, &opts.eval, source),
+    }
+}
+
+/// The logits of `model` on `calibration` with their class indices: what a temperature is fitted on.
+pub fn fit_temperature(model: &Model, calibration: &EvalOptions) -> Result<crate::tasks::temperature::Fit> {
+    if !matches!(calibration.task, Task::Classification(_)) {
+        return Err(Error::usage(format!(
+            "temperature scaling divides a classifier's logits; it does not apply to {}",
+            calibration.task.name()
+        )));
+    }
+    let (mut logits, mut labels, mut classes) = (Vec::new(), Vec::new(), 0);
+    let plain = EvalOptions { save_outputs: None, ..calibration.clone() };
+    evaluate_into(model, &plain, &mut |_, out, targets| {
+        classes = out.shape.get(1).copied().unwrap_or(0) as usize;
+        logits.extend_from_slice(&out.data);
+        if let Some(crate::batch::Values::I64(y)) = targets.map(|t| t.values.to_owned()) {
+            labels.extend(y);
+        }
+        Ok(())
+    })?;
+    crate::tasks::temperature::fit(&logits, classes, &labels).map_err(|why| {
+        Error::format(&calibration.inputs, format!("gives no temperature (the logits of {}): {why}", model.path.display()))
+    })
+}
+
+/// Evaluates `model` with its logits divided by a temperature (given, or fitted first), in one
+/// pass that also counts the figures without it.
+pub fn evaluate_with_temperature(model: &Model, opts: &EvalOptions, source: &TemperatureSource) -> Result<Evaluation> {
+    let (t, fit) = match source {
+        TemperatureSource::Given(t) => (*t, None),
+        TemperatureSource::Fit(calibration) => {
+            let fit = fit_temperature(model, calibration)?;
+            (fit.temperature, Some(fit))
+        }
+    };
+    if !(t.is_finite() && t > 0.0) || !matches!(opts.task, Task::Classification(_)) {
+        return Err(Error::setting(
+            Setting::Temperature,
+            format!("{t} applies to a classifier's logits, with T a positive number (the task is {})", opts.task.name()),
+        ));
+    }
+    let mut tempered = Counts::new(&opts.task);
+    let model_path = model.path.clone();
+    let targets_path = opts.labels.clone().unwrap_or_else(|| opts.inputs.clone());
+    let at = crate::tasks::Context {
+        model: &model_path,
+        output: "the logits divided by the temperature",
+        inputs: &opts.inputs,
+        targets: &targets_path,
+        classes: None,
+        names: None,
+    };
+    let before = evaluate_into(model, opts, &mut |indices, out, targets| {
+        let scaled = runtime::Fetched {
+            shape: out.shape.clone(),
+            data: out.data.iter().map(|&v| (v as f64 / t) as f32).collect(),
+        };
+        tempered.state.update(&scaled, targets, indices, &at)
+    })?;
+    let mut after = tempered.finish()?;
+    after.skipped.clone_from(&before.skipped);
+    after.preprocessing.clone_from(&before.preprocessing);
+    after.temperature = Some(Temperature { value: t, fit, before: before.score() });
+    Ok(after)
 }
 
 /// The name of the model's first output, which must be float32 logits where its type is declared.
@@ -458,12 +552,9 @@ fn pass(
         classes: samples.classes(),
         names: Some(&name_of),
     };
-    let ran = runtime::run_batches(&mut sessions, &specs, batches, &[&output], &bar, |batch, mut out| {
+    let ran = runtime::run_batches(&mut sessions, &specs, batches, &[&output], &bar, |batch, out| {
         if opts.unscored {
             return Ok(());
-        }
-        if let Some(t) = opts.temperature {
-            out[0].data.iter_mut().for_each(|v| *v = (*v as f64 / t) as f32);
         }
         acc.state.update(&out[0], batch.targets.as_ref(), &batch.indices, &at)?;
         if let Some(sink) = sink.as_deref_mut() {

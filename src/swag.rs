@@ -238,7 +238,12 @@ fn moments(checkpoints: &[Checkpoint], params: &[Param], rank: usize, dir: &Path
         saved.push(TensorSpec { name: format!("base.{}_sq_mean", p.name), dtype: Dtype::F32, shape: p.shape.clone() });
         saved.push(TensorSpec { name: format!("base.{}_cov_mat_sqrt", p.name), dtype: Dtype::F32, shape: vec![rank, p.numel] });
     }
-    saved.push(TensorSpec { name: "n_models".into(), dtype: Dtype::I64, shape: Vec::new() });
+    // swa_gaussian's `n_models` is a long tensor of shape [1]; its base model's buffers are the
+    // newest checkpoint's, so that `SWAG.load_state_dict` finds every key.
+    saved.push(TensorSpec { name: "n_models".into(), dtype: Dtype::I64, shape: vec![1] });
+    let newest = checkpoints.last().expect("checkpoints");
+    let buffers: Vec<_> = newest.tensors().iter().filter(|t| t.role.is_buffer()).collect();
+    saved.extend(buffers.iter().map(|t| TensorSpec { name: format!("base.{}", t.name), dtype: t.dtype, shape: t.shape.clone() }));
     let per = if rank > 0 { 3 } else { 2 };
     let meta = BTreeMap::from([("format".to_string(), "swa swag moments".to_string()), ("rank".to_string(), rank.to_string())]);
     let writer = SafetensorsWriter::create(&path, &specs, &meta)?;
@@ -283,6 +288,9 @@ fn moments(checkpoints: &[Checkpoint], params: &[Param], rank: usize, dir: &Path
     let saver = match saver {
         Some(s) => {
             s.write_at(3 * params.len(), 0, &(checkpoints.len() as i64).to_le_bytes())?;
+            for (k, t) in buffers.iter().enumerate() {
+                s.write_at(3 * params.len() + 1 + k, 0, newest.bytes(t))?;
+            }
             Some(s.finish()?)
         }
         None => None,
@@ -559,17 +567,20 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
         None => Draws::Seeded(opts.seed),
         Some(path) => {
             let a = crate::inputs::npy::open_npy(path)?;
-            let width = total + rank;
-            if a.shape.len() != 2 || a.shape[1] != width || a.shape[0] < opts.samples {
+            // A file made for full SWAG serves the diagonal one too (its first P columns).
+            if a.shape.len() != 2 || a.shape[1] < total + rank || a.shape[0] < opts.samples {
                 return Err(Error::format(
                     path,
                     format!(
-                        "holds draws of shape {:?}; {} samples of {total} parameters and rank {rank} need [≥ {}, {width}]",
-                        a.shape, opts.samples, opts.samples
+                        "holds draws of shape {:?}; {} samples of {total} parameters and rank {rank} need [≥ {}, {}]",
+                        a.shape,
+                        opts.samples,
+                        opts.samples,
+                        total + rank
                     ),
                 ));
             }
-            Draws::Given(a.f64_values(), width)
+            Draws::Given(a.f64_values(), a.shape[1])
         }
     };
     for out in [&opts.save_moments, &opts.part_output].into_iter().flatten() {

@@ -502,6 +502,76 @@ pub struct SwagArgs {
     pub save_samples: Option<PathBuf>,
 }
 
+/// Temperature scaling (`evaluate`, `run`).
+#[derive(Debug, Args, Clone)]
+pub struct TemperatureArgs {
+    /// Divide the logits by a temperature T before scoring: `fit` finds the T that minimises the
+    /// NLL on --calibration-inputs (Newton's method on 1/T), or give T. The figures without it are
+    /// reported beside.
+    #[arg(long, value_name = "fit|T", value_parser = temperature)]
+    pub temperature: Option<TemperatureArg>,
+    /// Held-out samples the temperature is fitted on (not the evaluation's own).
+    #[arg(long, value_name = "X.npy|X.npz|DIR|X.parquet")]
+    pub calibration_inputs: Option<PathBuf>,
+    /// Class indices of --calibration-inputs (not needed when the inputs carry them).
+    #[arg(long, value_name = "Y.npy", requires = "calibration_inputs")]
+    pub calibration_labels: Option<PathBuf>,
+}
+
+/// `--temperature`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TemperatureArg {
+    /// `fit`.
+    Fit,
+    /// A value.
+    Value(f64),
+}
+
+fn temperature(s: &str) -> std::result::Result<TemperatureArg, String> {
+    if s == "fit" {
+        return Ok(TemperatureArg::Fit);
+    }
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && t > 0.0 => Ok(TemperatureArg::Value(t)),
+        _ => Err(format!("`{s}` is neither `fit` nor a temperature (a positive number)")),
+    }
+}
+
+impl TemperatureArgs {
+    /// Where the temperature comes from, the calibration set read as `eval` reads its own.
+    pub fn source(&self, eval: &EvalOptions, task: &TaskArgs) -> Result<Option<swa::evaluate::TemperatureSource>> {
+        use swa::evaluate::TemperatureSource;
+        match (self.temperature, &self.calibration_inputs) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(Error::usage("--calibration-inputs is what --temperature fit is fitted on: add --temperature fit")),
+            (Some(TemperatureArg::Value(t)), None) => Ok(Some(TemperatureSource::Given(t))),
+            (Some(TemperatureArg::Value(_)), Some(_)) => {
+                Err(Error::usage("--temperature T is given: --calibration-inputs is for --temperature fit"))
+            }
+            (Some(TemperatureArg::Fit), None) => Err(Error::usage(
+                "--temperature fit needs --calibration-inputs: held-out samples to fit it on (not the evaluation's own)",
+            )),
+            (Some(TemperatureArg::Fit), Some(inputs)) => {
+                needs_labels(inputs, self.calibration_labels.as_deref(), "--calibration-labels", task, None)?;
+                if inputs == &eval.inputs {
+                    swa::error::warn(
+                        "--calibration-inputs are the evaluation's own inputs: the figures after the fit are then not \
+                         held out",
+                    );
+                }
+                Ok(Some(TemperatureSource::Fit(Box::new(EvalOptions {
+                    inputs: inputs.clone(),
+                    labels: self.calibration_labels.clone(),
+                    masks: None,
+                    mask_map: None,
+                    save_outputs: None,
+                    ..eval.clone()
+                }))))
+            }
+        }
+    }
+}
+
 /// The evaluations of commands that also run a recalibration pass (`run`, `soup`).
 #[derive(Debug, Args, Clone)]
 pub struct EvalBatchArgs {
@@ -599,7 +669,6 @@ pub fn eval_options(
     quiet: bool,
 ) -> Result<EvalOptions> {
     Ok(EvalOptions {
-        temperature: None,
         inputs: inputs.to_path_buf(),
         labels: labels.map(Path::to_path_buf),
         data: data.options(),

@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::args::{
     at_least_one, eval_options, needs_labels, part, DataArgs, EngineArgs, GateArgs, JsonArgs, ModelArgs, TaskArgs,
-    SHARD_NEEDS_PARTIAL_OUT,
+    TemperatureArgs, SHARD_NEEDS_PARTIAL_OUT,
 };
 use super::{output, render, Outcome};
 use swa::evaluate::EvaluateOptions;
@@ -46,6 +46,9 @@ pub struct EvaluateArgs {
     /// The gate.
     #[command(flatten)]
     pub gate: GateArgs,
+    /// Temperature scaling.
+    #[command(flatten)]
+    pub temperature: TemperatureArgs,
     /// Evaluate only part I of N of the batches (contiguous ranges of whole batches, counting
     /// from 0), for `swa merge-eval`; needs --partial-out.
     #[arg(long, value_name = "I/N", value_parser = part)]
@@ -117,7 +120,12 @@ impl EvaluateArgs {
             }
             eval.save_outputs = Some(out.clone());
         }
+        let temperature = self.temperature.source(&eval, &self.task)?;
+        if temperature.is_some() && self.partial_out.is_some() {
+            return Err(Error::usage("--temperature scales a whole evaluation's logits: leave it out of a --shard part"));
+        }
         let whole = EvaluateOptions {
+            temperature,
             model: self.m.model.clone(),
             weights: self.m.weights.clone(),
             key: self.m.bind.read.key.clone(),

@@ -229,7 +229,20 @@ pub fn metrics(model: &Path, e: &Evaluation, gates: &[Gate]) -> String {
     let _ = writeln!(o, "| model | samples | {} |", headers.join(" | "));
     let _ = writeln!(o, "|---|---:|{}", "---:|".repeat(columns.len()));
     let cells: Vec<String> = score.cells().into_iter().map(Option::unwrap_or_default).collect();
-    let _ = writeln!(o, "| {} | {} | {} |", model.display(), score.samples(), cells.join(" | "));
+    if let Some(t) = &e.temperature {
+        let before: Vec<String> = t.before.cells().into_iter().map(Option::unwrap_or_default).collect();
+        let _ = writeln!(o, "| {} | {} | {} |", model.display(), t.before.samples(), before.join(" | "));
+        let _ = writeln!(o, "| {}, temperature {:.4} | {} | {} |", model.display(), t.value, score.samples(), cells.join(" | "));
+        if let Some(f) = &t.fit {
+            let _ = writeln!(
+                o,
+                "\nTemperature {:.6} fitted on {} calibration samples in {} Newton steps: NLL {:.4} → {:.4}, ECE {:.4} → {:.4}.",
+                f.temperature, f.samples, f.iterations, f.nll_before, f.nll_after, f.ece_before, f.ece_after
+            );
+        }
+    } else {
+        let _ = writeln!(o, "| {} | {} | {} |", model.display(), score.samples(), cells.join(" | "));
+    }
     if score.nonfinite() > 0 {
         let _ = writeln!(
             o,

@@ -575,3 +575,39 @@ impl Model {
         map
     }
 }
+
+/// The node temperature scaling adds, and its initializer: `logits / T` under the first output's
+/// own name, so deployment gets calibrated probabilities from the output it already reads.
+pub const TEMPERATURE_NODE: &str = "swa_temperature_scaling";
+/// The scalar initializer holding T.
+pub const TEMPERATURE: &str = "swa_temperature";
+
+/// Divides the model's first output by `t` (a `Div` node named [`TEMPERATURE_NODE`]); a model
+/// that already has one has its T replaced.
+pub fn divide_first_output(model: &mut Model, t: f32) -> Result<()> {
+    let path = model.path.clone();
+    let graph = model.graph_mut();
+    let bytes = t.to_le_bytes().to_vec();
+    if let Some(init) = graph.initializer.iter_mut().find(|i| i.name() == TEMPERATURE) {
+        *init = tensor(TEMPERATURE, Dtype::F32, &[], bytes);
+        return Ok(());
+    }
+    let output = graph.output.first().ok_or_else(|| Error::format(&path, "has no output"))?.name().to_string();
+    let before = format!("{output}_before_temperature");
+    let mut renamed = false;
+    for node in &mut graph.node {
+        for o in node.output.iter_mut().filter(|o| **o == output) {
+            *o = before.clone();
+            renamed = true;
+        }
+        for i in node.input.iter_mut().filter(|i| **i == output) {
+            *i = before.clone();
+        }
+    }
+    if !renamed {
+        return Err(Error::format(&path, format!("no node makes its output `{output}`: it cannot be divided by a temperature")));
+    }
+    graph.initializer.push(tensor(TEMPERATURE, Dtype::F32, &[], bytes));
+    graph.node.push(node("Div", TEMPERATURE_NODE.to_string(), &[&before, TEMPERATURE], &[&output], Vec::new()));
+    Ok(())
+}

@@ -158,8 +158,46 @@ fn html_renders_in_a_browser_with_a_point_per_checkpoint() {
     assert_eq!(dom.matches("class=\"point stored\"").count(), checkpoints);
     assert_eq!(dom.matches("class=\"point recalibrated\"").count(), checkpoints);
     assert_eq!(dom.matches("class=\"swa ").count(), 2);
+    // The score axis is ticked at round values.
+    let ticks = texts(&dom, "<text class=\"y-tick\"");
+    assert_round(&ticks);
+    // A reliability diagram per model with confidence bins, a bar per bin with samples.
+    let binned: Vec<(String, usize)> = report()
+        .scored_models()
+        .into_iter()
+        .filter_map(|(name, s)| s.reliability().map(|bins| (name, bins.iter().filter(|b| b.samples > 0).count())))
+        .collect();
+    assert_eq!(binned.len(), 2 * checkpoints + 2, "every model of this run has confidence bins");
+    assert_eq!(dom.matches("<svg class=\"reliability\"").count(), binned.len());
+    assert_eq!(dom.matches("<rect class=\"bin\"").count(), binned.iter().map(|(_, n)| n).sum::<usize>());
+    for (name, _) in &binned {
+        assert!(dom.contains(&format!("<svg class=\"reliability\" data-model=\"{name}\"")), "no diagram of {name}");
+    }
     // Self-contained: nothing is fetched.
     assert!(!dom.contains("<script src") && !dom.contains("<link ") && !dom.contains("<img "));
+}
+
+/// The text of every element of `dom` that opens with `open`, in order.
+fn texts<'a>(dom: &'a str, open: &str) -> Vec<&'a str> {
+    dom.split(open).skip(1).filter_map(|t| Some(t.split_once('>')?.1.split_once('<')?.0)).collect()
+}
+
+/// Checks that axis labels read as round values: 4 to 6 of them, evenly spaced by 1, 2 or 5 ×
+/// 10ⁿ, each a multiple of that step, with no needless decimals (`40%`, not `40.00%`).
+fn assert_round(labels: &[&str]) {
+    assert!((4..=6).contains(&labels.len()), "{labels:?}");
+    let values: Vec<f64> = labels.iter().map(|l| l.trim_end_matches('%').parse().expect("a number")).collect();
+    let step = (values[1] - values[0]).abs();
+    let mantissa = step / 10f64.powf(step.log10().floor());
+    assert!([1.0, 2.0, 5.0].iter().any(|m| (mantissa - m).abs() < 1e-6), "step {step} of {labels:?}");
+    for (pair, label) in values.windows(2).zip(labels) {
+        assert!(((pair[1] - pair[0]).abs() - step).abs() < 1e-6 * step, "uneven ticks {labels:?}");
+        assert!(((pair[0] / step) - (pair[0] / step).round()).abs() < 1e-6, "{label} is not a multiple of {step}");
+    }
+    for label in labels {
+        let number = label.trim_end_matches('%');
+        assert!(!(number.contains('.') && number.ends_with('0')), "needless decimals in {label}");
+    }
 }
 
 fn decode(path: &Path) -> (u32, u32, Vec<u8>) {
