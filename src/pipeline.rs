@@ -42,6 +42,49 @@ pub struct RunOptions {
     pub force: bool,
     /// Also make a model soup of every checkpoint found, chosen on a select split.
     pub soup: Option<RunSoup>,
+    /// Also the ensemble of the selected checkpoints, with stored and recalibrated statistics.
+    pub ensemble: bool,
+    /// Also SWAG over the selected checkpoints.
+    pub swag: Option<RunSwag>,
+    /// Temperature scaling of the recalibrated SWA model.
+    pub temperature: Option<RunTemperature>,
+}
+
+/// SWAG in `swa run`: [`crate::swag::SwagOptions`]' settings (its checkpoints are the selected
+/// ones, its data the run's).
+#[derive(Debug, Clone)]
+pub struct RunSwag {
+    /// K (`None`: min(20, checkpoints)).
+    pub rank: Option<usize>,
+    /// SWAG-diagonal.
+    pub diagonal: bool,
+    /// S.
+    pub samples: usize,
+    /// The covariance scale.
+    pub scale: f64,
+    /// Standard-normal draws to use instead of the pass's seed's.
+    pub draws: Option<PathBuf>,
+    /// Training samples each sample's BatchNorm is refitted on (`None`: the pass's).
+    pub bn_samples: Option<usize>,
+}
+
+/// Temperature scaling in `swa run`.
+#[derive(Debug, Clone)]
+pub struct RunTemperature {
+    /// Given, or fitted on a calibration set.
+    pub source: evaluate::TemperatureSource,
+    /// Divide the logits of `model_swa.onnx` by it.
+    pub in_onnx: bool,
+}
+
+/// The running sums of the ensemble's members' predictions, and what they cost beyond the
+/// checkpoints' own rows.
+struct Ensembles {
+    stored: crate::tasks::mean::Mean,
+    recalibrated: crate::tasks::mean::Mean,
+    first: Option<(Evaluation, Evaluation)>,
+    seconds_stored: f64,
+    seconds_recalibrated: f64,
 }
 
 /// The model soup of `swa run`.
@@ -185,6 +228,11 @@ fn files_read(binder: &Binder, found: &[CheckpointFile], opts: &RunOptions) -> R
     }
     files.extend([opts.pass.inputs.clone(), opts.eval.inputs.clone()]);
     files.extend(opts.eval.labels.clone());
+    if let Some(evaluate::TemperatureSource::Fit(c)) = opts.temperature.as_ref().map(|t| &t.source) {
+        files.push(c.inputs.clone());
+        files.extend(c.labels.clone());
+    }
+    files.extend(opts.swag.as_ref().and_then(|s| s.draws.clone()));
     if let Some(soup) = &opts.soup {
         files.push(soup.select.inputs.clone());
         files.extend(soup.select.labels.clone());
@@ -228,11 +276,14 @@ fn file_name(path: &Path) -> String {
 }
 
 /// One row per checkpoint (named by `names`): its accuracy with stored statistics, and
-/// recalibrated if asked.
+/// recalibrated if asked (and for the ensemble's members, whose outputs are added to `ensembles`
+/// from these passes).
 fn evaluate_checkpoints(
     binder: &Binder,
     found: &[CheckpointFile],
     names: &[String],
+    selected: &[CheckpointFile],
+    mut ensembles: Option<&mut Ensembles>,
     opts: &RunOptions,
 ) -> Result<Vec<CheckpointRow>> {
     let mut rows = Vec::new();
@@ -240,17 +291,125 @@ fn evaluate_checkpoints(
         let bound =
             binder.bind(Some(inputs::open_checkpoint(&f.path, opts.key.as_deref())?), opts.allow_missing_weights)?;
         let mut prepared = Prepared::new(bound)?;
-        let stored = evaluate::evaluate(&prepared.bound.model, &opts.eval)?;
-        let recalibrated = if opts.recalibrate_each {
-            let pass = recalibrate::compute(&prepared, &opts.pass)?;
-            bn::apply(&mut prepared.bound.model, &prepared.layers, &pass.stats)?;
-            Some(evaluate::evaluate(&prepared.bound.model, &opts.eval)?.score())
-        } else {
-            None
+        let member = ensembles.as_deref_mut().filter(|_| selected.iter().any(|s| s.path == f.path));
+        let started = Instant::now();
+        let (stored, recalibrated) = match member {
+            None => {
+                let stored = evaluate::evaluate(&prepared.bound.model, &opts.eval)?;
+                let recalibrated = if opts.recalibrate_each {
+                    let pass = recalibrate::compute(&prepared, &opts.pass)?;
+                    bn::apply(&mut prepared.bound.model, &prepared.layers, &pass.stats)?;
+                    Some(evaluate::evaluate(&prepared.bound.model, &opts.eval)?.score())
+                } else {
+                    None
+                };
+                (stored, recalibrated)
+            }
+            Some(e) => {
+                let stored = crate::ensemble::member(&prepared.bound.model, &opts.eval, &mut e.stored)?;
+                e.seconds_stored += started.elapsed().as_secs_f64();
+                let again = Instant::now();
+                let pass = recalibrate::compute(&prepared, &opts.pass)?;
+                bn::apply(&mut prepared.bound.model, &prepared.layers, &pass.stats)?;
+                let recalibrated = crate::ensemble::member(&prepared.bound.model, &opts.eval, &mut e.recalibrated)?;
+                e.seconds_recalibrated += again.elapsed().as_secs_f64();
+                let score = recalibrated.score();
+                e.first.get_or_insert((stored.clone(), recalibrated));
+                (stored, Some(score))
+            }
         };
         rows.push(CheckpointRow { name: name.clone(), number: f.number, stored: stored.score(), recalibrated });
     }
     Ok(rows)
+}
+
+/// The comparison table's rows: the best checkpoint, SWA, the soup, the ensembles, SWAG and the
+/// temperature-scaled SWA model, each with its passes, seconds and models to deploy.
+fn comparison(
+    report: &Report,
+    ensembles: Option<(&Ensembles, Evaluation, Evaluation, usize)>,
+    swag: Option<&crate::swag::SwagSummary>,
+    tempered: Option<&(Evaluation, f64)>,
+) -> Vec<report::Compared> {
+    use report::Compared;
+    let seconds = |stages: &[&str]| {
+        Some(report.timings.iter().filter(|t| stages.iter().any(|s| t.stage.starts_with(s))).map(|t| t.seconds).sum())
+    };
+    let best = report.checkpoints.iter().find(|c| c.name == report.best.name);
+    let mut rows = Vec::new();
+    if let Some(c) = best {
+        let recalibrated = report.best.statistics == "recalibrated";
+        let score = if recalibrated { c.recalibrated.clone().unwrap_or(c.stored.clone()) } else { c.stored.clone() };
+        rows.push(Compared {
+            name: format!("best checkpoint: {} ({} statistics)", c.name, report.best.statistics),
+            score,
+            passes: if recalibrated { 2 } else { 1 },
+            seconds: None,
+            models: 1,
+        });
+    }
+    rows.push(Compared {
+        name: "SWA, newest checkpoint's statistics".into(),
+        score: report.swa_stored.clone(),
+        passes: 1,
+        seconds: seconds(&["average", "evaluate SWA (stored"]),
+        models: 1,
+    });
+    rows.push(Compared {
+        name: "SWA, recalibrated".into(),
+        score: report.swa_recalibrated.clone(),
+        passes: 2,
+        seconds: seconds(&["average", "recalibrate SWA", "evaluate SWA (recalibrated"]),
+        models: 1,
+    });
+    if let Some((t, extra)) = tempered {
+        let temperature = t.temperature.as_ref().map_or(1.0, |x| x.value);
+        rows.push(Compared {
+            name: format!("SWA, recalibrated, temperature {temperature:.4}"),
+            score: t.score(),
+            passes: 2 + if t.temperature.as_ref().is_some_and(|x| x.fit.is_some()) { 2 } else { 1 },
+            seconds: Some(seconds(&["average", "recalibrate SWA", "evaluate SWA (recalibrated"]).unwrap_or(0.0) + extra),
+            models: 1,
+        });
+    }
+    if let Some(soup) = &report.soup {
+        rows.push(Compared {
+            name: format!("{} soup of {}", soup.method, soup.ingredients.len()),
+            score: soup.eval.clone(),
+            passes: 0,
+            seconds: seconds(&["soup"]),
+            models: 1,
+        });
+    }
+    if let Some((e, stored, recalibrated, n)) = ensembles {
+        rows.push(Compared {
+            name: format!("ensemble of {n}, stored statistics"),
+            score: stored.score(),
+            passes: n,
+            seconds: Some(e.seconds_stored),
+            models: n,
+        });
+        rows.push(Compared {
+            name: format!("ensemble of {n}, recalibrated"),
+            score: recalibrated.score(),
+            passes: 2 * n,
+            seconds: Some(e.seconds_recalibrated),
+            models: n,
+        });
+    }
+    if let Some(s) = swag {
+        if let Some(e) = &s.evaluation {
+            let kind = if s.rank == 0 { "SWAG-diagonal".to_string() } else { format!("SWAG (rank {})", s.rank) };
+            rows.push(Compared {
+                name: format!("{kind}, {} samples", s.samples),
+                score: e.score(),
+                passes: s.passes,
+                seconds: Some(s.seconds),
+                models: s.samples,
+            });
+        }
+    }
+    rows
 }
 
 /// The SWA model before and after recalibration.
@@ -362,14 +521,81 @@ pub fn run(opts: &RunOptions) -> Result<(Report, Vec<PathBuf>)> {
     let work = StagedDir::beside(&out, "swa-run")?;
 
     let names = inputs::labels(&found);
-    let rows = evaluate_checkpoints(&binder, &found, &names, opts)?;
+    let mut ensembles = if opts.ensemble {
+        if selected.len() < 2 {
+            return Err(Error::usage(format!("an ensemble needs at least two checkpoints; {} selected", selected.len())));
+        }
+        Some(Ensembles {
+            stored: crate::ensemble::mean_for(&opts.eval)?,
+            recalibrated: crate::ensemble::mean_for(&opts.eval)?,
+            first: None,
+            seconds_stored: 0.0,
+            seconds_recalibrated: 0.0,
+        })
+    } else {
+        None
+    };
+    let rows = evaluate_checkpoints(&binder, &found, &names, &selected, ensembles.as_mut(), opts)?;
     clock.lap("evaluate checkpoints");
-    let swa = swa(&binder, &selected, work.path(), opts, &mut clock)?;
+    let ensemble_rows = match &ensembles {
+        Some(e) => {
+            let (first_stored, first_recalibrated) = e.first.as_ref().expect("two members");
+            let stored = crate::ensemble::score(&e.stored, &opts.model, &opts.eval, first_stored)?;
+            let recalibrated = crate::ensemble::score(&e.recalibrated, &opts.model, &opts.eval, first_recalibrated)?;
+            Some((stored, recalibrated))
+        }
+        None => None,
+    };
+    let mut swa = swa(&binder, &selected, work.path(), opts, &mut clock)?;
+    let tempered = match &opts.temperature {
+        Some(t) => {
+            let started = Instant::now();
+            let e = evaluate::evaluate_with_temperature(&swa.prepared.bound.model, &opts.eval, &t.source)?;
+            let value = e.temperature.as_ref().map_or(1.0, |x| x.value);
+            if t.in_onnx {
+                crate::onnx::divide_first_output(&mut swa.prepared.bound.model, value as f32)?;
+            }
+            clock.lap("temperature");
+            Some((e, started.elapsed().as_secs_f64()))
+        }
+        None => None,
+    };
     let soup = match &opts.soup {
         Some(soup) => {
             let report = make_soup(&found, &names, work.path(), soup, opts)?;
             clock.lap("soup");
             Some(report)
+        }
+        None => None,
+    };
+    let swag = match &opts.swag {
+        Some(s) => {
+            let mut pass = opts.pass.clone();
+            if s.bn_samples.is_some() {
+                pass.max_samples = s.bn_samples;
+            }
+            let summary = crate::swag::swag(&crate::swag::SwagOptions {
+                model: opts.model.clone(),
+                checkpoints: selected.iter().map(|f| f.path.clone()).collect(),
+                selection: Selection::default(),
+                key: opts.key.clone(),
+                allow_missing_weights: opts.allow_missing_weights,
+                rank: s.rank,
+                diagonal: s.diagonal,
+                samples: s.samples,
+                scale: s.scale,
+                seed: opts.pass.seed,
+                draws: s.draws.clone(),
+                pass,
+                eval: opts.eval.clone(),
+                part: crate::part::Part::WHOLE,
+                save_moments: None,
+                save_samples: None,
+                part_output: None,
+                quiet: opts.pass.quiet,
+            })?;
+            clock.lap("SWAG");
+            Some(summary)
         }
         None => None,
     };
@@ -398,7 +624,17 @@ pub fn run(opts: &RunOptions) -> Result<(Report, Vec<PathBuf>)> {
         timings: clock.timings,
         data: data_lines(&swa),
         soup,
+        comparison: Vec::new(),
+        temperature: tempered.as_ref().and_then(|(e, _)| e.temperature.as_ref()).and_then(|t| t.fit.clone()),
     };
+    let mut report = report;
+    if opts.ensemble || opts.swag.is_some() || opts.temperature.is_some() {
+        let ensembles = match (&ensembles, ensemble_rows) {
+            (Some(e), Some((stored, recalibrated))) => Some((e, stored, recalibrated, selected.len())),
+            _ => None,
+        };
+        report.comparison = comparison(&report, ensembles, swag.as_ref(), tempered.as_ref());
+    }
     write_outputs(work.path(), &swa, &report, &selected, opts)?;
     stamps.check()?;
     publish(work, &out, replace)?;

@@ -360,9 +360,8 @@ pub struct PassArgs {
     #[arg(long, default_value = "64", value_parser = at_least_one)]
     pub batch_size: NonZeroUsize,
     /// Use this many training samples, drawn uniformly at random (with --seed; the same ones in
-    /// every --shard part), not the first N (in an image folder, the first classes only). For
-    /// SWAG, the training subset each sample's BatchNorm is refitted on (also --bn-samples).
-    #[arg(long, value_name = "N", visible_alias = "bn-samples")]
+    /// every --shard part), not the first N (in an image folder, the first classes only).
+    #[arg(long, value_name = "N")]
     pub max_samples: Option<usize>,
     /// Read the training batches in shuffled order, as a training DataLoader does: --stats
     /// torch, update_bn's mean over batches, depends on which samples share a batch.
@@ -500,6 +499,10 @@ pub struct SwagArgs {
     /// Write every sampled model (safetensors with its refitted statistics) into this new directory.
     #[arg(long, value_name = "DIR")]
     pub save_samples: Option<PathBuf>,
+    /// Refit each sample's BatchNorm on this many training samples, drawn at random with --seed
+    /// (default: --max-samples, or all).
+    #[arg(long, value_name = "N")]
+    pub bn_samples: Option<usize>,
 }
 
 /// Temperature scaling (`evaluate`, `run`).

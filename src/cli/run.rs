@@ -7,9 +7,10 @@ use clap::Args;
 
 use super::args::{
     eval_options, needs_labels, CheckpointsArgs, DataArgs, EngineArgs, EvalBatchArgs, GateArgs, JsonArgs, PassArgs,
+    SwagArgs, TemperatureArgs,
 };
 use super::{output, render, Outcome};
-use swa::pipeline::{RunOptions, RunSoup};
+use swa::pipeline::{RunOptions, RunSoup, RunSwag, RunTemperature};
 use swa::soup::Method;
 use swa::Result;
 
@@ -45,6 +46,24 @@ pub struct RunArgs {
     /// Targets of the select split, typed by --task.
     #[arg(long, value_name = "Y.npy", requires = "soup")]
     pub select_labels: Option<PathBuf>,
+    /// Also evaluate the ensemble of the selected checkpoints (the mean of their predictions), with
+    /// stored and recalibrated statistics, from the checkpoints' own evaluation passes.
+    #[arg(long)]
+    pub ensemble: bool,
+    /// Also SWAG over the selected checkpoints: the model average of --swag-samples samples, each
+    /// with BatchNorm refitted; reported beside SWA and the ensemble.
+    #[arg(long)]
+    pub swag: bool,
+    /// SWAG's settings (with --swag).
+    #[command(flatten)]
+    pub swag_settings: SwagArgs,
+    /// Temperature scaling of the recalibrated SWA model (a row of its own).
+    #[command(flatten)]
+    pub temperature: TemperatureArgs,
+    /// Divide the logits of model_swa.onnx by the temperature (a `Div` node named
+    /// swa_temperature_scaling), so deployment gets calibrated probabilities.
+    #[arg(long, requires = "temperature")]
+    pub temperature_in_onnx: bool,
     /// The recalibration pass.
     #[command(flatten)]
     pub pass: PassArgs,
@@ -94,20 +113,39 @@ impl RunArgs {
             )?;
         }
         let (batch, k) = (self.eval.eval_batch_size, &self.eval.task);
+        let sw = &self.swag_settings;
+        if !self.swag
+            && (sw.rank.is_some() || sw.diag || sw.draws.is_some() || sw.bn_samples.is_some() || sw.swag_samples != 30 || sw.scale != 0.5)
+        {
+            return Err(swa::Error::usage("SWAG's settings (--rank, --diag, --swag-samples, --scale, --draws, --bn-samples) apply with --swag"));
+        }
+        if sw.save_moments.is_some() || sw.save_samples.is_some() {
+            return Err(swa::Error::usage(
+                "--save-moments and --save-samples are `swa swag`'s: `swa run --swag` reports SWAG beside SWA and writes \
+                 only its own directory",
+            ));
+        }
+        let eval = eval_options(&self.eval_inputs, self.eval_labels.as_deref(), &self.data, batch, k, &self.engine, quiet)?;
+        let temperature = self
+            .temperature
+            .source(&eval, k)?
+            .map(|source| RunTemperature { source, in_onnx: self.temperature_in_onnx });
         Ok(RunOptions {
+            ensemble: self.ensemble,
+            swag: self.swag.then(|| RunSwag {
+                rank: sw.rank,
+                diagonal: sw.diag,
+                samples: sw.swag_samples,
+                scale: sw.scale,
+                draws: sw.draws.clone(),
+                bn_samples: sw.bn_samples,
+            }),
+            temperature,
             model: self.ck.model.clone(),
             checkpoints: self.ck.checkpoints.clone(),
             selection: self.ck.select.selection(),
             pass: self.pass.options(&self.train_inputs, &self.data, &self.engine, quiet)?,
-            eval: eval_options(
-                &self.eval_inputs,
-                self.eval_labels.as_deref(),
-                &self.data,
-                batch,
-                k,
-                &self.engine,
-                quiet,
-            )?,
+            eval,
             recalibrate_each: self.recalibrate_each,
             allow_missing_weights: self.ck.bind.allow_missing_weights,
             key: self.ck.bind.read.key.clone(),

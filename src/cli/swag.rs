@@ -58,11 +58,14 @@ impl SwagArgs {
     pub fn options(
         &self,
         ck: &CheckpointsArgs,
-        pass: swa::recalibrate::PassOptions,
+        mut pass: swa::recalibrate::PassOptions,
         eval: swa::evaluate::EvalOptions,
         seed: u64,
         quiet: bool,
     ) -> SwagOptions {
+        if self.bn_samples.is_some() {
+            pass.max_samples = self.bn_samples;
+        }
         SwagOptions {
             model: ck.model.clone(),
             checkpoints: ck.checkpoints.clone(),

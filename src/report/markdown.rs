@@ -88,6 +88,12 @@ pub fn markdown(r: &Report) -> String {
         s.push_str(&render(&table));
         s.push('\n');
     }
+    if let Some(table) = table::comparison(r) {
+        let _ = writeln!(s, "## SWA, ensemble or SWAG?\n");
+        let _ = writeln!(s, "{}\n", super::comparison_sentence(r));
+        s.push_str(&render(&table));
+        s.push('\n');
+    }
     let _ = writeln!(s, "## Time\n");
     s.push_str(&render(&table::timings(r)));
     let _ = writeln!(s, "\n_{}_", r.tool);

@@ -77,6 +77,29 @@ pub struct Report {
     /// images skipped; empty when every set was float arrays.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data: Vec<String>,
+    /// Weight space against prediction space (`swa run --ensemble`, `--swag`, `--temperature`):
+    /// every model scored on the held-out set, with what it cost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub comparison: Vec<Compared>,
+    /// The temperature fitted for the recalibrated SWA model (`swa run --temperature fit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<crate::tasks::temperature::Fit>,
+}
+
+/// One model of the comparison: its figures and its cost.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Compared {
+    /// What it is (`SWA, recalibrated`, `ensemble of 8, recalibrated`, `SWAG, 30 samples`).
+    pub name: String,
+    /// Its figures on the held-out set.
+    pub score: Score,
+    /// Passes over data it took: evaluations and recalibrations (shared passes counted where
+    /// they were run).
+    pub passes: usize,
+    /// Seconds it took, beyond the passes it shares with rows above it (`None`: not timed apart).
+    pub seconds: Option<f64>,
+    /// Models to run at deployment for one prediction.
+    pub models: usize,
 }
 
 /// A model soup in the report: how its ingredients were chosen on the select split, and its
@@ -153,6 +176,8 @@ impl Report {
         if let Some(soup) = &self.soup {
             out.push((format!("{} soup", soup.method), &soup.eval));
         }
+        // The comparison's own models (its SWA and best-checkpoint rows are listed above).
+        out.extend(self.comparison.iter().filter(|c| !c.name.starts_with("SWA,") && !c.name.starts_with("best")).map(|c| (c.name.clone(), &c.score)));
         out
     }
 
@@ -211,6 +236,21 @@ pub(crate) fn soup_sentence(task: &Task, soup: &SoupReport) -> String {
         task.format_score(soup.eval.value()),
         task.score_name()
     )
+}
+
+/// What the comparison table holds, in one paragraph for people.
+pub(crate) fn comparison_sentence(r: &Report) -> String {
+    let mut s = "Weight space (SWA: one model) against prediction space (an ensemble of the checkpoints, \
+                 SWAG's model average: many models to run), each scored on the held-out set; passes are \
+                 evaluations and BatchNorm recalibrations over data."
+        .to_string();
+    if let Some(t) = &r.temperature {
+        s.push_str(&format!(
+            " Temperature {:.4} was fitted on {} calibration samples (NLL {:.4} → {:.4}, ECE {:.4} → {:.4} there).",
+            t.temperature, t.samples, t.nll_before, t.nll_after, t.ece_before, t.ece_after
+        ));
+    }
+    s
 }
 
 #[cfg(test)]
@@ -298,6 +338,8 @@ mod tests {
                 Timing { stage: "recalibrate SWA".into(), seconds: 0.25 },
             ],
             data: Vec::new(),
+            comparison: Vec::new(),
+            temperature: None,
             soup: Some(SoupReport {
                 method: "greedy".into(),
                 recalibrated: true,

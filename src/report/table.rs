@@ -139,6 +139,34 @@ pub fn checkpoints(r: &Report) -> Table {
     Table { header, align, rows }
 }
 
+/// Weight space against prediction space: every model of the comparison with its figures and
+/// its cost (passes over data, seconds, models to deploy).
+pub fn comparison(r: &Report) -> Option<Table> {
+    use Align::*;
+    if r.comparison.is_empty() {
+        return None;
+    }
+    let columns = r.task.columns();
+    let mut header = vec!["model".to_string()];
+    header.extend(columns.iter().map(|c| c.header.clone()));
+    header.extend(["passes".to_string(), "seconds".to_string(), "models to deploy".to_string()]);
+    let rows = r
+        .comparison
+        .iter()
+        .map(|c| {
+            let mut row = vec![Cell::text(&c.name)];
+            row.extend(cells(c.score.cells()));
+            row.push(Cell::text(c.passes.to_string()));
+            row.push(c.seconds.map_or_else(|| Cell::text("–"), |s| Cell::text(format!("{s:.2}"))));
+            row.push(Cell::text(c.models.to_string()));
+            row
+        })
+        .collect();
+    let mut align = vec![Left];
+    align.extend(std::iter::repeat_n(Right, columns.len() + 3));
+    Some(Table { header, align, rows })
+}
+
 /// Seconds per stage.
 pub fn timings(r: &Report) -> Table {
     Table {
