@@ -107,10 +107,7 @@ pub fn ensemble(opts: &EnsembleOptions) -> Result<EnsembleSummary> {
     let found = inputs::discover(&opts.checkpoints)?.files;
     let selected = inputs::select(&found, &opts.selection)?;
     if selected.len() < 2 {
-        return Err(Error::usage(format!(
-            "an ensemble needs at least two checkpoints; {} selected",
-            selected.len()
-        )));
+        return Err(Error::usage(format!("an ensemble needs at least two checkpoints; {} selected", selected.len())));
     }
     let names = inputs::labels(&selected);
     let mut stored_mean = mean_for(&opts.eval)?;
@@ -133,7 +130,11 @@ pub fn ensemble(opts: &EnsembleOptions) -> Result<EnsembleSummary> {
             }
             _ => None,
         };
-        members.push(Member { name, stored: stored.score(), recalibrated: recalibrated.as_ref().map(Evaluation::score) });
+        members.push(Member {
+            name,
+            stored: stored.score(),
+            recalibrated: recalibrated.as_ref().map(Evaluation::score),
+        });
         first.get_or_insert((stored, recalibrated));
     }
     let (first_stored, first_recalibrated) = first.expect("two members at least");

@@ -230,7 +230,10 @@ pub fn fit_temperature(model: &Model, calibration: &EvalOptions) -> Result<crate
         Ok(())
     })?;
     crate::tasks::temperature::fit(&logits, classes, &labels).map_err(|why| {
-        Error::format(&calibration.inputs, format!("gives no temperature (the logits of {}): {why}", model.path.display()))
+        Error::format(
+            &calibration.inputs,
+            format!("gives no temperature (the logits of {}): {why}", model.path.display()),
+        )
     })
 }
 
@@ -244,10 +247,13 @@ pub fn evaluate_with_temperature(model: &Model, opts: &EvalOptions, source: &Tem
             (fit.temperature, Some(fit))
         }
     };
-    if !(t.is_finite() && t > 0.0) || !matches!(opts.task, Task::Classification(_)) {
+    if !(t.is_finite() && t > 0.0 && matches!(opts.task, Task::Classification(_))) {
         return Err(Error::setting(
             Setting::Temperature,
-            format!("{t} applies to a classifier's logits, with T a positive number (the task is {})", opts.task.name()),
+            format!(
+                "{t} applies to a classifier's logits, with T a positive number (the task is {})",
+                opts.task.name()
+            ),
         ));
     }
     let mut tempered = Counts::new(&opts.task);

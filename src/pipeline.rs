@@ -368,7 +368,9 @@ fn comparison(
             name: format!("SWA, recalibrated, temperature {temperature:.4}"),
             score: t.score(),
             passes: 2 + if t.temperature.as_ref().is_some_and(|x| x.fit.is_some()) { 2 } else { 1 },
-            seconds: Some(seconds(&["average", "recalibrate SWA", "evaluate SWA (recalibrated"]).unwrap_or(0.0) + extra),
+            seconds: Some(
+                seconds(&["average", "recalibrate SWA", "evaluate SWA (recalibrated"]).unwrap_or(0.0) + extra,
+            ),
             models: 1,
         });
     }
@@ -523,7 +525,10 @@ pub fn run(opts: &RunOptions) -> Result<(Report, Vec<PathBuf>)> {
     let names = inputs::labels(&found);
     let mut ensembles = if opts.ensemble {
         if selected.len() < 2 {
-            return Err(Error::usage(format!("an ensemble needs at least two checkpoints; {} selected", selected.len())));
+            return Err(Error::usage(format!(
+                "an ensemble needs at least two checkpoints; {} selected",
+                selected.len()
+            )));
         }
         Some(Ensembles {
             stored: crate::ensemble::mean_for(&opts.eval)?,

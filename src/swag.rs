@@ -24,8 +24,8 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{dtype, Dtype};
 use crate::checkpoint::safetensors::SafetensorsWriter;
+use crate::checkpoint::{dtype, Dtype};
 use crate::checkpoint::{Checkpoint, TensorSpec};
 use crate::error::{Error, Result, Setting};
 use crate::evaluate::{EvalOptions, Evaluation};
@@ -152,11 +152,22 @@ fn parameters(checkpoints: &[Checkpoint]) -> Result<Vec<Param>> {
                     return Err(Error::tensor(
                         c.path(),
                         &t.name,
-                        format!("is {:?} {:?}, but {:?} {:?} in {}", o.dtype, o.shape, t.dtype, t.shape, newest.path().display()),
+                        format!(
+                            "is {:?} {:?}, but {:?} {:?} in {}",
+                            o.dtype,
+                            o.shape,
+                            t.dtype,
+                            t.shape,
+                            newest.path().display()
+                        ),
                     ))
                 }
                 None => {
-                    return Err(Error::tensor(c.path(), &t.name, format!("is missing (it is in {})", newest.path().display())))
+                    return Err(Error::tensor(
+                        c.path(),
+                        &t.name,
+                        format!("is missing (it is in {})", newest.path().display()),
+                    ))
                 }
             }
         }
@@ -180,6 +191,9 @@ struct Moments {
     constant: Vec<String>,
 }
 
+/// A block's moments: mean, second moment, deviations.
+type BlockMoments = (Vec<f64>, Vec<f64>, Vec<Vec<f64>>);
+
 /// One block of one parameter over every checkpoint, in f64: mean, second moment, the last
 /// `rank` deviations (oldest first); and whether it varies.
 fn block_moments(
@@ -187,7 +201,7 @@ fn block_moments(
     p: &Param,
     range: std::ops::Range<usize>,
     rank: usize,
-) -> Result<(Vec<f64>, Vec<f64>, Vec<Vec<f64>>)> {
+) -> Result<BlockMoments> {
     let len = range.len();
     let (mut mean, mut sq) = (vec![0f64; len], vec![0f64; len]);
     let mut dev = Vec::with_capacity(rank);
@@ -223,7 +237,13 @@ fn f32_bytes(values: &[f64]) -> Vec<u8> {
 
 /// Takes the moments of `checkpoints` into a staged file under `dir` (and, where asked, the
 /// reference's state-dict layout into `save`).
-fn moments(checkpoints: &[Checkpoint], params: &[Param], rank: usize, dir: &Path, save: Option<&Path>) -> Result<(Moments, Option<crate::fs::StagedFile>)> {
+fn moments(
+    checkpoints: &[Checkpoint],
+    params: &[Param],
+    rank: usize,
+    dir: &Path,
+    save: Option<&Path>,
+) -> Result<(Moments, Option<crate::fs::StagedFile>)> {
     let staged = crate::fs::StagedDir::beside(&dir.join("moments"), "swa-swag-moments")?;
     let path = staged.path().join("moments.safetensors");
     let mut specs = Vec::new();
@@ -236,16 +256,27 @@ fn moments(checkpoints: &[Checkpoint], params: &[Param], rank: usize, dir: &Path
         }
         saved.push(TensorSpec { name: format!("base.{}_mean", p.name), dtype: Dtype::F32, shape: p.shape.clone() });
         saved.push(TensorSpec { name: format!("base.{}_sq_mean", p.name), dtype: Dtype::F32, shape: p.shape.clone() });
-        saved.push(TensorSpec { name: format!("base.{}_cov_mat_sqrt", p.name), dtype: Dtype::F32, shape: vec![rank, p.numel] });
+        saved.push(TensorSpec {
+            name: format!("base.{}_cov_mat_sqrt", p.name),
+            dtype: Dtype::F32,
+            shape: vec![rank, p.numel],
+        });
     }
     // swa_gaussian's `n_models` is a long tensor of shape [1]; its base model's buffers are the
     // newest checkpoint's, so that `SWAG.load_state_dict` finds every key.
     saved.push(TensorSpec { name: "n_models".into(), dtype: Dtype::I64, shape: vec![1] });
     let newest = checkpoints.last().expect("checkpoints");
     let buffers: Vec<_> = newest.tensors().iter().filter(|t| t.role.is_buffer()).collect();
-    saved.extend(buffers.iter().map(|t| TensorSpec { name: format!("base.{}", t.name), dtype: t.dtype, shape: t.shape.clone() }));
+    saved.extend(buffers.iter().map(|t| TensorSpec {
+        name: format!("base.{}", t.name),
+        dtype: t.dtype,
+        shape: t.shape.clone(),
+    }));
     let per = if rank > 0 { 3 } else { 2 };
-    let meta = BTreeMap::from([("format".to_string(), "swa swag moments".to_string()), ("rank".to_string(), rank.to_string())]);
+    let meta = BTreeMap::from([
+        ("format".to_string(), "swa swag moments".to_string()),
+        ("rank".to_string(), rank.to_string()),
+    ]);
     let writer = SafetensorsWriter::create(&path, &specs, &meta)?;
     let saver = save
         .map(|s| SafetensorsWriter::create(s, &saved, &BTreeMap::from([("format".to_string(), "pt".to_string())])))
@@ -373,7 +404,14 @@ impl Draws {
 
 /// Sample `s` as a checkpoint: its parameters (in the newest checkpoint's types) and the newest
 /// checkpoint's other tensors.
-fn sample(s: usize, params: &[Param], m: &Moments, draws: &Draws, scale: f64, newest: &Checkpoint) -> Result<Checkpoint> {
+fn sample(
+    s: usize,
+    params: &[Param],
+    m: &Moments,
+    draws: &Draws,
+    scale: f64,
+    newest: &Checkpoint,
+) -> Result<Checkpoint> {
     let total = params.last().map_or(0, |p| p.offset + p.numel);
     let z2 = draws.low_rank(s, total, m.rank);
     let root = scale.sqrt();
@@ -450,14 +488,16 @@ fn part_npz(info: &PartInfo, mean: &Mean) -> Result<Vec<u8>> {
     let (sums, targets) = mean.sums();
     let mut shape = vec![info.mean.counts.len()];
     shape.extend(&info.mean.shape);
-    let mut arrays = vec![("info", npy_bytes(&[json.len()], Data::U8(&json))), ("sums", npy_bytes(&shape, Data::F64(sums)))];
+    let mut arrays =
+        vec![("info", npy_bytes(&[json.len()], Data::U8(&json))), ("sums", npy_bytes(&shape, Data::F64(sums)))];
     let targets: Vec<&crate::batch::Tensor> = targets.into_iter().flatten().collect();
     if let Some(first) = targets.first() {
         let rows: usize = targets.iter().map(|t| t.shape.first().copied().unwrap_or(0)).sum();
         let tshape = [&[rows][..], &first.shape[1..]].concat();
         let owned: Vec<Values> = targets.iter().map(|t| t.values.to_owned()).collect();
         let bytes = if owned.iter().all(|v| matches!(v, Values::I64(_))) {
-            let v: Vec<i64> = owned.into_iter().flat_map(|v| if let Values::I64(x) = v { x } else { Vec::new() }).collect();
+            let v: Vec<i64> =
+                owned.into_iter().flat_map(|v| if let Values::I64(x) = v { x } else { Vec::new() }).collect();
             npy_bytes(&tshape, Data::I64(&v))
         } else {
             let v: Vec<f32> = owned
@@ -480,11 +520,15 @@ pub fn read_part(path: &Path) -> Result<(PartInfo, Mean)> {
     use crate::inputs::npy::NpyType;
     let arrays = crate::inputs::npy::open_npz(path)?;
     let get = |name: &str| {
-        arrays.iter().find(|a| a.name == name).ok_or_else(|| Error::format(path, format!("has no array `{name}`: not a part written by swa swag")))
+        arrays
+            .iter()
+            .find(|a| a.name == name)
+            .ok_or_else(|| Error::format(path, format!("has no array `{name}`: not a part written by swa swag")))
     };
     let info = get("info")?;
-    let info: PartInfo = serde_json::from_slice(&info.f32_rows(0, info.len()).into_iter().map(|v| v as u8).collect::<Vec<u8>>())
-        .map_err(|e| Error::format(path, format!("its part information does not read: {e}")))?;
+    let info: PartInfo =
+        serde_json::from_slice(&info.f32_rows(0, info.len()).into_iter().map(|v| v as u8).collect::<Vec<u8>>())
+            .map_err(|e| Error::format(path, format!("its part information does not read: {e}")))?;
     let sums = get("sums")?.f64_values();
     let batch_sizes: Vec<usize> = info.mean.batches.iter().map(Vec::len).collect();
     let targets = match arrays.iter().find(|a| a.name == "targets") {
@@ -542,9 +586,7 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
     let selected = inputs::select(&found, &opts.selection)?;
     let n = selected.len();
     if n < 2 {
-        return Err(Error::usage(format!(
-            "SWAG needs at least two checkpoints (one has no variance); {n} selected"
-        )));
+        return Err(Error::usage(format!("SWAG needs at least two checkpoints (one has no variance); {n} selected")));
     }
     let rank = match (opts.diagonal, opts.rank) {
         (true, _) => 0,
@@ -553,7 +595,9 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
             return Err(Error::setting(Setting::Rank, format!("{k} is more deviations than the {n} checkpoints give")))
         }
         (false, Some(1)) => {
-            crate::error::warn("a rank of 1 gives no low-rank covariance (it divides by K − 1 = 0): drawing from diagonal SWAG");
+            crate::error::warn(
+                "a rank of 1 gives no low-rank covariance (it divides by K − 1 = 0): drawing from diagonal SWAG",
+            );
             0
         }
         (false, Some(k)) => k,
@@ -586,7 +630,11 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
     for out in [&opts.save_moments, &opts.part_output].into_iter().flatten() {
         crate::fs::check_output(out)?;
     }
-    let work_dir = opts.part_output.as_deref().or(opts.save_moments.as_deref()).map_or_else(std::env::temp_dir, |p| crate::fs::parent_dir(p).to_path_buf());
+    let work_dir = opts
+        .part_output
+        .as_deref()
+        .or(opts.save_moments.as_deref())
+        .map_or_else(std::env::temp_dir, |p| crate::fs::parent_dir(p).to_path_buf());
     let (moments, saved_moments) = moments(&checkpoints, &params, rank, &work_dir, opts.save_moments.as_deref())?;
     let seconds_moments = started.elapsed().as_secs_f64();
     let samples_dir = match &opts.save_samples {
@@ -606,7 +654,8 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
     let mut first: Option<Evaluation> = None;
     for s in drawn_by(opts.part, opts.samples) {
         crate::progress::check_stop()?;
-        let bound = binder.bind(Some(sample(s, &params, &moments, &draws, opts.scale, newest)?), opts.allow_missing_weights)?;
+        let bound =
+            binder.bind(Some(sample(s, &params, &moments, &draws, opts.scale, newest)?), opts.allow_missing_weights)?;
         let mut prepared = Prepared::new(bound)?;
         let result = recalibrate::compute(&prepared, &opts.pass)?;
         let names = crate::onnx::bn::apply(&mut prepared.bound.model, &prepared.layers, &result.stats)?;
@@ -686,7 +735,10 @@ pub fn merge_parts(parts: &[PathBuf]) -> Result<(Vec<PartInfo>, Evaluation)> {
                 && first.task == info.task
                 && first.part.split('/').nth(1) == info.part.split('/').nth(1);
             if !same {
-                return Err(Error::format(path, "is a part of another SWAG run (samples, seed, rank, scale, checkpoints, task or parts differ)"));
+                return Err(Error::format(
+                    path,
+                    "is a part of another SWAG run (samples, seed, rank, scale, checkpoints, task or parts differ)",
+                ));
             }
         }
         match &mut mean {

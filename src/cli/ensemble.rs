@@ -3,7 +3,9 @@
 use clap::Args;
 use std::path::PathBuf;
 
-use super::args::{eval_options, needs_labels, CheckpointsArgs, DataArgs, EngineArgs, EvalBatchArgs, JsonArgs, PassArgs};
+use super::args::{
+    eval_options, needs_labels, CheckpointsArgs, DataArgs, EngineArgs, EvalBatchArgs, JsonArgs, PassArgs,
+};
 use super::{output, render, Outcome};
 use swa::ensemble::EnsembleOptions;
 use swa::Result;
@@ -65,13 +67,21 @@ impl EnsembleArgs {
                 &self.engine,
                 quiet,
             )?,
-            pass: self.train_inputs.as_deref().map(|t| self.pass.options(t, &self.data, &self.engine, quiet)).transpose()?,
+            pass: self
+                .train_inputs
+                .as_deref()
+                .map(|t| self.pass.options(t, &self.data, &self.engine, quiet))
+                .transpose()?,
         })
     }
 
     /// Runs `swa ensemble`.
     pub fn run(&self, quiet: bool) -> Result<Outcome> {
         let s = swa::ensemble::ensemble(&self.resolve(quiet)?)?;
-        Ok(Outcome { stdout: if self.out.json { output::json(&s) } else { render::ensemble(&s) }, code: 0, failure: None })
+        Ok(Outcome {
+            stdout: if self.out.json { output::json(&s) } else { render::ensemble(&s) },
+            code: 0,
+            failure: None,
+        })
     }
 }

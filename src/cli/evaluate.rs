@@ -122,7 +122,9 @@ impl EvaluateArgs {
         }
         let temperature = self.temperature.source(&eval, &self.task)?;
         if temperature.is_some() && self.partial_out.is_some() {
-            return Err(Error::usage("--temperature scales a whole evaluation's logits: leave it out of a --shard part"));
+            return Err(Error::usage(
+                "--temperature scales a whole evaluation's logits: leave it out of a --shard part",
+            ));
         }
         let whole = EvaluateOptions {
             temperature,

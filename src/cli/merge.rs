@@ -53,8 +53,9 @@ impl MergeStatsArgs {
 /// `swa merge-eval`.
 #[derive(Debug, Args)]
 pub struct MergeEvalArgs {
-    /// Partial evaluations (`swa evaluate --shard I/N --partial-out`), every part once, any order.
-    #[arg(required = true, value_name = "E.json")]
+    /// Partial evaluations (`swa evaluate --shard I/N --partial-out`), or the parts of a SWAG model
+    /// average (`swa swag --part I/N --partial-out P.npz`): every part once, any order.
+    #[arg(required = true, value_name = "E.json|P.npz")]
     pub partials: Vec<PathBuf>,
     /// The gate.
     #[command(flatten)]
@@ -71,6 +72,18 @@ pub struct MergeEvalArgs {
 impl MergeEvalArgs {
     /// Runs `swa merge-eval`.
     pub fn run(&self) -> Result<Outcome> {
+        let swag = |p: &PathBuf| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz"));
+        if self.partials.iter().any(swag) {
+            if !self.partials.iter().all(swag) || self.metric_command.is_some() {
+                return Err(swa::Error::usage(
+                    "SWAG parts (.npz) merge only with each other, and are scored by their task (no --metric-command)",
+                ));
+            }
+            let (infos, m) = swa::swag::merge_parts(&self.partials)?;
+            let gates = self.gate.gates(&m.metrics.task())?;
+            let name = PathBuf::from(format!("SWAG model average of {} samples", infos[0].samples));
+            return output::metrics(&name, &m, &gates, self.gate.min_accuracy, self.out.json);
+        }
         let eval: Vec<_> = self.partials.iter().map(|p| swa::parts::eval::read(p)).collect::<Result<_>>()?;
         let (identity, m) = swa::parts::eval::merge_scored_by(&self.partials, &eval, self.metric_command.as_deref())?;
         let gates = self.gate.gates(&m.metrics.task())?;

@@ -232,7 +232,14 @@ pub fn metrics(model: &Path, e: &Evaluation, gates: &[Gate]) -> String {
     if let Some(t) = &e.temperature {
         let before: Vec<String> = t.before.cells().into_iter().map(Option::unwrap_or_default).collect();
         let _ = writeln!(o, "| {} | {} | {} |", model.display(), t.before.samples(), before.join(" | "));
-        let _ = writeln!(o, "| {}, temperature {:.4} | {} | {} |", model.display(), t.value, score.samples(), cells.join(" | "));
+        let _ = writeln!(
+            o,
+            "| {}, temperature {:.4} | {} | {} |",
+            model.display(),
+            t.value,
+            score.samples(),
+            cells.join(" | ")
+        );
         if let Some(f) = &t.fit {
             let _ = writeln!(
                 o,
@@ -391,7 +398,13 @@ pub fn soup(s: &SoupSummary) -> String {
 pub fn ensemble(s: &swa::ensemble::EnsembleSummary) -> String {
     let mut o = String::new();
     let recalibrated = s.recalibrated.is_some();
-    let _ = writeln!(o, "{:<36} {:>28} {:>28}", "member", "stored statistics", if recalibrated { "recalibrated" } else { "" });
+    let _ = writeln!(
+        o,
+        "{:<36} {:>28} {:>28}",
+        "member",
+        "stored statistics",
+        if recalibrated { "recalibrated" } else { "" }
+    );
     for m in &s.members {
         let r = m.recalibrated.as_ref().map_or(String::new(), Score::brief);
         let _ = writeln!(o, "{:<36} {:>28} {r:>28}", m.name, m.stored.brief());
@@ -430,7 +443,8 @@ pub fn swag(s: &swa::swag::SwagSummary) -> String {
             let _ = writeln!(o, "model average of {} samples: {}", s.samples, e.score().describe());
         }
         None => {
-            let _ = writeln!(o, "{} of {} samples drawn: merge the parts with swa merge-eval", s.drawn.len(), s.samples);
+            let _ =
+                writeln!(o, "{} of {} samples drawn: merge the parts with swa merge-eval", s.drawn.len(), s.samples);
         }
     }
     let _ = writeln!(o, "{} passes over the data in {:.1} s", s.passes, s.seconds);

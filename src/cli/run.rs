@@ -115,9 +115,16 @@ impl RunArgs {
         let (batch, k) = (self.eval.eval_batch_size, &self.eval.task);
         let sw = &self.swag_settings;
         if !self.swag
-            && (sw.rank.is_some() || sw.diag || sw.draws.is_some() || sw.bn_samples.is_some() || sw.swag_samples != 30 || sw.scale != 0.5)
+            && (sw.rank.is_some()
+                || sw.diag
+                || sw.draws.is_some()
+                || sw.bn_samples.is_some()
+                || sw.swag_samples != 30
+                || sw.scale != 0.5)
         {
-            return Err(swa::Error::usage("SWAG's settings (--rank, --diag, --swag-samples, --scale, --draws, --bn-samples) apply with --swag"));
+            return Err(swa::Error::usage(
+                "SWAG's settings (--rank, --diag, --swag-samples, --scale, --draws, --bn-samples) apply with --swag",
+            ));
         }
         if sw.save_moments.is_some() || sw.save_samples.is_some() {
             return Err(swa::Error::usage(
@@ -125,7 +132,8 @@ impl RunArgs {
                  only its own directory",
             ));
         }
-        let eval = eval_options(&self.eval_inputs, self.eval_labels.as_deref(), &self.data, batch, k, &self.engine, quiet)?;
+        let eval =
+            eval_options(&self.eval_inputs, self.eval_labels.as_deref(), &self.data, batch, k, &self.engine, quiet)?;
         let temperature = self
             .temperature
             .source(&eval, k)?

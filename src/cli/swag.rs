@@ -4,7 +4,8 @@ use clap::Args;
 use std::path::PathBuf;
 
 use super::args::{
-    eval_options, needs_labels, part, CheckpointsArgs, DataArgs, EngineArgs, EvalBatchArgs, JsonArgs, PassArgs, SwagArgs,
+    eval_options, needs_labels, part, CheckpointsArgs, DataArgs, EngineArgs, EvalBatchArgs, JsonArgs, PassArgs,
+    SwagArgs,
 };
 use super::{output, render, Outcome};
 use swa::part::Part;

@@ -605,7 +605,10 @@ pub fn divide_first_output(model: &mut Model, t: f32) -> Result<()> {
         }
     }
     if !renamed {
-        return Err(Error::format(&path, format!("no node makes its output `{output}`: it cannot be divided by a temperature")));
+        return Err(Error::format(
+            &path,
+            format!("no node makes its output `{output}`: it cannot be divided by a temperature"),
+        ));
     }
     graph.initializer.push(tensor(TEMPERATURE, Dtype::F32, &[], bytes));
     graph.node.push(node("Div", TEMPERATURE_NODE.to_string(), &[&before, TEMPERATURE], &[&output], Vec::new()));

@@ -432,7 +432,7 @@ fn diagram_axes(s: &mut String) {
         }
         let _ = write!(
             s,
-            r##"<text x="{x}" y="{}" font-size="8" text-anchor="middle" fill="#555">{label}</text><text x="{}" y="{}" font-size="8" text-anchor="end" fill="#555">{label}</text>"##,
+            r##"<text x="{x}" y="{}" font-size="9" text-anchor="middle" fill="#555">{label}</text><text x="{}" y="{}" font-size="9" text-anchor="end" fill="#555">{label}</text>"##,
             plot::BOTTOM + 10.0,
             plot::LEFT - 3.0,
             y + 3.0
@@ -449,7 +449,7 @@ fn diagram_bins(bins: &[Bin], s: &mut String) {
         let (top, low) = (accuracy.max(confidence), accuracy.min(confidence));
         let _ = write!(
             s,
-            r##"<rect class="bin" data-accuracy="{accuracy:.4}" data-confidence="{confidence:.4}" data-samples="{n}" x="{x:.2}" y="{y:.2}" width="{bar:.2}" height="{:.2}" fill="#1f77b4" stroke="#fff" stroke-width="0.5"><title>confidence {:.2}–{:.2}: {n} samples, accuracy {accuracy:.3}, mean confidence {confidence:.3}</title></rect><rect class="gap" x="{x:.2}" y="{:.2}" width="{bar:.2}" height="{:.2}" fill="#d62728" fill-opacity="0.3" stroke="#d62728" stroke-width="0.5"/>"##,
+            r##"<rect class="bin" data-accuracy="{accuracy:.4}" data-confidence="{confidence:.4}" data-samples="{n}" x="{x:.2}" y="{y:.2}" width="{bar:.2}" height="{:.2}" fill="#1f77b4" stroke="#fff" stroke-width="0.5"><title>confidence {:.2}–{:.2}: {n} samples, accuracy {accuracy:.3}, mean confidence {confidence:.3}</title></rect><rect class="gap" x="{x:.2}" y="{:.2}" width="{bar:.2}" height="{:.2}" fill="#d62728" fill-opacity="0.45" stroke="#d62728" stroke-width="0.5"/>"##,
             plot::y(0.0) - plot::y(accuracy),
             i as f64 * width,
             (i + 1) as f64 * width,
@@ -521,6 +521,14 @@ pub fn html(r: &Report) -> String {
         ),
         _ => String::new(),
     };
+    let comparison = match table::comparison(r) {
+        Some(t) => format!(
+            "<h2>SWA, ensemble or SWAG?</h2><p>{}</p>{}",
+            escape(&super::comparison_sentence(r)),
+            render(&t)
+        ),
+        None => String::new(),
+    };
     let times = render(&table::timings(r));
     let gain_class = if r.gain.value() >= 0.0 { "gain" } else { "loss" };
     format!(
@@ -542,7 +550,7 @@ th:first-child,td:first-child{{text-align:left}} .meta{{color:#555}} .gain{{colo
 <div class="charts">{chart}{reliability}</div>
 <h2>Summary</h2>{summary}
 <h2>Checkpoints</h2>{checkpoints}
-<p class="meta">"++": the same weights with BatchNorm statistics recalibrated on the training samples.</p>{soup}
+<p class="meta">"++": the same weights with BatchNorm statistics recalibrated on the training samples.</p>{soup}{comparison}
 <h2>Time</h2>{times}
 <p class="meta">{tool}</p>
 <script type="application/json" id="report-data">{json}</script>
@@ -627,6 +635,8 @@ mod tests {
             timings: Vec::new(),
             soup: None,
             data: Vec::new(),
+            comparison: Vec::new(),
+            temperature: None,
         }
     }
 

@@ -177,7 +177,12 @@ impl Report {
             out.push((format!("{} soup", soup.method), &soup.eval));
         }
         // The comparison's own models (its SWA and best-checkpoint rows are listed above).
-        out.extend(self.comparison.iter().filter(|c| !c.name.starts_with("SWA,") && !c.name.starts_with("best")).map(|c| (c.name.clone(), &c.score)));
+        out.extend(
+            self.comparison
+                .iter()
+                .filter(|c| !c.name.starts_with("SWA,") && !c.name.starts_with("best"))
+                .map(|c| (c.name.clone(), &c.score)),
+        );
         out
     }
 

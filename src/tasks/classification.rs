@@ -141,9 +141,11 @@ impl Calibration {
         } else if n != finite || hits != correct {
             Some(format!("the confidence bins count {n} samples and {hits} hits, the totals {finite} and {correct}"))
         } else if let Some((i, b)) = self.bins.iter().enumerate().find(|(i, b)| {
-            b.correct > b.samples
-                || !(b.confidence >= *i as f64 / BINS as f64 * b.samples as f64 * (1.0 - 1e-9))
-                || !(b.confidence <= (*i + 1) as f64 / BINS as f64 * b.samples as f64 * (1.0 + 1e-9))
+            // Each confidence in bin i lies in (i/M, (i+1)/M]; NaN fails both bounds.
+            let (lo, hi) = (*i as f64 / BINS as f64, (*i + 1) as f64 / BINS as f64);
+            let n = b.samples as f64;
+            let within = (lo * n * (1.0 - 1e-9)..=hi * n * (1.0 + 1e-9)).contains(&b.confidence);
+            b.correct > b.samples || !within
         }) {
             Some(format!(
                 "confidence bin {i} holds {} samples, {} hits and a confidence sum of {}",

@@ -96,14 +96,21 @@ impl Mean {
     }
 
     /// Adds a batch of the current member's outputs, for samples `indices` with their `targets`.
-    pub fn add(&mut self, indices: &[usize], output: &Fetched, targets: Option<&Tensor>) -> std::result::Result<(), String> {
+    pub fn add(
+        &mut self,
+        indices: &[usize],
+        output: &Fetched,
+        targets: Option<&Tensor>,
+    ) -> std::result::Result<(), String> {
         let shape: Vec<usize> = output.shape.iter().skip(1).map(|&d| d.max(0) as usize).collect();
         if output.shape.first().map(|&n| n as usize) != Some(indices.len()) {
             return Err(format!("outputs of shape {:?} for a batch of {}", output.shape, indices.len()));
         }
         match &self.shape {
             Some(s) if *s != shape => {
-                return Err(format!("the models' outputs differ in shape ({s:?} and {shape:?}): they cannot be averaged"))
+                return Err(format!(
+                    "the models' outputs differ in shape ({s:?} and {shape:?}): they cannot be averaged"
+                ))
             }
             None => self.shape = Some(shape),
             _ => {}
@@ -204,16 +211,29 @@ impl Mean {
     }
 
     /// A mean read back from a part: `sums` and `targets` (per batch of `parts.batches`).
-    pub fn from_parts(parts: MeanParts, sums: Vec<f64>, targets: Vec<Option<Tensor>>) -> std::result::Result<Mean, String> {
+    pub fn from_parts(
+        parts: MeanParts,
+        sums: Vec<f64>,
+        targets: Vec<Option<Tensor>>,
+    ) -> std::result::Result<Mean, String> {
         let width: usize = parts.shape.iter().product();
         if width == 0 || sums.len() != parts.counts.len() * width || targets.len() != parts.batches.len() {
             return Err("the sums do not match their shape and samples".into());
         }
         if parts.counts.iter().any(|&c| c != 0 && c as usize != parts.members) || !sums.iter().all(|s| s.is_finite()) {
-            return Err("the sums cannot have been summed: counts differ from the members, or a sum is not finite".into());
+            return Err(
+                "the sums cannot have been summed: counts differ from the members, or a sum is not finite".into()
+            );
         }
         let batches = parts.batches.into_iter().zip(targets).collect();
-        Ok(Mean { kind: parts.kind, shape: Some(parts.shape), members: parts.members, sums, counts: parts.counts, batches })
+        Ok(Mean {
+            kind: parts.kind,
+            shape: Some(parts.shape),
+            members: parts.members,
+            sums,
+            counts: parts.counts,
+            batches,
+        })
     }
 
     /// The per-sample sums (for a part's file) and the targets of each batch.

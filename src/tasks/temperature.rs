@@ -85,7 +85,11 @@ pub fn fit(logits: &[f32], classes: usize, labels: &[i64]) -> Result<Fit, String
             .into());
     }
     // f′(β) → mean (max_c z − z_y) as β → ∞: zero when every label holds its row's largest logit.
-    let limit = z.chunks_exact(classes).zip(&ys).map(|(r, &y)| r.iter().copied().fold(f64::NEG_INFINITY, f64::max) - r[y]).sum::<f64>();
+    let limit = z
+        .chunks_exact(classes)
+        .zip(&ys)
+        .map(|(r, &y)| r.iter().copied().fold(f64::NEG_INFINITY, f64::max) - r[y])
+        .sum::<f64>();
     if limit <= 0.0 {
         return Err(format!(
             "every one of the {n} samples is classified right, so the NLL keeps falling as T → 0 and there is no \

@@ -19,5 +19,6 @@ mod run;
 mod safety;
 mod scale_out;
 mod soup;
+mod swag;
 mod tasks;
 mod torch;
