@@ -72,7 +72,12 @@ class EvaluateResult(Result):
     topk: float
     k: int
     loss: float
+    ece: float
+    brier: float
+    reliability: list[Any]
     per_class: list[Any]
+    temperature: Any
+    """`value`, `fit` and the figures `before` it (with temperature=)."""
     # every other task: its name and the figure that scores it
     task: str
     score: str | float
@@ -116,6 +121,9 @@ class RunResult(Result):
     task: str
     score: str
     timings: Any
+    comparison: list[Any]
+    """With ensemble=, swag= or temperature=: every model's figures and cost (`passes`, `seconds`, `models`)."""
+    temperature: Any
 
 class SoupResult(Result):
     method: str
@@ -126,6 +134,35 @@ class SoupResult(Result):
     best_single: Any
     n_models: int
     outputs: list[str]
+    seconds: float
+
+class EnsembleResult(Result):
+    members: list[Any]
+    """Each member alone: `name`, `stored`, `recalibrated`."""
+    prediction: str
+    stored: Any
+    """The ensemble with the members' stored statistics (an evaluation's figures)."""
+    recalibrated: Any
+    passes: int
+    seconds: float
+
+class SwagResult(Result):
+    models: int
+    rank: int
+    """K, the deviations kept (0: SWAG-diagonal)."""
+    parameters: int
+    constant: list[str]
+    scale: float
+    samples: int
+    drawn: list[Any]
+    """Each sample drawn here alone: `sample`, `score`."""
+    evaluation: Any
+    """The Bayesian model average's figures (absent for a part)."""
+    outputs: list[str]
+    passes: int
+    seconds_moments: float
+    seconds_sampling: float
+    seconds_passes: float
     seconds: float
 
 class InspectResult(Result):
@@ -152,6 +189,8 @@ FUNCTIONS = {
     "evaluate": (["model", "weights"], "EvaluateResult"),
     "run": ([], "RunResult"),
     "soup": ([], "SoupResult"),
+    "ensemble": ([], "EnsembleResult"),
+    "swag": ([], "SwagResult"),
     "inspect": (["file"], "InspectResult"),
     "merge-stats": (["partials"], "RecalibrateResult"),
     "merge-eval": (["partials"], "EvaluateResult"),
@@ -174,7 +213,7 @@ VALUE_TYPES = {
     "A": "float", "DECAY": "float", "W": "float",
     "N|H,W": "int | Sequence[int]", "R,G,B": "Sequence[float] | str", "W,...": "Sequence[float] | str",
     "I/N": "str", "NAME": "str", "PATH": "str", "PREFIX": "str", "DEVICE": "str", "SIZE": "int | str",
-    "DTYPE": "str",
+    "DTYPE": "str", "S": "int", "X": "float", "fit|T": "Literal['fit'] | float",
 }
 
 

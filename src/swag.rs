@@ -121,6 +121,11 @@ pub struct SwagSummary {
     pub passes: usize,
     /// Seconds taking the moments.
     pub seconds_moments: f64,
+    /// Seconds waiting for the samples to be drawn and bound into the model (each is drawn while
+    /// the one before runs its passes).
+    pub seconds_sampling: f64,
+    /// Seconds in the samples' recalibration and evaluation passes.
+    pub seconds_passes: f64,
     /// Seconds in all.
     pub seconds: f64,
 }
@@ -331,7 +336,7 @@ fn moments(
     Ok((Moments { file, _staged: staged, rank, constant }, saver))
 }
 
-/// A counter-based stream of standard-normal draws (SplitMix64 → Box–Muller), one per (seed,
+/// A counter-based stream of standard-normal draws (SplitMix64 → Marsaglia's polar method), one per (seed,
 /// sample, block), so that any part draws a sample's values alike.
 struct Normal {
     state: u64,
@@ -354,20 +359,26 @@ impl Normal {
         z ^ (z >> 31)
     }
 
+    /// Uniform on (0, 1].
     fn uniform(&mut self) -> f64 {
-        // (0, 1]: never 0, whose log is −∞.
         ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
     }
 
+    /// Marsaglia's polar method: two draws per accepted pair, no trigonometry.
     fn draw(&mut self) -> f64 {
         if let Some(z) = self.spare.take() {
             return z;
         }
-        let (u, v) = (self.uniform(), self.uniform());
-        let r = (-2.0 * u.ln()).sqrt();
-        let angle = std::f64::consts::TAU * v;
-        self.spare = Some(r * angle.sin());
-        r * angle.cos()
+        loop {
+            let u = 2.0 * self.uniform() - 1.0;
+            let v = 2.0 * self.uniform() - 1.0;
+            let r = u * u + v * v;
+            if r > 0.0 && r < 1.0 {
+                let f = (-2.0 * r.ln() / r).sqrt();
+                self.spare = Some(v * f);
+                return u * f;
+            }
+        }
     }
 }
 
@@ -402,8 +413,13 @@ impl Draws {
     }
 }
 
+/// Float32 values from little-endian bytes.
+fn f32s(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
 /// Sample `s` as a checkpoint: its parameters (in the newest checkpoint's types) and the newest
-/// checkpoint's other tensors.
+/// checkpoint's other tensors. Blocks of every parameter are drawn on all cores.
 fn sample(
     s: usize,
     params: &[Param],
@@ -416,36 +432,32 @@ fn sample(
     let z2 = draws.low_rank(s, total, m.rank);
     let root = scale.sqrt();
     let low = if m.rank > 1 { 1.0 / ((m.rank - 1) as f64).sqrt() } else { 0.0 };
-    let read = |name: String| -> Vec<f64> {
+    let bytes_of = |name: String| {
         let t = m.file.get(&name).expect("written");
-        dtype::to_f64(Dtype::F32, m.file.bytes(t))
+        m.file.bytes(t)
     };
     let mut out = Checkpoint::empty(&newest.path().with_extension(format!("swag-sample-{s}")));
-    let values: Vec<(usize, Vec<u8>)> = params
-        .par_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let (mean, var) = (read(format!("{}.mean", p.name)), read(format!("{}.var", p.name)));
-            let dev = (m.rank > 0).then(|| read(format!("{}.dev", p.name)));
-            let mut theta = vec![0f64; p.numel];
-            for start in (0..p.numel).step_by(BLOCK) {
-                let end = (start + BLOCK).min(p.numel);
-                let z1 = draws.diagonal(s, p.offset + start, end - start);
-                for j in start..end {
-                    let mut r = var[j].sqrt() * z1[j - start];
-                    if let Some(d) = &dev {
-                        r += low * (0..m.rank).map(|k| d[k * p.numel + j] * z2[k]).sum::<f64>();
-                    }
-                    theta[j] = mean[j] + root * r;
+    for p in params {
+        let width = dtype::width(p.dtype);
+        let (mean, var) = (bytes_of(format!("{}.mean", p.name)), bytes_of(format!("{}.var", p.name)));
+        let dev = (m.rank > 0).then(|| bytes_of(format!("{}.dev", p.name)));
+        let mut bytes = vec![0u8; p.numel * width];
+        bytes.par_chunks_mut(BLOCK * width).enumerate().for_each(|(b, chunk)| {
+            let start = b * BLOCK;
+            let len = chunk.len() / width;
+            let z1 = draws.diagonal(s, p.offset + start, len);
+            let range = start * 4..(start + len) * 4;
+            let mut theta: Vec<f64> = f32s(&var[range.clone()]).zip(&z1).map(|(v, z)| (v as f64).sqrt() * z).collect();
+            if let Some(d) = dev {
+                for (k, &zk) in z2.iter().enumerate() {
+                    let row = &d[(k * p.numel + start) * 4..(k * p.numel + start + len) * 4];
+                    let w = low * zk;
+                    theta.iter_mut().zip(f32s(row)).for_each(|(t, x)| *t += w * x as f64);
                 }
             }
-            let mut bytes = vec![0u8; p.numel * dtype::width(p.dtype)];
-            dtype::encode(p.dtype, &theta, &mut bytes);
-            (i, bytes)
-        })
-        .collect();
-    for (i, bytes) in values {
-        let p = &params[i];
+            theta.iter_mut().zip(f32s(&mean[range])).for_each(|(t, mu)| *t = mu as f64 + root * *t);
+            dtype::encode(p.dtype, &theta, chunk);
+        });
         out.push_owned(p.name.clone(), p.dtype, p.shape.clone(), bytes)?;
     }
     for t in newest.tensors().iter().filter(|t| t.role.is_buffer()) {
@@ -652,22 +664,39 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
     let newest = checkpoints.last().expect("two at least");
     let mut drawn = Vec::new();
     let mut first: Option<Evaluation> = None;
-    for s in drawn_by(opts.part, opts.samples) {
-        crate::progress::check_stop()?;
-        let bound =
-            binder.bind(Some(sample(s, &params, &moments, &draws, opts.scale, newest)?), opts.allow_missing_weights)?;
-        let mut prepared = Prepared::new(bound)?;
-        let result = recalibrate::compute(&prepared, &opts.pass)?;
-        let names = crate::onnx::bn::apply(&mut prepared.bound.model, &prepared.layers, &result.stats)?;
-        if let Some(dir) = &samples_dir {
-            let meta = BTreeMap::from([("swag_sample".to_string(), s.to_string())]);
-            let file = dir.path().join(format!("sample_{s:03}.safetensors"));
-            recalibrate::stage_weights(&prepared, &names, &result, &file, &meta)?.publish()?;
+    let (mut seconds_sampling, mut seconds_passes) = (0.0, 0.0);
+    let order = drawn_by(opts.part, opts.samples);
+    // The next sample is drawn on another thread while this one's passes run.
+    std::thread::scope(|scope| -> Result<()> {
+        let draw = |s: usize| {
+            let (params, moments, draws, newest, binder) = (&params, &moments, &draws, newest, &binder);
+            scope.spawn(move || -> Result<Prepared> {
+                let ck = sample(s, params, moments, draws, opts.scale, newest)?;
+                Prepared::new(binder.bind(Some(ck), opts.allow_missing_weights)?)
+            })
+        };
+        let mut next = order.first().map(|&s| draw(s));
+        for (i, &s) in order.iter().enumerate() {
+            crate::progress::check_stop()?;
+            let waiting = Instant::now();
+            let mut prepared = next.take().expect("drawn").join().expect("the sampler does not panic")?;
+            next = order.get(i + 1).map(|&s| draw(s));
+            seconds_sampling += waiting.elapsed().as_secs_f64();
+            let passing = Instant::now();
+            let result = recalibrate::compute(&prepared, &opts.pass)?;
+            let names = crate::onnx::bn::apply(&mut prepared.bound.model, &prepared.layers, &result.stats)?;
+            if let Some(dir) = &samples_dir {
+                let meta = BTreeMap::from([("swag_sample".to_string(), s.to_string())]);
+                let file = dir.path().join(format!("sample_{s:03}.safetensors"));
+                recalibrate::stage_weights(&prepared, &names, &result, &file, &meta)?.publish()?;
+            }
+            let evaluation = crate::ensemble::member(&prepared.bound.model, &opts.eval, &mut mean)?;
+            seconds_passes += passing.elapsed().as_secs_f64();
+            drawn.push(SampleScore { sample: s, score: evaluation.score() });
+            first.get_or_insert(evaluation);
         }
-        let evaluation = crate::ensemble::member(&prepared.bound.model, &opts.eval, &mut mean)?;
-        drawn.push(SampleScore { sample: s, score: evaluation.score() });
-        first.get_or_insert(evaluation);
-    }
+        Ok(())
+    })?;
     let first = first.expect("a part draws one sample at least");
     let mut outputs = Vec::new();
     let evaluation = if opts.part == Part::WHOLE {
@@ -716,6 +745,8 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
         evaluation,
         outputs,
         seconds_moments,
+        seconds_sampling,
+        seconds_passes,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -41,7 +41,8 @@ from ._errors import (
 )
 
 __all__ = [
-    "average", "recalibrate", "evaluate", "run", "soup", "inspect", "merge_stats", "merge_eval", "doctor",
+    "average", "recalibrate", "evaluate", "run", "soup", "ensemble", "swag", "inspect", "merge_stats", "merge_eval",
+    "doctor",
     "Result", "Error", "UsageError", "InputError", "TensorError", "NodeError", "BatchError",
     "OnnxRuntimeError", "GateFailed", "SwaWarning", "__version__",
 ]
@@ -138,6 +139,14 @@ class SoupResult(Result):
     """What :func:`soup` chose and wrote."""
 
 
+class EnsembleResult(Result):
+    """The members alone and their ensemble (:func:`ensemble`)."""
+
+
+class SwagResult(Result):
+    """SWAG's moments, its samples alone and their model average (:func:`swag`)."""
+
+
 class InspectResult(Result):
     """What :func:`inspect` found."""
 
@@ -183,8 +192,13 @@ def _check(command: str, kwargs: dict[str, Any]) -> None:
                                  f"are fed to the model as they are: do this in your transform", keyword=option)
     # Commands that read a set more than once (every checkpoint or soup candidate evaluated, or
     # recalibrated) cannot read a generator.
-    again = {"run": ["eval_batches", "select_batches"], "soup": ["eval_batches", "select_batches", "train_batches"]}
-    if command == "run" and (given("recalibrate_each") or given("soup")):
+    again = {
+        "run": ["eval_batches", "select_batches"],
+        "soup": ["eval_batches", "select_batches", "train_batches"],
+        "ensemble": ["eval_batches", "train_batches"],
+        "swag": ["eval_batches", "train_batches"],
+    }
+    if command == "run" and any(given(k) for k in ("recalibrate_each", "soup", "ensemble", "swag")):
         again["run"].append("train_batches")
     for key in again.get(command, []):
         if key in batches and _is_iterator(kwargs[key]):
@@ -318,6 +332,19 @@ def run(**opts: Any) -> RunResult:
 def soup(**opts: Any) -> SoupResult:
     """Chooses checkpoints to average by held-out accuracy (``swa soup``)."""
     return _call("soup", SoupResult, opts)
+
+
+def ensemble(**opts: Any) -> EnsembleResult:
+    """The checkpoint ensemble (``swa ensemble``): the mean of the members' predictions on
+    ``eval_batches=`` / ``eval_inputs=``, with stored statistics and, given ``train_batches=`` /
+    ``train_inputs=``, recalibrated ones."""
+    return _call("ensemble", EnsembleResult, opts)
+
+
+def swag(**opts: Any) -> SwagResult:
+    """SWAG from the checkpoints (``swa swag``): the model average of ``swag_samples=`` samples,
+    each with BatchNorm refitted on ``train_batches=`` / ``train_inputs=``."""
+    return _call("swag", SwagResult, opts)
 
 
 def inspect(path: Any, **opts: Any) -> InspectResult:

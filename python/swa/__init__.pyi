@@ -58,7 +58,12 @@ class EvaluateResult(Result):
     topk: float
     k: int
     loss: float
+    ece: float
+    brier: float
+    reliability: list[Any]
     per_class: list[Any]
+    temperature: Any
+    """`value`, `fit` and the figures `before` it (with temperature=)."""
     # every other task: its name and the figure that scores it
     task: str
     score: str | float
@@ -102,6 +107,9 @@ class RunResult(Result):
     task: str
     score: str
     timings: Any
+    comparison: list[Any]
+    """With ensemble=, swag= or temperature=: every model's figures and cost (`passes`, `seconds`, `models`)."""
+    temperature: Any
 
 class SoupResult(Result):
     method: str
@@ -112,6 +120,35 @@ class SoupResult(Result):
     best_single: Any
     n_models: int
     outputs: list[str]
+    seconds: float
+
+class EnsembleResult(Result):
+    members: list[Any]
+    """Each member alone: `name`, `stored`, `recalibrated`."""
+    prediction: str
+    stored: Any
+    """The ensemble with the members' stored statistics (an evaluation's figures)."""
+    recalibrated: Any
+    passes: int
+    seconds: float
+
+class SwagResult(Result):
+    models: int
+    rank: int
+    """K, the deviations kept (0: SWAG-diagonal)."""
+    parameters: int
+    constant: list[str]
+    scale: float
+    samples: int
+    drawn: list[Any]
+    """Each sample drawn here alone: `sample`, `score`."""
+    evaluation: Any
+    """The Bayesian model average's figures (absent for a part)."""
+    outputs: list[str]
+    passes: int
+    seconds_moments: float
+    seconds_sampling: float
+    seconds_passes: float
     seconds: float
 
 class InspectResult(Result):
@@ -308,6 +345,10 @@ def evaluate(
     streams: int | None = None,
     min_accuracy: float | None = None,
     gate: Sequence[Path] | Path | None = None,
+    temperature: Literal['fit'] | float | None = None,
+    calibration_inputs: Path | None = None,
+    calibration_batches: Iterable[Any] | None = None,
+    calibration_labels: Path | None = None,
     shard: str | None = None,
     partial_out: Path | None = None,
     save_outputs: Path | None = None,
@@ -329,7 +370,8 @@ def evaluate(
         batches (--inputs): Instead of inputs: batches from Python (a DataLoader, a generator...).
         labels (--labels): The targets, typed by --task: class indices [N] (not needed when the inputs
             carry them: class folders, a Parquet label column), float values [N] or [N, D] (regression), 0/1
-            rows [N, C] (multilabel), or masks [N, H, W] (segmentation; or --masks)
+            rows [N, C] (multilabel), or masks [N, H, W] (segmentation; or --masks); for an image folder,
+            also a CSV or Parquet table of file names and values
         resize (--resize): Resize the shorter side to N pixels, or to exactly H,W (bilinear,
             antialiased: transforms.Resize)
         center_crop (--center-crop): Crop the centre N×N (or H×W) pixels (transforms.CenterCrop)
@@ -383,6 +425,15 @@ def evaluate(
             `miou>=0.72`, `rmse<=0.1`, `top5>=0.97`, `ap_macro>=0.8`, or any number a --metric-command
             prints (repeatable; all must pass; fractions, not percentages). A NaN figure, or any sample's
             non-finite outputs, fails it (`swa run`: the recalibrated SWA model's)
+        temperature (--temperature): Divide the logits by a temperature T before scoring: `fit` finds
+            the T that minimises the NLL on --calibration-inputs (Newton's method on 1/T), or give T. The
+            figures without it are reported beside
+        calibration_inputs (--calibration-inputs): Held-out samples the temperature is fitted on (not
+            the evaluation's own)
+        calibration_batches (--calibration-inputs): Instead of calibration_inputs: batches from Python
+            (a DataLoader, a generator...).
+        calibration_labels (--calibration-labels): Class indices of --calibration-inputs (not needed
+            when the inputs carry them)
         shard (--shard): Evaluate only part I of N of the batches (contiguous ranges of whole batches,
             counting from 0), for `swa merge-eval`; needs --partial-out
         partial_out (--partial-out): Write this part's counts (JSON) instead of metrics, for `swa merge-
@@ -423,6 +474,21 @@ def run(
     select_inputs: Path | None = None,
     select_batches: Iterable[Any] | None = None,
     select_labels: Path | None = None,
+    ensemble: bool = False,
+    swag: bool = False,
+    rank: int | None = None,
+    swag_samples: int | None = None,
+    scale: float | None = None,
+    diag: bool = False,
+    draws: Path | None = None,
+    save_moments: Path | None = None,
+    save_samples: Path | None = None,
+    bn_samples: int | None = None,
+    temperature: Literal['fit'] | float | None = None,
+    calibration_inputs: Path | None = None,
+    calibration_batches: Iterable[Any] | None = None,
+    calibration_labels: Path | None = None,
+    temperature_in_onnx: bool = False,
     stats: Literal['precise', 'torch'] | None = None,
     batch_size: int | None = None,
     max_samples: int | None = None,
@@ -473,7 +539,8 @@ def run(
         eval_batches (--eval-inputs): Instead of eval_inputs: batches from Python (a DataLoader, a
             generator...).
         eval_labels (--eval-labels): Held-out targets, typed by --task (class indices, values, 0/1 rows,
-            masks; not needed when the inputs carry them)
+            masks; a CSV table of file names and values for an image folder; not needed when the inputs
+            carry them)
         resize (--resize): Resize the shorter side to N pixels, or to exactly H,W (bilinear,
             antialiased: transforms.Resize)
         center_crop (--center-crop): Crop the centre N×N (or H×W) pixels (transforms.CenterCrop)
@@ -498,6 +565,37 @@ def run(
         select_batches (--select-inputs): Instead of select_inputs: batches from Python (a DataLoader, a
             generator...).
         select_labels (--select-labels): Targets of the select split, typed by --task
+        ensemble (--ensemble): Also evaluate the ensemble of the selected checkpoints (the mean of their
+            predictions), with stored and recalibrated statistics, from the checkpoints' own evaluation
+            passes
+        swag (--swag): Also SWAG over the selected checkpoints: the model average of --swag-samples
+            samples, each with BatchNorm refitted; reported beside SWA and the ensemble
+        rank (--rank): K: the last K checkpoints' deviations from the running mean make SWAG's low-rank
+            covariance (default: min(20, checkpoints), as swa_gaussian keeps; 1 gives diagonal SWAG)
+        swag_samples (--swag-samples): S: samples drawn from SWAG's Gaussian, each with BatchNorm
+            refitted, whose predictions are averaged (the Bayesian model average)
+        scale (--scale): The covariance scale (swa_gaussian's `scale`; the paper's runs use 0.5)
+        diag (--diag): SWAG-diagonal: the variance alone, no low-rank term
+        draws (--draws): Standard-normal draws to use instead of --seed's (.npy [S, P + K]: z1 over the
+            parameters in name order, then z2), for comparing with another implementation
+        save_moments (--save-moments): Write SWAG's moments (safetensors, swa_gaussian's state-dict
+            names: base.NAME_mean, base.NAME_sq_mean, base.NAME_cov_mat_sqrt, n_models)
+        save_samples (--save-samples): Write every sampled model (safetensors with its refitted
+            statistics) into this new directory
+        bn_samples (--bn-samples): Refit each sample's BatchNorm on this many training samples, drawn at
+            random with --seed (default: --max-samples, or all)
+        temperature (--temperature): Divide the logits by a temperature T before scoring: `fit` finds
+            the T that minimises the NLL on --calibration-inputs (Newton's method on 1/T), or give T. The
+            figures without it are reported beside
+        calibration_inputs (--calibration-inputs): Held-out samples the temperature is fitted on (not
+            the evaluation's own)
+        calibration_batches (--calibration-inputs): Instead of calibration_inputs: batches from Python
+            (a DataLoader, a generator...).
+        calibration_labels (--calibration-labels): Class indices of --calibration-inputs (not needed
+            when the inputs carry them)
+        temperature_in_onnx (--temperature-in-onnx): Divide the logits of model_swa.onnx by the
+            temperature (a `Div` node named swa_temperature_scaling), so deployment gets calibrated
+            probabilities
         stats (--stats): precise: pooled population statistics; torch: update_bn's mean over batches
             (with only BatchNorm in training mode, where update_bn also trains dropout and stochastic depth)
         batch_size (--batch-size): Samples per batch of the recalibration pass
@@ -705,6 +803,292 @@ def soup(
         quiet (--quiet): Hide progress bars (they are hidden anyway when stderr is not a terminal)
     """
 
+def ensemble(
+    *,
+    model: Path | None = None,
+    checkpoints: Sequence[Path | StateDict] | Path | StateDict | None = None,
+    from_: int | None = None,
+    to: int | None = None,
+    last: int | None = None,
+    every: int | None = None,
+    key: str | None = None,
+    allow_missing_weights: bool = False,
+    eval_inputs: Path | None = None,
+    eval_batches: Iterable[Any] | None = None,
+    eval_labels: Path | None = None,
+    train_inputs: Path | None = None,
+    train_batches: Iterable[Any] | None = None,
+    resize: int | Sequence[int] | None = None,
+    center_crop: int | Sequence[int] | None = None,
+    mean: Sequence[float] | str | None = None,
+    std: Sequence[float] | str | None = None,
+    preset: Literal['imagenet'] | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    skip_bad_images: bool = False,
+    max_image_pixels: int | None = None,
+    stats: Literal['precise', 'torch'] | None = None,
+    batch_size: int | None = None,
+    max_samples: int | None = None,
+    shuffle: bool = False,
+    seed: int | None = None,
+    eval_batch_size: int | None = None,
+    select_masks: Path | None = None,
+    task: Literal['classification', 'multilabel', 'regression', 'segmentation'] | None = None,
+    score: str | None = None,
+    top_k: int | None = None,
+    threshold: Path | None = None,
+    ignore_index: int | None = None,
+    masks: Path | None = None,
+    mask_map: Path | None = None,
+    metric_command: Path | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+    tf32: bool = False,
+    streams: int | None = None,
+    quiet: bool = False,
+) -> EnsembleResult:
+    """`swa ensemble`, with its flags as keywords.
+
+    Args:
+        model (--model): The ONNX model (exported with BatchNorm kept, to recalibrate it)
+        checkpoints (--checkpoints): Checkpoints: directories or files (`swa run` evaluates all of them
+            and averages the selection; `swa soup` takes the selection as candidates)
+        from_ (--from): First number to use (inclusive): `--from 10` keeps epoch_010 and later
+        to (--to): Last number to use (inclusive)
+        last (--last): Keep only the last N checkpoints (after --from/--to/--every)
+        every (--every): Keep every K-th checkpoint, starting with the first
+        key (--key): The state dict to read in torch.save files (default: state_dict, model,
+            model_state_dict, module, net, or the file itself): e.g. state_dict_ema,
+            callbacks.EMA.ema_state_dict
+        allow_missing_weights (--allow-missing-weights): Keep the model's own values for weights that a
+            checkpoint lacks (formerly --allow-partial)
+        eval_inputs (--eval-inputs): Held-out inputs (.npy, .npz, a folder of class folders of images,
+            Parquet)
+        eval_batches (--eval-inputs): Instead of eval_inputs: batches from Python (a DataLoader, a
+            generator...).
+        eval_labels (--eval-labels): Held-out targets, typed by --task (not needed when the inputs carry
+            them)
+        train_inputs (--train-inputs): Training samples: also the ensemble of the members with BatchNorm
+            recalibrated on them
+        train_batches (--train-inputs): Instead of train_inputs: batches from Python (a DataLoader, a
+            generator...).
+        resize (--resize): Resize the shorter side to N pixels, or to exactly H,W (bilinear,
+            antialiased: transforms.Resize)
+        center_crop (--center-crop): Crop the centre N×N (or H×W) pixels (transforms.CenterCrop)
+        mean (--mean): Subtract this mean after scaling to [0, 1]: one value or one per channel
+            (transforms.Normalize)
+        std (--std): Divide by this std after subtracting the mean
+        preset (--preset): A named preprocessing; --resize, --center-crop, --mean and --std override its
+            parts
+        image_column (--image-column): The Parquet column of encoded images (bytes, or a struct with a
+            `bytes` field)
+        label_column (--label-column): The Parquet column of integer labels
+        skip_bad_images (--skip-bad-images): Skip images that cannot be decoded (each is named and
+            counted in the summary) instead of stopping
+        max_image_pixels (--max-image-pixels): The most pixels an image may have, decoded or resized;
+            larger ones are bad images (the default is where PIL refuses a decompression bomb: twice
+            Image.MAX_IMAGE_PIXELS)
+        stats (--stats): precise: pooled population statistics; torch: update_bn's mean over batches
+            (with only BatchNorm in training mode, where update_bn also trains dropout and stochastic depth)
+        batch_size (--batch-size): Samples per batch of the recalibration pass
+        max_samples (--max-samples): Use this many training samples, drawn uniformly at random (with
+            --seed; the same ones in every --shard part), not the first N (in an image folder, the first
+            classes only)
+        shuffle (--shuffle): Read the training batches in shuffled order, as a training DataLoader does:
+            --stats torch, update_bn's mean over batches, depends on which samples share a batch
+        seed (--seed): The seed of --max-samples' draw and of --shuffle's order
+        eval_batch_size (--eval-batch-size): Samples per evaluation batch
+        select_masks (--select-masks): The segmentation masks of --select-inputs, as --masks gives those
+            of --eval-inputs
+        task (--task): What the model's outputs are: class logits [N, C] against class indices
+            (classification), scores [N, C] against multi-hot rows (multilabel), values [N, D] against float
+            targets (regression), or logits [N, C, H, W] against masks (segmentation). Never guessed
+        score (--score): The figure that scores a model (ranks checkpoints and soups, reports the gain),
+            instead of the task's own (top1; multilabel ap_macro; regression r2; segmentation miou): e.g.
+            rmse, f1_macro, pixel_accuracy, loss
+        top_k (--top-k): k of the top-k accuracy (classification; default 5)
+        threshold (--threshold): The probability above which a label is predicted, for F1 and exact
+            match (multilabel; default 0.5)
+        ignore_index (--ignore-index): The mask value of pixels left out (segmentation; default 255;
+            -100 as PyTorch's loss)
+        masks (--masks): A folder of segmentation masks (palette or grey PNGs of class indices) named as
+            the images are (`x.jpg` → `x.png`, in the same subfolders). Not needed for VOC (`JPEGImages/` +
+            `SegmentationClass/`), Cityscapes (`leftImg8bit/` + `gtFine/`) and ADE20K (`images/` +
+            `annotations/`) folders
+        mask_map (--mask-map): Remap mask values before scoring: FROM:TO pairs (`0:255,255:0`), or
+            `reduce-zero` (0 = unlabelled → the ignore index, k → k-1, as mmsegmentation's
+            reduce_zero_label). ADE20K's folders are read so unless this is given
+        metric_command (--metric-command): Score with your own program: `CMD {outputs} {labels}` runs on
+            .npy files of the model's outputs and the targets (in sample order) and prints one JSON object
+            of figures with a `score`, higher is better (e.g. `python coco_map.py {outputs} {labels}`)
+        device (--device): cpu, cuda or cuda:N. CUDA that cannot be used is an error, never a silent
+            fallback
+        threads (--threads): ONNX Runtime intra-op threads (default: all cores)
+        tf32 (--tf32): With --device cuda: allow TF32 in convolutions and matrix products (about 2x
+            faster on Ampere and later; statistics move by about 1e-3 relative, so the default is full fp32)
+        streams (--streams): With --device cuda: batches run at once, each in its own ONNX Runtime
+            session and CUDA stream, so one batch's copies and launches overlap another's kernels (default
+            2; 1 halves the GPU memory for activations; at most 16)
+        quiet (--quiet): Hide progress bars (they are hidden anyway when stderr is not a terminal)
+    """
+
+def swag(
+    *,
+    model: Path | None = None,
+    checkpoints: Sequence[Path | StateDict] | Path | StateDict | None = None,
+    from_: int | None = None,
+    to: int | None = None,
+    last: int | None = None,
+    every: int | None = None,
+    key: str | None = None,
+    allow_missing_weights: bool = False,
+    train_inputs: Path | None = None,
+    train_batches: Iterable[Any] | None = None,
+    eval_inputs: Path | None = None,
+    eval_batches: Iterable[Any] | None = None,
+    eval_labels: Path | None = None,
+    rank: int | None = None,
+    swag_samples: int | None = None,
+    scale: float | None = None,
+    diag: bool = False,
+    draws: Path | None = None,
+    save_moments: Path | None = None,
+    save_samples: Path | None = None,
+    bn_samples: int | None = None,
+    part: str | None = None,
+    partial_out: Path | None = None,
+    resize: int | Sequence[int] | None = None,
+    center_crop: int | Sequence[int] | None = None,
+    mean: Sequence[float] | str | None = None,
+    std: Sequence[float] | str | None = None,
+    preset: Literal['imagenet'] | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    skip_bad_images: bool = False,
+    max_image_pixels: int | None = None,
+    stats: Literal['precise', 'torch'] | None = None,
+    batch_size: int | None = None,
+    max_samples: int | None = None,
+    shuffle: bool = False,
+    seed: int | None = None,
+    eval_batch_size: int | None = None,
+    select_masks: Path | None = None,
+    task: Literal['classification', 'multilabel', 'regression', 'segmentation'] | None = None,
+    score: str | None = None,
+    top_k: int | None = None,
+    threshold: Path | None = None,
+    ignore_index: int | None = None,
+    masks: Path | None = None,
+    mask_map: Path | None = None,
+    metric_command: Path | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+    tf32: bool = False,
+    streams: int | None = None,
+    quiet: bool = False,
+) -> SwagResult:
+    """`swa swag`, with its flags as keywords.
+
+    Args:
+        model (--model): The ONNX model (exported with BatchNorm kept, to recalibrate it)
+        checkpoints (--checkpoints): Checkpoints: directories or files (`swa run` evaluates all of them
+            and averages the selection; `swa soup` takes the selection as candidates)
+        from_ (--from): First number to use (inclusive): `--from 10` keeps epoch_010 and later
+        to (--to): Last number to use (inclusive)
+        last (--last): Keep only the last N checkpoints (after --from/--to/--every)
+        every (--every): Keep every K-th checkpoint, starting with the first
+        key (--key): The state dict to read in torch.save files (default: state_dict, model,
+            model_state_dict, module, net, or the file itself): e.g. state_dict_ema,
+            callbacks.EMA.ema_state_dict
+        allow_missing_weights (--allow-missing-weights): Keep the model's own values for weights that a
+            checkpoint lacks (formerly --allow-partial)
+        train_inputs (--train-inputs): Training samples each sample's BatchNorm is refitted on (--bn-
+            samples N of them)
+        train_batches (--train-inputs): Instead of train_inputs: batches from Python (a DataLoader, a
+            generator...).
+        eval_inputs (--eval-inputs): Held-out inputs
+        eval_batches (--eval-inputs): Instead of eval_inputs: batches from Python (a DataLoader, a
+            generator...).
+        eval_labels (--eval-labels): Held-out targets, typed by --task (not needed when the inputs carry
+            them)
+        rank (--rank): K: the last K checkpoints' deviations from the running mean make SWAG's low-rank
+            covariance (default: min(20, checkpoints), as swa_gaussian keeps; 1 gives diagonal SWAG)
+        swag_samples (--swag-samples): S: samples drawn from SWAG's Gaussian, each with BatchNorm
+            refitted, whose predictions are averaged (the Bayesian model average)
+        scale (--scale): The covariance scale (swa_gaussian's `scale`; the paper's runs use 0.5)
+        diag (--diag): SWAG-diagonal: the variance alone, no low-rank term
+        draws (--draws): Standard-normal draws to use instead of --seed's (.npy [S, P + K]: z1 over the
+            parameters in name order, then z2), for comparing with another implementation
+        save_moments (--save-moments): Write SWAG's moments (safetensors, swa_gaussian's state-dict
+            names: base.NAME_mean, base.NAME_sq_mean, base.NAME_cov_mat_sqrt, n_models)
+        save_samples (--save-samples): Write every sampled model (safetensors with its refitted
+            statistics) into this new directory
+        bn_samples (--bn-samples): Refit each sample's BatchNorm on this many training samples, drawn at
+            random with --seed (default: --max-samples, or all)
+        part (--part): Draw only samples I, I+N, … of the S (counting from 0), for `swa merge-eval`,
+            which adds the parts' predictions into the model average; needs --partial-out
+        partial_out (--partial-out): Where a part writes its summed predictions (.npz)
+        resize (--resize): Resize the shorter side to N pixels, or to exactly H,W (bilinear,
+            antialiased: transforms.Resize)
+        center_crop (--center-crop): Crop the centre N×N (or H×W) pixels (transforms.CenterCrop)
+        mean (--mean): Subtract this mean after scaling to [0, 1]: one value or one per channel
+            (transforms.Normalize)
+        std (--std): Divide by this std after subtracting the mean
+        preset (--preset): A named preprocessing; --resize, --center-crop, --mean and --std override its
+            parts
+        image_column (--image-column): The Parquet column of encoded images (bytes, or a struct with a
+            `bytes` field)
+        label_column (--label-column): The Parquet column of integer labels
+        skip_bad_images (--skip-bad-images): Skip images that cannot be decoded (each is named and
+            counted in the summary) instead of stopping
+        max_image_pixels (--max-image-pixels): The most pixels an image may have, decoded or resized;
+            larger ones are bad images (the default is where PIL refuses a decompression bomb: twice
+            Image.MAX_IMAGE_PIXELS)
+        stats (--stats): precise: pooled population statistics; torch: update_bn's mean over batches
+            (with only BatchNorm in training mode, where update_bn also trains dropout and stochastic depth)
+        batch_size (--batch-size): Samples per batch of the recalibration pass
+        max_samples (--max-samples): Use this many training samples, drawn uniformly at random (with
+            --seed; the same ones in every --shard part), not the first N (in an image folder, the first
+            classes only)
+        shuffle (--shuffle): Read the training batches in shuffled order, as a training DataLoader does:
+            --stats torch, update_bn's mean over batches, depends on which samples share a batch
+        seed (--seed): The seed of --max-samples' draw and of --shuffle's order
+        eval_batch_size (--eval-batch-size): Samples per evaluation batch
+        select_masks (--select-masks): The segmentation masks of --select-inputs, as --masks gives those
+            of --eval-inputs
+        task (--task): What the model's outputs are: class logits [N, C] against class indices
+            (classification), scores [N, C] against multi-hot rows (multilabel), values [N, D] against float
+            targets (regression), or logits [N, C, H, W] against masks (segmentation). Never guessed
+        score (--score): The figure that scores a model (ranks checkpoints and soups, reports the gain),
+            instead of the task's own (top1; multilabel ap_macro; regression r2; segmentation miou): e.g.
+            rmse, f1_macro, pixel_accuracy, loss
+        top_k (--top-k): k of the top-k accuracy (classification; default 5)
+        threshold (--threshold): The probability above which a label is predicted, for F1 and exact
+            match (multilabel; default 0.5)
+        ignore_index (--ignore-index): The mask value of pixels left out (segmentation; default 255;
+            -100 as PyTorch's loss)
+        masks (--masks): A folder of segmentation masks (palette or grey PNGs of class indices) named as
+            the images are (`x.jpg` → `x.png`, in the same subfolders). Not needed for VOC (`JPEGImages/` +
+            `SegmentationClass/`), Cityscapes (`leftImg8bit/` + `gtFine/`) and ADE20K (`images/` +
+            `annotations/`) folders
+        mask_map (--mask-map): Remap mask values before scoring: FROM:TO pairs (`0:255,255:0`), or
+            `reduce-zero` (0 = unlabelled → the ignore index, k → k-1, as mmsegmentation's
+            reduce_zero_label). ADE20K's folders are read so unless this is given
+        metric_command (--metric-command): Score with your own program: `CMD {outputs} {labels}` runs on
+            .npy files of the model's outputs and the targets (in sample order) and prints one JSON object
+            of figures with a `score`, higher is better (e.g. `python coco_map.py {outputs} {labels}`)
+        device (--device): cpu, cuda or cuda:N. CUDA that cannot be used is an error, never a silent
+            fallback
+        threads (--threads): ONNX Runtime intra-op threads (default: all cores)
+        tf32 (--tf32): With --device cuda: allow TF32 in convolutions and matrix products (about 2x
+            faster on Ampere and later; statistics move by about 1e-3 relative, so the default is full fp32)
+        streams (--streams): With --device cuda: batches run at once, each in its own ONNX Runtime
+            session and CUDA stream, so one batch's copies and launches overlap another's kernels (default
+            2; 1 halves the GPU memory for activations; at most 16)
+        quiet (--quiet): Hide progress bars (they are hidden anyway when stderr is not a terminal)
+    """
+
 def inspect(
     path: Path,
     *,
@@ -765,8 +1149,9 @@ def merge_eval(
     """`swa merge-eval`, with its flags as keywords.
 
     Args:
-        partials (PARTIALS): Partial evaluations (`swa evaluate --shard I/N --partial-out`), every part
-            once, any order
+        partials (PARTIALS): Partial evaluations (`swa evaluate --shard I/N --partial-out`), or the
+            parts of a SWAG model average (`swa swag --part I/N --partial-out P.npz`): every part once, any
+            order
         min_accuracy (--min-accuracy): Exit with code 1 when top-1 accuracy is below this (a fraction,
             0..=1), or when any sample's logits are not finite (`swa run`: the recalibrated SWA model's).
             The same as --gate 'top1>=A'

@@ -447,7 +447,12 @@ pub fn swag(s: &swa::swag::SwagSummary) -> String {
                 writeln!(o, "{} of {} samples drawn: merge the parts with swa merge-eval", s.drawn.len(), s.samples);
         }
     }
-    let _ = writeln!(o, "{} passes over the data in {:.1} s", s.passes, s.seconds);
+    let _ = writeln!(
+        o,
+        "{} passes over the data in {:.1} s ({:.1} s in the passes, {:.1} s drawing and binding the samples, {:.1} s \
+         taking the moments)",
+        s.passes, s.seconds, s.seconds_passes, s.seconds_sampling, s.seconds_moments
+    );
     wrote(&mut o, &[], &s.outputs);
     o
 }

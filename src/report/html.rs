@@ -522,11 +522,9 @@ pub fn html(r: &Report) -> String {
         _ => String::new(),
     };
     let comparison = match table::comparison(r) {
-        Some(t) => format!(
-            "<h2>SWA, ensemble or SWAG?</h2><p>{}</p>{}",
-            escape(&super::comparison_sentence(r)),
-            render(&t)
-        ),
+        Some(t) => {
+            format!("<h2>SWA, ensemble or SWAG?</h2><p>{}</p>{}", escape(&super::comparison_sentence(r)), render(&t))
+        }
         None => String::new(),
     };
     let times = render(&table::timings(r));
