@@ -237,6 +237,9 @@ pub fn partial_eval(data: &[u8]) {
                 assert!((0.0..=1.0).contains(&m.top1) && (m.top1..=1.0).contains(&m.topk), "{m:?}");
                 assert!(m.loss.is_nan() || m.loss >= 0.0, "{m:?}");
                 assert!(m.nonfinite <= m.samples);
+                // Checked bins: an ECE within 0..=1, a Brier score within 0..=2.
+                assert!(m.ece.is_none_or(|e| (0.0..=1.0 + 1e-9).contains(&e)), "{m:?}");
+                assert!(m.brier.is_none_or(|b| (0.0..=2.0 + 1e-9).contains(&b)), "{m:?}");
             }
             Metrics::Segmentation(m) => {
                 assert!(m.nonfinite <= m.samples);
@@ -263,6 +266,20 @@ pub fn partial_eval(data: &[u8]) {
         .map(|i| eval::PartialEval { shard: swa::part::Part::new(i, 2).expect("0 and 1 of 2"), ..p.clone() })
         .collect();
     check(eval::merge(&[file.0.clone(), file.0.clone()], &halves));
+}
+
+/// A part of a SWAG model average (the `.npz` of `swa swag --part I/N --partial-out`): read as
+/// `swa merge-eval` reads it, and merged alone (a part of one) and with itself (refused: its
+/// samples twice). What a merge accepts scores finite figures.
+pub fn swag_part(data: &[u8]) {
+    let Some(file) = TempInput::new(data, ".npz") else { return };
+    if swa::swag::read_part(&file.0).is_err() {
+        return;
+    }
+    if let Ok((_, e)) = swa::swag::merge_parts(std::slice::from_ref(&file.0)) {
+        assert!(e.score().samples() > 0 || e.score().value().is_nan(), "{e:?}");
+    }
+    assert!(swa::swag::merge_parts(&[file.0.clone(), file.0.clone()]).is_err(), "a part merged with itself");
 }
 
 /// Partial statistics (the safetensors `swa recalibrate --partial-out` writes): read as `swa

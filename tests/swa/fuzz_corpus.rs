@@ -24,6 +24,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("partial_stats", targets::partial_stats),
     ("mask", targets::mask),
     ("table", targets::table),
+    ("swag_part", targets::swag_part),
 ];
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
