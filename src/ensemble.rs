@@ -118,11 +118,12 @@ pub fn ensemble(opts: &EnsembleOptions) -> Result<EnsembleSummary> {
     for (f, name) in selected.iter().zip(names) {
         let bound =
             binder.bind(Some(inputs::open_checkpoint(&f.path, opts.key.as_deref())?), opts.allow_missing_weights)?;
-        let mut prepared = Prepared::new(bound)?;
-        let stored = member(&prepared.bound.model, &opts.eval, &mut stored_mean)?;
+        let stored = member(&bound.model, &opts.eval, &mut stored_mean)?;
         passes += 1;
         let recalibrated = match (&opts.pass, recalibrated_mean.as_mut()) {
             (Some(pass), Some(mean)) => {
+                // Only recalibration needs BatchNorm: a model without it is an ensemble too.
+                let mut prepared = Prepared::new(bound)?;
                 let result = recalibrate::compute(&prepared, pass)?;
                 crate::onnx::bn::apply(&mut prepared.bound.model, &prepared.layers, &result.stats)?;
                 passes += 2;

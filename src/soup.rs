@@ -600,9 +600,7 @@ mod tests {
                 topk: 0.3,
                 loss,
                 nonfinite: if loss.is_nan() { 10 } else { 0 },
-                ece: None,
-                brier: None,
-                reliability: Vec::new(),
+                calibration: Default::default(),
             })
         };
         let all = [(0, s(1.0)), (1, s(f64::NAN)), (2, s(2.0)), (3, s(1.0))];

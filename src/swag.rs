@@ -40,6 +40,8 @@ use crate::tasks::{Score, Task};
 pub const VAR_CLAMP: f64 = 1e-30;
 /// The rank kept when none is asked: the reference's `max_num_models`.
 pub const DEFAULT_RANK: usize = 20;
+/// The most samples one SWAG draws (the paper's runs use 30).
+pub const MAX_SAMPLES: usize = 100_000;
 /// Elements per block of a parameter: what the moments and the draws stream by.
 const BLOCK: usize = 1 << 16;
 
@@ -304,10 +306,10 @@ fn moments(
                 writer.write_at(per * i + 2, (k * p.numel + range.start) * 4, &f32_bytes(row))?;
             }
             if let Some(s) = &saver {
-                s.write_at(3 * i, at, &f32_bytes(&mean))?;
-                s.write_at(3 * i + 1, at, &f32_bytes(&sq))?;
+                s.write_at(per * i, at, &f32_bytes(&mean))?;
+                s.write_at(per * i + 1, at, &f32_bytes(&sq))?;
                 for (k, row) in dev.iter().enumerate() {
-                    s.write_at(3 * i + 2, (k * p.numel + range.start) * 4, &f32_bytes(row))?;
+                    s.write_at(per * i + 2, (k * p.numel + range.start) * 4, &f32_bytes(row))?;
                 }
             }
             Ok(var.iter().any(|&v| v > VAR_CLAMP) || dev.iter().flatten().any(|&d| d != 0.0))
@@ -323,9 +325,9 @@ fn moments(
     }
     let saver = match saver {
         Some(s) => {
-            s.write_at(3 * params.len(), 0, &(checkpoints.len() as i64).to_le_bytes())?;
+            s.write_at(per * params.len(), 0, &(checkpoints.len() as i64).to_le_bytes())?;
             for (k, t) in buffers.iter().enumerate() {
-                s.write_at(3 * params.len() + 1 + k, 0, newest.bytes(t))?;
+                s.write_at(per * params.len() + 1 + k, 0, newest.bytes(t))?;
             }
             Some(s.finish()?)
         }
@@ -458,6 +460,16 @@ fn sample(
             theta.iter_mut().zip(f32s(&mean[range])).for_each(|(t, mu)| *t = mu as f64 + root * *t);
             dtype::encode(p.dtype, &theta, chunk);
         });
+        if dtype::first_nonfinite(p.dtype, &bytes).is_some() {
+            return Err(Error::setting(
+                Setting::Scale,
+                format!(
+                    "{scale} makes sample {s} of `{}` overflow {}: use a smaller scale",
+                    p.name,
+                    dtype::name(p.dtype)
+                ),
+            ));
+        }
         out.push_owned(p.name.clone(), p.dtype, p.shape.clone(), bytes)?;
     }
     for t in newest.tensors().iter().filter(|t| t.role.is_buffer()) {
@@ -488,6 +500,9 @@ pub struct PartInfo {
     pub checkpoints: Vec<String>,
     /// The task scored.
     pub task: Task,
+    /// What else must be the same for parts of one run: the model's SHA-256, every checkpoint's
+    /// name and size, the held-out and training sets, the refit's settings, the draws file.
+    pub run: String,
     /// The sums' layout.
     pub mean: MeanParts,
 }
@@ -570,6 +585,28 @@ pub fn read_part(path: &Path) -> Result<(PartInfo, Mean)> {
     Ok((info, mean))
 }
 
+/// What parts of one run share besides the settings `PartInfo` names.
+fn run_fingerprint(opts: &SwagOptions, selected: &[inputs::CheckpointFile]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let hash = |path: &Path| -> Result<String> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Ok(format!("{:x}", Sha256::digest(&bytes)))
+    };
+    let size = |path: &Path| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let name = |path: &Path| path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let checkpoints: Vec<String> = selected.iter().map(|f| format!("{}:{}", name(&f.path), size(&f.path))).collect();
+    let eval = &opts.eval;
+    Ok(serde_json::json!({
+        "model_sha256": hash(&opts.model)?,
+        "checkpoints": checkpoints,
+        "eval": [name(&eval.inputs), size(&eval.inputs).to_string(), eval.labels.as_deref().map(name).unwrap_or_default()],
+        "train": [name(&opts.pass.inputs), size(&opts.pass.inputs).to_string()],
+        "refit": format!("{} batch {} samples {:?} seed {} shuffle {}", opts.pass.stats, opts.pass.batch_size, opts.pass.max_samples, opts.pass.seed, opts.pass.shuffle),
+        "draws": opts.draws.as_deref().map(|d| hash(d)).transpose()?,
+    })
+    .to_string())
+}
+
 /// The samples part `part` of `samples` draws: I, I+N, …
 pub fn drawn_by(part: Part, samples: usize) -> Vec<usize> {
     (part.index..samples).step_by(part.count.get()).collect()
@@ -579,8 +616,14 @@ pub fn drawn_by(part: Part, samples: usize) -> Vec<usize> {
 /// their average (or writes this part's sums).
 pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
     let started = Instant::now();
-    if opts.samples == 0 {
-        return Err(Error::setting(Setting::Samples, "must be at least 1"));
+    if opts.samples == 0 || opts.samples > MAX_SAMPLES {
+        return Err(Error::setting(
+            Setting::Samples,
+            format!(
+                "{} is not a number of samples (1 to {MAX_SAMPLES}; each is a recalibration and an evaluation)",
+                opts.samples
+            ),
+        ));
     }
     if opts.part.count.get() > opts.samples {
         return Err(Error::usage(format!(
@@ -592,7 +635,14 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
         return Err(Error::setting(Setting::Scale, format!("{} is not a scale (a number ≥ 0)", opts.scale)));
     }
     let binder = Binder::load(&opts.model)?;
-    crate::onnx::bn::find(binder.model())?;
+    // A model without BatchNorm has nothing to refit: its samples are evaluated as drawn.
+    let refit = crate::onnx::bn::find(binder.model()).is_ok();
+    if !refit {
+        crate::error::warn(format!(
+            "{} has no BatchNormalization node: SWAG's samples are evaluated without a refit",
+            opts.model.display()
+        ));
+    }
     let mut mean = crate::ensemble::mean_for(&opts.eval)?;
     let found = inputs::discover(&opts.checkpoints)?.files;
     let selected = inputs::select(&found, &opts.selection)?;
@@ -639,8 +689,33 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
             Draws::Given(a.f64_values(), a.shape[1])
         }
     };
-    for out in [&opts.save_moments, &opts.part_output].into_iter().flatten() {
+    // Every file read: no output may be one of them, or inside a folder of them.
+    let mut read: Vec<PathBuf> = binder.model().files().to_vec();
+    for f in &selected {
+        read.extend(inputs::format_of(&f.path).files(&f.path)?);
+    }
+    read.extend([opts.pass.inputs.clone(), opts.eval.inputs.clone()]);
+    read.extend(opts.eval.labels.iter().chain(&opts.eval.masks).chain(&opts.draws).cloned());
+    let read: Vec<&Path> = read.iter().map(PathBuf::as_path).collect();
+    let files: Vec<&Path> =
+        [&opts.save_moments, &opts.part_output].into_iter().flatten().map(PathBuf::as_path).collect();
+    for out in &files {
         crate::fs::check_output(out)?;
+        crate::fs::refuse_overwrite(out, &read)?;
+    }
+    let mut every: Vec<&Path> = files.clone();
+    every.extend(opts.save_samples.as_deref());
+    crate::fs::refuse_same_output(&every)?;
+    if let Some(dir) = &opts.save_samples {
+        crate::fs::refuse_overwrite(dir, &read)?;
+        let holds_input = crate::fs::resolved(dir)
+            .is_some_and(|d| read.iter().any(|i| i.canonicalize().is_ok_and(|c| c.starts_with(&d))));
+        if holds_input {
+            return Err(Error::usage(format!(
+                "{} holds an input: the samples are written into a new directory",
+                dir.display()
+            )));
+        }
     }
     let work_dir = opts
         .part_output
@@ -670,27 +745,47 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
     std::thread::scope(|scope| -> Result<()> {
         let draw = |s: usize| {
             let (params, moments, draws, newest, binder) = (&params, &moments, &draws, newest, &binder);
-            scope.spawn(move || -> Result<Prepared> {
+            scope.spawn(move || -> Result<crate::onnx::bind::Bound> {
                 let ck = sample(s, params, moments, draws, opts.scale, newest)?;
-                Prepared::new(binder.bind(Some(ck), opts.allow_missing_weights)?)
+                binder.bind(Some(ck), opts.allow_missing_weights)
             })
         };
         let mut next = order.first().map(|&s| draw(s));
         for (i, &s) in order.iter().enumerate() {
             crate::progress::check_stop()?;
             let waiting = Instant::now();
-            let mut prepared = next.take().expect("drawn").join().expect("the sampler does not panic")?;
+            let bound = next.take().expect("drawn").join().expect("the sampler does not panic")?;
             next = order.get(i + 1).map(|&s| draw(s));
             seconds_sampling += waiting.elapsed().as_secs_f64();
             let passing = Instant::now();
-            let result = recalibrate::compute(&prepared, &opts.pass)?;
-            let names = crate::onnx::bn::apply(&mut prepared.bound.model, &prepared.layers, &result.stats)?;
-            if let Some(dir) = &samples_dir {
-                let meta = BTreeMap::from([("swag_sample".to_string(), s.to_string())]);
-                let file = dir.path().join(format!("sample_{s:03}.safetensors"));
-                recalibrate::stage_weights(&prepared, &names, &result, &file, &meta)?.publish()?;
-            }
-            let evaluation = crate::ensemble::member(&prepared.bound.model, &opts.eval, &mut mean)?;
+            let file = samples_dir.as_ref().map(|dir| dir.path().join(format!("sample_{s:03}.safetensors")));
+            let meta = BTreeMap::from([("swag_sample".to_string(), s.to_string())]);
+            let model = if refit {
+                let mut prepared = Prepared::new(bound)?;
+                let result = recalibrate::compute(&prepared, &opts.pass)?;
+                let names = crate::onnx::bn::apply(&mut prepared.bound.model, &prepared.layers, &result.stats)?;
+                if let Some(file) = &file {
+                    recalibrate::stage_weights(&prepared, &names, &result, file, &meta)?.publish()?;
+                }
+                prepared.bound.model
+            } else {
+                if let Some(file) = &file {
+                    let c = &bound.checkpoint;
+                    let tensors: Vec<_> = c
+                        .tensors()
+                        .iter()
+                        .map(|t| {
+                            (
+                                TensorSpec { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() },
+                                c.bytes(t).to_vec(),
+                            )
+                        })
+                        .collect();
+                    crate::checkpoint::write_tensors(file, &tensors, &meta)?;
+                }
+                bound.model
+            };
+            let evaluation = crate::ensemble::member(&model, &opts.eval, &mut mean)?;
             seconds_passes += passing.elapsed().as_secs_f64();
             drawn.push(SampleScore { sample: s, score: evaluation.score() });
             first.get_or_insert(evaluation);
@@ -716,6 +811,7 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
             scale: opts.scale,
             checkpoints: inputs::labels(&selected),
             task: opts.eval.task.clone(),
+            run: run_fingerprint(opts, &selected)?,
             mean: mean.to_parts(),
         };
         staged.push(crate::fs::StagedFile::with_bytes(path, &part_npz(&info, &mean)?)?);
@@ -725,13 +821,20 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
         staged.push(file);
         outputs.push(path.clone());
     }
-    staged.publish()?;
+    // All or none: the directory first (it fails if another process made one there), then the
+    // files; if they fail, the directory just published (ours) is removed again.
     if let (Some(dir), Some(path)) = (samples_dir, &opts.save_samples) {
         dir.publish(path, crate::fs::Replace::Nothing).map_err(|e| match e {
             crate::fs::DirPublishError::Io(e) => Error::io(path, e),
             other => Error::usage(format!("{} was not written: {other}", path.display())),
         })?;
+        if let Err(e) = staged.publish() {
+            let _ = std::fs::remove_dir_all(path);
+            return Err(e);
+        }
         outputs.push(path.clone());
+    } else {
+        staged.publish()?;
     }
     Ok(SwagSummary {
         models: n,
@@ -740,7 +843,7 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
         constant: moments.constant.clone(),
         scale: opts.scale,
         samples: opts.samples,
-        passes: 2 * drawn.len(),
+        passes: if refit { 2 } else { 1 } * drawn.len(),
         drawn,
         evaluation,
         outputs,
@@ -759,6 +862,7 @@ pub fn merge_parts(parts: &[PathBuf]) -> Result<(Vec<PartInfo>, Evaluation)> {
         let (info, m) = read_part(path)?;
         if let Some(first) = infos.first() {
             let same = first.samples == info.samples
+                && first.run == info.run
                 && first.seed == info.seed
                 && first.rank == info.rank
                 && first.scale == info.scale
@@ -772,6 +876,19 @@ pub fn merge_parts(parts: &[PathBuf]) -> Result<(Vec<PartInfo>, Evaluation)> {
                 ));
             }
         }
+        // A part drew samples I, I+N, … of its S, one model each.
+        let part: Option<Part> =
+            info.part.split_once('/').and_then(|(i, n)| Part::new(i.parse().ok()?, n.parse().ok()?));
+        let consistent = part.is_some_and(|p| {
+            info.drawn.len() == m.members()
+                && info.drawn.iter().enumerate().all(|(k, &s)| s == p.index + k * p.count.get() && s < info.samples)
+        });
+        if !consistent {
+            return Err(Error::format(
+                path,
+                "cannot be a part: the samples it says it drew are not its part's, or not its models",
+            ));
+        }
         match &mut mean {
             Some(all) => all.merge(&m).map_err(|e| Error::format(path, e))?,
             None => mean = Some(m),
@@ -781,7 +898,7 @@ pub fn merge_parts(parts: &[PathBuf]) -> Result<(Vec<PartInfo>, Evaluation)> {
     let first = infos.first().ok_or_else(|| Error::usage("no parts to merge"))?;
     let mut drawn: Vec<usize> = infos.iter().flat_map(|i| i.drawn.iter().copied()).collect();
     drawn.sort_unstable();
-    if drawn != (0..first.samples).collect::<Vec<_>>() {
+    if drawn.len() != first.samples || drawn.iter().enumerate().any(|(k, &s)| s != k) {
         return Err(Error::usage(format!(
             "the parts drew samples {drawn:?} of 0..{}: every sample must be drawn by exactly one part",
             first.samples
@@ -799,5 +916,8 @@ pub fn merge_parts(parts: &[PathBuf]) -> Result<(Vec<PartInfo>, Evaluation)> {
         names: None,
     };
     mean.score(&mut counts.state, &at)?;
+    if counts.samples() == 0 {
+        return Err(Error::format(&parts[0], "holds no samples' predictions: there is nothing to score"));
+    }
     Ok((infos, counts.finish()?))
 }

@@ -238,8 +238,8 @@ pub fn partial_eval(data: &[u8]) {
                 assert!(m.loss.is_nan() || m.loss >= 0.0, "{m:?}");
                 assert!(m.nonfinite <= m.samples);
                 // Checked bins: an ECE within 0..=1, a Brier score within 0..=2.
-                assert!(m.ece.is_none_or(|e| (0.0..=1.0 + 1e-9).contains(&e)), "{m:?}");
-                assert!(m.brier.is_none_or(|b| (0.0..=2.0 + 1e-9).contains(&b)), "{m:?}");
+                assert!(m.calibration.ece.is_none_or(|e| (0.0..=1.0 + 1e-9).contains(&e)), "{m:?}");
+                assert!(m.calibration.brier.is_none_or(|b| (0.0..=2.0 + 1e-9).contains(&b)), "{m:?}");
             }
             Metrics::Segmentation(m) => {
                 assert!(m.nonfinite <= m.samples);

@@ -535,8 +535,8 @@ fn temperature(s: &str) -> std::result::Result<TemperatureArg, String> {
         return Ok(TemperatureArg::Fit);
     }
     match s.parse::<f64>() {
-        Ok(t) if t.is_finite() && t > 0.0 => Ok(TemperatureArg::Value(t)),
-        _ => Err(format!("`{s}` is neither `fit` nor a temperature (a positive number)")),
+        Ok(t) if (1e-6..=1e6).contains(&t) => Ok(TemperatureArg::Value(t)),
+        _ => Err(format!("`{s}` is neither `fit` nor a temperature (a number from 1e-6 to 1e6)")),
     }
 }
 

@@ -599,9 +599,11 @@ mod tests {
             topk: 1.0,
             loss: 0.5,
             nonfinite: 0,
-            ece: bins.then_some(0.0312),
-            brier: None,
-            reliability,
+            calibration: crate::tasks::classification::Calibrated {
+                ece: bins.then_some(0.0312),
+                brier: None,
+                reliability,
+            },
         })
     }
 

@@ -176,13 +176,14 @@ impl Report {
         if let Some(soup) = &self.soup {
             out.push((format!("{} soup", soup.method), &soup.eval));
         }
-        // The comparison's own models (its SWA and best-checkpoint rows are listed above).
-        out.extend(
-            self.comparison
-                .iter()
-                .filter(|c| !c.name.starts_with("SWA,") && !c.name.starts_with("best"))
-                .map(|c| (c.name.clone(), &c.score)),
-        );
+        // The comparison's own models (its SWA, best-checkpoint and soup rows are listed above).
+        let listed = |name: &str| {
+            name.starts_with("best checkpoint")
+                || name == "SWA, newest checkpoint's statistics"
+                || name == "SWA, recalibrated"
+                || self.soup.as_ref().is_some_and(|s| name.starts_with(&format!("{} soup", s.method)))
+        };
+        out.extend(self.comparison.iter().filter(|c| !listed(&c.name)).map(|c| (c.name.clone(), &c.score)));
         out
     }
 
@@ -271,23 +272,27 @@ mod tests {
             topk,
             loss,
             nonfinite: 0,
-            ece: Some(loss / 10.0),
-            brier: Some(loss / 2.0),
-            // The 200 samples in the top five of the 15 confidence bins, 40 each at the bin's middle
-            // confidence, `correct` of them right: more in the bins of higher confidence. None for
-            // the first checkpoint's stored statistics (100 correct), as a model scored before
-            // scores had bins.
-            reliability: (0..15usize)
-                .filter(|_| correct >= 150)
-                .map(|i| match i.checked_sub(10) {
-                    Some(k) => crate::tasks::classification::Bin {
-                        samples: 40,
-                        correct: (correct / 5 + usize::from(k >= 5 - correct % 5) + 2 * k).saturating_sub(4).min(40),
-                        confidence: 40.0 * (i as f64 + 0.5) / 15.0,
-                    },
-                    None => crate::tasks::classification::Bin::default(),
-                })
-                .collect(),
+            calibration: crate::tasks::classification::Calibrated {
+                ece: Some(loss / 10.0),
+                brier: Some(loss / 2.0),
+                // The 200 samples in the top five of the 15 confidence bins, 40 each at the bin's middle
+                // confidence, `correct` of them right: more in the bins of higher confidence. None for
+                // the first checkpoint's stored statistics (100 correct), as a model scored before
+                // scores had bins.
+                reliability: (0..15usize)
+                    .filter(|_| correct >= 150)
+                    .map(|i| match i.checked_sub(10) {
+                        Some(k) => crate::tasks::classification::Bin {
+                            samples: 40,
+                            correct: (correct / 5 + usize::from(k >= 5 - correct % 5) + 2 * k)
+                                .saturating_sub(4)
+                                .min(40),
+                            confidence: 40.0 * (i as f64 + 0.5) / 15.0,
+                        },
+                        None => crate::tasks::classification::Bin::default(),
+                    })
+                    .collect(),
+            },
         })
     }
 

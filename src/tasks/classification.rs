@@ -424,9 +424,11 @@ impl State {
         let finite = self.samples - self.nonfinite;
         let calibration = self.calibration.as_ref().filter(|_| finite > 0);
         Metrics {
-            ece: calibration.map(|c| ece(&c.bins, finite)),
-            brier: calibration.map(|c| c.brier / finite as f64),
-            reliability: calibration.map(|c| c.bins.clone()).unwrap_or_default(),
+            calibration: Calibrated {
+                ece: calibration.map(|c| ece(&c.bins, finite)),
+                brier: calibration.map(|c| c.brier / finite as f64),
+                reliability: calibration.map(|c| c.bins.clone()).unwrap_or_default(),
+            },
             score: self.score.clone(),
             samples: self.samples,
             correct: self.correct,
@@ -477,13 +479,22 @@ pub struct Metrics {
     pub per_class: Vec<ClassAccuracy>,
     /// Samples whose logits were not all finite (NaN or Inf): counted wrong, left out of `loss`.
     pub nonfinite: usize,
-    /// The expected calibration error over the samples with finite logits.
+    /// ECE, Brier score and the reliability bins.
+    #[serde(flatten)]
+    pub calibration: Calibrated,
+}
+
+/// The calibration figures of a classification evaluation, over the samples with finite logits;
+/// absent in reports and parts written before they existed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Calibrated {
+    /// The expected calibration error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ece: Option<f64>,
-    /// The Brier score over the samples with finite logits.
+    /// The Brier score.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub brier: Option<f64>,
-    /// The confidence bins of the ECE (the reliability diagram's).
+    /// The confidence bins of the ECE: the reliability diagram.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reliability: Vec<Bin>,
 }
@@ -530,15 +541,9 @@ pub struct Score {
     /// reports written before it existed).
     #[serde(default)]
     pub nonfinite: usize,
-    /// The expected calibration error (absent in reports written before it existed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ece: Option<f64>,
-    /// The Brier score.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub brier: Option<f64>,
-    /// The confidence bins of the ECE: the reliability diagram.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub reliability: Vec<Bin>,
+    /// ECE, Brier score and the reliability bins.
+    #[serde(flatten)]
+    pub calibration: Calibrated,
 }
 
 impl From<&Metrics> for Score {
@@ -551,9 +556,7 @@ impl From<&Metrics> for Score {
             topk: m.topk,
             loss: m.loss,
             nonfinite: m.nonfinite,
-            ece: m.ece,
-            brier: m.brier,
-            reliability: m.reliability.clone(),
+            calibration: m.calibration.clone(),
         }
     }
 }
@@ -574,8 +577,8 @@ impl Score {
             "top1" => self.top1,
             "topk" => self.topk,
             "loss" | "nll" => self.loss,
-            "ece" => self.ece?,
-            "brier" => self.brier?,
+            "ece" => self.calibration.ece?,
+            "brier" => self.calibration.brier?,
             _ => return None,
         })
     }
@@ -592,14 +595,14 @@ impl Score {
             Some(super::pct(self.top1)),
             Some(super::pct(self.topk)),
             Some(loss(self.loss)),
-            self.ece.map(loss),
-            self.brier.map(loss),
+            self.calibration.ece.map(loss),
+            self.calibration.brier.map(loss),
         ]
     }
 
     /// `95.33% (143/150), loss 0.3075, ECE 0.0213`.
     pub fn describe(&self) -> String {
-        let ece = self.ece.map_or(String::new(), |e| format!(", ECE {e:.4}"));
+        let ece = self.calibration.ece.map_or(String::new(), |e| format!(", ECE {e:.4}"));
         format!("{:.2}% ({}/{}), loss {:.4}{ece}", self.top1 * 100.0, self.correct, self.samples, self.loss)
     }
 
@@ -635,7 +638,8 @@ pub struct Best {
 
 impl From<&Score> for Best {
     fn from(s: &Score) -> Self {
-        Best { top1: s.top1, topk: Some(s.topk), loss: Some(s.loss), ece: s.ece, brier: s.brier }
+        let c = &s.calibration;
+        Best { top1: s.top1, topk: Some(s.topk), loss: Some(s.loss), ece: c.ece, brier: c.brier }
     }
 }
 
@@ -700,9 +704,7 @@ mod tests {
             topk: 0.3,
             loss,
             nonfinite: 0,
-            ece: None,
-            brier: None,
-            reliability: Vec::new(),
+            calibration: Calibrated::default(),
         };
         let all = [s(1.0), s(f64::NAN), s(2.0)];
         for a in &all {

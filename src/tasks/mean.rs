@@ -185,8 +185,8 @@ impl Mean {
             *self = other.clone();
             return Ok(());
         }
-        if self.shape != other.shape || self.counts.len() != other.counts.len() {
-            return Err("the parts' predictions are of different samples or shapes".into());
+        if self.shape != other.shape || self.counts.len() != other.counts.len() || self.batches != other.batches {
+            return Err("the parts' predictions are of different samples, targets or shapes".into());
         }
         for (a, b) in self.sums.iter_mut().zip(&other.sums) {
             *a += b;
@@ -217,13 +217,45 @@ impl Mean {
         targets: Vec<Option<Tensor>>,
     ) -> std::result::Result<Mean, String> {
         let width: usize = parts.shape.iter().product();
-        if width == 0 || sums.len() != parts.counts.len() * width || targets.len() != parts.batches.len() {
+        let n = parts.counts.len();
+        if width == 0 || parts.members == 0 || sums.len() != n * width || targets.len() != parts.batches.len() {
             return Err("the sums do not match their shape and samples".into());
         }
-        if parts.counts.iter().any(|&c| c != 0 && c as usize != parts.members) || !sums.iter().all(|s| s.is_finite()) {
-            return Err(
-                "the sums cannot have been summed: counts differ from the members, or a sum is not finite".into()
-            );
+        // Every sample counted is in exactly one batch, and no other.
+        let mut seen = vec![false; n];
+        for &i in parts.batches.iter().flatten() {
+            if i >= n || std::mem::replace(&mut seen[i], true) {
+                return Err(format!("sample {i} is out of range or in two batches"));
+            }
+        }
+        if parts.counts.iter().zip(&seen).any(|(&c, &s)| (c != 0) != s || (c != 0 && c as usize != parts.members)) {
+            return Err("the sums cannot have been summed: a sample's count differs from the models added".into());
+        }
+        let classes = match parts.kind {
+            Kind::Softmax => parts.shape.first().copied().unwrap_or(1).max(1),
+            _ => 1,
+        };
+        let m = parts.members as f64;
+        let stride = width / classes;
+        for (i, row) in sums.chunks_exact(width).enumerate().filter(|(i, _)| seen[*i]) {
+            // NaN: a member's non-finite output, scored as such.
+            let fine = match parts.kind {
+                // Each pixel's (each sample's) probabilities sum to 1 per model.
+                Kind::Softmax => (0..stride).all(|p| {
+                    let total: f64 = (0..classes).map(|c| row[c * stride + p]).sum();
+                    total.is_nan()
+                        || ((total - m).abs() <= 1e-6 * m && (0..classes).all(|c| row[c * stride + p] >= 0.0))
+                }),
+                Kind::Sigmoid => row.iter().all(|&v| v.is_nan() || (0.0..=m).contains(&v)),
+                Kind::Identity => row.iter().all(|v| !v.is_infinite()),
+            };
+            if !fine {
+                return Err(format!(
+                    "the sums of sample {i} cannot be {} of {} models",
+                    parts.kind.describe(),
+                    parts.members
+                ));
+            }
         }
         let batches = parts.batches.into_iter().zip(targets).collect();
         Ok(Mean {
@@ -284,8 +316,13 @@ fn outputs_of(kind: Kind, mean: &[f64], out: &mut Vec<f32>) {
     const TINY: f64 = f64::MIN_POSITIVE;
     match kind {
         Kind::Identity => out.extend(mean.iter().map(|&v| v as f32)),
-        Kind::Softmax => out.extend(mean.iter().map(|&p| p.max(TINY).ln() as f32)),
+        // A member's non-finite output makes its sample's mean NaN: scored as non-finite, never
+        // clamped into a probability.
+        Kind::Softmax => out.extend(mean.iter().map(|&p| if p.is_nan() { f32::NAN } else { p.max(TINY).ln() as f32 })),
         Kind::Sigmoid => out.extend(mean.iter().map(|&p| {
+            if p.is_nan() {
+                return f32::NAN;
+            }
             let p = p.clamp(TINY, 1.0);
             (p.ln() - (1.0 - p).max(TINY).ln()) as f32
         })),

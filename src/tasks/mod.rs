@@ -722,7 +722,7 @@ impl Score {
     /// tasks and for reports written before they existed.
     pub fn reliability(&self) -> Option<&[classification::Bin]> {
         match self {
-            Score::Classification(s) if !s.reliability.is_empty() => Some(&s.reliability),
+            Score::Classification(s) if !s.calibration.reliability.is_empty() => Some(&s.calibration.reliability),
             _ => None,
         }
     }

@@ -141,8 +141,8 @@ pub fn fit(logits: &[f32], classes: usize, labels: &[i64]) -> Result<Fit, String
         samples: n,
         nll_before: before.loss,
         nll_after: after.loss,
-        ece_before: before.ece.unwrap_or(f64::NAN),
-        ece_after: after.ece.unwrap_or(f64::NAN),
+        ece_before: before.calibration.ece.unwrap_or(f64::NAN),
+        ece_after: after.calibration.ece.unwrap_or(f64::NAN),
     })
 }
 

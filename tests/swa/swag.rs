@@ -174,11 +174,11 @@ fn ece_brier_and_nll_equal_the_numpy_reference_within_1e_9() {
     let mut state = swa::tasks::Classification { k: 5, score: None }.state();
     state.add(&logits.f32_rows(0, logits.len()), 10, &labels, Path::new("y.npy")).unwrap();
     let m = state.finish();
-    close("ECE", &m.ece.into(), &e["swa_ece"], 1e-9);
-    close("Brier", &m.brier.into(), &e["swa_brier"], 1e-9);
+    close("ECE", &m.calibration.ece.into(), &e["swa_ece"], 1e-9);
+    close("Brier", &m.calibration.brier.into(), &e["swa_brier"], 1e-9);
     close("NLL", &m.loss.into(), &e["swa_nll"], 1e-9);
-    assert_eq!(m.reliability.len(), 15);
-    assert_eq!(m.reliability.iter().map(|b| b.samples).sum::<usize>(), 300);
+    assert_eq!(m.calibration.reliability.len(), 15);
+    assert_eq!(m.calibration.reliability.iter().map(|b| b.samples).sum::<usize>(), 300);
 }
 
 #[test]
@@ -347,4 +347,113 @@ fn bad_settings_and_inputs_are_refused_with_nothing_written() {
         .output()
         .unwrap();
     assert!(combined(&out).contains("at least two checkpoints"), "{}", combined(&out));
+}
+
+#[test]
+fn outputs_never_overwrite_inputs_and_tampered_or_foreign_parts_are_refused() {
+    let dir = tmp();
+    // An output over a checkpoint, or two outputs on one path: refused before any work.
+    let ck = dir.path().join("cks");
+    std::fs::create_dir(&ck).unwrap();
+    for n in 7..=8 {
+        std::fs::copy(
+            cnn(&format!("checkpoints/epoch_{n:03}.safetensors")),
+            ck.join(format!("epoch_{n:03}.safetensors")),
+        )
+        .unwrap();
+    }
+    let target = ck.join("epoch_008.safetensors");
+    let before = std::fs::read(&target).unwrap();
+    let mut c = swa();
+    c.args(["swag", "--model"]).arg(cnn("model.onnx")).arg("--checkpoints").arg(&ck);
+    c.arg("--train-inputs").arg(cnn("train.npy")).arg("--eval-inputs").arg(cnn("eval.npy"));
+    c.arg("--eval-labels").arg(cnn("eval_labels.npy")).args(["--swag-samples", "2", "--save-moments"]).arg(&target);
+    let out = c.output().unwrap();
+    assert!(combined(&out).contains("is also an input"), "{}", combined(&out));
+    assert_eq!(std::fs::read(&target).unwrap(), before);
+    let same = dir.path().join("x.npz");
+    let out = swag(&["--swag-samples", "2", "--part", "0/2", "--partial-out"])
+        .arg(&same)
+        .arg("--save-moments")
+        .arg(&same)
+        .output()
+        .unwrap();
+    assert!(combined(&out).contains("named twice"), "{}", combined(&out));
+
+    // A part of another evaluation set (same size, other samples) does not merge.
+    let p0 = dir.path().join("p0.npz");
+    let p1 = dir.path().join("p1.npz");
+    swag(&["--swag-samples", "2", "--part", "0/2", "--partial-out"]).arg(&p0).assert().success();
+    let mut other = swa();
+    other.args(["swag", "--model"]).arg(cnn("model.onnx")).arg("--checkpoints").arg(cnn("checkpoints"));
+    other.arg("--train-inputs").arg(cnn("train.npy")).arg("--eval-inputs").arg(cnn("test.npy"));
+    other.arg("--eval-labels").arg(cnn("test_labels.npy"));
+    other.args([
+        "--stats",
+        "torch",
+        "--batch-size",
+        "64",
+        "--scale",
+        "0.5",
+        "-q",
+        "--swag-samples",
+        "2",
+        "--part",
+        "1/2",
+    ]);
+    other.arg("--partial-out").arg(&p1).assert().success();
+    let out = swa().arg("merge-eval").args([&p0, &p1]).output().unwrap();
+    assert!(combined(&out).contains("another SWAG run"), "{}", combined(&out));
+
+    // A part edited to name a sample far out of range is refused, not a panic.
+    let arrays = swa::inputs::npy::open_npz(&p0).unwrap();
+    let mut members: Vec<(String, Vec<u8>)> = Vec::new();
+    for a in &arrays {
+        let values: Vec<u8> = a.f32_rows(0, a.len()).iter().map(|&v| v as u8).collect();
+        if a.name == "info" {
+            let mut info: Value = serde_json::from_slice(&values).unwrap();
+            info["mean"]["batches"][0][0] = serde_json::json!(1_000_000);
+            let json = serde_json::to_vec(&info).unwrap();
+            members
+                .push(("info".into(), swa::inputs::npy::npy_bytes(&[json.len()], swa::inputs::npy::Data::U8(&json))));
+        } else if a.name == "sums" {
+            members.push((
+                "sums".into(),
+                swa::inputs::npy::npy_bytes(&a.shape, swa::inputs::npy::Data::F64(&a.f64_values())),
+            ));
+        } else {
+            let v = a.i64_rows(0, a.len());
+            members.push((a.name.clone(), swa::inputs::npy::npy_bytes(&a.shape, swa::inputs::npy::Data::I64(&v))));
+        }
+    }
+    let named: Vec<(&str, Vec<u8>)> = members.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+    let bad = dir.path().join("bad.npz");
+    std::fs::write(&bad, swa::inputs::npy::npz_bytes(&named).unwrap()).unwrap();
+    let out = swa().arg("merge-eval").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", combined(&out));
+    assert!(combined(&out).contains("out of range"), "{}", combined(&out));
+}
+
+#[test]
+fn an_ensemble_member_with_non_finite_outputs_is_counted_not_hidden() {
+    let dir = tmp();
+    let cks = dir.path().join("cks");
+    std::fs::create_dir(&cks).unwrap();
+    for n in 7..=8 {
+        std::fs::copy(
+            cnn(&format!("checkpoints/epoch_{n:03}.safetensors")),
+            cks.join(format!("epoch_{n:03}.safetensors")),
+        )
+        .unwrap();
+    }
+    let bad = cks.join("epoch_007.safetensors");
+    let (header, mut data) = header_of(&bad);
+    let at = header["conv1.weight"]["data_offsets"][0].as_u64().unwrap() as usize;
+    data[at..at + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    write_with_header(&bad, &header, &data);
+    let mut c = swa();
+    c.args(["ensemble", "--model"]).arg(cnn("model.onnx")).arg("--checkpoints").arg(&cks);
+    c.arg("--eval-inputs").arg(cnn("eval.npy")).arg("--eval-labels").arg(cnn("eval_labels.npy")).arg("-q");
+    let v = json_of(&mut c);
+    assert_eq!(v["stored"]["nonfinite"], 300, "{}", v["stored"]);
 }
