@@ -602,7 +602,7 @@ fn run_fingerprint(opts: &SwagOptions, selected: &[inputs::CheckpointFile]) -> R
         "eval": [name(&eval.inputs), size(&eval.inputs).to_string(), eval.labels.as_deref().map(name).unwrap_or_default()],
         "train": [name(&opts.pass.inputs), size(&opts.pass.inputs).to_string()],
         "refit": format!("{} batch {} samples {:?} seed {} shuffle {}", opts.pass.stats, opts.pass.batch_size, opts.pass.max_samples, opts.pass.seed, opts.pass.shuffle),
-        "draws": opts.draws.as_deref().map(|d| hash(d)).transpose()?,
+        "draws": opts.draws.as_deref().map(hash).transpose()?,
     })
     .to_string())
 }
