@@ -678,7 +678,8 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
                 return Err(Error::format(
                     path,
                     format!(
-                        "holds draws of shape {:?}; {} samples of {total} parameters and rank {rank} need [≥ {}, {}]",
+                        "holds draws of shape {:?}; {} samples of {total} parameters (sorted by name) and rank {rank} \
+                         need [≥ {}, ≥ {}] (docs/formats.md, \"Draws\")",
                         a.shape,
                         opts.samples,
                         opts.samples,
@@ -699,7 +700,9 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
     let read: Vec<&Path> = read.iter().map(PathBuf::as_path).collect();
     let files: Vec<&Path> =
         [&opts.save_moments, &opts.part_output].into_iter().flatten().map(PathBuf::as_path).collect();
+    let mut dirs = crate::fs::OutputDirs::default();
     for out in &files {
+        dirs.create_parents(out)?;
         crate::fs::check_output(out)?;
         crate::fs::refuse_overwrite(out, &read)?;
     }
@@ -836,6 +839,7 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
     } else {
         staged.publish()?;
     }
+    dirs.keep();
     Ok(SwagSummary {
         models: n,
         rank,

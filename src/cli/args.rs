@@ -489,7 +489,8 @@ pub struct SwagArgs {
     #[arg(long, conflicts_with = "rank")]
     pub diag: bool,
     /// Standard-normal draws to use instead of --seed's (.npy [S, P + K]: z1 over the parameters
-    /// in name order, then z2), for comparing with another implementation.
+    /// sorted by name, each flattened, then z2; docs/formats.md), for comparing with another
+    /// implementation.
     #[arg(long, value_name = "Z.npy")]
     pub draws: Option<PathBuf>,
     /// Write SWAG's moments (safetensors, swa_gaussian's state-dict names: base.NAME_mean,

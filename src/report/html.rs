@@ -329,12 +329,13 @@ fn reliability(r: &Report) -> String {
     }
     let (shown, folded) = if models.len() <= BESIDE { (models, Vec::new()) } else { split(r, models) };
     let mut s = String::from(
-        r#"<section class="calibration"><h2>Reliability</h2><p class="meta">Accuracy per confidence bin (bars) against the diagonal of a calibrated model; shaded: each bin's gap to its mean confidence.</p><div class="diagrams">"#,
+        r#"<section class="calibration"><h2>Reliability</h2><p class="meta">Accuracy per confidence bin (bars) against the diagonal of a calibrated model; red: each bin's gap to its mean confidence — above a bar, overconfident; over a bar, underconfident.</p><div class="diagrams">"#,
     );
     shown.iter().for_each(|(name, score, bins)| s.push_str(&diagram(name, score, bins)));
     s.push_str("</div>");
     if !folded.is_empty() {
-        let _ = write!(s, r#"<details><summary>Checkpoints ({})</summary><div class="diagrams">"#, folded.len());
+        let _ =
+            write!(s, r#"<details><summary>Checkpoint diagrams ({})</summary><div class="diagrams">"#, folded.len());
         folded.iter().for_each(|(name, score, bins)| s.push_str(&diagram(name, score, bins)));
         s.push_str("</div></details>");
     }
@@ -665,7 +666,7 @@ mod tests {
         let (first, folded) = page.split_once("<details>").expect("folded checkpoints");
         let shown: Vec<&str> = texts(first, r#"<svg class="reliability" data-model=""#);
         assert_eq!(shown.len(), 3, "{shown:?}");
-        assert!(folded.contains("<summary>Checkpoints (15)</summary>"));
+        assert!(folded.contains("<summary>Checkpoint diagrams (15)</summary>"));
         assert!(first.contains(r#"data-model="epoch_008.safetensors ++""#) && first.contains("epoch_008 ++</text>"));
         assert!(first.contains(r#"data-model="SWA""#) && first.contains(r#"data-model="SWA ++""#));
         // The bins' figures.

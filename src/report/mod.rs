@@ -183,7 +183,7 @@ impl Report {
                 || name == "SWA, recalibrated"
                 || self.soup.as_ref().is_some_and(|s| name.starts_with(&format!("{} soup", s.method)))
         };
-        out.extend(self.comparison.iter().filter(|c| !listed(&c.name)).map(|c| (c.name.clone(), &c.score)));
+        out.extend(self.comparison.iter().filter(|c| !listed(&c.name)).map(|c| (short_label(&c.name), &c.score)));
         out
     }
 
@@ -242,6 +242,23 @@ pub(crate) fn soup_sentence(task: &Task, soup: &SoupReport) -> String {
         task.format_score(soup.eval.value()),
         task.score_name()
     )
+}
+
+/// A comparison row's name as a small diagram's title: `ensemble ++`, `SWAG ×30`, `SWA ++, T 0.47`.
+fn short_label(name: &str) -> String {
+    if let Some(rest) = name.strip_prefix("ensemble of ") {
+        let n = rest.split(',').next().unwrap_or_default();
+        return if rest.ends_with("recalibrated") { format!("ensemble of {n} ++") } else { format!("ensemble of {n}") };
+    }
+    if name.starts_with("SWAG") {
+        let samples = name.rsplit(", ").next().and_then(|s| s.strip_suffix(" samples")).unwrap_or_default();
+        let kind = if name.starts_with("SWAG-diagonal") { "SWAG-diag" } else { "SWAG" };
+        return format!("{kind} ×{samples}");
+    }
+    if let Some(t) = name.strip_prefix("SWA, recalibrated, temperature ") {
+        return format!("SWA ++, T {t}");
+    }
+    name.to_string()
 }
 
 /// What the comparison table holds, in one paragraph for people.
