@@ -8,7 +8,7 @@ use super::args::{
 };
 use super::{output, render, Outcome};
 use swa::ensemble::EnsembleOptions;
-use swa::Result;
+use swa::{Error, Result};
 
 /// `swa ensemble`.
 #[derive(Debug, Args)]
@@ -45,6 +45,11 @@ pub struct EnsembleArgs {
 impl EnsembleArgs {
     fn resolve(&self, quiet: bool) -> Result<EnsembleOptions> {
         let quiet = self.out.quiet(quiet);
+        if self.eval.select_masks.is_some() {
+            return Err(Error::usage(
+                "--select-masks belongs to a select split (swa run --soup, swa soup); use --masks",
+            ));
+        }
         needs_labels(
             &self.eval_inputs,
             self.eval_labels.as_deref(),

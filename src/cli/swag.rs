@@ -93,6 +93,11 @@ impl SwagArgs {
 impl SwagCommandArgs {
     fn resolve(&self, quiet: bool) -> Result<SwagOptions> {
         let quiet = self.out.quiet(quiet);
+        if self.eval.select_masks.is_some() {
+            return Err(Error::usage(
+                "--select-masks belongs to a select split (swa run --soup, swa soup); use --masks",
+            ));
+        }
         if self.part.is_some() != self.partial_out.is_some() {
             return Err(Error::usage(
                 "--part draws some of the samples: its result is partial, so it needs --partial-out (and --partial-out \
