@@ -126,6 +126,8 @@ class RunResult(Result):
     temperature: Any
 
 class SoupResult(Result):
+    temperature: Any
+    """With temperature=: `value`, `fit`, and `eval` (the test split with it)."""
     method: str
     ingredients: list[Any]
     candidates: list[Any]

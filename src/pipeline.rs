@@ -117,6 +117,8 @@ fn make_soup(
         allow_missing_weights: opts.allow_missing_weights,
         output: work.join("soup.safetensors"),
         onnx_output: Some(work.join("model_soup.onnx")),
+        temperature: None,
+        temperature_in_onnx: false,
     })?;
     let label =
         |path: &Path| found.iter().position(|f| f.path == path).map_or_else(|| file_name(path), |i| names[i].clone());

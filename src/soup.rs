@@ -92,6 +92,11 @@ pub struct SoupOptions {
     pub output: PathBuf,
     /// Also the ONNX model with the soup's weights and statistics.
     pub onnx_output: Option<PathBuf>,
+    /// Temperature scaling of the soup: given, or fitted (on the select split, unless another
+    /// calibration set is named).
+    pub temperature: Option<evaluate::TemperatureSource>,
+    /// Divide the logits of the ONNX output by the temperature.
+    pub temperature_in_onnx: bool,
 }
 
 /// The BatchNorm statistics candidates and soups are judged with.
@@ -170,8 +175,24 @@ pub struct SoupSummary {
     /// The missing directories created for them, parents first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub created_dirs: Vec<PathBuf>,
+    /// The temperature of the soup: its value, its fit, and the test split's figures with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<SoupTemperature>,
     /// Wall time.
     pub seconds: f64,
+}
+
+/// Temperature scaling of a soup.
+#[derive(Debug, Clone, Serialize)]
+pub struct SoupTemperature {
+    /// T.
+    pub value: f64,
+    /// The fit, where fitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fit: Option<crate::tasks::temperature::Fit>,
+    /// The soup on the test split with its logits divided by T.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval: Option<Score>,
 }
 
 /// Candidates, opened once, and the model to bind them into.
@@ -196,6 +217,13 @@ enum JudgedModel {
 }
 
 impl Judged {
+    fn model_mut(&mut self) -> &mut crate::onnx::Model {
+        match &mut self.model {
+            JudgedModel::Recalibrated { prepared, .. } => &mut prepared.bound.model,
+            JudgedModel::Stored(bound) => &mut bound.model,
+        }
+    }
+
     fn model(&self) -> &crate::onnx::Model {
         match &self.model {
             JudgedModel::Recalibrated { prepared, .. } => &prepared.bound.model,
@@ -347,6 +375,29 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
     let (order, alone) = (ranked.order.clone(), ranked.alone.clone());
     let mut mixed = mix(&kitchen, &checkpoints, ranked)?;
     let eval = opts.eval.as_ref().map(|e| evaluate::evaluate(mixed.soup.model(), e)).transpose()?.map(|e| e.score());
+    let temperature = match &opts.temperature {
+        None => None,
+        Some(source) => {
+            let (value, fit) = match source {
+                evaluate::TemperatureSource::Given(t) => (*t, None),
+                evaluate::TemperatureSource::Fit(calibration) => {
+                    let fit = evaluate::fit_temperature(mixed.soup.model(), calibration)?;
+                    (fit.temperature, Some(fit))
+                }
+            };
+            let given = evaluate::TemperatureSource::Given(value);
+            let eval = opts
+                .eval
+                .as_ref()
+                .map(|e| evaluate::evaluate_with_temperature(mixed.soup.model(), e, &given))
+                .transpose()?
+                .map(|e| e.score());
+            Some(SoupTemperature { value, fit, eval })
+        }
+    };
+    if let (Some(t), true) = (&temperature, opts.temperature_in_onnx) {
+        crate::onnx::divide_first_output(mixed.soup.model_mut(), t.value as f32)?;
+    }
     let staged = stage(&kitchen, &mut mixed.soup, &mixed.kept, &files)?;
     let outputs = staged.targets();
     stamps.check()?;
@@ -376,6 +427,7 @@ pub fn soup(opts: &SoupOptions) -> Result<(SoupSummary, Vec<String>)> {
         n_models: mixed.kept.len() as u64,
         outputs,
         created_dirs: dirs.keep(),
+        temperature,
         seconds: started.elapsed().as_secs_f64(),
     };
     Ok((summary, warnings))

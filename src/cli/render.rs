@@ -390,6 +390,20 @@ pub fn soup(s: &SoupSummary) -> String {
             b.task().format_gain(e.value() - b.value())
         );
     }
+    if let Some(t) = &s.temperature {
+        let _ = write!(o, "temperature {:.6}", t.value);
+        if let Some(f) = &t.fit {
+            let _ = write!(
+                o,
+                ", fitted on {} samples: NLL {:.4} → {:.4}, ECE {:.4} → {:.4}",
+                f.samples, f.nll_before, f.nll_after, f.ece_before, f.ece_after
+            );
+        }
+        o.push('\n');
+        if let Some(e) = &t.eval {
+            let _ = writeln!(o, "soup with the temperature, test split: {}", e.describe());
+        }
+    }
     wrote(&mut o, &s.created_dirs, &s.outputs);
     o
 }

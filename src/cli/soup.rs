@@ -6,6 +6,7 @@ use clap::Args;
 
 use super::args::{
     eval_options, needs_labels, CheckpointsArgs, DataArgs, EngineArgs, EvalBatchArgs, JsonArgs, PassArgs,
+    TemperatureArg, TemperatureArgs,
 };
 use super::{output, render, Outcome};
 use swa::soup::{Method, SoupOptions, Statistics};
@@ -61,6 +62,14 @@ pub struct SoupArgs {
     /// Also the ONNX model with the soup's weights and statistics.
     #[arg(long, value_name = "SOUP.onnx")]
     pub onnx_out: Option<PathBuf>,
+    /// Temperature scaling of the soup (`fit`: on --calibration-inputs, or else on the select
+    /// split), reported on the test split.
+    #[command(flatten)]
+    pub temperature: TemperatureArgs,
+    /// Divide the logits of --onnx-out by the temperature (a `Div` node named
+    /// swa_temperature_scaling).
+    #[arg(long, requires_all = ["temperature", "onnx_out"])]
+    pub temperature_in_onnx: bool,
     /// Output format.
     #[command(flatten)]
     pub out: JsonArgs,
@@ -111,17 +120,26 @@ impl SoupArgs {
         let eval = |inputs: &Path, labels: Option<&Path>| {
             eval_options(inputs, labels, &self.data, self.eval.eval_batch_size, &self.eval.task, &self.engine, quiet)
         };
+        let select = swa::evaluate::EvalOptions {
+            masks: self.eval.select_masks.clone(),
+            ..eval(&self.select_inputs, self.select_labels.as_deref())?
+        };
+        // `fit` without a calibration set fits on the select split (the ingredients' judge, never
+        // the test split).
+        let temperature = match (self.temperature.temperature, &self.temperature.calibration_inputs) {
+            (Some(TemperatureArg::Fit), None) => Some(swa::evaluate::TemperatureSource::Fit(Box::new(select.clone()))),
+            _ => self.temperature.source(&select, &self.eval.task)?,
+        };
         Ok(SoupOptions {
+            temperature,
+            temperature_in_onnx: self.temperature_in_onnx,
             model: self.ck.model.clone(),
             checkpoints: self.ck.checkpoints.clone(),
             selection: self.ck.select.selection(),
             key: self.ck.bind.read.key.clone(),
             method: self.method,
             statistics,
-            select: swa::evaluate::EvalOptions {
-                masks: self.eval.select_masks.clone(),
-                ..eval(&self.select_inputs, self.select_labels.as_deref())?
-            },
+            select,
             eval: self.eval_inputs.as_deref().map(|i| eval(i, self.eval_labels.as_deref())).transpose()?,
             allow_missing_weights: self.ck.bind.allow_missing_weights,
             output: self.output.clone(),

@@ -457,3 +457,37 @@ fn an_ensemble_member_with_non_finite_outputs_is_counted_not_hidden() {
     let v = json_of(&mut c);
     assert_eq!(v["stored"]["nonfinite"], 300, "{}", v["stored"]);
 }
+
+#[test]
+fn a_soup_fits_its_temperature_on_the_select_split_and_writes_it_into_its_onnx() {
+    let dir = tmp();
+    let soup = |extra: &[&str]| {
+        let mut c = swa();
+        c.args(["soup", "--model"]).arg(cnn("model.onnx")).arg("--checkpoints").arg(cnn("checkpoints"));
+        c.arg("--train-inputs").arg(cnn("train.npy")).arg("--select-inputs").arg(cnn("select.npy"));
+        c.arg("--select-labels").arg(cnn("select_labels.npy")).arg("--eval-inputs").arg(cnn("test.npy"));
+        c.arg("--eval-labels").arg(cnn("test_labels.npy")).args(["--method", "greedy", "-q"]).args(extra);
+        c
+    };
+    let plain = dir.path().join("plain.onnx");
+    let v = json_of(
+        soup(&["--temperature", "fit", "-o"]).arg(dir.path().join("a.safetensors")).arg("--onnx-out").arg(&plain),
+    );
+    let t = v["temperature"]["value"].as_f64().unwrap();
+    // The same fit as `swa evaluate --temperature fit` on the soup's own model and select split.
+    let mut e = evaluate_model(&plain, &cnn("test.npy"), &cnn("test_labels.npy"), &["--temperature", "fit"]);
+    e.arg("--calibration-inputs").arg(cnn("select.npy")).arg("--calibration-labels").arg(cnn("select_labels.npy"));
+    let ev = json_of(&mut e);
+    close("temperature", &ev["temperature"]["value"], &v["temperature"]["value"], 1e-9);
+    close("test NLL with T", &ev["loss"], &v["temperature"]["eval"]["loss"], 1e-9);
+    // Written into the ONNX output when asked: evaluated as is, it gives the tempered figures.
+    let scaled = dir.path().join("scaled.onnx");
+    soup(&["--temperature", &t.to_string(), "--temperature-in-onnx", "-o"])
+        .arg(dir.path().join("b.safetensors"))
+        .arg("--onnx-out")
+        .arg(&scaled)
+        .assert()
+        .success();
+    let sv = json_of(&mut evaluate_model(&scaled, &cnn("test.npy"), &cnn("test_labels.npy"), &[]));
+    close("test NLL of the scaled ONNX", &sv["loss"], &v["temperature"]["eval"]["loss"], 1e-6);
+}
