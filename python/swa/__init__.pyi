@@ -112,6 +112,8 @@ class RunResult(Result):
     temperature: Any
 
 class SoupResult(Result):
+    temperature: Any
+    """With temperature=: `value`, `fit`, and `eval` (the test split with it)."""
     method: str
     ingredients: list[Any]
     candidates: list[Any]
@@ -577,7 +579,8 @@ def run(
         scale (--scale): The covariance scale (swa_gaussian's `scale`; the paper's runs use 0.5)
         diag (--diag): SWAG-diagonal: the variance alone, no low-rank term
         draws (--draws): Standard-normal draws to use instead of --seed's (.npy [S, P + K]: z1 over the
-            parameters in name order, then z2), for comparing with another implementation
+            parameters sorted by name, each flattened, then z2; docs/formats.md), for comparing with another
+            implementation
         save_moments (--save-moments): Write SWAG's moments (safetensors, swa_gaussian's state-dict
             names: base.NAME_mean, base.NAME_sq_mean, base.NAME_cov_mat_sqrt, n_models)
         save_samples (--save-samples): Write every sampled model (safetensors with its refitted
@@ -704,6 +707,11 @@ def soup(
     streams: int | None = None,
     output: Path | None = None,
     onnx_out: Path | None = None,
+    temperature: Literal['fit'] | float | None = None,
+    calibration_inputs: Path | None = None,
+    calibration_batches: Iterable[Any] | None = None,
+    calibration_labels: Path | None = None,
+    temperature_in_onnx: bool = False,
     quiet: bool = False,
 ) -> SoupResult:
     """`swa soup`, with its flags as keywords.
@@ -800,6 +808,17 @@ def soup(
             2; 1 halves the GPU memory for activations; at most 16)
         output (--output): The soup's weights, under the checkpoints' names
         onnx_out (--onnx-out): Also the ONNX model with the soup's weights and statistics
+        temperature (--temperature): Divide the logits by a temperature T before scoring: `fit` finds
+            the T that minimises the NLL on --calibration-inputs (Newton's method on 1/T), or give T. The
+            figures without it are reported beside
+        calibration_inputs (--calibration-inputs): Held-out samples the temperature is fitted on (not
+            the evaluation's own)
+        calibration_batches (--calibration-inputs): Instead of calibration_inputs: batches from Python
+            (a DataLoader, a generator...).
+        calibration_labels (--calibration-labels): Class indices of --calibration-inputs (not needed
+            when the inputs carry them)
+        temperature_in_onnx (--temperature-in-onnx): Divide the logits of --onnx-out by the temperature
+            (a `Div` node named swa_temperature_scaling)
         quiet (--quiet): Hide progress bars (they are hidden anyway when stderr is not a terminal)
     """
 
@@ -1019,7 +1038,8 @@ def swag(
         scale (--scale): The covariance scale (swa_gaussian's `scale`; the paper's runs use 0.5)
         diag (--diag): SWAG-diagonal: the variance alone, no low-rank term
         draws (--draws): Standard-normal draws to use instead of --seed's (.npy [S, P + K]: z1 over the
-            parameters in name order, then z2), for comparing with another implementation
+            parameters sorted by name, each flattened, then z2; docs/formats.md), for comparing with another
+            implementation
         save_moments (--save-moments): Write SWAG's moments (safetensors, swa_gaussian's state-dict
             names: base.NAME_mean, base.NAME_sq_mean, base.NAME_cov_mat_sqrt, n_models)
         save_samples (--save-samples): Write every sampled model (safetensors with its refitted
