@@ -688,6 +688,32 @@ pub fn eval_options(
     })
 }
 
+impl EvalBatchArgs {
+    /// The held-out set `--eval-inputs` / `--eval-labels` (with the task's `--masks`): labels
+    /// required where the inputs carry none.
+    pub fn held_out(
+        &self,
+        inputs: &Path,
+        labels: Option<&Path>,
+        data: &DataArgs,
+        engine: &EngineArgs,
+        quiet: bool,
+    ) -> Result<EvalOptions> {
+        needs_labels(inputs, labels, "--eval-labels", &self.task, self.task.masks.as_deref())?;
+        eval_options(inputs, labels, data, self.eval_batch_size, &self.task, engine, quiet)
+    }
+
+    /// Refuses `--select-masks` in a command without a select split.
+    pub fn no_select_split(&self) -> Result<()> {
+        match self.select_masks {
+            Some(_) => {
+                Err(Error::usage("--select-masks belongs to a select split (swa run --soup, swa soup); use --masks"))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 /// A part's result is partial: it is written for a merge, never as a model or metrics.
 pub const SHARD_NEEDS_PARTIAL_OUT: &str =
     "--shard runs part of the samples: its result is partial, so it needs --partial-out (and a merge)";

@@ -3,12 +3,10 @@
 use clap::Args;
 use std::path::PathBuf;
 
-use super::args::{
-    eval_options, needs_labels, CheckpointsArgs, DataArgs, EngineArgs, EvalBatchArgs, JsonArgs, PassArgs,
-};
+use super::args::{CheckpointsArgs, DataArgs, EngineArgs, EvalBatchArgs, JsonArgs, PassArgs};
 use super::{output, render, Outcome};
 use swa::ensemble::EnsembleOptions;
-use swa::{Error, Result};
+use swa::Result;
 
 /// `swa ensemble`.
 #[derive(Debug, Args)]
@@ -45,33 +43,16 @@ pub struct EnsembleArgs {
 impl EnsembleArgs {
     fn resolve(&self, quiet: bool) -> Result<EnsembleOptions> {
         let quiet = self.out.quiet(quiet);
-        if self.eval.select_masks.is_some() {
-            return Err(Error::usage(
-                "--select-masks belongs to a select split (swa run --soup, swa soup); use --masks",
-            ));
-        }
-        needs_labels(
-            &self.eval_inputs,
-            self.eval_labels.as_deref(),
-            "--eval-labels",
-            &self.eval.task,
-            self.eval.task.masks.as_deref(),
-        )?;
+        self.eval.no_select_split()?;
+        let eval =
+            self.eval.held_out(&self.eval_inputs, self.eval_labels.as_deref(), &self.data, &self.engine, quiet)?;
         Ok(EnsembleOptions {
             model: self.ck.model.clone(),
             checkpoints: self.ck.checkpoints.clone(),
             selection: self.ck.select.selection(),
             key: self.ck.bind.read.key.clone(),
             allow_missing_weights: self.ck.bind.allow_missing_weights,
-            eval: eval_options(
-                &self.eval_inputs,
-                self.eval_labels.as_deref(),
-                &self.data,
-                self.eval.eval_batch_size,
-                &self.eval.task,
-                &self.engine,
-                quiet,
-            )?,
+            eval,
             pass: self
                 .train_inputs
                 .as_deref()

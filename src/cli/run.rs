@@ -96,13 +96,8 @@ impl RunArgs {
     /// The library options, every rule between flags checked.
     fn resolve(&self, quiet: bool) -> Result<RunOptions> {
         let quiet = self.format.quiet(quiet);
-        needs_labels(
-            &self.eval_inputs,
-            self.eval_labels.as_deref(),
-            "--eval-labels",
-            &self.eval.task,
-            self.eval.task.masks.as_deref(),
-        )?;
+        let eval =
+            self.eval.held_out(&self.eval_inputs, self.eval_labels.as_deref(), &self.data, &self.engine, quiet)?;
         if let Some(select) = &self.select_inputs {
             needs_labels(
                 select,
@@ -132,8 +127,6 @@ impl RunArgs {
                  only its own directory",
             ));
         }
-        let eval =
-            eval_options(&self.eval_inputs, self.eval_labels.as_deref(), &self.data, batch, k, &self.engine, quiet)?;
         let temperature = self
             .temperature
             .source(&eval, k)?

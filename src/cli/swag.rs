@@ -3,10 +3,7 @@
 use clap::Args;
 use std::path::PathBuf;
 
-use super::args::{
-    eval_options, needs_labels, part, CheckpointsArgs, DataArgs, EngineArgs, EvalBatchArgs, JsonArgs, PassArgs,
-    SwagArgs,
-};
+use super::args::{part, CheckpointsArgs, DataArgs, EngineArgs, EvalBatchArgs, JsonArgs, PassArgs, SwagArgs};
 use super::{output, render, Outcome};
 use swa::part::Part;
 use swa::swag::SwagOptions;
@@ -93,34 +90,16 @@ impl SwagArgs {
 impl SwagCommandArgs {
     fn resolve(&self, quiet: bool) -> Result<SwagOptions> {
         let quiet = self.out.quiet(quiet);
-        if self.eval.select_masks.is_some() {
-            return Err(Error::usage(
-                "--select-masks belongs to a select split (swa run --soup, swa soup); use --masks",
-            ));
-        }
+        self.eval.no_select_split()?;
         if self.part.is_some() != self.partial_out.is_some() {
             return Err(Error::usage(
                 "--part draws some of the samples: its result is partial, so it needs --partial-out (and --partial-out \
                  needs --part)",
             ));
         }
-        needs_labels(
-            &self.eval_inputs,
-            self.eval_labels.as_deref(),
-            "--eval-labels",
-            &self.eval.task,
-            self.eval.task.masks.as_deref(),
-        )?;
         let pass = self.pass.options(&self.train_inputs, &self.data, &self.engine, quiet)?;
-        let eval = eval_options(
-            &self.eval_inputs,
-            self.eval_labels.as_deref(),
-            &self.data,
-            self.eval.eval_batch_size,
-            &self.eval.task,
-            &self.engine,
-            quiet,
-        )?;
+        let eval =
+            self.eval.held_out(&self.eval_inputs, self.eval_labels.as_deref(), &self.data, &self.engine, quiet)?;
         let mut opts = self.swag.options(&self.ck, pass, eval, self.pass.seed, quiet);
         opts.part = self.part.unwrap_or(Part::WHOLE);
         opts.part_output = self.partial_out.clone();
