@@ -561,7 +561,6 @@ pub fn read_part(path: &Path) -> Result<(PartInfo, Mean)> {
     let targets = match arrays.iter().find(|a| a.name == "targets") {
         None => vec![None; batch_sizes.len()],
         Some(t) => {
-            let numel = t.sample_numel();
             let integer = matches!(t.dtype, NpyType::I64);
             let mut out = Vec::new();
             let mut at = 0;
@@ -576,7 +575,6 @@ pub fn read_part(path: &Path) -> Result<(PartInfo, Mean)> {
                     Tensor::f32(shape, t.f32_rows(at, at + n))
                 }));
                 at += n;
-                let _ = numel;
             }
             out
         }
@@ -697,6 +695,8 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
     }
     read.extend([opts.pass.inputs.clone(), opts.eval.inputs.clone()]);
     read.extend(opts.eval.labels.iter().chain(&opts.eval.masks).chain(&opts.draws).cloned());
+    // A run whose inputs change under it writes nothing (as average and run).
+    let stamps = crate::fs::Stamps::of(&read)?;
     let read: Vec<&Path> = read.iter().map(PathBuf::as_path).collect();
     let files: Vec<&Path> =
         [&opts.save_moments, &opts.part_output].into_iter().flatten().map(PathBuf::as_path).collect();
@@ -824,6 +824,7 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
         staged.push(file);
         outputs.push(path.clone());
     }
+    stamps.check()?;
     // All or none: the directory first (it fails if another process made one there), then the
     // files; if they fail, the directory just published (ours) is removed again.
     if let (Some(dir), Some(path)) = (samples_dir, &opts.save_samples) {
