@@ -247,6 +247,17 @@ pub fn evaluate_with_temperature(model: &Model, opts: &EvalOptions, source: &Tem
             (fit.temperature, Some(fit))
         }
     };
+    Ok(evaluate_tempered(model, opts, t, fit)?.1)
+}
+
+/// One pass of `model` over `opts`' samples giving its figures without and with its logits
+/// divided by `t` (`fit`: how T was found): `(before, after)`.
+pub fn evaluate_tempered(
+    model: &Model,
+    opts: &EvalOptions,
+    t: f64,
+    fit: Option<crate::tasks::temperature::Fit>,
+) -> Result<(Evaluation, Evaluation)> {
     if !(t.is_finite() && t > 0.0 && matches!(opts.task, Task::Classification(_))) {
         return Err(Error::setting(
             Setting::Temperature,
@@ -278,7 +289,7 @@ pub fn evaluate_with_temperature(model: &Model, opts: &EvalOptions, source: &Tem
     after.skipped.clone_from(&before.skipped);
     after.preprocessing.clone_from(&before.preprocessing);
     after.temperature = Some(Temperature { value: t, fit, before: before.score() });
-    Ok(after)
+    Ok((before, after))
 }
 
 /// The name of the model's first output, which must be float32 logits where its type is declared.
@@ -486,29 +497,8 @@ impl Saved {
             }
             None => {}
         }
-        if let Some(first) = self.targets.first() {
-            let rows: usize = self.targets.iter().map(|t| t.shape.first().copied().unwrap_or(0)).sum();
-            let shape = [&[rows][..], &first.shape[1..]].concat();
-            let values: Vec<crate::batch::Values> = self.targets.iter().map(|t| t.values.to_owned()).collect();
-            let bytes = if values.iter().all(|v| matches!(v, crate::batch::Values::I64(_))) {
-                let v: Vec<i64> = values
-                    .iter()
-                    .flat_map(|v| match v {
-                        crate::batch::Values::I64(x) => x.clone(),
-                        _ => Vec::new(),
-                    })
-                    .collect();
-                npy_bytes(&shape, Data::I64(&v))
-            } else {
-                let v: Vec<f32> = values
-                    .into_iter()
-                    .flat_map(|v| match v {
-                        crate::batch::Values::I64(x) => x.into_iter().map(|y| y as f32).collect(),
-                        other => other.into_f32().unwrap_or_default(),
-                    })
-                    .collect();
-                npy_bytes(&shape, Data::F32(&v))
-            };
+        let targets: Vec<&crate::batch::Tensor> = self.targets.iter().collect();
+        if let Some(bytes) = crate::inputs::npy::tensors_npy(&targets) {
             arrays.push(("targets", bytes));
         }
         npz_bytes(&arrays)

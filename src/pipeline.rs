@@ -369,7 +369,8 @@ fn comparison(
         rows.push(Compared {
             name: format!("SWA, recalibrated, temperature {temperature:.4}"),
             score: t.score(),
-            passes: 2 + if t.temperature.as_ref().is_some_and(|x| x.fit.is_some()) { 2 } else { 1 },
+            // Recalibration and evaluation (the pass that scores SWA too), and the fit.
+            passes: 2 + usize::from(t.temperature.as_ref().is_some_and(|x| x.fit.is_some())),
             seconds: Some(
                 seconds(&["average", "recalibrate SWA", "evaluate SWA (recalibrated"]).unwrap_or(0.0) + extra,
             ),
@@ -423,9 +424,13 @@ struct Swa {
     names: Vec<(String, String)>,
     stored: Evaluation,
     recalibrated: Evaluation,
+    /// With temperature scaling: the recalibrated model's logits divided by T (from the same
+    /// held-out pass as `recalibrated`), and the seconds fitting T took.
+    tempered: Option<(Evaluation, f64)>,
 }
 
-/// Averages `selected` into `work`, then evaluates, recalibrates and evaluates the average.
+/// Averages `selected` into `work`, then evaluates, recalibrates and evaluates the average (and
+/// fits its temperature, where asked, before that last pass, which then scores both).
 fn swa(
     binder: &Binder,
     selected: &[CheckpointFile],
@@ -451,9 +456,28 @@ fn swa(
     let pass = recalibrate::compute(&prepared, &opts.pass)?;
     let names = bn::apply(&mut prepared.bound.model, &prepared.layers, &pass.stats)?;
     clock.lap("recalibrate SWA");
-    let recalibrated = evaluate::evaluate(&prepared.bound.model, &opts.eval)?;
+    let (recalibrated, tempered) = match &opts.temperature {
+        None => (evaluate::evaluate(&prepared.bound.model, &opts.eval)?, None),
+        Some(t) => {
+            let started = Instant::now();
+            let (value, fit) = match &t.source {
+                evaluate::TemperatureSource::Given(value) => (*value, None),
+                evaluate::TemperatureSource::Fit(calibration) => {
+                    let fit = evaluate::fit_temperature(&prepared.bound.model, calibration)?;
+                    (fit.temperature, Some(fit))
+                }
+            };
+            let fitting = started.elapsed().as_secs_f64();
+            clock.lap("temperature");
+            let (before, after) = evaluate::evaluate_tempered(&prepared.bound.model, &opts.eval, value, fit)?;
+            if t.in_onnx {
+                crate::onnx::divide_first_output(&mut prepared.bound.model, value as f32)?;
+            }
+            (before, Some((after, fitting)))
+        }
+    };
     clock.lap("evaluate SWA (recalibrated)");
-    Ok(Swa { prepared, pass, names, stored, recalibrated })
+    Ok(Swa { prepared, pass, names, stored, recalibrated, tempered })
 }
 
 /// Writes the SWA weights, model and report into `work`.
@@ -553,20 +577,7 @@ pub fn run(opts: &RunOptions) -> Result<(Report, Vec<PathBuf>)> {
         }
         None => None,
     };
-    let mut swa = swa(&binder, &selected, work.path(), opts, &mut clock)?;
-    let tempered = match &opts.temperature {
-        Some(t) => {
-            let started = Instant::now();
-            let e = evaluate::evaluate_with_temperature(&swa.prepared.bound.model, &opts.eval, &t.source)?;
-            let value = e.temperature.as_ref().map_or(1.0, |x| x.value);
-            if t.in_onnx {
-                crate::onnx::divide_first_output(&mut swa.prepared.bound.model, value as f32)?;
-            }
-            clock.lap("temperature");
-            Some((e, started.elapsed().as_secs_f64()))
-        }
-        None => None,
-    };
+    let swa = swa(&binder, &selected, work.path(), opts, &mut clock)?;
     let soup = match &opts.soup {
         Some(soup) => {
             let report = make_soup(&found, &names, work.path(), soup, opts)?;
@@ -632,7 +643,7 @@ pub fn run(opts: &RunOptions) -> Result<(Report, Vec<PathBuf>)> {
         data: data_lines(&swa),
         soup,
         comparison: Vec::new(),
-        temperature: tempered.as_ref().and_then(|(e, _)| e.temperature.as_ref()).and_then(|t| t.fit.clone()),
+        temperature: swa.tempered.as_ref().and_then(|(e, _)| e.temperature.as_ref()).and_then(|t| t.fit.clone()),
     };
     let mut report = report;
     if opts.ensemble || opts.swag.is_some() || opts.temperature.is_some() {
@@ -640,7 +651,7 @@ pub fn run(opts: &RunOptions) -> Result<(Report, Vec<PathBuf>)> {
             (Some(e), Some((stored, recalibrated))) => Some((e, stored, recalibrated, selected.len())),
             _ => None,
         };
-        report.comparison = comparison(&report, ensembles, swag.as_ref(), tempered.as_ref());
+        report.comparison = comparison(&report, ensembles, swag.as_ref(), swa.tempered.as_ref());
     }
     write_outputs(work.path(), &swa, &report, &selected, opts)?;
     stamps.check()?;

@@ -509,7 +509,6 @@ pub struct PartInfo {
 
 /// The `.npz` of a part: `info` (JSON bytes), `sums` f64 `[samples, …]`, `targets`.
 fn part_npz(info: &PartInfo, mean: &Mean) -> Result<Vec<u8>> {
-    use crate::batch::Values;
     use crate::inputs::npy::{npy_bytes, npz_bytes, Data};
     let json = serde_json::to_vec(info).expect("part info serialises");
     let (sums, targets) = mean.sums();
@@ -518,24 +517,7 @@ fn part_npz(info: &PartInfo, mean: &Mean) -> Result<Vec<u8>> {
     let mut arrays =
         vec![("info", npy_bytes(&[json.len()], Data::U8(&json))), ("sums", npy_bytes(&shape, Data::F64(sums)))];
     let targets: Vec<&crate::batch::Tensor> = targets.into_iter().flatten().collect();
-    if let Some(first) = targets.first() {
-        let rows: usize = targets.iter().map(|t| t.shape.first().copied().unwrap_or(0)).sum();
-        let tshape = [&[rows][..], &first.shape[1..]].concat();
-        let owned: Vec<Values> = targets.iter().map(|t| t.values.to_owned()).collect();
-        let bytes = if owned.iter().all(|v| matches!(v, Values::I64(_))) {
-            let v: Vec<i64> =
-                owned.into_iter().flat_map(|v| if let Values::I64(x) = v { x } else { Vec::new() }).collect();
-            npy_bytes(&tshape, Data::I64(&v))
-        } else {
-            let v: Vec<f32> = owned
-                .into_iter()
-                .flat_map(|v| match v {
-                    Values::I64(x) => x.into_iter().map(|y| y as f32).collect(),
-                    other => other.into_f32().unwrap_or_default(),
-                })
-                .collect();
-            npy_bytes(&tshape, Data::F32(&v))
-        };
+    if let Some(bytes) = crate::inputs::npy::tensors_npy(&targets) {
         arrays.push(("targets", bytes));
     }
     npz_bytes(&arrays)

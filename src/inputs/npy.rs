@@ -435,6 +435,30 @@ pub fn npy_bytes(shape: &[usize], data: Data) -> Vec<u8> {
     out
 }
 
+/// Batches' tensors (targets) concatenated along the batch axis as one `.npy`: int64 where
+/// every batch is, float32 otherwise; `None` without any.
+pub fn tensors_npy(tensors: &[&crate::batch::Tensor]) -> Option<Vec<u8>> {
+    use crate::batch::Values;
+    let first = tensors.first()?;
+    let rows: usize = tensors.iter().map(|t| t.shape.first().copied().unwrap_or(0)).sum();
+    let shape = [&[rows][..], &first.shape[1..]].concat();
+    let values: Vec<Values> = tensors.iter().map(|t| t.values.to_owned()).collect();
+    Some(if values.iter().all(|v| matches!(v, Values::I64(_))) {
+        let v: Vec<i64> =
+            values.into_iter().flat_map(|v| if let Values::I64(x) = v { x } else { Vec::new() }).collect();
+        npy_bytes(&shape, Data::I64(&v))
+    } else {
+        let v: Vec<f32> = values
+            .into_iter()
+            .flat_map(|v| match v {
+                Values::I64(x) => x.into_iter().map(|y| y as f32).collect(),
+                other => other.into_f32().unwrap_or_default(),
+            })
+            .collect();
+        npy_bytes(&shape, Data::F32(&v))
+    })
+}
+
 /// Writes an `.npy` file (a plain write: for files swa makes for itself, not the user's outputs).
 pub fn write_npy(path: &Path, shape: &[usize], data: Data) -> Result<()> {
     std::fs::write(path, npy_bytes(shape, data)).map_err(|e| Error::io(path, e))
