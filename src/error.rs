@@ -229,6 +229,9 @@ pub enum Hint {
         /// Whether the source made its batches itself (a Python loader's): the batch size is its.
         own_batches: bool,
     },
+    /// A TensorFlow checkpoint binds through a layout map derived from the checkpoint the model was
+    /// exported from: binding that one first keeps the map beside the model.
+    LayoutMap,
 }
 
 /// Besides a center crop, what else gets images to the size a model or the batches need.
@@ -246,6 +249,9 @@ impl Hint {
         match self {
             Hint::AllowNonfinite => "; set `allow_nonfinite` to average anyway".into(),
             Hint::AllowMissingWeights => " Set `allow_missing_weights` to keep the model's own values for them".into(),
+            Hint::LayoutMap => ". Bind the checkpoint the model was exported from first (the map is then kept beside \
+                                 the model), or export the model from this one"
+                .into(),
             Hint::LessMemory { streams } if streams > 1 => {
                 format!(" (each of the {streams} streams holds its own activations: use 1 stream, or a smaller batch)")
             }

@@ -493,7 +493,15 @@ fn write_outputs(
     sources.push(&opts.pass.inputs);
     let mut meta = recalibrate::metadata(&opts.pass, &swa.pass, &sources);
     meta.insert("n_models".into(), selected.len().to_string());
-    recalibrate::save_weights(&swa.prepared, &swa.names, &swa.pass, &work.join("swa.safetensors"), &meta)?;
+    recalibrate::save_weights(&swa.prepared, &swa.names, &swa.pass, &work.join("swa.safetensors"), &meta, None)?;
+    // The run's own format too, where it is not PyTorch's (Keras' `swa.weights.h5`, a TensorFlow
+    // bundle `swa.ckpt`): written like the newest checkpoint, loadable where it was.
+    if let Some(newest) = selected.last() {
+        if let Some(name) = inputs::format_of(&newest.path).native_output(&newest.path) {
+            let path = work.join(name);
+            recalibrate::save_weights(&swa.prepared, &swa.names, &swa.pass, &path, &meta, Some(&newest.path))?;
+        }
+    }
     swa.prepared.bound.model.save(&work.join("model_swa.onnx"))?;
     for (name, text) in [
         ("report.json", report.json()),
@@ -534,6 +542,9 @@ pub fn run(opts: &RunOptions) -> Result<(Report, Vec<PathBuf>)> {
     }
     let found = inputs::discover(&opts.checkpoints)?.files;
     let selected = inputs::select(&found, &opts.selection)?;
+    // A TensorFlow run binds through a layout map derived from the checkpoint the model was
+    // exported from: tried newest first.
+    binder.prepare_map(found.iter().rev().map(|f| inputs::open_checkpoint(&f.path, opts.key.as_deref())))?;
     let read = files_read(&binder, &found, opts)?;
     let mut named: Vec<&Path> = read.iter().map(PathBuf::as_path).collect();
     named.extend(opts.checkpoints.iter().map(PathBuf::as_path));

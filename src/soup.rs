@@ -593,7 +593,7 @@ fn stage(kitchen: &Kitchen, soup: &mut Judged, kept: &[usize], files: &[Checkpoi
                 meta.entry(k).or_insert(v);
             }
             recalibrate::record_metadata(&mut prepared.bound.model, &meta);
-            staged.push(recalibrate::stage_weights(prepared, names, pass, &opts.output, &meta)?);
+            staged.append(recalibrate::stage_weights(prepared, names, pass, &opts.output, &meta, None)?);
             if let Some(onnx) = &opts.onnx_output {
                 staged.append(prepared.bound.model.stage(onnx, false)?);
             }
@@ -607,7 +607,7 @@ fn stage(kitchen: &Kitchen, soup: &mut Judged, kept: &[usize], files: &[Checkpoi
                     (TensorSpec { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone() }, ck.bytes(t).to_vec())
                 })
                 .collect();
-            staged.push(crate::checkpoint::stage_tensors(&opts.output, &tensors, &meta)?);
+            staged.append(crate::checkpoint::stage_tensors(&opts.output, &tensors, &meta, Some(ck.path()))?);
             if let Some(onnx) = &opts.onnx_output {
                 recalibrate::record_metadata(&mut bound.model, &meta);
                 staged.append(bound.model.stage(onnx, false)?);

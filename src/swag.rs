@@ -750,7 +750,7 @@ pub fn swag(opts: &SwagOptions) -> Result<SwagSummary> {
                 let result = recalibrate::compute(&prepared, &opts.pass)?;
                 let names = crate::onnx::bn::apply(&mut prepared.bound.model, &prepared.layers, &result.stats)?;
                 if let Some(file) = &file {
-                    recalibrate::stage_weights(&prepared, &names, &result, file, &meta)?.publish()?;
+                    recalibrate::stage_weights(&prepared, &names, &result, file, &meta, None)?.publish()?;
                 }
                 prepared.bound.model
             } else {

@@ -303,3 +303,27 @@ pub fn partial_stats(data: &[u8]) {
         .collect();
     finish(stats::merge(halves));
 }
+
+/// A TensorFlow bundle's `.index` (an SSTable of `BundleEntryProto`s): every entry's type, shape
+/// and byte range checked; and the same bytes as an object graph entry.
+pub fn tf_bundle(data: &[u8]) {
+    use swa::checkpoint::tf_bundle;
+    if let Ok(entries) = tf_bundle::index_entries(Path::new("fuzz.index"), data) {
+        for (_, dt, shape, _, range) in entries {
+            if let Some(dt) = dt {
+                assert_eq!(dtype::nbytes(dt, &shape), Ok(range.len()));
+            }
+        }
+    }
+    let _ = tf_bundle::object_graph_names(data);
+}
+
+/// A Keras HDF5 file (`.weights.h5`, Keras 2 `.h5`): the HDF5 subset parsed, then the weights
+/// named, checked against the file and given their BatchNorm roles.
+pub fn keras_h5(data: &[u8]) {
+    let Ok(weights) = swa::checkpoint::keras::weights_of(Path::new("fuzz.weights.h5"), data) else { return };
+    for (_, dt, shape, range, _) in weights {
+        assert!(range.end <= data.len());
+        assert_eq!(dtype::nbytes(dt, &shape), Ok(range.len()));
+    }
+}

@@ -138,7 +138,8 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     let inputs = Inputs::open(opts)?;
     let plan = plan_tensors(inputs.newest(), opts)?;
     let OutputPlan { shards, index } = sharded::plan(&opts.output, &plan.specs, opts.shard_size.map(NonZeroU64::get));
-    let output_format = format::for_output(&opts.output);
+    let like = Some(inputs.newest().path());
+    let output_format = format::for_output(&opts.output, like);
     if output_format.name() != Safetensors.name() {
         let one_file = format!("a {} output is one file", output_format.name());
         if index.is_some() {
@@ -157,7 +158,12 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     let own = own_shards(&shards, index.is_some(), opts.part)?;
     let input_files: Vec<&Path> = inputs.checkpoints.iter().flat_map(|c| c.files()).collect();
     let mut dirs = OutputDirs::default();
-    for path in shards.iter().map(|s| s.path.as_path()).chain(index.as_deref()) {
+    let written: Vec<PathBuf> = shards
+        .iter()
+        .flat_map(|s| format::for_output(&s.path, like).output_files(&s.path))
+        .chain(index.clone())
+        .collect();
+    for path in &written {
         dirs.create_parents(path)?;
         check_output(path)?;
         refuse_overwrite(path, &input_files)?;
@@ -185,7 +191,7 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
             .iter()
             .zip(&own)
             .map(|(s, &mine)| {
-                mine.then(|| format::for_output(&s.path).writer(&s.path, &s.specs, &metadata)).transpose()
+                mine.then(|| format::for_output(&s.path, like).writer(&s.path, &s.specs, &metadata, like)).transpose()
             })
             .collect::<Result<_>>()?;
         let entries = inputs
@@ -219,7 +225,7 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
         // Every shard and the index are staged before any is published (the index last), and only
         // if no input changed meanwhile.
         for w in writers.into_iter().flatten() {
-            staged.push(w.finish()?);
+            staged.append(w.finish()?);
         }
     }
     if opts.part.is_none() {

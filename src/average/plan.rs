@@ -127,7 +127,8 @@ pub(super) fn metadata(opts: &AverageOptions, inputs: &Inputs) -> BTreeMap<Strin
         BufferPolicy::Average => format!("float buffers averaged, integers copied from {newest}"),
     };
     BTreeMap::from([
-        ("format".to_string(), "pt".to_string()),
+        // safetensors' convention: `tf` for TensorFlow's variables (Keras layouts, biased variances).
+        ("format".to_string(), if inputs.newest().is_tensorflow() { "tf" } else { "pt" }.to_string()),
         ("n_models".to_string(), inputs.n_models.to_string()),
         ("sources".to_string(), serde_json::to_string(&inputs.sources).expect("strings")),
         ("weighting".to_string(), weighting_name(&inputs.weighting)),

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::{Checkpoint, TensorSpec};
 use crate::error::{Error, Result};
-use crate::fs::StagedFile;
+use crate::fs::Outputs;
 
 /// What a format is shown of a path to say whether the path is one of its files.
 #[derive(Debug, Clone, Copy)]
@@ -73,12 +73,13 @@ pub struct Contents {
 }
 
 /// A checkpoint file being written: tensor data goes in at known offsets from any thread, then
-/// [`TensorWriter::finish`] gives the staged file, complete and synced, to publish.
+/// [`TensorWriter::finish`] gives the staged files (one, or a TensorFlow bundle's index and data),
+/// complete and synced, to publish.
 pub trait TensorWriter: Send + Sync {
     /// Writes `bytes` at byte `at` of tensor number `index`'s data.
     fn write_at(&self, index: usize, at: usize, bytes: &[u8]) -> Result<()>;
     /// Finishes the file (checksums, sync), ready to publish.
-    fn finish(self: Box<Self>) -> Result<StagedFile>;
+    fn finish(self: Box<Self>) -> Result<Outputs>;
 }
 
 /// One checkpoint format.
@@ -129,12 +130,27 @@ pub trait Format: Sync {
         false
     }
 
-    /// A writer of `tensors` (in this order) and `metadata` to a staged file beside `target`.
+    /// The name under which `swa run` also writes the recalibrated weights in this format, written
+    /// like `like` (a run's newest checkpoint), where the format is not PyTorch's.
+    fn native_output(&self, _like: &Path) -> Option<&'static str> {
+        None
+    }
+
+    /// The files an output named `target` is written to (a bundle's index and data), which the
+    /// caller checks as outputs.
+    fn output_files(&self, target: &Path) -> Vec<PathBuf> {
+        vec![target.to_path_buf()]
+    }
+
+    /// A writer of `tensors` (in this order) and `metadata` to staged files beside `target`.
+    /// `like` is the checkpoint the output is written like (the newest input): formats that hold
+    /// more than tensors (Keras' groups and optimizer, a bundle's object graph) take that from it.
     fn writer(
         &self,
         target: &Path,
         _tensors: &[TensorSpec],
         _metadata: &BTreeMap<String, String>,
+        _like: Option<&Path>,
     ) -> Result<Box<dyn TensorWriter>> {
         Err(Error::format(target, format!("swa does not write {} files", self.name())))
     }
@@ -142,14 +158,23 @@ pub trait Format: Sync {
 
 /// The formats of this level, in the order they are asked (the first of equally sure ones reads
 /// a file; a run directory's model file is looked for in this order).
-pub static FORMATS: &[&dyn Format] =
-    &[&super::sharded::Sharded, &super::safetensors::Safetensors, &super::torch::Torch];
+pub static FORMATS: &[&dyn Format] = &[
+    &super::sharded::Sharded,
+    &super::safetensors::Safetensors,
+    &super::keras::Keras,
+    &super::tf_bundle::TfBundle,
+    &super::torch::Torch,
+];
 
-/// The format an output named like `path` is written in: the first that writes such names, else
-/// safetensors.
-pub fn for_output(path: &Path) -> &'static dyn Format {
+/// The format an output named like `path` is written in: of those that write such names, the
+/// format of `like` (the checkpoint it is written like: `-o swa.ckpt` is a TensorFlow bundle for
+/// bundle inputs and a `torch.save` file for Lightning's), else the first; else safetensors.
+pub fn for_output(path: &Path, like: Option<&Path>) -> &'static dyn Format {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    FORMATS.iter().copied().find(|f| f.writes(&name)).unwrap_or(&super::safetensors::Safetensors)
+    let mut writers = FORMATS.iter().copied().filter(|f| f.writes(&name)).peekable();
+    let first = writers.peek().copied();
+    let input = like.and_then(|l| surest(FORMATS.iter().copied(), l));
+    writers.find(|f| input.is_some_and(|i| i.name() == f.name())).or(first).unwrap_or(&super::safetensors::Safetensors)
 }
 
 /// True if `name` ends with `suffix`, ignoring ASCII case (suffixes are lower-case).

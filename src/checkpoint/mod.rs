@@ -6,8 +6,11 @@
 
 pub mod dtype;
 pub mod format;
+pub mod hdf5;
+pub mod keras;
 pub mod safetensors;
 pub mod sharded;
+pub mod tf_bundle;
 pub mod torch;
 mod write;
 
@@ -318,6 +321,13 @@ impl Checkpoint {
     /// The safetensors `__metadata__` (for a sharded checkpoint, the first shard's, plus the index's).
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         &self.metadata
+    }
+
+    /// True if its tensors are TensorFlow's or Keras' variables (read from their files, or an
+    /// average of them: safetensors metadata `format` = `tf`): kernels in Keras' layouts and
+    /// BatchNorm moving variances that are biased.
+    pub fn is_tensorflow(&self) -> bool {
+        self.metadata.get("format").is_some_and(|f| f == "tf")
     }
 
     /// The metadata, to fill in.

@@ -59,6 +59,7 @@ impl Format for Safetensors {
         target: &Path,
         tensors: &[TensorSpec],
         metadata: &BTreeMap<String, String>,
+        _like: Option<&Path>,
     ) -> Result<Box<dyn TensorWriter>> {
         Ok(Box::new(SafetensorsWriter::create(target, tensors, metadata)?))
     }
@@ -117,7 +118,7 @@ impl TensorWriter for SafetensorsWriter {
         SafetensorsWriter::write_at(self, index, at, bytes)
     }
 
-    fn finish(self: Box<Self>) -> Result<StagedFile> {
-        SafetensorsWriter::finish(*self)
+    fn finish(self: Box<Self>) -> Result<crate::fs::Outputs> {
+        Ok(vec![SafetensorsWriter::finish(*self)?].into())
     }
 }

@@ -8,7 +8,7 @@ use safetensors::Dtype;
 
 use crate::checkpoint::dtype;
 use crate::error::Result;
-use crate::fs::StagedFile;
+use crate::fs::Outputs;
 
 /// Name, type and shape of a tensor to write.
 #[derive(Debug, Clone)]
@@ -28,15 +28,17 @@ impl TensorSpec {
     }
 }
 
-/// Stages small in-memory tensors as one checkpoint file, in the format its name asks for
-/// ([`super::format::for_output`]: safetensors, or a `torch.save` file for `.pt` and the other
-/// torch names), to be published with other outputs.
+/// Stages small in-memory tensors as one checkpoint, in the format its name asks for
+/// ([`super::format::for_output`]: safetensors, a `torch.save` file for `.pt` and the other torch
+/// names, Keras' `.weights.h5` and a TensorFlow bundle written like `like`), to be published with
+/// other outputs.
 pub fn stage_tensors(
     target: &Path,
     tensors: &[(TensorSpec, Vec<u8>)],
     metadata: &BTreeMap<String, String>,
-) -> Result<StagedFile> {
-    stage_tensors_as(super::format::for_output(target), target, tensors, metadata)
+    like: Option<&Path>,
+) -> Result<Outputs> {
+    stage_tensors_as(super::format::for_output(target, like), target, tensors, metadata, like)
 }
 
 /// [`stage_tensors`] in `format`, whatever the target's name (files that only swa reads back,
@@ -46,21 +48,23 @@ pub fn stage_tensors_as(
     target: &Path,
     tensors: &[(TensorSpec, Vec<u8>)],
     metadata: &BTreeMap<String, String>,
-) -> Result<StagedFile> {
+    like: Option<&Path>,
+) -> Result<Outputs> {
     let specs: Vec<TensorSpec> = tensors.iter().map(|(s, _)| s.clone()).collect();
-    let writer = format.writer(target, &specs, metadata)?;
+    let writer = format.writer(target, &specs, metadata, like)?;
     for (i, (_, bytes)) in tensors.iter().enumerate() {
         writer.write_at(i, 0, bytes)?;
     }
     writer.finish()
 }
 
-/// Writes small in-memory tensors as one checkpoint file (see [`stage_tensors`]), atomically.
+/// Writes small in-memory tensors as one safetensors or torch checkpoint (see [`stage_tensors`]),
+/// atomically.
 pub fn write_tensors(
     target: &Path,
     tensors: &[(TensorSpec, Vec<u8>)],
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
     crate::fs::check_output(target)?;
-    stage_tensors(target, tensors, metadata)?.publish()
+    stage_tensors(target, tensors, metadata, None)?.publish()
 }

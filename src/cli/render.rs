@@ -45,6 +45,9 @@ pub fn hint(hint: Hint) -> String {
     match hint {
         Hint::AllowNonfinite => "; pass --allow-nonfinite to average anyway".into(),
         Hint::AllowMissingWeights => " Pass --allow-missing-weights to keep the model's own values for them".into(),
+        Hint::LayoutMap => ". Bind the checkpoint the model was exported from first (`swa inspect MODEL.onnx --against \
+                            CHECKPOINT` keeps the map beside the model), or export the model from this one"
+            .into(),
         Hint::LessMemory { streams } if streams > 1 => format!(
             " (each of the {streams} streams holds its own activations: try --streams 1, or a smaller --batch-size)"
         ),

@@ -203,11 +203,13 @@ impl RunArgs {
                 );
             }
             render::created(&mut stdout, &created);
-            let _ = writeln!(
-                stdout,
-                "wrote {}/{{swa.safetensors,model_swa.onnx,report.json,report.md,report.html}}",
-                self.out.display()
-            );
+            // The folder is swa's own (published whole): what it holds is what the run wrote
+            // (with `swa.weights.h5` or `swa.ckpt.*` for a Keras or TensorFlow run).
+            let mut names: Vec<String> = std::fs::read_dir(&self.out)
+                .map(|d| d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned())).collect())
+                .unwrap_or_default();
+            names.sort();
+            let _ = writeln!(stdout, "wrote {}/{{{}}}", self.out.display(), names.join(","));
         }
         output::step_summary(&swa::report::markdown(&r));
         let failure =

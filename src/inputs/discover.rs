@@ -98,6 +98,12 @@ pub fn name_number(name: &str) -> Option<u64> {
         while i < bytes.len() && bytes[i].is_ascii_digit() {
             i += 1;
         }
+        // A decimal (`weights.02-0.61`: Keras' `{val_loss:.2f}`) is a metric, not a number.
+        let decimal = (start >= 2 && bytes[start - 1] == b'.' && bytes[start - 2].is_ascii_digit())
+            || (i + 1 < bytes.len() && bytes[i] == b'.' && bytes[i + 1].is_ascii_digit());
+        if decimal {
+            continue;
+        }
         let Ok(n) = stem[start..i].parse::<u64>() else { continue };
         // The separators before the number, then the word before them.
         let word_end = bytes[..start].iter().rposition(u8::is_ascii_alphanumeric).map_or(0, |p| p + 1);
@@ -508,6 +514,11 @@ mod tests {
         assert_eq!(name_number("resnet50-epoch7-v2.safetensors"), Some(7));
         assert_eq!(name_number("model.safetensors"), None);
         assert_eq!(name_number("checkpoint-500"), Some(500));
+        // Keras' ModelCheckpoint and TensorFlow's names.
+        assert_eq!(name_number("weights.02-0.61.weights.h5"), Some(2));
+        assert_eq!(name_number("weights.12-1.05.keras"), Some(12));
+        assert_eq!(name_number("model.ckpt-1000.index"), Some(1000));
+        assert_eq!(name_number("ckpt-3.index"), Some(3));
     }
 
     #[test]

@@ -120,8 +120,8 @@ mod tests {
             ("x.pth.tar", "torch.save"),
             ("X.PT", "torch.save"),
         ] {
-            assert_eq!(format::for_output(Path::new(name)).name(), format, "{name}");
+            assert_eq!(format::for_output(Path::new(name), None).name(), format, "{name}");
         }
-        assert_eq!(format::for_output(Path::new("x.index.json")).name(), "safetensors", "shards are safetensors");
+        assert_eq!(format::for_output(Path::new("x.index.json"), None).name(), "safetensors", "shards are safetensors");
     }
 }

@@ -5,12 +5,17 @@
 //! ones), so `layer1.0.bn1.weight` may be an `Identity` of `bn1.weight`. `unshare` first gives
 //! every such name an initializer of its own; binding then matches names exactly, then with the
 //! usual wrapper prefixes (`module.`, `_orig_mod.`, `model.`) stripped on either side.
+//!
+//! A TensorFlow or Keras checkpoint's names and layouts are not its exported graph's: it binds
+//! through the [`layout`] map kept beside the model, derived by value from the checkpoint bound
+//! when there is none yet (or, in `swa run`, from the run's checkpoints: [`Binder::prepare_map`]).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 use serde::Serialize;
 
+use super::layout::{self, LayoutMap};
 use super::{is_float_elem, tensor, tensor_data, Model};
 use crate::checkpoint::{dtype, Checkpoint};
 use crate::error::{Error, Hint, Result};
@@ -20,6 +25,9 @@ use crate::error::{Error, Hint, Result};
 #[derive(Debug, Clone)]
 pub struct Binder {
     model: Model,
+    /// The layout map derived in this process, where one was (kept here too: the model's folder
+    /// may not take the file).
+    map: std::sync::OnceLock<LayoutMap>,
 }
 
 /// A model with a checkpoint's tensors bound into it.
@@ -38,7 +46,7 @@ impl Binder {
     /// Prepares `model` for binding.
     pub fn new(mut model: Model) -> Self {
         unshare(&mut model);
-        Binder { model }
+        Binder { model, map: std::sync::OnceLock::new() }
     }
 
     /// Reads the ONNX model at `path` and prepares it.
@@ -59,7 +67,10 @@ impl Binder {
         let mut model = self.model.clone();
         match checkpoint {
             Some(ck) => {
-                let binding = bind_into(&mut model, &ck, allow_missing_weights)?;
+                let binding = match self.layout_for(&ck)? {
+                    Some(map) => bind_mapped(&mut model, &ck, &map, allow_missing_weights)?,
+                    None => bind_into(&mut model, &ck, allow_missing_weights)?,
+                };
                 Ok(Bound { model, checkpoint: ck, binding: Some(binding) })
             }
             None => Ok(Bound { checkpoint: model.checkpoint()?, model, binding: None }),
@@ -68,8 +79,154 @@ impl Binder {
 
     /// How `checkpoint` would bind, without failing on weights it lacks (for `inspect`).
     pub fn report(&self, checkpoint: &Checkpoint) -> Result<BindReport> {
-        bind_into(&mut self.model.clone(), checkpoint, true)
+        match self.layout_for(checkpoint)? {
+            Some(map) => bind_mapped(&mut self.model.clone(), checkpoint, &map, true),
+            None => bind_into(&mut self.model.clone(), checkpoint, true),
+        }
     }
+
+    /// The layout map `ck` binds through: none where its names are the model's; the map kept beside
+    /// the model; else, for a TensorFlow checkpoint, one derived from `ck` by value when it binds
+    /// every weight of the model (and then kept beside the model).
+    fn layout_for(&self, ck: &Checkpoint) -> Result<Option<LayoutMap>> {
+        if names_match(&self.model, ck) {
+            return Ok(None);
+        }
+        if let Some(map) = self.map.get() {
+            return Ok(Some(map.clone()));
+        }
+        if let Some(map) = layout::load(&self.model.path)? {
+            return Ok(Some(map));
+        }
+        if !ck.is_tensorflow() {
+            return Ok(None);
+        }
+        let map = layout::derive(&self.model, ck)?;
+        let weights = weight_initializers(&self.model);
+        let missing: Vec<&String> = map.unbound.iter().filter(|u| weights.contains(*u)).collect();
+        if !missing.is_empty() {
+            let unmatched: Vec<&str> = map.unmatched.iter().take(5).map(String::as_str).collect();
+            return Err(Error::Mismatch(format!(
+                "{}: TensorFlow names and layouts are bound by value, through a map derived from the checkpoint \
+                 the model was exported from (kept beside the model as {}); this checkpoint's values are not the \
+                 model's: {} of its weights match no variable under any layout (first: {}){}",
+                ck.path().display(),
+                layout::map_path(&self.model.path).display(),
+                missing.len(),
+                missing.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                if unmatched.is_empty() {
+                    String::new()
+                } else {
+                    format!("; variables that matched nothing: {}", unmatched.join(", "))
+                }
+            ))
+            .hint(Hint::LayoutMap));
+        }
+        match layout::save(&self.model.path, &map) {
+            Ok(path) => crate::error::warn(format!(
+                "bound {} by value ({} variables; {} of them transposed): the map is kept as {}",
+                ck.path().display(),
+                map.bound.len(),
+                map.bound.iter().filter(|m| m.permutation.is_some()).count(),
+                path.display()
+            )),
+            Err(e) => crate::error::warn(format!("the layout map was not kept beside the model: {e}")),
+        }
+        let _ = self.map.set(map.clone());
+        Ok(Some(map))
+    }
+
+    /// Before binding a TensorFlow run's checkpoints (whose values are not the model's, but for the
+    /// one it was exported from): derives the layout map from the first of `candidates` (newest
+    /// first) that binds every weight, if there is no map yet and the names are not the model's.
+    pub fn prepare_map(&self, candidates: impl IntoIterator<Item = Result<Checkpoint>>) -> Result<()> {
+        let mut first_error = None;
+        for ck in candidates {
+            let ck = ck?;
+            if names_match(&self.model, &ck)
+                || !ck.is_tensorflow()
+                || self.map.get().is_some()
+                || layout::load(&self.model.path)?.is_some()
+            {
+                return Ok(());
+            }
+            match self.layout_for(&ck) {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// True if some float tensor of `ck` has the name of an initializer of `model` (exactly or with
+/// wrapper prefixes stripped).
+fn names_match(model: &Model, ck: &Checkpoint) -> bool {
+    let g = model.graph();
+    let names: HashSet<&str> = g.initializer.iter().map(|t| strip_prefixes(t.name())).collect();
+    ck.tensors().iter().any(|t| dtype::is_float(t.dtype) && names.contains(strip_prefixes(&t.name)))
+}
+
+/// Binds `ck` into `model` through `map`: each mapped variable converted to its initializer's type
+/// and permuted to its layout.
+fn bind_mapped(model: &mut Model, ck: &Checkpoint, map: &LayoutMap, allow_missing_weights: bool) -> Result<BindReport> {
+    let weights = weight_initializers(model);
+    let mapped = layout::by_variable(map);
+    let map_file = layout::map_path(&model.path);
+    let g = model.graph_mut();
+    let index: HashMap<String, usize> =
+        g.initializer.iter().enumerate().map(|(i, t)| (t.name().to_string(), i)).collect();
+    let mut report = BindReport::default();
+    for entry in ck.tensors() {
+        if !dtype::is_float(entry.dtype) {
+            report.skipped.push(entry.name.clone());
+            continue;
+        }
+        let Some(m) = mapped.get(entry.name.as_str()) else {
+            report.unmatched.push(entry.name.clone());
+            continue;
+        };
+        let i = *index.get(&m.initializer).ok_or_else(|| {
+            Error::tensor(
+                ck.path(),
+                &entry.name,
+                format!(
+                    "maps to `{}`, which the model lacks: the layout map {} is another model's",
+                    m.initializer,
+                    map_file.display()
+                ),
+            )
+        })?;
+        let init = &mut g.initializer[i];
+        let (init_dtype, shape, _) = tensor_data(init)?;
+        let perm: Vec<usize> = m.permutation.clone().unwrap_or_else(|| (0..entry.shape.len()).collect());
+        if perm.len() != entry.shape.len() || layout::permuted_shape(&entry.shape, &perm) != shape {
+            return Err(Error::tensor(
+                ck.path(),
+                &entry.name,
+                format!("has shape {:?}, which does not map to `{}` of shape {shape:?}", entry.shape, m.initializer),
+            ));
+        }
+        let bytes = dtype::convert(entry.dtype, init_dtype, ck.bytes(entry));
+        let bytes = layout::permute(&bytes, dtype::width(init_dtype), &entry.shape, &perm);
+        let name = init.name().to_string();
+        *init = tensor(&name, init_dtype, &shape, bytes);
+        report.bound.push((entry.name.clone(), name));
+    }
+    let bound: HashSet<&str> = report.bound.iter().map(|(_, g)| g.as_str()).collect();
+    report.unbound = weights.iter().filter(|w| !bound.contains(w.as_str())).cloned().collect();
+    if !report.unbound.is_empty() && !allow_missing_weights {
+        return Err(Error::Mismatch(format!(
+            "{}: {} of the model's weights are bound by no variable through the layout map (first: {})",
+            ck.path().display(),
+            report.unbound.len(),
+            report.unbound.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        ))
+        .hint(Hint::AllowMissingWeights));
+    }
+    Ok(report)
 }
 
 /// The prefixes that training wrappers add to parameter names: `module.` (DataParallel / DDP),

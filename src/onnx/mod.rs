@@ -3,6 +3,7 @@
 
 pub mod bind;
 pub mod bn;
+pub mod layout;
 #[allow(missing_docs, clippy::all)]
 pub mod proto;
 

@@ -113,6 +113,7 @@ pub fn write(opts: &PartialStatsOptions) -> Result<PartialStatsSummary> {
         &opts.output,
         &tensors,
         &meta,
+        None,
     )?;
     stamps.check()?;
     staged.publish()?;
@@ -487,7 +488,11 @@ pub fn merge_into_model(opts: &MergeStatsOptions) -> Result<RecalibrateSummary> 
             )));
         }
         Ok(PassResult {
-            stats: merged.layers.iter().map(Sufficient::finish).collect(),
+            stats: merged
+                .layers
+                .iter()
+                .map(|l| l.finish_as(crate::recalibrate::Variance::of(&prepared.bound.checkpoint)))
+                .collect(),
             // As a single pass counts them: the images decoded, not those skipped.
             samples: merged.samples - merged.skipped.len().min(merged.samples),
             batches: merged.batches,

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 pub use outputs::{apply, layer_summaries, metadata, record_metadata, save_weights, stage_weights};
 pub use pass::{accumulate, check_weights_finite, compute, Accumulated, PassOptions, PassResult, Prepared};
-pub use stats::{accumulator, Accumulator, Precise, StatsMode, Sufficient, TorchCompat};
+pub use stats::{accumulator, Accumulator, Precise, StatsMode, Sufficient, TorchCompat, Variance};
 
 use crate::error::{Error, Result};
 use crate::fs::{Outputs, Stamps};
@@ -163,7 +163,7 @@ pub fn recalibrate_from(
     let mut staged = Outputs::default();
     let mut outputs = vec![opts.output.clone()];
     if let Some(w) = &opts.save_weights {
-        staged.push(stage_weights(&prepared, &names, &result, w, &meta)?);
+        staged.append(stage_weights(&prepared, &names, &result, w, &meta, None)?);
         outputs.push(w.clone());
     }
     staged.append(prepared.bound.model.stage(&opts.output, false)?);

@@ -8,7 +8,6 @@ use super::pass::{PassOptions, PassResult, Prepared};
 use super::LayerSummary;
 use crate::checkpoint::{dtype, Dtype, TensorSpec};
 use crate::error::Result;
-use crate::fs::StagedFile;
 use crate::onnx::bn::{self, BnLayer};
 use crate::onnx::Model;
 
@@ -46,16 +45,19 @@ pub fn layer_summaries(model: &Model, layers: &[BnLayer], new: &[(Vec<f64>, Vec<
 }
 
 /// Writes the checkpoint's tensors under their own names with the new running statistics (and
-/// `num_batches_tracked` = batches, as update_bn leaves it), atomically.
+/// `num_batches_tracked` = batches, as update_bn leaves it), atomically; in the format `path`
+/// names, written like `like` (default: the checkpoint bound) where the format takes more than
+/// tensors from its input (Keras' `.weights.h5`, a TensorFlow bundle).
 pub fn save_weights(
     prepared: &Prepared,
     stat_names: &[(String, String)],
     result: &PassResult,
     path: &Path,
     metadata: &BTreeMap<String, String>,
+    like: Option<&Path>,
 ) -> Result<()> {
     crate::fs::check_output(path)?;
-    stage_weights(prepared, stat_names, result, path, metadata)?.publish()
+    stage_weights(prepared, stat_names, result, path, metadata, like)?.publish()
 }
 
 /// [`save_weights`] into a staged file, to publish with other outputs.
@@ -65,7 +67,8 @@ pub fn stage_weights(
     result: &PassResult,
     path: &Path,
     metadata: &BTreeMap<String, String>,
-) -> Result<StagedFile> {
+    like: Option<&Path>,
+) -> Result<crate::fs::Outputs> {
     let ck = &prepared.bound.checkpoint;
     let to_ck: std::collections::HashMap<&str, &str> =
         prepared.bound.binding.as_ref().map(|b| b.checkpoint_names()).unwrap_or_default();
@@ -101,7 +104,11 @@ pub fn stage_weights(
         dtype::encode(Dtype::F32, &values, &mut out);
         tensors.push((TensorSpec { name, dtype: Dtype::F32, shape: vec![values.len()] }, out));
     }
-    crate::checkpoint::stage_tensors(path, &tensors, metadata)
+    let mut metadata = metadata.clone();
+    if ck.is_tensorflow() {
+        metadata.insert("format".into(), "tf".into());
+    }
+    crate::checkpoint::stage_tensors(path, &tensors, &metadata, Some(like.unwrap_or(ck.path())))
 }
 
 /// Writes `result`'s statistics into the bound model and records `meta` in its metadata

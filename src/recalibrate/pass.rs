@@ -5,7 +5,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::stats::{accumulator, Accumulator, StatsMode, Sufficient};
+use super::stats::{accumulator, Accumulator, StatsMode, Sufficient, Variance};
 use crate::checkpoint::dtype;
 use crate::error::{Error, Hint, Result, Setting};
 use crate::inputs::{DataOptions, Samples, Sampling};
@@ -156,10 +156,10 @@ pub struct Accumulated {
 }
 
 impl Accumulated {
-    /// The running statistics.
-    pub fn finish(&self) -> PassResult {
+    /// The running statistics, the variance as `variance` says.
+    pub fn finish(&self, variance: Variance) -> PassResult {
         PassResult {
-            stats: self.layers.iter().map(Sufficient::finish).collect(),
+            stats: self.layers.iter().map(|l| l.finish_as(variance)).collect(),
             samples: self.samples - self.skipped.len().min(self.samples),
             batches: self.batches,
             seconds: self.seconds,
@@ -174,7 +174,7 @@ impl Accumulated {
 
 /// Runs the statistics graph of `prepared` over the samples and aggregates the statistics.
 pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
-    Ok(accumulate(prepared, opts, Part::WHOLE)?.finish())
+    Ok(accumulate(prepared, opts, Part::WHOLE)?.finish(Variance::of(&prepared.bound.checkpoint)))
 }
 
 /// Runs the statistics graph over `part` of the pass's batches (contiguous, whole batches: see
@@ -182,6 +182,13 @@ pub fn compute(prepared: &Prepared, opts: &PassOptions) -> Result<PassResult> {
 /// whole pass. A part that gets no batch is an error.
 pub fn accumulate(prepared: &Prepared, opts: &PassOptions, part: Part) -> Result<Accumulated> {
     let batch_size = opts.batch_size.get();
+    if opts.stats == StatsMode::Torch && Variance::of(&prepared.bound.checkpoint) == Variance::Biased {
+        return Err(Error::setting(
+            Setting::Stats,
+            "torch (update_bn's mean of unbiased batch variances) is PyTorch's: TensorFlow and Keras keep the \
+             biased variance, which precise statistics give (the default)",
+        ));
+    }
     if batch_size == 1 && opts.stats == StatsMode::Torch {
         return Err(Error::setting(
             Setting::BatchSize,

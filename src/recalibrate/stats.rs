@@ -38,6 +38,28 @@ impl std::fmt::Display for StatsMode {
     }
 }
 
+/// Which variance a BatchNorm layer keeps as its running variance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variance {
+    /// PyTorch's (and ONNX exports of its models'): the unbiased variance, divided by n − 1.
+    #[default]
+    Unbiased,
+    /// TensorFlow's and Keras': the biased variance, divided by n (`tf.nn.moments`).
+    Biased,
+}
+
+impl Variance {
+    /// The variance a checkpoint's BatchNorm layers keep: biased for TensorFlow's variables.
+    pub fn of(checkpoint: &crate::checkpoint::Checkpoint) -> Variance {
+        if checkpoint.is_tensorflow() {
+            Variance::Biased
+        } else {
+            Variance::Unbiased
+        }
+    }
+}
+
 /// Aggregates one layer's batch statistics.
 pub trait Accumulator: Send {
     /// Adds a batch: values per channel, per-channel mean and biased variance.
@@ -187,9 +209,18 @@ impl Sufficient {
 
     /// The running mean and the unbiased running variance.
     pub fn finish(&self) -> (Vec<f64>, Vec<f64>) {
-        match self {
-            Sufficient::Precise(p) => p.finish(),
-            Sufficient::Torch(t) => t.finish(),
+        self.finish_as(Variance::Unbiased)
+    }
+
+    /// The running mean and the running variance `variance` says (pooled statistics only: the
+    /// biased variance of `update_bn`'s mean over batches is refused before a pass).
+    pub fn finish_as(&self, variance: Variance) -> (Vec<f64>, Vec<f64>) {
+        match (self, variance) {
+            (Sufficient::Precise(p), Variance::Biased) => {
+                (p.mean.clone(), p.m2.iter().map(|m| m / p.n.max(1.0)).collect())
+            }
+            (Sufficient::Precise(p), Variance::Unbiased) => p.finish(),
+            (Sufficient::Torch(t), _) => t.finish(),
         }
     }
 }

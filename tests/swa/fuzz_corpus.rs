@@ -25,6 +25,8 @@ const TARGETS: &[(&str, Target)] = &[
     ("mask", targets::mask),
     ("table", targets::table),
     ("swag_part", targets::swag_part),
+    ("tf_bundle", targets::tf_bundle),
+    ("keras_h5", targets::keras_h5),
 ];
 
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {

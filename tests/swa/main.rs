@@ -11,6 +11,7 @@ mod evaluate;
 mod fuzz_corpus;
 mod images;
 mod install;
+mod keras;
 mod properties;
 mod recalibrate;
 mod report;

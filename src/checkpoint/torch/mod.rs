@@ -112,6 +112,7 @@ impl Format for Torch {
         target: &Path,
         tensors: &[crate::checkpoint::TensorSpec],
         metadata: &BTreeMap<String, String>,
+        _like: Option<&Path>,
     ) -> Result<Box<dyn TensorWriter>> {
         Ok(Box::new(TorchWriter::create(target, tensors, metadata)?))
     }

@@ -358,7 +358,7 @@ impl crate::checkpoint::format::TensorWriter for TorchWriter {
         TorchWriter::write_at(self, index, at, bytes)
     }
 
-    fn finish(self: Box<Self>) -> Result<StagedFile> {
-        TorchWriter::finish(*self)
+    fn finish(self: Box<Self>) -> Result<crate::fs::Outputs> {
+        Ok(vec![TorchWriter::finish(*self)?].into())
     }
 }
