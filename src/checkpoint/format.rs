@@ -130,6 +130,12 @@ pub trait Format: Sync {
         false
     }
 
+    /// Whether an output of this file name, which no format [`Format::writes`], is written in this
+    /// format when its input is of this format (a TensorFlow bundle's bare prefix).
+    fn writes_like(&self, _name: &str) -> bool {
+        false
+    }
+
     /// The name under which `swa run` also writes the recalibrated weights in this format, written
     /// like `like` (a run's newest checkpoint), where the format is not PyTorch's.
     fn native_output(&self, _like: &Path) -> Option<&'static str> {
@@ -174,7 +180,11 @@ pub fn for_output(path: &Path, like: Option<&Path>) -> &'static dyn Format {
     let mut writers = FORMATS.iter().copied().filter(|f| f.writes(&name)).peekable();
     let first = writers.peek().copied();
     let input = like.and_then(|l| surest(FORMATS.iter().copied(), l));
-    writers.find(|f| input.is_some_and(|i| i.name() == f.name())).or(first).unwrap_or(&super::safetensors::Safetensors)
+    writers
+        .find(|f| input.is_some_and(|i| i.name() == f.name()))
+        .or(first)
+        .or(input.filter(|i| i.writes_like(&name)))
+        .unwrap_or(&super::safetensors::Safetensors)
 }
 
 /// True if `name` ends with `suffix`, ignoring ASCII case (suffixes are lower-case).

@@ -129,7 +129,11 @@ fn vars(path: &Path, file: &hdf5::File, len: usize) -> Result<Vec<Var>> {
             d.path.clone()
         };
         let dt = dtype_of(&d.dtype).ok_or_else(|| {
-            Error::tensor(path, &d.path, format!("is {:?}: swa reads little-endian numbers", d.dtype))
+            let what = match &d.dtype {
+                Type::Other(s) => s.clone(),
+                t => format!("{t:?}"),
+            };
+            Error::tensor(path, &d.path, format!("is {what}: swa reads little-endian numbers"))
         })?;
         let shape: Vec<usize> = d
             .shape
@@ -306,7 +310,7 @@ impl Format for Keras {
     }
 
     fn writes(&self, name: &str) -> bool {
-        [".weights.h5", ".h5", ".hdf5"].iter().any(|s| has_suffix(name, s))
+        [".weights.h5", ".h5", ".hdf5", ".keras"].iter().any(|s| has_suffix(name, s))
     }
 
     fn writer(
@@ -346,8 +350,28 @@ struct KerasWriter {
 
 impl KerasWriter {
     fn create(target: &Path, tensors: &[TensorSpec], like: &Path) -> Result<KerasWriter> {
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if has_suffix(&name, ".keras") {
+            return Err(Error::format(
+                target,
+                "swa writes a Keras model's weights, not a .keras archive: name it NAME.weights.h5 \
+                 (`model.load_weights` reads it)",
+            ));
+        }
         let h5 = read_h5(like)?;
         let vars = parse(like, &h5)?;
+        let keras3 = vars.iter().any(|v| layer_of(&v.name).is_some());
+        if keras3 != has_suffix(&name, ".weights.h5") {
+            return Err(Error::format(
+                target,
+                if keras3 {
+                    "the inputs are Keras 3 weights, which Keras 3 loads from a file named NAME.weights.h5"
+                } else {
+                    "the inputs are Keras 2 (tf-keras) weights: name the output NAME.h5 (Keras 3 reads \
+                     NAME.weights.h5 files in its own layout)"
+                },
+            ));
+        }
         let by_name: HashMap<&str, &Var> = vars.iter().map(|v| (v.name.as_str(), v)).collect();
         let mut offsets = Vec::with_capacity(tensors.len());
         for t in tensors {

@@ -412,6 +412,32 @@ pub fn index_entries(path: &Path, bytes: &[u8]) -> Result<Vec<IndexEntry>> {
         .collect()
 }
 
+/// The name of the state file `tf.train.CheckpointManager` and `Saver` keep beside their bundles.
+pub const STATE_FILE: &str = "checkpoint";
+
+/// The bundle a `checkpoint` state file names as the latest (`model_checkpoint_path: "ckpt-6"`,
+/// relative to the file's folder or absolute).
+pub fn latest(state: &Path) -> Result<PathBuf> {
+    let text = crate::fs::read_regular(state)?;
+    let text = String::from_utf8_lossy(&text);
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("model_checkpoint_path:"))
+        .ok_or_else(|| Error::format(state, "a checkpoint state file without model_checkpoint_path"))?;
+    let name = line.trim().trim_matches('"');
+    let prefix =
+        if Path::new(name).is_absolute() { PathBuf::from(name) } else { crate::fs::parent_dir(state).join(name) };
+    Ok(index_of(&prefix))
+}
+
+/// The bundle `path` names: itself, or for a `checkpoint` state file, the latest it names.
+fn resolve(path: &Path) -> Result<PathBuf> {
+    if path.file_name().is_some_and(|n| n == STATE_FILE) && path.is_file() {
+        return latest(path);
+    }
+    Ok(path.to_path_buf())
+}
+
 /// The prefix a path names: `model.ckpt-30` for `model.ckpt-30.index` (or itself).
 pub fn prefix_of(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -625,6 +651,28 @@ fn shape_of(path: &Path, name: &str, e: &BundleEntryProto) -> Result<Vec<usize>>
         .collect()
 }
 
+/// Refuses entries of one shard whose bytes overlap (TensorFlow never writes them; a writer would
+/// write the shared bytes twice).
+fn refuse_overlaps(path: &Path, index: &Index) -> Result<()> {
+    let mut ranges: Vec<(i32, std::ops::Range<usize>, &str)> = index
+        .entries
+        .iter()
+        .filter_map(|(k, e)| Some((e.shard_id, range(e)?, k.as_str())))
+        .filter(|(_, r, _)| !r.is_empty())
+        .collect();
+    ranges.sort_by_key(|(s, r, _)| (*s, r.start));
+    for w in ranges.windows(2) {
+        if w[0].0 == w[1].0 && w[1].1.start < w[0].1.end {
+            return Err(Error::tensor(
+                path,
+                w[1].2,
+                format!("shares bytes with `{}` in its data file (corrupt index)", w[0].2),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A bundle opened: its index and shards, and what each entry is.
 struct Bundle {
     index_path: PathBuf,
@@ -681,12 +729,20 @@ fn open(path: &Path, key: Option<&str>) -> Result<Checkpoint> {
     let which = key_of(path, key)?;
     let mut b = Bundle::open(path)?;
     let mut ck = Checkpoint::empty(path);
+    if which == Key::Ema && !b.kinds.iter().any(|k| matches!(k, Kind::Shadow(_))) {
+        return Err(Error::format(
+            &b.index_path,
+            "holds no ExponentialMovingAverage shadows (no `…/ExponentialMovingAverage` entries): read it without the key `ema`",
+        ));
+    }
     let chosen = b.chosen(which);
     if chosen.is_empty() {
         let what = if which == Key::Ema { "ExponentialMovingAverage shadows" } else { "model variables" };
         return Err(Error::format(&b.index_path, format!("holds no {what}")));
     }
+    refuse_overlaps(&b.index_path, &b.index)?;
     let mut sources: HashMap<i32, usize> = HashMap::new();
+    let mut checks: Vec<(String, u32)> = Vec::new();
     for (name, i) in chosen {
         let (key, e) = &b.index.entries[i];
         let key = key.clone();
@@ -712,7 +768,23 @@ fn open(path: &Path, key: Option<&str>) -> Result<Checkpoint> {
         if let Some(role) = role_of(&name) {
             ck.set_role(&name, role);
         }
+        checks.push((name, e.crc32c));
     }
+    // TensorFlow checks each entry's crc32c when it reads it; so does swa, in parallel (a few
+    // GB/s per core with the CPU's crc32 instruction, and the pages are then warm for averaging).
+    use rayon::prelude::*;
+    let tensors: HashMap<&str, &super::TensorEntry> = ck.tensors().iter().map(|t| (t.name.as_str(), t)).collect();
+    checks.par_iter().try_for_each(|(name, stored)| {
+        let t = tensors[name.as_str()];
+        if mask(crc32c::crc32c(ck.bytes(t))) != *stored {
+            return Err(Error::tensor(
+                ck.file_of(t),
+                name,
+                "fails its checksum (crc32c): the data file is corrupt (TensorFlow refuses it too)",
+            ));
+        }
+        Ok(())
+    })?;
     ck.add_file(&b.index_path);
     ck.metadata_mut().insert("format".into(), "tf".into());
     Ok(ck)
@@ -732,6 +804,9 @@ impl Format for TfBundle {
         if probe.is_dir {
             return None;
         }
+        if probe.name == STATE_FILE && probe.head.starts_with(b"model_checkpoint") {
+            return Some(Claim::Certain);
+        }
         if probe.named(&[".index"]) {
             // An SSTable starts with its first entry, the header's: shared 0, key length 0.
             return Some(if probe.head.starts_with(&[0, 0]) { Claim::Certain } else { Claim::Name });
@@ -740,10 +815,11 @@ impl Format for TfBundle {
     }
 
     fn open(&self, path: &Path, key: Option<&str>) -> Result<Checkpoint> {
-        open(path, key)
+        open(&resolve(path)?, key)
     }
 
     fn files(&self, path: &Path) -> Result<Vec<PathBuf>> {
+        let path = &resolve(path)?;
         let index_path = index_of(path);
         let bytes = crate::fs::read_regular(&index_path)?;
         let index = Index::read(&index_path, &bytes)?;
@@ -753,7 +829,7 @@ impl Format for TfBundle {
     }
 
     fn contents(&self, path: &Path) -> Result<Option<Contents>> {
-        let b = Bundle::open(path)?;
+        let b = Bundle::open(&resolve(path)?)?;
         let count = |f: fn(&Kind) -> bool| b.kinds.iter().filter(|k| f(k)).count();
         let mut state_dicts = vec![(String::new(), count(|k| matches!(k, Kind::Model(_))))];
         let shadows = count(|k| matches!(k, Kind::Shadow(_)));
@@ -773,6 +849,7 @@ impl Format for TfBundle {
             .filter(|(_, k)| matches!(k, Kind::Optimizer | Kind::Other))
             .map(|((key, e), k)| match k {
                 Kind::Other => format!("{key} ({})", type_name(e.dtype)),
+                _ if key.starts_with("save_counter") || key == "global_step" => format!("{key} (counter)"),
                 _ => format!("{key} (optimizer)"),
             })
             .collect();
@@ -785,6 +862,11 @@ impl Format for TfBundle {
 
     fn writes(&self, name: &str) -> bool {
         has_suffix(name, ".index") || has_suffix(name, ".ckpt") || name.contains(".ckpt-")
+    }
+
+    fn writes_like(&self, name: &str) -> bool {
+        // A bundle's bare prefix (`ckpt-3`, `swa`): a name without an extension, for bundle inputs.
+        !name.contains('.')
     }
 
     fn output_files(&self, target: &Path) -> Vec<PathBuf> {
@@ -845,10 +927,10 @@ impl BundleWriter {
                     target,
                     &t.name,
                     format!(
-                        "is {:?} {:?} but {:?} {:?} in {}",
+                        "is {:?} {:?} but {} {:?} in {} (an output written like a bundle keeps its types and shapes)",
                         t.dtype,
                         t.shape,
-                        dtype_of(e.dtype),
+                        dtype_of(e.dtype).map_or_else(|| type_name(e.dtype), |d| format!("{d:?}")),
                         shape,
                         like.display()
                     ),

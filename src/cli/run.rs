@@ -206,10 +206,15 @@ impl RunArgs {
             // The folder is swa's own (published whole): what it holds is what the run wrote
             // (with `swa.weights.h5` or `swa.ckpt.*` for a Keras or TensorFlow run).
             let mut names: Vec<String> = std::fs::read_dir(&self.out)
-                .map(|d| d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned())).collect())
+                .map(|d| {
+                    d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                        .filter(|n| !n.starts_with('.'))
+                        .collect()
+                })
                 .unwrap_or_default();
             names.sort();
-            let _ = writeln!(stdout, "wrote {}/{{{}}}", self.out.display(), names.join(","));
+            let out = self.out.display().to_string();
+            let _ = writeln!(stdout, "wrote {}/{{{}}}", out.trim_end_matches('/'), names.join(","));
         }
         output::step_summary(&swa::report::markdown(&r));
         let failure =

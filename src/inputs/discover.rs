@@ -241,6 +241,12 @@ pub fn discover(paths: &[PathBuf]) -> Result<Discovery> {
     let mut left_out = Vec::new();
     for path in paths {
         if !path.is_dir() {
+            // A TensorFlow bundle named by its prefix (`ckpt/ckpt-3`) is its `.index`.
+            let bundle = crate::checkpoint::tf_bundle::index_of(path);
+            if !path.exists() && bundle.is_file() {
+                found.push(bundle);
+                continue;
+            }
             if !path.exists() {
                 return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")));
             }

@@ -92,18 +92,38 @@ impl Binder {
         if names_match(&self.model, ck) {
             return Ok(None);
         }
-        if let Some(map) = self.map.get() {
+        // A map names one checkpoint layout's variables (Keras 3's `layers/…/vars/N`, a bundle's
+        // object-graph paths): one that names none of these is another layout's, derived anew.
+        if let Some(map) = self.map.get().filter(|m| layout::applies(m, ck)) {
             return Ok(Some(map.clone()));
         }
-        if let Some(map) = layout::load(&self.model.path)? {
-            return Ok(Some(map));
+        if let Some(map) = layout::load(&self.model.path)?.filter(|m| layout::applies(m, ck)) {
+            if map.model == layout::fingerprint(&self.model) {
+                layout::check(&map, &self.model, ck)?;
+                return Ok(Some(map));
+            }
+            crate::error::warn(format!(
+                "{} was derived for another model: deriving it anew",
+                layout::map_path(&self.model.path).display()
+            ));
         }
         if !ck.is_tensorflow() {
             return Ok(None);
         }
         let map = layout::derive(&self.model, ck)?;
         let weights = weight_initializers(&self.model);
-        let missing: Vec<&String> = map.unbound.iter().filter(|u| weights.contains(*u)).collect();
+        let missing: Vec<&String> =
+            map.unbound.iter().filter(|u| weights.contains(*u) && !map.constants.contains(u)).collect();
+        if missing.is_empty() && !map.unmatched.is_empty() {
+            return Err(Error::Mismatch(format!(
+                "{}: {} of its variables match no initializer of the model under any layout swa knows (first: {}): \
+                 their values would not reach the model. Was the model exported from this architecture?",
+                ck.path().display(),
+                map.unmatched.len(),
+                map.unmatched.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        layout::check(&map, &self.model, ck)?;
         if !missing.is_empty() {
             let unmatched: Vec<&str> = map.unmatched.iter().take(5).map(String::as_str).collect();
             return Err(Error::Mismatch(format!(
@@ -145,8 +165,9 @@ impl Binder {
             let ck = ck?;
             if names_match(&self.model, &ck)
                 || !ck.is_tensorflow()
-                || self.map.get().is_some()
-                || layout::load(&self.model.path)?.is_some()
+                || self.map.get().is_some_and(|m| layout::applies(m, &ck))
+                || layout::load(&self.model.path)?
+                    .is_some_and(|m| layout::applies(&m, &ck) && m.model == layout::fingerprint(&self.model))
             {
                 return Ok(());
             }
@@ -202,7 +223,9 @@ fn bind_mapped(model: &mut Model, ck: &Checkpoint, map: &LayoutMap, allow_missin
         let init = &mut g.initializer[i];
         let (init_dtype, shape, _) = tensor_data(init)?;
         let perm: Vec<usize> = m.permutation.clone().unwrap_or_else(|| (0..entry.shape.len()).collect());
-        if perm.len() != entry.shape.len() || layout::permuted_shape(&entry.shape, &perm) != shape {
+        let mut sorted = perm.clone();
+        sorted.sort_unstable();
+        if sorted != (0..entry.shape.len()).collect::<Vec<_>>() || entry.numel() != shape.iter().product::<usize>() {
             return Err(Error::tensor(
                 ck.path(),
                 &entry.name,
@@ -216,7 +239,8 @@ fn bind_mapped(model: &mut Model, ck: &Checkpoint, map: &LayoutMap, allow_missin
         report.bound.push((entry.name.clone(), name));
     }
     let bound: HashSet<&str> = report.bound.iter().map(|(_, g)| g.as_str()).collect();
-    report.unbound = weights.iter().filter(|w| !bound.contains(w.as_str())).cloned().collect();
+    report.unbound =
+        weights.iter().filter(|w| !bound.contains(w.as_str()) && !map.constants.contains(w)).cloned().collect();
     if !report.unbound.is_empty() && !allow_missing_weights {
         return Err(Error::Mismatch(format!(
             "{}: {} of the model's weights are bound by no variable through the layout map (first: {})",

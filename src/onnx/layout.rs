@@ -30,6 +30,10 @@ const MAP_FORMAT: &str = "swa layout map 1";
 pub struct LayoutMap {
     /// `swa layout map 1`.
     pub format: String,
+    /// The model's structure it was derived for (a hash of its initializers' names, types and
+    /// shapes): a map of another model is not used.
+    #[serde(default)]
+    pub model: String,
     /// The checkpoint it was derived from.
     pub derived_from: String,
     /// Each bound variable.
@@ -37,6 +41,10 @@ pub struct LayoutMap {
     /// Float initializers of the model that no variable matched (constants of the graph, or
     /// weights the checkpoint lacks).
     pub unbound: Vec<String>,
+    /// Of those, BatchNormalization scales of ones and biases of zeros: a layer's missing gamma or
+    /// beta (`center=False`, `scale=False`), constants rather than weights.
+    #[serde(default)]
+    pub constants: Vec<String>,
     /// Float variables of the checkpoint that matched no initializer.
     pub unmatched: Vec<String>,
 }
@@ -48,7 +56,9 @@ pub struct Mapped {
     pub variable: String,
     /// The initializer's name.
     pub initializer: String,
-    /// Output axis `i` is the variable's axis `permutation[i]` (absent: the same layout).
+    /// Output axis `i` is the variable's axis `permutation[i]` (absent: the same layout); the
+    /// result is then read in the initializer's shape (a depthwise kernel's (C, M, H, W) as
+    /// (C·M, 1, H, W)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub permutation: Option<Vec<usize>>,
 }
@@ -75,6 +85,55 @@ pub fn load(model: &Path) -> Result<Option<LayoutMap>> {
     Ok(Some(map))
 }
 
+/// A hash of `model`'s initializers' names, types and shapes: what a map depends on (a model
+/// exported again from another checkpoint keeps it).
+pub fn fingerprint(model: &Model) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for t in &model.graph().initializer {
+        h.update(t.name().as_bytes());
+        h.update([0]);
+        h.update(t.data_type().to_le_bytes());
+        for d in &t.dims {
+            h.update(d.to_le_bytes());
+        }
+        h.update([1]);
+    }
+    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks that `map` fits `model` and `ck`: every variable's role is the BatchNormalization input
+/// its initializer feeds (a moving mean feeds input 3, a variance input 4, gamma 1, beta 2), and
+/// the sizes agree. An error names the entry and the map's file.
+pub fn check(map: &LayoutMap, model: &Model, ck: &Checkpoint) -> Result<()> {
+    let g = model.graph();
+    let mut consumers: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
+    for (n, node) in g.node.iter().enumerate() {
+        for (k, input) in node.input.iter().enumerate() {
+            consumers.entry(input.as_str()).or_default().push((n, k));
+        }
+    }
+    let file = map_path(&model.path);
+    for m in &map.bound {
+        let Some(v) = ck.get(&m.variable) else { continue };
+        let Some(slot) = bn_input(v.role, &v.name) else { continue };
+        let feeds = consumers.get(m.initializer.as_str()).into_iter().flatten();
+        let bn: Vec<usize> =
+            feeds.filter(|(n, _)| g.node[*n].op_type() == "BatchNormalization").map(|(_, k)| *k).collect();
+        if !bn.is_empty() && !bn.contains(&slot) {
+            return Err(Error::format(
+                &file,
+                format!(
+                    "binds `{}` to `{}`, which is a BatchNormalization's input {} but the variable is its input {slot}: \
+                     the map is wrong (delete it: swa derives it anew)",
+                    m.variable, m.initializer, bn[0]
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Writes `map` beside `model`, atomically.
 pub fn save(model: &Path, map: &LayoutMap) -> Result<PathBuf> {
     let path = map_path(model);
@@ -91,9 +150,13 @@ fn permutations(rank: usize) -> Vec<Vec<usize>> {
     let mut out = vec![identity];
     match rank {
         2 => out.push(vec![1, 0]),
-        // Keras/TF kernels are (spatial…, in, out); ONNX's are (out, in, spatial…).
+        // Keras/TF kernels are (spatial…, in, out); ONNX's are (out, in, spatial…); a depthwise
+        // kernel (spatial…, in, multiplier) becomes (in·multiplier, 1, spatial…).
         3..=5 => {
             let mut p = vec![rank - 1, rank - 2];
+            p.extend(0..rank - 2);
+            out.push(p);
+            let mut p = vec![rank - 2, rank - 1];
             p.extend(0..rank - 2);
             out.push(p);
         }
@@ -171,17 +234,19 @@ pub fn derive(model: &Model, ck: &Checkpoint) -> Result<LayoutMap> {
         shape: Vec<usize>,
         bytes: Vec<u8>,
     }
+    // Initializers no node reads (a graph's leftovers) bind nothing.
+    let read: HashSet<&str> = g.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
     let mut inits: Vec<Init> = Vec::new();
     for t in &g.initializer {
-        if !is_float_elem(t.data_type()) {
+        if !is_float_elem(t.data_type()) || !read.contains(t.name()) {
             continue;
         }
         let (dtype, shape, bytes) = tensor_data(t)?;
         inits.push(Init { name: t.name().to_string(), dtype, shape, bytes });
     }
-    let mut by_value: HashMap<(&[usize], &[u8]), Vec<usize>> = HashMap::new();
+    let mut by_value: HashMap<&[u8], Vec<usize>> = HashMap::new();
     for (i, init) in inits.iter().enumerate() {
-        by_value.entry((init.shape.as_slice(), init.bytes.as_slice())).or_default().push(i);
+        by_value.entry(init.bytes.as_slice()).or_default().push(i);
     }
     // Which nodes consume each initializer, at which input.
     let mut consumers: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
@@ -195,17 +260,20 @@ pub fn derive(model: &Model, ck: &Checkpoint) -> Result<LayoutMap> {
     let mut candidates: Vec<Vec<(usize, Vec<usize>)>> = Vec::with_capacity(vars.len());
     for v in &vars {
         let mut found = Vec::new();
+        let numel = v.numel();
         for perm in permutations(v.shape.len()) {
-            let shape = permuted_shape(&v.shape, &perm);
             let mut seen_dtypes = Vec::new();
-            for init in inits.iter().filter(|i| i.shape == shape) {
+            for init in inits.iter().filter(|i| i.shape.iter().product::<usize>() == numel) {
                 if seen_dtypes.contains(&init.dtype) {
                     continue;
                 }
                 seen_dtypes.push(init.dtype);
                 let converted = dtype::convert(v.dtype, init.dtype, ck.bytes(v));
                 let bytes = permute(&converted, dtype::width(init.dtype), &v.shape, &perm);
-                for &i in by_value.get(&(shape.as_slice(), bytes.as_slice())).into_iter().flatten() {
+                for &i in by_value.get(bytes.as_slice()).into_iter().flatten() {
+                    if inits[i].dtype != init.dtype {
+                        continue;
+                    }
                     if !found.iter().any(|(j, _)| *j == i) {
                         found.push((i, perm.clone()));
                     }
@@ -280,6 +348,24 @@ pub fn derive(model: &Model, ck: &Checkpoint) -> Result<LayoutMap> {
     }
     let mut bound = Vec::new();
     let mut unmatched = Vec::new();
+    let shared: Vec<String> = vars
+        .iter()
+        .zip(&chosen)
+        .zip(&candidates)
+        .filter(|((_, c), cands)| c.is_none() && !cands.is_empty())
+        .map(|((v, _), cands)| {
+            format!("{} (its values are {}'s, bound to another variable)", v.name, inits[cands[0].0].name)
+        })
+        .collect();
+    if !shared.is_empty() {
+        return Err(Error::Mismatch(format!(
+            "{}: the model holds one initializer for several variables of equal values (tf2onnx merges equal \
+             initializers, as a model exported before training has them): {}. Export the model from a trained \
+             checkpoint",
+            ck.path().display(),
+            shared.join("; ")
+        )));
+    }
     for (v, c) in vars.iter().zip(chosen) {
         match c {
             Some((i, perm)) => bound.push(Mapped {
@@ -291,14 +377,35 @@ pub fn derive(model: &Model, ck: &Checkpoint) -> Result<LayoutMap> {
         }
     }
     let bound_inits: BTreeSet<&str> = bound.iter().map(|m| m.initializer.as_str()).collect();
-    let unbound = inits.iter().filter(|i| !bound_inits.contains(i.name.as_str())).map(|i| i.name.clone()).collect();
+    let unbound: Vec<String> =
+        inits.iter().filter(|i| !bound_inits.contains(i.name.as_str())).map(|i| i.name.clone()).collect();
+    let constants = unbound
+        .iter()
+        .filter(|name| {
+            let init = inits.iter().find(|i| &i.name == *name).expect("an initializer");
+            let values = dtype::to_f64(init.dtype, &init.bytes);
+            consumers.get(name.as_str()).into_iter().flatten().all(|&(n, k)| {
+                g.node[n].op_type() == "BatchNormalization"
+                    && ((k == 1 && values.iter().all(|&x| x == 1.0)) || (k == 2 && values.iter().all(|&x| x == 0.0)))
+            }) && consumers.contains_key(name.as_str())
+        })
+        .cloned()
+        .collect();
     Ok(LayoutMap {
         format: MAP_FORMAT.to_string(),
+        model: fingerprint(model),
         derived_from: ck.path().display().to_string(),
         bound,
         unbound,
+        constants,
         unmatched,
     })
+}
+
+/// True if `map` names a float tensor of `ck` (it is of `ck`'s layout of names).
+pub fn applies(map: &LayoutMap, ck: &Checkpoint) -> bool {
+    let names = by_variable(map);
+    ck.tensors().iter().any(|t| dtype::is_float(t.dtype) && names.contains_key(t.name.as_str()))
 }
 
 /// Variable name → its binding, for binding through the map.
@@ -323,6 +430,13 @@ mod tests {
             permute(&bytes, 4, &shape, perm).chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         // OIHW[o][0][h][0] = HWIO[h][0][0][o] = h*3 + o.
         assert_eq!(out, vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+        // A depthwise kernel (H=1, W=2, C=2, M=1) becomes (C·M, 1, H, W): [c][0][h][w] = [h][w][c][0].
+        let dw: Vec<u8> = (0..4).flat_map(|x| (x as f32).to_le_bytes()).collect();
+        let out: Vec<f32> = permute(&dw, 4, &[1, 2, 2, 1], &permutations(4)[2])
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(out, vec![0.0, 2.0, 1.0, 3.0]);
         assert_eq!(layer("layers/bn/vars/2"), "layers/bn");
         assert_eq!(layer("conv2d/kernel"), "conv2d");
     }

@@ -32,6 +32,36 @@ fn assert_bit_equal(ck: &Checkpoint, set: &str) {
     }
 }
 
+/// `swa run` on the Keras 3 run directory with `model`, into `out`.
+fn run_keras(model: &Path, out: &Path) -> assert_cmd::Command {
+    let mut c = swa();
+    c.args(["run", "--model"])
+        .arg(model)
+        .arg("--checkpoints")
+        .arg(keras("run"))
+        .arg("--train-inputs")
+        .arg(keras("train.npy"))
+        .arg("--eval-inputs")
+        .arg(keras("eval.npy"))
+        .arg("--eval-labels")
+        .arg(keras("eval_labels.npy"))
+        .args(["--batch-size", "16", "--out"])
+        .arg(out);
+    c
+}
+
+/// `swa recalibrate` of the run's first epoch (not the checkpoint the model was exported from).
+fn recalibrate_epoch1(model: &Path) -> assert_cmd::Command {
+    let mut c = swa();
+    c.args(["recalibrate", "--model"])
+        .arg(model)
+        .arg("--weights")
+        .arg(keras("run/weights.01-1.15.weights.h5"))
+        .arg("--inputs")
+        .arg(keras("train.npy"));
+    c
+}
+
 fn average(args: &[&Path], extra: &[&str], out: &Path) {
     swa().arg("average").args(args).args(extra).arg("-o").arg(out).assert().success();
 }
@@ -114,21 +144,7 @@ fn run_on_a_keras_directory_writes_back_refitted_statistics() {
     let model = dir.path().join("model.onnx");
     std::fs::copy(keras("model.onnx"), &model).unwrap();
     let out = dir.path().join("run");
-    let o = swa()
-        .args(["run", "--model"])
-        .arg(&model)
-        .arg("--checkpoints")
-        .arg(keras("run"))
-        .arg("--train-inputs")
-        .arg(keras("train.npy"))
-        .arg("--eval-inputs")
-        .arg(keras("eval.npy"))
-        .arg("--eval-labels")
-        .arg(keras("eval_labels.npy"))
-        .args(["--batch-size", "16", "--out"])
-        .arg(&out)
-        .assert()
-        .success();
+    let o = run_keras(&model, &out).assert().success();
     let text = combined(o.get_output());
     assert!(text.contains("swa.weights.h5"), "{text}");
     let map: serde_json::Value =
@@ -169,8 +185,8 @@ fn run_on_a_keras_directory_writes_back_refitted_statistics() {
 #[ignore = "needs TensorFlow, Keras 3 and tf-keras (SWA_TEST_TF_PYTHON=/path/to/venv/bin/python)"]
 fn outputs_load_in_keras_and_tensorflow() {
     let python = std::env::var("SWA_TEST_TF_PYTHON").unwrap_or_else(|_| "python3".into());
-    let install = "pip install tensorflow-cpu==2.21.0 keras==3.15.1 tf-keras==2.21.0 onnxruntime, and SWA_TEST_TF_PYTHON naming that python";
-    for m in ["tensorflow", "keras", "tf_keras", "onnxruntime", "h5py"] {
+    let install = "pip install tensorflow-cpu==2.21.0 keras==3.15.1 tf-keras==2.21.0 tf2onnx==1.17.0 onnxruntime, and SWA_TEST_TF_PYTHON naming that python";
+    for m in ["tensorflow", "keras", "tf_keras", "onnxruntime", "h5py", "tf2onnx"] {
         require_python_module(&python, m, install);
     }
     let dir = tmp();
@@ -185,21 +201,7 @@ fn outputs_load_in_keras_and_tensorflow() {
     }
     let model = dir.path().join("model.onnx");
     std::fs::copy(keras("model.onnx"), &model).unwrap();
-    swa()
-        .args(["run", "--model"])
-        .arg(&model)
-        .arg("--checkpoints")
-        .arg(keras("run"))
-        .arg("--train-inputs")
-        .arg(keras("train.npy"))
-        .arg("--eval-inputs")
-        .arg(keras("eval.npy"))
-        .arg("--eval-labels")
-        .arg(keras("eval_labels.npy"))
-        .args(["--batch-size", "16", "--out"])
-        .arg(dir.path().join("run"))
-        .assert()
-        .success();
+    run_keras(&model, &dir.path().join("run")).assert().success();
     let o = std::process::Command::new(&python)
         .arg(keras("check_outputs.py"))
         .arg(dir.path())
@@ -208,7 +210,7 @@ fn outputs_load_in_keras_and_tensorflow() {
         .unwrap();
     let text = combined(&o);
     assert!(o.status.success(), "{text}");
-    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 6, "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 7, "{text}");
 }
 
 #[test]
@@ -251,9 +253,63 @@ fn bad_bundles_say_what_is_wrong() {
     std::fs::write(&index, &bytes).unwrap();
     let o = swa().arg("inspect").arg(&index).assert().failure();
     assert!(combined(o.get_output()).contains("checksum"), "{}", combined(o.get_output()));
-    // An unknown key.
+    // A model variable's bytes changed: its crc32c says so (an optimizer slot's are not read).
+    let index = copy("corrupt");
+    let data = dir.path().join("corrupt.ckpt-30.data-00000-of-00001");
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[0] ^= 0x40; // batch_normalization/beta, the first entry
+    std::fs::write(&data, &bytes).unwrap();
+    let o = swa()
+        .arg("average")
+        .arg(&index)
+        .arg(keras("tf1/model.ckpt-20.index"))
+        .arg("-o")
+        .arg(dir.path().join("x.safetensors"))
+        .assert()
+        .failure();
+    let text = combined(o.get_output());
+    assert!(text.contains("checksum") && text.contains("batch_normalization/beta"), "{text}");
+    // An unknown key; `ema` where there are no shadows.
     let o = swa().arg("inspect").arg(keras("tf1/model.ckpt-30.index")).args(["--key", "optimizer"]).assert().failure();
     assert!(combined(o.get_output()).contains("ema"), "{}", combined(o.get_output()));
+    let o = swa()
+        .arg("average")
+        .arg(keras("tf2"))
+        .args(["--key", "ema", "-o"])
+        .arg(dir.path().join("e.safetensors"))
+        .assert()
+        .failure();
+    assert!(combined(o.get_output()).contains("no ExponentialMovingAverage"), "{}", combined(o.get_output()));
+    // Named by prefix, or by the `checkpoint` state file (the latest).
+    swa()
+        .arg("average")
+        .arg(keras("tf2/ckpt-1"))
+        .arg(keras("tf2/ckpt-2"))
+        .arg("-o")
+        .arg(dir.path().join("p.safetensors"))
+        .assert()
+        .success();
+    let o = swa().args(["inspect", "--json"]).arg(keras("tf2/checkpoint")).assert().success();
+    let v: serde_json::Value = serde_json::from_slice(&o.get_output().stdout).unwrap();
+    assert_eq!(v["tensors"].as_array().unwrap().len(), 13, "{v}");
+}
+
+/// Outputs in the wrong Keras layout for their name, or as a .keras archive, are refused; a bare
+/// name for bundle inputs is a bundle.
+#[test]
+fn keras_and_bundle_output_names() {
+    let dir = tmp();
+    for (input, out, says) in [
+        ("run", "x.keras", "not a .keras archive"),
+        ("run", "x.h5", "NAME.weights.h5"),
+        ("k2", "x.weights.h5", "NAME.h5"),
+    ] {
+        let o = swa().arg("average").arg(keras(input)).arg("-o").arg(dir.path().join(out)).assert().failure();
+        assert!(combined(o.get_output()).contains(says), "{out}: {}", combined(o.get_output()));
+        assert!(!dir.path().join(out).exists());
+    }
+    swa().arg("average").arg(keras("tf2")).arg("-o").arg(dir.path().join("swa")).assert().success();
+    assert!(dir.path().join("swa.index").is_file() && dir.path().join("swa.data-00000-of-00001").is_file());
 }
 
 #[test]
@@ -283,17 +339,7 @@ fn binding_without_a_map_says_how_to_make_one() {
     let dir = tmp();
     let model = dir.path().join("model.onnx");
     std::fs::copy(keras("model.onnx"), &model).unwrap();
-    let o = swa()
-        .args(["recalibrate", "--model"])
-        .arg(&model)
-        .arg("--weights")
-        .arg(keras("run/weights.01-1.15.weights.h5"))
-        .arg("--inputs")
-        .arg(keras("train.npy"))
-        .arg("-o")
-        .arg(dir.path().join("out.onnx"))
-        .assert()
-        .failure();
+    let o = recalibrate_epoch1(&model).arg("-o").arg(dir.path().join("out.onnx")).assert().failure();
     let text = combined(o.get_output());
     assert!(text.contains("exported from") && text.contains("swa-map.json"), "{text}");
     assert!(!dir.path().join("model.onnx.swa-map.json").exists());
@@ -307,13 +353,7 @@ fn binding_without_a_map_says_how_to_make_one() {
         .success();
     assert!(dir.path().join("model.onnx.swa-map.json").exists());
     let weights = dir.path().join("swa_bn.weights.h5");
-    swa()
-        .args(["recalibrate", "--model"])
-        .arg(&model)
-        .arg("--weights")
-        .arg(keras("run/weights.01-1.15.weights.h5"))
-        .arg("--inputs")
-        .arg(keras("train.npy"))
+    recalibrate_epoch1(&model)
         .args(["--batch-size", "16", "-o"])
         .arg(dir.path().join("out.onnx"))
         .arg("--save-weights")
@@ -322,16 +362,51 @@ fn binding_without_a_map_says_how_to_make_one() {
         .success();
     assert!(swa::inputs::open_checkpoint(&weights, None).unwrap().is_tensorflow());
     // update_bn's statistics are PyTorch's.
+    let o =
+        recalibrate_epoch1(&model).args(["--stats", "torch", "-o"]).arg(dir.path().join("out.onnx")).assert().failure();
+    assert!(combined(o.get_output()).contains("biased"), "{}", combined(o.get_output()));
+    // A map of another model is not used; a map that binds a moving variance to a mean is refused.
+    let text = std::fs::read_to_string(dir.path().join("model.onnx.swa-map.json")).unwrap();
+    let mut map: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let bound = map["bound"].as_array_mut().unwrap();
+    let (i, j) = (
+        bound.iter().position(|m| m["variable"] == "layers/batch_normalization/vars/2").unwrap(),
+        bound.iter().position(|m| m["variable"] == "layers/batch_normalization/vars/3").unwrap(),
+    );
+    let (a, b) = (bound[i]["initializer"].clone(), bound[j]["initializer"].clone());
+    bound[i]["initializer"] = b;
+    bound[j]["initializer"] = a;
+    std::fs::write(dir.path().join("model.onnx.swa-map.json"), serde_json::to_vec(&map).unwrap()).unwrap();
     let o = swa()
-        .args(["recalibrate", "--model"])
+        .args(["inspect"])
         .arg(&model)
-        .arg("--weights")
+        .arg("--against")
         .arg(keras("run/weights.01-1.15.weights.h5"))
-        .arg("--inputs")
-        .arg(keras("train.npy"))
-        .args(["--stats", "torch", "-o"])
-        .arg(dir.path().join("out.onnx"))
         .assert()
         .failure();
-    assert!(combined(o.get_output()).contains("biased"), "{}", combined(o.get_output()));
+    assert!(combined(o.get_output()).contains("the map is wrong"), "{}", combined(o.get_output()));
+}
+
+/// A model exported before training holds one initializer for several variables of equal values
+/// (tf2onnx merges equal initializers): no map binds it, and the error says why.
+#[test]
+fn a_model_that_shares_initializers_is_refused() {
+    // The fixture model with the second BatchNorm reading the first one's scale, as tf2onnx merges
+    // a fresh model's ones: the second gamma then binds nowhere (its own initializer is read by no
+    // node, and a map never binds to such a leftover).
+    let dir = tmp();
+    let mut model = swa::onnx::Model::load(keras("model.onnx")).unwrap();
+    {
+        let g = model.graph_mut();
+        let bn: Vec<usize> = (0..g.node.len()).filter(|&n| g.node[n].op_type() == "BatchNormalization").collect();
+        let shared = g.node[bn[0]].input[1].clone();
+        g.node[bn[1]].input[1] = shared;
+    }
+    let path = dir.path().join("model.onnx");
+    model.save(&path).unwrap();
+    let ck = swa::inputs::open_checkpoint(keras("run/weights.03-0.41.weights.h5"), None).unwrap();
+    let binder = swa::onnx::bind::Binder::load(&path).unwrap();
+    let e = binder.report(&ck).unwrap_err().to_string();
+    assert!(e.contains("match no initializer") || e.contains("one initializer"), "{e}");
+    assert!(!dir.path().join("model.onnx.swa-map.json").exists());
 }
