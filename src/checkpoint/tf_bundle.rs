@@ -955,7 +955,16 @@ impl BundleWriter {
                 let r = range(e).expect("checked above");
                 if !outputs.contains(&i) {
                     template.shards.map(&template.index_path, key, e.shard_id)?;
-                    staged.write_at(template.shards.bytes(&template.index_path, key, e)?, r.start as u64)?;
+                    let bytes = template.shards.bytes(&template.index_path, key, e)?;
+                    // Copied with its crc32c: a corrupt entry would make the output one TensorFlow refuses.
+                    if mask(crc32c::crc32c(bytes)) != e.crc32c {
+                        return Err(Error::tensor(
+                            &template.index_path,
+                            key,
+                            "fails its checksum (crc32c): the bundle the output is written like is corrupt",
+                        ));
+                    }
+                    staged.write_at(bytes, r.start as u64)?;
                 }
             }
             data.push(staged);
