@@ -137,6 +137,8 @@ pub enum Setting {
     Scale,
     /// A temperature.
     Temperature,
+    /// `AverageOptions::dtype`.
+    Dtype,
 }
 
 impl Setting {
@@ -163,6 +165,7 @@ impl Setting {
             Setting::Rank => "rank",
             Setting::Scale => "scale",
             Setting::Temperature => "temperature",
+            Setting::Dtype => "dtype",
         }
     }
 }

@@ -96,7 +96,32 @@ pub fn check_compatible(checkpoints: &[&Checkpoint], resumed: bool) -> Result<()
     }
     let shown: Vec<String> = all.iter().take(5).map(|d| format!("  {d}")).collect();
     let more = if all.len() > 5 { format!("\n  … and {} more", all.len() - 5) } else { String::new() };
-    Err(Error::Mismatch(format!("checkpoints disagree ({} differences):\n{}{more}", all.len(), shown.join("\n"))))
+    Err(Error::Mismatch(format!(
+        "checkpoints disagree ({} differences){}:\n{}{more}",
+        all.len(),
+        kinds_differ(checkpoints),
+        shown.join("\n")
+    )))
+}
+
+/// Where checkpoints of different kinds are mixed (their names never agree), what they are.
+fn kinds_differ(checkpoints: &[&Checkpoint]) -> String {
+    let kind = |c: &Checkpoint| {
+        let format = crate::checkpoint::format::surest(crate::checkpoint::FORMATS.iter().copied(), c.path());
+        match format.map(|f| f.name()) {
+            Some("Keras") if c.tensors().iter().any(|t| t.name.contains("/vars/")) => "Keras 3".to_string(),
+            Some("Keras") => "Keras 2".to_string(),
+            Some(name) => name.to_string(),
+            None => "safetensors".to_string(),
+        }
+    };
+    let mut kinds: Vec<String> = checkpoints.iter().map(|c| kind(c)).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    if kinds.len() < 2 {
+        return String::new();
+    }
+    format!(": they mix {} checkpoints, which name their variables differently", kinds.join(" and "))
 }
 
 /// The checkpoints of an average, opened, in order (a resumed average first), with their

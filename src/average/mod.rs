@@ -140,6 +140,16 @@ pub fn average(opts: &AverageOptions) -> Result<AverageSummary> {
     let OutputPlan { shards, index } = sharded::plan(&opts.output, &plan.specs, opts.shard_size.map(NonZeroU64::get));
     let like = Some(inputs.newest().path());
     let output_format = format::for_output(&opts.output, like);
+    if opts.dtype.is_some() && output_format.name() != Safetensors.name() && output_format.name() != "torch.save" {
+        return Err(Error::setting(
+            Setting::Dtype,
+            format!(
+                "does not apply to a {} output, which keeps the types of the checkpoint it is written like: \
+                 write .safetensors",
+                output_format.name()
+            ),
+        ));
+    }
     if output_format.name() != Safetensors.name() {
         let one_file = format!("a {} output is one file", output_format.name());
         if index.is_some() {

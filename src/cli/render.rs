@@ -36,6 +36,7 @@ pub fn flag(setting: Setting) -> &'static str {
         Setting::Rank => "--rank",
         Setting::Scale => "--scale",
         Setting::Temperature => "--temperature",
+        Setting::Dtype => "--dtype",
         _ => "an option",
     }
 }

@@ -309,6 +309,24 @@ fn keras_and_bundle_output_names() {
         assert!(!dir.path().join(out).exists());
     }
     swa().arg("average").arg(keras("tf2")).arg("-o").arg(dir.path().join("swa")).assert().success();
+    // Template outputs keep the input's types; mixed kinds say so.
+    let o = swa()
+        .arg("average")
+        .arg(keras("run"))
+        .args(["--dtype", "bf16", "-o"])
+        .arg(dir.path().join("b.weights.h5"))
+        .assert()
+        .failure();
+    assert!(combined(o.get_output()).contains("--dtype does not apply"), "{}", combined(o.get_output()));
+    let o = swa()
+        .arg("average")
+        .arg(keras("run"))
+        .arg(keras("k2"))
+        .arg("-o")
+        .arg(dir.path().join("m.safetensors"))
+        .assert()
+        .failure();
+    assert!(combined(o.get_output()).contains("mix Keras 2 and Keras 3"), "{}", combined(o.get_output()));
     assert!(dir.path().join("swa.index").is_file() && dir.path().join("swa.data-00000-of-00001").is_file());
 }
 
