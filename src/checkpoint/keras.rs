@@ -271,7 +271,7 @@ fn open(path: &Path, key: Option<&str>) -> Result<Checkpoint> {
     for (name, role) in roles {
         ck.set_role(&name, role);
     }
-    ck.metadata_mut().insert("format".into(), "tf".into());
+    ck.mark_tensorflow();
     Ok(ck)
 }
 

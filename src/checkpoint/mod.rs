@@ -330,6 +330,12 @@ impl Checkpoint {
         self.metadata.get("format").is_some_and(|f| f == "tf")
     }
 
+    /// Marks its tensors as TensorFlow's variables (for readers of TensorFlow's and Keras' files):
+    /// [`Checkpoint::is_tensorflow`].
+    pub fn mark_tensorflow(&mut self) {
+        self.metadata.insert("format".into(), "tf".into());
+    }
+
     /// The metadata, to fill in.
     pub fn metadata_mut(&mut self) -> &mut BTreeMap<String, String> {
         &mut self.metadata

@@ -786,7 +786,7 @@ fn open(path: &Path, key: Option<&str>) -> Result<Checkpoint> {
         Ok(())
     })?;
     ck.add_file(&b.index_path);
-    ck.metadata_mut().insert("format".into(), "tf".into());
+    ck.mark_tensorflow();
     Ok(ck)
 }
 
