@@ -168,8 +168,9 @@ pub static FORMATS: &[&dyn Format] = &[
     &super::sharded::Sharded,
     &super::safetensors::Safetensors,
     &super::keras::Keras,
-    &super::tf_bundle::TfBundle,
     &super::torch::Torch,
+    // After torch.save: `-o x.ckpt` is a Lightning checkpoint unless the input is a bundle.
+    &super::tf_bundle::TfBundle,
 ];
 
 /// The format an output named like `path` is written in: of those that write such names, the

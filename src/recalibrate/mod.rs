@@ -103,7 +103,13 @@ fn check_outputs(opts: &RecalibrateOptions, read: &[&Path]) -> Result<crate::fs:
     check_onnx_name(&opts.output)?;
     let data = crate::onnx::data_file(&opts.output);
     let mut outputs: Vec<&Path> = vec![&opts.output, &data];
-    outputs.extend(opts.save_weights.as_deref());
+    // Every file the weights are written to (a TensorFlow bundle's index and data).
+    let weights: Vec<PathBuf> = opts
+        .save_weights
+        .iter()
+        .flat_map(|w| crate::checkpoint::format::for_output(w, opts.weights.as_deref()).output_files(w))
+        .collect();
+    outputs.extend(weights.iter().map(PathBuf::as_path));
     let mut dirs = crate::fs::OutputDirs::default();
     for o in &outputs {
         dirs.create_parents(o)?;

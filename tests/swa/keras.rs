@@ -309,6 +309,21 @@ fn keras_and_bundle_output_names() {
         assert!(!dir.path().join(out).exists());
     }
     swa().arg("average").arg(keras("tf2")).arg("-o").arg(dir.path().join("swa")).assert().success();
+    // Saved weights never overwrite the bundle they were read from.
+    let o = swa()
+        .args(["recalibrate", "--model"])
+        .arg(keras("model.onnx"))
+        .arg("--weights")
+        .arg(keras("tf1/model.ckpt-30.index"))
+        .arg("--inputs")
+        .arg(keras("train.npy"))
+        .arg("-o")
+        .arg(dir.path().join("o.onnx"))
+        .arg("--save-weights")
+        .arg(keras("tf1/model.ckpt-30"))
+        .assert()
+        .failure();
+    assert!(combined(o.get_output()).contains("input"), "{}", combined(o.get_output()));
     // Template outputs keep the input's types; mixed kinds say so.
     let o = swa()
         .arg("average")
