@@ -190,6 +190,16 @@ fn is_default_bn_name(layer: &str) -> bool {
     stem == "batch_normalization" || stem == "sync_batch_normalization"
 }
 
+/// The BatchNorm roles of a Keras file's weights: Keras 3's by layer ([`keras3_roles`]), Keras 2's
+/// by name.
+fn roles(path: &Path, vars: &[Var]) -> Vec<(String, Role)> {
+    if vars.iter().any(|v| layer_of(&v.name).is_some()) {
+        keras3_roles(path, vars)
+    } else {
+        vars.iter().filter_map(|v| Some((v.name.clone(), super::tf_bundle::role_of(&v.name)?))).collect()
+    }
+}
+
 /// BatchNorm roles of Keras 3 positional variables: the last two of each BatchNormalization layer.
 fn keras3_roles(path: &Path, vars: &[Var]) -> Vec<(String, Role)> {
     let mut layers: BTreeMap<&str, Vec<(usize, &Var)>> = BTreeMap::new();
@@ -236,11 +246,7 @@ pub type Weight = (String, Dtype, Vec<usize>, std::ops::Range<usize>, Option<Rol
 pub fn weights_of(path: &Path, bytes: &[u8]) -> Result<Vec<Weight>> {
     let file = hdf5::parse(bytes).map_err(|m| Error::format(path, format!("HDF5: {m}")))?;
     let vars = vars(path, &file, bytes.len())?;
-    let roles: HashMap<String, Role> = if vars.iter().any(|v| layer_of(&v.name).is_some()) {
-        keras3_roles(path, &vars).into_iter().collect()
-    } else {
-        vars.iter().filter_map(|v| Some((v.name.clone(), super::tf_bundle::role_of(&v.name)?))).collect()
-    };
+    let roles: HashMap<String, Role> = roles(path, &vars).into_iter().collect();
     Ok(vars
         .into_iter()
         .map(|v| {
@@ -256,11 +262,7 @@ fn open(path: &Path, key: Option<&str>) -> Result<Checkpoint> {
     }
     let h5 = read_h5(path)?;
     let vars = parse(path, &h5)?;
-    let roles: Vec<(String, Role)> = if vars.iter().any(|v| layer_of(&v.name).is_some()) {
-        keras3_roles(path, &vars)
-    } else {
-        vars.iter().filter_map(|v| Some((v.name.clone(), super::tf_bundle::role_of(&v.name)?))).collect()
-    };
+    let roles = roles(path, &vars);
     let base = h5.base;
     let mut ck = Checkpoint::empty(path);
     let source = ck.add_input(path, h5.input);

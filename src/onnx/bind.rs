@@ -162,16 +162,8 @@ impl Binder {
     pub fn prepare_map(&self, candidates: impl IntoIterator<Item = Result<Checkpoint>>) -> Result<()> {
         let mut first_error = None;
         for ck in candidates {
-            let ck = ck?;
-            if names_match(&self.model, &ck)
-                || !ck.is_tensorflow()
-                || self.map.get().is_some_and(|m| layout::applies(m, &ck))
-                || layout::load(&self.model.path)?
-                    .is_some_and(|m| layout::applies(&m, &ck) && m.model == layout::fingerprint(&self.model))
-            {
-                return Ok(());
-            }
-            match self.layout_for(&ck) {
+            // Binding needs no map, one is kept, or one is derived from this checkpoint: done.
+            match self.layout_for(&ck?) {
                 Ok(_) => return Ok(()),
                 Err(e) => {
                     first_error.get_or_insert(e);

@@ -102,17 +102,23 @@ pub fn fingerprint(model: &Model) -> String {
     h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
+/// Each value's readers in `g`: node index and input position.
+fn consumers(g: &super::GraphProto) -> HashMap<&str, Vec<(usize, usize)>> {
+    let mut out: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
+    for (n, node) in g.node.iter().enumerate() {
+        for (k, input) in node.input.iter().enumerate() {
+            out.entry(input.as_str()).or_default().push((n, k));
+        }
+    }
+    out
+}
+
 /// Checks that `map` fits `model` and `ck`: every variable's role is the BatchNormalization input
 /// its initializer feeds (a moving mean feeds input 3, a variance input 4, gamma 1, beta 2), and
 /// the sizes agree. An error names the entry and the map's file.
 pub fn check(map: &LayoutMap, model: &Model, ck: &Checkpoint) -> Result<()> {
     let g = model.graph();
-    let mut consumers: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
-    for (n, node) in g.node.iter().enumerate() {
-        for (k, input) in node.input.iter().enumerate() {
-            consumers.entry(input.as_str()).or_default().push((n, k));
-        }
-    }
+    let consumers = consumers(g);
     let file = map_path(&model.path);
     for m in &map.bound {
         let Some(v) = ck.get(&m.variable) else { continue };
@@ -195,11 +201,6 @@ pub fn permute(bytes: &[u8], width: usize, shape: &[usize], perm: &[usize]) -> V
     out
 }
 
-/// The shape `shape` has under `perm`.
-pub fn permuted_shape(shape: &[usize], perm: &[usize]) -> Vec<usize> {
-    perm.iter().map(|&p| shape.get(p).copied().unwrap_or(0)).collect()
-}
-
 /// The layer a variable belongs to: its name without its last component (Keras 3: without `/vars/N`).
 fn layer(name: &str) -> &str {
     if let Some((l, _)) = name.rsplit_once("/vars/") {
@@ -249,12 +250,7 @@ pub fn derive(model: &Model, ck: &Checkpoint) -> Result<LayoutMap> {
         by_value.entry(init.bytes.as_slice()).or_default().push(i);
     }
     // Which nodes consume each initializer, at which input.
-    let mut consumers: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
-    for (n, node) in g.node.iter().enumerate() {
-        for (k, input) in node.input.iter().enumerate() {
-            consumers.entry(input.as_str()).or_default().push((n, k));
-        }
-    }
+    let consumers = consumers(g);
     // Every (initializer, permutation) each float variable's values equal.
     let vars: Vec<&crate::checkpoint::TensorEntry> = ck.tensors().iter().filter(|t| dtype::is_float(t.dtype)).collect();
     let mut candidates: Vec<Vec<(usize, Vec<usize>)>> = Vec::with_capacity(vars.len());
@@ -425,7 +421,6 @@ mod tests {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let perm = &permutations(4)[1];
         assert_eq!(perm, &vec![3, 2, 0, 1]);
-        assert_eq!(permuted_shape(&shape, perm), vec![3, 1, 2, 1]);
         let out: Vec<f32> =
             permute(&bytes, 4, &shape, perm).chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         // OIHW[o][0][h][0] = HWIO[h][0][0][o] = h*3 + o.
